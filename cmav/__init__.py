@@ -1,0 +1,3 @@
+"""cmav: cross-modal audio<->visual generation."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The ``cmav`` command line."""

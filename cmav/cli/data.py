@@ -1,0 +1,125 @@
+"""``cmav data ...``: build the stand-in, check a data set, prepare its cache, draw a contact sheet."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from cmav.data.errors import DataError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="build, check and prepare data sets")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="{build,check,cache,sheet}")
+
+    b = dsub.add_parser("build", help="build the offline stand-in for Sub-URMP (FluidSynth audio, drawn frames)")
+    b.add_argument("--root", default="data/default", help="output folder (default: %(default)s)")
+    b.add_argument("--preset", default="default", choices=["tiny", "default", "full"],
+                   help="size: tiny (tests, seconds), default (minutes), full (Sub-URMP's counts)")  # fmt: skip
+    b.add_argument("--seed", type=int, default=0, help="random seed; the build is deterministic under it")
+    b.add_argument("--soundfont", default=None, help="General MIDI .sf2 (default: Debian's FluidR3_GM.sf2)")
+    b.add_argument("--frame-size", type=int, default=None, help="frame side in pixels (default: the preset's)")
+    b.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    b.set_defaults(func=_build)
+
+    c = dsub.add_parser("check", help="validate a data set and print counts per class and split")
+    c.add_argument("root", help="data set folder")
+    c.add_argument("--layout", default="suburmp", choices=["suburmp", "paired"])
+    c.add_argument("--quick", action="store_true", help="check names and pairing only; do not decode files")
+    c.set_defaults(func=_check)
+
+    k = dsub.add_parser("cache", help="compute the preprocessing cache (resized frames, LMS) of both splits")
+    k.add_argument("root", help="data set folder")
+    k.add_argument("--layout", default="suburmp", choices=["suburmp", "paired"])
+    k.add_argument("--image-size", type=int, default=64)
+    k.add_argument("--cache-dir", default=None)
+    k.set_defaults(func=_cache)
+
+    s = dsub.add_parser("sheet", help="write a contact sheet of sample frames per class")
+    s.add_argument("root", help="data set folder (Sub-URMP layout)")
+    s.add_argument("-o", "--output", default="contact_sheet.png")
+    s.add_argument("--split", default="train", choices=["train", "validation"])
+    s.add_argument("--per-class", type=int, default=4)
+    s.add_argument("--cell-size", type=int, default=96)
+    s.set_defaults(func=_sheet)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from cmav.standin.build import build_standin
+    from cmav.standin.render import DEFAULT_SOUNDFONT
+
+    t0 = time.perf_counter()
+    manifest = build_standin(
+        args.root, preset=args.preset, seed=args.seed, soundfont=args.soundfont or DEFAULT_SOUNDFONT,
+        frame_size=args.frame_size, workers=args.workers,
+    )  # fmt: skip
+    counts = manifest["counts"]
+    total = {s: sum(v.values()) for s, v in counts.items()}
+    print(f"{args.root}: {args.preset} stand-in complete: {total['train']:,} train / "
+          f"{total['validation']:,} validation pairs ({time.perf_counter() - t0:.1f} s)")  # fmt: skip
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from cmav.data.cache import summarise
+    from cmav.data.check import check_dataset
+
+    report = check_dataset(args.root, layout=args.layout, deep=not args.quick)
+    print(report.table())
+    if report.warnings:
+        print(f"\n{len(report.warnings)} warning(s):{summarise(report.warnings, 20)}")
+    if report.errors:
+        print(f"\n{len(report.errors)} error(s):{summarise(report.errors, 40)}", file=sys.stderr)
+        return 1
+    print(f"\n{args.root}: OK")
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from cmav.data.datasets import open_split
+
+    for split in ("train", "validation"):
+        ds = open_split(args.layout, args.root, split, image_size=args.image_size, cache_dir=args.cache_dir)
+        t = ds.tensors
+        print(f"{split}: {len(ds):,} pairs; audio {tuple(t.audio.shape[1:])} float16, "
+              f"images {tuple(t.images.shape[1:])} uint8")  # fmt: skip
+    return 0
+
+
+def _sheet(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cmav.data.image_io import load_frame
+    from cmav.data.layout import scan_suburmp
+    from cmav.viz.grid import labelled_grid
+
+    scan = scan_suburmp(args.root, args.split)
+    scan.raise_if_errors()
+    by_class: dict[str, list] = {}
+    for s in scan.samples:
+        by_class.setdefault(s.class_name, []).append(s)
+    rows, labels = [], []
+    for name, samples in sorted(by_class.items()):
+        # Spread the picks over the class's samples: several tracks and several moments.
+        picks = np.linspace(0, len(samples) - 1, args.per_class).round().astype(int)
+        rows.append([load_frame(samples[i].image_path, args.cell_size * 2) for i in picks])
+        labels.append(name)
+    sheet = labelled_grid(rows, labels, cell_size=args.cell_size)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    print(f"wrote {out} ({len(rows)} classes x {args.per_class} frames from {args.split})")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return args.func(args)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

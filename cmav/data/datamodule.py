@@ -1,0 +1,113 @@
+"""Lightning DataModule over a cached audio-visual data set (Sub-URMP layout or paired folders)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from cmav.data.audio_io import ChunkSpec
+from cmav.data.datasets import Layout, PairDataset, open_split
+from cmav.features.logmel import LogMelConfig
+
+
+def tail_holdout(tracks: torch.Tensor, labels: torch.Tensor, times: torch.Tensor, fraction: float):
+    """Split indices so the last ``fraction`` of every (class, track) in time is held out.
+
+    Validation players never appear in train, so player-aware metrics need frames of train
+    players that the model has not seen: the end of each train track.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+    keep, held = [], []
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, key in enumerate(zip(labels.tolist(), tracks.tolist())):
+        groups.setdefault(key, []).append(i)
+    for idx in groups.values():
+        idx.sort(key=lambda i: int(times[i]))
+        n_held = math.ceil(fraction * len(idx)) if fraction > 0 else 0
+        keep += idx[: len(idx) - n_held]
+        held += idx[len(idx) - n_held :]
+    return sorted(keep), sorted(held)
+
+
+class AudioVisualDataModule(L.LightningDataModule):
+    """Train/validation loaders of (LMS, frame) pairs from the preprocessing cache.
+
+    Args:
+        root: data set folder.
+        layout: ``suburmp`` (``chunk/`` + ``img/``) or ``paired`` (``audio/`` + ``image/``).
+        image_size: frames are centre-cropped and resized to this (64 in the paper).
+        batch_size: pairs per batch.
+        num_workers: DataLoader workers; the data are in memory, so 0 is usually fastest.
+        features: the LMS front-end config.
+        chunk: what an audio chunk must be (rate, length, silence floor).
+        holdout_tail: fraction of each train track's end held out of training (player metrics).
+        cache_dir: where cache files go (default ``<root>/.cmav_cache``).
+    """
+
+    def __init__(
+        self,
+        root: str = "data/default",
+        layout: Layout = "suburmp",
+        image_size: int = 64,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        features: LogMelConfig | None = None,
+        chunk: ChunkSpec | None = None,
+        holdout_tail: float = 0.0,
+        cache_dir: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.features = features or LogMelConfig()
+        self.chunk = chunk or ChunkSpec()
+        self.train_full: PairDataset | None = None
+        self.val: PairDataset | None = None
+
+    def _open(self, split: str) -> PairDataset:
+        h = self.hparams
+        return open_split(
+            h.layout, self.root, split, image_size=h.image_size, features=self.features,
+            chunk=self.chunk, cache_dir=h.cache_dir, progress=h.progress,
+        )  # fmt: skip
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_full is None:
+            self.train_full = self._open("train")
+            t = self.train_full.tensors
+            keep, held = tail_holdout(t.tracks, t.labels, t.times, self.hparams.holdout_tail)
+            self.train = Subset(self.train_full, keep)
+            self.train_holdout = Subset(self.train_full, held)
+        if self.val is None:
+            self.val = self._open("validation")
+
+    @property
+    def class_names(self) -> list[str]:
+        assert self.train_full is not None, "call setup() first"
+        return self.train_full.class_names
+
+    def _loader(self, ds, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(ds) >= self.hparams.batch_size,
+            num_workers=self.hparams.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val, shuffle=False)

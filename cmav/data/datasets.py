@@ -1,0 +1,131 @@
+"""Datasets of (LMS, frame) pairs: Sub-URMP's layout and generic paired folders, both cached."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch.utils.data import Dataset
+
+from cmav.data.audio_io import ChunkSpec
+from cmav.data.cache import PairTensors, load_or_build
+from cmav.data.errors import DataWarning
+from cmav.data.instruments import INSTRUMENTS
+from cmav.data.layout import LayoutScan, scan_paired, scan_suburmp
+from cmav.features.logmel import LogMelConfig
+
+Layout = Literal["suburmp", "paired"]
+
+
+class PairDataset(Dataset):
+    """Items of a cached split.
+
+    Each item is a dict: ``audio`` float32 ``(1, n_mels, n_frames)`` LMS in dB, ``image`` float32
+    ``(3, S, S)`` in [-1, 1], ``label`` (class index), ``track`` and ``time`` (ms; -1 when the
+    layout has none) and ``index`` (position in the split).
+    """
+
+    def __init__(self, tensors: PairTensors, root: Path, split: str) -> None:
+        self.tensors = tensors
+        self.root = root
+        self.split = split
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.tensors.class_names
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        t = self.tensors
+        return {
+            "audio": t.audio[i].float(),
+            "image": t.images[i].float().div(127.5).sub(1.0),
+            "label": t.labels[i],
+            "track": t.tracks[i],
+            "time": t.times[i],
+            "index": torch.tensor(i),
+        }
+
+
+def _load(
+    scan: LayoutScan,
+    class_names: list[str],
+    image_size: int,
+    features: LogMelConfig | None,
+    chunk: ChunkSpec | None,
+    cache_dir: str | Path | None,
+    progress: bool,
+) -> PairTensors:
+    scan.raise_if_errors()
+    for w in scan.warnings:
+        warnings.warn(w, DataWarning, stacklevel=3)
+    return load_or_build(
+        scan.samples,
+        class_names,
+        scan.root,
+        scan.split,
+        features or LogMelConfig(),
+        image_size,
+        chunk or ChunkSpec(),
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+
+
+class SubURMP(PairDataset):
+    """A split of Sub-URMP (the real archive or cmav's stand-in), cached.
+
+    Raises DataError listing every layout problem (missing class folder, unpaired file...) and
+    every unusable file; fixes (resampling, mono mix-down) are reported as DataWarnings.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        image_size: int = 64,
+        features: LogMelConfig | None = None,
+        chunk: ChunkSpec | None = None,
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        scan = scan_suburmp(root, split)
+        tensors = _load(scan, list(INSTRUMENTS), image_size, features, chunk, cache_dir, progress)
+        super().__init__(tensors, scan.root, split)
+
+
+class PairedFolder(PairDataset):
+    """A split of a generic ``audio/<split>/<class>`` + ``image/<split>/<class>`` data set, cached.
+
+    ``classes`` fixes the label order (pass the same tuple for every split); by default the
+    sorted class folders.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        image_size: int = 64,
+        features: LogMelConfig | None = None,
+        chunk: ChunkSpec | None = None,
+        classes: tuple[str, ...] | None = None,
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        scan = scan_paired(root, split, classes)
+        names = list(classes) if classes else sorted({s.class_name for s in scan.samples})
+        tensors = _load(scan, names, image_size, features, chunk, cache_dir, progress)
+        super().__init__(tensors, scan.root, split)
+
+
+def open_split(layout: Layout, root: str | Path, split: str, **kwargs) -> PairDataset:
+    """Open a split of either layout by name."""
+    if layout == "suburmp":
+        return SubURMP(root, split, **kwargs)
+    if layout == "paired":
+        return PairedFolder(root, split, **kwargs)
+    raise ValueError(f"unknown layout {layout!r}; use 'suburmp' or 'paired'")

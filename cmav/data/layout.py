@@ -1,0 +1,200 @@
+"""Finding (audio, image) pairs on disk: Sub-URMP's released layout and a generic paired layout.
+
+Sub-URMP::
+
+    <root>/chunk/{train,validation}/<instrument>/<instrument><NN>_<T>.wav
+    <root>/img/{train,validation}/<instrument>/<instrument><NN>_<T>.jpg
+
+Generic paired folders::
+
+    <root>/audio/<split>/<class>/<stem>.{wav,flac}
+    <root>/image/<split>/<class>/<stem>.{jpg,jpeg,png}
+
+Pairs are matched by file stem; the label is the class folder.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cmav.data.errors import DataError
+from cmav.data.instruments import INSTRUMENTS
+
+SPLITS: tuple[str, ...] = ("train", "validation")
+AUDIO_EXTS: tuple[str, ...] = (".wav", ".flac")
+IMAGE_EXTS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
+SUBURMP_STEM = re.compile(r"^(?P<instrument>[a-z_]+?)(?P<track>\d{2})_(?P<time>\d+)$")
+"""``<instrument><NN>_<T>``: NN = two-digit track (performance) id, T = chunk time in ms."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One (audio, image) pair as found on disk."""
+
+    stem: str
+    label: int
+    class_name: str
+    audio_path: Path
+    image_path: Path
+    track: int = -1
+    """Performance id (-1 when the layout has none)."""
+    time_ms: int = -1
+    """Sub-URMP's ``T``: 500 for a track's first chunk, +100 per 0.1 s hop (-1 when unknown)."""
+
+
+@dataclass
+class LayoutScan:
+    """The pairs found in one split and every problem met on the way."""
+
+    root: Path
+    split: str
+    samples: list[Sample] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def raise_if_errors(self) -> None:
+        """Raise one DataError listing every problem (so a user fixes them all in one go)."""
+        if self.errors:
+            shown = self.errors[:20]
+            more = f"\n  ... and {len(self.errors) - 20} more" if len(self.errors) > 20 else ""
+            raise DataError(
+                self.root,
+                f"{len(self.errors)} problem(s) in split '{self.split}':\n  " + "\n  ".join(shown) + more,
+            )
+
+
+def _files_by_stem(folder: Path, exts: tuple[str, ...], scan: LayoutScan) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.is_dir() or p.suffix.lower() not in exts:
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() != ".tmp":
+                scan.warnings.append(f"{p}: ignored (not one of {', '.join(exts)})")
+            continue
+        # Stems are compared after Unicode normalisation: macOS writes NFD names, Linux keeps NFC.
+        stem = unicodedata.normalize("NFC", p.stem)
+        if stem in found:
+            scan.errors.append(f"{p}: same stem as {found[stem]} (two files for one pair)")
+            continue
+        found[stem] = p
+    return found
+
+
+def _pair_class_folders(
+    audio_dir: Path, image_dir: Path, scan: LayoutScan
+) -> list[tuple[str, Path, Path]]:
+    audio = _files_by_stem(audio_dir, AUDIO_EXTS, scan)
+    images = _files_by_stem(image_dir, IMAGE_EXTS, scan)
+    for stem in sorted(audio.keys() - images.keys()):
+        scan.errors.append(f"{audio[stem]}: audio with no image partner (expected {image_dir / stem}.*)")
+    for stem in sorted(images.keys() - audio.keys()):
+        scan.errors.append(f"{images[stem]}: image with no audio partner (expected {audio_dir / stem}.*)")
+    return [(stem, audio[stem], images[stem]) for stem in sorted(audio.keys() & images.keys())]
+
+
+def _class_folders(folder: Path, scan: LayoutScan) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _check_split_dirs(root: Path, split: str, audio_dir: Path, image_dir: Path, scan: LayoutScan) -> bool:
+    if not root.is_dir():
+        raise DataError(root, "data set folder does not exist")
+    ok = True
+    for d in (audio_dir, image_dir):
+        if not d.is_dir():
+            scan.errors.append(f"{d}: missing folder for split '{split}'")
+            ok = False
+    return ok
+
+
+def scan_suburmp(
+    root: str | Path,
+    split: str,
+    classes: tuple[str, ...] = INSTRUMENTS,
+) -> LayoutScan:
+    """Find the pairs of one split of a Sub-URMP-layout folder (the real data or the stand-in).
+
+    Never raises for content problems: they are collected in ``scan.errors`` (missing/extra class
+    folders, unpaired files, malformed names, empty split) so ``cmav data check`` can report them
+    all; loaders call ``raise_if_errors()``.
+    """
+    root = Path(root)
+    scan = LayoutScan(root=root, split=split)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; Sub-URMP splits are {SPLITS}")
+    audio_root, image_root = root / "chunk" / split, root / "img" / split
+    if not _check_split_dirs(root, split, audio_root, image_root, scan):
+        return scan
+    for d in (audio_root, image_root):
+        present = set(_class_folders(d, scan))
+        for missing in sorted(set(classes) - present):
+            scan.errors.append(f"{d / missing}: missing class folder")
+        for extra in sorted(present - set(classes)):
+            scan.errors.append(f"{d / extra}: unexpected class folder (classes are {', '.join(classes)})")
+    for label, name in enumerate(classes):
+        a, i = audio_root / name, image_root / name
+        if not (a.is_dir() and i.is_dir()):
+            continue
+        pairs = _pair_class_folders(a, i, scan)
+        if not pairs:
+            scan.errors.append(f"{a}: class '{name}' has no pairs in split '{split}'")
+        for stem, ap, ip in pairs:
+            m = SUBURMP_STEM.match(stem)
+            if m is None or m["instrument"] != name:
+                scan.errors.append(
+                    f"{ap}: name does not follow '<instrument><NN>_<T>' with instrument '{name}'"
+                )
+                continue
+            scan.samples.append(
+                Sample(stem, label, name, ap, ip, track=int(m["track"]), time_ms=int(m["time"]))
+            )
+    if not scan.samples and not scan.errors:
+        scan.errors.append(f"{audio_root}: split '{split}' is empty")
+    _check_track_times(scan)
+    return scan
+
+
+def _check_track_times(scan: LayoutScan) -> None:
+    """Warn about gaps in a track's chunk times (Sub-URMP's T steps by exactly 100 ms)."""
+    times: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for s in scan.samples:
+        times[(s.class_name, s.track)].append(s.time_ms)
+    for (name, track), ts in sorted(times.items()):
+        ts.sort()
+        gaps = sum(1 for a, b in zip(ts, ts[1:]) if b - a != 100)
+        if gaps:
+            scan.warnings.append(f"{name}{track:02d}: {gaps} gap(s) in chunk times (expected steps of 100 ms)")
+
+
+def scan_paired(root: str | Path, split: str, classes: tuple[str, ...] | None = None) -> LayoutScan:
+    """Find the pairs of one split of a generic ``audio/`` + ``image/`` paired-folder data set.
+
+    ``classes`` fixes the label order; by default the sorted class folders of the split's audio.
+    """
+    root = Path(root)
+    scan = LayoutScan(root=root, split=split)
+    audio_root, image_root = root / "audio" / split, root / "image" / split
+    if not _check_split_dirs(root, split, audio_root, image_root, scan):
+        return scan
+    present_audio = _class_folders(audio_root, scan)
+    present_image = _class_folders(image_root, scan)
+    names = tuple(classes) if classes is not None else tuple(present_audio)
+    for d, present in ((audio_root, present_audio), (image_root, present_image)):
+        for missing in sorted(set(names) - set(present)):
+            scan.errors.append(f"{d / missing}: missing class folder")
+        for extra in sorted(set(present) - set(names)):
+            scan.errors.append(f"{d / extra}: unexpected class folder")
+    for label, name in enumerate(names):
+        a, i = audio_root / name, image_root / name
+        if not (a.is_dir() and i.is_dir()):
+            continue
+        pairs = _pair_class_folders(a, i, scan)
+        if not pairs:
+            scan.errors.append(f"{a}: class '{name}' has no pairs in split '{split}'")
+        scan.samples.extend(Sample(stem, label, name, ap, ip) for stem, ap, ip in pairs)
+    if not names:
+        scan.errors.append(f"{audio_root}: split '{split}' has no class folders")
+    return scan

@@ -1,0 +1,51 @@
+"""Small synthetic data sets in Sub-URMP's and the paired layout, made on the fly for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from PIL import Image
+
+from cmav.data.instruments import INSTRUMENTS
+
+
+def write_wav(path: Path, seconds: float = 0.5, rate: int = 44100, channels: int = 2, freq: float = 440.0,
+              amplitude: float = 0.3) -> Path:  # fmt: skip
+    t = np.arange(int(round(seconds * rate))) / rate
+    mono = amplitude * np.sin(2 * np.pi * freq * t)
+    data = np.stack([mono] * channels, axis=1) if channels > 1 else mono
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), data, rate, subtype="PCM_16")
+    return path
+
+
+def write_jpg(path: Path, size: tuple[int, int] = (96, 96), colour: tuple[int, int, int] = (200, 30, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.new("RGB", size, colour)
+    img.save(path, format="JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG")
+    return path
+
+
+def make_suburmp(root: Path, classes: tuple[str, ...] = INSTRUMENTS, chunks: int = 2,
+                 train_track: int = 0, val_track: int = 1) -> Path:  # fmt: skip
+    """Sub-URMP layout with ``chunks`` pairs per class and split; audio pitch and image colour by class."""
+    for label, name in enumerate(classes):
+        for split, track in (("train", train_track), ("validation", val_track)):
+            for k in range(chunks):
+                stem = f"{name}{track:02d}_{500 + 100 * k}"
+                write_wav(root / "chunk" / split / name / f"{stem}.wav", freq=220.0 * (1 + label / 4))
+                write_jpg(root / "img" / split / name / f"{stem}.jpg", colour=(20 * label, 255 - 15 * label, 90))
+    return root
+
+
+def make_paired(root: Path, classes: tuple[str, ...] = ("dog", "drum"), per_class: int = 2) -> Path:
+    """Generic paired layout (audio/ + image/) with flac audio and png images."""
+    for label, name in enumerate(classes):
+        for split in ("train", "validation"):
+            for k in range(per_class):
+                stem = f"{name}_{split}_{k}"
+                write_wav(root / "audio" / split / name / f"{stem}.wav", freq=300.0 + 200 * label)
+                write_jpg(root / "image" / split / name / f"{stem}.png", colour=(100 * label, 50, 50))
+    return root

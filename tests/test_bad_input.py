@@ -1,0 +1,221 @@
+"""Every kind of bad input gets a clear message naming the file; nothing is lost silently."""
+
+import warnings
+
+import numpy as np
+import pytest
+from fixtures import make_paired, make_suburmp, write_jpg, write_wav
+from PIL import Image
+
+from cmav.data.audio_io import ChunkSpec, decode_chunk, load_chunk
+from cmav.data.datasets import PairedFolder, SubURMP
+from cmav.data.errors import DataError, DataWarning
+from cmav.data.image_io import load_frame
+from cmav.data.layout import scan_suburmp
+
+CLASSES = ("cello", "flute")
+
+
+# --- audio files ---------------------------------------------------------------------------------
+def test_corrupt_wav_names_the_file(tmp_path):
+    p = tmp_path / "cello00_500.wav"
+    p.write_bytes(b"RIFF\x00\x00garbage" * 10)
+    with pytest.raises(DataError, match="cello00_500.wav.*not a readable audio file"):
+        load_chunk(p)
+
+
+def test_empty_wav_names_the_file(tmp_path):
+    p = tmp_path / "empty.wav"
+    p.write_bytes(b"")
+    with pytest.raises(DataError, match="empty.wav.*empty"):
+        load_chunk(p)
+
+
+def test_wav_with_no_samples(tmp_path):
+    p = write_wav(tmp_path / "nothing.wav", seconds=0.0)
+    with pytest.raises(DataError, match="no samples"):
+        load_chunk(p)
+
+
+def test_wrong_sample_rate_is_resampled_and_reported(tmp_path):
+    p = write_wav(tmp_path / "r48.wav", rate=48000)
+    with pytest.warns(DataWarning, match=r"r48.wav.*48000 Hz.*resampled"):
+        y = load_chunk(p)
+    assert y.shape == (22050,) and y.dtype == np.float32
+
+
+def test_mono_is_accepted_without_warning(tmp_path):
+    p = write_wav(tmp_path / "mono.wav", channels=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = load_chunk(p)
+    assert y.shape == (22050,)
+
+
+def test_stereo_is_mixed_down(tmp_path):
+    y = load_chunk(write_wav(tmp_path / "st.wav", channels=2))
+    ref = load_chunk(write_wav(tmp_path / "mo.wav", channels=1))
+    assert np.allclose(y, ref, atol=1e-4)
+
+
+def test_multichannel_is_mixed_down_with_a_warning(tmp_path):
+    p = write_wav(tmp_path / "quad.wav", channels=4)
+    with pytest.warns(DataWarning, match=r"quad.wav: 4 channels"):
+        assert load_chunk(p).shape == (22050,)
+
+
+def test_slightly_short_chunk_is_padded_with_a_warning(tmp_path):
+    p = write_wav(tmp_path / "short.wav", seconds=0.49)
+    with pytest.warns(DataWarning, match=r"short.wav.*too short.*zero-padded"):
+        y = load_chunk(p)
+    assert y.shape == (22050,) and y[-100:].max() == 0
+
+
+def test_slightly_long_chunk_is_trimmed_with_a_warning(tmp_path):
+    with pytest.warns(DataWarning, match="too long.*trimmed"):
+        assert load_chunk(write_wav(tmp_path / "long.wav", seconds=0.51)).shape == (22050,)
+
+
+@pytest.mark.parametrize("seconds,what", [(0.2, "short"), (2.0, "long")])
+def test_far_off_length_is_refused(tmp_path, seconds, what):
+    p = write_wav(tmp_path / f"{what}.wav", seconds=seconds)
+    with pytest.raises(DataError, match=f"{what}.wav: chunk too {what}"):
+        load_chunk(p)
+
+
+def test_silent_chunk_is_reported(tmp_path):
+    p = write_wav(tmp_path / "quiet.wav", amplitude=0.0)
+    _, notes = decode_chunk(p, ChunkSpec())
+    assert any("quiet.wav: silent chunk" in n for n in notes)
+
+
+# --- images --------------------------------------------------------------------------------------
+def test_broken_jpeg_names_the_file(tmp_path):
+    good = write_jpg(tmp_path / "good.jpg")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(DataError, match="bad.jpg.*not a readable image"):
+        load_frame(bad, 64)
+
+
+def test_text_file_named_jpg(tmp_path):
+    p = tmp_path / "note.jpg"
+    p.write_text("this is not an image")
+    with pytest.raises(DataError, match="note.jpg.*not a readable image"):
+        load_frame(p, 64)
+
+
+def test_1080p_frame_is_centre_cropped_not_squashed(tmp_path):
+    img = Image.new("RGB", (1920, 1080), (0, 0, 255))
+    img.paste((255, 0, 0), (420, 0, 1500, 1080))  # the central 1080x1080 square is red
+    img.save(tmp_path / "hd.jpg", quality=95)
+    out = load_frame(tmp_path / "hd.jpg", 64)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    assert out[..., 0].mean() > 200 and out[..., 2].mean() < 60
+
+
+def test_grayscale_png_becomes_rgb(tmp_path):
+    Image.new("L", (50, 80), 128).save(tmp_path / "g.png")
+    assert load_frame(tmp_path / "g.png", 32).shape == (32, 32, 3)
+
+
+# --- layout ----------------------------------------------------------------------------------------
+def _scan_errors(root, split="train", classes=CLASSES):
+    return "\n".join(scan_suburmp(root, split, classes).errors)
+
+
+def test_good_layout_has_no_errors(tmp_path):
+    root = make_suburmp(tmp_path / "d", CLASSES)
+    scan = scan_suburmp(root, "train", CLASSES)
+    assert scan.errors == [] and len(scan.samples) == 4
+    assert {(s.class_name, s.track, s.time_ms) for s in scan.samples} == {
+        ("cello", 0, 500), ("cello", 0, 600), ("flute", 0, 500), ("flute", 0, 600)}  # fmt: skip
+
+
+def test_audio_without_image_partner(tmp_path):
+    root = make_suburmp(tmp_path / "d", CLASSES)
+    (root / "img/train/cello/cello00_600.jpg").unlink()
+    assert "cello00_600.wav: audio with no image partner" in _scan_errors(root)
+
+
+def test_image_without_audio_partner(tmp_path):
+    root = make_suburmp(tmp_path / "d", CLASSES)
+    (root / "chunk/train/flute/flute00_500.wav").unlink()
+    assert "flute00_500.jpg: image with no audio partner" in _scan_errors(root)
+
+
+def test_missing_class_folder(tmp_path):
+    root = make_suburmp(tmp_path / "d", ("cello",))
+    assert "flute: missing class folder" in _scan_errors(root)
+
+
+def test_extra_class_folder(tmp_path):
+    root = make_suburmp(tmp_path / "d", CLASSES)
+    (root / "chunk/train/kazoo").mkdir()
+    assert "kazoo: unexpected class folder" in _scan_errors(root)
+
+
+def test_empty_split(tmp_path):
+    root = make_suburmp(tmp_path / "d", CLASSES)
+    for p in (root / "chunk/validation").rglob("*.wav"):
+        p.unlink()
+    for p in (root / "img/validation").rglob("*.jpg"):
+        p.unlink()
+    errs = _scan_errors(root, "validation")
+    assert "class 'cello' has no pairs in split 'validation'" in errs
+
+
+def test_missing_split_folder(tmp_path):
+    root = make_suburmp(tmp_path / "d", CLASSES)
+    import shutil
+
+    shutil.rmtree(root / "img/validation")
+    assert "img/validation: missing folder" in _scan_errors(root, "validation")
+
+
+def test_misnamed_file(tmp_path):
+    root = make_suburmp(tmp_path / "d", CLASSES)
+    write_wav(root / "chunk/train/cello/flute00_900.wav")
+    write_jpg(root / "img/train/cello/flute00_900.jpg")
+    assert "flute00_900.wav: name does not follow" in _scan_errors(root)
+
+
+def test_missing_root_raises(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        scan_suburmp(tmp_path / "nowhere", "train")
+
+
+def test_loader_raises_one_error_listing_all_problems(tmp_path):
+    root = make_suburmp(tmp_path / "d")
+    (root / "img/train/cello/cello00_600.jpg").unlink()
+    (root / "chunk/train/oboe/oboe00_500.wav").unlink()
+    with pytest.raises(DataError) as info:
+        SubURMP(root, "train", progress=False)
+    msg = str(info.value)
+    assert "2 problem(s)" in msg and "cello00_600.wav" in msg and "oboe00_500.jpg" in msg
+
+
+def test_loader_names_a_corrupt_file_among_good_ones(tmp_path):
+    root = make_suburmp(tmp_path / "d")
+    (root / "chunk/train/tuba/tuba00_600.wav").write_bytes(b"not audio")
+    with pytest.raises(DataError, match=r"(?s)1 unusable file.*tuba00_600.wav"):
+        SubURMP(root, "train", progress=False)
+
+
+def test_path_with_spaces_and_non_ascii(tmp_path):
+    root = make_suburmp(tmp_path / "my data" / "Übungen ♪", ("cello",))
+    # only one class here: the loader must say so, not crash on the path
+    with pytest.raises(DataError, match="missing class folder"):
+        SubURMP(root, "train", progress=False)
+    full = make_suburmp(tmp_path / "my data" / "Sub-URMP ünï", chunks=1)
+    ds = SubURMP(full, "train", progress=False)
+    assert len(ds) == 13
+
+
+def test_paired_folder_layout(tmp_path):
+    root = make_paired(tmp_path / "p")
+    ds = PairedFolder(root, "train", image_size=32, progress=False)
+    assert len(ds) == 4 and ds.class_names == ["dog", "drum"]
+    item = ds[0]
+    assert item["audio"].shape == (1, 128, 44) and item["image"].shape == (3, 32, 32)
+    assert item["track"] == -1
