@@ -1,0 +1,250 @@
+"""Convolutional classifiers/encoders for log-mel spectrograms and images.
+
+Both modalities use the same design (:class:`ConvEncoder`): an input BatchNorm, ``n_blocks`` of
+conv3x3 -> BatchNorm -> activation -> 2x2 max-pool, global pooling, a Linear to the paper's 128-d
+feature and a Linear classification head. Only the defaults differ (:class:`AudioEncoder`,
+:class:`ImageEncoder`). Every spatial size is derived from ``input_shape`` so any front-end
+configuration (128x44, 64x44, 128x87 LMS, 64/128 px images, (1, 1, L) raw waveform) builds.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+from torch import Tensor, nn
+
+MIN_BLOCKS = 2
+MAX_BLOCKS = 6
+
+
+class EncoderOutput(NamedTuple):
+    """Everything one encoder pass produces.
+
+    ``blocks``: every conv block's output map (after pooling), shallow to deep;
+    ``feature``: the ``(N, feature_dim)`` embedding; ``logits``: ``(N, n_classes)``.
+    """
+
+    blocks: list[Tensor]
+    feature: Tensor
+    logits: Tensor
+
+
+def make_activation(name: str, negative_slope: float = 0.2) -> nn.Module:
+    """``'leaky_relu'`` (with ``negative_slope``) or ``'relu'``."""
+    if name == "leaky_relu":
+        return nn.LeakyReLU(negative_slope, inplace=True)
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    raise ValueError(f"unknown activation {name!r}; expected 'leaky_relu' or 'relu'")
+
+
+def pool_kernel(height: int, width: int) -> tuple[int, int]:
+    """2x2 pooling kernel that only halves the axes still longer than 1.
+
+    Lets short inputs (64x44 LMS, (1, 1, L) waveforms) go through deep stacks: an axis that has
+    shrunk to 1 is left alone instead of collapsing to 0.
+    """
+    return (2 if height > 1 else 1, 2 if width > 1 else 1)
+
+
+def check_shape(shape: Sequence[int], name: str) -> tuple[int, int, int]:
+    """Validate a ``(C, H, W)`` shape and return it as a tuple of ints."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or any(s < 1 for s in shape):
+        raise ValueError(f"{name} must be (C, H, W) with positive sizes, got {shape}")
+    return shape  # type: ignore[return-value]
+
+
+class ConvEncoder(nn.Module):
+    """Conv classifier whose 128-d penultimate feature conditions the generators.
+
+    Args:
+        input_shape: ``(C, H, W)`` of one input sample.
+        n_blocks: number of conv blocks, ``2 <= n_blocks <= 6``.
+        base_channels: channels of the first block; doubled every block.
+        max_channels: cap on the per-block channel count (keeps deep stacks affordable).
+        feature_dim: size of the embedding (128 in the paper).
+        n_classes: size of the classification head (13 Sub-URMP instruments).
+        dropout: dropout before the feature Linear and before the classification head.
+        activation: ``'leaky_relu'`` or ``'relu'``.
+        negative_slope: slope of the LeakyReLU.
+        input_norm: BatchNorm over the input channels; LMS dB values are far from zero-mean,
+            unit-variance, and this avoids depending on a precomputed dataset statistic.
+        global_pool: ``'avg'`` or ``'max'`` pooling of the last block map.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        n_blocks: int = 4,
+        base_channels: int = 32,
+        max_channels: int = 512,
+        feature_dim: int = 128,
+        n_classes: int = 13,
+        dropout: float = 0.3,
+        activation: str = "leaky_relu",
+        negative_slope: float = 0.2,
+        input_norm: bool = True,
+        global_pool: str = "avg",
+    ) -> None:
+        super().__init__()
+        c, h, w = check_shape(input_shape, "input_shape")
+        if not MIN_BLOCKS <= n_blocks <= MAX_BLOCKS:
+            raise ValueError(f"n_blocks must be in [{MIN_BLOCKS}, {MAX_BLOCKS}], got {n_blocks}")
+        if global_pool not in ("avg", "max"):
+            raise ValueError(f"global_pool must be 'avg' or 'max', got {global_pool!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.input_shape = (c, h, w)
+        self.n_blocks = n_blocks
+        self.feature_dim = feature_dim
+        self.n_classes = n_classes
+
+        # affine=False: the first conv can absorb any scale/shift; this is pure standardisation.
+        self.input_norm = nn.BatchNorm2d(c, affine=False) if input_norm else nn.Identity()
+
+        blocks = []
+        shapes = []
+        in_ch = c
+        for i in range(n_blocks):
+            out_ch = min(base_channels * 2**i, max_channels)
+            kh, kw = pool_kernel(h, w)
+            blocks.append(
+                nn.Sequential(
+                    # bias is redundant in front of BatchNorm
+                    nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(out_ch),
+                    make_activation(activation, negative_slope),
+                    nn.MaxPool2d((kh, kw)) if (kh, kw) != (1, 1) else nn.Identity(),
+                )
+            )
+            h, w = h // kh, w // kw
+            shapes.append((out_ch, h, w))
+            in_ch = out_ch
+        self.blocks = nn.ModuleList(blocks)
+        self.block_shapes: list[tuple[int, int, int]] = shapes
+        """``(C, H, W)`` of every block output, computed from ``input_shape``."""
+
+        self.global_pool = nn.AdaptiveAvgPool2d(1) if global_pool == "avg" else nn.AdaptiveMaxPool2d(1)
+        self.fc_feature = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(in_ch, feature_dim),
+            make_activation(activation, negative_slope),
+        )
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, n_classes))
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.input_shape[0]:
+            raise ValueError(
+                f"expected input (N, {self.input_shape[0]}, H, W), got {tuple(x.shape)}"
+            )
+
+    def _blocks(self, x: Tensor) -> list[Tensor]:
+        self._check_input(x)
+        x = self.input_norm(x)
+        maps = []
+        for block in self.blocks:
+            x = block(x)
+            maps.append(x)
+        return maps
+
+    def forward_features(self, x: Tensor) -> EncoderOutput:
+        """All block maps, the embedding and the logits in one pass."""
+        maps = self._blocks(x)
+        feature = self.fc_feature(self.global_pool(maps[-1]))
+        return EncoderOutput(blocks=maps, feature=feature, logits=self.classifier(feature))
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """Last block's spatial map, ``(N, *block_shapes[-1])``."""
+        return self._blocks(x)[-1]
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The ``(N, feature_dim)`` embedding (the generators' condition)."""
+        return self.fc_feature(self.global_pool(self.feature_map(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits ``(N, n_classes)``."""
+        return self.classifier(self.embed(x))
+
+
+class AudioEncoder(ConvEncoder):
+    """:class:`ConvEncoder` with log-mel-spectrogram defaults: input ``(1, 128, 44)``."""
+
+    # Arguments spelled out (not **kwargs) so config/CLI tools see the full signature.
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (1, 128, 44),
+        n_blocks: int = 4,
+        base_channels: int = 32,
+        max_channels: int = 512,
+        feature_dim: int = 128,
+        n_classes: int = 13,
+        dropout: float = 0.3,
+        activation: str = "leaky_relu",
+        negative_slope: float = 0.2,
+        input_norm: bool = True,
+        global_pool: str = "avg",
+    ) -> None:
+        super().__init__(
+            input_shape,
+            n_blocks=n_blocks,
+            base_channels=base_channels,
+            max_channels=max_channels,
+            feature_dim=feature_dim,
+            n_classes=n_classes,
+            dropout=dropout,
+            activation=activation,
+            negative_slope=negative_slope,
+            input_norm=input_norm,
+            global_pool=global_pool,
+        )
+
+
+class ImageEncoder(ConvEncoder):
+    """:class:`ConvEncoder` with image defaults: input ``(3, 64, 64)`` RGB in [-1, 1]."""
+
+    # Arguments spelled out (not **kwargs) so config/CLI tools see the full signature.
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (3, 64, 64),
+        n_blocks: int = 4,
+        base_channels: int = 32,
+        max_channels: int = 512,
+        feature_dim: int = 128,
+        n_classes: int = 13,
+        dropout: float = 0.3,
+        activation: str = "leaky_relu",
+        negative_slope: float = 0.2,
+        input_norm: bool = True,
+        global_pool: str = "avg",
+    ) -> None:
+        super().__init__(
+            input_shape,
+            n_blocks=n_blocks,
+            base_channels=base_channels,
+            max_channels=max_channels,
+            feature_dim=feature_dim,
+            n_classes=n_classes,
+            dropout=dropout,
+            activation=activation,
+            negative_slope=negative_slope,
+            input_norm=input_norm,
+            global_pool=global_pool,
+        )
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = [
+    "AudioEncoder",
+    "ConvEncoder",
+    "EncoderOutput",
+    "ImageEncoder",
+    "count_parameters",
+    "make_activation",
+    "pool_kernel",
+]

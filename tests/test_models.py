@@ -1,0 +1,264 @@
+"""Shape, gradient and API tests for cmav.models (small widths, CPU, fast)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from cmav.models import (
+    AudioEncoder,
+    ConditionalGenerator,
+    ConvEncoder,
+    ExponentialMovingAverage,
+    ImageEncoder,
+    ImageJudge,
+    PairAwareDiscriminator,
+    count_parameters,
+)
+
+torch.set_num_threads(2)
+SMALL = 8  # base channels in tests
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+# ---------------------------------------------------------------- encoders
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 128, 44), (1, 64, 44), (1, 128, 87), (3, 64, 64), (3, 128, 128), (1, 1, 400)],
+)
+def test_encoder_shapes(shape: tuple[int, int, int]) -> None:
+    enc = ConvEncoder(shape, base_channels=SMALL, feature_dim=16, n_classes=13)
+    x = torch.randn(3, *shape)
+    assert enc(x).shape == (3, 13)
+    assert enc.embed(x).shape == (3, 16)
+    out = enc.forward_features(x)
+    assert [tuple(b.shape[1:]) for b in out.blocks] == enc.block_shapes
+    assert enc.feature_map(x).shape == (3, *enc.block_shapes[-1])
+
+
+def test_audio_image_defaults() -> None:
+    a = AudioEncoder(base_channels=SMALL)
+    i = ImageEncoder(base_channels=SMALL)
+    assert a.input_shape == (1, 128, 44) and i.input_shape == (3, 64, 64)
+    assert a.embed(torch.randn(2, 1, 128, 44)).shape == (2, 128)
+    assert i(torch.randn(2, 3, 64, 64)).shape == (2, 13)
+    # the shape is never hard-coded: the audio encoder takes other front ends
+    assert AudioEncoder((1, 64, 44), base_channels=SMALL).embed(torch.randn(2, 1, 64, 44)).shape == (2, 128)
+
+
+@pytest.mark.parametrize("n_blocks", [2, 3, 4, 5, 6])
+@pytest.mark.parametrize("shape", [(1, 128, 44), (1, 64, 44)])
+def test_encoder_depths_and_blocks(n_blocks: int, shape: tuple[int, int, int]) -> None:
+    enc = AudioEncoder(shape, n_blocks=n_blocks, base_channels=SMALL, max_channels=32)
+    out = enc.forward_features(torch.randn(2, *shape))
+    assert len(out.blocks) == n_blocks
+    areas = [b.shape[2] * b.shape[3] for b in out.blocks]
+    assert all(a > b for a, b in zip(areas, areas[1:])), areas
+    assert shape[1] * shape[2] > areas[0]
+    assert out.feature.shape == (2, 128)
+    assert out.logits.shape == (2, 13)
+
+
+@pytest.mark.parametrize("n_blocks", [0, 1, 7])
+def test_encoder_bad_depth(n_blocks: int) -> None:
+    with pytest.raises(ValueError, match="n_blocks"):
+        AudioEncoder(n_blocks=n_blocks)
+
+
+def test_encoder_bad_input_raises() -> None:
+    enc = ImageEncoder(base_channels=SMALL)
+    with pytest.raises(ValueError):
+        enc(torch.randn(2, 1, 64, 64))
+    with pytest.raises(ValueError):
+        ConvEncoder((128, 44))
+
+
+@pytest.mark.parametrize("cls", [AudioEncoder, ImageEncoder])
+def test_eval_encoder_batch_independent(cls: type[ConvEncoder]) -> None:
+    enc = cls(base_channels=SMALL)
+    x = torch.randn(6, *enc.input_shape) * 20 - 40  # dB-like offsets for the input BN
+    enc.train()
+    enc(x)  # move running statistics away from their init
+    enc.eval()
+    with torch.no_grad():
+        full = enc.embed(x)
+        alone = torch.cat([enc.embed(x[i : i + 1]) for i in range(len(x))])
+        others = enc.embed(torch.cat([x[:1], torch.randn(5, *enc.input_shape)]))
+    torch.testing.assert_close(full, alone, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(full[:1], others[:1], rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- judge
+
+
+@pytest.mark.parametrize("size", [64, 128])
+@pytest.mark.parametrize("n_classes", [13, 5])
+def test_judge_shapes(size: int, n_classes: int) -> None:
+    judge = ImageJudge(image_size=size, n_classes=n_classes, base_channels=SMALL, feature_dim=32)
+    x = torch.rand(2, 3, size, size) * 2 - 1
+    assert judge(x).shape == (2, n_classes)
+    assert judge.features(x).shape == (2, 32)
+
+
+def test_judge_stronger_than_encoder() -> None:
+    assert count_parameters(ImageJudge()) > count_parameters(ImageEncoder())
+
+
+# ---------------------------------------------------------------- generator
+
+
+@pytest.mark.parametrize(
+    "out_shape,act",
+    [((3, 64, 64), "tanh"), ((3, 128, 128), "tanh"), ((1, 128, 44), "none"), ((1, 64, 44), "none")],
+)
+@pytest.mark.parametrize("fit", ["crop", "interpolate"])
+def test_generator_shapes(out_shape: tuple[int, int, int], act: str, fit: str) -> None:
+    g = ConditionalGenerator(out_shape, base_channels=SMALL, out_activation=act, fit=fit)
+    y = g(torch.randn(3, 10), torch.randn(3, 128))
+    assert y.shape == (3, *out_shape)
+    if act == "tanh":
+        assert y.abs().max() <= 1.0
+
+
+def test_generator_start_map() -> None:
+    g = ConditionalGenerator((3, 64, 64), base_channels=SMALL)
+    assert g.start_shape == (4, 4) and g.n_stages == 4
+    s = ConditionalGenerator((1, 128, 44), base_channels=SMALL, out_activation="none")
+    assert s.canvas_shape == (128, 64) and s.start_shape == (8, 4)
+
+
+def test_generator_gradients() -> None:
+    g = ConditionalGenerator((1, 128, 44), base_channels=SMALL, out_activation="none")
+    z = torch.randn(2, 10, requires_grad=True)
+    c = torch.randn(2, 128, requires_grad=True)
+    g(z, c).square().mean().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    assert c.grad is not None and c.grad.abs().sum() > 0
+
+
+def test_generator_unconditional_and_errors() -> None:
+    g = ConditionalGenerator(base_channels=SMALL, cond_dim=0)
+    assert g(torch.randn(2, 10)).shape == (2, 3, 64, 64)
+    with pytest.raises(ValueError):
+        ConditionalGenerator(base_channels=SMALL)(torch.randn(2, 10))
+    with pytest.raises(ValueError):
+        ConditionalGenerator(out_activation="sigmoid")
+
+
+# ---------------------------------------------------------------- discriminator
+
+
+@pytest.mark.parametrize("in_shape", [(3, 64, 64), (3, 128, 128), (1, 128, 44), (1, 64, 44)])
+@pytest.mark.parametrize("sn", [False, True])
+def test_discriminator_shapes(in_shape: tuple[int, int, int], sn: bool) -> None:
+    d = PairAwareDiscriminator(in_shape, base_channels=SMALL, spectral_norm=sn)
+    assert d(torch.randn(3, *in_shape), torch.randn(3, 128)).shape == (3,)
+    _, h, w = d.feature_shape
+    assert h <= 4 and w <= 4
+
+
+def test_discriminator_unconditional() -> None:
+    d = PairAwareDiscriminator(base_channels=SMALL, cond_dim=0)
+    assert d(torch.randn(2, 3, 64, 64)).shape == (2,)
+    assert d(torch.randn(2, 3, 64, 64), None).shape == (2,)
+    with pytest.raises(ValueError):
+        PairAwareDiscriminator(base_channels=SMALL)(torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.parametrize("sn", [False, True])
+def test_discriminator_gradients(sn: bool) -> None:
+    d = PairAwareDiscriminator((1, 128, 44), base_channels=SMALL, spectral_norm=sn)
+    x = torch.randn(2, 1, 128, 44, requires_grad=True)
+    c = torch.randn(2, 128, requires_grad=True)
+    d(x, c).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert c.grad is not None and c.grad.abs().sum() > 0
+
+
+def test_discriminator_cond_changes_logit() -> None:
+    d = PairAwareDiscriminator(base_channels=SMALL).eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert not torch.allclose(d(x, torch.randn(2, 128)), d(x, torch.randn(2, 128)))
+
+
+def test_spectral_norm_registered_and_no_bn() -> None:
+    d = PairAwareDiscriminator(base_channels=SMALL, spectral_norm=True)
+    layers = [m for m in d.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert layers and all(parametrize.is_parametrized(m, "weight") for m in layers)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in d.modules())
+    plain = PairAwareDiscriminator(base_channels=SMALL)
+    assert not any(parametrize.is_parametrized(m) for m in plain.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+
+
+# ---------------------------------------------------------------- EMA
+
+
+def _perturb(model: nn.Module) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    model.train()
+    model(torch.randn(4, 10), torch.randn(4, 128))  # changes BN running stats (buffers)
+
+
+def _state(m: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def test_ema_decay_zero_follows_model() -> None:
+    g = ConditionalGenerator(base_channels=SMALL)
+    ema = ExponentialMovingAverage(g, decay=0.0)
+    _perturb(g)
+    ema.update(g)
+    for k, v in g.state_dict().items():
+        torch.testing.assert_close(ema.module.state_dict()[k], v)
+
+
+def test_ema_decay_one_is_frozen_params() -> None:
+    g = ConditionalGenerator(base_channels=SMALL)
+    ema = ExponentialMovingAverage(g, decay=1.0)
+    before = dict((k, v.clone()) for k, v in ema.module.named_parameters())
+    _perturb(g)
+    ema.update(g)
+    for k, v in ema.module.named_parameters():
+        torch.testing.assert_close(v, before[k])
+    # buffers are copied, stylegan2-ada style
+    for k, v in g.named_buffers():
+        torch.testing.assert_close(dict(ema.module.named_buffers())[k], v)
+
+
+def test_ema_intermediate_decay_and_copy_to() -> None:
+    g = ConditionalGenerator(base_channels=SMALL)
+    ema = ExponentialMovingAverage(g, decay=0.9)
+    old = dict((k, v.clone()) for k, v in ema.module.named_parameters())
+    _perturb(g)
+    ema.update(g)
+    new = dict(g.named_parameters())
+    for k, v in ema.module.named_parameters():
+        torch.testing.assert_close(v, 0.9 * old[k] + 0.1 * new[k])
+    assert int(ema.n_updates) == 1
+    target = ConditionalGenerator(base_channels=SMALL)
+    ema.copy_to(target)
+    for k, v in ema.module.state_dict().items():
+        torch.testing.assert_close(target.state_dict()[k], v)
+
+
+def test_ema_stays_eval_frozen_and_runs() -> None:
+    d = PairAwareDiscriminator(base_channels=SMALL, spectral_norm=True)
+    ema = ExponentialMovingAverage(d, decay=0.5)
+    ema.train()
+    assert not ema.module.training
+    assert all(not p.requires_grad for p in ema.parameters())
+    ema.update(d)
+    assert ema(torch.randn(2, 3, 64, 64), torch.randn(2, 128)).shape == (2,)
+    with pytest.raises(ValueError):
+        ExponentialMovingAverage(d, decay=1.5)
