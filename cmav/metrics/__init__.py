@@ -1,0 +1,34 @@
+"""Metrics shared by every cmav branch: classification/judge accuracy, judge-feature FID/KID, diversity."""
+
+from cmav.metrics.classification import (
+    ClassificationReport,
+    classification_report,
+    judged_accuracy,
+    plot_confusion_matrix,
+    save_classification_report,
+)
+from cmav.metrics.diversity import diversity_over_noise, feature_diversity
+from cmav.metrics.fidelity import (
+    InceptionFeatureExtractor,
+    JudgeFeatureExtractor,
+    extract_features,
+    fid_kid,
+    fid_kid_from_features,
+    inception_feature_extractor,
+)
+
+__all__ = [
+    "ClassificationReport",
+    "InceptionFeatureExtractor",
+    "JudgeFeatureExtractor",
+    "classification_report",
+    "diversity_over_noise",
+    "extract_features",
+    "feature_diversity",
+    "fid_kid",
+    "fid_kid_from_features",
+    "inception_feature_extractor",
+    "judged_accuracy",
+    "plot_confusion_matrix",
+    "save_classification_report",
+]

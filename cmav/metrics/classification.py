@@ -1,0 +1,219 @@
+"""Classification metrics: plain reports on predictions, and judge-based accuracy of generated items.
+
+A *judge* is a classifier trained on real data; scoring generated images (or spectrograms) with it
+tells whether the generator produced something recognisable as the conditioning class.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix as _sk_confusion_matrix
+from torch import Tensor, nn
+
+Batches = Tensor | Iterable[Tensor] | Iterable[Sequence[Tensor]]
+"""Either one (N, ...) tensor or an iterable of batches (a tensor, or a tuple whose first item is the input)."""
+
+
+@dataclass
+class ClassificationReport:
+    """Accuracy summary of one set of predictions.
+
+    ``per_class`` holds the recall of each class (fraction of its items predicted correctly). A class
+    absent from the targets has no recall: it is NaN there and left out of ``balanced_accuracy``
+    (reporting 0 would punish a model for a class it was never asked about).
+    ``confusion`` is indexed ``[true, predicted]``.
+    """
+
+    accuracy: float
+    balanced_accuracy: float
+    per_class: dict[str, float]
+    confusion: np.ndarray
+    class_names: list[str]
+    n: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, nan_as_none: bool = True) -> dict[str, Any]:
+        """Plain-python view for loggers and JSON.
+
+        With ``nan_as_none`` NaNs become ``None`` because strict JSON has no NaN.
+        """
+
+        def f(x: float) -> float | None:
+            return None if (nan_as_none and math.isnan(x)) else float(x)
+
+        return {
+            "accuracy": f(self.accuracy),
+            "balanced_accuracy": f(self.balanced_accuracy),
+            "per_class": {k: f(v) for k, v in self.per_class.items()},
+            "confusion": self.confusion.astype(int).tolist(),
+            "class_names": list(self.class_names),
+            "n": int(self.n),
+            **self.extra,
+        }
+
+
+def _to_labels(preds_or_logits: Tensor | np.ndarray | Sequence[int], n_classes: int) -> np.ndarray:
+    """Class indices from either (N,) labels or (N, C) scores."""
+    x = torch.as_tensor(preds_or_logits)
+    if x.ndim == 2:
+        if x.shape[1] != n_classes:
+            raise ValueError(f"logits have {x.shape[1]} columns but there are {n_classes} class names")
+        x = x.argmax(dim=1)
+    elif x.ndim != 1:
+        raise ValueError(f"expected (N,) labels or (N, C) logits, got shape {tuple(x.shape)}")
+    elif x.is_floating_point():
+        raise ValueError("1-D predictions must be integer class indices (pass (N, C) logits for scores)")
+    return x.detach().cpu().long().numpy()
+
+
+def classification_report(
+    preds_or_logits: Tensor | np.ndarray | Sequence[int],
+    targets: Tensor | np.ndarray | Sequence[int],
+    class_names: Sequence[str],
+) -> ClassificationReport:
+    """Accuracy, balanced accuracy, per-class recall and confusion matrix.
+
+    ``preds_or_logits``: (N,) integer predictions or (N, C) logits/probabilities (argmax is taken).
+    ``targets``: (N,) integer labels in ``[0, C)``.
+    """
+    names = list(class_names)
+    c = len(names)
+    preds = _to_labels(preds_or_logits, c)
+    tgt = torch.as_tensor(targets).detach().cpu().long().reshape(-1).numpy()
+    if preds.shape[0] != tgt.shape[0]:
+        raise ValueError(f"{preds.shape[0]} predictions but {tgt.shape[0]} targets")
+    for what, arr in (("predictions", preds), ("targets", tgt)):
+        if arr.size and (arr.min() < 0 or arr.max() >= c):
+            raise ValueError(f"{what} contain labels outside [0, {c}) for {c} classes")
+
+    n = int(tgt.shape[0])
+    if n == 0:
+        cm = np.zeros((c, c), dtype=np.int64)
+    else:
+        # labels= fixes the matrix to all C classes even when some never occur.
+        cm = _sk_confusion_matrix(tgt, preds, labels=np.arange(c)).astype(np.int64)
+    support = cm.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+    present = ~np.isnan(recall)
+    accuracy = float(np.trace(cm) / n) if n else float("nan")
+    balanced = float(recall[present].mean()) if present.any() else float("nan")
+    return ClassificationReport(
+        accuracy=accuracy,
+        balanced_accuracy=balanced,
+        per_class={name: float(r) for name, r in zip(names, recall)},
+        confusion=cm,
+        class_names=names,
+        n=n,
+    )
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    """Where a module lives; CPU for a module without parameters or buffers."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _iter_batches(items: Batches, batch_size: int) -> Iterator[Tensor]:
+    """Yield input tensors from one big tensor (split into ``batch_size`` chunks) or from an iterable of batches."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if isinstance(items, Tensor):
+        yield from torch.split(items, batch_size)
+        return
+    for batch in items:
+        # DataLoaders often yield (x, y, ...) tuples; the input is the first item.
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected tensor batches, got {type(x).__name__}")
+        yield from torch.split(x, batch_size)
+
+
+@torch.no_grad()
+def judged_accuracy(
+    judge: nn.Module,
+    images: Batches,
+    targets: Tensor | np.ndarray | Sequence[int],
+    class_names: Sequence[str],
+    batch_size: int = 64,
+) -> ClassificationReport:
+    """Classify (generated) items with a judge and report how often it names the intended class.
+
+    ``judge(x)`` must return (B, C) logits. It runs in eval mode under ``no_grad`` on its own device;
+    its previous train/eval mode is restored afterwards so callers mid-training are not disturbed.
+    ``images``: (N, ...) tensor or an iterable of batches, in the order of ``targets``.
+    """
+    device = _module_device(judge)
+    was_training = judge.training
+    judge.eval()
+    try:
+        preds = []
+        for x in _iter_batches(images, batch_size):
+            logits = judge(x.to(device))
+            if logits.ndim != 2:
+                raise ValueError(f"judge must return (B, C) logits, got shape {tuple(logits.shape)}")
+            preds.append(logits.argmax(dim=1).cpu())
+    finally:
+        judge.train(was_training)
+    all_preds = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    return classification_report(all_preds, targets, class_names)
+
+
+def save_classification_report(report: ClassificationReport, path: str | Path) -> Path:
+    """Write ``report.to_dict()`` as JSON (NaN -> null)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.to_dict(nan_as_none=True), indent=2))
+    return path
+
+
+def plot_confusion_matrix(
+    report: ClassificationReport,
+    path: str | Path,
+    title: str = "Confusion matrix (rows normalised)",
+) -> Path:
+    """Save a row-normalised confusion matrix as PNG; rows of absent classes are left blank."""
+    # Figure + FigureCanvasAgg render off-screen without switching pyplot's global backend.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cm = report.confusion.astype(float)
+    rows = cm.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm = np.where(rows > 0, cm / np.maximum(rows, 1), np.nan)
+    c = len(report.class_names)
+    size = max(4.0, 0.55 * c + 2.0)
+    fig = Figure(figsize=(size, size * 0.9))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(np.ma.masked_invalid(norm), vmin=0.0, vmax=1.0, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(c))
+    ax.set_yticks(range(c))
+    ax.set_xticklabels(report.class_names, rotation=45, ha="right")
+    ax.set_yticklabels(report.class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{title}\nacc={report.accuracy:.3f}  bal_acc={report.balanced_accuracy:.3f}  n={report.n}")
+    if c <= 20:  # beyond that the numbers overlap and only clutter
+        for i in range(c):
+            for j in range(c):
+                if not np.isnan(norm[i, j]):
+                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
