@@ -1,5 +1,18 @@
 """Data: the Sub-URMP layout, loaders, the preprocessing cache and the DataModule."""
 
+from cmav.data.datamodule import AudioVisualDataModule
+from cmav.data.datasets import PairDataset, PairedFolder, SubURMP
+from cmav.data.errors import DataError, DataWarning
 from cmav.data.instruments import CLASS_TO_INDEX, INSTRUMENT_SPECS, INSTRUMENTS
 
-__all__ = ["CLASS_TO_INDEX", "INSTRUMENT_SPECS", "INSTRUMENTS"]
+__all__ = [
+    "AudioVisualDataModule",
+    "CLASS_TO_INDEX",
+    "DataError",
+    "DataWarning",
+    "INSTRUMENTS",
+    "INSTRUMENT_SPECS",
+    "PairDataset",
+    "PairedFolder",
+    "SubURMP",
+]

@@ -1,0 +1,274 @@
+"""Build the offline stand-in for Sub-URMP, in Sub-URMP's exact released layout.
+
+Each track (performance) of an instrument gets its own melody, rendered through FluidSynth with
+a General MIDI soundfont, and its own player, drawn procedurally with a pose that follows the
+notes. The track is cut like Sub-URMP: 0.5 s chunks every 0.1 s, named ``<instrument><NN>_<T>``
+where T (ms) is the end time of the chunk (500, 600, ...), with one frame per chunk taken at the
+chunk's centre.
+
+Building is deterministic under a seed, resumable (a finished track leaves a marker; files are
+written under a hidden temporary name and renamed into place) and a no-op on a complete folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm.auto import tqdm
+
+from cmav.data.errors import DataError
+from cmav.data.instruments import CLASS_TO_INDEX, INSTRUMENT_SPECS, INSTRUMENTS
+from cmav.standin.music import MelodyStyle, random_melody, write_midi
+from cmav.standin.render import DEFAULT_SOUNDFONT, SynthSettings, check_renderer, render_midi
+
+MANIFEST = "cmav_standin.json"
+MARKERS = ".cmav_build"
+BUILDER_VERSION = 1
+CHUNK_S = 0.5
+HOP_S = 0.1
+SAMPLE_RATE = 44100
+
+# Sub-URMP's real track ids per instrument (train, validation), from its released archive.
+SUBURMP_TRACKS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "bassoon": ((0,), (1,)),
+    "cello": ((0, 2, 3, 5, 6, 7, 8, 9), (1,)),
+    "clarinet": ((0, 2, 3, 5, 6, 7, 8), (1,)),
+    "double_bass": ((0,), (1,)),
+    "flute": ((0, 2, 5, 8, 9), (1,)),
+    "horn": ((0, 1, 2, 3), (4,)),
+    "oboe": ((0, 1, 2), (4,)),
+    "sax": ((0, 2, 3, 4, 5, 6, 7, 9), (1, 8)),
+    "trombone": ((0, 3, 4, 5, 6, 7), (2,)),
+    "trumpet": ((0,), (1,)),
+    "tuba": ((0, 3), (4,)),
+    "viola": ((0, 3, 5, 6, 9), (1,)),
+    "violin": ((1, 2, 3, 4, 5, 8, 9), (6,)),
+}
+# Sub-URMP's chunk counts per instrument (train, validation).
+SUBURMP_COUNTS: dict[str, tuple[int, int]] = {
+    "bassoon": (1735, 390), "cello": (9800, 1030), "clarinet": (8125, 945),
+    "double_bass": (1270, 1180), "flute": (5690, 925), "horn": (5540, 525),
+    "oboe": (4505, 390), "sax": (7615, 910), "trombone": (8690, 805),
+    "trumpet": (1015, 520), "tuba": (3285, 525), "viola": (6530, 485), "violin": (7430, 945),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Size of a stand-in build. ``None`` counts mean: follow Sub-URMP's real tracks and counts."""
+
+    name: str
+    train_tracks: int | None
+    validation_tracks: int | None
+    train_chunks_per_track: int | None
+    validation_chunks_per_track: int | None
+    frame_size: int = 256
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset("tiny", 2, 1, 11, 6, frame_size=128),
+    "default": Preset("default", 5, 1, 56, 56, frame_size=256),
+    "full": Preset("full", None, None, None, None, frame_size=256),
+}
+
+
+@dataclass(frozen=True)
+class TrackJob:
+    """Everything needed to build one track; picklable for worker processes."""
+
+    root: str
+    split: str
+    instrument: str
+    track: int
+    n_chunks: int
+    seed: int
+    soundfont: str
+    frame_size: int
+    jpeg_quality: int
+    synth: SynthSettings = field(default_factory=SynthSettings)
+    melody: MelodyStyle = field(default_factory=MelodyStyle)
+    silence_rms: float = 1e-3
+    max_attempts: int = 5
+
+    @property
+    def name(self) -> str:
+        return f"{self.instrument}{self.track:02d}"
+
+    @property
+    def marker(self) -> Path:
+        return Path(self.root) / MARKERS / self.split / f"{self.name}.done"
+
+
+def track_plan(preset: Preset) -> list[tuple[str, str, int, int]]:
+    """(split, instrument, track id, chunk count) for every track of a preset."""
+    plan = []
+    for inst in INSTRUMENTS:
+        real_train, real_val = SUBURMP_TRACKS[inst]
+        n_train_real, n_val_real = SUBURMP_COUNTS[inst]
+        if preset.train_tracks is None:
+            train = [(t, n_train_real // len(real_train) + (i < n_train_real % len(real_train)))
+                     for i, t in enumerate(real_train)]  # fmt: skip
+            val = [(t, n_val_real // len(real_val) + (i < n_val_real % len(real_val)))
+                   for i, t in enumerate(real_val)]  # fmt: skip
+        else:
+            val_ids = list(real_val[: preset.validation_tracks])
+            # Extend the real train ids with unused ones when the preset asks for more tracks.
+            spare = [t for t in range(100) if t not in real_train and t not in val_ids]
+            train_ids = (list(real_train) + spare)[: preset.train_tracks]
+            train = [(t, preset.train_chunks_per_track) for t in train_ids]
+            val = [(t, preset.validation_chunks_per_track) for t in val_ids]
+        plan += [("train", inst, t, n) for t, n in train]
+        plan += [("validation", inst, t, n) for t, n in val]
+    return plan
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a hidden temporary file in the same folder, then rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _track_rng(seed: int, split: str, instrument: str, track: int) -> np.random.Generator:
+    return np.random.default_rng([seed, ("train", "validation").index(split), CLASS_TO_INDEX[instrument], track])
+
+
+def build_track(job: TrackJob) -> int:
+    """Render, cut and write one track's chunks and frames; returns the number of pairs."""
+    from cmav.standin.frames import PlayerStyle, pose_at, render_frame
+
+    if job.marker.is_file():
+        return job.n_chunks
+    spec = INSTRUMENT_SPECS[job.instrument]
+    rng = _track_rng(job.seed, job.split, job.instrument, job.track)
+    style = PlayerStyle.sample(rng)
+    chunk, hop = round(CHUNK_S * job.synth.sample_rate), round(HOP_S * job.synth.sample_rate)
+    duration = CHUNK_S + HOP_S * (job.n_chunks - 1)
+    for attempt in range(job.max_attempts):
+        notes = random_melody(spec, duration, rng, job.melody)
+        with tempfile.TemporaryDirectory(prefix="cmav-midi-") as tmp:
+            midi = Path(tmp) / f"{job.name}.mid"
+            write_midi(notes, spec.gm_program, midi)
+            audio = render_midi(midi, job.soundfont, job.synth)
+        need = chunk + hop * (job.n_chunks - 1)
+        if audio.shape[1] < need:
+            audio = np.pad(audio, ((0, 0), (0, need - audio.shape[1])))
+        chunks = [audio[:, k * hop : k * hop + chunk] for k in range(job.n_chunks)]
+        rms = [float(np.sqrt(np.mean(np.square(c)))) for c in chunks]
+        if min(rms) >= job.silence_rms:
+            break
+    else:
+        raise RuntimeError(
+            f"{job.name}: a chunk stayed silent (RMS {min(rms):.1e}) after {job.max_attempts} melodies; "
+            f"is {job.soundfont} a General MIDI soundfont with program {spec.gm_program}?"
+        )
+    peak = max(float(np.abs(audio[:, :need]).max()), 1e-9)
+    gain = min(1.0, 0.95 / peak)  # never clip the 16-bit files
+    root = Path(job.root)
+    wav_dir = root / "chunk" / job.split / job.instrument
+    img_dir = root / "img" / job.split / job.instrument
+    for k, c in enumerate(chunks):
+        stem = f"{job.name}_{500 + 100 * k}"
+        _atomic_write(
+            wav_dir / f"{stem}.wav",
+            lambda p, c=c: sf.write(p, (c * gain).T, job.synth.sample_rate, subtype="PCM_16", format="WAV"),
+        )
+        t_centre = k * HOP_S + CHUNK_S / 2
+        image, _mask = render_frame(job.instrument, style, pose_at(notes, t_centre, job.instrument), job.frame_size)
+        _atomic_write(img_dir / f"{stem}.jpg", lambda p, im=image: im.save(p, format="JPEG", quality=job.jpeg_quality))
+    _atomic_write(job.marker, lambda p: Path(p).write_text(json.dumps({"chunks": job.n_chunks})))
+    return job.n_chunks
+
+
+def _remove_partials(root: Path) -> int:
+    n = 0
+    for p in root.rglob(".*.partial"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def build_standin(
+    root: str | Path,
+    preset: str = "default",
+    seed: int = 0,
+    soundfont: str | Path = DEFAULT_SOUNDFONT,
+    frame_size: int | None = None,
+    jpeg_quality: int = 90,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Build (or finish building) the stand-in data set at ``root``; returns its manifest.
+
+    A folder built with other parameters is refused rather than mixed; a complete folder with the
+    same parameters is left as it is.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    soundfont = check_renderer(soundfont)
+    root = Path(root)
+    params = {
+        "builder_version": BUILDER_VERSION,
+        "preset": preset,
+        "seed": seed,
+        "soundfont": soundfont.name,
+        "frame_size": frame_size or p.frame_size,
+        "jpeg_quality": jpeg_quality,
+    }
+    manifest_path = root / MANIFEST
+    if manifest_path.is_file():
+        try:
+            old = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(manifest_path, f"unreadable build manifest ({exc}); delete the folder to rebuild") from exc
+        if old.get("params") != params:
+            raise DataError(
+                root,
+                f"already holds a stand-in built with {old.get('params')}; asked for {params}. "
+                "Use another --root or delete this folder.",
+            )
+        if old.get("complete"):
+            return old
+    elif root.exists() and any(root.iterdir()):
+        raise DataError(root, "folder is not empty and holds no stand-in manifest; refusing to write into it")
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_partials(root)
+    manifest = {"params": params, "complete": False}
+    _atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(manifest, indent=2)))
+    jobs = [
+        TrackJob(str(root), split, inst, track, n, seed, str(soundfont), params["frame_size"], jpeg_quality)
+        for split, inst, track, n in track_plan(p)
+    ]
+    todo = [j for j in jobs if not j.marker.is_file()]
+    total = sum(j.n_chunks for j in todo)
+    workers = workers or min(len(todo), os.cpu_count() or 1) or 1
+    with tqdm(total=total, unit="pair", desc=f"building {preset}", disable=not progress) as bar:
+        if workers == 1:
+            for j in todo:
+                bar.update(build_track(j))
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for n in pool.map(build_track, todo):
+                    bar.update(n)
+    counts: dict[str, dict[str, int]] = {"train": {}, "validation": {}}
+    tracks: dict[str, dict[str, list[int]]] = {"train": {}, "validation": {}}
+    for j in jobs:
+        counts[j.split][j.instrument] = counts[j.split].get(j.instrument, 0) + j.n_chunks
+        tracks[j.split].setdefault(j.instrument, []).append(j.track)
+    manifest = {"params": params, "complete": True, "counts": counts, "tracks": tracks}
+    _atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(manifest, indent=2)))
+    return manifest

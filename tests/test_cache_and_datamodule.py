@@ -1,0 +1,89 @@
+import os
+import time
+
+import pytest
+import torch
+from fixtures import make_suburmp
+
+from cmav.data import cache as cache_mod
+from cmav.data.datamodule import AudioVisualDataModule, tail_holdout
+from cmav.data.datasets import SubURMP
+from cmav.data.errors import DataWarning
+from cmav.features import LogMelConfig
+
+
+@pytest.fixture()
+def root(tmp_path):
+    return make_suburmp(tmp_path / "suburmp", chunks=3)
+
+
+def test_dataset_items_have_documented_shapes_and_ranges(root):
+    ds = SubURMP(root, "train", image_size=32, progress=False)
+    assert len(ds) == 13 * 3
+    item = ds[0]
+    assert item["audio"].shape == (1, 128, 44) and item["audio"].dtype == torch.float32
+    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+    assert -1.0 <= float(item["image"].min()) and float(item["image"].max()) <= 1.0
+    assert int(item["label"]) == 0 and int(item["track"]) == 0 and int(item["time"]) == 500
+    assert ds.tensors.audio.dtype == torch.float16 and ds.tensors.images.dtype == torch.uint8
+
+
+def test_cache_is_reused_and_not_recomputed(root, monkeypatch):
+    SubURMP(root, "train", image_size=32, progress=False)
+    files = list((root / ".cmav_cache").glob("train-*.pt"))
+    assert len(files) == 1
+
+    def fail(*a, **k):
+        raise AssertionError("cache was rebuilt")
+
+    monkeypatch.setattr(cache_mod, "build_tensors", fail)
+    assert len(SubURMP(root, "train", image_size=32, progress=False)) == 39
+
+
+def test_changed_source_file_invalidates_the_cache(root, monkeypatch):
+    a = SubURMP(root, "train", image_size=32, progress=False)
+    wav = root / "chunk/train/cello/cello00_500.wav"
+    st = wav.stat()
+    os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    calls = []
+    real = cache_mod.build_tensors
+    monkeypatch.setattr(cache_mod, "build_tensors", lambda *a, **k: calls.append(1) or real(*a, **k))
+    b = SubURMP(root, "train", image_size=32, progress=False)
+    assert calls == [1] and torch.equal(a.tensors.audio, b.tensors.audio)
+
+
+def test_front_end_config_gets_its_own_cache_entry(root):
+    a = SubURMP(root, "train", image_size=32, progress=False)
+    b = SubURMP(root, "train", image_size=32, features=LogMelConfig(n_mels=64), progress=False)
+    assert a.tensors.audio.shape[2] == 128 and b.tensors.audio.shape[2] == 64
+    assert len(list((root / ".cmav_cache").glob("train-*.pt"))) == 2
+
+
+def test_half_written_cache_is_rebuilt_with_a_warning(root):
+    SubURMP(root, "train", image_size=32, progress=False)
+    (f,) = (root / ".cmav_cache").glob("train-*.pt")
+    f.write_bytes(f.read_bytes()[:100])
+    with pytest.warns(DataWarning, match="unreadable cache file"):
+        ds = SubURMP(root, "train", image_size=32, progress=False)
+    assert len(ds) == 39
+
+
+def test_tail_holdout_takes_the_end_of_each_track():
+    labels = torch.tensor([0] * 10 + [1] * 10)
+    tracks = torch.tensor([0] * 10 + [3] * 10)
+    times = torch.tensor(list(range(1400, 400, -100)) + list(range(500, 1500, 100)))
+    keep, held = tail_holdout(tracks, labels, times, 0.1)
+    assert set(keep).isdisjoint(held) and len(keep) + len(held) == 20
+    assert [int(times[i]) for i in held] == [1400, 1400]
+
+
+def test_datamodule_batches(root, tmp_path):
+    dm = AudioVisualDataModule(str(root), image_size=32, batch_size=8, holdout_tail=0.3,
+                               cache_dir=str(tmp_path / "c"), progress=False)  # fmt: skip
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["audio"].shape == (8, 1, 128, 44) and batch["image"].shape == (8, 3, 32, 32)
+    assert len(dm.train) == 13 * 2 and len(dm.train_holdout) == 13
+    held_times = {int(dm.train_full.tensors.times[i]) for i in dm.train_holdout.indices}
+    assert held_times == {700}
+    assert len(dm.val) == 39 and dm.class_names[0] == "bassoon"

@@ -1,0 +1,132 @@
+"""The offline stand-in: layout, formats, counts, determinism, resumability (real FluidSynth)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from cmav.cli.main import main
+from cmav.data.check import check_dataset
+from cmav.data.datasets import SubURMP
+from cmav.data.errors import DataError
+from cmav.data.instruments import INSTRUMENTS
+from cmav.standin.build import MANIFEST, PRESETS, TrackJob, build_standin, build_track, track_plan
+from cmav.standin.render import DEFAULT_SOUNDFONT
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("fluidsynth") is None or not DEFAULT_SOUNDFONT.is_file(),
+    reason="needs fluidsynth + fluid-soundfont-gm (make install puts them in place)",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("standin") / "tiny"
+    build_standin(root, preset="tiny", seed=0, progress=False)
+    return root
+
+
+def test_tiny_has_13_classes_by_2_splits_in_suburmp_layout(tiny):
+    p = PRESETS["tiny"]
+    for split, n_tracks, n_chunks in (("train", p.train_tracks, p.train_chunks_per_track),
+                                      ("validation", p.validation_tracks, p.validation_chunks_per_track)):  # fmt: skip
+        assert sorted(d.name for d in (tiny / "chunk" / split).iterdir()) == sorted(INSTRUMENTS)
+        for inst in INSTRUMENTS:
+            wavs = sorted((tiny / "chunk" / split / inst).glob("*.wav"))
+            jpgs = sorted((tiny / "img" / split / inst).glob("*.jpg"))
+            assert len(wavs) == len(jpgs) == n_tracks * n_chunks
+            assert [w.stem for w in wavs] == [j.stem for j in jpgs]
+
+
+def test_names_follow_suburmp(tiny):
+    stems = sorted(p.stem for p in (tiny / "chunk/train/violin").glob("*.wav"))
+    track = stems[0][len("violin"):len("violin") + 2]  # fmt: skip
+    times = sorted(int(s.split("_")[-1]) for s in stems if s.startswith(f"violin{track}_"))
+    assert times[0] == 500 and all(b - a == 100 for a, b in zip(times, times[1:]))
+
+
+def test_wav_format_matches_suburmp(tiny):
+    for wav in list((tiny / "chunk/validation/cello").glob("*.wav"))[:3]:
+        info = sf.info(str(wav))
+        assert (info.samplerate, info.channels, info.frames, info.subtype) == (44100, 2, 22050, "PCM_16")
+        assert wav.stat().st_size == 88244  # Sub-URMP's exact chunk size
+        data, _ = sf.read(str(wav))
+        assert np.sqrt(np.mean(data**2)) > 1e-3, "chunks must not be silent"
+
+
+def test_frames_are_jpeg_at_preset_size(tiny):
+    img = Image.open(next((tiny / "img/train/tuba").glob("*.jpg")))
+    assert img.format == "JPEG" and img.size == (PRESETS["tiny"].frame_size,) * 2
+
+
+def test_validation_tracks_are_held_out(tiny):
+    report = check_dataset(tiny, progress=False)
+    assert report.ok, report.errors
+    for inst in INSTRUMENTS:
+        assert report.tracks["train"][inst].isdisjoint(report.tracks["validation"][inst])
+
+
+def test_second_build_does_nothing(tiny):
+    before = {p: p.stat().st_mtime_ns for p in tiny.rglob("*.wav")}
+    build_standin(tiny, preset="tiny", seed=0, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in tiny.rglob("*.wav")} == before
+
+
+def test_other_parameters_are_refused_not_mixed(tiny):
+    with pytest.raises(DataError, match="already holds a stand-in"):
+        build_standin(tiny, preset="tiny", seed=1, progress=False)
+
+
+def test_build_is_deterministic_and_resumes_after_interruption(tmp_path, tiny):
+    split, inst, track, n = next(t for t in track_plan(PRESETS["tiny"]) if t[1] == "flute")
+    job = TrackJob(str(tmp_path / "a"), split, inst, track, n, 0, str(DEFAULT_SOUNDFONT), 128, 90)
+    build_track(job)
+    wav = f"chunk/{split}/{inst}/{inst}{track:02d}_600.wav"
+    jpg = f"img/{split}/{inst}/{inst}{track:02d}_600.jpg"
+    assert (tmp_path / "a" / wav).read_bytes() == (tiny / wav).read_bytes()
+    assert (tmp_path / "a" / jpg).read_bytes() == (tiny / jpg).read_bytes()
+
+    # An interrupted build: a track without its marker, a missing file and a stray partial file.
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["complete"] = False
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    (copy / ".cmav_build" / split / f"{inst}{track:02d}.done").unlink()
+    (copy / wav).unlink()
+    stray = copy / "img" / split / inst / f".{inst}{track:02d}_700.jpg.x.partial"
+    stray.write_bytes(b"half")
+    build_standin(copy, preset="tiny", seed=0, progress=False)
+    assert (copy / wav).read_bytes() == (tiny / wav).read_bytes()
+    assert not stray.exists()
+    assert json.loads((copy / MANIFEST).read_text())["complete"] is True
+
+
+def test_loader_reads_the_standin(tiny, tmp_path):
+    ds = SubURMP(tiny, "validation", image_size=64, cache_dir=tmp_path / "cache", progress=False)
+    item = ds[0]
+    assert item["audio"].shape == (1, 128, 44) and item["image"].shape == (3, 64, 64)
+    assert len(ds) == 13 * PRESETS["tiny"].validation_chunks_per_track
+
+
+def test_cli_check_prints_counts_table(tiny, capsys):
+    assert main(["data", "check", str(tiny)]) == 0
+    out = capsys.readouterr().out
+    assert "| violin |" in out and "**total**" in out and "OK" in out
+
+
+def test_cli_check_fails_on_a_broken_set(tiny, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny, broken)
+    next((broken / "chunk/train/oboe").glob("*.wav")).write_bytes(b"junk")
+    assert main(["data", "check", str(broken)]) == 1
+    assert "not a readable audio file" in capsys.readouterr().err
+
+
+def test_cli_sheet_writes_a_png(tiny, tmp_path):
+    out = tmp_path / "sheet.png"
+    assert main(["data", "sheet", str(tiny), "-o", str(out), "--per-class", "2", "--cell-size", "32"]) == 0
+    assert Image.open(out).size[1] > 13 * 32
