@@ -16,4 +16,4 @@ demo: install
 	$(VENV)/bin/cmav data sheet $(DATA) -o $(OUT)/contact_sheet.png
 
 test: install
-	$(VENV)/bin/python -m pytest -q -n 2
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
