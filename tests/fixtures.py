@@ -49,3 +49,23 @@ def make_paired(root: Path, classes: tuple[str, ...] = ("dog", "drum"), per_clas
                 write_wav(root / "audio" / split / name / f"{stem}.wav", freq=300.0 + 200 * label)
                 write_jpg(root / "image" / split / name / f"{stem}.png", colour=(100 * label, 50, 50))
     return root
+
+
+def make_suburmp_tracks(root: Path, tracks: tuple[int, ...] = (0, 1), chunks: int = 2, val_track: int = 9,
+                        single_track: tuple[str, ...] = ()) -> Path:  # fmt: skip
+    """Sub-URMP layout with several train tracks (players) per class; ``single_track`` classes get only
+    the first. Audio pitch and image colour depend on the class; the track shifts the colour a little
+    so players differ."""
+    for label, name in enumerate(INSTRUMENTS):
+        freq = 220.0 * (1 + label / 4)
+        for track in tracks[:1] if name in single_track else tracks:
+            for k in range(chunks):
+                stem = f"{name}{track:02d}_{500 + 100 * k}"
+                write_wav(root / "chunk" / "train" / name / f"{stem}.wav", freq=freq)
+                write_jpg(root / "img" / "train" / name / f"{stem}.jpg",
+                          colour=(20 * label, 255 - 15 * label, 40 + 60 * track))  # fmt: skip
+        for k in range(chunks):
+            stem = f"{name}{val_track:02d}_{500 + 100 * k}"
+            write_wav(root / "chunk" / "validation" / name / f"{stem}.wav", freq=freq)
+            write_jpg(root / "img" / "validation" / name / f"{stem}.jpg", colour=(20 * label, 255 - 15 * label, 90))
+    return root

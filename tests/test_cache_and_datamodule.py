@@ -87,3 +87,10 @@ def test_datamodule_batches(root, tmp_path):
     held_times = {int(dm.train_full.tensors.times[i]) for i in dm.train_holdout.indices}
     assert held_times == {700}
     assert len(dm.val) == 39 and dm.class_names[0] == "bassoon"
+
+
+def test_datamodule_hparams_are_plain_for_safe_checkpoints(root, tmp_path):
+    dm = AudioVisualDataModule(str(root), features=LogMelConfig(n_mels=64), cache_dir=str(tmp_path / "c"))
+    torch.save(dict(dm.hparams), tmp_path / "h.pt")
+    loaded = torch.load(tmp_path / "h.pt", weights_only=True)
+    assert loaded["features"]["n_mels"] == 64 and dm.features.n_mels == 64

@@ -8,6 +8,14 @@ import sys
 from cmav import __version__
 from cmav.cli import data
 
+# the Lightning sub-commands (cmav/cli/train.py), with their --help lines
+LIGHTNING_COMMANDS = {
+    "fit": "train a model from a config (experiments/*.yaml); see `cmav fit --help`",
+    "validate": "run the validation loop of a model (Lightning CLI)",
+    "test": "run the test loop of a model (Lightning CLI)",
+    "predict": "run prediction with a model (Lightning CLI)",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -17,12 +25,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cmav {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data.add_parser(sub)
+    for name, text in LIGHTNING_COMMANDS.items():
+        # listed for --help only: main() hands these to the Lightning CLI before argparse runs
+        sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    if words and words[0] in LIGHTNING_COMMANDS:
+        from cmav.cli.train import run  # imports Lightning: only when needed
+
+        return run(argv)  # None = sys.argv, as LightningCLI expects
+    args = build_parser().parse_args(words)
     return data.run(args)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -63,10 +64,12 @@ class AudioVisualDataModule(L.LightningDataModule):
         progress: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.root = Path(root)
         self.features = features or LogMelConfig()
         self.chunk = chunk or ChunkSpec()
+        # Plain dicts, not dataclass objects: checkpoints must load with weights_only=True.
+        self.save_hyperparameters(ignore=["features", "chunk"])
+        self.hparams.update(features=asdict(self.features), chunk=asdict(self.chunk))
+        self.root = Path(root)
         self.train_full: PairDataset | None = None
         self.val: PairDataset | None = None
 
@@ -110,4 +113,7 @@ class AudioVisualDataModule(L.LightningDataModule):
         return self._loader(self.val, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
         return self._loader(self.val, shuffle=False)

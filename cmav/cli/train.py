@@ -1,0 +1,39 @@
+"""``cmav fit|validate|test|predict``: Lightning's CLI over cmav's tasks and data.
+
+``--model`` is any LightningModule by class path (``cmav.tasks.ClassifierTask``,
+``cmav.tasks.S2ITask``; the short names work too); ``--data`` is the
+:class:`~cmav.data.AudioVisualDataModule`. Configs live in ``experiments/``::
+
+    cmav fit --config experiments/s2i_c.yaml
+    cmav fit --config experiments/s2i_c.yaml --ckpt_path last      # resume
+    cmav validate --config experiments/image_judge.yaml --ckpt_path runs/image_judge/checkpoints/last.ckpt
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+import cmav.tasks  # noqa: F401  (registers the task classes for short names)
+from cmav.data.datamodule import AudioVisualDataModule
+
+class CmavCLI(LightningCLI):
+    """LightningCLI with the frame size given once, by the data."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Both tasks take image_size; the data decides it, so a model can't disagree with its frames.
+        parser.link_arguments("data.image_size", "model.init_args.image_size", apply_on="parse")
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run a Lightning sub-command; ``argv`` (default ``sys.argv[1:]``) starts with
+    ``fit``/``validate``/``test``/``predict``."""
+    CmavCLI(
+        model_class=None,  # any LightningModule, chosen by class path
+        datamodule_class=AudioVisualDataModule,
+        subclass_mode_model=True,
+        args=argv,
+        auto_configure_optimizers=False,  # the tasks configure their own (G and D for S2I)
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "cmav", "description": "cmav training and evaluation (Lightning CLI)"},
+    )
+    return 0

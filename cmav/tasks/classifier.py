@@ -1,0 +1,357 @@
+"""Single-modality classifiers: the sound classifier, the image judge and the player judge.
+
+One LightningModule, three uses (see ``experiments/``):
+
+* ``modality='audio', target='label'``: the sound classifier; its :class:`AudioEncoder` is the
+  frozen/fine-tuned condition encoder of S2I.
+* ``modality='image', target='label'``: the image judge (an :class:`ImageJudge` trained on real
+  frames only, used only to score generated frames).
+* ``modality='image', target='track'``: the player judge; classes are the (instrument, track)
+  pairs of the train split. Validation players never occur in train, so it is validated on the
+  held-out tails of the train tracks (``data.holdout_tail > 0``), not on the validation split.
+
+The class list (and the player mapping) are read from the data at ``setup`` and stored in the
+hyper-parameters, so a checkpoint rebuilds the model without the data
+(:func:`load_classifier`).
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cmav.metrics import classification_report
+from cmav.models import AudioEncoder, ImageJudge
+from cmav.tasks.common import (
+    AdamConfig,
+    AudioEncoderConfig,
+    ImageAugment,
+    ImageAugmentConfig,
+    ImageJudgeConfig,
+    coerce,
+    datamodule_of,
+    plain,
+)
+
+Modality = Literal["audio", "image"]
+Target = Literal["label", "track"]
+
+
+def player_names(players: list[list[int]], class_names: list[str]) -> list[str]:
+    """``violin03``-style names of (class, track) pairs."""
+    return [f"{class_names[c]}{t:02d}" for c, t in players]
+
+
+class ClassifierTask(L.LightningModule):
+    """Cross-entropy classifier on one modality.
+
+    Args:
+        modality: ``'audio'`` (LMS -> :class:`AudioEncoder`) or ``'image'`` (frame -> :class:`ImageJudge`).
+        target: ``'label'`` (instrument) or ``'track'`` (player = (instrument, track) pair).
+        image_size: frame side; must equal the data's (the CLI links it to ``data.image_size``).
+        audio_encoder: encoder options (modality ``audio``).
+        image_judge: judge options (modality ``image``).
+        optimizer: Adam settings. Not from the paper (it gives none for its classifiers):
+            the usual Adam defaults.
+        augment: training-time image augmentation (modality ``image``; off by default).
+        label_smoothing: cross-entropy label smoothing.
+        class_names: instrument names; filled from the data at ``setup`` and saved in the
+            checkpoint (leave unset).
+        input_shape: ``(C, H, W)`` of one input; filled from the data (leave unset).
+        players: ``[class, track]`` of every player id (``target='track'``); filled from the
+            data (leave unset).
+    """
+
+    def __init__(
+        self,
+        modality: Modality = "audio",
+        target: Target = "label",
+        image_size: int = 64,
+        audio_encoder: AudioEncoderConfig = AudioEncoderConfig(),
+        image_judge: ImageJudgeConfig = ImageJudgeConfig(),
+        optimizer: AdamConfig = AdamConfig(lr=1e-3, betas=(0.9, 0.999)),
+        augment: ImageAugmentConfig = ImageAugmentConfig(),
+        label_smoothing: float = 0.0,
+        class_names: list[str] | None = None,
+        input_shape: list[int] | None = None,
+        players: list[list[int]] | None = None,
+    ) -> None:
+        super().__init__()
+        if modality not in ("audio", "image"):
+            raise ValueError(f"modality must be 'audio' or 'image', got {modality!r}")
+        if target not in ("label", "track"):
+            raise ValueError(f"target must be 'label' or 'track', got {target!r}")
+        # Plain dicts in the hyper-parameters (weights_only checkpoints, readable hparams.yaml);
+        # save_hyperparameters reads these locals.
+        audio_encoder, image_judge = plain(audio_encoder), plain(image_judge)
+        optimizer, augment = plain(optimizer), plain(augment)
+        self.save_hyperparameters()
+        self.audio_encoder_config = coerce(AudioEncoderConfig, audio_encoder)
+        self.image_judge_config = coerce(ImageJudgeConfig, image_judge)
+        self.optimizer_config = coerce(AdamConfig, optimizer)
+        self.augment = ImageAugment(coerce(ImageAugmentConfig, augment))
+        self.model: nn.Module | None = None
+        self._val_preds: list[Tensor] = []
+        self._val_targets: list[Tensor] = []
+        self._warned_no_holdout = False
+        if self._can_build():
+            self._build()
+
+    # ------------------------------------------------------------------ model and targets
+
+    @property
+    def input_key(self) -> str:
+        return "audio" if self.hparams.modality == "audio" else "image"
+
+    @property
+    def target_names(self) -> list[str]:
+        """Names of the output classes (instruments, or players for ``target='track'``)."""
+        h = self.hparams
+        if h.target == "track":
+            return player_names(h.players, h.class_names)
+        return list(h.class_names)
+
+    def _can_build(self) -> bool:
+        h = self.hparams
+        if h.class_names is None or (h.target == "track" and h.players is None):
+            return False
+        return h.modality == "image" or h.input_shape is not None
+
+    def _build(self) -> None:
+        h = self.hparams
+        n_out = len(h.players) if h.target == "track" else len(h.class_names)
+        if h.modality == "audio":
+            c = self.audio_encoder_config
+            self.model = AudioEncoder(
+                input_shape=tuple(h.input_shape), n_blocks=c.n_blocks, base_channels=c.base_channels,
+                max_channels=c.max_channels, feature_dim=c.feature_dim, n_classes=n_out, dropout=c.dropout,
+                activation=c.activation, negative_slope=c.negative_slope, input_norm=c.input_norm,
+                global_pool=c.global_pool,
+            )  # fmt: skip
+        else:
+            c = self.image_judge_config
+            self.model = ImageJudge(
+                image_size=h.image_size, n_classes=n_out, n_blocks=c.n_blocks, base_channels=c.base_channels,
+                max_channels=c.max_channels, feature_dim=c.feature_dim, dropout=c.dropout,
+                block_dropout=c.block_dropout, activation=c.activation, negative_slope=c.negative_slope,
+            )  # fmt: skip
+        if h.target == "track":
+            self._build_player_table(h.players, len(h.class_names))
+
+    def _build_player_table(self, players: list[list[int]], n_classes: int) -> None:
+        tracks = [t for _, t in players]
+        self._track_min = min(tracks)
+        slots = max(tracks) - self._track_min + 1
+        table = torch.full((n_classes, slots), -1, dtype=torch.long)
+        for pid, (c, t) in enumerate(players):
+            table[c, t - self._track_min] = pid
+        # derived from hparams, so not persistent: checkpoints stay the model's weights
+        self.register_buffer("player_table", table, persistent=False)
+
+    def targets(self, batch: dict[str, Tensor]) -> Tensor:
+        """Class ids of a batch; for ``target='track'`` player ids, -1 for players not in train."""
+        labels = batch["label"].long()
+        if self.hparams.target == "label":
+            return labels
+        slot = batch["track"].long() - self._track_min
+        ok = (slot >= 0) & (slot < self.player_table.shape[1])
+        ids = self.player_table[labels, slot.clamp(0, self.player_table.shape[1] - 1)]
+        return torch.where(ok, ids, torch.full_like(ids, -1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, n_classes)``."""
+        assert self.model is not None, "model not built: call trainer.fit/validate with the data, or load a checkpoint"
+        return self.model(x)
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def setup(self, stage: str) -> None:
+        dm = datamodule_of(self)
+        if dm is None:
+            if self.model is None:
+                raise RuntimeError("ClassifierTask needs an AudioVisualDataModule to learn its classes")
+            return
+        h = self.hparams
+        if h.modality == "image" and dm.hparams.image_size != h.image_size:
+            raise ValueError(f"model image_size={h.image_size} but data image_size={dm.hparams.image_size}")
+        t = dm.train_full.tensors
+        players = sorted({(int(c), int(k)) for c, k in zip(t.labels.tolist(), t.tracks.tolist())})
+        data_players = [list(p) for p in players]
+        if self.model is None:
+            h.class_names = list(dm.class_names)
+            h.input_shape = list(t.audio.shape[1:]) if h.modality == "audio" else list(t.images.shape[1:])
+            if h.target == "track":
+                h.players = data_players
+            self._build()
+        elif h.target == "track" and h.players != data_players:
+            raise ValueError("the data's train players differ from the ones this player judge was built for")
+
+    def _step(self, batch: dict[str, Tensor], train: bool) -> tuple[Tensor, Tensor, Tensor]:
+        x = batch[self.input_key]
+        y = self.targets(batch)
+        if train and self.hparams.modality == "image":
+            x = self.augment(x)
+        logits = self(x)
+        return F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing, ignore_index=-1), logits, y
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, logits, y = self._step(batch, train=True)
+        acc = (logits.argmax(1) == y).float().mean()
+        bs = y.shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        if self.hparams.target == "track":
+            return  # validation players are not train players: scored on the held-out tails instead
+        self._eval_batch(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        if self.hparams.target == "track":
+            return
+        self._eval_batch(batch, "test")
+
+    def _eval_batch(self, batch: dict[str, Tensor], prefix: str) -> None:
+        loss, logits, y = self._step(batch, train=False)
+        self.log(f"{prefix}/loss", loss, on_epoch=True, sync_dist=True, batch_size=y.shape[0])
+        self._val_preds.append(logits.argmax(1).detach())
+        self._val_targets.append(y.detach())
+
+    def on_validation_epoch_end(self) -> None:
+        self._report("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._report("test")
+
+    def _report(self, prefix: str) -> None:
+        if self.hparams.target == "track":
+            self._score_holdout(prefix)
+        if not self._val_preds:
+            return
+        preds, targets = torch.cat(self._val_preds), torch.cat(self._val_targets)
+        self._val_preds, self._val_targets = [], []
+        if self.trainer.world_size > 1:
+            preds, targets = self._gather(preds, targets)
+        keep = targets >= 0
+        report = classification_report(preds[keep].cpu(), targets[keep].cpu(), self.target_names)
+        # every rank holds the gathered predictions, so all log the same value (ModelCheckpoint
+        # monitors it on every rank)
+        self.log(f"{prefix}/acc", report.accuracy)
+        self.log(f"{prefix}/balanced_acc", report.balanced_accuracy)
+
+    def _gather(self, preds: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """All ranks' predictions; ranks may hold different counts, so pad with ignored targets."""
+        sizes = self.all_gather(torch.tensor([preds.numel()], device=preds.device)).flatten()
+        pad = int(sizes.max()) - preds.numel()
+        preds = F.pad(preds, (0, pad), value=0)
+        targets = F.pad(targets, (0, pad), value=-1)
+        return self.all_gather(preds).flatten(), self.all_gather(targets).flatten()
+
+    @torch.no_grad()
+    def _score_holdout(self, prefix: str) -> None:
+        dm = datamodule_of(self)
+        holdout = getattr(dm, "train_holdout", None)
+        if holdout is None or len(holdout) == 0:
+            if not self._warned_no_holdout:
+                warnings.warn(
+                    "player judge: no held-out train frames to validate on (validation players are not "
+                    "train players); set data.holdout_tail > 0 (e.g. 0.1)", stacklevel=2,
+                )  # fmt: skip
+                self._warned_no_holdout = True
+            return
+        loader = torch.utils.data.DataLoader(holdout, batch_size=dm.hparams.batch_size, shuffle=False)
+        for batch in loader:
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            _, logits, y = self._step(batch, train=False)
+            self._val_preds.append(logits.argmax(1))
+            self._val_targets.append(y)
+        # every rank scores the same held-out set: no gathering
+        preds, targets = torch.cat(self._val_preds), torch.cat(self._val_targets)
+        self._val_preds, self._val_targets = [], []
+        keep = targets >= 0
+        report = classification_report(preds[keep].cpu(), targets[keep].cpu(), self.target_names)
+        self.log(f"{prefix}/acc", report.accuracy)
+        self.log(f"{prefix}/balanced_acc", report.balanced_accuracy)
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Logits, predicted ids and the items' indices."""
+        logits = self(batch[self.input_key])
+        return {"logits": logits, "pred": logits.argmax(1), "index": batch["index"]}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("hyper_parameters", {})
+        if self.hparams.target == "track" and self.hparams.players is not None:
+            if saved.get("players") not in (None, self.hparams.players):
+                raise ValueError("checkpoint was trained on other players than the current data's")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_config.build(self.parameters())
+
+
+def _load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Written by cmav's own training run but with non-tensor objects in it (e.g. a DataModule
+        # built in Python with dataclass arguments): trusted, so load it fully.
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@contextmanager
+def own_hyperparameters() -> Iterator[None]:
+    """Let a LightningModule built here record its own hyper-parameters.
+
+    While LightningCLI instantiates the model it hands the config to ``save_hyperparameters``
+    through a context variable; a module built inside that constructor (the sound classifier
+    that ``S2ITask.__init__`` loads) would otherwise record the outer model's config.
+    """
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # another Lightning version without the mechanism: nothing to undo
+        yield
+        return
+    token = _given_hyperparameters.set(None)
+    try:
+        yield
+    finally:
+        _given_hyperparameters.reset(token)
+
+
+def load_classifier(path: str | Path) -> ClassifierTask:
+    """Rebuild a :class:`ClassifierTask` (on CPU, eval mode) from its checkpoint, without the data."""
+    ckpt = _load_checkpoint(path)
+    hp = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    if not hp or hp.get("class_names") is None:
+        raise ValueError(f"{path}: not a ClassifierTask checkpoint (no class_names in its hyper-parameters)")
+    with own_hyperparameters():
+        task = ClassifierTask(**hp)
+    task.load_state_dict(ckpt["state_dict"])
+    return task.eval()
+
+
+def load_audio_encoder(path: str | Path) -> AudioEncoder:
+    """The :class:`AudioEncoder` of a sound-classifier checkpoint (``modality='audio', target='label'``)."""
+    task = load_classifier(path)
+    if task.hparams.modality != "audio" or task.hparams.target != "label":
+        raise ValueError(
+            f"{path}: a {task.hparams.modality}/{task.hparams.target} classifier; the S2I encoder must come "
+            "from the sound classifier (modality='audio', target='label')"
+        )
+    assert isinstance(task.model, AudioEncoder)
+    return task.model
+
+
+__all__ = ["ClassifierTask", "load_audio_encoder", "load_classifier", "own_hyperparameters", "player_names"]

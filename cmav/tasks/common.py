@@ -1,0 +1,176 @@
+"""Small pieces shared by the LightningModules: option groups, augmentation, logger access.
+
+Option groups are frozen dataclasses so that jsonargparse (``cmav fit``) validates them and
+``--print_config`` shows every value. Hyper-parameters are stored as plain dicts (see
+:func:`plain`) so that checkpoints load with ``torch.load(weights_only=True)``, which is what
+Lightning does by default under torch >= 2.6.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class AdamConfig:
+    """Adam settings. Defaults are the paper's (lr 2e-4, beta1 0.5), for both G and D."""
+
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.0
+
+    def build(self, params) -> torch.optim.Adam:
+        return torch.optim.Adam(params, lr=self.lr, betas=tuple(self.betas), weight_decay=self.weight_decay)
+
+
+@dataclass(frozen=True)
+class AudioEncoderConfig:
+    """:class:`cmav.models.AudioEncoder` options (input shape and class count come from the data).
+
+    Defaults mirror the model's own (a test keeps them in step): 128-d feature as in the paper.
+    """
+
+    n_blocks: int = 4
+    base_channels: int = 32
+    max_channels: int = 512
+    feature_dim: int = 128
+    dropout: float = 0.3
+    activation: str = "leaky_relu"
+    negative_slope: float = 0.2
+    input_norm: bool = True
+    global_pool: str = "avg"
+
+
+@dataclass(frozen=True)
+class ImageJudgeConfig:
+    """:class:`cmav.models.ImageJudge` options (image size and class count come from the data)."""
+
+    n_blocks: int = 5
+    base_channels: int = 32
+    max_channels: int = 256
+    feature_dim: int = 256
+    dropout: float = 0.5
+    block_dropout: float = 0.1
+    activation: str = "leaky_relu"
+    negative_slope: float = 0.2
+
+
+@dataclass(frozen=True)
+class ImageAugmentConfig:
+    """Differentiable image augmentation (kornia), off by default.
+
+    ``translate``: maximum shift as a fraction of the side (reflection padding); ``hflip``:
+    random horizontal flips (changes which hand holds the bow, so off unless wanted);
+    ``colour``: brightness/contrast/saturation jitter strength (0 = none).
+    """
+
+    enabled: bool = False
+    translate: float = 0.125
+    hflip: bool = False
+    colour: float = 0.0
+
+
+def coerce(cls: type[T], value: Any) -> T:
+    """``value`` as a ``cls`` instance: None -> defaults, dict -> fields, instance -> itself.
+
+    Dicts come back from checkpoints' hyper-parameters and from LightningCLI's config dump.
+    """
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown option(s) {unknown}; known: {sorted(known)}")
+        return cls(**value)
+    raise TypeError(f"expected {cls.__name__}, dict or None, got {type(value).__name__}")
+
+
+def plain(value: Any) -> Any:
+    """Dataclasses -> dicts and tuples -> lists, recursively (YAML/TensorBoard/weights_only friendly)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+class ImageAugment(nn.Module):
+    """Random translation / flip / colour jitter of images in [-1, 1], differentiable (kornia).
+
+    Used as DiffAugment for the discriminator (applied to real and fake inputs alike, fresh
+    random parameters per sample and call) and as light training augmentation for judges.
+    """
+
+    def __init__(self, config: ImageAugmentConfig) -> None:
+        super().__init__()
+        import kornia.augmentation as K
+
+        self.config = config
+        ops: list[nn.Module] = []
+        if config.translate > 0:
+            t = float(config.translate)
+            ops.append(K.RandomAffine(degrees=0.0, translate=(t, t), padding_mode="reflection", p=1.0))
+        if config.hflip:
+            ops.append(K.RandomHorizontalFlip(p=0.5))
+        if config.colour > 0:
+            c = float(config.colour)
+            ops.append(K.ColorJiggle(brightness=c, contrast=c, saturation=c, p=1.0))
+        self.ops = nn.Sequential(*ops)
+
+    @property
+    def active(self) -> bool:
+        return self.config.enabled and len(self.ops) > 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.active:
+            return x
+        # kornia's colour ops expect [0, 1]
+        return self.ops((x + 1.0) * 0.5).clamp(0.0, 1.0) * 2.0 - 1.0
+
+
+def tensorboard_writer(module) -> Any | None:
+    """The ``SummaryWriter`` of a TensorBoard logger attached to ``module``'s trainer, else None.
+
+    Every TensorBoard-only call (images, audio) goes through this, so CSV/W&B/no logger work.
+    """
+    try:
+        loggers = module.loggers
+    except RuntimeError:  # not attached to a trainer
+        return None
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+def datamodule_of(module):
+    """The trainer's datamodule, or None (trained from bare dataloaders, or no trainer)."""
+    trainer = getattr(module, "_trainer", None)
+    return getattr(trainer, "datamodule", None) if trainer is not None else None
+
+
+__all__ = [
+    "AdamConfig",
+    "AudioEncoderConfig",
+    "ImageAugment",
+    "ImageAugmentConfig",
+    "ImageJudgeConfig",
+    "coerce",
+    "datamodule_of",
+    "plain",
+    "tensorboard_writer",
+]

@@ -1,0 +1,43 @@
+"""Run a few S2ITask steps under DDP on 2 CPU processes (gloo); launched by tests/test_tasks.py.
+
+Lightning's ``ddp`` strategy re-runs this script for rank 1, so it needs the ``__main__`` guard.
+Every rank writes a checksum of its G and D weights: equal sums show the gradients were synced.
+
+usage: python tests/ddp_s2i_script.py DATA_ROOT CACHE_DIR OUT_DIR
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from cmav.data import AudioVisualDataModule
+from cmav.tasks import S2ITask
+
+
+def main(root: str, cache_dir: str, out: str) -> None:
+    torch.set_num_threads(1)
+    L.seed_everything(0, verbose=False)
+    dm = AudioVisualDataModule(root, image_size=32, batch_size=8, cache_dir=cache_dir, progress=False)
+    model = S2ITask(
+        variant="s2i_c", encoder_mode="scratch", image_size=32, encoder={"n_blocks": 2, "base_channels": 4},
+        generator={"base_channels": 8}, discriminator={"base_channels": 8}, sample_every_n_steps=0,
+    )  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_find_unused_parameters_true", max_steps=6, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+        num_sanity_val_steps=0, default_root_dir=out,
+    )  # fmt: skip
+    trainer.fit(model, dm)
+    params = list(model.net.generator.parameters()) + list(model.discriminator.parameters())
+    checksum = sum(float(p.double().sum()) for p in params)
+    Path(out, f"rank{trainer.global_rank}.txt").write_text(f"{checksum:.10e} {model.iteration}\n")
+    if trainer.global_rank == 0:
+        print(f"DDP_OK world={trainer.world_size} iteration={model.iteration} global_step={trainer.global_step}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

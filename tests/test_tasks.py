@@ -1,0 +1,433 @@
+"""LightningModules: negative sampler, classifier/judges, S2I variants, resume, DDP, CLI (tiny, CPU)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import math
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from fixtures import make_suburmp_tracks
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from cmav.cli.main import main as cmav_main
+from cmav.data import AudioVisualDataModule
+from cmav.models import AudioEncoder, ConditionalGenerator, ImageJudge, PairAwareDiscriminator
+from cmav.tasks import ClassifierTask, NegativeSampler, S2ITask, load_classifier, load_s2i
+from cmav.tasks.common import AdamConfig, AudioEncoderConfig, ImageJudgeConfig, plain
+from cmav.tasks.pairs import NegativeSamplingWarning
+from cmav.tasks.s2i import DiscriminatorConfig, GeneratorConfig
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
+TINY_ENC = {"n_blocks": 4, "base_channels": 8, "dropout": 0.0}
+TINY_G = {"base_channels": 8}
+TINY_D = {"base_channels": 8}
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode.*"),  # frozen encoder + EMA copy
+    pytest.mark.filterwarnings("ignore:.*smaller than the logging interval.*"),
+    pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
+    pytest.mark.filterwarnings("ignore::cmav.tasks.pairs.NegativeSamplingWarning"),  # tuba: asserted where it matters
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: these models are tiny, and with 2 threads a busy second core makes
+    OpenMP wait-spin (100x slower linalg/conv calls)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def quiet_trainer(**kw) -> L.Trainer:
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1)  # fmt: skip
+    defaults.update(kw)
+    return L.Trainer(**defaults)
+
+
+# ---------------------------------------------------------------- data shared by the module
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    """13 classes x 2 train tracks x 2 chunks, except tuba with one track (50 train pairs);
+    26 validation pairs; cached once."""
+    base = tmp_path_factory.mktemp("tasks")
+    root = make_suburmp_tracks(base / "suburmp", tracks=(0, 1), chunks=2, single_track=("tuba",))
+    cache = base / "cache"
+    AudioVisualDataModule(str(root), image_size=32, cache_dir=str(cache), progress=False).setup("fit")
+    return {"root": str(root), "cache": str(cache), "base": base}
+
+
+def datamodule(data: dict, **kw) -> AudioVisualDataModule:
+    kw.setdefault("batch_size", 8)
+    return AudioVisualDataModule(data["root"], image_size=32, cache_dir=data["cache"], progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def sound_classifier(data) -> dict:
+    """A tiny sound classifier trained on the fixture, and its checkpoint (the S2I encoder)."""
+    L.seed_everything(0, verbose=False)
+    dm = datamodule(data, batch_size=8)
+    task = ClassifierTask(modality="audio", audio_encoder=TINY_ENC, optimizer={"lr": 3e-3, "betas": (0.9, 0.999)})
+    trainer = quiet_trainer(max_epochs=20)  # ~120 steps: 1.0 train accuracy over seeds 0-2
+    trainer.fit(task, dm)
+    path = data["base"] / "sound_classifier.ckpt"
+    trainer.save_checkpoint(path)
+    task.eval()
+    t = dm.train_full.tensors
+    with torch.no_grad():
+        train_acc = float((task(t.audio.float()).argmax(1) == t.labels).float().mean())
+    return {"task": task, "ckpt": str(path), "train_acc": train_acc, "metrics": dict(trainer.callback_metrics)}
+
+
+# ---------------------------------------------------------------- negative sampler
+
+
+def toy_split(n_classes=4, tracks=(0, 1, 2), per_track=3):
+    labels, trk = [], []
+    for c in range(n_classes):
+        for t in tracks:
+            labels += [c] * per_track
+            trk += [t] * per_track
+    return torch.tensor(labels), torch.tensor(trk)
+
+
+def test_wrong_class_audio_is_always_another_class_and_deterministic():
+    labels, tracks = toy_split()
+    s = NegativeSampler(labels, tracks)
+    batch = labels.repeat(20)
+    idx, ok = s.wrong_class(batch, torch.Generator().manual_seed(1))
+    assert ok.all() and (labels[idx] != batch).all()
+    # every other class gets drawn, not just a neighbour
+    assert set(labels[idx[batch == 0]].tolist()) == {1, 2, 3}
+    again, _ = s.wrong_class(batch, torch.Generator().manual_seed(1))
+    other, _ = s.wrong_class(batch, torch.Generator().manual_seed(2))
+    assert torch.equal(idx, again) and not torch.equal(idx, other)
+
+
+def test_wrong_player_frame_is_same_class_other_track():
+    labels, tracks = toy_split()
+    s = NegativeSampler(labels, tracks)
+    assert s.wrong_player_possible and not s.single_track_classes
+    b_labels, b_tracks = labels.repeat(20), tracks.repeat(20)
+    idx, ok = s.wrong_player(b_labels, b_tracks, torch.Generator().manual_seed(0))
+    assert ok.all()
+    assert (labels[idx] == b_labels).all() and (tracks[idx] != b_tracks).all()
+    assert set(tracks[idx[(b_labels == 2) & (b_tracks == 1)]].tolist()) == {0, 2}
+    # a track absent from the pool (e.g. a validation player): any track of the class will do
+    idx, ok = s.wrong_player(torch.tensor([1, 1]), torch.tensor([7, 7]), torch.Generator().manual_seed(0))
+    assert ok.all() and (labels[idx] == 1).all()
+
+
+def test_single_track_class_is_reported_once_and_masked():
+    labels, tracks = toy_split(n_classes=3, tracks=(0, 1))
+    keep = ~((labels == 1) & (tracks == 1))  # class 1 keeps only track 0
+    labels, tracks = labels[keep], tracks[keep]
+    names = ["bassoon", "cello", "clarinet"]
+    with pytest.warns(NegativeSamplingWarning, match=r"1 class\(es\).*cello") as rec:
+        s = NegativeSampler(labels, tracks, class_names=names)
+    assert len(rec) == 1 and s.single_track_classes == ["cello"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # drawing must not warn again
+        neg = s.sample(labels, tracks, torch.Generator().manual_seed(0))
+    assert torch.equal(neg.wrong_player_valid, labels != 1)
+    ok = neg.wrong_player_valid
+    assert (labels[neg.wrong_player[ok]] == labels[ok]).all() and (tracks[neg.wrong_player[ok]] != tracks[ok]).all()
+    assert neg.wrong_class_valid.all() and (labels[neg.wrong_class] != labels).all()
+
+
+def test_sampler_draws_only_from_its_pool():
+    labels, tracks = toy_split()
+    pool = torch.arange(0, len(labels), 2)
+    s = NegativeSampler(labels, tracks, pool=pool)
+    neg = s.sample(labels.repeat(10), tracks.repeat(10), torch.Generator().manual_seed(0))
+    allowed = set(pool.tolist())
+    assert set(neg.wrong_class.tolist()) <= allowed
+    assert set(neg.wrong_player[neg.wrong_player_valid].tolist()) <= allowed
+
+
+# ---------------------------------------------------------------- classifiers
+
+
+def test_sound_classifier_learns_the_fixture(sound_classifier):
+    assert sound_classifier["train_acc"] >= 0.9
+    m = sound_classifier["metrics"]
+    assert {"train/loss", "val/loss", "val/acc", "val/balanced_acc"} <= set(m)
+    assert float(m["val/acc"]) >= 0.9  # validation chunks are the same pitches
+
+
+def test_classifier_checkpoint_rebuilds_without_data(sound_classifier):
+    task = load_classifier(sound_classifier["ckpt"])
+    assert task.hparams.class_names == sound_classifier["task"].hparams.class_names
+    x = torch.randn(3, 1, 128, 44)
+    with torch.no_grad():
+        assert torch.allclose(task(x), sound_classifier["task"](x))
+
+
+def test_player_judge_maps_players_and_validates_on_held_out_tails(data, tmp_path):
+    L.seed_everything(0, verbose=False)
+    dm = datamodule(data, holdout_tail=0.5)  # the last of each track's 2 chunks is held out
+    judge = ClassifierTask(
+        modality="image", target="track", image_size=32,
+        image_judge={"n_blocks": 2, "base_channels": 4, "feature_dim": 16, "dropout": 0.0, "block_dropout": 0.0},
+        augment={"enabled": True, "translate": 0.0625, "colour": 0.1},
+    )  # fmt: skip
+    trainer = quiet_trainer(max_epochs=1)
+    trainer.fit(judge, dm)
+    assert len(judge.hparams.players) == 25 and judge.target_names[:2] == ["bassoon00", "bassoon01"]
+    assert "tuba01" not in judge.target_names
+    batch = {"label": torch.tensor([0, 0, 12, 3]), "track": torch.tensor([0, 1, 1, 9])}
+    assert judge.targets(batch).tolist() == [0, 1, 24, -1]  # track 9 is a validation player
+    assert "val/acc" in trainer.callback_metrics  # scored on dm.train_holdout
+    trainer.save_checkpoint(tmp_path / "judge.ckpt")
+    again = load_classifier(tmp_path / "judge.ckpt")
+    assert again.hparams.players == judge.hparams.players
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(again(x), judge.eval()(x))
+
+
+# ---------------------------------------------------------------- S2I
+
+
+def s2i(variant: str, mode: str, ckpt: str | None, **kw) -> S2ITask:
+    kw.setdefault("sample_every_n_steps", 0)
+    kw.setdefault("discriminator", TINY_D)
+    kw.setdefault("image_size", 32)
+    return S2ITask(variant=variant, encoder_mode=mode, audio_encoder_ckpt=ckpt, generator=TINY_G,
+                   encoder=TINY_ENC, **kw)  # fmt: skip
+
+
+def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict, module: torch.nn.Module) -> bool:
+    return any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "variant,mode",
+    [("s2i_c", "frozen"), ("s2i_n", "finetune"), ("ae", "scratch")],
+)
+def test_s2i_variant_trains_with_finite_losses(data, sound_classifier, tmp_path, variant, mode):
+    L.seed_everything(0, verbose=False)
+    tb = variant == "s2i_c"  # one variant through TensorBoard (sheets, LMS, audio), the others with no logger
+    extra = {}
+    if variant == "s2i_n":  # the options that are off in the paper's setting
+        extra = {"discriminator": {**TINY_D, "spectral_norm": True},
+                 "diff_augment": {"enabled": True, "translate": 0.125, "colour": 0.2}}  # fmt: skip
+    model = s2i(variant, mode, sound_classifier["ckpt"] if mode != "scratch" else None,
+                sample_every_n_steps=1 if tb else 0, **extra)  # fmt: skip
+    assert model.wrong_class_term == model.wrong_player_term == (variant == "s2i_c")
+    enc0, g0, ema0 = state(model.net.encoder), state(model.net.generator), state(model.ema)
+    logger = TensorBoardLogger(str(tmp_path), name="tb") if tb else False
+    steps_per_batch = 1 if variant == "ae" else 2  # global_step counts optimiser steps
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, logger=logger)
+    if model.wrong_player_term:
+        # tuba has a single train track: said once, and its items simply get no wrong-player term
+        with pytest.warns(NegativeSamplingWarning, match=r"1 class\(es\) with a single train track.*tuba") as rec:
+            trainer.fit(model, datamodule(data))
+        assert len([w for w in rec if issubclass(w.category, NegativeSamplingWarning)]) == 1
+    else:
+        trainer.fit(model, datamodule(data))
+
+    assert model.iteration == 3 and trainer.global_step == 3 * steps_per_batch
+    keys = ["train/pixel_loss"] if variant == "ae" else ["train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"]
+    if variant == "s2i_c":
+        keys += ["train/d_wrong_class", "train/d_wrong_player"]
+    for k in keys + ["val/l1"]:
+        assert math.isfinite(float(trainer.callback_metrics[k])), k
+    assert changed(g0, model.net.generator) and changed(ema0, model.ema)
+    if mode == "frozen":
+        assert not changed(enc0, model.net.encoder)  # weights and BatchNorm statistics
+        opt_params = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+        assert not any(id(p) in opt_params for p in model.net.encoder.parameters())
+    else:
+        assert changed(enc0, model.net.encoder)
+
+    lms = torch.randn(5, 1, 128, 44)
+    z = torch.randn(5, 10)
+    img = model.generate(lms, z)
+    assert img.shape == (5, 3, 32, 32) and img.min() >= -1 and img.max() <= 1
+    assert torch.equal(img, model.generate(lms, z))
+    assert not torch.equal(img, model.generate(lms, z, use_ema=False))
+
+    if tb:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        ea = EventAccumulator(str(Path(logger.log_dir)), size_guidance={"images": 0, "audio": 0})
+        ea.Reload()
+        assert [e.step for e in ea.Images("samples/ema")] == [0, 1, 2]
+        assert "inputs/lms/violin" in ea.Tags()["images"] and "inputs/audio/violin" in ea.Tags()["audio"]
+
+
+def test_s2i_builds_128_pixel_frames():
+    model = s2i("s2i_c", "scratch", None, image_size=128)
+    img = model.generate(torch.randn(2, 1, 128, 44))
+    assert img.shape == (2, 3, 128, 128)
+    assert model.discriminator(img, torch.randn(2, 128)).shape == (2,)
+
+
+def test_s2i_frozen_or_finetune_needs_the_classifier_checkpoint(tmp_path):
+    for mode in ("frozen", "finetune"):
+        with pytest.raises(ValueError, match="audio_encoder_ckpt"):
+            S2ITask(encoder_mode=mode)
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        S2ITask(encoder_mode="frozen", audio_encoder_ckpt=str(tmp_path / "missing.ckpt"))
+    with pytest.raises(ValueError, match="no discriminator"):
+        S2ITask(variant="ae", encoder_mode="scratch", wrong_class_term=True)
+
+
+def test_s2i_refuses_ddp_without_unused_parameter_detection():
+    model = s2i("s2i_n", "scratch", None)
+    model.trainer = L.Trainer(accelerator="cpu", devices=1, strategy="ddp", logger=False)
+    with pytest.raises(ValueError, match="ddp_find_unused_parameters_true"):
+        model._check_ddp()
+
+
+class Snapshot(Callback):
+    """What the resumed run starts from."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.global_step = trainer.global_step
+        self.iteration = pl_module.iteration
+        self.optimizers = [copy.deepcopy(o.state_dict()) for o in trainer.optimizers]  # Adam updates in place
+        self.ema = state(pl_module.ema)
+        self.rng = pl_module._rng.get_state()
+
+
+def test_resume_continues_step_optimisers_and_ema_exactly(data, sound_classifier, tmp_path):
+    ckpt_dir = tmp_path / "ckpt"
+
+    def run(max_epochs: int, ckpt_path=None, callbacks=()):
+        L.seed_everything(0, verbose=False)
+        model = s2i("s2i_c", "finetune", sound_classifier["ckpt"])
+        ckpt = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_epochs=1)
+        trainer = quiet_trainer(max_epochs=max_epochs, limit_train_batches=2, enable_checkpointing=True,
+                                callbacks=[ckpt, *callbacks])  # fmt: skip
+        trainer.fit(model, datamodule(data), ckpt_path=ckpt_path)
+        return model, trainer
+
+    first, _ = run(max_epochs=2)
+    assert first.iteration == 4
+    saved = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)  # weights_only must work
+    assert saved["global_step"] == 8 and saved["cmav_s2i"]["iteration"] == 4
+    assert any(k.startswith("ema.module.") for k in saved["state_dict"])
+
+    snap = Snapshot()
+    second, trainer = run(max_epochs=3, ckpt_path="last", callbacks=[snap])
+    assert snap.global_step == 8 and snap.iteration == 4
+    assert second.iteration == 6 and trainer.global_step == 12
+    for now, then in zip(snap.optimizers, saved["optimizer_states"]):
+        assert len(now["state"]) == len(then["state"]) > 0
+        for k, s in then["state"].items():
+            for name, v in s.items():
+                assert torch.equal(torch.as_tensor(now["state"][k][name]), torch.as_tensor(v)), (k, name)
+    for k, v in snap.ema.items():
+        assert torch.equal(v, saved["state_dict"][f"ema.{k}"]), k
+    assert torch.equal(snap.rng, saved["cmav_s2i"]["sampler_rng"])
+
+    # the checkpoint also rebuilds the generator for evaluation, without data or classifier ckpt
+    loaded = load_s2i(ckpt_dir / "last.ckpt")
+    assert loaded.iteration == 6 and loaded.trained_encoder_mode == "finetune"
+    lms, z = torch.randn(3, 1, 128, 44), torch.randn(3, 10)
+    assert torch.allclose(loaded.generate(lms, z), second.generate(lms, z), atol=1e-6)
+
+
+def test_ddp_two_cpu_processes(data, tmp_path):
+    out = tmp_path / "ddp"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "ddp_s2i_script.py"), data["root"], data["cache"], str(out)],
+        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "DDP_OK world=2 iteration=3 global_step=6" in proc.stdout
+    sums = [(out / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert sums[0] == sums[1]  # same weights on both ranks: gradients were all-reduced
+
+
+# ---------------------------------------------------------------- CLI and configs
+
+
+def test_cli_fit_fast_dev_run_s2i_and_classifier(data, sound_classifier, tmp_path, monkeypatch):
+    """Also shows data.image_size reaching the model: the tasks refuse a size other than the data's."""
+    monkeypatch.chdir(tmp_path)  # anything the CLI writes stays here
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+    common = ["--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false", f"--data.root={data['root']}",
+              f"--data.cache_dir={data['cache']}", "--data.image_size=32", "--data.batch_size=8",
+              "--data.progress=false", f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+    assert cmav_main(["fit", "--config", str(EXPERIMENTS / "s2i_c.yaml"), *common,
+                      f"--model.init_args.audio_encoder_ckpt={sound_classifier['ckpt']}",
+                      "--model.init_args.generator.base_channels=8",
+                      "--model.init_args.discriminator.base_channels=8"]) == 0  # fmt: skip
+    assert cmav_main(["fit", "--config", str(EXPERIMENTS / "audio_classifier.yaml"), *common,
+                      "--model.init_args.audio_encoder.base_channels=8"]) == 0  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["audio_classifier", "image_judge", "player_judge", "s2i_c", "s2i_n", "s2i_ae"])
+def test_experiment_configs_parse_and_repeat_the_python_defaults(name, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+    with pytest.raises(SystemExit) as exc:
+        cmav_main(["fit", "--config", str(EXPERIMENTS / f"{name}.yaml"), "--print_config"])
+    assert exc.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["root"] == "data/default" and printed["data"]["image_size"] == 64
+    raw = yaml.safe_load((EXPERIMENTS / f"{name}.yaml").read_text())
+    ckpt = [c for c in raw["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")][0]["init_args"]
+    assert ckpt["save_last"] is True and ckpt["every_n_epochs"] == 1
+    assert raw["trainer"]["logger"]["class_path"].endswith("TensorBoardLogger")
+    args = raw["model"]["init_args"]
+    if name.startswith("s2i"):
+        # the YAML spells out the option groups, and they are the Python defaults (the paper's)
+        defaults = inspect.signature(S2ITask).parameters
+        for group in ("generator", "discriminator", "g_optimizer", "d_optimizer", "loss_weights", "samples",
+                      "diff_augment"):  # fmt: skip
+            assert args[group] == plain(defaults[group].default), group
+        for key in ("pixel_loss", "ema_decay", "sample_every_n_steps", "seed"):
+            assert args[key] == defaults[key].default, key
+        assert args["generator"]["z_dim"] == 10 and args["g_optimizer"] == {"lr": 2e-4, "betas": [0.5, 0.999],
+                                                                             "weight_decay": 0.0}  # fmt: skip
+    else:
+        group = "audio_encoder" if args["modality"] == "audio" else "image_judge"
+        assert args[group] == plain(inspect.signature(ClassifierTask).parameters[group].default)
+        assert args["optimizer"] == plain(inspect.signature(ClassifierTask).parameters["optimizer"].default)
+
+
+def test_option_groups_mirror_the_model_defaults():
+    pairs = [(AudioEncoderConfig, AudioEncoder), (ImageJudgeConfig, ImageJudge),
+             (GeneratorConfig, ConditionalGenerator), (DiscriminatorConfig, PairAwareDiscriminator)]  # fmt: skip
+    for config, model in pairs:
+        params = inspect.signature(model).parameters
+        for f in dataclasses.fields(config):
+            assert f.default == params[f.name].default, (config.__name__, f.name)
+    assert AdamConfig() == AdamConfig(lr=2e-4, betas=(0.5, 0.999))
+    assert AudioEncoderConfig().feature_dim == 128 and GeneratorConfig().z_dim == 10
+
+
+def test_cmav_help_lists_the_lightning_commands(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+    with pytest.raises(SystemExit):
+        cmav_main(["--help"])
+    out = capsys.readouterr().out
+    assert all(cmd in out for cmd in ("data", "fit", "validate", "test", "predict"))
+    with pytest.raises(SystemExit) as exc:
+        cmav_main(["fit", "--help"])
+    assert exc.value.code == 0 and "--model" in capsys.readouterr().out
