@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from cmav import __version__
-from cmav.cli import data
+from cmav.cli import data, experiments
 
 # the Lightning sub-commands (cmav/cli/train.py), with their --help lines
 LIGHTNING_COMMANDS = {
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cmav {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data.add_parser(sub)
+    experiments.add_parser(sub)  # ablate, generate, bench, evaluate
     for name, text in LIGHTNING_COMMANDS.items():
         # listed for --help only: main() hands these to the Lightning CLI before argparse runs
         sub.add_parser(name, help=text, add_help=False)

@@ -1,0 +1,336 @@
+"""``cmav ablate CONFIG``: the S2I ablation grid (see ``experiments/ablations/s2i.yaml``).
+
+Per seed: the sound classifier, then every variant with its encoder frozen; the image judge and
+player judge are trained once (first seed) and only score. Every variant is evaluated with
+:func:`cmav.evaluation.evaluate_s2i`. The results folder gets::
+
+    table.md, table.csv     mean +- sd over seeds per metric and variant
+    metrics.png             bar plot with error bars (sd over seeds)
+    samples.png             rows = classes, columns = real frame + one sample per variant (first seed)
+    results.json            every run's full metrics
+    runs/<variant>/seed<k>/ checkpoint, metrics.json, confusion matrices
+    judges/, tb/            judge/classifier checkpoints, TensorBoard logs
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+# (key in the table, header, how to read it from evaluate_s2i's result)
+METRICS: list[tuple[str, str, Any]] = [
+    ("judged_acc", "judged acc", lambda r: r["judged"]["accuracy"]),
+    ("balanced_judged_acc", "balanced judged acc", lambda r: r["judged"]["balanced_accuracy"]),
+    ("fid", "judge-FID", lambda r: r["fid_kid"]["fid"]),
+    ("kid", "judge-KID", lambda r: r["fid_kid"]["kid_mean"]),
+    ("diversity", "diversity", lambda r: r["diversity"]["value"]),
+    ("player_consistency", "player consistency", lambda r: (r.get("player") or {}).get("accuracy")),
+]
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def load_grid(path: str | Path, preset: str | None = None) -> dict:
+    """The grid of a YAML config, with ``presets[preset]`` merged over it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ablation config not found: {path}")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    presets = cfg.pop("presets", {}) or {}
+    if preset:
+        if preset not in presets:
+            raise ValueError(f"{path}: no preset {preset!r}; presets: {sorted(presets) or 'none'}")
+        cfg = _merge(cfg, presets[preset])
+    cfg["preset"] = preset or "default"
+    seeds = cfg.get("seeds") or [0]
+    if not cfg.get("variants"):
+        raise ValueError(f"{path}: no variants")
+    names = [v["name"] for v in cfg["variants"]]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: variant names must be unique, got {names}")
+    cfg["seeds"] = [int(s) for s in seeds]
+    return cfg
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+def _datamodule(cfg: dict, out: Path):
+    from cmav.data.datamodule import AudioVisualDataModule
+
+    d = dict(cfg["data"])
+    root = d.pop("root", None)
+    if root is None:
+        from cmav.standin.build import build_standin
+
+        root = out / "data"
+        print(f"[ablate] building the tiny stand-in at {root} (once)", flush=True)
+        build_standin(root, preset="tiny", progress=False)
+    if not Path(root).is_dir():
+        raise FileNotFoundError(
+            f"data root {root} does not exist: build it (`cmav data build --root {root}`), pass --root, "
+            "or use --preset quick (builds the tiny stand-in under the results folder)"
+        )
+    dm = AudioVisualDataModule(root=str(root), progress=False, **d)
+    dm.setup("fit")
+    return dm
+
+
+def _trainer(cfg: dict, out: Path, stage: str, seed: int, steps: int, gan: bool = False):
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    kw = dict(cfg.get("trainer") or {})
+    kw.setdefault("accelerator", "auto")
+    kw.setdefault("devices", 1)
+    kw.update(
+        max_steps=int(steps) * (2 if gan else 1),  # manual GAN optimisation: 2 optimiser steps per batch
+        max_epochs=-1,
+        logger=TensorBoardLogger(save_dir=str(out / "tb"), name=stage, version=f"seed{seed}"),
+        enable_checkpointing=False,
+        default_root_dir=str(out),
+    )
+    return L.Trainer(**kw)
+
+
+def _fit(cfg: dict, out: Path, dm, stage: str, seed: int, task, ckpt: Path, gan: bool = False) -> Path:
+    import lightning as L
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    trainer = _trainer(cfg, out, stage, seed, cfg["stages"][_stage_key(stage)]["steps"], gan=gan)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*number of training batches.*")
+        warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # the frozen encoder
+        trainer.fit(task, datamodule=dm)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(str(ckpt))
+    print(f"[ablate] {stage} seed {seed}: {time.perf_counter() - t0:.1f}s -> {ckpt}", flush=True)
+    return ckpt
+
+
+def _stage_key(stage: str) -> str:
+    return "s2i" if stage.startswith("s2i/") else stage
+
+
+def _judges(cfg: dict, out: Path, dm) -> tuple[Path, Path | None]:
+    from cmav.tasks import ClassifierTask
+
+    seed = cfg["seeds"][0]
+    size = cfg["data"]["image_size"]
+    jdir = out / "judges"
+    image = jdir / "image_judge.ckpt"
+    if not image.is_file():
+        task = ClassifierTask(modality="image", target="label", image_size=size,
+                              **cfg["stages"]["image_judge"].get("model", {}))  # fmt: skip
+        _fit(cfg, out, dm, "image_judge", seed, task, image)
+    player: Path | None = None
+    if "player_judge" in cfg["stages"] and len(dm.train_holdout) > 0:
+        player = jdir / "player_judge.ckpt"
+        if not player.is_file():
+            task = ClassifierTask(modality="image", target="track", image_size=size,
+                                  **cfg["stages"]["player_judge"].get("model", {}))  # fmt: skip
+            _fit(cfg, out, dm, "player_judge", seed, task, player)
+    return image, player
+
+
+def _sample_items(dm) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The middle validation item of every class: (audio, real frame in [-1, 1], class names)."""
+    t = dm.val.tensors
+    names = list(dm.class_names)
+    rows, present = [], []
+    for c in range(len(names)):
+        idx = (t.labels == c).nonzero().flatten()
+        if len(idx):
+            rows.append(int(idx[len(idx) // 2]))
+            present.append(names[c])
+    index = torch.tensor(rows)
+    return t.audio[index].float(), t.images[index].float().div(127.5).sub(1.0), present
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+
+
+def summarise(runs: list[dict], variants: list[str]) -> list[dict]:
+    """Per variant: mean and sd (ddof 1; 0 for one seed) over seeds of every metric."""
+    rows = []
+    for name in variants:
+        mine = [r for r in runs if r["variant"] == name]
+        row: dict[str, Any] = {"variant": name, "n_seeds": len(mine)}
+        for key, _, get in METRICS:
+            vals = [get(r["metrics"]) for r in mine]
+            vals = [float(v) for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+            if vals:
+                row[f"{key}_mean"] = float(np.mean(vals))
+                row[f"{key}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+            else:
+                row[f"{key}_mean"] = row[f"{key}_sd"] = None
+        rows.append(row)
+    return rows
+
+
+def write_tables(rows: list[dict], out: Path, ceiling: dict | None = None, note: str = "") -> tuple[Path, Path]:
+    """``table.csv`` (mean and sd columns) and ``table.md`` (mean ± sd)."""
+    csv_path, md_path = out / "table.csv", out / "table.md"
+    fields = ["variant", "n_seeds"] + [f"{k}_{s}" for k, _, _ in METRICS for s in ("mean", "sd")]
+    with csv_path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k) for k in fields})
+
+    def cell(r: dict, key: str) -> str:
+        m, s = r.get(f"{key}_mean"), r.get(f"{key}_sd")
+        if m is None:
+            return "n/a"
+        digits = 2 if key == "fid" else 4 if key == "kid" else 3
+        return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+    lines = ["| variant | seeds | " + " | ".join(h for _, h, _ in METRICS) + " |",
+             "|---|---|" + "---|" * len(METRICS)]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['n_seeds']} | " + " | ".join(cell(r, k) for k, _, _ in METRICS) + " |")
+    text = "\n".join(lines) + "\n"
+    if ceiling:
+        text += (f"\nReal frames (the judges' ceiling): image judge accuracy {ceiling['judge_acc']:.3f} "
+                 f"(balanced {ceiling['judge_bal_acc']:.3f}) on validation")  # fmt: skip
+        if ceiling.get("player_acc") is not None:
+            text += f"; player judge accuracy {ceiling['player_acc']:.3f} on train_holdout"
+        text += ".\n"
+    text += (
+        "\nSplits: judged acc, FID/KID and diversity on **validation** (unseen players); player consistency "
+        "on **train_holdout** (time-held-out end of each train track). FID/KID are judge-feature FID/KID "
+        "(image-judge features), not Inception FID: compare only within this table. Diversity: mean pairwise "
+        "judge-feature distance over noise draws of the same audio. Mean ± sd over seeds.\n"
+    )
+    if note:
+        text += f"\n{note}\n"
+    md_path.write_text(text)
+    return csv_path, md_path
+
+
+def plot_bars(rows: list[dict], path: Path) -> Path:
+    """One panel per metric: a bar per variant, error bars = sd over seeds."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = len(METRICS)
+    cols = 3
+    fig = Figure(figsize=(4.2 * cols, 3.6 * math.ceil(n / cols)))
+    FigureCanvasAgg(fig)
+    names = [r["variant"] for r in rows]
+    x = np.arange(len(names))
+    for i, (key, header, _) in enumerate(METRICS):
+        ax = fig.add_subplot(math.ceil(n / cols), cols, i + 1)
+        means = [r.get(f"{key}_mean") for r in rows]
+        sds = [r.get(f"{key}_sd") or 0.0 for r in rows]
+        m = [v if v is not None else 0.0 for v in means]
+        ax.bar(x, m, yerr=sds, capsize=4, color=[f"C{j}" for j in range(len(names))])
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
+        ax.set_title(header + (" (lower=better)" if key in ("fid", "kid") else ""), fontsize=9)
+    fig.suptitle("S2I ablation: mean ± sd over seeds (FID/KID on judge features, not Inception)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def run_ablation(config: str | Path | dict, preset: str | None = None, out_dir: str | Path | None = None,
+                 data_root: str | None = None) -> dict:  # fmt: skip
+    """Run the grid; returns ``{rows, runs, paths}``. ``data_root`` overrides ``data.root``."""
+    cfg = load_grid(config, preset) if not isinstance(config, dict) else copy.deepcopy(config)
+    if data_root is not None:
+        cfg["data"]["root"] = data_root
+    out = Path(out_dir or f"results/ablation_{cfg.get('name', 's2i')}_{cfg.get('preset', 'default')}")
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    if cfg.get("threads"):
+        # fewer torch threads than cores: OpenMP oversubscription on a shared CPU slows tiny models ~10x
+        torch.set_num_threads(int(cfg["threads"]))
+    try:
+        return _run(cfg, out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: dict, out: Path) -> dict:
+    from cmav.evaluation import evaluate_s2i, make_generator_fn
+    from cmav.tasks import ClassifierTask, S2ITask
+    from cmav.viz import labelled_grid
+
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    t_start = time.perf_counter()
+    dm = _datamodule(cfg, out)
+    image_judge, player_judge = _judges(cfg, out, dm)
+    ev = cfg.get("evaluation") or {}
+    size = cfg["data"]["image_size"]
+    variants = cfg["variants"]
+    s_audio, s_real, s_names = _sample_items(dm)
+    sample_cells: dict[str, torch.Tensor] = {}
+    runs: list[dict] = []
+    for seed in cfg["seeds"]:
+        clf = ClassifierTask(modality="audio", target="label", image_size=size, **cfg["stages"]["audio_classifier"].get("model", {}))
+        clf_ckpt = _fit(cfg, out, dm, "audio_classifier", seed, clf,
+                        out / "judges" / f"audio_classifier_seed{seed}.ckpt")  # fmt: skip
+        for v in variants:
+            v = dict(v)
+            name = v.pop("name")
+            model_kw = _merge(cfg["stages"]["s2i"].get("model", {}), v)
+            model_kw.setdefault("seed", seed)
+            task = S2ITask(encoder_mode="frozen", audio_encoder_ckpt=str(clf_ckpt), image_size=size, **model_kw)
+            run_dir = out / "runs" / _slug(name) / f"seed{seed}"
+            ckpt = _fit(cfg, out, dm, f"s2i/{_slug(name)}", seed, task, run_dir / "s2i.ckpt", gan=task.is_gan)
+            task = task.cpu().eval()
+            metrics = evaluate_s2i(task, dm, image_judge, player_judge, out_dir=run_dir, seed=seed,
+                                   n_diversity_draws=int(ev.get("n_diversity_draws", 8)),
+                                   diversity_per_class=int(ev.get("diversity_per_class", 4)))  # fmt: skip
+            runs.append({"variant": name, "seed": seed, "checkpoint": str(ckpt), "metrics": metrics})
+            if name not in sample_cells:
+                fn, z_dim, _ = make_generator_fn(task)
+                z = torch.randn(len(s_audio), z_dim, generator=torch.Generator().manual_seed(1234))
+                sample_cells[name] = fn(s_audio, z)
+            print(f"[ablate] {name} seed {seed}: judged acc {metrics['judged']['accuracy']:.3f}, "
+                  f"judge-FID {metrics['fid_kid']['fid']:.2f}", flush=True)  # fmt: skip
+
+    names = [v["name"] for v in variants]
+    rows = summarise(runs, names)
+    first = runs[0]["metrics"]
+    ceiling = {
+        "judge_acc": first["judge_on_real"]["accuracy"],
+        "judge_bal_acc": first["judge_on_real"]["balanced_accuracy"],
+        "player_acc": (first.get("player") or {}).get("judge_on_real_accuracy"),
+    }
+    elapsed = time.perf_counter() - t_start
+    note = f"Preset `{cfg['preset']}`, seeds {cfg['seeds']}, data `{dm.root}`, {elapsed:.0f} s in all."
+    csv_path, md_path = write_tables(rows, out, ceiling, note)
+    bars = plot_bars(rows, out / "metrics.png")
+    cells = [[_to_uint8(s_real[r])] + [_to_uint8(sample_cells[n][r]) for n in names] for r in range(len(s_names))]
+    sheet = labelled_grid(cells, s_names, ["real"] + names, cell_size=max(128, size))  # room for the labels
+    sheet.save(out / "samples.png")
+    paths = {"table_md": str(md_path), "table_csv": str(csv_path), "plot": str(bars),
+             "samples": str(out / "samples.png"), "results": str(out / "results.json")}  # fmt: skip
+    (out / "results.json").write_text(json.dumps({"config": cfg, "rows": rows, "runs": runs, "ceiling": ceiling,
+                                                  "elapsed_s": elapsed}, indent=2, default=str))  # fmt: skip
+    return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
+
+
+__all__ = ["METRICS", "load_grid", "plot_bars", "run_ablation", "summarise", "write_tables"]

@@ -1,0 +1,110 @@
+"""``cmav ablate | generate | bench | evaluate``: experiment grids, generation from a wav, timing, scoring."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    a = sub.add_parser("ablate", help="train and evaluate an ablation grid (experiments/ablations/*.yaml)")
+    a.add_argument("config", help="grid YAML, e.g. experiments/ablations/s2i.yaml")
+    a.add_argument("--preset", default=None, help="a preset of the YAML merged over it, e.g. quick (CPU, tiny data)")
+    a.add_argument("-o", "--output", default=None, help="results folder (default: results/ablation_<name>_<preset>)")
+    a.add_argument("--root", default=None, help="data set folder (overrides the YAML's data.root)")
+    a.set_defaults(func=_ablate)
+
+    g = sub.add_parser("generate", help="generate images from a wav with a trained S2I checkpoint")
+    g.add_argument("--ckpt", required=True, help="S2ITask checkpoint")
+    g.add_argument("--audio", required=True, help="audio file (0.5 s; a longer clip is cut to its first 0.5 s)")
+    g.add_argument("-n", type=int, default=4, help="images to draw (different noise) (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("-o", "--output", default="generated.png", help="png (a grid when n > 1)")
+    g.set_defaults(func=_generate)
+
+    b = sub.add_parser("bench", help="time a training step (images/s): Lightning path vs bare PyTorch loop")
+    b.add_argument("what", choices=["s2i"], help="what to time (s2i: the S2I-C step)")
+    b.add_argument("--root", default="data/default", help="data set folder (default: %(default)s)")
+    b.add_argument("--steps", type=int, default=20, help="timed steps after warm-up (default: %(default)s)")
+    b.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--image-size", type=int, default=64)
+    b.add_argument("--channels", type=int, default=64, help="G and D base channels (default: %(default)s)")
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)")
+    b.add_argument("--bf16", action="store_true", help="bf16 autocast (Lightning: precision='bf16-mixed')")
+    b.add_argument("--channels-last", action="store_true", help="channels-last memory format for G, D and images")
+    b.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's); 1 gives stable CPU timings on a busy machine")
+    b.add_argument("-o", "--output", default=None, help="write the result as JSON here")
+    b.set_defaults(func=_bench)
+
+    e = sub.add_parser("evaluate", help="score an S2I checkpoint (judged accuracy, judge-feature FID/KID, diversity)")
+    e.add_argument("--ckpt", required=True, help="S2ITask checkpoint")
+    e.add_argument("--image-judge", required=True, help="image-judge ClassifierTask checkpoint")
+    e.add_argument("--player-judge", default=None, help="player-judge checkpoint (target='track')")
+    e.add_argument("--root", default="data/default")
+    e.add_argument("--image-size", type=int, default=64)
+    e.add_argument("--holdout-tail", type=float, default=0.1, help="must match the player judge's training")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("-o", "--output", default="results/evaluate", help="folder for metrics.json and confusion pngs")
+    e.set_defaults(func=_evaluate)
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from cmav.ablation import run_ablation
+
+    result = run_ablation(args.config, preset=args.preset, out_dir=args.output, data_root=args.root)
+    print(Path(result["paths"]["table_md"]).read_text())
+    for k, v in result["paths"].items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from cmav.evaluation.generate import generate_from_wav
+
+    path, notes = generate_from_wav(args.ckpt, args.audio, n=args.n, seed=args.seed, output=args.output)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {path}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from cmav.bench.s2i import bench_s2i
+
+    result = bench_s2i(
+        args.root, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, image_size=args.image_size,
+        channels=args.channels, device=args.device, bf16=args.bf16, channels_last=args.channels_last, threads=args.threads,
+    )  # fmt: skip
+    print(f"device {result['device']}  batch {result['batch_size']}  image {result['image_size']}  "
+          f"bf16 {result['bf16']}  channels_last {result['channels_last']}")  # fmt: skip
+    print(f"lightning : {result['lightning_images_per_s']:10.1f} images/s ({result['lightning_step_ms']:.1f} ms/step)")
+    print(f"bare loop : {result['bare_images_per_s']:10.1f} images/s ({result['bare_step_ms']:.1f} ms/step)")
+    print(f"ratio lightning/bare: {result['ratio']:.3f}")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from cmav.data.datamodule import AudioVisualDataModule
+    from cmav.evaluation import evaluate_s2i
+
+    dm = AudioVisualDataModule(root=args.root, image_size=args.image_size, holdout_tail=args.holdout_tail)
+    dm.setup("fit")
+    m = evaluate_s2i(args.ckpt, dm, args.image_judge, args.player_judge, out_dir=args.output, seed=args.seed)
+    print(f"judged accuracy (validation): {m['judged']['accuracy']:.3f} (balanced {m['judged']['balanced_accuracy']:.3f}); "
+          f"image judge on real frames: {m['judge_on_real']['accuracy']:.3f}")  # fmt: skip
+    fk = m["fid_kid"]
+    print(f"{fk['label']} (validation): FID {fk['fid']:.3f}, KID {fk['kid_mean']:.5f} ± {fk['kid_std']:.5f}")
+    print(f"diversity over noise (validation): {m['diversity']['value']:.4f}")
+    if m.get("player"):
+        p = m["player"]
+        print(f"player consistency (train_holdout): {p['accuracy']} (player judge on real: {p.get('judge_on_real_accuracy')})")
+    print(f"wrote {Path(args.output) / 'metrics.json'}")
+    return 0

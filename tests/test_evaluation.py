@@ -1,0 +1,180 @@
+"""Evaluation, ablation runner, `cmav generate` and `cmav bench` on tiny synthetic data (CPU)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures import make_suburmp_tracks, write_wav
+from PIL import Image
+
+from cmav.data.datamodule import AudioVisualDataModule
+from cmav.evaluation import evaluate_s2i
+from cmav.evaluation.s2i import FID_LABEL
+
+SIZE = 32
+SMALL_JUDGE = {"n_blocks": 3, "base_channels": 8, "max_channels": 32, "feature_dim": 32, "dropout": 0.0,
+               "block_dropout": 0.0}  # fmt: skip
+
+
+def _fit(task, dm, steps: int, out: Path, name: str) -> Path:
+    import lightning as L
+
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=str(out))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(task, datamodule=dm)
+    path = out / f"{name}.ckpt"
+    trainer.save_checkpoint(str(path))
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from 2 threads, and on a shared CPU OpenMP oversubscription slows them ~10x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    # class-coloured frames, the same pitch per class: a judge learns them in a few dozen steps
+    return make_suburmp_tracks(tmp_path_factory.mktemp("evaldata"), tracks=(0, 1), chunks=4)
+
+
+@pytest.fixture(scope="module")
+def dm(data) -> AudioVisualDataModule:
+    d = AudioVisualDataModule(root=str(data), image_size=SIZE, batch_size=16, holdout_tail=0.25, progress=False)
+    d.setup("fit")
+    return d
+
+
+@pytest.fixture(scope="module")
+def judges(dm, tmp_path_factory) -> tuple[Path, Path]:
+    from cmav.tasks import ClassifierTask
+
+    out = tmp_path_factory.mktemp("judges")
+    fast = {"lr": 3e-3, "betas": (0.9, 0.999)}
+    image = _fit(ClassifierTask(modality="image", image_size=SIZE, image_judge=SMALL_JUDGE, optimizer=fast),
+                 dm, 80, out, "image")  # fmt: skip
+    player = _fit(ClassifierTask(modality="image", target="track", image_size=SIZE, image_judge=SMALL_JUDGE),
+                  dm, 30, out, "player")  # fmt: skip
+    return image, player
+
+
+@pytest.fixture(scope="module")
+def s2i_ckpt(dm, tmp_path_factory) -> Path:
+    from cmav.tasks import S2ITask
+
+    task = S2ITask(variant="s2i_c", encoder_mode="scratch", image_size=SIZE, sample_every_n_steps=0,
+                   encoder={"base_channels": 8, "max_channels": 32, "feature_dim": 32},
+                   generator={"base_channels": 8, "max_channels": 32, "cond_proj_dim": 16},
+                   discriminator={"base_channels": 8, "max_channels": 32, "cond_proj_dim": 16})  # fmt: skip
+    return _fit(task, dm, 4, tmp_path_factory.mktemp("s2i"), "s2i")
+
+
+class PerfectGenerator:
+    """Returns the real validation frame paired with the audio (audio -> frame is 1:1 per class here)."""
+
+    z_dim = 10
+
+    def __init__(self, dm) -> None:
+        t = dm.val.tensors
+        self.table = {a.half().numpy().tobytes(): img.float().div(127.5).sub(1.0) for a, img in zip(t.audio, t.images)}
+
+    def __call__(self, audio, z):
+        return torch.stack([self.table[a.half().numpy().tobytes()] for a in audio])
+
+
+def constant_generator(audio, z):
+    return torch.zeros(audio.shape[0], 3, SIZE, SIZE)
+
+
+def test_perfect_generator_scores_the_judges_own_accuracy(dm, judges, tmp_path):
+    image, player = judges
+    m = evaluate_s2i(PerfectGenerator(dm), dm, image, player, out_dir=tmp_path, n_diversity_draws=3)
+    assert m["judge_on_real"]["accuracy"] > 0.3  # well above chance (1/13): it learned the class colours
+    assert m["judged"]["accuracy"] == m["judge_on_real"]["accuracy"]
+    assert m["judged"]["balanced_accuracy"] == m["judge_on_real"]["balanced_accuracy"]
+    assert m["judged"]["split"] == "validation"
+    assert m["fid_kid"]["fid"] == pytest.approx(0.0, abs=1e-3)
+    assert m["fid_kid"]["label"] == FID_LABEL and "not Inception" in m["fid_kid"]["label"]
+    assert m["diversity"]["value"] == pytest.approx(0.0, abs=1e-6)  # ignores z
+    p = m["player"]
+    assert p["split"] == "train_holdout" and p["n"] == 13 * 2 and 0.0 <= p["accuracy"] <= 1.0
+    assert 0.0 <= p["judge_on_real_accuracy"] <= 1.0
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["judged"]["accuracy"] == m["judged"]["accuracy"]
+    assert (tmp_path / "confusion_generated.png").is_file() and (tmp_path / "confusion_real.png").is_file()
+
+
+def test_constant_generator_is_at_chance(dm, judges):
+    image, _ = judges
+    m = evaluate_s2i(constant_generator, dm, image, None, n_diversity_draws=2)
+    # one image for everything -> one predicted class -> exactly its share of the (balanced) items
+    assert m["judged"]["accuracy"] == pytest.approx(1 / 13)
+    assert m["judged"]["balanced_accuracy"] == pytest.approx(1 / 13)
+    assert m["player"] is None
+    assert m["fid_kid"]["fid"] > 0.0
+
+
+def test_noise_dependent_generator_has_diversity_and_checkpoint_path_works(dm, judges, s2i_ckpt):
+    image, _ = judges
+    m = evaluate_s2i(str(s2i_ckpt), dm, image, None, n_diversity_draws=3)
+    assert m["generator"]["variant"] == "s2i_c" and m["generator"]["generator"] == "ema"
+    assert m["diversity"]["value"] >= 0.0 and 0.0 <= m["judged"]["accuracy"] <= 1.0
+
+
+def test_generate_writes_a_png_from_a_wav(s2i_ckpt, tmp_path, capsys):
+    from cmav.cli.main import main
+
+    wav = write_wav(tmp_path / "clip.wav", seconds=1.2, freq=330.0)
+    out = tmp_path / "grid.png"
+    assert main(["generate", "--ckpt", str(s2i_ckpt), "--audio", str(wav), "-n", "4", "-o", str(out)]) == 0
+    assert "first 0.5 s" in capsys.readouterr().err
+    assert Image.open(out).size == (2 * (SIZE + 2) + 2,) * 2  # 2x2 grid, 2-px gaps
+    one = tmp_path / "one.png"
+    wav = write_wav(tmp_path / "short.wav", seconds=0.5, rate=22050, channels=1)
+    assert main(["generate", "--ckpt", str(s2i_ckpt), "--audio", str(wav), "-n", "1", "-o", str(one)]) == 0
+    assert Image.open(one).size == (SIZE, SIZE)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not a wav at all")
+    assert main(["generate", "--ckpt", str(s2i_ckpt), "--audio", str(bad), "-o", str(tmp_path / "x.png")]) == 2
+    assert "not a readable audio file" in capsys.readouterr().err
+
+
+def test_bench_reports_both_paths(data):
+    from cmav.bench.s2i import bench_s2i
+
+    r = bench_s2i(data, steps=3, warmup=1, batch_size=8, image_size=SIZE, channels=8, device="cpu")
+    assert r["lightning_images_per_s"] > 0 and r["bare_images_per_s"] > 0
+    assert r["ratio"] == pytest.approx(r["lightning_images_per_s"] / r["bare_images_per_s"])
+
+
+@pytest.mark.slow
+def test_quick_ablation_end_to_end(data, tmp_path):
+    from cmav.cli.main import main
+
+    out = tmp_path / "ablation"
+    config = Path(__file__).parents[1] / "experiments" / "ablations" / "s2i.yaml"
+    assert main(["ablate", str(config), "--preset", "quick", "-o", str(out), "--root", str(data)]) == 0
+    for name in ("table.md", "table.csv", "metrics.png", "samples.png", "results.json"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    variants = ["S2I-C", "S2I-N", "AE", "S2I-C no-wrong-player", "S2I-C no-wrong-class"]
+    assert [r["variant"] for r in rows] == variants
+    assert all(r["n_seeds"] == "3" for r in rows)
+    md = (out / "table.md").read_text()
+    assert all(f"| {v} |" in md for v in variants) and "not Inception FID" in md
+    sheet = Image.open(out / "samples.png")
+    assert sheet.size[0] > 64 * (1 + len(variants)) and np.asarray(sheet).std() > 0
