@@ -8,12 +8,19 @@ OUT := outputs
 install:
 	bash scripts/install.sh
 
-# The main job on the built-in default data: build the stand-in, check it, cache it, show it.
+# The main job on the built-in default data, sized for a CPU (about 10 minutes on 2 cores):
+# build the stand-in, check and cache it, train the sound classifier, train S2I-C briefly on its
+# frozen encoder, and generate frames from a held-out player's audio. Full-length training and the
+# ablation grid: see README.md (a GPU is advised).
 demo: install
 	$(VENV)/bin/cmav data build --preset default --root $(DATA)
 	$(VENV)/bin/cmav data check $(DATA)
 	$(VENV)/bin/cmav data cache $(DATA)
 	$(VENV)/bin/cmav data sheet $(DATA) -o $(OUT)/contact_sheet.png
+	$(VENV)/bin/cmav fit --config experiments/audio_classifier.yaml --data.root $(DATA) --trainer.max_epochs 3
+	$(VENV)/bin/cmav fit --config experiments/s2i_c.yaml --data.root $(DATA) --trainer.max_epochs 1
+	$(VENV)/bin/cmav generate --ckpt runs/s2i_c/checkpoints/last.ckpt \
+		--audio $(DATA)/chunk/validation/violin/violin06_2000.wav -n 8 -o $(OUT)/s2i_c_violin06.png
 
 test: install
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
