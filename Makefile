@@ -8,7 +8,7 @@ OUT := outputs
 install:
 	bash scripts/install.sh
 
-# The main job on the built-in default data, sized for a CPU (about 10 minutes on 2 cores):
+# The main job on the built-in default data, sized for a CPU (about 4 minutes on 2 cores):
 # build the stand-in, check and cache it, train the sound classifier, train S2I-C briefly on its
 # frozen encoder, and generate frames from a held-out player's audio. Full-length training and the
 # ablation grid: see README.md (a GPU is advised).
