@@ -431,3 +431,13 @@ def test_cmav_help_lists_the_lightning_commands(capsys, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         cmav_main(["fit", "--help"])
     assert exc.value.code == 0 and "--model" in capsys.readouterr().out
+
+
+def test_half_written_checkpoint_gives_a_clear_error(tmp_path):
+    from cmav.tasks.classifier import load_classifier
+
+    bad = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, bad)
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(ValueError, match="last.ckpt: not a readable checkpoint"):
+        load_classifier(bad)

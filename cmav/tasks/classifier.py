@@ -303,11 +303,16 @@ def _load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Written by cmav's own training run but with non-tensor objects in it (e.g. a DataModule
-        # built in Python with dataclass arguments): trusted, so load it fully.
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # Written by cmav's own training run but with non-tensor objects in it (e.g. a
+            # DataModule built in Python with dataclass arguments): trusted, so load it fully.
+            return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        raise ValueError(
+            f"{path}: not a readable checkpoint (half-written or corrupt?): {str(exc).splitlines()[0]}"
+        ) from exc
 
 
 @contextmanager
