@@ -20,7 +20,6 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 
 def _device(name: str) -> torch.device:
@@ -110,6 +109,7 @@ def _lightning(dm, task, device, steps, warmup, bf16, channels_last, tmp: Path) 
 
 def _bare(dm, task, device, steps, warmup, batch_size, bf16, channels_last, seed: int = 0) -> dict:
     from cmav.tasks.pairs import NegativeSampler
+    from cmav.tasks.s2i import ema_decay_at, generator_adversarial_loss, pair_discriminator_loss
 
     t = dm.train_full.tensors
     audio_all = t.audio.to(device=device, dtype=torch.float32)
@@ -147,16 +147,13 @@ def _bare(dm, task, device, steps, warmup, batch_size, bf16, channels_last, seed
             for p in disc.parameters():
                 p.requires_grad_(True)
             lr = disc(real, cond)
-            loss_real = F.binary_cross_entropy_with_logits(lr, torch.ones_like(lr))
             negs = [(w.fake, disc(fake.detach(), cond))]
             ok_c = neg.wrong_class_valid.to(device)
             negs.append((w.wrong_class, disc(real[ok_c], feat[n:][ok_c])))
             ok_p = neg.wrong_player_valid
             wp = images_all[neg.wrong_player[ok_p].to(device)]
             negs.append((w.wrong_player, disc(wp, cond[ok_p.to(device)])))
-            tw = sum(x for x, _ in negs)
-            d_loss = loss_real + sum(x * F.binary_cross_entropy_with_logits(lg, torch.zeros_like(lg))
-                                     for x, lg in negs) / tw  # fmt: skip
+            d_loss = pair_discriminator_loss(lr, negs)
         d_loss.backward()
         opt_d.step()
         opt_d.zero_grad(set_to_none=True)
@@ -164,11 +161,11 @@ def _bare(dm, task, device, steps, warmup, batch_size, bf16, channels_last, seed
             p.requires_grad_(False)
         with amp:
             lg = disc(fake, cond)
-            g_loss = F.binary_cross_entropy_with_logits(lg, torch.ones_like(lg))
+            g_loss = generator_adversarial_loss(lg)
         g_loss.backward()
         opt_g.step()
         opt_g.zero_grad(set_to_none=True)
-        ema.update(task.net, decay=min(0.999, (1.0 + it) / (10.0 + it)))
+        ema.update(task.net, decay=ema_decay_at(it, task.hparams.ema_decay))
 
     for it in range(warmup):
         step(it)

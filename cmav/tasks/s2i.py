@@ -125,6 +125,28 @@ class SoundToImage(nn.Module):
         return self.generator(z, self.encoder.embed(audio))
 
 
+def pair_discriminator_loss(logit_real: Tensor, negatives: list[tuple[float, Tensor]]) -> Tensor:
+    """BCE(real pair -> 1) + the weighted mean of BCE(negative -> 0) over ``(weight, logits)``.
+
+    With equal weights the negatives (fake, wrong-class, wrong-player pairs) are averaged, as in
+    GAN-CLS. Shared by :class:`S2ITask` and the bare-loop benchmark so both train the same thing.
+    """
+    loss_real = F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
+    total_w = sum(w for w, _ in negatives)
+    loss_neg = sum(w * F.binary_cross_entropy_with_logits(lg, torch.zeros_like(lg)) for w, lg in negatives)
+    return loss_real + loss_neg / max(total_w, 1e-12)
+
+
+def generator_adversarial_loss(logit_fake: Tensor) -> Tensor:
+    """Non-saturating generator loss: BCE(D(G(z, a), a) -> 1)."""
+    return F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))
+
+
+def ema_decay_at(iteration: int, max_decay: float) -> float:
+    """EMA decay ramped up from 0.1 so early averages are not dominated by the random init."""
+    return min(max_decay, (1.0 + iteration) / (10.0 + iteration))
+
+
 def build_audio_encoder(config: AudioEncoderConfig, n_classes: int, input_shape=(1, 128, 44)) -> AudioEncoder:
     """An :class:`AudioEncoder` from its option group."""
     c = config
@@ -410,8 +432,7 @@ class S2ITask(L.LightningModule):
 
     def _ema_update(self) -> None:
         it = self.iteration
-        decay = min(self.hparams.ema_decay, (1.0 + it) / (10.0 + it))
-        self.ema.update(self.net, decay=decay)
+        self.ema.update(self.net, decay=ema_decay_at(it, self.hparams.ema_decay))
 
     def _encoder_class_loss(self, logits: Tensor, labels: Tensor) -> Tensor | None:
         if self.weights.encoder_class > 0 and self.encoder_mode != "frozen":
@@ -449,7 +470,6 @@ class S2ITask(L.LightningModule):
         self.toggle_optimizer(opt_d)
         c = cond.detach()
         logit_real = self._disc(real, c)
-        loss_real = F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
         negatives: dict[str, tuple[float, Tensor]] = {}
         logit_fake = self._disc(fake.detach(), c)
         negatives["fake"] = (self.weights.fake, logit_fake)
@@ -460,11 +480,7 @@ class S2ITask(L.LightningModule):
             ok = neg.wrong_player_valid
             frames = gather_images(self._train_tensors, neg.wrong_player[ok], self.device)
             negatives["wrong_player"] = (self.weights.wrong_player, self._disc(frames, c[ok.to(self.device)]))
-        total_w = sum(w for w, _ in negatives.values())
-        loss_neg = sum(
-            w * F.binary_cross_entropy_with_logits(lg, torch.zeros_like(lg)) for w, lg in negatives.values()
-        ) / max(total_w, 1e-12)
-        d_loss = loss_real + loss_neg
+        d_loss = pair_discriminator_loss(logit_real, list(negatives.values()))
         self.manual_backward(d_loss)
         opt_d.step()
         opt_d.zero_grad(set_to_none=True)
@@ -473,7 +489,7 @@ class S2ITask(L.LightningModule):
         # ---- generator: non-saturating, D(G(z, a), a) -> 1
         self.toggle_optimizer(opt_g)
         logit_gen = self._disc(fake, cond)
-        g_loss = F.binary_cross_entropy_with_logits(logit_gen, torch.ones_like(logit_gen))
+        g_loss = generator_adversarial_loss(logit_gen)
         enc_loss = self._encoder_class_loss(enc.logits[:n], labels)
         total_g = g_loss if enc_loss is None else g_loss + enc_loss
         self.manual_backward(total_g)
