@@ -26,7 +26,7 @@ from cmav.data.audio_io import ChunkSpec, decode_chunk
 from cmav.data.errors import DataError, DataWarning
 from cmav.data.image_io import load_frame
 from cmav.data.layout import Sample
-from cmav.features.logmel import LogMelConfig, LogMelSpectrogram
+from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
 
 CACHE_VERSION = 1
 
@@ -111,11 +111,11 @@ def source_fingerprint(samples: Sequence[Sample]) -> str:
     return h.hexdigest()
 
 
-def cache_key(features: LogMelConfig, image_size: int, spec: ChunkSpec) -> str:
-    blob = json.dumps(
-        {"v": CACHE_VERSION, "features": asdict(features), "image_size": image_size, "chunk": asdict(spec)},
-        sort_keys=True,
-    )
+def cache_key(features: FrontEndConfig, image_size: int, spec: ChunkSpec) -> str:
+    """Key of a cache file: one entry per front-end config (kind and every option), image size and chunk spec."""
+    feats = front_end_config(features).to_dict()
+    blob = json.dumps({"v": CACHE_VERSION, "features": feats, "image_size": image_size, "chunk": asdict(spec)},
+                      sort_keys=True)  # fmt: skip
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -129,18 +129,18 @@ def build_tensors(
     root: Path,
     samples: Sequence[Sample],
     class_names: Sequence[str],
-    features: LogMelConfig,
+    features: FrontEndConfig,
     image_size: int,
     spec: ChunkSpec,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> tuple[PairTensors, list[str]]:
-    """Decode every pair and compute its LMS; raises one DataError listing all unusable files."""
-    front_end = LogMelSpectrogram(features).to(device)
+    """Decode every pair and compute its audio features; raises one DataError listing all unusable files."""
+    features = front_end_config(features)
+    front_end = build_front_end(features).to(device)
     notes: list[str] = []
     errors: list[str] = []
-    n_mels, n_frames = features.output_shape(spec.n_samples / spec.sample_rate)[1:]
-    audio = torch.empty((len(samples), 1, n_mels, n_frames), dtype=torch.float16)
+    audio = torch.empty((len(samples), *features.output_shape(spec.n_samples / spec.sample_rate)), dtype=torch.float16)
     images = torch.empty((len(samples), 3, image_size, image_size), dtype=torch.uint8)
     for batch in iter_decoded(samples, spec, image_size, notes=notes, errors=errors, progress=progress,
                               desc="caching"):  # fmt: skip
@@ -176,7 +176,7 @@ def load_or_build(
     class_names: Sequence[str],
     root: Path,
     split: str,
-    features: LogMelConfig,
+    features: FrontEndConfig,
     image_size: int,
     spec: ChunkSpec = ChunkSpec(),
     cache_dir: str | Path | None = None,
@@ -210,7 +210,7 @@ def load_or_build(
             {
                 "version": CACHE_VERSION,
                 "fingerprint": fingerprint,
-                "features": asdict(features),
+                "features": front_end_config(features).to_dict(),
                 "image_size": image_size,
                 "notes": notes,
                 "tensors": asdict(tensors),

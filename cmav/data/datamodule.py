@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Subset
 
 from cmav.data.audio_io import ChunkSpec
 from cmav.data.datasets import Layout, PairDataset, open_split
-from cmav.features.logmel import LogMelConfig
+from cmav.features.frontend import FrontEndConfig, front_end_config
 
 
 def tail_holdout(tracks: torch.Tensor, labels: torch.Tensor, times: torch.Tensor, fraction: float):
@@ -44,7 +44,8 @@ class AudioVisualDataModule(L.LightningDataModule):
         image_size: frames are centre-cropped and resized to this (64 in the paper).
         batch_size: pairs per batch.
         num_workers: DataLoader workers; the data are in memory, so 0 is usually fastest.
-        features: the LMS front-end config.
+        features: the audio front-end config (``cmav.features``): ``kind`` = lms (default), stft,
+            cqt, mfcc or waveform, plus that kind's options. Each kind has its own cache entry.
         chunk: what an audio chunk must be (rate, length, silence floor).
         holdout_tail: fraction of each train track's end held out of training (player metrics).
         cache_dir: where cache files go (default ``<root>/.cmav_cache``).
@@ -57,18 +58,18 @@ class AudioVisualDataModule(L.LightningDataModule):
         image_size: int = 64,
         batch_size: int = 64,
         num_workers: int = 0,
-        features: LogMelConfig | None = None,
+        features: FrontEndConfig | None = None,
         chunk: ChunkSpec | None = None,
         holdout_tail: float = 0.0,
         cache_dir: str | None = None,
         progress: bool = True,
     ) -> None:
         super().__init__()
-        self.features = features or LogMelConfig()
+        self.features = front_end_config(features)
         self.chunk = chunk or ChunkSpec()
         # Plain dicts, not dataclass objects: checkpoints must load with weights_only=True.
         self.save_hyperparameters(ignore=["features", "chunk"])
-        self.hparams.update(features=asdict(self.features), chunk=asdict(self.chunk))
+        self.hparams.update(features=self.features.to_dict(), chunk=asdict(self.chunk))
         self.root = Path(root)
         self.train_full: PairDataset | None = None
         self.val: PairDataset | None = None

@@ -14,7 +14,7 @@ from cmav.data.cache import PairTensors, load_or_build
 from cmav.data.errors import DataWarning
 from cmav.data.instruments import INSTRUMENTS
 from cmav.data.layout import LayoutScan, scan_paired, scan_suburmp
-from cmav.features.logmel import LogMelConfig
+from cmav.features.frontend import FrontEndConfig, front_end_config
 
 Layout = Literal["suburmp", "paired"]
 
@@ -55,7 +55,7 @@ def _load(
     scan: LayoutScan,
     class_names: list[str],
     image_size: int,
-    features: LogMelConfig | None,
+    features: FrontEndConfig | None,
     chunk: ChunkSpec | None,
     cache_dir: str | Path | None,
     progress: bool,
@@ -68,7 +68,7 @@ def _load(
         class_names,
         scan.root,
         scan.split,
-        features or LogMelConfig(),
+        front_end_config(features),
         image_size,
         chunk or ChunkSpec(),
         cache_dir=cache_dir,
@@ -88,7 +88,7 @@ class SubURMP(PairDataset):
         root: str | Path,
         split: str = "train",
         image_size: int = 64,
-        features: LogMelConfig | None = None,
+        features: FrontEndConfig | None = None,
         chunk: ChunkSpec | None = None,
         cache_dir: str | Path | None = None,
         progress: bool = True,
@@ -110,7 +110,7 @@ class PairedFolder(PairDataset):
         root: str | Path,
         split: str = "train",
         image_size: int = 64,
-        features: LogMelConfig | None = None,
+        features: FrontEndConfig | None = None,
         chunk: ChunkSpec | None = None,
         classes: tuple[str, ...] | None = None,
         cache_dir: str | Path | None = None,

@@ -4,7 +4,7 @@ The clip is read with :func:`cmav.data.audio_io.load_chunk` under the checkpoint
 (mono, resampled to the chunk rate). A clip longer than one chunk (0.5 s) is cut to its FIRST
 chunk, with a note; a clip too short is refused (``DataError``), as in the data sets. The LMS uses
 the front-end config the model was trained with (the datamodule hyper-parameters stored in the
-checkpoint; the default :class:`LogMelConfig` when the checkpoint has none).
+checkpoint; the default LMS front end when the checkpoint has none).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from cmav.data.audio_io import ChunkSpec, decode_chunk, read_audio
 from cmav.data.errors import DataError
-from cmav.features.logmel import LogMelConfig, LogMelSpectrogram
+from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
 
 
 def _as(cls, value):
@@ -32,17 +32,17 @@ def _as(cls, value):
     return cls(**{f.name: getattr(value, f.name) for f in dataclasses.fields(cls) if hasattr(value, f.name)})
 
 
-def front_end_of(ckpt_path: str | Path) -> tuple[LogMelConfig, ChunkSpec]:
-    """The LMS config and chunk spec stored with a checkpoint (defaults when absent)."""
+def front_end_of(ckpt_path: str | Path) -> tuple[FrontEndConfig, ChunkSpec]:
+    """The front-end config and chunk spec stored with a checkpoint (defaults when absent)."""
     from cmav.tasks.classifier import _load_checkpoint
 
     ckpt = _load_checkpoint(ckpt_path)
     dm = ckpt.get("datamodule_hyper_parameters") or {}
-    return _as(LogMelConfig, dm.get("features")), _as(ChunkSpec, dm.get("chunk"))
+    return front_end_config(dm.get("features")), _as(ChunkSpec, dm.get("chunk"))
 
 
-def wav_to_lms(path: str | Path, features: LogMelConfig, spec: ChunkSpec) -> tuple[torch.Tensor, list[str]]:
-    """LMS ``(1, 1, n_mels, frames)`` of the first 0.5-s chunk of ``path``, and notes on what was done."""
+def wav_to_features(path: str | Path, features: FrontEndConfig, spec: ChunkSpec) -> tuple[torch.Tensor, list[str]]:
+    """Audio features ``(1, C, H, W)`` (an LMS by default) of the first 0.5-s chunk of ``path``, and notes on what was done."""
     path = Path(path)
     wave, rate = read_audio(path)  # DataError for missing/empty/corrupt files
     notes: list[str] = []
@@ -56,7 +56,7 @@ def wav_to_lms(path: str | Path, features: LogMelConfig, spec: ChunkSpec) -> tup
     else:
         mono, more = decode_chunk(path, spec)
     notes += more
-    lms = LogMelSpectrogram(features)(torch.from_numpy(np.ascontiguousarray(mono))[None], sample_rate=spec.sample_rate)
+    lms = build_front_end(features)(torch.from_numpy(np.ascontiguousarray(mono))[None], sample_rate=spec.sample_rate)
     return lms, notes
 
 
@@ -72,7 +72,7 @@ def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int
         raise ValueError("n must be >= 1")
     task = load_s2i(ckpt)
     features, spec = front_end_of(ckpt)
-    lms, notes = wav_to_lms(audio, features, spec)
+    lms, notes = wav_to_features(audio, features, spec)
     expected = tuple(task.net.encoder.input_shape)
     if tuple(lms.shape[1:]) != expected:
         raise DataError(Path(audio), f"LMS shape {tuple(lms.shape[1:])} does not match the model's input {expected}")
@@ -95,4 +95,7 @@ def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int
     return out, notes
 
 
-__all__ = ["front_end_of", "generate_from_wav", "wav_to_lms"]
+# the earlier name, kept while the branches built on it move over
+wav_to_lms = wav_to_features
+
+__all__ = ["front_end_of", "generate_from_wav", "wav_to_features", "wav_to_lms"]

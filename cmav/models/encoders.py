@@ -4,7 +4,8 @@ Both modalities use the same design (:class:`ConvEncoder`): an input BatchNorm, 
 conv3x3 -> BatchNorm -> activation -> 2x2 max-pool, global pooling, a Linear to the paper's 128-d
 feature and a Linear classification head. Only the defaults differ (:class:`AudioEncoder`,
 :class:`ImageEncoder`). Every spatial size is derived from ``input_shape`` so any front-end
-configuration (128x44, 64x44, 128x87 LMS, 64/128 px images, (1, 1, L) raw waveform) builds.
+configuration (128x44, 64x44, 128x87 LMS, 513x44 STFT, 20x44 MFCC, 64/128 px images, (1, 1, L) raw
+waveform with a strided 1-D stem) builds.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from torch import Tensor, nn
 
 MIN_BLOCKS = 2
 MAX_BLOCKS = 6
+WAVEFORM_STEM = (80, 4, 4)
+"""(kernel, stride, max-pool) of the 1-D stem that inputs of height 1 (raw waveforms) get first."""
+WAVEFORM_STEM_MIN_LENGTH = 256
+"""Inputs of height 1 at least this long are waveforms and get the stem."""
 
 
 class EncoderOutput(NamedTuple):
@@ -45,6 +50,11 @@ def pool_kernel(height: int, width: int) -> tuple[int, int]:
     shrunk to 1 is left alone instead of collapsing to 0.
     """
     return (2 if height > 1 else 1, 2 if width > 1 else 1)
+
+
+def conv_kernel(height: int, width: int) -> tuple[int, int]:
+    """3x3, except along an axis of length 1 (waveforms, collapsed maps), where taps would only see padding."""
+    return (3 if height > 1 else 1, 3 if width > 1 else 1)
 
 
 def check_shape(shape: Sequence[int], name: str) -> tuple[int, int, int]:
@@ -103,16 +113,31 @@ class ConvEncoder(nn.Module):
         # affine=False: the first conv can absorb any scale/shift; this is pure standardisation.
         self.input_norm = nn.BatchNorm2d(c, affine=False) if input_norm else nn.Identity()
 
+        in_ch = c
+        self.stem: nn.Module = nn.Identity()
+        if h == 1 and w >= WAVEFORM_STEM_MIN_LENGTH:
+            # A raw waveform: 3-tap convs would need dozens of blocks to see one pitch period, so a
+            # strided 1-D stem first cuts the sequence 16x (M5 of Dai et al., 2017).
+            k, stride, pool = WAVEFORM_STEM
+            self.stem = nn.Sequential(
+                nn.Conv2d(c, base_channels, (1, k), stride=(1, stride), padding=(0, k // 2 - 1), bias=False),
+                nn.BatchNorm2d(base_channels),
+                make_activation(activation, negative_slope),
+                nn.MaxPool2d((1, pool)),
+            )
+            w = ((w + 2 * (k // 2 - 1) - k) // stride + 1) // pool
+            in_ch = base_channels
+
         blocks = []
         shapes = []
-        in_ch = c
         for i in range(n_blocks):
             out_ch = min(base_channels * 2**i, max_channels)
             kh, kw = pool_kernel(h, w)
             blocks.append(
                 nn.Sequential(
-                    # bias is redundant in front of BatchNorm
-                    nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
+                    # bias is redundant in front of BatchNorm; an axis of length 1 gets a 1-tap kernel
+                    nn.Conv2d(in_ch, out_ch, conv_kernel(h, w), padding=tuple(k // 2 for k in conv_kernel(h, w)),
+                              bias=False),
                     nn.BatchNorm2d(out_ch),
                     make_activation(activation, negative_slope),
                     nn.MaxPool2d((kh, kw)) if (kh, kw) != (1, 1) else nn.Identity(),
@@ -142,7 +167,7 @@ class ConvEncoder(nn.Module):
 
     def _blocks(self, x: Tensor) -> list[Tensor]:
         self._check_input(x)
-        x = self.input_norm(x)
+        x = self.stem(self.input_norm(x))
         maps = []
         for block in self.blocks:
             x = block(x)

@@ -610,6 +610,8 @@ class S2ITask(L.LightningModule):
             writer.add_image(f"inputs/lms/{name}", x, 0, dataformats="CHW")
         if not (self.sample_config.log_audio and self._features is not None):
             return
+        if getattr(self._features, "kind", "lms") != "lms":  # Griffin-Lim inverts a mel spectrogram only
+            return
         try:
             waves = lms_to_audio(lms, self._features, self.sample_config.griffin_lim_iters)
         except Exception as exc:  # listening aid only: never stop training for it

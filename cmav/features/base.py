@@ -1,0 +1,99 @@
+"""What every audio front end shares: batch-shape checks, mono mix-down and resampling.
+
+A front end turns a waveform batch ``(batch, channels, samples)`` (or ``(batch, samples)``) at any
+rate into a ``(batch, C, H, W)`` feature tensor at its config's rate. Subclasses implement
+:meth:`FrontEnd.transform` on mono (or multi-channel) audio already at ``config.sample_rate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import torch
+import torchaudio
+from torch import Tensor, nn
+
+
+class FrontEndConfigMixin:
+    """Methods shared by the front-end configs (frozen dataclasses with ``kind`` and ``sample_rate``)."""
+
+    kind: str
+    sample_rate: int
+
+    def n_samples(self, duration_s: float) -> int:
+        """Number of samples of a clip of ``duration_s`` seconds at the front-end rate."""
+        return int(round(duration_s * self.sample_rate))
+
+    def output_shape(self, duration_s: float) -> tuple[int, int, int]:  # pragma: no cover - abstract
+        """``(C, H, W)`` of the features of a ``duration_s``-second clip."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (with ``kind``): what checkpoints and cache keys store."""
+        return asdict(self)  # type: ignore[call-overload]
+
+
+def stft_frames(n_samples: int, n_fft: int, hop_length: int, center: bool) -> int:
+    """Frames of an STFT of ``n_samples`` samples (torch/librosa conventions)."""
+    if center:
+        return n_samples // hop_length + 1
+    return (n_samples - n_fft) // hop_length + 1
+
+
+class FrontEnd(nn.Module):
+    """Base class: input checks, mono mix-down and resampling, then :meth:`transform`."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+        self._resamplers = nn.ModuleDict()
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest clip (at the config rate) the transform accepts."""
+        return 1
+
+    def transform(self, waveform: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """``(batch, channels, samples)`` at the config rate -> ``(batch, C, H, W)``."""
+        raise NotImplementedError
+
+    def _resample(self, wave: Tensor, sample_rate: int) -> Tensor:
+        if sample_rate == self.config.sample_rate:
+            return wave
+        key = str(sample_rate)
+        if key not in self._resamplers:
+            self._resamplers[key] = torchaudio.transforms.Resample(sample_rate, self.config.sample_rate).to(wave.device)
+        return self._resamplers[key](wave)
+
+    def forward(self, waveform: Tensor, sample_rate: int | None = None) -> Tensor:
+        name = type(self).__name__
+        if waveform.dim() == 1:
+            raise ValueError(
+                f"{name} expects a batch: (batch, samples) or (batch, channels, samples); "
+                f"got a 1-D tensor of {waveform.shape[0]} samples (add .unsqueeze(0))"
+            )
+        if waveform.dim() == 2:
+            waveform = waveform.unsqueeze(1)
+        if waveform.dim() != 3:
+            raise ValueError(f"{name}: expected (batch, channels, samples), got shape {tuple(waveform.shape)}")
+        if getattr(self.config, "mono", True):
+            waveform = waveform.mean(dim=1, keepdim=True)
+        waveform = self._resample(waveform.float(), sample_rate or self.config.sample_rate)
+        if waveform.shape[-1] < self.min_samples:
+            raise ValueError(
+                f"clip too short for the {self.config.kind} front end: {waveform.shape[-1]} samples at "
+                f"{self.config.sample_rate} Hz, need at least {self.min_samples}"
+            )
+        return self.transform(waveform)
+
+
+def log_floor(x: Tensor, multiplier: float, amin: float, top_db: float | None) -> Tensor:
+    """``multiplier * log10(max(x, amin))`` with an optional per-clip ``top_db`` floor, as librosa's
+    ``power_to_db`` (10) / ``amplitude_to_db`` (20) with ``ref=1``."""
+    db = multiplier * torch.log10(torch.clamp(x, min=amin))
+    if top_db is not None:
+        # Per clip, as librosa does per call: a clip's floor must not depend on its batch-mates.
+        peak = db.amax(dim=(-3, -2, -1), keepdim=True)
+        db = torch.maximum(db, peak - top_db)
+    return db

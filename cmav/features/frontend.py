@@ -1,0 +1,67 @@
+"""The audio front-end family behind one config key (``features``) and one builder.
+
+``kind`` selects the representation studied in Chen et al. (2017): ``lms`` (default), ``stft``,
+``cqt``, ``mfcc`` or ``waveform``. In YAML::
+
+    data:
+      features:
+        kind: cqt
+        bins_per_octave: 12
+
+Every config declares ``output_shape(duration_s)``; the encoders are built from that shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Union
+
+from cmav.features.base import FrontEnd
+from cmav.features.cqt import ConstantQTransform, CqtConfig
+from cmav.features.logmel import LogMelConfig, LogMelSpectrogram
+from cmav.features.mfcc import Mfcc, MfccConfig
+from cmav.features.stft import LogStftMagnitude, StftConfig
+from cmav.features.waveform import Waveform, WaveformConfig
+
+# LogMelConfig first: a config with no ``kind`` means the default LMS front end.
+FrontEndConfig = Union[LogMelConfig, StftConfig, CqtConfig, MfccConfig, WaveformConfig]
+
+FRONT_ENDS: dict[str, tuple[type, type[FrontEnd]]] = {
+    "lms": (LogMelConfig, LogMelSpectrogram),
+    "stft": (StftConfig, LogStftMagnitude),
+    "cqt": (CqtConfig, ConstantQTransform),
+    "mfcc": (MfccConfig, Mfcc),
+    "waveform": (WaveformConfig, Waveform),
+}
+
+
+def front_end_config(value: Any = None, **overrides: Any) -> FrontEndConfig:
+    """A front-end config from ``None`` (LMS defaults), a config, or a dict with an optional ``kind``.
+
+    Raises ``ValueError`` naming the unknown kind or fields, instead of a bare ``TypeError``.
+    """
+    if value is None:
+        value = {}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if not isinstance(value, dict):
+        raise ValueError(f"front-end config must be a dict or a config object, got {type(value).__name__}")
+    value = {**value, **overrides}
+    kind = value.get("kind", "lms")
+    if kind not in FRONT_ENDS:
+        raise ValueError(f"unknown front end kind {kind!r}; expected one of {sorted(FRONT_ENDS)}")
+    cls = FRONT_ENDS[kind][0]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"front end {kind!r} has no option(s) {unknown}; options: {sorted(known - {'kind'})}")
+    return cls(**{**value, "kind": kind})
+
+
+def build_front_end(config: Any = None) -> FrontEnd:
+    """The ``nn.Module`` for a front-end config (or dict, see :func:`front_end_config`)."""
+    config = front_end_config(config)
+    return FRONT_ENDS[config.kind][1](config)
+
+
+__all__ = ["FRONT_ENDS", "FrontEndConfig", "build_front_end", "front_end_config"]

@@ -1,0 +1,172 @@
+"""The audio front-end family (lms, stft, cqt, mfcc, waveform): shapes, librosa references, config
+errors, encoders for every representation and depth, and per-representation cache entries."""
+
+import librosa
+import numpy as np
+import pytest
+import torch
+from fixtures import make_suburmp
+
+from cmav.data import cache as cache_mod
+from cmav.data.datamodule import AudioVisualDataModule
+from cmav.data.datasets import SubURMP
+from cmav.features import (FRONT_ENDS, CqtConfig, LogMelConfig, MfccConfig, StftConfig, WaveformConfig,
+                           build_front_end, front_end_config)  # fmt: skip
+from cmav.models import AudioEncoder
+
+KINDS = sorted(FRONT_ENDS)
+# Stated tolerance of the torch front ends against librosa on the same input at the front-end rate.
+LIBROSA_MAX_ABS_DB = 1e-2
+
+
+def _signal(rate: int, seconds: float = 0.5, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    sig = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 1234 * t) * np.exp(-3 * t)
+    return (sig + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.mark.parametrize("rate", [44100, 22050])
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_representation_gives_its_declared_shape(kind, rate):
+    fe = build_front_end({"kind": kind})
+    out = fe(torch.from_numpy(_signal(rate))[None].repeat(2, 1), rate)
+    assert tuple(out.shape) == (2, *fe.config.output_shape(0.5))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_declared_shapes_for_half_a_second_at_22k():
+    assert LogMelConfig().output_shape(0.5) == (1, 128, 44)
+    assert StftConfig().output_shape(0.5) == (1, 513, 44)
+    assert CqtConfig().output_shape(0.5) == (1, 84, 44)
+    assert MfccConfig().output_shape(0.5) == (1, 20, 44)
+    assert WaveformConfig().output_shape(0.5) == (1, 1, 11025)
+
+
+def test_stft_matches_librosa():
+    c = StftConfig()
+    y = _signal(c.sample_rate)
+    ours = build_front_end(c)(torch.from_numpy(y)[None])[0, 0].numpy()
+    ref = librosa.amplitude_to_db(np.abs(librosa.stft(y, n_fft=c.n_fft, hop_length=c.hop_length)),
+                                  ref=1.0, amin=c.amin, top_db=None)  # fmt: skip
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() < LIBROSA_MAX_ABS_DB
+
+
+def test_mfcc_matches_librosa_defaults():
+    c = MfccConfig()
+    y = _signal(c.sample_rate)
+    ours = build_front_end(c)(torch.from_numpy(y)[None])[0, 0].numpy()
+    ref = librosa.feature.mfcc(y=y, sr=c.sample_rate, n_mfcc=c.n_mfcc, n_fft=c.n_fft, hop_length=c.hop_length,
+                               n_mels=c.n_mels)  # fmt: skip
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() < LIBROSA_MAX_ABS_DB
+
+
+@pytest.mark.filterwarnings("ignore:n_fft=.*is too large")
+def test_cqt_is_librosas_in_db():
+    c = CqtConfig()
+    y = _signal(c.sample_rate)
+    ours = build_front_end(c)(torch.from_numpy(y)[None])[0, 0].numpy()
+    ref = librosa.amplitude_to_db(np.abs(librosa.cqt(y, sr=c.sample_rate, hop_length=c.hop_length)), ref=1.0,
+                                  amin=c.amin, top_db=None)  # fmt: skip
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() < LIBROSA_MAX_ABS_DB
+
+
+def test_cqt_puts_a_tone_in_its_bin():
+    rate = 22050
+    t = np.arange(rate // 2) / rate
+    a4 = (0.5 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
+    out = build_front_end({"kind": "cqt"})(torch.from_numpy(a4)[None])[0, 0]
+    # A4 (MIDI 69) is 3 octaves + 9 semitones above C1 (MIDI 24): bin 45
+    assert int(out[:, 10:34].mean(dim=1).argmax()) == 45
+
+
+def test_waveform_is_the_resampled_samples():
+    y = torch.from_numpy(_signal(22050))[None]
+    out = build_front_end({"kind": "waveform"})(y)
+    assert torch.equal(out[0, 0, 0], y[0])
+    stereo = torch.stack([y[0], -y[0]])[None]  # mono mix-down of opposite channels is silence
+    assert build_front_end({"kind": "waveform"})(stereo).abs().max() < 1e-6
+
+
+def test_config_from_dict_and_clear_errors():
+    assert front_end_config(None) == LogMelConfig()
+    assert front_end_config({"n_mels": 64}) == LogMelConfig(n_mels=64)  # no kind: the LMS default
+    assert front_end_config({"kind": "cqt", "n_bins": 72}) == CqtConfig(n_bins=72)
+    assert front_end_config(MfccConfig(n_mfcc=13)).n_mfcc == 13
+    assert front_end_config(StftConfig()).to_dict()["kind"] == "stft"
+    with pytest.raises(ValueError, match="unknown front end kind 'mel'"):
+        front_end_config({"kind": "mel"})
+    with pytest.raises(ValueError, match=r"front end 'mfcc' has no option\(s\) \['n_bins'\]"):
+        front_end_config({"kind": "mfcc", "n_bins": 3})
+    with pytest.raises(ValueError, match="divisible"):
+        build_front_end({"kind": "cqt", "hop_length": 100})
+    with pytest.raises(ValueError, match="too short for the stft front end"):
+        build_front_end({"kind": "stft"})(torch.zeros(1, 100))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_encoder_builds_for_every_depth_and_representation(kind):
+    torch.set_num_threads(1)
+    shape = front_end_config({"kind": kind}).output_shape(0.5)
+    x = torch.randn(2, *shape)
+    for depth in range(2, 7):
+        enc = AudioEncoder(input_shape=shape, n_blocks=depth, base_channels=4, max_channels=16, feature_dim=8)
+        out = enc.forward_features(x)
+        assert len(out.blocks) == depth and out.feature.shape == (2, 8) and out.logits.shape == (2, 13)
+        assert [tuple(b.shape[1:]) for b in out.blocks] == enc.block_shapes
+        out.logits.sum().backward()
+
+
+def test_waveform_encoder_has_a_strided_stem():
+    shape = WaveformConfig().output_shape(0.5)
+    enc = AudioEncoder(input_shape=shape, n_blocks=2, base_channels=4)
+    assert enc.block_shapes[0][2] < shape[2] // 16  # the stem cut the sequence before the blocks
+    lms = AudioEncoder(n_blocks=2, base_channels=4)
+    assert isinstance(lms.stem, torch.nn.Identity)
+
+
+@pytest.fixture()
+def root(tmp_path):
+    return make_suburmp(tmp_path / "suburmp", chunks=2)
+
+
+def test_each_representation_has_its_own_cache_entry_and_is_reused(root, monkeypatch):
+    lms = SubURMP(root, "train", image_size=16, progress=False)
+    mfcc = SubURMP(root, "train", image_size=16, features=MfccConfig(), progress=False)
+    files = sorted((root / ".cmav_cache").glob("train-*.pt"))
+    assert len(files) == 2
+    assert lms.tensors.audio.shape[1:] == (1, 128, 44) and mfcc.tensors.audio.shape[1:] == (1, 20, 44)
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+
+    def fail(*a, **k):
+        raise AssertionError("cache was rebuilt")
+
+    monkeypatch.setattr(cache_mod, "build_tensors", fail)
+    again = SubURMP(root, "train", image_size=16, progress=False)  # back to the LMS: no recomputation
+    assert torch.equal(again.tensors.audio, lms.tensors.audio)
+    assert torch.equal(SubURMP(root, "train", image_size=16, features={"kind": "mfcc"}, progress=False).tensors.audio,
+                       mfcc.tensors.audio)  # fmt: skip
+    assert {f: f.stat().st_mtime_ns for f in files} == stamps
+
+
+def test_datamodule_takes_the_kind_from_its_config_and_stores_it(root):
+    dm = AudioVisualDataModule(root=str(root), image_size=16, batch_size=4, features={"kind": "cqt"}, progress=False)
+    dm.setup("fit")
+    assert dm.features == CqtConfig() and dm.hparams.features["kind"] == "cqt"
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["audio"].shape[1:] == (1, 84, 44)
+
+
+def test_cli_selects_the_representation_with_one_key(root, tmp_path):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(AudioVisualDataModule, "data")
+    cfg = parser.parse_args(["--data.root", str(root), "--data.features.kind", "mfcc", "--data.features.n_mfcc", "13"])
+    dm = parser.instantiate_classes(cfg).data
+    assert dm.features == MfccConfig(n_mfcc=13)
+    default = parser.instantiate_classes(parser.parse_args(["--data.root", str(root)])).data
+    assert default.features == LogMelConfig()
