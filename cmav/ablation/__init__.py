@@ -1,5 +1,46 @@
-"""Ablation grids: train every variant over several seeds, evaluate, tabulate and plot."""
+"""Ablation grids: train every cell over several seeds, evaluate, tabulate and plot.
 
-from cmav.ablation.runner import load_grid, run_ablation
+``run_ablation`` reads a grid YAML and hands it to the runner of its ``kind``: ``s2i``
+(:mod:`cmav.ablation.s2i`) or ``audio_repr`` (:mod:`cmav.ablation.audio_repr`).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from cmav.ablation.grid import load_grid
+
+
+def _runners() -> dict:
+    from cmav.ablation import audio_repr, s2i
+
+    return {"s2i": s2i.run, "audio_repr": audio_repr.run}
+
+
+def run_ablation(config: str | Path | dict, preset: str | None = None, out_dir: str | Path | None = None,
+                 data_root: str | None = None) -> dict:  # fmt: skip
+    """Run a grid; returns ``{rows, runs, paths, elapsed_s}``. ``data_root`` overrides ``data.root``."""
+    cfg = load_grid(config, preset) if not isinstance(config, dict) else copy.deepcopy(config)
+    cfg.setdefault("kind", "s2i")
+    cfg.setdefault("preset", "default")
+    runners = _runners()
+    if cfg["kind"] not in runners:
+        raise ValueError(f"{cfg.get('source', 'grid')}: unknown grid kind {cfg['kind']!r}; expected one of {sorted(runners)}")
+    if data_root is not None:
+        cfg["data"]["root"] = data_root
+    out = Path(out_dir or f"results/ablation_{cfg.get('name', cfg['kind'])}_{cfg['preset']}")
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    if cfg.get("threads"):
+        # fewer torch threads than cores: OpenMP oversubscription on a shared CPU slows tiny models ~10x
+        torch.set_num_threads(int(cfg["threads"]))
+    try:
+        return runners[cfg["kind"]](cfg, out)
+    finally:
+        torch.set_num_threads(threads)
+
 
 __all__ = ["load_grid", "run_ablation"]

@@ -1,4 +1,4 @@
-"""``cmav ablate CONFIG``: the S2I ablation grid (see ``experiments/ablations/s2i.yaml``).
+"""The S2I ablation grid (``kind: s2i``, see ``experiments/ablations/s2i.yaml``).
 
 Per seed: the sound classifier, then every variant with its encoder frozen; the image judge and
 player judge are trained once (first seed) and only score. Every variant is evaluated with
@@ -14,19 +14,17 @@ player judge are trained once (first seed) and only score. Every variant is eval
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
-import re
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
+
+from cmav.ablation.grid import datamodule, fit, mean_sd, merge, save_config, slug
 
 # (key in the table, header, how to read it from evaluate_s2i's result)
 METRICS: list[tuple[str, str, Any]] = [
@@ -39,98 +37,6 @@ METRICS: list[tuple[str, str, Any]] = [
 ]
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
-def load_grid(path: str | Path, preset: str | None = None) -> dict:
-    """The grid of a YAML config, with ``presets[preset]`` merged over it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ablation config not found: {path}")
-    cfg = yaml.safe_load(path.read_text()) or {}
-    presets = cfg.pop("presets", {}) or {}
-    if preset:
-        if preset not in presets:
-            raise ValueError(f"{path}: no preset {preset!r}; presets: {sorted(presets) or 'none'}")
-        cfg = _merge(cfg, presets[preset])
-    cfg["preset"] = preset or "default"
-    seeds = cfg.get("seeds") or [0]
-    if not cfg.get("variants"):
-        raise ValueError(f"{path}: no variants")
-    names = [v["name"] for v in cfg["variants"]]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{path}: variant names must be unique, got {names}")
-    cfg["seeds"] = [int(s) for s in seeds]
-    return cfg
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
-
-
-def _datamodule(cfg: dict, out: Path):
-    from cmav.data.datamodule import AudioVisualDataModule
-
-    d = dict(cfg["data"])
-    root = d.pop("root", None)
-    if root is None:
-        from cmav.standin.build import build_standin
-
-        root = out / "data"
-        print(f"[ablate] building the tiny stand-in at {root} (once)", flush=True)
-        build_standin(root, preset="tiny", progress=False)
-    if not Path(root).is_dir():
-        raise FileNotFoundError(
-            f"data root {root} does not exist: build it (`cmav data build --root {root}`), pass --root, "
-            "or use --preset quick (builds the tiny stand-in under the results folder)"
-        )
-    dm = AudioVisualDataModule(root=str(root), progress=False, **d)
-    dm.setup("fit")
-    return dm
-
-
-def _trainer(cfg: dict, out: Path, stage: str, seed: int, steps: int, gan: bool = False):
-    import lightning as L
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    kw = dict(cfg.get("trainer") or {})
-    kw.setdefault("accelerator", "auto")
-    kw.setdefault("devices", 1)
-    kw.update(
-        max_steps=int(steps) * (2 if gan else 1),  # manual GAN optimisation: 2 optimiser steps per batch
-        max_epochs=-1,
-        logger=TensorBoardLogger(save_dir=str(out / "tb"), name=stage, version=f"seed{seed}"),
-        enable_checkpointing=False,
-        default_root_dir=str(out),
-    )
-    return L.Trainer(**kw)
-
-
-def _fit(cfg: dict, out: Path, dm, stage: str, seed: int, task, ckpt: Path, gan: bool = False) -> Path:
-    import lightning as L
-
-    L.seed_everything(seed, workers=True, verbose=False)
-    trainer = _trainer(cfg, out, stage, seed, cfg["stages"][_stage_key(stage)]["steps"], gan=gan)
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*number of training batches.*")
-        warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # the frozen encoder
-        trainer.fit(task, datamodule=dm)
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(str(ckpt))
-    print(f"[ablate] {stage} seed {seed}: {time.perf_counter() - t0:.1f}s -> {ckpt}", flush=True)
-    return ckpt
-
-
-def _stage_key(stage: str) -> str:
-    return "s2i" if stage.startswith("s2i/") else stage
-
-
 def _judges(cfg: dict, out: Path, dm) -> tuple[Path, Path | None]:
     from cmav.tasks import ClassifierTask
 
@@ -141,14 +47,14 @@ def _judges(cfg: dict, out: Path, dm) -> tuple[Path, Path | None]:
     if not image.is_file():
         task = ClassifierTask(modality="image", target="label", image_size=size,
                               **cfg["stages"]["image_judge"].get("model", {}))  # fmt: skip
-        _fit(cfg, out, dm, "image_judge", seed, task, image)
+        fit(cfg, out, dm, "image_judge", seed, task, image, cfg["stages"]["image_judge"]["steps"])
     player: Path | None = None
     if "player_judge" in cfg["stages"] and len(dm.train_holdout) > 0:
         player = jdir / "player_judge.ckpt"
         if not player.is_file():
             task = ClassifierTask(modality="image", target="track", image_size=size,
                                   **cfg["stages"]["player_judge"].get("model", {}))  # fmt: skip
-            _fit(cfg, out, dm, "player_judge", seed, task, player)
+            fit(cfg, out, dm, "player_judge", seed, task, player, cfg["stages"]["player_judge"]["steps"])
     return image, player
 
 
@@ -177,13 +83,7 @@ def summarise(runs: list[dict], variants: list[str]) -> list[dict]:
         mine = [r for r in runs if r["variant"] == name]
         row: dict[str, Any] = {"variant": name, "n_seeds": len(mine)}
         for key, _, get in METRICS:
-            vals = [get(r["metrics"]) for r in mine]
-            vals = [float(v) for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
-            if vals:
-                row[f"{key}_mean"] = float(np.mean(vals))
-                row[f"{key}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-            else:
-                row[f"{key}_mean"] = row[f"{key}_sd"] = None
+            row[f"{key}_mean"], row[f"{key}_sd"] = mean_sd([get(r["metrics"]) for r in mine])
         rows.append(row)
     return rows
 
@@ -254,32 +154,20 @@ def plot_bars(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def run_ablation(config: str | Path | dict, preset: str | None = None, out_dir: str | Path | None = None,
-                 data_root: str | None = None) -> dict:  # fmt: skip
-    """Run the grid; returns ``{rows, runs, paths}``. ``data_root`` overrides ``data.root``."""
-    cfg = load_grid(config, preset) if not isinstance(config, dict) else copy.deepcopy(config)
-    if data_root is not None:
-        cfg["data"]["root"] = data_root
-    out = Path(out_dir or f"results/ablation_{cfg.get('name', 's2i')}_{cfg.get('preset', 'default')}")
-    out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    if cfg.get("threads"):
-        # fewer torch threads than cores: OpenMP oversubscription on a shared CPU slows tiny models ~10x
-        torch.set_num_threads(int(cfg["threads"]))
-    try:
-        return _run(cfg, out)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(cfg: dict, out: Path) -> dict:
+def run(cfg: dict, out: Path) -> dict:
+    """Run an S2I grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``."""
     from cmav.evaluation import evaluate_s2i, make_generator_fn
     from cmav.tasks import ClassifierTask, S2ITask
     from cmav.viz import labelled_grid
 
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if not cfg.get("variants"):
+        raise ValueError(f"{cfg.get('source', 'grid')}: no variants")
+    names = [v["name"] for v in cfg["variants"]]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{cfg.get('source', 'grid')}: variant names must be unique, got {names}")
+    save_config(cfg, out)
     t_start = time.perf_counter()
-    dm = _datamodule(cfg, out)
+    dm = datamodule(cfg, out)
     image_judge, player_judge = _judges(cfg, out, dm)
     ev = cfg.get("evaluation") or {}
     size = cfg["data"]["image_size"]
@@ -289,16 +177,17 @@ def _run(cfg: dict, out: Path) -> dict:
     runs: list[dict] = []
     for seed in cfg["seeds"]:
         clf = ClassifierTask(modality="audio", target="label", image_size=size, **cfg["stages"]["audio_classifier"].get("model", {}))
-        clf_ckpt = _fit(cfg, out, dm, "audio_classifier", seed, clf,
-                        out / "judges" / f"audio_classifier_seed{seed}.ckpt")  # fmt: skip
+        clf_ckpt = fit(cfg, out, dm, "audio_classifier", seed, clf, out / "judges" / f"audio_classifier_seed{seed}.ckpt",
+                       cfg["stages"]["audio_classifier"]["steps"])  # fmt: skip
         for v in variants:
             v = dict(v)
             name = v.pop("name")
-            model_kw = _merge(cfg["stages"]["s2i"].get("model", {}), v)
+            model_kw = merge(cfg["stages"]["s2i"].get("model", {}), v)
             model_kw.setdefault("seed", seed)
             task = S2ITask(encoder_mode="frozen", audio_encoder_ckpt=str(clf_ckpt), image_size=size, **model_kw)
-            run_dir = out / "runs" / _slug(name) / f"seed{seed}"
-            ckpt = _fit(cfg, out, dm, f"s2i/{_slug(name)}", seed, task, run_dir / "s2i.ckpt", gan=task.is_gan)
+            run_dir = out / "runs" / slug(name) / f"seed{seed}"
+            ckpt = fit(cfg, out, dm, f"s2i/{slug(name)}", seed, task, run_dir / "s2i.ckpt", cfg["stages"]["s2i"]["steps"],
+                       gan=task.is_gan)  # fmt: skip
             task = task.cpu().eval()
             metrics = evaluate_s2i(task, dm, image_judge, player_judge, out_dir=run_dir, seed=seed,
                                    n_diversity_draws=int(ev.get("n_diversity_draws", 8)),
@@ -333,4 +222,4 @@ def _run(cfg: dict, out: Path) -> dict:
     return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
 
 
-__all__ = ["METRICS", "load_grid", "plot_bars", "run_ablation", "summarise", "write_tables"]
+__all__ = ["METRICS", "plot_bars", "run", "summarise", "write_tables"]

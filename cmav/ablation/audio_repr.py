@@ -1,0 +1,218 @@
+"""The audio representation study (``kind: audio_repr``, see ``experiments/ablations/audio_repr.yaml``).
+
+Chen et al. (2017) chose the log-mel spectrogram and 4 conv layers by training the sound classifier
+on several representations of the 0.5-s chunks with different depths and keeping the most accurate
+pair. This runner reruns that choice: for every representation x depth x seed it trains the sound
+classifier (:class:`~cmav.tasks.ClassifierTask`, audio) for ``steps`` batches and scores it on the
+validation split (held-out players). The results folder gets::
+
+    table.md, table.csv   per representation and depth: validation accuracy (plain and
+                          class-balanced, mean ± sd over seeds), parameters, front-end
+                          throughput (chunks/s on the current device), training time
+    accuracy.png          heat map of mean validation accuracy over representation x depth
+    results.json          every run's metrics
+    runs/<repr>/depth<d>/seed<k>/classifier.ckpt
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cmav.ablation.grid import datamodule, fit, mean_sd, merge, save_config, slug
+from cmav.features.frontend import build_front_end, front_end_config
+
+
+def front_end_throughput(features: Any, chunk_rate: int, chunk_samples: int, device: str | torch.device,
+                         batch_size: int = 256, repeats: int = 3) -> float:  # fmt: skip
+    """Chunks per second of a front end on ``device``, from ``chunk_rate`` audio (as the cache calls it).
+
+    The input is noise: every front end's cost is independent of the content.
+    """
+    fe = build_front_end(features).to(device)
+    x = torch.randn(batch_size, 1, chunk_samples, generator=torch.Generator().manual_seed(0)).mul_(0.1).to(device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        fe(x[:8], chunk_rate)  # warm-up: resampler kernels, librosa's filter bank, CUDA context
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fe(x, chunk_rate)
+        sync()
+    return batch_size * repeats / (time.perf_counter() - t0)
+
+
+def _validate(cfg: dict) -> None:
+    src = cfg.get("source", "grid")
+    reps = cfg.get("representations") or []
+    if not reps:
+        raise ValueError(f"{src}: no representations")
+    names = [r.get("name") for r in reps]
+    if None in names or len(set(names)) != len(names):
+        raise ValueError(f"{src}: every representation needs a unique name, got {names}")
+    for r in reps:
+        front_end_config(r.get("features"))  # unknown kind/option: a clear ValueError now, not mid-grid
+    depths = cfg.get("depths") or []
+    if not depths or any(not 2 <= int(d) <= 6 for d in depths):
+        raise ValueError(f"{src}: depths must be a non-empty list of values in [2, 6], got {depths}")
+
+
+def summarise(runs: list[dict], reps: list[str], depths: list[int]) -> list[dict]:
+    """One row per (representation, depth): mean ± sd over seeds."""
+    rows = []
+    for rep in reps:
+        for depth in depths:
+            mine = [r for r in runs if r["representation"] == rep and r["depth"] == depth]
+            if not mine:
+                continue
+            row: dict[str, Any] = {"representation": rep, "kind": mine[0]["kind"], "depth": depth,
+                                   "n_seeds": len(mine), "input_shape": "x".join(map(str, mine[0]["input_shape"]))}  # fmt: skip
+            for key in ("accuracy", "balanced_accuracy", "train_s"):
+                row[f"{key}_mean"], row[f"{key}_sd"] = mean_sd([r[key] for r in mine])
+            row["parameters"] = mine[0]["parameters"]
+            row["front_end_chunks_per_s"] = mine[0]["front_end_chunks_per_s"]
+            rows.append(row)
+    return rows
+
+
+FIELDS = ["representation", "kind", "depth", "n_seeds", "input_shape", "accuracy_mean", "accuracy_sd",
+          "balanced_accuracy_mean", "balanced_accuracy_sd", "parameters", "front_end_chunks_per_s",
+          "train_s_mean", "train_s_sd"]  # fmt: skip
+
+
+def verdict(rows: list[dict], paper: tuple[str, int] = ("lms", 4)) -> str:
+    """Which cell wins, and whether the paper's choice (LMS, 4 blocks) is it."""
+    best = max(rows, key=lambda r: r["accuracy_mean"])
+    text = (f"Best: **{best['representation']}, {best['depth']} blocks** "
+            f"(accuracy {best['accuracy_mean']:.3f} ± {best['accuracy_sd']:.3f}).")  # fmt: skip
+    mine = [r for r in rows if r["kind"] == paper[0] and r["depth"] == paper[1]]
+    if not mine:
+        return text + " The paper's choice (LMS, 4 blocks) is not in this grid."
+    p = mine[0]
+    ranked = sorted(rows, key=lambda r: -r["accuracy_mean"])
+    rank = ranked.index(p) + 1
+    if p is best:
+        return text + " The paper's choice, LMS with 4 conv blocks, wins here too."
+    gap = best["accuracy_mean"] - p["accuracy_mean"]
+    within = gap <= max(best["accuracy_sd"], p["accuracy_sd"])
+    return text + (f" The paper's choice (LMS, 4 blocks) ranks {rank} of {len(rows)} with "
+                   f"{p['accuracy_mean']:.3f} ± {p['accuracy_sd']:.3f}, {gap:.3f} below the best"
+                   f"{' (within one sd: not a clear loss)' if within else ''}.")  # fmt: skip
+
+
+def write_tables(rows: list[dict], out: Path, note: str = "", throughput_batch: int = 256) -> tuple[Path, Path]:
+    csv_path, md_path = out / "table.csv", out / "table.md"
+    with csv_path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k) for k in FIELDS})
+    lines = ["| representation | depth | input (C×H×W) | val accuracy | balanced val accuracy | parameters "
+             "| front end (chunks/s) | train time (s) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lines.append(
+            f"| {r['representation']} | {r['depth']} | {r['input_shape']} | {r['accuracy_mean']:.3f} ± {r['accuracy_sd']:.3f} "
+            f"| {r['balanced_accuracy_mean']:.3f} ± {r['balanced_accuracy_sd']:.3f} | {r['parameters']:,} "
+            f"| {r['front_end_chunks_per_s']:,.0f} | {r['train_s_mean']:.0f} |"
+        )  # fmt: skip
+    text = "\n".join(lines) + "\n\n" + verdict(rows) + "\n"
+    text += ("\nAccuracy: the sound classifier on the **validation** split (players unseen in training), "
+             "mean ± sd over seeds. Parameters: the audio encoder with its 13-way head. Front-end throughput: "
+             f"chunks/s from the data set's chunk rate on the device named below, batches of {throughput_batch} "
+             "(what the cache pays once per data set).\n")  # fmt: skip
+    if note:
+        text += f"\n{note}\n"
+    md_path.write_text(text)
+    return csv_path, md_path
+
+
+def plot_heatmap(rows: list[dict], reps: list[str], depths: list[int], path: Path) -> Path:
+    """Mean validation accuracy over representation (rows) x depth (columns), annotated."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    grid = np.full((len(reps), len(depths)), np.nan)
+    for r in rows:
+        grid[reps.index(r["representation"]), depths.index(r["depth"])] = r["accuracy_mean"]
+    fig = Figure(figsize=(1.3 * len(depths) + 2.5, 0.6 * len(reps) + 1.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(grid, cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0, vmax=1.0)
+    for i in range(len(reps)):
+        for j in range(len(depths)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=8,
+                        color="black" if grid[i, j] > np.nanmean(grid) else "white")  # fmt: skip
+    ax.set_xticks(range(len(depths)))
+    ax.set_xticklabels([str(d) for d in depths])
+    ax.set_yticks(range(len(reps)))
+    ax.set_yticklabels(reps)
+    ax.set_xlabel("conv blocks")
+    ax.set_title("sound classifier: validation accuracy (mean over seeds)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def run(cfg: dict, out: Path) -> dict:
+    """Run an audio-representation grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``."""
+    from cmav.metrics.classification import judged_accuracy
+    from cmav.models.encoders import count_parameters
+    from cmav.tasks import ClassifierTask
+
+    _validate(cfg)
+    save_config(cfg, out)
+    t_start = time.perf_counter()
+    reps = cfg["representations"]
+    depths = [int(d) for d in cfg["depths"]]
+    model_cfg = cfg.get("model") or {}
+    tp = cfg.get("throughput") or {}
+    device = "cuda" if torch.cuda.is_available() and (cfg.get("trainer") or {}).get("accelerator", "auto") in ("auto", "gpu", "cuda") else "cpu"
+    runs: list[dict] = []
+    for rep in reps:
+        name, features = rep["name"], front_end_config(rep.get("features"))
+        dm = datamodule(cfg, out, features=features)  # one cache entry per representation
+        chunk = dm.chunk
+        speed = front_end_throughput(features, chunk.sample_rate, chunk.n_samples, device,
+                                     batch_size=int(tp.get("batch_size", 256)), repeats=int(tp.get("repeats", 3)))  # fmt: skip
+        val = dm.val.tensors
+        for depth in depths:
+            for seed in cfg["seeds"]:
+                kw = merge(model_cfg, {"audio_encoder": {"n_blocks": depth}})
+                task = ClassifierTask(modality="audio", target="label", image_size=dm.hparams.image_size, **kw)
+                ckpt = out / "runs" / slug(name) / f"depth{depth}" / f"seed{seed}" / "classifier.ckpt"
+                t0 = time.perf_counter()
+                fit(cfg, out, dm, f"audio_repr/{slug(name)}/depth{depth}", seed, task, ckpt, int(cfg["steps"]))
+                train_s = time.perf_counter() - t0
+                report = judged_accuracy(task.model, val.audio.float(), val.labels, list(dm.class_names), batch_size=256)
+                runs.append({
+                    "representation": name, "kind": features.kind, "depth": depth, "seed": seed,
+                    "features": features.to_dict(), "input_shape": list(val.audio.shape[1:]),
+                    "accuracy": report.accuracy, "balanced_accuracy": report.balanced_accuracy,
+                    "parameters": count_parameters(task.model), "front_end_chunks_per_s": speed,
+                    "train_s": train_s, "checkpoint": str(ckpt), "per_class": report.to_dict()["per_class"],
+                })  # fmt: skip
+                print(f"[ablate] {name} depth {depth} seed {seed}: val acc {report.accuracy:.3f} "
+                      f"(balanced {report.balanced_accuracy:.3f})", flush=True)  # fmt: skip
+    names = [r["name"] for r in reps]
+    rows = summarise(runs, names, depths)
+    elapsed = time.perf_counter() - t_start
+    note = (f"Preset `{cfg['preset']}`, seeds {cfg['seeds']}, {cfg['steps']} training batches per run, "
+            f"data `{dm.root}`, device `{device}`"
+            f"{' (' + torch.cuda.get_device_name() + ')' if device == 'cuda' else ''}, {elapsed:.0f} s in all.")  # fmt: skip
+    csv_path, md_path = write_tables(rows, out, note, throughput_batch=int(tp.get("batch_size", 256)))
+    plot = plot_heatmap(rows, names, depths, out / "accuracy.png")
+    (out / "results.json").write_text(json.dumps({"config": cfg, "rows": rows, "runs": runs, "elapsed_s": elapsed,
+                                                  "verdict": verdict(rows)}, indent=2, default=str))  # fmt: skip
+    paths = {"table_md": str(md_path), "table_csv": str(csv_path), "plot": str(plot), "results": str(out / "results.json")}
+    return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
+
+
+__all__ = ["front_end_throughput", "plot_heatmap", "run", "summarise", "verdict", "write_tables"]

@@ -1,0 +1,130 @@
+"""What every ablation grid shares: YAML + presets, data, a Lightning fit per cell, mean ± sd.
+
+A grid YAML names its ``kind`` (``s2i`` by default, ``audio_repr``, ...); :func:`cmav.ablation.run_ablation`
+hands it to that kind's runner. Every kind reads ``seeds``, ``threads``, ``data`` (passed to
+:class:`~cmav.data.datamodule.AudioVisualDataModule`; ``root: null`` builds the tiny stand-in
+under the results folder), ``trainer`` (passed to ``lightning.Trainer``) and ``presets``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+
+def merge(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base``, recursively for dicts."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def load_grid(path: str | Path, preset: str | None = None) -> dict:
+    """The grid of a YAML config, with ``presets[preset]`` merged over it, ``kind`` and ``seeds`` filled in."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ablation config not found: {path}")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    presets = cfg.pop("presets", {}) or {}
+    if preset:
+        if preset not in presets:
+            raise ValueError(f"{path}: no preset {preset!r}; presets: {sorted(presets) or 'none'}")
+        cfg = merge(cfg, presets[preset])
+    cfg["preset"] = preset or "default"
+    cfg.setdefault("kind", "s2i")
+    cfg["seeds"] = [int(s) for s in (cfg.get("seeds") or [0])]
+    cfg["source"] = str(path)
+    return cfg
+
+
+def slug(name: str) -> str:
+    """A file-name-safe version of a variant name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+def data_root(cfg: dict, out: Path) -> Path:
+    """``data.root``, or the tiny stand-in built (once) under ``out/data`` when it is null."""
+    root = cfg["data"].get("root")
+    if root is None:
+        from cmav.standin.build import build_standin
+
+        root = out / "data"
+        print(f"[ablate] building the tiny stand-in at {root} (once)", flush=True)
+        build_standin(root, preset="tiny", progress=False)
+    if not Path(root).is_dir():
+        raise FileNotFoundError(
+            f"data root {root} does not exist: build it (`cmav data build --root {root}`), pass --root, "
+            "or use --preset quick (builds the tiny stand-in under the results folder)"
+        )
+    return Path(root)
+
+
+def datamodule(cfg: dict, out: Path, **overrides: Any):
+    """The grid's :class:`AudioVisualDataModule`, set up for fitting; ``overrides`` win over ``data``."""
+    from cmav.data.datamodule import AudioVisualDataModule
+
+    d = {k: v for k, v in cfg["data"].items() if k != "root"}
+    d.update(overrides)
+    dm = AudioVisualDataModule(root=str(data_root(cfg, out)), progress=False, **d)
+    dm.setup("fit")
+    return dm
+
+
+def trainer(cfg: dict, out: Path, stage: str, seed: int, steps: int, gan: bool = False):
+    """A ``lightning.Trainer`` for ``steps`` batches, logging to ``out/tb/<stage>/seed<k>``."""
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    kw = dict(cfg.get("trainer") or {})
+    kw.setdefault("accelerator", "auto")
+    kw.setdefault("devices", 1)
+    kw.update(
+        max_steps=int(steps) * (2 if gan else 1),  # manual GAN optimisation: 2 optimiser steps per batch
+        max_epochs=-1,
+        logger=TensorBoardLogger(save_dir=str(out / "tb"), name=stage, version=f"seed{seed}"),
+        enable_checkpointing=False,
+        default_root_dir=str(out),
+    )
+    return L.Trainer(**kw)
+
+
+def fit(cfg: dict, out: Path, dm, stage: str, seed: int, task, ckpt: Path, steps: int, gan: bool = False) -> Path:
+    """Train ``task`` for ``steps`` batches under ``seed`` and save its checkpoint to ``ckpt``."""
+    import lightning as L
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    tr = trainer(cfg, out, stage, seed, steps, gan=gan)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*number of training batches.*")
+        warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # the frozen encoder
+        tr.fit(task, datamodule=dm)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    tr.save_checkpoint(str(ckpt))
+    print(f"[ablate] {stage} seed {seed}: {time.perf_counter() - t0:.1f}s -> {ckpt}", flush=True)
+    return ckpt
+
+
+def mean_sd(values: list[Any]) -> tuple[float | None, float | None]:
+    """Mean and sd (ddof 1; 0 for one value) of the finite values; ``(None, None)`` when there are none."""
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None, None
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+
+def save_config(cfg: dict, out: Path) -> None:
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+__all__ = ["data_root", "datamodule", "fit", "load_grid", "mean_sd", "merge", "save_config", "slug", "trainer"]

@@ -1,0 +1,85 @@
+"""The audio representation study: `cmav ablate experiments/ablations/audio_repr.yaml --preset quick`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures import make_suburmp_tracks
+
+from cmav.ablation import load_grid, run_ablation
+from cmav.ablation.audio_repr import front_end_throughput, verdict
+
+CONFIG = Path(__file__).parents[1] / "experiments" / "ablations" / "audio_repr.yaml"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _row(kind: str, depth: int, acc: float, sd: float = 0.01) -> dict:
+    return {"representation": kind.upper(), "kind": kind, "depth": depth, "accuracy_mean": acc, "accuracy_sd": sd}
+
+
+def test_verdict_names_the_best_cell_and_the_papers_rank():
+    rows = [_row("lms", 4, 0.90), _row("cqt", 3, 0.95), _row("mfcc", 2, 0.50)]
+    text = verdict(rows)
+    assert "CQT, 3 blocks" in text and "ranks 2 of 3" in text and "0.050 below the best" in text
+    assert "wins here too" in verdict([_row("lms", 4, 0.97), _row("stft", 4, 0.95)])
+    assert "within one sd" in verdict([_row("lms", 4, 0.90, 0.1), _row("stft", 4, 0.95, 0.1)])
+
+
+def test_grid_errors_are_caught_before_training(tmp_path):
+    cfg = load_grid(CONFIG, "quick")
+    bad = dict(cfg, representations=[{"name": "x", "features": {"kind": "mel"}}])
+    with pytest.raises(ValueError, match="unknown front end kind 'mel'"):
+        run_ablation(bad, out_dir=tmp_path / "a")
+    with pytest.raises(ValueError, match="depths must be"):
+        run_ablation(dict(cfg, depths=[1, 4]), out_dir=tmp_path / "b")
+    with pytest.raises(ValueError, match="unknown grid kind 'i2x'"):
+        run_ablation(dict(cfg, kind="i2x"), out_dir=tmp_path / "c")
+
+
+def test_front_end_throughput_is_positive():
+    assert front_end_throughput({"kind": "mfcc"}, 44100, 22050, "cpu", batch_size=4, repeats=1) > 0
+
+
+@pytest.mark.slow
+def test_quick_audio_repr_grid_end_to_end(tmp_path):
+    from cmav.cli.main import main
+
+    data = make_suburmp_tracks(tmp_path / "data", tracks=(0, 1), chunks=4)
+    out = tmp_path / "repr"
+    assert main(["ablate", str(CONFIG), "--preset", "quick", "-o", str(out), "--root", str(data)]) == 0
+    for name in ("table.md", "table.csv", "accuracy.png", "results.json"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    reps = ["LMS", "STFT", "CQT", "MFCC", "waveform"]
+    assert [(r["representation"], r["depth"]) for r in rows] == [(n, d) for n in reps for d in ("2", "4")]
+    assert all(r["n_seeds"] == "2" for r in rows)
+    shapes = {r["representation"]: r["input_shape"] for r in rows}
+    assert shapes == {"LMS": "1x128x44", "STFT": "1x513x44", "CQT": "1x84x44", "MFCC": "1x20x44",
+                      "waveform": "1x1x11025"}  # fmt: skip
+    for r in rows:
+        assert 0.0 <= float(r["accuracy_mean"]) <= 1.0 and int(r["parameters"]) > 0
+        assert float(r["front_end_chunks_per_s"]) > 0
+    # deeper encoders have more parameters
+    params = {(r["representation"], r["depth"]): int(r["parameters"]) for r in rows}
+    assert all(params[(n, "4")] > params[(n, "2")] for n in reps)
+    # one cache entry per representation, for each split
+    assert len(list((data / ".cmav_cache").glob("train-*.pt"))) == len(reps)
+    md = (out / "table.md").read_text()
+    assert "Best: **" in md and "validation" in md
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == len(reps) * 2 * 2
+    # class-pitched tones: the LMS classifier learns in 60 steps
+    lms = [r for r in results["runs"] if r["representation"] == "LMS"]
+    print("LMS accuracies:", [round(r["accuracy"], 3) for r in lms])
+    assert max(r["accuracy"] for r in lms) > 0.5
