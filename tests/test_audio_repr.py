@@ -52,7 +52,7 @@ def test_front_end_throughput_is_positive():
 
 
 @pytest.mark.slow
-def test_quick_audio_repr_grid_end_to_end(tmp_path):
+def test_quick_audio_repr_grid_end_to_end(tmp_path, monkeypatch):
     from cmav.cli.main import main
 
     data = make_suburmp_tracks(tmp_path / "data", tracks=(0, 1), chunks=4)
@@ -83,3 +83,13 @@ def test_quick_audio_repr_grid_end_to_end(tmp_path):
     lms = [r for r in results["runs"] if r["representation"] == "LMS"]
     print("LMS accuracies:", [round(r["accuracy"], 3) for r in lms])
     assert max(r["accuracy"] for r in lms) > 0.5
+
+    # a rerun into the same folder resumes from runs.jsonl: nothing is trained again
+    import cmav.ablation.audio_repr as audio_repr
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(audio_repr, "fit", no_training)
+    again = run_ablation(CONFIG, preset="quick", out_dir=out, data_root=str(data))
+    assert [r["accuracy"] for r in again["runs"]] == [r["accuracy"] for r in results["runs"]]

@@ -11,6 +11,7 @@ validation split (held-out players). The results folder gets::
                           throughput (chunks/s on the current device), training time
     accuracy.png          heat map of mean validation accuracy over representation x depth
     results.json          every run's metrics
+    runs.jsonl            one line per finished run: rerunning into the folder resumes the grid
     runs/<repr>/depth<d>/seed<k>/classifier.ckpt
 """
 
@@ -175,6 +176,14 @@ def run(cfg: dict, out: Path) -> dict:
     model_cfg = cfg.get("model") or {}
     tp = cfg.get("throughput") or {}
     device = "cuda" if torch.cuda.is_available() and (cfg.get("trainer") or {}).get("accelerator", "auto") in ("auto", "gpu", "cuda") else "cpu"
+    # Finished runs are appended to runs.jsonl as they end: a killed grid rerun into the same folder
+    # resumes after its last finished run (same config) instead of starting over.
+    log = out / "runs.jsonl"
+    done = {}
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["representation"], r["depth"], r["seed"], json.dumps(r["config_key"], sort_keys=True))] = r
     runs: list[dict] = []
     for rep in reps:
         name, features = rep["name"], front_end_config(rep.get("features"))
@@ -186,6 +195,12 @@ def run(cfg: dict, out: Path) -> dict:
         for depth in depths:
             for seed in cfg["seeds"]:
                 kw = merge(model_cfg, {"audio_encoder": {"n_blocks": depth}})
+                key = {"features": features.to_dict(), "model": kw, "steps": int(cfg["steps"]), "data": cfg["data"]}
+                previous = done.get((name, depth, seed, json.dumps(key, sort_keys=True, default=str)))
+                if previous is not None:
+                    runs.append(previous)
+                    print(f"[ablate] {name} depth {depth} seed {seed}: done before (runs.jsonl)", flush=True)
+                    continue
                 task = ClassifierTask(modality="audio", target="label", image_size=dm.hparams.image_size, **kw)
                 ckpt = out / "runs" / slug(name) / f"depth{depth}" / f"seed{seed}" / "classifier.ckpt"
                 t0 = time.perf_counter()
@@ -193,12 +208,14 @@ def run(cfg: dict, out: Path) -> dict:
                 train_s = time.perf_counter() - t0
                 report = judged_accuracy(task.model, val.audio.float(), val.labels, list(dm.class_names), batch_size=256)
                 runs.append({
-                    "representation": name, "kind": features.kind, "depth": depth, "seed": seed,
+                    "config_key": key, "representation": name, "kind": features.kind, "depth": depth, "seed": seed,
                     "features": features.to_dict(), "input_shape": list(val.audio.shape[1:]),
                     "accuracy": report.accuracy, "balanced_accuracy": report.balanced_accuracy,
                     "parameters": count_parameters(task.model), "front_end_chunks_per_s": speed,
                     "train_s": train_s, "checkpoint": str(ckpt), "per_class": report.to_dict()["per_class"],
                 })  # fmt: skip
+                with log.open("a") as f:
+                    f.write(json.dumps(runs[-1], default=str) + "\n")
                 print(f"[ablate] {name} depth {depth} seed {seed}: val acc {report.accuracy:.3f} "
                       f"(balanced {report.balanced_accuracy:.3f})", flush=True)  # fmt: skip
     names = [r["name"] for r in reps]
