@@ -7,6 +7,7 @@ import sys
 
 from cmav import __version__
 from cmav.cli import data, experiments
+from cmav.cli import human_eval as human_eval_cli
 
 # the Lightning sub-commands (cmav/cli/train.py), with their --help lines
 LIGHTNING_COMMANDS = {
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data.add_parser(sub)
     experiments.add_parser(sub)  # ablate, generate, bench, evaluate
+    human_eval_cli.add_parser(sub)  # human-eval make, human-eval analyze
     for name, text in LIGHTNING_COMMANDS.items():
         # listed for --help only: main() hands these to the Lightning CLI before argparse runs
         sub.add_parser(name, help=text, add_help=False)

@@ -1,0 +1,309 @@
+"""Reading and validating ratings files (the page's JSON/CSV exports and typed-in paper CSVs).
+
+Every problem becomes one clear message naming the file (and row or item): a ratings file of
+another study, an unknown item, a value outside the scale or not a whole number, a rater id used
+twice, unanswered items or questions, unreadable files. Nothing is dropped silently: by default
+any problem stops the analysis; with ``skip_invalid`` the raters with problems are left out and
+listed (a duplicated rater keeps its first file).
+
+Formats:
+
+* JSON (the page's export): ``{"format": "cmav-human-eval-ratings", "study_id", "rater_id",
+  "ratings": [{"item", "position", "answers": {question: value}}]}``; a list of such objects
+  is read as several raters.
+* CSV (the page's export and ``ratings_template.csv``): columns ``study_id, rater_id, item``,
+  one per question, and optionally ``position``; one row per rater and item, any number of raters.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cmav.human_eval.page import RATINGS_FORMAT
+from cmav.human_eval.study import Manifest, normalise_rater_id, rater_id_problem
+
+LIST_AT_MOST = 8  # item ids listed per message before "..."
+
+
+@dataclass
+class RaterSheet:
+    """One rater's validated answers: ``answers[item][question] = value``."""
+
+    rater_id: str
+    source: Path
+    answers: dict[str, dict[str, int]]
+    positions: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Problem:
+    path: Path
+    message: str
+    rater_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass
+class RatingsSet:
+    """The raters that passed validation, every problem found, and which raters were left out."""
+
+    sheets: list[RaterSheet]
+    problems: list[Problem]
+    excluded: list[tuple[str, str, str]]  # (file, rater id or "", why)
+    files: list[Path]
+    ignored: list[str]  # files in a given folder that are not .json/.csv
+
+
+@dataclass
+class _Submission:
+    """One rater's answers as read, before validation."""
+
+    source: Path
+    rater_raw: Any
+    study_raw: list[Any]
+    entries: list[tuple[str, Any, Any, Any]]  # (where, item, answers dict or None, position)
+    problems: list[str] = field(default_factory=list)
+
+
+def _listing(ids: Sequence[str]) -> str:
+    shown = ", ".join(repr(i) for i in ids[:LIST_AT_MOST])
+    return shown + (f" ... ({len(ids) - LIST_AT_MOST} more)" if len(ids) > LIST_AT_MOST else "")
+
+
+def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[str], list[Problem]]:
+    """Files to read: files as given, folders' ``*.json``/``*.csv``; what else a folder holds is
+    listed (ignored), a missing path is a problem."""
+    files, ignored, problems = [], [], []
+    for p in map(Path, paths):
+        if p.is_dir():
+            for f in sorted(p.iterdir()):
+                if f.name.startswith(".") or not f.is_file():
+                    continue
+                if f.suffix.lower() in (".json", ".csv"):
+                    files.append(f)
+                else:
+                    ignored.append(str(f))
+        elif p.is_file():
+            files.append(p)
+        else:
+            problems.append(Problem(p, "no such ratings file or folder"))
+    seen: set[Path] = set()
+    unique = []
+    for f in files:  # a file named twice (a folder and a glob) is one file, not a duplicate rater
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique, ignored, problems
+
+
+def _read_json(path: Path, text: str) -> tuple[list[_Submission], list[Problem]]:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return [], [Problem(path, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})")]
+    objs = raw if isinstance(raw, list) else [raw]
+    subs, problems = [], []
+    for k, obj in enumerate(objs):
+        where = f"rater #{k + 1}: " if len(objs) > 1 else ""
+        if not isinstance(obj, dict):
+            problems.append(Problem(path, f"{where}expected a JSON object with study_id, rater_id and ratings"))
+            continue
+        if "format" in obj and obj["format"] != RATINGS_FORMAT:
+            problems.append(Problem(path, f"{where}format {obj['format']!r} is not {RATINGS_FORMAT!r}"))
+            continue
+        missing = [f for f in ("study_id", "rater_id", "ratings") if f not in obj]
+        if missing:
+            problems.append(Problem(path, f"{where}not a ratings file: no {', '.join(missing)}"))
+            continue
+        ratings = obj["ratings"]
+        if not isinstance(ratings, list):
+            problems.append(Problem(path, f"{where}'ratings' must be a list of {{item, answers}} objects"))
+            continue
+        entries = []
+        for j, r in enumerate(ratings, 1):
+            if not isinstance(r, dict):
+                entries.append((f"rating #{j}", None, None, None))
+            else:
+                entries.append((f"rating #{j}", r.get("item"), r.get("answers"), r.get("position")))
+        subs.append(_Submission(path, obj["rater_id"], [obj["study_id"]], entries))
+    return subs, problems
+
+
+def _read_csv(path: Path, text: str, manifest: Manifest) -> tuple[list[_Submission], list[Problem]]:
+    try:
+        rows = list(csv.reader(text.splitlines()))
+    except csv.Error as exc:
+        return [], [Problem(path, f"not a readable CSV ({exc})")]
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if not rows:
+        return [], [Problem(path, "empty file")]
+    header = [h.strip() for h in rows[0]]
+    qids = [q.id for q in manifest.questions]
+    need = ["study_id", "rater_id", "item"]
+    problems = []
+    missing = [c for c in need + qids if c not in header]
+    if missing:
+        problems.append(Problem(path, f"missing column(s) {', '.join(missing)} (expected study_id, rater_id, "
+                                      f"position, item, {', '.join(qids)})"))  # fmt: skip
+    unknown = [c for c in header if c not in need + qids + ["position"]]
+    if unknown:
+        problems.append(Problem(path, f"column(s) {', '.join(map(repr, unknown))} are not questions of this study "
+                                      f"(its questions: {', '.join(qids)})"))  # fmt: skip
+    dup = sorted({c for c in header if header.count(c) > 1})
+    if dup:
+        problems.append(Problem(path, f"column(s) {', '.join(dup)} appear twice"))
+    if missing or dup:
+        return [], problems
+    col = {h: k for k, h in enumerate(header)}
+    by_rater: dict[str, _Submission] = {}
+    for n, row in enumerate(rows[1:], 2):
+        row = row + [""] * (len(header) - len(row))
+        if len(row) > len(header) and any(c.strip() for c in row[len(header):]):
+            problems.append(Problem(path, f"row {n}: more cells than columns"))
+        rid = normalise_rater_id(row[col["rater_id"]])
+        if not rid:
+            problems.append(Problem(path, f"row {n}: empty rater_id (fill in who rated this sheet)"))
+            continue
+        sub = by_rater.setdefault(rid, _Submission(path, rid, [], []))
+        sub.study_raw.append(row[col["study_id"]].strip())
+        answers = {q: row[col[q]] for q in qids}
+        pos = row[col["position"]] if "position" in col else None
+        sub.entries.append((f"row {n}", row[col["item"]].strip(), answers, pos))
+    return list(by_rater.values()), problems
+
+
+def _value(raw: Any) -> int | str | None:
+    """A whole number, None when blank, or a string saying what is wrong."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if isinstance(raw, bool):
+        return f"{raw!r} is not a number"
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float):
+        return int(raw) if math.isfinite(raw) and raw == int(raw) else f"{raw!r} is not a whole number"
+    if isinstance(raw, str):
+        s = raw.strip()
+        try:
+            return int(s)
+        except ValueError:
+            try:
+                f = float(s)
+            except ValueError:
+                return f"{s!r} is not a number"
+            return int(f) if math.isfinite(f) and f == int(f) else f"{s!r} is not a whole number"
+    return f"{raw!r} is not a number"
+
+
+def _validate(sub: _Submission, manifest: Manifest) -> tuple[RaterSheet | None, list[str]]:
+    msgs: list[str] = []
+    problem = rater_id_problem(sub.rater_raw)
+    if problem:
+        return None, [problem]
+    rid = normalise_rater_id(sub.rater_raw)
+    who = f"rater {rid!r}"
+    wrong = sorted({repr(s) for s in sub.study_raw if s != manifest.study_id})
+    if wrong:
+        return None, [f"{who}: study id {', '.join(wrong)} is not this study's ({manifest.study_id!r}): "
+                      "a ratings file of another study?"]  # fmt: skip
+    questions = {q.id: q for q in manifest.questions}
+    known = set(manifest.item_ids)
+    answers: dict[str, dict[str, int]] = {}
+    positions: dict[str, int] = {}
+    unknown: list[str] = []
+    missing_q: list[str] = []
+    for where, item, given, pos in sub.entries:
+        if not isinstance(item, str) or not item:
+            msgs.append(f"{who}, {where}: no item id")
+            continue
+        if item not in known:
+            unknown.append(item)
+            continue
+        if item in answers:
+            msgs.append(f"{who}: item {item!r} is rated twice ({where} repeats it)")
+            continue
+        if given is None:
+            given = {}
+        if not isinstance(given, dict):
+            msgs.append(f"{who}, {where}: answers of item {item!r} must be an object {{question: value}}")
+            continue
+        extra = [k for k in given if k not in questions]
+        if extra:
+            msgs.append(f"{who}, item {item!r}: unknown question(s) {', '.join(map(repr, extra))} "
+                        f"(this study asks {', '.join(questions)})")  # fmt: skip
+        vals: dict[str, int] = {}
+        for qid, q in questions.items():
+            v = _value(given.get(qid))
+            if v is None:
+                missing_q.append(f"{item} ({qid})")
+            elif isinstance(v, str):
+                msgs.append(f"{who}, item {item!r}, question {qid!r}: {v}")
+            elif not q.min <= v <= q.max:
+                msgs.append(f"{who}, item {item!r}, question {qid!r}: value {v} is outside {q.min}-{q.max}")
+            else:
+                vals[qid] = v
+        answers[item] = vals
+        p = _value(pos)
+        if isinstance(p, int):
+            positions[item] = p
+    if unknown:
+        msgs.append(f"{who}: {len(unknown)} unknown item id(s), not in this study's manifest: {_listing(unknown)}")
+    absent = [i for i in manifest.item_ids if i not in answers]
+    if absent:
+        msgs.append(f"{who}: {len(absent)} of {len(known)} items missing (unanswered): {_listing(absent)}")
+    if missing_q:
+        msgs.append(f"{who}: {len(missing_q)} answer(s) missing: {_listing(missing_q)}")
+    if msgs:
+        return None, msgs
+    return RaterSheet(rid, sub.source, answers, positions), []
+
+
+def load_ratings(paths: Iterable[str | Path], manifest: Manifest) -> RatingsSet:
+    """Read and validate every ratings file against the manifest (see the module docstring)."""
+    files, ignored, problems = expand_paths(paths)
+    sheets: list[RaterSheet] = []
+    excluded: list[tuple[str, str, str]] = [(str(p.path), "", p.message) for p in problems]
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8-sig")  # -sig: CSVs saved by spreadsheets start with a BOM
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(Problem(path, f"unreadable ({exc})"))
+            excluded.append((str(path), "", problems[-1].message))
+            continue
+        looks_json = path.suffix.lower() == ".json" or (path.suffix.lower() != ".csv" and text.lstrip()[:1] in "{[")
+        subs, file_problems = _read_json(path, text) if looks_json else _read_csv(path, text, manifest)
+        problems += file_problems
+        excluded += [(str(path), "", p.message) for p in file_problems]
+        for sub in subs:
+            sheet, msgs = _validate(sub, manifest)
+            rid = sub.rater_raw if isinstance(sub.rater_raw, str) else ""
+            for m in msgs:
+                problems.append(Problem(path, m, rid))
+            if sheet is None:
+                excluded.append((str(path), rid, "; ".join(msgs)))
+            else:
+                sheets.append(sheet)
+    first: dict[str, RaterSheet] = {}
+    kept = []
+    for s in sheets:
+        if s.rater_id in first:
+            msg = (f"rater {s.rater_id!r} appears again (first in {first[s.rater_id].source}): each rater once; "
+                   "if they rated twice, keep one file")  # fmt: skip
+            problems.append(Problem(s.source, msg, s.rater_id))
+            excluded.append((str(s.source), s.rater_id, msg))
+        else:
+            first[s.rater_id] = s
+            kept.append(s)
+    return RatingsSet(kept, problems, excluded, files, ignored)
+
+
+__all__ = ["Problem", "RaterSheet", "RatingsSet", "expand_paths", "load_ratings"]

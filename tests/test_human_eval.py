@@ -1,0 +1,720 @@
+"""Human evaluation: `cmav human-eval make` on tiny runs, the rating page, ratings validation, analysis."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import re
+import shutil
+import subprocess
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures import make_paired, make_suburmp
+from PIL import Image
+
+from cmav.human_eval import HumanEvalError, load_manifest, rater_order
+from cmav.human_eval.analysis import holm, krippendorff_ordinal, wilcoxon_paired
+from cmav.human_eval.build import make_study
+from cmav.human_eval.page import ORDER_JS, print_sheet, script_json
+from cmav.human_eval.ratings import load_ratings
+from cmav.human_eval.report import md, run_analysis
+from cmav.human_eval.study import DEFAULT_QUESTIONS, Question, load_questions, sample_pairs, sha256_file
+
+SIZE = 32
+EVIL = "<img src=x onerror=alert(1)>"
+NODE = shutil.which("node")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from 2 threads, and on a shared CPU OpenMP oversubscription slows them ~10x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tiny_run(dm, variant: str, folder: Path) -> Path:
+    """A two-step S2I run saved as a Lightning run folder (<folder>/checkpoints/last.ckpt)."""
+    import lightning as L
+
+    from cmav.tasks import S2ITask
+
+    L.seed_everything(0, verbose=False)
+    task = S2ITask(variant=variant, encoder_mode="scratch", image_size=SIZE, sample_every_n_steps=0,
+                   encoder={"base_channels": 8, "max_channels": 32, "feature_dim": 32},
+                   generator={"base_channels": 8, "max_channels": 32, "cond_proj_dim": 16},
+                   discriminator={"base_channels": 8, "max_channels": 32, "cond_proj_dim": 16})  # fmt: skip
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, max_epochs=-1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(task, datamodule=dm)
+    (folder / "checkpoints").mkdir(parents=True)
+    trainer.save_checkpoint(str(folder / "checkpoints" / "last.ckpt"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> dict:
+    """Tiny Sub-URMP data (13 classes x 2 validation pairs), two S2I runs and a folder of images."""
+    from cmav.data.datamodule import AudioVisualDataModule
+
+    base = tmp_path_factory.mktemp("human_eval")
+    data = make_suburmp(base / "data", chunks=2)
+    dm = AudioVisualDataModule(root=str(data), image_size=SIZE, batch_size=8, progress=False)
+    runs = {v: _tiny_run(dm, v, base / "runs" / v) for v in ("s2i_c", "s2i_n")}
+    # "or takes": already-made images named by stem, half in class folders, half loose
+    flat = base / "made" / "flat"
+    for k, wav in enumerate(sorted((data / "chunk" / "validation").rglob("*.wav"))):
+        target = flat / wav.parent.name / f"{wav.stem}.png" if k % 2 else flat / f"{wav.stem}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (48, 48), (128, 128, 128)).save(target)
+    return {"base": base, "data": data, "runs": runs, "flat": flat}
+
+
+@pytest.fixture(scope="module")
+def study(lab) -> Path:
+    out = lab["base"] / "sheet"
+    make_study([str(lab["runs"]["s2i_c"]), str(lab["runs"]["s2i_n"]), str(lab["flat"])], out,
+               n_items=14, seed=0, n_checks=3)  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------------- make
+
+
+def test_manifest_lists_methods_pairs_items_and_image_hashes(study, lab):
+    m = load_manifest(study)
+    assert m.method_names == ["real", "s2i_c", "s2i_n", "flat"]
+    assert [x.kind for x in m.methods] == ["reference", "checkpoint", "checkpoint", "images"]
+    assert m.methods[1].info["variant"] == "s2i_c" and m.methods[2].info["variant"] == "s2i_n"
+    rated = [p for p in m.pairs if not p.id.startswith("c")]
+    assert len(rated) == 14 and len({p.class_name for p in rated}) == 13  # spread over every class
+    assert len(m.items) == 14 * 4 + 3 and len(m.checks) == 3
+    check_pairs = {c.pair for c in m.checks}
+    assert not check_pairs & {p.id for p in rated}  # checks are frames nobody rates otherwise
+    for c in m.checks:
+        assert c.method == "real" and c.true_class and c.label != c.true_class.replace("_", " ")
+    for item in m.items:
+        path = study / item.image
+        assert path.is_file() and sha256_file(path) == item.sha256
+        assert re.fullmatch(r"images/[0-9a-f]{8}\.png", item.image) and item.image == f"images/{item.id}.png"
+        assert Image.open(path).size == (SIZE, SIZE)  # the folder's 48-px images are brought to the runs' size
+    raw = json.loads((study / "manifest.json").read_text())
+    assert raw["study_id"] == m.study_id and len(raw["items"]) == len(m.items)
+    assert all(len(i["sha256"]) == 64 for i in raw["items"])
+
+
+def test_images_are_the_real_frames_and_the_checkpoints_generations(study, lab):
+    from cmav.data.datasets import open_split
+    from cmav.evaluation.s2i import generate_images, make_generator_fn
+
+    m = load_manifest(study)
+    split = open_split("suburmp", lab["data"], "validation", image_size=SIZE, progress=False)
+    pairs = [p for p in m.pairs if not p.id.startswith("c")]
+    idx = [split.tensors.stems.index(p.stem) for p in pairs]
+    fn, z_dim, _ = make_generator_fn(str(lab["runs"]["s2i_c"] / "checkpoints" / "last.ckpt"))
+    fake = generate_images(fn, split.tensors.audio[idx], z_dim, seed=0)
+    by = {(i.method, i.pair): i for i in m.items if not i.check}
+    for k, p in enumerate(pairs):
+        want_fake = ((fake[k].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        assert np.array_equal(np.asarray(Image.open(study / by[("s2i_c", p.id)].image)), want_fake)
+        real = split.tensors.images[idx[k]].permute(1, 2, 0).numpy()
+        assert np.array_equal(np.asarray(Image.open(study / by[("real", p.id)].image)), real)
+    flat = np.asarray(Image.open(study / by[("flat", pairs[0].id)].image))
+    assert (flat == 128).all()
+
+
+def test_same_seed_makes_the_same_study_and_a_study_is_never_overwritten(study, lab, tmp_path):
+    runs = [str(lab["runs"]["s2i_c"]), str(lab["runs"]["s2i_n"]), str(lab["flat"])]
+    again = make_study(runs, tmp_path / "again", n_items=14, seed=0, n_checks=3)
+    first = load_manifest(study)
+    assert again.study_id == first.study_id
+    assert [(i.id, i.sha256) for i in again.items] == [(i.id, i.sha256) for i in first.items]
+    with pytest.raises(HumanEvalError, match="already holds a study"):
+        make_study(runs, study, n_items=14, seed=0)
+    with pytest.raises(HumanEvalError, match="also that of"):  # two methods of the same name
+        make_study([runs[0], str(lab["runs"]["s2i_c"] / "checkpoints" / "last.ckpt")], tmp_path / "dup")
+    with pytest.raises(HumanEvalError, match="no such run"):
+        make_study([str(tmp_path / "nope")], tmp_path / "x")
+    with pytest.raises(HumanEvalError, match="only 26 are available"):
+        make_study(runs[:1], tmp_path / "big", n_items=27)
+
+
+def test_rater_order_is_fixed_per_rater_and_differs_between_raters():
+    ids = [f"{k:08x}" for k in range(40)]
+    a = rater_order("hs-1", "alice", ids)
+    assert a == rater_order("hs-1", "alice", ids) == rater_order("hs-1", "  alice\n", ids)
+    assert rater_order("hs-1", "alice", ids[::-1]) == a  # the listing order of the ids does not matter
+    assert sorted(a) == ids and a != ids
+    others = [rater_order("hs-1", r, ids) for r in ("bob", "carol", "dave")]
+    assert all(o != a for o in others) and len({tuple(o) for o in others}) == 3
+    assert rater_order("hs-2", "alice", ids) != a  # another study, another order
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_the_page_javascript_draws_the_same_order_as_python():
+    ids = [f"{k:08x}" for k in range(25)]
+    raters = ["alice", "bob", " x ", "Zoë ✓", EVIL, "日本"]
+    js = ORDER_JS + f"console.log(JSON.stringify({json.dumps(raters)}.map(r => raterOrder('hs-abc', r, {json.dumps(ids)}))));"
+    out = subprocess.run([NODE, "-e", js], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [rater_order("hs-abc", r, ids) for r in raters]
+
+
+# ---------------------------------------------------------------------- the page
+
+
+def _page_data(page: str) -> dict:
+    m = re.search(r'<script type="application/json" id="study-data">(.*?)</script>', page, re.S)
+    return json.loads(m.group(1))
+
+
+def test_page_hides_which_method_made_which_image(study, lab):
+    m = load_manifest(study)
+    page = (study / "index.html").read_text()
+    for secret in ["s2i_c", "s2i_n", "flat", str(lab["base"]), "checkpoint", "attention", "true_class", "sha256"]:
+        assert secret not in page, secret
+    for p in m.pairs:
+        assert p.stem not in page and f'"{p.id}"' not in page
+    data = _page_data(page)
+    assert [i["id"] for i in data["items"]] == sorted(m.item_ids)  # listed by random id, not by method
+    assert all(set(i) == {"id", "image", "label"} for i in data["items"])
+    with zipfile.ZipFile(study / "for_raters.zip") as z:
+        names = z.namelist()
+    assert "index.html" in names and "manifest.json" not in names
+    assert len([n for n in names if n.startswith("images/")]) == len(m.items)
+    for f in [study / "print.html", study / "ratings_template.csv"]:
+        assert "s2i_c" not in f.read_text() and "flat" not in f.read_text()
+
+
+def test_page_loads_nothing_from_outside_its_folder(study):
+    for name in ("index.html", "print.html"):
+        page = (study / name).read_text()
+        assert "http:" not in page and "https:" not in page and "<link" not in page and "url(" not in page
+        assert "@import" not in page and "<iframe" not in page
+        assert "default-src 'none'" in page  # CSP: no network, even if something slipped in
+        markup = re.sub(r"<script\b.*?</script>", "", page, flags=re.S)
+        for ref in re.findall(r'\s(?:src|href|action|poster|data)\s*=\s*["\']?([^"\'\s>]+)', markup):
+            assert not re.match(r"^([a-z]+:|//|/)", ref), ref
+            assert (study / ref).is_file(), ref
+        # the script points images and links at the items' own paths and at download blobs, nothing else
+        code = "".join(re.findall(r"<script>(.*?)</script>", page, re.S))
+        assigned = set(re.findall(r"\.(?:src|href)\s*=\s*([^;]+);", code))
+        assert assigned <= {"item.image", "ITEMS.get(next).image", "URL.createObjectURL(blob)"}, assigned
+        assert "fetch(" not in code and "XMLHttpRequest" not in code and "import(" not in code
+    data = _page_data((study / "index.html").read_text())
+    assert all((study / i["image"]).is_file() and not i["image"].startswith(("/", "..")) for i in data["items"])
+
+
+def test_print_sheet_and_csv_template_follow_the_paper_order(study):
+    m = load_manifest(study)
+    order = rater_order(m.study_id, "paper", m.item_ids)
+    rows = list(csv.DictReader((study / "ratings_template.csv").open()))
+    assert [r["item"] for r in rows] == order
+    assert list(rows[0]) == ["study_id", "rater_id", "position", "item", "match", "realism"]
+    assert all(r["study_id"] == m.study_id and r["match"] == "" for r in rows)
+    sheet = (study / "print.html").read_text()
+    assert [s for s in re.findall(r'src="images/([0-9a-f]+)\.png"', sheet)] == order
+    assert "@media print" in sheet and "break-inside: avoid" in sheet
+    # the template, filled in by hand for two paper raters in one file, passes validation as it is
+    filled = study.parent / "paper_filled.csv"
+    with filled.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(list(rows[0]))
+        for rid in ("paper-1", "paper-2"):
+            w.writerows([r["study_id"], rid, r["position"], r["item"], "2", " 3 "] for r in rows)
+    loaded = load_ratings([filled], m)
+    assert loaded.problems == [] and [s.rater_id for s in loaded.sheets] == ["paper-1", "paper-2"]
+    assert all(v == {"match": 2, "realism": 3} for v in loaded.sheets[1].answers.values())
+
+
+# A minimal DOM for the page's script: enough to click through it in node.
+HARNESS = r"""
+const fs = require("fs"), vm = require("vm");
+const [page, storeFile, plan] = [process.argv[1], process.argv[2], JSON.parse(process.argv[3])];
+const html = fs.readFileSync(page, "utf8");
+const dataText = html.match(/<script type="application\/json" id="study-data">([\s\S]*?)<\/script>/)[1];
+const code = html.match(/<script>([\s\S]*?)<\/script>/)[1];
+const store = fs.existsSync(storeFile) ? JSON.parse(fs.readFileSync(storeFile, "utf8")) : {};
+class Node_ { constructor(t) { this._t = t; } get textContent() { return this._t; } }
+class El {
+  constructor(tag) { this.tagName = tag.toUpperCase(); this.children = []; this.listeners = {}; this.hidden = false;
+    this._text = ""; this.value = ""; this.disabled = false; this.checked = false; this.className = ""; }
+  set textContent(v) { this._text = String(v); this.children = []; }
+  get textContent() { return this._text + this.children.map(c => c.textContent).join(""); }
+  append(...xs) { for (const x of xs) this.children.push(typeof x === "string" ? new Node_(x) : x); }
+  addEventListener(t, f) { (this.listeners[t] = this.listeners[t] || []).push(f); }
+  fire(t) { for (const f of this.listeners[t] || []) f({ preventDefault() {}, target: this }); }
+  click() { this.fire("click"); }
+  remove() {}
+  setAttribute() {}
+  all(tag) { let out = []; for (const c of this.children) if (c instanceof El) { if (c.tagName === tag) out.push(c); out = out.concat(c.all(tag)); } return out; }
+}
+const byId = {}, downloads = [], docListeners = {};
+const studyData = new El("script"); studyData.textContent = dataText;
+const document = {
+  getElementById(id) { if (id === "study-data") return studyData; return byId[id] = byId[id] || new El("div"); },
+  createElement(t) { const e = new El(t); if (t === "a") e.click = function () { downloads.push({ name: this.download, blob: this.href }); }; return e; },
+  createTextNode(t) { return new Node_(t); },
+  addEventListener(t, f) { (docListeners[t] = docListeners[t] || []).push(f); },
+  body: new El("body"), title: "",
+};
+const localStorage = { getItem: k => (k in store ? store[k] : null), setItem: (k, v) => { store[k] = String(v); } };
+const blobs = [];
+const sandbox = { document, window: { localStorage, location: { search: "", hash: "" }, scrollTo() {} },
+  Blob: class { constructor(parts, o) { this.text = parts.join(""); this.type = o.type; } },
+  URL: { createObjectURL: b => { blobs.push(b.text); return blobs.length - 1; }, revokeObjectURL() {} },
+  Image: class {}, TextEncoder, URLSearchParams, setTimeout: () => 0, console, JSON, Map, Array, Number, String, Object, Date, Math };
+vm.runInNewContext(code, sandbox);
+const $ = id => document.getElementById(id);
+const report = { startHidden: $("start").hidden, prefilled: $("rater-id").value, resumeNote: $("resume-note").textContent };
+if (plan.rater !== undefined) { $("rater-id").value = plan.rater; $("start-form").fire("submit"); }
+report.rateHidden = $("rate").hidden; report.startError = $("start-error").textContent;
+report.restored = $("restored").textContent;
+for (let k = 0; k < plan.answer; k++) {
+  for (const fs_ of $("questions").all("FIELDSET")) {
+    const inputs = fs_.all("INPUT");
+    const pick = inputs[plan.values[fs_ === $("questions").all("FIELDSET")[0] ? 0 : 1] - 1];
+    pick.checked = true; pick.fire("change");
+  }
+  report.label = $("questions").all("LEGEND")[0].textContent;
+  $("next").click();
+}
+report.finishDisabled = $("finish").disabled;
+$("finish").click();  // also when disabled: the handler itself must refuse
+report.doneHidden = $("done").hidden;
+if (!report.doneHidden) { $("dl-json").click(); $("dl-csv").click(); }
+report.downloads = downloads.map(d => ({ name: d.name, text: blobs[d.blob] }));
+report.position = $("position").textContent;
+fs.writeFileSync(storeFile, JSON.stringify(store));
+console.log(JSON.stringify(report));
+"""
+
+
+def _run_page(study: Path, store: Path, plan: dict) -> dict:
+    out = subprocess.run([NODE, "-e", HARNESS, str(study / "index.html"), str(store), json.dumps(plan)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_page_keeps_answers_over_a_reload_blocks_submit_and_exports_valid_ratings(study, tmp_path):
+    m = load_manifest(study)
+    store = tmp_path / "localStorage.json"
+    first = _run_page(study, store, {"rater": "", "answer": 0, "values": [1, 1]})
+    assert not first["startHidden"] and first["rateHidden"] and "rater id" in first["startError"]
+    # a rater answers 5 images, then the page is closed
+    part = _run_page(study, store, {"rater": "  alice ", "answer": 5, "values": [2, 4]})
+    assert not part["rateHidden"] and part["finishDisabled"] and part["doneHidden"]  # submit is blocked
+    assert part["downloads"] == [] and "5 answered" in part["position"]
+    key = f"cmav-human-eval/{m.study_id}/rater/alice"
+    saved = json.loads(json.loads(store.read_text())[key])
+    assert saved["order"] == rater_order(m.study_id, "alice", m.item_ids) and len(saved["answers"]) == 5
+    # reload: the id is offered again, the 5 answers come back, the rest gets answered
+    rest = _run_page(study, store, {"rater": "alice", "answer": len(m.items) - 5, "values": [2, 4]})
+    assert rest["prefilled"] == "alice" and "alice" in rest["resumeNote"]
+    assert "5 answer(s) were restored" in rest["restored"]
+    assert not rest["finishDisabled"] and not rest["doneHidden"]
+    names = [d["name"] for d in rest["downloads"]]
+    assert names == [f"ratings_{m.study_id}_alice.json", f"ratings_{m.study_id}_alice.csv"]
+    exported = json.loads(rest["downloads"][0]["text"])
+    assert exported["study_id"] == m.study_id and exported["rater_id"] == "alice"
+    assert [r["item"] for r in exported["ratings"]] == rater_order(m.study_id, "alice", m.item_ids)
+    assert all(r["answers"] == {"match": 2, "realism": 4} for r in exported["ratings"])
+    # both exports pass the analysis' validation as they are
+    (tmp_path / "a.json").write_text(rest["downloads"][0]["text"])
+    (tmp_path / "b.csv").write_text(rest["downloads"][1]["text"].replace("alice", "alice2"))
+    loaded = load_ratings([tmp_path / "a.json", tmp_path / "b.csv"], m)
+    assert loaded.problems == [] and [s.rater_id for s in loaded.sheets] == ["alice", "alice2"]
+    assert loaded.sheets[0].answers == loaded.sheets[1].answers
+
+
+# ---------------------------------------------------------------------- escaping
+
+
+@pytest.fixture(scope="module")
+def evil_study(tmp_path_factory) -> Path:
+    """A paired data set whose second class folder is named like markup, rated from an image folder
+    also named like markup, with a markup title; no checkpoint, so --data gives the data."""
+    base = tmp_path_factory.mktemp("evil")
+    data = make_paired(base / "data", classes=("dog", EVIL), per_class=3)
+    made = base / EVIL
+    for split_dir in (data / "image" / "validation").iterdir():
+        for img in split_dir.iterdir():
+            made.mkdir(exist_ok=True)
+            Image.new("RGB", (24, 24), (10, 200, 10)).save(made / f"{img.stem}.png")
+    out = base / "sheet"
+    make_study([str(made)], out, n_items=4, seed=0, n_checks=1, data_root=str(data), layout="paired",
+               image_size=24, title=f"</script><script>alert(1)</script>{EVIL}", paper_raters=[EVIL])  # fmt: skip
+    return out
+
+
+def test_labels_titles_and_rater_ids_are_text_never_markup(evil_study):
+    m = load_manifest(evil_study)
+    assert EVIL in m.method_names and any(i.label == EVIL for i in m.items)
+    page = (evil_study / "index.html").read_text()
+    assert EVIL not in page and "<script>alert" not in page and "</script><script>" not in page
+    assert page.count("</script>") == 2  # the data block and the code block, nothing injected
+    data = _page_data(page)
+    assert EVIL in {i["label"] for i in data["items"]} and data["title"].startswith("</script>")  # round-trips as text
+    assert "innerHTML" not in page and "insertAdjacentHTML" not in page and "document.write" not in page
+    assert script_json({"x": "</script>&<"}) == '{"x": "\\u003c/script\\u003e\\u0026\\u003c"}'
+    for sheet in [evil_study / "print.html", *(evil_study / "paper").glob("*.html")]:
+        text = sheet.read_text()
+        assert EVIL not in text and html.escape(EVIL) in text, sheet
+    assert len(list((evil_study / "paper").glob("*.html"))) == 1  # rater id -> a safe file name
+    assert not any(c in p.name for p in (evil_study / "paper").iterdir() for c in "<>= ")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium to render the page")
+def test_a_browser_shows_markup_labels_as_text(evil_study):
+    url = (evil_study / "index.html").as_uri() + "?rater=" + "%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E"
+    run = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                          "--virtual-time-budget=3000", "--dump-dom", url], capture_output=True, text=True,
+                         timeout=90)  # fmt: skip
+    dom = run.stdout
+    if run.returncode != 0 or "<html" not in dom:
+        pytest.skip(f"chromium cannot render pages on this machine (exit {run.returncode})")
+    assert 'id="rate"' in dom and "Image 1 of" in dom  # the script ran and shows the first image
+    assert html.escape(EVIL, quote=False) in dom  # rater id (and labels) as text
+    assert "<img src=\"x\"" not in dom and "onerror=\"alert" not in dom
+
+
+def test_report_escapes_rater_ids_labels_and_method_names(evil_study, tmp_path):
+    m = load_manifest(evil_study)
+    ratings = {"format": "cmav-human-eval-ratings", "study_id": m.study_id, "rater_id": EVIL,
+               "ratings": [{"item": i.id, "answers": {"match": 1 if i.check else 4, "realism": 3}} for i in m.items]}  # fmt: skip
+    (tmp_path / f"{EVIL}.json").write_text(json.dumps(ratings))
+    second = {**ratings, "rater_id": "r2"}
+    (tmp_path / "r2.json").write_text(json.dumps(second))
+    result, paths = run_analysis(evil_study, [tmp_path], out=tmp_path / "report", n_boot=50)
+    text = paths["report_md"].read_text()
+    assert EVIL not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+    assert md(EVIL) in text and md("a|b") == "a\\|b"
+    assert result["n_raters_kept"] == 2
+
+
+# ---------------------------------------------------------------------- analysis
+
+BASE = {"real": 4, "s2i_c": 3, "s2i_n": 2, "flat": 3}
+RANK = {"real": 0, "s2i_c": 1, "s2i_n": 2, "flat": 3}
+
+
+def _synthetic(m, rater: str, offset: int, extra: dict | None = None) -> dict:
+    """match: BASE[method] + offset, so with offsets -1, 0, +1 over three raters each method's mean is
+    exactly BASE; realism: 5 for real, a rater- and pair-dependent 1-4 otherwise; checks passed (1)."""
+    ratings = []
+    for i in m.items:
+        if i.check:
+            ans = {"match": 1, "realism": 4}
+        else:
+            k = int(i.pair[1:])
+            realism = 5 if i.method == "real" else 1 + (k * (2 + offset) + RANK[i.method]) % 4
+            ans = {"match": BASE[i.method] + offset, "realism": realism}
+        ratings.append({"item": i.id, "position": 0, "answers": ans})
+    obj = {"format": "cmav-human-eval-ratings", "version": 1, "study_id": m.study_id, "rater_id": rater,
+           "ratings": ratings}  # fmt: skip
+    obj.update(extra or {})
+    return obj
+
+
+def _write_csv(path: Path, obj: dict) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["study_id", "rater_id", "position", "item", "match", "realism"])
+        for r in obj["ratings"]:
+            w.writerow([obj["study_id"], obj["rater_id"], r["position"], r["item"], r["answers"]["match"],
+                        r["answers"]["realism"]])  # fmt: skip
+
+
+@pytest.fixture()
+def ratings_dir(study, tmp_path) -> Path:
+    m = load_manifest(study)
+    d = tmp_path / "ratings"
+    d.mkdir()
+    (d / "r1.json").write_text(json.dumps(_synthetic(m, "r1", -1)))
+    (d / "r2.json").write_text(json.dumps(_synthetic(m, "r2", 0)))
+    _write_csv(d / "r3.csv", _synthetic(m, "r3", +1))
+    # an inattentive rater: 5 everywhere (a wrong label "matches perfectly"): must be dropped
+    careless = _synthetic(m, "careless", 0)
+    for r in careless["ratings"]:
+        r["answers"] = {"match": 5, "realism": 5}
+    (d / "careless.json").write_text(json.dumps(careless))
+    return d
+
+
+def test_analysis_recovers_known_means_and_drops_inattentive_raters(study, ratings_dir, tmp_path, capsys):
+    from cmav.cli.main import main
+
+    out = tmp_path / "report"
+    assert main(["human-eval", "analyze", str(study), str(ratings_dir / "r1.json"), str(ratings_dir / "r2.json"),
+                 str(ratings_dir / "r3.csv"), str(ratings_dir / "careless.json"), "-o", str(out)]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "dropped: rater 'careless'" in err and "3 attention check(s)" in err
+    result = json.loads((out / "report.json").read_text())
+    assert result["n_raters_valid"] == 4 and result["n_raters_kept"] == 3
+    rows = {(r["method"], r["question"]): r for r in result["summary"]}
+    for method, base in BASE.items():
+        r = rows[(method, "match")]
+        assert r["n_ratings"] == 3 * 14 and r["mean"] == pytest.approx(base)
+        assert r["sd"] == pytest.approx(math.sqrt(28 / 41))  # 14 x (-1, 0, +1) around the base
+        assert base - 1 <= r["ci_low"] <= base <= r["ci_high"] <= base + 1 and r["ci_low"] < r["ci_high"]
+    assert rows[("real", "realism")]["mean"] == 5 and rows[("real", "realism")]["sd"] == 0
+    per_class = [r for r in result["per_class"] if r["method"] == "s2i_n" and r["question"] == "match"]
+    assert len(per_class) == 13 and all(r["mean"] == pytest.approx(2) for r in per_class)
+    assert sorted(r["n_ratings"] for r in per_class) == [3] * 12 + [6]  # 14 pairs: one class has two
+    csv_rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert float(next(r for r in csv_rows if r["method"] == "real" and r["question"] == "match")["mean"]) == 4
+    raters = list(csv.DictReader((out / "raters.csv").open()))
+    careless = next(r for r in raters if r["rater_id"] == "careless")
+    assert careless["status"] == "dropped (attention checks)" and careless["checks_failed"] == "3"
+    md_text = (out / "report.md").read_text()
+    assert "dropped (attention checks)" in md_text and "Krippendorff" in md_text and "Holm" in md_text
+    assert (out / "scores.png").is_file() and Image.open(out / "scores.png").size[0] > 300
+    # agreement: the kept raters x rated images, built here from the files, through krippendorff's ordinal alpha
+    import krippendorff
+
+    m = load_manifest(study)
+    files = [json.loads((ratings_dir / f"r{k}.json").read_text()) for k in (1, 2)]
+    files.append({"ratings": [{"item": r["item"], "answers": {"match": int(r["match"])}}
+                              for r in csv.DictReader((ratings_dir / "r3.csv").open())]})  # fmt: skip
+    rated = [i.id for i in m.items if not i.check]
+    table = np.array([[{r["item"]: r["answers"]["match"] for r in f["ratings"]}[i] for i in rated] for f in files], float)
+    alpha = {a["question"]: a["alpha"] for a in result["agreement"]}
+    assert alpha["match"] == pytest.approx(krippendorff.alpha(reliability_data=table, level_of_measurement="ordinal"))
+    assert 0 < alpha["match"] < 1
+    pw = {(r["method_a"], r["method_b"], r["question"]): r for r in result["pairwise"]}
+    real_n = pw[("real", "s2i_n", "match")]
+    assert real_n["n"] == 14 and real_n["mean_diff"] == pytest.approx(2) and real_n["rank_biserial"] == 1
+    assert pw[("s2i_c", "flat", "match")]["p"] == 1.0  # identical scores: no difference
+    assert len([r for r in result["pairwise"] if r["question"] == "match"]) == 6
+
+
+def test_wilcoxon_and_holm_match_scipy_and_a_hand_computation(study, ratings_dir, tmp_path):
+    from scipy.stats import wilcoxon
+
+    m = load_manifest(study)
+    result, _ = run_analysis(study, [ratings_dir / "r1.json", ratings_dir / "r2.json", ratings_dir / "r3.csv"],
+                             out=tmp_path / "rep", n_boot=100)  # fmt: skip
+    # recompute the realism per-pair means from the raw files, independently of the analysis code
+    raw = [json.loads((ratings_dir / f"r{k}.json").read_text()) for k in (1, 2)]
+    raw.append({"ratings": [{"item": r["item"], "answers": {"realism": int(r["realism"])}}
+                            for r in csv.DictReader((ratings_dir / "r3.csv").open())]})  # fmt: skip
+    by_item = {i.id: i for i in m.items}
+    means: dict[tuple[str, str], list[int]] = {}
+    for obj in raw:
+        for r in obj["ratings"]:
+            it = by_item[r["item"]]
+            if not it.check:
+                means.setdefault((it.method, it.pair), []).append(r["answers"]["realism"])
+    pairs = sorted({it.pair for it in m.items if not it.check})
+    x = [np.mean(means[("s2i_c", p)]) for p in pairs]
+    y = [np.mean(means[("real", p)]) for p in pairs]
+    realism = [r for r in result["pairwise"] if r["question"] == "realism"]
+    row = next(r for r in realism if {r["method_a"], r["method_b"]} == {"real", "s2i_c"})
+    sign = 1 if row["method_a"] == "s2i_c" else -1
+    assert row["p"] == pytest.approx(wilcoxon(x, y).pvalue, rel=1e-12)
+    assert row["mean_diff"] == pytest.approx(sign * (np.mean(x) - np.mean(y)))
+    ps = [r["p"] for r in result["pairwise"] if r["question"] == "realism"]
+    assert [r["p_holm"] for r in result["pairwise"] if r["question"] == "realism"] == pytest.approx(holm(ps))
+    # Holm by hand: sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1, made monotone
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.2, float("nan")])[0] == pytest.approx(0.2) and math.isnan(holm([0.2, float("nan")])[1])
+    direct = wilcoxon_paired(np.array([1, 2, 3, 4, 5, 6, 7.0]), np.array([2, 2, 1, 1, 1, 1, 1.0]))
+    assert direct["p"] == pytest.approx(wilcoxon([1, 2, 3, 4, 5, 6, 7.0], [2, 2, 1, 1, 1, 1, 1.0]).pvalue)
+
+
+def test_krippendorff_ordinal_alpha_on_krippendorffs_published_example():
+    # Krippendorff (2011), "Computing Krippendorff's alpha-reliability": 4 observers x 12 units;
+    # published: nominal .743, ordinal .815, interval .849
+    nan = np.nan
+    data = np.array([
+        [1, 2, 3, 3, 2, 1, 4, 1, 2, nan, nan, nan],
+        [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, nan, 3],
+        [nan, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, nan],
+        [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, nan],
+    ])  # fmt: skip
+    alpha, note = krippendorff_ordinal(data, DEFAULT_QUESTIONS[0])
+    assert round(alpha, 3) == 0.815 and note == ""
+    assert krippendorff_ordinal(data[:1], DEFAULT_QUESTIONS[0])[0] is None
+    same = krippendorff_ordinal(np.full((3, 4), 2.0), DEFAULT_QUESTIONS[0])
+    assert same == (None, "every rating is the same value: alpha is undefined")
+    perfect = np.array([[1, 2, 3, 4, 5.0]] * 3)
+    assert krippendorff_ordinal(perfect, DEFAULT_QUESTIONS[0])[0] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------- validation
+
+
+def _bad(m, tmp_path: Path, name: str, mutate) -> Path:
+    obj = _synthetic(m, name, 0)
+    obj = mutate(obj) or obj
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(obj))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("wrong_study", "study id 'hs-other' is not this study's"),
+        ("unknown_item", "1 unknown item id(s), not in this study's manifest: 'deadbeef'"),
+        ("out_of_range", "question 'match': value 7 is outside 1-5"),
+        ("not_whole", "question 'realism': '4.5' is not a whole number"),
+        ("missing_item", "1 of 59 items missing (unanswered)"),
+        ("missing_answer", "1 answer(s) missing"),
+        ("twice", "is rated twice"),
+        ("unknown_question", "unknown question(s) 'beauty'"),
+        ("empty_rater", "empty rater id"),
+    ],
+)
+def test_each_bad_ratings_file_gets_a_clear_message(study, tmp_path, case, message, capsys):
+    from cmav.cli.main import main
+
+    m = load_manifest(study)
+
+    def mutate(o):
+        r = o["ratings"]
+        if case == "wrong_study":
+            o["study_id"] = "hs-other"
+        elif case == "unknown_item":
+            r.append({"item": "deadbeef", "answers": {"match": 3, "realism": 3}})
+        elif case == "out_of_range":
+            r[0]["answers"]["match"] = 7
+        elif case == "not_whole":
+            r[1]["answers"]["realism"] = "4.5"
+        elif case == "missing_item":
+            r.pop(3)
+        elif case == "missing_answer":
+            del r[2]["answers"]["realism"]
+        elif case == "twice":
+            r.append(dict(r[0]))
+        elif case == "unknown_question":
+            r[0]["answers"]["beauty"] = 3
+        elif case == "empty_rater":
+            o["rater_id"] = "  "
+
+    bad = _bad(m, tmp_path, "bad", mutate)
+    good = _bad(m, tmp_path, "good", lambda o: None)
+    with pytest.raises(HumanEvalError) as exc:
+        run_analysis(study, [good, bad], out=tmp_path / "rep")
+    assert str(bad) in str(exc.value) and message in str(exc.value)
+    # the command line: one error line, exit status 2
+    assert main(["human-eval", "analyze", str(study), str(good), str(bad), "-o", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    # --skip-invalid: the bad rater is left out, and listed, never silently
+    result, paths = run_analysis(study, [good, bad], out=tmp_path / "rep2", skip_invalid=True, n_boot=20)
+    assert result["n_raters_kept"] == 1 and any(message in p for p in result["problems"])
+    listed = list(csv.DictReader(paths["raters_csv"].open()))
+    assert any(r["status"] == "invalid (left out)" and message in r["detail"] for r in listed)
+
+
+def test_duplicate_raters_unreadable_files_and_csv_columns_are_reported(study, tmp_path):
+    m = load_manifest(study)
+    a = _bad(m, tmp_path, "same", lambda o: None)
+    b = tmp_path / "same_again.csv"
+    _write_csv(b, _synthetic(m, "same", 1))
+    with pytest.raises(HumanEvalError, match=r"rater 'same' appears again \(first in .*same.json\)"):
+        run_analysis(study, [a, b], out=tmp_path / "r")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"study_id": ')
+    with pytest.raises(HumanEvalError, match=r"broken.json: not valid JSON \(line 1"):
+        run_analysis(study, [a, broken], out=tmp_path / "r")
+    cols = tmp_path / "cols.csv"
+    cols.write_text("study_id,rater_id,item,match,realsm\n")
+    with pytest.raises(HumanEvalError, match="missing column\\(s\\) realism"):
+        run_analysis(study, [a, cols], out=tmp_path / "r")
+    blank = tmp_path / "blank.csv"
+    blank.write_text(f"study_id,rater_id,item,match,realism\n{m.study_id},,{m.item_ids[0]},3,3\n")
+    with pytest.raises(HumanEvalError, match="row 2: empty rater_id"):
+        run_analysis(study, [a, blank], out=tmp_path / "r")
+    with pytest.raises(HumanEvalError, match="no such ratings file"):
+        run_analysis(study, [a, tmp_path / "missing.json"], out=tmp_path / "r")
+    with pytest.raises(HumanEvalError, match="no study manifest"):
+        run_analysis(tmp_path, [a], out=tmp_path / "r")
+
+
+def test_changed_images_are_reported(study, tmp_path):
+    m = load_manifest(study)
+    copy = tmp_path / "copy"
+    shutil.copytree(study, copy)
+    (copy / m.items[0].image).write_bytes(b"not the image")
+    good = _bad(m, tmp_path, "g", lambda o: None)
+    result, paths = run_analysis(copy, [good], out=tmp_path / "r", n_boot=20)
+    assert any("changed since the study was made" in w for w in result["warnings"])
+    assert "changed since the study was made" in paths["report_md"].read_text()
+
+
+# ---------------------------------------------------------------------- questions and CLI
+
+
+def test_questions_file_and_its_errors(tmp_path):
+    good = tmp_path / "q.json"
+    good.write_text(json.dumps([{"id": "fit", "text": "Is this a {label}?", "min": 1, "max": 7, "attention_max": 3},
+                                {"id": "beauty", "text": "How nice?", "min": 0, "max": 10}]))  # fmt: skip
+    qs = load_questions(good)
+    assert qs[0] == Question("fit", "Is this a {label}?", 1, 7, attention_max=3) and qs[0].text_for("tuba") == "Is this a tuba?"
+    for bad, msg in [([{"id": "Bad id", "text": "x"}], "question id"),
+                     ([{"id": "a", "text": "x", "min": 3, "max": 3}], "min < max"),
+                     ([{"id": "a", "text": "x"}, {"id": "a", "text": "y"}], "used twice"),
+                     ([{"id": "a", "text": "x", "colour": 1}], "unknown field"),
+                     ([{"id": "a", "text": "x", "attention_max": 5}], "attention_max")]:  # fmt: skip
+        good.write_text(json.dumps(bad))
+        with pytest.raises(HumanEvalError, match=msg):
+            load_questions(good)
+    yaml_file = tmp_path / "q.yaml"
+    yaml_file.write_text("- {id: fit, text: 'A {label}?', low: no, high: yes}\n")
+    with pytest.raises(HumanEvalError, match="low must be text, got False"):  # YAML's bare no
+        load_questions(yaml_file)
+    with pytest.raises(HumanEvalError, match="attention checks need a question with attention_max"):
+        make_study(["x"], tmp_path / "s", questions=[Question("q", "How?")], n_checks=2)
+
+
+def test_sampling_spreads_over_classes_and_depends_on_the_seed():
+    labels = [c for c in range(5) for _ in range(4)]
+    picks = sample_pairs(labels, 7, np.random.default_rng(0))
+    counts = np.bincount([labels[i] for i in picks], minlength=5)
+    assert len(set(picks)) == 7 and counts.min() >= 1 and counts.max() == 2
+    assert picks == sample_pairs(labels, 7, np.random.default_rng(0))
+    assert picks != sample_pairs(labels, 7, np.random.default_rng(1))
+    assert not set(sample_pairs(labels, 5, np.random.default_rng(0), exclude=set(picks))) & set(picks)
+
+
+def test_cli_make_and_errors(lab, tmp_path, capsys):
+    from cmav.cli.main import main
+
+    out = tmp_path / "cli_sheet"
+    assert main(["human-eval", "make", "--runs", f"mine={lab['flat']}", "--data", str(lab["data"]), "--items", "3",
+                 "--checks", "1", "--seed", "3", "-o", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "3 pairs x 2 methods (real, mine) + 1 attention checks = 7 images" in printed
+    assert (out / "index.html").is_file() and load_manifest(out).seed == 3
+    assert main(["human-eval", "make", "--runs", str(tmp_path / "nothing"), "-o", str(tmp_path / "o")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+    assert main(["human-eval", "make", "--runs", str(lab["flat"]), "-o", str(tmp_path / "o2")]) == 2
+    assert "give --data ROOT" in capsys.readouterr().err
+    assert main(["human-eval", "make", "--runs", str(lab["flat"]), "--data", str(tmp_path / "nodata"), "-o",
+                 str(tmp_path / "o3")]) == 2  # fmt: skip
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o3").exists()  # a failed make leaves no half-made study behind
+
+
+def test_print_sheet_for_a_named_rater_uses_their_order(study):
+    m = load_manifest(study)
+    sheet = print_sheet(m, "alice", "../")
+    assert re.findall(r'src="\.\./images/([0-9a-f]+)\.png"', sheet) == rater_order(m.study_id, "alice", m.item_ids)
+    assert "Rater id: <strong>alice</strong>" in sheet
