@@ -95,7 +95,4 @@ def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int
     return out, notes
 
 
-# the earlier name, kept while the branches built on it move over
-wav_to_lms = wav_to_features
-
-__all__ = ["front_end_of", "generate_from_wav", "wav_to_features", "wav_to_lms"]
+__all__ = ["front_end_of", "generate_from_wav", "wav_to_features"]

@@ -4,7 +4,8 @@ Each track (performance) of an instrument gets its own melody, rendered through 
 a General MIDI soundfont, and its own player, drawn procedurally with a pose that follows the
 notes. The track is cut like Sub-URMP: 0.5 s chunks every 0.1 s, named ``<instrument><NN>_<T>``
 where T (ms) is the end time of the chunk (500, 600, ...), with one frame per chunk taken at the
-chunk's centre.
+chunk's centre. Every frame also gets the instrument's mask (``mask/<split>/<instrument>/<stem>.png``,
+1-bit PNG, frame size, white = instrument pixels) for the localisation metrics.
 
 Building is deterministic under a seed, resumable (a finished track leaves a marker; files are
 written under a hidden temporary name and renamed into place) and a no-op on a complete folder.
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from cmav.data.errors import DataError
 from cmav.data.instruments import CLASS_TO_INDEX, INSTRUMENT_SPECS, INSTRUMENTS
+from cmav.data.masks import MASK_DIR  # mask/<split>/<instrument>/<stem>.png beside img/
 from cmav.standin.music import MelodyStyle, random_melody, write_midi
 from cmav.standin.render import DEFAULT_SOUNDFONT, SynthSettings, check_renderer, render_midi
 
@@ -146,12 +148,30 @@ def _track_rng(seed: int, split: str, instrument: str, track: int) -> np.random.
     return np.random.default_rng([seed, ("train", "validation").index(split), CLASS_TO_INDEX[instrument], track])
 
 
+def _track_done(job: TrackJob) -> bool:
+    """The track's files and its masks are all written (markers of older builds lack ``masks``)."""
+    if not job.marker.is_file():
+        return False
+    try:
+        return bool(json.loads(job.marker.read_text()).get("masks"))
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
 def build_track(job: TrackJob) -> int:
-    """Render, cut and write one track's chunks and frames; returns the number of pairs."""
+    """Render, cut and write one track's chunks, frames and masks; returns the number of pairs.
+
+    A track finished by a builder that wrote no masks is rendered again (the build is
+    deterministic) and only its masks are written: its wav/jpg files stay untouched, so caches
+    keyed on them stay valid.
+    """
+    from PIL import Image
+
     from cmav.standin.frames import PlayerStyle, pose_at, render_frame
 
-    if job.marker.is_file():
+    if _track_done(job):
         return job.n_chunks
+    masks_only = job.marker.is_file()
     spec = INSTRUMENT_SPECS[job.instrument]
     rng = _track_rng(job.seed, job.split, job.instrument, job.track)
     style = PlayerStyle.sample(rng)
@@ -180,16 +200,22 @@ def build_track(job: TrackJob) -> int:
     root = Path(job.root)
     wav_dir = root / "chunk" / job.split / job.instrument
     img_dir = root / "img" / job.split / job.instrument
+    mask_dir = root / MASK_DIR / job.split / job.instrument
     for k, c in enumerate(chunks):
         stem = f"{job.name}_{500 + 100 * k}"
-        _atomic_write(
-            wav_dir / f"{stem}.wav",
-            lambda p, c=c: sf.write(p, (c * gain).T, job.synth.sample_rate, subtype="PCM_16", format="WAV"),
-        )
+        if not masks_only:
+            _atomic_write(
+                wav_dir / f"{stem}.wav",
+                lambda p, c=c: sf.write(p, (c * gain).T, job.synth.sample_rate, subtype="PCM_16", format="WAV"),
+            )
         t_centre = k * HOP_S + CHUNK_S / 2
-        image, _mask = render_frame(job.instrument, style, pose_at(notes, t_centre, job.instrument), job.frame_size)
-        _atomic_write(img_dir / f"{stem}.jpg", lambda p, im=image: im.save(p, format="JPEG", quality=job.jpeg_quality))
-    _atomic_write(job.marker, lambda p: Path(p).write_text(json.dumps({"chunks": job.n_chunks})))
+        image, mask = render_frame(job.instrument, style, pose_at(notes, t_centre, job.instrument), job.frame_size)
+        if not masks_only:
+            _atomic_write(img_dir / f"{stem}.jpg",
+                          lambda p, im=image: im.save(p, format="JPEG", quality=job.jpeg_quality))  # fmt: skip
+        # a bool array becomes a mode-'1' image: a 1-bit PNG
+        _atomic_write(mask_dir / f"{stem}.png", lambda p, m=mask: Image.fromarray(m).save(p, format="PNG"))
+    _atomic_write(job.marker, lambda p: Path(p).write_text(json.dumps({"chunks": job.n_chunks, "masks": True})))
     return job.n_chunks
 
 
@@ -241,7 +267,7 @@ def build_standin(
                 f"already holds a stand-in built with {old.get('params')}; asked for {params}. "
                 "Use another --root or delete this folder.",
             )
-        if old.get("complete"):
+        if old.get("complete") and old.get("masks"):
             return old
     elif root.exists() and any(root.iterdir()):
         raise DataError(root, "folder is not empty and holds no stand-in manifest; refusing to write into it")
@@ -253,7 +279,7 @@ def build_standin(
         TrackJob(str(root), split, inst, track, n, seed, str(soundfont), params["frame_size"], jpeg_quality)
         for split, inst, track, n in track_plan(p)
     ]
-    todo = [j for j in jobs if not j.marker.is_file()]
+    todo = [j for j in jobs if not _track_done(j)]
     total = sum(j.n_chunks for j in todo)
     workers = workers or min(len(todo), os.cpu_count() or 1) or 1
     with tqdm(total=total, unit="pair", desc=f"building {preset}", disable=not progress) as bar:
@@ -269,6 +295,7 @@ def build_standin(
     for j in jobs:
         counts[j.split][j.instrument] = counts[j.split].get(j.instrument, 0) + j.n_chunks
         tracks[j.split].setdefault(j.instrument, []).append(j.track)
-    manifest = {"params": params, "complete": True, "counts": counts, "tracks": tracks}
+    manifest = {"params": params, "complete": True, "counts": counts, "tracks": tracks,
+                "masks": f"{MASK_DIR}/<split>/<instrument>/<stem>.png"}  # fmt: skip
     _atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(manifest, indent=2)))
     return manifest

@@ -1,0 +1,92 @@
+"""``cmav index build | search | evaluate retrieval``: the retrieval/grounding branch's commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def alias(words: list[str]) -> list[str]:
+    """``cmav evaluate retrieval ...`` is ``cmav evaluate-retrieval ...`` (``cmav evaluate`` scores S2I)."""
+    if words[:2] == ["evaluate", "retrieval"]:
+        return ["evaluate-retrieval", *words[2:]]
+    return words
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    i = sub.add_parser("index", help="embedding index of a data split for `cmav search`")
+    isub = i.add_subparsers(dest="index_command", required=True, metavar="{build}")
+    b = isub.add_parser("build", help="embed every pair of a split with a retrieval checkpoint")
+    b.add_argument("--ckpt", required=True, help="RetrievalTask checkpoint (experiments/retrieval_*.yaml)")
+    b.add_argument("data", help="data set folder (Sub-URMP layout, or --layout paired)")
+    b.add_argument("--split", default="validation", choices=["train", "validation"])
+    b.add_argument("--layout", default="suburmp", choices=["suburmp", "paired"])
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--cache-dir", default=None)
+    b.add_argument("-o", "--output", default="index.pt", help="index file (default: %(default)s)")
+    b.set_defaults(func=_index_build)
+
+    s = sub.add_parser("search", help="top-k frames for a wav (--audio) or top-k audio for a frame (--image)")
+    s.add_argument("--index", required=True, help="index file from `cmav index build`")
+    q = s.add_mutually_exclusive_group(required=True)
+    q.add_argument("--audio", help="query sound file (a clip longer than 0.5 s is cut to its first 0.5 s)")
+    q.add_argument("--image", help="query frame (centre-cropped and resized like the data)")
+    s.add_argument("-k", type=int, default=8, help="hits to show (default: %(default)s)")
+    s.add_argument("--ckpt", default=None, help="model checkpoint (default: the one the index was built with)")
+    s.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss"],
+                   help="auto: exact torch search up to 1M items, FAISS beyond (if installed)")  # fmt: skip
+    s.add_argument("--faiss-factory", default="Flat", help="FAISS index type, e.g. Flat, HNSW32 (default: %(default)s)")
+    s.add_argument("-o", "--output", default="search.png", help="contact sheet png (default: %(default)s)")
+    s.set_defaults(func=_search)
+
+    e = sub.add_parser("evaluate-retrieval",
+                       help="score retrieval/grounding checkpoints (also `cmav evaluate retrieval`)")  # fmt: skip
+    e.add_argument("--ckpt", action="append", required=True,
+                   help="RetrievalTask checkpoint; repeat it to compare models in one table")  # fmt: skip
+    e.add_argument("--root", default=None, help="data set folder (default: the one the first checkpoint trained on)")
+    e.add_argument("--split", default="validation", choices=["validation", "train"],
+                   help="validation (unseen players: the reported numbers) or train (a diagnostic)")  # fmt: skip
+    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--display-size", type=int, default=256, help="side of the heatmap pngs (default: %(default)s)")
+    e.add_argument("--cache-dir", default=None)
+    e.add_argument("-o", "--output", default="results/retrieval", help="folder for metrics.json, report.md, heatmaps")
+    e.set_defaults(func=_evaluate)
+
+
+def _index_build(args: argparse.Namespace) -> int:
+    from cmav.retrieval.index import build_index
+
+    index = build_index(args.ckpt, args.data, split=args.split, layout=args.layout, batch_size=args.batch_size,
+                        cache_dir=args.cache_dir)  # fmt: skip
+    path = index.save(args.output)
+    shapes = f"audio {tuple(index.audio.shape[1:])} / image {tuple(index.image.shape[1:])}"
+    print(f"wrote {path}: {len(index):,} {args.split} pairs, {index.kind} model, {shapes} float16 embeddings")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from cmav.retrieval.search import format_hits, search
+
+    out = search(args.index, audio=args.audio, image=args.image, k=args.k, ckpt=args.ckpt, output=args.output,
+                 backend=args.backend, faiss_factory=args.faiss_factory)  # fmt: skip
+    for note in out.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(format_hits(out))
+    if out.sheet is not None:
+        print(f"wrote {out.sheet}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from cmav.evaluation.retrieval import evaluate_retrieval, format_report
+
+    result = evaluate_retrieval(args.ckpt, root=args.root, out_dir=args.output, batch_size=args.batch_size,
+                                display_size=args.display_size, cache_dir=args.cache_dir, split=args.split)  # fmt: skip
+    print(format_report(result))
+    for k, v in result.get("paths", {}).items():
+        print(f"{k}: {v}")
+    return 0
+
+
+__all__ = ["add_parser", "alias"]

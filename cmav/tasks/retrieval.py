@@ -1,0 +1,581 @@
+"""Retrieval/grounding training: a global or dense audio-image model with symmetric InfoNCE.
+
+``architecture='global'`` trains :class:`~cmav.models.retrieval.GlobalAVModel` (AVE-Net /
+Wav2CLIP style), ``'dense'`` trains :class:`~cmav.models.retrieval.DenseAVModel` (DenseAV style).
+Both: symmetric InfoNCE over in-batch negatives with a learnable temperature (its log is a
+parameter; the logit scale is clamped at ``1 / temperature.min``, CLIP's 100 by default). Under
+DDP the embeddings of every process are gathered with gradients (``all_gather(sync_grads=True)``)
+so each process's queries see every process's negatives.
+
+The audio encoder is a fresh one (``encoder_mode='scratch'``) or the sound classifier's
+(``'frozen'`` / ``'finetune'``, from a :class:`~cmav.tasks.classifier.ClassifierTask` checkpoint).
+
+Validation (every epoch, on the whole validation split): audio->image and image->audio
+Recall@1/5/10, median rank, MRR and mAP, class-level (same instrument) and instance-level (the
+paired item), logged as ``val/a2i_class_R@1`` and so on; where the data set has instrument
+masks (cmav's stand-in), the localisation AP / mIoU / pointing game of the paired heatmaps
+(``val/loc_ap`` ...), and a TensorBoard sheet of heatmaps (one validation item per class).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cmav.data.instruments import INSTRUMENTS
+from cmav.metrics.localization import localization_report
+from cmav.metrics.retrieval import cross_modal_report
+from cmav.models import AudioEncoder, ImageEncoder
+from cmav.models.retrieval import (
+    DenseAVModel,
+    GlobalAVModel,
+    aggregate_volume,
+    disentanglement_loss,
+    similarity_volume,
+    symmetric_info_nce,
+)
+from cmav.tasks.classifier import _load_checkpoint, load_classifier, own_hyperparameters
+from cmav.tasks.common import (
+    AdamConfig,
+    AudioEncoderConfig,
+    ImageAugment,
+    ImageAugmentConfig,
+    coerce,
+    datamodule_of,
+    plain,
+    tensorboard_writer,
+)
+
+Architecture = Literal["global", "dense"]
+EncoderMode = Literal["frozen", "finetune", "scratch"]
+IgnoreNegatives = Literal["none", "same_track", "same_class"]
+
+
+@dataclass(frozen=True)
+class ImageEncoderConfig:
+    """:class:`cmav.models.ImageEncoder` options (input size comes from the data). Its class head
+    is never used here."""
+
+    n_blocks: int = 4
+    base_channels: int = 32
+    max_channels: int = 512
+    feature_dim: int = 128
+    dropout: float = 0.3
+    activation: str = "leaky_relu"
+    negative_slope: float = 0.2
+    input_norm: bool = True
+    global_pool: str = "avg"
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Projection heads (MLP): ``layers`` Linear layers, ``hidden_dim`` wide, into ``embed_dim``."""
+
+    embed_dim: int = 128
+    hidden_dim: int = 256
+    layers: int = 2
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """Dense-model options (ignored by ``architecture='global'``).
+
+    ``n_heads``: 1 or 2; ``audio_freq``: ``'pool'`` (one token per time step) or ``'keep'``
+    (one per frequency x time cell); ``audio_block`` / ``image_block``: which encoder block is
+    tokenised (-1 = last; with 64-px frames and 4 blocks the last image map is 4x4, block -2 is
+    8x8); ``disentangle_weight``: weight of mean ``|s_head1 * s_head2|`` (two heads only).
+    """
+
+    n_heads: int = 1
+    audio_freq: Literal["pool", "keep"] = "pool"
+    audio_block: int = -1
+    image_block: int = -1
+    disentangle_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class TemperatureConfig:
+    """InfoNCE temperature: starts at ``init`` (CLIP: 0.07), learned when ``learnable``, never
+    below ``min`` (logit scale clamped at ``1 / min``; CLIP: 100)."""
+
+    init: float = 0.07
+    learnable: bool = True
+    min: float = 0.01
+
+
+def build_image_encoder(config: ImageEncoderConfig, image_size: int, n_classes: int) -> ImageEncoder:
+    c = config
+    return ImageEncoder(
+        input_shape=(3, image_size, image_size), n_blocks=c.n_blocks, base_channels=c.base_channels,
+        max_channels=c.max_channels, feature_dim=c.feature_dim, n_classes=n_classes, dropout=c.dropout,
+        activation=c.activation, negative_slope=c.negative_slope, input_norm=c.input_norm, global_pool=c.global_pool,
+    )  # fmt: skip
+
+
+def build_audio_encoder(config: AudioEncoderConfig, n_classes: int, input_shape) -> AudioEncoder:
+    c = config
+    return AudioEncoder(
+        input_shape=tuple(input_shape), n_blocks=c.n_blocks, base_channels=c.base_channels,
+        max_channels=c.max_channels, feature_dim=c.feature_dim, n_classes=n_classes, dropout=c.dropout,
+        activation=c.activation, negative_slope=c.negative_slope, input_norm=c.input_norm, global_pool=c.global_pool,
+    )  # fmt: skip
+
+
+class RetrievalTask(L.LightningModule):
+    """Audio-image contrastive training of a global or dense similarity model.
+
+    Args:
+        architecture: ``'global'`` or ``'dense'`` (see the module docstring).
+        encoder_mode: ``'scratch'`` (fresh audio encoder), ``'frozen'`` (the sound classifier's,
+            fixed, BatchNorm statistics included) or ``'finetune'`` (initialised from it).
+        audio_encoder_ckpt: the sound classifier's checkpoint (frozen/finetune).
+        image_size: frame side; the CLI links it to ``data.image_size``.
+        audio_encoder: the scratch audio encoder's options (frozen/finetune use the checkpoint's).
+        image_encoder: the image encoder's options (always trained from scratch).
+        head: projection-head options.
+        dense: dense-model options.
+        temperature: InfoNCE temperature options.
+        optimizer: Adam for everything trained.
+        lr_schedule: ``'cosine'``: the learning rate decays to 0 over the run
+            (``trainer.max_epochs``/``max_steps``), CLIP's schedule; the weights then settle at the
+            end, so BatchNorm's running statistics (what evaluation uses) catch up with them.
+            ``'constant'``: no schedule.
+        finetune_lr_scale: learning-rate factor of a fine-tuned audio encoder (keeps what the
+            classifier learnt while the heads settle).
+        ignore_negatives: in-batch items that are NOT used as negatives of a query (its own pair
+            always stays the positive): ``'none'`` (plain InfoNCE), ``'same_track'`` (the other
+            chunks of the same performance: overlapping near-copies) or ``'same_class'`` (every
+            item of the same instrument). Within a training set each performance has its own
+            player, background and melody, so plain InfoNCE rewards matching a melody to its
+            background; ``'same_class'`` leaves the instrument as the only thing to match.
+        augment: training-time image augmentation (off by default).
+        colour_scramble: training-time colour scrambling of the frames: a random permutation of
+            the RGB channels per frame, a quarter of them made grey. Each stand-in performance
+            has its own background and clothing colours, a shortcut to "which performance" that
+            does not carry over to unseen players; shapes (the instrument) survive the scrambling.
+        n_classes: class count of a scratch audio encoder's (unused) head.
+        input_shape: ``(C, H, W)`` of one LMS; filled from the data (leave unset).
+        class_names: filled from the data (leave unset).
+        log_heatmaps: TensorBoard heatmap sheet at the end of every validation.
+    """
+
+    def __init__(
+        self,
+        architecture: Architecture = "global",
+        encoder_mode: EncoderMode = "scratch",
+        audio_encoder_ckpt: str | None = None,
+        image_size: int = 64,
+        audio_encoder: AudioEncoderConfig = AudioEncoderConfig(),
+        image_encoder: ImageEncoderConfig = ImageEncoderConfig(),
+        head: HeadConfig = HeadConfig(),
+        dense: DenseConfig = DenseConfig(),
+        temperature: TemperatureConfig = TemperatureConfig(),
+        optimizer: AdamConfig = AdamConfig(lr=1e-3, betas=(0.9, 0.999)),
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        finetune_lr_scale: float = 0.1,
+        ignore_negatives: IgnoreNegatives = "none",
+        augment: ImageAugmentConfig = ImageAugmentConfig(),
+        colour_scramble: bool = False,
+        n_classes: int = len(INSTRUMENTS),
+        input_shape: list[int] | None = None,
+        class_names: list[str] | None = None,
+        log_heatmaps: bool = True,
+    ) -> None:
+        super().__init__()
+        if architecture not in ("global", "dense"):
+            raise ValueError(f"architecture must be 'global' or 'dense', got {architecture!r}")
+        if encoder_mode not in ("frozen", "finetune", "scratch"):
+            raise ValueError(f"encoder_mode must be 'frozen', 'finetune' or 'scratch', got {encoder_mode!r}")
+        if encoder_mode != "scratch" and not audio_encoder_ckpt:
+            raise ValueError(
+                f"encoder_mode='{encoder_mode}' needs audio_encoder_ckpt, the sound classifier's checkpoint "
+                "(`cmav fit --config experiments/audio_classifier.yaml` writes "
+                "runs/audio_classifier/checkpoints/last.ckpt), or use encoder_mode='scratch'"
+            )
+        # plain dicts in the hyper-parameters (weights_only checkpoints); save_hyperparameters reads these locals
+        audio_encoder, image_encoder = plain(audio_encoder), plain(image_encoder)
+        head, dense = plain(head), plain(dense)
+        temperature, optimizer, augment = plain(temperature), plain(optimizer), plain(augment)
+        self.save_hyperparameters()
+        self.encoder_mode = encoder_mode
+        self.image_encoder_config = coerce(ImageEncoderConfig, image_encoder)
+        self.head_config = coerce(HeadConfig, head)
+        self.dense_config = coerce(DenseConfig, dense)
+        self.temp_config = coerce(TemperatureConfig, temperature)
+        self.optimizer_config = coerce(AdamConfig, optimizer)
+        self.augment = ImageAugment(coerce(ImageAugmentConfig, augment))
+        t = self.temp_config
+        if not 0 < t.min <= t.init:
+            raise ValueError(f"temperature must satisfy 0 < min <= init, got min={t.min}, init={t.init}")
+        if lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        if ignore_negatives not in ("none", "same_track", "same_class"):
+            raise ValueError(f"ignore_negatives must be 'none', 'same_track' or 'same_class', got {ignore_negatives!r}")
+        if self.dense_config.disentangle_weight > 0 and self.dense_config.n_heads != 2:
+            raise ValueError("dense.disentangle_weight > 0 needs dense.n_heads = 2")
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / t.init)), requires_grad=t.learnable)
+
+        self.audio_encoder_config = coerce(AudioEncoderConfig, audio_encoder)
+        pretrained: AudioEncoder | None = None
+        if encoder_mode != "scratch":
+            clf = load_classifier(audio_encoder_ckpt)  # type: ignore[arg-type]
+            if clf.hparams.modality != "audio" or clf.hparams.target != "label":
+                raise ValueError(
+                    f"{audio_encoder_ckpt}: a {clf.hparams.modality}/{clf.hparams.target} classifier; the audio "
+                    "encoder must come from the sound classifier (modality='audio', target='label')"
+                )
+            self.audio_encoder_config = clf.audio_encoder_config
+            assert isinstance(clf.model, AudioEncoder)
+            pretrained = clf.model
+        self.net: GlobalAVModel | DenseAVModel | None = None
+        if pretrained is not None or input_shape is not None:
+            self._build(pretrained)
+
+        self._val: dict[str, list[Tensor]] = {}
+        self._val_masks: Tensor | None = None
+        self._fixed: dict | None = None
+        self._masks_note: str | None = None
+
+    # ------------------------------------------------------------------ model
+
+    def _build(self, pretrained: AudioEncoder | None = None) -> None:
+        h = self.hparams
+        if pretrained is not None:
+            audio = pretrained
+            h.input_shape = list(audio.input_shape)
+        else:
+            audio = build_audio_encoder(self.audio_encoder_config, h.n_classes, h.input_shape)
+        if self.encoder_mode == "frozen":
+            audio.requires_grad_(False)
+            audio.eval()
+        image = build_image_encoder(self.image_encoder_config, h.image_size, h.n_classes)
+        c, d = self.head_config, self.dense_config
+        if h.architecture == "global":
+            self.net = GlobalAVModel(audio, image, c.embed_dim, c.hidden_dim, c.layers)
+        else:
+            self.net = DenseAVModel(
+                audio, image, c.embed_dim, c.hidden_dim, c.layers, n_heads=d.n_heads, audio_freq=d.audio_freq,
+                audio_block=d.audio_block, image_block=d.image_block,
+            )  # fmt: skip
+
+    @property
+    def model(self) -> GlobalAVModel | DenseAVModel:
+        """The similarity model (built from the data's LMS shape at ``setup`` for a scratch encoder)."""
+        if self.net is None:
+            raise RuntimeError("model not built: train/validate it with the data, or load a checkpoint")
+        return self.net
+
+    @property
+    def kind(self) -> str:
+        return str(self.hparams.architecture)
+
+    @property
+    def logit_scale(self) -> Tensor:
+        """Inverse temperature, clamped at ``1 / temperature.min``."""
+        return self.log_logit_scale.clamp(max=math.log(1.0 / self.temp_config.min)).exp()
+
+    def train(self, mode: bool = True) -> "RetrievalTask":
+        super().train(mode)
+        if self.encoder_mode == "frozen" and self.net is not None:
+            self.net.audio_encoder.eval()  # a frozen encoder keeps its BatchNorm statistics too
+        return self
+
+    @torch.no_grad()
+    def embed(self, audio: Tensor | None = None, image: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """Eval-mode embeddings of LMS and/or frames in [-1, 1] (either may be None)."""
+        was = self.training
+        self.eval()
+        try:
+            a = self.model.encode_audio(audio.to(self.device, torch.float32)) if audio is not None else None
+            v = self.model.encode_image(image.to(self.device, torch.float32)) if image is not None else None
+        finally:
+            self.train(was)
+        return a, v
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, stage: str) -> None:
+        dm = datamodule_of(self)
+        if dm is None:
+            if self.net is None:
+                raise RuntimeError("RetrievalTask needs an AudioVisualDataModule (or input_shape) to build its model")
+            return
+        h = self.hparams
+        if dm.hparams.image_size != h.image_size:
+            raise ValueError(f"model image_size={h.image_size} but data image_size={dm.hparams.image_size}")
+        data_shape = list(dm.train_full.tensors.audio.shape[1:])
+        if self.net is None:
+            h.input_shape = data_shape
+            h.class_names = list(dm.class_names)
+            self._build()
+        elif list(h.input_shape) != data_shape:
+            raise ValueError(f"the audio encoder takes LMS {tuple(h.input_shape)}, the data's are {tuple(data_shape)}: "
+                             "train the sound classifier on the same front end")  # fmt: skip
+        if h.class_names is None:
+            h.class_names = list(dm.class_names)
+        if dm.val is not None and len(dm.val):
+            self._fixed = self._pick_fixed(dm.val.tensors)
+            self._val_masks = self._load_masks(dm)
+
+    def _load_masks(self, dm) -> Tensor | None:
+        from cmav.data.masks import MasksMissing, load_split_masks
+
+        if dm.hparams.layout != "suburmp":
+            self._masks_note = "localisation metrics skipped: only the Sub-URMP layout has instrument masks"
+            return None
+        t = dm.val.tensors
+        try:
+            return load_split_masks(dm.root, "validation", t.stems, t.class_names, t.labels, self.hparams.image_size)
+        except MasksMissing as exc:
+            self._masks_note = f"localisation metrics skipped: {exc}"
+            warnings.warn(self._masks_note, stacklevel=2)
+            return None
+
+    @staticmethod
+    def _pick_fixed(t) -> dict:
+        """One validation item per class (the middle one in time) for the heatmap sheet."""
+        rows = []
+        for c in range(len(t.class_names)):
+            idx = (t.labels == c).nonzero().flatten()
+            if len(idx):
+                rows.append(int(idx[len(idx) // 2]))
+        index = torch.tensor(rows, dtype=torch.long)
+        return {"index": index, "audio": t.audio[index].float(), "image": t.images[index].float().div(127.5).sub(1.0),
+                "names": [t.stems[i] for i in rows]}  # fmt: skip
+
+    # ------------------------------------------------------------------ loss
+
+    def _gather(self, x: Tensor) -> Tensor:
+        """Every process's rows (with gradients), this process's block at ``rank * B``."""
+        return self.all_gather(x, sync_grads=True).flatten(0, 1)
+
+    def _ignored(self, labels: Tensor | None, tracks: Tensor | None, world: int) -> Tensor | None:
+        """``(B, W*B)`` True where a key must not be a negative of a query (``ignore_negatives``)."""
+        mode = self.hparams.ignore_negatives
+        if mode == "none" or labels is None:
+            return None
+        key = labels.long()
+        if mode == "same_track":
+            key = key * 100_000 + tracks.long()  # type: ignore[union-attr]
+        key_all = self.all_gather(key).flatten() if world > 1 else key
+        ignored = key.view(-1, 1) == key_all.view(1, -1)
+        if mode == "same_track":
+            ignored &= (tracks >= 0).view(-1, 1)  # type: ignore[operator]  # unknown tracks (paired layout): none
+        return ignored
+
+    def contrastive_loss(self, audio_emb: Tensor, image_emb: Tensor, labels: Tensor | None = None,
+                         tracks: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
+        """Symmetric InfoNCE (+ the dense disentanglement term) of a batch of paired embeddings.
+
+        ``labels``/``tracks`` are needed only for ``ignore_negatives``.
+        """
+        world = self._trainer.world_size if self._trainer is not None else 1
+        if world > 1:
+            a_all, v_all = self._gather(audio_emb), self._gather(image_emb)
+            offset = self.global_rank * audio_emb.shape[0]
+        else:
+            a_all, v_all, offset = audio_emb, image_emb, 0
+        scale = self.logit_scale
+        logs: dict[str, Tensor] = {}
+        if self.kind == "global":
+            s_a2i = audio_emb @ v_all.T
+            s_i2a = image_emb @ a_all.T
+            reg = None
+        else:
+            vol = similarity_volume(audio_emb, v_all)  # (B, W*B, K, T, L)
+            s_a2i = aggregate_volume(vol)
+            s_i2a = aggregate_volume(similarity_volume(a_all, image_emb)).T
+            w = self.dense_config.disentangle_weight
+            reg = w * disentanglement_loss(vol) if w > 0 else None
+        b = audio_emb.shape[0]
+        target = torch.arange(b, device=s_a2i.device) + offset
+        logits_a2i, logits_i2a = scale * s_a2i, scale * s_i2a
+        ignored = self._ignored(labels, tracks, world)
+        if ignored is not None:
+            ignored[torch.arange(b, device=ignored.device), target] = False  # the pair stays the positive
+            # masked after scaling: -inf * scale would give the temperature a NaN gradient
+            logits_a2i = logits_a2i.masked_fill(ignored, float("-inf"))
+            logits_i2a = logits_i2a.masked_fill(ignored, float("-inf"))
+        nce = symmetric_info_nce(logits_a2i, logits_i2a, offset)
+        loss = nce if reg is None else nce + reg
+        logs["nce"] = nce.detach()
+        if reg is not None:
+            logs["disentangle"] = reg.detach()
+        logs["batch_a2i_acc"] = (logits_a2i.argmax(1) == target).float().mean()
+        return loss, logs
+
+    def _scramble(self, image: Tensor) -> Tensor:
+        """Per-frame random RGB channel permutation; a quarter of the frames grey."""
+        n = image.shape[0]
+        perm = torch.argsort(torch.rand(n, 3, device=image.device), dim=1)
+        out = torch.gather(image, 1, perm.view(n, 3, 1, 1).expand_as(image))
+        grey = torch.rand(n, device=image.device) < 0.25
+        return torch.where(grey.view(n, 1, 1, 1), out.mean(1, keepdim=True).expand_as(out), out)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        image = self.augment(batch["image"])
+        if self.hparams.colour_scramble:
+            image = self._scramble(image)
+        a = self.model.encode_audio(batch["audio"])
+        v = self.model.encode_image(image)
+        loss, logs = self.contrastive_loss(a, v, batch.get("label"), batch.get("track"))
+        b = a.shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=b)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, on_step=True, on_epoch=False, batch_size=b)
+        self.log("train/temperature", 1.0 / self.logit_scale.detach(), on_step=True, on_epoch=False, batch_size=b)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        net = self.model
+        audio_params = [p for p in net.audio_encoder.parameters() if p.requires_grad]
+        audio_ids = {id(p) for p in audio_params}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in audio_ids]
+        groups = [{"params": rest}]
+        if audio_params:
+            scale = self.hparams.finetune_lr_scale if self.encoder_mode == "finetune" else 1.0
+            groups.append({"params": audio_params, "lr": self.optimizer_config.lr * scale})
+        o = self.optimizer_config
+        opt = torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        if self.hparams.lr_schedule == "constant":
+            return opt
+        total = self._trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
+        if not math.isfinite(total) or total <= 0:
+            warnings.warn("lr_schedule='cosine' needs a trainer with max_epochs or max_steps; using a constant rate",
+                          stacklevel=2)  # fmt: skip
+            return opt
+        cosine = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
+
+    # ------------------------------------------------------------------ validation
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        a = self.model.encode_audio(batch["audio"])
+        v = self.model.encode_image(batch["image"])
+        loss, _ = self.contrastive_loss(a, v, batch.get("label"), batch.get("track"))
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=a.shape[0])
+        store = {"audio": a, "image": v, "label": batch["label"], "index": batch["index"]}
+        if self._val_masks is not None:
+            store["heatmap"] = self.model.heatmap(batch["audio"], batch["image"]).half()
+        for k, x in store.items():
+            self._val.setdefault(k, []).append(x.detach())
+
+    def _collect(self) -> dict[str, Tensor]:
+        parts = {k: torch.cat(v) for k, v in self._val.items()}
+        self._val = {}
+        if self.trainer.world_size > 1:
+            # DistributedSampler pads with repeats: gather everything, keep each index once
+            n = self.all_gather(torch.tensor(parts["index"].shape[0], device=self.device)).max()
+            gathered = {}
+            for k, x in parts.items():
+                pad = int(n) - x.shape[0]
+                if pad:
+                    fill = -1 if k == "index" else 0
+                    x = torch.cat([x, x.new_full((pad, *x.shape[1:]), fill)])
+                gathered[k] = self.all_gather(x).flatten(0, 1)
+            parts = gathered
+        # first occurrence of every item, in split order (so rows line up with the split's tensors)
+        first: dict[int, int] = {}
+        for pos, i in enumerate(parts["index"].tolist()):
+            if i >= 0:
+                first.setdefault(i, pos)
+        sel = torch.tensor([first[i] for i in sorted(first)], dtype=torch.long)
+        return {k: x.cpu()[sel] for k, x in parts.items()}
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        parts = self._collect()
+        if self.trainer.sanity_checking:
+            return
+        scores = self.model.scores(parts["audio"].float(), parts["image"].float())
+        report = cross_modal_report(scores, parts["label"])
+        logs = {}
+        for direction in ("a2i", "i2a"):
+            for rel in ("class", "instance"):
+                m = report[direction][rel]
+                for key in ("R@1", "R@5", "R@10", "median_rank", "MRR", "mAP"):
+                    logs[f"val/{direction}_{rel}_{key}"] = float(m[key])
+        if self._val_masks is not None and "heatmap" in parts:
+            loc = localization_report(parts["heatmap"].float(), self._val_masks[parts["index"]])
+            logs.update({f"val/loc_{k}": float(loc[k]) for k in ("ap", "miou", "pointing")})
+        # every rank holds the gathered embeddings, so all log the same values
+        self.log_dict(logs)
+        self._log_heatmaps()
+
+    @torch.no_grad()
+    def _log_heatmaps(self) -> None:
+        if not self.hparams.log_heatmaps or self._fixed is None or self.global_rank != 0:
+            return
+        writer = tensorboard_writer(self)
+        if writer is None:
+            return
+        from cmav.retrieval.heatmap import heatmap_sheet, to_uint8_frame
+
+        f = self._fixed
+        heat = self.model.heatmap(f["audio"].to(self.device), f["image"].to(self.device)).cpu()
+        frames = [to_uint8_frame(x) for x in f["image"]]
+        masks = self._val_masks[f["index"]] if self._val_masks is not None else None
+        sheet = heatmap_sheet(frames, {self.kind: list(heat)}, f["names"], masks=masks)
+        writer.add_image("heatmaps/val", np.asarray(sheet), self.global_step, dataformats="HWC")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Audio and image embeddings of the batch, with labels and item indices."""
+        a, v = self.embed(batch["audio"], batch["image"])
+        return {"audio": a, "image": v, "label": batch["label"], "index": batch["index"]}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        enc = self.model.audio_encoder
+        checkpoint["cmav_retrieval"] = {
+            "audio_encoder": {
+                "config": plain(self.audio_encoder_config),
+                "n_classes": enc.n_classes,
+                "input_shape": list(enc.input_shape),
+            },
+        }
+
+
+def load_retrieval(path: str | Path) -> RetrievalTask:
+    """Rebuild a :class:`RetrievalTask` (CPU, eval mode) from its checkpoint, without the data or the
+    sound-classifier checkpoint (the audio encoder's architecture is stored in it).
+    ``trained_encoder_mode`` records the mode it was trained with."""
+    ckpt = _load_checkpoint(path)
+    hp = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    arch = ckpt.get("cmav_retrieval", {}).get("audio_encoder")
+    if not hp or arch is None:
+        raise ValueError(f"{path}: not a RetrievalTask checkpoint")
+    trained_mode = hp.get("encoder_mode", "scratch")
+    hp.update(encoder_mode="scratch", audio_encoder_ckpt=None, audio_encoder=arch["config"],
+              input_shape=arch["input_shape"], n_classes=arch["n_classes"])  # fmt: skip
+    with own_hyperparameters():
+        task = RetrievalTask(**hp)
+    task.load_state_dict(ckpt["state_dict"])
+    task.trained_encoder_mode = trained_mode
+    return task.eval()
+
+
+__all__ = [
+    "DenseConfig",
+    "HeadConfig",
+    "ImageEncoderConfig",
+    "RetrievalTask",
+    "TemperatureConfig",
+    "load_retrieval",
+]

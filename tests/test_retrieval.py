@@ -1,0 +1,528 @@
+"""Retrieval and grounding: InfoNCE, dense aggregation, metrics, masks, index/search, evaluation (tiny, CPU)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from sklearn.metrics import average_precision_score
+
+from cmav.cli.main import main as cmav_main
+from cmav.data import AudioVisualDataModule
+from cmav.data.image_io import load_frame
+from cmav.data.instruments import INSTRUMENTS
+from cmav.data.masks import MasksMissing, load_mask, load_split_masks
+from cmav.metrics.localization import (
+    average_precision,
+    centre_prior,
+    localization_report,
+    per_image_iou,
+    pointing_hits,
+)
+from cmav.metrics.retrieval import chance_levels, cross_modal_report, retrieval_metrics
+from cmav.models import AudioEncoder, ImageEncoder
+from cmav.models.retrieval import (
+    DenseAVModel,
+    GlobalAVModel,
+    aggregate_volume,
+    dense_scores,
+    disentanglement_loss,
+    similarity_volume,
+    symmetric_info_nce,
+    volume_to_location_map,
+)
+from cmav.retrieval.index import EmbeddingIndex, exact_topk, faiss_available, faiss_topk
+from cmav.retrieval.search import search
+from cmav.tasks.retrieval import RetrievalTask, load_retrieval
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_AUDIO = {"n_blocks": 3, "base_channels": 8, "dropout": 0.0}
+TINY_IMAGE = {"n_blocks": 3, "base_channels": 8, "dropout": 0.0}
+SIZE = 32
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*smaller than the logging interval.*"),
+    pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
+    pytest.mark.filterwarnings("ignore:.*localisation metrics skipped.*"),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread avoids OpenMP wait-spinning on a busy second core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- InfoNCE and dense aggregation
+
+
+def test_info_nce_is_lower_on_matched_than_on_shuffled_pairs():
+    g = torch.Generator().manual_seed(0)
+    a = F.normalize(torch.randn(16, 32, generator=g), dim=1)
+    v = F.normalize(a + 0.3 * torch.randn(16, 32, generator=g), dim=1)
+    shuffled = v[torch.roll(torch.arange(16), 1)]
+    matched_loss = symmetric_info_nce(10 * a @ v.T, 10 * v @ a.T)
+    shuffled_loss = symmetric_info_nce(10 * a @ shuffled.T, 10 * shuffled @ a.T)
+    assert matched_loss < shuffled_loss - 1.0
+
+    # the task's loss (dense model, its own temperature and aggregation) says the same
+    task = RetrievalTask(architecture="dense", input_shape=[1, 128, 44], image_size=SIZE, audio_encoder=TINY_AUDIO,
+                         image_encoder=TINY_IMAGE, dense={"n_heads": 2})  # fmt: skip
+    at = F.normalize(torch.randn(8, 2, 3, 16, generator=g), dim=-1)
+    noise = 0.2 * torch.randn(8, 2, 5, 16, generator=g)
+    vt = F.normalize(at.mean(2, keepdim=True).expand(-1, -1, 5, -1) + noise, dim=-1)
+    matched, _ = task.contrastive_loss(at, vt)
+    shuffled_t, _ = task.contrastive_loss(at, vt[torch.roll(torch.arange(8), 1)])
+    assert matched < shuffled_t
+
+
+def test_gathered_info_nce_over_processes_equals_the_full_batch_loss():
+    """What DDP does: each rank scores its B queries against all W*B keys, positive at rank*B + i."""
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(8, 8, generator=g)
+    full = symmetric_info_nce(s, s.T)
+    per_rank = [symmetric_info_nce(s[r * 4 : (r + 1) * 4], s.T[r * 4 : (r + 1) * 4], offset=r * 4) for r in (0, 1)]
+    assert torch.allclose(sum(per_rank) / 2, full)
+
+
+def test_ignored_negatives_leave_the_positive_and_drop_same_class_keys():
+    task = RetrievalTask(input_shape=[1, 128, 44], image_size=SIZE, audio_encoder=TINY_AUDIO, image_encoder=TINY_IMAGE,
+                         ignore_negatives="same_class")  # fmt: skip
+    a = F.normalize(torch.randn(4, 8), dim=1)
+    labels = torch.tensor([0, 0, 1, 1])
+    # with the same-class partner ignored, each row competes only with the 2 other-class keys
+    loss, _ = task.contrastive_loss(a, a, labels, torch.zeros(4, dtype=torch.long))
+    scale = task.logit_scale
+    s = scale * (a @ a.T)
+    keep = labels.view(-1, 1) != labels.view(1, -1)
+    keep |= torch.eye(4, dtype=torch.bool)
+    manual = F.cross_entropy(s.masked_fill(~keep, float("-inf")), torch.arange(4))
+    assert torch.allclose(loss, manual, atol=1e-5)
+    loss.backward()  # masked logits must not poison the temperature's gradient
+    assert torch.isfinite(task.log_logit_scale.grad)
+
+
+def test_temperature_is_learnable_and_clamped():
+    task = RetrievalTask(input_shape=[1, 128, 44], image_size=SIZE, audio_encoder=TINY_AUDIO, image_encoder=TINY_IMAGE,
+                         temperature={"init": 0.07, "min": 0.05})  # fmt: skip
+    assert task.log_logit_scale.requires_grad
+    assert torch.isclose(task.logit_scale, torch.tensor(1 / 0.07))
+    with torch.no_grad():
+        task.log_logit_scale.fill_(10.0)
+    assert torch.isclose(task.logit_scale, torch.tensor(1 / 0.05))
+
+
+def test_aggregation_of_a_hand_built_similarity_volume():
+    # (Na=1, Ni=1, K=2 heads, T=2 audio tokens, L=3 image locations)
+    vol = torch.tensor([[[[[0.1, 0.5, -0.2], [0.3, 0.0, 0.2]],
+                          [[0.4, -0.1, 0.0], [0.9, 0.1, 0.6]]]]])  # fmt: skip
+    # max over heads and locations: t0 -> 0.5, t1 -> 0.9; mean over time -> 0.7
+    assert torch.allclose(aggregate_volume(vol), torch.tensor([[0.7]]))
+    # per location: max over heads [0.4, 0.5, 0.0] and [0.9, 0.1, 0.6], mean over time
+    assert torch.allclose(volume_to_location_map(vol), torch.tensor([[[0.65, 0.3, 0.3]]]))
+    # mean |s1 * s2| = (0.04 + 0.05 + 0 + 0.27 + 0 + 0.12) / 6
+    assert torch.isclose(disentanglement_loss(vol), torch.tensor(0.48 / 6))
+    assert disentanglement_loss(vol[:, :, :1]) == 0
+
+    # the volume itself from hand-made tokens: audio (1, K=1, T=2, D=2), image (1, K=1, L=3, D=2)
+    audio = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    image = torch.tensor([[[[0.5, 0.5], [1.0, 0.0], [0.0, -1.0]]]])
+    v = similarity_volume(audio, image)
+    assert torch.allclose(v, torch.tensor([[[[[0.5, 1.0, 0.0], [0.5, 0.0, -1.0]]]]]))
+    assert torch.allclose(aggregate_volume(v), torch.tensor([[0.75]]))  # mean(1.0, 0.5)
+
+
+def test_chunked_dense_scores_equal_the_full_volume():
+    g = torch.Generator().manual_seed(2)
+    a = F.normalize(torch.randn(7, 2, 3, 8, generator=g), dim=-1)
+    v = F.normalize(torch.randn(5, 2, 4, 8, generator=g), dim=-1)
+    full = aggregate_volume(similarity_volume(a, v))
+    assert torch.allclose(dense_scores(a, v, max_elements=50), full)
+    assert full.shape == (7, 5)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_heatmap_has_the_frames_shape(size):
+    lms, frames = torch.randn(3, 1, 128, 44), torch.rand(3, 3, size, size) * 2 - 1
+    for model in (
+        GlobalAVModel(AudioEncoder(n_blocks=3, base_channels=8), ImageEncoder((3, size, size), base_channels=8)),
+        DenseAVModel(AudioEncoder(n_blocks=3, base_channels=8), ImageEncoder((3, size, size), base_channels=8),
+                     n_heads=2, audio_freq="keep", image_block=-2),
+    ):  # fmt: skip
+        model.eval()
+        heat = model.heatmap(lms, frames)
+        assert heat.shape == (3, size, size) and torch.isfinite(heat).all()
+        assert model.location_map(lms, frames).shape == (3, *model.map_shape)
+
+
+# ---------------------------------------------------------------- retrieval metrics
+
+
+def test_recall_mrr_map_median_rank_on_a_toy_ranking():
+    scores = torch.tensor([[0.9, 0.1, 0.8, 0.3, 0.2],
+                           [0.1, 0.2, 0.3, 0.4, 0.5]])  # fmt: skip
+    relevant = torch.tensor([[0, 0, 1, 1, 0],
+                             [0, 0, 0, 0, 1]], dtype=torch.bool)  # fmt: skip
+    m = retrieval_metrics(scores, relevant, ks=(1, 2, 5))
+    # query 0: ranking 0, 2, 3, 4, 1 -> relevant at ranks 2 and 3; query 1: relevant at rank 1
+    assert m["R@1"] == 0.5 and m["R@2"] == 1.0 and m["R@5"] == 1.0
+    assert m["median_rank"] == 1.5
+    assert m["MRR"] == pytest.approx((1 / 2 + 1) / 2)
+    assert m["mAP"] == pytest.approx(((1 / 2 + 2 / 3) / 2 + 1) / 2)
+    assert m["n_queries"] == 2
+
+
+def test_ties_are_broken_against_the_model():
+    m = retrieval_metrics(torch.zeros(1, 4), torch.tensor([[True, False, False, False]]))
+    assert m["R@1"] == 0.0 and m["median_rank"] == 4.0
+
+
+def test_chance_levels_equal_the_mean_over_every_ranking():
+    n, r = 5, 2
+    relevant = torch.tensor([[True] * r + [False] * (n - r)])
+    sums: dict[str, float] = {}
+    perms = list(itertools.permutations(range(n)))
+    for p in perms:
+        m = retrieval_metrics(torch.tensor([p], dtype=torch.float32), relevant, ks=(1, 3))
+        for key in ("R@1", "R@3", "MRR", "mAP"):
+            sums[key] = sums.get(key, 0.0) + m[key] / len(perms)
+    chance = chance_levels(n, [r], ks=(1, 3))
+    for key, value in sums.items():
+        assert chance[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_cross_modal_report_of_a_perfect_score_matrix():
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    r = cross_modal_report(torch.eye(5) + 0.5 * (labels.view(-1, 1) == labels.view(1, -1)).float(), labels)
+    for direction in ("a2i", "i2a"):
+        for rel in ("class", "instance"):
+            assert r[direction][rel]["R@1"] == 1.0 and r[direction][rel]["mAP"] == 1.0
+    assert r["a2i"]["instance"]["chance"]["R@1"] == pytest.approx(1 / 5)
+
+
+# ---------------------------------------------------------------- localisation metrics
+
+
+def test_localisation_metrics_on_hand_made_maps():
+    heat = torch.tensor([[0.9, 0.1], [0.8, 0.2]])
+    mask = torch.tensor([[True, False], [False, True]])
+    # ranking 0.9 (in), 0.8 (out), 0.2 (in), 0.1 (out): AP = (1/1 + 2/3) / 2
+    assert average_precision(heat, mask) == pytest.approx((1 + 2 / 3) / 2)
+    assert pointing_hits(heat[None], mask[None]).item() == 1.0
+    # normalised: 1, 0, 0.875, 0.125 -> {(0,0), (1,0)} vs mask {(0,0), (1,1)}: IoU 1/3
+    assert per_image_iou(heat[None], mask[None]).item() == pytest.approx(1 / 3)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        h = torch.randint(0, 4, (6, 6), generator=g).float()  # ties on purpose
+        m = torch.rand(6, 6, generator=g) > 0.6
+        expected = average_precision_score(m.flatten().numpy(), h.flatten().numpy())
+        assert average_precision(h, m) == pytest.approx(expected)
+    r = localization_report(torch.stack([heat, heat]), torch.stack([mask, torch.zeros_like(mask)]))
+    assert r["n"] == 1 and r["n_empty_masks"] == 1
+    prior = centre_prior(9)
+    assert prior.shape == (9, 9) and prior.argmax() == 40  # the centre pixel
+
+
+# ---------------------------------------------------------------- masks on disk
+
+
+def test_mask_gets_the_same_crop_and_resize_as_its_frame(tmp_path):
+    w, h = 120, 80  # landscape like real frames: the central 80x80 square is kept
+    frame = np.full((h, w, 3), 128, np.uint8)
+    mask = np.zeros((h, w), bool)
+    mask[20:60, 50:70] = True
+    frame[mask] = (255, 0, 0)
+    Image.fromarray(frame).save(tmp_path / "f.png")
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    f = load_frame(tmp_path / "f.png", 32)
+    m = load_mask(tmp_path / "m.png", 32)
+    red = (f[..., 0] > 190) & (f[..., 1] < 80)
+    assert m.shape == (32, 32) and m.sum() > 0
+    assert (red & m).sum() / (red | m).sum() > 0.85
+
+
+def test_missing_masks_are_reported_not_crashed(tmp_path):
+    with pytest.raises(MasksMissing, match="real Sub-URMP has none"):
+        load_split_masks(tmp_path, "validation", ["violin01_500"], list(INSTRUMENTS), [12], 32)
+    (tmp_path / "mask" / "validation").mkdir(parents=True)
+    with pytest.raises(MasksMissing, match="1 of 1 pairs have no mask"):
+        load_split_masks(tmp_path, "validation", ["violin01_500"], list(INSTRUMENTS), [12], 32)
+
+
+@pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="needs fluidsynth + fluid-soundfont-gm")
+def test_standin_builder_writes_masks_and_adds_them_to_older_builds(tmp_path):
+    from cmav.standin.build import TrackJob, build_track
+    from cmav.standin.render import DEFAULT_SOUNDFONT
+
+    if not DEFAULT_SOUNDFONT.is_file():
+        pytest.skip("needs fluid-soundfont-gm")
+    job = TrackJob(str(tmp_path), "validation", "violin", 6, 2, 0, str(DEFAULT_SOUNDFONT), 64, 90)
+    build_track(job)
+    masks = sorted((tmp_path / "mask/validation/violin").glob("*.png"))
+    assert [p.stem for p in masks] == [p.stem for p in sorted((tmp_path / "img/validation/violin").glob("*.jpg"))]
+    with Image.open(masks[0]) as img:
+        assert img.mode == "1" and img.size == (64, 64)
+        m = np.asarray(img.convert("L")) > 0
+    assert 0 < m.mean() < 0.5  # an instrument, not the whole frame
+    first = [p.read_bytes() for p in masks]
+
+    # a track finished by the older builder (no masks, marker without "masks"): masks only
+    for p in masks:
+        p.unlink()
+    job.marker.write_text(json.dumps({"chunks": 2}))
+    others = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.suffix in (".wav", ".jpg")}
+    build_track(job)
+    assert [p.read_bytes() for p in sorted((tmp_path / "mask/validation/violin").glob("*.png"))] == first
+    assert {p: p.stat().st_mtime_ns for p in others} == others
+    assert json.loads(job.marker.read_text())["masks"] is True
+
+
+# ---------------------------------------------------------------- tiny trained models
+
+
+def make_unique_pairs(root: Path, with_masks: bool = True) -> Path:
+    """Sub-URMP layout, one pair per class and split: a class-specific tone over noise and a
+    textured frame with a class-coloured square at a class-specific place (and its mask). The
+    validation pair of a class repeats its training pair, so the test is whether the model
+    learnt the pairs, not whether 13 items generalise."""
+    for label, name in enumerate(INSTRUMENTS):
+        rng = np.random.default_rng(label)
+        colour = tuple(int(c) for c in rng.integers(30, 255, 3))
+        y, x = 4 + (label % 4) * 12, 4 + (label // 4) * 11
+        # texture and noise: constant pixels / bare sines leave BatchNorm channels without variance
+        img = rng.integers(40, 140, (64, 64, 3)).astype(np.uint8)
+        mask = np.zeros((64, 64), bool)
+        mask[y : y + 14, x : x + 14] = True
+        img[mask] = colour
+        t = np.arange(22050) / 44100
+        wave = 0.2 * np.sin(2 * np.pi * 180.0 * 1.25 ** (label / 2) * t) + 0.02 * rng.standard_normal(22050)
+        for split, track in (("train", 0), ("validation", 1)):
+            stem = f"{name}{track:02d}_500"
+            (root / "chunk" / split / name).mkdir(parents=True, exist_ok=True)
+            sf.write(str(root / "chunk" / split / name / f"{stem}.wav"), wave, 44100, subtype="PCM_16")
+            (root / "img" / split / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(root / "img" / split / name / f"{stem}.jpg", quality=95)
+            if with_masks:
+                (root / "mask" / split / name).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(mask).save(root / "mask" / split / name / f"{stem}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """A global and a dense model trained on the unique-pairs fixture, and their checkpoints."""
+    base = tmp_path_factory.mktemp("retrieval")
+    root = make_unique_pairs(base / "data")
+    out = {"root": root, "base": base}
+    for arch in ("global", "dense"):
+        L.seed_everything(0, verbose=False)
+        dm = AudioVisualDataModule(str(root), image_size=SIZE, batch_size=13, cache_dir=str(base / "cache"),
+                                   progress=False)  # fmt: skip
+        task = RetrievalTask(architecture=arch, image_size=SIZE, audio_encoder=TINY_AUDIO, image_encoder=TINY_IMAGE,
+                             head={"embed_dim": 32, "hidden_dim": 64}, optimizer={"lr": 3e-3, "betas": (0.9, 0.999)},
+                             log_heatmaps=False)  # fmt: skip
+        trainer = L.Trainer(accelerator="cpu", max_epochs=150, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                            check_val_every_n_epoch=150)  # fmt: skip
+        trainer.fit(task, dm)
+        path = base / f"{arch}.ckpt"
+        trainer.save_checkpoint(path)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        out[arch] = {"task": task.eval(), "ckpt": path, "metrics": metrics}
+    return out
+
+
+def test_tiny_models_learn_the_pairs(trained):
+    for arch in ("global", "dense"):
+        m = trained[arch]["metrics"]
+        assert m["val/a2i_class_R@1"] == 1.0 and m["val/i2a_class_R@1"] == 1.0, (arch, m)
+        assert "val/loc_ap" in m  # the fixture has masks: localisation is scored during validation
+
+
+def test_checkpoint_rebuilds_the_model_without_data(trained):
+    task = trained["dense"]["task"]
+    loaded = load_retrieval(trained["dense"]["ckpt"])
+    assert loaded.kind == "dense" and loaded.trained_encoder_mode == "scratch"
+    lms, frames = torch.randn(2, 1, 128, 44), torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    assert torch.allclose(loaded.embed(lms, frames)[0], task.embed(lms, frames)[0], atol=1e-6)
+
+
+def test_search_returns_the_paired_item_first(trained, tmp_path, capsys):
+    root = trained["root"]
+    index_path = tmp_path / "index.pt"
+    assert cmav_main(["index", "build", "--ckpt", str(trained["global"]["ckpt"]), str(root), "-o", str(index_path),
+                      "--cache-dir", str(trained["base"] / "cache")]) == 0  # fmt: skip
+    index = EmbeddingIndex.load(index_path)
+    assert len(index) == 13 and index.kind == "global" and index.audio.dtype == torch.float16
+    for name in INSTRUMENTS:
+        stem = f"{name}01_500"
+        out = search(index_path, audio=root / "chunk/validation" / name / f"{stem}.wav", k=3, output=None)
+        assert out.hits[0].stem == stem, (stem, [(h.stem, h.score) for h in out.hits])
+        assert out.hits[0].score >= out.hits[1].score
+    capsys.readouterr()
+    frame = root / "img/validation/violin/violin01_500.jpg"
+    sheet = tmp_path / "sheet.png"
+    assert cmav_main(["search", "--index", str(index_path), "--image", str(frame), "-k", "4", "-o", str(sheet)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[2].split()[3] == "violin01_500"  # rank 1 of the printed table
+    assert sheet.is_file() and Image.open(sheet).size[0] > 4 * 128
+
+    # an audio query's sheet has a second row of heatmaps; the dense index searches exactly too
+    dense_index = tmp_path / "dense.pt"
+    assert cmav_main(["index", "build", "--ckpt", str(trained["dense"]["ckpt"]), str(root), "-o", str(dense_index),
+                      "--cache-dir", str(trained["base"] / "cache")]) == 0  # fmt: skip
+    capsys.readouterr()
+    wav = root / "chunk/validation/tuba/tuba01_500.wav"
+    assert cmav_main(["search", "--index", str(dense_index), "--audio", str(wav), "-k", "2", "-o", str(sheet)]) == 0
+    assert capsys.readouterr().out.splitlines()[2].split()[3] == "tuba01_500"
+
+
+def test_exact_topk_agrees_with_faiss_and_full_sort():
+    g = torch.Generator().manual_seed(4)
+    gallery = F.normalize(torch.randn(300, 16, generator=g), dim=1)
+    query = F.normalize(torch.randn(5, 16, generator=g), dim=1)
+    scores, idx = exact_topk("global", query, gallery, 7, chunk=64)  # several chunks
+    full = torch.topk(query @ gallery.T, 7, dim=1)
+    assert torch.equal(idx, full.indices) and torch.allclose(scores, full.values)
+    if faiss_available():
+        f_scores, f_idx = faiss_topk(query, gallery, 7, "Flat")
+        assert torch.equal(f_idx, idx) and torch.allclose(f_scores, scores, atol=1e-5)
+
+
+def test_evaluation_tables_heatmaps_and_targets(trained, tmp_path):
+    from cmav.evaluation.retrieval import evaluate_retrieval
+
+    ckpts = [str(trained["dense"]["ckpt"]), str(trained["global"]["ckpt"])]
+    r = evaluate_retrieval(ckpts, root=trained["root"], out_dir=tmp_path, cache_dir=str(trained["base"] / "cache"))
+    names = list(r["models"])
+    assert [r["models"][n]["kind"] for n in names] == ["dense", "global"]
+    for n in names:
+        assert r["models"][n]["retrieval"]["a2i"]["class"]["R@1"] == 1.0
+        loc = r["models"][n]["localization"]
+        assert 0.0 <= loc["ap"] <= 1.0 and loc["n"] == 13
+    assert set(r["localization_baselines"]) == {"centre prior", "mean train mask"}
+    assert any("localisation AP > centre prior" in k for k in r["targets"])
+    report = (tmp_path / "report.md").read_text()
+    assert "| audio→image | class |" in report and "centre prior" in report
+    assert json.loads((tmp_path / "metrics.json").read_text())["n"] == 13
+    assert Image.open(tmp_path / "heatmaps.png").size[1] > 13 * 128
+    assert len(list((tmp_path / "heatmaps").glob("*.png"))) == 26
+
+
+def test_evaluation_without_masks_skips_localisation_with_a_note(trained, tmp_path):
+    from cmav.evaluation.retrieval import evaluate_retrieval
+
+    root = make_unique_pairs(tmp_path / "nomask", with_masks=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = evaluate_retrieval([str(trained["global"]["ckpt"])], root=root, out_dir=tmp_path / "out",
+                               cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    m = next(iter(r["models"].values()))
+    assert m["localization"] is None and "no instrument masks" in r["localization_note"]
+    assert m["retrieval"]["a2i"]["class"]["R@1"] == 1.0
+    assert "no instrument masks" in (tmp_path / "out" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------- configs, CLI, DDP
+
+
+@pytest.mark.parametrize("name", ["retrieval_global", "retrieval_dense"])
+def test_experiment_configs_parse(name, capsys, monkeypatch):
+    import yaml
+
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+    with pytest.raises(SystemExit) as exc:
+        cmav_main(["fit", "--config", str(REPO / "experiments" / f"{name}.yaml"), "--print_config"])
+    assert exc.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    args = printed["model"]["init_args"]
+    assert args["architecture"] == name.split("_")[1] and printed["data"]["root"] == "data/default"
+    # the YAML spells out the option groups, and they are the Python defaults
+    import inspect
+
+    from cmav.tasks.common import plain
+
+    raw = yaml.safe_load((REPO / "experiments" / f"{name}.yaml").read_text())["model"]["init_args"]
+    defaults = inspect.signature(RetrievalTask).parameters
+    groups = ["audio_encoder", "image_encoder", "head", "temperature", "optimizer", "augment", "lr_schedule",
+              "ignore_negatives", "colour_scramble", "finetune_lr_scale", "encoder_mode"]  # fmt: skip
+    for group in groups + (["dense"] if name.endswith("dense") else []):
+        assert raw[group] == plain(defaults[group].default), group
+
+
+def test_ddp_gathers_negatives_from_both_processes(trained, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "ddp_retrieval_script.py"), str(trained["root"]),
+         str(trained["base"] / "cache"), str(tmp_path)],
+        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert lines[0][0] == lines[1][0]  # same weights: gradients were all-reduced
+    # each rank's 4 queries were scored against the 8 keys of both ranks, positives at rank*4 + i
+    assert lines[0][1:] == ["4x8", "offset0"] and lines[1][1:] == ["4x8", "offset4"]
+
+
+def test_audio_encoder_from_the_sound_classifier_frozen_or_finetuned(tmp_path):
+    from cmav.tasks import ClassifierTask
+    from cmav.tasks.retrieval import ImageEncoderConfig
+
+    clf = ClassifierTask(modality="audio", class_names=list(INSTRUMENTS), input_shape=[1, 128, 44],
+                         audio_encoder=TINY_AUDIO)  # fmt: skip
+    path = tmp_path / "clf.ckpt"
+    torch.save({"hyper_parameters": dict(clf.hparams), "state_dict": clf.state_dict()}, path)
+    with pytest.raises(ValueError, match="needs audio_encoder_ckpt"):
+        RetrievalTask(encoder_mode="frozen")
+    frozen = RetrievalTask(encoder_mode="frozen", audio_encoder_ckpt=str(path), image_size=SIZE,
+                           image_encoder=TINY_IMAGE, lr_schedule="constant")  # fmt: skip
+    enc = frozen.model.audio_encoder
+    assert torch.equal(enc.blocks[0][0].weight, clf.model.blocks[0][0].weight)
+    assert not any(p.requires_grad for p in enc.parameters())
+    frozen.train()
+    assert not enc.training and frozen.model.image_encoder.training  # BatchNorm statistics stay the classifier's
+    opt_params = {id(p) for g in frozen.configure_optimizers().param_groups for p in g["params"]}
+    assert opt_params.isdisjoint({id(p) for p in enc.parameters()})
+
+    tuned = RetrievalTask(encoder_mode="finetune", audio_encoder_ckpt=str(path), image_size=SIZE,
+                          image_encoder=TINY_IMAGE, lr_schedule="constant", finetune_lr_scale=0.1)  # fmt: skip
+    groups = tuned.configure_optimizers().param_groups
+    assert [g["lr"] for g in groups] == [1e-3, 1e-4]
+    trained_audio = {id(p) for p in tuned.model.audio_encoder.parameters() if p.requires_grad}
+    assert {id(p) for p in groups[1]["params"]} == trained_audio
+
+    # its checkpoint rebuilds without the classifier's, with the classifier's weights
+    import lightning as _L
+
+    trainer = _L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)  # fmt: skip
+    trainer.strategy.connect(frozen)
+    trainer.save_checkpoint(tmp_path / "frozen.ckpt")
+    path.unlink()
+    loaded = load_retrieval(tmp_path / "frozen.ckpt")
+    assert loaded.trained_encoder_mode == "frozen"
+    assert torch.equal(loaded.model.audio_encoder.blocks[0][0].weight, clf.model.blocks[0][0].weight)
+
+    # the option group repeats the ImageEncoder's defaults
+    import dataclasses
+    import inspect
+
+    params = inspect.signature(ImageEncoder).parameters
+    for f in dataclasses.fields(ImageEncoderConfig):
+        assert f.default == params[f.name].default, f.name
