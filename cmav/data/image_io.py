@@ -31,10 +31,15 @@ def load_frame(path: str | Path, size: int) -> np.ndarray:
             img.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(path, f"not a readable image ({exc})") from exc
+    return np.asarray(centre_square(img, size, Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def centre_square(img: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    """The central square of ``img``, resized to ``size`` x ``size``: how every frame (and its mask) is framed."""
     w, h = img.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
     img = img.crop((left, top, left + s, top + s))
     if s != size:
-        img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
-    return np.asarray(img, dtype=np.uint8)
+        img = img.resize((size, size), resample, reducing_gap=2.0)
+    return img

@@ -19,6 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from cmav.data.errors import DataError
+from cmav.data.image_io import centre_square
 
 MASK_DIR = "mask"
 
@@ -43,14 +44,8 @@ def load_mask(path: str | Path, size: int) -> np.ndarray:
             img.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(path, f"not a readable mask image ({exc})") from exc
-    w, h = img.size
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    img = img.crop((left, top, left + s, top + s))
-    if s != size:
-        # area-weighted coverage of each output pixel (binary masks do not survive bicubic ringing)
-        img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.asarray(img) >= 128
+    # bilinear: area-weighted coverage of each output pixel (binary masks do not survive bicubic ringing)
+    return np.asarray(centre_square(img, size, Image.Resampling.BILINEAR)) >= 128
 
 
 def load_split_masks(root: str | Path, split: str, stems: Sequence[str], class_names: Sequence[str],

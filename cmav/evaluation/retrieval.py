@@ -21,7 +21,6 @@ validation item per class: frame | mask | each model's heatmap | centre prior), 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from torch import Tensor
 
 from cmav.metrics.localization import centre_prior, format_localization_table, localization_report, mean_mask_prior
 from cmav.metrics.retrieval import cross_modal_report, format_retrieval_table
+from cmav.metrics.serialise import json_safe
 
 TARGET_CLASS_R1 = 0.9
 
@@ -97,16 +97,6 @@ def _masks(dm, split: str, tensors, size: int) -> tuple[Tensor | None, str | Non
         return load_split_masks(dm.root, split, tensors.stems, tensors.class_names, tensors.labels, size), None
     except MasksMissing as exc:
         return None, f"localisation skipped: {exc}"
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
 
 
 @torch.no_grad()
@@ -194,12 +184,12 @@ def evaluate_retrieval(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(_clean(result), indent=2))
+        (out / "metrics.json").write_text(json.dumps(json_safe(result), indent=2))
         (out / "report.md").write_text(format_report(result))
         _write_heatmaps(out, datamodule, val, tasks, names, masks, baselines, display_size, split)
         result["paths"] = {"metrics": str(out / "metrics.json"), "report": str(out / "report.md"),
                            "heatmaps": str(out / "heatmaps.png")}  # fmt: skip
-    return _clean(result)
+    return json_safe(result)
 
 
 def _targets(result: dict) -> dict:

@@ -19,7 +19,6 @@ pass a "perfect" or a constant generator this way).
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ from cmav.metrics import (
     judged_accuracy,
     plot_confusion_matrix,
 )
+from cmav.metrics.serialise import json_safe
 
 GeneratorFn = Callable[[Tensor, Tensor], Tensor]
 FID_LABEL = "judge-feature FID, not Inception FID"
@@ -95,16 +95,6 @@ def _subset_per_class(labels: Tensor, n_classes: int, per_class: int) -> Tensor:
         take = torch.linspace(0, len(idx) - 1, min(per_class, len(idx))).round().long().unique()
         rows.append(idx[take])
     return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
 
 
 @torch.no_grad()
@@ -207,8 +197,8 @@ def evaluate_s2i(
         result["judged"]["confusion"] = gen_report.confusion.tolist()
         result["judge_on_real"]["confusion"] = real_report.confusion.tolist()
         result["class_names"] = names
-        (out / "metrics.json").write_text(json.dumps(_clean(result), indent=2))
-    return _clean(result)
+        (out / "metrics.json").write_text(json.dumps(json_safe(result), indent=2))
+    return json_safe(result)
 
 
 def _player_consistency(fn: GeneratorFn, z_dim: int, datamodule, player_judge: Any, seed: int, batch_size: int):

@@ -27,6 +27,7 @@ from cmav.human_eval.analysis import CI_METHOD, analyze
 from cmav.human_eval.errors import HumanEvalError
 from cmav.human_eval.ratings import RatingsSet, load_ratings
 from cmav.human_eval.study import Manifest, load_manifest, verify_images
+from cmav.metrics.serialise import json_safe
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#~!])")
 
@@ -63,17 +64,7 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str
         w = csv.writer(f)
         w.writerow(columns)
         for r in rows:
-            w.writerow([csv_text(_clean(r.get(c))) if r.get(c) is not None else "" for c in columns])
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
+            w.writerow([csv_text(json_safe(r.get(c))) if r.get(c) is not None else "" for c in columns])
 
 
 def plot_scores(result: dict[str, Any], manifest: Manifest, path: Path) -> Path:
@@ -252,7 +243,7 @@ def run_analysis(study: str | Path, ratings_paths: Iterable[str | Path], out: st
     if result["n_raters_kept"]:
         paths["scores_png"] = plot_scores(result, manifest, out / "scores.png")
     write_markdown(paths["report_md"], manifest, ratings, result, rater_rows, warnings_)
-    paths["report_json"].write_text(json.dumps(_clean({**result, "raters": rater_rows}), indent=2, ensure_ascii=False),
+    paths["report_json"].write_text(json.dumps(json_safe({**result, "raters": rater_rows}), indent=2, ensure_ascii=False),
                                     encoding="utf-8")  # fmt: skip
     return result, paths
 

@@ -31,10 +31,11 @@ class AdamConfig:
 
 
 @dataclass(frozen=True)
-class AudioEncoderConfig:
-    """:class:`cmav.models.AudioEncoder` options (input shape and class count come from the data).
+class EncoderConfig:
+    """:class:`cmav.models.AudioEncoder` / :class:`cmav.models.ImageEncoder` options (input shape and
+    class count come from the data).
 
-    Defaults mirror the model's own (a test keeps them in step): 128-d feature as in the paper.
+    Defaults mirror the models' own (a test keeps them in step): 128-d feature as in the paper.
     """
 
     n_blocks: int = 4
@@ -46,6 +47,11 @@ class AudioEncoderConfig:
     negative_slope: float = 0.2
     input_norm: bool = True
     global_pool: str = "avg"
+
+
+# The two encoders share one design (cmav.models.encoders.ConvEncoder), so one option set.
+AudioEncoderConfig = EncoderConfig
+ImageEncoderConfig = EncoderConfig
 
 
 @dataclass(frozen=True)
@@ -166,8 +172,10 @@ def datamodule_of(module):
 __all__ = [
     "AdamConfig",
     "AudioEncoderConfig",
+    "EncoderConfig",
     "ImageAugment",
     "ImageAugmentConfig",
+    "ImageEncoderConfig",
     "ImageJudgeConfig",
     "coerce",
     "datamodule_of",

@@ -48,6 +48,7 @@ from cmav.tasks.common import (
     AudioEncoderConfig,
     ImageAugment,
     ImageAugmentConfig,
+    ImageEncoderConfig,
     coerce,
     datamodule_of,
     plain,
@@ -57,22 +58,6 @@ from cmav.tasks.common import (
 Architecture = Literal["global", "dense"]
 EncoderMode = Literal["frozen", "finetune", "scratch"]
 IgnoreNegatives = Literal["none", "same_track", "same_class"]
-
-
-@dataclass(frozen=True)
-class ImageEncoderConfig:
-    """:class:`cmav.models.ImageEncoder` options (input size comes from the data). Its class head
-    is never used here."""
-
-    n_blocks: int = 4
-    base_channels: int = 32
-    max_channels: int = 512
-    feature_dim: int = 128
-    dropout: float = 0.3
-    activation: str = "leaky_relu"
-    negative_slope: float = 0.2
-    input_norm: bool = True
-    global_pool: str = "avg"
 
 
 @dataclass(frozen=True)
