@@ -3,10 +3,14 @@ VENV := .venv
 DATA := data/default
 OUT := outputs
 
-.PHONY: install demo test
+.PHONY: install install-test demo test
 
 install:
 	bash scripts/install.sh
+
+# install + Debian's chromium and chromedriver, which the rating-page tests drive through Selenium
+install-test:
+	bash scripts/install.sh --test
 
 # The main job on the built-in default data, sized for a CPU (about 4 minutes on 2 cores):
 # build the stand-in, check and cache it, train the sound classifier, train S2I-C briefly on its
@@ -22,5 +26,5 @@ demo: install
 	$(VENV)/bin/cmav generate --ckpt runs/s2i_c/checkpoints/last.ckpt \
 		--audio $(DATA)/chunk/validation/violin/violin06_2000.wav -n 8 -o $(OUT)/s2i_c_violin06.png
 
-test: install
+test: install-test
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile

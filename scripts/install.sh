@@ -2,19 +2,48 @@
 # Install cmav on a fresh Debian/Ubuntu machine: the Debian packages the stand-in data builder
 # needs (FluidSynth and the General MIDI soundfont) and a Python virtual environment in .venv
 # with cmav and its pinned dependencies (plus the test tools). Safe to run again: it skips what
-# is already in place.
+# is already in place. With --test it also installs chromium and chromium-driver for the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# --test (or CMAV_INSTALL_TEST=1): also the browser the rating page's tests drive (`make test`).
+with_test=${CMAV_INSTALL_TEST:-0}
+for arg in "$@"; do
+  case "$arg" in
+    --test) with_test=1 ;;
+    *) echo "usage: $0 [--test]" >&2; exit 2 ;;
+  esac
+done
+
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+# apt-get install, with apt-get update first only where a package has no candidate yet (or the
+# install fails on stale package lists)
+apt_install() {
+  echo "installing Debian packages: $*"
+  local updated=0 p
+  for p in "$@"; do
+    case "$(apt-cache policy "$p" 2>/dev/null)" in
+      *"Candidate: (none)"* | "") $sudo apt-get update -qq; updated=1; break ;;
+    esac
+  done
+  if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null; then
+    [ "$updated" -eq 1 ] && return 1
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  fi
+}
 
 need=()
 command -v fluidsynth >/dev/null 2>&1 || need+=(fluidsynth)
 [ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || need+=(fluid-soundfont-gm)
+if [ "$with_test" = 1 ]; then
+  # Debian's chromium and its chromedriver: Selenium drives the human-evaluation page with them
+  [ -x /usr/bin/chromium ] || need+=(chromium)
+  [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+fi
 if [ ${#need[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  echo "installing Debian packages: ${need[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  apt_install "${need[@]}"
 fi
 
 python=${PYTHON:-python3}

@@ -30,7 +30,6 @@ from cmav.human_eval.study import DEFAULT_QUESTIONS, Question, load_questions, s
 SIZE = 32
 EVIL = "<img src=x onerror=alert(1)>"
 NODE = shutil.which("node")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -240,106 +239,165 @@ def test_print_sheet_and_csv_template_follow_the_paper_order(study):
     assert all(v == {"match": 2, "realism": 3} for v in loaded.sheets[1].answers.values())
 
 
-# A minimal DOM for the page's script: enough to click through it in node.
-HARNESS = r"""
-const fs = require("fs"), vm = require("vm");
-const [page, storeFile, plan] = [process.argv[1], process.argv[2], JSON.parse(process.argv[3])];
-const html = fs.readFileSync(page, "utf8");
-const dataText = html.match(/<script type="application\/json" id="study-data">([\s\S]*?)<\/script>/)[1];
-const code = html.match(/<script>([\s\S]*?)<\/script>/)[1];
-const store = fs.existsSync(storeFile) ? JSON.parse(fs.readFileSync(storeFile, "utf8")) : {};
-class Node_ { constructor(t) { this._t = t; } get textContent() { return this._t; } }
-class El {
-  constructor(tag) { this.tagName = tag.toUpperCase(); this.children = []; this.listeners = {}; this.hidden = false;
-    this._text = ""; this.value = ""; this.disabled = false; this.checked = false; this.className = ""; }
-  set textContent(v) { this._text = String(v); this.children = []; }
-  get textContent() { return this._text + this.children.map(c => c.textContent).join(""); }
-  append(...xs) { for (const x of xs) this.children.push(typeof x === "string" ? new Node_(x) : x); }
-  addEventListener(t, f) { (this.listeners[t] = this.listeners[t] || []).push(f); }
-  fire(t) { for (const f of this.listeners[t] || []) f({ preventDefault() {}, target: this }); }
-  click() { this.fire("click"); }
-  remove() {}
-  setAttribute() {}
-  all(tag) { let out = []; for (const c of this.children) if (c instanceof El) { if (c.tagName === tag) out.push(c); out = out.concat(c.all(tag)); } return out; }
-}
-const byId = {}, downloads = [], docListeners = {};
-const studyData = new El("script"); studyData.textContent = dataText;
-const document = {
-  getElementById(id) { if (id === "study-data") return studyData; return byId[id] = byId[id] || new El("div"); },
-  createElement(t) { const e = new El(t); if (t === "a") e.click = function () { downloads.push({ name: this.download, blob: this.href }); }; return e; },
-  createTextNode(t) { return new Node_(t); },
-  addEventListener(t, f) { (docListeners[t] = docListeners[t] || []).push(f); },
-  body: new El("body"), title: "",
-};
-const localStorage = { getItem: k => (k in store ? store[k] : null), setItem: (k, v) => { store[k] = String(v); } };
-const blobs = [];
-const sandbox = { document, window: { localStorage, location: { search: "", hash: "" }, scrollTo() {} },
-  Blob: class { constructor(parts, o) { this.text = parts.join(""); this.type = o.type; } },
-  URL: { createObjectURL: b => { blobs.push(b.text); return blobs.length - 1; }, revokeObjectURL() {} },
-  Image: class {}, TextEncoder, URLSearchParams, setTimeout: () => 0, console, JSON, Map, Array, Number, String, Object, Date, Math };
-vm.runInNewContext(code, sandbox);
-const $ = id => document.getElementById(id);
-const report = { startHidden: $("start").hidden, prefilled: $("rater-id").value, resumeNote: $("resume-note").textContent };
-if (plan.rater !== undefined) { $("rater-id").value = plan.rater; $("start-form").fire("submit"); }
-report.rateHidden = $("rate").hidden; report.startError = $("start-error").textContent;
-report.restored = $("restored").textContent;
-for (let k = 0; k < plan.answer; k++) {
-  for (const fs_ of $("questions").all("FIELDSET")) {
-    const inputs = fs_.all("INPUT");
-    const pick = inputs[plan.values[fs_ === $("questions").all("FIELDSET")[0] ? 0 : 1] - 1];
-    pick.checked = true; pick.fire("change");
-  }
-  report.label = $("questions").all("LEGEND")[0].textContent;
-  $("next").click();
-}
-report.finishDisabled = $("finish").disabled;
-$("finish").click();  // also when disabled: the handler itself must refuse
-report.doneHidden = $("done").hidden;
-if (!report.doneHidden) { $("dl-json").click(); $("dl-csv").click(); }
-report.downloads = downloads.map(d => ({ name: d.name, text: blobs[d.blob] }));
-report.position = $("position").textContent;
-fs.writeFileSync(storeFile, JSON.stringify(store));
-console.log(JSON.stringify(report));
-"""
+# A real browser: Debian's chromium driven by Selenium through Debian's chromedriver (both installed
+# by `make test`, i.e. scripts/install.sh --test). Never Selenium Manager: it would download a driver.
+CHROMIUM_BIN = "/usr/bin/chromium"
+CHROMEDRIVER_BIN = "/usr/bin/chromedriver"
 
 
-def _run_page(study: Path, store: Path, plan: dict) -> dict:
-    out = subprocess.run([NODE, "-e", HARNESS, str(study / "index.html"), str(store), json.dumps(plan)],
-                         capture_output=True, text=True)  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+@pytest.fixture()
+def browser(tmp_path):
+    """A headless chromium whose downloads land in ``tmp_path / "downloads"`` (``driver.download_dir``)."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+    from selenium.webdriver.chrome.service import Service
+
+    for path in (CHROMIUM_BIN, CHROMEDRIVER_BIN):
+        if not Path(path).is_file():
+            pytest.skip(f"{path} is missing: `make test` (scripts/install.sh --test) installs Debian's "
+                        "chromium and chromium-driver")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM_BIN
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,1200"):  # fmt: skip
+        options.add_argument(arg)
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})  # fmt: skip
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER_BIN), options=options)
+    driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    driver.download_dir = downloads
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
-@pytest.mark.skipif(NODE is None, reason="node is not installed")
-def test_page_keeps_answers_over_a_reload_blocks_submit_and_exports_valid_ratings(study, tmp_path):
+def _wait(predicate, what: str, timeout: float = 20.0):
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _shown(driver, element_id: str) -> bool:
+    return driver.find_element("id", element_id).is_displayed()
+
+
+def _current_item(driver) -> str:
+    src = driver.find_element("id", "image").get_attribute("src")
+    return re.search(r"images/([0-9a-f]{8})\.png$", src).group(1)
+
+
+def _answer_here(driver, values: list[int]) -> None:
+    """Click, as a rater does, the point ``values[k]`` of the k-th question of the shown image."""
+    fieldsets = driver.find_elements("css selector", "#questions fieldset")
+    assert len(fieldsets) == len(values)
+    for fs, v in zip(fieldsets, values):
+        fs.find_element("xpath", f".//input[@type='radio' and @value='{v}']/..").click()  # the label, as a mouse would
+        assert fs.find_element("css selector", f"input[value='{v}']").is_selected()
+
+
+def test_a_rater_rates_in_a_real_browser_reloads_exports_and_the_export_is_analysed(study, browser, tmp_path, capsys):
+    from cmav.cli.main import main
+
     m = load_manifest(study)
-    store = tmp_path / "localStorage.json"
-    first = _run_page(study, store, {"rater": "", "answer": 0, "values": [1, 1]})
-    assert not first["startHidden"] and first["rateHidden"] and "rater id" in first["startError"]
-    # a rater answers 5 images, then the page is closed
-    part = _run_page(study, store, {"rater": "  alice ", "answer": 5, "values": [2, 4]})
-    assert not part["rateHidden"] and part["finishDisabled"] and part["doneHidden"]  # submit is blocked
-    assert part["downloads"] == [] and "5 answered" in part["position"]
-    key = f"cmav-human-eval/{m.study_id}/rater/alice"
-    saved = json.loads(json.loads(store.read_text())[key])
-    assert saved["order"] == rater_order(m.study_id, "alice", m.item_ids) and len(saved["answers"]) == 5
-    # reload: the id is offered again, the 5 answers come back, the rest gets answered
-    rest = _run_page(study, store, {"rater": "alice", "answer": len(m.items) - 5, "values": [2, 4]})
-    assert rest["prefilled"] == "alice" and "alice" in rest["resumeNote"]
-    assert "5 answer(s) were restored" in rest["restored"]
-    assert not rest["finishDisabled"] and not rest["doneHidden"]
-    names = [d["name"] for d in rest["downloads"]]
-    assert names == [f"ratings_{m.study_id}_alice.json", f"ratings_{m.study_id}_alice.csv"]
-    exported = json.loads(rest["downloads"][0]["text"])
-    assert exported["study_id"] == m.study_id and exported["rater_id"] == "alice"
-    assert [r["item"] for r in exported["ratings"]] == rater_order(m.study_id, "alice", m.item_ids)
-    assert all(r["answers"] == {"match": 2, "realism": 4} for r in exported["ratings"])
-    # both exports pass the analysis' validation as they are
-    (tmp_path / "a.json").write_text(rest["downloads"][0]["text"])
-    (tmp_path / "b.csv").write_text(rest["downloads"][1]["text"].replace("alice", "alice2"))
-    loaded = load_ratings([tmp_path / "a.json", tmp_path / "b.csv"], m)
-    assert loaded.problems == [] and [s.rater_id for s in loaded.sheets] == ["alice", "alice2"]
-    assert loaded.sheets[0].answers == loaded.sheets[1].answers
+    driver, n = browser, len(m.items)
+    by_id = {i.id: i for i in m.items}
+    # what this rater answers: match by method (checks: 1, so the rater is kept), realism 4 for real, 2 otherwise
+    want_match = {"real": 5, "s2i_c": 3, "s2i_n": 2, "flat": 4}
+
+    def values(item_id: str) -> list[int]:
+        it = by_id[item_id]
+        return [1, 3] if it.check else [want_match[it.method], 4 if it.method == "real" else 2]
+
+    driver.get((study / "index.html").as_uri())
+    assert _shown(driver, "start") and not _shown(driver, "rate")
+    assert driver.find_element("id", "count").text == str(n)
+    assert driver.execute_script("return raterOrder(arguments[0], ' alice ', arguments[1]);", m.study_id,
+                                 m.item_ids) == rater_order(m.study_id, "alice", m.item_ids)  # fmt: skip
+    driver.find_element("css selector", "#start-form button[type=submit]").click()  # no id yet: refused
+    assert "rater id" in driver.find_element("id", "start-error").text and not _shown(driver, "rate")
+    driver.find_element("id", "rater-id").send_keys("  alice ")
+    driver.find_element("css selector", "#start-form button[type=submit]").click()
+    _wait(lambda: _shown(driver, "rate"), "the rating view")
+    assert driver.find_element("id", "rater-name").text == "alice"
+
+    # answer about half the images, moving on with "Next" as a rater does
+    half = n // 2
+    seen = []
+    for _ in range(half):
+        item = _current_item(driver)
+        seen.append(item)
+        legend = driver.find_element("css selector", "#questions legend").text
+        assert by_id[item].label in legend  # the question names the item's label
+        _answer_here(driver, values(item))
+        driver.find_element("id", "next").click()
+    assert seen == rater_order(m.study_id, "alice", m.item_ids)[:half]  # the page's order is Python's
+    assert f"{half} answered, {n - half} to go" in driver.find_element("id", "position").text
+    finish = driver.find_element("id", "finish")
+    assert not finish.is_enabled()  # submit is blocked while images are unanswered
+    driver.execute_script("arguments[0].disabled = false; arguments[0].click();", finish)  # forced: still refused
+    assert not _shown(driver, "done") and "answer every question" in driver.find_element("id", "finish-hint").text
+
+    # reload: the id is offered again, Start restores every answer
+    driver.refresh()
+    _wait(lambda: _shown(driver, "start"), "the start view after a reload")
+    assert driver.find_element("id", "rater-id").get_attribute("value") == "alice"
+    assert "alice" in driver.find_element("id", "resume-note").text
+    driver.find_element("css selector", "#start-form button[type=submit]").click()
+    _wait(lambda: _shown(driver, "rate"), "the rating view after a reload")
+    assert f"{half} answer(s) were restored" in driver.find_element("id", "restored").text
+    assert f"{half} answered" in driver.find_element("id", "position").text
+    assert _current_item(driver) == rater_order(m.study_id, "alice", m.item_ids)[half]  # back where the rater was
+    for k in range(half - 1, -1, -1):  # walk back: each image shows the points clicked before the reload
+        driver.find_element("id", "prev").click()
+        assert _current_item(driver) == seen[k]
+        for fs, v in zip(driver.find_elements("css selector", "#questions fieldset"), values(seen[k])):
+            checked = [i.get_attribute("value") for i in fs.find_elements("css selector", "input") if i.is_selected()]
+            assert checked == [str(v)]
+
+    # the rest: "First unanswered" jumps there; submit unlocks only after the last answer
+    while True:
+        jump = driver.find_element("id", "jump")
+        if not jump.is_displayed():
+            break
+        assert not driver.find_element("id", "finish").is_enabled()
+        jump.click()
+        _answer_here(driver, values(_current_item(driver)))
+    assert f"{n} answered, 0 to go" in driver.find_element("id", "position").text
+    driver.find_element("id", "finish").click()
+    _wait(lambda: _shown(driver, "done"), "the thank-you view")
+    driver.find_element("id", "dl-json").click()
+    name = f"ratings_{m.study_id}_alice.json"
+    exported = _wait(lambda: (driver.download_dir / name).is_file() and (driver.download_dir / name), name)
+    text = _wait(lambda: exported.read_text() if exported.stat().st_size else "", "the download to finish")
+    assert json.loads(text) == json.loads(driver.find_element("id", "export-json").get_attribute("value"))
+    driver.find_element("id", "dl-csv").click()
+    csv_file = _wait(lambda: next(driver.download_dir.glob("*.csv"), None), "the CSV download")
+
+    # the downloaded file goes to `cmav human-eval analyze` as it is
+    obj = json.loads(text)
+    assert obj["rater_id"] == "alice"
+    assert [r["item"] for r in obj["ratings"]] == rater_order(m.study_id, "alice", m.item_ids)
+    assert all(r["answers"] == dict(zip(["match", "realism"], values(r["item"]))) for r in obj["ratings"])
+    second = tmp_path / "bob.csv"  # a second rater (the CSV export, renamed) so agreement has two raters
+    second.write_text(_wait(lambda: csv_file.read_text(), "the CSV text").replace('"alice"', '"bob"'))
+    out = tmp_path / "report"
+    assert main(["human-eval", "analyze", str(study), str(exported), str(second), "-o", str(out)]) == 0
+    capsys.readouterr()
+    result = json.loads((out / "report.json").read_text())
+    assert result["n_raters_valid"] == 2 and result["n_raters_kept"] == 2 and result["problems"] == []
+    rows = {(r["method"], r["question"]): r for r in result["summary"]}
+    for method, v in want_match.items():
+        assert rows[(method, "match")]["mean"] == v and rows[(method, "match")]["sd"] == 0
+        assert rows[(method, "realism")]["mean"] == (4 if method == "real" else 2)
+    assert "alice" in (out / "report.md").read_text()
 
 
 # ---------------------------------------------------------------------- escaping
@@ -379,18 +437,28 @@ def test_labels_titles_and_rater_ids_are_text_never_markup(evil_study):
     assert not any(c in p.name for p in (evil_study / "paper").iterdir() for c in "<>= ")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium to render the page")
-def test_a_browser_shows_markup_labels_as_text(evil_study):
+def test_a_browser_shows_markup_labels_and_rater_ids_as_text(evil_study, browser):
+    from selenium.common.exceptions import NoAlertPresentException
+
+    m = load_manifest(evil_study)
+    driver = browser
     url = (evil_study / "index.html").as_uri() + "?rater=" + "%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E"
-    run = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                          "--virtual-time-budget=3000", "--dump-dom", url], capture_output=True, text=True,
-                         timeout=90)  # fmt: skip
-    dom = run.stdout
-    if run.returncode != 0 or "<html" not in dom:
-        pytest.skip(f"chromium cannot render pages on this machine (exit {run.returncode})")
-    assert 'id="rate"' in dom and "Image 1 of" in dom  # the script ran and shows the first image
-    assert html.escape(EVIL, quote=False) in dom  # rater id (and labels) as text
-    assert "<img src=\"x\"" not in dom and "onerror=\"alert" not in dom
+    driver.get(url)  # ?rater= starts at once, with the markup as the rater id
+    _wait(lambda: _shown(driver, "rate"), "the rating view")
+    assert driver.find_element("id", "rater-name").text == EVIL  # shown as text
+    assert driver.title.startswith("</script><script>alert(1)</script>")
+    assert driver.find_element("id", "title").text == m.title
+    labels = set()
+    for _ in range(len(m.items)):
+        labels.add(driver.find_element("css selector", "#questions legend strong.label").text)
+        driver.find_element("id", "next").click()
+    assert EVIL in labels  # the markup label, as text
+    # nothing was parsed as markup: no injected element, and no alert ever fired
+    assert driver.find_elements("css selector", "[onerror]") == []
+    assert [e.get_attribute("id") for e in driver.find_elements("tag name", "img")] == ["image"]  # only the page's own
+    assert len(driver.find_elements("tag name", "script")) == 2  # the data block and the code block
+    with pytest.raises(NoAlertPresentException):
+        driver.switch_to.alert.text
 
 
 def test_report_escapes_rater_ids_labels_and_method_names(evil_study, tmp_path):
