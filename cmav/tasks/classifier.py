@@ -130,13 +130,7 @@ class ClassifierTask(L.LightningModule):
         h = self.hparams
         n_out = len(h.players) if h.target == "track" else len(h.class_names)
         if h.modality == "audio":
-            c = self.audio_encoder_config
-            self.model = AudioEncoder(
-                input_shape=tuple(h.input_shape), n_blocks=c.n_blocks, base_channels=c.base_channels,
-                max_channels=c.max_channels, feature_dim=c.feature_dim, n_classes=n_out, dropout=c.dropout,
-                activation=c.activation, negative_slope=c.negative_slope, input_norm=c.input_norm,
-                global_pool=c.global_pool,
-            )  # fmt: skip
+            self.model = self.audio_encoder_config.build(AudioEncoder, h.input_shape, n_out)
         else:
             c = self.image_judge_config
             self.model = ImageJudge(
@@ -347,16 +341,23 @@ def load_classifier(path: str | Path) -> ClassifierTask:
     return task.eval()
 
 
-def load_audio_encoder(path: str | Path) -> AudioEncoder:
-    """The :class:`AudioEncoder` of a sound-classifier checkpoint (``modality='audio', target='label'``)."""
+def load_sound_classifier(path: str | Path, user: str = "this") -> ClassifierTask:
+    """A sound-classifier checkpoint (``modality='audio', target='label'``): where every branch's
+    pretrained :class:`AudioEncoder` comes from. ``user`` names the branch in the error."""
     task = load_classifier(path)
     if task.hparams.modality != "audio" or task.hparams.target != "label":
         raise ValueError(
-            f"{path}: a {task.hparams.modality}/{task.hparams.target} classifier; the S2I encoder must come "
+            f"{path}: a {task.hparams.modality}/{task.hparams.target} classifier; the {user} encoder must come "
             "from the sound classifier (modality='audio', target='label')"
         )
     assert isinstance(task.model, AudioEncoder)
-    return task.model
+    return task
 
 
-__all__ = ["ClassifierTask", "load_audio_encoder", "load_classifier", "own_hyperparameters", "player_names"]
+def load_audio_encoder(path: str | Path) -> AudioEncoder:
+    """The :class:`AudioEncoder` of a sound-classifier checkpoint (``modality='audio', target='label'``)."""
+    return load_sound_classifier(path).model  # type: ignore[return-value]
+
+
+__all__ = ["ClassifierTask", "load_audio_encoder", "load_classifier", "load_sound_classifier", "own_hyperparameters",
+           "player_names"]  # fmt: skip

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 T = TypeVar("T")
+E = TypeVar("E", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,11 @@ class EncoderConfig:
     negative_slope: float = 0.2
     input_norm: bool = True
     global_pool: str = "avg"
+
+
+    def build(self, cls: type[E], input_shape: Sequence[int], n_classes: int) -> E:
+        """An encoder of class ``cls`` (:class:`AudioEncoder` or :class:`ImageEncoder`) with these options."""
+        return cls(input_shape=tuple(input_shape), n_classes=n_classes, **dataclasses.asdict(self))
 
 
 # The two encoders share one design (cmav.models.encoders.ConvEncoder), so one option set.

@@ -42,7 +42,7 @@ from cmav.models.retrieval import (
     similarity_volume,
     symmetric_info_nce,
 )
-from cmav.tasks.classifier import _load_checkpoint, load_classifier, own_hyperparameters
+from cmav.tasks.classifier import _load_checkpoint, load_sound_classifier, own_hyperparameters
 from cmav.tasks.common import (
     AdamConfig,
     AudioEncoderConfig,
@@ -94,24 +94,6 @@ class TemperatureConfig:
     init: float = 0.07
     learnable: bool = True
     min: float = 0.01
-
-
-def build_image_encoder(config: ImageEncoderConfig, image_size: int, n_classes: int) -> ImageEncoder:
-    c = config
-    return ImageEncoder(
-        input_shape=(3, image_size, image_size), n_blocks=c.n_blocks, base_channels=c.base_channels,
-        max_channels=c.max_channels, feature_dim=c.feature_dim, n_classes=n_classes, dropout=c.dropout,
-        activation=c.activation, negative_slope=c.negative_slope, input_norm=c.input_norm, global_pool=c.global_pool,
-    )  # fmt: skip
-
-
-def build_audio_encoder(config: AudioEncoderConfig, n_classes: int, input_shape) -> AudioEncoder:
-    c = config
-    return AudioEncoder(
-        input_shape=tuple(input_shape), n_blocks=c.n_blocks, base_channels=c.base_channels,
-        max_channels=c.max_channels, feature_dim=c.feature_dim, n_classes=n_classes, dropout=c.dropout,
-        activation=c.activation, negative_slope=c.negative_slope, input_norm=c.input_norm, global_pool=c.global_pool,
-    )  # fmt: skip
 
 
 class RetrievalTask(L.LightningModule):
@@ -211,15 +193,9 @@ class RetrievalTask(L.LightningModule):
         self.audio_encoder_config = coerce(AudioEncoderConfig, audio_encoder)
         pretrained: AudioEncoder | None = None
         if encoder_mode != "scratch":
-            clf = load_classifier(audio_encoder_ckpt)  # type: ignore[arg-type]
-            if clf.hparams.modality != "audio" or clf.hparams.target != "label":
-                raise ValueError(
-                    f"{audio_encoder_ckpt}: a {clf.hparams.modality}/{clf.hparams.target} classifier; the audio "
-                    "encoder must come from the sound classifier (modality='audio', target='label')"
-                )
+            clf = load_sound_classifier(audio_encoder_ckpt, "retrieval")  # type: ignore[arg-type]
             self.audio_encoder_config = clf.audio_encoder_config
-            assert isinstance(clf.model, AudioEncoder)
-            pretrained = clf.model
+            pretrained = clf.model  # type: ignore[assignment]
         self.net: GlobalAVModel | DenseAVModel | None = None
         if pretrained is not None or input_shape is not None:
             self._build(pretrained)
@@ -237,11 +213,11 @@ class RetrievalTask(L.LightningModule):
             audio = pretrained
             h.input_shape = list(audio.input_shape)
         else:
-            audio = build_audio_encoder(self.audio_encoder_config, h.n_classes, h.input_shape)
+            audio = self.audio_encoder_config.build(AudioEncoder, h.input_shape, h.n_classes)
         if self.encoder_mode == "frozen":
             audio.requires_grad_(False)
             audio.eval()
-        image = build_image_encoder(self.image_encoder_config, h.image_size, h.n_classes)
+        image = self.image_encoder_config.build(ImageEncoder, (3, h.image_size, h.image_size), h.n_classes)
         c, d = self.head_config, self.dense_config
         if h.architecture == "global":
             self.net = GlobalAVModel(audio, image, c.embed_dim, c.hidden_dim, c.layers)

@@ -41,7 +41,7 @@ from cmav.models import (
     ExponentialMovingAverage,
     PairAwareDiscriminator,
 )
-from cmav.tasks.classifier import _load_checkpoint, load_classifier, own_hyperparameters
+from cmav.tasks.classifier import _load_checkpoint, load_sound_classifier, own_hyperparameters
 from cmav.tasks.common import (
     AdamConfig,
     AudioEncoderConfig,
@@ -145,16 +145,6 @@ def generator_adversarial_loss(logit_fake: Tensor) -> Tensor:
 def ema_decay_at(iteration: int, max_decay: float) -> float:
     """EMA decay ramped up from 0.1 so early averages are not dominated by the random init."""
     return min(max_decay, (1.0 + iteration) / (10.0 + iteration))
-
-
-def build_audio_encoder(config: AudioEncoderConfig, n_classes: int, input_shape=(1, 128, 44)) -> AudioEncoder:
-    """An :class:`AudioEncoder` from its option group."""
-    c = config
-    return AudioEncoder(
-        input_shape=tuple(input_shape), n_blocks=c.n_blocks, base_channels=c.base_channels,
-        max_channels=c.max_channels, feature_dim=c.feature_dim, n_classes=n_classes, dropout=c.dropout,
-        activation=c.activation, negative_slope=c.negative_slope, input_norm=c.input_norm, global_pool=c.global_pool,
-    )  # fmt: skip
 
 
 def lms_to_audio(lms_db: Tensor, features, n_iter: int = 32) -> Tensor:
@@ -273,14 +263,9 @@ class S2ITask(L.LightningModule):
 
         if encoder_mode == "scratch":
             self.encoder_config = coerce(AudioEncoderConfig, encoder)
-            audio_encoder = build_audio_encoder(self.encoder_config, n_classes)
+            audio_encoder = self.encoder_config.build(AudioEncoder, (1, 128, 44), n_classes)
         else:
-            clf = load_classifier(audio_encoder_ckpt)  # type: ignore[arg-type]
-            if clf.hparams.modality != "audio" or clf.hparams.target != "label":
-                raise ValueError(
-                    f"{audio_encoder_ckpt}: a {clf.hparams.modality}/{clf.hparams.target} classifier; the S2I "
-                    "encoder must come from the sound classifier (modality='audio', target='label')"
-                )
+            clf = load_sound_classifier(audio_encoder_ckpt, "S2I")  # type: ignore[arg-type]
             self.encoder_config = clf.audio_encoder_config
             audio_encoder = clf.model  # type: ignore[assignment]
         assert isinstance(audio_encoder, AudioEncoder)
