@@ -12,9 +12,13 @@ from cmav.data.instruments import INSTRUMENTS
 
 
 def write_wav(path: Path, seconds: float = 0.5, rate: int = 44100, channels: int = 2, freq: float = 440.0,
-              amplitude: float = 0.3) -> Path:  # fmt: skip
+              amplitude: float = 0.3, noise: float = 0.0) -> Path:  # fmt: skip
+    """A sine (plus white noise of RMS ``noise``, seeded by the file name: a recording-like floor)."""
     t = np.arange(int(round(seconds * rate))) / rate
     mono = amplitude * np.sin(2 * np.pi * freq * t)
+    if noise > 0:
+        rng = np.random.default_rng(sum(path.name.encode()))
+        mono = mono + noise * rng.standard_normal(mono.shape)
     data = np.stack([mono] * channels, axis=1) if channels > 1 else mono
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), data, rate, subtype="PCM_16")
@@ -52,7 +56,7 @@ def make_paired(root: Path, classes: tuple[str, ...] = ("dog", "drum"), per_clas
 
 
 def make_suburmp_tracks(root: Path, tracks: tuple[int, ...] = (0, 1), chunks: int = 2, val_track: int = 9,
-                        single_track: tuple[str, ...] = ()) -> Path:  # fmt: skip
+                        single_track: tuple[str, ...] = (), noise: float = 0.0) -> Path:  # fmt: skip
     """Sub-URMP layout with several train tracks (players) per class; ``single_track`` classes get only
     the first. Audio pitch and image colour depend on the class; the track shifts the colour a little
     so players differ."""
@@ -61,11 +65,11 @@ def make_suburmp_tracks(root: Path, tracks: tuple[int, ...] = (0, 1), chunks: in
         for track in tracks[:1] if name in single_track else tracks:
             for k in range(chunks):
                 stem = f"{name}{track:02d}_{500 + 100 * k}"
-                write_wav(root / "chunk" / "train" / name / f"{stem}.wav", freq=freq)
+                write_wav(root / "chunk" / "train" / name / f"{stem}.wav", freq=freq, noise=noise)
                 write_jpg(root / "img" / "train" / name / f"{stem}.jpg",
                           colour=(20 * label, 255 - 15 * label, 40 + 60 * track))  # fmt: skip
         for k in range(chunks):
             stem = f"{name}{val_track:02d}_{500 + 100 * k}"
-            write_wav(root / "chunk" / "validation" / name / f"{stem}.wav", freq=freq)
+            write_wav(root / "chunk" / "validation" / name / f"{stem}.wav", freq=freq, noise=noise)
             write_jpg(root / "img" / "validation" / name / f"{stem}.jpg", colour=(20 * label, 255 - 15 * label, 90))
     return root

@@ -209,6 +209,8 @@ def s2i(variant: str, mode: str, ckpt: str | None, **kw) -> S2ITask:
     kw.setdefault("sample_every_n_steps", 0)
     kw.setdefault("discriminator", TINY_D)
     kw.setdefault("image_size", 32)
+    if mode == "scratch":  # built now, so the test can snapshot its weights (else built from the data at setup)
+        kw.setdefault("audio_shape", [1, 128, 44])
     return S2ITask(variant=variant, encoder_mode=mode, audio_encoder_ckpt=ckpt, generator=TINY_G,
                    encoder=TINY_ENC, **kw)  # fmt: skip
 

@@ -16,12 +16,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--root", default=None, help="data set folder (overrides the YAML's data.root)")
     a.set_defaults(func=_ablate)
 
-    g = sub.add_parser("generate", help="generate images from a wav with a trained S2I checkpoint")
-    g.add_argument("--ckpt", required=True, help="S2ITask checkpoint")
-    g.add_argument("--audio", required=True, help="audio file (0.5 s; a longer clip is cut to its first 0.5 s)")
-    g.add_argument("-n", type=int, default=4, help="images to draw (different noise) (default: %(default)s)")
+    g = sub.add_parser("generate", help="images from a sound (S2I checkpoint) or sound from a frame (I2S checkpoint)")
+    g.add_argument("--ckpt", required=True, help="S2ITask or I2STask checkpoint (the kind is read from it)")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--audio", help="S2I: audio file (0.5 s; a longer clip is cut to its first 0.5 s)")
+    src.add_argument("--image", help="I2S: a frame (jpg/png; its centre square is used)")
+    g.add_argument("-n", type=int, default=None, help="samples to draw with different noise (default: 4 images, 1 wav)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("-o", "--output", default="generated.png", help="png (a grid when n > 1)")
+    g.add_argument("-o", "--output", default=None,
+                   help="S2I: png (a grid when n > 1; default generated.png); I2S: wav (<stem>_<k>.wav when n > 1; "
+                   "default generated.wav)")  # fmt: skip
     g.set_defaults(func=_generate)
 
     b = sub.add_parser("bench", help="time a training step (images/s): Lightning path vs bare PyTorch loop")
@@ -63,12 +67,19 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from cmav.evaluation.generate import generate_from_wav
+    from cmav.evaluation.generate import generate_from_image, generate_from_wav
 
-    path, notes = generate_from_wav(args.ckpt, args.audio, n=args.n, seed=args.seed, output=args.output)
+    if args.image is not None:
+        paths, notes = generate_from_image(args.ckpt, args.image, n=args.n or 1, seed=args.seed,
+                                           output=args.output or "generated.wav")  # fmt: skip
+    else:
+        path, notes = generate_from_wav(args.ckpt, args.audio, n=args.n or 4, seed=args.seed,
+                                        output=args.output or "generated.png")  # fmt: skip
+        paths = [path]
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"wrote {path}")
+    for path in paths:
+        print(f"wrote {path}")
     return 0
 
 

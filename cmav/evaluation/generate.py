@@ -1,10 +1,12 @@
-"""``cmav generate``: images from a sound file with a trained S2I checkpoint.
+"""``cmav generate``: images from a sound file (S2I checkpoint), sound from a frame (I2S checkpoint).
 
 The clip is read with :func:`cmav.data.audio_io.load_chunk` under the checkpoint's chunk spec
 (mono, resampled to the chunk rate). A clip longer than one chunk (0.5 s) is cut to its FIRST
 chunk, with a note; a clip too short is refused (``DataError``), as in the data sets. The LMS uses
 the front-end config the model was trained with (the datamodule hyper-parameters stored in the
-checkpoint; the default LMS front end when the checkpoint has none).
+checkpoint; the default LMS front end when the checkpoint has none). A frame is read like the data
+sets' (centre square, resized to the model's image size); the generated LMS is turned into sound
+with the inverse mel scale and Griffin-Lim and written as a wav at the front end's rate.
 """
 
 from __future__ import annotations
@@ -60,6 +62,20 @@ def wav_to_features(path: str | Path, features: FrontEndConfig, spec: ChunkSpec)
     return lms, notes
 
 
+CHECKPOINT_KINDS = {"cmav_s2i": "s2i", "cmav_i2s": "i2s"}
+
+
+def checkpoint_kind(ckpt: str | Path) -> str:
+    """``'s2i'`` or ``'i2s'``: what a generator checkpoint is (ValueError naming the file otherwise)."""
+    from cmav.tasks.classifier import _load_checkpoint
+
+    data = _load_checkpoint(ckpt)
+    for key, kind in CHECKPOINT_KINDS.items():
+        if key in data:
+            return kind
+    raise ValueError(f"{ckpt}: not a generator checkpoint (S2I or I2S); `cmav generate` cannot use it")
+
+
 @torch.no_grad()
 def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int = 0,
                       output: str | Path = "generated.png") -> tuple[Path, list[str]]:  # fmt: skip
@@ -70,6 +86,8 @@ def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int
 
     if n < 1:
         raise ValueError("n must be >= 1")
+    if checkpoint_kind(ckpt) != "s2i":
+        raise ValueError(f"{ckpt}: an I2S checkpoint (image -> sound): give it a frame with --image, not --audio")
     task = load_s2i(ckpt)
     features, spec = front_end_of(ckpt)
     lms, notes = wav_to_features(audio, features, spec)
@@ -95,4 +113,36 @@ def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int
     return out, notes
 
 
-__all__ = ["front_end_of", "generate_from_wav", "wav_to_features"]
+@torch.no_grad()
+def generate_from_image(ckpt: str | Path, image: str | Path, n: int = 1, seed: int = 0, output: str | Path = "generated.wav",
+                        griffin_lim_iters: int = 64) -> tuple[list[Path], list[str]]:  # fmt: skip
+    """Generate ``n`` spectrograms for a frame (EMA generator, noise from ``seed``) and write them as
+    wavs: ``output`` for one, ``<stem>_<k><suffix>`` for several. Returns the paths and notes."""
+    import soundfile as sf
+
+    from cmav.data.image_io import load_frame
+    from cmav.features.inversion import lms_to_audio
+    from cmav.tasks.i2s import load_i2s
+
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    if checkpoint_kind(ckpt) != "i2s":
+        raise ValueError(f"{ckpt}: an S2I checkpoint (sound -> image): give it a sound with --audio, not --image")
+    task = load_i2s(ckpt)
+    features, spec = front_end_of(ckpt)
+    size = int(task.hparams.image_size)
+    frame = torch.from_numpy(load_frame(image, size)).permute(2, 0, 1).float().div(127.5).sub(1.0)[None]
+    z = torch.randn(n, task.z_dim, generator=torch.Generator().manual_seed(seed))
+    lms = task.generate(frame.repeat(n, 1, 1, 1), z).cpu()
+    n_samples = int(round(spec.n_samples * features.sample_rate / spec.sample_rate))  # the chunk, at the LMS rate
+    waves = lms_to_audio(lms, features, n_iter=griffin_lim_iters, n_samples=n_samples)  # type: ignore[arg-type]
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] if n == 1 else [out.with_name(f"{out.stem}_{k}{out.suffix or '.wav'}") for k in range(n)]
+    for path, w in zip(paths, waves):
+        sf.write(str(path), (0.9 * w).numpy(), features.sample_rate, subtype="PCM_16")
+    notes = [f"{image}: centre square resized to {size}x{size}"]
+    return paths, notes
+
+
+__all__ = ["checkpoint_kind", "front_end_of", "generate_from_image", "generate_from_wav", "wav_to_features"]

@@ -19,26 +19,16 @@ pass a "perfect" or a constant generator this way).
 from __future__ import annotations
 
 import json
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from cmav.metrics import (
-    JudgeFeatureExtractor,
-    classification_report,
-    diversity_over_noise,
-    fid_kid,
-    judged_accuracy,
-    plot_confusion_matrix,
-)
+from cmav.evaluation.paired import FID_LABEL, GeneratorFn, generate_outputs, score_generator
+from cmav.metrics import JudgeFeatureExtractor, judged_accuracy, plot_confusion_matrix
 from cmav.metrics.serialise import json_safe
 
-GeneratorFn = Callable[[Tensor, Tensor], Tensor]
-FID_LABEL = "judge-feature FID, not Inception FID"
 
 
 def make_generator_fn(task_or_ckpt: Any) -> tuple[GeneratorFn, int, dict]:
@@ -71,30 +61,14 @@ def _judge(judge_or_ckpt: Any):
     return judge.eval()
 
 
-@torch.no_grad()
 def generate_images(fn: GeneratorFn, audio: Tensor, z_dim: int, seed: int = 0, batch_size: int = 64) -> Tensor:
     """One image per audio item, float [-1, 1] on CPU; the noise is fixed by ``seed``."""
-    z = torch.randn(audio.shape[0], z_dim, generator=torch.Generator().manual_seed(seed))
-    out = [fn(audio[i : i + batch_size].float(), z[i : i + batch_size]).float().cpu()
-           for i in range(0, audio.shape[0], batch_size)]  # fmt: skip
-    return torch.cat(out) if out else torch.zeros(0)
+    return generate_outputs(fn, audio, z_dim, seed=seed, batch_size=batch_size)
 
 
 def _images(tensors, index: Tensor | None = None) -> Tensor:
     x = tensors.images if index is None else tensors.images[index]
     return x.float().div(127.5).sub(1.0)
-
-
-def _subset_per_class(labels: Tensor, n_classes: int, per_class: int) -> Tensor:
-    """Up to ``per_class`` items of every class, evenly spaced over the class's items."""
-    rows = []
-    for c in range(n_classes):
-        idx = (labels == c).nonzero().flatten()
-        if len(idx) == 0:
-            continue
-        take = torch.linspace(0, len(idx) - 1, min(per_class, len(idx))).round().long().unique()
-        rows.append(idx[take])
-    return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
 
 
 @torch.no_grad()
@@ -126,63 +100,13 @@ def evaluate_s2i(
     val = datamodule.val.tensors
     labels = val.labels.long()
     real = _images(val)
-
-    fake = generate_images(fn, val.audio, z_dim, seed=seed, batch_size=batch_size)
-    gen_report = judged_accuracy(judge, fake, labels, names, batch_size=batch_size)
-    real_report = judged_accuracy(judge, real, labels, names, batch_size=batch_size)
-    result: dict[str, Any] = {
-        "generator": info,
-        "seed": seed,
-        "judged": {
-            "split": "validation",
-            "n": gen_report.n,
-            "accuracy": gen_report.accuracy,
-            "balanced_accuracy": gen_report.balanced_accuracy,
-            "per_class": gen_report.per_class,
-            "note": "one generated image per validation chunk (fixed noise), classified by the image judge",
-        },
-        "judge_on_real": {
-            "split": "validation",
-            "n": real_report.n,
-            "accuracy": real_report.accuracy,
-            "balanced_accuracy": real_report.balanced_accuracy,
-            "per_class": real_report.per_class,
-            "note": "the image judge on the real validation frames: the ceiling for judged accuracy",
-        },
-    }
-
     extractor = JudgeFeatureExtractor(judge.model, name="image_judge")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*rank-deficient.*")
-        warnings.filterwarnings("ignore", message=".*KID subset_size.*")
-        fk = fid_kid(real, fake, extractor, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
-                     batch_size=batch_size, seed=seed)  # fmt: skip
-    result["fid_kid"] = {
-        "split": "validation",
-        "label": FID_LABEL,
-        "fid": fk["fid"],
-        "kid_mean": fk["kid_mean"],
-        "kid_std": fk["kid_std"],
-        "n_real": fk["n_real"],
-        "n_fake": fk["n_fake"],
-        "feature": fk["feature"],
-        "note": fk["note"],
-    }
-
-    sub = _subset_per_class(labels, len(names), diversity_per_class)
-    cond = val.audio[sub].float()
-    div = diversity_over_noise(
-        lambda a: torch.cat([fn(a[i : i + batch_size], torch.randn(len(a[i : i + batch_size]), z_dim))
-                             for i in range(0, len(a), batch_size)]),
-        cond, n_draws=n_diversity_draws, feature_fn=extractor, seed=seed,
+    scores, gen_report, real_report, _ = score_generator(
+        fn, z_dim, val.audio, real, labels, judge, names, extractor, what="image", seed=seed, batch_size=batch_size,
+        n_diversity_draws=n_diversity_draws, diversity_per_class=diversity_per_class,
+        kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
     )  # fmt: skip
-    result["diversity"] = {
-        "split": "validation",
-        "value": div,
-        "n_conditions": int(len(sub)),
-        "n_draws": n_diversity_draws,
-        "note": "mean pairwise image-judge-feature L2 distance between noise draws of the same audio (0 = ignores z)",
-    }
+    result: dict[str, Any] = {"generator": info, "seed": seed, **scores}
 
     result["player"] = None
     if player_judge_ckpt is not None:

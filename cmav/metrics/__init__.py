@@ -1,4 +1,5 @@
-"""Metrics shared by every cmav branch: classification/judge accuracy, judge-feature FID/KID, diversity."""
+"""Metrics shared by every cmav branch: classification/judge accuracy, judge-feature FID/KID, diversity,
+the spectrogram -> sound -> spectrogram round trip."""
 
 from cmav.metrics.classification import (
     ClassificationReport,
@@ -16,6 +17,7 @@ from cmav.metrics.fidelity import (
     fid_kid_from_features,
     inception_feature_extractor,
 )
+from cmav.metrics.round_trip import round_trip_accuracy, round_trip_lms
 
 __all__ = [
     "ClassificationReport",
@@ -29,6 +31,8 @@ __all__ = [
     "fid_kid_from_features",
     "inception_feature_extractor",
     "judged_accuracy",
+    "round_trip_accuracy",
+    "round_trip_lms",
     "plot_confusion_matrix",
     "save_classification_report",
 ]

@@ -188,6 +188,10 @@ class ConvEncoder(nn.Module):
         """The ``(N, feature_dim)`` embedding (the generators' condition)."""
         return self.fc_feature(self.global_pool(self.feature_map(x)))
 
+    def features(self, x: Tensor) -> Tensor:
+        """The embedding under the name judge-feature metrics look for (a classifier used as a judge)."""
+        return self.embed(x)
+
     def forward(self, x: Tensor) -> Tensor:
         """Class logits ``(N, n_classes)``."""
         return self.classifier(self.embed(x))

@@ -10,21 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-
-def to_uint8_frame(image: torch.Tensor) -> np.ndarray:
-    """``(3, S, S)`` float in [-1, 1] or uint8 -> ``(S, S, 3)`` uint8."""
-    if image.dtype == torch.uint8:
-        return image.permute(1, 2, 0).cpu().numpy()
-    return ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
-def lms_picture(lms: torch.Tensor, size: int = 128) -> np.ndarray:
-    """An LMS ``(1, n_mels, frames)`` as a grey ``(size, size, 3)`` picture, low frequencies at the bottom."""
-    x = lms.float().squeeze(0)
-    x = (x - x.min()) / (x.max() - x.min()).clamp(min=1e-6)
-    x = F.interpolate(x.flip(0)[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-    g = (x * 255).round().byte().cpu().numpy()
-    return np.stack([g] * 3, axis=-1)
+from cmav.viz.tensors import lms_picture, to_uint8_frame
 
 
 def colourise(heat: np.ndarray | torch.Tensor, cmap: str = "jet") -> np.ndarray:

@@ -6,6 +6,10 @@ One LightningModule, three uses (see ``experiments/``):
   frozen/fine-tuned condition encoder of S2I.
 * ``modality='image', target='label'``: the image judge (an :class:`ImageJudge` trained on real
   frames only, used only to score generated frames).
+* ``modality='image', target='label', image_model='encoder'``: the image classifier whose
+  :class:`ImageEncoder` (the audio encoder's design on frames) is the frozen/fine-tuned condition
+  encoder of I2S. It is a different network from the image judge, so I2S is never scored by
+  what it was trained with.
 * ``modality='image', target='track'``: the player judge; classes are the (instrument, track)
   pairs of the train split. Validation players never occur in train, so it is validated on the
   held-out tails of the train tracks (``data.holdout_tail > 0``), not on the validation split.
@@ -30,11 +34,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmav.metrics import classification_report
-from cmav.models import AudioEncoder, ImageJudge
+from cmav.models import AudioEncoder, ImageEncoder, ImageJudge
 from cmav.tasks.common import (
     AdamConfig,
     AudioEncoderConfig,
     ImageAugment,
+    ImageEncoderConfig,
     ImageAugmentConfig,
     ImageJudgeConfig,
     coerce,
@@ -44,6 +49,7 @@ from cmav.tasks.common import (
 
 Modality = Literal["audio", "image"]
 Target = Literal["label", "track"]
+ImageModel = Literal["judge", "encoder"]
 
 
 def player_names(players: list[list[int]], class_names: list[str]) -> list[str]:
@@ -59,7 +65,10 @@ class ClassifierTask(L.LightningModule):
         target: ``'label'`` (instrument) or ``'track'`` (player = (instrument, track) pair).
         image_size: frame side; must equal the data's (the CLI links it to ``data.image_size``).
         audio_encoder: encoder options (modality ``audio``).
-        image_judge: judge options (modality ``image``).
+        image_judge: judge options (modality ``image``, ``image_model='judge'``).
+        image_model: ``'judge'`` (:class:`ImageJudge`, the scorer) or ``'encoder'``
+            (:class:`ImageEncoder`, I2S's pretrained condition encoder); modality ``image`` only.
+        image_encoder: encoder options (modality ``image``, ``image_model='encoder'``).
         optimizer: Adam settings. Not from the paper (it gives none for its classifiers):
             the usual Adam defaults.
         augment: training-time image augmentation (modality ``image``; off by default).
@@ -78,6 +87,8 @@ class ClassifierTask(L.LightningModule):
         image_size: int = 64,
         audio_encoder: AudioEncoderConfig = AudioEncoderConfig(),
         image_judge: ImageJudgeConfig = ImageJudgeConfig(),
+        image_model: ImageModel = "judge",
+        image_encoder: ImageEncoderConfig = ImageEncoderConfig(),
         optimizer: AdamConfig = AdamConfig(lr=1e-3, betas=(0.9, 0.999)),
         augment: ImageAugmentConfig = ImageAugmentConfig(),
         label_smoothing: float = 0.0,
@@ -90,13 +101,16 @@ class ClassifierTask(L.LightningModule):
             raise ValueError(f"modality must be 'audio' or 'image', got {modality!r}")
         if target not in ("label", "track"):
             raise ValueError(f"target must be 'label' or 'track', got {target!r}")
+        if image_model not in ("judge", "encoder"):
+            raise ValueError(f"image_model must be 'judge' or 'encoder', got {image_model!r}")
         # Plain dicts in the hyper-parameters (weights_only checkpoints, readable hparams.yaml);
         # save_hyperparameters reads these locals.
-        audio_encoder, image_judge = plain(audio_encoder), plain(image_judge)
+        audio_encoder, image_judge, image_encoder = plain(audio_encoder), plain(image_judge), plain(image_encoder)
         optimizer, augment = plain(optimizer), plain(augment)
         self.save_hyperparameters()
         self.audio_encoder_config = coerce(AudioEncoderConfig, audio_encoder)
         self.image_judge_config = coerce(ImageJudgeConfig, image_judge)
+        self.image_encoder_config = coerce(ImageEncoderConfig, image_encoder)
         self.optimizer_config = coerce(AdamConfig, optimizer)
         self.augment = ImageAugment(coerce(ImageAugmentConfig, augment))
         self.model: nn.Module | None = None
@@ -131,6 +145,8 @@ class ClassifierTask(L.LightningModule):
         n_out = len(h.players) if h.target == "track" else len(h.class_names)
         if h.modality == "audio":
             self.model = self.audio_encoder_config.build(AudioEncoder, h.input_shape, n_out)
+        elif h.image_model == "encoder":
+            self.model = self.image_encoder_config.build(ImageEncoder, (3, h.image_size, h.image_size), n_out)
         else:
             c = self.image_judge_config
             self.model = ImageJudge(
@@ -359,5 +375,21 @@ def load_audio_encoder(path: str | Path) -> AudioEncoder:
     return load_sound_classifier(path).model  # type: ignore[return-value]
 
 
-__all__ = ["ClassifierTask", "load_audio_encoder", "load_classifier", "load_sound_classifier", "own_hyperparameters",
-           "player_names"]  # fmt: skip
+def load_image_classifier(path: str | Path, user: str = "this") -> ClassifierTask:
+    """An image-classifier checkpoint (``modality='image', target='label', image_model='encoder'``):
+    where I2S's pretrained :class:`ImageEncoder` comes from. ``user`` names the branch in the error."""
+    task = load_classifier(path)
+    h = task.hparams
+    if h.modality != "image" or h.target != "label" or h.get("image_model", "judge") != "encoder":
+        kind = f"{h.modality}/{h.target}" + (f"/{h.get('image_model', 'judge')}" if h.modality == "image" else "")
+        raise ValueError(
+            f"{path}: a {kind} classifier; the {user} encoder must come from the image classifier "
+            "(modality='image', target='label', image_model='encoder': experiments/image_encoder.yaml). "
+            "The image judge is kept for scoring only."
+        )
+    assert isinstance(task.model, ImageEncoder)
+    return task
+
+
+__all__ = ["ClassifierTask", "load_audio_encoder", "load_classifier", "load_image_classifier", "load_sound_classifier",
+           "own_hyperparameters", "player_names"]  # fmt: skip

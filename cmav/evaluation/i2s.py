@@ -1,0 +1,123 @@
+"""Evaluation of an image-to-sound generator against a frozen audio judge.
+
+Every figure says its split (**validation**: unseen players):
+
+* judged accuracy of ONE generated LMS per validation frame (fixed noise, EMA generator) under the
+  audio judge (a sound classifier trained on real LMS, separate from anything I2S trained with),
+  per class and as a confusion matrix, beside the judge's accuracy on the real validation LMS;
+* FID/KID between generated and real validation LMS in the audio judge's penultimate features
+  (**judge-feature FID, not Inception FID**);
+* diversity: mean pairwise judge-feature distance over noise draws of the same frame;
+* the round trip: the generated LMS -> Griffin-Lim audio -> LMS again -> the audio judge; does the
+  sound survive inversion? Reported for the real LMS too (the inversion's own loss).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cmav.evaluation.paired import GeneratorFn, score_generator
+from cmav.features.logmel import LogMelConfig
+from cmav.metrics import JudgeFeatureExtractor, plot_confusion_matrix, round_trip_accuracy
+from cmav.metrics.serialise import json_safe
+
+
+def make_i2s_fn(task_or_ckpt: Any) -> tuple[GeneratorFn, int, dict]:
+    """``(fn(frames, z) -> LMS in dB, z_dim, info)`` from an I2STask, its checkpoint or a callable
+    (which must carry ``z_dim``; default 10)."""
+    from cmav.tasks.i2s import I2STask, load_i2s
+
+    if isinstance(task_or_ckpt, (str, Path)):
+        task_or_ckpt = load_i2s(task_or_ckpt)
+    if isinstance(task_or_ckpt, I2STask):
+        task = task_or_ckpt
+
+        def fn(frames: Tensor, z: Tensor) -> Tensor:
+            return task.generate(frames, z, use_ema=True).float().cpu()
+
+        info = {"variant": task.hparams.variant, "iteration": int(task.iteration), "generator": "ema"}
+        return fn, task.z_dim, info
+    if callable(task_or_ckpt):
+        return task_or_ckpt, int(getattr(task_or_ckpt, "z_dim", 10)), {"generator": "callable"}
+    raise TypeError(f"expected an I2STask, a checkpoint path or a callable, got {type(task_or_ckpt).__name__}")
+
+
+def audio_judge(judge_or_ckpt: Any):
+    """A sound classifier (``modality='audio', target='label'``) as a judge, in eval mode."""
+    from cmav.tasks.classifier import ClassifierTask, load_classifier
+
+    judge = load_classifier(judge_or_ckpt) if isinstance(judge_or_ckpt, (str, Path)) else judge_or_ckpt
+    if not isinstance(judge, ClassifierTask) or judge.hparams.modality != "audio" or judge.hparams.target != "label":
+        raise ValueError("the audio judge must be a sound ClassifierTask (modality='audio', target='label') "
+                         "or its checkpoint")  # fmt: skip
+    return judge.eval()
+
+
+@torch.no_grad()
+def evaluate_i2s(
+    task_or_ckpt: Any,
+    datamodule,
+    audio_judge_ckpt: Any,
+    out_dir: str | Path | None = None,
+    n_diversity_draws: int = 8,
+    seed: int = 0,
+    diversity_per_class: int = 4,
+    batch_size: int = 64,
+    griffin_lim_iters: int = 32,
+    kid_subset_size: int = 1000,
+    kid_subsets: int = 100,
+) -> dict:
+    """Score an image-to-sound generator (see the module docstring). Returns a JSON-ready dict; with
+    ``out_dir`` also ``metrics.json`` and ``confusion_generated.png`` / ``confusion_real.png``."""
+    fn, z_dim, info = make_i2s_fn(task_or_ckpt)
+    datamodule.setup("validate")
+    judge = audio_judge(audio_judge_ckpt)
+    names = list(judge.hparams.class_names)
+    if names != list(datamodule.class_names):
+        raise ValueError(f"the audio judge's classes {names} differ from the data's {datamodule.class_names}")
+    features = datamodule.features
+    if not isinstance(features, LogMelConfig):
+        raise ValueError(f"I2S evaluation needs the LMS front end (Griffin-Lim round trip), got kind={features.kind!r}")
+    val = datamodule.val.tensors
+    labels = val.labels.long()
+    frames = val.images.float().div(127.5).sub(1.0)
+    real = val.audio.float()
+    extractor = JudgeFeatureExtractor(judge.model, input_range=(0.0, 1.0), judge_range=(0.0, 1.0), name="audio_judge")
+    scores, gen_report, real_report, fake = score_generator(
+        fn, z_dim, frames, real, labels, judge, names, extractor, what="spectrogram", seed=seed,
+        batch_size=batch_size, n_diversity_draws=n_diversity_draws, diversity_per_class=diversity_per_class,
+        kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
+    )  # fmt: skip
+    rt_fake = round_trip_accuracy(judge, fake, labels, names, features, griffin_lim_iters, batch_size)
+    rt_real = round_trip_accuracy(judge, real, labels, names, features, griffin_lim_iters, batch_size)
+    judged = scores["judged"]["accuracy"]
+    result: dict[str, Any] = {"generator": info, "seed": seed, **scores}
+    result["round_trip"] = {
+        "split": "validation",
+        "accuracy": rt_fake.accuracy,
+        "balanced_accuracy": rt_fake.balanced_accuracy,
+        "kept_fraction": rt_fake.accuracy / judged if judged else None,
+        "real_accuracy": rt_real.accuracy,
+        "griffin_lim_iters": griffin_lim_iters,
+        "note": "the audio judge on LMS recomputed from the Griffin-Lim audio of each generated LMS; kept_fraction "
+        "= round-trip accuracy / judged accuracy; real_accuracy = the same round trip on the real LMS",
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        plot_confusion_matrix(gen_report, out / "confusion_generated.png",
+                              title="Audio judge on generated spectrograms (validation)")  # fmt: skip
+        plot_confusion_matrix(real_report, out / "confusion_real.png", title="Audio judge on real LMS (validation)")
+        result["judged"]["confusion"] = gen_report.confusion.tolist()
+        result["judge_on_real"]["confusion"] = real_report.confusion.tolist()
+        result["class_names"] = names
+        (out / "metrics.json").write_text(json.dumps(json_safe(result), indent=2))
+    return json_safe(result)
+
+
+__all__ = ["audio_judge", "evaluate_i2s", "make_i2s_fn"]

@@ -1,0 +1,112 @@
+"""What scoring a cross-modal generator shares in both directions (S2I frames, I2S spectrograms).
+
+A generator is ``fn(condition (N, ...), z (N, z_dim)) -> outputs (N, ...)``. It is scored against a
+frozen judge (a classifier trained on REAL data of the output modality, never used in training):
+judged accuracy of one output per condition (fixed noise), the judge on the real outputs (the
+ceiling), FID/KID in the judge's penultimate features (not Inception: comparable only within
+cmav), and diversity over noise draws of the same condition.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cmav.metrics import (
+    ClassificationReport,
+    JudgeFeatureExtractor,
+    diversity_over_noise,
+    fid_kid,
+    judged_accuracy,
+)
+
+GeneratorFn = Callable[[Tensor, Tensor], Tensor]
+FID_LABEL = "judge-feature FID, not Inception FID"
+
+
+@torch.no_grad()
+def generate_outputs(fn: GeneratorFn, conditions: Tensor, z_dim: int, seed: int = 0, batch_size: int = 64) -> Tensor:
+    """One output per condition, float on CPU; the noise is fixed by ``seed``."""
+    z = torch.randn(conditions.shape[0], z_dim, generator=torch.Generator().manual_seed(seed))
+    out = [fn(conditions[i : i + batch_size].float(), z[i : i + batch_size]).float().cpu()
+           for i in range(0, conditions.shape[0], batch_size)]  # fmt: skip
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def subset_per_class(labels: Tensor, n_classes: int, per_class: int) -> Tensor:
+    """Up to ``per_class`` items of every class, evenly spaced over the class's items."""
+    rows = []
+    for c in range(n_classes):
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) == 0:
+            continue
+        take = torch.linspace(0, len(idx) - 1, min(per_class, len(idx))).round().long().unique()
+        rows.append(idx[take])
+    return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+
+
+def _report(r: ClassificationReport, split: str, note: str) -> dict[str, Any]:
+    return {"split": split, "n": r.n, "accuracy": r.accuracy, "balanced_accuracy": r.balanced_accuracy,
+            "per_class": r.per_class, "note": note}  # fmt: skip
+
+
+@torch.no_grad()
+def score_generator(
+    fn: GeneratorFn,
+    z_dim: int,
+    conditions: Tensor,
+    real: Tensor,
+    labels: Tensor,
+    judge: nn.Module,
+    class_names: list[str],
+    extractor: JudgeFeatureExtractor,
+    what: str,
+    split: str = "validation",
+    seed: int = 0,
+    batch_size: int = 64,
+    n_diversity_draws: int = 8,
+    diversity_per_class: int = 4,
+    kid_subset_size: int = 1000,
+    kid_subsets: int = 100,
+) -> tuple[dict[str, Any], ClassificationReport, ClassificationReport, Tensor]:
+    """Judged accuracy, the judge's ceiling, judge-feature FID/KID and diversity of ``fn``.
+
+    ``what`` names the outputs in the notes ("image", "spectrogram"). Returns ``(result, report on
+    generated, report on real, generated outputs)``; ``result`` has the keys ``judged``,
+    ``judge_on_real``, ``fid_kid`` and ``diversity``, each naming its ``split``.
+    """
+    fake = generate_outputs(fn, conditions, z_dim, seed=seed, batch_size=batch_size)
+    gen_report = judged_accuracy(judge, fake, labels, class_names, batch_size=batch_size)
+    real_report = judged_accuracy(judge, real, labels, class_names, batch_size=batch_size)
+    result: dict[str, Any] = {
+        "judged": _report(gen_report, split, f"one generated {what} per {split} item (fixed noise), classified by the judge"),
+        "judge_on_real": _report(real_report, split, f"the judge on the real {split} {what}s: the ceiling for judged accuracy"),
+    }  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*rank-deficient.*")
+        warnings.filterwarnings("ignore", message=".*KID subset_size.*")
+        fk = fid_kid(real, fake, extractor, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
+                     batch_size=batch_size, seed=seed)  # fmt: skip
+    result["fid_kid"] = {
+        "split": split, "label": FID_LABEL, "fid": fk["fid"], "kid_mean": fk["kid_mean"], "kid_std": fk["kid_std"],
+        "n_real": fk["n_real"], "n_fake": fk["n_fake"], "feature": fk["feature"], "note": fk["note"],
+    }  # fmt: skip
+    sub = subset_per_class(labels, len(class_names), diversity_per_class)
+    cond = conditions[sub].float()
+    div = diversity_over_noise(
+        lambda c: torch.cat([fn(c[i : i + batch_size], torch.randn(len(c[i : i + batch_size]), z_dim))
+                             for i in range(0, len(c), batch_size)]),
+        cond, n_draws=n_diversity_draws, feature_fn=extractor, seed=seed,
+    )  # fmt: skip
+    result["diversity"] = {
+        "split": split, "value": div, "n_conditions": int(len(sub)), "n_draws": n_diversity_draws,
+        "note": "mean pairwise judge-feature L2 distance between noise draws of the same condition (0 = ignores z)",
+    }  # fmt: skip
+    return result, gen_report, real_report, fake
+
+
+__all__ = ["FID_LABEL", "GeneratorFn", "generate_outputs", "score_generator", "subset_per_class"]

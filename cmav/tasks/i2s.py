@@ -1,0 +1,219 @@
+"""Image-to-sound (I2S) training: from a frame of a player, the log-mel spectrogram of its instrument.
+
+The reverse direction of Chen et al. (2017), on the same training loop as S2I
+(:class:`~cmav.tasks.paired_gan.PairedGANTask`): an :class:`ImageEncoder` (the audio encoder's
+design on frames) gives a 128-d feature; a :class:`ConditionalGenerator` turns ``z`` (10-d) plus
+its projection into an LMS of the data's front-end shape (128 mel x 44 frames for 0.5 s by
+default; read from the data, never fixed here); a :class:`PairAwareDiscriminator` scores
+(LMS, image feature) pairs. Variants:
+
+* ``i2s_c``: the discriminator also rejects (real LMS, a frame of another instrument) and
+  (the LMS of another player of the same instrument, the frame): both terms on by default.
+* ``i2s_n``: only real/fake pairs.
+* ``ae``: encoder + generator with an L1/L2 loss on the (scaled) LMS; no discriminator.
+
+The generator works in ``[-1, 1]`` (tanh): LMS values in dB are mapped linearly from the train
+set's range (``lms_range``, measured at ``setup`` and stored in the checkpoint) and back, so
+:meth:`I2STask.generate` returns dB on the data's scale. Sound comes back through
+:func:`cmav.features.inversion.lms_to_audio` (inverse mel + Griffin-Lim).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from torch import Tensor
+
+from cmav.data.instruments import INSTRUMENTS
+from cmav.features.scaling import RangeScaler
+from cmav.models import ImageEncoder
+from cmav.tasks.classifier import load_image_classifier
+from cmav.tasks.common import AdamConfig, ImageAugmentConfig, ImageEncoderConfig, plain
+from cmav.tasks.paired_gan import (
+    DiscriminatorConfig,
+    EncoderMode,
+    GeneratorConfig,
+    LossWeights,
+    PairedGANTask,
+    SampleConfig,
+    load_paired_gan,
+)
+from cmav.tasks.pairs import gather_audio, gather_images
+from cmav.viz.tensors import lms_picture, to_uint8_frame
+
+Variant = Literal["i2s_c", "i2s_n", "ae"]
+
+# (wrong_class_term, wrong_player_term) when not given explicitly
+VARIANT_TERMS = {"i2s_c": (True, True), "i2s_n": (False, False), "ae": (False, False)}
+
+
+class I2STask(PairedGANTask):
+    """Image-to-sound GAN (I2S-C / I2S-N) or pixel-loss AE, with EMA generator weights.
+
+    Args:
+        variant: ``'i2s_c'``, ``'i2s_n'`` or ``'ae'`` (see the module docstring).
+        encoder_mode: ``'frozen'`` (the image classifier's :class:`ImageEncoder`, fixed),
+            ``'finetune'`` (initialised from it, trained with G) or ``'scratch'``.
+        image_encoder_ckpt: ClassifierTask checkpoint of the image classifier
+            (``experiments/image_encoder.yaml``: ``image_model='encoder'``, NOT the image judge);
+            required for frozen/finetune.
+        image_size: side of the conditioning frames; must equal the data's (the CLI links it).
+        wrong_class_term: D term (real LMS, frame of another instrument) -> 0; ``None`` = the
+            variant's default (i2s_c: on).
+        wrong_player_term: D term (LMS of another player of the same instrument, frame) -> 0;
+            ``None`` = the variant's default (i2s_c: on).
+        generator: generator options (paper: 10-d z, 128-d condition projection).
+        discriminator: discriminator options.
+        encoder: the image encoder's options for ``scratch``.
+        n_classes: the scratch encoder's class count (its head is used only by
+            ``loss_weights.encoder_class``).
+        g_optimizer: Adam for G (and a trained encoder); paper: 2e-4, betas (0.5, 0.999).
+        d_optimizer: Adam for D; paper: 2e-4, betas (0.5, 0.999).
+        loss_weights: see :class:`~cmav.tasks.paired_gan.LossWeights`.
+        pixel_loss: ``'l1'`` or ``'l2'`` (AE only), on the scaled LMS.
+        ema_decay: decay of the EMA of G (and a trained encoder); validation, sheets and
+            :meth:`generate` use the EMA copy.
+        diff_augment: differentiable augmentation of D's inputs (kornia; translation only makes
+            sense for spectrograms); off by default.
+        sample_every_n_steps: iterations between TensorBoard sample sheets; 0 = never.
+        samples: sample-sheet options (``log_audio``: Griffin-Lim renderings of generated and real).
+        seed: seed of the negative sampler's generator (offset by the process rank).
+        lms_shape: ``(1, n_mels, frames)`` of the generated LMS; ``None`` = the data's (at setup).
+        lms_range: ``[low, high]`` dB mapped to the generator's [-1, 1]; ``None`` = the train
+            set's range (at setup). Saved in the checkpoint.
+    """
+
+    condition_key = "image"
+    target_key = "audio"
+    name = "I2S"
+    checkpoint_key = "cmav_i2s"
+    variant_terms = VARIANT_TERMS
+    encoder_ckpt_arg = "image_encoder_ckpt"
+
+    def __init__(
+        self,
+        variant: Variant = "i2s_c",
+        encoder_mode: EncoderMode = "frozen",
+        image_encoder_ckpt: str | None = None,
+        image_size: int = 64,
+        wrong_class_term: bool | None = None,
+        wrong_player_term: bool | None = None,
+        generator: GeneratorConfig = GeneratorConfig(),
+        discriminator: DiscriminatorConfig = DiscriminatorConfig(),
+        encoder: ImageEncoderConfig = ImageEncoderConfig(),
+        n_classes: int = len(INSTRUMENTS),
+        g_optimizer: AdamConfig = AdamConfig(),
+        d_optimizer: AdamConfig = AdamConfig(),
+        loss_weights: LossWeights = LossWeights(),
+        pixel_loss: Literal["l1", "l2"] = "l1",
+        ema_decay: float = 0.999,
+        diff_augment: ImageAugmentConfig = ImageAugmentConfig(),
+        sample_every_n_steps: int = 500,
+        samples: SampleConfig = SampleConfig(),
+        seed: int = 0,
+        lms_shape: list[int] | None = None,
+        lms_range: list[float] | None = None,
+    ) -> None:
+        super().__init__()
+        # plain dicts in the hyper-parameters: save_hyperparameters reads these locals
+        generator, discriminator, encoder = plain(generator), plain(discriminator), plain(encoder)
+        g_optimizer, d_optimizer, loss_weights = plain(g_optimizer), plain(d_optimizer), plain(loss_weights)
+        diff_augment, samples = plain(diff_augment), plain(samples)
+        self.save_hyperparameters()
+        self.scaler: RangeScaler | None = RangeScaler.from_list(lms_range) if lms_range is not None else None
+        self._init_gan(image_encoder_ckpt)
+
+    # ------------------------------------------------------------------ hooks
+
+    def _missing_encoder_message(self) -> str:
+        return (
+            f"encoder_mode='{self.hparams.encoder_mode}' needs image_encoder_ckpt: the checkpoint of the image "
+            "classifier (train it with `cmav fit --config experiments/image_encoder.yaml`, then pass e.g. "
+            "--model.init_args.image_encoder_ckpt runs/image_encoder/checkpoints/last.ckpt), "
+            "or use encoder_mode='scratch'"
+        )
+
+    def _load_pretrained_encoder(self, path: str | None) -> ImageEncoder:
+        clf = load_image_classifier(path, "I2S")  # type: ignore[arg-type]
+        self.encoder_config = clf.image_encoder_config
+        size = int(clf.hparams.image_size)
+        if size != int(self.hparams.image_size):
+            raise ValueError(f"{path}: the image classifier takes {size}x{size} frames, this I2S task "
+                             f"{self.hparams.image_size}x{self.hparams.image_size}")  # fmt: skip
+        return clf.model  # type: ignore[return-value]
+
+    def _shapes_known(self) -> bool:
+        return self.hparams.lms_shape is not None and self.scaler is not None
+
+    def _new_encoder(self) -> ImageEncoder:
+        s = int(self.hparams.image_size)
+        return self.encoder_config.build(ImageEncoder, (3, s, s), self.hparams.n_classes)
+
+    def target_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.hparams.lms_shape
+        return (int(c), int(h), int(w))
+
+    def _learn_shapes(self, dm) -> None:
+        audio = dm.train_full.tensors.audio
+        self.hparams.lms_shape = list(audio.shape[1:])
+        if self.scaler is None:
+            train = audio[list(dm.train.indices)] if len(dm.train) else audio
+            self.scaler = RangeScaler.fit(train)
+            self.hparams.lms_range = self.scaler.to_list()
+
+    def _check_data(self, dm) -> None:
+        got = tuple(dm.train_full.tensors.audio.shape[1:])
+        if got != self.target_shape():
+            raise ValueError(f"this I2S model generates LMS {self.target_shape()}, the data's are {got}: "
+                             "train on the same front end")  # fmt: skip
+
+    def to_target_space(self, x: Tensor) -> Tensor:
+        assert self.scaler is not None
+        return self.scaler.encode(x)
+
+    def from_target_space(self, y: Tensor) -> Tensor:
+        assert self.scaler is not None
+        return self.scaler.decode(y)
+
+    def _gather_condition(self, index: Tensor) -> Tensor:
+        return gather_images(self._train_tensors, index, self.device)
+
+    def _gather_target(self, index: Tensor) -> Tensor:
+        return self.to_target_space(gather_audio(self._train_tensors, index, self.device))
+
+    def _log_sheet(self, writer, fixed: dict) -> None:
+        """Sheet (rows: classes; columns: the frame | its real LMS | EMA-G LMS for the fixed noise),
+        on one dB scale; the generated clips (Griffin-Lim) next to the real ones."""
+        from cmav.viz import labelled_grid
+
+        assert self.scaler is not None
+        frames = fixed["image"].to(self.device)
+        real = fixed["audio"]
+        k = self.eval_z.shape[0]
+        zs = self.eval_z.repeat(frames.shape[0], 1)
+        fake = self.generate(frames.repeat_interleave(k, 0), zs).cpu().view(frames.shape[0], k, *real.shape[1:])
+        lo, hi = self.scaler.low, self.scaler.high
+        cell = 96
+        rows = [[to_uint8_frame(fixed["image"][r]), lms_picture(real[r], cell, lo, hi)]
+                + [lms_picture(fake[r, j], cell, lo, hi) for j in range(k)] for r in range(real.shape[0])]  # fmt: skip
+        sheet = labelled_grid(rows, fixed["names"], ["frame", "real LMS"] + [f"z{j}" for j in range(k)], cell_size=cell)
+        writer.add_image("samples/ema", np.asarray(sheet), self.iteration, dataformats="HWC")
+        if self._can_invert():
+            self._log_audio(writer, "samples/audio", fake[:, 0], fixed["names"], self.iteration)
+            if not self._logged_inputs:
+                self._logged_inputs = True
+                self._log_audio(writer, "inputs/audio", real, fixed["names"], 0)
+
+
+def load_i2s(path: str | Path) -> I2STask:
+    """Rebuild an :class:`I2STask` (CPU, eval mode) from its checkpoint, without the data or the
+    image-classifier checkpoint (the encoder's architecture, the LMS shape and its dB range are
+    stored in it). ``trained_encoder_mode`` records the mode it was trained with."""
+    task = load_paired_gan(I2STask, path, lambda arch: {})
+    assert isinstance(task, I2STask)
+    return task
+
+
+__all__ = ["I2STask", "load_i2s"]

@@ -1,0 +1,652 @@
+"""What sound-to-image (S2I) and image-to-sound (I2S) training share: a conditional GAN with a
+pair-aware discriminator, or a pixel-loss autoencoder, from one modality to the other.
+
+A :class:`PairedGANTask` encodes the *condition* (``condition_key`` of a batch: the LMS for S2I,
+the frame for I2S) with a 4-block :class:`~cmav.models.ConvEncoder` into a 128-d feature, and a
+:class:`~cmav.models.ConditionalGenerator` turns ``z`` (10-d) plus that feature into the *target*
+(the frame for S2I, the LMS for I2S). Variants (``variant``):
+
+* ``*_c`` (pair-aware, GAN-CLS style): the discriminator learns real = (real target, its
+  condition); fake = (generated target, condition), (real target, the condition of another
+  class), (a real target of the same class but another player/track, the condition). Each
+  mismatch term can be switched off.
+* ``*_n``: only real/fake pairs.
+* ``ae``: encoder + generator trained with an L1/L2 loss to the paired target; no discriminator.
+
+Step counting: manual optimisation with two optimisers (G and D); Lightning's ``global_step``
+counts EVERY optimiser step, so it advances by 2 per batch for the GAN variants (1 for ``ae``) and
+``trainer.max_steps`` is twice the number of GAN iterations. :attr:`PairedGANTask.iteration`
+counts batches (it is saved in checkpoints); sample logging and the EMA ramp use it.
+
+Subclasses own their constructor (its arguments are the hyper-parameters), call
+:meth:`PairedGANTask._init_gan` and implement the hooks marked "subclass".
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cmav.models import (
+    ConditionalGenerator,
+    ConvEncoder,
+    EncoderOutput,
+    ExponentialMovingAverage,
+    PairAwareDiscriminator,
+)
+from cmav.tasks.classifier import _load_checkpoint, own_hyperparameters
+from cmav.tasks.common import AdamConfig, EncoderConfig, ImageAugment, ImageAugmentConfig, coerce, datamodule_of, plain
+from cmav.tasks.pairs import NegativeSampler
+
+EncoderMode = Literal["frozen", "finetune", "scratch"]
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """:class:`ConditionalGenerator` options; the paper's 10-d noise. The condition size is the
+    encoder's feature size (128) and the output shape is the target's."""
+
+    z_dim: int = 10
+    cond_proj_dim: int = 128
+    base_channels: int = 64
+    max_channels: int = 512
+    start_size: int = 4
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    """:class:`PairAwareDiscriminator` options (DCGAN layout; spectral norm off as in the paper)."""
+
+    cond_proj_dim: int = 128
+    base_channels: int = 64
+    max_channels: int = 512
+    spectral_norm: bool = False
+    final_size: int = 4
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Loss weights.
+
+    The discriminator loss is ``BCE(real pair -> 1) + sum_i w_i * BCE(negative_i -> 0) / sum_i w_i``
+    over the active negatives (fake pair, wrong-class pair, wrong-player pair): with equal weights
+    the negatives are averaged, as in GAN-CLS. ``pixel``: the AE's L1/L2 weight.
+    ``encoder_class``: optional cross-entropy on the encoder's class logits when the encoder is
+    trained (finetune/scratch), keeping its feature class-discriminative; 0 = off.
+    """
+
+    fake: float = 1.0
+    wrong_class: float = 1.0
+    wrong_player: float = 1.0
+    pixel: float = 1.0
+    encoder_class: float = 0.0
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """What the TensorBoard sample sheets show: ``per_class`` fixed noise vectors drawn from
+    ``noise_seed``; ``log_audio`` adds Griffin-Lim renderings of the spectrograms involved."""
+
+    per_class: int = 4
+    noise_seed: int = 1234
+    log_audio: bool = True
+    griffin_lim_iters: int = 32
+
+
+class ConditionalTranslator(nn.Module):
+    """Condition encoder + conditional generator: ``(condition, z) -> target``."""
+
+    def __init__(self, encoder: ConvEncoder, generator: ConditionalGenerator) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.generator = generator
+
+    def forward(self, condition: Tensor, z: Tensor) -> Tensor:
+        return self.generator(z, self.encoder.embed(condition))
+
+
+def pair_discriminator_loss(logit_real: Tensor, negatives: list[tuple[float, Tensor]]) -> Tensor:
+    """BCE(real pair -> 1) + the weighted mean of BCE(negative -> 0) over ``(weight, logits)``.
+
+    With equal weights the negatives (fake, wrong-class, wrong-player pairs) are averaged, as in
+    GAN-CLS. Shared by the tasks and the bare-loop benchmark so both train the same thing.
+    """
+    loss_real = F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
+    total_w = sum(w for w, _ in negatives)
+    loss_neg = sum(w * F.binary_cross_entropy_with_logits(lg, torch.zeros_like(lg)) for w, lg in negatives)
+    return loss_real + loss_neg / max(total_w, 1e-12)
+
+
+def generator_adversarial_loss(logit_fake: Tensor) -> Tensor:
+    """Non-saturating generator loss: BCE(D(G(z, c), c) -> 1)."""
+    return F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))
+
+
+def ema_decay_at(iteration: int, max_decay: float) -> float:
+    """EMA decay ramped up from 0.1 so early averages are not dominated by the random init."""
+    return min(max_decay, (1.0 + iteration) / (10.0 + iteration))
+
+
+class PairedGANTask(L.LightningModule):
+    """Conditional GAN (pair-aware or not) or pixel-loss AE from a condition modality to a target one.
+
+    Hyper-parameters every subclass has: ``variant``, ``encoder_mode``, ``image_size``,
+    ``wrong_class_term``, ``wrong_player_term``, ``generator``, ``discriminator``, ``encoder``,
+    ``n_classes``, ``g_optimizer``, ``d_optimizer``, ``loss_weights``, ``pixel_loss``,
+    ``ema_decay``, ``diff_augment``, ``sample_every_n_steps``, ``samples``, ``seed`` (see
+    :class:`~cmav.tasks.S2ITask` for what each means).
+    """
+
+    condition_key: ClassVar[str]
+    """Batch key of the generator's condition (``'audio'`` or ``'image'``)."""
+    target_key: ClassVar[str]
+    """Batch key of what is generated."""
+    name: ClassVar[str]
+    """Short name in messages (``'S2I'``)."""
+    checkpoint_key: ClassVar[str]
+    """Key of this task's extra state in a checkpoint (``'cmav_s2i'``)."""
+    variant_terms: ClassVar[dict[str, tuple[bool, bool]]]
+    """(wrong_class_term, wrong_player_term) per variant when not given explicitly."""
+    encoder_ckpt_arg: ClassVar[str]
+    """Name of the constructor argument holding the pretrained encoder's checkpoint."""
+    out_activation: ClassVar[str] = "tanh"
+
+    # ------------------------------------------------------------------ construction
+
+    def _init_gan(self, encoder_ckpt: str | None) -> None:
+        """Validate the shared hyper-parameters, set the option groups, and build the networks
+        now when every shape is known (else at :meth:`setup`, from the data)."""
+        h = self.hparams
+        if h.variant not in self.variant_terms:
+            raise ValueError(f"variant must be one of {sorted(self.variant_terms)}, got {h.variant!r}")
+        if h.encoder_mode not in ("frozen", "finetune", "scratch"):
+            raise ValueError(f"encoder_mode must be 'frozen', 'finetune' or 'scratch', got {h.encoder_mode!r}")
+        if h.pixel_loss not in ("l1", "l2"):
+            raise ValueError(f"pixel_loss must be 'l1' or 'l2', got {h.pixel_loss!r}")
+        if h.encoder_mode != "scratch" and not encoder_ckpt:
+            raise ValueError(self._missing_encoder_message())
+        self.automatic_optimization = False
+        wc_default, wp_default = self.variant_terms[h.variant]
+        self.wrong_class_term = wc_default if h.wrong_class_term is None else bool(h.wrong_class_term)
+        self.wrong_player_term = wp_default if h.wrong_player_term is None else bool(h.wrong_player_term)
+        self.is_gan = h.variant != "ae"
+        if not self.is_gan and (self.wrong_class_term or self.wrong_player_term):
+            raise ValueError("variant 'ae' has no discriminator: wrong_class_term/wrong_player_term must be off")
+        self.encoder_mode: str = h.encoder_mode
+        self.gen_config = coerce(GeneratorConfig, h.generator)
+        self.disc_config = coerce(DiscriminatorConfig, h.discriminator)
+        self.g_opt_config = coerce(AdamConfig, h.g_optimizer)
+        self.d_opt_config = coerce(AdamConfig, h.d_optimizer)
+        self.weights = coerce(LossWeights, h.loss_weights)
+        self.sample_config = coerce(SampleConfig, h.samples)
+        self.encoder_config = coerce(EncoderConfig, h.encoder)
+        self.d_augment = ImageAugment(coerce(ImageAugmentConfig, h.diff_augment))
+        noise = torch.Generator().manual_seed(self.sample_config.noise_seed)
+        self.register_buffer("eval_z", torch.randn(self.sample_config.per_class, self.gen_config.z_dim, generator=noise))
+
+        self.net: ConditionalTranslator | None = None
+        self.discriminator: PairAwareDiscriminator | None = None
+        self.ema: ExponentialMovingAverage | None = None
+        self.iteration = 0
+        """Training batches done (``global_step`` counts optimiser steps: 2 per GAN batch)."""
+        self.sampler: NegativeSampler | None = None
+        self._train_tensors = None
+        self._rng = torch.Generator().manual_seed(int(h.seed))
+        self._fixed: dict | None = None
+        self._features = None
+        self._logged_inputs = False
+
+        pretrained = self._load_pretrained_encoder(encoder_ckpt) if h.encoder_mode != "scratch" else None
+        # in a list: kept out of the module tree until it is built in (now, or at setup)
+        self._pending_encoder: list[ConvEncoder | None] = [pretrained]
+        if self._shapes_known():
+            self._build(pretrained)
+
+    def _build(self, pretrained: ConvEncoder | None = None) -> None:
+        """The encoder (pretrained or fresh), generator, discriminator and EMA copy."""
+        h = self.hparams
+        encoder = pretrained if pretrained is not None else self._new_encoder()
+        if self.encoder_mode == "frozen":
+            encoder.requires_grad_(False)
+            encoder.eval()
+        g, d = self.gen_config, self.disc_config
+        shape = self.target_shape()
+        gen = ConditionalGenerator(
+            out_shape=shape, z_dim=g.z_dim, cond_dim=encoder.feature_dim, cond_proj_dim=g.cond_proj_dim,
+            base_channels=g.base_channels, max_channels=g.max_channels, start_size=g.start_size,
+            out_activation=self.out_activation,
+        )  # fmt: skip
+        self.net = ConditionalTranslator(encoder, gen)
+        if self.is_gan:
+            self.discriminator = PairAwareDiscriminator(
+                in_shape=shape, cond_dim=encoder.feature_dim, cond_proj_dim=d.cond_proj_dim,
+                base_channels=d.base_channels, max_channels=d.max_channels, spectral_norm=d.spectral_norm,
+                final_size=d.final_size,
+            )  # fmt: skip
+        # a submodule, so the EMA weights are in the state_dict and checkpoints
+        self.ema = ExponentialMovingAverage(self.net, decay=h.ema_decay)
+        self._pending_encoder = [None]
+
+    # ------------------------------------------------------------------ subclass hooks
+
+    def _missing_encoder_message(self) -> str:  # subclass
+        raise NotImplementedError
+
+    def _load_pretrained_encoder(self, path: str | None) -> ConvEncoder:  # subclass
+        """The pretrained condition encoder of ``path``; sets :attr:`encoder_config` from it."""
+        raise NotImplementedError
+
+    def _shapes_known(self) -> bool:  # subclass
+        """Whether the condition and target shapes are known before the data is seen."""
+        raise NotImplementedError
+
+    def _new_encoder(self) -> ConvEncoder:  # subclass
+        raise NotImplementedError
+
+    def target_shape(self) -> tuple[int, int, int]:  # subclass
+        """``(C, H, W)`` of one generated sample."""
+        raise NotImplementedError
+
+    def _learn_shapes(self, dm) -> None:  # subclass
+        """Fill the shape hyper-parameters from the data (called at setup before a lazy build)."""
+        raise NotImplementedError
+
+    def _check_data(self, dm) -> None:  # subclass
+        """Refuse data whose shapes differ from the built networks'."""
+        raise NotImplementedError
+
+    def to_target_space(self, x: Tensor) -> Tensor:
+        """A batch's target values -> the generator's output space (identity by default)."""
+        return x
+
+    def from_target_space(self, y: Tensor) -> Tensor:
+        """Generator output -> target values (identity by default)."""
+        return y
+
+    def _gather_condition(self, index: Tensor) -> Tensor:  # subclass
+        """Conditions of train items ``index`` on the device (wrong-class partners)."""
+        raise NotImplementedError
+
+    def _gather_target(self, index: Tensor) -> Tensor:  # subclass
+        """Targets of train items ``index`` in the generator's output space (wrong-player partners)."""
+        raise NotImplementedError
+
+    def _log_sheet(self, writer, fixed: dict) -> None:  # subclass
+        """TensorBoard sample sheet from the fixed validation items."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def z_dim(self) -> int:
+        return self.gen_config.z_dim
+
+    @property
+    def model(self) -> ConditionalTranslator:
+        """Encoder + generator (built from the data at ``setup`` when shapes were not given)."""
+        if self.net is None:
+            raise RuntimeError(f"{self.name} model not built: train/validate it with the data, or load a checkpoint")
+        return self.net
+
+    @torch.no_grad()
+    def generate_raw(self, condition: Tensor, z: Tensor | None = None, use_ema: bool = True) -> Tensor:
+        """Generator output (its own value space) for ``condition``, in eval mode; ``z`` defaults
+        to fresh standard-normal noise."""
+        net = self.ema.module if use_ema else self.model  # type: ignore[union-attr]
+        condition = condition.to(self.device, torch.float32)
+        if z is None:
+            z = torch.randn(condition.shape[0], self.z_dim, device=self.device)
+        modes = {m: m.training for m in net.modules()}
+        net.eval()
+        try:
+            return net(condition, z.to(self.device))
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+
+    @torch.no_grad()
+    def generate(self, condition: Tensor, z: Tensor | None = None, use_ema: bool = True) -> Tensor:
+        """Targets (frames in [-1, 1] for S2I, LMS in dB for I2S) for a batch of conditions."""
+        return self.from_target_space(self.generate_raw(condition, z, use_ema))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.encoder_mode == "frozen" and self.net is not None:
+            self.net.encoder.eval()  # a frozen encoder keeps its BatchNorm statistics too
+        return self
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self._check_ddp()
+        dm = datamodule_of(self)
+        if dm is None:
+            if self.net is None:
+                raise RuntimeError(f"{type(self).__name__} needs an AudioVisualDataModule (or its shapes) to build")
+            if stage == "fit" and (self.wrong_class_term or self.wrong_player_term):
+                raise RuntimeError(
+                    f"{type(self).__name__}'s wrong-class/wrong-player terms draw from the in-memory train "
+                    "tensors: train with an AudioVisualDataModule"
+                )
+            return
+        if dm.hparams.image_size != self.hparams.image_size:
+            raise ValueError(f"model image_size={self.hparams.image_size} but data image_size={dm.hparams.image_size}")
+        self._features = dm.features
+        if self.net is None:
+            self._learn_shapes(dm)
+            self._build(self._pending_encoder[0])
+        self._check_data(dm)
+        names = list(dm.class_names)
+        trains_head = self.weights.encoder_class > 0 and self.encoder_mode != "frozen"
+        if trains_head and len(names) != self.model.encoder.n_classes:
+            raise ValueError(f"encoder has {self.model.encoder.n_classes} classes but the data {len(names)}")
+        if stage == "fit" and (self.wrong_class_term or self.wrong_player_term):
+            t = dm.train_full.tensors
+            self._train_tensors = t
+            self.sampler = NegativeSampler(
+                t.labels, t.tracks, pool=dm.train.indices, class_names=names, warn=self.wrong_player_term
+            )
+            if self.wrong_player_term and not self.sampler.wrong_player_possible:
+                warnings.warn("no class has two train tracks: the wrong-player term is off for this run", stacklevel=2)
+        rank = self.global_rank if self._trainer is not None else 0
+        self._rng.manual_seed(self.hparams.seed + rank)
+        self._fixed = self._pick_fixed_items(dm.val, names)
+
+    def _check_ddp(self) -> None:
+        """Fail early with the fix, instead of DDP's error after the first step."""
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = self.trainer.strategy
+        if not isinstance(strategy, DDPStrategy):
+            return
+        # G and D are stepped by separate backward passes, each leaving the other's parameters
+        # (and an unused classifier head) without gradients.
+        needs = self.is_gan or (self.encoder_mode != "frozen" and self.weights.encoder_class == 0)
+        if needs and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters", False):
+            raise ValueError(
+                f"{type(self).__name__} under DDP needs unused-parameter detection (G and D take separate backward "
+                "passes): use strategy='ddp_find_unused_parameters_true' (or "
+                "'ddp_spawn_find_unused_parameters_true', or DDPStrategy(find_unused_parameters=True))"
+            )
+
+    @staticmethod
+    def _pick_fixed_items(ds, names: list[str]) -> dict | None:
+        """One validation item per class (the middle one in time), for the sample sheets."""
+        if ds is None or len(ds) == 0:
+            return None
+        t = ds.tensors
+        rows = []
+        for c in range(len(names)):
+            idx = (t.labels == c).nonzero().flatten()
+            if len(idx):
+                rows.append(int(idx[len(idx) // 2]))
+        index = torch.tensor(rows)
+        return {
+            "audio": t.audio[index].float(),
+            "image": t.images[index].float().div(127.5).sub(1.0),
+            "names": [names[int(c)] for c in t.labels[index]],
+        }
+
+    # ------------------------------------------------------------------ training
+
+    def _encode(self, x: Tensor) -> EncoderOutput:
+        """Encoder features and logits; no graph when the encoder is frozen."""
+        enc = self.model.encoder
+        if self.encoder_mode == "frozen":
+            with torch.no_grad():
+                return enc.forward_features(x)
+        return enc.forward_features(x)
+
+    def _disc(self, x: Tensor, cond: Tensor) -> Tensor:
+        assert self.discriminator is not None
+        return self.discriminator(self.d_augment(x), cond)
+
+    def _ema_update(self) -> None:
+        assert self.ema is not None
+        self.ema.update(self.model, decay=ema_decay_at(self.iteration, self.hparams.ema_decay))
+
+    def _encoder_class_loss(self, logits: Tensor, labels: Tensor) -> Tensor | None:
+        if self.weights.encoder_class > 0 and self.encoder_mode != "frozen":
+            return self.weights.encoder_class * F.cross_entropy(logits, labels)
+        return None
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        if self.hparams.sample_every_n_steps > 0 and self.iteration % self.hparams.sample_every_n_steps == 0:
+            self._log_samples()
+        if self.is_gan:
+            self._gan_step(batch)
+        else:
+            self._ae_step(batch)
+        self._ema_update()
+        self.iteration += 1
+
+    def _gan_step(self, batch: dict[str, Tensor]) -> None:
+        opt_g, opt_d = self.optimizers()
+        condition, labels = batch[self.condition_key], batch["label"]
+        real = self.to_target_space(batch[self.target_key])
+        n = real.shape[0]
+        neg = self.sampler.sample(labels, batch["track"], self._rng) if self.sampler is not None else None
+        use_wc = self.wrong_class_term and neg is not None and bool(neg.wrong_class_valid.any())
+        use_wp = self.wrong_player_term and neg is not None and bool(neg.wrong_player_valid.any())
+
+        # wrong-class conditions go through the same encoder pass (same BatchNorm batch statistics)
+        enc_in = condition
+        if use_wc:
+            enc_in = torch.cat([condition, self._gather_condition(neg.wrong_class)])
+        enc = self._encode(enc_in)
+        cond = enc.feature[:n]
+        z = torch.randn(n, self.z_dim, device=self.device)
+        fake = self.model.generator(z, cond)
+
+        # ---- discriminator: real pair -> 1; fake and mismatched pairs -> 0
+        self.toggle_optimizer(opt_d)
+        c = cond.detach()
+        logit_real = self._disc(real, c)
+        negatives: dict[str, tuple[float, Tensor]] = {}
+        logit_fake = self._disc(fake.detach(), c)
+        negatives["fake"] = (self.weights.fake, logit_fake)
+        if use_wc:
+            ok = neg.wrong_class_valid.to(self.device)
+            negatives["wrong_class"] = (self.weights.wrong_class, self._disc(real[ok], enc.feature[n:].detach()[ok]))
+        if use_wp:
+            ok = neg.wrong_player_valid
+            others = self._gather_target(neg.wrong_player[ok])
+            negatives["wrong_player"] = (self.weights.wrong_player, self._disc(others, c[ok.to(self.device)]))
+        d_loss = pair_discriminator_loss(logit_real, list(negatives.values()))
+        self.manual_backward(d_loss)
+        opt_d.step()
+        opt_d.zero_grad(set_to_none=True)
+        self.untoggle_optimizer(opt_d)
+
+        # ---- generator: non-saturating, D(G(z, c), c) -> 1
+        self.toggle_optimizer(opt_g)
+        logit_gen = self._disc(fake, cond)
+        g_loss = generator_adversarial_loss(logit_gen)
+        enc_loss = self._encoder_class_loss(enc.logits[:n], labels)
+        total_g = g_loss if enc_loss is None else g_loss + enc_loss
+        self.manual_backward(total_g)
+        opt_g.step()
+        opt_g.zero_grad(set_to_none=True)
+        self.untoggle_optimizer(opt_g)
+
+        logs = {
+            "train/d_loss": d_loss.detach(),
+            "train/g_loss": g_loss.detach(),
+            "train/d_real": torch.sigmoid(logit_real.detach()).mean(),
+            "train/d_fake": torch.sigmoid(logit_fake.detach()).mean(),
+        }
+        for key in ("wrong_class", "wrong_player"):
+            if key in negatives:
+                logs[f"train/d_{key}"] = torch.sigmoid(negatives[key][1].detach()).mean()
+        if enc_loss is not None:
+            logs["train/encoder_ce"] = enc_loss.detach()
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=n)
+        self.log("g", g_loss.detach(), prog_bar=True, logger=False, batch_size=n)
+        self.log("d", d_loss.detach(), prog_bar=True, logger=False, batch_size=n)
+
+    def _pixel_loss(self, fake: Tensor, real: Tensor) -> Tensor:
+        return F.l1_loss(fake, real) if self.hparams.pixel_loss == "l1" else F.mse_loss(fake, real)
+
+    def _ae_step(self, batch: dict[str, Tensor]) -> None:
+        opt = self.optimizers()
+        condition, labels = batch[self.condition_key], batch["label"]
+        real = self.to_target_space(batch[self.target_key])
+        enc = self._encode(condition)
+        # the pixel loss makes G ignore z (it regresses to the mean target): that is the baseline
+        z = torch.randn(real.shape[0], self.z_dim, device=self.device)
+        fake = self.model.generator(z, enc.feature)
+        pix = self._pixel_loss(fake, real)
+        loss = self.weights.pixel * pix
+        enc_loss = self._encoder_class_loss(enc.logits, labels)
+        if enc_loss is not None:
+            loss = loss + enc_loss
+        self.manual_backward(loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.log("train/pixel_loss", pix.detach(), on_step=True, prog_bar=True, batch_size=real.shape[0])
+
+    def configure_optimizers(self):
+        g_params = list(self.model.generator.parameters())
+        if self.encoder_mode != "frozen":
+            g_params += list(self.model.encoder.parameters())
+        opt_g = self.g_opt_config.build(g_params)
+        if not self.is_gan:
+            return opt_g
+        assert self.discriminator is not None
+        return [opt_g, self.d_opt_config.build(self.discriminator.parameters())]
+
+    # ------------------------------------------------------------------ validation
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Cheap signals only (the full evaluation is separate): EMA-G L1 error in the generator's
+        output space, D's view of real and EMA-generated pairs, and the encoder's class accuracy."""
+        condition, labels = batch[self.condition_key], batch["label"]
+        real = self.to_target_space(batch[self.target_key])
+        n = real.shape[0]
+        # deterministic noise per batch, so epochs are comparable
+        g = torch.Generator().manual_seed(self.sample_config.noise_seed + batch_idx)
+        z = torch.randn(n, self.z_dim, generator=g).to(self.device)
+        fake = self.ema(condition, z)
+        enc = self.model.encoder.forward_features(condition)
+        logs = {
+            "val/l1": (fake - real).abs().mean(),
+            "val/encoder_acc": (enc.logits.argmax(1) == labels).float().mean(),
+        }
+        if self.discriminator is not None:
+            logs["val/d_real"] = torch.sigmoid(self.discriminator(real, enc.feature)).mean()
+            logs["val/d_fake"] = torch.sigmoid(self.discriminator(fake, enc.feature)).mean()
+        self.log_dict(logs, on_epoch=True, sync_dist=True, batch_size=n)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """EMA-G targets for the batch's conditions (fresh noise), with labels and item indices."""
+        return {self.target_key: self.generate(batch[self.condition_key]), "label": batch["label"],
+                "index": batch["index"]}  # fmt: skip
+
+    # ------------------------------------------------------------------ TensorBoard
+
+    @torch.no_grad()
+    def _log_samples(self) -> None:
+        if self._fixed is None or self.global_rank != 0:
+            return
+        from cmav.tasks.common import tensorboard_writer
+
+        writer = tensorboard_writer(self)
+        if writer is None:
+            return
+        self._log_sheet(writer, self._fixed)
+
+    def _can_invert(self) -> bool:
+        return self.sample_config.log_audio and getattr(self._features, "kind", None) == "lms"
+
+    def _log_audio(self, writer, tag: str, lms_db: Tensor, names: list[str], step: int) -> None:
+        """Griffin-Lim renderings of LMS as TensorBoard audio (a listening aid: never stops training)."""
+        from cmav.features.inversion import lms_to_audio
+
+        try:
+            waves = lms_to_audio(lms_db, self._features, self.sample_config.griffin_lim_iters)
+        except Exception as exc:  # noqa: BLE001
+            warnings.warn(f"Griffin-Lim rendering failed ({exc}); no audio logged", stacklevel=2)
+            return
+        for name, w in zip(names, waves):
+            writer.add_audio(f"{tag}/{name}", w.unsqueeze(0), step, sample_rate=self._features.sample_rate)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        enc = self.model.encoder
+        checkpoint[self.checkpoint_key] = {
+            "iteration": self.iteration,
+            "sampler_rng": self._rng.get_state(),
+            "encoder": {
+                "config": plain(self.encoder_config),
+                "n_classes": enc.n_classes,
+                "input_shape": list(enc.input_shape),
+            },
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get(self.checkpoint_key)
+        if not state:
+            return
+        self.iteration = int(state["iteration"])
+        rank = self.global_rank if self._trainer is not None else 0
+        if rank == 0:
+            self._rng.set_state(state["sampler_rng"])
+        else:
+            # the checkpoint holds rank 0's stream; other ranks get their own, still deterministic
+            self._rng.manual_seed(self.hparams.seed + 7919 * rank + self.iteration)
+
+
+def load_paired_gan(
+    cls: type[PairedGANTask], path: str | Path, scratch_args: Callable[[dict], dict[str, Any]]
+) -> PairedGANTask:
+    """Rebuild a ``cls`` task (CPU, eval mode) from its checkpoint for generation/evaluation.
+
+    Needs neither the data nor the pretrained encoder's checkpoint: the encoder's architecture is
+    stored in the task's checkpoint. ``scratch_args(arch)`` gives the constructor arguments that
+    rebuild that encoder fresh (its weights come from the state dict). ``trained_encoder_mode``
+    records the mode it was trained with.
+    """
+    ckpt = _load_checkpoint(path)
+    hp = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    arch = (ckpt.get(cls.checkpoint_key) or {}).get("encoder")
+    if not hp or arch is None:
+        other = [k for k in ("cmav_s2i", "cmav_i2s", "cmav_retrieval") if k in ckpt and k != cls.checkpoint_key]
+        hint = f" (it is a {other[0][5:].upper()} checkpoint)" if other else ""
+        raise ValueError(f"{path}: not a {cls.__name__} checkpoint{hint}")
+    trained_mode = hp.get("encoder_mode", "frozen")
+    hp.update(encoder_mode="scratch", encoder=arch["config"], n_classes=arch["n_classes"], **scratch_args(arch))
+    hp[cls.encoder_ckpt_arg] = None
+    with own_hyperparameters():
+        task = cls(**hp)
+    task.load_state_dict(ckpt["state_dict"])
+    task.iteration = int(ckpt[cls.checkpoint_key]["iteration"])
+    task.trained_encoder_mode = trained_mode
+    return task.eval()
+
+
+__all__ = [
+    "ConditionalTranslator",
+    "DiscriminatorConfig",
+    "EncoderMode",
+    "GeneratorConfig",
+    "LossWeights",
+    "PairedGANTask",
+    "SampleConfig",
+    "ema_decay_at",
+    "generator_adversarial_loss",
+    "load_paired_gan",
+    "pair_discriminator_loss",
+]
