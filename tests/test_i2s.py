@@ -255,3 +255,48 @@ def test_s2i_checkpoint_given_an_image_is_refused_by_name(data, tmp_path):
     frame = write_jpg(tmp_path / "f.jpg")
     with pytest.raises(ValueError, match="S2I checkpoint.*--audio"):
         cmav_main(["generate", "--ckpt", str(ckpt), "--image", str(frame), "-o", str(tmp_path / "x.wav")])
+
+
+def test_cli_fit_fast_dev_run_i2s(data, image_classifier, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    assert cmav_main(["fit", "--config", str(experiments / "i2s_c.yaml"), "--trainer.fast_dev_run=true",
+                      "--trainer.enable_progress_bar=false", f"--data.root={data['root']}",
+                      f"--data.cache_dir={data['cache']}", f"--data.image_size={SIZE}", "--data.batch_size=8",
+                      "--data.progress=false", f"--trainer.default_root_dir={tmp_path}",
+                      f"--model.init_args.image_encoder_ckpt={image_classifier}",
+                      "--model.init_args.generator.base_channels=8",
+                      "--model.init_args.discriminator.base_channels=8"]) == 0  # fmt: skip
+
+
+def test_quick_i2s_grid_writes_the_same_outputs_as_s2i(data, tmp_path):
+    """The quick preset's grid on the fixture, one seed and fewer steps (the full quick preset runs
+    3 seeds; its numbers only show the pipeline works)."""
+    import csv
+
+    from PIL import Image
+
+    from cmav.ablation import load_grid, run_ablation
+
+    cfg = load_grid(Path(__file__).resolve().parents[1] / "experiments" / "ablations" / "i2s.yaml", "quick")
+    cfg["seeds"] = [0]
+    cfg["data"].update(root=data["root"], cache_dir=data["cache"], image_size=SIZE, batch_size=8)
+    for stage in cfg["stages"].values():
+        stage["steps"] = 4
+    out = tmp_path / "grid"
+    r = run_ablation(cfg, out_dir=out)
+    for name in ("table.md", "table.csv", "metrics.png", "samples.png", "results.json"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    assert [row["variant"] for row in rows] == ["I2S-C", "I2S-N", "AE"]
+    assert "round_trip_acc_mean" in rows[0] and "not Inception FID" in (out / "table.md").read_text()
+    for variant in ("I2S-C", "I2S-N", "AE", "real"):
+        wavs = sorted((out / "wavs" / variant).glob("*.wav"))
+        assert len(wavs) == 13, variant
+        wave, rate = sf.read(wavs[0])
+        assert rate == 22050 and wave.shape == (11025,)
+    assert Image.open(out / "samples.png").size[0] > 96 * 5
+    assert r["rows"][0]["n_seeds"] == 1

@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from cmav.cli.main import main as cmav_main
 from cmav.data import AudioVisualDataModule
 from cmav.models import AudioEncoder, ConditionalGenerator, ImageJudge, PairAwareDiscriminator
-from cmav.tasks import ClassifierTask, NegativeSampler, S2ITask, load_classifier, load_s2i
+from cmav.tasks import ClassifierTask, I2STask, NegativeSampler, S2ITask, load_classifier, load_s2i
 from cmav.tasks.common import AdamConfig, AudioEncoderConfig, ImageJudgeConfig, plain
 from cmav.tasks.pairs import NegativeSamplingWarning
 from cmav.tasks.s2i import DiscriminatorConfig, GeneratorConfig
@@ -384,7 +384,8 @@ def test_cli_fit_fast_dev_run_s2i_and_classifier(data, sound_classifier, tmp_pat
                       "--model.init_args.audio_encoder.base_channels=8"]) == 0  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["audio_classifier", "image_judge", "player_judge", "s2i_c", "s2i_n", "s2i_ae"])
+@pytest.mark.parametrize("name", ["audio_classifier", "image_judge", "player_judge", "image_encoder", "s2i_c", "s2i_n",
+                                  "s2i_ae", "i2s_c", "i2s_n", "i2s_ae"])  # fmt: skip
 def test_experiment_configs_parse_and_repeat_the_python_defaults(name, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["cmav"])
     with pytest.raises(SystemExit) as exc:
@@ -397,9 +398,9 @@ def test_experiment_configs_parse_and_repeat_the_python_defaults(name, capsys, m
     assert ckpt["save_last"] is True and ckpt["every_n_epochs"] == 1
     assert raw["trainer"]["logger"]["class_path"].endswith("TensorBoardLogger")
     args = raw["model"]["init_args"]
-    if name.startswith("s2i"):
+    if name.startswith(("s2i", "i2s")):
         # the YAML spells out the option groups, and they are the Python defaults (the paper's)
-        defaults = inspect.signature(S2ITask).parameters
+        defaults = inspect.signature(S2ITask if name.startswith("s2i") else I2STask).parameters
         for group in ("generator", "discriminator", "g_optimizer", "d_optimizer", "loss_weights", "samples",
                       "diff_augment"):  # fmt: skip
             assert args[group] == plain(defaults[group].default), group
@@ -408,7 +409,7 @@ def test_experiment_configs_parse_and_repeat_the_python_defaults(name, capsys, m
         assert args["generator"]["z_dim"] == 10 and args["g_optimizer"] == {"lr": 2e-4, "betas": [0.5, 0.999],
                                                                              "weight_decay": 0.0}  # fmt: skip
     else:
-        group = "audio_encoder" if args["modality"] == "audio" else "image_judge"
+        group = "audio_encoder" if args["modality"] == "audio" else f"image_{args.get('image_model', 'judge')}"
         assert args[group] == plain(inspect.signature(ClassifierTask).parameters[group].default)
         assert args["optimizer"] == plain(inspect.signature(ClassifierTask).parameters["optimizer"].default)
 

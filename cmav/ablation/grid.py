@@ -123,8 +123,19 @@ def mean_sd(values: list[Any]) -> tuple[float | None, float | None]:
     return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
 
 
+def variant_names(cfg: dict) -> list[str]:
+    """The names of the grid's ``variants`` (ValueError when there are none or a name repeats)."""
+    if not cfg.get("variants"):
+        raise ValueError(f"{cfg.get('source', 'grid')}: no variants")
+    names = [v["name"] for v in cfg["variants"]]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{cfg.get('source', 'grid')}: variant names must be unique, got {names}")
+    return names
+
+
 def save_config(cfg: dict, out: Path) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
-__all__ = ["data_root", "datamodule", "fit", "load_grid", "mean_sd", "merge", "save_config", "slug", "trainer"]
+__all__ = ["data_root", "datamodule", "fit", "load_grid", "mean_sd", "merge", "save_config", "slug", "trainer",
+           "variant_names"]  # fmt: skip

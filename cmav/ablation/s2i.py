@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cmav.ablation.grid import datamodule, fit, mean_sd, merge, save_config, slug
+from cmav.ablation.grid import datamodule, fit, mean_sd, merge, save_config, slug, variant_names
+from cmav.viz.tensors import to_uint8_frame
 
 # (key in the table, header, how to read it from evaluate_s2i's result)
 METRICS: list[tuple[str, str, Any]] = [
@@ -58,7 +59,7 @@ def _judges(cfg: dict, out: Path, dm) -> tuple[Path, Path | None]:
     return image, player
 
 
-def _sample_items(dm) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def sample_items(dm) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The middle validation item of every class: (audio, real frame in [-1, 1], class names)."""
     t = dm.val.tensors
     names = list(dm.class_names)
@@ -72,26 +73,35 @@ def _sample_items(dm) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     return t.audio[index].float(), t.images[index].float().div(127.5).sub(1.0), present
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+Metric = tuple[str, str, Any]
 
 
-def summarise(runs: list[dict], variants: list[str]) -> list[dict]:
+def summarise(runs: list[dict], variants: list[str], metrics: list[Metric] = METRICS) -> list[dict]:
     """Per variant: mean and sd (ddof 1; 0 for one seed) over seeds of every metric."""
     rows = []
     for name in variants:
         mine = [r for r in runs if r["variant"] == name]
         row: dict[str, Any] = {"variant": name, "n_seeds": len(mine)}
-        for key, _, get in METRICS:
+        for key, _, get in metrics:
             row[f"{key}_mean"], row[f"{key}_sd"] = mean_sd([get(r["metrics"]) for r in mine])
         rows.append(row)
     return rows
 
 
-def write_tables(rows: list[dict], out: Path, ceiling: dict | None = None, note: str = "") -> tuple[Path, Path]:
-    """``table.csv`` (mean and sd columns) and ``table.md`` (mean ± sd)."""
+S2I_EXPLANATION = (
+    "\nSplits: judged acc, FID/KID and diversity on **validation** (unseen players); player consistency "
+    "on **train_holdout** (time-held-out end of each train track). FID/KID are judge-feature FID/KID "
+    "(image-judge features), not Inception FID: compare only within this table. Diversity: mean pairwise "
+    "judge-feature distance over noise draws of the same audio. Mean ± sd over seeds.\n"
+)
+
+
+def write_tables(rows: list[dict], out: Path, ceiling: dict | None = None, note: str = "",
+                 metrics: list[Metric] = METRICS, explanation: str = S2I_EXPLANATION) -> tuple[Path, Path]:  # fmt: skip
+    """``table.csv`` (mean and sd columns) and ``table.md`` (mean ± sd, the ``ceiling`` line, the
+    ``explanation`` of splits and metrics, and ``note``)."""
     csv_path, md_path = out / "table.csv", out / "table.md"
-    fields = ["variant", "n_seeds"] + [f"{k}_{s}" for k, _, _ in METRICS for s in ("mean", "sd")]
+    fields = ["variant", "n_seeds"] + [f"{k}_{s}" for k, _, _ in metrics for s in ("mean", "sd")]
     with csv_path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
@@ -105,41 +115,40 @@ def write_tables(rows: list[dict], out: Path, ceiling: dict | None = None, note:
         digits = 2 if key == "fid" else 4 if key == "kid" else 3
         return f"{m:.{digits}f} ± {s:.{digits}f}"
 
-    lines = ["| variant | seeds | " + " | ".join(h for _, h, _ in METRICS) + " |",
-             "|---|---|" + "---|" * len(METRICS)]  # fmt: skip
+    lines = ["| variant | seeds | " + " | ".join(h for _, h, _ in metrics) + " |",
+             "|---|---|" + "---|" * len(metrics)]  # fmt: skip
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['n_seeds']} | " + " | ".join(cell(r, k) for k, _, _ in METRICS) + " |")
+        lines.append(f"| {r['variant']} | {r['n_seeds']} | " + " | ".join(cell(r, k) for k, _, _ in metrics) + " |")
     text = "\n".join(lines) + "\n"
     if ceiling:
-        text += (f"\nReal frames (the judges' ceiling): image judge accuracy {ceiling['judge_acc']:.3f} "
+        what = ceiling.get("what", "Real frames (the judges' ceiling): image judge")
+        text += (f"\n{what} accuracy {ceiling['judge_acc']:.3f} "
                  f"(balanced {ceiling['judge_bal_acc']:.3f}) on validation")  # fmt: skip
         if ceiling.get("player_acc") is not None:
             text += f"; player judge accuracy {ceiling['player_acc']:.3f} on train_holdout"
+        if ceiling.get("extra"):
+            text += f"; {ceiling['extra']}"
         text += ".\n"
-    text += (
-        "\nSplits: judged acc, FID/KID and diversity on **validation** (unseen players); player consistency "
-        "on **train_holdout** (time-held-out end of each train track). FID/KID are judge-feature FID/KID "
-        "(image-judge features), not Inception FID: compare only within this table. Diversity: mean pairwise "
-        "judge-feature distance over noise draws of the same audio. Mean ± sd over seeds.\n"
-    )
+    text += explanation
     if note:
         text += f"\n{note}\n"
     md_path.write_text(text)
     return csv_path, md_path
 
 
-def plot_bars(rows: list[dict], path: Path) -> Path:
+def plot_bars(rows: list[dict], path: Path, metrics: list[Metric] = METRICS,
+              title: str = "S2I ablation: mean ± sd over seeds (FID/KID on judge features, not Inception)") -> Path:  # fmt: skip
     """One panel per metric: a bar per variant, error bars = sd over seeds."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    n = len(METRICS)
+    n = len(metrics)
     cols = 3
     fig = Figure(figsize=(4.2 * cols, 3.6 * math.ceil(n / cols)))
     FigureCanvasAgg(fig)
     names = [r["variant"] for r in rows]
     x = np.arange(len(names))
-    for i, (key, header, _) in enumerate(METRICS):
+    for i, (key, header, _) in enumerate(metrics):
         ax = fig.add_subplot(math.ceil(n / cols), cols, i + 1)
         means = [r.get(f"{key}_mean") for r in rows]
         sds = [r.get(f"{key}_sd") or 0.0 for r in rows]
@@ -148,7 +157,7 @@ def plot_bars(rows: list[dict], path: Path) -> Path:
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
         ax.set_title(header + (" (lower=better)" if key in ("fid", "kid") else ""), fontsize=9)
-    fig.suptitle("S2I ablation: mean ± sd over seeds (FID/KID on judge features, not Inception)", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
@@ -160,11 +169,7 @@ def run(cfg: dict, out: Path) -> dict:
     from cmav.tasks import ClassifierTask, S2ITask
     from cmav.viz import labelled_grid
 
-    if not cfg.get("variants"):
-        raise ValueError(f"{cfg.get('source', 'grid')}: no variants")
-    names = [v["name"] for v in cfg["variants"]]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{cfg.get('source', 'grid')}: variant names must be unique, got {names}")
+    names = variant_names(cfg)
     save_config(cfg, out)
     t_start = time.perf_counter()
     dm = datamodule(cfg, out)
@@ -172,7 +177,7 @@ def run(cfg: dict, out: Path) -> dict:
     ev = cfg.get("evaluation") or {}
     size = cfg["data"]["image_size"]
     variants = cfg["variants"]
-    s_audio, s_real, s_names = _sample_items(dm)
+    s_audio, s_real, s_names = sample_items(dm)
     sample_cells: dict[str, torch.Tensor] = {}
     runs: list[dict] = []
     for seed in cfg["seeds"]:
@@ -212,7 +217,7 @@ def run(cfg: dict, out: Path) -> dict:
     note = f"Preset `{cfg['preset']}`, seeds {cfg['seeds']}, data `{dm.root}`, {elapsed:.0f} s in all."
     csv_path, md_path = write_tables(rows, out, ceiling, note)
     bars = plot_bars(rows, out / "metrics.png")
-    cells = [[_to_uint8(s_real[r])] + [_to_uint8(sample_cells[n][r]) for n in names] for r in range(len(s_names))]
+    cells = [[to_uint8_frame(s_real[r])] + [to_uint8_frame(sample_cells[n][r]) for n in names] for r in range(len(s_names))]
     sheet = labelled_grid(cells, s_names, ["real"] + names, cell_size=max(128, size))  # room for the labels
     sheet.save(out / "samples.png")
     paths = {"table_md": str(md_path), "table_csv": str(csv_path), "plot": str(bars),
@@ -222,4 +227,4 @@ def run(cfg: dict, out: Path) -> dict:
     return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
 
 
-__all__ = ["METRICS", "plot_bars", "run", "summarise", "write_tables"]
+__all__ = ["METRICS", "Metric", "plot_bars", "run", "sample_items", "summarise", "write_tables"]

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from cmav.evaluation.paired import GeneratorFn, score_generator
+from cmav.evaluation.paired import GeneratorFn, generator_fn, score_generator
 from cmav.features.logmel import LogMelConfig
 from cmav.metrics import JudgeFeatureExtractor, plot_confusion_matrix, round_trip_accuracy
 from cmav.metrics.serialise import json_safe
@@ -32,19 +31,7 @@ def make_i2s_fn(task_or_ckpt: Any) -> tuple[GeneratorFn, int, dict]:
     (which must carry ``z_dim``; default 10)."""
     from cmav.tasks.i2s import I2STask, load_i2s
 
-    if isinstance(task_or_ckpt, (str, Path)):
-        task_or_ckpt = load_i2s(task_or_ckpt)
-    if isinstance(task_or_ckpt, I2STask):
-        task = task_or_ckpt
-
-        def fn(frames: Tensor, z: Tensor) -> Tensor:
-            return task.generate(frames, z, use_ema=True).float().cpu()
-
-        info = {"variant": task.hparams.variant, "iteration": int(task.iteration), "generator": "ema"}
-        return fn, task.z_dim, info
-    if callable(task_or_ckpt):
-        return task_or_ckpt, int(getattr(task_or_ckpt, "z_dim", 10)), {"generator": "callable"}
-    raise TypeError(f"expected an I2STask, a checkpoint path or a callable, got {type(task_or_ckpt).__name__}")
+    return generator_fn(task_or_ckpt, I2STask, load_i2s)
 
 
 def audio_judge(judge_or_ckpt: Any):

@@ -28,6 +28,27 @@ GeneratorFn = Callable[[Tensor, Tensor], Tensor]
 FID_LABEL = "judge-feature FID, not Inception FID"
 
 
+def generator_fn(task_or_ckpt: Any, task_cls: type, load: Callable[[Any], Any]) -> tuple[GeneratorFn, int, dict]:
+    """``(fn(condition, z) -> outputs on CPU, z_dim, info)`` from a ``task_cls`` task (its EMA
+    generator), its checkpoint path (rebuilt with ``load``) or a callable (carrying ``z_dim``,
+    default 10), so tests can score a "perfect" or a constant generator the same way."""
+    from pathlib import Path
+
+    if isinstance(task_or_ckpt, (str, Path)):
+        task_or_ckpt = load(task_or_ckpt)
+    if isinstance(task_or_ckpt, task_cls):
+        task = task_or_ckpt
+
+        def fn(condition: Tensor, z: Tensor) -> Tensor:
+            return task.generate(condition, z, use_ema=True).float().cpu()
+
+        info = {"variant": task.hparams.variant, "iteration": int(task.iteration), "generator": "ema"}
+        return fn, task.z_dim, info
+    if callable(task_or_ckpt):
+        return task_or_ckpt, int(getattr(task_or_ckpt, "z_dim", 10)), {"generator": "callable"}
+    raise TypeError(f"expected a {task_cls.__name__}, a checkpoint path or a callable, got {type(task_or_ckpt).__name__}")
+
+
 @torch.no_grad()
 def generate_outputs(fn: GeneratorFn, conditions: Tensor, z_dim: int, seed: int = 0, batch_size: int = 64) -> Tensor:
     """One output per condition, float on CPU; the noise is fixed by ``seed``."""
@@ -109,4 +130,4 @@ def score_generator(
     return result, gen_report, real_report, fake
 
 
-__all__ = ["FID_LABEL", "GeneratorFn", "generate_outputs", "score_generator", "subset_per_class"]
+__all__ = ["FID_LABEL", "GeneratorFn", "generate_outputs", "generator_fn", "score_generator", "subset_per_class"]

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cmav.evaluation.paired import FID_LABEL, GeneratorFn, generate_outputs, score_generator
+from cmav.evaluation.paired import FID_LABEL, GeneratorFn, generate_outputs, generator_fn, score_generator
 from cmav.metrics import JudgeFeatureExtractor, judged_accuracy, plot_confusion_matrix
 from cmav.metrics.serialise import json_safe
 
@@ -37,19 +37,7 @@ def make_generator_fn(task_or_ckpt: Any) -> tuple[GeneratorFn, int, dict]:
     A callable must carry ``z_dim`` (default 10)."""
     from cmav.tasks.s2i import S2ITask, load_s2i
 
-    if isinstance(task_or_ckpt, (str, Path)):
-        task_or_ckpt = load_s2i(task_or_ckpt)
-    if isinstance(task_or_ckpt, S2ITask):
-        task = task_or_ckpt
-
-        def fn(audio: Tensor, z: Tensor) -> Tensor:
-            return task.generate(audio, z, use_ema=True).float().cpu()
-
-        info = {"variant": task.hparams.variant, "iteration": int(task.iteration), "generator": "ema"}
-        return fn, task.z_dim, info
-    if callable(task_or_ckpt):
-        return task_or_ckpt, int(getattr(task_or_ckpt, "z_dim", 10)), {"generator": "callable"}
-    raise TypeError(f"expected an S2ITask, a checkpoint path or a callable, got {type(task_or_ckpt).__name__}")
+    return generator_fn(task_or_ckpt, S2ITask, load_s2i)
 
 
 def _judge(judge_or_ckpt: Any):

@@ -1,0 +1,148 @@
+"""The I2S ablation grid (``kind: i2s``, see ``experiments/ablations/i2s.yaml``).
+
+Per seed: the image classifier (its :class:`ImageEncoder` is I2S's frozen condition encoder), then
+every variant; the audio judge (a sound classifier trained on real LMS, never used by I2S) is
+trained once (first seed) and only scores. Every variant is evaluated with
+:func:`cmav.evaluation.evaluate_i2s`. The results folder gets the same files as the S2I grid::
+
+    table.md, table.csv     mean +- sd over seeds per metric and variant
+    metrics.png             bar plot with error bars (sd over seeds)
+    samples.png             rows = classes; columns = frame | real LMS | one LMS per variant (first seed)
+    wavs/<variant>/<class>.wav   Griffin-Lim renderings of those spectrograms (and wavs/real/)
+    results.json            every run's full metrics
+    runs/<variant>/seed<k>/ checkpoint, metrics.json, confusion matrices
+    judges/, tb/            classifier checkpoints, TensorBoard logs
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from cmav.ablation.grid import datamodule, fit, merge, save_config, slug, variant_names
+from cmav.ablation.s2i import Metric, plot_bars, sample_items, summarise, write_tables
+from cmav.viz.tensors import lms_picture, to_uint8_frame
+
+METRICS: list[Metric] = [
+    ("judged_acc", "judged acc", lambda r: r["judged"]["accuracy"]),
+    ("balanced_judged_acc", "balanced judged acc", lambda r: r["judged"]["balanced_accuracy"]),
+    ("round_trip_acc", "round-trip acc", lambda r: r["round_trip"]["accuracy"]),
+    ("round_trip_kept", "round-trip kept", lambda r: r["round_trip"]["kept_fraction"]),
+    ("fid", "judge-FID", lambda r: r["fid_kid"]["fid"]),
+    ("kid", "judge-KID", lambda r: r["fid_kid"]["kid_mean"]),
+    ("diversity", "diversity", lambda r: r["diversity"]["value"]),
+]
+
+EXPLANATION = (
+    "\nAll on **validation** (unseen players). Judged acc: the audio judge (a sound classifier trained on real "
+    "LMS, never used in I2S training) on one generated LMS per validation frame. Round-trip acc: the same judge "
+    "on the LMS recomputed from each generated LMS's Griffin-Lim audio; kept = round-trip / judged. FID/KID are "
+    "judge-feature FID/KID (audio-judge features), not Inception FID: compare only within this table. "
+    "Diversity: mean pairwise judge-feature distance over noise draws of the same frame. Mean ± sd over seeds.\n"
+)
+
+
+def _audio_judge(cfg: dict, out: Path, dm) -> Path:
+    from cmav.tasks import ClassifierTask
+
+    path = out / "judges" / "audio_judge.ckpt"
+    if not path.is_file():
+        stage = cfg["stages"]["audio_judge"]
+        task = ClassifierTask(modality="audio", target="label", image_size=cfg["data"]["image_size"],
+                              **stage.get("model", {}))  # fmt: skip
+        # its own seed stream (first seed + 1000): not the same network as any sound classifier elsewhere
+        fit(cfg, out, dm, "audio_judge", cfg["seeds"][0] + 1000, task, path, stage["steps"])
+    return path
+
+
+def _write_wavs(out: Path, name: str, lms_db: torch.Tensor, names: list[str], dm) -> None:
+    import soundfile as sf
+
+    from cmav.features.inversion import lms_to_audio
+
+    folder = out / "wavs" / slug(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = dm.chunk
+    n = int(round(spec.n_samples * dm.features.sample_rate / spec.sample_rate))
+    for cls, w in zip(names, lms_to_audio(lms_db, dm.features, n_iter=64, n_samples=n)):
+        sf.write(str(folder / f"{cls}.wav"), (0.9 * w).numpy(), dm.features.sample_rate, subtype="PCM_16")
+
+
+def run(cfg: dict, out: Path) -> dict:
+    """Run an I2S grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``."""
+    from cmav.evaluation import evaluate_i2s, make_i2s_fn
+    from cmav.tasks import ClassifierTask, I2STask
+    from cmav.viz import labelled_grid
+
+    names = variant_names(cfg)
+    save_config(cfg, out)
+    t_start = time.perf_counter()
+    dm = datamodule(cfg, out)
+    if getattr(dm.features, "kind", "lms") != "lms":
+        raise ValueError(f"{cfg.get('source', 'grid')}: I2S generates log-mel spectrograms; data.features must be lms")
+    judge = _audio_judge(cfg, out, dm)
+    ev = cfg.get("evaluation") or {}
+    size = cfg["data"]["image_size"]
+    s_audio, s_frames, s_names = sample_items(dm)
+    sample_cells: dict[str, torch.Tensor] = {}
+    runs: list[dict] = []
+    for seed in cfg["seeds"]:
+        clf = ClassifierTask(modality="image", target="label", image_model="encoder", image_size=size,
+                             **cfg["stages"]["image_encoder"].get("model", {}))  # fmt: skip
+        clf_ckpt = fit(cfg, out, dm, "image_encoder", seed, clf, out / "judges" / f"image_encoder_seed{seed}.ckpt",
+                       cfg["stages"]["image_encoder"]["steps"])  # fmt: skip
+        for v in cfg["variants"]:
+            v = dict(v)
+            name = v.pop("name")
+            model_kw = merge(cfg["stages"]["i2s"].get("model", {}), v)
+            model_kw.setdefault("seed", seed)
+            task = I2STask(encoder_mode="frozen", image_encoder_ckpt=str(clf_ckpt), image_size=size, **model_kw)
+            run_dir = out / "runs" / slug(name) / f"seed{seed}"
+            ckpt = fit(cfg, out, dm, f"i2s/{slug(name)}", seed, task, run_dir / "i2s.ckpt", cfg["stages"]["i2s"]["steps"],
+                       gan=task.is_gan)  # fmt: skip
+            task = task.cpu().eval()
+            metrics = evaluate_i2s(task, dm, judge, out_dir=run_dir, seed=seed,
+                                   n_diversity_draws=int(ev.get("n_diversity_draws", 8)),
+                                   diversity_per_class=int(ev.get("diversity_per_class", 4)),
+                                   griffin_lim_iters=int(ev.get("griffin_lim_iters", 32)))  # fmt: skip
+            runs.append({"variant": name, "seed": seed, "checkpoint": str(ckpt), "metrics": metrics})
+            if name not in sample_cells:
+                fn, z_dim, _ = make_i2s_fn(task)
+                z = torch.randn(len(s_frames), z_dim, generator=torch.Generator().manual_seed(1234))
+                sample_cells[name] = fn(s_frames, z)
+                _write_wavs(out, name, sample_cells[name], s_names, dm)
+            print(f"[ablate] {name} seed {seed}: judged acc {metrics['judged']['accuracy']:.3f}, round trip "
+                  f"{metrics['round_trip']['accuracy']:.3f}, judge-FID {metrics['fid_kid']['fid']:.2f}", flush=True)  # fmt: skip
+
+    _write_wavs(out, "real", s_audio, s_names, dm)
+    rows = summarise(runs, names, METRICS)
+    first = runs[0]["metrics"]
+    ceiling = {
+        "what": "Real LMS (the ceiling): audio judge",
+        "judge_acc": first["judge_on_real"]["accuracy"],
+        "judge_bal_acc": first["judge_on_real"]["balanced_accuracy"],
+        "extra": f"audio judge on the Griffin-Lim round trip of the real LMS {first['round_trip']['real_accuracy']:.3f}",
+    }
+    elapsed = time.perf_counter() - t_start
+    note = f"Preset `{cfg['preset']}`, seeds {cfg['seeds']}, data `{dm.root}`, {elapsed:.0f} s in all."
+    csv_path, md_path = write_tables(rows, out, ceiling, note, metrics=METRICS, explanation=EXPLANATION)
+    bars = plot_bars(rows, out / "metrics.png", METRICS,
+                     title="I2S ablation: mean ± sd over seeds (FID/KID on audio-judge features, not Inception)")  # fmt: skip
+    # one dB scale for every spectrogram of the sheet
+    low, high = float(s_audio.min()), float(s_audio.max())
+    cell = 96
+    cells = [[to_uint8_frame(s_frames[r]), lms_picture(s_audio[r], cell, low, high)]
+             + [lms_picture(sample_cells[n][r], cell, low, high) for n in names] for r in range(len(s_names))]  # fmt: skip
+    sheet = labelled_grid(cells, s_names, ["frame", "real LMS"] + names, cell_size=max(cell, size))
+    sheet.save(out / "samples.png")
+    paths = {"table_md": str(md_path), "table_csv": str(csv_path), "plot": str(bars),
+             "samples": str(out / "samples.png"), "wavs": str(out / "wavs"), "results": str(out / "results.json")}  # fmt: skip
+    (out / "results.json").write_text(json.dumps({"config": cfg, "rows": rows, "runs": runs, "ceiling": ceiling,
+                                                  "elapsed_s": elapsed}, indent=2, default=str))  # fmt: skip
+    return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
+
+
+__all__ = ["METRICS", "run"]
