@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -230,6 +231,12 @@ def test_checkpoint_reloads_evaluates_and_generates_a_wav(data, audio_judge, tmp
     assert math.isfinite(m["fid_kid"]["fid"]) and "not Inception" in m["fid_kid"]["label"]
     assert m["round_trip"]["split"] == "validation" and 0.0 <= m["round_trip"]["accuracy"] <= 1.0
     assert (tmp_path / "eval" / "metrics.json").is_file() and (tmp_path / "eval" / "confusion_generated.png").is_file()
+    # the same through `cmav evaluate`, which reads the kind from the checkpoint and asks for the right judge
+    assert cmav_main(["evaluate", "--ckpt", str(ckpt), "--root", data["root"], "--image-size", str(SIZE)]) == 2
+    assert cmav_main(["evaluate", "--ckpt", str(ckpt), "--audio-judge", audio_judge, "--root", data["root"],
+                      "--image-size", str(SIZE), "-o", str(tmp_path / "cli_eval")]) == 0  # fmt: skip
+    cli = json.loads((tmp_path / "cli_eval" / "metrics.json").read_text())
+    assert cli["judge_on_real"]["accuracy"] == m["judge_on_real"]["accuracy"] and "round_trip" in cli
 
     # `cmav generate --ckpt i2s.ckpt --image frame.jpg -o out.wav`
     frame = write_jpg(tmp_path / "frame.jpg", colour=(20, 255, 40))

@@ -46,11 +46,20 @@ EXPLANATION = (
 
 
 def _audio_judge(cfg: dict, out: Path, dm) -> Path:
+    """The audio judge's checkpoint: ``stages.audio_judge.ckpt`` when given (a sound classifier
+    trained elsewhere on the same data, e.g. runs/audio_classifier), else trained here once."""
+    from cmav.evaluation.i2s import audio_judge
     from cmav.tasks import ClassifierTask
 
+    stage = cfg["stages"]["audio_judge"]
+    if stage.get("ckpt"):
+        given = Path(stage["ckpt"])
+        judge = audio_judge(given)  # FileNotFoundError / ValueError naming the file
+        if list(judge.hparams.class_names) != list(dm.class_names):
+            raise ValueError(f"{given}: the audio judge's classes differ from the data's {dm.class_names}")
+        return given
     path = out / "judges" / "audio_judge.ckpt"
     if not path.is_file():
-        stage = cfg["stages"]["audio_judge"]
         task = ClassifierTask(modality="audio", target="label", image_size=cfg["data"]["image_size"],
                               **stage.get("model", {}))  # fmt: skip
         # its own seed stream (first seed + 1000): not the same network as any sound classifier elsewhere
@@ -90,10 +99,11 @@ def run(cfg: dict, out: Path) -> dict:
     sample_cells: dict[str, torch.Tensor] = {}
     runs: list[dict] = []
     for seed in cfg["seeds"]:
-        clf = ClassifierTask(modality="image", target="label", image_model="encoder", image_size=size,
-                             **cfg["stages"]["image_encoder"].get("model", {}))  # fmt: skip
-        clf_ckpt = fit(cfg, out, dm, "image_encoder", seed, clf, out / "judges" / f"image_encoder_seed{seed}.ckpt",
-                       cfg["stages"]["image_encoder"]["steps"])  # fmt: skip
+        clf_ckpt = out / "judges" / f"image_encoder_seed{seed}.ckpt"
+        if not clf_ckpt.is_file():  # a re-run of the same folder keeps it (fit writes it last, whole)
+            clf = ClassifierTask(modality="image", target="label", image_model="encoder", image_size=size,
+                                 **cfg["stages"]["image_encoder"].get("model", {}))  # fmt: skip
+            fit(cfg, out, dm, "image_encoder", seed, clf, clf_ckpt, cfg["stages"]["image_encoder"]["steps"])
         for v in cfg["variants"]:
             v = dict(v)
             name = v.pop("name")

@@ -44,9 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("-o", "--output", default=None, help="write the result as JSON here")
     b.set_defaults(func=_bench)
 
-    e = sub.add_parser("evaluate", help="score an S2I checkpoint (judged accuracy, judge-feature FID/KID, diversity)")
-    e.add_argument("--ckpt", required=True, help="S2ITask checkpoint")
-    e.add_argument("--image-judge", required=True, help="image-judge ClassifierTask checkpoint")
+    e = sub.add_parser("evaluate", help="score an S2I or I2S checkpoint (judged accuracy, judge-feature FID/KID, "
+                       "diversity; I2S also the Griffin-Lim round trip)")  # fmt: skip
+    e.add_argument("--ckpt", required=True, help="S2ITask or I2STask checkpoint (the kind is read from it)")
+    e.add_argument("--image-judge", default=None, help="S2I: image-judge ClassifierTask checkpoint")
+    e.add_argument("--audio-judge", default=None,
+                   help="I2S: a sound-classifier checkpoint trained on real LMS (not the one I2S used)")  # fmt: skip
     e.add_argument("--player-judge", default=None, help="player-judge checkpoint (target='track')")
     e.add_argument("--root", default="data/default")
     e.add_argument("--image-size", type=int, default=64)
@@ -104,10 +107,30 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from cmav.data.datamodule import AudioVisualDataModule
-    from cmav.evaluation import evaluate_s2i
+    from cmav.evaluation import evaluate_i2s, evaluate_s2i
+    from cmav.evaluation.generate import checkpoint_kind, front_end_of
 
-    dm = AudioVisualDataModule(root=args.root, image_size=args.image_size, holdout_tail=args.holdout_tail)
+    kind = checkpoint_kind(args.ckpt)
+    judge_flag = "--image-judge" if kind == "s2i" else "--audio-judge"
+    if (args.image_judge if kind == "s2i" else args.audio_judge) is None:
+        print(f"cmav evaluate: {args.ckpt} is an {kind.upper()} checkpoint: give {judge_flag}", file=sys.stderr)
+        return 2
+    features, chunk = front_end_of(args.ckpt)  # score on the front end the model was trained with
+    dm = AudioVisualDataModule(root=args.root, image_size=args.image_size, holdout_tail=args.holdout_tail,
+                               features=features, chunk=chunk)  # fmt: skip
     dm.setup("fit")
+    if kind == "i2s":
+        m = evaluate_i2s(args.ckpt, dm, args.audio_judge, out_dir=args.output, seed=args.seed)
+        print(f"judged accuracy (validation): {m['judged']['accuracy']:.3f} (balanced {m['judged']['balanced_accuracy']:.3f}); "
+              f"audio judge on real LMS: {m['judge_on_real']['accuracy']:.3f}")  # fmt: skip
+        rt = m["round_trip"]
+        print(f"Griffin-Lim round trip (validation): {rt['accuracy']:.3f} (kept {rt['kept_fraction']:.2f} of judged); "
+              f"on real LMS {rt['real_accuracy']:.3f}")  # fmt: skip
+        fk = m["fid_kid"]
+        print(f"{fk['label']} (validation): FID {fk['fid']:.3f}, KID {fk['kid_mean']:.5f} ± {fk['kid_std']:.5f}")
+        print(f"diversity over noise (validation): {m['diversity']['value']:.4f}")
+        print(f"wrote {Path(args.output) / 'metrics.json'}")
+        return 0
     m = evaluate_s2i(args.ckpt, dm, args.image_judge, args.player_judge, out_dir=args.output, seed=args.seed)
     print(f"judged accuracy (validation): {m['judged']['accuracy']:.3f} (balanced {m['judged']['balanced_accuracy']:.3f}); "
           f"image judge on real frames: {m['judge_on_real']['accuracy']:.3f}")  # fmt: skip
