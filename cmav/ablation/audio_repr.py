@@ -17,7 +17,6 @@ validation split (held-out players). The results folder gets::
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cmav.ablation.grid import datamodule, fit, mean_sd, merge, save_config, slug
+from cmav.ablation.grid import datamodule, fit, mean_sd, merge, save_config, slug, write_csv
 from cmav.features.frontend import build_front_end, front_end_config
 
 
@@ -108,12 +107,7 @@ def verdict(rows: list[dict], paper: tuple[str, int] = ("lms", 4)) -> str:
 
 
 def write_tables(rows: list[dict], out: Path, note: str = "", throughput_batch: int = 256) -> tuple[Path, Path]:
-    csv_path, md_path = out / "table.csv", out / "table.md"
-    with csv_path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k) for k in FIELDS})
+    csv_path, md_path = write_csv(rows, FIELDS, out / "table.csv"), out / "table.md"
     lines = ["| representation | depth | input (C×H×W) | val accuracy | balanced val accuracy | parameters "
              "| front end (chunks/s) | train time (s) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:

@@ -9,6 +9,7 @@ under the results folder), ``trainer`` (passed to ``lightning.Trainer``) and ``p
 from __future__ import annotations
 
 import copy
+import csv
 import math
 import re
 import time
@@ -133,9 +134,19 @@ def variant_names(cfg: dict) -> list[str]:
     return names
 
 
+def write_csv(rows: list[dict], fields: list[str], path: Path) -> Path:
+    """``rows`` as a CSV with the columns ``fields`` (missing values empty); returns ``path``."""
+    with Path(path).open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k) for k in fields})
+    return Path(path)
+
+
 def save_config(cfg: dict, out: Path) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
 __all__ = ["data_root", "datamodule", "fit", "load_grid", "mean_sd", "merge", "save_config", "slug", "trainer",
-           "variant_names"]  # fmt: skip
+           "variant_names", "write_csv"]  # fmt: skip

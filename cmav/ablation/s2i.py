@@ -14,7 +14,6 @@ player judge are trained once (first seed) and only score. Every variant is eval
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cmav.ablation.grid import datamodule, fit, mean_sd, merge, save_config, slug, variant_names
+from cmav.ablation.grid import datamodule, fit, mean_sd, merge, save_config, slug, variant_names, write_csv
 from cmav.viz.tensors import to_uint8_frame
 
 # (key in the table, header, how to read it from evaluate_s2i's result)
@@ -102,11 +101,7 @@ def write_tables(rows: list[dict], out: Path, ceiling: dict | None = None, note:
     ``explanation`` of splits and metrics, and ``note``)."""
     csv_path, md_path = out / "table.csv", out / "table.md"
     fields = ["variant", "n_seeds"] + [f"{k}_{s}" for k, _, _ in metrics for s in ("mean", "sd")]
-    with csv_path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k) for k in fields})
+    write_csv(rows, fields, csv_path)
 
     def cell(r: dict, key: str) -> str:
         m, s = r.get(f"{key}_mean"), r.get(f"{key}_sd")

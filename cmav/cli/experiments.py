@@ -16,8 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--root", default=None, help="data set folder (overrides the YAML's data.root)")
     a.set_defaults(func=_ablate)
 
-    g = sub.add_parser("generate", help="images from a sound (S2I checkpoint) or sound from a frame (I2S checkpoint)")
-    g.add_argument("--ckpt", required=True, help="S2ITask or I2STask checkpoint (the kind is read from it)")
+    g = sub.add_parser("generate", help="images from a sound (S2I or audio-token checkpoint) or sound from a frame (I2S)")
+    g.add_argument("--ckpt", required=True, help="S2I, I2S or audio-token checkpoint (the kind is read from it)")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--audio", help="S2I: audio file (0.5 s; a longer clip is cut to its first 0.5 s)")
     src.add_argument("--image", help="I2S: a frame (jpg/png; its centre square is used)")
@@ -25,7 +25,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("-o", "--output", default=None,
                    help="S2I: png (a grid when n > 1; default generated.png); I2S: wav (<stem>_<k>.wav when n > 1; "
-                   "default generated.wav)")  # fmt: skip
+                   "default generated.wav); audio token: a folder (sample_00.png ... and grid.png; default generated)")  # fmt: skip
+    g.add_argument("--scheduler", default="ddim", choices=["ddim", "ddpm", "pndm", "euler", "dpm"],
+                   help="audio-token checkpoints: the diffusion sampler (default: %(default)s)")  # fmt: skip
+    g.add_argument("--steps", type=int, default=50, help="audio-token checkpoints: denoising steps (default: %(default)s)")
+    g.add_argument("--guidance", type=float, default=3.0,
+                   help="audio-token checkpoints: classifier-free guidance scale (default: %(default)s)")  # fmt: skip
+    g.add_argument("--pipeline", default=None,
+                   help="audio-token checkpoints: diffusion pipeline folder (default: the one it was trained with)")
     g.set_defaults(func=_generate)
 
     b = sub.add_parser("bench", help="time a training step (images/s): Lightning path vs bare PyTorch loop")
@@ -70,9 +77,16 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from cmav.evaluation.generate import generate_from_image, generate_from_wav
+    from cmav.evaluation.generate import checkpoint_kind, generate_from_image, generate_from_wav
 
-    if args.image is not None:
+    if args.audio is not None and checkpoint_kind(args.ckpt) == "audio_token":
+        from cmav.evaluation.token import generate_from_audio_token
+
+        paths, notes = generate_from_audio_token(
+            args.ckpt, args.audio, n=args.n or 4, seed=args.seed, output_dir=args.output or "generated",
+            scheduler=args.scheduler, steps=args.steps, guidance_scale=args.guidance, pipeline=args.pipeline,
+        )  # fmt: skip
+    elif args.image is not None:
         paths, notes = generate_from_image(args.ckpt, args.image, n=args.n or 1, seed=args.seed,
                                            output=args.output or "generated.wav")  # fmt: skip
     else:

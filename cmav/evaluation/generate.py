@@ -62,18 +62,19 @@ def wav_to_features(path: str | Path, features: FrontEndConfig, spec: ChunkSpec)
     return lms, notes
 
 
-CHECKPOINT_KINDS = {"cmav_s2i": "s2i", "cmav_i2s": "i2s"}
+CHECKPOINT_KINDS = {"cmav_s2i": "s2i", "cmav_i2s": "i2s", "cmav_audio_token": "audio_token"}
 
 
 def checkpoint_kind(ckpt: str | Path) -> str:
-    """``'s2i'`` or ``'i2s'``: what a generator checkpoint is (ValueError naming the file otherwise)."""
+    """``'s2i'``, ``'i2s'`` or ``'audio_token'``: what a generator checkpoint is (ValueError naming the
+    file otherwise)."""
     from cmav.tasks.classifier import _load_checkpoint
 
     data = _load_checkpoint(ckpt)
     for key, kind in CHECKPOINT_KINDS.items():
         if key in data:
             return kind
-    raise ValueError(f"{ckpt}: not a generator checkpoint (S2I or I2S); `cmav generate` cannot use it")
+    raise ValueError(f"{ckpt}: not a generator checkpoint (S2I, I2S or audio token); `cmav generate` cannot use it")
 
 
 @torch.no_grad()
@@ -86,8 +87,10 @@ def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int
 
     if n < 1:
         raise ValueError("n must be >= 1")
-    if checkpoint_kind(ckpt) != "s2i":
-        raise ValueError(f"{ckpt}: an I2S checkpoint (image -> sound): give it a frame with --image, not --audio")
+    kind = checkpoint_kind(ckpt)
+    if kind != "s2i":
+        raise ValueError(f"{ckpt}: an {kind} checkpoint, not S2I" + (
+            " (image -> sound): give it a frame with --image, not --audio" if kind == "i2s" else ""))
     task = load_s2i(ckpt)
     features, spec = front_end_of(ckpt)
     lms, notes = wav_to_features(audio, features, spec)

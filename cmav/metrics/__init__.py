@@ -1,5 +1,5 @@
 """Metrics shared by every cmav branch: classification/judge accuracy, judge-feature FID/KID, diversity,
-the spectrogram -> sound -> spectrogram round trip."""
+the spectrogram -> sound -> spectrogram round trip, and the token branch's AIS/IIS/AIC."""
 
 from cmav.metrics.classification import (
     ClassificationReport,
@@ -17,6 +17,13 @@ from cmav.metrics.fidelity import (
     fid_kid_from_features,
     inception_feature_extractor,
 )
+from cmav.metrics.token import (
+    audio_image_consistency,
+    audio_image_similarity,
+    image_image_similarity,
+    paired_win_rate,
+    random_negatives,
+)
 from cmav.metrics.round_trip import round_trip_accuracy, round_trip_lms
 
 __all__ = [
@@ -25,14 +32,19 @@ __all__ = [
     "JudgeFeatureExtractor",
     "classification_report",
     "diversity_over_noise",
+    "audio_image_consistency",
+    "audio_image_similarity",
     "extract_features",
     "feature_diversity",
     "fid_kid",
     "fid_kid_from_features",
+    "image_image_similarity",
     "inception_feature_extractor",
     "judged_accuracy",
+    "paired_win_rate",
     "round_trip_accuracy",
     "round_trip_lms",
     "plot_confusion_matrix",
+    "random_negatives",
     "save_classification_report",
 ]

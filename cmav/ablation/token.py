@@ -1,0 +1,206 @@
+"""The token-branch comparison (``kind: token``, see ``experiments/ablations/token.yaml``): AudioToken's table.
+
+One table: the audio token vs the same diffusion model prompted with the TEXT label (the upper
+line) vs S2I-C, each scored with AIS, IIS, AIC and judge-feature FID
+(:func:`cmav.evaluation.token.score_images`) on a class-balanced subset of validation items
+(unseen players), mean ± sd over seeds.
+
+Trained once (under the first seed) and then only used: the image judge (AIC, IIS and FID
+features), the retrieval model (AIS; its own scratch audio encoder, so AIS does not reuse the
+encoder under test) and the offline diffusion model (stage ``diffusion_base``; skipped when
+``diffusion.pipeline`` names a local pipeline folder). Per seed: the sound classifier, then the
+audio token and S2I-C on its frozen encoder. The results folder gets::
+
+    table.md, table.csv     mean ± sd over seeds per method and metric
+    metrics.png             bar plot with error bars (sd over seeds)
+    samples.png             rows = classes: real frame, audio token, text label, S2I-C (first seed)
+    results.json            every run's metrics
+    runs/<method>/seed<k>/  checkpoints
+    judges/, diffusion_base/pipeline/, tb/
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmav.ablation.grid import datamodule, fit, save_config
+from cmav.ablation.s2i import Metric, plot_bars, summarise, write_tables
+
+METHODS: tuple[str, ...] = ("audio token", "text label", "S2I-C")
+# (key in the table, header, how to read it from score_images' result)
+METRICS: list[Metric] = [
+    ("ais", "AIS", lambda m: m["AIS"]),
+    ("iis", "IIS", lambda m: m["IIS"]),
+    ("aic", "AIC", lambda m: m["AIC"]),
+    ("fid", "judge-FID", lambda m: m["FID"]),
+]
+STAGES = ("audio_classifier", "image_judge", "retrieval", "audio_token", "s2i")
+
+
+def _check(cfg: dict) -> None:
+    src = cfg.get("source", "grid")
+    stages = cfg.get("stages") or {}
+    need = list(STAGES) + ([] if (cfg.get("diffusion") or {}).get("pipeline") else ["diffusion_base"])
+    missing = [s for s in need if s not in stages or "steps" not in stages[s]]
+    if missing:
+        raise ValueError(f"{src}: stages {missing} missing (each needs steps)")
+    if int((cfg.get("evaluation") or {}).get("per_class", 1)) < 1:
+        raise ValueError(f"{src}: evaluation.per_class must be >= 1")
+
+
+def _once(cfg: dict, out: Path, dm, stage: str, ckpt: Path, make: Callable[[], Any]) -> Path:
+    """Train ``stage`` under the first seed unless ``ckpt`` exists (a rerun reuses it)."""
+    if not ckpt.is_file():
+        fit(cfg, out, dm, stage, cfg["seeds"][0], make(), ckpt, cfg["stages"][stage]["steps"])
+    return ckpt
+
+
+def _pipeline(cfg: dict, out: Path, dm) -> Path:
+    """The given pipeline folder, or the offline default trained (once) into ``out/diffusion_base/pipeline``."""
+    from cmav.diffusion import check_pipeline_folder
+    from cmav.tasks.diffusion import DiffusionBaseTask
+
+    given = (cfg.get("diffusion") or {}).get("pipeline")
+    if given:
+        return check_pipeline_folder(given)
+    folder = out / "diffusion_base" / "pipeline"
+    model = dict(cfg["stages"]["diffusion_base"].get("model", {}))
+    size = cfg["data"]["image_size"]
+    _once(cfg, out, dm, "diffusion_base", out / "diffusion_base" / "diffusion_base.ckpt",
+          lambda: DiffusionBaseTask(image_size=size, pipeline_dir=str(folder), **model))  # fmt: skip
+    return check_pipeline_folder(folder)
+
+
+def verdict(rows: list[dict], target: float = 0.85, gap: float = 0.1) -> str:
+    """The issue's target: AIC of the audio token >= ``target`` and within ``gap`` of the text label."""
+    by = {r["variant"]: r for r in rows}
+    tok, txt = by["audio token"].get("aic_mean"), by["text label"].get("aic_mean")
+    if tok is None or txt is None:
+        return "AIC target: not computed."
+    ok = tok >= target and txt - tok <= gap
+    return (f"AIC target (AIC of the audio token >= {target} and within {gap} of the text label): "
+            f"{'met' if ok else 'NOT met'} ({tok:.3f} vs {txt:.3f}).")  # fmt: skip
+
+
+def _eval_items(dm, per_class: int) -> dict[str, Any]:
+    from cmav.evaluation.paired import subset_per_class
+
+    t = dm.val.tensors
+    index = subset_per_class(t.labels, len(dm.class_names), per_class)
+    return {"index": index, "audio": t.audio[index].float(), "label": t.labels[index].long(),
+            "image": t.images[index].float().div(127.5).sub(1.0)}  # fmt: skip
+
+
+def _sample_sheet(items: dict, images: dict[str, torch.Tensor], names: list[str], path: Path, size: int) -> Path:
+    from cmav.viz import labelled_grid
+    from cmav.viz.tensors import to_uint8_frame
+
+    rows, labels = [], []
+    for c, name in enumerate(names):
+        where = (items["label"] == c).nonzero().flatten()
+        if len(where):
+            i = int(where[0])
+            rows.append([to_uint8_frame(items["image"][i])] + [to_uint8_frame(images[m][i]) for m in METHODS])
+            labels.append(name)
+    labelled_grid(rows, labels, ["real", *METHODS], cell_size=max(96, size)).save(path)
+    return path
+
+
+def run(cfg: dict, out: Path) -> dict:
+    """Run a token grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``."""
+    from cmav.evaluation import generate_images, make_generator_fn
+    from cmav.evaluation.token import label_images, score_images, token_images
+    from cmav.tasks import ClassifierTask, S2ITask, load_classifier
+    from cmav.tasks.audio_token import AudioTokenTask
+    from cmav.tasks.retrieval import RetrievalTask, load_retrieval
+
+    _check(cfg)
+    save_config(cfg, out)
+    t_start = time.perf_counter()
+    dm = datamodule(cfg, out)
+    st, size = cfg["stages"], cfg["data"]["image_size"]
+    ev = cfg.get("evaluation") or {}
+    gen = {"steps": int(ev.get("steps", 50)), "scheduler": ev.get("scheduler", "ddim"),
+           "guidance_scale": float(ev.get("guidance_scale", 3.0)),
+           "batch_size": int(ev.get("batch_size", 64))}  # fmt: skip
+    n_neg = int(ev.get("n_negatives", 10))
+    device = torch.device("cuda" if torch.cuda.is_available() and (cfg.get("trainer") or {}).get("accelerator") != "cpu"
+                          else "cpu")  # fmt: skip
+
+    judges = out / "judges"
+    judge = load_classifier(_once(cfg, out, dm, "image_judge", judges / "image_judge.ckpt", lambda: ClassifierTask(
+        modality="image", target="label", image_size=size, **st["image_judge"].get("model", {}))))  # fmt: skip
+    retrieval = load_retrieval(_once(cfg, out, dm, "retrieval", judges / "retrieval.ckpt", lambda: RetrievalTask(
+        image_size=size, **st["retrieval"].get("model", {}))))  # fmt: skip
+    pipeline = _pipeline(cfg, out, dm)
+    items = _eval_items(dm, int(ev.get("per_class", 10)))
+    names = list(dm.class_names)
+    score_kw = dict(image_judge=judge, retrieval=retrieval, class_names=names, n_negatives=n_neg)
+
+    runs: list[dict] = []
+    sheet_images: dict[str, torch.Tensor] = {}
+    for seed in cfg["seeds"]:
+        clf = ClassifierTask(modality="audio", target="label", image_size=size,
+                             **st["audio_classifier"].get("model", {}))  # fmt: skip
+        clf_ckpt = fit(cfg, out, dm, "audio_classifier", seed, clf, judges / f"audio_classifier_seed{seed}.ckpt",
+                       st["audio_classifier"]["steps"])  # fmt: skip
+        token = AudioTokenTask(pipeline=str(pipeline), audio_encoder_ckpt=str(clf_ckpt), image_size=size,
+                               **st["audio_token"].get("model", {}))  # fmt: skip
+        run_dir = out / "runs"
+        tok_ckpt = fit(cfg, out, dm, "audio_token", seed, token, run_dir / "audio_token" / f"seed{seed}" / "token.ckpt",
+                       st["audio_token"]["steps"])  # fmt: skip
+        s2i_kw = {"variant": "s2i_c", **st["s2i"].get("model", {})}
+        s2i = S2ITask(encoder_mode="frozen", audio_encoder_ckpt=str(clf_ckpt), image_size=size, **s2i_kw)
+        s2i_ckpt = fit(cfg, out, dm, "s2i", seed, s2i, run_dir / "s2i_c" / f"seed{seed}" / "s2i.ckpt",
+                       st["s2i"]["steps"], gan=s2i.is_gan)  # fmt: skip
+
+        model = token.model.to(device).eval()
+        fn, z_dim, _ = make_generator_fn(s2i.cpu().eval())
+        images = {
+            "audio token": token_images(model, items["audio"], seed=seed, **gen),
+            "text label": label_images(model, items["label"], seed=seed, **gen),
+            "S2I-C": generate_images(fn, items["audio"], z_dim, seed=seed),
+        }
+        model.cpu()
+        ckpts = {"audio token": tok_ckpt, "text label": tok_ckpt, "S2I-C": s2i_ckpt}
+        for method in METHODS:
+            m = score_images(images[method], items["audio"], items["label"], items["image"], seed=seed, **score_kw)
+            runs.append({"variant": method, "seed": seed, "checkpoint": str(ckpts[method]), "metrics": m})
+            print(f"[ablate] {method} seed {seed}: AIS {m['AIS']:.3f} IIS {m['IIS']:.3f} AIC {m['AIC']:.3f} "
+                  f"judge-FID {m['FID']:.2f}", flush=True)  # fmt: skip
+        sheet_images = sheet_images or images
+
+    rows = summarise(runs, list(METHODS), METRICS)
+    real = score_images(items["image"], items["audio"], items["label"], items["image"], seed=cfg["seeds"][0],
+                        **score_kw)  # fmt: skip
+    elapsed = time.perf_counter() - t_start
+    first = runs[0]["metrics"]
+    explanation = (
+        f"\nReal frames of the same items (the scorers' ceilings): AIS {real['AIS']:.3f} (retrieval model), "
+        f"AIC {real['AIC']:.3f} (image judge accuracy).\n\n{verdict(rows)}\n\n"
+        f"Higher is better except judge-FID. {first['n_items']} validation items (unseen players; up to "
+        f"{int(ev.get('per_class', 10))} per class), {n_neg} random other items per image for AIS/IIS "
+        "(chance 0.5). AIS: retrieval-model similarity of the image to its own audio beats that to another "
+        "item's audio; IIS: judge-feature cosine to its own real frame beats that to another item's frame; "
+        f"AIC: the image judge names the audio's instrument. FID: {first['fid_note']}. Mean ± sd over seeds.\n"
+    )
+    note = (f"Diffusion: `{pipeline}`, {gen['scheduler']} {gen['steps']} steps, guidance {gen['guidance_scale']:g}. "
+            f"Preset `{cfg['preset']}`, seeds {cfg['seeds']}, data `{dm.root}`, {elapsed:.0f} s in all.")  # fmt: skip
+    csv_path, md_path = write_tables(rows, out, note=note, metrics=METRICS, explanation=explanation)
+    bars = plot_bars(rows, out / "metrics.png", METRICS, "Token branch: mean ± sd over seeds (FID on judge features)")
+    sheet = _sample_sheet(items, sheet_images, names, out / "samples.png", size)
+    results = out / "results.json"
+    results.write_text(json.dumps({"config": cfg, "rows": rows, "runs": runs, "real_frames": real,
+                                   "elapsed_s": elapsed}, indent=2, default=str))  # fmt: skip
+    paths = {"table_md": str(md_path), "table_csv": str(csv_path), "plot": str(bars), "samples": str(sheet),
+             "results": str(results), "pipeline": str(pipeline)}  # fmt: skip
+    return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
+
+
+__all__ = ["METHODS", "METRICS", "run", "verdict"]

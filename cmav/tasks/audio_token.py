@@ -1,0 +1,228 @@
+"""Training the audio-token embedder (AudioToken) against a frozen text-to-image diffusion model.
+
+:class:`AudioTokenTask` wraps :class:`cmav.diffusion.AudioTokenModel`: the sound classifier's
+:class:`AudioEncoder` (frozen), the pipeline folder's diffusion model (frozen) and the embedder,
+the only thing with an optimiser. Checkpoints hold the embedder and the audio encoder (weights and
+architecture) but NOT the diffusion model: they name its folder (``pipeline``) and a fingerprint
+of it, and :func:`load_audio_token` loads the folder again::
+
+    cmav fit --config experiments/audio_token.yaml
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from cmav.diffusion.audio_token import AudioTokenModel, EmbedderConfig, PromptConfig, TokenLossConfig
+from cmav.diffusion.pipeline import check_pipeline_folder, load_pipeline
+from cmav.models import AudioEncoder
+from cmav.tasks.classifier import _load_checkpoint, load_sound_classifier, own_hyperparameters
+from cmav.tasks.common import AdamConfig, EncoderConfig, coerce, datamodule_of, plain, tensorboard_writer
+from cmav.viz.tensors import to_uint8_frame
+
+CHECKPOINT_KEY = "cmav_audio_token"
+"""Key of the checkpoint entry that marks (and describes) an audio-token checkpoint."""
+
+
+def pipeline_fingerprint(path: str | Path, sample_bytes: int = 1 << 20) -> str:
+    """A short hash of a pipeline folder: every file's relative path and size, every JSON's text, and
+    the first and last ``sample_bytes`` of every other file (retrained weights change it)."""
+    root = check_pipeline_folder(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(root).as_posix()}:{size}\n".encode())
+        with f.open("rb") as fh:
+            if f.suffix == ".json" or size <= 2 * sample_bytes:
+                h.update(fh.read())
+            else:
+                h.update(fh.read(sample_bytes))
+                fh.seek(size - sample_bytes)
+                h.update(fh.read(sample_bytes))
+    return h.hexdigest()[:16]
+
+
+class AudioTokenTask(L.LightningModule):
+    """Only the audio-token embedder trains; the audio encoder and the diffusion model stay frozen.
+
+    Args:
+        pipeline: the diffusion pipeline folder (local path; Stable Diffusion layout).
+        audio_encoder_ckpt: the sound classifier's checkpoint (its encoder, frozen; its classes).
+        image_size: the data's frame side (the CLI links it to ``data.image_size``); frames are
+            resized to the pipeline's own size.
+        embedder: which encoder blocks, hidden width, time length.
+        prompt: template and placeholder.
+        loss: weights of the L1 and classification terms (the denoising loss has weight 1).
+        optimizer: Adam for the embedder.
+        sample_every_n_epochs: TensorBoard sheet (real frame | audio token | text label, one
+            validation item per class) every n epochs (0 = never).
+        sample_steps: DDIM steps of those samples.
+        guidance_scale: classifier-free guidance of those samples.
+        class_names: filled from the sound classifier (leave unset).
+        audio_encoder: the encoder's architecture, filled from the sound classifier (leave unset;
+            a checkpoint is reloaded from it without the classifier's checkpoint).
+    """
+
+    def __init__(
+        self,
+        pipeline: str = "runs/diffusion_base/pipeline",
+        audio_encoder_ckpt: str | None = "runs/audio_classifier/checkpoints/last.ckpt",
+        image_size: int = 64,
+        embedder: EmbedderConfig = EmbedderConfig(),
+        prompt: PromptConfig = PromptConfig(),
+        loss: TokenLossConfig = TokenLossConfig(),
+        optimizer: AdamConfig = AdamConfig(lr=1e-3, betas=(0.9, 0.999)),
+        sample_every_n_epochs: int = 1,
+        sample_steps: int = 25,
+        guidance_scale: float = 3.0,
+        class_names: list[str] | None = None,
+        audio_encoder: dict | None = None,
+    ) -> None:
+        super().__init__()
+        embedder, prompt, loss, optimizer = plain(embedder), plain(prompt), plain(loss), plain(optimizer)
+        self.save_hyperparameters()
+        self.embedder_config = coerce(EmbedderConfig, embedder)
+        self.prompt_config = coerce(PromptConfig, prompt)
+        self.loss_config = coerce(TokenLossConfig, loss)
+        self.optimizer_config = coerce(AdamConfig, optimizer)
+        # a saved checkpoint's weights go into the module after it is built, so Lightning may load
+        # state dicts that lack the (frozen, separately stored) diffusion model
+        self.strict_loading = False
+        h = self.hparams
+        if audio_encoder is not None:
+            encoder = coerce(EncoderConfig, audio_encoder["config"]).build(
+                AudioEncoder, audio_encoder["input_shape"], audio_encoder["n_classes"])  # fmt: skip
+        elif audio_encoder_ckpt:
+            clf = load_sound_classifier(audio_encoder_ckpt, "audio-token")
+            encoder = clf.model  # type: ignore[assignment]
+            h.class_names = list(clf.hparams.class_names)
+            h.audio_encoder = {"config": plain(clf.audio_encoder_config), "input_shape": list(encoder.input_shape),
+                               "n_classes": encoder.n_classes}  # fmt: skip
+        else:
+            raise ValueError(
+                "AudioTokenTask needs audio_encoder_ckpt, the sound classifier's checkpoint (`cmav fit --config "
+                "experiments/audio_classifier.yaml` writes runs/audio_classifier/checkpoints/last.ckpt)"
+            )
+        self.pipeline_fingerprint = pipeline_fingerprint(pipeline)
+        diffusion = load_pipeline(pipeline)
+        self.model = AudioTokenModel(encoder, diffusion, self.embedder_config, self.prompt_config, h.class_names)
+        self._fixed: dict | None = None
+
+    # ------------------------------------------------------------------ data
+
+    def setup(self, stage: str) -> None:
+        dm = datamodule_of(self)
+        if dm is None:
+            return
+        h = self.hparams
+        if dm.hparams.image_size != h.image_size:
+            raise ValueError(f"model image_size={h.image_size} but data image_size={dm.hparams.image_size}")
+        if h.class_names is not None and list(dm.class_names) != list(h.class_names):
+            raise ValueError(f"the data's classes {list(dm.class_names)} differ from the sound classifier's "
+                             f"{h.class_names}")  # fmt: skip
+        shape = tuple(dm.train_full.tensors.audio.shape[1:])
+        if shape != tuple(self.model.audio_encoder.input_shape):
+            raise ValueError(f"the audio encoder takes {tuple(self.model.audio_encoder.input_shape)}, the data's "
+                             f"features are {shape}: train the sound classifier on the same front end")  # fmt: skip
+        if dm.val is not None and len(dm.val):
+            from cmav.tasks.retrieval import RetrievalTask
+
+            t = dm.val.tensors
+            fixed = RetrievalTask._pick_fixed(t)  # the middle validation item of every class
+            labels = t.labels[fixed["index"]].long()
+            self._fixed = {**fixed, "label": labels, "names": [t.class_names[int(y)] for y in labels]}
+
+    # ------------------------------------------------------------------ training
+
+    def train(self, mode: bool = True) -> "AudioTokenTask":
+        super().train(mode)
+        self.model.train(mode)  # keeps the frozen parts in eval mode
+        return self
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, logs = self.model.loss(batch["audio"], batch["image"], batch["label"], self.loss_config)
+        b = batch["label"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=b)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, on_step=True, on_epoch=False, batch_size=b)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        loss, logs = self.model.loss(batch["audio"], batch["image"], batch["label"], self.loss_config)
+        b = batch["label"].shape[0]
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=b)
+        self.log_dict({f"val/{k}": v for k, v in logs.items()}, on_epoch=True, sync_dist=True, batch_size=b)
+
+    def on_validation_epoch_end(self) -> None:
+        every = self.hparams.sample_every_n_epochs
+        if self.trainer.sanity_checking or not every or (self.current_epoch + 1) % every:
+            return
+        self._log_samples()
+
+    @torch.no_grad()
+    def _log_samples(self) -> None:
+        writer = tensorboard_writer(self)
+        if writer is None or self._fixed is None or not self.trainer.is_global_zero:
+            return
+        from cmav.evaluation.token import label_images, token_images
+        from cmav.viz import labelled_grid
+
+        f, h = self._fixed, self.hparams
+        kw = dict(seed=1234, steps=h.sample_steps, guidance_scale=h.guidance_scale)
+        tok = token_images(self.model, f["audio"], **kw)
+        txt = label_images(self.model, f["label"], **kw)
+        cells = [[to_uint8_frame(r), to_uint8_frame(a), to_uint8_frame(t)] for r, a, t in zip(f["image"], tok, txt)]
+        sheet = labelled_grid(cells, f["names"], ["real", "audio token", "text label"],
+                              cell_size=max(64, self.model.diffusion.image_size))  # fmt: skip
+        writer.add_image("samples/val", np.asarray(sheet), self.global_step, dataformats="HWC")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_config.build(self.model.embedder.parameters())
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["state_dict"]
+        for k in [k for k in state if k.startswith("model.diffusion.")]:
+            del state[k]  # frozen and stored in its own folder
+        checkpoint[CHECKPOINT_KEY] = {"pipeline": str(self.hparams.pipeline), "fingerprint": self.pipeline_fingerprint}
+
+
+def is_audio_token_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is an :class:`AudioTokenTask` checkpoint (for ``cmav generate`` to dispatch on)."""
+    return CHECKPOINT_KEY in _load_checkpoint(path)
+
+
+def load_audio_token(path: str | Path, pipeline: str | Path | None = None,
+                     device: str | torch.device = "cpu") -> AudioTokenTask:  # fmt: skip
+    """Rebuild an :class:`AudioTokenTask` (eval mode, on ``device``) from its checkpoint and its
+    diffusion pipeline folder (the one it was trained with, or ``pipeline``)."""
+    ckpt = _load_checkpoint(path)
+    info = ckpt.get(CHECKPOINT_KEY)
+    hp = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    if info is None or not hp.get("audio_encoder"):
+        raise ValueError(f"{path}: not an AudioTokenTask checkpoint")
+    folder = Path(pipeline) if pipeline is not None else Path(info["pipeline"])
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{path}: its diffusion pipeline folder {folder} does not exist; pass the folder the "
+                                "token was trained with (pipeline=... / --pipeline)")  # fmt: skip
+    hp.update(pipeline=str(folder), audio_encoder_ckpt=None)
+    with own_hyperparameters():
+        task = AudioTokenTask(**hp)
+    if task.pipeline_fingerprint != info.get("fingerprint"):
+        warnings.warn(f"{folder} is not the pipeline folder {path} was trained with (fingerprints differ): the token "
+                      "may mean nothing to this model", stacklevel=2)  # fmt: skip
+    missing, unexpected = task.load_state_dict(ckpt["state_dict"], strict=False)
+    missing = [k for k in missing if not k.startswith("model.diffusion.")]
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return task.to(device).eval()
+
+
+__all__ = ["AudioTokenTask", "CHECKPOINT_KEY", "is_audio_token_checkpoint", "load_audio_token", "pipeline_fingerprint"]

@@ -1,0 +1,377 @@
+"""The diffusion-token branch: embedder, prompt injection, pipeline folders, training, metrics, ablation."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmav.diffusion import (
+    AttentionPool,
+    AudioTokenModel,
+    EmbedderConfig,
+    PixelDiffusionConfig,
+    PromptConfig,
+    PromptTemplate,
+    TokenLossConfig,
+    build_pixel_diffusion,
+    label_words,
+    load_pipeline,
+)
+from cmav.diffusion.audio_token import time_sequence
+from cmav.metrics.token import (
+    audio_image_consistency,
+    audio_image_similarity,
+    image_image_similarity,
+    paired_win_rate,
+    random_negatives,
+)
+from cmav.models import AudioEncoder
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["violin", "double_bass", "flute"]
+TINY = PixelDiffusionConfig(image_size=16, block_out_channels=(8, 16), layers_per_block=1, attention_heads=2,
+                            norm_num_groups=8, text_width=16, text_layers=2, text_heads=2, max_length=10)  # fmt: skip
+
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
+    pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode.*"),
+    pytest.mark.filterwarnings("ignore:.*smaller than the logging interval.*"),
+    pytest.mark.filterwarnings("ignore:.*localisation metrics skipped.*"),  # the retrieval scorer, on fixture data
+]
+
+
+@pytest.fixture(scope="module")
+def diffusion():
+    torch.manual_seed(0)
+    return build_pixel_diffusion([f"a photo of a {label_words(c)} player" for c in CLASSES], TINY).freeze()
+
+
+def tiny_encoder() -> AudioEncoder:
+    torch.manual_seed(1)
+    return AudioEncoder(input_shape=(1, 32, 16), n_blocks=3, base_channels=4, max_channels=16, feature_dim=8,
+                        n_classes=len(CLASSES)).eval()  # fmt: skip
+
+
+def token_model(diffusion, template: str = "a photo of a <audio> player") -> AudioTokenModel:
+    return AudioTokenModel(tiny_encoder(), diffusion, EmbedderConfig(hidden_dim=16), PromptConfig(template), CLASSES)
+
+
+# ---------------------------------------------------------------- embedder
+
+
+def test_attention_pooling_on_a_hand_built_sequence():
+    pool = AttentionPool(2)
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]]])
+    with torch.no_grad():
+        pool.score.weight.copy_(torch.tensor([[math.log(3.0), 0.0]]))
+        pool.score.bias.zero_()
+    # scores ln3, 0, 2 ln3 -> weights 3/13, 1/13, 9/13
+    assert torch.allclose(pool.weights(x), torch.tensor([[3 / 13, 1 / 13, 9 / 13]]))
+    assert torch.allclose(pool(x), torch.tensor([[21 / 13, 19 / 13]]))
+    with torch.no_grad():
+        pool.score.weight.zero_()
+        pool.score.bias.fill_(5.0)
+    assert torch.allclose(pool(x), torch.tensor([[1.0, 1.0]]))  # equal scores: the plain mean
+
+
+def test_block_maps_are_frequency_pooled_time_aligned_and_concatenated():
+    a = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])  # (1, C=1, F=2, T=2): frequency mean = [2, 3]
+    b = torch.tensor([[[[5.0, 7.0]], [[1.0, 1.0]]]])  # (1, C=2, F=1, T=2)
+    seq = time_sequence([a, b], 2)
+    assert seq.shape == (1, 2, 3)
+    assert torch.equal(seq[0], torch.tensor([[2.0, 5.0, 1.0], [3.0, 7.0, 1.0]]))
+    c = torch.tensor([[[[4.0]]]])  # T=1 -> held constant over 2 steps
+    assert torch.equal(time_sequence([c], 2)[0, :, 0], torch.tensor([4.0, 4.0]))
+
+
+def test_embedder_concatenates_the_chosen_blocks(diffusion):
+    enc = tiny_encoder()
+    model = AudioTokenModel(enc, diffusion, EmbedderConfig(blocks=(0, -1), hidden_dim=16))
+    assert model.blocks == [0, 2]
+    assert model.embedder.block_channels == [enc.block_shapes[0][0], enc.block_shapes[2][0]]
+    assert model.embedder.time_steps == enc.block_shapes[0][2]  # the longest
+    assert model.token(torch.randn(3, 1, 32, 16)).shape == (3, TINY.text_width)
+    with pytest.raises(ValueError, match="block 5 out of range"):
+        AudioTokenModel(enc, diffusion, EmbedderConfig(blocks=(5,)))
+
+
+# ---------------------------------------------------------------- prompt
+
+
+def test_placeholder_is_replaced_at_its_position(diffusion):
+    prompt = PromptTemplate(diffusion.tokenizer, "a photo of a <audio> player", "<audio>", diffusion.max_length)
+    # <|startoftext|> a photo of a <audio> player <|endoftext|> ...
+    assert prompt.position == 5
+    assert "<audio>" not in diffusion.tokenizer.get_vocab()  # the pipeline's tokenizer is untouched
+    table = diffusion.input_embeddings().weight
+    emb = table[prompt.input_ids].unsqueeze(0)
+    token = torch.full((1, table.shape[1]), 7.0)
+    filled = prompt.fill(emb, token)
+    assert torch.equal(filled[0, 5], token[0])
+    keep = [i for i in range(emb.shape[1]) if i != 5]
+    assert torch.equal(filled[0, keep], emb[0, keep])
+    with pytest.raises(ValueError, match="exactly once"):
+        PromptTemplate(diffusion.tokenizer, "a photo of a player", "<audio>")
+
+
+def test_a_token_equal_to_a_word_embedding_gives_that_words_prompt(diffusion):
+    model = token_model(diffusion)
+    violin = diffusion.word_embedding("violin").unsqueeze(0)
+    with torch.no_grad():
+        injected = model.condition(violin)
+        text = diffusion.text_embeddings(["a photo of a violin player"])
+        other = model.condition(diffusion.word_embedding("flute").unsqueeze(0))
+    assert torch.allclose(injected, text, atol=1e-6)
+    # causal text encoder: the positions before the placeholder do not see the token, the rest do
+    assert torch.allclose(other[:, :5], text[:, :5], atol=1e-6)
+    assert not torch.allclose(other[:, 5:], text[:, 5:], atol=1e-3)
+    assert model.label_prompts([1]) == ["a photo of a double bass player"]
+
+
+# ---------------------------------------------------------------- training signal
+
+
+def test_gradients_only_reach_the_embedder(diffusion):
+    model = token_model(diffusion).train()
+    assert not model.audio_encoder.training and not model.diffusion.training
+    loss, logs = model.loss(torch.randn(4, 1, 32, 16), torch.rand(4, 3, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 0]),
+                            TokenLossConfig(l1=1e-3, classification=0.5))  # fmt: skip
+    loss.backward()
+    assert set(logs) == {"denoise", "token_l1", "token_label_cos"}
+    frozen = list(model.audio_encoder.named_parameters()) + list(model.diffusion.named_parameters())
+    assert frozen and all(p.grad is None and not p.requires_grad for _, p in frozen)
+    trained = list(model.embedder.named_parameters())
+    assert all(p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0 for _, p in trained), [
+        n for n, p in trained if p.grad is None or p.grad.abs().sum() == 0]  # fmt: skip
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"embedder"}
+
+
+def test_loss_terms_follow_their_weights(diffusion):
+    model = token_model(diffusion).eval()
+    audio, images, labels = torch.randn(2, 1, 32, 16), torch.zeros(2, 3, 16, 16), torch.tensor([0, 2])
+    torch.manual_seed(3)
+    base, logs = model.loss(audio, images, labels, TokenLossConfig(l1=0.0, classification=0.0))
+    torch.manual_seed(3)
+    full, _ = model.loss(audio, images, labels, TokenLossConfig(l1=0.1, classification=2.0))
+    expected = base + 0.1 * logs["token_l1"] + 2.0 * (1 - logs["token_label_cos"])
+    assert torch.allclose(full, expected, atol=1e-5)
+    assert torch.allclose(base, logs["denoise"])
+
+
+# ---------------------------------------------------------------- pipeline folders
+
+
+def test_saved_and_reloaded_pipeline_gives_identical_images(diffusion, tmp_path):
+    folder = diffusion.save(tmp_path / "pipe")
+    assert {p.name for p in folder.iterdir()} == {"unet", "text_encoder", "tokenizer", "scheduler", "model_index.json"}
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "CmavPixelDiffusionPipeline"
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    again = load_pipeline(folder)
+    prompts = ["a photo of a violin player", "a photo of a flute player", ""]
+    assert torch.equal(again.tokenize(prompts), diffusion.tokenize(prompts))
+    with torch.no_grad():
+        cond_a, cond_b = diffusion.text_embeddings(prompts), again.text_embeddings(prompts)
+    assert torch.equal(cond_a, cond_b)
+    for scheduler in ("ddim", "ddpm"):
+        a = diffusion.sample(cond_a, 2.0, 3, scheduler, torch.Generator().manual_seed(5))
+        b = again.sample(cond_b, 2.0, 3, scheduler, torch.Generator().manual_seed(5))
+        assert a.shape == (3, 3, 16, 16) and torch.equal(a, b), scheduler
+        assert a.abs().max() <= 1.0
+    # the starting noise is drawn before batching: a deterministic sampler ignores the batch size
+    c = again.sample(cond_b, 2.0, 3, "ddim", torch.Generator().manual_seed(5), batch_size=2)
+    d = again.sample(cond_b, 2.0, 3, "ddim", torch.Generator().manual_seed(5))
+    assert torch.allclose(c, d, atol=1e-4)
+    assert not any(p.requires_grad for p in again.parameters())
+
+
+def test_latent_pipeline_with_a_vae_round_trips_through_its_folder(diffusion, tmp_path):
+    """The Stable Diffusion case: a vae/ part, the UNet works on its latents (tiny, random weights)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from cmav.diffusion import TextToImageDiffusion
+
+    torch.manual_seed(2)
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8, sample_size=16)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                                layers_per_block=1, norm_num_groups=8, cross_attention_dim=TINY.text_width,
+                                attention_head_dim=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))  # fmt: skip
+    latent = TextToImageDiffusion(unet, diffusion.text_encoder, diffusion.tokenizer, diffusion.scheduler_config,
+                                  vae=vae).freeze()  # fmt: skip
+    assert latent.image_size == 16 and latent.latent_scale == 2
+    folder = latent.save(tmp_path / "sd")
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+    again = load_pipeline(folder)
+    assert again.vae is not None
+    with torch.no_grad():
+        cond = again.text_embeddings(["a photo of a violin player"])
+        loss = again.denoising_loss(torch.zeros(1, 3, 32, 32), cond)  # frames resized to 16 px, then encoded
+    assert torch.isfinite(loss)
+    a = latent.sample(cond, 2.0, 2, "ddim", torch.Generator().manual_seed(0))
+    b = again.sample(cond, 2.0, 2, "ddim", torch.Generator().manual_seed(0))
+    assert a.shape == (1, 3, 16, 16) and torch.equal(a, b)
+    with pytest.raises(ValueError, match="UNet takes 3 channels, expected the VAE's latent_channels 4"):
+        TextToImageDiffusion(diffusion.unet, diffusion.text_encoder, diffusion.tokenizer, diffusion.scheduler_config,
+                             vae=vae)  # fmt: skip
+
+
+def test_pipeline_folder_errors_name_the_folder_and_the_missing_part(diffusion, tmp_path):
+    with pytest.raises(FileNotFoundError, match="pipeline folder not found"):
+        load_pipeline(tmp_path / "nowhere")
+    folder = diffusion.save(tmp_path / "pipe")
+    shutil.rmtree(folder / "unet")
+    with pytest.raises(FileNotFoundError, match=r"pipe: not a text-to-image pipeline folder: missing unet/"):
+        load_pipeline(folder)
+    folder = diffusion.save(tmp_path / "pipe2")
+    (folder / "scheduler" / "scheduler_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"scheduler: missing scheduler_config.json"):
+        load_pipeline(folder)
+    folder = diffusion.save(tmp_path / "pipe3")
+    (folder / "unet" / "config.json").write_text("{ not json")
+    with pytest.raises(ValueError, match=r"pipe3/unet: cannot be loaded"):
+        load_pipeline(folder)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_random_negatives_never_pick_the_item_itself():
+    neg = random_negatives(5, 200, seed=1)
+    assert neg.shape == (5, 200)
+    for i in range(5):
+        assert i not in neg[i].tolist() and set(neg[i].tolist()) == set(range(5)) - {i}
+    assert torch.equal(neg, random_negatives(5, 200, seed=1))
+    with pytest.raises(ValueError, match="pool of at least 2"):
+        random_negatives(1, 3)
+
+
+def test_win_rates_on_hand_built_scores():
+    # row i: query i; its own candidate is column i
+    scores = torch.tensor([[0.9, 0.1, 0.5],
+                           [0.2, 0.2, 0.8],
+                           [0.3, 0.6, 0.4]])  # fmt: skip
+    neg = torch.tensor([[1, 2], [0, 2], [0, 1]])
+    # row 0: 0.9 beats 0.1 and 0.5 (2 wins); row 1: 0.2 ties 0.2 (1/2), loses to 0.8; row 2: 0.4 beats 0.3, loses to 0.6
+    assert paired_win_rate(scores, neg) == pytest.approx((2 + 0.5 + 1) / 6)
+    assert audio_image_similarity(scores, neg) == pytest.approx(3.5 / 6)
+    assert paired_win_rate(torch.ones(3, 3), neg) == 0.5  # constant similarity = chance
+
+
+def test_image_image_similarity_uses_cosine_of_judge_features():
+    real = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    gen = torch.tensor([[2.0, 0.1], [0.0, 3.0], [-1.0, 0.0]])
+    neg = torch.tensor([[1], [2], [0]])
+    # gen0 closer to real0 than real1 (win); gen1: cos(real1)=1 > cos(real2)=0.707 (win);
+    # gen2 = -x: cos(real2) = -0.707 > cos(real0) = -1 (win)
+    assert image_image_similarity(gen, real, neg) == 1.0
+    assert image_image_similarity(-gen, real, neg) == 0.0
+    assert audio_image_consistency(torch.tensor([0, 2, 2, 1]), torch.tensor([0, 2, 1, 1])) == 0.75
+
+
+# ---------------------------------------------------------------- training, checkpoints, generation, ablation
+
+CONFIG = REPO / "experiments" / "ablations" / "token.yaml"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> dict:
+    """The quick preset of the token grid on a 13-class fixture (2 tracks x 2 chunks), every stage cut to
+    a few steps: sound classifier, judges, offline diffusion model, audio token, S2I-C, scores, table."""
+    from fixtures import make_suburmp_tracks
+
+    from cmav.ablation import load_grid, run_ablation
+
+    base = tmp_path_factory.mktemp("token")
+    data = make_suburmp_tracks(base / "data", tracks=(0, 1), chunks=2)
+    cfg = load_grid(CONFIG, "quick")
+    cfg["data"]["root"] = str(data)
+    cfg["data"]["batch_size"] = 16
+    for stage in cfg["stages"].values():
+        stage["steps"] = 3
+    cfg["evaluation"].update(per_class=1, steps=2, n_negatives=3)
+    out = base / "out"
+    return {"result": run_ablation(cfg, out_dir=out), "out": out, "data": data, "cfg": cfg}
+
+
+def test_quick_token_grid_writes_one_table_of_three_methods(quick_run):
+    out, result = quick_run["out"], quick_run["result"]
+    for name in ("table.md", "table.csv", "metrics.png", "samples.png", "results.json", "config.yaml"):
+        assert (out / name).is_file(), name
+    assert [r["variant"] for r in result["rows"]] == ["audio token", "text label", "S2I-C"]
+    for r in result["runs"]:
+        m = r["metrics"]
+        assert 0 <= m["AIS"] <= 1 and 0 <= m["IIS"] <= 1 and 0 <= m["AIC"] <= 1 and m["FID"] >= 0
+        assert m["n_items"] == 13
+    md = (out / "table.md").read_text()
+    assert "| audio token | 1 |" in md and "AIC target" in md and "not Inception FID" in md
+    assert (out / "diffusion_base" / "pipeline" / "unet" / "config.json").is_file()
+
+
+def test_token_training_leaves_the_encoder_and_the_diffusion_model_untouched(quick_run):
+    from cmav.tasks.audio_token import pipeline_fingerprint
+    from cmav.tasks.classifier import _load_checkpoint
+
+    out, seed = quick_run["out"], quick_run["cfg"]["seeds"][0]
+    tok = _load_checkpoint(out / "runs" / "audio_token" / f"seed{seed}" / "token.ckpt")
+    clf = _load_checkpoint(out / "judges" / f"audio_classifier_seed{seed}.ckpt")
+    state = tok["state_dict"]
+    assert not [k for k in state if k.startswith("model.diffusion.")]  # the pipeline folder holds it
+    encoder = {k[len("model.audio_encoder."):]: v for k, v in state.items() if k.startswith("model.audio_encoder.")}
+    original = {k[len("model."):]: v for k, v in clf["state_dict"].items() if k.startswith("model.")}
+    assert encoder.keys() == original.keys() and all(torch.equal(encoder[k], original[k]) for k in encoder)
+    # one optimiser, over the embedder's parameters only
+    n_embedder = sum(1 for k in state if k.startswith("model.embedder."))
+    assert len(tok["optimizer_states"][0]["state"]) == n_embedder
+    pipe = out / "diffusion_base" / "pipeline"
+    assert tok["cmav_audio_token"] == {"pipeline": str(pipe), "fingerprint": pipeline_fingerprint(pipe)}
+
+
+def test_token_checkpoint_reloads_and_generates(quick_run, tmp_path):
+    from fixtures import write_wav
+
+    from cmav.evaluation.token import generate_from_audio_token, token_images
+    from cmav.tasks.audio_token import is_audio_token_checkpoint, load_audio_token
+
+    out, seed = quick_run["out"], quick_run["cfg"]["seeds"][0]
+    ckpt = out / "runs" / "audio_token" / f"seed{seed}" / "token.ckpt"
+    assert is_audio_token_checkpoint(ckpt) and not is_audio_token_checkpoint(out / "judges" / "image_judge.ckpt")
+    task = load_audio_token(ckpt)
+    assert not task.training and not any(p.requires_grad for p in task.model.diffusion.parameters())
+    audio = torch.randn(2, *task.model.audio_encoder.input_shape)
+    a = token_images(task.model, audio, seed=3, steps=2)
+    b = token_images(load_audio_token(ckpt).model, audio, seed=3, steps=2)
+    assert a.shape == (2, 3, 32, 32) and torch.equal(a, b)
+    wav = write_wav(tmp_path / "clip.wav", seconds=1.0, freq=440.0)
+    paths, notes = generate_from_audio_token(ckpt, wav, n=3, seed=0, output_dir=tmp_path / "gen", steps=2,
+                                             scheduler="ddpm", device="cpu")  # fmt: skip
+    assert [p.name for p in paths] == ["sample_00.png", "sample_01.png", "sample_02.png", "grid.png"]
+    assert all(p.is_file() for p in paths) and any("first 0.5 s" in n for n in notes)
+    with pytest.raises(FileNotFoundError, match="pipeline folder .*nowhere does not exist"):
+        load_audio_token(ckpt, pipeline=tmp_path / "nowhere")
+    # the same through `cmav generate`, which reads the checkpoint's kind
+    from cmav.cli.main import main as cmav_main
+
+    assert cmav_main(["generate", "--ckpt", str(ckpt), "--audio", str(wav), "-n", "2", "--steps", "2",
+                      "--scheduler", "ddpm", "-o", str(tmp_path / "cli")]) == 0  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "cli").glob("*.png")) == ["grid.png", "sample_00.png", "sample_01.png"]
+
+
+def test_token_checkpoint_warns_on_another_pipeline(quick_run, tmp_path):
+    from cmav.tasks.audio_token import load_audio_token
+
+    out, seed = quick_run["out"], quick_run["cfg"]["seeds"][0]
+    other = tmp_path / "other"
+    shutil.copytree(out / "diffusion_base" / "pipeline", other)
+    cfg = json.loads((other / "scheduler" / "scheduler_config.json").read_text())
+    cfg["beta_end"] = 0.03
+    (other / "scheduler" / "scheduler_config.json").write_text(json.dumps(cfg))
+    with pytest.warns(UserWarning, match="not the pipeline folder"):
+        load_audio_token(out / "runs" / "audio_token" / f"seed{seed}" / "token.ckpt", pipeline=other)
