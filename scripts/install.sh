@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install cmav on a fresh Debian/Ubuntu machine: the Debian packages the stand-in data builder
-# needs (FluidSynth and the General MIDI soundfont) and a Python virtual environment in .venv
+# needs (FluidSynth, the FluidR3 General MIDI soundfont, and TimGM6mb, the independent font that
+# `cmav evaluate robustness` renders its cross-source copy from) and a Python virtual environment in .venv
 # with cmav and its pinned dependencies (plus the test tools). Safe to run again: it skips what
 # is already in place. With --test it also installs chromium and chromium-driver for the tests.
 set -euo pipefail
@@ -37,6 +38,8 @@ apt_install() {
 need=()
 command -v fluidsynth >/dev/null 2>&1 || need+=(fluidsynth)
 [ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || need+=(fluid-soundfont-gm)
+# TimGM6mb: other recordings than FluidR3's (MuseScore General reuses FluidR3's, so it would not do)
+[ -f /usr/share/sounds/sf2/TimGM6mb.sf2 ] || need+=(timgm6mb-soundfont)
 if [ "$with_test" = 1 ]; then
   # Debian's chromium and its chromedriver: Selenium drives the human-evaluation page with them
   [ -x /usr/bin/chromium ] || need+=(chromium)

@@ -2,7 +2,8 @@
 
 ``run_ablation`` reads a grid YAML and hands it to the runner of its ``kind``: ``s2i``
 (:mod:`cmav.ablation.s2i`), ``i2s`` (:mod:`cmav.ablation.i2s`), ``audio_repr``
-(:mod:`cmav.ablation.audio_repr`) or ``token`` (:mod:`cmav.ablation.token`).
+(:mod:`cmav.ablation.audio_repr`), ``token`` (:mod:`cmav.ablation.token`) or ``robustness``
+(:mod:`cmav.ablation.robustness`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from cmav.ablation.grid import load_grid
 
 
 def _runners() -> dict:
-    from cmav.ablation import audio_repr, i2s, s2i, token
+    from cmav.ablation import audio_repr, i2s, robustness, s2i, token
 
-    return {"s2i": s2i.run, "i2s": i2s.run, "audio_repr": audio_repr.run, "token": token.run}
+    return {"s2i": s2i.run, "i2s": i2s.run, "audio_repr": audio_repr.run, "token": token.run,
+            "robustness": robustness.run}
 
 
 def run_ablation(config: str | Path | dict, preset: str | None = None, out_dir: str | Path | None = None,

@@ -19,7 +19,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--preset", default="default", choices=["tiny", "default", "full"],
                    help="size: tiny (tests, seconds), default (minutes), full (Sub-URMP's counts)")  # fmt: skip
     b.add_argument("--seed", type=int, default=0, help="random seed; the build is deterministic under it")
-    b.add_argument("--soundfont", default=None, help="General MIDI .sf2 (default: Debian's FluidR3_GM.sf2)")
+    b.add_argument("--soundfont", default=None,
+                   help="General MIDI .sf2 (default: Debian's FluidR3_GM.sf2); recorded by path and sha256 in "
+                        "cmav_standin.json. A copy rendered from another font (e.g. /usr/share/sounds/sf2/TimGM6mb.sf2) "
+                        "is the cross-source evaluation set of `cmav evaluate robustness`")  # fmt: skip
+    b.add_argument("--render", default="dry", choices=["dry", "varied"],
+                   help="dry: reverb/chorus off, notes as written (default); varied: per track random reverb, "
+                        "chorus, velocity curve, articulation, pan, tuning, vibrato and gain (same melodies)")  # fmt: skip
     b.add_argument("--frame-size", type=int, default=None, help="frame side in pixels (default: the preset's)")
     b.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     b.set_defaults(func=_build)
@@ -53,12 +59,14 @@ def _build(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     manifest = build_standin(
         args.root, preset=args.preset, seed=args.seed, soundfont=args.soundfont or DEFAULT_SOUNDFONT,
-        frame_size=args.frame_size, workers=args.workers,
+        frame_size=args.frame_size, workers=args.workers, render=args.render,
     )  # fmt: skip
     counts = manifest["counts"]
     total = {s: sum(v.values()) for s, v in counts.items()}
-    print(f"{args.root}: {args.preset} stand-in complete: {total['train']:,} train / "
-          f"{total['validation']:,} validation pairs ({time.perf_counter() - t0:.1f} s)")  # fmt: skip
+    font = manifest.get("soundfont") or {}
+    print(f"{args.root}: {args.preset} stand-in ({args.render}) complete: {total['train']:,} train / "
+          f"{total['validation']:,} validation pairs from {font.get('path')} (sha256 {str(font.get('sha256'))[:12]}...) "
+          f"({time.perf_counter() - t0:.1f} s)")  # fmt: skip
     return 0
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from cmav import __version__
-from cmav.cli import data, experiments, retrieval
+from cmav.cli import data, experiments, retrieval, robustness
 from cmav.cli import human_eval as human_eval_cli
 
 # the Lightning sub-commands (cmav/cli/train.py), with their --help lines
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_parser(sub)
     experiments.add_parser(sub)  # ablate, generate, bench, evaluate
     retrieval.add_parser(sub)  # index build, search, evaluate-retrieval
+    robustness.add_parser(sub)  # evaluate-robustness
     human_eval_cli.add_parser(sub)  # human-eval make, human-eval analyze
     for name, text in LIGHTNING_COMMANDS.items():
         # listed for --help only: main() hands these to the Lightning CLI before argparse runs
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         from cmav.cli.train import run  # imports Lightning: only when needed
 
         return run(argv)  # None = sys.argv, as LightningCLI expects
-    args = build_parser().parse_args(retrieval.alias(words))  # `evaluate retrieval` -> evaluate-retrieval
+    # `evaluate retrieval` -> evaluate-retrieval, `evaluate robustness` -> evaluate-robustness
+    args = build_parser().parse_args(robustness.alias(retrieval.alias(words)))
     return data.run(args)
 
 

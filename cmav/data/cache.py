@@ -4,6 +4,11 @@ Training then never decodes a JPEG or resamples audio per step. A cache file is 
 front-end config and image size (so switching representation never mixes entries) and records a
 fingerprint of its source files (paths, sizes, modification times); a changed source or config
 rebuilds it.
+
+Training with waveform augmentation (:mod:`cmav.features.augment`) also needs the raw chunks: they
+get their own cache file (``<split>-waves-<key>.pt``, keyed by the chunk spec and the front end's
+rate, not by the features): int16 mono (the chunks are 16-bit PCM) already resampled to the front
+end's rate, so that the per-step front end never resamples either.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from cmav.data.layout import Sample
 from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
 
 CACHE_VERSION = 1
+WAVE_SCALE = 32767.0
+"""Full scale of the int16 waves of the waveform cache: ``wave.float() / WAVE_SCALE`` is in [-1, 1]."""
 
 
 @dataclass
@@ -42,6 +49,7 @@ class PairTensors:
     times: torch.Tensor  # (N,) int64 ms, -1 when unknown
     stems: list[str]
     class_names: list[str]
+    waves: torch.Tensor | None = None  # (N, n) int16 mono at the front end's rate (full scale 32767), for augmentation
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -57,7 +65,7 @@ class DecodedBatch:
 def iter_decoded(
     samples: Sequence[Sample],
     spec: ChunkSpec,
-    image_size: int,
+    image_size: int | None,
     batch_size: int = 256,
     workers: int | None = None,
     notes: list[str] | None = None,
@@ -69,6 +77,7 @@ def iter_decoded(
 
     Problems are collected, never dropped silently: fixes/oddities into ``notes``, unusable
     files into ``errors`` (the caller decides whether to raise); unusable pairs are skipped.
+    ``image_size=None`` decodes the audio only (``images`` is then empty).
     """
     notes = notes if notes is not None else []
     errors = errors if errors is not None else []
@@ -77,7 +86,7 @@ def iter_decoded(
         s = samples[i]
         try:
             wave, n = decode_chunk(s.audio_path, spec)
-            img = load_frame(s.image_path, image_size)
+            img = load_frame(s.image_path, image_size) if image_size else np.zeros((0,), np.uint8)
             return i, wave, img, n, None
         except DataError as exc:
             return i, None, None, [], str(exc)
@@ -171,6 +180,64 @@ def default_cache_dir(root: Path) -> Path:
     return Path.home() / ".cache" / "cmav" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
 
 
+def _cached_blob(path: Path, fingerprint: str, split: str) -> dict | None:
+    """A cache file's contents when it is current (same sources, same version), else None."""
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob.get("fingerprint") == fingerprint and blob.get("version") == CACHE_VERSION:
+            if blob.get("notes"):
+                notes = blob["notes"]
+                warnings.warn(f"{len(notes)} note(s) on split '{split}' (cached):{summarise(notes)}",
+                              DataWarning, stacklevel=3)  # fmt: skip
+            return blob
+    except Exception as exc:  # a half-written or foreign file: say so and rebuild
+        warnings.warn(f"{path}: unreadable cache file ({exc}); rebuilding", DataWarning, stacklevel=3)
+    return None
+
+
+def _save_blob(path: Path, blob: dict) -> None:
+    """Write a cache file through a hidden temporary file, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save({"version": CACHE_VERSION, **blob}, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def waves_key(spec: ChunkSpec, sample_rate: int) -> str:
+    """Key of a waveform cache file: the chunk spec and the rate the waves are stored at."""
+    blob = json.dumps({"v": CACHE_VERSION, "chunk": asdict(spec), "rate": int(sample_rate), "dtype": "int16"},
+                      sort_keys=True)  # fmt: skip
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def build_waves(root: Path, samples: Sequence[Sample], spec: ChunkSpec, sample_rate: int,
+                progress: bool = True) -> torch.Tensor:  # fmt: skip
+    """``(N, n)`` int16 mono chunks (full scale :data:`WAVE_SCALE`) resampled to ``sample_rate`` as the
+    front ends resample (torchaudio's sinc resampler); raises one DataError listing every unusable file.
+
+    int16, not float16: float16's 11-bit mantissa would add noise 30 dB above the 16-bit sources'.
+    """
+    import torchaudio
+
+    n_out = int(round(spec.n_samples * sample_rate / spec.sample_rate))
+    waves = torch.zeros((len(samples), n_out), dtype=torch.int16)
+    errors: list[str] = []
+    for batch in iter_decoded(samples, spec, None, errors=errors, progress=progress, desc="caching waves"):
+        w = torch.from_numpy(batch.waves)
+        if sample_rate != spec.sample_rate:
+            w = torchaudio.functional.resample(w, spec.sample_rate, sample_rate)
+        waves[torch.tensor(batch.indices)] = w[:, :n_out].mul(WAVE_SCALE).round().clamp(-32768, 32767).to(torch.int16)
+    if errors:
+        raise DataError(root, f"{len(errors)} unusable file(s):{summarise(errors)}")
+    return waves
+
+
 def load_or_build(
     samples: Sequence[Sample],
     class_names: Sequence[str],
@@ -181,43 +248,32 @@ def load_or_build(
     spec: ChunkSpec = ChunkSpec(),
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    waves_rate: int | None = None,
 ) -> PairTensors:
-    """Return the split's tensors from the cache, (re)building the cache file when stale."""
+    """Return the split's tensors from the cache, (re)building the cache file when stale.
+
+    ``waves_rate``: also load (or build) the raw chunks at that rate into ``tensors.waves``.
+    """
     if not samples:
         raise DataError(root, f"split '{split}' has no pairs to cache")
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(root)
     path = cache_dir / f"{split}-{cache_key(features, image_size, spec)}.pt"
     fingerprint = source_fingerprint(samples)
-    if path.is_file():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            if blob.get("fingerprint") == fingerprint and blob.get("version") == CACHE_VERSION:
-                if blob.get("notes"):
-                    notes = blob["notes"]
-                    warnings.warn(f"{len(notes)} note(s) on split '{split}' (cached):{summarise(notes)}",
-                                  DataWarning, stacklevel=2)  # fmt: skip
-                return PairTensors(**blob["tensors"])
-        except Exception as exc:  # a half-written or foreign file: say so and rebuild
-            warnings.warn(f"{path}: unreadable cache file ({exc}); rebuilding", DataWarning, stacklevel=2)
-    tensors, notes = build_tensors(root, samples, class_names, features, image_size, spec, progress=progress)
-    if notes:
-        warnings.warn(f"{len(notes)} note(s) on split '{split}':{summarise(notes)}", DataWarning, stacklevel=2)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=cache_dir)
-    os.close(fd)
-    try:
-        torch.save(
-            {
-                "version": CACHE_VERSION,
-                "fingerprint": fingerprint,
-                "features": front_end_config(features).to_dict(),
-                "image_size": image_size,
-                "notes": notes,
-                "tensors": asdict(tensors),
-            },
-            tmp,
-        )
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    blob = _cached_blob(path, fingerprint, split)
+    if blob is not None:
+        tensors = PairTensors(**blob["tensors"])
+    else:
+        tensors, notes = build_tensors(root, samples, class_names, features, image_size, spec, progress=progress)
+        if notes:
+            warnings.warn(f"{len(notes)} note(s) on split '{split}':{summarise(notes)}", DataWarning, stacklevel=2)
+        _save_blob(path, {"fingerprint": fingerprint, "features": front_end_config(features).to_dict(),
+                          "image_size": image_size, "notes": notes, "tensors": asdict(tensors)})  # fmt: skip
+    if waves_rate is not None:
+        wpath = cache_dir / f"{split}-waves-{waves_key(spec, waves_rate)}.pt"
+        wblob = _cached_blob(wpath, fingerprint, split)
+        if wblob is None:
+            wblob = {"fingerprint": fingerprint, "rate": int(waves_rate),
+                     "waves": build_waves(root, samples, spec, waves_rate, progress=progress)}  # fmt: skip
+            _save_blob(wpath, wblob)
+        tensors.waves = wblob["waves"]
     return tensors

@@ -11,8 +11,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from cmav.data.audio_io import ChunkSpec
+from cmav.data.cache import WAVE_SCALE
 from cmav.data.datasets import Layout, PairDataset, open_split
-from cmav.features.frontend import FrontEndConfig, front_end_config
+from cmav.features.augment import AudioAugment, AudioAugmentConfig, audio_augment_config
+from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
 
 
 def tail_holdout(tracks: torch.Tensor, labels: torch.Tensor, times: torch.Tensor, fraction: float):
@@ -49,6 +51,11 @@ class AudioVisualDataModule(L.LightningDataModule):
         chunk: what an audio chunk must be (rate, length, silence floor).
         holdout_tail: fraction of each train track's end held out of training (player metrics).
         cache_dir: where cache files go (default ``<root>/.cmav_cache``).
+        augment: training-time audio augmentation (:mod:`cmav.features.augment`; default none).
+            Applied in :meth:`on_after_batch_transfer`, on the model's device, to training batches
+            only: waveform groups -> the front end -> SpecAugment. With a waveform group on, the
+            train split also keeps its raw chunks (their own cache file). Validation, test and
+            predict batches are always the plain cached features.
     """
 
     def __init__(
@@ -63,22 +70,29 @@ class AudioVisualDataModule(L.LightningDataModule):
         holdout_tail: float = 0.0,
         cache_dir: str | None = None,
         progress: bool = True,
+        augment: AudioAugmentConfig | None = None,
     ) -> None:
         super().__init__()
         self.features = front_end_config(features)
         self.chunk = chunk or ChunkSpec()
+        self.augment = audio_augment_config(augment)
         # Plain dicts, not dataclass objects: checkpoints must load with weights_only=True.
-        self.save_hyperparameters(ignore=["features", "chunk"])
-        self.hparams.update(features=self.features.to_dict(), chunk=asdict(self.chunk))
+        self.save_hyperparameters(ignore=["features", "chunk", "augment"])
+        self.hparams.update(features=self.features.to_dict(), chunk=asdict(self.chunk),
+                            augment=self.augment.to_dict() if self.augment.enabled_groups else None)  # fmt: skip
         self.root = Path(root)
         self.train_full: PairDataset | None = None
         self.val: PairDataset | None = None
+        self._augmenter: AudioAugment | None = None
+        self._front_end = None
 
     def _open(self, split: str) -> PairDataset:
         h = self.hparams
+        waves = split == "train" and self.augment.needs_waveform
         return open_split(
             h.layout, self.root, split, image_size=h.image_size, features=self.features,
             chunk=self.chunk, cache_dir=h.cache_dir, progress=h.progress,
+            waves_rate=self.features.sample_rate if waves else None,
         )  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:
@@ -118,3 +132,39 @@ class AudioVisualDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.val, shuffle=False)
+
+    @property
+    def augmenting(self) -> bool:
+        """Whether batches arriving now get augmented: augmentation on and the trainer training."""
+        trainer = self.trainer
+        return bool(self.augment.enabled_groups) and trainer is not None and bool(trainer.training)
+
+    def augmented_audio(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Fresh augmented features for a batch on its device: raw chunks (``wave``) through the
+        waveform groups and the front end, or the cached features when no waveform group is on;
+        then SpecAugment."""
+        audio = batch["audio"]
+        if self._augmenter is None:
+            self._augmenter = AudioAugment(self.augment)
+        self._augmenter.to(audio.device)
+        if self.augment.needs_waveform:
+            if "wave" not in batch:
+                raise RuntimeError("waveform augmentation is on but the batch holds no raw chunks ('wave'): "
+                                   "augment training batches of this datamodule's train_dataloader only")  # fmt: skip
+            if self._front_end is None:
+                self._front_end = build_front_end(self.features)
+            self._front_end.to(audio.device)
+            rate = self.features.sample_rate  # the cache stores the chunks at the front end's rate
+            with torch.no_grad():
+                wave = self._augmenter.waveform(batch["wave"].float() / WAVE_SCALE, rate)
+                audio = self._front_end(wave, rate).to(audio.dtype)
+        with torch.no_grad():
+            return self._augmenter.features(audio)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Augment ``batch['audio']`` of training batches (on the model's device); drop raw chunks."""
+        if isinstance(batch, dict):
+            if self.augmenting:
+                batch["audio"] = self.augmented_audio(batch)
+            batch.pop("wave", None)
+        return batch

@@ -24,7 +24,8 @@ class PairDataset(Dataset):
 
     Each item is a dict: ``audio`` float32 ``(1, n_mels, n_frames)`` LMS in dB, ``image`` float32
     ``(3, S, S)`` in [-1, 1], ``label`` (class index), ``track`` and ``time`` (ms; -1 when the
-    layout has none) and ``index`` (position in the split).
+    layout has none) and ``index`` (position in the split); when the split keeps its raw chunks
+    (``waves_rate``, for waveform augmentation) also ``wave``, int16 ``(n_samples,)`` (full scale 32767).
     """
 
     def __init__(self, tensors: PairTensors, root: Path, split: str) -> None:
@@ -41,7 +42,7 @@ class PairDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         t = self.tensors
-        return {
+        item = {
             "audio": t.audio[i].float(),
             "image": t.images[i].float().div(127.5).sub(1.0),
             "label": t.labels[i],
@@ -49,6 +50,9 @@ class PairDataset(Dataset):
             "time": t.times[i],
             "index": torch.tensor(i),
         }
+        if t.waves is not None:
+            item["wave"] = t.waves[i]  # int16: converted on the training device
+        return item
 
 
 def _load(
@@ -59,6 +63,7 @@ def _load(
     chunk: ChunkSpec | None,
     cache_dir: str | Path | None,
     progress: bool,
+    waves_rate: int | None = None,
 ) -> PairTensors:
     scan.raise_if_errors()
     for w in scan.warnings:
@@ -73,6 +78,7 @@ def _load(
         chunk or ChunkSpec(),
         cache_dir=cache_dir,
         progress=progress,
+        waves_rate=waves_rate,
     )
 
 
@@ -81,6 +87,7 @@ class SubURMP(PairDataset):
 
     Raises DataError listing every layout problem (missing class folder, unpaired file...) and
     every unusable file; fixes (resampling, mono mix-down) are reported as DataWarnings.
+    ``waves_rate``: also keep the raw chunks, resampled to that rate (for waveform augmentation).
     """
 
     def __init__(
@@ -92,9 +99,10 @@ class SubURMP(PairDataset):
         chunk: ChunkSpec | None = None,
         cache_dir: str | Path | None = None,
         progress: bool = True,
+        waves_rate: int | None = None,
     ) -> None:
         scan = scan_suburmp(root, split)
-        tensors = _load(scan, list(INSTRUMENTS), image_size, features, chunk, cache_dir, progress)
+        tensors = _load(scan, list(INSTRUMENTS), image_size, features, chunk, cache_dir, progress, waves_rate)
         super().__init__(tensors, scan.root, split)
 
 
@@ -115,10 +123,11 @@ class PairedFolder(PairDataset):
         classes: tuple[str, ...] | None = None,
         cache_dir: str | Path | None = None,
         progress: bool = True,
+        waves_rate: int | None = None,
     ) -> None:
         scan = scan_paired(root, split, classes)
         names = list(classes) if classes else sorted({s.class_name for s in scan.samples})
-        tensors = _load(scan, names, image_size, features, chunk, cache_dir, progress)
+        tensors = _load(scan, names, image_size, features, chunk, cache_dir, progress, waves_rate)
         super().__init__(tensors, scan.root, split)
 
 

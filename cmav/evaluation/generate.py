@@ -134,7 +134,7 @@ def generate_from_image(ckpt: str | Path, image: str | Path, n: int = 1, seed: i
     task = load_i2s(ckpt)
     features, spec = front_end_of(ckpt)
     size = int(task.hparams.image_size)
-    frame = torch.from_numpy(load_frame(image, size)).permute(2, 0, 1).float().div(127.5).sub(1.0)[None]
+    frame = torch.from_numpy(np.array(load_frame(image, size))).permute(2, 0, 1).float().div(127.5).sub(1.0)[None]
     z = torch.randn(n, task.z_dim, generator=torch.Generator().manual_seed(seed))
     lms = task.generate(frame.repeat(n, 1, 1, 1), z).cpu()
     n_samples = int(round(spec.n_samples * features.sample_rate / spec.sample_rate))  # the chunk, at the LMS rate

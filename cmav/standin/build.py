@@ -7,6 +7,12 @@ where T (ms) is the end time of the chunk (500, 600, ...), with one frame per ch
 chunk's centre. Every frame also gets the instrument's mask (``mask/<split>/<instrument>/<stem>.png``,
 1-bit PNG, frame size, white = instrument pixels) for the localisation metrics.
 
+Rendering is ``dry`` (reverb and chorus off, notes as written: the original stand-in) or
+``varied`` (:mod:`cmav.standin.variation`: per track a random performance: reverb, chorus,
+velocity curve, articulation, stereo position, tuning, vibrato, gain; same melodies and frames as
+the dry build with the same seed). The manifest (``cmav_standin.json``) records the soundfont by
+path and sha256, so a cross-source evaluation can tell fonts apart (:mod:`cmav.standin.soundfonts`).
+
 Building is deterministic under a seed, resumable (a finished track leaves a marker; files are
 written under a hidden temporary name and renamed into place) and a no-op on a complete folder.
 """
@@ -29,6 +35,8 @@ from cmav.data.instruments import CLASS_TO_INDEX, INSTRUMENT_SPECS, INSTRUMENTS
 from cmav.data.masks import MASK_DIR  # mask/<split>/<instrument>/<stem>.png beside img/
 from cmav.standin.music import MelodyStyle, random_melody, write_midi
 from cmav.standin.render import DEFAULT_SOUNDFONT, SynthSettings, check_renderer, render_midi
+from cmav.standin.soundfonts import soundfont_record
+from cmav.standin.variation import RENDERS, random_performance
 
 MANIFEST = "cmav_standin.json"
 MARKERS = ".cmav_build"
@@ -98,6 +106,7 @@ class TrackJob:
     melody: MelodyStyle = field(default_factory=MelodyStyle)
     silence_rms: float = 1e-3
     max_attempts: int = 5
+    render: str = "dry"
 
     @property
     def name(self) -> str:
@@ -144,8 +153,10 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def _track_rng(seed: int, split: str, instrument: str, track: int) -> np.random.Generator:
-    return np.random.default_rng([seed, ("train", "validation").index(split), CLASS_TO_INDEX[instrument], track])
+def _track_rng(seed: int, split: str, instrument: str, track: int, stream: int = 0) -> np.random.Generator:
+    """The track's random stream: 0 draws the player and the melody, 1 the varied performance."""
+    key = [seed, ("train", "validation").index(split), CLASS_TO_INDEX[instrument], track]
+    return np.random.default_rng(key + [stream] if stream else key)
 
 
 def _track_done(job: TrackJob) -> bool:
@@ -175,14 +186,25 @@ def build_track(job: TrackJob) -> int:
     spec = INSTRUMENT_SPECS[job.instrument]
     rng = _track_rng(job.seed, job.split, job.instrument, job.track)
     style = PlayerStyle.sample(rng)
-    chunk, hop = round(CHUNK_S * job.synth.sample_rate), round(HOP_S * job.synth.sample_rate)
+    perf = None
+    if job.render == "varied":
+        perf = random_performance(_track_rng(job.seed, job.split, job.instrument, job.track, stream=1),
+                                  job.synth.sample_rate)  # fmt: skip
+    elif job.render != "dry":
+        raise ValueError(f"{job.name}: unknown render {job.render!r}; expected one of {RENDERS}")
+    synth = perf.synth if perf else job.synth
+    chunk, hop = round(CHUNK_S * synth.sample_rate), round(HOP_S * synth.sample_rate)
     duration = CHUNK_S + HOP_S * (job.n_chunks - 1)
     for attempt in range(job.max_attempts):
         notes = random_melody(spec, duration, rng, job.melody)
         with tempfile.TemporaryDirectory(prefix="cmav-midi-") as tmp:
             midi = Path(tmp) / f"{job.name}.mid"
-            write_midi(notes, spec.gm_program, midi)
-            audio = render_midi(midi, job.soundfont, job.synth)
+            if perf is None:
+                write_midi(notes, spec.gm_program, midi)
+            else:
+                write_midi(perf.notes(notes), spec.gm_program, midi, controls=perf.controls(),
+                           pitch_bend=perf.pitch_bend)  # fmt: skip
+            audio = render_midi(midi, job.soundfont, synth)
         need = chunk + hop * (job.n_chunks - 1)
         if audio.shape[1] < need:
             audio = np.pad(audio, ((0, 0), (0, need - audio.shape[1])))
@@ -206,7 +228,7 @@ def build_track(job: TrackJob) -> int:
         if not masks_only:
             _atomic_write(
                 wav_dir / f"{stem}.wav",
-                lambda p, c=c: sf.write(p, (c * gain).T, job.synth.sample_rate, subtype="PCM_16", format="WAV"),
+                lambda p, c=c: sf.write(p, (c * gain).T, synth.sample_rate, subtype="PCM_16", format="WAV"),
             )
         t_centre = k * HOP_S + CHUNK_S / 2
         image, mask = render_frame(job.instrument, style, pose_at(notes, t_centre, job.instrument), job.frame_size)
@@ -215,7 +237,8 @@ def build_track(job: TrackJob) -> int:
                           lambda p, im=image: im.save(p, format="JPEG", quality=job.jpeg_quality))  # fmt: skip
         # a bool array becomes a mode-'1' image: a 1-bit PNG
         _atomic_write(mask_dir / f"{stem}.png", lambda p, m=mask: Image.fromarray(m).save(p, format="PNG"))
-    _atomic_write(job.marker, lambda p: Path(p).write_text(json.dumps({"chunks": job.n_chunks, "masks": True})))
+    marker = {"chunks": job.n_chunks, "masks": True, **({"performance": perf.to_dict()} if perf else {})}
+    _atomic_write(job.marker, lambda p: Path(p).write_text(json.dumps(marker)))
     return job.n_chunks
 
 
@@ -236,16 +259,21 @@ def build_standin(
     jpeg_quality: int = 90,
     workers: int | None = None,
     progress: bool = True,
+    render: str = "dry",
 ) -> dict:
     """Build (or finish building) the stand-in data set at ``root``; returns its manifest.
 
-    A folder built with other parameters is refused rather than mixed; a complete folder with the
-    same parameters is left as it is.
+    ``render``: ``dry`` or ``varied`` (see the module docstring). A folder built with other
+    parameters is refused rather than mixed; a complete folder with the same parameters is left as
+    it is (a manifest from before fonts were recorded gets its font record added).
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if render not in RENDERS:
+        raise ValueError(f"unknown render {render!r}; choose one of {', '.join(RENDERS)}")
     p = PRESETS[preset]
     soundfont = check_renderer(soundfont)
+    font = soundfont_record(soundfont)
     root = Path(root)
     params = {
         "builder_version": BUILDER_VERSION,
@@ -255,6 +283,8 @@ def build_standin(
         "frame_size": frame_size or p.frame_size,
         "jpeg_quality": jpeg_quality,
     }
+    if render != "dry":  # dry builds keep the parameters (and manifests) of builds from before renders
+        params["render"] = render
     manifest_path = root / MANIFEST
     if manifest_path.is_file():
         try:
@@ -267,18 +297,26 @@ def build_standin(
                 f"already holds a stand-in built with {old.get('params')}; asked for {params}. "
                 "Use another --root or delete this folder.",
             )
+        recorded = old.get("soundfont")
+        if recorded and recorded.get("sha256") != font["sha256"]:
+            raise DataError(root, f"was rendered from {recorded.get('path')} (sha256 {recorded.get('sha256')}); "
+                                  f"asked for {font['path']} (sha256 {font['sha256']}), another file of the same name")  # fmt: skip
         if old.get("complete") and old.get("masks"):
+            if not recorded:  # built before fonts were recorded: the same-named font is the one given now
+                old["soundfont"] = {**font, "recorded": "after the build, from the font of the same name given then"}
+                _atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(old, indent=2)))
             return old
     elif root.exists() and any(root.iterdir()):
         raise DataError(root, "folder is not empty and holds no stand-in manifest; refusing to write into it")
     root.mkdir(parents=True, exist_ok=True)
     _remove_partials(root)
-    manifest = {"params": params, "complete": False}
+    manifest = {"params": params, "soundfont": font, "complete": False}
     _atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(manifest, indent=2)))
     jobs = [
-        TrackJob(str(root), split, inst, track, n, seed, str(soundfont), params["frame_size"], jpeg_quality)
+        TrackJob(str(root), split, inst, track, n, seed, str(soundfont), params["frame_size"], jpeg_quality,
+                 render=render)
         for split, inst, track, n in track_plan(p)
-    ]
+    ]  # fmt: skip
     todo = [j for j in jobs if not _track_done(j)]
     total = sum(j.n_chunks for j in todo)
     workers = workers or min(len(todo), os.cpu_count() or 1) or 1
@@ -295,7 +333,10 @@ def build_standin(
     for j in jobs:
         counts[j.split][j.instrument] = counts[j.split].get(j.instrument, 0) + j.n_chunks
         tracks[j.split].setdefault(j.instrument, []).append(j.track)
-    manifest = {"params": params, "complete": True, "counts": counts, "tracks": tracks,
+    manifest = {"params": params, "soundfont": font, "complete": True, "counts": counts, "tracks": tracks,
                 "masks": f"{MASK_DIR}/<split>/<instrument>/<stem>.png"}  # fmt: skip
+    if render == "varied":  # every track's drawn performance, from its marker
+        manifest["performances"] = {f"{j.split}/{j.name}": json.loads(j.marker.read_text()).get("performance")
+                                    for j in jobs}  # fmt: skip
     _atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(manifest, indent=2)))
     return manifest

@@ -94,8 +94,13 @@ def random_melody(
     return notes
 
 
-def write_midi(notes: list[Note], program: int, path: str | Path, ticks_per_beat: int = 480) -> None:
-    """Write ``notes`` as a one-track MIDI file for GM ``program`` (1-based, as in the GM table)."""
+def write_midi(notes: list[Note], program: int, path: str | Path, ticks_per_beat: int = 480,
+               controls: dict[int, int] | None = None, pitch_bend: int = 0) -> None:  # fmt: skip
+    """Write ``notes`` as a one-track MIDI file for GM ``program`` (1-based, as in the GM table).
+
+    ``controls``: controller number -> value sent before the first note (pan 10, reverb send 91 ...);
+    ``pitch_bend``: -8192..8191 (GM's default bend range is ±2 semitones), for the whole track.
+    """
     tempo = 500_000  # microseconds per beat (120 bpm): seconds map to ticks exactly
     ticks_per_s = ticks_per_beat * 1_000_000 / tempo
     events: list[tuple[int, int, mido.Message]] = []
@@ -107,6 +112,10 @@ def write_midi(notes: list[Note], program: int, path: str | Path, ticks_per_beat
     track = mido.MidiTrack()
     track.append(mido.MetaMessage("set_tempo", tempo=tempo, time=0))
     track.append(mido.Message("program_change", program=program - 1, time=0))
+    for number, value in sorted((controls or {}).items()):
+        track.append(mido.Message("control_change", control=number, value=int(value), time=0))
+    if pitch_bend:
+        track.append(mido.Message("pitchwheel", pitch=int(pitch_bend), time=0))
     last = 0
     for tick, _, msg in events:
         track.append(msg.copy(time=tick - last))

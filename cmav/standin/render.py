@@ -17,12 +17,33 @@ DEFAULT_SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 
 @dataclass(frozen=True)
 class SynthSettings:
-    """FluidSynth settings for one render. Reverb and chorus off give the dry, close-miked sound."""
+    """FluidSynth settings for one render. Reverb and chorus off give the dry, close-miked sound.
+
+    The ``reverb_*`` / ``chorus_*`` values are FluidSynth's ``synth.reverb.*`` / ``synth.chorus.*``
+    settings (None = FluidSynth's default); they apply only when that effect is on.
+    """
 
     sample_rate: int = 44100
     gain: float = 0.8
     reverb: bool = False
     chorus: bool = False
+    reverb_room_size: float | None = None
+    reverb_damp: float | None = None
+    reverb_width: float | None = None
+    reverb_level: float | None = None
+    chorus_nr: int | None = None
+    chorus_level: float | None = None
+    chorus_speed: float | None = None
+    chorus_depth: float | None = None
+
+    def options(self) -> list[str]:
+        """The ``-o name=value`` arguments of these settings."""
+        opts = [f"synth.reverb.active={int(self.reverb)}", f"synth.chorus.active={int(self.chorus)}"]
+        for effect, on in (("reverb", self.reverb), ("chorus", self.chorus)):
+            for key, value in vars(self).items():
+                if on and key.startswith(effect + "_") and value is not None:
+                    opts.append(f"synth.{effect}.{key[len(effect) + 1:].replace('_', '-')}={value}")
+        return [a for o in opts for a in ("-o", o)]
 
 
 def check_renderer(soundfont: str | Path) -> Path:
@@ -53,8 +74,7 @@ def render_midi(midi_path: str | Path, soundfont: str | Path, settings: SynthSet
             "fluidsynth", "-ni", "-q",
             "-g", str(settings.gain),
             "-r", str(settings.sample_rate),
-            "-o", f"synth.reverb.active={int(settings.reverb)}",
-            "-o", f"synth.chorus.active={int(settings.chorus)}",
+            *settings.options(),
             "-F", str(out), str(soundfont), str(midi_path),
         ]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)

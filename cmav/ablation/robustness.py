@@ -1,0 +1,211 @@
+"""The robustness grid (``kind: robustness``, see ``experiments/ablations/robustness.yaml``).
+
+For every variant (a set of augmentation groups, optionally another training data root such as a
+varied-render stand-in) x seed it trains the sound classifier (:class:`~cmav.tasks.ClassifierTask`,
+audio) with that augmentation for ``steps`` batches, then scores it on the validation split of
+``data.root`` (in-source: the training font) and of ``cross_source.root`` (the same data rendered
+from an independent font; refused when the fonts share recordings). The results folder gets::
+
+    table.md, table.csv   per variant: in-source and cross-source accuracy side by side (mean ± sd
+                          over seeds), their gap, the change against the un-augmented variant
+    results.json          every run's metrics and both fonts
+    runs.jsonl            one line per finished run: rerunning into the folder resumes the grid
+    runs/<variant>/seed<k>/classifier.ckpt
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmav.ablation.grid import data_root, datamodule, fit, mean_sd, merge, save_config, slug, write_csv
+from cmav.features.augment import AudioAugmentConfig, audio_augment_config
+
+BASELINE = "none"
+"""The variant every other is compared with: no augmentation, the training data as given."""
+
+
+def variant_augment(cfg: dict, variant: dict) -> AudioAugmentConfig:
+    """The augmentation of a variant: ``groups`` switched on with the grid's strengths (``augment``),
+    overridden by the variant's own ``augment``."""
+    src = cfg.get("source", "grid")
+    strengths = cfg.get("augment") or {}
+    groups = variant.get("groups") or []
+    missing = sorted(set(groups) - set(strengths))
+    if missing:
+        raise ValueError(f"{src}: variant {variant.get('name')!r} turns on group(s) {missing} that `augment` "
+                         f"does not configure; configured: {sorted(strengths)}")  # fmt: skip
+    chosen = {g: strengths[g] for g in groups}
+    try:
+        return audio_augment_config(merge(chosen, variant.get("augment") or {}))
+    except ValueError as exc:
+        raise ValueError(f"{src}: variant {variant.get('name')!r}: {exc}") from exc
+
+
+def cross_source_root(cfg: dict, out: Path) -> Path:
+    """``cross_source.root``; null (or missing) renders the training data again from
+    ``cross_source.soundfont`` under ``out/data_cross`` (same preset and seed)."""
+    from cmav.evaluation.robustness import build_eval_copy, check_independent, data_soundfont
+    from cmav.standin.soundfonts import soundfont_record
+
+    cs = cfg.get("cross_source") or {}
+    root = cs.get("root")
+    if root is not None and Path(root).is_dir():
+        return Path(root)
+    font = cs.get("soundfont")
+    if font is None:
+        raise FileNotFoundError(f"{cfg.get('source', 'grid')}: cross-source data {root} does not exist and "
+                                "cross_source.soundfont is not set to render it")  # fmt: skip
+    target = Path(root) if root is not None else out / "data_cross"
+    train = data_root(cfg, out)
+    check_independent(data_soundfont(train), soundfont_record(font))  # refuse before rendering anything
+    print(f"[ablate] rendering the cross-source copy of {train} from {font} at {target} (once)", flush=True)
+    build_eval_copy(train, target, font, progress=False)
+    return target
+
+
+def _validate(cfg: dict) -> list[dict]:
+    src = cfg.get("source", "grid")
+    variants = cfg.get("variants") or []
+    names = [v.get("name") for v in variants]
+    if not variants or None in names or len(set(names)) != len(names):
+        raise ValueError(f"{src}: `variants` needs entries with unique names, got {names}")
+    if BASELINE not in names:
+        raise ValueError(f"{src}: no variant named {BASELINE!r} (no augmentation): every row is compared with it")
+    for v in variants:
+        variant_augment(cfg, v)  # unknown groups/options: a clear error now, not mid-grid
+    return variants
+
+
+def summarise(runs: list[dict], names: list[str]) -> list[dict]:
+    """One row per variant: mean ± sd over seeds, and the change against :data:`BASELINE`."""
+    rows = []
+    for name in names:
+        mine = [r for r in runs if r["variant"] == name]
+        if not mine:
+            continue
+        row: dict[str, Any] = {"variant": name, "groups": "+".join(mine[0]["groups"]) or "-",
+                               "train_data": mine[0]["train_root"], "n_seeds": len(mine)}  # fmt: skip
+        for key in ("in_source", "cross_source", "in_source_balanced", "cross_source_balanced", "train_s"):
+            row[f"{key}_mean"], row[f"{key}_sd"] = mean_sd([r[key] for r in mine])
+        row["gap_mean"] = row["in_source_mean"] - row["cross_source_mean"]
+        rows.append(row)
+    base = next((r for r in rows if r["variant"] == BASELINE), None)
+    for r in rows:
+        r["in_source_vs_none"] = r["in_source_mean"] - base["in_source_mean"] if base else None
+        r["cross_source_vs_none"] = r["cross_source_mean"] - base["cross_source_mean"] if base else None
+    return rows
+
+
+FIELDS = ["variant", "groups", "train_data", "n_seeds", "in_source_mean", "in_source_sd", "cross_source_mean",
+          "cross_source_sd", "gap_mean", "in_source_vs_none", "cross_source_vs_none", "in_source_balanced_mean",
+          "cross_source_balanced_mean", "train_s_mean"]  # fmt: skip
+
+
+def _pm(row: dict, key: str) -> str:
+    return f"{row[key + '_mean']:.3f} ± {row[key + '_sd']:.3f}"
+
+
+def write_tables(rows: list[dict], out: Path, fonts: dict, note: str = "") -> tuple[Path, Path]:
+    """``table.csv`` and ``table.md`` (fonts named above the table, targets below)."""
+    from cmav.evaluation.robustness import TARGETS, font_lines
+
+    csv_path, md_path = write_csv(rows, FIELDS, out / "table.csv"), out / "table.md"
+    f_in, f_x = fonts["in_source"]["name"], fonts["cross_source"]["name"]
+    lines = ["# Cross-source robustness of the sound classifier", "", *font_lines(fonts), "",
+             f"| variant | augmentation | training data | in-source acc ({f_in}) | cross-source acc ({f_x}) | gap "
+             "| in-source vs none | cross-source vs none |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['groups']} | {r['train_data']} | {_pm(r, 'in_source')} | "
+                     f"{_pm(r, 'cross_source')} | {r['gap_mean']:+.3f} | {r['in_source_vs_none']:+.3f} | "
+                     f"{r['cross_source_vs_none']:+.3f} |")  # fmt: skip
+    target = TARGETS["classifier"]
+    met = [r["variant"] for r in rows if r["cross_source_mean"] >= target
+           and r["in_source_vs_none"] >= -0.02]  # fmt: skip
+    text = "\n".join(lines) + "\n\n"
+    text += (f"Target: cross-source accuracy ≥ {target:.2f} with in-source accuracy no more than 0.02 below "
+             f"`{BASELINE}`: {'met by ' + ', '.join(met) if met else 'met by no variant'}.\n")  # fmt: skip
+    text += ("\nAccuracy: the sound classifier on the **validation** split (players unseen in training), mean ± sd "
+             "over seeds; in-source = the training font's audio, cross-source = the same chunks rendered from the "
+             "evaluation font, never seen in training.\n")  # fmt: skip
+    if note:
+        text += f"\n{note}\n"
+    md_path.write_text(text)
+    return csv_path, md_path
+
+
+def run(cfg: dict, out: Path) -> dict:
+    """Run a robustness grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``."""
+    from cmav.data.datasets import open_split
+    from cmav.evaluation.robustness import check_independent, data_soundfont, score_classifier
+    from cmav.tasks import ClassifierTask
+
+    variants = _validate(cfg)
+    save_config(cfg, out)
+    t_start = time.perf_counter()
+    in_root, x_root = data_root(cfg, out), cross_source_root(cfg, out)
+    fonts = {"in_source": data_soundfont(in_root), "cross_source": data_soundfont(x_root)}
+    check_independent(fonts["in_source"], fonts["cross_source"])
+    log = out / "runs.jsonl"
+    done = {}
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            r = json.loads(line)
+            done[json.dumps(r["config_key"], sort_keys=True)] = r
+    runs: list[dict] = []
+    evals: dict[str, Any] = {}
+    for v in variants:
+        name, aug = v["name"], variant_augment(cfg, v)
+        train_root = Path(v.get("root") or in_root)
+        check_independent(data_soundfont(train_root), fonts["cross_source"])  # never train on the evaluation source
+        for seed in cfg["seeds"]:
+            key = {"variant": name, "seed": seed, "augment": aug.to_dict(), "train_root": str(train_root),
+                   "model": cfg.get("model") or {}, "steps": int(cfg["steps"]), "data": cfg["data"],
+                   "cross_source": str(x_root)}  # fmt: skip
+            previous = done.get(json.dumps(key, sort_keys=True, default=str))
+            if previous is not None:
+                runs.append(previous)
+                print(f"[ablate] {name} seed {seed}: done before (runs.jsonl)", flush=True)
+                continue
+            dm = datamodule(merge(cfg, {"data": {"root": str(train_root)}}), out, augment=aug)
+            if not evals:  # both validation splits, as the classifier's data sees them
+                h = dm.hparams
+                evals = {src: open_split(h.layout, r, "validation", image_size=h.image_size, features=dm.features,
+                                         chunk=dm.chunk, cache_dir=h.cache_dir, progress=False).tensors
+                         for src, r in (("in_source", in_root), ("cross_source", x_root))}  # fmt: skip
+            task = ClassifierTask(modality="audio", target="label", image_size=dm.hparams.image_size,
+                                  **(cfg.get("model") or {}))  # fmt: skip
+            ckpt = out / "runs" / slug(name) / f"seed{seed}" / "classifier.ckpt"
+            t0 = time.perf_counter()
+            fit(cfg, out, dm, f"robustness/{slug(name)}", seed, task, ckpt, int(cfg["steps"]))
+            train_s = time.perf_counter() - t0
+            scores = {src: score_classifier(task, t) for src, t in evals.items()}
+            runs.append({
+                "config_key": key, "variant": name, "seed": seed, "groups": aug.enabled_groups,
+                "train_root": str(train_root), "train_s": train_s, "checkpoint": str(ckpt),
+                **{src: s["accuracy"] for src, s in scores.items()},
+                **{f"{src}_balanced": s["balanced_accuracy"] for src, s in scores.items()},
+                "per_class": {src: s["per_class"] for src, s in scores.items()},
+            })  # fmt: skip
+            with log.open("a") as f:
+                f.write(json.dumps(runs[-1], default=str) + "\n")
+            print(f"[ablate] {name} seed {seed}: in-source {scores['in_source']['accuracy']:.3f}, "
+                  f"cross-source {scores['cross_source']['accuracy']:.3f}", flush=True)  # fmt: skip
+    rows = summarise(runs, [v["name"] for v in variants])
+    elapsed = time.perf_counter() - t_start
+    device = "cuda" if torch.cuda.is_available() and (cfg.get("trainer") or {}).get("accelerator", "auto") in ("auto", "gpu", "cuda") else "cpu"
+    note = (f"Preset `{cfg['preset']}`, seeds {cfg['seeds']}, {cfg['steps']} training batches per run, in-source data "
+            f"`{in_root}`, cross-source data `{x_root}`, device `{device}`, {sum(r['train_s'] for r in runs):.0f} s of "
+            f"training in all ({elapsed:.0f} s this invocation; finished runs are read from runs.jsonl).")  # fmt: skip
+    csv_path, md_path = write_tables(rows, out, fonts, note)
+    (out / "results.json").write_text(json.dumps({"config": cfg, "fonts": fonts, "rows": rows, "runs": runs,
+                                                  "elapsed_s": elapsed}, indent=2, default=str))  # fmt: skip
+    paths = {"table_md": str(md_path), "table_csv": str(csv_path), "results": str(out / "results.json")}
+    return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
+
+
+__all__ = ["BASELINE", "cross_source_root", "run", "summarise", "variant_augment", "write_tables"]

@@ -1,0 +1,253 @@
+"""Cross-source evaluation: the same models on audio from the training font and from an independent one.
+
+``root`` is the data the models trained on (say ``data/default``, rendered from FluidR3); ``eval_root``
+is a copy of it rendered from a DIFFERENT soundfont (``cmav data build --soundfont
+/usr/share/sounds/sf2/TimGM6mb.sf2 --root data/default_timgm``, same preset and seed: the same
+melodies and frames, other recordings). Both fonts are read from the folders' manifests (path and
+sha256; or given explicitly), and the evaluation is refused when they are not independent sources:
+the same file (sha256 or real path), or one family of fonts sharing recordings (MuseScore General
+reuses FluidR3's samples; see :mod:`cmav.standin.soundfonts`).
+
+Scores, each in-source (``root``'s split) beside cross-source (``eval_root``'s split):
+
+* the sound classifier's accuracy (plain and class-balanced);
+* S2I-C's judged accuracy: one frame generated per chunk from that source's audio (fixed noise),
+  classified by the image judge (its accuracy on the real frames is the ceiling);
+* retrieval Recall@1 (audio->image, class-level and instance-level) with a retrieval checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmav.data.errors import DataError
+from cmav.metrics import judged_accuracy
+from cmav.metrics.serialise import json_safe
+from cmav.standin.build import MANIFEST
+from cmav.standin.render import DEFAULT_SOUNDFONT
+from cmav.standin.soundfonts import describe, same_source, soundfont_record
+
+TARGETS = {"classifier": 0.75, "s2i": 0.65}
+"""The issue's cross-source targets: sound-classifier accuracy and S2I-C judged accuracy."""
+SOURCES = ("in_source", "cross_source")
+
+
+class SameSourceError(ValueError):
+    """The evaluation audio is not from an independent source (the fonts share recordings)."""
+
+
+def read_manifest(root: str | Path) -> dict | None:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"unreadable stand-in manifest ({exc})") from exc
+
+
+def data_soundfont(root: str | Path, font: str | Path | None = None) -> dict[str, Any]:
+    """The font record of the data at ``root``: its manifest's (path, sha256, ...), checked against
+    ``font`` when both exist; ``font``'s own record for data without a manifest."""
+    manifest = read_manifest(root)
+    given = soundfont_record(font) if font is not None else None
+    if manifest is None:
+        if given is None:
+            raise DataError(root, f"no {MANIFEST}: not a cmav stand-in, so its soundfont is unknown; "
+                                  "pass the font it was rendered from")  # fmt: skip
+        return given
+    recorded = manifest.get("soundfont")
+    if recorded is None:  # built before fonts were recorded: the params name the font file
+        name = (manifest.get("params") or {}).get("soundfont")
+        guess = DEFAULT_SOUNDFONT.parent / str(name)
+        if given is None and not guess.is_file():
+            raise DataError(root, f"its manifest names the font {name!r} without a path, and {guess} does not "
+                                  "exist; pass the font it was rendered from")  # fmt: skip
+        recorded = given or {**soundfont_record(guess), "recorded": f"inferred from the font name {name!r}"}
+    if given is not None and given["sha256"] != recorded.get("sha256"):
+        raise DataError(root, f"was rendered from {describe(recorded)}, not from the font given, {describe(given)}")
+    return recorded
+
+
+def check_independent(train_font: dict[str, Any], eval_font: dict[str, Any]) -> None:
+    """Raise :class:`SameSourceError` naming both fonts when they are not independent sources."""
+    reason = same_source(train_font, eval_font)
+    if reason:
+        raise SameSourceError(
+            f"refusing a cross-source evaluation: the training font {describe(train_font)} and the evaluation "
+            f"font {describe(eval_font)} are not independent sources: {reason}. Render the evaluation copy from "
+            "a font made of other recordings, e.g. `cmav data build --soundfont /usr/share/sounds/sf2/TimGM6mb.sf2 "
+            "--root data/default_timgm` (Debian package timgm6mb-soundfont)"
+        )
+
+
+def build_eval_copy(root: str | Path, eval_root: str | Path, soundfont: str | Path, progress: bool = True) -> dict:
+    """Render ``eval_root``: the stand-in at ``root`` (same preset, seed and frame size; dry) from ``soundfont``."""
+    from cmav.standin.build import build_standin
+
+    params = (read_manifest(root) or {}).get("params")
+    if not params:
+        raise DataError(root, f"no {MANIFEST}: only a cmav stand-in can be re-rendered from another font")
+    return build_standin(eval_root, preset=params["preset"], seed=params["seed"], soundfont=soundfont,
+                         frame_size=params["frame_size"], jpeg_quality=params["jpeg_quality"], progress=progress)  # fmt: skip
+
+
+def split_like(ckpt: str | Path, root: str | Path, split: str, cache_dir: str | None = None, progress: bool = False):
+    """The split at ``root`` as the checkpoint's data was (front end, chunk spec, image size, layout)."""
+    from cmav.data.datasets import open_split
+    from cmav.evaluation.generate import front_end_of
+    from cmav.tasks.classifier import _load_checkpoint
+
+    blob = _load_checkpoint(ckpt)
+    dmh, hp = blob.get("datamodule_hyper_parameters") or {}, blob.get("hyper_parameters") or {}
+    features, spec = front_end_of(ckpt)
+    return open_split(dmh.get("layout", "suburmp"), root, split, features=features, chunk=spec, cache_dir=cache_dir,
+                      image_size=int(hp.get("image_size", dmh.get("image_size", 64))), progress=progress).tensors  # fmt: skip
+
+
+def _report(rep) -> dict[str, Any]:
+    return {"accuracy": rep.accuracy, "balanced_accuracy": rep.balanced_accuracy, "n": rep.n,
+            "per_class": rep.per_class}  # fmt: skip
+
+
+def score_classifier(task, tensors) -> dict[str, Any]:
+    """The sound classifier's accuracy on a split's audio."""
+    return _report(judged_accuracy(task.model, tensors.audio.float(), tensors.labels, tensors.class_names, batch_size=256))
+
+
+def score_s2i(s2i: Any, judge, tensors, seed: int = 0) -> dict[str, Any]:
+    """Judged accuracy of one frame generated per chunk from a split's audio (fixed noise)."""
+    from cmav.evaluation.s2i import generate_images, make_generator_fn
+
+    fn, z_dim, _ = make_generator_fn(s2i)
+    fake = generate_images(fn, tensors.audio, z_dim, seed=seed)
+    return _report(judged_accuracy(judge, fake, tensors.labels, tensors.class_names))
+
+
+def score_retrieval(task, tensors) -> dict[str, Any]:
+    """Audio->image Recall@1 (class- and instance-level, with chance) over a split."""
+    from cmav.evaluation.retrieval import embed_split
+    from cmav.metrics.retrieval import cross_modal_report
+
+    a, v = embed_split(task, tensors)
+    rep = cross_modal_report(task.model.scores(a, v), tensors.labels)["a2i"]
+    return {f"{rel}_R@1": rep[rel]["R@1"] for rel in ("class", "instance")} | {
+        f"{rel}_R@1_chance": rep[rel]["chance"]["R@1"] for rel in ("class", "instance")}  # fmt: skip
+
+
+@torch.no_grad()
+def evaluate_robustness(
+    root: str | Path,
+    eval_root: str | Path,
+    classifier: str | Path | None = None,
+    s2i: str | Path | None = None,
+    image_judge: str | Path | None = None,
+    retrieval: str | Path | None = None,
+    train_soundfont: str | Path | None = None,
+    eval_soundfont: str | Path | None = None,
+    split: str = "validation",
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Score the given checkpoints in-source (``root``) and cross-source (``eval_root``); see the module
+    docstring. Refuses (:class:`SameSourceError`) before any scoring when the fonts are not independent.
+    A missing ``eval_root`` is rendered first from ``eval_soundfont`` (same preset and seed as ``root``).
+    """
+    from cmav.tasks.classifier import load_classifier, load_sound_classifier
+
+    if classifier is None and s2i is None and retrieval is None:
+        raise ValueError("give at least one checkpoint to score: a sound classifier, S2I-C (+ image judge) or retrieval")
+    if s2i is not None and image_judge is None:
+        raise ValueError("S2I-C's judged accuracy needs the image judge checkpoint too")
+    train_font = data_soundfont(root, train_soundfont)
+    eval_exists = (Path(eval_root) / MANIFEST).is_file() or Path(eval_root, "chunk").is_dir()
+    if not eval_exists and eval_soundfont is None:
+        raise DataError(eval_root, "does not exist; build it from another font (cmav data build --soundfont PATH "
+                                   f"--root {eval_root}) or pass the evaluation soundfont to render it")  # fmt: skip
+    eval_font = data_soundfont(eval_root, eval_soundfont) if eval_exists else soundfont_record(eval_soundfont)
+    check_independent(train_font, eval_font)
+    if not eval_exists:
+        build_eval_copy(root, eval_root, eval_soundfont, progress=progress)
+
+    roots = {"in_source": Path(root), "cross_source": Path(eval_root)}
+    result: dict[str, Any] = {
+        "split": split,
+        "fonts": {"in_source": train_font, "cross_source": eval_font},
+        "roots": {k: str(v) for k, v in roots.items()},
+        "models": {},
+        "targets": TARGETS,
+    }
+
+    def both(ckpt, score) -> dict[str, Any]:
+        return {src: score(split_like(ckpt, r, split, cache_dir, progress)) for src, r in roots.items()}
+
+    if classifier is not None:
+        task = load_sound_classifier(classifier, user="robustness")
+        result["models"]["classifier"] = {"ckpt": str(classifier), **both(classifier, lambda t: score_classifier(task, t))}
+    if s2i is not None:
+        judge = load_classifier(image_judge)
+        if judge.hparams.modality != "image":
+            raise ValueError(f"{image_judge}: not an image judge (modality {judge.hparams.modality!r})")
+        entry = {"ckpt": str(s2i), "image_judge": str(image_judge), **both(s2i, lambda t: score_s2i(s2i, judge, t, seed))}
+        real = split_like(s2i, root, split, cache_dir, progress)
+        entry["judge_on_real"] = _report(judged_accuracy(judge, real.images.float().div(127.5).sub(1.0), real.labels,
+                                                         real.class_names))  # fmt: skip
+        result["models"]["s2i"] = entry
+    if retrieval is not None:
+        from cmav.tasks.retrieval import load_retrieval
+
+        rtask = load_retrieval(retrieval)
+        result["models"]["retrieval"] = {"ckpt": str(retrieval), **both(retrieval, lambda t: score_retrieval(rtask, t))}
+
+    result = json_safe(result)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        (out / "report.md").write_text(format_report(result))
+        result["paths"] = {"metrics": str(out / "metrics.json"), "report": str(out / "report.md")}
+    return result
+
+
+def font_lines(fonts: dict[str, dict]) -> list[str]:
+    """Markdown lines naming the training and evaluation fonts."""
+    return [f"- {label}: **{f.get('name')}** — `{f.get('realpath') or f.get('path')}`, sha256 `{f.get('sha256')}`"
+            for label, f in (("training font (in-source)", fonts["in_source"]),
+                             ("evaluation font (cross-source)", fonts["cross_source"]))]  # fmt: skip
+
+
+def format_report(result: dict) -> str:
+    """Markdown: the fonts, then one row per score with in-source and cross-source side by side."""
+    f_in, f_x = (result["fonts"][s]["name"] for s in SOURCES)
+    lines = [f"# Cross-source robustness ({result['split']} split)", "", *font_lines(result["fonts"]), "",
+             f"| model | score | in-source ({f_in}) | cross-source ({f_x}) | drop | target (cross-source) |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    rows = {"classifier": [("accuracy", TARGETS["classifier"]), ("balanced_accuracy", None)],
+            "s2i": [("accuracy", TARGETS["s2i"]), ("balanced_accuracy", None)],
+            "retrieval": [("class_R@1", None), ("instance_R@1", None)]}  # fmt: skip
+    names = {"classifier": "sound classifier", "s2i": "S2I-C (judged)", "retrieval": "retrieval a→i"}
+    for model, entry in result["models"].items():
+        for key, target in rows[model]:
+            a, b = entry["in_source"].get(key), entry["cross_source"].get(key)
+            t = "—" if target is None else f"≥ {target:.2f} ({'met' if b is not None and b >= target else 'not met'})"
+            lines.append(f"| {names[model]} | {key} | {a:.3f} | {b:.3f} | {a - b:+.3f} | {t} |")
+    if "s2i" in result["models"]:
+        lines.append(f"\nImage judge on the real frames (S2I ceiling): "
+                     f"{result['models']['s2i']['judge_on_real']['accuracy']:.3f}.")  # fmt: skip
+    if "retrieval" in result["models"]:
+        r = result["models"]["retrieval"]["in_source"]
+        lines.append(f"\nRetrieval chance R@1: class {r['class_R@1_chance']:.3f}, instance {r['instance_R@1_chance']:.3f}.")
+    lines.append("\nIn-source: the training data's own split (players unseen in training, training font). "
+                 "Cross-source: the same split rendered from the evaluation font.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["SameSourceError", "TARGETS", "build_eval_copy", "check_independent", "data_soundfont",
+           "evaluate_robustness", "font_lines", "format_report", "read_manifest", "score_classifier", "score_retrieval",
+           "score_s2i", "split_like"]  # fmt: skip

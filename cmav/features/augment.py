@@ -1,0 +1,432 @@
+"""Training-time audio augmentation: waveform ops at the chunk rate, then SpecAugment on the features.
+
+Seven groups, each a frozen dataclass with a per-example probability ``p`` (0 = off, the default)
+and a strength whose zero value is the identity:
+
+==========  ==================================================================  =================
+group       what (per example, fresh random parameters every call)              zero strength
+==========  ==================================================================  =================
+gain        level change, uniform in ±``max_db`` dB                             ``max_db=0``
+eq          a low shelf, ``n_bands`` peaking bands and a high shelf (RBJ        ``max_db=0``
+            biquads, as torchaudio's ``bass/equalizer/treble_biquad``), each
+            ±``max_db``
+reverb      convolution with a synthetic room impulse response: exponentially    ``max_wet=0``
+            decaying noise, RT60 in ``rt60_s``, made on the fly; wet share
+            uniform in [0, ``max_wet``]
+noise       white-to-brown noise (spectral slope 0..``max_colour``) at an SNR    ``snr_db=(inf, inf)``
+            uniform in ``snr_db``
+pitch       pitch shift (phase-vocoder stretch + torchaudio resampling), in      ``max_semitones=0``
+            ±``max_semitones``, on a grid of ``1/steps_per_semitone``
+stretch     time stretch at a rate in 1 ± ``max_rate`` (phase vocoder), cut or  ``max_rate=0``
+            reflect-padded back to the same length around the centre
+mask        SpecAugment on the front end's output: ``n_freq`` frequency masks    ``freq_width=0``,
+            up to ``freq_width`` bins and ``n_time`` time masks up to           ``time_width=0``
+            ``time_width`` frames (torchaudio's masking), filled with the
+            example's mean
+==========  ==================================================================  =================
+
+Every waveform op keeps the batch's shape, dtype, device and sample rate (no op changes the number
+of samples). Pitch and stretch draw from a grid so one torchaudio call serves every example with the
+same value. In YAML (``data.augment``, see :class:`cmav.data.AudioVisualDataModule`)::
+
+    augment:
+      eq: {p: 0.8, max_db: 9}
+      reverb: {p: 0.5}
+      mask: {p: 0.5, freq_width: 16, time_width: 6}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torchaudio
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class GainAugment:
+    """Random gain in dB, uniform in ``[-max_db, max_db]``."""
+
+    p: float = 0.0
+    max_db: float = 6.0
+
+
+@dataclass(frozen=True)
+class EqAugment:
+    """Random EQ: a low shelf (corner log-uniform in ``low_hz``), ``n_bands`` peaking bands (centres
+    in ``band_hz``, Q in ``band_q``) and a high shelf (corner in ``high_hz``), each with a gain uniform
+    in ``[-max_db, max_db]``."""
+
+    p: float = 0.0
+    max_db: float = 9.0
+    n_bands: int = 1
+    low_hz: tuple[float, float] = (80.0, 600.0)
+    band_hz: tuple[float, float] = (300.0, 6000.0)
+    band_q: tuple[float, float] = (0.5, 2.5)
+    high_hz: tuple[float, float] = (1500.0, 9000.0)
+
+
+@dataclass(frozen=True)
+class ReverbAugment:
+    """Room reverb: the dry signal mixed with its convolution by decaying noise (RT60 uniform in
+    ``rt60_s``, pre-delay up to ``max_predelay_s``); the wet share is uniform in ``[0, max_wet]``
+    and the mix keeps the energy (``sqrt(1-w)·dry + sqrt(w)·wet``)."""
+
+    p: float = 0.0
+    max_wet: float = 0.6
+    rt60_s: tuple[float, float] = (0.15, 1.2)
+    max_predelay_s: float = 0.02
+
+
+@dataclass(frozen=True)
+class NoiseAugment:
+    """Additive noise at an SNR uniform in ``snr_db`` (dB, against the example's own RMS); its
+    spectral slope is uniform in ``[0, max_colour]`` (0 white, 1 pink, 2 brown)."""
+
+    p: float = 0.0
+    snr_db: tuple[float, float] = (15.0, 40.0)
+    max_colour: float = 2.0
+
+
+@dataclass(frozen=True)
+class PitchAugment:
+    """Pitch shift uniform in ``±max_semitones``, on a grid of ``1/steps_per_semitone`` semitones."""
+
+    p: float = 0.0
+    max_semitones: float = 0.5
+    steps_per_semitone: int = 4
+
+
+@dataclass(frozen=True)
+class StretchAugment:
+    """Time stretch (pitch kept) at a rate uniform in ``1 ± max_rate``, on a grid of ``rate_step``."""
+
+    p: float = 0.0
+    max_rate: float = 0.1
+    rate_step: float = 0.025
+
+
+@dataclass(frozen=True)
+class MaskAugment:
+    """SpecAugment: ``n_freq`` masks of up to ``freq_width`` bins and ``n_time`` masks of up to
+    ``time_width`` frames on the features (any front end's ``(C, H, W)``: H is frequency)."""
+
+    p: float = 0.0
+    freq_width: int = 16
+    time_width: int = 6
+    n_freq: int = 2
+    n_time: int = 2
+
+
+WAVEFORM_GROUPS = ("gain", "eq", "reverb", "noise", "pitch", "stretch")
+"""Groups applied to the waveform, in this order (SpecAugment, ``mask``, comes after the front end)."""
+
+
+@dataclass(frozen=True)
+class AudioAugmentConfig:
+    """Every augmentation group; all off by default (``p=0``), so the default is the identity."""
+
+    gain: GainAugment = field(default_factory=GainAugment)
+    eq: EqAugment = field(default_factory=EqAugment)
+    reverb: ReverbAugment = field(default_factory=ReverbAugment)
+    noise: NoiseAugment = field(default_factory=NoiseAugment)
+    pitch: PitchAugment = field(default_factory=PitchAugment)
+    stretch: StretchAugment = field(default_factory=StretchAugment)
+    mask: MaskAugment = field(default_factory=MaskAugment)
+
+    @property
+    def enabled_groups(self) -> list[str]:
+        """Names of the groups that can change an example (``p > 0``)."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name).p > 0]
+
+    @property
+    def needs_waveform(self) -> bool:
+        """Whether any waveform group is on (then the training split keeps its raw chunks)."""
+        return any(g in WAVEFORM_GROUPS for g in self.enabled_groups)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists): what hyper-parameters and YAML hold."""
+        return {f.name: {k: list(v) if isinstance(v, tuple) else v
+                         for k, v in dataclasses.asdict(getattr(self, f.name)).items()}
+                for f in dataclasses.fields(self)}  # fmt: skip
+
+
+def audio_augment_config(value: Any = None) -> AudioAugmentConfig:
+    """An :class:`AudioAugmentConfig` from ``None`` (all off), a config, or a nested dict of groups.
+
+    Raises ``ValueError`` naming an unknown group or option.
+    """
+    from cmav.tasks.common import coerce  # one dataclass coercion for the package
+
+    if value is None or isinstance(value, AudioAugmentConfig):
+        return value or AudioAugmentConfig()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if not isinstance(value, dict):
+        raise ValueError(f"audio augmentation config must be a dict or AudioAugmentConfig, got {type(value).__name__}")
+    groups = {f.name: f for f in dataclasses.fields(AudioAugmentConfig)}
+    unknown = sorted(set(value) - set(groups))
+    if unknown:
+        raise ValueError(f"audio augmentation has no group(s) {unknown}; groups: {sorted(groups)}")
+    out = {}
+    for name, v in value.items():
+        cls = groups[name].default_factory  # type: ignore[misc]
+        if isinstance(v, dict):  # YAML lists back to the tuples the dataclasses declare
+            v = {k: tuple(x) if isinstance(x, list) else x for k, x in v.items()}
+        out[name] = coerce(cls, v)
+    for name, g in out.items():
+        if not 0.0 <= g.p <= 1.0:
+            raise ValueError(f"audio augmentation {name}.p must be in [0, 1], got {g.p}")
+    return AudioAugmentConfig(**out)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def _uniform(n: int, low: float, high: float, like: Tensor) -> Tensor:
+    return torch.rand(n, device=like.device, dtype=like.dtype) * (high - low) + low
+
+
+def _log_uniform(n: int, low: float, high: float, like: Tensor) -> Tensor:
+    return torch.exp(_uniform(n, math.log(low), math.log(high), like))
+
+
+def _chosen(n: int, p: float, like: Tensor) -> Tensor:
+    """``(n,)`` bool: which examples an op with probability ``p`` touches."""
+    return torch.rand(n, device=like.device) < p
+
+
+def _rms(x: Tensor) -> Tensor:
+    return x.pow(2).mean(dim=-1, keepdim=True).clamp_min(1e-12).sqrt()
+
+
+def shelf_peak_coefficients(kind: str, freq: Tensor, gain_db: Tensor, q: Tensor, sample_rate: int
+                            ) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``(a, b)`` ``(N, 3)`` of N biquads (RBJ cookbook, normalised by ``a0``), one per example.
+
+    ``kind``: ``low`` shelf, ``high`` shelf or ``peak``; the formulas are torchaudio's
+    ``bass_biquad``, ``treble_biquad`` and ``equalizer_biquad``. A gain of 0 dB gives ``a == b``.
+    """
+    w0 = 2 * math.pi * freq / sample_rate
+    cos, alpha = torch.cos(w0), torch.sin(w0) / (2 * q)
+    A = torch.pow(10.0, gain_db / 40)
+    if kind == "peak":
+        b = torch.stack([1 + alpha * A, -2 * cos, 1 - alpha * A], -1)
+        a = torch.stack([1 + alpha / A, -2 * cos, 1 - alpha / A], -1)
+    elif kind in ("low", "high"):
+        s = 1.0 if kind == "low" else -1.0  # one formula for both shelves: s = -1 gives treble_biquad
+        t1, t2, t3 = 2 * torch.sqrt(A) * alpha, (A - 1) * cos * s, (A + 1) * cos
+        b = torch.stack([A * ((A + 1) - t2 + t1), 2 * s * A * ((A - 1) - s * t3), A * ((A + 1) - t2 - t1)], -1)
+        a = torch.stack([(A + 1) + t2 + t1, -2 * s * ((A - 1) + s * t3), (A + 1) + t2 - t1], -1)
+    else:
+        raise ValueError(f"unknown biquad kind {kind!r}; expected 'low', 'high' or 'peak'")
+    return a / a[:, :1], b / a[:, :1]
+
+
+def decaying_noise_ir(rt60_s: Tensor, length: int, sample_rate: int, predelay_s: Tensor) -> Tensor:
+    """``(N, length)`` synthetic room impulse responses, unit energy: Gaussian noise under an
+    exponential envelope that falls 60 dB in ``rt60_s``, starting after ``predelay_s``."""
+    n = rt60_s.shape[0]
+    t = torch.arange(length, device=rt60_s.device, dtype=rt60_s.dtype) / sample_rate
+    t = t.unsqueeze(0) - predelay_s.unsqueeze(1)
+    env = torch.where(t >= 0, torch.exp(-3 * math.log(10) * t.clamp_min(0) / rt60_s.unsqueeze(1)), torch.zeros_like(t))
+    ir = torch.randn(n, length, device=rt60_s.device, dtype=rt60_s.dtype) * env
+    return ir / ir.pow(2).sum(-1, keepdim=True).clamp_min(1e-12).sqrt()
+
+
+def coloured_noise(shape: tuple[int, int], colour: Tensor, like: Tensor) -> Tensor:
+    """``(N, T)`` unit-RMS noise whose power falls as ``f ** -colour`` (0 white, 1 pink, 2 brown)."""
+    n, length = shape
+    spec = torch.fft.rfft(torch.randn(n, length, device=like.device, dtype=like.dtype), dim=-1)
+    f = torch.arange(spec.shape[-1], device=like.device, dtype=like.dtype).clamp_min(1.0)
+    spec = spec * f.unsqueeze(0).pow(-colour.unsqueeze(1) / 2)
+    x = torch.fft.irfft(spec, n=length, dim=-1)
+    return x / _rms(x)
+
+
+def fix_length(x: Tensor, length: int) -> Tensor:
+    """Cut ``(..., T')`` to ``length`` samples around its centre, or reflect-pad it to ``length``."""
+    extra = x.shape[-1] - length
+    if extra >= 0:
+        return x[..., extra // 2 : extra // 2 + length]
+    left = -extra // 2
+    return torch.nn.functional.pad(x.unsqueeze(1), (left, -extra - left), mode="reflect").squeeze(1)
+
+
+def _grouped(x: Tensor, values: Tensor, fn) -> Tensor:
+    """``fn(x[rows], v)`` for every distinct non-zero ``v`` in ``values`` (one call per value)."""
+    out = x.clone()
+    for v in torch.unique(values).tolist():
+        if v == 0:
+            continue
+        rows = (values == v).nonzero().flatten()
+        out[rows] = fn(x[rows], v).to(x.dtype)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- the module
+
+
+class AudioAugment(nn.Module):
+    """Random augmentation of a batch: :meth:`waveform` on ``(B, T)`` / ``(B, C, T)`` audio at any
+    rate, :meth:`features` (SpecAugment) on ``(B, C, H, W)`` front-end output. Both are the identity
+    when their groups are off; randomness comes from torch's global generator on the batch's device."""
+
+    def __init__(self, config: AudioAugmentConfig | dict | None = None) -> None:
+        super().__init__()
+        self.config = audio_augment_config(config)
+        m = self.config.mask
+        self.freq_masking = torchaudio.transforms.FrequencyMasking(m.freq_width, iid_masks=True)
+        self.time_masking = torchaudio.transforms.TimeMasking(m.time_width, iid_masks=True)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.config.enabled_groups)
+
+    # -- waveform ops: (N, T) float -> (N, T), same dtype -------------------------------------------
+
+    def gain(self, x: Tensor, sample_rate: int) -> Tensor:
+        c = self.config.gain
+        db = _uniform(len(x), -c.max_db, c.max_db, x) * _chosen(len(x), c.p, x)
+        return x * torch.pow(10.0, db / 20).unsqueeze(1)
+
+    def eq(self, x: Tensor, sample_rate: int) -> Tensor:
+        c, n = self.config.eq, len(x)
+        nyq = 0.45 * sample_rate
+        on = _chosen(n, c.p, x)
+        if c.max_db == 0 or not bool(on.any()):
+            return x
+        out = x[on]
+        k = out.shape[0]
+        filters = [("low", c.low_hz, None), *[("peak", c.band_hz, c.band_q)] * c.n_bands, ("high", c.high_hz, None)]
+        for kind, (lo, hi), q in filters:
+            freq = _log_uniform(k, min(lo, nyq), min(hi, nyq), out)
+            qs = _uniform(k, *q, out) if q else torch.full_like(freq, 0.707)
+            a, b = shelf_peak_coefficients(kind, freq, _uniform(k, -c.max_db, c.max_db, out), qs, sample_rate)
+            out = torchaudio.functional.lfilter(out, a, b, clamp=False, batching=True)
+        res = x.clone()
+        res[on] = out
+        return res
+
+    def reverb(self, x: Tensor, sample_rate: int) -> Tensor:
+        c, (n, length) = self.config.reverb, x.shape
+        wet = _uniform(n, 0.0, c.max_wet, x) * _chosen(n, c.p, x)
+        if not bool((wet > 0).any()):
+            return x
+        rows = (wet > 0).nonzero().flatten()
+        k = len(rows)
+        ir_len = min(length, int(math.ceil((max(c.rt60_s) + c.max_predelay_s) * sample_rate)))
+        ir = decaying_noise_ir(_uniform(k, *c.rt60_s, x), ir_len, sample_rate, _uniform(k, 0.0, c.max_predelay_s, x))
+        size = length + ir_len
+        wet_sig = torch.fft.irfft(torch.fft.rfft(x[rows], n=size) * torch.fft.rfft(ir, n=size), n=size)[:, :length]
+        w = wet[rows].unsqueeze(1)
+        out = x.clone()
+        out[rows] = torch.sqrt(1 - w) * x[rows] + torch.sqrt(w) * wet_sig
+        return out
+
+    def noise(self, x: Tensor, sample_rate: int) -> Tensor:
+        c, n = self.config.noise, len(x)
+        on = _chosen(n, c.p, x)
+        if not math.isfinite(min(c.snr_db)) or not bool(on.any()):
+            return x  # an infinite SNR is no noise
+        snr = _uniform(n, *c.snr_db, x)
+        scale = _rms(x) * torch.pow(10.0, -snr / 20).unsqueeze(1) * on.unsqueeze(1)
+        return x + scale * coloured_noise((n, x.shape[-1]), _uniform(n, 0.0, c.max_colour, x), x)
+
+    def pitch(self, x: Tensor, sample_rate: int) -> Tensor:
+        c, n = self.config.pitch, len(x)
+        grid = int(round(c.max_semitones * c.steps_per_semitone))
+        if grid == 0:
+            return x
+        steps = torch.randint(-grid, grid + 1, (n,), device=x.device) * _chosen(n, c.p, x)
+        return _grouped(x, steps, lambda rows, v: pitch_shift(rows, v / c.steps_per_semitone))
+
+    def stretch(self, x: Tensor, sample_rate: int) -> Tensor:
+        c, n = self.config.stretch, len(x)
+        grid = int(round(c.max_rate / c.rate_step)) if c.rate_step > 0 else 0
+        if grid == 0:
+            return x
+        steps = torch.randint(-grid, grid + 1, (n,), device=x.device) * _chosen(n, c.p, x)
+        return _grouped(x, steps, lambda rows, v: time_stretch(rows, 1.0 + v * c.rate_step))
+
+    def waveform(self, wave: Tensor, sample_rate: int) -> Tensor:
+        """Every waveform group in :data:`WAVEFORM_GROUPS` order; ``(B, T)`` or ``(B, C, T)`` in and out."""
+        if not self.config.needs_waveform:
+            return wave
+        shape = wave.shape
+        x = wave.reshape(-1, shape[-1])  # channels of an example get separate draws: fine for mono chunks
+        for name in WAVEFORM_GROUPS:
+            if getattr(self.config, name).p > 0:
+                x = getattr(self, name)(x, sample_rate)
+        return x.reshape(shape)
+
+    def features(self, feats: Tensor) -> Tensor:
+        """SpecAugment masks on ``(B, C, H, W)`` features, filled with each example's mean."""
+        c = self.config.mask
+        if c.p <= 0 or (c.freq_width == 0 and c.time_width == 0):
+            return feats
+        keep = torch.ones_like(feats[:, :1])
+        for _ in range(c.n_freq if c.freq_width > 0 and feats.shape[-2] > 1 else 0):
+            keep = self.freq_masking(keep)
+        for _ in range(c.n_time if c.time_width > 0 else 0):
+            keep = self.time_masking(keep)
+        off = ~_chosen(len(feats), c.p, feats)
+        keep[off] = 1.0
+        fill = feats.mean(dim=(1, 2, 3), keepdim=True)
+        return feats * keep + fill * (1 - keep)
+
+    def forward(self, wave: Tensor, sample_rate: int) -> Tensor:
+        return self.waveform(wave, sample_rate)
+
+
+def time_stretch(x: Tensor, rate: float, n_fft: int = 1024, hop_length: int = 256, length: int | None = None
+                 ) -> Tensor:  # fmt: skip
+    """``(N, T)`` played ``rate`` times as fast with its pitch kept (torchaudio's phase vocoder),
+    then cut or reflect-padded to ``length`` samples (default ``T``) around the centre."""
+    length = x.shape[-1] if length is None else length
+    window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
+    spec = torch.stft(x, n_fft, hop_length, window=window, return_complex=True)
+    advance = torch.linspace(0, math.pi * hop_length, spec.shape[-2], device=x.device, dtype=x.dtype)[..., None]
+    spec = torchaudio.functional.phase_vocoder(spec, rate, advance)
+    y = torch.istft(spec, n_fft, hop_length, window=window, length=int(round(x.shape[-1] / rate)))
+    return fix_length(y, length)
+
+
+def pitch_shift(x: Tensor, semitones: float, max_denominator: int = 100) -> Tensor:
+    """``(N, T)`` shifted by ``semitones`` with its length kept: a phase-vocoder stretch, then
+    torchaudio's resampling by the ratio ``p/q`` nearest ``2 ** (semitones / 12)`` with
+    ``q <= max_denominator`` (0.1 cent off for quarter semitones; torchaudio's own ``pitch_shift``
+    resamples by ``int(rate * sr) / sr``, whose sinc kernel for 44.1 kHz takes gigabytes)."""
+    from fractions import Fraction
+
+    ratio = Fraction(2 ** (semitones / 12)).limit_denominator(max_denominator)
+    if ratio == 1:
+        return x
+    p, q = ratio.numerator, ratio.denominator
+    longer = time_stretch(x, q / p, length=int(round(x.shape[-1] * p / q)))
+    return fix_length(torchaudio.functional.resample(longer, p, q), x.shape[-1])
+
+
+__all__ = [
+    "WAVEFORM_GROUPS",
+    "AudioAugment",
+    "AudioAugmentConfig",
+    "EqAugment",
+    "GainAugment",
+    "MaskAugment",
+    "NoiseAugment",
+    "PitchAugment",
+    "ReverbAugment",
+    "StretchAugment",
+    "audio_augment_config",
+    "coloured_noise",
+    "decaying_noise_ir",
+    "fix_length",
+    "pitch_shift",
+    "shelf_peak_coefficients",
+    "time_stretch",
+]

@@ -1,0 +1,103 @@
+"""Which soundfont a stand-in was rendered from, and whether two fonts are independent sources.
+
+A cross-source evaluation is honest only when the evaluation audio shares no recordings with the
+training audio. Two fonts are the same source when they are the same file (same sha256 or the same
+real path) or when they belong to one *family* of fonts built from the same samples: MuseScore
+General (and FluidR3Mono) reuse FluidR3's recordings. TimGM6mb (Debian ``timgm6mb-soundfont``, Tim
+Brechbill's GM set shipped with MuseScore 1.x) is built from other recordings: cmav's evaluation font.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+TIMGM6MB = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
+"""Where Debian's timgm6mb-soundfont puts the independent evaluation font."""
+
+FONT_FAMILIES: dict[str, tuple[str, ...]] = {
+    # family: lower-case name fragments (file name or the font's INAM) of fonts sharing its samples
+    "FluidR3": ("fluidr3", "fluid r3", "musescore_general", "musescore general", "musescoregeneral"),
+    "TimGM6mb": ("timgm6mb",),
+}
+"""Fonts that share recordings. MuseScore General and FluidR3Mono are derived from FluidR3."""
+
+
+def sf2_info(path: str | Path) -> dict[str, str]:
+    """The INFO fields of a SoundFont 2 file (``INAM``: bank name, ``ICOP``, ``IENG`` ...); ``{}``
+    for a file that is not an sf2 (an sf3 or anything else)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if head[:4] != b"RIFF" or head[8:12] != b"sfbk":
+                return {}
+            cid, size = struct.unpack("<4sI", f.read(8))
+            if cid != b"LIST" or f.read(4) != b"INFO":
+                return {}
+            data = f.read(min(size - 4, 1 << 16))
+    except (OSError, struct.error):
+        return {}
+    out, i = {}, 0
+    while i + 8 <= len(data):
+        key, n = struct.unpack("<4sI", data[i : i + 8])
+        if key != b"ifil":
+            out[key.decode("latin1")] = data[i + 8 : i + 8 + n].split(b"\0")[0].decode("latin1")
+        i += 8 + n + (n & 1)
+    return out
+
+
+def sha256_of(path: str | Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def font_family(name: str, inam: str = "") -> str | None:
+    """The family of a font by its file name or bank name, or None when unknown."""
+    text = f"{name} {inam}".lower()
+    for family, fragments in FONT_FAMILIES.items():
+        if any(f in text for f in fragments):
+            return family
+    return None
+
+
+def soundfont_record(path: str | Path) -> dict[str, Any]:
+    """What identifies a font: ``name``, ``path`` (as given), ``realpath``, ``sha256``, ``bytes``,
+    ``inam`` (its bank name) and ``family``. Raises FileNotFoundError naming a missing font."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: soundfont not found")
+    real = Path(os.path.realpath(path))
+    inam = sf2_info(real).get("INAM", "")
+    return {"name": real.name, "path": str(path.absolute()), "realpath": str(real), "sha256": sha256_of(real),
+            "bytes": real.stat().st_size, "inam": inam, "family": font_family(real.name, inam)}  # fmt: skip
+
+
+def describe(record: dict[str, Any]) -> str:
+    """``TimGM6mb.sf2 (/usr/share/..., sha256 1a2b3c4d...)``."""
+    return f"{record.get('name')} ({record.get('realpath') or record.get('path')}, sha256 {str(record.get('sha256'))[:12]}...)"
+
+
+def same_source(train: dict[str, Any], evaluation: dict[str, Any]) -> str | None:
+    """Why two font records are NOT independent sources, or None when they are."""
+    if train.get("sha256") and train.get("sha256") == evaluation.get("sha256"):
+        return "they are the same file (same sha256)"
+    if train.get("realpath") and train.get("realpath") == evaluation.get("realpath"):
+        return "they are the same file (same real path)"
+    fam_t, fam_e = train.get("family"), evaluation.get("family")
+    if fam_t and fam_t == fam_e:
+        names = f"{train.get('name')} and {evaluation.get('name')}"
+        text = " ".join(str(r.get(k, "")) for r in (train, evaluation) for k in ("name", "inam")).lower()
+        if "musescore" in text:
+            return f"MuseScore General reuses FluidR3's recordings: {names} share samples"
+        return f"{names} both belong to the {fam_t} family of fonts, which share recordings"
+    return None
+
+
+__all__ = ["FONT_FAMILIES", "TIMGM6MB", "describe", "font_family", "same_source", "sf2_info", "sha256_of",
+           "soundfont_record"]  # fmt: skip

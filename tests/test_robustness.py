@@ -1,0 +1,413 @@
+"""Audio robustness: augmentation ops, training-only augmentation in the data module, the varied
+stand-in render, soundfont records, and the cross-source evaluation and grid (which refuse a font
+that shares recordings with the training font)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import torchaudio
+import yaml
+from fixtures import make_suburmp
+
+from cmav.data.datamodule import AudioVisualDataModule
+from cmav.features import build_front_end
+from cmav.features.augment import (
+    WAVEFORM_GROUPS,
+    AudioAugment,
+    AudioAugmentConfig,
+    audio_augment_config,
+    pitch_shift,
+    shelf_peak_coefficients,
+    time_stretch,
+)
+from cmav.standin.build import MANIFEST
+from cmav.standin.soundfonts import TIMGM6MB, same_source, soundfont_record
+
+SR = 22050
+EXPERIMENTS = Path(__file__).parents[1] / "experiments"
+HAVE_FLUIDSYNTH = shutil.which("fluidsynth") is not None and Path("/usr/share/sounds/sf2/FluidR3_GM.sf2").is_file()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def tone(freq: float = 440.0, n: int = 11025, batch: int = 3, dtype=torch.float32) -> torch.Tensor:
+    t = torch.arange(n, dtype=torch.float64) / SR
+    return (0.3 * torch.sin(2 * math.pi * freq * t)).repeat(batch, 1).to(dtype)
+
+
+def peak_hz(x: torch.Tensor) -> float:
+    spec = torch.fft.rfft(x.double() * torch.hann_window(x.shape[-1], dtype=torch.float64)).abs()
+    return float(spec.argmax()) * SR / x.shape[-1]
+
+
+# ----------------------------------------------------------------------------------- augmentation ops
+
+ON = {  # every group switched on (p=1) at a clear strength
+    "gain": {"p": 1.0, "max_db": 12.0}, "eq": {"p": 1.0, "max_db": 12.0, "n_bands": 2},
+    "reverb": {"p": 1.0, "max_wet": 0.8}, "noise": {"p": 1.0, "snr_db": [10.0, 10.0]},
+    "pitch": {"p": 1.0, "max_semitones": 1.0}, "stretch": {"p": 1.0, "max_rate": 0.2},
+}  # fmt: skip
+ZERO = {  # the same groups switched on (p=1) at zero strength
+    "gain": {"p": 1.0, "max_db": 0.0}, "eq": {"p": 1.0, "max_db": 0.0}, "reverb": {"p": 1.0, "max_wet": 0.0},
+    "noise": {"p": 1.0, "snr_db": [math.inf, math.inf]}, "pitch": {"p": 1.0, "max_semitones": 0.0},
+    "stretch": {"p": 1.0, "max_rate": 0.0},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("group", WAVEFORM_GROUPS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_each_waveform_op_keeps_shape_dtype_and_rate_and_is_identity_at_zero_strength(group, dtype):
+    torch.manual_seed(0)
+    x = tone(dtype=dtype) + 0.01 * torch.randn(3, 11025, dtype=dtype)
+    on = AudioAugment({group: ON[group]})
+    y = on.waveform(x, SR)
+    assert y.shape == x.shape and y.dtype == dtype and torch.isfinite(y).all()
+    assert not torch.allclose(y, x, atol=1e-4), f"{group} at p=1 changed nothing"
+    # (B, C, T) batches too, and the sample rate is kept: same length, and (but for pitch) the tone's pitch
+    assert on.waveform(x[:, None], SR).shape == (3, 1, 11025)
+    if group not in ("pitch", "noise"):
+        assert abs(peak_hz(y[0]) - 440.0) < 4.0, group
+    zero = AudioAugment({group: ZERO[group]})
+    assert torch.equal(zero.waveform(x, SR), x), f"{group} at zero strength is not the identity"
+    assert torch.equal(AudioAugment({group: {**ON[group], "p": 0.0}}).waveform(x, SR), x)
+
+
+def test_the_default_config_is_all_off_and_the_identity():
+    cfg = AudioAugmentConfig()
+    assert cfg.enabled_groups == [] and not cfg.needs_waveform and not AudioAugment(cfg).active
+    x, feats = tone(), torch.randn(2, 1, 128, 44)
+    assert torch.equal(AudioAugment().waveform(x, SR), x) and torch.equal(AudioAugment().features(feats), feats)
+
+
+def test_pitch_shift_moves_the_tone_and_time_stretch_keeps_it():
+    x = tone(440.0)
+    for semitones in (1.0, -0.5):
+        assert abs(peak_hz(pitch_shift(x, semitones)[0]) - 440.0 * 2 ** (semitones / 12)) < 3.0
+        assert pitch_shift(x, semitones).shape == x.shape
+    y = time_stretch(x, 1.2)
+    assert y.shape == x.shape and abs(peak_hz(y[0]) - 440.0) < 3.0
+
+
+@pytest.mark.parametrize("kind,reference", [("low", "bass_biquad"), ("high", "treble_biquad"), ("peak", "equalizer_biquad")])
+def test_eq_biquads_are_torchaudios(kind, reference):
+    x = 0.1 * torch.randn(1, 4000, dtype=torch.float64)  # torchaudio's biquads clamp to [-1, 1]
+    freq, gain, q = torch.tensor([700.0], dtype=torch.float64), torch.tensor([-7.5], dtype=torch.float64), 0.9
+    a, b = shelf_peak_coefficients(kind, freq, gain, torch.tensor([q], dtype=torch.float64), SR)
+    ours = torchaudio.functional.lfilter(x, a, b, clamp=False, batching=True)
+    fn = getattr(torchaudio.functional, reference)
+    theirs = fn(x, SR, -7.5, 700.0, q) if kind != "peak" else fn(x, SR, 700.0, -7.5, q)
+    assert torch.allclose(ours, theirs, atol=1e-8)
+
+
+def test_noise_is_added_at_the_asked_snr_and_reverb_adds_a_tail():
+    torch.manual_seed(1)
+    x = tone(batch=8)
+    noisy = AudioAugment({"noise": {"p": 1.0, "snr_db": [20.0, 20.0], "max_colour": 0.0}}).waveform(x, SR)
+    snr = 10 * torch.log10(x.pow(2).mean(1) / (noisy - x).pow(2).mean(1))
+    assert torch.allclose(snr, torch.full_like(snr, 20.0), atol=0.1)
+    click = torch.zeros(2, 11025)
+    click[:, 100] = 1.0
+    wet = AudioAugment({"reverb": {"p": 1.0, "max_wet": 1.0, "rt60_s": [0.5, 0.5]}}).waveform(click, SR)
+    assert wet[:, :100].abs().max() < 1e-6  # causal (FFT rounding aside) ...
+    early, late = wet[:, 1000:4000].pow(2).sum(), wet[:, 8000:].pow(2).sum()
+    assert late > 0 and early > 10 * late  # ... with a decaying tail
+
+
+def test_specaugment_masks_bands_and_frames_with_the_example_mean():
+    torch.manual_seed(0)
+    feats = torch.randn(4, 1, 128, 44)
+    out = AudioAugment({"mask": {"p": 1.0, "freq_width": 30, "time_width": 10}}).features(feats)
+    assert out.shape == feats.shape and out.dtype == feats.dtype
+    changed = out != feats
+    assert changed.any()
+    for i in range(4):
+        assert torch.allclose(out[i][changed[i]], feats[i].mean().expand(int(changed[i].sum())))
+    zero = AudioAugment({"mask": {"p": 1.0, "freq_width": 0, "time_width": 0}})
+    assert torch.equal(zero.features(feats), feats)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_every_op_runs_on_cuda():
+    x = tone().cuda()
+    aug = AudioAugment({**ON, "mask": {"p": 1.0}})
+    y = aug.waveform(x, SR)
+    assert y.device == x.device and y.shape == x.shape
+    assert aug.features(build_front_end(None).cuda()(y, SR)).device == x.device
+
+
+def test_config_from_yaml_dicts_and_clear_errors():
+    cfg = audio_augment_config({"eq": {"p": 0.5, "low_hz": [50, 300]}, "mask": {"p": 0.2}})
+    assert cfg.eq.low_hz == (50, 300) and cfg.enabled_groups == ["eq", "mask"] and cfg.needs_waveform
+    assert audio_augment_config(cfg.to_dict()) == cfg
+    assert not audio_augment_config({"mask": {"p": 1.0}}).needs_waveform
+    with pytest.raises(ValueError, match="no group.*'echo'"):
+        audio_augment_config({"echo": {"p": 1.0}})
+    with pytest.raises(ValueError, match="unknown option.*'strength'"):
+        audio_augment_config({"gain": {"strength": 1.0}})
+    with pytest.raises(ValueError, match=r"gain.p must be in \[0, 1\]"):
+        audio_augment_config({"gain": {"p": 2.0}})
+
+
+# ----------------------------------------------------------------------------------- the data module
+
+
+@pytest.fixture(scope="module")
+def fixture_root(tmp_path_factory):
+    return make_suburmp(tmp_path_factory.mktemp("rob") / "suburmp", chunks=3)
+
+
+class Probe(L.LightningModule):
+    """Records the audio of every batch it is given, training and validation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.seen: dict[str, list] = {"train": [], "val": []}
+
+    def training_step(self, batch, i):
+        assert "wave" not in batch  # raw chunks never reach the model
+        self.seen["train"].append((batch["index"].cpu(), batch["audio"].cpu()))
+        return self.w.pow(2).sum()
+
+    def validation_step(self, batch, i):
+        self.seen["val"].append((batch["index"].cpu(), batch["audio"].cpu()))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _fit_probe(dm, tmp_path) -> Probe:
+    probe = Probe()
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(max_steps=3, limit_val_batches=2, val_check_interval=3, num_sanity_val_steps=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", default_root_dir=str(tmp_path))  # fmt: skip
+    trainer.fit(probe, datamodule=dm)
+    return probe
+
+
+def test_augmentation_is_on_in_training_and_off_at_evaluation(fixture_root, tmp_path):
+    dm = AudioVisualDataModule(str(fixture_root), image_size=32, batch_size=8, progress=False,
+                               cache_dir=str(tmp_path / "c"), augment={"gain": {"p": 1.0, "max_db": 20.0},
+                                                                      "mask": {"p": 1.0}})  # fmt: skip
+    probe = _fit_probe(dm, tmp_path)
+    train, val = dm.train_full.tensors, dm.val.tensors
+    assert train.waves is not None and train.waves.shape == (39, 11025) and train.waves.dtype == torch.int16
+    assert val.waves is None
+    assert len(list((tmp_path / "c").glob("train-waves-*.pt"))) == 1 and not list((tmp_path / "c").glob("validation-waves-*"))
+    for index, audio in probe.seen["train"]:
+        assert not torch.allclose(audio, train.audio[index].float(), atol=0.5), "training batch not augmented"
+    assert probe.seen["val"]
+    for index, audio in probe.seen["val"]:
+        assert torch.equal(audio, val.audio[index].float()), "evaluation batch was augmented"
+    # outside a trainer (no trainer, or not training) the hook only drops the raw chunks
+    batch = next(iter(dm.train_dataloader()))
+    dm.trainer = None
+    out = dm.on_after_batch_transfer(dict(batch), 0)
+    assert "wave" not in out and torch.equal(out["audio"], batch["audio"])
+    assert dm.hparams.augment["gain"]["max_db"] == 20.0 and isinstance(dm.hparams.augment, dict)
+
+
+def test_zero_strength_waveform_path_reproduces_the_cached_features(fixture_root, tmp_path):
+    dm = AudioVisualDataModule(str(fixture_root), image_size=32, batch_size=39, progress=False,
+                               cache_dir=str(tmp_path / "c"), augment={"gain": {"p": 1.0, "max_db": 0.0}})  # fmt: skip
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    fresh, cached = dm.augmented_audio(batch), batch["audio"]
+    assert fresh.shape == cached.shape and batch["wave"].dtype == torch.int16
+    # int16 chunks vs the float16 cached LMS: the same features within their rounding, wherever the
+    # (pure-tone) fixture has any energy; the empty bins sit at the quantisation floor
+    loud = cached > cached.amax(dim=(1, 2, 3), keepdim=True) - 60
+    err = (fresh - cached).abs()[loud]
+    assert float(err.median()) < 0.05 and float(err.max()) < 0.5
+
+
+def test_augment_is_a_cli_option(capsys, monkeypatch):
+    from cmav.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(EXPERIMENTS / "audio_classifier.yaml"), "--data.augment.eq.p=0.5",
+              "--data.augment.mask.freq_width=8", "--print_config"])  # fmt: skip
+    assert exc.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)["data"]["augment"]
+    assert printed["eq"]["p"] == 0.5 and printed["mask"]["freq_width"] == 8 and printed["gain"]["p"] == 0.0
+
+
+# ----------------------------------------------------------------------------------- the stand-in
+
+
+def test_performance_changes_velocities_and_lengths_within_bounds():
+    from cmav.standin.music import Note
+    from cmav.standin.variation import MAX_SHORTENING_S, Performance, random_performance
+
+    notes = [Note(0.0, 1.0, 60, 100, "legato"), Note(1.0, 1.2, 62, 30, "staccato")]
+    perf = Performance(velocity_gamma=1.5, articulation=0.5)
+    out = perf.notes(notes)
+    assert [n.velocity for n in out] == [round(127 * (v / 127) ** 1.5) for v in (100, 30)]
+    assert out[0].end == pytest.approx(1.0 - MAX_SHORTENING_S) and out[1].end == pytest.approx(1.1)
+    a, b = (random_performance(np.random.default_rng(7)) for _ in range(2))
+    assert a == b and a != random_performance(np.random.default_rng(8))
+    assert a.synth.reverb and a.synth.chorus and -8192 <= a.pitch_bend <= 8191
+    opts = a.synth.options()
+    assert "synth.reverb.active=1" in opts and any(o.startswith("synth.chorus.depth=") for o in opts)
+
+
+@pytest.mark.skipif(not HAVE_FLUIDSYNTH, reason="needs fluidsynth + fluid-soundfont-gm")
+def test_varied_render_is_deterministic_keeps_frames_and_changes_the_sound(tmp_path):
+    from cmav.standin.build import TrackJob, build_track
+
+    def job(name: str, render: str) -> TrackJob:
+        return TrackJob(str(tmp_path / name), "train", "oboe", 0, 3, 0, "/usr/share/sounds/sf2/FluidR3_GM.sf2", 64,
+                        90, render=render)  # fmt: skip
+
+    for name, render in (("dry", "dry"), ("v1", "varied"), ("v2", "varied")):
+        build_track(job(name, render))
+    wav, jpg = "chunk/train/oboe/oboe00_600.wav", "img/train/oboe/oboe00_600.jpg"
+    read = lambda name, f: (tmp_path / name / f).read_bytes()  # noqa: E731
+    assert read("v1", wav) == read("v2", wav)  # deterministic
+    assert read("v1", wav) != read("dry", wav)  # another sound ...
+    assert read("v1", jpg) == read("dry", jpg)  # ... of the same melody and player
+    marker = json.loads((tmp_path / "v1/.cmav_build/train/oboe00.done").read_text())
+    assert marker["performance"]["synth"]["reverb"] is True
+
+
+@pytest.mark.skipif(not HAVE_FLUIDSYNTH or not TIMGM6MB.is_file(), reason="needs fluidsynth and timgm6mb-soundfont")
+def test_build_records_the_soundfont_and_cli_takes_soundfont(tmp_path, monkeypatch, capsys):
+    from cmav.cli.main import main
+    from cmav.standin import build
+
+    monkeypatch.setitem(build.PRESETS, "micro", build.Preset("micro", 1, 1, 1, 1, frame_size=32))
+    manifest = build.build_standin(tmp_path / "m", preset="micro", soundfont=TIMGM6MB, progress=False, workers=1)
+    font = manifest["soundfont"]
+    assert font["name"] == "TimGM6mb.sf2" and font["sha256"] == soundfont_record(TIMGM6MB)["sha256"]
+    assert json.loads((tmp_path / "m" / MANIFEST).read_text())["soundfont"]["path"] == str(TIMGM6MB)
+    assert main(["data", "build", "--root", str(tmp_path / "x"), "--soundfont", str(tmp_path / "none.sf2")]) == 2
+    assert "none.sf2" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------- fonts and evaluation
+
+
+def fake_font(path: Path, content: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def with_manifest(root: Path, font: Path) -> Path:
+    (root / MANIFEST).write_text(json.dumps({"params": {"preset": "fixture", "seed": 0, "soundfont": font.name},
+                                             "soundfont": soundfont_record(font), "complete": True}))  # fmt: skip
+    return root
+
+
+def test_same_source_rules(tmp_path):
+    a = soundfont_record(fake_font(tmp_path / "FontA.sf2", b"a"))
+    b = soundfont_record(fake_font(tmp_path / "FontB.sf2", b"b"))
+    (tmp_path / "link.sf2").symlink_to(tmp_path / "FontA.sf2")
+    copy = soundfont_record(fake_font(tmp_path / "copy" / "Other.sf2", b"a"))
+    assert same_source(a, b) is None
+    assert "same sha256" in same_source(a, copy)
+    assert "same file" in same_source(a, soundfont_record(tmp_path / "link.sf2"))
+    fluid = soundfont_record(fake_font(tmp_path / "FluidR3_GM.sf2", b"fluid"))
+    muse = soundfont_record(fake_font(tmp_path / "MuseScore_General.sf2", b"muse"))
+    assert "MuseScore General reuses FluidR3" in same_source(fluid, muse)
+    assert same_source(fluid, soundfont_record(fake_font(tmp_path / "TimGM6mb.sf2", b"tim"))) is None
+
+
+def _cli(words: list[str]) -> int:
+    from cmav.cli import robustness
+
+    parser = argparse.ArgumentParser(prog="cmav")
+    robustness.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(robustness.alias(words))
+    return args.func(args)
+
+
+def test_evaluate_robustness_refuses_an_identical_font(tmp_path, capsys):
+    font = fake_font(tmp_path / "fonts" / "FluidR3_GM.sf2", b"fluid")
+    train = with_manifest(make_suburmp(tmp_path / "train", chunks=1), font)
+    same = with_manifest(make_suburmp(tmp_path / "same", chunks=1), font)
+    assert _cli(["evaluate", "robustness", "--root", str(train), "--eval-root", str(same),
+                 "--classifier", str(tmp_path / "never_read.ckpt")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "refusing a cross-source evaluation" in err and "same sha256" in err and "FluidR3_GM.sf2" in err
+    muse = with_manifest(make_suburmp(tmp_path / "muse", chunks=1),
+                         fake_font(tmp_path / "fonts" / "MuseScore_General.sf2", b"muse"))  # fmt: skip
+    assert _cli(["evaluate", "robustness", "--root", str(train), "--eval-root", str(muse),
+                 "--classifier", str(tmp_path / "never_read.ckpt")]) == 2  # fmt: skip
+    assert "MuseScore General reuses FluidR3's recordings" in capsys.readouterr().err
+    # an evaluation font given explicitly must be the one the evaluation data were rendered from
+    other = fake_font(tmp_path / "fonts" / "Other.sf2", b"other")
+    assert _cli(["evaluate", "robustness", "--root", str(train), "--eval-root", str(muse), "--eval-soundfont",
+                 str(other), "--classifier", "x.ckpt"]) == 2  # fmt: skip
+    assert "not from the font given" in capsys.readouterr().err
+
+
+def test_robustness_grid_and_evaluation_end_to_end(tmp_path, capsys):
+    """The grid trains with and without augmentation and scores both sources; the evaluation
+    command then scores one of its checkpoints and names both fonts."""
+    from cmav.ablation import load_grid
+    from cmav.ablation.robustness import run
+
+    train = with_manifest(make_suburmp(tmp_path / "train", chunks=3), fake_font(tmp_path / "f/FontA.sf2", b"a"))
+    cross = with_manifest(make_suburmp(tmp_path / "cross", chunks=3), fake_font(tmp_path / "f/FontB.sf2", b"b"))
+    cfg = load_grid(EXPERIMENTS / "ablations" / "robustness.yaml", "quick")
+    cfg.update(seeds=[0], steps=8, variants=cfg["variants"][:2])
+    cfg["data"].update(root=str(train), cache_dir=str(tmp_path / "cache"))
+    cfg["cross_source"] = {"root": str(cross)}
+    out = tmp_path / "grid"
+    out.mkdir()
+    result = run(cfg, out)
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    assert [r["variant"] for r in rows] == ["none", "+eq"] and rows[1]["groups"] == "eq"
+    for r in rows:
+        assert 0.0 <= float(r["in_source_mean"]) <= 1.0 and 0.0 <= float(r["cross_source_mean"]) <= 1.0
+    md = (out / "table.md").read_text()
+    assert "FontA.sf2" in md and "FontB.sf2" in md and "cross-source acc" in md
+    assert len(result["runs"]) == 2 and (out / "runs.jsonl").is_file()
+
+    ckpt = result["runs"][0]["checkpoint"]
+    assert _cli(["evaluate", "robustness", "--root", str(train), "--eval-root", str(cross), "--classifier", ckpt,
+                 "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "eval")]) == 0  # fmt: skip
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "FontA.sf2" in report and "FontB.sf2" in report and "| sound classifier | accuracy |" in report
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    acc = metrics["models"]["classifier"]
+    assert acc["in_source"]["accuracy"] == pytest.approx(result["runs"][0]["in_source"])
+
+    # the grid refuses to score against (or train on) the evaluation source
+    cfg["cross_source"] = {"root": str(train)}
+    (tmp_path / "grid2").mkdir()
+    with pytest.raises(ValueError, match="refusing a cross-source evaluation"):
+        run(cfg, tmp_path / "grid2")
+
+
+def test_s2i_score_generates_from_each_sources_audio(fixture_root, tmp_path):
+    """S2I-C's judged accuracy: one frame per chunk generated from that split's audio, then judged
+    (here a constant generator and an untrained judge: the plumbing, not a score)."""
+    from cmav.data.datasets import SubURMP
+    from cmav.evaluation.robustness import score_s2i
+    from cmav.tasks import ClassifierTask
+
+    t = SubURMP(fixture_root, "validation", image_size=32, cache_dir=tmp_path / "c", progress=False).tensors
+    seen = []
+
+    def generator(audio, z):
+        seen.append(audio.shape[0])
+        return torch.zeros(audio.shape[0], 3, 32, 32)
+
+    judge = ClassifierTask(modality="image", image_size=32, class_names=list(t.class_names),
+                           image_judge={"n_blocks": 2, "base_channels": 4, "max_channels": 8, "feature_dim": 8})  # fmt: skip
+    out = score_s2i(generator, judge, t)
+    assert sum(seen) == len(t) and out["n"] == len(t) and 0.0 <= out["accuracy"] <= 1.0
