@@ -31,15 +31,8 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*smaller than the logging interval.*"),
     pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
     pytest.mark.filterwarnings("ignore::cmav.tasks.pairs.NegativeSamplingWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def trainer(**kw) -> L.Trainer:

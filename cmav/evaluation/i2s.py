@@ -14,15 +14,14 @@ Every figure says its split (**validation**: unseen players):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cmav.evaluation.paired import GeneratorFn, generator_fn, score_generator
+from cmav.evaluation.paired import GeneratorFn, generator_fn, save_scores, score_generator
 from cmav.features.logmel import LogMelConfig
-from cmav.metrics import JudgeFeatureExtractor, plot_confusion_matrix, round_trip_accuracy
+from cmav.metrics import JudgeFeatureExtractor, round_trip_accuracy
 from cmav.metrics.serialise import json_safe
 
 
@@ -95,15 +94,7 @@ def evaluate_i2s(
         "= round-trip accuracy / judged accuracy; real_accuracy = the same round trip on the real LMS",
     }
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        plot_confusion_matrix(gen_report, out / "confusion_generated.png",
-                              title="Audio judge on generated spectrograms (validation)")  # fmt: skip
-        plot_confusion_matrix(real_report, out / "confusion_real.png", title="Audio judge on real LMS (validation)")
-        result["judged"]["confusion"] = gen_report.confusion.tolist()
-        result["judge_on_real"]["confusion"] = real_report.confusion.tolist()
-        result["class_names"] = names
-        (out / "metrics.json").write_text(json.dumps(json_safe(result), indent=2))
+        return save_scores(result, out_dir, gen_report, real_report, names, "Audio judge", "spectrograms")
     return json_safe(result)
 
 

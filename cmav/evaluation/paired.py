@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,8 +33,6 @@ def generator_fn(task_or_ckpt: Any, task_cls: type, load: Callable[[Any], Any]) 
     """``(fn(condition, z) -> outputs on CPU, z_dim, info)`` from a ``task_cls`` task (its EMA
     generator), its checkpoint path (rebuilt with ``load``) or a callable (carrying ``z_dim``,
     default 10), so tests can score a "perfect" or a constant generator the same way."""
-    from pathlib import Path
-
     if isinstance(task_or_ckpt, (str, Path)):
         task_or_ckpt = load(task_or_ckpt)
     if isinstance(task_or_ckpt, task_cls):
@@ -130,4 +129,26 @@ def score_generator(
     return result, gen_report, real_report, fake
 
 
-__all__ = ["FID_LABEL", "GeneratorFn", "generate_outputs", "generator_fn", "score_generator", "subset_per_class"]
+def save_scores(result: dict[str, Any], out_dir: str | Path, gen_report: ClassificationReport,
+                real_report: ClassificationReport, class_names: list[str], judge: str, what: str) -> dict[str, Any]:  # fmt: skip
+    """Write ``metrics.json`` (with both confusion matrices) and ``confusion_generated.png`` /
+    ``confusion_real.png`` titled "<judge> on generated/real <what>"; returns the JSON-safe result."""
+    import json
+
+    from cmav.metrics import plot_confusion_matrix
+    from cmav.metrics.serialise import json_safe
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_confusion_matrix(gen_report, out / "confusion_generated.png", title=f"{judge} on generated {what} (validation)")
+    plot_confusion_matrix(real_report, out / "confusion_real.png", title=f"{judge} on real {what} (validation)")
+    result["judged"]["confusion"] = gen_report.confusion.tolist()
+    result["judge_on_real"]["confusion"] = real_report.confusion.tolist()
+    result["class_names"] = class_names
+    safe = json_safe(result)
+    (out / "metrics.json").write_text(json.dumps(safe, indent=2))
+    return safe
+
+
+__all__ = ["FID_LABEL", "GeneratorFn", "generate_outputs", "generator_fn", "save_scores", "score_generator",
+           "subset_per_class"]  # fmt: skip

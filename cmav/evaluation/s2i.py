@@ -18,15 +18,21 @@ pass a "perfect" or a constant generator this way).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from cmav.evaluation.paired import FID_LABEL, GeneratorFn, generate_outputs, generator_fn, score_generator
-from cmav.metrics import JudgeFeatureExtractor, judged_accuracy, plot_confusion_matrix
+from cmav.evaluation.paired import (
+    FID_LABEL,
+    GeneratorFn,
+    generate_outputs,
+    generator_fn,
+    save_scores,
+    score_generator,
+)
+from cmav.metrics import JudgeFeatureExtractor, judged_accuracy
 from cmav.metrics.serialise import json_safe
 
 
@@ -101,15 +107,7 @@ def evaluate_s2i(
         result["player"] = _player_consistency(fn, z_dim, datamodule, player_judge_ckpt, seed, batch_size)
 
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        plot_confusion_matrix(gen_report, out / "confusion_generated.png",
-                              title="Image judge on generated frames (validation)")  # fmt: skip
-        plot_confusion_matrix(real_report, out / "confusion_real.png", title="Image judge on real frames (validation)")
-        result["judged"]["confusion"] = gen_report.confusion.tolist()
-        result["judge_on_real"]["confusion"] = real_report.confusion.tolist()
-        result["class_names"] = names
-        (out / "metrics.json").write_text(json.dumps(json_safe(result), indent=2))
+        return save_scores(result, out_dir, gen_report, real_report, names, "Image judge", "frames")
     return json_safe(result)
 
 
