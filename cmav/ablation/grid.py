@@ -134,6 +134,16 @@ def variant_names(cfg: dict) -> list[str]:
     return names
 
 
+def variant_model_kwargs(cfg: dict, stage: str, variant: dict, seed: int) -> tuple[str, dict]:
+    """``(name, constructor kwargs)`` of a grid variant: ``stages.<stage>.model`` with the variant's
+    own keys merged over it, and ``seed`` unless the variant sets one."""
+    v = dict(variant)
+    name = v.pop("name")
+    kw = merge(cfg["stages"][stage].get("model", {}), v)
+    kw.setdefault("seed", seed)
+    return name, kw
+
+
 def write_csv(rows: list[dict], fields: list[str], path: Path) -> Path:
     """``rows`` as a CSV with the columns ``fields`` (missing values empty); returns ``path``."""
     with Path(path).open("w", newline="") as f:
@@ -149,4 +159,4 @@ def save_config(cfg: dict, out: Path) -> None:
 
 
 __all__ = ["data_root", "datamodule", "fit", "load_grid", "mean_sd", "merge", "save_config", "slug", "trainer",
-           "variant_names", "write_csv"]  # fmt: skip
+           "variant_model_kwargs", "variant_names", "write_csv"]  # fmt: skip

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from cmav.ablation.grid import datamodule, fit, merge, save_config, slug, variant_names
+from cmav.ablation.grid import datamodule, fit, save_config, slug, variant_model_kwargs, variant_names
 from cmav.ablation.s2i import Metric, plot_bars, sample_items, summarise, write_tables
 from cmav.viz.tensors import lms_picture, to_uint8_frame
 
@@ -74,8 +74,7 @@ def _write_wavs(out: Path, name: str, lms_db: torch.Tensor, names: list[str], dm
 
     folder = out / "wavs" / slug(name)
     folder.mkdir(parents=True, exist_ok=True)
-    spec = dm.chunk
-    n = int(round(spec.n_samples * dm.features.sample_rate / spec.sample_rate))
+    n = dm.chunk.samples_at(dm.features.sample_rate)
     for cls, w in zip(names, lms_to_audio(lms_db, dm.features, n_iter=64, n_samples=n)):
         sf.write(str(folder / f"{cls}.wav"), (0.9 * w).numpy(), dm.features.sample_rate, subtype="PCM_16")
 
@@ -105,10 +104,7 @@ def run(cfg: dict, out: Path) -> dict:
                                  **cfg["stages"]["image_encoder"].get("model", {}))  # fmt: skip
             fit(cfg, out, dm, "image_encoder", seed, clf, clf_ckpt, cfg["stages"]["image_encoder"]["steps"])
         for v in cfg["variants"]:
-            v = dict(v)
-            name = v.pop("name")
-            model_kw = merge(cfg["stages"]["i2s"].get("model", {}), v)
-            model_kw.setdefault("seed", seed)
+            name, model_kw = variant_model_kwargs(cfg, "i2s", v, seed)
             task = I2STask(encoder_mode="frozen", image_encoder_ckpt=str(clf_ckpt), image_size=size, **model_kw)
             run_dir = out / "runs" / slug(name) / f"seed{seed}"
             ckpt = fit(cfg, out, dm, f"i2s/{slug(name)}", seed, task, run_dir / "i2s.ckpt", cfg["stages"]["i2s"]["steps"],

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cmav.ablation.grid import datamodule, fit, mean_sd, merge, save_config, slug, variant_names, write_csv
+from cmav.ablation.grid import datamodule, fit, mean_sd, save_config, slug, variant_model_kwargs, variant_names, write_csv
 from cmav.viz.tensors import to_uint8_frame
 
 # (key in the table, header, how to read it from evaluate_s2i's result)
@@ -180,10 +180,7 @@ def run(cfg: dict, out: Path) -> dict:
         clf_ckpt = fit(cfg, out, dm, "audio_classifier", seed, clf, out / "judges" / f"audio_classifier_seed{seed}.ckpt",
                        cfg["stages"]["audio_classifier"]["steps"])  # fmt: skip
         for v in variants:
-            v = dict(v)
-            name = v.pop("name")
-            model_kw = merge(cfg["stages"]["s2i"].get("model", {}), v)
-            model_kw.setdefault("seed", seed)
+            name, model_kw = variant_model_kwargs(cfg, "s2i", v, seed)
             task = S2ITask(encoder_mode="frozen", audio_encoder_ckpt=str(clf_ckpt), image_size=size, **model_kw)
             run_dir = out / "runs" / slug(name) / f"seed{seed}"
             ckpt = fit(cfg, out, dm, f"s2i/{slug(name)}", seed, task, run_dir / "s2i.ckpt", cfg["stages"]["s2i"]["steps"],

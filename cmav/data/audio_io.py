@@ -26,6 +26,10 @@ class ChunkSpec:
     length_tolerance: float = 0.05
     silence_rms: float = 1e-4
 
+    def samples_at(self, sample_rate: int) -> int:
+        """Samples of one chunk at ``sample_rate`` (e.g. 11,025 at 22,050 Hz for the 0.5-s default)."""
+        return int(round(self.n_samples * sample_rate / self.sample_rate))
+
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Read a sound file as float32 ``(channels, samples)`` and its sample rate.

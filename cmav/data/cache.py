@@ -225,7 +225,7 @@ def build_waves(root: Path, samples: Sequence[Sample], spec: ChunkSpec, sample_r
     """
     import torchaudio
 
-    n_out = int(round(spec.n_samples * sample_rate / spec.sample_rate))
+    n_out = spec.samples_at(sample_rate)
     waves = torch.zeros((len(samples), n_out), dtype=torch.int16)
     errors: list[str] = []
     for batch in iter_decoded(samples, spec, None, errors=errors, progress=progress, desc="caching waves"):

@@ -137,7 +137,7 @@ def generate_from_image(ckpt: str | Path, image: str | Path, n: int = 1, seed: i
     frame = torch.from_numpy(np.array(load_frame(image, size))).permute(2, 0, 1).float().div(127.5).sub(1.0)[None]
     z = torch.randn(n, task.z_dim, generator=torch.Generator().manual_seed(seed))
     lms = task.generate(frame.repeat(n, 1, 1, 1), z).cpu()
-    n_samples = int(round(spec.n_samples * features.sample_rate / spec.sample_rate))  # the chunk, at the LMS rate
+    n_samples = spec.samples_at(features.sample_rate)  # the chunk, at the LMS rate
     waves = lms_to_audio(lms, features, n_iter=griffin_lim_iters, n_samples=n_samples)  # type: ignore[arg-type]
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
