@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -161,6 +162,22 @@ def test_bench_reports_both_paths(data):
     assert r["ratio"] == pytest.approx(r["lightning_images_per_s"] / r["bare_images_per_s"])
 
 
+def test_s2i_grid_takes_a_given_sound_classifier_and_refuses_a_judge(dm, judges, tmp_path):
+    from cmav.ablation import load_grid
+    from cmav.ablation.s2i import _sound_classifier
+    from cmav.tasks import ClassifierTask
+
+    cfg = load_grid(Path(__file__).parents[1] / "experiments" / "ablations" / "s2i.yaml", "quick")
+    clf = _fit(ClassifierTask(modality="audio", image_size=SIZE, class_names=list(dm.class_names),
+                              input_shape=list(dm.val.tensors.audio.shape[1:])), dm, 1, tmp_path, "clf")  # fmt: skip
+    cfg["stages"]["audio_classifier"]["ckpt"] = str(clf)
+    assert _sound_classifier(cfg, tmp_path, dm, seed=3) == clf
+    assert not (tmp_path / "judges").exists()  # nothing trained
+    cfg["stages"]["audio_classifier"]["ckpt"] = str(judges[0])
+    with pytest.raises(ValueError, match=r"image\.ckpt.*sound classifier"):
+        _sound_classifier(cfg, tmp_path, dm, seed=0)
+
+
 @pytest.mark.slow
 def test_quick_ablation_end_to_end(data, tmp_path):
     from cmav.cli.main import main
@@ -176,5 +193,6 @@ def test_quick_ablation_end_to_end(data, tmp_path):
     assert all(r["n_seeds"] == "3" for r in rows)
     md = (out / "table.md").read_text()
     assert all(f"| {v} |" in md for v in variants) and "not Inception FID" in md
+    assert re.search(r"sound classifier \(the frozen audio encoder\) accuracy \d\.\d{3}, \d\.\d{3}, \d\.\d{3}", md)
     sheet = Image.open(out / "samples.png")
     assert sheet.size[0] > 64 * (1 + len(variants)) and np.asarray(sheet).std() > 0

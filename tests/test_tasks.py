@@ -232,7 +232,7 @@ def test_s2i_variant_trains_with_finite_losses(data, sound_classifier, tmp_path,
     tb = variant == "s2i_c"  # one variant through TensorBoard (sheets, LMS, audio), the others with no logger
     extra = {}
     if variant == "s2i_n":  # the options that are off in the paper's setting
-        extra = {"discriminator": {**TINY_D, "spectral_norm": True},
+        extra = {"discriminator": {**TINY_D, "spectral_norm": True}, "channels_last": True,
                  "diff_augment": {"enabled": True, "translate": 0.125, "colour": 0.2}}  # fmt: skip
     model = s2i(variant, mode, sound_classifier["ckpt"] if mode != "scratch" else None,
                 sample_every_n_steps=1 if tb else 0, **extra)  # fmt: skip
@@ -284,6 +284,22 @@ def test_s2i_builds_128_pixel_frames():
     img = model.generate(torch.randn(2, 1, 128, 44))
     assert img.shape == (2, 3, 128, 128)
     assert model.discriminator(img, torch.randn(2, 128)).shape == (2,)
+
+
+def test_channels_last_keeps_the_networks_outputs():
+    torch.manual_seed(0)
+    plain = s2i("s2i_c", "scratch", None)
+    nhwc = s2i("s2i_c", "scratch", None, channels_last=True)
+    nhwc.load_state_dict(plain.state_dict())
+    nets = [nhwc.net.generator, nhwc.discriminator, nhwc.ema.module.generator]  # G, D and G's EMA copy
+    gd = [m.weight for n in nets for m in n.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert gd and all(w.is_contiguous(memory_format=torch.channels_last) for w in gd)
+    lms, z = torch.randn(4, 1, 128, 44), torch.randn(4, 10)
+    img = nhwc.generate(lms, z)
+    assert img.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(img, plain.generate(lms, z), atol=1e-5)
+    cond = torch.randn(4, 128)
+    assert torch.allclose(nhwc.discriminator(img, cond), plain.discriminator(img, cond), atol=1e-5)
 
 
 def test_s2i_frozen_or_finetune_needs_the_classifier_checkpoint(tmp_path):

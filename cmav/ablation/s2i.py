@@ -58,6 +58,27 @@ def _judges(cfg: dict, out: Path, dm) -> tuple[Path, Path | None]:
     return image, player
 
 
+def _sound_classifier(cfg: dict, out: Path, dm, seed: int) -> Path:
+    """The seed's sound classifier (the frozen audio encoder of every variant): trained here, or
+    ``stages.audio_classifier.ckpt`` when given (one classifier for every seed: the spread over
+    seeds is then the GAN's alone)."""
+    from cmav.tasks import ClassifierTask
+    from cmav.tasks.classifier import load_sound_classifier
+
+    stage = cfg["stages"]["audio_classifier"]
+    if stage.get("ckpt"):
+        given = Path(stage["ckpt"])
+        clf = load_sound_classifier(given)  # FileNotFoundError / ValueError naming the file
+        if list(clf.hparams.class_names) != list(dm.class_names):
+            raise ValueError(f"{given}: the sound classifier's classes differ from the data's {list(dm.class_names)}")
+        return given
+    path = out / "judges" / f"audio_classifier_seed{seed}.ckpt"
+    if path.is_file():  # a re-run of the same folder keeps it (fit writes it last, whole)
+        return path
+    task = ClassifierTask(modality="audio", target="label", image_size=cfg["data"]["image_size"], **stage.get("model", {}))
+    return fit(cfg, out, dm, "audio_classifier", seed, task, path, stage["steps"])
+
+
 def sample_items(dm) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The middle validation item of every class: (audio, real frame in [-1, 1], class names)."""
     t = dm.val.tensors
@@ -161,7 +182,9 @@ def plot_bars(rows: list[dict], path: Path, metrics: list[Metric] = METRICS,
 def run(cfg: dict, out: Path) -> dict:
     """Run an S2I grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``."""
     from cmav.evaluation import evaluate_s2i, make_generator_fn
-    from cmav.tasks import ClassifierTask, S2ITask
+    from cmav.metrics.classification import judged_accuracy
+    from cmav.tasks import S2ITask
+    from cmav.tasks.classifier import load_sound_classifier
     from cmav.viz import labelled_grid
 
     names = variant_names(cfg)
@@ -175,10 +198,11 @@ def run(cfg: dict, out: Path) -> dict:
     s_audio, s_real, s_names = sample_items(dm)
     sample_cells: dict[str, torch.Tensor] = {}
     runs: list[dict] = []
+    clf_acc: list[float] = []
     for seed in cfg["seeds"]:
-        clf = ClassifierTask(modality="audio", target="label", image_size=size, **cfg["stages"]["audio_classifier"].get("model", {}))
-        clf_ckpt = fit(cfg, out, dm, "audio_classifier", seed, clf, out / "judges" / f"audio_classifier_seed{seed}.ckpt",
-                       cfg["stages"]["audio_classifier"]["steps"])  # fmt: skip
+        clf_ckpt = _sound_classifier(cfg, out, dm, seed)
+        clf_acc.append(judged_accuracy(load_sound_classifier(clf_ckpt).model, dm.val.tensors.audio.float(),
+                                       dm.val.tensors.labels, list(dm.class_names), batch_size=256).accuracy)  # fmt: skip
         for v in variants:
             name, model_kw = variant_model_kwargs(cfg, "s2i", v, seed)
             task = S2ITask(encoder_mode="frozen", audio_encoder_ckpt=str(clf_ckpt), image_size=size, **model_kw)
@@ -204,6 +228,9 @@ def run(cfg: dict, out: Path) -> dict:
         "judge_acc": first["judge_on_real"]["accuracy"],
         "judge_bal_acc": first["judge_on_real"]["balanced_accuracy"],
         "player_acc": (first.get("player") or {}).get("judge_on_real_accuracy"),
+        "sound_classifier_acc": clf_acc,
+        "extra": "sound classifier (the frozen audio encoder) accuracy "
+        + ", ".join(f"{a:.3f}" for a in clf_acc) + f" on validation (seeds {cfg['seeds']})",
     }
     elapsed = time.perf_counter() - t_start
     note = f"Preset `{cfg['preset']}`, seeds {cfg['seeds']}, data `{dm.root}`, {elapsed:.0f} s in all."

@@ -43,14 +43,14 @@ def _encoder_ckpt(dm, path: Path) -> Path:
     return path
 
 
-def _task(ckpt: Path, image_size: int, channels: int, seed: int = 0):
+def _task(ckpt: Path, image_size: int, channels: int, channels_last: bool = False, seed: int = 0):
     from cmav.tasks import S2ITask
 
     torch.manual_seed(seed)
     return S2ITask(
         variant="s2i_c", encoder_mode="frozen", audio_encoder_ckpt=str(ckpt), image_size=image_size,
         generator={"base_channels": channels}, discriminator={"base_channels": channels},
-        sample_every_n_steps=0, seed=seed,
+        sample_every_n_steps=0, seed=seed, channels_last=channels_last,
     )  # fmt: skip
 
 
@@ -85,8 +85,6 @@ def _lightning(dm, task, device, steps, warmup, bf16, channels_last, tmp: Path) 
             self.n += 1
 
     timer = Timer()
-    if channels_last:
-        task = task.to(memory_format=torch.channels_last)
     accel = "gpu" if device.type == "cuda" else device.type
     trainer = L.Trainer(
         accelerator=accel, devices=[device.index or 0] if device.type == "cuda" else 1,
@@ -122,8 +120,6 @@ def _bare(dm, task, device, steps, warmup, batch_size, bf16, channels_last, seed
     rng = torch.Generator().manual_seed(seed)
 
     task = task.to(device)
-    if channels_last:
-        task = task.to(memory_format=torch.channels_last)
     enc, gen, disc, ema = task.net.encoder.eval(), task.net.generator.train(), task.discriminator.train(), task.ema
     opt_g = task.g_opt_config.build(gen.parameters())
     opt_d = task.d_opt_config.build(disc.parameters())
@@ -201,8 +197,8 @@ def bench_s2i(root: str | Path = "data/default", steps: int = 20, warmup: int = 
     with tempfile.TemporaryDirectory(prefix="cmav_bench_") as tmp:
         tmp = Path(tmp)
         ckpt = _encoder_ckpt(dm, tmp / "encoder.ckpt")
-        lit = _lightning(dm, _task(ckpt, image_size, channels), dev, steps, warmup, bf16, channels_last, tmp)
-        bare = _bare(dm, _task(ckpt, image_size, channels), dev, steps, warmup, batch_size, bf16, channels_last)
+        lit = _lightning(dm, _task(ckpt, image_size, channels, channels_last), dev, steps, warmup, bf16, channels_last, tmp)
+        bare = _bare(dm, _task(ckpt, image_size, channels, channels_last), dev, steps, warmup, batch_size, bf16, channels_last)
     lit_ips = lit["images"] / lit["span_s"]
     bare_ips = bare["images"] / bare["span_s"]
     return {

@@ -80,6 +80,8 @@ class I2STask(PairedGANTask):
         sample_every_n_steps: iterations between TensorBoard sample sheets; 0 = never.
         samples: sample-sheet options (``log_audio``: Griffin-Lim renderings of generated and real).
         seed: seed of the negative sampler's generator (offset by the process rank).
+        channels_last: G and D in channels-last (NHWC) memory format: faster convolutions on
+            CPU and with bf16 on GPU; results are the same up to float rounding.
         lms_shape: ``(1, n_mels, frames)`` of the generated LMS; ``None`` = the data's (at setup).
         lms_range: ``[low, high]`` dB mapped to the generator's [-1, 1]; ``None`` = the train
             set's range (at setup). Saved in the checkpoint.
@@ -113,6 +115,7 @@ class I2STask(PairedGANTask):
         sample_every_n_steps: int = 500,
         samples: SampleConfig = SampleConfig(),
         seed: int = 0,
+        channels_last: bool = False,
         lms_shape: list[int] | None = None,
         lms_range: list[float] | None = None,
     ) -> None:

@@ -141,7 +141,7 @@ class PairedGANTask(L.LightningModule):
     Hyper-parameters every subclass has: ``variant``, ``encoder_mode``, ``image_size``,
     ``wrong_class_term``, ``wrong_player_term``, ``generator``, ``discriminator``, ``encoder``,
     ``n_classes``, ``g_optimizer``, ``d_optimizer``, ``loss_weights``, ``pixel_loss``,
-    ``ema_decay``, ``diff_augment``, ``sample_every_n_steps``, ``samples``, ``seed`` (see
+    ``ema_decay``, ``diff_augment``, ``sample_every_n_steps``, ``samples``, ``seed``, ``channels_last`` (see
     :class:`~cmav.tasks.S2ITask` for what each means).
     """
 
@@ -231,6 +231,12 @@ class PairedGANTask(L.LightningModule):
                 base_channels=d.base_channels, max_channels=d.max_channels, spectral_norm=d.spectral_norm,
                 final_size=d.final_size,
             )  # fmt: skip
+        if h.get("channels_last", False):
+            # NHWC convolutions: ~1.4x faster on CPU (oneDNN) and for bf16 on tensor cores; outputs
+            # follow the weights' format, so the data need no conversion
+            self.net.generator.to(memory_format=torch.channels_last)
+            if self.discriminator is not None:
+                self.discriminator.to(memory_format=torch.channels_last)
         # a submodule, so the EMA weights are in the state_dict and checkpoints
         self.ema = ExponentialMovingAverage(self.net, decay=h.ema_decay)
         self._pending_encoder = [None]
