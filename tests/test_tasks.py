@@ -286,6 +286,31 @@ def test_s2i_builds_128_pixel_frames():
     assert model.discriminator(img, torch.randn(2, 128)).shape == (2,)
 
 
+@pytest.mark.parametrize("variant", ["s2i_c", "ae"])
+def test_frozen_feature_cache_trains_exactly_as_the_encoder_pass(data, sound_classifier, variant):
+    def train(cache: bool, **dm_kw) -> S2ITask:
+        L.seed_everything(0, verbose=False)
+        model = s2i(variant, "frozen", sound_classifier["ckpt"], cache_frozen_features=cache)
+        quiet_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=0).fit(model, datamodule(data, **dm_kw))
+        return model
+
+    cached, plain = train(True), train(False)
+    feats = cached._cached_features
+    assert plain._cached_features is None and feats is not None
+    assert feats.shape == (len(cached._train_tensors.labels), cached.net.encoder.feature_dim)
+    t = cached._train_tensors
+    with torch.no_grad():
+        direct = cached.net.encoder.forward_features(t.audio[:5].float()).feature
+    assert torch.allclose(feats[:5], direct, atol=1e-5)
+    for a, b in zip(cached.net.generator.parameters(), plain.net.generator.parameters()):
+        assert torch.allclose(a, b, atol=1e-4)
+    if variant == "s2i_c":
+        for a, b in zip(cached.discriminator.parameters(), plain.discriminator.parameters()):
+            assert torch.allclose(a, b, atol=1e-4)
+        # augmented audio differs every step: no cache then
+        assert train(True, augment={"mask": {"p": 1.0}})._cached_features is None
+
+
 def test_channels_last_keeps_the_networks_outputs():
     torch.manual_seed(0)
     plain = s2i("s2i_c", "scratch", None)
@@ -420,7 +445,7 @@ def test_experiment_configs_parse_and_repeat_the_python_defaults(name, capsys, m
         for group in ("generator", "discriminator", "g_optimizer", "d_optimizer", "loss_weights", "samples",
                       "diff_augment"):  # fmt: skip
             assert args[group] == plain(defaults[group].default), group
-        for key in ("pixel_loss", "ema_decay", "sample_every_n_steps", "seed"):
+        for key in ("pixel_loss", "ema_decay", "sample_every_n_steps", "seed", "channels_last", "cache_frozen_features"):
             assert args[key] == defaults[key].default, key
         assert args["generator"]["z_dim"] == 10 and args["g_optimizer"] == {"lr": 2e-4, "betas": [0.5, 0.999],
                                                                              "weight_decay": 0.0}  # fmt: skip

@@ -126,17 +126,25 @@ def _bare(dm, task, device, steps, warmup, batch_size, bf16, channels_last, seed
     w = task.weights
     z_dim = task.z_dim
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    feats_all = None
+    if task.hparams.cache_frozen_features:  # as the task does at fit start: the frozen encoder runs once
+        with torch.no_grad(), amp:
+            feats_all = torch.cat([enc.forward_features(audio_all[i : i + 256]).feature for i in range(0, len(audio_all), 256)])
 
     def step(it: int) -> None:
         idx = pool[torch.randint(len(pool), (batch_size,), generator=rng)]
         labels, tracks = labels_all[idx], tracks_all[idx]
         neg = sampler.sample(labels, tracks, rng)
         dev_idx = idx.to(device, non_blocking=True)
-        audio, real = audio_all[dev_idx], images_all[dev_idx]
+        real = images_all[dev_idx]
         n = batch_size
         with amp:
-            with torch.no_grad():
-                feat = enc.forward_features(torch.cat([audio, audio_all[neg.wrong_class.to(device)]])).feature
+            both = torch.cat([dev_idx, neg.wrong_class.to(device)])
+            if feats_all is not None:
+                feat = feats_all[both]
+            else:
+                with torch.no_grad():
+                    feat = enc.forward_features(audio_all[both]).feature
             cond = feat[:n]
             fake = gen(torch.randn(n, z_dim, device=device), cond)
             # D: real -> 1; fake, wrong-class, wrong-player -> 0 (averaged, equal weights)

@@ -82,6 +82,9 @@ class I2STask(PairedGANTask):
         seed: seed of the negative sampler's generator (offset by the process rank).
         channels_last: G and D in channels-last (NHWC) memory format: faster convolutions on
             CPU and with bf16 on GPU; results are the same up to float rounding.
+        cache_frozen_features: with a frozen encoder (and no training-time augmentation of the
+            condition), compute every train item's feature once at the start of fitting instead
+            of at every step; the same features, so the same training.
         lms_shape: ``(1, n_mels, frames)`` of the generated LMS; ``None`` = the data's (at setup).
         lms_range: ``[low, high]`` dB mapped to the generator's [-1, 1]; ``None`` = the train
             set's range (at setup). Saved in the checkpoint.
@@ -116,6 +119,7 @@ class I2STask(PairedGANTask):
         samples: SampleConfig = SampleConfig(),
         seed: int = 0,
         channels_last: bool = False,
+        cache_frozen_features: bool = True,
         lms_shape: list[int] | None = None,
         lms_range: list[float] | None = None,
     ) -> None:

@@ -141,7 +141,7 @@ class PairedGANTask(L.LightningModule):
     Hyper-parameters every subclass has: ``variant``, ``encoder_mode``, ``image_size``,
     ``wrong_class_term``, ``wrong_player_term``, ``generator``, ``discriminator``, ``encoder``,
     ``n_classes``, ``g_optimizer``, ``d_optimizer``, ``loss_weights``, ``pixel_loss``,
-    ``ema_decay``, ``diff_augment``, ``sample_every_n_steps``, ``samples``, ``seed``, ``channels_last`` (see
+    ``ema_decay``, ``diff_augment``, ``sample_every_n_steps``, ``samples``, ``seed``, ``channels_last``, ``cache_frozen_features`` (see
     :class:`~cmav.tasks.S2ITask` for what each means).
     """
 
@@ -203,6 +203,8 @@ class PairedGANTask(L.LightningModule):
         self._fixed: dict | None = None
         self._features = None
         self._logged_inputs = False
+        self._cached_features: Tensor | None = None
+        self._augments_condition = False
 
         pretrained = self._load_pretrained_encoder(encoder_ckpt) if h.encoder_mode != "scratch" else None
         # in a list: kept out of the module tree until it is built in (now, or at setup)
@@ -355,9 +357,12 @@ class PairedGANTask(L.LightningModule):
         trains_head = self.weights.encoder_class > 0 and self.encoder_mode != "frozen"
         if trains_head and len(names) != self.model.encoder.n_classes:
             raise ValueError(f"encoder has {self.model.encoder.n_classes} classes but the data {len(names)}")
+        if stage == "fit":
+            self._train_tensors = dm.train_full.tensors
+            augment = getattr(dm, "augment", None)
+            self._augments_condition = self.condition_key == "audio" and bool(augment is not None and augment.enabled_groups)
         if stage == "fit" and (self.wrong_class_term or self.wrong_player_term):
             t = dm.train_full.tensors
-            self._train_tensors = t
             self.sampler = NegativeSampler(
                 t.labels, t.tracks, pool=dm.train.indices, class_names=names, warn=self.wrong_player_term
             )
@@ -404,6 +409,41 @@ class PairedGANTask(L.LightningModule):
 
     # ------------------------------------------------------------------ training
 
+    def on_fit_start(self) -> None:
+        self._cached_features = None
+        if self._caches_condition_features():
+            self._cached_features = self._encode_train_items()
+
+    def _caches_condition_features(self) -> bool:
+        """Frozen encoder, eval-mode BatchNorm and un-augmented conditions: every train item's
+        feature is a constant, so it is computed once instead of every step (I2S: the frozen
+        ImageEncoder's forward is about half of a CPU step)."""
+        return (bool(self.hparams.get("cache_frozen_features", True)) and self.encoder_mode == "frozen"
+                and self._train_tensors is not None and not self._augments_condition)  # fmt: skip
+
+    @torch.no_grad()
+    def _encode_train_items(self, batch_size: int = 256) -> Tensor:
+        """(N, feature_dim) encoder features of every train item (train_full order), on the device."""
+        n = len(self._train_tensors.labels)
+        feats = [self._encode(self._gather_condition(torch.arange(i, min(i + batch_size, n)))).feature
+                 for i in range(0, n, batch_size)]  # fmt: skip
+        return torch.cat(feats)
+
+    def _condition_features(self, batch: dict[str, Tensor], extra: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(features of the batch, features of the train items extra (or None), class logits or
+        None)``; from the frozen-feature cache when there is one, else one encoder pass over both
+        (same BatchNorm batch statistics for a trained encoder)."""
+        n = batch[self.condition_key].shape[0]
+        cached = self._cached_features
+        if cached is not None and "index" in batch:
+            feat = cached[batch["index"].to(cached.device)]
+            return feat, (cached[extra.to(cached.device)] if extra is not None else None), None
+        x = batch[self.condition_key]
+        if extra is not None:
+            x = torch.cat([x, self._gather_condition(extra)])
+        enc = self._encode(x)
+        return enc.feature[:n], (enc.feature[n:] if extra is not None else None), enc.logits[:n]
+
     def _encode(self, x: Tensor) -> EncoderOutput:
         """Encoder features and logits; no graph when the encoder is frozen."""
         enc = self.model.encoder
@@ -437,19 +477,14 @@ class PairedGANTask(L.LightningModule):
 
     def _gan_step(self, batch: dict[str, Tensor]) -> None:
         opt_g, opt_d = self.optimizers()
-        condition, labels = batch[self.condition_key], batch["label"]
+        labels = batch["label"]
         real = self.to_target_space(batch[self.target_key])
         n = real.shape[0]
         neg = self.sampler.sample(labels, batch["track"], self._rng) if self.sampler is not None else None
         use_wc = self.wrong_class_term and neg is not None and bool(neg.wrong_class_valid.any())
         use_wp = self.wrong_player_term and neg is not None and bool(neg.wrong_player_valid.any())
 
-        # wrong-class conditions go through the same encoder pass (same BatchNorm batch statistics)
-        enc_in = condition
-        if use_wc:
-            enc_in = torch.cat([condition, self._gather_condition(neg.wrong_class)])
-        enc = self._encode(enc_in)
-        cond = enc.feature[:n]
+        cond, wrong_cond, logits = self._condition_features(batch, neg.wrong_class if use_wc else None)
         z = torch.randn(n, self.z_dim, device=self.device)
         fake = self.model.generator(z, cond)
 
@@ -462,7 +497,7 @@ class PairedGANTask(L.LightningModule):
         negatives["fake"] = (self.weights.fake, logit_fake)
         if use_wc:
             ok = neg.wrong_class_valid.to(self.device)
-            negatives["wrong_class"] = (self.weights.wrong_class, self._disc(real[ok], enc.feature[n:].detach()[ok]))
+            negatives["wrong_class"] = (self.weights.wrong_class, self._disc(real[ok], wrong_cond.detach()[ok]))
         if use_wp:
             ok = neg.wrong_player_valid
             others = self._gather_target(neg.wrong_player[ok])
@@ -477,7 +512,7 @@ class PairedGANTask(L.LightningModule):
         self.toggle_optimizer(opt_g)
         logit_gen = self._disc(fake, cond)
         g_loss = generator_adversarial_loss(logit_gen)
-        enc_loss = self._encoder_class_loss(enc.logits[:n], labels)
+        enc_loss = self._encoder_class_loss(logits, labels)
         total_g = g_loss if enc_loss is None else g_loss + enc_loss
         self.manual_backward(total_g)
         opt_g.step()
@@ -504,15 +539,15 @@ class PairedGANTask(L.LightningModule):
 
     def _ae_step(self, batch: dict[str, Tensor]) -> None:
         opt = self.optimizers()
-        condition, labels = batch[self.condition_key], batch["label"]
+        labels = batch["label"]
         real = self.to_target_space(batch[self.target_key])
-        enc = self._encode(condition)
+        cond, _, logits = self._condition_features(batch)
         # the pixel loss makes G ignore z (it regresses to the mean target): that is the baseline
         z = torch.randn(real.shape[0], self.z_dim, device=self.device)
-        fake = self.model.generator(z, enc.feature)
+        fake = self.model.generator(z, cond)
         pix = self._pixel_loss(fake, real)
         loss = self.weights.pixel * pix
-        enc_loss = self._encoder_class_loss(enc.logits, labels)
+        enc_loss = self._encoder_class_loss(logits, labels)
         if enc_loss is not None:
             loss = loss + enc_loss
         self.manual_backward(loss)

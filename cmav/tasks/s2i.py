@@ -91,6 +91,9 @@ class S2ITask(PairedGANTask):
         seed: seed of the negative sampler's generator (offset by the process rank).
         channels_last: G and D in channels-last (NHWC) memory format: faster convolutions on
             CPU and with bf16 on GPU; results are the same up to float rounding.
+        cache_frozen_features: with a frozen encoder (and no training-time augmentation of the
+            condition), compute every train item's feature once at the start of fitting instead
+            of at every step; the same features, so the same training.
     """
 
     condition_key = "audio"
@@ -122,6 +125,7 @@ class S2ITask(PairedGANTask):
         samples: SampleConfig = SampleConfig(),
         seed: int = 0,
         channels_last: bool = False,
+        cache_frozen_features: bool = True,
         audio_shape: list[int] | None = None,
     ) -> None:
         super().__init__()
