@@ -514,10 +514,46 @@ def test_audio_encoder_from_the_sound_classifier_frozen_or_finetuned(tmp_path):
                          enable_model_summary=False)  # fmt: skip
     trainer.strategy.connect(frozen)
     trainer.save_checkpoint(tmp_path / "frozen.ckpt")
-    path.unlink()
+    clf_copy = tmp_path / "clf_copy.ckpt"
+    path.rename(clf_copy)
     loaded = load_retrieval(tmp_path / "frozen.ckpt")
     assert loaded.trained_encoder_mode == "frozen"
     assert torch.equal(loaded.model.audio_encoder.blocks[0][0].weight, clf.model.blocks[0][0].weight)
+
+    # the image side likewise, from the image classifier (image_model='encoder'), never the judge
+    img_clf = ClassifierTask(modality="image", image_model="encoder", image_size=SIZE, class_names=list(INSTRUMENTS),
+                             image_encoder=TINY_IMAGE)  # fmt: skip
+    img_path = tmp_path / "img.ckpt"
+    torch.save({"hyper_parameters": dict(img_clf.hparams), "state_dict": img_clf.state_dict()}, img_path)
+    judge = ClassifierTask(modality="image", image_size=SIZE, class_names=list(INSTRUMENTS))
+    judge_path = tmp_path / "judge.ckpt"
+    torch.save({"hyper_parameters": dict(judge.hparams), "state_dict": judge.state_dict()}, judge_path)
+    with pytest.raises(ValueError, match="needs image_encoder_ckpt"):
+        RetrievalTask(image_encoder_mode="frozen")
+    with pytest.raises(ValueError, match="judge.ckpt"):
+        RetrievalTask(image_encoder_mode="frozen", image_encoder_ckpt=str(judge_path), image_size=SIZE)
+    with pytest.raises(ValueError, match="img.ckpt.*32-pixel"):
+        RetrievalTask(image_encoder_mode="frozen", image_encoder_ckpt=str(img_path), image_size=2 * SIZE)
+    both = RetrievalTask(encoder_mode="frozen", audio_encoder_ckpt=str(clf_copy), image_encoder_mode="frozen",
+                         image_encoder_ckpt=str(img_path), image_size=SIZE, lr_schedule="constant")  # fmt: skip
+    ienc = both.model.image_encoder
+    assert torch.equal(ienc.blocks[0][0].weight, img_clf.model.blocks[0][0].weight)
+    both.train()
+    assert not ienc.training and not both.model.audio_encoder.training
+    trainable = {id(p) for g in both.configure_optimizers().param_groups for p in g["params"]}
+    assert trainable and trainable.isdisjoint({id(p) for p in ienc.parameters()})
+    assert trainable.isdisjoint({id(p) for p in both.model.audio_encoder.parameters()})  # only the heads train
+    tuned_img = RetrievalTask(image_encoder_mode="finetune", image_encoder_ckpt=str(img_path), image_size=SIZE,
+                              audio_encoder=TINY_AUDIO, input_shape=[1, 128, 44], lr_schedule="constant")  # fmt: skip
+    groups = tuned_img.configure_optimizers().param_groups
+    assert [g["lr"] for g in groups] == [1e-3, 1e-4]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in tuned_img.model.image_encoder.parameters() if p.requires_grad}
+    trainer.strategy.connect(both)
+    trainer.save_checkpoint(tmp_path / "both.ckpt")
+    img_path.unlink()
+    loaded = load_retrieval(tmp_path / "both.ckpt")
+    assert loaded.trained_image_encoder_mode == "frozen"
+    assert torch.equal(loaded.model.image_encoder.blocks[0][0].weight, img_clf.model.blocks[0][0].weight)
 
     # the option group repeats the ImageEncoder's defaults
     import dataclasses

@@ -9,6 +9,8 @@ so each process's queries see every process's negatives.
 
 The audio encoder is a fresh one (``encoder_mode='scratch'``) or the sound classifier's
 (``'frozen'`` / ``'finetune'``, from a :class:`~cmav.tasks.classifier.ClassifierTask` checkpoint).
+The image encoder likewise (``image_encoder_mode``): fresh, or the image classifier's
+(``experiments/image_encoder.yaml``), frozen as Wav2CLIP keeps CLIP's image tower, or fine-tuned.
 
 Validation (every epoch, on the whole validation split): audio->image and image->audio
 Recall@1/5/10, median rank, MRR and mAP, class-level (same instrument) and instance-level (the
@@ -42,7 +44,7 @@ from cmav.models.retrieval import (
     similarity_volume,
     symmetric_info_nce,
 )
-from cmav.tasks.classifier import _load_checkpoint, load_sound_classifier, own_hyperparameters
+from cmav.tasks.classifier import _load_checkpoint, load_image_classifier, load_sound_classifier, own_hyperparameters
 from cmav.tasks.common import (
     AdamConfig,
     AudioEncoderConfig,
@@ -106,7 +108,7 @@ class RetrievalTask(L.LightningModule):
         audio_encoder_ckpt: the sound classifier's checkpoint (frozen/finetune).
         image_size: frame side; the CLI links it to ``data.image_size``.
         audio_encoder: the scratch audio encoder's options (frozen/finetune use the checkpoint's).
-        image_encoder: the image encoder's options (always trained from scratch).
+        image_encoder: a scratch image encoder's options (frozen/finetune use the checkpoint's).
         head: projection-head options.
         dense: dense-model options.
         temperature: InfoNCE temperature options.
@@ -115,8 +117,8 @@ class RetrievalTask(L.LightningModule):
             (``trainer.max_epochs``/``max_steps``), CLIP's schedule; the weights then settle at the
             end, so BatchNorm's running statistics (what evaluation uses) catch up with them.
             ``'constant'``: no schedule.
-        finetune_lr_scale: learning-rate factor of a fine-tuned audio encoder (keeps what the
-            classifier learnt while the heads settle).
+        finetune_lr_scale: learning-rate factor of a fine-tuned encoder, audio or image (keeps
+            what the classifier learnt while the heads settle).
         ignore_negatives: in-batch items that are NOT used as negatives of a query (its own pair
             always stays the positive): ``'none'`` (plain InfoNCE), ``'same_track'`` (the other
             chunks of the same performance: overlapping near-copies) or ``'same_class'`` (every
@@ -132,6 +134,11 @@ class RetrievalTask(L.LightningModule):
         input_shape: ``(C, H, W)`` of one LMS; filled from the data (leave unset).
         class_names: filled from the data (leave unset).
         log_heatmaps: TensorBoard heatmap sheet at the end of every validation.
+        image_encoder_mode: ``'scratch'`` (fresh image encoder, the default), ``'frozen'`` or
+            ``'finetune'``: the image classifier's encoder (``image_encoder_ckpt``).
+        image_encoder_ckpt: the image classifier's checkpoint (``ClassifierTask`` with
+            ``image_model='encoder'``, e.g. from ``experiments/image_encoder.yaml``; never the
+            image judge, which only scores).
     """
 
     def __init__(
@@ -155,12 +162,24 @@ class RetrievalTask(L.LightningModule):
         input_shape: list[int] | None = None,
         class_names: list[str] | None = None,
         log_heatmaps: bool = True,
+        image_encoder_mode: EncoderMode = "scratch",
+        image_encoder_ckpt: str | None = None,
     ) -> None:
         super().__init__()
         if architecture not in ("global", "dense"):
             raise ValueError(f"architecture must be 'global' or 'dense', got {architecture!r}")
         if encoder_mode not in ("frozen", "finetune", "scratch"):
             raise ValueError(f"encoder_mode must be 'frozen', 'finetune' or 'scratch', got {encoder_mode!r}")
+        if image_encoder_mode not in ("frozen", "finetune", "scratch"):
+            raise ValueError(
+                f"image_encoder_mode must be 'frozen', 'finetune' or 'scratch', got {image_encoder_mode!r}"
+            )
+        if image_encoder_mode != "scratch" and not image_encoder_ckpt:
+            raise ValueError(
+                f"image_encoder_mode='{image_encoder_mode}' needs image_encoder_ckpt, the image classifier's "
+                "checkpoint (`cmav fit --config experiments/image_encoder.yaml` writes "
+                "runs/image_encoder/checkpoints/last.ckpt), or use image_encoder_mode='scratch'"
+            )
         if encoder_mode != "scratch" and not audio_encoder_ckpt:
             raise ValueError(
                 f"encoder_mode='{encoder_mode}' needs audio_encoder_ckpt, the sound classifier's checkpoint "
@@ -173,6 +192,7 @@ class RetrievalTask(L.LightningModule):
         temperature, optimizer, augment = plain(temperature), plain(optimizer), plain(augment)
         self.save_hyperparameters()
         self.encoder_mode = encoder_mode
+        self.image_encoder_mode = image_encoder_mode
         self.image_encoder_config = coerce(ImageEncoderConfig, image_encoder)
         self.head_config = coerce(HeadConfig, head)
         self.dense_config = coerce(DenseConfig, dense)
@@ -196,6 +216,19 @@ class RetrievalTask(L.LightningModule):
             clf = load_sound_classifier(audio_encoder_ckpt, "retrieval")  # type: ignore[arg-type]
             self.audio_encoder_config = clf.audio_encoder_config
             pretrained = clf.model  # type: ignore[assignment]
+        pretrained_image: ImageEncoder | None = None
+        if image_encoder_mode != "scratch":
+            img = load_image_classifier(image_encoder_ckpt, "retrieval")  # type: ignore[arg-type]
+            if int(img.hparams.image_size) != int(image_size):
+                raise ValueError(f"{image_encoder_ckpt}: the image classifier takes {img.hparams.image_size}-pixel "
+                                 f"frames, this task {image_size}")  # fmt: skip
+            if img.model.n_classes != n_classes:
+                raise ValueError(f"{image_encoder_ckpt}: the image classifier has {img.model.n_classes} classes, "
+                                 f"this task {n_classes}")  # fmt: skip
+            self.image_encoder_config = img.image_encoder_config
+            pretrained_image = img.model  # type: ignore[assignment]
+        # in a list: kept out of the module tree until it is built in (now, or at setup)
+        self._pending_image: list[ImageEncoder | None] = [pretrained_image]
         self.net: GlobalAVModel | DenseAVModel | None = None
         if pretrained is not None or input_shape is not None:
             self._build(pretrained)
@@ -217,7 +250,13 @@ class RetrievalTask(L.LightningModule):
         if self.encoder_mode == "frozen":
             audio.requires_grad_(False)
             audio.eval()
-        image = self.image_encoder_config.build(ImageEncoder, (3, h.image_size, h.image_size), h.n_classes)
+        image = self._pending_image[0]
+        if image is None:
+            image = self.image_encoder_config.build(ImageEncoder, (3, h.image_size, h.image_size), h.n_classes)
+        self._pending_image = [None]
+        if self.image_encoder_mode == "frozen":
+            image.requires_grad_(False)
+            image.eval()
         c, d = self.head_config, self.dense_config
         if h.architecture == "global":
             self.net = GlobalAVModel(audio, image, c.embed_dim, c.hidden_dim, c.layers)
@@ -247,6 +286,8 @@ class RetrievalTask(L.LightningModule):
         super().train(mode)
         if self.encoder_mode == "frozen" and self.net is not None:
             self.net.audio_encoder.eval()  # a frozen encoder keeps its BatchNorm statistics too
+        if self.image_encoder_mode == "frozen" and self.net is not None:
+            self.net.image_encoder.eval()
         return self
 
     @torch.no_grad()
@@ -396,13 +437,13 @@ class RetrievalTask(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         net = self.model
-        audio_params = [p for p in net.audio_encoder.parameters() if p.requires_grad]
-        audio_ids = {id(p) for p in audio_params}
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in audio_ids]
-        groups = [{"params": rest}]
-        if audio_params:
-            scale = self.hparams.finetune_lr_scale if self.encoder_mode == "finetune" else 1.0
-            groups.append({"params": audio_params, "lr": self.optimizer_config.lr * scale})
+        groups, taken = [], set()
+        for encoder, mode in ((net.audio_encoder, self.encoder_mode), (net.image_encoder, self.image_encoder_mode)):
+            if mode == "finetune":  # its own, lower rate; frozen ones have no trainable parameters
+                params = [p for p in encoder.parameters() if p.requires_grad]
+                taken |= {id(p) for p in params}
+                groups.append({"params": params, "lr": self.optimizer_config.lr * self.hparams.finetune_lr_scale})
+        groups.insert(0, {"params": [p for p in self.parameters() if p.requires_grad and id(p) not in taken]})
         o = self.optimizer_config
         opt = torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         if self.hparams.lr_schedule == "constant":
@@ -510,25 +551,31 @@ class RetrievalTask(L.LightningModule):
                 "n_classes": enc.n_classes,
                 "input_shape": list(enc.input_shape),
             },
+            "image_encoder": {"config": plain(self.image_encoder_config)},
         }
 
 
 def load_retrieval(path: str | Path) -> RetrievalTask:
     """Rebuild a :class:`RetrievalTask` (CPU, eval mode) from its checkpoint, without the data or the
-    sound-classifier checkpoint (the audio encoder's architecture is stored in it).
-    ``trained_encoder_mode`` records the mode it was trained with."""
+    classifier checkpoints (the encoders' architectures are stored in it).
+    ``trained_encoder_mode`` / ``trained_image_encoder_mode`` record the modes it was trained with."""
     ckpt = _load_checkpoint(path)
     hp = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
     arch = ckpt.get("cmav_retrieval", {}).get("audio_encoder")
     if not hp or arch is None:
         raise ValueError(f"{path}: not a RetrievalTask checkpoint")
     trained_mode = hp.get("encoder_mode", "scratch")
+    trained_image_mode = hp.get("image_encoder_mode", "scratch")
     hp.update(encoder_mode="scratch", audio_encoder_ckpt=None, audio_encoder=arch["config"],
               input_shape=arch["input_shape"], n_classes=arch["n_classes"])  # fmt: skip
+    image_arch = ckpt["cmav_retrieval"].get("image_encoder")
+    if image_arch is not None:
+        hp.update(image_encoder_mode="scratch", image_encoder_ckpt=None, image_encoder=image_arch["config"])
     with own_hyperparameters():
         task = RetrievalTask(**hp)
     task.load_state_dict(ckpt["state_dict"])
     task.trained_encoder_mode = trained_mode
+    task.trained_image_encoder_mode = trained_image_mode
     return task.eval()
 
 
