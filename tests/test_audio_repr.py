@@ -47,6 +47,19 @@ def test_grid_errors_are_caught_before_training(tmp_path):
         run_ablation(dict(cfg, kind="i2x"), out_dir=tmp_path / "c")
 
 
+def test_set_overrides_merge_after_the_preset_and_bad_ones_are_named():
+    cfg = load_grid(CONFIG, "cpu", ["seeds=[0]", "representations=[{name: STFT, features: {kind: stft}}]",
+                                    "model.audio_encoder.dropout=0.1"])  # fmt: skip
+    assert cfg["seeds"] == [0] and cfg["steps"] == 120  # the preset still applies
+    assert cfg["representations"] == [{"name": "STFT", "features": {"kind": "stft"}}]
+    # a nested key replaces only itself: the preset's base_channels stays
+    assert cfg["model"]["audio_encoder"]["dropout"] == 0.1 and cfg["model"]["audio_encoder"]["base_channels"] == 16
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        load_grid(CONFIG, None, ["seeds"])
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_grid(CONFIG, None, ["depths=[2, 4"])
+
+
 def test_front_end_throughput_is_positive():
     assert front_end_throughput({"kind": "mfcc"}, 44100, 22050, "cpu", batch_size=4, repeats=1) > 0
 

@@ -24,9 +24,12 @@ def _runners() -> dict:
 
 
 def run_ablation(config: str | Path | dict, preset: str | None = None, out_dir: str | Path | None = None,
-                 data_root: str | None = None) -> dict:  # fmt: skip
-    """Run a grid; returns ``{rows, runs, paths, elapsed_s}``. ``data_root`` overrides ``data.root``."""
-    cfg = load_grid(config, preset) if not isinstance(config, dict) else copy.deepcopy(config)
+                 data_root: str | None = None, overrides: list[str] | None = None) -> dict:  # fmt: skip
+    """Run a grid; returns ``{rows, runs, paths, elapsed_s}``. ``data_root`` overrides ``data.root``;
+    ``overrides`` are ``KEY=VALUE`` strings merged over the YAML and its preset (a path ``config`` only)."""
+    if isinstance(config, dict) and overrides:
+        raise ValueError("overrides apply to a grid YAML path; merge them into a dict config yourself")
+    cfg = load_grid(config, preset, overrides) if not isinstance(config, dict) else copy.deepcopy(config)
     cfg.setdefault("kind", "s2i")
     cfg.setdefault("preset", "default")
     runners = _runners()

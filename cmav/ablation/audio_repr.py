@@ -48,6 +48,23 @@ def front_end_throughput(features: Any, chunk_rate: int, chunk_samples: int, dev
     return batch_size * repeats / (time.perf_counter() - t0)
 
 
+def finished_runs(log: Path) -> dict[tuple, dict]:
+    """The runs of ``runs.jsonl`` by (representation, depth, seed, config key); a line still being
+    written by another shard (no newline yet, or cut) is left for the next read."""
+    done: dict[tuple, dict] = {}
+    if not log.is_file():
+        return done
+    for line in log.read_text().splitlines(keepends=True):
+        if not line.endswith("\n"):
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        done[(r["representation"], r["depth"], r["seed"], json.dumps(r["config_key"], sort_keys=True, default=str))] = r
+    return done
+
+
 def _validate(cfg: dict) -> None:
     src = cfg.get("source", "grid")
     reps = cfg.get("representations") or []
@@ -171,13 +188,10 @@ def run(cfg: dict, out: Path) -> dict:
     tp = cfg.get("throughput") or {}
     device = "cuda" if torch.cuda.is_available() and (cfg.get("trainer") or {}).get("accelerator", "auto") in ("auto", "gpu", "cuda") else "cpu"
     # Finished runs are appended to runs.jsonl as they end: a killed grid rerun into the same folder
-    # resumes after its last finished run (same config) instead of starting over.
+    # resumes after its last finished run (same config) instead of starting over. The file is read
+    # again before every cell, so shards of one grid (`--set representations=[...]`) running side by
+    # side into one folder skip each other's finished cells.
     log = out / "runs.jsonl"
-    done = {}
-    if log.is_file():
-        for line in log.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["representation"], r["depth"], r["seed"], json.dumps(r["config_key"], sort_keys=True))] = r
     runs: list[dict] = []
     for rep in reps:
         name, features = rep["name"], front_end_config(rep.get("features"))
@@ -190,7 +204,7 @@ def run(cfg: dict, out: Path) -> dict:
             for seed in cfg["seeds"]:
                 kw = merge(model_cfg, {"audio_encoder": {"n_blocks": depth}})
                 key = {"features": features.to_dict(), "model": kw, "steps": int(cfg["steps"]), "data": cfg["data"]}
-                previous = done.get((name, depth, seed, json.dumps(key, sort_keys=True, default=str)))
+                previous = finished_runs(log).get((name, depth, seed, json.dumps(key, sort_keys=True, default=str)))
                 if previous is not None:
                     runs.append(previous)
                     print(f"[ablate] {name} depth {depth} seed {seed}: done before (runs.jsonl)", flush=True)
@@ -226,4 +240,4 @@ def run(cfg: dict, out: Path) -> dict:
     return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
 
 
-__all__ = ["front_end_throughput", "plot_heatmap", "run", "summarise", "verdict", "write_tables"]
+__all__ = ["finished_runs", "front_end_throughput", "plot_heatmap", "run", "summarise", "verdict", "write_tables"]

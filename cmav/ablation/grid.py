@@ -15,7 +15,7 @@ import re
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import yaml
@@ -29,8 +29,25 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_grid(path: str | Path, preset: str | None = None) -> dict:
-    """The grid of a YAML config, with ``presets[preset]`` merged over it, ``kind`` and ``seeds`` filled in."""
+def parse_override(text: str) -> dict:
+    """``'a.b=VALUE'`` -> ``{'a': {'b': VALUE}}``, VALUE read as YAML (``seeds=[0]``,
+    ``representations=[{name: LMS, features: {kind: lms}}]``, ``steps=60``)."""
+    key, sep, value = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(p.strip() for p in parts):
+        raise ValueError(f"override {text!r}: expected KEY=VALUE with a dotted KEY, e.g. seeds=[0] or data.batch_size=32")
+    try:
+        out: Any = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ValueError(f"override {text!r}: its value is not valid YAML ({e})") from None
+    for p in reversed(parts):
+        out = {p.strip(): out}
+    return out
+
+
+def load_grid(path: str | Path, preset: str | None = None, overrides: list[str] | None = None) -> dict:
+    """The grid of a YAML config, with ``presets[preset]`` merged over it, then each override
+    (``KEY=VALUE``, see :func:`parse_override`), ``kind`` and ``seeds`` filled in."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ablation config not found: {path}")
@@ -40,6 +57,8 @@ def load_grid(path: str | Path, preset: str | None = None) -> dict:
         if preset not in presets:
             raise ValueError(f"{path}: no preset {preset!r}; presets: {sorted(presets) or 'none'}")
         cfg = merge(cfg, presets[preset])
+    for text in overrides or []:
+        cfg = merge(cfg, parse_override(text))
     cfg["preset"] = preset or "default"
     cfg.setdefault("kind", "s2i")
     cfg["seeds"] = [int(s) for s in (cfg.get("seeds") or [0])]
@@ -116,6 +135,24 @@ def fit(cfg: dict, out: Path, dm, stage: str, seed: int, task, ckpt: Path, steps
     return ckpt
 
 
+def classifier_stage(cfg: dict, out: Path, dm, stage: str, seed: int, path: Path, build: Callable[[], Any],
+                     load: Callable[[Path], Any]) -> Path:  # fmt: skip
+    """The checkpoint of a classifier the grid needs (sound classifier, judge, image encoder):
+    ``stages.<stage>.ckpt`` when given (checked with ``load``, which names the file in its errors,
+    and against the data's classes); else ``path`` when an earlier run into the folder wrote it
+    (``fit`` writes it last, whole); else ``build()`` trained for ``stages.<stage>.steps`` batches."""
+    st = cfg["stages"][stage]
+    if st.get("ckpt"):
+        given = Path(st["ckpt"])
+        task = load(given)
+        if list(task.hparams.class_names) != list(dm.class_names):
+            raise ValueError(f"{given}: its classes differ from the data's {list(dm.class_names)}")
+        return given
+    if path.is_file():
+        return path
+    return fit(cfg, out, dm, stage, seed, build(), path, st["steps"])
+
+
 def mean_sd(values: list[Any]) -> tuple[float | None, float | None]:
     """Mean and sd (ddof 1; 0 for one value) of the finite values; ``(None, None)`` when there are none."""
     vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -158,5 +195,5 @@ def save_config(cfg: dict, out: Path) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
-__all__ = ["data_root", "datamodule", "fit", "load_grid", "mean_sd", "merge", "save_config", "slug", "trainer",
+__all__ = ["classifier_stage", "data_root", "datamodule", "fit", "load_grid", "mean_sd", "merge", "parse_override", "save_config", "slug", "trainer",
            "variant_model_kwargs", "variant_names", "write_csv"]  # fmt: skip

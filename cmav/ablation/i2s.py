@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from cmav.ablation.grid import datamodule, fit, save_config, slug, variant_model_kwargs, variant_names
+from cmav.ablation.grid import classifier_stage, datamodule, fit, save_config, slug, variant_model_kwargs, variant_names
 from cmav.ablation.s2i import Metric, plot_bars, sample_items, summarise, write_tables
 from cmav.viz.tensors import lms_picture, to_uint8_frame
 
@@ -47,24 +47,32 @@ EXPLANATION = (
 
 def _audio_judge(cfg: dict, out: Path, dm) -> Path:
     """The audio judge's checkpoint: ``stages.audio_judge.ckpt`` when given (a sound classifier
-    trained elsewhere on the same data, e.g. runs/audio_classifier), else trained here once."""
+    trained elsewhere on the same data, e.g. runs/audio_classifier), else trained here once, on
+    its own seed stream (first seed + 1000): not the same network as any sound classifier elsewhere."""
     from cmav.evaluation.i2s import audio_judge
     from cmav.tasks import ClassifierTask
 
-    stage = cfg["stages"]["audio_judge"]
-    if stage.get("ckpt"):
-        given = Path(stage["ckpt"])
-        judge = audio_judge(given)  # FileNotFoundError / ValueError naming the file
-        if list(judge.hparams.class_names) != list(dm.class_names):
-            raise ValueError(f"{given}: the audio judge's classes differ from the data's {dm.class_names}")
-        return given
-    path = out / "judges" / "audio_judge.ckpt"
-    if not path.is_file():
-        task = ClassifierTask(modality="audio", target="label", image_size=cfg["data"]["image_size"],
-                              **stage.get("model", {}))  # fmt: skip
-        # its own seed stream (first seed + 1000): not the same network as any sound classifier elsewhere
-        fit(cfg, out, dm, "audio_judge", cfg["seeds"][0] + 1000, task, path, stage["steps"])
-    return path
+    model = cfg["stages"]["audio_judge"].get("model", {})
+    return classifier_stage(
+        cfg, out, dm, "audio_judge", cfg["seeds"][0] + 1000, out / "judges" / "audio_judge.ckpt",
+        lambda: ClassifierTask(modality="audio", target="label", image_size=cfg["data"]["image_size"], **model),
+        audio_judge,
+    )  # fmt: skip
+
+
+def _image_encoder(cfg: dict, out: Path, dm, seed: int) -> Path:
+    """The seed's image classifier (the frozen ImageEncoder of every variant): trained here, or
+    ``stages.image_encoder.ckpt`` when given (then one encoder for every seed)."""
+    from cmav.tasks import ClassifierTask
+    from cmav.tasks.classifier import load_image_classifier
+
+    model = cfg["stages"]["image_encoder"].get("model", {})
+    return classifier_stage(
+        cfg, out, dm, "image_encoder", seed, out / "judges" / f"image_encoder_seed{seed}.ckpt",
+        lambda: ClassifierTask(modality="image", target="label", image_model="encoder",
+                               image_size=cfg["data"]["image_size"], **model),
+        load_image_classifier,
+    )  # fmt: skip
 
 
 def _write_wavs(out: Path, name: str, lms_db: torch.Tensor, names: list[str], dm) -> None:
@@ -82,7 +90,7 @@ def _write_wavs(out: Path, name: str, lms_db: torch.Tensor, names: list[str], dm
 def run(cfg: dict, out: Path) -> dict:
     """Run an I2S grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``."""
     from cmav.evaluation import evaluate_i2s, make_i2s_fn
-    from cmav.tasks import ClassifierTask, I2STask
+    from cmav.tasks import I2STask
     from cmav.viz import labelled_grid
 
     names = variant_names(cfg)
@@ -98,11 +106,7 @@ def run(cfg: dict, out: Path) -> dict:
     sample_cells: dict[str, torch.Tensor] = {}
     runs: list[dict] = []
     for seed in cfg["seeds"]:
-        clf_ckpt = out / "judges" / f"image_encoder_seed{seed}.ckpt"
-        if not clf_ckpt.is_file():  # a re-run of the same folder keeps it (fit writes it last, whole)
-            clf = ClassifierTask(modality="image", target="label", image_model="encoder", image_size=size,
-                                 **cfg["stages"]["image_encoder"].get("model", {}))  # fmt: skip
-            fit(cfg, out, dm, "image_encoder", seed, clf, clf_ckpt, cfg["stages"]["image_encoder"]["steps"])
+        clf_ckpt = _image_encoder(cfg, out, dm, seed)
         for v in cfg["variants"]:
             name, model_kw = variant_model_kwargs(cfg, "i2s", v, seed)
             task = I2STask(encoder_mode="frozen", image_encoder_ckpt=str(clf_ckpt), image_size=size, **model_kw)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cmav.ablation.grid import datamodule, fit, mean_sd, save_config, slug, variant_model_kwargs, variant_names, write_csv
+from cmav.ablation.grid import classifier_stage, datamodule, fit, mean_sd, save_config, slug, variant_model_kwargs, variant_names, write_csv
 from cmav.viz.tensors import to_uint8_frame
 
 # (key in the table, header, how to read it from evaluate_s2i's result)
@@ -38,23 +38,27 @@ METRICS: list[tuple[str, str, Any]] = [
 
 
 def _judges(cfg: dict, out: Path, dm) -> tuple[Path, Path | None]:
+    """The image judge and the player judge (when the data has a held-out tail): given as
+    ``stages.<judge>.ckpt``, or trained once here with the first seed."""
     from cmav.tasks import ClassifierTask
+    from cmav.tasks.classifier import load_classifier
 
     seed = cfg["seeds"][0]
     size = cfg["data"]["image_size"]
-    jdir = out / "judges"
-    image = jdir / "image_judge.ckpt"
-    if not image.is_file():
-        task = ClassifierTask(modality="image", target="label", image_size=size,
-                              **cfg["stages"]["image_judge"].get("model", {}))  # fmt: skip
-        fit(cfg, out, dm, "image_judge", seed, task, image, cfg["stages"]["image_judge"]["steps"])
+    stages = cfg["stages"]
+    image = classifier_stage(
+        cfg, out, dm, "image_judge", seed, out / "judges" / "image_judge.ckpt",
+        lambda: ClassifierTask(modality="image", target="label", image_size=size, **stages["image_judge"].get("model", {})),
+        load_classifier,
+    )  # fmt: skip
     player: Path | None = None
-    if "player_judge" in cfg["stages"] and len(dm.train_holdout) > 0:
-        player = jdir / "player_judge.ckpt"
-        if not player.is_file():
-            task = ClassifierTask(modality="image", target="track", image_size=size,
-                                  **cfg["stages"]["player_judge"].get("model", {}))  # fmt: skip
-            fit(cfg, out, dm, "player_judge", seed, task, player, cfg["stages"]["player_judge"]["steps"])
+    if "player_judge" in stages and len(dm.train_holdout) > 0:
+        player = classifier_stage(
+            cfg, out, dm, "player_judge", seed, out / "judges" / "player_judge.ckpt",
+            lambda: ClassifierTask(modality="image", target="track", image_size=size,
+                                   **stages["player_judge"].get("model", {})),
+            load_classifier,
+        )  # fmt: skip
     return image, player
 
 
@@ -65,18 +69,12 @@ def _sound_classifier(cfg: dict, out: Path, dm, seed: int) -> Path:
     from cmav.tasks import ClassifierTask
     from cmav.tasks.classifier import load_sound_classifier
 
-    stage = cfg["stages"]["audio_classifier"]
-    if stage.get("ckpt"):
-        given = Path(stage["ckpt"])
-        clf = load_sound_classifier(given)  # FileNotFoundError / ValueError naming the file
-        if list(clf.hparams.class_names) != list(dm.class_names):
-            raise ValueError(f"{given}: the sound classifier's classes differ from the data's {list(dm.class_names)}")
-        return given
-    path = out / "judges" / f"audio_classifier_seed{seed}.ckpt"
-    if path.is_file():  # a re-run of the same folder keeps it (fit writes it last, whole)
-        return path
-    task = ClassifierTask(modality="audio", target="label", image_size=cfg["data"]["image_size"], **stage.get("model", {}))
-    return fit(cfg, out, dm, "audio_classifier", seed, task, path, stage["steps"])
+    model = cfg["stages"]["audio_classifier"].get("model", {})
+    return classifier_stage(
+        cfg, out, dm, "audio_classifier", seed, out / "judges" / f"audio_classifier_seed{seed}.ckpt",
+        lambda: ClassifierTask(modality="audio", target="label", image_size=cfg["data"]["image_size"], **model),
+        load_sound_classifier,
+    )  # fmt: skip
 
 
 def sample_items(dm) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

@@ -14,6 +14,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--preset", default=None, help="a preset of the YAML merged over it, e.g. quick (CPU, tiny data)")
     a.add_argument("-o", "--output", default=None, help="results folder (default: results/ablation_<name>_<preset>)")
     a.add_argument("--root", default=None, help="data set folder (overrides the YAML's data.root)")
+    a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a grid key after the preset, VALUE as YAML; repeatable, e.g. --set seeds=[0] "
+                   "--set 'representations=[{name: STFT, features: {kind: stft}}]' (runs finished into the same "
+                   "folder are reused, so shards of one grid can run side by side and a last full run tabulates them)")  # fmt: skip
     a.set_defaults(func=_ablate)
 
     g = sub.add_parser("generate", help="images from a sound (S2I or audio-token checkpoint) or sound from a frame (I2S)")
@@ -69,7 +73,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _ablate(args: argparse.Namespace) -> int:
     from cmav.ablation import run_ablation
 
-    result = run_ablation(args.config, preset=args.preset, out_dir=args.output, data_root=args.root)
+    result = run_ablation(args.config, preset=args.preset, out_dir=args.output, data_root=args.root,
+                          overrides=args.overrides)  # fmt: skip
     print(Path(result["paths"]["table_md"]).read_text())
     for k, v in result["paths"].items():
         print(f"{k}: {v}")
