@@ -171,6 +171,20 @@ def test_sound_classifier_learns_the_fixture(sound_classifier):
     assert float(m["val/acc"]) >= 0.9  # validation chunks are the same pitches
 
 
+def test_classifier_cosine_schedule_decays_to_zero_and_constant_keeps_the_rate(data):
+    rates = {}
+    for schedule in ("cosine", "constant"):
+        L.seed_everything(0, verbose=False)
+        task = ClassifierTask(modality="audio", audio_encoder=TINY_ENC, lr_schedule=schedule,
+                              optimizer={"lr": 3e-3, "betas": (0.9, 0.999)})  # fmt: skip
+        trainer = quiet_trainer(max_steps=6, limit_val_batches=0)
+        trainer.fit(task, datamodule(data))
+        rates[schedule] = trainer.optimizers[0].param_groups[0]["lr"]
+    assert rates["cosine"] == pytest.approx(0.0, abs=1e-12) and rates["constant"] == 3e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        ClassifierTask(modality="audio", lr_schedule="step")
+
+
 def test_classifier_checkpoint_rebuilds_without_data(sound_classifier):
     task = load_classifier(sound_classifier["ckpt"])
     assert task.hparams.class_names == sound_classifier["task"].hparams.class_names

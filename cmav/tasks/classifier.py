@@ -42,9 +42,11 @@ from cmav.tasks.common import (
     ImageEncoderConfig,
     ImageAugmentConfig,
     ImageJudgeConfig,
+    LrSchedule,
     coerce,
     datamodule_of,
     plain,
+    with_lr_schedule,
 )
 
 Modality = Literal["audio", "image"]
@@ -71,6 +73,8 @@ class ClassifierTask(L.LightningModule):
         image_encoder: encoder options (modality ``image``, ``image_model='encoder'``).
         optimizer: Adam settings. Not from the paper (it gives none for its classifiers):
             the usual Adam defaults.
+        lr_schedule: ``'constant'`` (plain Adam, the default) or ``'cosine'`` (per-step decay
+            to 0 over the run: the last epochs settle, so the final checkpoint is not a noisy one).
         augment: training-time image augmentation (modality ``image``; off by default).
         label_smoothing: cross-entropy label smoothing.
         class_names: instrument names; filled from the data at ``setup`` and saved in the
@@ -95,8 +99,11 @@ class ClassifierTask(L.LightningModule):
         class_names: list[str] | None = None,
         input_shape: list[int] | None = None,
         players: list[list[int]] | None = None,
+        lr_schedule: LrSchedule = "constant",
     ) -> None:
         super().__init__()
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         if modality not in ("audio", "image"):
             raise ValueError(f"modality must be 'audio' or 'image', got {modality!r}")
         if target not in ("label", "track"):
@@ -304,8 +311,9 @@ class ClassifierTask(L.LightningModule):
             if saved.get("players") not in (None, self.hparams.players):
                 raise ValueError("checkpoint was trained on other players than the current data's")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_config.build(self.parameters())
+    def configure_optimizers(self):
+        opt = self.optimizer_config.build(self.parameters())
+        return with_lr_schedule(opt, self.hparams.get("lr_schedule", "constant"), self._trainer)
 
 
 def _load_checkpoint(path: str | Path) -> dict:

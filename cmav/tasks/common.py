@@ -9,9 +9,11 @@ Lightning does by default under torch >= 2.6.
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 from dataclasses import dataclass
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -170,6 +172,29 @@ def tensorboard_writer(module) -> Any | None:
     return None
 
 
+LrSchedule = Literal["constant", "cosine"]
+
+
+def with_lr_schedule(optimizer: torch.optim.Optimizer, schedule: LrSchedule, trainer: Any | None) -> Any:
+    """What ``configure_optimizers`` returns for ``schedule``: the bare optimizer (``'constant'``),
+    or with a per-step cosine decay to 0 over the trainer's ``estimated_stepping_batches``
+    (``'cosine'``, CLIP's; the weights settle at the end, so BatchNorm's running statistics, which
+    evaluation uses, catch up with them)."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {schedule!r}")
+    if schedule == "constant":
+        return optimizer
+    total = trainer.estimated_stepping_batches if trainer is not None else float("inf")
+    if not math.isfinite(total) or total <= 0:
+        warnings.warn("lr_schedule='cosine' needs a trainer with max_epochs or max_steps; using a constant rate",
+                      stacklevel=3)  # fmt: skip
+        return optimizer
+    cosine = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
+
+
 def datamodule_of(module):
     """The trainer's datamodule, or None (trained from bare dataloaders, or no trainer)."""
     trainer = getattr(module, "_trainer", None)
@@ -184,8 +209,10 @@ __all__ = [
     "ImageAugmentConfig",
     "ImageEncoderConfig",
     "ImageJudgeConfig",
+    "LrSchedule",
     "coerce",
     "datamodule_of",
     "plain",
     "tensorboard_writer",
+    "with_lr_schedule",
 ]

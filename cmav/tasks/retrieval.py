@@ -51,10 +51,12 @@ from cmav.tasks.common import (
     ImageAugment,
     ImageAugmentConfig,
     ImageEncoderConfig,
+    LrSchedule,
     coerce,
     datamodule_of,
     plain,
     tensorboard_writer,
+    with_lr_schedule,
 )
 
 Architecture = Literal["global", "dense"]
@@ -153,7 +155,7 @@ class RetrievalTask(L.LightningModule):
         dense: DenseConfig = DenseConfig(),
         temperature: TemperatureConfig = TemperatureConfig(),
         optimizer: AdamConfig = AdamConfig(lr=1e-3, betas=(0.9, 0.999)),
-        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        lr_schedule: LrSchedule = "cosine",
         finetune_lr_scale: float = 0.1,
         ignore_negatives: IgnoreNegatives = "none",
         augment: ImageAugmentConfig = ImageAugmentConfig(),
@@ -446,17 +448,7 @@ class RetrievalTask(L.LightningModule):
         groups.insert(0, {"params": [p for p in self.parameters() if p.requires_grad and id(p) not in taken]})
         o = self.optimizer_config
         opt = torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        if self.hparams.lr_schedule == "constant":
-            return opt
-        total = self._trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
-        if not math.isfinite(total) or total <= 0:
-            warnings.warn("lr_schedule='cosine' needs a trainer with max_epochs or max_steps; using a constant rate",
-                          stacklevel=2)  # fmt: skip
-            return opt
-        cosine = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
+        return with_lr_schedule(opt, self.hparams.lr_schedule, self._trainer)
 
     # ------------------------------------------------------------------ validation
 
