@@ -499,3 +499,25 @@ def test_half_written_checkpoint_gives_a_clear_error(tmp_path):
     bad.write_bytes(bad.read_bytes()[:200])
     with pytest.raises(ValueError, match="last.ckpt: not a readable checkpoint"):
         load_classifier(bad)
+
+
+def test_colour_scramble_permutes_or_greys_each_frame_and_is_off_unless_enabled():
+    from cmav.tasks.common import ImageAugment, ImageAugmentConfig
+
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 8, 8) * 2 - 1
+    off = ImageAugment(ImageAugmentConfig(enabled=False, translate=0.0, colour_scramble=True))
+    assert off(x) is x
+    aug = ImageAugment(ImageAugmentConfig(enabled=True, translate=0.0, colour_scramble=True))
+    y = aug(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    grey = permuted = 0
+    for a, b in zip(x, y):
+        if torch.allclose(b, a.mean(0, keepdim=True).expand_as(a)) and not torch.allclose(b[0], a[0]):
+            grey += 1
+            continue
+        # every output channel is one of the input's channels, all three used once
+        src = [next(i for i in range(3) if torch.equal(b[c], a[i])) for c in range(3)]
+        assert sorted(src) == [0, 1, 2]
+        permuted += src != [0, 1, 2]
+    assert 5 <= grey <= 30 and permuted > 20  # a quarter grey on average; 5 of 6 orders move channels

@@ -83,13 +83,17 @@ class ImageAugmentConfig:
 
     ``translate``: maximum shift as a fraction of the side (reflection padding); ``hflip``:
     random horizontal flips (changes which hand holds the bow, so off unless wanted);
-    ``colour``: brightness/contrast/saturation jitter strength (0 = none).
+    ``colour``: brightness/contrast/saturation jitter strength (0 = none); ``colour_scramble``:
+    a random permutation of the RGB channels per frame, a quarter of the frames grey (after the
+    other ops; each stand-in performance has its own background and clothing colours, a shortcut
+    to "which player" that does not carry over to unseen players, while shapes survive it).
     """
 
     enabled: bool = False
     translate: float = 0.125
     hflip: bool = False
     colour: float = 0.0
+    colour_scramble: bool = False
 
 
 def coerce(cls: type[T], value: Any) -> T:
@@ -146,13 +150,25 @@ class ImageAugment(nn.Module):
 
     @property
     def active(self) -> bool:
-        return self.config.enabled and len(self.ops) > 0
+        return self.config.enabled and (len(self.ops) > 0 or self.config.colour_scramble)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.active:
             return x
-        # kornia's colour ops expect [0, 1]
-        return self.ops((x + 1.0) * 0.5).clamp(0.0, 1.0) * 2.0 - 1.0
+        if len(self.ops):
+            # kornia's colour ops expect [0, 1]
+            x = self.ops((x + 1.0) * 0.5).clamp(0.0, 1.0) * 2.0 - 1.0
+        return scramble_colours(x) if self.config.colour_scramble else x
+
+
+def scramble_colours(image: Tensor, grey_fraction: float = 0.25) -> Tensor:
+    """Per-frame random RGB channel permutation of ``(N, 3, H, W)``; ``grey_fraction`` of the
+    frames (on average) replaced by their channel mean."""
+    n = image.shape[0]
+    perm = torch.argsort(torch.rand(n, 3, device=image.device), dim=1)
+    out = torch.gather(image, 1, perm.view(n, 3, 1, 1).expand_as(image))
+    grey = torch.rand(n, device=image.device) < grey_fraction
+    return torch.where(grey.view(n, 1, 1, 1), out.mean(1, keepdim=True).expand_as(out), out)
 
 
 def tensorboard_writer(module) -> Any | None:
@@ -213,6 +229,7 @@ __all__ = [
     "coerce",
     "datamodule_of",
     "plain",
+    "scramble_colours",
     "tensorboard_writer",
     "with_lr_schedule",
 ]

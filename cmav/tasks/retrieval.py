@@ -55,6 +55,7 @@ from cmav.tasks.common import (
     coerce,
     datamodule_of,
     plain,
+    scramble_colours,
     tensorboard_writer,
     with_lr_schedule,
 )
@@ -128,7 +129,8 @@ class RetrievalTask(L.LightningModule):
             player, background and melody, so plain InfoNCE rewards matching a melody to its
             background; ``'same_class'`` leaves the instrument as the only thing to match.
         augment: training-time image augmentation (off by default).
-        colour_scramble: training-time colour scrambling of the frames: a random permutation of
+        colour_scramble: training-time colour scrambling of the frames (the same as
+            ``augment.colour_scramble``, kept as its own switch): a random permutation of
             the RGB channels per frame, a quarter of them made grey. Each stand-in performance
             has its own background and clothing colours, a shortcut to "which performance" that
             does not carry over to unseen players; shapes (the instrument) survive the scrambling.
@@ -416,18 +418,10 @@ class RetrievalTask(L.LightningModule):
         logs["batch_a2i_acc"] = (logits_a2i.argmax(1) == target).float().mean()
         return loss, logs
 
-    def _scramble(self, image: Tensor) -> Tensor:
-        """Per-frame random RGB channel permutation; a quarter of the frames grey."""
-        n = image.shape[0]
-        perm = torch.argsort(torch.rand(n, 3, device=image.device), dim=1)
-        out = torch.gather(image, 1, perm.view(n, 3, 1, 1).expand_as(image))
-        grey = torch.rand(n, device=image.device) < 0.25
-        return torch.where(grey.view(n, 1, 1, 1), out.mean(1, keepdim=True).expand_as(out), out)
-
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         image = self.augment(batch["image"])
         if self.hparams.colour_scramble:
-            image = self._scramble(image)
+            image = scramble_colours(image)
         a = self.model.encode_audio(batch["audio"])
         v = self.model.encode_image(image)
         loss, logs = self.contrastive_loss(a, v, batch.get("label"), batch.get("track"))
