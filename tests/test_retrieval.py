@@ -466,6 +466,24 @@ def test_experiment_configs_parse(name, capsys, monkeypatch):
         assert raw[group] == plain(defaults[group].default), group
 
 
+@pytest.mark.parametrize("name", ["retrieval_global", "retrieval_dense"])
+def test_pretrained_overlay_switches_the_encoders_and_keeps_the_architecture(name, capsys, monkeypatch):
+    import yaml
+
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+    with pytest.raises(SystemExit):
+        cmav_main(["fit", "--config", str(REPO / "experiments" / f"{name}.yaml"),
+                   "--config", str(REPO / "experiments" / "retrieval_pretrained.yaml"), "--print_config"])  # fmt: skip
+    printed = yaml.safe_load(capsys.readouterr().out)
+    args = printed["model"]["init_args"]
+    assert args["architecture"] == name.split("_")[1]
+    assert (args["encoder_mode"], args["image_encoder_mode"]) == ("frozen", "finetune")
+    assert args["audio_encoder_ckpt"] == "runs/audio_classifier/checkpoints/last.ckpt"
+    assert args["image_encoder_ckpt"] == "runs/image_encoder/checkpoints/last.ckpt"
+    assert args["ignore_negatives"] == "same_class" and args["colour_scramble"] is True
+    assert printed["trainer"]["default_root_dir"] == f"runs/{name}"  # the base YAML's output folders stay
+
+
 def test_ddp_gathers_negatives_from_both_processes(trained, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
