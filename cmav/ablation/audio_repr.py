@@ -155,7 +155,8 @@ def plot_heatmap(rows: list[dict], reps: list[str], depths: list[int], path: Pat
     fig = Figure(figsize=(1.3 * len(depths) + 2.5, 0.6 * len(reps) + 1.8))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(grid, cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0, vmax=1.0)
+    im = ax.imshow(grid, cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0, vmax=1.0,
+                   aspect="auto")  # cells fill the figure, whatever the grid's shape
     for i in range(len(reps)):
         for j in range(len(depths)):
             if np.isfinite(grid[i, j]):
