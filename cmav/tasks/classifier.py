@@ -311,7 +311,7 @@ class ClassifierTask(L.LightningModule):
             if saved.get("players") not in (None, self.hparams.players):
                 raise ValueError("checkpoint was trained on other players than the current data's")
 
-    def configure_optimizers(self):
+    def configure_optimizers(self):  # the optimizer, with its schedule when there is one
         opt = self.optimizer_config.build(self.parameters())
         return with_lr_schedule(opt, self.hparams.get("lr_schedule", "constant"), self._trainer)
 

@@ -431,7 +431,7 @@ class RetrievalTask(L.LightningModule):
         self.log("train/temperature", 1.0 / self.logit_scale.detach(), on_step=True, on_epoch=False, batch_size=b)
         return loss
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self):  # the optimizer, with its schedule when there is one
         net = self.model
         groups, taken = [], set()
         for encoder, mode in ((net.audio_encoder, self.encoder_mode), (net.image_encoder, self.image_encoder_mode)):
