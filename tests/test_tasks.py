@@ -439,6 +439,28 @@ def test_cli_fit_fast_dev_run_s2i_and_classifier(data, sound_classifier, tmp_pat
                       "--model.init_args.audio_encoder.base_channels=8"]) == 0  # fmt: skip
 
 
+def test_cli_last_ckpt_is_the_newest_epoch_even_when_it_is_not_the_best(data, tmp_path, monkeypatch):
+    """lr 0: the weights never change, so the first epoch stays the best (a tie is no improvement);
+    last.ckpt must still be the newest epoch (Lightning >= 2.6 writes ``save_last`` only with a new best)."""
+    monkeypatch.chdir(tmp_path)  # the YAML's runs/audio_classifier/checkpoints land here
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+    args = ["fit", "--config", str(EXPERIMENTS / "audio_classifier.yaml"), "--trainer.max_epochs=3",
+            "--trainer.enable_progress_bar=false", f"--data.root={data['root']}", f"--data.cache_dir={data['cache']}",
+            "--data.image_size=32", "--data.batch_size=8", "--data.progress=false",
+            "--model.init_args.audio_encoder.base_channels=8", "--model.init_args.audio_encoder.dropout=0.0",
+            "--model.init_args.optimizer.lr=0.0", "--trainer.limit_train_batches=2"]  # fmt: skip
+    assert cmav_main(args) == 0
+    ckpts = tmp_path / "runs" / "audio_classifier" / "checkpoints"
+    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (2, 6)
+    best = sorted(ckpts.glob("best-*.ckpt"))
+    assert len(best) == 1 and sorted(p.name for p in ckpts.iterdir()) == sorted([best[0].name, "last.ckpt"])
+    # a second run into the same folder overwrites last.ckpt (no last-v1.ckpt) and resumes from it
+    assert cmav_main([*args, "--trainer.max_epochs=4", "--ckpt_path=last"]) == 0
+    again = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    assert (again["epoch"], again["global_step"]) == (3, 8) and not list(ckpts.glob("last-v*.ckpt"))
+
+
 @pytest.mark.parametrize("name", ["audio_classifier", "image_judge", "player_judge", "image_encoder", "s2i_c", "s2i_n",
                                   "s2i_ae", "i2s_c", "i2s_n", "i2s_ae"])  # fmt: skip
 def test_experiment_configs_parse_and_repeat_the_python_defaults(name, capsys, monkeypatch):
@@ -449,8 +471,11 @@ def test_experiment_configs_parse_and_repeat_the_python_defaults(name, capsys, m
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["data"]["root"] == "data/default" and printed["data"]["image_size"] == 64
     raw = yaml.safe_load((EXPERIMENTS / f"{name}.yaml").read_text())
-    ckpt = [c for c in raw["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")][0]["init_args"]
-    assert ckpt["save_last"] is True and ckpt["every_n_epochs"] == 1
+    ckpts = [c["init_args"] for c in raw["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+    # last.ckpt every epoch: save_last on an un-monitored callback, or a "last" callback beside a monitored one
+    newest = [c for c in ckpts if not c.get("monitor") and (c.get("save_last") or c.get("filename") == "last")]
+    assert newest and all(c["every_n_epochs"] == 1 for c in ckpts)
+    assert not any(c.get("monitor") and c.get("save_last") for c in ckpts)  # a copy of the best, since Lightning 2.6
     assert raw["trainer"]["logger"]["class_path"].endswith("TensorBoardLogger")
     args = raw["model"]["init_args"]
     if name.startswith(("s2i", "i2s")):
