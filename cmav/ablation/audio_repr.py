@@ -48,6 +48,11 @@ def front_end_throughput(features: Any, chunk_rate: int, chunk_samples: int, dev
     return batch_size * repeats / (time.perf_counter() - t0)
 
 
+def run_key(representation: str, depth: int, seed: int, config_key: dict) -> tuple:
+    """The identity of one cell's run in ``runs.jsonl``: a finished run with the same key is reused."""
+    return representation, depth, seed, json.dumps(config_key, sort_keys=True, default=str)
+
+
 def finished_runs(log: Path) -> dict[tuple, dict]:
     """The runs of ``runs.jsonl`` by (representation, depth, seed, config key); a line still being
     written by another shard (no newline yet, or cut) is left for the next read."""
@@ -61,7 +66,7 @@ def finished_runs(log: Path) -> dict[tuple, dict]:
             r = json.loads(line)
         except json.JSONDecodeError:
             continue
-        done[(r["representation"], r["depth"], r["seed"], json.dumps(r["config_key"], sort_keys=True, default=str))] = r
+        done[run_key(r["representation"], r["depth"], r["seed"], r["config_key"])] = r
     return done
 
 
@@ -205,7 +210,7 @@ def run(cfg: dict, out: Path) -> dict:
             for seed in cfg["seeds"]:
                 kw = merge(model_cfg, {"audio_encoder": {"n_blocks": depth}})
                 key = {"features": features.to_dict(), "model": kw, "steps": int(cfg["steps"]), "data": cfg["data"]}
-                previous = finished_runs(log).get((name, depth, seed, json.dumps(key, sort_keys=True, default=str)))
+                previous = finished_runs(log).get(run_key(name, depth, seed, key))
                 if previous is not None:
                     runs.append(previous)
                     print(f"[ablate] {name} depth {depth} seed {seed}: done before (runs.jsonl)", flush=True)
@@ -241,4 +246,4 @@ def run(cfg: dict, out: Path) -> dict:
     return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
 
 
-__all__ = ["finished_runs", "front_end_throughput", "plot_heatmap", "run", "summarise", "verdict", "write_tables"]
+__all__ = ["finished_runs", "front_end_throughput", "plot_heatmap", "run", "run_key", "summarise", "verdict", "write_tables"]

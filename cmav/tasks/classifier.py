@@ -43,6 +43,7 @@ from cmav.tasks.common import (
     ImageAugmentConfig,
     ImageJudgeConfig,
     LrSchedule,
+    check_lr_schedule,
     coerce,
     datamodule_of,
     plain,
@@ -102,8 +103,7 @@ class ClassifierTask(L.LightningModule):
         lr_schedule: LrSchedule = "constant",
     ) -> None:
         super().__init__()
-        if lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        check_lr_schedule(lr_schedule)
         if modality not in ("audio", "image"):
             raise ValueError(f"modality must be 'audio' or 'image', got {modality!r}")
         if target not in ("label", "track"):

@@ -191,13 +191,18 @@ def tensorboard_writer(module) -> Any | None:
 LrSchedule = Literal["constant", "cosine"]
 
 
+def check_lr_schedule(schedule: str) -> None:
+    """A clear ValueError for anything but ``'constant'`` or ``'cosine'`` (at construction, not at fit)."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
+
+
 def with_lr_schedule(optimizer: torch.optim.Optimizer, schedule: LrSchedule, trainer: Any | None) -> Any:
     """What ``configure_optimizers`` returns for ``schedule``: the bare optimizer (``'constant'``),
     or with a per-step cosine decay to 0 over the trainer's ``estimated_stepping_batches``
     (``'cosine'``, CLIP's; the weights settle at the end, so BatchNorm's running statistics, which
     evaluation uses, catch up with them)."""
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {schedule!r}")
+    check_lr_schedule(schedule)
     if schedule == "constant":
         return optimizer
     total = trainer.estimated_stepping_batches if trainer is not None else float("inf")
@@ -226,6 +231,7 @@ __all__ = [
     "ImageEncoderConfig",
     "ImageJudgeConfig",
     "LrSchedule",
+    "check_lr_schedule",
     "coerce",
     "datamodule_of",
     "plain",

@@ -52,6 +52,7 @@ from cmav.tasks.common import (
     ImageAugmentConfig,
     ImageEncoderConfig,
     LrSchedule,
+    check_lr_schedule,
     coerce,
     datamodule_of,
     plain,
@@ -206,8 +207,7 @@ class RetrievalTask(L.LightningModule):
         t = self.temp_config
         if not 0 < t.min <= t.init:
             raise ValueError(f"temperature must satisfy 0 < min <= init, got min={t.min}, init={t.init}")
-        if lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        check_lr_schedule(lr_schedule)
         if ignore_negatives not in ("none", "same_track", "same_class"):
             raise ValueError(f"ignore_negatives must be 'none', 'same_track' or 'same_class', got {ignore_negatives!r}")
         if self.dense_config.disentangle_weight > 0 and self.dense_config.n_heads != 2:
