@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import shutil
+import struct
 import sys
 from pathlib import Path
 
@@ -31,8 +32,9 @@ from cmav.features.augment import (
     shelf_peak_coefficients,
     time_stretch,
 )
+from cmav.evaluation.robustness import SameSourceError, check_independent
 from cmav.standin.build import MANIFEST
-from cmav.standin.soundfonts import TIMGM6MB, same_source, soundfont_record
+from cmav.standin.soundfonts import TIMGM6MB, same_source, sample_digests, shared_samples, soundfont_record
 
 SR = 22050
 EXPERIMENTS = Path(__file__).parents[1] / "experiments"
@@ -323,6 +325,46 @@ def test_same_source_rules(tmp_path):
     muse = soundfont_record(fake_font(tmp_path / "MuseScore_General.sf2", b"muse"))
     assert "MuseScore General reuses FluidR3" in same_source(fluid, muse)
     assert same_source(fluid, soundfont_record(fake_font(tmp_path / "TimGM6mb.sf2", b"tim"))) is None
+
+
+def write_sf2(path: Path, samples: dict[str, np.ndarray], name: str = "Test Bank") -> Path:
+    """A minimal SoundFont 2 file: an INFO list, the sample data and the sample headers (no presets,
+    which the sample comparison does not read)."""
+    def chunk(cid: bytes, data: bytes) -> bytes:
+        return cid + struct.pack("<I", len(data)) + data + b"\0" * (len(data) & 1)
+
+    pcm, headers, start = b"", b"", 0
+    for n, x in samples.items():
+        data = np.asarray(x, dtype="<i2").tobytes()
+        end = start + len(data) // 2
+        headers += struct.pack("<20sIIIIIBbHH", n.encode(), start, end, start, end, 22050, 60, 0, 0, 1)
+        pcm += data + b"\0" * 92  # the 46 zero frames the format asks after each sample
+        start = end + 46
+    headers += struct.pack("<20sIIIIIBbHH", b"EOS", 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    info = chunk(b"ifil", struct.pack("<HH", 2, 1)) + chunk(b"INAM", name.encode() + b"\0")
+    body = (b"sfbk" + chunk(b"LIST", b"INFO" + info) + chunk(b"LIST", b"sdta" + chunk(b"smpl", pcm))
+            + chunk(b"LIST", b"pdta" + chunk(b"shdr", headers)))  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+def test_fonts_sharing_a_sample_are_one_source_whatever_their_names(tmp_path):
+    rng = np.random.default_rng(0)
+    violin, flute, horn = (rng.integers(-2000, 2000, 500) for _ in range(3))
+    silence = np.zeros(500)
+    a = write_sf2(tmp_path / "BankA.sf2", {"Violin C4": violin, "Flute C5": flute, "Silence": silence})
+    b = write_sf2(tmp_path / "BankB.sf2", {"Fiddle": violin, "Horn": horn, "Quiet": silence})
+    c = write_sf2(tmp_path / "BankC.sf2", {"Horn": horn[:-1], "Clip": violin[:10], "Quiet": silence})
+    assert len(sample_digests(a)) == 2  # the silent sample is never compared
+    assert shared_samples(a, b) == ["Violin C4"]
+    reason = same_source(soundfont_record(a), soundfont_record(b))
+    assert reason and "1 of the 2 samples of BankA.sf2 are byte-identical" in reason and "'Violin C4'" in reason
+    # a trimmed sample, a 10-frame snippet and shared silence are no evidence of shared recordings
+    assert shared_samples(b, c) == [] and same_source(soundfont_record(b), soundfont_record(c)) is None
+    assert sample_digests(fake_font(tmp_path / "not_a_font.sf2", b"junk")) == {}
+    with pytest.raises(SameSourceError, match="BankA.sf2.*BankB.sf2.*byte-identical"):
+        check_independent(soundfont_record(a), soundfont_record(b))
 
 
 def _cli(words: list[str]) -> int:

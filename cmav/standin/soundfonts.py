@@ -5,13 +5,20 @@ training audio. Two fonts are the same source when they are the same file (same 
 real path) or when they belong to one *family* of fonts built from the same samples: MuseScore
 General (and FluidR3Mono) reuse FluidR3's recordings. TimGM6mb (Debian ``timgm6mb-soundfont``, Tim
 Brechbill's GM set shipped with MuseScore 1.x) is built from other recordings: cmav's evaluation font.
+
+Names are not enough: a font can reuse another's samples under any name. So when both files are
+SoundFont 2 files on disk, :func:`same_source` also compares their sample data, and two fonts that
+share any byte-identical sample (Debian's csound GM bank shares 323 of its 480 with TimGM6mb) are
+the same source. Re-encoded copies (sf3, resampled) are caught only by the family names.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +56,65 @@ def sf2_info(path: str | Path) -> dict[str, str]:
     return out
 
 
+MIN_SAMPLE_FRAMES = 64
+"""Samples shorter than this (or all zero) are ignored when fonts are compared: a few frames of
+silence or a one-cycle test tone match by chance."""
+
+
+def _riff_chunks(f, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(``LIST-type/id`` or ``id``, size, offset) of every leaf chunk from the file position to ``end``."""
+    while f.tell() + 8 <= end:
+        cid, size = struct.unpack("<4sI", f.read(8))
+        start = f.tell()
+        if cid == b"LIST":
+            kind = f.read(4)
+            for sub, n, off in _riff_chunks(f, min(start + size, end)):
+                yield kind + b"/" + sub, n, off
+        else:
+            yield cid, size, start
+        f.seek(start + size + (size & 1))
+
+
+@functools.lru_cache(maxsize=16)
+def _sample_digests(realpath: str, sha256: str) -> dict[str, str]:
+    # keyed by sha256 too, so a font rewritten in place is read again
+    with open(realpath, "rb") as f:
+        head = f.read(12)
+        if head[:4] != b"RIFF" or head[8:12] != b"sfbk":
+            return {}
+        total = struct.unpack("<I", head[4:8])[0] + 8
+        found = {cid: (size, off) for cid, size, off in _riff_chunks(f, total)}
+        if b"sdta/smpl" not in found or b"pdta/shdr" not in found:
+            return {}
+        size, off = found[b"sdta/smpl"]
+        f.seek(off)
+        pcm = f.read(size)
+        size, off = found[b"pdta/shdr"]
+        f.seek(off)
+        headers = f.read(size)
+    out: dict[str, str] = {}
+    for i in range(len(headers) // 46 - 1):  # 46-byte sample headers; the last is the terminal "EOS"
+        name, start, end = struct.unpack("<20sII", headers[i * 46 : i * 46 + 28])
+        data = pcm[2 * start : 2 * end]
+        if end - start < MIN_SAMPLE_FRAMES or not data.strip(b"\0"):
+            continue
+        out.setdefault(hashlib.sha1(data).hexdigest(), name.split(b"\0")[0].decode("latin1"))
+    return out
+
+
+def sample_digests(path: str | Path) -> dict[str, str]:
+    """sha1 of each sample's 16-bit PCM -> the sample's name, for a SoundFont 2 file; ``{}`` for
+    anything else (an sf3's compressed samples cannot be compared this way)."""
+    real = os.path.realpath(path)
+    return dict(_sample_digests(real, sha256_of(real)))
+
+
+def shared_samples(a: str | Path, b: str | Path) -> list[str]:
+    """Names (in ``a``) of the samples that fonts ``a`` and ``b`` share byte for byte."""
+    da, db = sample_digests(a), sample_digests(b)
+    return sorted(da[h] for h in set(da) & set(db))
+
+
 def sha256_of(path: str | Path, block: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -84,7 +150,8 @@ def describe(record: dict[str, Any]) -> str:
 
 
 def same_source(train: dict[str, Any], evaluation: dict[str, Any]) -> str | None:
-    """Why two font records are NOT independent sources, or None when they are."""
+    """Why two font records are NOT independent sources, or None when they are: the same file, one
+    family of fonts, or (both fonts on disk as sf2) byte-identical samples."""
     if train.get("sha256") and train.get("sha256") == evaluation.get("sha256"):
         return "they are the same file (same sha256)"
     if train.get("realpath") and train.get("realpath") == evaluation.get("realpath"):
@@ -96,8 +163,16 @@ def same_source(train: dict[str, Any], evaluation: dict[str, Any]) -> str | None
         if "musescore" in text:
             return f"MuseScore General reuses FluidR3's recordings: {names} share samples"
         return f"{names} both belong to the {fam_t} family of fonts, which share recordings"
+    paths = [r.get("realpath") or r.get("path") for r in (train, evaluation)]
+    if all(p and Path(p).is_file() for p in paths):
+        shared = shared_samples(*paths)
+        if shared:
+            n = len(sample_digests(paths[0]))
+            shown = ", ".join(repr(x) for x in shared[:3]) + (", ..." if len(shared) > 3 else "")
+            return (f"{train.get('name')} and {evaluation.get('name')} share recordings: {len(shared)} of the "
+                    f"{n} samples of {train.get('name')} are byte-identical in both ({shown})")  # fmt: skip
     return None
 
 
-__all__ = ["FONT_FAMILIES", "TIMGM6MB", "describe", "font_family", "same_source", "sf2_info", "sha256_of",
-           "soundfont_record"]  # fmt: skip
+__all__ = ["FONT_FAMILIES", "MIN_SAMPLE_FRAMES", "TIMGM6MB", "describe", "font_family", "sample_digests",
+           "same_source", "sf2_info", "sha256_of", "shared_samples", "soundfont_record"]  # fmt: skip
