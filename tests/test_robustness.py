@@ -138,10 +138,33 @@ def test_specaugment_masks_bands_and_frames_with_the_example_mean():
     assert torch.equal(zero.features(feats), feats)
 
 
+def test_freq_mixstyle_mixes_each_bins_statistics_with_another_example_and_keeps_the_rest():
+    torch.manual_seed(0)
+    colour = torch.linspace(-20, 20, 64).view(1, 1, 64, 1)
+    feats = torch.randn(6, 1, 64, 44) * torch.rand(6, 1, 64, 1).add(0.5) + colour * torch.arange(-3, 3).view(6, 1, 1, 1)
+    out = AudioAugment({"mixstyle": {"p": 1.0, "alpha": 0.4}}).features(feats)
+    assert out.shape == feats.shape and out.dtype == feats.dtype and torch.isfinite(out).all()
+    assert not torch.allclose(out, feats, atol=1e-3)
+
+    def z(x):  # what plays: each bin's course over time, its mean and sd removed
+        return (x - x.mean(dim=(1, 3), keepdim=True)) / (x.var(dim=(1, 3), keepdim=True) + 1e-6).sqrt()
+
+    assert torch.allclose(z(out), z(feats), atol=1e-3)
+    # each example's new bin means lie between its own and those of one other example of the batch
+    mu, new = feats.mean(dim=(1, 3)), out.mean(dim=(1, 3))
+    for i in range(6):
+        between = [((new[i] - mu[i]) * (new[i] - mu[j]) <= 1e-3).all() for j in range(6) if j != i]
+        assert any(between) or torch.allclose(new[i], mu[i], atol=1e-3)
+    for off in ({"p": 1.0, "strength": 0.0}, {"p": 0.0}):
+        assert torch.equal(AudioAugment({"mixstyle": off}).features(feats), feats)
+    with pytest.raises(ValueError, match="mixstyle needs alpha > 0"):
+        audio_augment_config({"mixstyle": {"p": 0.5, "alpha": 0.0}})
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_every_op_runs_on_cuda():
     x = tone().cuda()
-    aug = AudioAugment({**ON, "mask": {"p": 1.0}})
+    aug = AudioAugment({**ON, "mask": {"p": 1.0}, "mixstyle": {"p": 1.0}})
     y = aug.waveform(x, SR)
     assert y.device == x.device and y.shape == x.shape
     assert aug.features(build_front_end(None).cuda()(y, SR)).device == x.device

@@ -1,6 +1,6 @@
 """Training-time audio augmentation: waveform ops at the chunk rate, then SpecAugment on the features.
 
-Seven groups, each a frozen dataclass with a per-example probability ``p`` (0 = off, the default)
+Eight groups, each a frozen dataclass with a per-example probability ``p`` (0 = off, the default)
 and a strength whose zero value is the identity:
 
 ==========  ==================================================================  =================
@@ -23,6 +23,11 @@ mask        SpecAugment on the front end's output: ``n_freq`` frequency masks   
             up to ``freq_width`` bins and ``n_time`` time masks up to           ``time_width=0``
             ``time_width`` frames (torchaudio's masking), filled with the
             example's mean
+mixstyle    Freq-MixStyle (Schmid et al. 2022) on the front end's output: each  ``strength=0``
+            frequency bin's mean and sd over channels and time are mixed with
+            those of another example of the batch (weight of the other
+            ``strength * (1 - λ)``, λ ~ Beta(``alpha``, ``alpha``)): the
+            recording's spectral colour moves, what plays in it stays
 ==========  ==================================================================  =================
 
 Every waveform op keeps the batch's shape, dtype, device and sample rate (no op changes the number
@@ -122,8 +127,18 @@ class MaskAugment:
     n_time: int = 2
 
 
+@dataclass(frozen=True)
+class MixStyleAugment:
+    """Freq-MixStyle: per-frequency statistics mixed with another example's (see the table above)."""
+
+    p: float = 0.0
+    alpha: float = 0.4
+    strength: float = 1.0
+    eps: float = 1e-6
+
+
 WAVEFORM_GROUPS = ("gain", "eq", "reverb", "noise", "pitch", "stretch")
-"""Groups applied to the waveform, in this order (SpecAugment, ``mask``, comes after the front end)."""
+"""Groups applied to the waveform, in this order (``mask`` and then ``mixstyle`` come after the front end)."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +152,7 @@ class AudioAugmentConfig:
     pitch: PitchAugment = field(default_factory=PitchAugment)
     stretch: StretchAugment = field(default_factory=StretchAugment)
     mask: MaskAugment = field(default_factory=MaskAugment)
+    mixstyle: MixStyleAugment = field(default_factory=MixStyleAugment)
 
     @property
     def enabled_groups(self) -> list[str]:
@@ -181,6 +197,10 @@ def audio_augment_config(value: Any = None) -> AudioAugmentConfig:
     for name, g in out.items():
         if not 0.0 <= g.p <= 1.0:
             raise ValueError(f"audio augmentation {name}.p must be in [0, 1], got {g.p}")
+    mix = out.get("mixstyle")
+    if mix is not None and (mix.alpha <= 0 or not 0.0 <= mix.strength <= 1.0):
+        raise ValueError(f"audio augmentation mixstyle needs alpha > 0 and strength in [0, 1], "
+                         f"got alpha={mix.alpha}, strength={mix.strength}")  # fmt: skip
     return AudioAugmentConfig(**out)
 
 
@@ -365,6 +385,10 @@ class AudioAugment(nn.Module):
         return x.reshape(shape)
 
     def features(self, feats: Tensor) -> Tensor:
+        """The feature groups on ``(B, C, H, W)`` front-end output: SpecAugment, then Freq-MixStyle."""
+        return self.mixstyle(self.mask(feats))
+
+    def mask(self, feats: Tensor) -> Tensor:
         """SpecAugment masks on ``(B, C, H, W)`` features, filled with each example's mean."""
         c = self.config.mask
         if c.p <= 0 or (c.freq_width == 0 and c.time_width == 0):
@@ -378,6 +402,22 @@ class AudioAugment(nn.Module):
         keep[off] = 1.0
         fill = feats.mean(dim=(1, 2, 3), keepdim=True)
         return feats * keep + fill * (1 - keep)
+
+    def mixstyle(self, feats: Tensor) -> Tensor:
+        """Freq-MixStyle on ``(B, C, H, W)``: every chosen example's per-bin (H) mean and sd over
+        (C, W) become a mix of its own and a random other example's; the rest is untouched."""
+        c = self.config.mixstyle
+        if c.p <= 0 or c.strength <= 0 or len(feats) < 2:
+            return feats
+        n = len(feats)
+        mu = feats.mean(dim=(1, 3), keepdim=True)
+        sd = (feats.var(dim=(1, 3), keepdim=True) + c.eps).sqrt()
+        lam = torch.distributions.Beta(c.alpha, c.alpha).sample((n, 1, 1, 1)).to(feats)
+        other = c.strength * (1.0 - lam)
+        perm = torch.randperm(n, device=feats.device)
+        mixed = (feats - mu) / sd * (sd + other * (sd[perm] - sd)) + mu + other * (mu[perm] - mu)
+        chosen = _chosen(n, c.p, feats).view(n, 1, 1, 1)
+        return torch.where(chosen, mixed, feats)
 
     def forward(self, wave: Tensor, sample_rate: int) -> Tensor:
         return self.waveform(wave, sample_rate)
@@ -418,6 +458,7 @@ __all__ = [
     "EqAugment",
     "GainAugment",
     "MaskAugment",
+    "MixStyleAugment",
     "NoiseAugment",
     "PitchAugment",
     "ReverbAugment",
