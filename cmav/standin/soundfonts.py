@@ -18,7 +18,7 @@ import functools
 import hashlib
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,34 +31,6 @@ FONT_FAMILIES: dict[str, tuple[str, ...]] = {
     "TimGM6mb": ("timgm6mb",),
 }
 """Fonts that share recordings. MuseScore General and FluidR3Mono are derived from FluidR3."""
-
-
-def sf2_info(path: str | Path) -> dict[str, str]:
-    """The INFO fields of a SoundFont 2 file (``INAM``: bank name, ``ICOP``, ``IENG`` ...); ``{}``
-    for a file that is not an sf2 (an sf3 or anything else)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(12)
-            if head[:4] != b"RIFF" or head[8:12] != b"sfbk":
-                return {}
-            cid, size = struct.unpack("<4sI", f.read(8))
-            if cid != b"LIST" or f.read(4) != b"INFO":
-                return {}
-            data = f.read(min(size - 4, 1 << 16))
-    except (OSError, struct.error):
-        return {}
-    out, i = {}, 0
-    while i + 8 <= len(data):
-        key, n = struct.unpack("<4sI", data[i : i + 8])
-        if key != b"ifil":
-            out[key.decode("latin1")] = data[i + 8 : i + 8 + n].split(b"\0")[0].decode("latin1")
-        i += 8 + n + (n & 1)
-    return out
-
-
-MIN_SAMPLE_FRAMES = 64
-"""Samples shorter than this (or all zero) are ignored when fonts are compared: a few frames of
-silence or a one-cycle test tone match by chance."""
 
 
 def _riff_chunks(f, end: int) -> Iterator[tuple[bytes, int, int]]:
@@ -75,23 +47,44 @@ def _riff_chunks(f, end: int) -> Iterator[tuple[bytes, int, int]]:
         f.seek(start + size + (size & 1))
 
 
+def _read_sf2(path: str | Path, wanted: Callable[[bytes], bool]) -> dict[bytes, bytes]:
+    """The contents of the leaf chunks of a SoundFont 2 file whose id passes ``wanted`` (ids as
+    ``LIST-type/id``: ``INFO/INAM``, ``sdta/smpl`` ...); ``{}`` for a file that is not an sf2."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if head[:4] != b"RIFF" or head[8:12] != b"sfbk":
+                return {}
+            total = struct.unpack("<I", head[4:8])[0] + 8
+            found = [(cid, size, off) for cid, size, off in _riff_chunks(f, total) if wanted(cid)]
+            out = {}
+            for cid, size, off in found:
+                f.seek(off)
+                out[cid] = f.read(size)
+            return out
+    except (OSError, struct.error):
+        return {}
+
+
+def sf2_info(path: str | Path) -> dict[str, str]:
+    """The INFO fields of a SoundFont 2 file (``INAM``: bank name, ``ICOP``, ``IENG`` ...); ``{}``
+    for a file that is not an sf2 (an sf3 or anything else)."""
+    fields = _read_sf2(path, lambda cid: cid.startswith(b"INFO/") and cid != b"INFO/ifil")
+    return {cid[5:].decode("latin1"): data.split(b"\0")[0].decode("latin1") for cid, data in fields.items()}
+
+
+MIN_SAMPLE_FRAMES = 64
+"""Samples shorter than this (or all zero) are ignored when fonts are compared: a few frames of
+silence or a one-cycle test tone match by chance."""
+
+
 @functools.lru_cache(maxsize=16)
-def _sample_digests(realpath: str, sha256: str) -> dict[str, str]:
-    # keyed by sha256 too, so a font rewritten in place is read again
-    with open(realpath, "rb") as f:
-        head = f.read(12)
-        if head[:4] != b"RIFF" or head[8:12] != b"sfbk":
-            return {}
-        total = struct.unpack("<I", head[4:8])[0] + 8
-        found = {cid: (size, off) for cid, size, off in _riff_chunks(f, total)}
-        if b"sdta/smpl" not in found or b"pdta/shdr" not in found:
-            return {}
-        size, off = found[b"sdta/smpl"]
-        f.seek(off)
-        pcm = f.read(size)
-        size, off = found[b"pdta/shdr"]
-        f.seek(off)
-        headers = f.read(size)
+def _sample_digests(realpath: str, mtime_ns: int, size: int) -> dict[str, str]:
+    # keyed by modification time and size too, so a font rewritten in place is read again
+    chunks = _read_sf2(realpath, lambda cid: cid in (b"sdta/smpl", b"pdta/shdr"))
+    if len(chunks) != 2:
+        return {}
+    pcm, headers = chunks[b"sdta/smpl"], chunks[b"pdta/shdr"]
     out: dict[str, str] = {}
     for i in range(len(headers) // 46 - 1):  # 46-byte sample headers; the last is the terminal "EOS"
         name, start, end = struct.unpack("<20sII", headers[i * 46 : i * 46 + 28])
@@ -106,13 +99,17 @@ def sample_digests(path: str | Path) -> dict[str, str]:
     """sha1 of each sample's 16-bit PCM -> the sample's name, for a SoundFont 2 file; ``{}`` for
     anything else (an sf3's compressed samples cannot be compared this way)."""
     real = os.path.realpath(path)
-    return dict(_sample_digests(real, sha256_of(real)))
+    st = os.stat(real)
+    return dict(_sample_digests(real, st.st_mtime_ns, st.st_size))
+
+
+def _shared(da: dict[str, str], db: dict[str, str]) -> list[str]:
+    return sorted(da[h] for h in da.keys() & db.keys())
 
 
 def shared_samples(a: str | Path, b: str | Path) -> list[str]:
     """Names (in ``a``) of the samples that fonts ``a`` and ``b`` share byte for byte."""
-    da, db = sample_digests(a), sample_digests(b)
-    return sorted(da[h] for h in set(da) & set(db))
+    return _shared(sample_digests(a), sample_digests(b))
 
 
 def sha256_of(path: str | Path, block: int = 1 << 20) -> str:
@@ -165,9 +162,10 @@ def same_source(train: dict[str, Any], evaluation: dict[str, Any]) -> str | None
         return f"{names} both belong to the {fam_t} family of fonts, which share recordings"
     paths = [r.get("realpath") or r.get("path") for r in (train, evaluation)]
     if all(p and Path(p).is_file() for p in paths):
-        shared = shared_samples(*paths)
+        digests = [sample_digests(p) for p in paths]
+        shared = _shared(*digests)
         if shared:
-            n = len(sample_digests(paths[0]))
+            n = len(digests[0])
             shown = ", ".join(repr(x) for x in shared[:3]) + (", ..." if len(shared) > 3 else "")
             return (f"{train.get('name')} and {evaluation.get('name')} share recordings: {len(shared)} of the "
                     f"{n} samples of {train.get('name')} are byte-identical in both ({shown})")  # fmt: skip
