@@ -34,7 +34,7 @@ from cmav.features.augment import (
 )
 from cmav.evaluation.robustness import SameSourceError, check_independent
 from cmav.standin.build import MANIFEST
-from cmav.standin.soundfonts import TIMGM6MB, same_source, sample_digests, shared_samples, soundfont_record
+from cmav.standin.soundfonts import TIMGM6MB, same_source, sample_digests, sf2_info, shared_samples, soundfont_record
 
 SR = 22050
 EXPERIMENTS = Path(__file__).parents[1] / "experiments"
@@ -380,12 +380,14 @@ def test_fonts_sharing_a_sample_are_one_source_whatever_their_names(tmp_path):
     b = write_sf2(tmp_path / "BankB.sf2", {"Fiddle": violin, "Horn": horn, "Quiet": silence})
     c = write_sf2(tmp_path / "BankC.sf2", {"Horn": horn[:-1], "Clip": violin[:10], "Quiet": silence})
     assert len(sample_digests(a)) == 2  # the silent sample is never compared
+    assert sf2_info(a) == {"INAM": "Test Bank"} and soundfont_record(a)["inam"] == "Test Bank"  # the INFO list
     assert shared_samples(a, b) == ["Violin C4"]
     reason = same_source(soundfont_record(a), soundfont_record(b))
     assert reason and "1 of the 2 samples of BankA.sf2 are byte-identical" in reason and "'Violin C4'" in reason
     # a trimmed sample, a 10-frame snippet and shared silence are no evidence of shared recordings
     assert shared_samples(b, c) == [] and same_source(soundfont_record(b), soundfont_record(c)) is None
-    assert sample_digests(fake_font(tmp_path / "not_a_font.sf2", b"junk")) == {}
+    junk = fake_font(tmp_path / "not_a_font.sf2", b"junk")
+    assert sample_digests(junk) == {} and sf2_info(junk) == {}
     with pytest.raises(SameSourceError, match="BankA.sf2.*BankB.sf2.*byte-identical"):
         check_independent(soundfont_record(a), soundfont_record(b))
 
