@@ -154,6 +154,47 @@ def test_generate_writes_a_png_from_a_wav(s2i_ckpt, tmp_path, capsys):
     assert "not a readable audio file" in capsys.readouterr().err
 
 
+def test_judged_accuracy_monitor_logs_what_evaluate_s2i_measures_and_keeps_the_best_epoch(dm, judges, tmp_path):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from cmav.evaluation import JudgedAccuracyMonitor
+    from cmav.tasks import S2ITask
+
+    image, player = judges
+    L.seed_everything(0, verbose=False)
+    task = S2ITask(variant="s2i_c", encoder_mode="scratch", image_size=SIZE, sample_every_n_steps=0,
+                   encoder={"base_channels": 8, "max_channels": 32, "feature_dim": 32},
+                   generator={"base_channels": 8, "max_channels": 32, "cond_proj_dim": 16},
+                   discriminator={"base_channels": 8, "max_channels": 32, "cond_proj_dim": 16})  # fmt: skip
+    monitor = JudgedAccuracyMonitor(str(image), every_n_epochs=2)
+    best = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/judged_acc", mode="max", every_n_epochs=2,
+                           save_top_k=1)  # fmt: skip
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=3, limit_train_batches=2, limit_val_batches=1,
+                        num_sanity_val_steps=0, logger=False, callbacks=[monitor, best], enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(tmp_path))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(task, datamodule=dm)
+    # epoch 2 (every_n_epochs) and epoch 3 (the last)
+    assert [h["epoch"] for h in monitor.history] == [1, 2]
+    assert trainer.callback_metrics["val/judged_acc"].item() == pytest.approx(monitor.history[-1]["judged_acc"])
+    m = evaluate_s2i(task, dm, image, None, n_diversity_draws=2)  # the same number, after training
+    assert monitor.history[-1]["judged_acc"] == pytest.approx(m["judged"]["accuracy"])
+    assert monitor.history[-1]["judge_on_real"] == pytest.approx(m["judge_on_real"]["accuracy"])
+    assert best.best_model_score.item() == pytest.approx(monitor.history[0]["judged_acc"])  # scored at epoch 2 only
+    assert all(not isinstance(v, torch.nn.Module) or "judge" not in k for k, v in task.named_children())
+
+    # a player judge (target='track') or a sound classifier is not an image judge of the instrument
+    bad = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1, logger=False,
+                    callbacks=[JudgedAccuracyMonitor(str(player))], enable_progress_bar=False,
+                    enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"player\.ckpt.*target='track'"):
+        bad.fit(task, datamodule=dm)
+    with pytest.raises(FileNotFoundError, match="nothing.ckpt"):
+        JudgedAccuracyMonitor(str(tmp_path / "nothing.ckpt")).setup(bad, task, "fit")
+
+
 def test_bench_reports_both_paths(data):
     from cmav.bench.s2i import bench_s2i
 

@@ -300,3 +300,23 @@ def test_quick_i2s_grid_writes_the_same_outputs_as_s2i(data, tmp_path):
         assert rate == 22050 and wave.shape == (11025,)
     assert Image.open(out / "samples.png").size[0] > 96 * 5
     assert r["rows"][0]["n_seeds"] == 1
+
+
+def test_judged_accuracy_monitor_scores_an_i2s_generator_with_the_audio_judge(data, audio_judge, image_classifier):
+    from cmav.evaluation import JudgedAccuracyMonitor, evaluate_i2s
+
+    L.seed_everything(0, verbose=False)
+    model = i2s("i2s_c")
+    monitor = JudgedAccuracyMonitor(audio_judge, every_n_epochs=1)
+    tr = trainer(max_epochs=1, limit_train_batches=2, callbacks=[monitor])
+    dm = dm_of(data)
+    tr.fit(model, dm)
+    assert len(monitor.history) == 1
+    m = evaluate_i2s(model, dm, audio_judge, n_diversity_draws=2, diversity_per_class=1, griffin_lim_iters=2)
+    assert monitor.history[0]["judged_acc"] == pytest.approx(m["judged"]["accuracy"])
+    assert monitor.history[0]["judge_on_real"] == pytest.approx(m["judge_on_real"]["accuracy"])
+    assert m["judge_on_real"]["accuracy"] >= 0.9  # the ceiling is the judge on real LMS, not on frames
+    # an image classifier does not judge spectrograms: refused at the start of fitting, naming the file
+    tr = trainer(max_epochs=1, limit_train_batches=1, callbacks=[JudgedAccuracyMonitor(image_classifier)])
+    with pytest.raises(ValueError, match=r"image_classifier\.ckpt.*audio classifier"):
+        tr.fit(i2s("i2s_c"), dm_of(data))

@@ -494,6 +494,22 @@ def test_experiment_configs_parse_and_repeat_the_python_defaults(name, capsys, m
         assert args["optimizer"] == plain(inspect.signature(ClassifierTask).parameters["optimizer"].default)
 
 
+def test_the_judged_accuracy_monitor_is_added_from_the_command_line(capsys, monkeypatch):
+    # the README's form: appended to the YAML's callbacks, the ModelCheckpoint kept
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+    with pytest.raises(SystemExit) as exc:
+        cmav_main(["fit", "--config", str(EXPERIMENTS / "s2i_c.yaml"),
+                   "--trainer.callbacks+=cmav.evaluation.JudgedAccuracyMonitor",
+                   "--trainer.callbacks.judge_ckpt=runs/image_judge/checkpoints/last.ckpt",
+                   "--trainer.callbacks.every_n_epochs=3", "--print_config"])  # fmt: skip
+    assert exc.value.code in (0, None)
+    callbacks = yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]
+    assert [c["class_path"] for c in callbacks] == ["lightning.pytorch.callbacks.ModelCheckpoint",
+                                                    "cmav.evaluation.JudgedAccuracyMonitor"]  # fmt: skip
+    assert callbacks[1]["init_args"]["judge_ckpt"] == "runs/image_judge/checkpoints/last.ckpt"
+    assert callbacks[1]["init_args"]["every_n_epochs"] == 3
+
+
 def test_option_groups_mirror_the_model_defaults():
     pairs = [(AudioEncoderConfig, AudioEncoder), (ImageJudgeConfig, ImageJudge),
              (GeneratorConfig, ConditionalGenerator), (DiscriminatorConfig, PairAwareDiscriminator)]  # fmt: skip

@@ -1,0 +1,133 @@
+"""Judged accuracy while a generator trains: a Lightning callback.
+
+The figure a cross-modal generator is judged by (one output per validation item under fixed noise,
+classified by a frozen judge; :mod:`cmav.evaluation.paired`) is otherwise only known after training.
+:class:`JudgedAccuracyMonitor` computes the same number every ``every_n_epochs`` validation epochs
+and logs it as ``val/judged_acc`` (with the judge on the real items, its ceiling, as
+``val/judge_on_real``), so TensorBoard shows the learning curve against steps and wall time and a
+``ModelCheckpoint(monitor="val/judged_acc", mode="max")`` keeps the best epoch by it::
+
+    cmav fit --config experiments/s2i_c.yaml \\
+        --trainer.callbacks+=cmav.evaluation.JudgedAccuracyMonitor \\
+        --trainer.callbacks.judge_ckpt runs/image_judge/checkpoints/last.ckpt
+
+S2I tasks take an image judge, I2S tasks an audio judge. The judge is loaded onto the task's device
+at the start of fitting and is never part of the task (nor of its checkpoints): it only scores.
+Under DDP every process scores the whole validation split (the result is identical on each), so
+the logged value needs no synchronisation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from cmav.evaluation.paired import generate_outputs
+from cmav.metrics import judged_accuracy
+
+
+class JudgedAccuracyMonitor(L.Callback):
+    """Log the EMA generator's judged accuracy on the validation split during training.
+
+    Args:
+        judge_ckpt: a :class:`~cmav.tasks.ClassifierTask` checkpoint trained on REAL data of the
+            generator's output modality (an image judge for S2I, a sound classifier for I2S).
+        every_n_epochs: score after every n-th validation epoch (and after the last one).
+        seed: the fixed noise of the generated items (the same draw at every epoch, so the curve
+            shows the generator changing, not the noise).
+        batch_size: generation and judging batch.
+    """
+
+    def __init__(self, judge_ckpt: str, every_n_epochs: int = 5, seed: int = 0, batch_size: int = 64) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.judge_ckpt = str(judge_ckpt)
+        self.every_n_epochs = int(every_n_epochs)
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self._judge: Any = None
+        self._ceiling: float | None = None
+        self.history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ set-up
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        from cmav.tasks.classifier import ClassifierTask, load_classifier
+        from cmav.tasks.i2s import I2STask
+        from cmav.tasks.s2i import S2ITask
+
+        if not isinstance(pl_module, (S2ITask, I2STask)):
+            raise TypeError(f"JudgedAccuracyMonitor scores S2I or I2S generators, not a {type(pl_module).__name__}")
+        path = Path(self.judge_ckpt)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: judge checkpoint not found (JudgedAccuracyMonitor.judge_ckpt)")
+        judge = load_classifier(path)
+        want = "image" if isinstance(pl_module, S2ITask) else "audio"
+        if not isinstance(judge, ClassifierTask) or judge.hparams.modality != want or judge.hparams.target != "label":
+            raise ValueError(f"{path}: {type(pl_module).__name__} is judged by a {want} classifier of the instrument "
+                             f"(ClassifierTask modality={want!r}, target='label'); this checkpoint is "
+                             f"modality={judge.hparams.modality!r}, target={judge.hparams.target!r}")  # fmt: skip
+        self._judge = judge.eval().requires_grad_(False)
+        self._ceiling = None
+        if trainer.limit_val_batches == 0:
+            rank_zero_warn("JudgedAccuracyMonitor scores after validation epochs, and validation is off "
+                           "(limit_val_batches=0): val/judged_acc will not be logged")  # fmt: skip
+
+    def _split(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+        """(conditions, real outputs, labels, class names) of the validation split."""
+        from cmav.tasks.s2i import S2ITask
+
+        dm = trainer.datamodule
+        if dm is None or getattr(dm, "val", None) is None:
+            raise RuntimeError("JudgedAccuracyMonitor needs an AudioVisualDataModule with a validation split")
+        names = list(self._judge.hparams.class_names)
+        if names != list(dm.class_names):
+            raise ValueError(f"{self.judge_ckpt}: the judge's classes {names} differ from the data's {dm.class_names}")
+        t = dm.val.tensors
+        frames = t.images.float().div(127.5).sub(1.0)
+        audio = t.audio.float()
+        if isinstance(pl_module, S2ITask):
+            return audio, frames, t.labels.long(), names
+        return frames, audio, t.labels.long(), names
+
+    # ------------------------------------------------------------------ scoring
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        if trainer.sanity_checking:
+            return False
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch >= trainer.max_epochs
+        return epoch % self.every_n_epochs == 0 or last
+
+    @torch.no_grad()
+    def score(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """Judged accuracy (and the judge's ceiling) of ``pl_module`` now, on the validation split."""
+        def fn(condition: Tensor, z: Tensor) -> Tensor:
+            return pl_module.generate(condition, z, use_ema=True).float().cpu()
+
+        conditions, real, labels, names = self._split(trainer, pl_module)
+        self._judge.to(pl_module.device)
+        fake = generate_outputs(fn, conditions, pl_module.z_dim, seed=self.seed, batch_size=self.batch_size)
+        judged = judged_accuracy(self._judge, fake, labels, names, batch_size=self.batch_size)
+        if self._ceiling is None:
+            self._ceiling = judged_accuracy(self._judge, real, labels, names, batch_size=self.batch_size).accuracy
+        return {"judged_acc": float(judged.accuracy), "judged_balanced_acc": float(judged.balanced_accuracy),
+                "judge_on_real": float(self._ceiling)}  # fmt: skip
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._judge is None or not self._due(trainer):
+            return
+        scores = self.score(trainer, pl_module)
+        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **scores})
+        for key, value in scores.items():
+            pl_module.log(f"val/{key}", value, on_step=False, on_epoch=True, sync_dist=False)
+
+
+__all__ = ["JudgedAccuracyMonitor"]
