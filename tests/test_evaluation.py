@@ -178,6 +178,7 @@ def test_judged_accuracy_monitor_logs_what_evaluate_s2i_measures_and_keeps_the_b
         trainer.fit(task, datamodule=dm)
     # epoch 2 (every_n_epochs) and epoch 3 (the last)
     assert [h["epoch"] for h in monitor.history] == [1, 2]
+    assert 0 < monitor.history[0]["time_s"] < monitor.history[1]["time_s"]
     assert trainer.callback_metrics["val/judged_acc"].item() == pytest.approx(monitor.history[-1]["judged_acc"])
     m = evaluate_s2i(task, dm, image, None, n_diversity_draws=2)  # the same number, after training
     assert monitor.history[-1]["judged_acc"] == pytest.approx(m["judged"]["accuracy"])

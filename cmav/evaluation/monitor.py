@@ -4,7 +4,7 @@ The figure a cross-modal generator is judged by (one output per validation item 
 classified by a frozen judge; :mod:`cmav.evaluation.paired`) is otherwise only known after training.
 :class:`JudgedAccuracyMonitor` computes the same number every ``every_n_epochs`` validation epochs
 and logs it as ``val/judged_acc`` (with the judge on the real items, its ceiling, as
-``val/judge_on_real``), so TensorBoard shows the learning curve against steps and wall time and a
+``val/judge_on_real``; ``history`` also keeps the training seconds so far, scoring excluded), so TensorBoard shows the learning curve against steps and wall time and a
 ``ModelCheckpoint(monitor="val/judged_acc", mode="max")`` keeps the best epoch by it::
 
     cmav fit --config experiments/s2i_c.yaml \\
@@ -19,6 +19,7 @@ the logged value needs no synchronisation.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ class JudgedAccuracyMonitor(L.Callback):
         self.batch_size = int(batch_size)
         self._judge: Any = None
         self._ceiling: float | None = None
+        self._start: float | None = None
         self.history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ set-up
@@ -121,11 +123,19 @@ class JudgedAccuracyMonitor(L.Callback):
         return {"judged_acc": float(judged.accuracy), "judged_balanced_acc": float(judged.balanced_accuracy),
                 "judge_on_real": float(self._ceiling)}  # fmt: skip
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._judge is None or not self._due(trainer):
             return
+        # training time so far, without this scoring: "best judged accuracy after how long"
+        elapsed = time.perf_counter() - self._start if self._start is not None else float("nan")
+        t0 = time.perf_counter()
         scores = self.score(trainer, pl_module)
-        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **scores})
+        if self._start is not None:
+            self._start += time.perf_counter() - t0
+        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "time_s": elapsed, **scores})
         for key, value in scores.items():
             pl_module.log(f"val/{key}", value, on_step=False, on_epoch=True, sync_dist=False)
 
