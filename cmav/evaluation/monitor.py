@@ -4,8 +4,9 @@ The figure a cross-modal generator is judged by (one output per validation item 
 classified by a frozen judge; :mod:`cmav.evaluation.paired`) is otherwise only known after training.
 :class:`JudgedAccuracyMonitor` computes the same number every ``every_n_epochs`` validation epochs
 and logs it as ``val/judged_acc`` (with the judge on the real items, its ceiling, as
-``val/judge_on_real``; ``history`` also keeps the training seconds so far, scoring excluded), so TensorBoard shows the learning curve against steps and wall time and a
-``ModelCheckpoint(monitor="val/judged_acc", mode="max")`` keeps the best epoch by it::
+``val/judge_on_real``), so TensorBoard shows the learning curve against steps and wall time and a
+``ModelCheckpoint(monitor="val/judged_acc", mode="max")`` keeps the best epoch by it. ``history``
+holds every score with the training seconds so far (scoring excluded)::
 
     cmav fit --config experiments/s2i_c.yaml \\
         --trainer.callbacks+=cmav.evaluation.JudgedAccuracyMonitor \\
