@@ -16,12 +16,14 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 import torchaudio
 import yaml
 from fixtures import make_suburmp
 
 from cmav.data.datamodule import AudioVisualDataModule
+from cmav.data.errors import DataError
 from cmav.features import build_front_end
 from cmav.features.augment import (
     WAVEFORM_GROUPS,
@@ -319,6 +321,69 @@ def test_build_records_the_soundfont_and_cli_takes_soundfont(tmp_path, monkeypat
     assert json.loads((tmp_path / "m" / MANIFEST).read_text())["soundfont"]["path"] == str(TIMGM6MB)
     assert main(["data", "build", "--root", str(tmp_path / "x"), "--soundfont", str(tmp_path / "none.sf2")]) == 2
     assert "none.sf2" in capsys.readouterr().err
+
+
+FLUIDR3 = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+
+
+@pytest.mark.skipif(not HAVE_FLUIDSYNTH or not TIMGM6MB.is_file(), reason="needs fluidsynth and timgm6mb-soundfont")
+def test_several_fonts_take_turns_along_a_track_each_chunk_whole_from_one(tmp_path):
+    from cmav.standin.build import TrackJob, build_track
+
+    def job(name: str, fonts) -> TrackJob:
+        return TrackJob(str(tmp_path / name), "train", "oboe", 0, 12, 0, fonts, 64, 90, font_segment_s=0.4,
+                        font_offset=1)  # fmt: skip
+
+    build_track(job("both", (str(FLUIDR3), str(TIMGM6MB))))
+    build_track(job("fluid", str(FLUIDR3)))
+    build_track(job("timgm", str(TIMGM6MB)))
+    owner = json.loads((tmp_path / "both/.cmav_build/train/oboe00.done").read_text())["fonts"]
+    # chunk k is centred at 0.25 + 0.1 k s: segments of 0.4 s, the turn starting at font 1
+    assert owner == [(int((0.25 + 0.1 * k) // 0.4) + 1) % 2 for k in range(12)] and set(owner) == {0, 1}
+    for k, font in enumerate(owner):
+        wav, jpg = f"chunk/train/oboe/oboe00_{500 + 100 * k}.wav", f"img/train/oboe/oboe00_{500 + 100 * k}.jpg"
+        single = tmp_path / ("fluid", "timgm")[font]
+        # the chunk is that font's render of the same melody, levelled as a one-font build levels it
+        assert (tmp_path / "both" / wav).read_bytes() == (single / wav).read_bytes(), k
+        assert (tmp_path / "both" / jpg).read_bytes() == (tmp_path / "fluid" / jpg).read_bytes()  # frames: no font
+    a, b = (sf.read(tmp_path / d / "chunk/train/oboe/oboe00_500.wav")[0] for d in ("fluid", "timgm"))
+    assert not np.allclose(a, b, atol=1e-3)  # two fonts really sound different
+
+
+@pytest.mark.skipif(not HAVE_FLUIDSYNTH or not TIMGM6MB.is_file(), reason="needs fluidsynth and timgm6mb-soundfont")
+def test_a_several_font_build_records_every_font_and_none_may_be_the_evaluation_source(tmp_path, monkeypatch, capsys):
+    from cmav.cli.main import main
+    from cmav.evaluation.robustness import data_soundfont
+    from cmav.standin import build
+
+    monkeypatch.setitem(build.PRESETS, "micro", build.Preset("micro", 1, 1, 1, 1, frame_size=32))
+    manifest = build.build_standin(tmp_path / "m", preset="micro", soundfont=[FLUIDR3, TIMGM6MB], progress=False,
+                                   workers=1, font_segment_s=2.0)  # fmt: skip
+    assert manifest["params"]["soundfont"] == ["FluidR3_GM.sf2", "TimGM6mb.sf2"]
+    assert manifest["params"]["font_segment_s"] == 2.0
+    record = data_soundfont(tmp_path / "m")
+    assert record["name"] == "FluidR3_GM.sf2 + TimGM6mb.sf2"
+    assert [f["sha256"] for f in record["fonts"]] == [soundfont_record(f)["sha256"] for f in (FLUIDR3, TIMGM6MB)]
+    # trained on both: neither is an independent evaluation source, a third font is
+    for font in (FLUIDR3, TIMGM6MB):
+        with pytest.raises(SameSourceError, match=f"{font.name}.*same file"):
+            check_independent(record, soundfont_record(font))
+    rng = np.random.default_rng(1)
+    other = write_sf2(tmp_path / "Other.sf2", {"Oboe": rng.integers(-2000, 2000, 500)})
+    check_independent(record, soundfont_record(other))
+    assert data_soundfont(tmp_path / "m", TIMGM6MB) is not None  # one of its fonts, as given
+    with pytest.raises(DataError, match="not from the font given"):
+        data_soundfont(tmp_path / "m", other)
+    # the same build again is a no-op; another order of fonts is another build
+    assert build.build_standin(tmp_path / "m", preset="micro", soundfont=[FLUIDR3, TIMGM6MB], progress=False,
+                               font_segment_s=2.0)["complete"]  # fmt: skip
+    with pytest.raises(DataError, match="already holds"):
+        build.build_standin(tmp_path / "m", preset="micro", soundfont=[TIMGM6MB, FLUIDR3], progress=False,
+                            font_segment_s=2.0)  # fmt: skip
+    # the command line takes --soundfont twice, and refuses one font given twice
+    assert main(["data", "build", "--root", str(tmp_path / "x"), "--preset", "tiny", "--soundfont", str(FLUIDR3),
+                 "--soundfont", str(FLUIDR3)]) == 2  # fmt: skip
+    assert "same font" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 # ----------------------------------------------------------------------------------- fonts and evaluation

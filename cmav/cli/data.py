@@ -19,10 +19,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--preset", default="default", choices=["tiny", "default", "full"],
                    help="size: tiny (tests, seconds), default (minutes), full (Sub-URMP's counts)")  # fmt: skip
     b.add_argument("--seed", type=int, default=0, help="random seed; the build is deterministic under it")
-    b.add_argument("--soundfont", default=None,
+    b.add_argument("--soundfont", action="append", default=None, metavar="SF2",
                    help="General MIDI .sf2 (default: Debian's FluidR3_GM.sf2); recorded by path and sha256 in "
                         "cmav_standin.json. A copy rendered from another font (e.g. /usr/share/sounds/sf2/TimGM6mb.sf2) "
-                        "is the cross-source evaluation set of `cmav evaluate robustness`")  # fmt: skip
+                        "is the cross-source evaluation set of `cmav evaluate robustness`. Given twice or more: a "
+                        "several-source build, each track's timeline taking the fonts in turn")  # fmt: skip
+    b.add_argument("--font-segment-s", type=float, default=1.0,
+                   help="several fonts: seconds of a track rendered from one font before the next (default: %(default)s)")
     b.add_argument("--render", default="dry", choices=["dry", "varied"],
                    help="dry: reverb/chorus off, notes as written (default); varied: per track random reverb, "
                         "chorus, velocity curve, articulation, pan, tuning, vibrato and gain (same melodies)")  # fmt: skip
@@ -55,17 +58,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _build(args: argparse.Namespace) -> int:
     from cmav.standin.build import build_standin
     from cmav.standin.render import DEFAULT_SOUNDFONT
+    from cmav.standin.soundfonts import describe
 
     t0 = time.perf_counter()
     manifest = build_standin(
         args.root, preset=args.preset, seed=args.seed, soundfont=args.soundfont or DEFAULT_SOUNDFONT,
-        frame_size=args.frame_size, workers=args.workers, render=args.render,
+        frame_size=args.frame_size, workers=args.workers, render=args.render, font_segment_s=args.font_segment_s,
     )  # fmt: skip
     counts = manifest["counts"]
     total = {s: sum(v.values()) for s, v in counts.items()}
-    font = manifest.get("soundfont") or {}
     print(f"{args.root}: {args.preset} stand-in ({args.render}) complete: {total['train']:,} train / "
-          f"{total['validation']:,} validation pairs from {font.get('path')} (sha256 {str(font.get('sha256'))[:12]}...) "
+          f"{total['validation']:,} validation pairs from {describe(manifest.get('soundfont') or {})} "
           f"({time.perf_counter() - t0:.1f} s)")  # fmt: skip
     return 0
 
@@ -128,6 +131,6 @@ def run(args: argparse.Namespace) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, RuntimeError) as exc:
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ from cmav.metrics import judged_accuracy
 from cmav.metrics.serialise import json_safe
 from cmav.standin.build import MANIFEST
 from cmav.standin.render import DEFAULT_SOUNDFONT
-from cmav.standin.soundfonts import describe, same_source, soundfont_record
+from cmav.standin.soundfonts import describe, fonts_of, same_source, soundfont_record
 
 TARGETS = {"classifier": 0.75, "s2i": 0.65}
 """The issue's cross-source targets: sound-classifier accuracy and S2I-C judged accuracy."""
@@ -68,7 +68,7 @@ def data_soundfont(root: str | Path, font: str | Path | None = None) -> dict[str
             raise DataError(root, f"its manifest names the font {name!r} without a path, and {guess} does not "
                                   "exist; pass the font it was rendered from")  # fmt: skip
         recorded = given or {**soundfont_record(guess), "recorded": f"inferred from the font name {name!r}"}
-    if given is not None and given["sha256"] != recorded.get("sha256"):
+    if given is not None and given["sha256"] not in [r.get("sha256") for r in fonts_of(recorded)]:
         raise DataError(root, f"was rendered from {describe(recorded)}, not from the font given, {describe(given)}")
     return recorded
 
@@ -218,8 +218,9 @@ def evaluate_robustness(
 def font_lines(fonts: dict[str, dict]) -> list[str]:
     """Markdown lines naming the training and evaluation fonts."""
     return [f"- {label}: **{f.get('name')}** — `{f.get('realpath') or f.get('path')}`, sha256 `{f.get('sha256')}`"
-            for label, f in (("training font (in-source)", fonts["in_source"]),
-                             ("evaluation font (cross-source)", fonts["cross_source"]))]  # fmt: skip
+            for label, source in (("training font (in-source)", fonts["in_source"]),
+                                  ("evaluation font (cross-source)", fonts["cross_source"]))
+            for f in fonts_of(source)]  # fmt: skip
 
 
 def format_report(result: dict) -> str:

@@ -13,6 +13,12 @@ velocity curve, articulation, stereo position, tuning, vibrato, gain; same melod
 the dry build with the same seed). The manifest (``cmav_standin.json``) records the soundfont by
 path and sha256, so a cross-source evaluation can tell fonts apart (:mod:`cmav.standin.soundfonts`).
 
+Several soundfonts (a list) give a several-source build: every track is rendered from each font,
+and its timeline is cut into ``font_segment_s`` segments that take the fonts in turn (the turn
+offset by the track's place in its split), so every instrument and split hears every font in
+about equal shares, whatever its number of tracks. A chunk comes whole from one font: the one of
+the segment its centre falls in. Frames do not depend on the font.
+
 Building is deterministic under a seed, resumable (a finished track leaves a marker; files are
 written under a hidden temporary name and renamed into place) and a no-op on a complete folder.
 """
@@ -25,6 +31,7 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import soundfile as sf
@@ -35,7 +42,7 @@ from cmav.data.instruments import CLASS_TO_INDEX, INSTRUMENT_SPECS, INSTRUMENTS
 from cmav.data.masks import MASK_DIR  # mask/<split>/<instrument>/<stem>.png beside img/
 from cmav.standin.music import MelodyStyle, random_melody, write_midi
 from cmav.standin.render import DEFAULT_SOUNDFONT, SynthSettings, check_renderer, render_midi
-from cmav.standin.soundfonts import soundfont_record
+from cmav.standin.soundfonts import fonts_of, several_fonts_record, soundfont_record
 from cmav.standin.variation import RENDERS, random_performance
 
 MANIFEST = "cmav_standin.json"
@@ -99,7 +106,7 @@ class TrackJob:
     track: int
     n_chunks: int
     seed: int
-    soundfont: str
+    soundfont: str | tuple[str, ...]
     frame_size: int
     jpeg_quality: int
     synth: SynthSettings = field(default_factory=SynthSettings)
@@ -107,6 +114,19 @@ class TrackJob:
     silence_rms: float = 1e-3
     max_attempts: int = 5
     render: str = "dry"
+    font_segment_s: float = 1.0
+    font_offset: int = 0  # the track's place in its split: where its turn of fonts starts
+
+    @property
+    def fonts(self) -> tuple[str, ...]:
+        return (self.soundfont,) if isinstance(self.soundfont, str) else tuple(self.soundfont)
+
+    def font_of_chunk(self, k: int) -> int:
+        """Index (in ``fonts``) of the font chunk ``k`` is cut from."""
+        if len(self.fonts) == 1:
+            return 0
+        centre = k * HOP_S + CHUNK_S / 2
+        return (int(centre // self.font_segment_s) + self.font_offset) % len(self.fonts)
 
     @property
     def name(self) -> str:
@@ -195,6 +215,8 @@ def build_track(job: TrackJob) -> int:
     synth = perf.synth if perf else job.synth
     chunk, hop = round(CHUNK_S * synth.sample_rate), round(HOP_S * synth.sample_rate)
     duration = CHUNK_S + HOP_S * (job.n_chunks - 1)
+    need = chunk + hop * (job.n_chunks - 1)
+    owner = [job.font_of_chunk(k) for k in range(job.n_chunks)]
     for attempt in range(job.max_attempts):
         notes = random_melody(spec, duration, rng, job.melody)
         with tempfile.TemporaryDirectory(prefix="cmav-midi-") as tmp:
@@ -204,21 +226,25 @@ def build_track(job: TrackJob) -> int:
             else:
                 write_midi(perf.notes(notes), spec.gm_program, midi, controls=perf.controls(),
                            pitch_bend=perf.pitch_bend)  # fmt: skip
-            audio = render_midi(midi, job.soundfont, synth)
-        need = chunk + hop * (job.n_chunks - 1)
-        if audio.shape[1] < need:
-            audio = np.pad(audio, ((0, 0), (0, need - audio.shape[1])))
-        chunks = [audio[:, k * hop : k * hop + chunk] for k in range(job.n_chunks)]
+            renders = [render_midi(midi, font, synth) if i in owner else None for i, font in enumerate(job.fonts)]
+        # each font's render is levelled on its own: its peak over the track, never clipping the 16-bit files
+        gains: dict[int, float] = {}
+        for i, audio in enumerate(renders):
+            if audio is None:
+                continue
+            if audio.shape[1] < need:
+                renders[i] = audio = np.pad(audio, ((0, 0), (0, need - audio.shape[1])))
+            gains[i] = min(1.0, 0.95 / max(float(np.abs(audio[:, :need]).max()), 1e-9))
+        chunks = [renders[i][:, k * hop : k * hop + chunk] for k, i in enumerate(owner)]
         rms = [float(np.sqrt(np.mean(np.square(c)))) for c in chunks]
         if min(rms) >= job.silence_rms:
             break
     else:
+        k = int(np.argmin(rms))
         raise RuntimeError(
             f"{job.name}: a chunk stayed silent (RMS {min(rms):.1e}) after {job.max_attempts} melodies; "
-            f"is {job.soundfont} a General MIDI soundfont with program {spec.gm_program}?"
+            f"is {job.fonts[owner[k]]} a General MIDI soundfont with program {spec.gm_program}?"
         )
-    peak = max(float(np.abs(audio[:, :need]).max()), 1e-9)
-    gain = min(1.0, 0.95 / peak)  # never clip the 16-bit files
     root = Path(job.root)
     wav_dir = root / "chunk" / job.split / job.instrument
     img_dir = root / "img" / job.split / job.instrument
@@ -228,7 +254,7 @@ def build_track(job: TrackJob) -> int:
         if not masks_only:
             _atomic_write(
                 wav_dir / f"{stem}.wav",
-                lambda p, c=c: sf.write(p, (c * gain).T, synth.sample_rate, subtype="PCM_16", format="WAV"),
+                lambda p, c=c * gains[owner[k]]: sf.write(p, c.T, synth.sample_rate, subtype="PCM_16", format="WAV"),
             )
         t_centre = k * HOP_S + CHUNK_S / 2
         image, mask = render_frame(job.instrument, style, pose_at(notes, t_centre, job.instrument), job.frame_size)
@@ -238,6 +264,8 @@ def build_track(job: TrackJob) -> int:
         # a bool array becomes a mode-'1' image: a 1-bit PNG
         _atomic_write(mask_dir / f"{stem}.png", lambda p, m=mask: Image.fromarray(m).save(p, format="PNG"))
     marker = {"chunks": job.n_chunks, "masks": True, **({"performance": perf.to_dict()} if perf else {})}
+    if len(job.fonts) > 1:  # which font every chunk was cut from, by index in the manifest's list
+        marker["fonts"] = owner
     _atomic_write(job.marker, lambda p: Path(p).write_text(json.dumps(marker)))
     return job.n_chunks
 
@@ -254,35 +282,48 @@ def build_standin(
     root: str | Path,
     preset: str = "default",
     seed: int = 0,
-    soundfont: str | Path = DEFAULT_SOUNDFONT,
+    soundfont: str | Path | Sequence[str | Path] = DEFAULT_SOUNDFONT,
     frame_size: int | None = None,
     jpeg_quality: int = 90,
     workers: int | None = None,
     progress: bool = True,
     render: str = "dry",
+    font_segment_s: float = 1.0,
 ) -> dict:
     """Build (or finish building) the stand-in data set at ``root``; returns its manifest.
 
-    ``render``: ``dry`` or ``varied`` (see the module docstring). A folder built with other
-    parameters is refused rather than mixed; a complete folder with the same parameters is left as
-    it is (a manifest from before fonts were recorded gets its font record added).
+    ``soundfont``: one General MIDI font, or several (each track's timeline takes them in turn, in
+    ``font_segment_s`` segments; see the module docstring). ``render``: ``dry`` or ``varied``. A
+    folder built with other parameters is refused rather than mixed; a complete folder with the same
+    parameters is left as it is (a manifest from before fonts were recorded gets its font record added).
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if render not in RENDERS:
         raise ValueError(f"unknown render {render!r}; choose one of {', '.join(RENDERS)}")
     p = PRESETS[preset]
-    soundfont = check_renderer(soundfont)
-    font = soundfont_record(soundfont)
+    fonts = [check_renderer(f) for f in ([soundfont] if isinstance(soundfont, (str, Path)) else soundfont)]
+    if not fonts:
+        raise ValueError("no soundfont given")
+    records = [soundfont_record(f) for f in fonts]
+    for i, a in enumerate(records):
+        for b in records[:i]:
+            if a["sha256"] == b["sha256"]:
+                raise ValueError(f"{a['path']} and {b['path']} are the same font (same sha256): give each font once")
+    if len(fonts) > 1 and not font_segment_s > 0:
+        raise ValueError(f"font_segment_s must be > 0 seconds, got {font_segment_s}")
+    font = records[0] if len(records) == 1 else several_fonts_record(records)
     root = Path(root)
     params = {
         "builder_version": BUILDER_VERSION,
         "preset": preset,
         "seed": seed,
-        "soundfont": soundfont.name,
+        "soundfont": fonts[0].name if len(fonts) == 1 else [f.name for f in fonts],
         "frame_size": frame_size or p.frame_size,
         "jpeg_quality": jpeg_quality,
     }
+    if len(fonts) > 1:
+        params["font_segment_s"] = font_segment_s
     if render != "dry":  # dry builds keep the parameters (and manifests) of builds from before renders
         params["render"] = render
     manifest_path = root / MANIFEST
@@ -298,9 +339,11 @@ def build_standin(
                 "Use another --root or delete this folder.",
             )
         recorded = old.get("soundfont")
-        if recorded and recorded.get("sha256") != font["sha256"]:
-            raise DataError(root, f"was rendered from {recorded.get('path')} (sha256 {recorded.get('sha256')}); "
-                                  f"asked for {font['path']} (sha256 {font['sha256']}), another file of the same name")  # fmt: skip
+        if recorded:
+            for was, now in zip(fonts_of(recorded), records):
+                if was.get("sha256") != now["sha256"]:
+                    raise DataError(root, f"was rendered from {was.get('path')} (sha256 {was.get('sha256')}); asked "
+                                          f"for {now['path']} (sha256 {now['sha256']}), another file of the same name")  # fmt: skip
         if old.get("complete") and old.get("masks"):
             if not recorded:  # built before fonts were recorded: the same-named font is the one given now
                 old["soundfont"] = {**font, "recorded": "after the build, from the font of the same name given then"}
@@ -312,10 +355,15 @@ def build_standin(
     _remove_partials(root)
     manifest = {"params": params, "soundfont": font, "complete": False}
     _atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(manifest, indent=2)))
+    plan = track_plan(p)
+    # a track's place among its instrument's tracks of the split: where its turn of fonts starts
+    place = {(sp, inst, t): sum(1 for s2, i2, t2, _ in plan[:k] if (s2, i2) == (sp, inst))
+             for k, (sp, inst, t, _) in enumerate(plan)}  # fmt: skip
+    font_arg = str(fonts[0]) if len(fonts) == 1 else tuple(str(f) for f in fonts)
     jobs = [
-        TrackJob(str(root), split, inst, track, n, seed, str(soundfont), params["frame_size"], jpeg_quality,
-                 render=render)
-        for split, inst, track, n in track_plan(p)
+        TrackJob(str(root), split, inst, track, n, seed, font_arg, params["frame_size"], jpeg_quality,
+                 render=render, font_segment_s=font_segment_s, font_offset=place[(split, inst, track)])
+        for split, inst, track, n in plan
     ]  # fmt: skip
     todo = [j for j in jobs if not _track_done(j)]
     total = sum(j.n_chunks for j in todo)

@@ -141,14 +141,37 @@ def soundfont_record(path: str | Path) -> dict[str, Any]:
             "bytes": real.stat().st_size, "inam": inam, "family": font_family(real.name, inam)}  # fmt: skip
 
 
+def several_fonts_record(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The record of data rendered from several fonts: ``name`` joins theirs with " + ", ``fonts``
+    holds each font's record (what :func:`same_source` compares, one by one)."""
+    if len(records) < 2:
+        raise ValueError("several_fonts_record takes two or more font records")
+    return {"name": " + ".join(str(r.get("name")) for r in records), "fonts": list(records)}
+
+
+def fonts_of(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The single-font records behind ``record`` (itself, or its ``fonts``)."""
+    return list(record["fonts"]) if record.get("fonts") else [record]
+
+
 def describe(record: dict[str, Any]) -> str:
-    """``TimGM6mb.sf2 (/usr/share/..., sha256 1a2b3c4d...)``."""
+    """``TimGM6mb.sf2 (/usr/share/..., sha256 1a2b3c4d...)``; several fonts joined with " + "."""
+    if record.get("fonts"):
+        return " + ".join(describe(r) for r in record["fonts"])
     return f"{record.get('name')} ({record.get('realpath') or record.get('path')}, sha256 {str(record.get('sha256'))[:12]}...)"
 
 
 def same_source(train: dict[str, Any], evaluation: dict[str, Any]) -> str | None:
     """Why two font records are NOT independent sources, or None when they are: the same file, one
-    family of fonts, or (both fonts on disk as sf2) byte-identical samples."""
+    family of fonts, or (both fonts on disk as sf2) byte-identical samples. A record of several fonts
+    (:func:`several_fonts_record`) is independent of another only when each of its fonts is."""
+    if train.get("fonts") or evaluation.get("fonts"):
+        for a in fonts_of(train):
+            for b in fonts_of(evaluation):
+                reason = same_source(a, b)
+                if reason:
+                    return reason
+        return None
     if train.get("sha256") and train.get("sha256") == evaluation.get("sha256"):
         return "they are the same file (same sha256)"
     if train.get("realpath") and train.get("realpath") == evaluation.get("realpath"):
@@ -172,5 +195,5 @@ def same_source(train: dict[str, Any], evaluation: dict[str, Any]) -> str | None
     return None
 
 
-__all__ = ["FONT_FAMILIES", "MIN_SAMPLE_FRAMES", "TIMGM6MB", "describe", "font_family", "sample_digests",
-           "same_source", "sf2_info", "sha256_of", "shared_samples", "soundfont_record"]  # fmt: skip
+__all__ = ["FONT_FAMILIES", "MIN_SAMPLE_FRAMES", "TIMGM6MB", "describe", "font_family", "fonts_of", "sample_digests",
+           "same_source", "several_fonts_record", "sf2_info", "sha256_of", "shared_samples", "soundfont_record"]  # fmt: skip
