@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -242,7 +243,7 @@ def test_checkpoint_reloads_evaluates_and_generates_a_wav(data, audio_judge, tmp
         cmav_main(["generate", "--ckpt", str(ckpt), "--image", str(frame), "--audio", str(out), "-o", str(out)])
 
 
-def test_s2i_checkpoint_given_an_image_is_refused_by_name(data, tmp_path):
+def test_s2i_checkpoint_given_an_image_is_refused_by_name(data, tmp_path, capsys):
     from cmav.tasks import S2ITask
 
     warnings.simplefilter("ignore")
@@ -253,8 +254,10 @@ def test_s2i_checkpoint_given_an_image_is_refused_by_name(data, tmp_path):
     ckpt = tmp_path / "s2i.ckpt"
     tr.save_checkpoint(str(ckpt))
     frame = write_jpg(tmp_path / "f.jpg")
-    with pytest.raises(ValueError, match="S2I checkpoint.*--audio"):
-        cmav_main(["generate", "--ckpt", str(ckpt), "--image", str(frame), "-o", str(tmp_path / "x.wav")])
+    # one line naming the mistake, no traceback
+    assert cmav_main(["generate", "--ckpt", str(ckpt), "--image", str(frame), "-o", str(tmp_path / "x.wav")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"error: .*S2I checkpoint.*--audio", err) and "Traceback" not in err
 
 
 def test_cli_fit_fast_dev_run_i2s(data, image_classifier, tmp_path, monkeypatch):
