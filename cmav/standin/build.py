@@ -15,7 +15,7 @@ path and sha256, so a cross-source evaluation can tell fonts apart (:mod:`cmav.s
 
 Several soundfonts (a list) give a several-source build: every track is rendered from each font,
 and its timeline is cut into ``font_segment_s`` segments that take the fonts in turn (the turn
-offset by the track's place in its split), so every instrument and split hears every font in
+starting one font later on each further track of the instrument in the split), so every instrument and split hears every font in
 about equal shares, whatever its number of tracks. A chunk comes whole from one font: the one of
 the segment its centre falls in. Frames do not depend on the font.
 
@@ -115,7 +115,7 @@ class TrackJob:
     max_attempts: int = 5
     render: str = "dry"
     font_segment_s: float = 1.0
-    font_offset: int = 0  # the track's place in its split: where its turn of fonts starts
+    font_offset: int = 0  # the track's place among its instrument's tracks in the split: where its turn starts
 
     @property
     def fonts(self) -> tuple[str, ...]:
@@ -355,16 +355,12 @@ def build_standin(
     _remove_partials(root)
     manifest = {"params": params, "soundfont": font, "complete": False}
     _atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(manifest, indent=2)))
-    plan = track_plan(p)
-    # a track's place among its instrument's tracks of the split: where its turn of fonts starts
-    place = {(sp, inst, t): sum(1 for s2, i2, t2, _ in plan[:k] if (s2, i2) == (sp, inst))
-             for k, (sp, inst, t, _) in enumerate(plan)}  # fmt: skip
     font_arg = str(fonts[0]) if len(fonts) == 1 else tuple(str(f) for f in fonts)
-    jobs = [
-        TrackJob(str(root), split, inst, track, n, seed, font_arg, params["frame_size"], jpeg_quality,
-                 render=render, font_segment_s=font_segment_s, font_offset=place[(split, inst, track)])
-        for split, inst, track, n in plan
-    ]  # fmt: skip
+    jobs, seen = [], {}
+    for split, inst, track, n in track_plan(p):
+        place = seen[split, inst] = seen.get((split, inst), -1) + 1  # among the instrument's tracks of the split
+        jobs.append(TrackJob(str(root), split, inst, track, n, seed, font_arg, params["frame_size"], jpeg_quality,
+                             render=render, font_segment_s=font_segment_s, font_offset=place))  # fmt: skip
     todo = [j for j in jobs if not _track_done(j)]
     total = sum(j.n_chunks for j in todo)
     workers = workers or min(len(todo), os.cpu_count() or 1) or 1
