@@ -112,12 +112,14 @@ class JudgedAccuracyMonitor(L.Callback):
     @torch.no_grad()
     def score(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Judged accuracy (and the judge's ceiling) of ``pl_module`` now, on the validation split."""
-        def fn(condition: Tensor, z: Tensor) -> Tensor:
-            return pl_module.generate(condition, z, use_ema=True).float().cpu()
+        from cmav.evaluation.i2s import make_i2s_fn
+        from cmav.evaluation.s2i import make_generator_fn
+        from cmav.tasks.s2i import S2ITask
 
+        fn, z_dim, _ = (make_generator_fn if isinstance(pl_module, S2ITask) else make_i2s_fn)(pl_module)
         conditions, real, labels, names = self._split(trainer, pl_module)
         self._judge.to(pl_module.device)
-        fake = generate_outputs(fn, conditions, pl_module.z_dim, seed=self.seed, batch_size=self.batch_size)
+        fake = generate_outputs(fn, conditions, z_dim, seed=self.seed, batch_size=self.batch_size)
         judged = judged_accuracy(self._judge, fake, labels, names, batch_size=self.batch_size)
         if self._ceiling is None:
             self._ceiling = judged_accuracy(self._judge, real, labels, names, batch_size=self.batch_size).accuracy
