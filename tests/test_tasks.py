@@ -562,3 +562,27 @@ def test_colour_scramble_permutes_or_greys_each_frame_and_is_off_unless_enabled(
         assert sorted(src) == [0, 1, 2]
         permuted += src != [0, 1, 2]
     assert 5 <= grey <= 30 and permuted > 20  # a quarter grey on average; 5 of 6 orders move channels
+
+
+def test_zoom_rotation_and_erasing_augment_as_configured():
+    from cmav.tasks.common import ImageAugment, ImageAugmentConfig
+
+    torch.manual_seed(0)
+    # a bright square in the centre of a dark frame: a zoom changes how much of the frame it covers
+    x = -torch.ones(32, 3, 32, 32)
+    x[:, :, 12:20, 12:20] = 1.0
+    zoom = ImageAugment(ImageAugmentConfig(enabled=True, translate=0.0, scale=0.3))
+    area = (zoom(x)[:, 0] > 0).float().mean((1, 2))
+    assert area.max() > area.min() * 1.3  # zoom in and out both happen
+    ident = ImageAugment(ImageAugmentConfig(enabled=True, translate=0.0))
+    assert not ident.active and ident(x) is x  # nothing configured: frames untouched
+
+    erase = ImageAugment(ImageAugmentConfig(enabled=True, translate=0.0, erase=1.0))
+    y = erase(torch.ones(16, 3, 32, 32))
+    grey = (y.abs() < 1e-6).all(1).float().mean((1, 2))  # erased pixels are mid-grey (0 in [-1, 1])
+    assert ((grey >= 0.02 * 0.9) & (grey <= 0.15 * 1.1)).all()
+    assert (y[(y.abs() >= 1e-6)] == 1.0).all()  # the rest is untouched
+
+    for bad, match in (({"scale": 1.0}, "augment.scale"), ({"erase": 1.5}, "augment.erase")):
+        with pytest.raises(ValueError, match=match):
+            ImageAugment(ImageAugmentConfig(enabled=True, **bad))

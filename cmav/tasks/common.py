@@ -86,7 +86,11 @@ class ImageAugmentConfig:
     ``colour``: brightness/contrast/saturation jitter strength (0 = none); ``colour_scramble``:
     a random permutation of the RGB channels per frame, a quarter of the frames grey (after the
     other ops; each stand-in performance has its own background and clothing colours, a shortcut
-    to "which player" that does not carry over to unseen players, while shapes survive it).
+    to "which player" that does not carry over to unseen players, while shapes survive it);
+    ``scale``: random zoom in ``[1 - scale, 1 + scale]`` and ``degrees``: random rotation in
+    ``[-degrees, degrees]`` (both with the shift, one affine warp; players sit at other distances
+    and angles to the camera); ``erase``: probability of erasing one random rectangle (2-15 % of
+    the frame) per frame, so that no single cue (a bell, a hand) decides alone.
     """
 
     enabled: bool = False
@@ -94,6 +98,9 @@ class ImageAugmentConfig:
     hflip: bool = False
     colour: float = 0.0
     colour_scramble: bool = False
+    scale: float = 0.0
+    degrees: float = 0.0
+    erase: float = 0.0
 
 
 def coerce(cls: type[T], value: Any) -> T:
@@ -137,15 +144,29 @@ class ImageAugment(nn.Module):
         import kornia.augmentation as K
 
         self.config = config
+        if not 0.0 <= config.scale < 1.0:
+            raise ValueError(f"augment.scale must be in [0, 1), got {config.scale}")
+        if not 0.0 <= config.erase <= 1.0:
+            raise ValueError(f"augment.erase is a probability in [0, 1], got {config.erase}")
         ops: list[nn.Module] = []
-        if config.translate > 0:
-            t = float(config.translate)
-            ops.append(K.RandomAffine(degrees=0.0, translate=(t, t), padding_mode="reflection", p=1.0))
+        if config.translate > 0 or config.scale > 0 or config.degrees > 0:
+            t, s = float(config.translate), float(config.scale)
+            ops.append(
+                K.RandomAffine(
+                    degrees=float(config.degrees),
+                    translate=(t, t) if t > 0 else None,
+                    scale=(1.0 - s, 1.0 + s) if s > 0 else None,
+                    padding_mode="reflection",
+                    p=1.0,
+                )
+            )
         if config.hflip:
             ops.append(K.RandomHorizontalFlip(p=0.5))
         if config.colour > 0:
             c = float(config.colour)
             ops.append(K.ColorJiggle(brightness=c, contrast=c, saturation=c, p=1.0))
+        if config.erase > 0:
+            ops.append(K.RandomErasing(scale=(0.02, 0.15), ratio=(0.3, 3.3), value=0.5, p=float(config.erase)))
         self.ops = nn.Sequential(*ops)
 
     @property
