@@ -189,6 +189,27 @@ def test_discriminator_cond_changes_logit() -> None:
     assert not torch.allclose(d(x, torch.randn(2, 128)), d(x, torch.randn(2, 128)))
 
 
+def test_projection_term_adds_condition_times_pooled_features() -> None:
+    torch.manual_seed(0)
+    d = PairAwareDiscriminator(base_channels=SMALL, projection=True, spectral_norm=True).eval()
+    assert d.projection is not None and parametrize.is_parametrized(d.projection, "weight")
+    x, c = torch.randn(3, 3, 64, 64), torch.randn(3, 128)
+    # the logit is the concatenation path plus <W c, mean_hw(features(x))>
+    with torch.no_grad():
+        fmap = d.features(x)
+        tiled = d.cond_proj(c)[:, :, None, None].expand(-1, -1, *fmap.shape[2:])
+        concat_path = d.out(d.joint(torch.cat([fmap, tiled], 1))).flatten()
+        expected = concat_path + (d.projection(c) * fmap.mean((2, 3))).sum(1)
+        assert torch.allclose(d(x, c), expected, atol=1e-5)
+    c.requires_grad_(True)
+    d.train()
+    d(x, c).sum().backward()
+    assert d.projection.parametrizations.weight.original.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="projection needs a conditional"):
+        PairAwareDiscriminator(base_channels=SMALL, cond_dim=0, projection=True)
+    assert PairAwareDiscriminator(base_channels=SMALL).projection is None  # off by default, as in the paper
+
+
 def test_spectral_norm_registered_and_no_bn() -> None:
     d = PairAwareDiscriminator(base_channels=SMALL, spectral_norm=True)
     layers = [m for m in d.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

@@ -246,11 +246,13 @@ def test_s2i_variant_trains_with_finite_losses(data, sound_classifier, tmp_path,
     tb = variant == "s2i_c"  # one variant through TensorBoard (sheets, LMS, audio), the others with no logger
     extra = {}
     if variant == "s2i_n":  # the options that are off in the paper's setting
-        extra = {"discriminator": {**TINY_D, "spectral_norm": True}, "channels_last": True,
+        extra = {"discriminator": {**TINY_D, "spectral_norm": True, "projection": True}, "channels_last": True,
                  "diff_augment": {"enabled": True, "translate": 0.125, "colour": 0.2}}  # fmt: skip
     model = s2i(variant, mode, sound_classifier["ckpt"] if mode != "scratch" else None,
                 sample_every_n_steps=1 if tb else 0, **extra)  # fmt: skip
     assert model.wrong_class_term == model.wrong_player_term == (variant == "s2i_c")
+    if model.discriminator is not None:
+        assert (model.discriminator.projection is not None) == (variant == "s2i_n")
     enc0, g0, ema0 = state(model.net.encoder), state(model.net.generator), state(model.ema)
     logger = TensorBoardLogger(str(tmp_path), name="tb") if tb else False
     steps_per_batch = 1 if variant == "ae" else 2  # global_step counts optimiser steps

@@ -25,6 +25,9 @@ class PairAwareDiscriminator(nn.Module):
     ``final_size`` on both axes), channels doubling from ``base_channels``. The condition is
     projected (Linear + LeakyReLU), tiled over the last map and concatenated on channels; a 1x1
     conv + LeakyReLU mixes them, and a conv whose kernel covers the whole map gives one logit.
+    With ``projection`` (Miyato & Koyama 2018, an option beyond the paper) the logit also gets
+    the inner product of a linear map of the condition with the spatially averaged last conv map:
+    a direct "does this sample match this condition" term, in addition to the concatenation.
 
     Args:
         in_shape: ``(C, H, W)`` of one input sample.
@@ -39,6 +42,7 @@ class PairAwareDiscriminator(nn.Module):
         final_size: stop halving an axis once it is <= this.
         negative_slope: LeakyReLU slope.
         init: apply DCGAN initialisation (before spectral norm is attached).
+        projection: add the projection term (needs ``cond_dim > 0``).
     """
 
     def __init__(
@@ -53,11 +57,14 @@ class PairAwareDiscriminator(nn.Module):
         final_size: int = 4,
         negative_slope: float = 0.2,
         init: bool = True,
+        projection: bool = False,
     ) -> None:
         super().__init__()
         c, h, w = check_shape(in_shape, "in_shape")
         if cond_dim < 0:
             raise ValueError(f"cond_dim must be >= 0, got {cond_dim}")
+        if projection and cond_dim == 0:
+            raise ValueError("projection needs a conditional discriminator (cond_dim > 0)")
         if final_size < 1:
             raise ValueError(f"final_size must be >= 1, got {final_size}")
         use_bn = (not spectral_norm) if batch_norm is None else batch_norm
@@ -99,6 +106,7 @@ class PairAwareDiscriminator(nn.Module):
         self.joint = nn.Sequential(*joint)
         # kernel = whole map: a Linear over the flattened map that keeps the conv layout
         self.out = nn.Conv2d(cin, 1, (h, w))
+        self.projection = nn.Linear(cond_dim, cin, bias=False) if projection else None
 
         if init:
             dcgan_init_(self)
@@ -121,8 +129,13 @@ class PairAwareDiscriminator(nn.Module):
                 raise ValueError("this discriminator is conditional: cond is required")
             c = self.cond_proj(cond)
             c = c[:, :, None, None].expand(-1, -1, fmap.shape[2], fmap.shape[3])
-            fmap = torch.cat([fmap, c], dim=1)
-        return self.out(self.joint(fmap)).flatten()
+            joined = torch.cat([fmap, c], dim=1)
+        else:
+            joined = fmap
+        logit = self.out(self.joint(joined)).flatten()
+        if self.projection is not None:
+            logit = logit + (self.projection(cond) * fmap.mean(dim=(2, 3))).sum(dim=1)
+        return logit
 
 
 __all__ = ["PairAwareDiscriminator"]

@@ -70,6 +70,7 @@ class DiscriminatorConfig:
     max_channels: int = 512
     spectral_norm: bool = False
     final_size: int = 4
+    projection: bool = False  # the projection-discriminator term (not in the paper)
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ class PairedGANTask(L.LightningModule):
             self.discriminator = PairAwareDiscriminator(
                 in_shape=shape, cond_dim=encoder.feature_dim, cond_proj_dim=d.cond_proj_dim,
                 base_channels=d.base_channels, max_channels=d.max_channels, spectral_norm=d.spectral_norm,
-                final_size=d.final_size,
+                final_size=d.final_size, projection=d.projection,
             )  # fmt: skip
         if h.get("channels_last", False):
             # NHWC convolutions: ~1.4x faster on CPU (oneDNN) and for bf16 on tensor cores; outputs
