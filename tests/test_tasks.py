@@ -441,6 +441,23 @@ def test_cli_fit_fast_dev_run_s2i_and_classifier(data, sound_classifier, tmp_pat
                       "--model.init_args.audio_encoder.base_channels=8"]) == 0  # fmt: skip
 
 
+@pytest.mark.parametrize("variant", ["s2i_c", "s2i_n"])
+def test_stable_overlay_turns_on_the_d_stabilisers_and_keeps_the_variant(variant, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+    with pytest.raises(SystemExit):
+        cmav_main(["fit", "--config", str(EXPERIMENTS / f"{variant}.yaml"),
+                   "--config", str(EXPERIMENTS / "s2i_stable.yaml"), "--print_config"])  # fmt: skip
+    printed = yaml.safe_load(capsys.readouterr().out)
+    args = printed["model"]["init_args"]
+    assert args["variant"] == variant and args["channels_last"] is True
+    d, aug = args["discriminator"], args["diff_augment"]
+    assert d["spectral_norm"] is True and d["projection"] is True
+    assert (d["base_channels"], d["max_channels"]) == (64, 512)  # the paper's widths stay
+    assert aug["enabled"] is True and (aug["translate"], aug["colour"], aug["erase"]) == (0.125, 0.2, 0.5)
+    assert aug["hflip"] is False and aug["colour_scramble"] is False
+    assert printed["trainer"]["default_root_dir"] == f"runs/{variant}"
+
+
 def test_cli_last_ckpt_is_the_newest_epoch_even_when_it_is_not_the_best(data, tmp_path, monkeypatch):
     """lr 0: the weights never change, so the first epoch stays the best (a tie is no improvement);
     last.ckpt must still be the newest epoch (Lightning >= 2.6 writes ``save_last`` only with a new best)."""
