@@ -230,7 +230,7 @@ def test_quick_ablation_end_to_end(data, tmp_path):
     for name in ("table.md", "table.csv", "metrics.png", "samples.png", "results.json"):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader((out / "table.csv").open()))
-    variants = ["S2I-C", "S2I-N", "AE", "S2I-C no-wrong-player", "S2I-C no-wrong-class"]
+    variants = ["S2I-C", "S2I-N", "AE", "S2I-C no-wrong-player", "S2I-C no-wrong-class", "S2I-C stable", "S2I-N stable"]
     assert [r["variant"] for r in rows] == variants
     assert all(r["n_seeds"] == "3" for r in rows)
     md = (out / "table.md").read_text()
