@@ -458,6 +458,24 @@ def test_stable_overlay_turns_on_the_d_stabilisers_and_keeps_the_variant(variant
     assert printed["trainer"]["default_root_dir"] == f"runs/{variant}"
 
 
+@pytest.mark.parametrize("variant", ["i2s_c", "i2s_n"])
+def test_i2s_stable_overlay_turns_on_the_d_stabilisers_without_colour_jitter(variant, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+    with pytest.raises(SystemExit):
+        cmav_main(["fit", "--config", str(EXPERIMENTS / f"{variant}.yaml"),
+                   "--config", str(EXPERIMENTS / "i2s_stable.yaml"), "--print_config"])  # fmt: skip
+    printed = yaml.safe_load(capsys.readouterr().out)
+    args = printed["model"]["init_args"]
+    assert args["variant"] == variant and args["channels_last"] is True
+    d, aug = args["discriminator"], args["diff_augment"]
+    assert d["spectral_norm"] is True and d["projection"] is True
+    assert (d["base_channels"], d["max_channels"]) == (64, 512)
+    assert aug["enabled"] is True and (aug["translate"], aug["erase"]) == (0.125, 0.5)
+    # one channel of dB: no colour jitter, scrambling, flips (time reversal), zoom or rotation
+    assert (aug["colour"], aug["colour_scramble"], aug["hflip"], aug["scale"], aug["degrees"]) == (0.0, False, False, 0.0, 0.0)
+    assert printed["trainer"]["default_root_dir"] == f"runs/{variant}"
+
+
 def test_cli_last_ckpt_is_the_newest_epoch_even_when_it_is_not_the_best(data, tmp_path, monkeypatch):
     """lr 0: the weights never change, so the first epoch stays the best (a tie is no improvement);
     last.ckpt must still be the newest epoch (Lightning >= 2.6 writes ``save_last`` only with a new best)."""
