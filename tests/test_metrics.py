@@ -155,12 +155,12 @@ def test_fid_kid_independent_samples_vs_shifted():
     assert abs(near["kid_mean"]) < 0.02 < far["kid_mean"]
 
 
-def test_kid_subset_size_is_clamped_with_warning():
+def test_kid_subset_size_is_clamped_to_half_the_set_with_warning_so_its_sd_is_a_spread():
     x = torch.randn(30, 4)
-    with pytest.warns(UserWarning, match="clamped to 30"):
+    with pytest.warns(UserWarning, match="clamped to 15"):
         out = fid_kid_from_features(x, x + 1, kid_subset_size=1000, kid_subsets=5)
-    assert out["kid_subset_size"] == 30
-    assert math.isfinite(out["kid_mean"])
+    assert out["kid_subset_size"] == 15
+    assert math.isfinite(out["kid_mean"]) and out["kid_std"] > 0  # subsets of all 30 would give sd 0
 
 
 def test_kid_is_reproducible_with_seed():
@@ -214,7 +214,7 @@ def test_tiny_conv_judge_as_feature_extractor_downloads_nothing(no_network):
         same = fid_kid(real, fake_same, fx, kid_subset_size=1000, kid_subsets=5, batch_size=16)
         shifted = fid_kid(real, fake_shift, fx, kid_subset_size=1000, kid_subsets=5, batch_size=16)
     assert same["feature"] == "judge:tiny" and "not Inception FID" in same["note"]
-    assert same["kid_subset_size"] == 40
+    assert same["kid_subset_size"] == 20  # clamped to half the 40 items
     assert same["fid"] == pytest.approx(0.0, abs=1e-4)
     assert shifted["fid"] > 100 * max(same["fid"], 1e-6)
     assert shifted["kid_mean"] > same["kid_mean"]

@@ -182,7 +182,8 @@ def fid_kid_from_features(
 ) -> dict[str, float | int | str]:
     """FID and KID (mean, std over subsets) between two (N, D) feature sets, computed by torchmetrics.
 
-    KID's ``subset_size`` is clamped to the smaller set with a warning (torchmetrics would raise).
+    KID's ``subset_size`` is clamped to half the smaller set with a warning (torchmetrics raises
+    past the whole set, and subsets of the whole set are identical, so their sd would read 0).
     ``seed`` makes KID's random subsets reproducible without touching the global RNG.
     """
     real = torch.as_tensor(real_features).double().reshape(real_features.shape[0], -1)
@@ -199,11 +200,13 @@ def fid_kid_from_features(
             stacklevel=2,
         )
     subset = int(kid_subset_size)
-    if subset > min(n_real, n_fake):
-        subset = min(n_real, n_fake)
+    if subset > min(n_real, n_fake) // 2:
+        # Subsets as large as the whole set are all the same set: KID's sd over them would read 0.
+        # Random halves keep the sd a real spread over subsets.
+        subset = max(min(n_real, n_fake) // 2, 2)
         warnings.warn(
-            f"KID subset_size {kid_subset_size} > number of samples (real={n_real}, fake={n_fake}); "
-            f"clamped to {subset}",
+            f"KID subset_size {kid_subset_size} > half the number of samples (real={n_real}, fake={n_fake}); "
+            f"clamped to {subset} so that the subsets differ",
             stacklevel=2,
         )
 
