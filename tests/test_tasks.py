@@ -470,6 +470,18 @@ def test_stable_overlay_turns_on_the_d_stabilisers_and_keeps_the_variant(variant
     assert printed["trainer"]["default_root_dir"] == f"runs/{variant}"
 
 
+@pytest.mark.parametrize("branch", ["s2i", "i2s"])
+def test_ablation_grid_stable_variants_repeat_the_stable_overlay(branch):
+    """The grid cannot include the overlay file, so it repeats its options: they must not drift apart."""
+    from cmav.ablation import load_grid
+
+    overlay = yaml.safe_load((EXPERIMENTS / f"{branch}_stable.yaml").read_text())["model"]["init_args"]
+    variants = {v["name"]: v for v in load_grid(EXPERIMENTS / "ablations" / f"{branch}.yaml", None)["variants"]}
+    for name in (f"{branch.upper()}-C stable", f"{branch.upper()}-N stable"):
+        options = {k: v for k, v in variants[name].items() if k not in ("name", "variant")}
+        assert options == overlay, name
+
+
 def test_cli_last_ckpt_is_the_newest_epoch_even_when_it_is_not_the_best(data, tmp_path, monkeypatch):
     """lr 0: the weights never change, so the first epoch stays the best (a tie is no improvement);
     last.ckpt must still be the newest epoch (Lightning >= 2.6 writes ``save_last`` only with a new best)."""
