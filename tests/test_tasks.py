@@ -247,7 +247,8 @@ def test_s2i_variant_trains_with_finite_losses(data, sound_classifier, tmp_path,
     extra = {}
     if variant == "s2i_n":  # the options that are off in the paper's setting
         extra = {"discriminator": {**TINY_D, "spectral_norm": True, "projection": True}, "channels_last": True,
-                 "diff_augment": {"enabled": True, "translate": 0.125, "colour": 0.2}}  # fmt: skip
+                 "diff_augment": {"enabled": True, "translate": 0.125, "colour": 0.2},
+                 "loss_weights": {"mode_seeking": 1.0}}  # fmt: skip
     model = s2i(variant, mode, sound_classifier["ckpt"] if mode != "scratch" else None,
                 sample_every_n_steps=1 if tb else 0, **extra)  # fmt: skip
     assert model.wrong_class_term == model.wrong_player_term == (variant == "s2i_c")
@@ -269,6 +270,10 @@ def test_s2i_variant_trains_with_finite_losses(data, sound_classifier, tmp_path,
     keys = ["train/pixel_loss"] if variant == "ae" else ["train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"]
     if variant == "s2i_c":
         keys += ["train/d_wrong_class", "train/d_wrong_player"]
+    if variant == "s2i_n":
+        keys += ["train/mode_seeking"]
+    else:  # off unless asked for
+        assert "train/mode_seeking" not in trainer.callback_metrics
     for k in keys + ["val/l1"]:
         assert math.isfinite(float(trainer.callback_metrics[k])), k
     assert changed(g0, model.net.generator) and changed(ema0, model.ema)
@@ -293,6 +298,21 @@ def test_s2i_variant_trains_with_finite_losses(data, sound_classifier, tmp_path,
         ea.Reload()
         assert [e.step for e in ea.Images("samples/ema")] == [0, 1, 2]
         assert "inputs/lms/violin" in ea.Tags()["images"] and "inputs/audio/violin" in ea.Tags()["audio"]
+
+
+def test_mode_seeking_loss_is_the_inverse_output_to_noise_distance_ratio():
+    from cmav.tasks.paired_gan import mode_seeking_loss
+
+    z_a, z_b = torch.zeros(2, 4), torch.tensor([[1.0, 1, 1, 1], [2, 2, 2, 2]])  # mean |dz| = 1 and 2
+    out_a = torch.zeros(2, 3, 2, 2)
+    out_b = torch.stack([torch.full((3, 2, 2), 0.5), torch.full((3, 2, 2), 4.0)]).requires_grad_()
+    loss = mode_seeking_loss(out_a, out_b, z_a, z_b, eps=0.0)
+    assert loss.item() == pytest.approx((1 / 0.5 + 1 / 2.0) / 2)  # ratios 0.5/1 and 4/2
+    loss.backward()
+    # descending the loss moves each second output away from the first one
+    assert (out_b.grad < 0).all()
+    # identical outputs (collapse over z) are the worst case, bounded by eps
+    assert mode_seeking_loss(out_a, out_a, z_a, z_b).item() == pytest.approx(1e5)
 
 
 def test_s2i_builds_128_pixel_frames():

@@ -82,6 +82,9 @@ class LossWeights:
     the negatives are averaged, as in GAN-CLS. ``pixel``: the AE's L1/L2 weight.
     ``encoder_class``: optional cross-entropy on the encoder's class logits when the encoder is
     trained (finetune/scratch), keeping its feature class-discriminative; 0 = off.
+    ``mode_seeking``: the mode-seeking term of MSGAN (Mao et al. 2019) on G, which penalises two
+    noise draws for the same condition giving the same output; 0 = off (the paper). It costs a
+    second G forward per step.
     """
 
     fake: float = 1.0
@@ -89,6 +92,7 @@ class LossWeights:
     wrong_player: float = 1.0
     pixel: float = 1.0
     encoder_class: float = 0.0
+    mode_seeking: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,15 @@ def pair_discriminator_loss(logit_real: Tensor, negatives: list[tuple[float, Ten
 def generator_adversarial_loss(logit_fake: Tensor) -> Tensor:
     """Non-saturating generator loss: BCE(D(G(z, c), c) -> 1)."""
     return F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))
+
+
+def mode_seeking_loss(out_a: Tensor, out_b: Tensor, z_a: Tensor, z_b: Tensor, eps: float = 1e-5) -> Tensor:
+    """MSGAN's mode-seeking term: ``1 / (mean|G(z_a) - G(z_b)| / mean|z_a - z_b| + eps)``, per pair
+    of draws for the same condition and averaged. Minimising it pushes outputs apart in
+    proportion to how far apart their noise vectors are."""
+    out_dist = (out_a - out_b).abs().flatten(1).mean(1)
+    z_dist = (z_a - z_b).abs().flatten(1).mean(1)
+    return (1.0 / (out_dist / z_dist + eps)).mean()
 
 
 def ema_decay_at(iteration: int, max_decay: float) -> float:
@@ -513,8 +526,15 @@ class PairedGANTask(L.LightningModule):
         self.toggle_optimizer(opt_g)
         logit_gen = self._disc(fake, cond)
         g_loss = generator_adversarial_loss(logit_gen)
+        total_g = g_loss
+        ms_loss = None
+        if self.weights.mode_seeking > 0:
+            z_b = torch.randn_like(z)
+            ms_loss = mode_seeking_loss(fake, self.model.generator(z_b, cond), z, z_b)
+            total_g = total_g + self.weights.mode_seeking * ms_loss
         enc_loss = self._encoder_class_loss(logits, labels)
-        total_g = g_loss if enc_loss is None else g_loss + enc_loss
+        if enc_loss is not None:
+            total_g = total_g + enc_loss
         self.manual_backward(total_g)
         opt_g.step()
         opt_g.zero_grad(set_to_none=True)
@@ -531,6 +551,8 @@ class PairedGANTask(L.LightningModule):
                 logs[f"train/d_{key}"] = torch.sigmoid(negatives[key][1].detach()).mean()
         if enc_loss is not None:
             logs["train/encoder_ce"] = enc_loss.detach()
+        if ms_loss is not None:
+            logs["train/mode_seeking"] = ms_loss.detach()
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=n)
         self.log("g", g_loss.detach(), prog_bar=True, logger=False, batch_size=n)
         self.log("d", d_loss.detach(), prog_bar=True, logger=False, batch_size=n)
