@@ -375,3 +375,40 @@ def test_token_checkpoint_warns_on_another_pipeline(quick_run, tmp_path):
     (other / "scheduler" / "scheduler_config.json").write_text(json.dumps(cfg))
     with pytest.warns(UserWarning, match="not the pipeline folder"):
         load_audio_token(out / "runs" / "audio_token" / f"seed{seed}" / "token.ckpt", pipeline=other)
+
+
+def test_token_grid_reuses_given_checkpoints(quick_run, tmp_path):
+    """Every stage that may be given (sound classifier, image judge, retrieval model, S2I-C) and the
+    pipeline folder taken from the first run: only the audio token trains, and S2I-C is scored from
+    the given checkpoint."""
+    import copy
+
+    from cmav.ablation import run_ablation
+
+    first, cfg = quick_run["out"], copy.deepcopy(quick_run["cfg"])
+    seed = cfg["seeds"][0]
+    given = {"audio_classifier": first / "judges" / f"audio_classifier_seed{seed}.ckpt",
+             "image_judge": first / "judges" / "image_judge.ckpt", "retrieval": first / "judges" / "retrieval.ckpt",
+             "s2i": first / "runs" / "s2i_c" / f"seed{seed}" / "s2i.ckpt"}  # fmt: skip
+    for stage, path in given.items():
+        cfg["stages"][stage] = {"ckpt": str(path)}  # no steps: nothing to train
+    cfg["diffusion"] = {"pipeline": str(first / "diffusion_base" / "pipeline")}
+    out = tmp_path / "again"
+    result = run_ablation(cfg, out_dir=out)
+    assert not (out / "judges").exists() and not (out / "runs" / "s2i_c").exists()
+    assert not (out / "diffusion_base").exists() and (out / "runs" / "audio_token" / f"seed{seed}" / "token.ckpt").is_file()
+    by_method = {r["variant"]: r for r in result["runs"]}
+    before = {r["variant"]: r for r in quick_run["result"]["runs"]}
+    assert by_method["S2I-C"]["checkpoint"] == str(given["s2i"])
+    # the same checkpoint scored on the same items with the same negatives (AIC and FID are left out:
+    # a 3-step judge's near-ties and a 13-item covariance move with the last bits of a conv kernel)
+    now, then = by_method["S2I-C"]["metrics"], before["S2I-C"]["metrics"]
+    assert (now["AIS"], now["IIS"], now["n_items"]) == (then["AIS"], then["IIS"], then["n_items"])
+    # a given checkpoint that is not there is refused before anything runs, by its key and path
+    cfg["stages"]["image_judge"] = {"ckpt": str(tmp_path / "no_judge.ckpt")}
+    with pytest.raises(FileNotFoundError, match=r"stages\.image_judge\.ckpt .*no_judge\.ckpt does not exist"):
+        run_ablation(cfg, out_dir=tmp_path / "third")
+    # and a stage with neither steps nor a checkpoint is named
+    cfg["stages"]["image_judge"] = {"model": {}}
+    with pytest.raises(ValueError, match=r"\['image_judge'\] missing"):
+        run_ablation(cfg, out_dir=tmp_path / "fourth")

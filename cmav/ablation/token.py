@@ -9,7 +9,10 @@ Trained once (under the first seed) and then only used: the image judge (AIC, II
 features), the retrieval model (AIS; its own scratch audio encoder, so AIS does not reuse the
 encoder under test) and the offline diffusion model (stage ``diffusion_base``; skipped when
 ``diffusion.pipeline`` names a local pipeline folder). Per seed: the sound classifier, then the
-audio token and S2I-C on its frozen encoder. The results folder gets::
+audio token and S2I-C on its frozen encoder. The image judge, the retrieval model and the sound
+classifier can be given instead (``stages.<stage>.ckpt``; one sound classifier for every seed),
+and so can S2I-C (``stages.s2i.ckpt``: a finished ``s2i_c.yaml`` run, scored for every seed).
+The results folder gets::
 
     table.md, table.csv     mean ± sd over seeds per method and metric
     metrics.png             bar plot with error bars (sd over seeds)
@@ -29,7 +32,7 @@ from typing import Any
 
 import torch
 
-from cmav.ablation.grid import datamodule, fit, save_config
+from cmav.ablation.grid import classifier_stage, datamodule, fit, save_config
 from cmav.ablation.s2i import Metric, plot_bars, summarise, write_tables
 
 METHODS: tuple[str, ...] = ("audio token", "text label", "S2I-C")
@@ -41,15 +44,22 @@ METRICS: list[Metric] = [
     ("fid", "judge-FID", lambda m: m["FID"]),
 ]
 STAGES = ("audio_classifier", "image_judge", "retrieval", "audio_token", "s2i")
+# stages whose checkpoint may be given (stages.<stage>.ckpt) instead of trained
+GIVEN = ("audio_classifier", "image_judge", "retrieval", "s2i")
 
 
 def _check(cfg: dict) -> None:
     src = cfg.get("source", "grid")
     stages = cfg.get("stages") or {}
     need = list(STAGES) + ([] if (cfg.get("diffusion") or {}).get("pipeline") else ["diffusion_base"])
-    missing = [s for s in need if s not in stages or "steps" not in stages[s]]
+    missing = [s for s in need
+               if not isinstance(stages.get(s), dict) or ("steps" not in stages[s] and not (s in GIVEN and stages[s].get("ckpt")))]  # fmt: skip
     if missing:
-        raise ValueError(f"{src}: stages {missing} missing (each needs steps)")
+        raise ValueError(f"{src}: stages {missing} missing (each needs steps, or ckpt for {list(GIVEN)})")
+    for s in GIVEN:
+        ckpt = (stages.get(s) or {}).get("ckpt")
+        if ckpt and not Path(ckpt).is_file():
+            raise FileNotFoundError(f"{src}: stages.{s}.ckpt {ckpt} does not exist")
     if int((cfg.get("evaluation") or {}).get("per_class", 1)) < 1:
         raise ValueError(f"{src}: evaluation.per_class must be >= 1")
 
@@ -118,6 +128,8 @@ def run(cfg: dict, out: Path) -> dict:
     from cmav.evaluation.token import label_images, score_images, token_images
     from cmav.tasks import ClassifierTask, S2ITask, load_classifier
     from cmav.tasks.audio_token import AudioTokenTask
+    from cmav.tasks.classifier import load_sound_classifier
+    from cmav.tasks.s2i import load_s2i
     from cmav.tasks.retrieval import RetrievalTask, load_retrieval
 
     _check(cfg)
@@ -133,11 +145,11 @@ def run(cfg: dict, out: Path) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and (cfg.get("trainer") or {}).get("accelerator") != "cpu"
                           else "cpu")  # fmt: skip
 
-    judges = out / "judges"
-    judge = load_classifier(_once(cfg, out, dm, "image_judge", judges / "image_judge.ckpt", lambda: ClassifierTask(
-        modality="image", target="label", image_size=size, **st["image_judge"].get("model", {}))))  # fmt: skip
-    retrieval = load_retrieval(_once(cfg, out, dm, "retrieval", judges / "retrieval.ckpt", lambda: RetrievalTask(
-        image_size=size, **st["retrieval"].get("model", {}))))  # fmt: skip
+    judges, seed0 = out / "judges", cfg["seeds"][0]
+    judge = load_classifier(classifier_stage(cfg, out, dm, "image_judge", seed0, judges / "image_judge.ckpt", lambda: ClassifierTask(
+        modality="image", target="label", image_size=size, **st["image_judge"].get("model", {})), load_classifier))  # fmt: skip
+    retrieval = load_retrieval(classifier_stage(cfg, out, dm, "retrieval", seed0, judges / "retrieval.ckpt", lambda: RetrievalTask(
+        image_size=size, **st["retrieval"].get("model", {})), load_retrieval))  # fmt: skip
     pipeline = _pipeline(cfg, out, dm)
     items = _eval_items(dm, int(ev.get("per_class", 10)))
     names = list(dm.class_names)
@@ -146,22 +158,26 @@ def run(cfg: dict, out: Path) -> dict:
     runs: list[dict] = []
     sheet_images: dict[str, torch.Tensor] = {}
     for seed in cfg["seeds"]:
-        clf = ClassifierTask(modality="audio", target="label", image_size=size,
-                             **st["audio_classifier"].get("model", {}))  # fmt: skip
-        clf_ckpt = fit(cfg, out, dm, "audio_classifier", seed, clf, judges / f"audio_classifier_seed{seed}.ckpt",
-                       st["audio_classifier"]["steps"])  # fmt: skip
+        clf_ckpt = classifier_stage(cfg, out, dm, "audio_classifier", seed, judges / f"audio_classifier_seed{seed}.ckpt",
+                                    lambda: ClassifierTask(modality="audio", target="label", image_size=size,
+                                                           **st["audio_classifier"].get("model", {})),
+                                    load_sound_classifier)  # fmt: skip
         token = AudioTokenTask(pipeline=str(pipeline), audio_encoder_ckpt=str(clf_ckpt), image_size=size,
                                **st["audio_token"].get("model", {}))  # fmt: skip
         run_dir = out / "runs"
         tok_ckpt = fit(cfg, out, dm, "audio_token", seed, token, run_dir / "audio_token" / f"seed{seed}" / "token.ckpt",
                        st["audio_token"]["steps"])  # fmt: skip
-        s2i_kw = {"variant": "s2i_c", **st["s2i"].get("model", {})}
-        s2i = S2ITask(encoder_mode="frozen", audio_encoder_ckpt=str(clf_ckpt), image_size=size, **s2i_kw)
-        s2i_ckpt = fit(cfg, out, dm, "s2i", seed, s2i, run_dir / "s2i_c" / f"seed{seed}" / "s2i.ckpt",
-                       st["s2i"]["steps"], gan=s2i.is_gan)  # fmt: skip
+        if st["s2i"].get("ckpt"):
+            s2i_ckpt = Path(st["s2i"]["ckpt"])
+        else:
+            s2i_kw = {"variant": "s2i_c", **st["s2i"].get("model", {})}
+            s2i = S2ITask(encoder_mode="frozen", audio_encoder_ckpt=str(clf_ckpt), image_size=size, **s2i_kw)
+            s2i_ckpt = fit(cfg, out, dm, "s2i", seed, s2i, run_dir / "s2i_c" / f"seed{seed}" / "s2i.ckpt",
+                           st["s2i"]["steps"], gan=s2i.is_gan)  # fmt: skip
 
         model = token.model.to(device).eval()
-        fn, z_dim, _ = make_generator_fn(s2i.cpu().eval())
+        # scored from its checkpoint, trained here or given: the table's figures are the file's
+        fn, z_dim, _ = make_generator_fn(load_s2i(s2i_ckpt))
         images = {
             "audio token": token_images(model, items["audio"], seed=seed, **gen),
             "text label": label_images(model, items["label"], seed=seed, **gen),
