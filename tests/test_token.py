@@ -412,3 +412,17 @@ def test_token_grid_reuses_given_checkpoints(quick_run, tmp_path):
     cfg["stages"]["image_judge"] = {"model": {}}
     with pytest.raises(ValueError, match=r"\['image_judge'\] missing"):
         run_ablation(cfg, out_dir=tmp_path / "fourth")
+
+
+def test_cpu_preset_repeats_the_cpu_diffusion_overlay():
+    """The grid cannot include experiments/diffusion_cpu.yaml, so its cpu preset repeats the overlay's
+    diffusion-model options: they must not drift apart (a pipeline trained with the overlay is what the
+    preset is documented to take through diffusion.pipeline)."""
+    import yaml
+
+    from cmav.ablation import load_grid
+
+    overlay = yaml.safe_load((REPO / "experiments" / "diffusion_cpu.yaml").read_text())["model"]["init_args"]
+    preset = load_grid(CONFIG, "cpu")["stages"]["diffusion_base"]["model"]
+    assert {k: preset[k] for k in ("model", "optimizer", "sample_every_n_epochs")} == {
+        k: overlay[k] for k in ("model", "optimizer", "sample_every_n_epochs")}
