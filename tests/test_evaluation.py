@@ -238,3 +238,32 @@ def test_quick_ablation_end_to_end(data, tmp_path):
     assert re.search(r"sound classifier \(the frozen audio encoder\) accuracy \d\.\d{3}, \d\.\d{3}, \d\.\d{3}", md)
     sheet = Image.open(out / "samples.png")
     assert sheet.size[0] > 64 * (1 + len(variants)) and np.asarray(sheet).std() > 0
+
+
+def test_judges_are_refused_in_each_others_place(dm, judges, tmp_path):
+    """A sound classifier, the player judge or I2S's image classifier given where the image judge goes
+    (and the image judge where the player judge goes) is refused up front, naming the file."""
+    from cmav.ablation import load_grid
+    from cmav.ablation.s2i import _judges
+    from cmav.evaluation.s2i import evaluate_s2i
+    from cmav.tasks import ClassifierTask, load_image_judge
+
+    image, player = judges
+    assert load_image_judge(image).hparams.target == "label"
+    assert load_image_judge(player, target="track").hparams.target == "track"
+    sound = _fit(ClassifierTask(modality="audio", image_size=SIZE, class_names=list(dm.class_names),
+                                input_shape=list(dm.val.tensors.audio.shape[1:])), dm, 1, tmp_path, "sound")  # fmt: skip
+    encoder = _fit(ClassifierTask(modality="image", image_model="encoder", image_size=SIZE,
+                                  image_encoder={"base_channels": 8, "max_channels": 32, "feature_dim": 32}),
+                   dm, 1, tmp_path, "encoder")  # fmt: skip
+    for wrong, kind in ((sound, "audio/label"), (player, "image/track/judge"), (encoder, "image/label/encoder")):
+        with pytest.raises(ValueError, match=rf"{wrong.name}: a {kind} classifier, not the image judge"):
+            load_image_judge(wrong)
+    with pytest.raises(ValueError, match=rf"{image.name}: a image/label/judge classifier, not the player judge"):
+        load_image_judge(image, target="track")
+    cfg = load_grid(Path(__file__).parents[1] / "experiments" / "ablations" / "s2i.yaml", "quick")
+    cfg["stages"]["image_judge"]["ckpt"] = str(sound)
+    with pytest.raises(ValueError, match="not the image judge"):
+        _judges(cfg, tmp_path, dm)
+    with pytest.raises(ValueError, match="target='track'"):
+        evaluate_s2i(lambda a, z: torch.zeros(a.shape[0], 3, SIZE, SIZE), dm, image, player_judge_ckpt=load_image_judge(image))

@@ -41,7 +41,7 @@ def _judges(cfg: dict, out: Path, dm) -> tuple[Path, Path | None]:
     """The image judge and the player judge (when the data has a held-out tail): given as
     ``stages.<judge>.ckpt``, or trained once here with the first seed."""
     from cmav.tasks import ClassifierTask
-    from cmav.tasks.classifier import load_classifier
+    from cmav.tasks.classifier import load_image_judge
 
     seed = cfg["seeds"][0]
     size = cfg["data"]["image_size"]
@@ -49,7 +49,7 @@ def _judges(cfg: dict, out: Path, dm) -> tuple[Path, Path | None]:
     image = classifier_stage(
         cfg, out, dm, "image_judge", seed, out / "judges" / "image_judge.ckpt",
         lambda: ClassifierTask(modality="image", target="label", image_size=size, **stages["image_judge"].get("model", {})),
-        load_classifier,
+        load_image_judge,
     )  # fmt: skip
     player: Path | None = None
     if "player_judge" in stages and len(dm.train_holdout) > 0:
@@ -57,7 +57,7 @@ def _judges(cfg: dict, out: Path, dm) -> tuple[Path, Path | None]:
             cfg, out, dm, "player_judge", seed, out / "judges" / "player_judge.ckpt",
             lambda: ClassifierTask(modality="image", target="track", image_size=size,
                                    **stages["player_judge"].get("model", {})),
-            load_classifier,
+            lambda path: load_image_judge(path, target="track"),
         )  # fmt: skip
     return image, player
 

@@ -126,7 +126,7 @@ def run(cfg: dict, out: Path) -> dict:
     """Run a token grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``."""
     from cmav.evaluation import generate_images, make_generator_fn
     from cmav.evaluation.token import label_images, score_images, token_images
-    from cmav.tasks import ClassifierTask, S2ITask, load_classifier
+    from cmav.tasks import ClassifierTask, S2ITask, load_image_judge
     from cmav.tasks.audio_token import AudioTokenTask
     from cmav.tasks.classifier import load_sound_classifier
     from cmav.tasks.s2i import load_s2i
@@ -146,8 +146,8 @@ def run(cfg: dict, out: Path) -> dict:
                           else "cpu")  # fmt: skip
 
     judges, seed0 = out / "judges", cfg["seeds"][0]
-    judge = load_classifier(classifier_stage(cfg, out, dm, "image_judge", seed0, judges / "image_judge.ckpt", lambda: ClassifierTask(
-        modality="image", target="label", image_size=size, **st["image_judge"].get("model", {})), load_classifier))  # fmt: skip
+    judge = load_image_judge(classifier_stage(cfg, out, dm, "image_judge", seed0, judges / "image_judge.ckpt", lambda: ClassifierTask(
+        modality="image", target="label", image_size=size, **st["image_judge"].get("model", {})), load_image_judge))  # fmt: skip
     retrieval = load_retrieval(classifier_stage(cfg, out, dm, "retrieval", seed0, judges / "retrieval.ckpt", lambda: RetrievalTask(
         image_size=size, **st["retrieval"].get("model", {})), load_retrieval))  # fmt: skip
     pipeline = _pipeline(cfg, out, dm)

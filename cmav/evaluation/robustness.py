@@ -159,7 +159,7 @@ def evaluate_robustness(
     docstring. Refuses (:class:`SameSourceError`) before any scoring when the fonts are not independent.
     A missing ``eval_root`` is rendered first from ``eval_soundfont`` (same preset and seed as ``root``).
     """
-    from cmav.tasks.classifier import load_classifier, load_sound_classifier
+    from cmav.tasks.classifier import load_image_judge, load_sound_classifier
 
     if classifier is None and s2i is None and retrieval is None:
         raise ValueError("give at least one checkpoint to score: a sound classifier, S2I-C (+ image judge) or retrieval")
@@ -191,9 +191,7 @@ def evaluate_robustness(
         task = load_sound_classifier(classifier, user="robustness")
         result["models"]["classifier"] = {"ckpt": str(classifier), **both(classifier, lambda t: score_classifier(task, t))}
     if s2i is not None:
-        judge = load_classifier(image_judge)
-        if judge.hparams.modality != "image":
-            raise ValueError(f"{image_judge}: not an image judge (modality {judge.hparams.modality!r})")
+        judge = load_image_judge(image_judge)
         entry = {"ckpt": str(s2i), "image_judge": str(image_judge), **both(s2i, lambda t: score_s2i(s2i, judge, t, seed))}
         real = split_like(s2i, root, split, cache_dir, progress)
         entry["judge_on_real"] = _report(judged_accuracy(judge, real.images.float().div(127.5).sub(1.0), real.labels,

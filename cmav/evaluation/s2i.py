@@ -46,12 +46,15 @@ def make_generator_fn(task_or_ckpt: Any) -> tuple[GeneratorFn, int, dict]:
     return generator_fn(task_or_ckpt, S2ITask, load_s2i)
 
 
-def _judge(judge_or_ckpt: Any):
-    from cmav.tasks.classifier import ClassifierTask, load_classifier
+def _judge(judge_or_ckpt: Any, target: str = "label"):
+    """The image judge (``target='label'``) or the player judge (``'track'``), from a task or its checkpoint."""
+    from cmav.tasks.classifier import ClassifierTask, load_image_judge
 
-    judge = load_classifier(judge_or_ckpt) if isinstance(judge_or_ckpt, (str, Path)) else judge_or_ckpt
-    if not isinstance(judge, ClassifierTask) or judge.hparams.modality != "image":
-        raise ValueError("a judge must be an image ClassifierTask (or its checkpoint)")
+    if isinstance(judge_or_ckpt, (str, Path)):
+        return load_image_judge(judge_or_ckpt, target=target)
+    judge = judge_or_ckpt
+    if not isinstance(judge, ClassifierTask) or judge.hparams.modality != "image" or judge.hparams.target != target:
+        raise ValueError(f"a judge must be an image ClassifierTask with target={target!r} (or its checkpoint)")
     return judge.eval()
 
 
@@ -112,9 +115,7 @@ def evaluate_s2i(
 
 
 def _player_consistency(fn: GeneratorFn, z_dim: int, datamodule, player_judge: Any, seed: int, batch_size: int):
-    judge = _judge(player_judge)
-    if judge.hparams.target != "track":
-        raise ValueError("the player judge must be a ClassifierTask with target='track'")
+    judge = _judge(player_judge, target="track")
     holdout = getattr(datamodule, "train_holdout", None)
     if holdout is None or len(holdout) == 0:
         return {"split": "train_holdout", "accuracy": None,

@@ -5,6 +5,7 @@ from cmav.tasks.classifier import (
     load_audio_encoder,
     load_classifier,
     load_image_classifier,
+    load_image_judge,
     load_sound_classifier,
 )
 from cmav.tasks.i2s import I2STask, load_i2s
@@ -21,6 +22,7 @@ __all__ = [
     "load_classifier",
     "load_i2s",
     "load_image_classifier",
+    "load_image_judge",
     "load_sound_classifier",
     "load_s2i",
 ]

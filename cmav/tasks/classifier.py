@@ -383,6 +383,20 @@ def load_audio_encoder(path: str | Path) -> AudioEncoder:
     return load_sound_classifier(path).model  # type: ignore[return-value]
 
 
+def load_image_judge(path: str | Path, target: str = "label") -> ClassifierTask:
+    """An image-judge checkpoint (``modality='image'``, ``image_model='judge'``, the given ``target``:
+    ``'label'`` for the image judge, ``'track'`` for the player judge), refused by name otherwise: a
+    sound classifier or the image classifier that conditions I2S is not a judge."""
+    task = load_classifier(path)
+    h = task.hparams
+    if h.modality != "image" or h.target != target or h.get("image_model", "judge") != "judge":
+        kind = f"{h.modality}/{h.target}" + (f"/{h.get('image_model', 'judge')}" if h.modality == "image" else "")
+        what = "image judge (experiments/image_judge.yaml)" if target == "label" else "player judge (experiments/player_judge.yaml)"
+        raise ValueError(f"{path}: a {kind} classifier, not the {what}: modality='image', target={target!r}, "
+                         "image_model='judge'")  # fmt: skip
+    return task
+
+
 def load_image_classifier(path: str | Path, user: str = "this") -> ClassifierTask:
     """An image-classifier checkpoint (``modality='image', target='label', image_model='encoder'``):
     where I2S's pretrained :class:`ImageEncoder` comes from. ``user`` names the branch in the error."""
@@ -399,5 +413,5 @@ def load_image_classifier(path: str | Path, user: str = "this") -> ClassifierTas
     return task
 
 
-__all__ = ["ClassifierTask", "load_audio_encoder", "load_classifier", "load_image_classifier", "load_sound_classifier",
+__all__ = ["ClassifierTask", "load_audio_encoder", "load_classifier", "load_image_classifier", "load_image_judge", "load_sound_classifier",
            "own_hyperparameters", "player_names"]  # fmt: skip
