@@ -87,4 +87,10 @@ class ExponentialMovingAverage(nn.Module):
         return self.module(*args, **kwargs)
 
 
-__all__ = ["ExponentialMovingAverage"]
+def ema_decay_at(update: int, max_decay: float) -> float:
+    """EMA decay at the ``update``-th update, ramped up from 0.1 so early averages are not dominated
+    by the random init."""
+    return min(max_decay, (1.0 + update) / (10.0 + update))
+
+
+__all__ = ["ExponentialMovingAverage", "ema_decay_at"]

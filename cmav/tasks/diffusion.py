@@ -22,7 +22,7 @@ from torch import Tensor
 
 from cmav.diffusion.audio_token import label_words
 from cmav.diffusion.pipeline import PixelDiffusionConfig, TextToImageDiffusion, build_pixel_diffusion
-from cmav.models.ema import ExponentialMovingAverage
+from cmav.models.ema import ExponentialMovingAverage, ema_decay_at
 from cmav.tasks.common import AdamConfig, coerce, datamodule_of, plain, tensorboard_writer
 from cmav.viz.tensors import to_uint8_frame
 
@@ -125,8 +125,7 @@ class DiffusionBaseTask(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        n = int(self.ema.n_updates)
-        self.ema.update(self.diffusion, decay=min(self.hparams.ema_decay, (1.0 + n) / (10.0 + n)))
+        self.ema.update(self.diffusion, decay=ema_decay_at(int(self.ema.n_updates), self.hparams.ema_decay))
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         loss = self._loss(self.sampler, batch, 0.0)

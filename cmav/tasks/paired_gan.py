@@ -42,6 +42,7 @@ from cmav.models import (
     ExponentialMovingAverage,
     PairAwareDiscriminator,
 )
+from cmav.models.ema import ema_decay_at
 from cmav.tasks.classifier import _load_checkpoint, own_hyperparameters
 from cmav.tasks.common import AdamConfig, EncoderConfig, ImageAugment, ImageAugmentConfig, coerce, datamodule_of, plain
 from cmav.tasks.pairs import NegativeSampler
@@ -142,11 +143,6 @@ def mode_seeking_loss(out_a: Tensor, out_b: Tensor, z_a: Tensor, z_b: Tensor, ep
     out_dist = (out_a - out_b).abs().flatten(1).mean(1)
     z_dist = (z_a - z_b).abs().flatten(1).mean(1)
     return (1.0 / (out_dist / z_dist + eps)).mean()
-
-
-def ema_decay_at(iteration: int, max_decay: float) -> float:
-    """EMA decay ramped up from 0.1 so early averages are not dominated by the random init."""
-    return min(max_decay, (1.0 + iteration) / (10.0 + iteration))
 
 
 class PairedGANTask(L.LightningModule):
