@@ -426,3 +426,36 @@ def test_cpu_preset_repeats_the_cpu_diffusion_overlay():
     preset = load_grid(CONFIG, "cpu")["stages"]["diffusion_base"]["model"]
     assert {k: preset[k] for k in ("model", "optimizer", "sample_every_n_epochs")} == {
         k: overlay[k] for k in ("model", "optimizer", "sample_every_n_epochs")}
+
+
+def test_cpu_diffusion_overlay_checkpoints_every_epoch_and_resumes(tmp_path, monkeypatch):
+    """Validation is off in the CPU overlay (and diffusion_base.yaml validates every 10th epoch), so
+    Lightning's ModelCheckpoint would only save when fit ends: a killed run would leave nothing to
+    resume (seen: 9 epochs, no checkpoint). The overlay saves at train-epoch ends; a run writes
+    last.ckpt and the pipeline folder, and --ckpt_path last resumes it."""
+    import sys
+
+    import yaml
+
+    from fixtures import make_suburmp_tracks
+
+    from cmav.cli.main import main as cmav_main
+
+    overlay = yaml.safe_load((REPO / "experiments" / "diffusion_cpu.yaml").read_text())
+    (ckpt_cb,) = [c for c in overlay["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+    assert ckpt_cb["init_args"]["save_on_train_epoch_end"] is True
+    data = make_suburmp_tracks(tmp_path / "data", tracks=(0, 1), chunks=2)
+    monkeypatch.chdir(tmp_path)  # the overlay's runs/diffusion_cpu lands here
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+    args = ["fit", "--config", str(REPO / "experiments" / "diffusion_base.yaml"),
+            "--config", str(REPO / "experiments" / "diffusion_cpu.yaml"), f"--data.root={data}", "--data.batch_size=4",
+            "--data.progress=false", "--data.image_size=32", "--trainer.max_steps=-1", "--trainer.max_epochs=2",
+            "--trainer.limit_train_batches=2", "--trainer.enable_model_summary=false"]  # fmt: skip
+    assert cmav_main(args) == 0
+    run = tmp_path / "runs" / "diffusion_cpu"
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 4  # 2 epochs x 2 batches
+    assert (run / "pipeline" / "unet" / "config.json").is_file()
+    assert cmav_main([*args, "--trainer.max_epochs=3", "--ckpt_path=last"]) == 0
+    again = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert again["global_step"] == 6 and again["epoch"] == last["epoch"] + 1  # one more epoch, resumed
