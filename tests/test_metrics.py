@@ -311,3 +311,26 @@ def test_plot_confusion_matrix_and_save_report(tmp_path):
     js = save_classification_report(r, tmp_path / "r.json")
     loaded = json.loads(js.read_text())
     assert loaded["per_class"]["absent"] is None and loaded["n"] == 5
+
+
+def test_extract_features_leaves_a_wrapped_eval_judge_in_eval_mode():
+    """A judge in eval mode under a new wrapper (which starts in train mode) stays in eval mode after
+    feature extraction, so logits computed afterwards (judged accuracy, AIC) use its running statistics."""
+    import torch
+    from torch import nn
+
+    from cmav.metrics.fidelity import extract_features
+
+    class Wrapper(nn.Module):
+        def __init__(self, judge: nn.Module) -> None:
+            super().__init__()
+            self.judge = judge
+
+        def forward(self, x):
+            return self.judge(x)
+
+    judge = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Dropout(0.5)).eval()
+    wrapper = Wrapper(judge)
+    assert wrapper.training and not judge.training
+    extract_features(wrapper, torch.randn(10, 4), batch_size=4)
+    assert wrapper.training and not any(m.training for m in judge.modules())
