@@ -40,6 +40,9 @@ command -v fluidsynth >/dev/null 2>&1 || need+=(fluidsynth)
 [ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || need+=(fluid-soundfont-gm)
 # TimGM6mb: other recordings than FluidR3's (MuseScore General reuses FluidR3's, so it would not do)
 [ -f /usr/share/sounds/sf2/TimGM6mb.sf2 ] || need+=(timgm6mb-soundfont)
+# TiMidity++ and freepats: a third sample set, recorded apart from both (datasets/freepats_orchestra.cfg)
+command -v timidity >/dev/null 2>&1 || need+=(timidity)
+[ -d /usr/share/midi/freepats ] || need+=(freepats)
 if [ "$with_test" = 1 ]; then
   # Debian's chromium and its chromedriver: Selenium drives the human-evaluation page with them
   [ -x /usr/bin/chromium ] || need+=(chromium)

@@ -457,6 +457,101 @@ def test_fonts_sharing_a_sample_are_one_source_whatever_their_names(tmp_path):
         check_independent(soundfont_record(a), soundfont_record(b))
 
 
+def write_pat(path: Path, waves: dict[str, np.ndarray], bits: int = 16, unsigned: bool = False) -> Path:
+    """A minimal GUS patch file: the patch, instrument and layer headers, then each wave's 96-byte
+    header and its data (``bits`` 8 or 16, signed or unsigned as GUS stores them)."""
+    head = (b"GF1PATCH110\0ID#000002\0" + b"\0" * 60 + bytes([1, 14, 0]) + struct.pack("<HHI", len(waves), 127, 0)
+            + b"\0" * 36)  # fmt: skip
+    body = b""
+    for name, x in waves.items():
+        x = np.asarray(x, dtype=np.int64)
+        if bits == 8:
+            data = ((x // 256) + (128 if unsigned else 0)).astype("u1" if unsigned else "i1").tobytes()
+        else:
+            data = (x + (32768 if unsigned else 0)).astype("<u2" if unsigned else "<i2").tobytes()
+        modes = (1 if bits == 16 else 0) | (2 if unsigned else 0)
+        wave = (name.encode()[:7].ljust(7, b"\0") + b"\0" + struct.pack("<III", len(data), 0, len(data))
+                + struct.pack("<H", 22050) + b"\0" * 33 + bytes([modes]) + b"\0" * 40)  # fmt: skip
+        assert len(wave) == 96
+        body += wave + data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(head + b"\0" * 63 + b"\0" * 47 + body)
+    return path
+
+
+def test_a_timidity_patch_set_is_compared_with_soundfonts_sample_by_sample(tmp_path):
+    from cmav.standin.soundfonts import timidity_sources
+
+    rng = np.random.default_rng(1)
+    violin, flute, horn = (rng.integers(-100, 100, 400) * 256 for _ in range(3))
+    font = write_sf2(tmp_path / "Bank.sf2", {"Violin": violin, "Flute": flute})
+    write_pat(tmp_path / "pats" / "violin8.pat", {"Vln": violin}, bits=8, unsigned=True)  # widened to 16 bits
+    write_pat(tmp_path / "pats" / "horn.pat", {"Horn": horn})
+    write_pat(tmp_path / "pats" / "flute.pat", {"Flt": flute}, unsigned=True)
+    (tmp_path / "sub.cfg").write_text("bank 0\n 60 horn.pat\n")
+    shared = tmp_path / "shared.cfg"
+    shared.write_text(f"# a comment\ndir {tmp_path / 'pats'}\nbank 0\n 40 violin8.pat amp=100\n 73 flute\n"
+                      f"source {tmp_path / 'own.cfg'}\n")  # fmt: skip
+    own = tmp_path / "own.cfg"
+    own.write_text(f"dir {tmp_path / 'pats'}\nbank 0\n 60 horn.pat\n")
+    assert [p.name for p in timidity_sources(shared)] == ["violin8.pat", "flute.pat", "horn.pat"]
+    assert sorted(shared_samples(shared, font)) == ["flute.pat:Flt", "violin8.pat:Vln"]
+    reason = same_source(soundfont_record(shared), soundfont_record(font))
+    assert reason and "2 of the 3 samples of shared.cfg are byte-identical" in reason
+    assert same_source(soundfont_record(own), soundfont_record(font)) is None  # the horn is its own recording
+    (tmp_path / "missing.cfg").write_text(f"dir {tmp_path / 'pats'}\n 41 viola.pat\n")
+    with pytest.raises(FileNotFoundError, match=r"missing.cfg: viola.pat"):
+        sample_digests(tmp_path / "missing.cfg")
+    write_pat(tmp_path / "pats" / "bad.pat", {"x": violin}).write_bytes(b"RIFF....")
+    (tmp_path / "bad.cfg").write_text(f"dir {tmp_path / 'pats'}\n 41 bad.pat\n")
+    with pytest.raises(ValueError, match="bad.pat: not a GUS patch file"):
+        sample_digests(tmp_path / "bad.cfg")
+
+
+FREEPATS_CFG = Path(__file__).resolve().parents[1] / "datasets" / "freepats_orchestra.cfg"
+HAVE_TIMIDITY = shutil.which("timidity") is not None and Path("/usr/share/midi/freepats").is_dir()
+
+
+@pytest.mark.skipif(not HAVE_TIMIDITY or not TIMGM6MB.is_file(), reason="needs timidity, freepats and timgm6mb-soundfont")
+def test_the_shipped_freepats_set_maps_every_instrument_and_shares_no_recording(tmp_path):
+    from cmav.data.instruments import INSTRUMENT_SPECS
+    from cmav.standin.soundfonts import timidity_sources
+
+    mapped = {int(w[0]) for line in FREEPATS_CFG.read_text().splitlines() if (w := line.split("#")[0].split())
+              and w[0].isdigit()}  # fmt: skip
+    assert mapped == {s.gm_program - 1 for s in INSTRUMENT_SPECS.values()}  # TiMidity++ counts from 0
+    assert all(p.is_file() for p in timidity_sources(FREEPATS_CFG))
+    fp = soundfont_record(FREEPATS_CFG)
+    assert fp["family"] == "FreePats" and len(sample_digests(FREEPATS_CFG)) > 13
+    assert same_source(fp, soundfont_record(TIMGM6MB)) is None
+    if FLUIDR3.is_file():
+        assert same_source(fp, soundfont_record(FLUIDR3)) is None
+    # Debian's whole freepats set is NOT independent of TimGM6mb: its soprano sax and ocarina are TimGM6mb's
+    full = Path("/etc/timidity/freepats.cfg")
+    if full.is_file():
+        assert "byte-identical" in same_source(soundfont_record(full), soundfont_record(TIMGM6MB))
+
+
+@pytest.mark.skipif(not HAVE_TIMIDITY, reason="needs timidity and freepats")
+def test_timidity_renders_a_patch_set_track_and_refuses_a_program_it_does_not_map(tmp_path):
+    from cmav.standin.build import TrackJob, build_track
+    from cmav.standin.music import Note, write_midi
+    from cmav.standin.render import SynthSettings, render_midi
+
+    build_track(TrackJob(str(tmp_path / "fp"), "train", "oboe", 0, 3, 0, str(FREEPATS_CFG), 64, 90))
+    audio, rate = sf.read(str(tmp_path / "fp/chunk/train/oboe/oboe00_600.wav"))
+    assert rate == 44100 and audio.shape == (22050, 2) and np.sqrt(np.mean(audio**2)) > 1e-3
+    midi = tmp_path / "a.mid"
+    write_midi([Note(0.0, 0.4, 69, 100, "legato")], 69, midi)  # GM oboe (1-based 69)
+    dry = render_midi(midi, FREEPATS_CFG, SynthSettings(sample_rate=22050))
+    wet = render_midi(midi, FREEPATS_CFG, SynthSettings(sample_rate=22050, reverb=True, reverb_level=0.9))
+    assert dry.dtype == np.float32 and dry.shape[0] == 2 and np.abs(dry).max() > 0.01
+    assert not np.allclose(dry[:, : wet.shape[1]], wet[:, : dry.shape[1]], atol=1e-3)  # the reverb is on
+    write_midi([Note(0.0, 0.4, 60, 100, "legato")], 1, midi)  # a piano: not in the set
+    with pytest.raises(RuntimeError, match=r"freepats_orchestra.cfg: rendering .*a.mid made timidity load the soundfont"):
+        render_midi(midi, FREEPATS_CFG)
+
+
 def _cli(words: list[str]) -> int:
     from cmav.cli import robustness
 

@@ -19,8 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--preset", default="default", choices=["tiny", "default", "full"],
                    help="size: tiny (tests, seconds), default (minutes), full (Sub-URMP's counts)")  # fmt: skip
     b.add_argument("--seed", type=int, default=0, help="random seed; the build is deterministic under it")
-    b.add_argument("--soundfont", action="append", default=None, metavar="SF2",
-                   help="General MIDI .sf2 (default: Debian's FluidR3_GM.sf2); recorded by path and sha256 in "
+    b.add_argument("--soundfont", action="append", default=None, metavar="SF2|CFG",
+                   help="General MIDI .sf2 (default: Debian's FluidR3_GM.sf2), or a TiMidity++ .cfg of GUS patches "
+                        "(datasets/freepats_orchestra.cfg: Debian's freepats); recorded by path and sha256 in "
                         "cmav_standin.json. A copy rendered from another font (e.g. /usr/share/sounds/sf2/TimGM6mb.sf2) "
                         "is the cross-source evaluation set of `cmav evaluate robustness`. Given twice or more: a "
                         "several-source build, each track's timeline taking the fonts in turn")  # fmt: skip

@@ -1,7 +1,16 @@
-"""Rendering MIDI to audio with the FluidSynth command-line program."""
+"""Rendering MIDI to audio: SoundFont 2 files with the FluidSynth program, GUS patch sets with TiMidity++.
+
+A *source* is either a General MIDI ``.sf2`` (rendered by ``fluidsynth``) or a TiMidity++ ``.cfg``
+that maps GM programs to GUS ``.pat`` patches (rendered by ``timidity``; cmav ships
+``datasets/freepats_orchestra.cfg`` for Debian's freepats, a sample set recorded apart from
+FluidR3's and TimGM6mb's). TiMidity++ always reads its system configuration first, and Debian's maps
+every program to FluidR3: a program the given ``.cfg`` leaves out would silently sound FluidR3's
+samples. So a render that makes TiMidity++ open any soundfont is refused.
+"""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -46,9 +55,28 @@ class SynthSettings:
         return [a for o in opts for a in ("-o", o)]
 
 
+TIMIDITY_SUFFIX = ".cfg"
+"""A source with this suffix is a TiMidity++ configuration of GUS patches, rendered by ``timidity``."""
+
+
+def is_patch_set(source: str | Path) -> bool:
+    """True for a TiMidity++ ``.cfg`` source, False for a soundfont."""
+    return Path(source).suffix.lower() == TIMIDITY_SUFFIX
+
+
 def check_renderer(soundfont: str | Path) -> Path:
-    """Return the soundfont path after checking that it and the fluidsynth program exist."""
+    """Return the source path after checking that it and its renderer (fluidsynth for a soundfont,
+    timidity for a ``.cfg`` patch set) exist."""
     soundfont = Path(soundfont)
+    if is_patch_set(soundfont):
+        if shutil.which("timidity") is None:
+            raise RuntimeError(
+                f"{soundfont}: a TiMidity++ patch set needs the 'timidity' program; install it with "
+                "'apt-get install -y timidity freepats' (scripts/install.sh does this)"
+            )
+        if not soundfont.is_file():
+            raise FileNotFoundError(f"{soundfont}: TiMidity++ configuration not found")
+        return soundfont
     if shutil.which("fluidsynth") is None:
         raise RuntimeError(
             "the 'fluidsynth' program is not installed; install it with "
@@ -66,8 +94,11 @@ def render_midi(midi_path: str | Path, soundfont: str | Path, settings: SynthSet
     """Render a MIDI file to float32 stereo audio ``(2, samples)`` at ``settings.sample_rate``.
 
     One call per track: loading the font dominates a call, and a file keeps FluidSynth's own
-    timing (its interactive shell wrote empty files here).
+    timing (its interactive shell wrote empty files here). A ``.cfg`` source goes to
+    :func:`render_midi_timidity`.
     """
+    if is_patch_set(soundfont):
+        return render_midi_timidity(midi_path, soundfont, settings)
     with tempfile.TemporaryDirectory(prefix="cmav-render-") as tmp:
         out = Path(tmp) / "out.wav"
         cmd = [
@@ -86,4 +117,48 @@ def render_midi(midi_path: str | Path, soundfont: str | Path, settings: SynthSet
         data, rate = sf.read(str(out), dtype="float32", always_2d=True)
     if rate != settings.sample_rate:
         raise RuntimeError(f"fluidsynth wrote {rate} Hz, asked for {settings.sample_rate} Hz")
+    return np.ascontiguousarray(data.T)
+
+
+def timidity_options(settings: SynthSettings) -> list[str]:
+    """TiMidity++'s arguments for ``settings``: rate, amplification, and its own reverb (freeverb,
+    level from ``reverb_level``) and chorus (level from ``chorus_level``) or neither."""
+    opts = ["-s", str(settings.sample_rate), "-A", str(max(1, round(100 * settings.gain)))]
+    if settings.reverb:
+        level = 0.5 if settings.reverb_level is None else settings.reverb_level
+        opts.append(f"-EFreverb=f,{min(127, max(1, round(127 * level)))}")
+    else:
+        opts.append("-EFreverb=0")
+    if settings.chorus:
+        level = 1.0 if settings.chorus_level is None else settings.chorus_level
+        opts.append(f"-EFchorus=s,{min(127, max(1, round(40 * level)))}")
+    else:
+        opts.append("-EFchorus=0")
+    return opts
+
+
+def render_midi_timidity(midi_path: str | Path, config: str | Path, settings: SynthSettings = SynthSettings()) -> np.ndarray:
+    """Render a MIDI file with TiMidity++ and the patch set of ``config``: float32 stereo ``(2, samples)``.
+
+    Raises when TiMidity++ fails, writes nothing, or opens a soundfont (a program ``config`` does
+    not map fell through to the system configuration's font).
+    """
+    with tempfile.TemporaryDirectory(prefix="cmav-render-") as tmp:
+        out = Path(tmp) / "out.wav"
+        cmd = ["timidity", "-c", str(config), "-idvv", "-Ow", "--output-stereo", "--output-16bit",
+               *timidity_options(settings), "-o", str(out), str(midi_path)]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        log = proc.stdout + proc.stderr
+        if proc.returncode != 0 or not out.is_file() or out.stat().st_size <= 44:
+            raise RuntimeError(f"timidity failed on {midi_path} with {config} (exit {proc.returncode}): {log.strip()[-500:]}")
+        fonts = sorted(set(re.findall(r"Init soundfonts `([^']+)'", log)))
+        if fonts:
+            raise RuntimeError(
+                f"{config}: rendering {midi_path} made timidity load the soundfont {', '.join(fonts)} from its "
+                "system configuration: the program played is not mapped in this .cfg, so the audio would "
+                "not come from its patches"
+            )
+        data, rate = sf.read(str(out), dtype="float32", always_2d=True)
+    if rate != settings.sample_rate:
+        raise RuntimeError(f"timidity wrote {rate} Hz, asked for {settings.sample_rate} Hz")
     return np.ascontiguousarray(data.T)

@@ -10,6 +10,10 @@ Names are not enough: a font can reuse another's samples under any name. So when
 SoundFont 2 files on disk, :func:`same_source` also compares their sample data, and two fonts that
 share any byte-identical sample (Debian's csound GM bank shares 323 of its 480 with TimGM6mb) are
 the same source. Re-encoded copies (sf3, resampled) are caught only by the family names.
+
+A TiMidity++ ``.cfg`` source (GUS patches, :mod:`cmav.standin.render`) is compared the same way,
+through the samples of the patches (and fonts) it maps: 8-bit and unsigned patch data are widened to
+signed 16-bit first, as a soundfont stores them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 TIMGM6MB = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
 """Where Debian's timgm6mb-soundfont puts the independent evaluation font."""
 
@@ -29,6 +35,7 @@ FONT_FAMILIES: dict[str, tuple[str, ...]] = {
     # family: lower-case name fragments (file name or the font's INAM) of fonts sharing its samples
     "FluidR3": ("fluidr3", "fluid r3", "musescore_general", "musescore general", "musescoregeneral"),
     "TimGM6mb": ("timgm6mb",),
+    "FreePats": ("freepats",),
 }
 """Fonts that share recordings. MuseScore General and FluidR3Mono are derived from FluidR3."""
 
@@ -95,11 +102,82 @@ def _sample_digests(realpath: str, mtime_ns: int, size: int) -> dict[str, str]:
     return out
 
 
+def _pat_samples(path: str | Path) -> Iterator[tuple[str, bytes]]:
+    """(name, signed 16-bit little-endian PCM) of every wave in a GUS ``.pat`` patch file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:8] != b"GF1PATCH" or len(data) < 239:
+        raise ValueError(f"{path}: not a GUS patch file (no GF1PATCH header)")
+    n_waves = struct.unpack("<H", data[85:87])[0]
+    off = 129 + 63 + 47  # patch, instrument and layer headers
+    for _ in range(n_waves):
+        head = data[off : off + 96]
+        if len(head) < 96:
+            raise ValueError(f"{path}: truncated GUS patch file")
+        length, modes = struct.unpack("<I", head[8:12])[0], head[55]
+        raw = data[off + 96 : off + 96 + length]
+        sixteen, unsigned = modes & 1, modes & 2
+        pcm = np.frombuffer(raw[: len(raw) // 2 * 2] if sixteen else raw,
+                            ("<u2" if unsigned else "<i2") if sixteen else ("u1" if unsigned else "i1")).astype(np.int32)  # fmt: skip
+        if unsigned:
+            pcm = pcm - (32768 if sixteen else 128)
+        if not sixteen:
+            pcm = pcm * 256
+        yield head[:7].split(b"\0")[0].decode("latin1") or Path(path).stem, pcm.astype("<i2").tobytes()
+        off += 96 + length
+
+
+def timidity_sources(config: str | Path) -> list[Path]:
+    """The patch (``.pat``) and soundfont files a TiMidity++ configuration maps, with its ``dir``
+    search paths and ``source`` includes followed; a mapped file that is not found raises."""
+    config = Path(config)
+    dirs: list[Path] = [config.parent]
+    found: list[Path] = []
+
+    def resolve(name: str) -> Path:
+        for d in [Path("/"), *reversed(dirs)] if Path(name).is_absolute() else reversed(dirs):
+            if (d / name).is_file():
+                return d / name
+        raise FileNotFoundError(f"{config}: {name} (mapped there) not found in {', '.join(map(str, dirs))}")
+
+    for line in config.read_text(encoding="latin1").splitlines():
+        words = line.split("#")[0].split()
+        if not words:
+            continue
+        if words[0] == "dir":
+            dirs.append(Path(words[1]))
+        elif words[0] == "source":
+            found += timidity_sources(resolve(words[1]))
+        elif words[0] == "soundfont":
+            found.append(resolve(words[1].strip('"')))
+        elif words[0].isdigit() and len(words) > 1:
+            name = words[2].strip('"') if words[1] == "%font" else words[1]
+            found.append(resolve(name if name.endswith((".pat", ".sf2")) or words[1] == "%font" else name + ".pat"))
+    return list(dict.fromkeys(found))
+
+
+@functools.lru_cache(maxsize=16)
+def _patch_set_digests(realpath: str, mtime_ns: int, size: int) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for src in timidity_sources(realpath):
+        if src.suffix.lower() != ".pat":
+            out.update(sample_digests(src))
+            continue
+        for name, data in _pat_samples(src):
+            if len(data) // 2 < MIN_SAMPLE_FRAMES or not data.strip(b"\0"):
+                continue
+            out.setdefault(hashlib.sha1(data).hexdigest(), f"{src.name}:{name}")
+    return out
+
+
 def sample_digests(path: str | Path) -> dict[str, str]:
-    """sha1 of each sample's 16-bit PCM -> the sample's name, for a SoundFont 2 file; ``{}`` for
-    anything else (an sf3's compressed samples cannot be compared this way)."""
+    """sha1 of each sample's 16-bit PCM -> the sample's name, for a SoundFont 2 file or a TiMidity++
+    ``.cfg`` (the samples of what it maps); ``{}`` for anything else (an sf3's compressed samples
+    cannot be compared this way)."""
     real = os.path.realpath(path)
     st = os.stat(real)
+    if real.lower().endswith(".cfg"):
+        return dict(_patch_set_digests(real, st.st_mtime_ns, st.st_size))
     return dict(_sample_digests(real, st.st_mtime_ns, st.st_size))
 
 
@@ -196,4 +274,4 @@ def same_source(train: dict[str, Any], evaluation: dict[str, Any]) -> str | None
 
 
 __all__ = ["FONT_FAMILIES", "MIN_SAMPLE_FRAMES", "TIMGM6MB", "describe", "font_family", "fonts_of", "sample_digests",
-           "same_source", "several_fonts_record", "sf2_info", "sha256_of", "shared_samples", "soundfont_record"]  # fmt: skip
+           "same_source", "several_fonts_record", "sf2_info", "sha256_of", "shared_samples", "soundfont_record", "timidity_sources"]  # fmt: skip
