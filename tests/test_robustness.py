@@ -488,7 +488,6 @@ def test_a_timidity_patch_set_is_compared_with_soundfonts_sample_by_sample(tmp_p
     write_pat(tmp_path / "pats" / "violin8.pat", {"Vln": violin}, bits=8, unsigned=True)  # widened to 16 bits
     write_pat(tmp_path / "pats" / "horn.pat", {"Horn": horn})
     write_pat(tmp_path / "pats" / "flute.pat", {"Flt": flute}, unsigned=True)
-    (tmp_path / "sub.cfg").write_text("bank 0\n 60 horn.pat\n")
     shared = tmp_path / "shared.cfg"
     shared.write_text(f"# a comment\ndir {tmp_path / 'pats'}\nbank 0\n 40 violin8.pat amp=100\n 73 flute\n"
                       f"source {tmp_path / 'own.cfg'}\n")  # fmt: skip
@@ -618,6 +617,38 @@ def test_robustness_grid_and_evaluation_end_to_end(tmp_path, capsys):
     (tmp_path / "grid2").mkdir()
     with pytest.raises(ValueError, match="refusing a cross-source evaluation"):
         run(cfg, tmp_path / "grid2")
+
+
+@pytest.mark.skipif(not HAVE_FLUIDSYNTH or not HAVE_TIMIDITY or not TIMGM6MB.is_file(),
+                    reason="needs fluidsynth, timidity + freepats and timgm6mb-soundfont")  # fmt: skip
+def test_a_grid_variant_renders_its_own_several_source_data_once_and_never_from_the_evaluation_font(tmp_path, monkeypatch, capsys):
+    from cmav.ablation.robustness import _validate, variant_root
+    from cmav.standin import build
+
+    monkeypatch.setitem(build.PRESETS, "micro", build.Preset("micro", 1, 1, 1, 1, frame_size=32))
+    train = tmp_path / "train"
+    build.build_standin(train, preset="micro", soundfont=FLUIDR3, progress=False, workers=1)
+    cross = soundfont_record(TIMGM6MB)
+    out = tmp_path / "grid"
+    variant = {"name": "FluidR3 + FreePats", "groups": [], "soundfonts": [str(FLUIDR3), str(FREEPATS_CFG)]}
+    root = variant_root({}, variant, train, out, cross)
+    assert root == out / "data_FluidR3_FreePats" and "rendering the training data" in capsys.readouterr().out
+    manifest = json.loads((root / MANIFEST).read_text())
+    assert manifest["complete"] and [f["name"] for f in manifest["soundfont"]["fonts"]] == ["FluidR3_GM.sf2",
+                                                                                           "freepats_orchestra.cfg"]  # fmt: skip
+    assert manifest["params"]["preset"] == "micro"  # the training data's preset and seed
+    wav = next(root.glob("chunk/train/*/*.wav"))
+    stamp = wav.stat().st_mtime_ns
+    assert variant_root({}, variant, train, out, cross) == root and wav.stat().st_mtime_ns == stamp  # kept
+    assert "rendering" not in capsys.readouterr().out
+    assert variant_root({}, {"name": "plain", "root": str(train)}, tmp_path / "x", out, cross) == train
+    with pytest.raises(SameSourceError, match="TimGM6mb"):
+        variant_root({}, {"name": "bad", "soundfonts": [str(FLUIDR3), str(TIMGM6MB)]}, train, out, cross)
+    assert not (out / "data_bad").exists()  # refused before rendering
+    with pytest.raises(FileNotFoundError, match=r"variant 'v'.*nope.sf2"):
+        _validate({"variants": [{"name": "none"}, {"name": "v", "soundfonts": ["nope.sf2"]}]})
+    with pytest.raises(ValueError, match="`soundfonts` is a list"):
+        _validate({"variants": [{"name": "none"}, {"name": "v", "soundfonts": str(FLUIDR3)}]})
 
 
 def test_s2i_score_generates_from_each_sources_audio(fixture_root, tmp_path):

@@ -1,7 +1,7 @@
 """The robustness grid (``kind: robustness``, see ``experiments/ablations/robustness.yaml``).
 
 For every variant (a set of augmentation groups, optionally another training data root such as a
-varied-render stand-in) x seed it trains the sound classifier (:class:`~cmav.tasks.ClassifierTask`,
+varied-render stand-in, or one rendered from its own ``soundfonts`` when missing) x seed it trains the sound classifier (:class:`~cmav.tasks.ClassifierTask`,
 audio) with that augmentation for ``steps`` batches, then scores it on the validation split of
 ``data.root`` (in-source: the training font) and of ``cross_source.root`` (the same data rendered
 from an independent font; refused when the fonts share recordings). The results folder gets::
@@ -68,6 +68,28 @@ def cross_source_root(cfg: dict, out: Path) -> Path:
     return target
 
 
+def variant_root(cfg: dict, variant: dict, in_root: Path, out: Path, cross_font: dict[str, Any]) -> Path:
+    """The training data of a variant: its ``root``, else ``data.root``. A variant with
+    ``soundfonts`` (one source or several: ``.sf2`` files or TiMidity++ ``.cfg`` patch sets) has its
+    data rendered from them when ``root`` is missing (``root`` null: under ``out``), with the preset
+    and seed of ``data.root``; each source is checked against the evaluation font first, and a
+    folder built before from other sources is refused by the builder."""
+    from cmav.evaluation.robustness import build_eval_copy, check_independent, read_manifest
+    from cmav.standin.soundfonts import soundfont_record
+
+    fonts, root = variant.get("soundfonts"), variant.get("root")
+    if not fonts:
+        return Path(root or in_root)
+    target = Path(root) if root else out / f"data_{slug(variant['name'])}"
+    for font in fonts:
+        check_independent(soundfont_record(font), cross_font)  # refuse before rendering anything
+    if not (read_manifest(target) or {}).get("complete"):
+        print(f"[ablate] rendering the training data of {variant['name']!r} at {target} from {', '.join(map(str, fonts))} "
+              "(once)", flush=True)  # fmt: skip
+    build_eval_copy(in_root, target, list(fonts), progress=False)  # a complete folder with the same sources is kept
+    return target
+
+
 def _validate(cfg: dict) -> list[dict]:
     src = cfg.get("source", "grid")
     variants = cfg.get("variants") or []
@@ -78,6 +100,12 @@ def _validate(cfg: dict) -> list[dict]:
         raise ValueError(f"{src}: no variant named {BASELINE!r} (no augmentation): every row is compared with it")
     for v in variants:
         variant_augment(cfg, v)  # unknown groups/options: a clear error now, not mid-grid
+        fonts = v.get("soundfonts")
+        if fonts is not None and (not isinstance(fonts, list) or not fonts or not all(isinstance(f, str) for f in fonts)):
+            raise ValueError(f"{src}: variant {v['name']!r}: `soundfonts` is a list of font paths, got {fonts!r}")
+        missing = [f for f in fonts or [] if not Path(f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{src}: variant {v['name']!r}: soundfont(s) not found: {', '.join(missing)}")
     return variants
 
 
@@ -160,7 +188,7 @@ def run(cfg: dict, out: Path) -> dict:
     evals: dict[str, Any] = {}
     for v in variants:
         name, aug = v["name"], variant_augment(cfg, v)
-        train_root = Path(v.get("root") or in_root)
+        train_root = variant_root(cfg, v, in_root, out, fonts["cross_source"])
         check_independent(data_soundfont(train_root), fonts["cross_source"])  # never train on the evaluation source
         for seed in cfg["seeds"]:
             key = {"variant": name, "seed": seed, "augment": aug.to_dict(), "train_root": str(train_root),
@@ -208,4 +236,4 @@ def run(cfg: dict, out: Path) -> dict:
     return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
 
 
-__all__ = ["BASELINE", "cross_source_root", "run", "summarise", "variant_augment", "write_tables"]
+__all__ = ["BASELINE", "cross_source_root", "run", "summarise", "variant_augment", "variant_root", "write_tables"]

@@ -19,6 +19,7 @@ Scores, each in-source (``root``'s split) beside cross-source (``eval_root``'s s
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,10 @@ def check_independent(train_font: dict[str, Any], eval_font: dict[str, Any]) -> 
         )
 
 
-def build_eval_copy(root: str | Path, eval_root: str | Path, soundfont: str | Path, progress: bool = True) -> dict:
-    """Render ``eval_root``: the stand-in at ``root`` (same preset, seed and frame size; dry) from ``soundfont``."""
+def build_eval_copy(root: str | Path, eval_root: str | Path, soundfont: str | Path | Sequence[str | Path],
+                    progress: bool = True) -> dict:  # fmt: skip
+    """Render ``eval_root``: the stand-in at ``root`` (same preset, seed and frame size; dry) from
+    ``soundfont`` (one source, or several for a several-source build)."""
     from cmav.standin.build import build_standin
 
     params = (read_manifest(root) or {}).get("params")
