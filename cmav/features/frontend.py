@@ -1,7 +1,8 @@
 """The audio front-end family behind one config key (``features``) and one builder.
 
 ``kind`` selects the representation studied in Chen et al. (2017): ``lms`` (default), ``stft``,
-``cqt``, ``mfcc`` or ``waveform``. In YAML::
+``cqt``, ``mfcc`` or ``waveform``; and ``harmonic``, a pitch-normalised harmonic profile
+(:mod:`cmav.features.harmonic`, for robustness across recording sources). In YAML::
 
     data:
       features:
@@ -18,13 +19,14 @@ from typing import Any, Union
 
 from cmav.features.base import FrontEnd
 from cmav.features.cqt import ConstantQTransform, CqtConfig
+from cmav.features.harmonic import HarmonicConfig, HarmonicProfile
 from cmav.features.logmel import LogMelConfig, LogMelSpectrogram
 from cmav.features.mfcc import Mfcc, MfccConfig
 from cmav.features.stft import LogStftMagnitude, StftConfig
 from cmav.features.waveform import Waveform, WaveformConfig
 
 # LogMelConfig first: a config with no ``kind`` means the default LMS front end.
-FrontEndConfig = Union[LogMelConfig, StftConfig, CqtConfig, MfccConfig, WaveformConfig]
+FrontEndConfig = Union[LogMelConfig, StftConfig, CqtConfig, MfccConfig, WaveformConfig, HarmonicConfig]
 
 FRONT_ENDS: dict[str, tuple[type, type[FrontEnd]]] = {
     "lms": (LogMelConfig, LogMelSpectrogram),
@@ -32,6 +34,7 @@ FRONT_ENDS: dict[str, tuple[type, type[FrontEnd]]] = {
     "cqt": (CqtConfig, ConstantQTransform),
     "mfcc": (MfccConfig, Mfcc),
     "waveform": (WaveformConfig, Waveform),
+    "harmonic": (HarmonicConfig, HarmonicProfile),
 }
 
 

@@ -2,7 +2,7 @@
 
 from .discriminator import PairAwareDiscriminator
 from .ema import ExponentialMovingAverage
-from .encoders import AudioEncoder, ConvEncoder, EncoderOutput, ImageEncoder, count_parameters
+from .encoders import AudioEncoder, ConvEncoder, EncoderOutput, ImageEncoder, StatsPoolEncoder, count_parameters
 from .generator import ConditionalGenerator, dcgan_init_
 from .judge import ImageJudge
 
@@ -15,6 +15,7 @@ __all__ = [
     "ImageEncoder",
     "ImageJudge",
     "PairAwareDiscriminator",
+    "StatsPoolEncoder",
     "count_parameters",
     "dcgan_init_",
 ]

@@ -5,13 +5,15 @@ conv3x3 -> BatchNorm -> activation -> 2x2 max-pool, global pooling, a Linear to 
 feature and a Linear classification head. Only the defaults differ (:class:`AudioEncoder`,
 :class:`ImageEncoder`). Every spatial size is derived from ``input_shape`` so any front-end
 configuration (128x44, 64x44, 128x87 LMS, 513x44 STFT, 20x44 MFCC, 64/128 px images, (1, 1, L) raw
-waveform with a strided 1-D stem) builds.
+waveform with a strided 1-D stem) builds. :class:`StatsPoolEncoder` (``arch: stats`` in the option
+group) keeps the interface without convolutions, for rows that are already per-frame features.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
+import torch
 from torch import Tensor, nn
 
 MIN_BLOCKS = 2
@@ -263,6 +265,96 @@ class ImageEncoder(ConvEncoder):
         )
 
 
+class RowNorm(nn.Module):
+    """Standardise every ``(channel, row)`` of ``(N, C, H, W)`` maps over the batch and ``W`` (BatchNorm, no affine)."""
+
+    def __init__(self, channels: int, rows: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(channels * rows, affine=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        return self.norm(x.reshape(n, c * h, w)).reshape(n, c, h, w)
+
+
+class StatisticsPooling(nn.Module):
+    """``(N, C, H, W)`` -> ``(N, 2 * C * H)``: the mean and the standard deviation of every row over ``W``
+    (time), as x-vectors pool frames (Snyder et al. 2018)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.flatten(1, 2)
+        return torch.cat([rows.mean(-1), rows.std(-1, unbiased=False)], 1)
+
+
+class FeatureNoise(nn.Module):
+    """Gaussian noise of sd ``sd`` added in training only (on standardised features)."""
+
+    def __init__(self, sd: float) -> None:
+        super().__init__()
+        if sd < 0:
+            raise ValueError(f"feature_noise must be >= 0, got {sd}")
+        self.sd = float(sd)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.sd * torch.randn_like(x) if self.training and self.sd > 0 else x
+
+
+class StatsPoolEncoder(ConvEncoder):
+    """An encoder with no convolutions: statistics pooling of the input rows over time, then an MLP
+    to the ``feature_dim`` feature and the class head.
+
+    For front ends whose rows are already features of one frame (the harmonic profile,
+    :mod:`cmav.features.harmonic`): pooling first means the model never sees the temporal detail of
+    a recording, only how each row is distributed over the clip, which is what carries over to
+    another sample set of the same instruments (issue #8). It keeps :class:`ConvEncoder`'s interface:
+    ``blocks`` holds one block, the identity after the input standardisation (its map ``(N, C, H,
+    W)`` is what dense retrieval and the audio token read), ``fc_feature`` is pooling + MLP.
+
+    Args: as :class:`ConvEncoder` where they apply, plus ``hidden_dim`` (the MLP's hidden width)
+    and ``feature_noise`` (sd of Gaussian noise on the standardised statistics in training).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (1, 29, 22),
+        feature_dim: int = 128,
+        n_classes: int = 13,
+        dropout: float = 0.3,
+        activation: str = "leaky_relu",
+        negative_slope: float = 0.2,
+        input_norm: bool = True,
+        hidden_dim: int = 256,
+        feature_noise: float = 0.1,
+    ) -> None:
+        nn.Module.__init__(self)  # none of ConvEncoder's conv stack: only its methods
+        c, h, w = check_shape(input_shape, "input_shape")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if w < 2:
+            raise ValueError(f"StatsPoolEncoder pools over time and needs at least 2 frames, got input_shape {input_shape}")
+        self.input_shape = (c, h, w)
+        self.n_blocks = 1
+        self.feature_dim = feature_dim
+        self.n_classes = n_classes
+        self.input_norm = RowNorm(c, h) if input_norm else nn.Identity()
+        self.stem = nn.Identity()
+        self.blocks = nn.ModuleList([nn.Identity()])
+        self.block_shapes = [(c, h, w)]
+        self.global_pool = nn.Identity()
+        n_stats = 2 * c * h
+        self.fc_feature = nn.Sequential(
+            StatisticsPooling(),
+            nn.BatchNorm1d(n_stats, affine=False),
+            FeatureNoise(feature_noise),
+            nn.Linear(n_stats, hidden_dim),
+            make_activation(activation, negative_slope),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, feature_dim),
+            make_activation(activation, negative_slope),
+        )
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, n_classes))
+
+
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters of ``module``."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
@@ -272,7 +364,11 @@ __all__ = [
     "AudioEncoder",
     "ConvEncoder",
     "EncoderOutput",
+    "FeatureNoise",
     "ImageEncoder",
+    "RowNorm",
+    "StatisticsPooling",
+    "StatsPoolEncoder",
     "count_parameters",
     "make_activation",
     "pool_kernel",

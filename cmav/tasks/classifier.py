@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmav.metrics import classification_report
-from cmav.models import AudioEncoder, ImageEncoder, ImageJudge
+from cmav.models import AudioEncoder, ConvEncoder, ImageEncoder, ImageJudge
 from cmav.tasks.common import (
     AdamConfig,
     AudioEncoderConfig,
@@ -374,7 +374,7 @@ def load_sound_classifier(path: str | Path, user: str = "this") -> ClassifierTas
             f"{path}: a {task.hparams.modality}/{task.hparams.target} classifier; the {user} encoder must come "
             "from the sound classifier (modality='audio', target='label')"
         )
-    assert isinstance(task.model, AudioEncoder)
+    assert isinstance(task.model, ConvEncoder)  # an AudioEncoder, or a StatsPoolEncoder (arch: stats)
     return task
 
 

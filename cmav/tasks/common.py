@@ -34,10 +34,19 @@ class AdamConfig:
         return torch.optim.Adam(params, lr=self.lr, betas=tuple(self.betas), weight_decay=self.weight_decay)
 
 
+ENCODER_ARCHS = ("conv", "stats")
+"""``conv``: the paper's conv stack (:class:`cmav.models.ConvEncoder`); ``stats``: statistics pooling
+over time and an MLP (:class:`cmav.models.StatsPoolEncoder`, for the harmonic-profile front end)."""
+STATS_ONLY = ("hidden_dim", "feature_noise")
+CONV_ONLY = ("n_blocks", "base_channels", "max_channels", "global_pool")
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """:class:`cmav.models.AudioEncoder` / :class:`cmav.models.ImageEncoder` options (input shape and
-    class count come from the data).
+    class count come from the data), or with ``arch: stats`` those of
+    :class:`cmav.models.StatsPoolEncoder` (``hidden_dim``, ``feature_noise``; the conv options
+    ``n_blocks``, ``base_channels``, ``max_channels`` and ``global_pool`` do not apply to it).
 
     Defaults mirror the models' own (a test keeps them in step): 128-d feature as in the paper.
     """
@@ -51,11 +60,26 @@ class EncoderConfig:
     negative_slope: float = 0.2
     input_norm: bool = True
     global_pool: str = "avg"
+    arch: str = "conv"
+    hidden_dim: int = 256
+    feature_noise: float = 0.1
 
+    def __post_init__(self) -> None:
+        if self.arch not in ENCODER_ARCHS:
+            raise ValueError(f"encoder arch must be one of {ENCODER_ARCHS}, got {self.arch!r}")
 
     def build(self, cls: type[E], input_shape: Sequence[int], n_classes: int) -> E:
-        """An encoder of class ``cls`` (:class:`AudioEncoder` or :class:`ImageEncoder`) with these options."""
-        return cls(input_shape=tuple(input_shape), n_classes=n_classes, **dataclasses.asdict(self))
+        """An encoder of class ``cls`` (:class:`AudioEncoder` or :class:`ImageEncoder`) with these
+        options; with ``arch: stats`` a :class:`StatsPoolEncoder` instead."""
+        options = dataclasses.asdict(self)
+        arch = options.pop("arch")
+        if arch == "stats":
+            from cmav.models.encoders import StatsPoolEncoder
+
+            kwargs = {k: v for k, v in options.items() if k not in CONV_ONLY}
+            return StatsPoolEncoder(input_shape=tuple(input_shape), n_classes=n_classes, **kwargs)  # type: ignore[return-value]
+        kwargs = {k: v for k, v in options.items() if k not in STATS_ONLY}
+        return cls(input_shape=tuple(input_shape), n_classes=n_classes, **kwargs)
 
 
 # The two encoders share one design (cmav.models.encoders.ConvEncoder), so one option set.

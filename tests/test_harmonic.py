@@ -1,0 +1,102 @@
+"""The pitch-normalised harmonic profile front end and the statistics-pooling encoder (issue #8)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cmav.features import HarmonicConfig, build_front_end
+from cmav.features.harmonic import DESCRIPTORS
+from cmav.models import AudioEncoder, StatsPoolEncoder
+from cmav.tasks.common import EncoderConfig
+
+RATE = 22050
+
+
+def tone(f0: float, amps: list[float], seconds: float = 0.5, rate: int = RATE) -> torch.Tensor:
+    """A steady harmonic tone ``sum_h amps[h-1] sin(2 pi h f0 t)``, ``(1, samples)``."""
+    t = np.arange(int(rate * seconds)) / rate
+    x = sum(a * np.sin(2 * np.pi * (h + 1) * f0 * t) for h, a in enumerate(amps))
+    return torch.tensor(0.3 * x / np.abs(x).max(), dtype=torch.float32)[None]
+
+
+def inner(x: torch.Tensor) -> torch.Tensor:
+    """The frames away from the clip's edges (centred frames there see zero padding)."""
+    return x[..., 3:-3]
+
+
+def test_a_tone_gives_its_pitch_and_its_harmonic_levels():
+    fe = build_front_end({"kind": "harmonic", "descriptors": ["pitch", "odd_even"], "n_harmonics": 6})
+    amps = [1.0, 0.5, 0.25, 0.0, 0.1, 0.0]
+    out = inner(fe(tone(220.0, amps)))[0, 0]  # rows: pitch, odd_even, h1..h6
+    assert out.shape[0] == 2 + 6
+    assert torch.allclose(out[0] * 100, torch.tensor(57.0), atol=0.1)  # A3 = MIDI 57
+    want = [20 * np.log10(a) / 60 if a > 0 else None for a in amps]  # power in dB below h1, / floor_db
+    for h, w in enumerate(want):
+        level = out[2 + h]
+        if w is None:
+            assert (level < -0.6).all()  # an absent harmonic sits far below (at most the floor, -1)
+        else:
+            assert torch.allclose(level, torch.tensor(w, dtype=level.dtype), atol=0.03), (h + 1, level.mean(), w)
+    odd = 1 + 0.25**2 + 0.1**2
+    assert torch.allclose(out[1] * 30, torch.tensor(10 * np.log10(odd / 0.5**2), dtype=out.dtype), atol=0.2)
+
+
+def test_the_harmonic_rows_do_not_move_with_the_pitch_while_a_spectrogram_does():
+    fe = build_front_end({"kind": "harmonic", "descriptors": ["pitch"], "n_harmonics": 8})
+    lms = build_front_end({"kind": "lms"})
+    amps = [1.0, 0.7, 0.2, 0.4, 0.05, 0.1, 0.02, 0.03]
+    low, high = tone(196.0, amps), tone(293.7, amps)  # G3 and D4, the same recipe
+    a, b = inner(fe(low))[0, 0], inner(fe(high))[0, 0]
+    assert (b[0] - a[0]) * 100 == pytest.approx(7.0, abs=0.1)  # a fifth apart
+    assert torch.allclose(a[1:], b[1:], atol=0.03)  # the same instrument, measured relative to its note
+    la, lb = lms(low), lms(high)
+    assert (la - lb).abs().mean() > 5.0  # dB: the LMS of the two notes differ everywhere
+
+
+def test_shape_follows_the_config_and_bad_options_are_refused():
+    cfg = HarmonicConfig(n_harmonics=10, descriptors=("loudness",), hop_length=256)
+    assert cfg.output_shape(0.5) == (1, 11, 11025 // 256 + 1)
+    out = build_front_end(cfg)(torch.randn(3, 2, 22050) * 0.1, 44100)  # 0.5 s
+    assert out.shape == (3, 1, 11, 44) and torch.isfinite(out).all()
+    assert HarmonicConfig().output_shape(0.5) == (1, 5 + 24, 22)  # flatness left out by default
+    assert "flatness" in DESCRIPTORS and "flatness" not in HarmonicConfig().descriptors
+    with pytest.raises(ValueError, match="descriptors must be distinct names"):
+        build_front_end({"kind": "harmonic", "descriptors": ["pitch", "timbre"]})
+    with pytest.raises(ValueError, match="bands of ±2 bins overlap"):
+        build_front_end({"kind": "harmonic", "n_fft": 1024})
+    with pytest.raises(ValueError, match="no option"):
+        build_front_end({"kind": "harmonic", "n_mels": 64})
+
+
+def test_the_statistics_pooling_encoder_ignores_frame_order_and_learns():
+    torch.manual_seed(0)
+    shape = HarmonicConfig().output_shape(0.5)
+    enc = EncoderConfig(arch="stats", hidden_dim=32, feature_dim=16, feature_noise=0.1).build(AudioEncoder, shape, 13)
+    assert isinstance(enc, StatsPoolEncoder) and enc.feature_dim == 16 and enc.block_shapes == [shape]
+    x = torch.randn(8, *shape)
+    out = enc.forward_features(x)
+    assert [tuple(b.shape) for b in out.blocks] == [(8, *shape)] and out.feature.shape == (8, 16)
+    out.logits.sum().backward()
+    assert all(p.grad is not None for p in enc.parameters() if p.requires_grad)
+    enc.eval()
+    perm = torch.randperm(shape[-1])
+    assert torch.allclose(enc.embed(x), enc.embed(x[..., perm]), atol=1e-5)  # pooled over time
+    assert not torch.allclose(enc.embed(x), enc.embed(x.flip(2)), atol=1e-3)  # but the rows are rows
+    # it fits a task a conv stack cannot see in one frame: the class is which row varies over time
+    y = torch.randint(0, 4, (256,))
+    data = torch.randn(256, 1, 6, 10) * 0.1
+    data[torch.arange(256), 0, y] += torch.randn(256, 10)
+    enc = EncoderConfig(arch="stats", hidden_dim=32, feature_dim=16, feature_noise=0.0).build(AudioEncoder, (1, 6, 10), 4)
+    opt = torch.optim.Adam(enc.parameters(), 1e-2)
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(enc.train()(data), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert (enc.eval()(data).argmax(1) == y).float().mean() > 0.95
+    with pytest.raises(ValueError, match="encoder arch must be one of"):
+        EncoderConfig(arch="transformer")
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        StatsPoolEncoder(input_shape=(1, 5, 1))
