@@ -100,3 +100,30 @@ def test_the_statistics_pooling_encoder_ignores_frame_order_and_learns():
         EncoderConfig(arch="transformer")
     with pytest.raises(ValueError, match="at least 2 frames"):
         StatsPoolEncoder(input_shape=(1, 5, 1))
+
+
+def test_the_harmonic_overlay_switches_front_end_and_encoder_and_matches_the_grid_rows(capsys, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from cmav.ablation import load_grid
+    from cmav.cli.main import main as cmav_main
+
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+    with pytest.raises(SystemExit):
+        cmav_main(["fit", "--config", str(experiments / "audio_classifier.yaml"),
+                   "--config", str(experiments / "audio_harmonic.yaml"), "--print_config"])  # fmt: skip
+    printed = yaml.safe_load(capsys.readouterr().out)
+    enc, features = printed["model"]["init_args"]["audio_encoder"], printed["data"]["features"]["init_args"]
+    assert enc["arch"] == "stats" and features["kind"] == "harmonic" and enc["feature_dim"] == 128
+    assert printed["trainer"]["default_root_dir"] == "runs/audio_harmonic"
+    assert all(c["init_args"]["dirpath"] == "runs/audio_harmonic/checkpoints" for c in printed["trainer"]["callbacks"])
+    for preset in (None, "cpu"):
+        rows = [v for v in load_grid(experiments / "ablations" / "robustness.yaml", preset)["variants"]
+                if v["name"].startswith("harmonic")]  # fmt: skip
+        assert len(rows) == 2
+        for v in rows:
+            assert v["features"] == {"kind": "harmonic"} and v["model"]["audio_encoder"]["arch"] == "stats"

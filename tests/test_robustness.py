@@ -589,25 +589,49 @@ def test_robustness_grid_and_evaluation_end_to_end(tmp_path, capsys):
     train = with_manifest(make_suburmp(tmp_path / "train", chunks=3), fake_font(tmp_path / "f/FontA.sf2", b"a"))
     cross = with_manifest(make_suburmp(tmp_path / "cross", chunks=3), fake_font(tmp_path / "f/FontB.sf2", b"b"))
     cfg = load_grid(EXPERIMENTS / "ablations" / "robustness.yaml", "quick")
-    cfg.update(seeds=[0], steps=8, variants=cfg["variants"][:2])
+    harmonic = {"name": "harmonic", "groups": [], "features": {"kind": "harmonic", "n_harmonics": 8}, "steps": 6,
+                "model": {"audio_encoder": {"arch": "stats", "hidden_dim": 16}}}  # fmt: skip
+    cfg.update(seeds=[0], steps=8, variants=[*cfg["variants"][:2], harmonic])
     cfg["data"].update(root=str(train), cache_dir=str(tmp_path / "cache"))
     cfg["cross_source"] = {"root": str(cross)}
     out = tmp_path / "grid"
     out.mkdir()
     result = run(cfg, out)
     rows = list(csv.DictReader((out / "table.csv").open()))
-    assert [r["variant"] for r in rows] == ["none", "+eq"] and rows[1]["groups"] == "eq"
+    assert [r["variant"] for r in rows] == ["none", "+eq", "harmonic"] and rows[1]["groups"] == "eq"
     for r in rows:
         assert 0.0 <= float(r["in_source_mean"]) <= 1.0 and 0.0 <= float(r["cross_source_mean"]) <= 1.0
     md = (out / "table.md").read_text()
     assert "FontA.sf2" in md and "FontB.sf2" in md and "cross-source acc" in md
-    assert len(result["runs"]) == 2 and (out / "runs.jsonl").is_file()
+    assert len(result["runs"]) == 3 and (out / "runs.jsonl").is_file()
+    # the harmonic variant trained its own front end and encoder for its own number of batches
+    from cmav.models import StatsPoolEncoder
+    from cmav.tasks.classifier import load_classifier
+
+    lms_task, harm_task = (load_classifier(r["checkpoint"]) for r in (result["runs"][0], result["runs"][2]))
+    assert isinstance(harm_task.model, StatsPoolEncoder) and harm_task.model.input_shape == (1, 5 + 8, 22)
+    assert not isinstance(lms_task.model, StatsPoolEncoder) and lms_task.model.input_shape[1] != 13
+    assert result["runs"][2]["config_key"]["steps"] == 6 and result["runs"][2]["config_key"]["data"]["features"]["kind"] == "harmonic"
+    assert _cli(["evaluate", "robustness", "--root", str(train), "--eval-root", str(cross), "--classifier",
+                 result["runs"][2]["checkpoint"], "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "eval_h")]) == 0  # fmt: skip
+    harm = json.loads((tmp_path / "eval_h" / "metrics.json").read_text())["models"]["classifier"]
+    assert harm["cross_source"]["accuracy"] == pytest.approx(result["runs"][2]["cross_source"])
+    # the checkpoint's own training data counts, not only --root: trained on FontA, scored against FontA
+    other = with_manifest(make_suburmp(tmp_path / "other", chunks=3), fake_font(tmp_path / "f/FontC.sf2", b"c"))
+    assert _cli(["evaluate", "robustness", "--root", str(other), "--eval-root", str(train), "--classifier",
+                 result["runs"][0]["checkpoint"],
+                 "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "eval_x")]) == 2  # fmt: skip
+    assert "FontA.sf2" in capsys.readouterr().err and not (tmp_path / "eval_x").exists()
+    bad = {**harmonic, "features": {"kind": "harmonic", "n_mels": 3}}
+    with pytest.raises(ValueError, match=r"variant 'harmonic': features: .*no option"):
+        run({**cfg, "variants": [cfg["variants"][0], bad]}, tmp_path / "grid_bad")
 
     ckpt = result["runs"][0]["checkpoint"]
     assert _cli(["evaluate", "robustness", "--root", str(train), "--eval-root", str(cross), "--classifier", ckpt,
                  "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "eval")]) == 0  # fmt: skip
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "FontA.sf2" in report and "FontB.sf2" in report and "| sound classifier | accuracy |" in report
+    assert f"- sound classifier trained on `{train}`: FontA.sf2" in report
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     acc = metrics["models"]["classifier"]
     assert acc["in_source"]["accuracy"] == pytest.approx(result["runs"][0]["in_source"])

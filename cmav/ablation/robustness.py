@@ -1,7 +1,8 @@
 """The robustness grid (``kind: robustness``, see ``experiments/ablations/robustness.yaml``).
 
 For every variant (a set of augmentation groups, optionally another training data root such as a
-varied-render stand-in, or one rendered from its own ``soundfonts`` when missing) x seed it trains the sound classifier (:class:`~cmav.tasks.ClassifierTask`,
+varied-render stand-in, or one rendered from its own ``soundfonts`` when missing; optionally its own
+front end ``features``, ``model`` options and ``steps``) x seed it trains the sound classifier (:class:`~cmav.tasks.ClassifierTask`,
 audio) with that augmentation for ``steps`` batches, then scores it on the validation split of
 ``data.root`` (in-source: the training font) and of ``cross_source.root`` (the same data rendered
 from an independent font; refused when the fonts share recordings). The results folder gets::
@@ -90,6 +91,15 @@ def variant_root(cfg: dict, variant: dict, in_root: Path, out: Path, cross_font:
     return target
 
 
+def variant_setup(cfg: dict, variant: dict) -> tuple[dict, dict, int]:
+    """``(model kwargs, data options, training batches)`` of a variant: the grid's ``model``,
+    ``data`` and ``steps`` with the variant's own ``model`` (merged over), ``features`` (the front
+    end, replacing ``data.features``: e.g. ``{kind: harmonic}``) and ``steps``."""
+    model = merge(cfg.get("model") or {}, variant.get("model") or {})
+    data = {**cfg["data"], "features": variant["features"]} if variant.get("features") else dict(cfg["data"])
+    return model, data, int(variant.get("steps") or cfg["steps"])
+
+
 def _validate(cfg: dict) -> list[dict]:
     src = cfg.get("source", "grid")
     variants = cfg.get("variants") or []
@@ -100,6 +110,13 @@ def _validate(cfg: dict) -> list[dict]:
         raise ValueError(f"{src}: no variant named {BASELINE!r} (no augmentation): every row is compared with it")
     for v in variants:
         variant_augment(cfg, v)  # unknown groups/options: a clear error now, not mid-grid
+        if v.get("features") is not None:
+            from cmav.features import front_end_config
+
+            try:
+                front_end_config(v["features"])
+            except ValueError as exc:
+                raise ValueError(f"{src}: variant {v['name']!r}: features: {exc}") from exc
         fonts = v.get("soundfonts")
         if fonts is not None and (not isinstance(fonts, list) or not fonts or not all(isinstance(f, str) for f in fonts)):
             raise ValueError(f"{src}: variant {v['name']!r}: `soundfonts` is a list of font paths, got {fonts!r}")
@@ -191,27 +208,28 @@ def run(cfg: dict, out: Path) -> dict:
         train_root = variant_root(cfg, v, in_root, out, fonts["cross_source"])
         check_independent(data_soundfont(train_root), fonts["cross_source"])  # never train on the evaluation source
         for seed in cfg["seeds"]:
+            model, data, steps = variant_setup(cfg, v)
             key = {"variant": name, "seed": seed, "augment": aug.to_dict(), "train_root": str(train_root),
-                   "model": cfg.get("model") or {}, "steps": int(cfg["steps"]), "data": cfg["data"],
-                   "cross_source": str(x_root)}  # fmt: skip
+                   "model": model, "steps": steps, "data": data, "cross_source": str(x_root)}  # fmt: skip
             previous = done.get(json.dumps(key, sort_keys=True, default=str))
             if previous is not None:
                 runs.append(previous)
                 print(f"[ablate] {name} seed {seed}: done before (runs.jsonl)", flush=True)
                 continue
-            dm = datamodule(merge(cfg, {"data": {"root": str(train_root)}}), out, augment=aug)
-            if not evals:  # both validation splits, as the classifier's data sees them
+            dm = datamodule(merge(cfg, {"data": {**data, "root": str(train_root)}}), out, augment=aug)
+            front = json.dumps(dm.features.to_dict(), sort_keys=True)
+            if front not in evals:  # both validation splits, as this variant's classifier sees them
                 h = dm.hparams
-                evals = {src: open_split(h.layout, r, "validation", image_size=h.image_size, features=dm.features,
-                                         chunk=dm.chunk, cache_dir=h.cache_dir, progress=False).tensors
-                         for src, r in (("in_source", in_root), ("cross_source", x_root))}  # fmt: skip
-            task = ClassifierTask(modality="audio", target="label", image_size=dm.hparams.image_size,
-                                  **(cfg.get("model") or {}))  # fmt: skip
+                evals[front] = {src: open_split(h.layout, r, "validation", image_size=h.image_size,
+                                                features=dm.features, chunk=dm.chunk, cache_dir=h.cache_dir,
+                                                progress=False).tensors
+                                for src, r in (("in_source", in_root), ("cross_source", x_root))}  # fmt: skip
+            task = ClassifierTask(modality="audio", target="label", image_size=dm.hparams.image_size, **model)
             ckpt = out / "runs" / slug(name) / f"seed{seed}" / "classifier.ckpt"
             t0 = time.perf_counter()
-            fit(cfg, out, dm, f"robustness/{slug(name)}", seed, task, ckpt, int(cfg["steps"]))
+            fit(cfg, out, dm, f"robustness/{slug(name)}", seed, task, ckpt, steps)
             train_s = time.perf_counter() - t0
-            scores = {src: score_classifier(task, t) for src, t in evals.items()}
+            scores = {src: score_classifier(task, t) for src, t in evals[front].items()}
             runs.append({
                 "config_key": key, "variant": name, "seed": seed, "groups": aug.enabled_groups,
                 "train_root": str(train_root), "train_s": train_s, "checkpoint": str(ckpt),
@@ -236,4 +254,5 @@ def run(cfg: dict, out: Path) -> dict:
     return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
 
 
-__all__ = ["BASELINE", "cross_source_root", "run", "summarise", "variant_augment", "variant_root", "write_tables"]
+__all__ = ["BASELINE", "cross_source_root", "run", "summarise", "variant_augment", "variant_root", "variant_setup",
+           "write_tables"]

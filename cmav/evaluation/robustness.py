@@ -143,6 +143,19 @@ def score_retrieval(task, tensors) -> dict[str, Any]:
 
 
 @torch.no_grad()
+def trained_on(ckpt: str | Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """``(data root, font record)`` a checkpoint was trained on, from its datamodule's
+    hyper-parameters; ``(root, None)`` when that root is not a stand-in here (no manifest), and
+    ``(None, None)`` when the checkpoint does not say."""
+    from cmav.tasks.classifier import _load_checkpoint
+
+    root = (_load_checkpoint(ckpt).get("datamodule_hyper_parameters") or {}).get("root")
+    if not root:
+        return None, None
+    root = Path(root)
+    return root, (data_soundfont(root) if read_manifest(root) is not None else None)
+
+
 def evaluate_robustness(
     root: str | Path,
     eval_root: str | Path,
@@ -175,6 +188,16 @@ def evaluate_robustness(
                                    f"--root {eval_root}) or pass the evaluation soundfont to render it")  # fmt: skip
     eval_font = data_soundfont(eval_root, eval_soundfont) if eval_exists else soundfont_record(eval_soundfont)
     check_independent(train_font, eval_font)
+    # ``root`` names the in-source data; what each model was really trained on (a several-source
+    # build, say) must not share recordings with the evaluation font either
+    trained: dict[str, Any] = {}
+    for name, ckpt in (("classifier", classifier), ("s2i", s2i), ("retrieval", retrieval)):
+        if ckpt is None:
+            continue
+        data, font = trained_on(ckpt)
+        if font is not None:
+            check_independent(font, eval_font)
+        trained[name] = {"root": None if data is None else str(data), "font": font}
     if not eval_exists:
         build_eval_copy(root, eval_root, eval_soundfont, progress=progress)
 
@@ -183,6 +206,7 @@ def evaluate_robustness(
         "split": split,
         "fonts": {"in_source": train_font, "cross_source": eval_font},
         "roots": {k: str(v) for k, v in roots.items()},
+        "trained_on": trained,
         "models": {},
         "targets": TARGETS,
     }
@@ -234,6 +258,9 @@ def format_report(result: dict) -> str:
             "s2i": [("accuracy", TARGETS["s2i"]), ("balanced_accuracy", None)],
             "retrieval": [("class_R@1", None), ("instance_R@1", None)]}  # fmt: skip
     names = {"classifier": "sound classifier", "s2i": "S2I-C (judged)", "retrieval": "retrieval a→i"}
+    for model, t in (result.get("trained_on") or {}).items():
+        what = describe(t["font"]) if t.get("font") else "its data's font is not recorded here"
+        lines.insert(len(lines) - 3, f"- {names[model]} trained on `{t.get('root')}`: {what}")
     for model, entry in result["models"].items():
         for key, target in rows[model]:
             a, b = entry["in_source"].get(key), entry["cross_source"].get(key)
@@ -252,4 +279,4 @@ def format_report(result: dict) -> str:
 
 __all__ = ["SameSourceError", "TARGETS", "build_eval_copy", "check_independent", "data_soundfont",
            "evaluate_robustness", "font_lines", "format_report", "read_manifest", "score_classifier", "score_retrieval",
-           "score_s2i", "split_like"]  # fmt: skip
+           "score_s2i", "split_like", "trained_on"]  # fmt: skip
