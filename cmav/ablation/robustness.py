@@ -244,7 +244,9 @@ def run(cfg: dict, out: Path) -> dict:
     rows = summarise(runs, [v["name"] for v in variants])
     elapsed = time.perf_counter() - t_start
     device = "cuda" if torch.cuda.is_available() and (cfg.get("trainer") or {}).get("accelerator", "auto") in ("auto", "gpu", "cuda") else "cpu"
-    note = (f"Preset `{cfg['preset']}`, seeds {cfg['seeds']}, {cfg['steps']} training batches per run, in-source data "
+    own = [f"{v['name']} {v['steps']}" for v in variants if v.get("steps")]
+    batches = f"{cfg['steps']} training batches per run" + (f" (a variant's own: {', '.join(own)})" if own else "")
+    note = (f"Preset `{cfg['preset']}`, seeds {cfg['seeds']}, {batches}, in-source data "
             f"`{in_root}`, cross-source data `{x_root}`, device `{device}`, {sum(r['train_s'] for r in runs):.0f} s of "
             f"training in all ({elapsed:.0f} s this invocation; finished runs are read from runs.jsonl).")  # fmt: skip
     csv_path, md_path = write_tables(rows, out, fonts, note)
