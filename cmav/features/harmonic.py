@@ -52,8 +52,8 @@ class HarmonicConfig(FrontEndConfigMixin):
     floor_db: float = 60.0
     descriptors: tuple[str, ...] = ("pitch", "brightness", "odd_even", "inharmonicity", "loudness")
     """Which of :data:`DESCRIPTORS` head the rows. Flatness is left out by default: it measures a
-    recording's noise floor, and with it a classifier trained on FluidR3 + OPL-3 FM scored 0.51 on
-    FreePats against 0.62 without (the development source; the evaluation font played no part)."""
+    recording's noise floor, and with it an MLP on these statistics trained on FluidR3 + OPL-3 FM
+    scored 0.51 on FreePats against 0.62 without (the development source, not the evaluation font)."""
     mono: bool = True
 
     def __post_init__(self) -> None:
