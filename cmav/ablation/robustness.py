@@ -207,8 +207,8 @@ def run(cfg: dict, out: Path) -> dict:
         name, aug = v["name"], variant_augment(cfg, v)
         train_root = variant_root(cfg, v, in_root, out, fonts["cross_source"])
         check_independent(data_soundfont(train_root), fonts["cross_source"])  # never train on the evaluation source
+        model, data, steps = variant_setup(cfg, v)
         for seed in cfg["seeds"]:
-            model, data, steps = variant_setup(cfg, v)
             key = {"variant": name, "seed": seed, "augment": aug.to_dict(), "train_root": str(train_root),
                    "model": model, "steps": steps, "data": data, "cross_source": str(x_root)}  # fmt: skip
             previous = done.get(json.dumps(key, sort_keys=True, default=str))

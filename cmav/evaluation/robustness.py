@@ -142,7 +142,6 @@ def score_retrieval(task, tensors) -> dict[str, Any]:
         f"{rel}_R@1_chance": rep[rel]["chance"]["R@1"] for rel in ("class", "instance")}  # fmt: skip
 
 
-@torch.no_grad()
 def trained_on(ckpt: str | Path) -> tuple[Path | None, dict[str, Any] | None]:
     """``(data root, font record)`` a checkpoint was trained on, from its datamodule's
     hyper-parameters; ``(root, None)`` when that root is not a stand-in here (no manifest), and
@@ -156,6 +155,7 @@ def trained_on(ckpt: str | Path) -> tuple[Path | None, dict[str, Any] | None]:
     return root, (data_soundfont(root) if read_manifest(root) is not None else None)
 
 
+@torch.no_grad()
 def evaluate_robustness(
     root: str | Path,
     eval_root: str | Path,

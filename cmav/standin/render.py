@@ -114,10 +114,7 @@ def render_midi(midi_path: str | Path, soundfont: str | Path, settings: SynthSet
                 f"fluidsynth failed on {midi_path} with {soundfont} (exit {proc.returncode}): "
                 f"{proc.stderr.strip()[-500:]}"
             )
-        data, rate = sf.read(str(out), dtype="float32", always_2d=True)
-    if rate != settings.sample_rate:
-        raise RuntimeError(f"fluidsynth wrote {rate} Hz, asked for {settings.sample_rate} Hz")
-    return np.ascontiguousarray(data.T)
+        return _read_render(out, "fluidsynth", settings.sample_rate)
 
 
 def timidity_options(settings: SynthSettings) -> list[str]:
@@ -158,7 +155,12 @@ def render_midi_timidity(midi_path: str | Path, config: str | Path, settings: Sy
                 "system configuration: the program played is not mapped in this .cfg, so the audio would "
                 "not come from its patches"
             )
-        data, rate = sf.read(str(out), dtype="float32", always_2d=True)
-    if rate != settings.sample_rate:
-        raise RuntimeError(f"timidity wrote {rate} Hz, asked for {settings.sample_rate} Hz")
+        return _read_render(out, "timidity", settings.sample_rate)
+
+
+def _read_render(path: Path, program: str, sample_rate: int) -> np.ndarray:
+    """The wav a renderer wrote, as float32 ``(channels, samples)``; raises if it is not at ``sample_rate``."""
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    if rate != sample_rate:
+        raise RuntimeError(f"{program} wrote {rate} Hz, asked for {sample_rate} Hz")
     return np.ascontiguousarray(data.T)

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from cmav.standin.render import is_patch_set
+
 TIMGM6MB = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
 """Where Debian's timgm6mb-soundfont puts the independent evaluation font."""
 
@@ -176,7 +178,7 @@ def sample_digests(path: str | Path) -> dict[str, str]:
     cannot be compared this way)."""
     real = os.path.realpath(path)
     st = os.stat(real)
-    if real.lower().endswith(".cfg"):
+    if is_patch_set(real):
         return dict(_patch_set_digests(real, st.st_mtime_ns, st.st_size))
     return dict(_sample_digests(real, st.st_mtime_ns, st.st_size))
 
