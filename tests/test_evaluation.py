@@ -267,3 +267,28 @@ def test_judges_are_refused_in_each_others_place(dm, judges, tmp_path):
         _judges(cfg, tmp_path, dm)
     with pytest.raises(ValueError, match="target='track'"):
         evaluate_s2i(lambda a, z: torch.zeros(a.shape[0], 3, SIZE, SIZE), dm, image, player_judge_ckpt=load_image_judge(image))
+
+
+def test_cross_source_s2i_scores_are_evaluate_s2is_and_a_copy_of_the_audio_scores_the_same(data, dm, judges, s2i_ckpt, tmp_path):
+    """`evaluate robustness --s2i`: in-source is the judged accuracy `evaluate_s2i` gives (same
+    generator, noise and judge); an evaluation copy with the same audio scores exactly the same."""
+    import shutil
+
+    from cmav.evaluation.robustness import evaluate_robustness
+
+    image, _ = judges
+    copy = shutil.copytree(data, tmp_path / "copy")
+    fonts = tmp_path / "fonts"
+    fonts.mkdir()
+    (fonts / "A.sf2").write_bytes(b"font a")
+    (fonts / "B.sf2").write_bytes(b"font b")
+    r = evaluate_robustness(data, copy, s2i=s2i_ckpt, image_judge=image, train_soundfont=fonts / "A.sf2",
+                            eval_soundfont=fonts / "B.sf2", cache_dir=str(tmp_path / "cache"), progress=False,
+                            out_dir=tmp_path / "out")  # fmt: skip
+    s2i = r["models"]["s2i"]
+    direct = evaluate_s2i(str(s2i_ckpt), dm, image, None, n_diversity_draws=2)
+    assert s2i["in_source"]["accuracy"] == pytest.approx(direct["judged"]["accuracy"])
+    assert s2i["judge_on_real"]["accuracy"] == pytest.approx(direct["judge_on_real"]["accuracy"])
+    assert s2i["cross_source"] == s2i["in_source"] and s2i["in_source"]["n"] == len(dm.val.tensors)
+    assert r["trained_on"]["s2i"]["root"] == str(data) and r["trained_on"]["s2i"]["font"] is None
+    assert "| S2I-C (judged) | accuracy |" in (tmp_path / "out" / "report.md").read_text()

@@ -127,3 +127,65 @@ def test_the_harmonic_overlay_switches_front_end_and_encoder_and_matches_the_gri
         assert len(rows) == 2
         for v in rows:
             assert v["features"] == {"kind": "harmonic"} and v["model"]["audio_encoder"]["arch"] == "stats"
+
+
+def test_s2i_c_trains_on_a_frozen_harmonic_encoder_and_refuses_data_of_another_front_end(tmp_path, capsys, monkeypatch):
+    """S2I-C conditioned on the harmonic sound classifier (experiments/s2i_harmonic.yaml): the frozen
+    StatsPoolEncoder's weights stay as loaded while G and D train; LMS data are refused by name."""
+    import sys
+    import warnings
+    from pathlib import Path
+
+    import lightning as L
+    import yaml
+    from fixtures import make_suburmp_tracks
+
+    from cmav.cli.main import main as cmav_main
+    from cmav.data.datamodule import AudioVisualDataModule
+    from cmav.tasks import ClassifierTask, S2ITask
+
+    def fit(task, dm, steps: int, name: str) -> Path:
+        L.seed_everything(0, verbose=False)
+        trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                            num_sanity_val_steps=0, default_root_dir=str(tmp_path))  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(task, datamodule=dm)
+        trainer.save_checkpoint(str(tmp_path / f"{name}.ckpt"))
+        return tmp_path / f"{name}.ckpt"
+
+    root = make_suburmp_tracks(tmp_path / "data", tracks=(0, 1), chunks=3)
+    harmonic = {"kind": "harmonic", "n_harmonics": 8}
+    dm = AudioVisualDataModule(root=str(root), image_size=32, batch_size=16, features=harmonic,
+                               cache_dir=str(tmp_path / "cache"), progress=False)  # fmt: skip
+    clf = ClassifierTask(modality="audio", audio_encoder={"arch": "stats", "hidden_dim": 16, "feature_dim": 16})
+    ckpt = fit(clf, dm, 4, "clf")
+    small = {"base_channels": 8, "max_channels": 32, "cond_proj_dim": 16}
+    s2i = S2ITask(variant="s2i_c", encoder_mode="frozen", audio_encoder_ckpt=str(ckpt), image_size=32,
+                  sample_every_n_steps=0, generator=small, discriminator=small)  # fmt: skip
+    assert isinstance(s2i.model.encoder, StatsPoolEncoder)
+    before = {k: v.clone() for k, v in s2i.model.encoder.state_dict().items()}
+    g_before = [p.detach().clone() for p in s2i.model.generator.parameters()]
+    fit(s2i, dm, 4, "s2i")
+    assert all(torch.equal(before[k], v) for k, v in s2i.model.encoder.state_dict().items())
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, s2i.model.generator.parameters()))
+    lms = AudioVisualDataModule(root=str(root), image_size=32, batch_size=16, cache_dir=str(tmp_path / "cache"),
+                                progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="train the sound classifier on the same front end"):
+        fit(S2ITask(variant="s2i_c", encoder_mode="frozen", audio_encoder_ckpt=str(ckpt), image_size=32,
+                    sample_every_n_steps=0, generator=small, discriminator=small), lms, 1, "bad")  # fmt: skip
+
+    # the shipped overlay chains the two: the classifier overlay's checkpoint, data and front end
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+    with pytest.raises(SystemExit):
+        cmav_main(["fit", *[a for y in ("s2i_c", "s2i_stable", "s2i_harmonic") for a in ("--config", str(experiments / f"{y}.yaml"))],
+                   "--print_config"])  # fmt: skip
+    printed = yaml.safe_load(capsys.readouterr().out)
+    clf_yaml = yaml.safe_load((experiments / "audio_harmonic.yaml").read_text())
+    last = next(c["init_args"] for c in clf_yaml["trainer"]["callbacks"] if c["init_args"]["filename"] == "last")
+    assert printed["model"]["init_args"]["audio_encoder_ckpt"] == f"{last['dirpath']}/last.ckpt"
+    assert printed["data"]["features"]["init_args"]["kind"] == "harmonic"
+    assert printed["data"]["root"] == "data/default_fluid_freepats"
+    assert printed["model"]["init_args"]["variant"] == "s2i_c" and printed["model"]["init_args"]["discriminator"]["spectral_norm"]

@@ -34,11 +34,12 @@ def _as(cls, value):
     return cls(**{f.name: getattr(value, f.name) for f in dataclasses.fields(cls) if hasattr(value, f.name)})
 
 
-def front_end_of(ckpt_path: str | Path) -> tuple[FrontEndConfig, ChunkSpec]:
-    """The front-end config and chunk spec stored with a checkpoint (defaults when absent)."""
+def front_end_of(ckpt_path: str | Path | dict) -> tuple[FrontEndConfig, ChunkSpec]:
+    """The front-end config and chunk spec stored with a checkpoint (a path, or the loaded
+    checkpoint's dict; defaults when absent)."""
     from cmav.tasks.classifier import _load_checkpoint
 
-    ckpt = _load_checkpoint(ckpt_path)
+    ckpt = ckpt_path if isinstance(ckpt_path, dict) else _load_checkpoint(ckpt_path)
     dm = ckpt.get("datamodule_hyper_parameters") or {}
     return front_end_config(dm.get("features")), _as(ChunkSpec, dm.get("chunk"))
 

@@ -99,17 +99,32 @@ def build_eval_copy(root: str | Path, eval_root: str | Path, soundfont: str | Pa
                          frame_size=params["frame_size"], jpeg_quality=params["jpeg_quality"], progress=progress)  # fmt: skip
 
 
-def split_like(ckpt: str | Path, root: str | Path, split: str, cache_dir: str | None = None, progress: bool = False):
-    """The split at ``root`` as the checkpoint's data was (front end, chunk spec, image size, layout)."""
-    from cmav.data.datasets import open_split
-    from cmav.evaluation.generate import front_end_of
+def _blob(ckpt: str | Path | dict) -> dict:
     from cmav.tasks.classifier import _load_checkpoint
 
-    blob = _load_checkpoint(ckpt)
+    return ckpt if isinstance(ckpt, dict) else _load_checkpoint(ckpt)
+
+
+def splits_like(ckpt: str | Path | dict, roots: dict[str, Path], split: str, cache_dir: str | None = None,
+                progress: bool = False) -> dict:  # fmt: skip
+    """``{name: tensors}``: the split at each root opened as the checkpoint's data was (front end,
+    chunk spec, image size, layout). ``ckpt``: a path or an already loaded checkpoint."""
+    from cmav.data.datasets import open_split
+    from cmav.evaluation.generate import front_end_of
+
+    blob = _blob(ckpt)
     dmh, hp = blob.get("datamodule_hyper_parameters") or {}, blob.get("hyper_parameters") or {}
-    features, spec = front_end_of(ckpt)
-    return open_split(dmh.get("layout", "suburmp"), root, split, features=features, chunk=spec, cache_dir=cache_dir,
-                      image_size=int(hp.get("image_size", dmh.get("image_size", 64))), progress=progress).tensors  # fmt: skip
+    features, spec = front_end_of(blob)
+    size = int(hp.get("image_size", dmh.get("image_size", 64)))
+    return {name: open_split(dmh.get("layout", "suburmp"), root, split, features=features, chunk=spec,
+                             cache_dir=cache_dir, image_size=size, progress=progress).tensors
+            for name, root in roots.items()}  # fmt: skip
+
+
+def split_like(ckpt: str | Path | dict, root: str | Path, split: str, cache_dir: str | None = None,
+               progress: bool = False):  # fmt: skip
+    """The split at ``root`` as the checkpoint's data was (front end, chunk spec, image size, layout)."""
+    return splits_like(ckpt, {"split": Path(root)}, split, cache_dir, progress)["split"]
 
 
 def _report(rep) -> dict[str, Any]:
@@ -142,13 +157,11 @@ def score_retrieval(task, tensors) -> dict[str, Any]:
         f"{rel}_R@1_chance": rep[rel]["chance"]["R@1"] for rel in ("class", "instance")}  # fmt: skip
 
 
-def trained_on(ckpt: str | Path) -> tuple[Path | None, dict[str, Any] | None]:
-    """``(data root, font record)`` a checkpoint was trained on, from its datamodule's
-    hyper-parameters; ``(root, None)`` when that root is not a stand-in here (no manifest), and
-    ``(None, None)`` when the checkpoint does not say."""
-    from cmav.tasks.classifier import _load_checkpoint
-
-    root = (_load_checkpoint(ckpt).get("datamodule_hyper_parameters") or {}).get("root")
+def trained_on(ckpt: str | Path | dict) -> tuple[Path | None, dict[str, Any] | None]:
+    """``(data root, font record)`` a checkpoint (a path or a loaded one) was trained on, from its
+    datamodule's hyper-parameters; ``(root, None)`` when that root is not a stand-in here (no
+    manifest), and ``(None, None)`` when the checkpoint does not say."""
+    root = (_blob(ckpt).get("datamodule_hyper_parameters") or {}).get("root")
     if not root:
         return None, None
     root = Path(root)
@@ -191,10 +204,10 @@ def evaluate_robustness(
     # ``root`` names the in-source data; what each model was really trained on (a several-source
     # build, say) must not share recordings with the evaluation font either
     trained: dict[str, Any] = {}
-    for name, ckpt in (("classifier", classifier), ("s2i", s2i), ("retrieval", retrieval)):
-        if ckpt is None:
-            continue
-        data, font = trained_on(ckpt)
+    blobs = {name: _blob(ckpt) for name, ckpt in (("classifier", classifier), ("s2i", s2i), ("retrieval", retrieval))
+             if ckpt is not None}  # fmt: skip
+    for name, blob in blobs.items():
+        data, font = trained_on(blob)
         if font is not None:
             check_independent(font, eval_font)
         trained[name] = {"root": None if data is None else str(data), "font": font}
@@ -211,16 +224,19 @@ def evaluate_robustness(
         "targets": TARGETS,
     }
 
-    def both(ckpt, score) -> dict[str, Any]:
-        return {src: score(split_like(ckpt, r, split, cache_dir, progress)) for src, r in roots.items()}
+    def both(name: str) -> dict[str, Any]:
+        return splits_like(blobs[name], roots, split, cache_dir, progress)
 
     if classifier is not None:
         task = load_sound_classifier(classifier, user="robustness")
-        result["models"]["classifier"] = {"ckpt": str(classifier), **both(classifier, lambda t: score_classifier(task, t))}
+        result["models"]["classifier"] = {"ckpt": str(classifier),
+                                          **{k: score_classifier(task, t) for k, t in both("classifier").items()}}  # fmt: skip
     if s2i is not None:
         judge = load_image_judge(image_judge)
-        entry = {"ckpt": str(s2i), "image_judge": str(image_judge), **both(s2i, lambda t: score_s2i(s2i, judge, t, seed))}
-        real = split_like(s2i, root, split, cache_dir, progress)
+        data = both("s2i")
+        entry = {"ckpt": str(s2i), "image_judge": str(image_judge),
+                 **{k: score_s2i(s2i, judge, t, seed) for k, t in data.items()}}  # fmt: skip
+        real = data["in_source"]
         entry["judge_on_real"] = _report(judged_accuracy(judge, real.images.float().div(127.5).sub(1.0), real.labels,
                                                          real.class_names))  # fmt: skip
         result["models"]["s2i"] = entry
@@ -228,7 +244,8 @@ def evaluate_robustness(
         from cmav.tasks.retrieval import load_retrieval
 
         rtask = load_retrieval(retrieval)
-        result["models"]["retrieval"] = {"ckpt": str(retrieval), **both(retrieval, lambda t: score_retrieval(rtask, t))}
+        result["models"]["retrieval"] = {"ckpt": str(retrieval),
+                                         **{k: score_retrieval(rtask, t) for k, t in both("retrieval").items()}}  # fmt: skip
 
     result = json_safe(result)
     if out_dir is not None:
@@ -279,4 +296,4 @@ def format_report(result: dict) -> str:
 
 __all__ = ["SameSourceError", "TARGETS", "build_eval_copy", "check_independent", "data_soundfont",
            "evaluate_robustness", "font_lines", "format_report", "read_manifest", "score_classifier", "score_retrieval",
-           "score_s2i", "split_like", "trained_on"]  # fmt: skip
+           "score_s2i", "split_like", "splits_like", "trained_on"]  # fmt: skip

@@ -67,6 +67,12 @@ def check_shape(shape: Sequence[int], name: str) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+def check_dropout(p: float) -> None:
+    """Raise ``ValueError`` unless ``p`` is a dropout probability in [0, 1)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
+
+
 class ConvEncoder(nn.Module):
     """Conv classifier whose 128-d penultimate feature conditions the generators.
 
@@ -105,8 +111,7 @@ class ConvEncoder(nn.Module):
             raise ValueError(f"n_blocks must be in [{MIN_BLOCKS}, {MAX_BLOCKS}], got {n_blocks}")
         if global_pool not in ("avg", "max"):
             raise ValueError(f"global_pool must be 'avg' or 'max', got {global_pool!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_dropout(dropout)
         self.input_shape = (c, h, w)
         self.n_blocks = n_blocks
         self.feature_dim = feature_dim
@@ -328,8 +333,7 @@ class StatsPoolEncoder(ConvEncoder):
     ) -> None:
         nn.Module.__init__(self)  # none of ConvEncoder's conv stack: only its methods
         c, h, w = check_shape(input_shape, "input_shape")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_dropout(dropout)
         if w < 2:
             raise ValueError(f"StatsPoolEncoder pools over time and needs at least 2 frames, got input_shape {input_shape}")
         self.input_shape = (c, h, w)
