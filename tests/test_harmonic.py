@@ -55,6 +55,39 @@ def test_the_harmonic_rows_do_not_move_with_the_pitch_while_a_spectrogram_does()
     assert (la - lb).abs().mean() > 5.0  # dB: the LMS of the two notes differ everywhere
 
 
+def test_a_tilt_of_the_profile_is_what_an_eq_tilt_of_the_tone_gives():
+    """tilt_harmonics(profile(x), s) = profile(x through a tilt of s dB/octave), here a tone whose
+    harmonics are reweighted by 10^(s log2(h) / 20); the strongest harmonic moves from h1 to h4."""
+    from cmav.features.augment import AudioAugment
+    from cmav.features.harmonic import tilt_harmonics
+
+    cfg = HarmonicConfig(descriptors=("pitch",), n_harmonics=6)
+    fe = build_front_end(cfg)
+    amps = np.array([1.0, 0.5, 0.6, 0.45, 0.2, 0.1])
+    slope = 9.0  # dB per octave of harmonic number
+    tilted = amps * 10 ** (slope * np.log2(np.arange(1, 7)) / 20)
+    want = inner(fe(tone(220.0, list(tilted))))[0, 0, 1:]
+    x = fe(tone(220.0, list(amps)))
+    got = inner(tilt_harmonics(x, torch.tensor([slope]), cfg))[0, 0]
+    assert int(want.mean(-1).argmax()) == 3 and torch.allclose(got[1:], want, atol=0.03)
+    assert torch.equal(got[0], inner(x)[0, 0, 0])  # the descriptor rows stay
+    assert torch.equal(tilt_harmonics(x, torch.zeros(1), cfg), x)  # zero tilt: the identity
+    # the augmentation group: off, zero strength and p=0 leave the features; on, every example moves
+    batch = x.repeat(4, 1, 1, 1)
+    for off in ({}, {"tilt": {"p": 1.0, "max_db_per_octave": 0.0}}, {"tilt": {"p": 0.0}}):
+        assert torch.equal(AudioAugment(off, cfg).features(batch), batch)
+    torch.manual_seed(0)
+    out = AudioAugment({"tilt": {"p": 1.0, "max_db_per_octave": 6.0}}, cfg).features(batch)
+    assert out.shape == batch.shape and out.dtype == batch.dtype
+    assert all(not torch.equal(out[i], batch[i]) for i in range(4)) and torch.equal(out[:, :, :1], batch[:, :, :1])
+    with pytest.raises(ValueError, match=r"tilt works on the harmonic front end.*'lms'"):
+        AudioAugment({"tilt": {"p": 1.0}}, build_front_end({"kind": "lms"}).config)
+    from cmav.data.datamodule import AudioVisualDataModule
+
+    with pytest.raises(ValueError, match="tilt works on the harmonic front end"):  # at set-up, not mid-training
+        AudioVisualDataModule(root="unused", augment={"tilt": {"p": 1.0}})
+
+
 def test_shape_follows_the_config_and_bad_options_are_refused():
     cfg = HarmonicConfig(n_harmonics=10, descriptors=("loudness",), hop_length=256)
     assert cfg.output_shape(0.5) == (1, 11, 11025 // 256 + 1)
@@ -124,9 +157,10 @@ def test_the_harmonic_overlay_switches_front_end_and_encoder_and_matches_the_gri
     for preset in (None, "cpu"):
         rows = [v for v in load_grid(experiments / "ablations" / "robustness.yaml", preset)["variants"]
                 if v["name"].startswith("harmonic")]  # fmt: skip
-        assert len(rows) == 2
+        assert [v["groups"] for v in rows] == [[], [], ["tilt"], ["tilt"]]
         for v in rows:
             assert v["features"] == {"kind": "harmonic"} and v["model"]["audio_encoder"]["arch"] == "stats"
+    assert printed["data"].get("augment") is None  # tilt is an option, off (README: it did not carry over)
 
 
 def test_s2i_c_trains_on_a_frozen_harmonic_encoder_and_refuses_data_of_another_front_end(tmp_path, capsys, monkeypatch):

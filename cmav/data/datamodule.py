@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Subset
 from cmav.data.audio_io import ChunkSpec
 from cmav.data.cache import WAVE_SCALE
 from cmav.data.datasets import Layout, PairDataset, open_split
-from cmav.features.augment import AudioAugment, AudioAugmentConfig, audio_augment_config
+from cmav.features.augment import AudioAugment, AudioAugmentConfig, audio_augment_config, check_front_end
 from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
 
 
@@ -76,6 +76,7 @@ class AudioVisualDataModule(L.LightningDataModule):
         self.features = front_end_config(features)
         self.chunk = chunk or ChunkSpec()
         self.augment = audio_augment_config(augment)
+        check_front_end(self.augment, self.features)
         # Plain dicts, not dataclass objects: checkpoints must load with weights_only=True.
         self.save_hyperparameters(ignore=["features", "chunk", "augment"])
         self.hparams.update(features=self.features.to_dict(), chunk=asdict(self.chunk),
@@ -145,7 +146,7 @@ class AudioVisualDataModule(L.LightningDataModule):
         then SpecAugment."""
         audio = batch["audio"]
         if self._augmenter is None:
-            self._augmenter = AudioAugment(self.augment)
+            self._augmenter = AudioAugment(self.augment, self.features)
         self._augmenter.to(audio.device)
         if self.augment.needs_waveform:
             if "wave" not in batch:

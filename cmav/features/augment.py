@@ -1,6 +1,6 @@
 """Training-time audio augmentation: waveform ops at the chunk rate, then SpecAugment on the features.
 
-Eight groups, each a frozen dataclass with a per-example probability ``p`` (0 = off, the default)
+Nine groups, each a frozen dataclass with a per-example probability ``p`` (0 = off, the default)
 and a strength whose zero value is the identity:
 
 ==========  ==================================================================  =================
@@ -28,6 +28,10 @@ mixstyle    Freq-MixStyle (Schmid et al. 2022) on the front end's output: each  
             those of another example of the batch (weight of the other
             ``strength * (1 - λ)``, λ ~ Beta(``alpha``, ``alpha``)): the
             recording's spectral colour moves, what plays in it stays
+tilt        a spectral tilt uniform in ±``max_db_per_octave`` dB per octave,     ``max_db_per_octave=0``
+            on the harmonic profile's rows (:func:`cmav.features.harmonic.
+            tilt_harmonics`: exactly what a power-law EQ does to them, without
+            recomputing the front end); harmonic front end only
 ==========  ==================================================================  =================
 
 Every waveform op keeps the batch's shape, dtype, device and sample rate (no op changes the number
@@ -137,6 +141,17 @@ class MixStyleAugment:
     eps: float = 1e-6
 
 
+@dataclass(frozen=True)
+class TiltAugment:
+    """Spectral tilt of the harmonic profile (see the table above); harmonic front end only."""
+
+    p: float = 0.0
+    max_db_per_octave: float = 6.0
+
+
+FEATURE_ONLY = {"tilt": "harmonic"}
+"""Groups that need one front end: group -> the ``features.kind`` they work on."""
+
 WAVEFORM_GROUPS = ("gain", "eq", "reverb", "noise", "pitch", "stretch")
 """Groups applied to the waveform, in this order (``mask`` and then ``mixstyle`` come after the front end)."""
 
@@ -153,6 +168,7 @@ class AudioAugmentConfig:
     stretch: StretchAugment = field(default_factory=StretchAugment)
     mask: MaskAugment = field(default_factory=MaskAugment)
     mixstyle: MixStyleAugment = field(default_factory=MixStyleAugment)
+    tilt: TiltAugment = field(default_factory=TiltAugment)
 
     @property
     def enabled_groups(self) -> list[str]:
@@ -202,6 +218,15 @@ def audio_augment_config(value: Any = None) -> AudioAugmentConfig:
         raise ValueError(f"audio augmentation mixstyle needs alpha > 0 and strength in [0, 1], "
                          f"got alpha={mix.alpha}, strength={mix.strength}")  # fmt: skip
     return AudioAugmentConfig(**out)
+
+
+def check_front_end(config: AudioAugmentConfig, features: Any) -> None:
+    """Raise ``ValueError`` when an enabled group needs another front end than ``features``'s."""
+    kind = getattr(features, "kind", None)
+    for group, needs in FEATURE_ONLY.items():
+        if group in config.enabled_groups and kind != needs:
+            raise ValueError(f"audio augmentation {group} works on the {needs} front end (features.kind: {needs}), "
+                             f"not on {kind!r}")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -296,9 +321,11 @@ class AudioAugment(nn.Module):
     rate, :meth:`features` (SpecAugment) on ``(B, C, H, W)`` front-end output. Both are the identity
     when their groups are off; randomness comes from torch's global generator on the batch's device."""
 
-    def __init__(self, config: AudioAugmentConfig | dict | None = None) -> None:
+    def __init__(self, config: AudioAugmentConfig | dict | None = None, features: Any = None) -> None:
         super().__init__()
         self.config = audio_augment_config(config)
+        check_front_end(self.config, features)
+        self.front_end_config = features  # what the feature groups that need one read (tilt)
         m = self.config.mask
         self.freq_masking = torchaudio.transforms.FrequencyMasking(m.freq_width, iid_masks=True)
         self.time_masking = torchaudio.transforms.TimeMasking(m.time_width, iid_masks=True)
@@ -385,8 +412,19 @@ class AudioAugment(nn.Module):
         return x.reshape(shape)
 
     def features(self, feats: Tensor) -> Tensor:
-        """The feature groups on ``(B, C, H, W)`` front-end output: SpecAugment, then Freq-MixStyle."""
-        return self.mixstyle(self.mask(feats))
+        """The feature groups on ``(B, C, H, W)`` front-end output: tilt, SpecAugment, then Freq-MixStyle."""
+        return self.mixstyle(self.mask(self.tilt(feats)))
+
+    def tilt(self, feats: Tensor) -> Tensor:
+        """A random spectral tilt of each chosen example's harmonic profile."""
+        from cmav.features.harmonic import tilt_harmonics
+
+        c = self.config.tilt
+        if c.p <= 0 or c.max_db_per_octave == 0:
+            return feats
+        n = len(feats)
+        slope = _uniform(n, -c.max_db_per_octave, c.max_db_per_octave, feats) * _chosen(n, c.p, feats)
+        return tilt_harmonics(feats, slope, self.front_end_config)
 
     def mask(self, feats: Tensor) -> Tensor:
         """SpecAugment masks on ``(B, C, H, W)`` features, filled with each example's mean."""
@@ -452,6 +490,7 @@ def pitch_shift(x: Tensor, semitones: float, max_denominator: int = 100) -> Tens
 
 
 __all__ = [
+    "FEATURE_ONLY",
     "WAVEFORM_GROUPS",
     "AudioAugment",
     "AudioAugmentConfig",
@@ -463,7 +502,9 @@ __all__ = [
     "PitchAugment",
     "ReverbAugment",
     "StretchAugment",
+    "TiltAugment",
     "audio_augment_config",
+    "check_front_end",
     "coloured_noise",
     "decaying_noise_ir",
     "fix_length",

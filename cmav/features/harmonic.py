@@ -140,4 +140,23 @@ class HarmonicProfile(FrontEnd):
         return out.float().reshape(b, ch, out.shape[1], frames)
 
 
-__all__ = ["DESCRIPTORS", "HarmonicConfig", "HarmonicProfile"]
+def tilt_harmonics(feats: Tensor, db_per_octave: Tensor, config: HarmonicConfig) -> Tensor:
+    """A spectral tilt of ``db_per_octave[i]`` dB per octave on example ``i`` of harmonic-profile
+    features ``(B, C, rows, frames)``, in the profile's own terms.
+
+    A power-law EQ ``G(f) = s log2(f)`` puts ``s log2(h) + s log2(f0)`` on harmonic ``h``; the second
+    term is the same for every harmonic and vanishes when the levels are re-referenced to the
+    strongest one. So a tilt is exactly ``s log2(h)`` added to the harmonic rows, then the strongest
+    set back to 0 and the floor re-applied. The descriptor rows are left as they are (brightness
+    would move with a real EQ)."""
+    d = len(config.descriptors)
+    if feats.shape[-2] != d + config.n_harmonics:
+        raise ValueError(f"tilt: features have {feats.shape[-2]} rows, the harmonic config {d} + {config.n_harmonics}")
+    h = torch.arange(1, config.n_harmonics + 1, device=feats.device, dtype=feats.dtype)
+    slope = db_per_octave.to(feats).view(-1, 1, 1, 1) / config.floor_db
+    levels = feats[..., d:, :] + slope * torch.log2(h).view(1, 1, -1, 1)
+    levels = (levels - levels.amax(-2, keepdim=True)).clamp(min=-1.0)
+    return torch.cat([feats[..., :d, :], levels], -2)
+
+
+__all__ = ["DESCRIPTORS", "HarmonicConfig", "HarmonicProfile", "tilt_harmonics"]
