@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Subset
 from cmav.data.audio_io import ChunkSpec
 from cmav.data.cache import WAVE_SCALE
 from cmav.data.datasets import Layout, PairDataset, open_split
-from cmav.features.augment import AudioAugment, AudioAugmentConfig, audio_augment_config, check_front_end
+from cmav.features.augment import AudioAugment, AudioAugmentConfig, audio_augment_config
 from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
 
 
@@ -76,7 +76,8 @@ class AudioVisualDataModule(L.LightningDataModule):
         self.features = front_end_config(features)
         self.chunk = chunk or ChunkSpec()
         self.augment = audio_augment_config(augment)
-        check_front_end(self.augment, self.features)
+        # built here, not at the first batch: a group that needs another front end is refused at set-up
+        self._augmenter = AudioAugment(self.augment, self.features)
         # Plain dicts, not dataclass objects: checkpoints must load with weights_only=True.
         self.save_hyperparameters(ignore=["features", "chunk", "augment"])
         self.hparams.update(features=self.features.to_dict(), chunk=asdict(self.chunk),
@@ -84,7 +85,6 @@ class AudioVisualDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.train_full: PairDataset | None = None
         self.val: PairDataset | None = None
-        self._augmenter: AudioAugment | None = None
         self._front_end = None
 
     def _open(self, split: str) -> PairDataset:
@@ -145,8 +145,6 @@ class AudioVisualDataModule(L.LightningDataModule):
         waveform groups and the front end, or the cached features when no waveform group is on;
         then SpecAugment."""
         audio = batch["audio"]
-        if self._augmenter is None:
-            self._augmenter = AudioAugment(self.augment, self.features)
         self._augmenter.to(audio.device)
         if self.augment.needs_waveform:
             if "wave" not in batch:

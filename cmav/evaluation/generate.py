@@ -37,10 +37,9 @@ def _as(cls, value):
 def front_end_of(ckpt_path: str | Path | dict) -> tuple[FrontEndConfig, ChunkSpec]:
     """The front-end config and chunk spec stored with a checkpoint (a path, or the loaded
     checkpoint's dict; defaults when absent)."""
-    from cmav.tasks.classifier import _load_checkpoint
+    from cmav.tasks.classifier import checkpoint_dict
 
-    ckpt = ckpt_path if isinstance(ckpt_path, dict) else _load_checkpoint(ckpt_path)
-    dm = ckpt.get("datamodule_hyper_parameters") or {}
+    dm = checkpoint_dict(ckpt_path).get("datamodule_hyper_parameters") or {}
     return front_end_config(dm.get("features")), _as(ChunkSpec, dm.get("chunk"))
 
 

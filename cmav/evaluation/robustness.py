@@ -99,32 +99,21 @@ def build_eval_copy(root: str | Path, eval_root: str | Path, soundfont: str | Pa
                          frame_size=params["frame_size"], jpeg_quality=params["jpeg_quality"], progress=progress)  # fmt: skip
 
 
-def _blob(ckpt: str | Path | dict) -> dict:
-    from cmav.tasks.classifier import _load_checkpoint
-
-    return ckpt if isinstance(ckpt, dict) else _load_checkpoint(ckpt)
-
-
 def splits_like(ckpt: str | Path | dict, roots: dict[str, Path], split: str, cache_dir: str | None = None,
                 progress: bool = False) -> dict:  # fmt: skip
     """``{name: tensors}``: the split at each root opened as the checkpoint's data was (front end,
     chunk spec, image size, layout). ``ckpt``: a path or an already loaded checkpoint."""
     from cmav.data.datasets import open_split
     from cmav.evaluation.generate import front_end_of
+    from cmav.tasks.classifier import checkpoint_dict
 
-    blob = _blob(ckpt)
+    blob = checkpoint_dict(ckpt)
     dmh, hp = blob.get("datamodule_hyper_parameters") or {}, blob.get("hyper_parameters") or {}
     features, spec = front_end_of(blob)
     size = int(hp.get("image_size", dmh.get("image_size", 64)))
     return {name: open_split(dmh.get("layout", "suburmp"), root, split, features=features, chunk=spec,
                              cache_dir=cache_dir, image_size=size, progress=progress).tensors
             for name, root in roots.items()}  # fmt: skip
-
-
-def split_like(ckpt: str | Path | dict, root: str | Path, split: str, cache_dir: str | None = None,
-               progress: bool = False):  # fmt: skip
-    """The split at ``root`` as the checkpoint's data was (front end, chunk spec, image size, layout)."""
-    return splits_like(ckpt, {"split": Path(root)}, split, cache_dir, progress)["split"]
 
 
 def _report(rep) -> dict[str, Any]:
@@ -161,7 +150,9 @@ def trained_on(ckpt: str | Path | dict) -> tuple[Path | None, dict[str, Any] | N
     """``(data root, font record)`` a checkpoint (a path or a loaded one) was trained on, from its
     datamodule's hyper-parameters; ``(root, None)`` when that root is not a stand-in here (no
     manifest), and ``(None, None)`` when the checkpoint does not say."""
-    root = (_blob(ckpt).get("datamodule_hyper_parameters") or {}).get("root")
+    from cmav.tasks.classifier import checkpoint_dict
+
+    root = (checkpoint_dict(ckpt).get("datamodule_hyper_parameters") or {}).get("root")
     if not root:
         return None, None
     root = Path(root)
@@ -188,7 +179,7 @@ def evaluate_robustness(
     docstring. Refuses (:class:`SameSourceError`) before any scoring when the fonts are not independent.
     A missing ``eval_root`` is rendered first from ``eval_soundfont`` (same preset and seed as ``root``).
     """
-    from cmav.tasks.classifier import load_image_judge, load_sound_classifier
+    from cmav.tasks.classifier import checkpoint_dict, load_image_judge, load_sound_classifier
 
     if classifier is None and s2i is None and retrieval is None:
         raise ValueError("give at least one checkpoint to score: a sound classifier, S2I-C (+ image judge) or retrieval")
@@ -204,7 +195,7 @@ def evaluate_robustness(
     # ``root`` names the in-source data; what each model was really trained on (a several-source
     # build, say) must not share recordings with the evaluation font either
     trained: dict[str, Any] = {}
-    blobs = {name: _blob(ckpt) for name, ckpt in (("classifier", classifier), ("s2i", s2i), ("retrieval", retrieval))
+    blobs = {name: checkpoint_dict(ckpt) for name, ckpt in (("classifier", classifier), ("s2i", s2i), ("retrieval", retrieval))
              if ckpt is not None}  # fmt: skip
     for name, blob in blobs.items():
         data, font = trained_on(blob)
@@ -296,4 +287,4 @@ def format_report(result: dict) -> str:
 
 __all__ = ["SameSourceError", "TARGETS", "build_eval_copy", "check_independent", "data_soundfont",
            "evaluate_robustness", "font_lines", "format_report", "read_manifest", "score_classifier", "score_retrieval",
-           "score_s2i", "split_like", "splits_like", "trained_on"]  # fmt: skip
+           "score_s2i", "splits_like", "trained_on"]  # fmt: skip

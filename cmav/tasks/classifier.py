@@ -333,6 +333,11 @@ def _load_checkpoint(path: str | Path) -> dict:
         ) from exc
 
 
+def checkpoint_dict(ckpt: str | Path | dict) -> dict:
+    """A checkpoint's dict: ``ckpt`` itself when already loaded, else read from its path."""
+    return ckpt if isinstance(ckpt, dict) else _load_checkpoint(ckpt)
+
+
 @contextmanager
 def own_hyperparameters() -> Iterator[None]:
     """Let a LightningModule built here record its own hyper-parameters.
