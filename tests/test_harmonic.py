@@ -88,6 +88,35 @@ def test_a_tilt_of_the_profile_is_what_an_eq_tilt_of_the_tone_gives():
         AudioVisualDataModule(root="unused", augment={"tilt": {"p": 1.0}})
 
 
+def test_a_transposed_profile_is_the_same_recipe_played_higher():
+    """transpose_pitch(profile(G3), +7) = profile(D4) of the same harmonic recipe: only the pitch row
+    moves; and the augmentation group built on it."""
+    from cmav.features.augment import AudioAugment
+    from cmav.features.harmonic import transpose_pitch
+
+    cfg = HarmonicConfig(descriptors=("brightness", "pitch"), n_harmonics=8)
+    fe = build_front_end(cfg)
+    amps = [1.0, 0.7, 0.2, 0.4, 0.05, 0.1, 0.02, 0.03]
+    low, high = fe(tone(196.0, amps)), fe(tone(293.7, amps))
+    got = transpose_pitch(low, torch.tensor([7.0]), cfg)
+    assert torch.allclose(inner(got)[0, 0, 1], inner(high)[0, 0, 1], atol=0.001)  # the pitch row, MIDI / 100
+    assert torch.allclose(inner(got), inner(high), atol=0.03)
+    assert torch.equal(got[:, :, [0, *range(2, 10)]], low[:, :, [0, *range(2, 10)]])  # nothing else moves
+    assert torch.equal(transpose_pitch(low, torch.zeros(1), cfg), low)
+    batch = low.repeat(4, 1, 1, 1)
+    for off in ({}, {"transpose": {"p": 1.0, "max_semitones": 0.0}}, {"transpose": {"p": 0.0}}):
+        assert torch.equal(AudioAugment(off, cfg).features(batch), batch)
+    torch.manual_seed(0)
+    out = AudioAugment({"transpose": {"p": 1.0, "max_semitones": 3.0}}, cfg).features(batch)
+    assert out.shape == batch.shape and out.dtype == batch.dtype
+    moved = (out - batch)[:, 0, 1, :] * 100  # semitones, the same over each example's frames
+    assert (moved.std(-1) < 1e-4).all() and (moved[:, 0].abs() <= 3.0).all() and (moved[:, 0].abs() > 0).all()
+    with pytest.raises(ValueError, match=r"transpose works on the harmonic front end.*'lms'"):
+        AudioAugment({"transpose": {"p": 1.0}}, build_front_end({"kind": "lms"}).config)
+    with pytest.raises(ValueError, match="no pitch row"):
+        transpose_pitch(low[:, :, 1:], torch.ones(1), HarmonicConfig(descriptors=("brightness",), n_harmonics=8))
+
+
 def test_shape_follows_the_config_and_bad_options_are_refused():
     cfg = HarmonicConfig(n_harmonics=10, descriptors=("loudness",), hop_length=256)
     assert cfg.output_shape(0.5) == (1, 11, 11025 // 256 + 1)

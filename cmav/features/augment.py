@@ -1,6 +1,6 @@
 """Training-time audio augmentation: waveform ops at the chunk rate, then SpecAugment on the features.
 
-Nine groups, each a frozen dataclass with a per-example probability ``p`` (0 = off, the default)
+Ten groups, each a frozen dataclass with a per-example probability ``p`` (0 = off, the default)
 and a strength whose zero value is the identity:
 
 ==========  ==================================================================  =================
@@ -32,6 +32,9 @@ tilt        a spectral tilt uniform in ±``max_db_per_octave`` dB per octave,   
             on the harmonic profile's rows (:func:`cmav.features.harmonic.
             tilt_harmonics`: exactly what a power-law EQ does to them, without
             recomputing the front end); harmonic front end only
+transpose   the harmonic profile's pitch row moved uniformly in ±``max_semitones`` ``max_semitones=0``
+            (:func:`cmav.features.harmonic.transpose_pitch`: the profile of a
+            sample recorded some keys away); harmonic front end only
 ==========  ==================================================================  =================
 
 Every waveform op keeps the batch's shape, dtype, device and sample rate (no op changes the number
@@ -149,7 +152,15 @@ class TiltAugment:
     max_db_per_octave: float = 6.0
 
 
-FEATURE_ONLY = {"tilt": "harmonic"}
+@dataclass(frozen=True)
+class TransposeAugment:
+    """Pitch-row shift of the harmonic profile (see the table above); harmonic front end only."""
+
+    p: float = 0.0
+    max_semitones: float = 3.0
+
+
+FEATURE_ONLY = {"tilt": "harmonic", "transpose": "harmonic"}
 """Groups that need one front end: group -> the ``features.kind`` they work on."""
 
 WAVEFORM_GROUPS = ("gain", "eq", "reverb", "noise", "pitch", "stretch")
@@ -169,6 +180,7 @@ class AudioAugmentConfig:
     mask: MaskAugment = field(default_factory=MaskAugment)
     mixstyle: MixStyleAugment = field(default_factory=MixStyleAugment)
     tilt: TiltAugment = field(default_factory=TiltAugment)
+    transpose: TransposeAugment = field(default_factory=TransposeAugment)
 
     @property
     def enabled_groups(self) -> list[str]:
@@ -325,7 +337,7 @@ class AudioAugment(nn.Module):
         super().__init__()
         self.config = audio_augment_config(config)
         check_front_end(self.config, features)
-        self.front_end_config = features  # what the feature groups that need one read (tilt)
+        self.front_end_config = features  # what the feature groups that need one read (tilt, transpose)
         m = self.config.mask
         self.freq_masking = torchaudio.transforms.FrequencyMasking(m.freq_width, iid_masks=True)
         self.time_masking = torchaudio.transforms.TimeMasking(m.time_width, iid_masks=True)
@@ -412,8 +424,9 @@ class AudioAugment(nn.Module):
         return x.reshape(shape)
 
     def features(self, feats: Tensor) -> Tensor:
-        """The feature groups on ``(B, C, H, W)`` front-end output: tilt, SpecAugment, then Freq-MixStyle."""
-        return self.mixstyle(self.mask(self.tilt(feats)))
+        """The feature groups on ``(B, C, H, W)`` front-end output: tilt, transpose, SpecAugment, then
+        Freq-MixStyle."""
+        return self.mixstyle(self.mask(self.transpose(self.tilt(feats))))
 
     def tilt(self, feats: Tensor) -> Tensor:
         """A random spectral tilt of each chosen example's harmonic profile."""
@@ -425,6 +438,17 @@ class AudioAugment(nn.Module):
         n = len(feats)
         slope = _uniform(n, -c.max_db_per_octave, c.max_db_per_octave, feats) * _chosen(n, c.p, feats)
         return tilt_harmonics(feats, slope, self.front_end_config)
+
+    def transpose(self, feats: Tensor) -> Tensor:
+        """A random shift of each chosen example's pitch row (harmonic profile)."""
+        from cmav.features.harmonic import transpose_pitch
+
+        c = self.config.transpose
+        if c.p <= 0 or c.max_semitones == 0:
+            return feats
+        n = len(feats)
+        shift = _uniform(n, -c.max_semitones, c.max_semitones, feats) * _chosen(n, c.p, feats)
+        return transpose_pitch(feats, shift, self.front_end_config)
 
     def mask(self, feats: Tensor) -> Tensor:
         """SpecAugment masks on ``(B, C, H, W)`` features, filled with each example's mean."""
@@ -503,6 +527,7 @@ __all__ = [
     "ReverbAugment",
     "StretchAugment",
     "TiltAugment",
+    "TransposeAugment",
     "audio_augment_config",
     "check_front_end",
     "coloured_noise",

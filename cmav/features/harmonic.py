@@ -159,4 +159,23 @@ def tilt_harmonics(feats: Tensor, db_per_octave: Tensor, config: HarmonicConfig)
     return torch.cat([feats[..., :d, :], levels], -2)
 
 
-__all__ = ["DESCRIPTORS", "HarmonicConfig", "HarmonicProfile", "tilt_harmonics"]
+def transpose_pitch(feats: Tensor, semitones: Tensor, config: HarmonicConfig) -> Tensor:
+    """Move the pitch row of example ``i`` of harmonic-profile features ``(B, C, rows, frames)`` by
+    ``semitones[i]``, leaving the harmonic levels and the other descriptors as they are.
+
+    Why: a sampler plays a note from a sample recorded some keys away, resampled. Resampling moves
+    the harmonics and the body's resonances together, so that profile (and the brightness relative
+    to the pitch) is the recorded note's, heard at another pitch. Another sample set splits its keys
+    elsewhere, so a profile need not sit at the pitch it sat at in the training font."""
+    if "pitch" not in config.descriptors:
+        raise ValueError(f"transpose: the harmonic config has no pitch row (descriptors {list(config.descriptors)})")
+    d = len(config.descriptors)
+    if feats.shape[-2] != d + config.n_harmonics:
+        raise ValueError(f"transpose: features have {feats.shape[-2]} rows, the harmonic config {d} + {config.n_harmonics}")
+    row = config.descriptors.index("pitch")
+    shift = torch.zeros(len(feats), 1, feats.shape[-2], 1, device=feats.device, dtype=feats.dtype)
+    shift[:, 0, row, 0] = semitones.to(feats) / 100  # the row holds MIDI pitch / 100
+    return feats + shift
+
+
+__all__ = ["DESCRIPTORS", "HarmonicConfig", "HarmonicProfile", "tilt_harmonics", "transpose_pitch"]
