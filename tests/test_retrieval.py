@@ -14,7 +14,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -47,6 +46,7 @@ from cmav.models.retrieval import (
 from cmav.retrieval.index import EmbeddingIndex, exact_topk, faiss_available, faiss_topk
 from cmav.retrieval.search import search
 from cmav.tasks.retrieval import RetrievalTask, load_retrieval
+from fixtures import make_unique_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_AUDIO = {"n_blocks": 3, "base_channels": 8, "dropout": 0.0}
@@ -294,34 +294,6 @@ def test_standin_builder_writes_masks_and_adds_them_to_older_builds(tmp_path):
 
 
 # ---------------------------------------------------------------- tiny trained models
-
-
-def make_unique_pairs(root: Path, with_masks: bool = True) -> Path:
-    """Sub-URMP layout, one pair per class and split: a class-specific tone over noise and a
-    textured frame with a class-coloured square at a class-specific place (and its mask). The
-    validation pair of a class repeats its training pair, so the test is whether the model
-    learnt the pairs, not whether 13 items generalise."""
-    for label, name in enumerate(INSTRUMENTS):
-        rng = np.random.default_rng(label)
-        colour = tuple(int(c) for c in rng.integers(30, 255, 3))
-        y, x = 4 + (label % 4) * 12, 4 + (label // 4) * 11
-        # texture and noise: constant pixels / bare sines leave BatchNorm channels without variance
-        img = rng.integers(40, 140, (64, 64, 3)).astype(np.uint8)
-        mask = np.zeros((64, 64), bool)
-        mask[y : y + 14, x : x + 14] = True
-        img[mask] = colour
-        t = np.arange(22050) / 44100
-        wave = 0.2 * np.sin(2 * np.pi * 180.0 * 1.25 ** (label / 2) * t) + 0.02 * rng.standard_normal(22050)
-        for split, track in (("train", 0), ("validation", 1)):
-            stem = f"{name}{track:02d}_500"
-            (root / "chunk" / split / name).mkdir(parents=True, exist_ok=True)
-            sf.write(str(root / "chunk" / split / name / f"{stem}.wav"), wave, 44100, subtype="PCM_16")
-            (root / "img" / split / name).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(root / "img" / split / name / f"{stem}.jpg", quality=95)
-            if with_masks:
-                (root / "mask" / split / name).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(mask).save(root / "mask" / split / name / f"{stem}.png")
-    return root
 
 
 @pytest.fixture(scope="module")

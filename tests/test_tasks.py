@@ -16,7 +16,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from fixtures import make_suburmp_tracks
+from fixtures import make_suburmp_tracks, make_unique_pairs
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -214,6 +214,34 @@ def test_player_judge_maps_players_and_validates_on_held_out_tails(data, tmp_pat
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert torch.allclose(again(x), judge.eval()(x))
+
+
+def test_image_judge_keeps_instrument_colour_with_the_train_masks_in_order(tmp_path):
+    from cmav.data.masks import MasksMissing
+
+    root = make_unique_pairs(tmp_path / "data")
+    L.seed_everything(0, verbose=False)
+    dm = AudioVisualDataModule(str(root), image_size=32, batch_size=13, cache_dir=str(tmp_path / "cache"),
+                               progress=False)  # fmt: skip
+    tiny = {"n_blocks": 2, "base_channels": 4, "feature_dim": 16, "dropout": 0.0, "block_dropout": 0.0}
+    augment = {"enabled": True, "translate": 0.0625, "colour": 0.3, "colour_scramble": True,
+               "keep_instrument_colour": True}  # fmt: skip
+    judge = ClassifierTask(modality="image", image_size=32, image_judge=tiny, augment=augment)
+    quiet_trainer(max_epochs=1).fit(judge, dm)
+    masks, t = judge._train_masks, dm.train_full.tensors
+    assert masks.shape == (13, 1, 32, 32)
+    # each class's square sits at its own place: the masks follow the split's order, not the files'
+    for i, label in enumerate(t.labels.tolist()):
+        y, x = 4 + (label % 4) * 12, 4 + (label // 4) * 11
+        rows, cols = masks[i, 0].nonzero(as_tuple=True)
+        assert abs(rows.float().mean() * 2 - (y + 7)) < 2 and abs(cols.float().mean() * 2 - (x + 7)) < 2
+
+    bare = make_unique_pairs(tmp_path / "nomask", with_masks=False)
+    dm = AudioVisualDataModule(str(bare), image_size=32, batch_size=13, cache_dir=str(tmp_path / "cache2"),
+                               progress=False)  # fmt: skip
+    with pytest.raises(MasksMissing, match="real Sub-URMP has none"):
+        quiet_trainer(max_epochs=1).fit(ClassifierTask(modality="image", image_size=32, image_judge=tiny,
+                                                       augment=augment), dm)  # fmt: skip
 
 
 # ---------------------------------------------------------------- S2I
@@ -628,6 +656,38 @@ def test_colour_scramble_permutes_or_greys_each_frame_and_is_off_unless_enabled(
         assert sorted(src) == [0, 1, 2]
         permuted += src != [0, 1, 2]
     assert 5 <= grey <= 30 and permuted > 20  # a quarter grey on average; 5 of 6 orders move channels
+
+
+def test_keep_instrument_colour_changes_only_the_pixels_outside_the_mask():
+    from cmav.tasks.common import ImageAugment, ImageAugmentConfig
+
+    torch.manual_seed(0)
+    x = torch.rand(32, 3, 16, 16) * 2 - 1
+    mask = torch.zeros(32, 1, 16, 16)
+    mask[:, :, 4:12, 2:8] = 1.0  # the "instrument"
+    config = ImageAugmentConfig(enabled=True, translate=0.0, colour=0.5, colour_scramble=True,
+                                keep_instrument_colour=True)  # fmt: skip
+    y = ImageAugment(config, takes_masks=True)(x, mask)
+    inside, outside = mask.expand_as(x).bool(), ~mask.expand_as(x).bool()
+    assert y.shape == x.shape and torch.allclose(y[inside], x[inside], atol=1e-5)
+    assert (y[outside] - x[outside]).abs().mean() > 0.1  # jitter and scrambling still act there
+    # without the option the same ops recolour the instrument too
+    plain = ImageAugment(ImageAugmentConfig(enabled=True, translate=0.0, colour=0.5, colour_scramble=True))
+    assert (plain(x, mask)[inside] - x[inside]).abs().mean() > 0.1
+
+    # a warp moves frame and mask together: the kept pixels are the warped instrument's
+    torch.manual_seed(1)
+    warp = ImageAugmentConfig(enabled=True, translate=0.25, colour=0.5, keep_instrument_colour=True)
+    frame = torch.full((8, 3, 16, 16), -0.5)
+    frame[:, :, 4:12, 2:8] = 0.8
+    out = ImageAugment(warp, takes_masks=True)(frame, mask[:8])
+    bright = (out - 0.8).abs().amax(1) < 1e-4  # pixels still exactly the instrument's colour
+    assert bright.float().mean((1, 2)).min() > 0.1  # the instrument kept its colour wherever it moved
+
+    with pytest.raises(ValueError, match="keep_instrument_colour needs instrument masks"):
+        ImageAugment(config)  # a caller that has no masks (the GAN's DiffAugment, retrieval)
+    with pytest.raises(ValueError, match="given no instrument masks"):
+        ImageAugment(config, takes_masks=True)(x)
 
 
 def test_zoom_rotation_and_erasing_augment_as_configured():

@@ -119,11 +119,12 @@ class ClassifierTask(L.LightningModule):
         self.image_judge_config = coerce(ImageJudgeConfig, image_judge)
         self.image_encoder_config = coerce(ImageEncoderConfig, image_encoder)
         self.optimizer_config = coerce(AdamConfig, optimizer)
-        self.augment = ImageAugment(coerce(ImageAugmentConfig, augment))
+        self.augment = ImageAugment(coerce(ImageAugmentConfig, augment), takes_masks=modality == "image")
         self.model: nn.Module | None = None
         self._val_preds: list[Tensor] = []
         self._val_targets: list[Tensor] = []
         self._warned_no_holdout = False
+        self._train_masks: Tensor | None = None  # loaded at setup when the augmentation needs them
         if self._can_build():
             self._build()
 
@@ -211,12 +212,29 @@ class ClassifierTask(L.LightningModule):
             self._build()
         elif h.target == "track" and h.players != data_players:
             raise ValueError("the data's train players differ from the ones this player judge was built for")
+        if stage == "fit" and h.modality == "image" and self.augment.needs_mask and self._train_masks is None:
+            self._train_masks = self._load_train_masks(dm)
+
+    def _load_train_masks(self, dm) -> Tensor:
+        """``(N, 1, S, S)`` uint8 instrument masks of the train split, in its order (for
+        ``augment.keep_instrument_colour``); a clear error when the data set has none."""
+        from cmav.data.masks import load_split_masks
+
+        if dm.hparams.layout != "suburmp":
+            raise ValueError(f"augment.keep_instrument_colour needs instrument masks, which only the suburmp layout "
+                             f"has (data.layout is {dm.hparams.layout!r})")  # fmt: skip
+        t = dm.train_full.tensors
+        masks = load_split_masks(dm.root, "train", t.stems, t.class_names, t.labels, self.hparams.image_size)
+        return masks.unsqueeze(1).to(torch.uint8)
 
     def _step(self, batch: dict[str, Tensor], train: bool) -> tuple[Tensor, Tensor, Tensor]:
         x = batch[self.input_key]
         y = self.targets(batch)
         if train and self.hparams.modality == "image":
-            x = self.augment(x)
+            mask = None
+            if self.augment.needs_mask:  # indices are the train split's own (a Subset passes them through)
+                mask = self._train_masks[batch["index"].cpu()].to(x.device, x.dtype)
+            x = self.augment(x, mask)
         logits = self(x)
         return F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing, ignore_index=-1), logits, y
 

@@ -115,6 +115,10 @@ class ImageAugmentConfig:
     ``[-degrees, degrees]`` (both with the shift, one affine warp; players sit at other distances
     and angles to the camera); ``erase``: probability of erasing one random rectangle (2-15 % of
     the frame) per frame, so that no single cue (a bell, a hand) decides alone.
+    ``keep_instrument_colour``: the colour ops (jitter, scramble) change only the pixels outside
+    the instrument, given its mask (cmav's stand-in writes one per frame): the player's clothing
+    and background colours are the shortcut, while an instrument's colour is part of what it is
+    (violin vs viola, oboe vs clarinet, flute vs trumpet differ mostly in it at 64 x 64).
     """
 
     enabled: bool = False
@@ -125,6 +129,7 @@ class ImageAugmentConfig:
     scale: float = 0.0
     degrees: float = 0.0
     erase: float = 0.0
+    keep_instrument_colour: bool = False
 
 
 def coerce(cls: type[T], value: Any) -> T:
@@ -163,19 +168,24 @@ class ImageAugment(nn.Module):
     random parameters per sample and call) and as light training augmentation for judges.
     """
 
-    def __init__(self, config: ImageAugmentConfig) -> None:
+    def __init__(self, config: ImageAugmentConfig, takes_masks: bool = False) -> None:
+        """``takes_masks``: the caller passes instrument masks to :meth:`forward` (the image
+        classifiers do); ``keep_instrument_colour`` is refused for any other caller."""
         super().__init__()
         import kornia.augmentation as K
 
         self.config = config
+        if config.enabled and config.keep_instrument_colour and not takes_masks:
+            raise ValueError("augment.keep_instrument_colour needs instrument masks, which only the image "
+                             "classifiers (ClassifierTask, modality image) load; turn it off here")  # fmt: skip
         if not 0.0 <= config.scale < 1.0:
             raise ValueError(f"augment.scale must be in [0, 1), got {config.scale}")
         if not 0.0 <= config.erase <= 1.0:
             raise ValueError(f"augment.erase is a probability in [0, 1], got {config.erase}")
-        ops: list[nn.Module] = []
+        geometric: list[nn.Module] = []
         if config.translate > 0 or config.scale > 0 or config.degrees > 0:
             t, s = float(config.translate), float(config.scale)
-            ops.append(
+            geometric.append(
                 K.RandomAffine(
                     degrees=float(config.degrees),
                     translate=(t, t) if t > 0 else None,
@@ -185,25 +195,45 @@ class ImageAugment(nn.Module):
                 )
             )
         if config.hflip:
-            ops.append(K.RandomHorizontalFlip(p=0.5))
-        if config.colour > 0:
-            c = float(config.colour)
-            ops.append(K.ColorJiggle(brightness=c, contrast=c, saturation=c, p=1.0))
-        if config.erase > 0:
-            ops.append(K.RandomErasing(scale=(0.02, 0.15), ratio=(0.3, 3.3), value=0.5, p=float(config.erase)))
-        self.ops = nn.Sequential(*ops)
+            geometric.append(K.RandomHorizontalFlip(p=0.5))
+        self.geometric = nn.Sequential(*geometric)
+        c = float(config.colour)
+        self.colour = K.ColorJiggle(brightness=c, contrast=c, saturation=c, p=1.0) if c > 0 else nn.Identity()
+        erase = float(config.erase)
+        self.erase = (K.RandomErasing(scale=(0.02, 0.15), ratio=(0.3, 3.3), value=0.5, p=erase)
+                      if erase > 0 else nn.Identity())  # fmt: skip
 
     @property
     def active(self) -> bool:
-        return self.config.enabled and (len(self.ops) > 0 or self.config.colour_scramble)
+        c = self.config
+        return c.enabled and (len(self.geometric) > 0 or c.colour > 0 or c.erase > 0 or c.colour_scramble)
 
-    def forward(self, x: Tensor) -> Tensor:
+    @property
+    def needs_mask(self) -> bool:
+        """Whether :meth:`forward` needs the instrument masks (``keep_instrument_colour`` on)."""
+        return self.active and self.config.keep_instrument_colour
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Augmented ``(N, 3, H, W)`` images in [-1, 1]; ``mask`` ``(N, 1, H, W)`` in [0, 1] marks the
+        instrument's pixels (needed, and only used, with ``keep_instrument_colour``)."""
         if not self.active:
             return x
-        if len(self.ops):
-            # kornia's colour ops expect [0, 1]
-            x = self.ops((x + 1.0) * 0.5).clamp(0.0, 1.0) * 2.0 - 1.0
-        return scramble_colours(x) if self.config.colour_scramble else x
+        if not self.config.keep_instrument_colour:
+            mask = None
+        elif mask is None:
+            raise ValueError("augment.keep_instrument_colour: forward() was given no instrument masks")
+        x = (x + 1.0) * 0.5  # kornia's colour ops expect [0, 1]
+        if mask is not None:  # one warp for frame and mask: the same random parameters
+            warped = self.geometric(torch.cat([x, mask.to(x)], 1))
+            x, mask = warped[:, :3], warped[:, 3:].clamp(0.0, 1.0)
+            x = mask * x + (1.0 - mask) * self.colour(x)
+        else:
+            x = self.colour(self.geometric(x))
+        x = self.erase(x).clamp(0.0, 1.0) * 2.0 - 1.0
+        if self.config.colour_scramble:
+            scrambled = scramble_colours(x)
+            x = scrambled if mask is None else mask * x + (1.0 - mask) * scrambled
+        return x
 
 
 def scramble_colours(image: Tensor, grey_fraction: float = 0.25) -> Tensor:
