@@ -239,7 +239,7 @@ def test_image_judge_keeps_instrument_colour_with_the_train_masks_in_order(tmp_p
     bare = make_unique_pairs(tmp_path / "nomask", with_masks=False)
     dm = AudioVisualDataModule(str(bare), image_size=32, batch_size=13, cache_dir=str(tmp_path / "cache2"),
                                progress=False)  # fmt: skip
-    with pytest.raises(MasksMissing, match="real Sub-URMP has none"):
+    with pytest.raises(MasksMissing, match="real Sub-URMP has none.*keep_instrument_colour false"):
         quiet_trainer(max_epochs=1).fit(ClassifierTask(modality="image", image_size=32, image_judge=tiny,
                                                        augment=augment), dm)  # fmt: skip
 
