@@ -212,8 +212,8 @@ class ClassifierTask(L.LightningModule):
             self._build()
         elif h.target == "track" and h.players != data_players:
             raise ValueError("the data's train players differ from the ones this player judge was built for")
-        if stage == "fit" and h.modality == "image" and self.augment.needs_mask and self._train_masks is None:
-            self._train_masks = self._load_train_masks(dm)
+        if stage == "fit" and h.modality == "image" and self.augment.needs_mask:
+            self._train_masks = self._load_train_masks(dm)  # per fit: the data module may be another one
 
     def _load_train_masks(self, dm) -> Tensor:
         """``(N, 1, S, S)`` uint8 instrument masks of the train split, in its order (for
