@@ -34,7 +34,7 @@ from cmav.features.augment import (
     shelf_peak_coefficients,
     time_stretch,
 )
-from cmav.evaluation.robustness import SameSourceError, check_independent
+from cmav.evaluation.robustness import SameSourceError, check_independent, evaluate_robustness
 from cmav.standin.build import MANIFEST
 from cmav.standin.soundfonts import TIMGM6MB, same_source, sample_digests, sf2_info, shared_samples, soundfont_record
 
@@ -613,9 +613,18 @@ def test_robustness_grid_and_evaluation_end_to_end(tmp_path, capsys):
     assert not isinstance(lms_task.model, StatsPoolEncoder) and lms_task.model.input_shape[1] != 13
     assert result["runs"][2]["config_key"]["steps"] == 6 and result["runs"][2]["config_key"]["data"]["features"]["kind"] == "harmonic"
     assert _cli(["evaluate", "robustness", "--root", str(train), "--eval-root", str(cross), "--classifier",
-                 result["runs"][2]["checkpoint"], "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "eval_h")]) == 0  # fmt: skip
-    harm = json.loads((tmp_path / "eval_h" / "metrics.json").read_text())["models"]["classifier"]
+                 result["runs"][2]["checkpoint"], "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "eval_h"),
+                 "--adapt-batch-norm"]) == 0  # fmt: skip
+    models = json.loads((tmp_path / "eval_h" / "metrics.json").read_text())["models"]
+    harm = models["classifier"]
     assert harm["cross_source"]["accuracy"] == pytest.approx(result["runs"][2]["cross_source"])
+    # AdaBN is reported on its own rows, marked transductive, with no target beside it
+    assert models["classifier_adapted"]["transductive"] is True
+    assert {"in_source", "cross_source"} <= set(models["classifier_adapted"])
+    adapted_rows = [r for r in (tmp_path / "eval_h" / "report.md").read_text().splitlines() if "AdaBN (transductive) |" in r]
+    assert len(adapted_rows) == 2 and all(r.endswith("| — |") for r in adapted_rows)
+    with pytest.raises(ValueError, match="give --classifier too"):
+        evaluate_robustness(train, cross, retrieval=tmp_path / "unread.ckpt", adapt_batch_norm=True)
     # the checkpoint's own training data counts, not only --root: trained on FontA, scored against FontA
     other = with_manifest(make_suburmp(tmp_path / "other", chunks=3), fake_font(tmp_path / "f/FontC.sf2", b"c"))
     assert _cli(["evaluate", "robustness", "--root", str(other), "--eval-root", str(train), "--classifier",

@@ -36,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="validation (unseen players: the reported numbers) or train (a diagnostic)")  # fmt: skip
     e.add_argument("--seed", type=int, default=0, help="noise seed of the generated frames")
     e.add_argument("--cache-dir", default=None)
+    e.add_argument("--adapt-batch-norm", action="store_true",
+                   help="also score the classifier with its batch-norm statistics re-estimated on each split's own "
+                        "unlabelled audio (AdaBN; transductive, reported apart from the target)")
     e.add_argument("-o", "--output", default="results/robustness", help="folder for report.md and metrics.json")
     e.set_defaults(func=_evaluate)
 
@@ -48,6 +51,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             args.root, args.eval_root, classifier=args.classifier, s2i=args.s2i, image_judge=args.image_judge,
             retrieval=args.retrieval, train_soundfont=args.train_soundfont, eval_soundfont=args.eval_soundfont,
             split=args.split, out_dir=args.output, seed=args.seed, cache_dir=args.cache_dir,
+            adapt_batch_norm=args.adapt_batch_norm,
         )  # fmt: skip
     except (SameSourceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
