@@ -39,7 +39,8 @@ def adapt_batch_norm(model: nn.Module, inputs: Tensor, batch_size: int = 256) ->
         raise ValueError(f"adapt_batch_norm: need at least 2 inputs to estimate statistics, got {len(inputs)}")
     adapted = copy.deepcopy(model).eval()
     device = next(adapted.parameters(), torch.empty(0)).device
-    for layer in batch_norm_layers(adapted):
+    adapted_layers = batch_norm_layers(adapted)
+    for layer in adapted_layers:
         layer.reset_running_stats()
         layer.momentum = None  # cumulative average over the batches, not an exponential one
         layer.train()
@@ -47,7 +48,7 @@ def adapt_batch_norm(model: nn.Module, inputs: Tensor, batch_size: int = 256) ->
     # near-equal batches, so a last batch of one example cannot occur
     for chunk in torch.tensor_split(inputs, n_batches):
         adapted(chunk.to(device, torch.float32))
-    for layer, original in zip(batch_norm_layers(adapted), layers):
+    for layer, original in zip(adapted_layers, layers):
         layer.momentum = original.momentum
     return adapted.eval()
 
