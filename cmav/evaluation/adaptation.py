@@ -44,7 +44,7 @@ def adapt_batch_norm(model: nn.Module, inputs: Tensor, batch_size: int = 256) ->
         layer.reset_running_stats()
         layer.momentum = None  # cumulative average over the batches, not an exponential one
         layer.train()
-    n_batches = max(1, math.ceil(len(inputs) / batch_size))
+    n_batches = math.ceil(len(inputs) / batch_size)  # >= 1: at least 2 inputs
     # near-equal batches, so a last batch of one example cannot occur
     for chunk in torch.tensor_split(inputs, n_batches):
         adapted(chunk.to(device, torch.float32))

@@ -126,19 +126,14 @@ def _report(rep) -> dict[str, Any]:
             "per_class": rep.per_class}  # fmt: skip
 
 
-def score_classifier(task, tensors) -> dict[str, Any]:
-    """The sound classifier's accuracy on a split's audio."""
-    return _report(judged_accuracy(task.model, tensors.audio.float(), tensors.labels, tensors.class_names, batch_size=256))
-
-
-def score_classifier_adapted(task, tensors) -> dict[str, Any]:
-    """The sound classifier's accuracy on a split's audio after re-estimating its batch-norm
-    statistics on that same audio (no labels read; transductive)."""
-    from cmav.evaluation.adaptation import adapt_batch_norm
+def score_classifier(task, tensors, adapt_batch_norm: bool = False) -> dict[str, Any]:
+    """The sound classifier's accuracy on a split's audio; with ``adapt_batch_norm``, after
+    re-estimating its batch-norm statistics on that same audio (no labels read; transductive)."""
+    from cmav.evaluation.adaptation import adapt_batch_norm as adapt
 
     audio = tensors.audio.float()
-    return _report(judged_accuracy(adapt_batch_norm(task.model, audio), audio, tensors.labels, tensors.class_names,
-                                   batch_size=256))  # fmt: skip
+    model = adapt(task.model, audio) if adapt_batch_norm else task.model
+    return _report(judged_accuracy(model, audio, tensors.labels, tensors.class_names, batch_size=256))
 
 
 def score_s2i(s2i: Any, judge, tensors, seed: int = 0) -> dict[str, Any]:
@@ -243,7 +238,7 @@ def evaluate_robustness(
         result["models"]["classifier"] = {"ckpt": str(classifier), **{k: score_classifier(task, t) for k, t in data.items()}}
         if adapt_batch_norm:
             result["models"]["classifier_adapted"] = {"ckpt": str(classifier), "transductive": True,
-                                                      **{k: score_classifier_adapted(task, t) for k, t in data.items()}}  # fmt: skip
+                                                      **{k: score_classifier(task, t, adapt_batch_norm=True) for k, t in data.items()}}  # fmt: skip
     if s2i is not None:
         judge = load_image_judge(image_judge)
         data = both("s2i")
@@ -314,6 +309,5 @@ def format_report(result: dict) -> str:
 
 
 __all__ = ["SameSourceError", "TARGETS", "build_eval_copy", "check_independent", "data_soundfont",
-           "evaluate_robustness", "font_lines", "format_report", "read_manifest", "score_classifier",
-           "score_classifier_adapted", "score_retrieval",
+           "evaluate_robustness", "font_lines", "format_report", "read_manifest", "score_classifier", "score_retrieval",
            "score_s2i", "splits_like", "trained_on"]  # fmt: skip
