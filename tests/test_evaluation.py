@@ -292,3 +292,28 @@ def test_cross_source_s2i_scores_are_evaluate_s2is_and_a_copy_of_the_audio_score
     assert s2i["cross_source"] == s2i["in_source"] and s2i["in_source"]["n"] == len(dm.val.tensors)
     assert r["trained_on"]["s2i"]["root"] == str(data) and r["trained_on"]["s2i"]["font"] is None
     assert "| S2I-C (judged) | accuracy |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_s2i_generator_with_an_adapted_encoder_leaves_the_task_alone(s2i_ckpt, dm):
+    """AdaBN for S2I-C: a copy of the EMA encoder takes the new audio's batch-norm statistics; the
+    task's own encoder and generator are untouched, and the frames follow the adapted features."""
+    from cmav.evaluation.adaptation import batch_norm_layers
+    from cmav.evaluation.robustness import adapted_s2i_generator
+    from cmav.evaluation.s2i import generate_images
+    from cmav.tasks.s2i import load_s2i
+
+    task = load_s2i(s2i_ckpt)
+    before = {k: v.clone() for k, v in task.state_dict().items()}
+    audio = dm.val.tensors.audio.float()
+    shifted = audio * 1.5 + 4.0  # another source: every LMS bin at another offset and scale
+    fn = adapted_s2i_generator(task, shifted)
+    assert fn.z_dim == task.z_dim
+    assert all(torch.equal(before[k], v) for k, v in task.state_dict().items())
+    first = batch_norm_layers(task.ema.module.encoder)[0]
+    adapted_first = batch_norm_layers(fn.net.encoder)[0]
+    # the first batch norm sees the shifted audio's conv features: its running mean moves off the trained one
+    assert not torch.allclose(adapted_first.running_mean, first.running_mean)
+    plain = generate_images(lambda a, z: task.generate(a, z, use_ema=True).cpu(), shifted, task.z_dim)
+    adapted = generate_images(fn, shifted, task.z_dim)
+    assert adapted.shape == plain.shape and adapted.abs().max() <= 1.0
+    assert not torch.allclose(adapted, plain)

@@ -623,7 +623,7 @@ def test_robustness_grid_and_evaluation_end_to_end(tmp_path, capsys):
     assert {"in_source", "cross_source"} <= set(models["classifier_adapted"])
     adapted_rows = [r for r in (tmp_path / "eval_h" / "report.md").read_text().splitlines() if "AdaBN (transductive) |" in r]
     assert len(adapted_rows) == 2 and all(r.endswith("| — |") for r in adapted_rows)
-    with pytest.raises(ValueError, match="give --classifier too"):
+    with pytest.raises(ValueError, match="give --classifier or --s2i too"):
         evaluate_robustness(train, cross, retrieval=tmp_path / "unread.ckpt", adapt_batch_norm=True)
     # the checkpoint's own training data counts, not only --root: trained on FontA, scored against FontA
     other = with_manifest(make_suburmp(tmp_path / "other", chunks=3), fake_font(tmp_path / "f/FontC.sf2", b"c"))

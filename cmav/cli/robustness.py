@@ -37,8 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--seed", type=int, default=0, help="noise seed of the generated frames")
     e.add_argument("--cache-dir", default=None)
     e.add_argument("--adapt-batch-norm", action="store_true",
-                   help="also score the classifier with its batch-norm statistics re-estimated on each split's own "
-                        "unlabelled audio (AdaBN; transductive, reported apart from the target)")
+                   help="also score the classifier, and S2I-C with its audio encoder's, with the batch-norm statistics "
+                        "re-estimated on each split's own unlabelled audio (AdaBN; transductive, reported apart "
+                        "from the target)")  # fmt: skip
     e.add_argument("-o", "--output", default="results/robustness", help="folder for report.md and metrics.json")
     e.set_defaults(func=_evaluate)
 

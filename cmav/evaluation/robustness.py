@@ -15,14 +15,16 @@ Scores, each in-source (``root``'s split) beside cross-source (``eval_root``'s s
   classified by the image judge (its accuracy on the real frames is the ceiling);
 * retrieval Recall@1 (audio->image, class-level and instance-level) with a retrieval checkpoint.
 
-With ``adapt_batch_norm`` the sound classifier is also scored with its batch-norm statistics
-re-estimated on each split's own unlabelled audio (AdaBN, :mod:`cmav.evaluation.adaptation`). That
-reads the evaluation source's audio, so it is reported on its own rows, marked transductive, and
-never counts towards the cross-source target.
+With ``adapt_batch_norm`` the sound classifier, and S2I-C's frozen audio encoder, are also scored
+with their batch-norm statistics re-estimated on each split's own unlabelled audio (AdaBN,
+:mod:`cmav.evaluation.adaptation`; the generator is left as trained). That reads the evaluation
+source's audio, so it is reported on its own rows, marked transductive, and never counts towards the
+cross-source target.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -145,6 +147,26 @@ def score_s2i(s2i: Any, judge, tensors, seed: int = 0) -> dict[str, Any]:
     return _report(judged_accuracy(judge, fake, tensors.labels, tensors.class_names))
 
 
+def adapted_s2i_generator(task, audio: torch.Tensor):
+    """``fn(audio, z) -> frames`` of an S2ITask's EMA generator behind a copy of its audio encoder
+    whose batch-norm statistics are re-estimated on ``audio`` (AdaBN; no labels read). ``task`` is
+    left as it was; ``fn.z_dim`` is the task's, so :func:`score_s2i` takes it like any generator, and
+    ``fn.net`` is the adapted encoder + generator."""
+    from cmav.evaluation.adaptation import adapt_batch_norm as adapt
+
+    net = copy.deepcopy(task.ema.module if task.ema is not None else task.model).eval()
+    net.encoder = adapt(net.encoder, audio.float())
+    device = next(net.parameters()).device
+
+    @torch.no_grad()
+    def fn(condition: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return task.from_target_space(net(condition.to(device, torch.float32), z.to(device))).float().cpu()
+
+    fn.z_dim = task.z_dim  # type: ignore[attr-defined]
+    fn.net = net  # type: ignore[attr-defined]
+    return fn
+
+
 def score_retrieval(task, tensors) -> dict[str, Any]:
     """Audio->image Recall@1 (class- and instance-level, with chance) over a split."""
     from cmav.evaluation.retrieval import embed_split
@@ -189,14 +211,16 @@ def evaluate_robustness(
     """Score the given checkpoints in-source (``root``) and cross-source (``eval_root``); see the module
     docstring. Refuses (:class:`SameSourceError`) before any scoring when the fonts are not independent.
     A missing ``eval_root`` is rendered first from ``eval_soundfont`` (same preset and seed as ``root``).
-    ``adapt_batch_norm``: also score the classifier with AdaBN on each split (``classifier_adapted``).
+    ``adapt_batch_norm``: also score the classifier and S2I-C with AdaBN on each split
+    (``classifier_adapted``, ``s2i_adapted``).
     """
     from cmav.tasks.classifier import checkpoint_dict, load_image_judge, load_sound_classifier
 
     if classifier is None and s2i is None and retrieval is None:
         raise ValueError("give at least one checkpoint to score: a sound classifier, S2I-C (+ image judge) or retrieval")
-    if adapt_batch_norm and classifier is None:
-        raise ValueError("adapt_batch_norm re-estimates the sound classifier's statistics: give --classifier too")
+    if adapt_batch_norm and classifier is None and s2i is None:
+        raise ValueError("adapt_batch_norm re-estimates the statistics of a sound classifier or of S2I-C's audio "
+                         "encoder: give --classifier or --s2i too")  # fmt: skip
     if s2i is not None and image_judge is None:
         raise ValueError("S2I-C's judged accuracy needs the image judge checkpoint too")
     train_font = data_soundfont(root, train_soundfont)
@@ -248,6 +272,13 @@ def evaluate_robustness(
         entry["judge_on_real"] = _report(judged_accuracy(judge, real.images.float().div(127.5).sub(1.0), real.labels,
                                                          real.class_names))  # fmt: skip
         result["models"]["s2i"] = entry
+        if adapt_batch_norm:
+            from cmav.tasks.s2i import load_s2i
+
+            task = load_s2i(s2i)
+            result["models"]["s2i_adapted"] = {
+                "ckpt": str(s2i), "image_judge": str(image_judge), "transductive": True,
+                **{k: score_s2i(adapted_s2i_generator(task, t.audio), judge, t, seed) for k, t in data.items()}}  # fmt: skip
     if retrieval is not None:
         from cmav.tasks.retrieval import load_retrieval
 
@@ -282,9 +313,11 @@ def format_report(result: dict) -> str:
     rows = {"classifier": [("accuracy", TARGETS["classifier"]), ("balanced_accuracy", None)],
             "classifier_adapted": [("accuracy", None), ("balanced_accuracy", None)],
             "s2i": [("accuracy", TARGETS["s2i"]), ("balanced_accuracy", None)],
+            "s2i_adapted": [("accuracy", None), ("balanced_accuracy", None)],
             "retrieval": [("class_R@1", None), ("instance_R@1", None)]}  # fmt: skip
     names = {"classifier": "sound classifier", "classifier_adapted": "sound classifier, AdaBN (transductive)",
-             "s2i": "S2I-C (judged)", "retrieval": "retrieval a→i"}
+             "s2i": "S2I-C (judged)", "s2i_adapted": "S2I-C (judged), encoder AdaBN (transductive)",
+             "retrieval": "retrieval a→i"}  # fmt: skip
     for model, t in (result.get("trained_on") or {}).items():
         what = describe(t["font"]) if t.get("font") else "its data's font is not recorded here"
         lines.insert(len(lines) - 3, f"- {names[model]} trained on `{t.get('root')}`: {what}")
@@ -299,15 +332,15 @@ def format_report(result: dict) -> str:
     if "retrieval" in result["models"]:
         r = result["models"]["retrieval"]["in_source"]
         lines.append(f"\nRetrieval chance R@1: class {r['class_R@1_chance']:.3f}, instance {r['instance_R@1_chance']:.3f}.")
-    if "classifier_adapted" in result["models"]:
-        lines.append("\nAdaBN (transductive): the classifier's batch-norm statistics re-estimated on each split's own "
-                     "audio, labels unread. It reads the evaluation font's audio, so it does not count towards the "
-                     "cross-source target.")  # fmt: skip
+    if "classifier_adapted" in result["models"] or "s2i_adapted" in result["models"]:
+        lines.append("\nAdaBN (transductive): the batch-norm statistics of the classifier (for S2I-C, of its audio "
+                     "encoder; the generator as trained) re-estimated on each split's own audio, labels unread. "
+                     "It reads the evaluation font's audio, so it does not count towards the cross-source target.")  # fmt: skip
     lines.append("\nIn-source: the training data's own split (players unseen in training, training font). "
                  "Cross-source: the same split rendered from the evaluation font.")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["SameSourceError", "TARGETS", "build_eval_copy", "check_independent", "data_soundfont",
+__all__ = ["SameSourceError", "TARGETS", "adapted_s2i_generator", "build_eval_copy", "check_independent", "data_soundfont",
            "evaluate_robustness", "font_lines", "format_report", "read_manifest", "score_classifier", "score_retrieval",
            "score_s2i", "splits_like", "trained_on"]  # fmt: skip
