@@ -375,6 +375,31 @@ def test_frozen_feature_cache_trains_exactly_as_the_encoder_pass(data, sound_cla
         assert train(True, augment={"mask": {"p": 1.0}})._cached_features is None
 
 
+def test_condition_noise_scales_with_the_feature_spread_and_is_off_at_zero(data, sound_classifier):
+    torch.manual_seed(0)
+    cond = torch.randn(256, 128) * 3.0  # per-dimension spread 3
+    other = torch.randn(256, 128)
+    off = s2i("s2i_c", "scratch", None)
+    assert all(a is b for a, b in zip(off._noisy(cond, other), (cond, other)))
+    model = s2i("s2i_c", "scratch", None, condition_noise=0.5)
+    noisy, noisy_other, none = model._noisy(cond, other, None)
+    assert none is None
+    # noise of 0.5 x the batch's spread on every condition, fresh each call
+    assert (noisy - cond).std().item() == pytest.approx(1.5, rel=0.05)
+    assert (noisy_other - other).std().item() == pytest.approx(1.5, rel=0.05)
+    assert not torch.equal(model._noisy(cond)[0], noisy)
+    with pytest.raises(ValueError, match="condition_noise"):
+        s2i("s2i_c", "scratch", None, condition_noise=-0.1)
+    # training with it moves G and D and keeps the losses finite; generation stays noise-free
+    L.seed_everything(0, verbose=False)
+    model = s2i("s2i_c", "frozen", sound_classifier["ckpt"], condition_noise=0.5)
+    quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0).fit(model, datamodule(data))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    audio = model._train_tensors.audio[:3].float()
+    z = torch.randn(3, model.z_dim)
+    assert torch.equal(model.generate(audio, z), model.generate(audio, z))
+
+
 def test_channels_last_keeps_the_networks_outputs():
     torch.manual_seed(0)
     plain = s2i("s2i_c", "scratch", None)
@@ -575,7 +600,8 @@ def test_experiment_configs_parse_and_repeat_the_python_defaults(name, capsys, m
         for group in ("generator", "discriminator", "g_optimizer", "d_optimizer", "loss_weights", "samples",
                       "diff_augment"):  # fmt: skip
             assert args[group] == plain(defaults[group].default), group
-        for key in ("pixel_loss", "ema_decay", "sample_every_n_steps", "seed", "channels_last", "cache_frozen_features"):
+        for key in ("pixel_loss", "ema_decay", "sample_every_n_steps", "seed", "channels_last", "cache_frozen_features",
+                    "condition_noise"):
             assert args[key] == defaults[key].default, key
         assert args["generator"]["z_dim"] == 10 and args["g_optimizer"] == {"lr": 2e-4, "betas": [0.5, 0.999],
                                                                              "weight_decay": 0.0}  # fmt: skip

@@ -85,6 +85,10 @@ class I2STask(PairedGANTask):
         cache_frozen_features: with a frozen encoder (and no training-time augmentation of the
             condition), compute every train item's feature once at the start of fitting instead
             of at every step; the same features, so the same training.
+        condition_noise: training-time Gaussian noise on the condition feature (G's and D's), in
+            units of the batch's mean per-dimension feature spread; 0 = off (the paper). An
+            unseen player's features lie far from every training player's, and the noise teaches
+            G a smooth map around the training features (conditioning augmentation).
         lms_shape: ``(1, n_mels, frames)`` of the generated LMS; ``None`` = the data's (at setup).
         lms_range: ``[low, high]`` dB mapped to the generator's [-1, 1]; ``None`` = the train
             set's range (at setup). Saved in the checkpoint.
@@ -120,6 +124,7 @@ class I2STask(PairedGANTask):
         seed: int = 0,
         channels_last: bool = False,
         cache_frozen_features: bool = True,
+        condition_noise: float = 0.0,
         lms_shape: list[int] | None = None,
         lms_range: list[float] | None = None,
     ) -> None:

@@ -151,8 +151,8 @@ class PairedGANTask(L.LightningModule):
     Hyper-parameters every subclass has: ``variant``, ``encoder_mode``, ``image_size``,
     ``wrong_class_term``, ``wrong_player_term``, ``generator``, ``discriminator``, ``encoder``,
     ``n_classes``, ``g_optimizer``, ``d_optimizer``, ``loss_weights``, ``pixel_loss``,
-    ``ema_decay``, ``diff_augment``, ``sample_every_n_steps``, ``samples``, ``seed``, ``channels_last``, ``cache_frozen_features`` (see
-    :class:`~cmav.tasks.S2ITask` for what each means).
+    ``ema_decay``, ``diff_augment``, ``sample_every_n_steps``, ``samples``, ``seed``, ``channels_last``, ``cache_frozen_features``,
+    ``condition_noise`` (see :class:`~cmav.tasks.S2ITask` for what each means).
     """
 
     condition_key: ClassVar[str]
@@ -181,6 +181,9 @@ class PairedGANTask(L.LightningModule):
             raise ValueError(f"encoder_mode must be 'frozen', 'finetune' or 'scratch', got {h.encoder_mode!r}")
         if h.pixel_loss not in ("l1", "l2"):
             raise ValueError(f"pixel_loss must be 'l1' or 'l2', got {h.pixel_loss!r}")
+        self.condition_noise = float(h.get("condition_noise", 0.0))  # absent from older checkpoints
+        if self.condition_noise < 0:
+            raise ValueError(f"condition_noise must be >= 0, got {self.condition_noise}")
         if h.encoder_mode != "scratch" and not encoder_ckpt:
             raise ValueError(self._missing_encoder_message())
         self.automatic_optimization = False
@@ -462,6 +465,20 @@ class PairedGANTask(L.LightningModule):
                 return enc.forward_features(x)
         return enc.forward_features(x)
 
+    def _noisy(self, cond: Tensor, *others: Tensor | None) -> tuple[Tensor | None, ...]:
+        """Training conditions with Gaussian noise of ``condition_noise`` times the batch's mean
+        per-dimension feature spread (``cond``'s) added; unchanged when the option is 0.
+
+        Why: a frozen encoder's train features lie on thin per-player threads (consecutive frames
+        of one track are near-identical), and an unseen player's features fall far off them; the
+        noise makes G and D see a neighbourhood of every thread, so G's map from feature to
+        output has to be smooth there (StackGAN's conditioning augmentation, in feature space).
+        """
+        if self.condition_noise == 0:
+            return (cond, *others)
+        scale = self.condition_noise * cond.detach().std(dim=0).mean()
+        return tuple(c + scale * torch.randn_like(c) if c is not None else None for c in (cond, *others))
+
     def _disc(self, x: Tensor, cond: Tensor) -> Tensor:
         assert self.discriminator is not None
         return self.discriminator(self.d_augment(x), cond)
@@ -495,6 +512,7 @@ class PairedGANTask(L.LightningModule):
         use_wp = self.wrong_player_term and neg is not None and bool(neg.wrong_player_valid.any())
 
         cond, wrong_cond, logits = self._condition_features(batch, neg.wrong_class if use_wc else None)
+        cond, wrong_cond = self._noisy(cond, wrong_cond)
         z = torch.randn(n, self.z_dim, device=self.device)
         fake = self.model.generator(z, cond)
 
@@ -561,6 +579,7 @@ class PairedGANTask(L.LightningModule):
         labels = batch["label"]
         real = self.to_target_space(batch[self.target_key])
         cond, _, logits = self._condition_features(batch)
+        (cond,) = self._noisy(cond)
         # the pixel loss makes G ignore z (it regresses to the mean target): that is the baseline
         z = torch.randn(real.shape[0], self.z_dim, device=self.device)
         fake = self.model.generator(z, cond)

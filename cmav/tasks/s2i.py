@@ -94,6 +94,10 @@ class S2ITask(PairedGANTask):
         cache_frozen_features: with a frozen encoder (and no training-time augmentation of the
             condition), compute every train item's feature once at the start of fitting instead
             of at every step; the same features, so the same training.
+        condition_noise: training-time Gaussian noise on the condition feature (G's and D's), in
+            units of the batch's mean per-dimension feature spread; 0 = off (the paper). An
+            unseen player's features lie far from every training player's, and the noise teaches
+            G a smooth map around the training features (conditioning augmentation).
     """
 
     condition_key = "audio"
@@ -126,6 +130,7 @@ class S2ITask(PairedGANTask):
         seed: int = 0,
         channels_last: bool = False,
         cache_frozen_features: bool = True,
+        condition_noise: float = 0.0,
         audio_shape: list[int] | None = None,
     ) -> None:
         super().__init__()
