@@ -400,6 +400,32 @@ def test_condition_noise_scales_with_the_feature_spread_and_is_off_at_zero(data,
     assert torch.equal(model.generate(audio, z), model.generate(audio, z))
 
 
+@pytest.mark.parametrize("condition_on", ["logits", "probabilities"])
+def test_condition_on_the_class_head_feeds_g_and_d_its_outputs(data, sound_classifier, condition_on, tmp_path):
+    with pytest.raises(ValueError, match="condition_on"):
+        s2i("s2i_c", "scratch", None, condition_on="posterior")
+    L.seed_everything(0, verbose=False)
+    model = s2i("s2i_c", "frozen", sound_classifier["ckpt"], condition_on=condition_on)
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(model, datamodule(data))
+    enc = model.net.encoder
+    n_classes = enc.n_classes
+    assert model.net.generator.cond_dim == n_classes and model.discriminator.cond_dim == n_classes
+    audio = model._train_tensors.audio[:4].float()
+    with torch.no_grad():
+        logits = enc.forward_features(audio).logits
+    want = logits if condition_on == "logits" else logits.softmax(1)
+    assert torch.allclose(model.net.condition(audio), want, atol=1e-5)
+    # the frozen cache holds the same conditions, and generation goes through them
+    assert model._cached_features.shape[1] == n_classes
+    assert torch.allclose(model._cached_features[:4], want, atol=1e-4)
+    z = torch.randn(4, model.z_dim)
+    assert torch.allclose(model.generate_raw(audio, z), model.ema.module.generator.eval()(z, want), atol=1e-4)
+    # and a checkpoint rebuilds it
+    trainer.save_checkpoint(tmp_path / "s2i.ckpt")
+    assert torch.allclose(load_s2i(tmp_path / "s2i.ckpt").generate_raw(audio, z), model.generate_raw(audio, z), atol=1e-4)
+
+
 def test_channels_last_keeps_the_networks_outputs():
     torch.manual_seed(0)
     plain = s2i("s2i_c", "scratch", None)
@@ -601,7 +627,7 @@ def test_experiment_configs_parse_and_repeat_the_python_defaults(name, capsys, m
                       "diff_augment"):  # fmt: skip
             assert args[group] == plain(defaults[group].default), group
         for key in ("pixel_loss", "ema_decay", "sample_every_n_steps", "seed", "channels_last", "cache_frozen_features",
-                    "condition_noise"):
+                    "condition_noise", "condition_on"):
             assert args[key] == defaults[key].default, key
         assert args["generator"]["z_dim"] == 10 and args["g_optimizer"] == {"lr": 2e-4, "betas": [0.5, 0.999],
                                                                              "weight_decay": 0.0}  # fmt: skip

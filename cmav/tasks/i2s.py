@@ -32,6 +32,7 @@ from cmav.models import ImageEncoder
 from cmav.tasks.classifier import load_image_classifier
 from cmav.tasks.common import AdamConfig, ImageAugmentConfig, ImageEncoderConfig, plain
 from cmav.tasks.paired_gan import (
+    ConditionOn,
     DiscriminatorConfig,
     EncoderMode,
     GeneratorConfig,
@@ -89,6 +90,11 @@ class I2STask(PairedGANTask):
             units of the batch's mean per-dimension feature spread; 0 = off (the paper). An
             unseen player's features lie far from every training player's, and the noise teaches
             G a smooth map around the training features (conditioning augmentation).
+        condition_on: what of the encoder conditions G and D: ``'feature'`` (the 128-d embedding,
+            the paper), ``'logits'`` (its class head's logits: a fixed linear projection of the
+            embedding onto the directions that separate the classes) or ``'probabilities'``
+            (their softmax). An unseen player's embedding can lie nearer another class's training
+            players than its own while the head still classifies it right.
         lms_shape: ``(1, n_mels, frames)`` of the generated LMS; ``None`` = the data's (at setup).
         lms_range: ``[low, high]`` dB mapped to the generator's [-1, 1]; ``None`` = the train
             set's range (at setup). Saved in the checkpoint.
@@ -125,6 +131,7 @@ class I2STask(PairedGANTask):
         channels_last: bool = False,
         cache_frozen_features: bool = True,
         condition_noise: float = 0.0,
+        condition_on: ConditionOn = "feature",
         lms_shape: list[int] | None = None,
         lms_range: list[float] | None = None,
     ) -> None:

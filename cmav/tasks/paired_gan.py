@@ -107,16 +107,46 @@ class SampleConfig:
     griffin_lim_iters: int = 32
 
 
-class ConditionalTranslator(nn.Module):
-    """Condition encoder + conditional generator: ``(condition, z) -> target``."""
+ConditionOn = Literal["feature", "logits", "probabilities"]
 
-    def __init__(self, encoder: ConvEncoder, generator: ConditionalGenerator) -> None:
+
+def condition_dim(encoder: ConvEncoder, condition_on: str) -> int:
+    """Width of the condition vector that ``condition_on`` takes from ``encoder``."""
+    return encoder.feature_dim if condition_on == "feature" else encoder.n_classes
+
+
+def condition_from(out: EncoderOutput, condition_on: str) -> Tensor:
+    """The generator's condition from one encoder pass: the 128-d embedding (the paper), the class
+    head's logits (a fixed linear projection of it onto the class-discriminative directions), or
+    their softmax."""
+    if condition_on == "feature":
+        return out.feature
+    if condition_on == "logits":
+        return out.logits
+    return out.logits.softmax(dim=1)
+
+
+class ConditionalTranslator(nn.Module):
+    """Condition encoder + conditional generator: ``(condition, z) -> target``.
+
+    ``condition_on`` says which of the encoder's outputs conditions the generator
+    (:func:`condition_from`).
+    """
+
+    def __init__(self, encoder: ConvEncoder, generator: ConditionalGenerator, condition_on: str = "feature") -> None:
         super().__init__()
         self.encoder = encoder
         self.generator = generator
+        self.condition_on = condition_on
+
+    def condition(self, x: Tensor) -> Tensor:
+        """The generator's condition vector for a batch of inputs."""
+        if self.condition_on == "feature":
+            return self.encoder.embed(x)
+        return condition_from(self.encoder.forward_features(x), self.condition_on)
 
     def forward(self, condition: Tensor, z: Tensor) -> Tensor:
-        return self.generator(z, self.encoder.embed(condition))
+        return self.generator(z, self.condition(condition))
 
 
 def pair_discriminator_loss(logit_real: Tensor, negatives: list[tuple[float, Tensor]]) -> Tensor:
@@ -152,7 +182,7 @@ class PairedGANTask(L.LightningModule):
     ``wrong_class_term``, ``wrong_player_term``, ``generator``, ``discriminator``, ``encoder``,
     ``n_classes``, ``g_optimizer``, ``d_optimizer``, ``loss_weights``, ``pixel_loss``,
     ``ema_decay``, ``diff_augment``, ``sample_every_n_steps``, ``samples``, ``seed``, ``channels_last``, ``cache_frozen_features``,
-    ``condition_noise`` (see :class:`~cmav.tasks.S2ITask` for what each means).
+    ``condition_noise``, ``condition_on`` (see :class:`~cmav.tasks.S2ITask` for what each means).
     """
 
     condition_key: ClassVar[str]
@@ -182,6 +212,9 @@ class PairedGANTask(L.LightningModule):
         if h.pixel_loss not in ("l1", "l2"):
             raise ValueError(f"pixel_loss must be 'l1' or 'l2', got {h.pixel_loss!r}")
         self.condition_noise = float(h.get("condition_noise", 0.0))  # absent from older checkpoints
+        self.condition_on: str = h.get("condition_on", "feature")
+        if self.condition_on not in ("feature", "logits", "probabilities"):
+            raise ValueError(f"condition_on must be 'feature', 'logits' or 'probabilities', got {self.condition_on!r}")
         if self.condition_noise < 0:
             raise ValueError(f"condition_noise must be >= 0, got {self.condition_noise}")
         if h.encoder_mode != "scratch" and not encoder_ckpt:
@@ -235,14 +268,14 @@ class PairedGANTask(L.LightningModule):
         g, d = self.gen_config, self.disc_config
         shape = self.target_shape()
         gen = ConditionalGenerator(
-            out_shape=shape, z_dim=g.z_dim, cond_dim=encoder.feature_dim, cond_proj_dim=g.cond_proj_dim,
+            out_shape=shape, z_dim=g.z_dim, cond_dim=condition_dim(encoder, self.condition_on), cond_proj_dim=g.cond_proj_dim,
             base_channels=g.base_channels, max_channels=g.max_channels, start_size=g.start_size,
             out_activation=self.out_activation,
         )  # fmt: skip
-        self.net = ConditionalTranslator(encoder, gen)
+        self.net = ConditionalTranslator(encoder, gen, self.condition_on)
         if self.is_gan:
             self.discriminator = PairAwareDiscriminator(
-                in_shape=shape, cond_dim=encoder.feature_dim, cond_proj_dim=d.cond_proj_dim,
+                in_shape=shape, cond_dim=condition_dim(encoder, self.condition_on), cond_proj_dim=d.cond_proj_dim,
                 base_channels=d.base_channels, max_channels=d.max_channels, spectral_norm=d.spectral_norm,
                 final_size=d.final_size, projection=d.projection,
             )  # fmt: skip
@@ -436,15 +469,15 @@ class PairedGANTask(L.LightningModule):
 
     @torch.no_grad()
     def _encode_train_items(self, batch_size: int = 256) -> Tensor:
-        """(N, feature_dim) encoder features of every train item (train_full order), on the device."""
+        """(N, condition width) conditions of every train item (train_full order), on the device."""
         n = len(self._train_tensors.labels)
-        feats = [self._encode(self._gather_condition(torch.arange(i, min(i + batch_size, n)))).feature
+        feats = [condition_from(self._encode(self._gather_condition(torch.arange(i, min(i + batch_size, n)))), self.condition_on)
                  for i in range(0, n, batch_size)]  # fmt: skip
         return torch.cat(feats)
 
     def _condition_features(self, batch: dict[str, Tensor], extra: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """``(features of the batch, features of the train items extra (or None), class logits or
-        None)``; from the frozen-feature cache when there is one, else one encoder pass over both
+        """``(conditions of the batch, conditions of the train items extra (or None), class logits
+        or None)``, conditions as ``condition_on`` says; from the frozen-feature cache when there is one, else one encoder pass over both
         (same BatchNorm batch statistics for a trained encoder)."""
         n = batch[self.condition_key].shape[0]
         cached = self._cached_features
@@ -455,7 +488,8 @@ class PairedGANTask(L.LightningModule):
         if extra is not None:
             x = torch.cat([x, self._gather_condition(extra)])
         enc = self._encode(x)
-        return enc.feature[:n], (enc.feature[n:] if extra is not None else None), enc.logits[:n]
+        cond = condition_from(enc, self.condition_on)
+        return cond[:n], (cond[n:] if extra is not None else None), enc.logits[:n]
 
     def _encode(self, x: Tensor) -> EncoderOutput:
         """Encoder features and logits; no graph when the encoder is frozen."""
@@ -616,13 +650,14 @@ class PairedGANTask(L.LightningModule):
         z = torch.randn(n, self.z_dim, generator=g).to(self.device)
         fake = self.ema(condition, z)
         enc = self.model.encoder.forward_features(condition)
+        cond = condition_from(enc, self.condition_on)
         logs = {
             "val/l1": (fake - real).abs().mean(),
             "val/encoder_acc": (enc.logits.argmax(1) == labels).float().mean(),
         }
         if self.discriminator is not None:
-            logs["val/d_real"] = torch.sigmoid(self.discriminator(real, enc.feature)).mean()
-            logs["val/d_fake"] = torch.sigmoid(self.discriminator(fake, enc.feature)).mean()
+            logs["val/d_real"] = torch.sigmoid(self.discriminator(real, cond)).mean()
+            logs["val/d_fake"] = torch.sigmoid(self.discriminator(fake, cond)).mean()
         self.log_dict(logs, on_epoch=True, sync_dist=True, batch_size=n)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -717,6 +752,7 @@ def load_paired_gan(
 
 
 __all__ = [
+    "ConditionOn",
     "ConditionalTranslator",
     "DiscriminatorConfig",
     "EncoderMode",
@@ -724,6 +760,8 @@ __all__ = [
     "LossWeights",
     "PairedGANTask",
     "SampleConfig",
+    "condition_dim",
+    "condition_from",
     "ema_decay_at",
     "generator_adversarial_loss",
     "load_paired_gan",

@@ -31,6 +31,7 @@ from cmav.tasks.classifier import load_sound_classifier
 from cmav.tasks.common import AdamConfig, AudioEncoderConfig, ImageAugmentConfig, plain
 from cmav.tasks.paired_gan import (
     ConditionalTranslator,
+    ConditionOn,
     DiscriminatorConfig,
     EncoderMode,
     GeneratorConfig,
@@ -98,6 +99,11 @@ class S2ITask(PairedGANTask):
             units of the batch's mean per-dimension feature spread; 0 = off (the paper). An
             unseen player's features lie far from every training player's, and the noise teaches
             G a smooth map around the training features (conditioning augmentation).
+        condition_on: what of the encoder conditions G and D: ``'feature'`` (the 128-d embedding,
+            the paper), ``'logits'`` (its class head's logits: a fixed linear projection of the
+            embedding onto the directions that separate the classes) or ``'probabilities'``
+            (their softmax). An unseen player's embedding can lie nearer another class's training
+            players than its own while the head still classifies it right.
     """
 
     condition_key = "audio"
@@ -131,6 +137,7 @@ class S2ITask(PairedGANTask):
         channels_last: bool = False,
         cache_frozen_features: bool = True,
         condition_noise: float = 0.0,
+        condition_on: ConditionOn = "feature",
         audio_shape: list[int] | None = None,
     ) -> None:
         super().__init__()
