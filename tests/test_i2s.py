@@ -228,9 +228,13 @@ def test_checkpoint_reloads_evaluates_and_generates_a_wav(data, audio_judge, tmp
     # the same through `cmav evaluate`, which reads the kind from the checkpoint and asks for the right judge
     assert cmav_main(["evaluate", "--ckpt", str(ckpt), "--root", data["root"], "--image-size", str(SIZE)]) == 2
     assert cmav_main(["evaluate", "--ckpt", str(ckpt), "--audio-judge", audio_judge, "--root", data["root"],
-                      "--image-size", str(SIZE), "-o", str(tmp_path / "cli_eval")]) == 0  # fmt: skip
+                      "--image-size", str(SIZE), "-o", str(tmp_path / "cli_eval"), "--probe-conditions"]) == 0  # fmt: skip
     cli = json.loads((tmp_path / "cli_eval" / "metrics.json").read_text())
     assert cli["judge_on_real"]["accuracy"] == m["judge_on_real"]["accuracy"] and "round_trip" in cli
+    probe = json.loads((tmp_path / "cli_eval" / "condition_probe.json").read_text())
+    assert list(probe) == ["validation", "nearest train", "10 nearest mean", "predicted class mean", "train tail"]
+    assert probe["train tail"]["split"].startswith("train tail") and probe["validation"]["split"] == "validation"
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["per_class"] for r in probe.values())
 
     # `cmav generate --ckpt i2s.ckpt --image frame.jpg -o out.wav`
     frame = write_jpg(tmp_path / "frame.jpg", colour=(20, 255, 40))
@@ -323,3 +327,17 @@ def test_judged_accuracy_monitor_scores_an_i2s_generator_with_the_audio_judge(da
     tr = trainer(max_epochs=1, limit_train_batches=1, callbacks=[JudgedAccuracyMonitor(image_classifier)])
     with pytest.raises(ValueError, match=r"image_classifier\.ckpt.*audio classifier"):
         tr.fit(i2s("i2s_c"), dm_of(data))
+
+
+def test_condition_probe_swaps_in_the_nearest_and_class_mean_train_conditions():
+    from cmav.evaluation.condition_probe import substitute_conditions
+
+    train = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 10.0], [12.0, 10.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    val = torch.tensor([[0.9, 0.2], [9.0, 9.0]])
+    out = substitute_conditions(val, train, labels, predicted=torch.tensor([1, 0]), k=2)
+    assert torch.equal(out["validation"], val)
+    assert torch.equal(out["nearest train"], torch.tensor([[1.0, 0.0], [10.0, 10.0]]))
+    assert torch.allclose(out["2 nearest mean"], torch.tensor([[0.5, 0.0], [11.0, 10.0]]))
+    # the class the head predicts, not the true one: here both are swapped on purpose
+    assert torch.allclose(out["predicted class mean"], torch.tensor([[11.0, 10.0], [0.5, 0.0]]))

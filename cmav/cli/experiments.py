@@ -66,6 +66,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--image-size", type=int, default=64)
     e.add_argument("--holdout-tail", type=float, default=0.1, help="must match the player judge's training")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--probe-conditions", action="store_true",
+                   help="I2S: also judge the validation frames with their conditions swapped for train ones "
+                        "(nearest item, k-nearest mean, predicted-class mean) and the train tails: does G fail on "
+                        "new players, or on their conditions? (condition_probe.json)")  # fmt: skip
     e.add_argument("-o", "--output", default="results/evaluate", help="folder for metrics.json and confusion pngs")
     e.set_defaults(func=_evaluate)
 
@@ -149,7 +153,18 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"{fk['label']} (validation): FID {fk['fid']:.3f}, KID {fk['kid_mean']:.5f} ± {fk['kid_std']:.5f}")
         print(f"diversity over noise (validation): {m['diversity']['value']:.4f}")
         print(f"wrote {Path(args.output) / 'metrics.json'}")
+        if args.probe_conditions:
+            from cmav.evaluation.condition_probe import format_probe, probe_i2s_conditions
+            from cmav.metrics.serialise import json_safe
+
+            probe = probe_i2s_conditions(args.ckpt, dm, args.audio_judge, seed=args.seed)
+            print(format_probe(probe))
+            (Path(args.output) / "condition_probe.json").write_text(json.dumps(json_safe(probe), indent=2))
+            print(f"wrote {Path(args.output) / 'condition_probe.json'}")
         return 0
+    if args.probe_conditions:
+        print("cmav evaluate: --probe-conditions is for I2S checkpoints", file=sys.stderr)
+        return 2
     m = evaluate_s2i(args.ckpt, dm, args.image_judge, args.player_judge, out_dir=args.output, seed=args.seed)
     print(f"judged accuracy (validation): {m['judged']['accuracy']:.3f} (balanced {m['judged']['balanced_accuracy']:.3f}); "
           f"image judge on real frames: {m['judge_on_real']['accuracy']:.3f}")  # fmt: skip
