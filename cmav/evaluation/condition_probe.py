@@ -17,12 +17,14 @@ condition is what leads it astray. This is a diagnostic: the swapped conditions 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from cmav.evaluation.i2s import audio_judge
+from cmav.metrics import judged_accuracy
 from cmav.tasks.paired_gan import condition_from
 
 
@@ -74,10 +76,12 @@ def probe_i2s_conditions(task_or_ckpt: Any, datamodule, audio_judge_ckpt: Any, k
     def judged(cond: Tensor, labels: Tensor, split: str) -> dict:
         g = torch.Generator().manual_seed(seed)
         z = torch.randn(len(cond), task.z_dim, generator=g)
-        pred = torch.cat([judge.model(task.from_target_space(net.generator(z[i : i + batch_size], cond[i : i + batch_size]))).argmax(1)
-                          for i in range(0, len(cond), batch_size)])  # fmt: skip
-        per_class = {names[c]: float((pred[labels == c] == c).float().mean()) for c in labels.unique().tolist()}
-        return {"split": split, "accuracy": float((pred == labels).float().mean()), "per_class": per_class}
+        lms = (task.from_target_space(net.generator(z[i : i + batch_size], cond[i : i + batch_size]))
+               for i in range(0, len(cond), batch_size))  # fmt: skip
+        report = judged_accuracy(judge.model, lms, labels, names, batch_size)
+        # classes absent from this split have no recall (NaN): left out
+        per_class = {c: a for c, a in report.per_class.items() if not math.isnan(a)}
+        return {"split": split, "accuracy": report.accuracy, "per_class": per_class}
 
     t = datamodule.train_full.tensors
     keep = torch.as_tensor(list(datamodule.train.indices))
