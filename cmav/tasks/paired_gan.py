@@ -28,7 +28,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import lightning as L
 import torch
@@ -213,7 +213,7 @@ class PairedGANTask(L.LightningModule):
             raise ValueError(f"pixel_loss must be 'l1' or 'l2', got {h.pixel_loss!r}")
         self.condition_noise = float(h.get("condition_noise", 0.0))  # absent from older checkpoints
         self.condition_on: str = h.get("condition_on", "feature")
-        if self.condition_on not in ("feature", "logits", "probabilities"):
+        if self.condition_on not in get_args(ConditionOn):
             raise ValueError(f"condition_on must be 'feature', 'logits' or 'probabilities', got {self.condition_on!r}")
         if self.condition_noise < 0:
             raise ValueError(f"condition_noise must be >= 0, got {self.condition_noise}")
