@@ -134,6 +134,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from cmav.evaluation.generate import checkpoint_kind, front_end_of
 
     kind = checkpoint_kind(args.ckpt)
+    if args.probe_conditions and kind != "i2s":
+        print("cmav evaluate: --probe-conditions is for I2S checkpoints", file=sys.stderr)
+        return 2
     judge_flag = "--image-judge" if kind == "s2i" else "--audio-judge"
     if (args.image_judge if kind == "s2i" else args.audio_judge) is None:
         print(f"cmav evaluate: {args.ckpt} is an {kind.upper()} checkpoint: give {judge_flag}", file=sys.stderr)
@@ -162,9 +165,6 @@ def _evaluate(args: argparse.Namespace) -> int:
             (Path(args.output) / "condition_probe.json").write_text(json.dumps(json_safe(probe), indent=2))
             print(f"wrote {Path(args.output) / 'condition_probe.json'}")
         return 0
-    if args.probe_conditions:
-        print("cmav evaluate: --probe-conditions is for I2S checkpoints", file=sys.stderr)
-        return 2
     m = evaluate_s2i(args.ckpt, dm, args.image_judge, args.player_judge, out_dir=args.output, seed=args.seed)
     print(f"judged accuracy (validation): {m['judged']['accuracy']:.3f} (balanced {m['judged']['balanced_accuracy']:.3f}); "
           f"image judge on real frames: {m['judge_on_real']['accuracy']:.3f}")  # fmt: skip
