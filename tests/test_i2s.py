@@ -205,7 +205,7 @@ def test_scaler_round_trip_and_range_checks():
         RangeScaler(1.0, 1.0)
 
 
-def test_checkpoint_reloads_evaluates_and_generates_a_wav(data, audio_judge, tmp_path):
+def test_checkpoint_reloads_evaluates_and_generates_a_wav(data, audio_judge, tmp_path, capsys):
     from cmav.evaluation import evaluate_i2s
 
     L.seed_everything(0, verbose=False)
@@ -245,6 +245,24 @@ def test_checkpoint_reloads_evaluates_and_generates_a_wav(data, audio_judge, tmp
     assert abs(wave).max() <= 1.0 and abs(wave).max() > 0
     with pytest.raises(SystemExit):
         cmav_main(["generate", "--ckpt", str(ckpt), "--image", str(frame), "--audio", str(out), "-o", str(out)])
+
+    # the nearest training condition instead of the frame's own: the checkpoint holds the train split's
+    assert len(again.condition_bank) == len(model._bank_index) > 0
+    assert cmav_main(["generate", "--ckpt", str(ckpt), "--image", str(frame), "-o", str(out),
+                      "--inference-condition", "nearest"]) == 0  # fmt: skip
+    # a checkpoint from before the bank: generation refuses by name, evaluation takes it from the data
+    old = torch.load(ckpt, weights_only=False)
+    old["state_dict"] = {k: v for k, v in old["state_dict"].items() if not k.startswith("condition_bank.")}
+    torch.save(old, tmp_path / "old.ckpt")
+    assert cmav_main(["generate", "--ckpt", str(tmp_path / "old.ckpt"), "--image", str(frame), "-o", str(out),
+                      "--inference-condition", "class_mean"]) == 2  # fmt: skip
+    assert "old.ckpt: inference condition 'class_mean' needs the training conditions" in capsys.readouterr().err
+    assert cmav_main(["evaluate", "--ckpt", str(tmp_path / "old.ckpt"), "--audio-judge", audio_judge, "--root",
+                      data["root"], "--image-size", str(SIZE), "-o", str(tmp_path / "near"),
+                      "--inference-condition", "nearest", "--inference-neighbours", "2"]) == 0  # fmt: skip
+    near = json.loads((tmp_path / "near" / "metrics.json").read_text())
+    assert near["generator"]["inference_condition"] == "nearest" and near["generator"]["inference_neighbours"] == 2
+    assert cli["generator"]["inference_condition"] == "own"
 
 
 def test_s2i_checkpoint_given_an_image_is_refused_by_name(data, tmp_path, capsys):
@@ -298,7 +316,12 @@ def test_quick_i2s_grid_writes_the_same_outputs_as_s2i(data, tmp_path):
     for name in ("table.md", "table.csv", "metrics.png", "samples.png", "results.json"):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader((out / "table.csv").open()))
-    assert [row["variant"] for row in rows] == ["I2S-C", "I2S-N", "AE"]
+    # each trained variant scored under each inference condition, without retraining
+    assert [row["variant"] for row in rows] == [f"{v}{m}" for v in ("I2S-C", "I2S-N", "AE")
+                                                for m in ("", " [nearest]", " [class_mean]")]  # fmt: skip
+    near = json.loads((out / "runs" / "I2S-C" / "seed0" / "inference_nearest" / "metrics.json").read_text())
+    assert near["generator"]["inference_condition"] == "nearest"
+    assert (out / "wavs" / "I2S-C_nearest").is_dir()
     assert "round_trip_acc_mean" in rows[0] and "not Inception FID" in (out / "table.md").read_text()
     for variant in ("I2S-C", "I2S-N", "AE", "real"):
         wavs = sorted((out / "wavs" / variant).glob("*.wav"))
@@ -341,3 +364,13 @@ def test_condition_probe_swaps_in_the_nearest_and_class_mean_train_conditions():
     assert torch.allclose(out["2 nearest mean"], torch.tensor([[0.5, 0.0], [11.0, 10.0]]))
     # the class the head predicts, not the true one: here both are swapped on purpose
     assert torch.allclose(out["predicted class mean"], torch.tensor([[11.0, 10.0], [0.5, 0.0]]))
+
+
+def test_grid_inference_conditions_default_to_own_and_refuse_unknown_ones():
+    from cmav.ablation.grid import evaluated_name, inference_conditions
+
+    assert inference_conditions({"evaluation": {}}) == ["own"]
+    assert [evaluated_name("I2S-C", m) for m in ("own", "nearest")] == ["I2S-C", "I2S-C [nearest]"]
+    for bad in (["own", "median"], ["nearest", "nearest"]):
+        with pytest.raises(ValueError, match="inference_conditions must be distinct values"):
+            inference_conditions({"source": "grid.yaml", "evaluation": {"inference_conditions": bad}})

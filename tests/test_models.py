@@ -10,6 +10,7 @@ from torch.nn.utils import parametrize
 from cmav.models import (
     AudioEncoder,
     ConditionalGenerator,
+    ConditionBank,
     ConvEncoder,
     ExponentialMovingAverage,
     ImageEncoder,
@@ -283,3 +284,44 @@ def test_ema_stays_eval_frozen_and_runs() -> None:
     assert ema(torch.randn(2, 3, 64, 64), torch.randn(2, 128)).shape == (2,)
     with pytest.raises(ValueError):
         ExponentialMovingAverage(d, decay=1.5)
+
+
+# ---------------------------------------------------------------- condition bank
+
+
+def _bank() -> ConditionBank:
+    bank = ConditionBank(2)
+    bank.fill(torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 10.0], [12.0, 10.0]]), torch.tensor([0, 0, 2, 2]))
+    return bank
+
+
+def test_condition_bank_replaces_conditions_by_the_nearest_or_the_predicted_class_mean():
+    bank, cond = _bank(), torch.tensor([[0.9, 0.2], [9.0, 9.0]])
+    assert bank.snap(cond, "own") is cond
+    assert torch.equal(bank.snap(cond, "nearest"), torch.tensor([[1.0, 0.0], [10.0, 10.0]]))
+    assert torch.allclose(bank.snap(cond, "nearest", k=2), torch.tensor([[0.5, 0.0], [11.0, 10.0]]))
+    assert torch.allclose(bank.snap(cond, "nearest", k=99), torch.tensor([[5.75, 5.0]]).expand(2, 2))  # k capped at M
+    # the class the encoder predicts decides, not where the condition lies
+    assert torch.allclose(bank.snap(cond, "class_mean", torch.tensor([2, 0])), torch.tensor([[11.0, 10.0], [0.5, 0.0]]))
+    # a predicted class with no training item (1, or beyond the bank's classes) falls back to the nearest item
+    assert torch.allclose(bank.snap(cond, "class_mean", torch.tensor([1, 5])), torch.tensor([[1.0, 0.0], [10.0, 10.0]]))
+    with pytest.raises(ValueError, match="predicted classes"):
+        bank.snap(cond, "class_mean")
+    with pytest.raises(ValueError, match="inference condition must be one of"):
+        bank.snap(cond, "median")
+    with pytest.raises(RuntimeError, match="condition bank is empty"):
+        ConditionBank(2).snap(cond, "nearest")
+    with pytest.raises(ValueError, match=r"\(M, 2\)"):
+        ConditionBank(2).fill(torch.zeros(3, 5), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="labels of shape"):
+        ConditionBank(2).fill(torch.zeros(3, 2), torch.zeros(4, dtype=torch.long))
+
+
+def test_condition_bank_loads_any_size_and_stays_empty_for_older_checkpoints():
+    holder = torch.nn.Sequential(ConditionBank(2))
+    holder.load_state_dict(torch.nn.Sequential(_bank()).state_dict())  # 4 items into an empty bank
+    assert len(holder[0]) == 4 and torch.equal(holder[0].labels, torch.tensor([0, 0, 2, 2]))
+    # a state dict from before the bank existed: no missing-key error, and an empty bank
+    fresh = torch.nn.Sequential(ConditionBank(2))
+    assert fresh.load_state_dict({}, strict=True).missing_keys == []
+    assert len(fresh[0]) == 0

@@ -426,6 +426,57 @@ def test_condition_on_the_class_head_feeds_g_and_d_its_outputs(data, sound_class
     assert torch.allclose(load_s2i(tmp_path / "s2i.ckpt").generate_raw(audio, z), model.generate_raw(audio, z), atol=1e-4)
 
 
+def test_inference_condition_takes_training_conditions_kept_in_the_checkpoint(data, sound_classifier, tmp_path):
+    with pytest.raises(ValueError, match="inference_condition"):
+        s2i("s2i_c", "scratch", None, inference_condition="median")
+    with pytest.raises(ValueError, match="inference_neighbours"):
+        s2i("s2i_c", "scratch", None, inference_neighbours=0)
+    L.seed_everything(0, verbose=False)
+    model = s2i("s2i_c", "frozen", sound_classifier["ckpt"], inference_condition="class_mean")
+    dm = datamodule(data, holdout_tail=0.5)
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(model, dm)
+    # the bank: the frozen encoder's features of the train split, without the held-out tails
+    bank, enc = model.condition_bank, model.net.encoder
+    train_index = torch.as_tensor(list(dm.train.indices))
+    assert 0 < len(bank) == len(train_index) < len(model._train_tensors.labels)
+    with torch.no_grad():
+        train_feature = enc.forward_features(model._train_tensors.audio[train_index].float()).feature
+    assert torch.allclose(bank.conditions, train_feature, atol=1e-4)
+    assert torch.equal(bank.labels, model._train_tensors.labels[train_index].long())
+    # generation: G gets the mean training feature of the class the encoder's head predicts
+    audio = dm.val.tensors.audio[:4].float()
+    with torch.no_grad():
+        predicted = enc.forward_features(audio).logits.argmax(1)
+    class_mean = torch.stack([train_feature[bank.labels == c].mean(0) for c in predicted])
+    z = torch.randn(4, model.z_dim)
+    g = model.ema.module.generator.eval()
+    assert torch.allclose(model.generate_raw(audio, z), g(z, class_mean), atol=1e-4)
+    # the checkpoint keeps the bank and the mode; other modes on the reloaded model
+    trainer.save_checkpoint(tmp_path / "s2i.ckpt")
+    again = load_s2i(tmp_path / "s2i.ckpt")
+    assert again.inference_condition == "class_mean" and torch.equal(again.condition_bank.conditions, bank.conditions)
+    assert torch.allclose(again.generate_raw(audio, z), model.generate_raw(audio, z), atol=1e-4)
+    nearest = train_feature[torch.cdist(again.ema.module.condition(audio), train_feature).argmin(1)]
+    again.set_inference_condition("nearest")
+    assert torch.allclose(again.generate_raw(audio, z), g(z, nearest), atol=1e-4)
+    again.set_inference_condition("own")
+    assert torch.allclose(again.generate_raw(audio, z), g(z, again.ema.module.condition(audio)), atol=1e-4)
+    with pytest.raises(ValueError, match="inference_condition"):
+        again.set_inference_condition("median")
+
+    # a trained encoder moves: the bank follows the EMA encoder that generation uses
+    L.seed_everything(0, verbose=False)
+    tuned = s2i("s2i_n", "finetune", sound_classifier["ckpt"], inference_condition="nearest")
+    quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1).fit(tuned, datamodule(data))
+    with torch.no_grad():
+        train_audio = tuned._train_tensors.audio.float()
+        ema_feature = tuned.ema.module.encoder.forward_features(train_audio).feature
+        pretrained = load_classifier(sound_classifier["ckpt"]).model.eval().forward_features(train_audio).feature
+    assert torch.allclose(tuned.condition_bank.conditions, ema_feature, atol=1e-4)
+    assert not torch.allclose(tuned.condition_bank.conditions, pretrained, atol=1e-3)  # not the one of the fit's start
+
+
 def test_channels_last_keeps_the_networks_outputs():
     torch.manual_seed(0)
     plain = s2i("s2i_c", "scratch", None)
@@ -627,7 +678,7 @@ def test_experiment_configs_parse_and_repeat_the_python_defaults(name, capsys, m
                       "diff_augment"):  # fmt: skip
             assert args[group] == plain(defaults[group].default), group
         for key in ("pixel_loss", "ema_decay", "sample_every_n_steps", "seed", "channels_last", "cache_frozen_features",
-                    "condition_noise", "condition_on"):
+                    "condition_noise", "condition_on", "inference_condition", "inference_neighbours"):
             assert args[key] == defaults[key].default, key
         assert args["generator"]["z_dim"] == 10 and args["g_optimizer"] == {"lr": 2e-4, "betas": [0.5, 0.999],
                                                                              "weight_decay": 0.0}  # fmt: skip

@@ -15,6 +15,7 @@ import re
 import time
 import warnings
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import numpy as np
@@ -171,6 +172,32 @@ def variant_names(cfg: dict) -> list[str]:
     return names
 
 
+def inference_conditions(cfg: dict) -> list[str]:
+    """The grid's ``evaluation.inference_conditions`` (default ``['own']``): every trained variant
+    is scored under each (the task's ``inference_condition``), with no retraining."""
+    from cmav.models.condition_bank import INFERENCE_CONDITIONS
+
+    modes = list((cfg.get("evaluation") or {}).get("inference_conditions") or ["own"])
+    bad = [m for m in modes if m not in INFERENCE_CONDITIONS]
+    if bad or len(set(modes)) != len(modes):
+        raise ValueError(f"{cfg.get('source', 'grid')}: evaluation.inference_conditions must be distinct values of "
+                         f"{INFERENCE_CONDITIONS}, got {modes}")  # fmt: skip
+    return modes
+
+
+def evaluated_name(name: str, mode: str) -> str:
+    """A variant's row name when scored with inference condition ``mode`` (``'own'``: the name alone)."""
+    return name if mode == "own" else f"{name} [{mode}]"
+
+
+def under_inference_conditions(task, name: str, modes: list[str], run_dir: Path) -> Iterator[tuple[str, Path]]:
+    """``(row name, output folder)`` for each inference condition of ``modes``, with ``task``
+    switched to it meanwhile (``'own'`` writes into ``run_dir``, others into ``inference_<mode>/``)."""
+    for mode in modes:
+        task.set_inference_condition(mode)
+        yield evaluated_name(name, mode), run_dir if mode == "own" else run_dir / f"inference_{mode}"
+
+
 def variant_model_kwargs(cfg: dict, stage: str, variant: dict, seed: int) -> tuple[str, dict]:
     """``(name, constructor kwargs)`` of a grid variant: ``stages.<stage>.model`` with the variant's
     own keys merged over it, and ``seed`` unless the variant sets one."""
@@ -195,5 +222,5 @@ def save_config(cfg: dict, out: Path) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
-__all__ = ["classifier_stage", "data_root", "datamodule", "fit", "load_grid", "mean_sd", "merge", "parse_override", "save_config", "slug", "trainer",
+__all__ = ["classifier_stage", "data_root", "datamodule", "evaluated_name", "fit", "inference_conditions", "load_grid", "under_inference_conditions", "mean_sd", "merge", "parse_override", "save_config", "slug", "trainer",
            "variant_model_kwargs", "variant_names", "write_csv"]  # fmt: skip

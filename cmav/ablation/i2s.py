@@ -22,7 +22,18 @@ from pathlib import Path
 
 import torch
 
-from cmav.ablation.grid import classifier_stage, datamodule, fit, save_config, slug, variant_model_kwargs, variant_names
+from cmav.ablation.grid import (
+    classifier_stage,
+    datamodule,
+    evaluated_name,
+    fit,
+    inference_conditions,
+    save_config,
+    slug,
+    under_inference_conditions,
+    variant_model_kwargs,
+    variant_names,
+)
 from cmav.ablation.s2i import Metric, plot_bars, sample_items, summarise, write_tables
 from cmav.viz.tensors import lms_picture, to_uint8_frame
 
@@ -93,7 +104,8 @@ def run(cfg: dict, out: Path) -> dict:
     from cmav.tasks import I2STask
     from cmav.viz import labelled_grid
 
-    names = variant_names(cfg)
+    modes = inference_conditions(cfg)
+    names = [evaluated_name(n, m) for n in variant_names(cfg) for m in modes]
     save_config(cfg, out)
     t_start = time.perf_counter()
     dm = datamodule(cfg, out)
@@ -114,18 +126,19 @@ def run(cfg: dict, out: Path) -> dict:
             ckpt = fit(cfg, out, dm, f"i2s/{slug(name)}", seed, task, run_dir / "i2s.ckpt", cfg["stages"]["i2s"]["steps"],
                        gan=task.is_gan)  # fmt: skip
             task = task.cpu().eval()
-            metrics = evaluate_i2s(task, dm, judge, out_dir=run_dir, seed=seed,
-                                   n_diversity_draws=int(ev.get("n_diversity_draws", 8)),
-                                   diversity_per_class=int(ev.get("diversity_per_class", 4)),
-                                   griffin_lim_iters=int(ev.get("griffin_lim_iters", 32)))  # fmt: skip
-            runs.append({"variant": name, "seed": seed, "checkpoint": str(ckpt), "metrics": metrics})
-            if name not in sample_cells:
-                fn, z_dim, _ = make_i2s_fn(task)
-                z = torch.randn(len(s_frames), z_dim, generator=torch.Generator().manual_seed(1234))
-                sample_cells[name] = fn(s_frames, z)
-                _write_wavs(out, name, sample_cells[name], s_names, dm)
-            print(f"[ablate] {name} seed {seed}: judged acc {metrics['judged']['accuracy']:.3f}, round trip "
-                  f"{metrics['round_trip']['accuracy']:.3f}, judge-FID {metrics['fid_kid']['fid']:.2f}", flush=True)  # fmt: skip
+            for row, eval_dir in under_inference_conditions(task, name, modes, run_dir):
+                metrics = evaluate_i2s(task, dm, judge, out_dir=eval_dir, seed=seed,
+                                       n_diversity_draws=int(ev.get("n_diversity_draws", 8)),
+                                       diversity_per_class=int(ev.get("diversity_per_class", 4)),
+                                       griffin_lim_iters=int(ev.get("griffin_lim_iters", 32)))  # fmt: skip
+                runs.append({"variant": row, "seed": seed, "checkpoint": str(ckpt), "metrics": metrics})
+                if row not in sample_cells:
+                    fn, z_dim, _ = make_i2s_fn(task)
+                    z = torch.randn(len(s_frames), z_dim, generator=torch.Generator().manual_seed(1234))
+                    sample_cells[row] = fn(s_frames, z)
+                    _write_wavs(out, row, sample_cells[row], s_names, dm)
+                print(f"[ablate] {row} seed {seed}: judged acc {metrics['judged']['accuracy']:.3f}, round trip "
+                      f"{metrics['round_trip']['accuracy']:.3f}, judge-FID {metrics['fid_kid']['fid']:.2f}", flush=True)  # fmt: skip
 
     _write_wavs(out, "real", s_audio, s_names, dm)
     rows = summarise(runs, names, METRICS)

@@ -23,7 +23,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from cmav.ablation.grid import classifier_stage, datamodule, fit, mean_sd, save_config, slug, variant_model_kwargs, variant_names, write_csv
+from cmav.ablation.grid import (
+    classifier_stage,
+    datamodule,
+    evaluated_name,
+    fit,
+    inference_conditions,
+    mean_sd,
+    save_config,
+    slug,
+    under_inference_conditions,
+    variant_model_kwargs,
+    variant_names,
+    write_csv,
+)
 from cmav.viz.tensors import to_uint8_frame
 
 # (key in the table, header, how to read it from evaluate_s2i's result)
@@ -185,7 +198,8 @@ def run(cfg: dict, out: Path) -> dict:
     from cmav.tasks.classifier import load_sound_classifier
     from cmav.viz import labelled_grid
 
-    names = variant_names(cfg)
+    modes = inference_conditions(cfg)
+    names = [evaluated_name(n, m) for n in variant_names(cfg) for m in modes]
     save_config(cfg, out)
     t_start = time.perf_counter()
     dm = datamodule(cfg, out)
@@ -208,18 +222,18 @@ def run(cfg: dict, out: Path) -> dict:
             ckpt = fit(cfg, out, dm, f"s2i/{slug(name)}", seed, task, run_dir / "s2i.ckpt", cfg["stages"]["s2i"]["steps"],
                        gan=task.is_gan)  # fmt: skip
             task = task.cpu().eval()
-            metrics = evaluate_s2i(task, dm, image_judge, player_judge, out_dir=run_dir, seed=seed,
-                                   n_diversity_draws=int(ev.get("n_diversity_draws", 8)),
-                                   diversity_per_class=int(ev.get("diversity_per_class", 4)))  # fmt: skip
-            runs.append({"variant": name, "seed": seed, "checkpoint": str(ckpt), "metrics": metrics})
-            if name not in sample_cells:
-                fn, z_dim, _ = make_generator_fn(task)
-                z = torch.randn(len(s_audio), z_dim, generator=torch.Generator().manual_seed(1234))
-                sample_cells[name] = fn(s_audio, z)
-            print(f"[ablate] {name} seed {seed}: judged acc {metrics['judged']['accuracy']:.3f}, "
-                  f"judge-FID {metrics['fid_kid']['fid']:.2f}", flush=True)  # fmt: skip
+            for row, eval_dir in under_inference_conditions(task, name, modes, run_dir):
+                metrics = evaluate_s2i(task, dm, image_judge, player_judge, out_dir=eval_dir, seed=seed,
+                                       n_diversity_draws=int(ev.get("n_diversity_draws", 8)),
+                                       diversity_per_class=int(ev.get("diversity_per_class", 4)))  # fmt: skip
+                runs.append({"variant": row, "seed": seed, "checkpoint": str(ckpt), "metrics": metrics})
+                if row not in sample_cells:
+                    fn, z_dim, _ = make_generator_fn(task)
+                    z = torch.randn(len(s_audio), z_dim, generator=torch.Generator().manual_seed(1234))
+                    sample_cells[row] = fn(s_audio, z)
+                print(f"[ablate] {row} seed {seed}: judged acc {metrics['judged']['accuracy']:.3f}, "
+                      f"judge-FID {metrics['fid_kid']['fid']:.2f}", flush=True)  # fmt: skip
 
-    names = [v["name"] for v in variants]
     rows = summarise(runs, names)
     first = runs[0]["metrics"]
     ceiling = {

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from cmav.models.condition_bank import INFERENCE_CONDITIONS
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("ablate", help="train and evaluate an ablation grid (experiments/ablations/*.yaml)")
@@ -30,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("-o", "--output", default=None,
                    help="S2I: png (a grid when n > 1; default generated.png); I2S: wav (<stem>_<k>.wav when n > 1; "
                    "default generated.wav); audio token: a folder (sample_00.png ... and grid.png; default generated)")  # fmt: skip
+    g.add_argument("--inference-condition", choices=INFERENCE_CONDITIONS, default=None,
+                   help="S2I/I2S: the generator's condition: the input's own (the paper), the nearest training "
+                        "condition, or the mean training condition of the predicted class (default: the checkpoint's)")  # fmt: skip
     g.add_argument("--scheduler", default="ddim", choices=["ddim", "ddpm", "pndm", "euler", "dpm"],
                    help="audio-token checkpoints: the diffusion sampler (default: %(default)s)")  # fmt: skip
     g.add_argument("--steps", type=int, default=50, help="audio-token checkpoints: denoising steps (default: %(default)s)")
@@ -66,6 +71,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--image-size", type=int, default=64)
     e.add_argument("--holdout-tail", type=float, default=0.1, help="must match the player judge's training")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--inference-condition", choices=INFERENCE_CONDITIONS, default=None,
+                   help="the generator's condition: the input's own (the paper), the nearest training condition(s), "
+                        "or the mean training condition of the predicted class (default: the checkpoint's); the "
+                        "training conditions come from the checkpoint, or from --root's train split for older ones")  # fmt: skip
+    e.add_argument("--inference-neighbours", type=int, default=None,
+                   help="with --inference-condition nearest: how many nearest training conditions to average "
+                        "(default: the checkpoint's, 1)")  # fmt: skip
     e.add_argument("--probe-conditions", action="store_true",
                    help="I2S: also judge the validation frames with their conditions swapped for train ones "
                         "(nearest item, k-nearest mean, predicted-class mean) and the train tails: does G fail on "
@@ -97,10 +109,12 @@ def _generate(args: argparse.Namespace) -> int:
         )  # fmt: skip
     elif args.image is not None:
         paths, notes = generate_from_image(args.ckpt, args.image, n=args.n or 1, seed=args.seed,
-                                           output=args.output or "generated.wav")  # fmt: skip
+                                           output=args.output or "generated.wav",
+                                           inference_condition=args.inference_condition)  # fmt: skip
     else:
         path, notes = generate_from_wav(args.ckpt, args.audio, n=args.n or 4, seed=args.seed,
-                                        output=args.output or "generated.png")  # fmt: skip
+                                        output=args.output or "generated.png",
+                                        inference_condition=args.inference_condition)  # fmt: skip
         paths = [path]
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -128,6 +142,20 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inference_task(args: argparse.Namespace, kind: str, dm):
+    """The checkpoint's task with ``--inference-condition`` applied, its training conditions taken
+    from ``dm``'s train split when the checkpoint has none."""
+    from cmav.tasks.i2s import load_i2s
+    from cmav.tasks.s2i import load_s2i
+
+    task = (load_i2s if kind == "i2s" else load_s2i)(args.ckpt)
+    if args.inference_condition is not None or args.inference_neighbours is not None:
+        task.set_inference_condition(args.inference_condition or task.inference_condition, args.inference_neighbours)
+    if task.inference_condition != "own" and len(task.condition_bank) == 0:
+        task.fill_condition_bank(dm)
+    return task
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from cmav.data.datamodule import AudioVisualDataModule
     from cmav.evaluation import evaluate_i2s, evaluate_s2i
@@ -145,8 +173,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     dm = AudioVisualDataModule(root=args.root, image_size=args.image_size, holdout_tail=args.holdout_tail,
                                features=features, chunk=chunk)  # fmt: skip
     dm.setup("fit")
+    task = _inference_task(args, kind, dm)
+    print(f"inference condition: {task.inference_condition}"
+          + (f" ({task.inference_neighbours} nearest)" if task.inference_condition == "nearest" else ""))  # fmt: skip
     if kind == "i2s":
-        m = evaluate_i2s(args.ckpt, dm, args.audio_judge, out_dir=args.output, seed=args.seed)
+        m = evaluate_i2s(task, dm, args.audio_judge, out_dir=args.output, seed=args.seed)
         print(f"judged accuracy (validation): {m['judged']['accuracy']:.3f} (balanced {m['judged']['balanced_accuracy']:.3f}); "
               f"audio judge on real LMS: {m['judge_on_real']['accuracy']:.3f}")  # fmt: skip
         rt = m["round_trip"]
@@ -165,7 +196,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             (Path(args.output) / "condition_probe.json").write_text(json.dumps(json_safe(probe), indent=2))
             print(f"wrote {Path(args.output) / 'condition_probe.json'}")
         return 0
-    m = evaluate_s2i(args.ckpt, dm, args.image_judge, args.player_judge, out_dir=args.output, seed=args.seed)
+    m = evaluate_s2i(task, dm, args.image_judge, args.player_judge, out_dir=args.output, seed=args.seed)
     print(f"judged accuracy (validation): {m['judged']['accuracy']:.3f} (balanced {m['judged']['balanced_accuracy']:.3f}); "
           f"image judge on real frames: {m['judge_on_real']['accuracy']:.3f}")  # fmt: skip
     fk = m["fid_kid"]

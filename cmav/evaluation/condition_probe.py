@@ -12,7 +12,8 @@ with their conditions swapped for ones built from the training items:
 and ``train tail``: the train players' held-out tails (seen players, unseen frames; needs the data
 module's ``holdout_tail`` > 0). A high tail and a low validation score mean G does not carry over
 to new players; a high class-mean score means G can make every class and the frame's own
-condition is what leads it astray. This is a diagnostic: the swapped conditions use the train set.
+condition is what leads it astray. The swapped conditions use the train set; generation can use
+the same ones (the tasks' ``inference_condition``).
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from torch import Tensor
 
 from cmav.evaluation.i2s import audio_judge
 from cmav.metrics import judged_accuracy
+from cmav.models import ConditionBank
 from cmav.tasks.paired_gan import condition_from
 
 
 def substitute_conditions(val: Tensor, train: Tensor, train_labels: Tensor, predicted: Tensor, k: int = 10) -> dict[str, Tensor]:
-    """The swapped conditions of the module docstring, each ``val``-shaped.
+    """The swapped conditions of the module docstring, each ``val``-shaped (the replacements of
+    :class:`~cmav.models.ConditionBank`, which ``inference_condition`` uses at generation).
 
     Args:
         val: ``(N, D)`` validation conditions.
@@ -37,18 +40,14 @@ def substitute_conditions(val: Tensor, train: Tensor, train_labels: Tensor, pred
         predicted: ``(N,)`` the class the encoder's head predicts for each validation item.
         k: neighbours averaged for ``k nearest mean``.
     """
-    dist = torch.cdist(val, train)
+    bank = ConditionBank(train.shape[1])
+    bank.fill(train, train_labels)
     k = min(k, train.shape[0])
-    nearest = dist.topk(k, dim=1, largest=False).indices
-    means = torch.zeros(int(train_labels.max()) + 1, train.shape[1], dtype=train.dtype)
-    means.index_add_(0, train_labels, train)
-    counts = torch.bincount(train_labels, minlength=means.shape[0]).clamp(min=1)
-    means /= counts[:, None].to(train.dtype)
     return {
         "validation": val,
-        "nearest train": train[nearest[:, 0]],
-        f"{k} nearest mean": train[nearest].mean(dim=1),
-        "predicted class mean": means[predicted],
+        "nearest train": bank.snap(val, "nearest", k=1),
+        f"{k} nearest mean": bank.snap(val, "nearest", k=k),
+        "predicted class mean": bank.snap(val, "class_mean", predicted),
     }
 
 

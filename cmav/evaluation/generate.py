@@ -62,6 +62,18 @@ def wav_to_features(path: str | Path, features: FrontEndConfig, spec: ChunkSpec)
     return lms, notes
 
 
+def _with_inference_condition(task, ckpt: str | Path, mode: str | None):
+    """``task`` with its inference condition switched to ``mode`` (None: the checkpoint's); a
+    ValueError naming ``ckpt`` when that mode needs training conditions the checkpoint lacks."""
+    if mode is not None:
+        task.set_inference_condition(mode)
+    if task.inference_condition != "own" and len(task.condition_bank) == 0:
+        raise ValueError(f"{ckpt}: inference condition {task.inference_condition!r} needs the training conditions, and "
+                         "this checkpoint (saved before cmav kept them) has none: use --inference-condition own, or "
+                         "`cmav evaluate --inference-condition ...`, which takes them from the data")  # fmt: skip
+    return task
+
+
 CHECKPOINT_KINDS = {"cmav_s2i": "s2i", "cmav_i2s": "i2s", "cmav_audio_token": "audio_token"}
 
 
@@ -78,9 +90,10 @@ def checkpoint_kind(ckpt: str | Path) -> str:
 
 
 @torch.no_grad()
-def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int = 0,
-                      output: str | Path = "generated.png") -> tuple[Path, list[str]]:  # fmt: skip
-    """Generate ``n`` images (EMA generator, noise from ``seed``) and save a png (a grid if n > 1)."""
+def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int = 0, output: str | Path = "generated.png",
+                      inference_condition: str | None = None) -> tuple[Path, list[str]]:  # fmt: skip
+    """Generate ``n`` images (EMA generator, noise from ``seed``) and save a png (a grid if n > 1).
+    ``inference_condition`` overrides the checkpoint's (``'own'``, ``'nearest'``, ``'class_mean'``)."""
     from PIL import Image
 
     from cmav.tasks.s2i import load_s2i
@@ -91,7 +104,7 @@ def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int
     if kind != "s2i":
         raise ValueError(f"{ckpt}: an {kind} checkpoint, not S2I" + (
             " (image -> sound): give it a frame with --image, not --audio" if kind == "i2s" else ""))
-    task = load_s2i(ckpt)
+    task = _with_inference_condition(load_s2i(ckpt), ckpt, inference_condition)
     features, spec = front_end_of(ckpt)
     lms, notes = wav_to_features(audio, features, spec)
     expected = tuple(task.net.encoder.input_shape)
@@ -118,9 +131,10 @@ def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int
 
 @torch.no_grad()
 def generate_from_image(ckpt: str | Path, image: str | Path, n: int = 1, seed: int = 0, output: str | Path = "generated.wav",
-                        griffin_lim_iters: int = 64) -> tuple[list[Path], list[str]]:  # fmt: skip
+                        griffin_lim_iters: int = 64, inference_condition: str | None = None) -> tuple[list[Path], list[str]]:  # fmt: skip
     """Generate ``n`` spectrograms for a frame (EMA generator, noise from ``seed``) and write them as
-    wavs: ``output`` for one, ``<stem>_<k><suffix>`` for several. Returns the paths and notes."""
+    wavs: ``output`` for one, ``<stem>_<k><suffix>`` for several. Returns the paths and notes.
+    ``inference_condition`` overrides the checkpoint's (``'own'``, ``'nearest'``, ``'class_mean'``)."""
     import soundfile as sf
 
     from cmav.data.image_io import load_frame
@@ -131,7 +145,7 @@ def generate_from_image(ckpt: str | Path, image: str | Path, n: int = 1, seed: i
         raise ValueError("n must be >= 1")
     if checkpoint_kind(ckpt) != "i2s":
         raise ValueError(f"{ckpt}: an S2I checkpoint (sound -> image): give it a sound with --audio, not --image")
-    task = load_i2s(ckpt)
+    task = _with_inference_condition(load_i2s(ckpt), ckpt, inference_condition)
     features, spec = front_end_of(ckpt)
     size = int(task.hparams.image_size)
     frame = torch.from_numpy(np.array(load_frame(image, size))).permute(2, 0, 1).float().div(127.5).sub(1.0)[None]

@@ -41,7 +41,10 @@ def generator_fn(task_or_ckpt: Any, task_cls: type, load: Callable[[Any], Any]) 
         def fn(condition: Tensor, z: Tensor) -> Tensor:
             return task.generate(condition, z, use_ema=True).float().cpu()
 
-        info = {"variant": task.hparams.variant, "iteration": int(task.iteration), "generator": "ema"}
+        info = {"variant": task.hparams.variant, "iteration": int(task.iteration), "generator": "ema",
+                "inference_condition": task.inference_condition}  # fmt: skip
+        if task.inference_condition == "nearest":
+            info["inference_neighbours"] = task.inference_neighbours
         return fn, task.z_dim, info
     if callable(task_or_ckpt):
         return task_or_ckpt, int(getattr(task_or_ckpt, "z_dim", 10)), {"generator": "callable"}

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from cmav.data.instruments import INSTRUMENTS
 from cmav.features.scaling import RangeScaler
-from cmav.models import ImageEncoder
+from cmav.models import ImageEncoder, InferenceCondition
 from cmav.tasks.classifier import load_image_classifier
 from cmav.tasks.common import AdamConfig, ImageAugmentConfig, ImageEncoderConfig, plain
 from cmav.tasks.paired_gan import (
@@ -95,6 +95,14 @@ class I2STask(PairedGANTask):
             embedding onto the directions that separate the classes) or ``'probabilities'``
             (their softmax). An unseen player's embedding can lie nearer another class's training
             players than its own while the head still classifies it right.
+        inference_condition: the generator's condition at inference (generation, validation,
+            evaluation; never in training): ``'own'`` (the input's own, the paper), ``'nearest'``
+            (the mean of the ``inference_neighbours`` nearest training conditions) or
+            ``'class_mean'`` (the mean training condition of the class the encoder predicts).
+            The training conditions are kept in the checkpoint (:class:`~cmav.models.ConditionBank`).
+            An unseen player's condition can lie far from every training player's, where G's map
+            does not carry over.
+        inference_neighbours: how many nearest training conditions ``'nearest'`` averages.
         lms_shape: ``(1, n_mels, frames)`` of the generated LMS; ``None`` = the data's (at setup).
         lms_range: ``[low, high]`` dB mapped to the generator's [-1, 1]; ``None`` = the train
             set's range (at setup). Saved in the checkpoint.
@@ -132,6 +140,8 @@ class I2STask(PairedGANTask):
         cache_frozen_features: bool = True,
         condition_noise: float = 0.0,
         condition_on: ConditionOn = "feature",
+        inference_condition: InferenceCondition = "own",
+        inference_neighbours: int = 1,
         lms_shape: list[int] | None = None,
         lms_range: list[float] | None = None,
     ) -> None:

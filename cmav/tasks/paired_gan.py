@@ -36,7 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmav.models import (
+    INFERENCE_CONDITIONS,
     ConditionalGenerator,
+    ConditionBank,
     ConvEncoder,
     EncoderOutput,
     ExponentialMovingAverage,
@@ -215,6 +217,8 @@ class PairedGANTask(L.LightningModule):
         self.condition_on: str = h.get("condition_on", "feature")
         if self.condition_on not in get_args(ConditionOn):
             raise ValueError(f"condition_on must be 'feature', 'logits' or 'probabilities', got {self.condition_on!r}")
+        # absent from older checkpoints
+        self.set_inference_condition(h.get("inference_condition", "own"), h.get("inference_neighbours", 1))
         if self.condition_noise < 0:
             raise ValueError(f"condition_noise must be >= 0, got {self.condition_noise}")
         if h.encoder_mode != "scratch" and not encoder_ckpt:
@@ -239,6 +243,7 @@ class PairedGANTask(L.LightningModule):
         self.register_buffer("eval_z", torch.randn(self.sample_config.per_class, self.gen_config.z_dim, generator=noise))
 
         self.net: ConditionalTranslator | None = None
+        self.condition_bank: ConditionBank | None = None
         self.discriminator: PairAwareDiscriminator | None = None
         self.ema: ExponentialMovingAverage | None = None
         self.iteration = 0
@@ -250,6 +255,7 @@ class PairedGANTask(L.LightningModule):
         self._features = None
         self._logged_inputs = False
         self._cached_features: Tensor | None = None
+        self._bank_index: Tensor | None = None
         self._augments_condition = False
 
         pretrained = self._load_pretrained_encoder(encoder_ckpt) if h.encoder_mode != "scratch" else None
@@ -273,6 +279,7 @@ class PairedGANTask(L.LightningModule):
             out_activation=self.out_activation,
         )  # fmt: skip
         self.net = ConditionalTranslator(encoder, gen, self.condition_on)
+        self.condition_bank = ConditionBank(condition_dim(encoder, self.condition_on))
         if self.is_gan:
             self.discriminator = PairAwareDiscriminator(
                 in_shape=shape, cond_dim=condition_dim(encoder, self.condition_on), cond_proj_dim=d.cond_proj_dim,
@@ -350,10 +357,33 @@ class PairedGANTask(L.LightningModule):
             raise RuntimeError(f"{self.name} model not built: train/validate it with the data, or load a checkpoint")
         return self.net
 
+    def set_inference_condition(self, mode: str, neighbours: int | None = None) -> None:
+        """Switch what conditions the generator at inference (``'own'``, ``'nearest'``,
+        ``'class_mean'``; see ``inference_condition``); ``neighbours`` = None keeps the current
+        count. Recorded in the hyper-parameters, so a checkpoint saved afterwards keeps it."""
+        neighbours = int(self.hparams.get("inference_neighbours", 1) if neighbours is None else neighbours)
+        if mode not in INFERENCE_CONDITIONS:
+            raise ValueError(f"inference_condition must be one of {INFERENCE_CONDITIONS}, got {mode!r}")
+        if neighbours < 1:
+            raise ValueError(f"inference_neighbours must be >= 1, got {neighbours}")
+        self.inference_condition, self.inference_neighbours = mode, neighbours
+        self.hparams.inference_condition, self.hparams.inference_neighbours = mode, neighbours
+
+    def inference_conditions(self, net: ConditionalTranslator, x: Tensor) -> Tensor:
+        """The generator's conditions for inputs ``x`` at inference, as ``inference_condition``
+        says: ``net``'s own, or replaced by training ones from :attr:`condition_bank`."""
+        if self.inference_condition == "own":
+            return net.condition(x)
+        out = net.encoder.forward_features(x)
+        assert self.condition_bank is not None
+        return self.condition_bank.snap(condition_from(out, self.condition_on), self.inference_condition,
+                                        out.logits.argmax(1), self.inference_neighbours)  # fmt: skip
+
     @torch.no_grad()
     def generate_raw(self, condition: Tensor, z: Tensor | None = None, use_ema: bool = True) -> Tensor:
         """Generator output (its own value space) for ``condition``, in eval mode; ``z`` defaults
-        to fresh standard-normal noise."""
+        to fresh standard-normal noise. The condition is the input's own or a training one, as
+        ``inference_condition`` says."""
         net = self.ema.module if use_ema else self.model  # type: ignore[union-attr]
         condition = condition.to(self.device, torch.float32)
         if z is None:
@@ -361,7 +391,7 @@ class PairedGANTask(L.LightningModule):
         modes = {m: m.training for m in net.modules()}
         net.eval()
         try:
-            return net(condition, z.to(self.device))
+            return net.generator(z.to(self.device), self.inference_conditions(net, condition))
         finally:
             for m, mode in modes.items():
                 m.training = mode
@@ -405,6 +435,7 @@ class PairedGANTask(L.LightningModule):
             raise ValueError(f"encoder has {self.model.encoder.n_classes} classes but the data {len(names)}")
         if stage == "fit":
             self._train_tensors = dm.train_full.tensors
+            self._bank_index = torch.as_tensor(list(dm.train.indices), dtype=torch.long)
             augment = getattr(dm, "augment", None)
             self._augments_condition = self.condition_key == "audio" and bool(augment is not None and augment.enabled_groups)
         if stage == "fit" and (self.wrong_class_term or self.wrong_player_term):
@@ -459,6 +490,36 @@ class PairedGANTask(L.LightningModule):
         self._cached_features = None
         if self._caches_condition_features():
             self._cached_features = self._encode_train_items()
+        self._fill_condition_bank()
+
+    def on_validation_epoch_start(self) -> None:
+        # a trained encoder moves: the bank follows the EMA encoder that generation uses
+        if self.encoder_mode != "frozen" and self.trainer.state.fn == "fit" and self._train_tensors is not None:
+            self._fill_condition_bank()
+
+    @torch.no_grad()
+    def _fill_condition_bank(self, batch_size: int = 256) -> None:
+        """:attr:`condition_bank` := the EMA encoder's conditions of the train split (not the
+        held-out tails) and their classes."""
+        index = self._bank_index
+        if index is None or self.condition_bank is None:
+            return
+        if self._cached_features is not None:
+            cond = self._cached_features[index.to(self._cached_features.device)]
+        else:
+            enc = self.ema.module.encoder  # type: ignore[union-attr]
+            cond = torch.cat([condition_from(enc.forward_features(self._gather_condition(index[i : i + batch_size])), self.condition_on)
+                              for i in range(0, len(index), batch_size)])  # fmt: skip
+        self.condition_bank.fill(cond, self._train_tensors.labels[index])
+
+    def fill_condition_bank(self, datamodule) -> None:
+        """Fill :attr:`condition_bank` from ``datamodule``'s train split (for checkpoints saved
+        before the bank existed; fitting fills it by itself)."""
+        datamodule.setup("fit")
+        self._train_tensors = datamodule.train_full.tensors
+        self._bank_index = torch.as_tensor(list(datamodule.train.indices), dtype=torch.long)
+        self._cached_features = None
+        self._fill_condition_bank()
 
     def _caches_condition_features(self) -> bool:
         """Frozen encoder, eval-mode BatchNorm and un-augmented conditions: every train item's
@@ -648,7 +709,7 @@ class PairedGANTask(L.LightningModule):
         # deterministic noise per batch, so epochs are comparable
         g = torch.Generator().manual_seed(self.sample_config.noise_seed + batch_idx)
         z = torch.randn(n, self.z_dim, generator=g).to(self.device)
-        fake = self.ema(condition, z)
+        fake = self.ema.module.generator(z, self.inference_conditions(self.ema.module, condition))
         enc = self.model.encoder.forward_features(condition)
         cond = condition_from(enc, self.condition_on)
         logs = {

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from cmav.data.instruments import INSTRUMENTS
 from cmav.features.inversion import lms_to_audio
-from cmav.models import AudioEncoder
+from cmav.models import AudioEncoder, InferenceCondition
 from cmav.tasks.classifier import load_sound_classifier
 from cmav.tasks.common import AdamConfig, AudioEncoderConfig, ImageAugmentConfig, plain
 from cmav.tasks.paired_gan import (
@@ -103,7 +103,14 @@ class S2ITask(PairedGANTask):
             the paper), ``'logits'`` (its class head's logits: a fixed linear projection of the
             embedding onto the directions that separate the classes) or ``'probabilities'``
             (their softmax). An unseen player's embedding can lie nearer another class's training
-            players than its own while the head still classifies it right.
+            players than its own while the head still classifies it right.        inference_condition: the generator's condition at inference (generation, validation,
+            evaluation; never in training): ``'own'`` (the input's own, the paper), ``'nearest'``
+            (the mean of the ``inference_neighbours`` nearest training conditions) or
+            ``'class_mean'`` (the mean training condition of the class the encoder predicts).
+            The training conditions are kept in the checkpoint (:class:`~cmav.models.ConditionBank`).
+            An unseen player's condition can lie far from every training player's, where G's map
+            does not carry over.
+        inference_neighbours: how many nearest training conditions ``'nearest'`` averages.
     """
 
     condition_key = "audio"
@@ -138,6 +145,8 @@ class S2ITask(PairedGANTask):
         cache_frozen_features: bool = True,
         condition_noise: float = 0.0,
         condition_on: ConditionOn = "feature",
+        inference_condition: InferenceCondition = "own",
+        inference_neighbours: int = 1,
         audio_shape: list[int] | None = None,
     ) -> None:
         super().__init__()
