@@ -502,7 +502,7 @@ class PairedGANTask(L.LightningModule):
         """:attr:`condition_bank` := the EMA encoder's conditions of the train split (not the
         held-out tails) and their classes."""
         index = self._bank_index
-        if index is None or self.condition_bank is None:
+        if index is None or len(index) == 0 or self.condition_bank is None:
             return
         if self._cached_features is not None:
             cond = self._cached_features[index.to(self._cached_features.device)]
