@@ -620,6 +620,22 @@ def test_stable_overlay_turns_on_the_d_stabilisers_and_keeps_the_variant(variant
     assert printed["trainer"]["default_root_dir"] == f"runs/{variant}"
 
 
+def test_i2s_recipe_overlay_changes_only_the_fake_weight_and_the_inference_condition(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+
+    def printed(*overlays: str) -> dict:
+        with pytest.raises(SystemExit):
+            cmav_main(["fit", "--config", str(EXPERIMENTS / "i2s_c.yaml")]
+                      + [a for o in overlays for a in ("--config", str(EXPERIMENTS / f"{o}.yaml"))] + ["--print_config"])  # fmt: skip
+        return yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+
+    stable, recipe = printed("i2s_stable"), printed("i2s_stable", "i2s_recipe")
+    assert recipe["loss_weights"] == {**stable["loss_weights"], "fake": 2.0}
+    assert (stable["inference_condition"], recipe["inference_condition"]) == ("own", "nearest")
+    assert {k: v for k, v in recipe.items() if k not in ("loss_weights", "inference_condition")} == \
+        {k: v for k, v in stable.items() if k not in ("loss_weights", "inference_condition")}  # fmt: skip
+
+
 @pytest.mark.parametrize("branch", ["s2i", "i2s"])
 def test_ablation_grid_stable_variants_repeat_the_stable_overlay(branch):
     """The grid cannot include the overlay file, so it repeats its options: they must not drift apart."""
