@@ -631,7 +631,7 @@ def test_i2s_recipe_overlay_changes_only_the_fake_weight_and_the_inference_condi
 
     stable, recipe = printed("i2s_stable"), printed("i2s_stable", "i2s_recipe")
     assert recipe["loss_weights"] == {**stable["loss_weights"], "fake": 2.0}
-    assert (stable["inference_condition"], recipe["inference_condition"]) == ("own", "nearest")
+    assert (stable["inference_condition"], recipe["inference_condition"]) == ("own", "class_mean")
     assert {k: v for k, v in recipe.items() if k not in ("loss_weights", "inference_condition")} == \
         {k: v for k, v in stable.items() if k not in ("loss_weights", "inference_condition")}  # fmt: skip
 
