@@ -18,13 +18,13 @@ training conditions instead:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 InferenceCondition = Literal["own", "nearest", "class_mean"]
-INFERENCE_CONDITIONS: tuple[str, ...] = ("own", "nearest", "class_mean")
+INFERENCE_CONDITIONS: tuple[str, ...] = get_args(InferenceCondition)
 
 
 class ConditionBank(nn.Module):
@@ -113,5 +113,6 @@ class ConditionBank(nn.Module):
         for key in absent:  # a checkpoint from before the bank existed: it stays empty, not an error
             if key in missing_keys:
                 missing_keys.remove(key)
+
 
 __all__ = ["INFERENCE_CONDITIONS", "ConditionBank", "InferenceCondition"]
