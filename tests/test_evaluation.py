@@ -294,6 +294,77 @@ def test_cross_source_s2i_scores_are_evaluate_s2is_and_a_copy_of_the_audio_score
     assert "| S2I-C (judged) | accuracy |" in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_cross_source_s2i_takes_the_inference_condition_and_a_bankless_checkpoint_gets_its_training_data(
+        data, dm, judges, s2i_ckpt, tmp_path):  # fmt: skip
+    """`evaluate robustness --inference-condition class_mean`: the judged accuracy is `evaluate_s2i`'s
+    under that mode, the report says which condition G had, and a checkpoint saved without its
+    training conditions gets them from the data it was trained on (the same bank, the same score)."""
+    import shutil
+
+    from cmav.evaluation.robustness import evaluate_robustness
+    from cmav.tasks.s2i import load_s2i
+
+    image, _ = judges
+    copy = shutil.copytree(data, tmp_path / "copy")
+    fonts = tmp_path / "fonts"
+    fonts.mkdir()
+    (fonts / "A.sf2").write_bytes(b"font a")
+    (fonts / "B.sf2").write_bytes(b"font b")
+    kw = dict(image_judge=image, train_soundfont=fonts / "A.sf2", eval_soundfont=fonts / "B.sf2",
+              cache_dir=str(tmp_path / "cache"), progress=False)  # fmt: skip
+    r = evaluate_robustness(data, copy, s2i=s2i_ckpt, inference_condition="class_mean", out_dir=tmp_path / "out", **kw)
+    s2i = r["models"]["s2i"]
+    task = load_s2i(s2i_ckpt)
+    assert task.inference_condition == "own" and len(task.condition_bank) > 0
+    task.set_inference_condition("class_mean")
+    direct = evaluate_s2i(task, dm, image, None, n_diversity_draws=2)
+    assert s2i["inference_condition"] == "class_mean"
+    assert s2i["in_source"]["accuracy"] == pytest.approx(direct["judged"]["accuracy"])
+    assert "(inference condition `class_mean`)" in (tmp_path / "out" / "report.md").read_text()
+    own = evaluate_robustness(data, copy, s2i=s2i_ckpt, **kw)["models"]["s2i"]
+    assert own["inference_condition"] == "own"
+    # without the bank in the checkpoint: refilled from its training data, the same figures
+    old = torch.load(s2i_ckpt, map_location="cpu", weights_only=False)
+    old["state_dict"] = {k: v for k, v in old["state_dict"].items() if not k.startswith("condition_bank.")}
+    bankless = tmp_path / "bankless.ckpt"
+    torch.save(old, bankless)
+    assert len(load_s2i(bankless).condition_bank) == 0
+    again = evaluate_robustness(data, copy, s2i=bankless, inference_condition="class_mean", **kw)["models"]["s2i"]
+    assert again["in_source"] == s2i["in_source"] and again["cross_source"] == s2i["cross_source"]
+    from cmav.cli.main import main
+
+    assert main(["evaluate", "robustness", "--root", str(data), "--eval-root", str(copy), "--s2i", str(bankless),
+                 "--image-judge", str(image), "--train-soundfont", str(fonts / "A.sf2"), "--eval-soundfont",
+                 str(fonts / "B.sf2"), "--cache-dir", str(tmp_path / "cache"), "--inference-condition", "nearest",
+                 "--inference-neighbours", "2", "-o", str(tmp_path / "cli")]) == 0  # fmt: skip
+    nearest = json.loads((tmp_path / "cli" / "metrics.json").read_text())["models"]["s2i"]
+    assert nearest["inference_condition"] == "nearest" and nearest["inference_neighbours"] == 2
+    assert "(inference condition `nearest`, 2 nearest)" in (tmp_path / "cli" / "report.md").read_text()
+    with pytest.raises(ValueError, match="give --s2i too"):
+        evaluate_robustness(data, copy, classifier=tmp_path / "unread.ckpt", inference_condition="class_mean", **kw)
+
+
+def test_an_adapted_s2i_generator_follows_the_inference_condition(s2i_ckpt, dm):
+    """With `class_mean`, the AdaBN generator conditions G on the bank's mean of the class that the
+    ADAPTED encoder predicts: the same noise gives one frame per predicted class."""
+    from cmav.evaluation.robustness import adapted_s2i_generator
+    from cmav.tasks.s2i import load_s2i
+
+    task = load_s2i(s2i_ckpt)
+    task.set_inference_condition("class_mean")
+    audio = dm.val.tensors.audio.float() * 1.5 + 4.0
+    fn = adapted_s2i_generator(task, audio)
+    z = torch.randn(1, task.z_dim).expand(len(audio), -1)
+    frames = fn(audio, z)
+    with torch.no_grad():
+        predicted = fn.net.encoder.forward_features(audio).logits.argmax(1)
+    for c in predicted.unique():
+        same = frames[predicted == c]
+        assert torch.allclose(same, same[:1].expand_as(same), atol=1e-5)
+    if len(predicted.unique()) > 1:
+        assert not torch.allclose(frames[predicted == predicted[0]][0], frames[predicted != predicted[0]][0])
+
+
 def test_s2i_generator_with_an_adapted_encoder_leaves_the_task_alone(s2i_ckpt, dm):
     """AdaBN for S2I-C: a copy of the EMA encoder takes the new audio's batch-norm statistics; the
     task's own encoder and generator are untouched, and the frames follow the adapted features."""

@@ -145,15 +145,12 @@ def _bench(args: argparse.Namespace) -> int:
 def _inference_task(args: argparse.Namespace, kind: str, dm):
     """The checkpoint's task with ``--inference-condition`` applied, its training conditions taken
     from ``dm``'s train split when the checkpoint has none."""
+    from cmav.evaluation.generate import with_inference_condition
     from cmav.tasks.i2s import load_i2s
     from cmav.tasks.s2i import load_s2i
 
     task = (load_i2s if kind == "i2s" else load_s2i)(args.ckpt)
-    if args.inference_condition is not None or args.inference_neighbours is not None:
-        task.set_inference_condition(args.inference_condition or task.inference_condition, args.inference_neighbours)
-    if task.inference_condition != "own" and len(task.condition_bank) == 0:
-        task.fill_condition_bank(dm)
-    return task
+    return with_inference_condition(task, args.ckpt, args.inference_condition, args.inference_neighbours, datamodule=dm)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

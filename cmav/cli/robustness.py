@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cmav.models.condition_bank import INFERENCE_CONDITIONS
+
 
 def alias(words: list[str]) -> list[str]:
     """``cmav evaluate robustness ...`` is ``cmav evaluate-robustness ...`` (``cmav evaluate`` scores S2I)."""
@@ -40,6 +42,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also score the classifier, and S2I-C with its audio encoder's, with the batch-norm statistics "
                         "re-estimated on each split's own unlabelled audio (AdaBN; transductive, reported apart "
                         "from the target)")  # fmt: skip
+    e.add_argument("--inference-condition", choices=INFERENCE_CONDITIONS, default=None,
+                   help="what conditions S2I-C's generator: own (each chunk's audio feature, the paper), nearest "
+                        "(the nearest training features) or class_mean (the mean training feature of the class the "
+                        "audio encoder predicts) (default: the checkpoint's)")  # fmt: skip
+    e.add_argument("--inference-neighbours", type=int, default=None,
+                   help="with --inference-condition nearest: how many nearest training features to average")
     e.add_argument("-o", "--output", default="results/robustness", help="folder for report.md and metrics.json")
     e.set_defaults(func=_evaluate)
 
@@ -52,7 +60,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             args.root, args.eval_root, classifier=args.classifier, s2i=args.s2i, image_judge=args.image_judge,
             retrieval=args.retrieval, train_soundfont=args.train_soundfont, eval_soundfont=args.eval_soundfont,
             split=args.split, out_dir=args.output, seed=args.seed, cache_dir=args.cache_dir,
-            adapt_batch_norm=args.adapt_batch_norm,
+            adapt_batch_norm=args.adapt_batch_norm, inference_condition=args.inference_condition,
+            inference_neighbours=args.inference_neighbours,
         )  # fmt: skip
     except (SameSourceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

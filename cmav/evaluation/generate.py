@@ -62,15 +62,20 @@ def wav_to_features(path: str | Path, features: FrontEndConfig, spec: ChunkSpec)
     return lms, notes
 
 
-def _with_inference_condition(task, ckpt: str | Path, mode: str | None):
-    """``task`` with its inference condition switched to ``mode`` (None: the checkpoint's); a
-    ValueError naming ``ckpt`` when that mode needs training conditions the checkpoint lacks."""
-    if mode is not None:
-        task.set_inference_condition(mode)
+def with_inference_condition(task, ckpt: str | Path, mode: str | None, neighbours: int | None = None,
+                             datamodule=None):  # fmt: skip
+    """``task`` with its inference condition switched to ``mode`` (None: the checkpoint's) and, for
+    ``nearest``, ``neighbours`` (None: the checkpoint's). A mode that needs the training conditions
+    of a checkpoint saved before cmav kept them takes them from ``datamodule``'s train split (a
+    datamodule, or a callable that makes one); without one, a ValueError naming ``ckpt``."""
+    if mode is not None or neighbours is not None:
+        task.set_inference_condition(mode or task.inference_condition, neighbours)
     if task.inference_condition != "own" and len(task.condition_bank) == 0:
-        raise ValueError(f"{ckpt}: inference condition {task.inference_condition!r} needs the training conditions, and "
-                         "this checkpoint (saved before cmav kept them) has none: use --inference-condition own, or "
-                         "`cmav evaluate --inference-condition ...`, which takes them from the data")  # fmt: skip
+        if datamodule is None:
+            raise ValueError(f"{ckpt}: inference condition {task.inference_condition!r} needs the training conditions, and "
+                             "this checkpoint (saved before cmav kept them) has none: use --inference-condition own, or "
+                             "`cmav evaluate --inference-condition ...`, which takes them from the data")  # fmt: skip
+        task.fill_condition_bank(datamodule() if callable(datamodule) else datamodule)
     return task
 
 
@@ -104,7 +109,7 @@ def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int
     if kind != "s2i":
         raise ValueError(f"{ckpt}: an {kind} checkpoint, not S2I" + (
             " (image -> sound): give it a frame with --image, not --audio" if kind == "i2s" else ""))
-    task = _with_inference_condition(load_s2i(ckpt), ckpt, inference_condition)
+    task = with_inference_condition(load_s2i(ckpt), ckpt, inference_condition)
     features, spec = front_end_of(ckpt)
     lms, notes = wav_to_features(audio, features, spec)
     expected = tuple(task.net.encoder.input_shape)
@@ -145,7 +150,7 @@ def generate_from_image(ckpt: str | Path, image: str | Path, n: int = 1, seed: i
         raise ValueError("n must be >= 1")
     if checkpoint_kind(ckpt) != "i2s":
         raise ValueError(f"{ckpt}: an S2I checkpoint (sound -> image): give it a sound with --audio, not --image")
-    task = _with_inference_condition(load_i2s(ckpt), ckpt, inference_condition)
+    task = with_inference_condition(load_i2s(ckpt), ckpt, inference_condition)
     features, spec = front_end_of(ckpt)
     size = int(task.hparams.image_size)
     frame = torch.from_numpy(np.array(load_frame(image, size))).permute(2, 0, 1).float().div(127.5).sub(1.0)[None]

@@ -29,6 +29,15 @@ GeneratorFn = Callable[[Tensor, Tensor], Tensor]
 FID_LABEL = "judge-feature FID, not Inception FID"
 
 
+def inference_of(task) -> dict[str, Any]:
+    """What conditions a paired task's generator at inference (``inference_condition``, and
+    ``inference_neighbours`` for ``nearest``), for reports."""
+    out: dict[str, Any] = {"inference_condition": task.inference_condition}
+    if task.inference_condition == "nearest":
+        out["inference_neighbours"] = task.inference_neighbours
+    return out
+
+
 def generator_fn(task_or_ckpt: Any, task_cls: type, load: Callable[[Any], Any]) -> tuple[GeneratorFn, int, dict]:
     """``(fn(condition, z) -> outputs on CPU, z_dim, info)`` from a ``task_cls`` task (its EMA
     generator), its checkpoint path (rebuilt with ``load``) or a callable (carrying ``z_dim``,
@@ -41,10 +50,7 @@ def generator_fn(task_or_ckpt: Any, task_cls: type, load: Callable[[Any], Any]) 
         def fn(condition: Tensor, z: Tensor) -> Tensor:
             return task.generate(condition, z, use_ema=True).float().cpu()
 
-        info = {"variant": task.hparams.variant, "iteration": int(task.iteration), "generator": "ema",
-                "inference_condition": task.inference_condition}  # fmt: skip
-        if task.inference_condition == "nearest":
-            info["inference_neighbours"] = task.inference_neighbours
+        info = {"variant": task.hparams.variant, "iteration": int(task.iteration), "generator": "ema", **inference_of(task)}
         return fn, task.z_dim, info
     if callable(task_or_ckpt):
         return task_or_ckpt, int(getattr(task_or_ckpt, "z_dim", 10)), {"generator": "callable"}
@@ -153,5 +159,5 @@ def save_scores(result: dict[str, Any], out_dir: str | Path, gen_report: Classif
     return safe
 
 
-__all__ = ["FID_LABEL", "GeneratorFn", "generate_outputs", "generator_fn", "save_scores", "score_generator",
+__all__ = ["FID_LABEL", "GeneratorFn", "generate_outputs", "generator_fn", "inference_of", "save_scores", "score_generator",
            "subset_per_class"]  # fmt: skip

@@ -42,6 +42,12 @@ from cmav.standin.soundfonts import describe, fonts_of, same_source, soundfont_r
 TARGETS = {"classifier": 0.75, "s2i": 0.65}
 """The issue's cross-source targets: sound-classifier accuracy and S2I-C judged accuracy."""
 SOURCES = ("in_source", "cross_source")
+INFERENCE_WORDS = {
+    "own": "each chunk's own audio feature (the paper)",
+    "nearest": "the training audio features nearest each chunk's",
+    "class_mean": "the mean training feature of the class its audio encoder predicts for each chunk",
+}
+"""How each ``inference_condition`` reads in the report."""
 
 
 class SameSourceError(ValueError):
@@ -123,6 +129,21 @@ def splits_like(ckpt: str | Path | dict, roots: dict[str, Path], split: str, cac
             for name, root in roots.items()}  # fmt: skip
 
 
+def training_datamodule(ckpt: str | Path | dict, root: str | Path, cache_dir: str | None = None):
+    """An AudioVisualDataModule over the data a checkpoint was trained on (its recorded root, else
+    ``root``), opened as it was (front end, chunk spec, image size, layout, held-out tails)."""
+    from cmav.data.datamodule import AudioVisualDataModule
+    from cmav.evaluation.generate import front_end_of
+    from cmav.tasks.classifier import checkpoint_dict
+
+    blob = checkpoint_dict(ckpt)
+    dmh, hp = blob.get("datamodule_hyper_parameters") or {}, blob.get("hyper_parameters") or {}
+    features, spec = front_end_of(blob)
+    return AudioVisualDataModule(root=str(trained_on(blob)[0] or root), layout=dmh.get("layout", "suburmp"),
+                                 image_size=int(hp.get("image_size", dmh.get("image_size", 64))), features=features,
+                                 chunk=spec, holdout_tail=float(dmh.get("holdout_tail", 0.0)), cache_dir=cache_dir)  # fmt: skip
+
+
 def _report(rep) -> dict[str, Any]:
     return {"accuracy": rep.accuracy, "balanced_accuracy": rep.balanced_accuracy, "n": rep.n,
             "per_class": rep.per_class}  # fmt: skip
@@ -149,8 +170,8 @@ def score_s2i(s2i: Any, judge, tensors, seed: int = 0) -> dict[str, Any]:
 
 def adapted_s2i_generator(task, audio: torch.Tensor):
     """``fn(audio, z) -> frames`` of an S2ITask's EMA generator behind a copy of its audio encoder
-    whose batch-norm statistics are re-estimated on ``audio`` (AdaBN; no labels read). ``task`` is
-    left as it was; ``fn.z_dim`` is the task's, so :func:`score_s2i` takes it like any generator, and
+    whose batch-norm statistics are re-estimated on ``audio`` (AdaBN; no labels read), conditioned
+    as the task's ``inference_condition`` says. ``task`` is left as it was; ``fn.z_dim`` is the task's, so :func:`score_s2i` takes it like any generator, and
     ``fn.net`` is the adapted encoder + generator."""
     from cmav.evaluation.adaptation import adapt_batch_norm as adapt
 
@@ -160,7 +181,8 @@ def adapted_s2i_generator(task, audio: torch.Tensor):
 
     @torch.no_grad()
     def fn(condition: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return task.from_target_space(net(condition.to(device, torch.float32), z.to(device))).float().cpu()
+        c = task.inference_conditions(net, condition.to(device, torch.float32))
+        return task.from_target_space(net.generator(z.to(device), c)).float().cpu()
 
     fn.z_dim = task.z_dim  # type: ignore[attr-defined]
     fn.net = net  # type: ignore[attr-defined]
@@ -207,12 +229,17 @@ def evaluate_robustness(
     cache_dir: str | None = None,
     progress: bool = True,
     adapt_batch_norm: bool = False,
+    inference_condition: str | None = None,
+    inference_neighbours: int | None = None,
 ) -> dict:
     """Score the given checkpoints in-source (``root``) and cross-source (``eval_root``); see the module
     docstring. Refuses (:class:`SameSourceError`) before any scoring when the fonts are not independent.
     A missing ``eval_root`` is rendered first from ``eval_soundfont`` (same preset and seed as ``root``).
     ``adapt_batch_norm``: also score the classifier and S2I-C with AdaBN on each split
-    (``classifier_adapted``, ``s2i_adapted``).
+    (``classifier_adapted``, ``s2i_adapted``). ``inference_condition``/``inference_neighbours``:
+    what conditions S2I-C's generator (None: the checkpoint's setting; see
+    :meth:`~cmav.tasks.paired_gan.PairedGANTask.set_inference_condition`); the training conditions
+    come from the checkpoint, or from the data it was trained on when it has none.
     """
     from cmav.tasks.classifier import checkpoint_dict, load_image_judge, load_sound_classifier
 
@@ -223,6 +250,8 @@ def evaluate_robustness(
                          "encoder: give --classifier or --s2i too")  # fmt: skip
     if s2i is not None and image_judge is None:
         raise ValueError("S2I-C's judged accuracy needs the image judge checkpoint too")
+    if s2i is None and (inference_condition is not None or inference_neighbours is not None):
+        raise ValueError("the inference condition is S2I-C's: give --s2i too")
     train_font = data_soundfont(root, train_soundfont)
     eval_exists = (Path(eval_root) / MANIFEST).is_file() or Path(eval_root, "chunk").is_dir()
     if not eval_exists and eval_soundfont is None:
@@ -264,21 +293,24 @@ def evaluate_robustness(
             result["models"]["classifier_adapted"] = {"ckpt": str(classifier), "transductive": True,
                                                       **{k: score_classifier(task, t, adapt_batch_norm=True) for k, t in data.items()}}  # fmt: skip
     if s2i is not None:
+        from cmav.evaluation.generate import with_inference_condition
+        from cmav.evaluation.paired import inference_of
+        from cmav.tasks.s2i import load_s2i
+
+        s2i_task = with_inference_condition(load_s2i(s2i), s2i, inference_condition, inference_neighbours,
+                                            datamodule=lambda: training_datamodule(blobs["s2i"], root, cache_dir))  # fmt: skip
         judge = load_image_judge(image_judge)
         data = both("s2i")
-        entry = {"ckpt": str(s2i), "image_judge": str(image_judge),
-                 **{k: score_s2i(s2i, judge, t, seed) for k, t in data.items()}}  # fmt: skip
+        entry = {"ckpt": str(s2i), "image_judge": str(image_judge), **inference_of(s2i_task),
+                 **{k: score_s2i(s2i_task, judge, t, seed) for k, t in data.items()}}  # fmt: skip
         real = data["in_source"]
         entry["judge_on_real"] = _report(judged_accuracy(judge, real.images.float().div(127.5).sub(1.0), real.labels,
                                                          real.class_names))  # fmt: skip
         result["models"]["s2i"] = entry
         if adapt_batch_norm:
-            from cmav.tasks.s2i import load_s2i
-
-            task = load_s2i(s2i)
             result["models"]["s2i_adapted"] = {
-                "ckpt": str(s2i), "image_judge": str(image_judge), "transductive": True,
-                **{k: score_s2i(adapted_s2i_generator(task, t.audio), judge, t, seed) for k, t in data.items()}}  # fmt: skip
+                "ckpt": str(s2i), "image_judge": str(image_judge), "transductive": True, **inference_of(s2i_task),
+                **{k: score_s2i(adapted_s2i_generator(s2i_task, t.audio), judge, t, seed) for k, t in data.items()}}  # fmt: skip
     if retrieval is not None:
         from cmav.tasks.retrieval import load_retrieval
 
@@ -327,6 +359,11 @@ def format_report(result: dict) -> str:
             t = "—" if target is None else f"≥ {target:.2f} ({'met' if b is not None and b >= target else 'not met'})"
             lines.append(f"| {names[model]} | {key} | {a:.3f} | {b:.3f} | {a - b:+.3f} | {t} |")
     if "s2i" in result["models"]:
+        s2i = result["models"]["s2i"]
+        mode = s2i.get("inference_condition", "own")
+        lines.append(f"\nS2I-C's generator is conditioned on {INFERENCE_WORDS.get(mode, mode)} "
+                     f"(inference condition `{mode}`"
+                     + (f", {s2i['inference_neighbours']} nearest" if mode == "nearest" else "") + ").")
         lines.append(f"\nImage judge on the real frames (S2I ceiling): "
                      f"{result['models']['s2i']['judge_on_real']['accuracy']:.3f}.")  # fmt: skip
     if "retrieval" in result["models"]:
@@ -343,4 +380,4 @@ def format_report(result: dict) -> str:
 
 __all__ = ["SameSourceError", "TARGETS", "adapted_s2i_generator", "build_eval_copy", "check_independent", "data_soundfont",
            "evaluate_robustness", "font_lines", "format_report", "read_manifest", "score_classifier", "score_retrieval",
-           "score_s2i", "splits_like", "trained_on"]  # fmt: skip
+           "score_s2i", "splits_like", "trained_on", "training_datamodule"]  # fmt: skip
