@@ -252,3 +252,7 @@ def test_s2i_c_trains_on_a_frozen_harmonic_encoder_and_refuses_data_of_another_f
     assert printed["data"]["features"]["init_args"]["kind"] == "harmonic"
     assert printed["data"]["root"] == "data/default_fluid_freepats"
     assert printed["model"]["init_args"]["variant"] == "s2i_c" and printed["model"]["init_args"]["discriminator"]["spectral_norm"]
+    # the two settings it was measured with (README): the fake pair's weight, the class-mean condition
+    weights = printed["model"]["init_args"]["loss_weights"]
+    assert weights["fake"] == 2.0 and weights["wrong_class"] == weights["wrong_player"] == 1.0
+    assert printed["model"]["init_args"]["inference_condition"] == "class_mean"
