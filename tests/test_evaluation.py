@@ -269,19 +269,26 @@ def test_judges_are_refused_in_each_others_place(dm, judges, tmp_path):
         evaluate_s2i(lambda a, z: torch.zeros(a.shape[0], 3, SIZE, SIZE), dm, image, player_judge_ckpt=load_image_judge(image))
 
 
-def test_cross_source_s2i_scores_are_evaluate_s2is_and_a_copy_of_the_audio_scores_the_same(data, dm, judges, s2i_ckpt, tmp_path):
-    """`evaluate robustness --s2i`: in-source is the judged accuracy `evaluate_s2i` gives (same
-    generator, noise and judge); an evaluation copy with the same audio scores exactly the same."""
+def _evaluation_copy(data: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """``(a copy of data, a folder with two stand-in font files A.sf2 and B.sf2)``: the copy plays
+    the evaluation source, its audio identical to the training data's."""
     import shutil
 
-    from cmav.evaluation.robustness import evaluate_robustness
-
-    image, _ = judges
-    copy = shutil.copytree(data, tmp_path / "copy")
+    copy = Path(shutil.copytree(data, tmp_path / "copy"))
     fonts = tmp_path / "fonts"
     fonts.mkdir()
     (fonts / "A.sf2").write_bytes(b"font a")
     (fonts / "B.sf2").write_bytes(b"font b")
+    return copy, fonts
+
+
+def test_cross_source_s2i_scores_are_evaluate_s2is_and_a_copy_of_the_audio_scores_the_same(data, dm, judges, s2i_ckpt, tmp_path):
+    """`evaluate robustness --s2i`: in-source is the judged accuracy `evaluate_s2i` gives (same
+    generator, noise and judge); an evaluation copy with the same audio scores exactly the same."""
+    from cmav.evaluation.robustness import evaluate_robustness
+
+    image, _ = judges
+    copy, fonts = _evaluation_copy(data, tmp_path)
     r = evaluate_robustness(data, copy, s2i=s2i_ckpt, image_judge=image, train_soundfont=fonts / "A.sf2",
                             eval_soundfont=fonts / "B.sf2", cache_dir=str(tmp_path / "cache"), progress=False,
                             out_dir=tmp_path / "out")  # fmt: skip
@@ -299,17 +306,11 @@ def test_cross_source_s2i_takes_the_inference_condition_and_a_bankless_checkpoin
     """`evaluate robustness --inference-condition class_mean`: the judged accuracy is `evaluate_s2i`'s
     under that mode, the report says which condition G had, and a checkpoint saved without its
     training conditions gets them from the data it was trained on (the same bank, the same score)."""
-    import shutil
-
     from cmav.evaluation.robustness import evaluate_robustness
     from cmav.tasks.s2i import load_s2i
 
     image, _ = judges
-    copy = shutil.copytree(data, tmp_path / "copy")
-    fonts = tmp_path / "fonts"
-    fonts.mkdir()
-    (fonts / "A.sf2").write_bytes(b"font a")
-    (fonts / "B.sf2").write_bytes(b"font b")
+    copy, fonts = _evaluation_copy(data, tmp_path)
     kw = dict(image_judge=image, train_soundfont=fonts / "A.sf2", eval_soundfont=fonts / "B.sf2",
               cache_dir=str(tmp_path / "cache"), progress=False)  # fmt: skip
     r = evaluate_robustness(data, copy, s2i=s2i_ckpt, inference_condition="class_mean", out_dir=tmp_path / "out", **kw)
