@@ -171,8 +171,9 @@ def score_s2i(s2i: Any, judge, tensors, seed: int = 0) -> dict[str, Any]:
 def adapted_s2i_generator(task, audio: torch.Tensor):
     """``fn(audio, z) -> frames`` of an S2ITask's EMA generator behind a copy of its audio encoder
     whose batch-norm statistics are re-estimated on ``audio`` (AdaBN; no labels read), conditioned
-    as the task's ``inference_condition`` says. ``task`` is left as it was; ``fn.z_dim`` is the task's, so :func:`score_s2i` takes it like any generator, and
-    ``fn.net`` is the adapted encoder + generator."""
+    as the task's ``inference_condition`` says. ``task`` is left as it was; ``fn.z_dim`` is the
+    task's, so :func:`score_s2i` takes it like any generator, and ``fn.net`` is the adapted encoder
+    + generator."""
     from cmav.evaluation.adaptation import adapt_batch_norm as adapt
 
     net = copy.deepcopy(task.ema.module if task.ema is not None else task.model).eval()
