@@ -112,20 +112,27 @@ def build_eval_copy(root: str | Path, eval_root: str | Path, soundfont: str | Pa
                          frame_size=params["frame_size"], jpeg_quality=params["jpeg_quality"], progress=progress)  # fmt: skip
 
 
+def opened_as(blob: dict) -> dict[str, Any]:
+    """How a loaded checkpoint's data were opened: ``layout``, ``image_size``, ``features`` (the
+    front end) and ``chunk`` (the chunk spec), as keyword arguments for the data readers."""
+    from cmav.evaluation.generate import front_end_of
+
+    dmh, hp = blob.get("datamodule_hyper_parameters") or {}, blob.get("hyper_parameters") or {}
+    features, spec = front_end_of(blob)
+    return {"layout": dmh.get("layout", "suburmp"), "image_size": int(hp.get("image_size", dmh.get("image_size", 64))),
+            "features": features, "chunk": spec}  # fmt: skip
+
+
 def splits_like(ckpt: str | Path | dict, roots: dict[str, Path], split: str, cache_dir: str | None = None,
                 progress: bool = False) -> dict:  # fmt: skip
     """``{name: tensors}``: the split at each root opened as the checkpoint's data was (front end,
     chunk spec, image size, layout). ``ckpt``: a path or an already loaded checkpoint."""
     from cmav.data.datasets import open_split
-    from cmav.evaluation.generate import front_end_of
     from cmav.tasks.classifier import checkpoint_dict
 
-    blob = checkpoint_dict(ckpt)
-    dmh, hp = blob.get("datamodule_hyper_parameters") or {}, blob.get("hyper_parameters") or {}
-    features, spec = front_end_of(blob)
-    size = int(hp.get("image_size", dmh.get("image_size", 64)))
-    return {name: open_split(dmh.get("layout", "suburmp"), root, split, features=features, chunk=spec,
-                             cache_dir=cache_dir, image_size=size, progress=progress).tensors
+    opened = opened_as(checkpoint_dict(ckpt))
+    layout = opened.pop("layout")
+    return {name: open_split(layout, root, split, cache_dir=cache_dir, progress=progress, **opened).tensors
             for name, root in roots.items()}  # fmt: skip
 
 
@@ -133,15 +140,12 @@ def training_datamodule(ckpt: str | Path | dict, root: str | Path, cache_dir: st
     """An AudioVisualDataModule over the data a checkpoint was trained on (its recorded root, else
     ``root``), opened as it was (front end, chunk spec, image size, layout, held-out tails)."""
     from cmav.data.datamodule import AudioVisualDataModule
-    from cmav.evaluation.generate import front_end_of
     from cmav.tasks.classifier import checkpoint_dict
 
     blob = checkpoint_dict(ckpt)
-    dmh, hp = blob.get("datamodule_hyper_parameters") or {}, blob.get("hyper_parameters") or {}
-    features, spec = front_end_of(blob)
-    return AudioVisualDataModule(root=str(trained_on(blob)[0] or root), layout=dmh.get("layout", "suburmp"),
-                                 image_size=int(hp.get("image_size", dmh.get("image_size", 64))), features=features,
-                                 chunk=spec, holdout_tail=float(dmh.get("holdout_tail", 0.0)), cache_dir=cache_dir)  # fmt: skip
+    holdout = float((blob.get("datamodule_hyper_parameters") or {}).get("holdout_tail", 0.0))
+    return AudioVisualDataModule(root=str(trained_on(blob)[0] or root), holdout_tail=holdout, cache_dir=cache_dir,
+                                 **opened_as(blob))  # fmt: skip
 
 
 def _report(rep) -> dict[str, Any]:
@@ -380,5 +384,5 @@ def format_report(result: dict) -> str:
 
 
 __all__ = ["SameSourceError", "TARGETS", "adapted_s2i_generator", "build_eval_copy", "check_independent", "data_soundfont",
-           "evaluate_robustness", "font_lines", "format_report", "read_manifest", "score_classifier", "score_retrieval",
+           "evaluate_robustness", "font_lines", "format_report", "opened_as", "read_manifest", "score_classifier", "score_retrieval",
            "score_s2i", "splits_like", "trained_on", "training_datamodule"]  # fmt: skip
