@@ -196,6 +196,59 @@ def test_judged_accuracy_monitor_logs_what_evaluate_s2i_measures_and_keeps_the_b
         JudgedAccuracyMonitor(str(tmp_path / "nothing.ckpt")).setup(bad, task, "fit")
 
 
+def test_judged_accuracy_monitor_on_the_held_out_tails_scores_those_items_only(data, dm, judges, tmp_path):
+    """split='holdout' judges the generator on the train tracks' held-out tails (never the
+    validation players) and logs holdout/...; without held-out tails it is refused by name."""
+    import lightning as L
+
+    from cmav.evaluation import JudgedAccuracyMonitor
+    from cmav.evaluation.s2i import generate_images, make_generator_fn
+    from cmav.metrics import judged_accuracy
+    from cmav.tasks import S2ITask
+    from cmav.tasks.classifier import load_image_judge
+
+    image, _ = judges
+    L.seed_everything(0, verbose=False)
+    task = S2ITask(variant="s2i_n", encoder_mode="scratch", image_size=SIZE, sample_every_n_steps=0,
+                   encoder={"base_channels": 8, "max_channels": 32, "feature_dim": 32},
+                   generator={"base_channels": 8, "max_channels": 32, "cond_proj_dim": 16},
+                   discriminator={"base_channels": 8, "max_channels": 32, "cond_proj_dim": 16})  # fmt: skip
+    monitor = JudgedAccuracyMonitor(str(image), every_n_epochs=1, split="holdout")
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                        num_sanity_val_steps=0, logger=False, callbacks=[monitor], enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(tmp_path))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(task, datamodule=dm)
+    assert "holdout/judged_acc" in trainer.callback_metrics and "val/judged_acc" not in trainer.callback_metrics
+
+    # the same figure, computed here on the held-out items (and it is not the validation figure's input)
+    held = torch.as_tensor(list(dm.train_holdout.indices), dtype=torch.long)
+    assert 0 < len(held) < len(dm.train_full)
+    t = dm.train_full.tensors
+    judge = load_image_judge(image)
+    fn, z_dim, _ = make_generator_fn(task)
+    fake = generate_images(fn, t.audio[held].float(), z_dim, seed=0)
+    expected = judged_accuracy(judge, fake, t.labels[held], dm.class_names)
+    real = judged_accuracy(judge, t.images[held].float().div(127.5).sub(1.0), t.labels[held], dm.class_names)
+    assert monitor.history[-1]["judged_acc"] == pytest.approx(expected.accuracy)
+    assert monitor.history[-1]["judge_on_real"] == pytest.approx(real.accuracy)
+    # the judge on the real items tells the two splits apart here (0.50 held out, 0.46 validation)
+    val = dm.val.tensors
+    on_val = judged_accuracy(judge, val.images.float().div(127.5).sub(1.0), val.labels, dm.class_names)
+    assert on_val.accuracy != pytest.approx(real.accuracy)
+
+    whole = AudioVisualDataModule(root=str(data), image_size=SIZE, batch_size=16, holdout_tail=0.0, progress=False)
+    whole.setup()
+    refused = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1, logger=False,
+                        callbacks=[JudgedAccuracyMonitor(str(image), split="holdout")], enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    with pytest.raises(ValueError, match="holdout_tail > 0"):
+        refused.fit(task, datamodule=whole)
+    with pytest.raises(ValueError, match="split must be one of"):
+        JudgedAccuracyMonitor(str(image), split="test")
+
+
 def test_bench_reports_both_paths(data):
     from cmav.bench.s2i import bench_s2i
 

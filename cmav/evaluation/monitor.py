@@ -12,6 +12,10 @@ holds every score with the training seconds so far (scoring excluded)::
         --trainer.callbacks+=cmav.evaluation.JudgedAccuracyMonitor \\
         --trainer.callbacks.judge_ckpt runs/image_judge/checkpoints/last.ckpt
 
+``split='holdout'`` scores the time-held-out end of every train track instead (``data.holdout_tail``
+> 0; logged as ``holdout/judged_acc``): a best epoch chosen there has never looked at the
+validation players, so the validation figures of that checkpoint stay unbiased estimates.
+
 S2I tasks take an image judge, I2S tasks an audio judge. The judge is loaded onto the task's device
 at the start of fitting and is never part of the task (nor of its checkpoints): it only scores.
 Under DDP every process scores the whole validation split (the result is identical on each), so
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -32,9 +36,13 @@ from torch import Tensor
 from cmav.evaluation.paired import generate_outputs
 from cmav.metrics import judged_accuracy
 
+SPLITS = {"validation": "val", "holdout": "holdout"}
+"""The splits the monitor scores, and the prefix of what it logs."""
+
 
 class JudgedAccuracyMonitor(L.Callback):
-    """Log the EMA generator's judged accuracy on the validation split during training.
+    """Log the EMA generator's judged accuracy on the validation split (or the train tracks'
+    held-out tails) during training.
 
     Args:
         judge_ckpt: a :class:`~cmav.tasks.ClassifierTask` checkpoint trained on REAL data of the
@@ -43,11 +51,18 @@ class JudgedAccuracyMonitor(L.Callback):
         seed: the fixed noise of the generated items (the same draw at every epoch, so the curve
             shows the generator changing, not the noise).
         batch_size: generation and judging batch.
+        split: ``'validation'`` (logged as ``val/...``) or ``'holdout'``, the held-out tails of the
+            train tracks (logged as ``holdout/...``), for choosing a checkpoint without the
+            validation players.
     """
 
-    def __init__(self, judge_ckpt: str, every_n_epochs: int = 5, seed: int = 0, batch_size: int = 64) -> None:
+    def __init__(self, judge_ckpt: str, every_n_epochs: int = 5, seed: int = 0, batch_size: int = 64,
+                 split: Literal["validation", "holdout"] = "validation") -> None:  # fmt: skip
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
+        self.split = split
         self.judge_ckpt = str(judge_ckpt)
         self.every_n_epochs = int(every_n_epochs)
         self.seed = int(seed)
@@ -79,12 +94,16 @@ class JudgedAccuracyMonitor(L.Callback):
                              f"modality={judge.hparams.modality!r}, target={judge.hparams.target!r}")  # fmt: skip
         self._judge = judge.eval().requires_grad_(False)
         self._ceiling = None
+        dm = trainer.datamodule
+        if self.split == "holdout" and dm is not None and not getattr(dm.hparams, "holdout_tail", 0):
+            raise ValueError("JudgedAccuracyMonitor(split='holdout') scores the held-out tails of the train tracks, "
+                             "and this data module holds none out: set data.holdout_tail > 0 (0.1 in the YAMLs)")  # fmt: skip
         if trainer.limit_val_batches == 0:
             rank_zero_warn("JudgedAccuracyMonitor scores after validation epochs, and validation is off "
-                           "(limit_val_batches=0): val/judged_acc will not be logged")  # fmt: skip
+                           f"(limit_val_batches=0): {SPLITS[self.split]}/judged_acc will not be logged")  # fmt: skip
 
     def _split(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[Tensor, Tensor, Tensor, list[str]]:
-        """(conditions, real outputs, labels, class names) of the validation split."""
+        """(conditions, real outputs, labels, class names) of the scored split."""
         from cmav.tasks.s2i import S2ITask
 
         dm = trainer.datamodule
@@ -93,12 +112,19 @@ class JudgedAccuracyMonitor(L.Callback):
         names = list(self._judge.hparams.class_names)
         if names != list(dm.class_names):
             raise ValueError(f"{self.judge_ckpt}: the judge's classes {names} differ from the data's {dm.class_names}")
-        t = dm.val.tensors
-        frames = t.images.float().div(127.5).sub(1.0)
-        audio = t.audio.float()
+        if self.split == "holdout":
+            t, index = dm.train_full.tensors, torch.as_tensor(list(dm.train_holdout.indices), dtype=torch.long)
+            if len(index) == 0:
+                raise ValueError(f"JudgedAccuracyMonitor(split='holdout'): no train item is held out "
+                                 f"(holdout_tail={dm.hparams.holdout_tail} leaves every track whole)")  # fmt: skip
+        else:
+            t, index = dm.val.tensors, torch.arange(len(dm.val.tensors))
+        frames = t.images[index].float().div(127.5).sub(1.0)
+        audio = t.audio[index].float()
+        labels = t.labels[index].long()
         if isinstance(pl_module, S2ITask):
-            return audio, frames, t.labels.long(), names
-        return frames, audio, t.labels.long(), names
+            return audio, frames, labels, names
+        return frames, audio, labels, names
 
     # ------------------------------------------------------------------ scoring
 
@@ -111,7 +137,7 @@ class JudgedAccuracyMonitor(L.Callback):
 
     @torch.no_grad()
     def score(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
-        """Judged accuracy (and the judge's ceiling) of ``pl_module`` now, on the validation split."""
+        """Judged accuracy (and the judge's ceiling) of ``pl_module`` now, on the monitor's split."""
         from cmav.evaluation.i2s import make_i2s_fn
         from cmav.evaluation.s2i import make_generator_fn
         from cmav.tasks.s2i import S2ITask
@@ -140,7 +166,7 @@ class JudgedAccuracyMonitor(L.Callback):
             self._start += time.perf_counter() - t0
         self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "time_s": elapsed, **scores})
         for key, value in scores.items():
-            pl_module.log(f"val/{key}", value, on_step=False, on_epoch=True, sync_dist=False)
+            pl_module.log(f"{SPLITS[self.split]}/{key}", value, on_step=False, on_epoch=True, sync_dist=False)
 
 
 __all__ = ["JudgedAccuracyMonitor"]
