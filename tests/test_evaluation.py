@@ -73,15 +73,19 @@ def judges(dm, tmp_path_factory) -> tuple[Path, Path]:
     return image, player
 
 
-@pytest.fixture(scope="module")
-def s2i_ckpt(dm, tmp_path_factory) -> Path:
+def tiny_s2i(variant: str):
+    """An S2I task small enough to train a few steps in a test, its encoder from scratch."""
     from cmav.tasks import S2ITask
 
-    task = S2ITask(variant="s2i_c", encoder_mode="scratch", image_size=SIZE, sample_every_n_steps=0,
-                   encoder={"base_channels": 8, "max_channels": 32, "feature_dim": 32},
-                   generator={"base_channels": 8, "max_channels": 32, "cond_proj_dim": 16},
-                   discriminator={"base_channels": 8, "max_channels": 32, "cond_proj_dim": 16})  # fmt: skip
-    return _fit(task, dm, 4, tmp_path_factory.mktemp("s2i"), "s2i")
+    small = {"base_channels": 8, "max_channels": 32}
+    return S2ITask(variant=variant, encoder_mode="scratch", image_size=SIZE, sample_every_n_steps=0,
+                   encoder={**small, "feature_dim": 32}, generator={**small, "cond_proj_dim": 16},
+                   discriminator={**small, "cond_proj_dim": 16})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def s2i_ckpt(dm, tmp_path_factory) -> Path:
+    return _fit(tiny_s2i("s2i_c"), dm, 4, tmp_path_factory.mktemp("s2i"), "s2i")
 
 
 class PerfectGenerator:
@@ -159,14 +163,10 @@ def test_judged_accuracy_monitor_logs_what_evaluate_s2i_measures_and_keeps_the_b
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from cmav.evaluation import JudgedAccuracyMonitor
-    from cmav.tasks import S2ITask
 
     image, player = judges
     L.seed_everything(0, verbose=False)
-    task = S2ITask(variant="s2i_c", encoder_mode="scratch", image_size=SIZE, sample_every_n_steps=0,
-                   encoder={"base_channels": 8, "max_channels": 32, "feature_dim": 32},
-                   generator={"base_channels": 8, "max_channels": 32, "cond_proj_dim": 16},
-                   discriminator={"base_channels": 8, "max_channels": 32, "cond_proj_dim": 16})  # fmt: skip
+    task = tiny_s2i("s2i_c")
     monitor = JudgedAccuracyMonitor(str(image), every_n_epochs=2)
     best = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/judged_acc", mode="max", every_n_epochs=2,
                            save_top_k=1)  # fmt: skip
@@ -204,15 +204,11 @@ def test_judged_accuracy_monitor_on_the_held_out_tails_scores_those_items_only(d
     from cmav.evaluation import JudgedAccuracyMonitor
     from cmav.evaluation.s2i import generate_images, make_generator_fn
     from cmav.metrics import judged_accuracy
-    from cmav.tasks import S2ITask
     from cmav.tasks.classifier import load_image_judge
 
     image, _ = judges
     L.seed_everything(0, verbose=False)
-    task = S2ITask(variant="s2i_n", encoder_mode="scratch", image_size=SIZE, sample_every_n_steps=0,
-                   encoder={"base_channels": 8, "max_channels": 32, "feature_dim": 32},
-                   generator={"base_channels": 8, "max_channels": 32, "cond_proj_dim": 16},
-                   discriminator={"base_channels": 8, "max_channels": 32, "cond_proj_dim": 16})  # fmt: skip
+    task = tiny_s2i("s2i_n")
     monitor = JudgedAccuracyMonitor(str(image), every_n_epochs=1, split="holdout")
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2, limit_val_batches=1,
                         num_sanity_val_steps=0, logger=False, callbacks=[monitor], enable_progress_bar=False,
