@@ -218,7 +218,7 @@ def test_judged_accuracy_monitor_on_the_held_out_tails_scores_those_items_only(d
         trainer.fit(task, datamodule=dm)
     assert "holdout/judged_acc" in trainer.callback_metrics and "val/judged_acc" not in trainer.callback_metrics
 
-    # the same figure, computed here on the held-out items (and it is not the validation figure's input)
+    # the same figures, computed here on the held-out items
     held = torch.as_tensor(list(dm.train_holdout.indices), dtype=torch.long)
     assert 0 < len(held) < len(dm.train_full)
     t = dm.train_full.tensors
@@ -229,7 +229,7 @@ def test_judged_accuracy_monitor_on_the_held_out_tails_scores_those_items_only(d
     real = judged_accuracy(judge, t.images[held].float().div(127.5).sub(1.0), t.labels[held], dm.class_names)
     assert monitor.history[-1]["judged_acc"] == pytest.approx(expected.accuracy)
     assert monitor.history[-1]["judge_on_real"] == pytest.approx(real.accuracy)
-    # the judge on the real items tells the two splits apart here (0.50 held out, 0.46 validation)
+    # ... which the judge on the real items tells apart from the validation split here
     val = dm.val.tensors
     on_val = judged_accuracy(judge, val.images.float().div(127.5).sub(1.0), val.labels, dm.class_names)
     assert on_val.accuracy != pytest.approx(real.accuracy)

@@ -18,7 +18,7 @@ validation players, so the validation figures of that checkpoint stay unbiased e
 
 S2I tasks take an image judge, I2S tasks an audio judge. The judge is loaded onto the task's device
 at the start of fitting and is never part of the task (nor of its checkpoints): it only scores.
-Under DDP every process scores the whole validation split (the result is identical on each), so
+Under DDP every process scores the whole split (the result is identical on each), so
 the logged value needs no synchronisation.
 """
 
