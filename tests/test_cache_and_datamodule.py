@@ -86,6 +86,16 @@ def test_datamodule_batches(root, tmp_path):
     held_times = {int(dm.train_full.tensors.times[i]) for i in dm.train_holdout.indices}
     assert held_times == {700}
     assert len(dm.val) == 39 and dm.class_names[0] == "bassoon"
+    # split_items: the same items as the splits' own datasets, and the three never overlap
+    t, train = dm.split_items("train")
+    _, held = dm.split_items("holdout")
+    v, val = dm.split_items("validation")
+    assert t is dm.train_full.tensors and v is dm.val.tensors
+    assert train.tolist() == list(dm.train.indices) and held.tolist() == list(dm.train_holdout.indices)
+    assert not set(train.tolist()) & set(held.tolist()) and len(train) + len(held) == len(t)
+    assert val.tolist() == list(range(39))
+    with pytest.raises(ValueError, match="unknown split 'test'"):
+        dm.split_items("test")
 
 
 def test_datamodule_hparams_are_plain_for_safe_checkpoints(root, tmp_path):

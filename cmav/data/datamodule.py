@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from cmav.data.audio_io import ChunkSpec
-from cmav.data.cache import WAVE_SCALE
+from cmav.data.cache import WAVE_SCALE, PairTensors
 from cmav.data.datasets import Layout, PairDataset, open_split
 from cmav.features.augment import AudioAugment, AudioAugmentConfig, audio_augment_config
 from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
@@ -110,6 +110,21 @@ class AudioVisualDataModule(L.LightningDataModule):
     def class_names(self) -> list[str]:
         assert self.train_full is not None, "call setup() first"
         return self.train_full.class_names
+
+    def split_items(self, split: str) -> tuple[PairTensors, torch.Tensor]:
+        """The cached tensors that a split's items live in, and their indices there.
+
+        ``train`` is what is trained on, ``holdout`` the held-out tails of the train tracks (seen
+        players, unseen frames; empty when ``holdout_tail`` is 0) and ``validation`` the
+        validation split (unseen players). Index with the second to get the split's items.
+        """
+        assert self.train_full is not None and self.val is not None, "call setup() first"
+        if split == "validation":
+            return self.val.tensors, torch.arange(len(self.val), dtype=torch.long)
+        subsets = {"train": self.train, "holdout": self.train_holdout}
+        if split not in subsets:
+            raise ValueError(f"unknown split {split!r}: expected one of train, holdout, validation")
+        return self.train_full.tensors, torch.as_tensor(list(subsets[split].indices), dtype=torch.long)
 
     def _loader(self, ds, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -82,16 +82,15 @@ def probe_i2s_conditions(task_or_ckpt: Any, datamodule, audio_judge_ckpt: Any, k
         per_class = {c: a for c, a in report.per_class.items() if not math.isnan(a)}
         return {"split": split, "accuracy": report.accuracy, "per_class": per_class}
 
-    t = datamodule.train_full.tensors
-    keep = torch.as_tensor(list(datamodule.train.indices))
+    t, keep = datamodule.split_items("train")
     train_cond, _ = encode(t.images[keep])
     val = datamodule.val.tensors
     val_labels = val.labels.long()
     val_cond, predicted = encode(val.images)
     report = {name: judged(c, val_labels, "validation" if name == "validation" else "validation, condition from train")
               for name, c in substitute_conditions(val_cond, train_cond, t.labels[keep].long(), predicted, k).items()}  # fmt: skip
-    held = list(datamodule.train_holdout.indices)
-    if held:
+    _, held = datamodule.split_items("holdout")
+    if len(held):
         tail_cond, _ = encode(t.images[held])
         report["train tail"] = judged(tail_cond, t.labels[held].long(), "train tail (seen players, unseen frames)")
     return report

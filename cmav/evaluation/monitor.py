@@ -112,13 +112,10 @@ class JudgedAccuracyMonitor(L.Callback):
         names = list(self._judge.hparams.class_names)
         if names != list(dm.class_names):
             raise ValueError(f"{self.judge_ckpt}: the judge's classes {names} differ from the data's {dm.class_names}")
-        if self.split == "holdout":
-            t, index = dm.train_full.tensors, torch.as_tensor(list(dm.train_holdout.indices), dtype=torch.long)
-            if len(index) == 0:
-                raise ValueError(f"JudgedAccuracyMonitor(split='holdout'): no train item is held out "
-                                 f"(holdout_tail={dm.hparams.holdout_tail} leaves every track whole)")  # fmt: skip
-        else:
-            t, index = dm.val.tensors, torch.arange(len(dm.val.tensors))
+        t, index = dm.split_items(self.split)
+        if len(index) == 0:
+            raise ValueError(f"JudgedAccuracyMonitor(split={self.split!r}): the split has no items "
+                             f"(holdout_tail={dm.hparams.holdout_tail})")  # fmt: skip
         frames = t.images[index].float().div(127.5).sub(1.0)
         audio = t.audio[index].float()
         labels = t.labels[index].long()

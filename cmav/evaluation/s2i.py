@@ -116,12 +116,10 @@ def evaluate_s2i(
 
 def _player_consistency(fn: GeneratorFn, z_dim: int, datamodule, player_judge: Any, seed: int, batch_size: int):
     judge = _judge(player_judge, target="track")
-    holdout = getattr(datamodule, "train_holdout", None)
-    if holdout is None or len(holdout) == 0:
+    t, index = datamodule.split_items("holdout")
+    if len(index) == 0:
         return {"split": "train_holdout", "accuracy": None,
                 "note": "no held-out train frames (set the datamodule's holdout_tail > 0)"}  # fmt: skip
-    index = torch.as_tensor(holdout.indices, dtype=torch.long)
-    t = datamodule.train_full.tensors
     batch = {"label": t.labels[index].long(), "track": t.tracks[index].long()}
     targets = judge.targets(batch)
     keep = targets >= 0
