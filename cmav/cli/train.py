@@ -11,7 +11,10 @@
 
 from __future__ import annotations
 
+import warnings
+
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 import cmav.tasks  # noqa: F401  (registers the task classes for short names)
 from cmav.data.datamodule import AudioVisualDataModule
@@ -22,6 +25,13 @@ class CmavCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Both tasks take image_size; the data decides it, so a model can't disagree with its frames.
         parser.link_arguments("data.image_size", "model.init_args.image_size", apply_on="parse")
+
+    def before_fit(self) -> None:
+        # cmav's tasks keep their frozen encoders, EMA generators and frozen diffusion parts in
+        # eval mode on purpose (each task's train() says which), so Lightning's "Found N module(s)
+        # in eval mode" is noise for them; a model from elsewhere keeps the warning.
+        if type(self.model).__module__.startswith("cmav."):
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
 
 
 def run(argv: list[str] | None = None) -> int:
