@@ -282,7 +282,10 @@ def test_s2i_checkpoint_given_an_image_is_refused_by_name(data, tmp_path, capsys
     assert re.search(r"error: .*S2I checkpoint.*--audio", err) and "Traceback" not in err
 
 
-def test_cli_fit_fast_dev_run_i2s(data, image_classifier, tmp_path, monkeypatch):
+@pytest.mark.parametrize("moved", [False, True])
+def test_cli_fit_fast_dev_run_i2s(data, image_classifier, tmp_path, monkeypatch, moved):
+    """The YAML's fit runs; with --trainer.default_root_dir moved away from the YAML's checkpoint
+    folder, a warning says that the checkpoints still go there."""
     import sys
     import warnings
 
@@ -294,12 +297,17 @@ def test_cli_fit_fast_dev_run_i2s(data, image_classifier, tmp_path, monkeypatch)
         assert cmav_main(["fit", "--config", str(experiments / "i2s_c.yaml"), "--trainer.fast_dev_run=true",
                           "--trainer.enable_progress_bar=false", f"--data.root={data['root']}",
                           f"--data.cache_dir={data['cache']}", f"--data.image_size={SIZE}", "--data.batch_size=8",
-                          "--data.progress=false", f"--trainer.default_root_dir={tmp_path}",
+                          "--data.progress=false", f"--trainer.default_root_dir={tmp_path / 'moved' if moved else tmp_path}",
                           f"--model.init_args.image_encoder_ckpt={image_classifier}",
                           "--model.init_args.generator.base_channels=8",
                           "--model.init_args.discriminator.base_channels=8"]) == 0  # fmt: skip
     # the frozen encoder and the EMA generator are in eval mode on purpose: Lightning's warning is not shown
     assert not [w for w in caught if "in eval mode" in str(w.message)]
+    outside = [str(w.message) for w in caught if "outside trainer.default_root_dir" in str(w.message)]
+    if moved:  # i2s_c.yaml's checkpoints: runs/i2s_c/checkpoints under the working directory
+        assert outside and str(tmp_path / "runs" / "i2s_c" / "checkpoints") in outside[0]
+    else:
+        assert not outside
 
 
 def test_quick_i2s_grid_writes_the_same_outputs_as_s2i(data, tmp_path):

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
@@ -32,6 +33,16 @@ class CmavCLI(LightningCLI):
         # in eval mode" is noise for them; a model from elsewhere keeps the warning.
         if type(self.model).__module__.startswith("cmav."):
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
+        # The YAMLs name their checkpoint folders; a run moved elsewhere with --trainer.default_root_dir
+        # still writes there, over the last run of the same YAML: say so before it happens.
+        root = Path(self.trainer.default_root_dir).resolve()
+        for cb in self.trainer.checkpoint_callbacks:
+            where = getattr(cb, "dirpath", None)
+            if where and not Path(where).resolve().is_relative_to(root):
+                warnings.warn(f"checkpoints go to {where}, outside trainer.default_root_dir {root}: every run of "
+                              "this config writes there, over the last one's last.ckpt. To keep this run apart, give "
+                              "its ModelCheckpoint callbacks their own dirpath (an overlay YAML with the callbacks "
+                              "list)", UserWarning, stacklevel=1)  # fmt: skip
 
 
 def run(argv: list[str] | None = None) -> int:
