@@ -193,6 +193,26 @@ def test_classifier_checkpoint_rebuilds_without_data(sound_classifier):
         assert torch.allclose(task(x), sound_classifier["task"](x))
 
 
+def test_classifier_trains_under_lightnings_weight_averaging(data, tmp_path):
+    """EMAWeightAveraging copies the module in its own set-up, before the task's ``setup``: the
+    network is built then (``configure_model``), so the checkpoint holds every layer's average."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    L.seed_everything(0, verbose=False)
+    task = ClassifierTask(modality="audio", audio_encoder=TINY_ENC, optimizer={"lr": 3e-3, "betas": (0.9, 0.999)})
+    saver = ModelCheckpoint(dirpath=tmp_path, filename="ema", save_top_k=1)
+    trainer = quiet_trainer(max_epochs=2, limit_val_batches=0, enable_checkpointing=True,
+                            callbacks=[EMAWeightAveraging(decay=0.5), saver])  # fmt: skip
+    trainer.fit(task, datamodule(data))
+    ckpt = torch.load(tmp_path / "ema.ckpt", weights_only=False)
+    averaged, current = ckpt["state_dict"], ckpt["current_model_state"]
+    weights = [k for k, v in averaged.items() if k.startswith("model.") and v.is_floating_point()]
+    assert weights and averaged.keys() == current.keys()
+    assert any(not torch.equal(averaged[k], current[k]) for k in weights)  # an average, not a copy
+    loaded = load_classifier(tmp_path / "ema.ckpt")
+    assert all(torch.equal(loaded.state_dict()[k], averaged[k]) for k in weights)
+
+
 def test_player_judge_maps_players_and_validates_on_held_out_tails(data, tmp_path):
     L.seed_everything(0, verbose=False)
     dm = datamodule(data, holdout_tail=0.5)  # the last of each track's 2 chunks is held out

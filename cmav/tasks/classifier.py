@@ -55,6 +55,12 @@ Target = Literal["label", "track"]
 ImageModel = Literal["judge", "encoder"]
 
 
+def _train_players(tensors) -> list[list[int]]:
+    """The sorted (class, track) pairs of a split's cached tensors: a player judge's classes."""
+    pairs = {(int(c), int(k)) for c, k in zip(tensors.labels.tolist(), tensors.tracks.tolist())}
+    return [list(p) for p in sorted(pairs)]
+
+
 def player_names(players: list[list[int]], class_names: list[str]) -> list[str]:
     """``violin03``-style names of (class, track) pairs."""
     return [f"{class_names[c]}{t:02d}" for c, t in players]
@@ -192,6 +198,24 @@ class ClassifierTask(L.LightningModule):
 
     # ------------------------------------------------------------------ Lightning hooks
 
+    def configure_model(self) -> None:
+        """Builds the network from the data module's classes and input shape, unless the
+        hyper-parameters (a checkpoint's) already built it. Lightning calls this hook before
+        training; weight-averaging callbacks (``EMAWeightAveraging``) call it in their own
+        set-up, before ``setup``, to copy the model they average."""
+        if self.model is not None:
+            return
+        dm = datamodule_of(self)
+        if dm is None:
+            raise RuntimeError("ClassifierTask needs an AudioVisualDataModule to learn its classes")
+        h = self.hparams
+        t = dm.train_full.tensors
+        h.class_names = list(dm.class_names)
+        h.input_shape = list(t.audio.shape[1:]) if h.modality == "audio" else list(t.images.shape[1:])
+        if h.target == "track":
+            h.players = _train_players(t)
+        self._build()
+
     def setup(self, stage: str) -> None:
         dm = datamodule_of(self)
         if dm is None:
@@ -201,16 +225,7 @@ class ClassifierTask(L.LightningModule):
         h = self.hparams
         if h.modality == "image" and dm.hparams.image_size != h.image_size:
             raise ValueError(f"model image_size={h.image_size} but data image_size={dm.hparams.image_size}")
-        t = dm.train_full.tensors
-        players = sorted({(int(c), int(k)) for c, k in zip(t.labels.tolist(), t.tracks.tolist())})
-        data_players = [list(p) for p in players]
-        if self.model is None:
-            h.class_names = list(dm.class_names)
-            h.input_shape = list(t.audio.shape[1:]) if h.modality == "audio" else list(t.images.shape[1:])
-            if h.target == "track":
-                h.players = data_players
-            self._build()
-        elif h.target == "track" and h.players != data_players:
+        if h.target == "track" and h.players is not None and h.players != _train_players(dm.train_full.tensors):
             raise ValueError("the data's train players differ from the ones this player judge was built for")
         if stage == "fit" and h.modality == "image" and self.augment.needs_mask:
             self._train_masks = self._load_train_masks(dm)  # per fit: the data module may be another one
