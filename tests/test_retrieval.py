@@ -335,6 +335,30 @@ def test_checkpoint_rebuilds_the_model_without_data(trained):
     assert torch.allclose(loaded.embed(lms, frames)[0], task.embed(lms, frames)[0], atol=1e-6)
 
 
+def test_retrieval_trains_under_lightnings_weight_averaging(trained, tmp_path):
+    """EMAWeightAveraging copies the module before the task's ``setup``: the towers are built in
+    ``configure_model``, so the checkpoint holds the average of every layer."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+    L.seed_everything(0, verbose=False)
+    dm = AudioVisualDataModule(str(trained["root"]), image_size=SIZE, batch_size=13,
+                               cache_dir=str(trained["base"] / "cache"), progress=False)  # fmt: skip
+    task = RetrievalTask(architecture="global", image_size=SIZE, audio_encoder=TINY_AUDIO, image_encoder=TINY_IMAGE,
+                         head={"embed_dim": 32, "hidden_dim": 64}, log_heatmaps=False)  # fmt: skip
+    saver = ModelCheckpoint(dirpath=tmp_path, filename="ema", save_top_k=1)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[EMAWeightAveraging(decay=0.5), saver])  # fmt: skip
+    trainer.fit(task, dm)
+    ckpt = torch.load(tmp_path / "ema.ckpt", weights_only=False)
+    averaged, current = ckpt["state_dict"], ckpt["current_model_state"]
+    weights = [k for k, v in averaged.items() if k.startswith("net.") and v.is_floating_point()]
+    assert weights and averaged.keys() == current.keys()
+    assert any(not torch.equal(averaged[k], current[k]) for k in weights)  # an average, not a copy
+    loaded = load_retrieval(tmp_path / "ema.ckpt")
+    assert all(torch.equal(loaded.state_dict()[k], averaged[k]) for k in weights)
+
+
 def test_search_returns_the_paired_item_first(trained, tmp_path, capsys):
     root = trained["root"]
     index_path = tmp_path / "index.pt"

@@ -308,6 +308,20 @@ class RetrievalTask(L.LightningModule):
 
     # ------------------------------------------------------------------ setup
 
+    def configure_model(self) -> None:
+        """Builds the two towers from the data module's LMS shape and classes, unless the
+        hyper-parameters (a checkpoint's) already built them. Lightning calls this hook before
+        training; weight-averaging callbacks (``EMAWeightAveraging``) call it in their own set-up,
+        before ``setup``, to copy the model they average."""
+        if self.net is not None:
+            return
+        dm = datamodule_of(self)
+        if dm is None:
+            raise RuntimeError("RetrievalTask needs an AudioVisualDataModule (or input_shape) to build its model")
+        self.hparams.input_shape = list(dm.train_full.tensors.audio.shape[1:])
+        self.hparams.class_names = list(dm.class_names)
+        self._build()
+
     def setup(self, stage: str) -> None:
         dm = datamodule_of(self)
         if dm is None:
@@ -318,11 +332,7 @@ class RetrievalTask(L.LightningModule):
         if dm.hparams.image_size != h.image_size:
             raise ValueError(f"model image_size={h.image_size} but data image_size={dm.hparams.image_size}")
         data_shape = list(dm.train_full.tensors.audio.shape[1:])
-        if self.net is None:
-            h.input_shape = data_shape
-            h.class_names = list(dm.class_names)
-            self._build()
-        elif list(h.input_shape) != data_shape:
+        if h.input_shape is not None and list(h.input_shape) != data_shape:
             raise ValueError(f"the audio encoder takes LMS {tuple(h.input_shape)}, the data's are {tuple(data_shape)}: "
                              "train the sound classifier on the same front end")  # fmt: skip
         if h.class_names is None:
