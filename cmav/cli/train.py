@@ -33,8 +33,8 @@ class CmavCLI(LightningCLI):
         # in eval mode" is noise for them; a model from elsewhere keeps the warning.
         if type(self.model).__module__.startswith("cmav."):
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
-            # The classifier and retrieval tasks build their networks in configure_model (so that EMAWeightAveraging can copy
-            # it), which that callback takes for layer sharding; cmav shards nothing.
+            # The classifier and retrieval tasks build their networks in configure_model (so that
+            # EMAWeightAveraging can copy them), which that callback takes for sharding; cmav shards nothing.
             warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging callback with a model that "
                                     "overrides the configure_model")  # fmt: skip
         # The YAMLs name their checkpoint folders; a run moved elsewhere with --trainer.default_root_dir
