@@ -530,6 +530,17 @@ def test_s2i_refuses_ddp_without_unused_parameter_detection():
         model._check_ddp()
 
 
+def test_gan_tasks_refuse_lightnings_weight_averaging():
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    model = s2i("s2i_n", "scratch", None)
+    model.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[EMAWeightAveraging()])
+    with pytest.raises(ValueError, match="own EMA of the generator.*remove the EMAWeightAveraging"):
+        model._check_no_weight_averaging()
+    model.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    model._check_no_weight_averaging()  # without the callback: nothing to refuse
+
+
 class Snapshot(Callback):
     """What the resumed run starts from."""
 

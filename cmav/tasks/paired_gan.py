@@ -412,6 +412,7 @@ class PairedGANTask(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self._check_ddp()
+            self._check_no_weight_averaging()
         dm = datamodule_of(self)
         if dm is None:
             if self.net is None:
@@ -448,6 +449,18 @@ class PairedGANTask(L.LightningModule):
         rank = self.global_rank if self._trainer is not None else 0
         self._rng.manual_seed(self.hparams.seed + rank)
         self._fixed = self._pick_fixed_items(dm.val, names)
+
+    def _check_no_weight_averaging(self) -> None:
+        """Refuse Lightning's weight-averaging callbacks: they would average D with G, and the GAN
+        tasks keep their own EMA of G (``ema_decay``), which samples and evaluation already use."""
+        from lightning.pytorch.callbacks import WeightAveraging
+
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, WeightAveraging):
+                raise ValueError(
+                    f"{type(self).__name__} keeps its own EMA of the generator (model.init_args.ema_decay), which "
+                    f"samples and evaluation use: remove the {type(cb).__name__} callback"
+                )
 
     def _check_ddp(self) -> None:
         """Fail early with the fix, instead of DDP's error after the first step."""
