@@ -24,7 +24,7 @@ from cmav.cli.main import main as cmav_main
 from cmav.data import AudioVisualDataModule
 from cmav.models import AudioEncoder, ConditionalGenerator, ImageJudge, PairAwareDiscriminator, StatsPoolEncoder
 from cmav.tasks import ClassifierTask, I2STask, NegativeSampler, S2ITask, load_classifier, load_s2i
-from cmav.tasks.common import AdamConfig, AudioEncoderConfig, ImageJudgeConfig, plain
+from cmav.tasks.common import AdamConfig, AudioEncoderConfig, ImageJudgeConfig, plain, refuse_weight_averaging
 from cmav.tasks.pairs import NegativeSamplingWarning
 from cmav.tasks.s2i import DiscriminatorConfig, GeneratorConfig
 
@@ -536,9 +536,9 @@ def test_gan_tasks_refuse_lightnings_weight_averaging():
     model = s2i("s2i_n", "scratch", None)
     model.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[EMAWeightAveraging()])
     with pytest.raises(ValueError, match="own EMA of the generator.*remove the EMAWeightAveraging"):
-        model._check_no_weight_averaging()
+        model.setup("fit")
     model.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
-    model._check_no_weight_averaging()  # without the callback: nothing to refuse
+    refuse_weight_averaging(model, "generator")  # without the callback: nothing to refuse
 
 
 class Snapshot(Callback):

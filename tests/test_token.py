@@ -459,3 +459,15 @@ def test_cpu_diffusion_overlay_checkpoints_every_epoch_and_resumes(tmp_path, mon
     assert cmav_main([*args, "--trainer.max_epochs=3", "--ckpt_path=last"]) == 0
     again = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert again["global_step"] == 6 and again["epoch"] == last["epoch"] + 1  # one more epoch, resumed
+
+
+def test_diffusion_base_refuses_lightnings_weight_averaging():
+    import lightning as L
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    from cmav.tasks.diffusion import DiffusionBaseTask
+
+    task = DiffusionBaseTask()
+    task.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[EMAWeightAveraging()])
+    with pytest.raises(ValueError, match="own EMA of the denoiser.*remove the EMAWeightAveraging"):
+        task.setup("fit")

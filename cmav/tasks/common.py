@@ -291,6 +291,20 @@ def with_lr_schedule(optimizer: torch.optim.Optimizer, schedule: LrSchedule, tra
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
 
+def refuse_weight_averaging(module, averaged: str) -> None:
+    """Refuse Lightning's weight-averaging callbacks in a task that keeps its own EMA (of its
+    ``averaged`` network, which samples and evaluation use): the callback would average every
+    other part too, and its checkpoint would hold those averages in place of the trained weights."""
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    for cb in module.trainer.callbacks:
+        if isinstance(cb, WeightAveraging):
+            raise ValueError(
+                f"{type(module).__name__} keeps its own EMA of the {averaged} (model.init_args.ema_decay), which "
+                f"samples and evaluation use: remove the {type(cb).__name__} callback"
+            )
+
+
 def datamodule_of(module):
     """The trainer's datamodule, or None (trained from bare dataloaders, or no trainer)."""
     trainer = getattr(module, "_trainer", None)
@@ -310,6 +324,7 @@ __all__ = [
     "coerce",
     "datamodule_of",
     "plain",
+    "refuse_weight_averaging",
     "scramble_colours",
     "tensorboard_writer",
     "with_lr_schedule",

@@ -23,7 +23,7 @@ from torch import Tensor
 from cmav.diffusion.audio_token import label_words
 from cmav.diffusion.pipeline import PixelDiffusionConfig, TextToImageDiffusion, build_pixel_diffusion
 from cmav.models.ema import ExponentialMovingAverage, ema_decay_at
-from cmav.tasks.common import AdamConfig, coerce, datamodule_of, plain, tensorboard_writer
+from cmav.tasks.common import AdamConfig, coerce, datamodule_of, plain, refuse_weight_averaging, tensorboard_writer
 from cmav.viz.tensors import to_uint8_frame
 
 CAPTION = "a photo of a {} player"
@@ -96,6 +96,8 @@ class DiffusionBaseTask(L.LightningModule):
         return self.ema.module  # type: ignore[return-value]
 
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            refuse_weight_averaging(self, "denoiser")
         dm = datamodule_of(self)
         if dm is None:
             if self.diffusion is None:

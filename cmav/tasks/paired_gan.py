@@ -46,7 +46,16 @@ from cmav.models import (
 )
 from cmav.models.ema import ema_decay_at
 from cmav.tasks.classifier import _load_checkpoint, own_hyperparameters
-from cmav.tasks.common import AdamConfig, EncoderConfig, ImageAugment, ImageAugmentConfig, coerce, datamodule_of, plain
+from cmav.tasks.common import (
+    AdamConfig,
+    EncoderConfig,
+    ImageAugment,
+    ImageAugmentConfig,
+    coerce,
+    datamodule_of,
+    plain,
+    refuse_weight_averaging,
+)
 from cmav.tasks.pairs import NegativeSampler
 
 EncoderMode = Literal["frozen", "finetune", "scratch"]
@@ -412,7 +421,7 @@ class PairedGANTask(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self._check_ddp()
-            self._check_no_weight_averaging()
+            refuse_weight_averaging(self, "generator")
         dm = datamodule_of(self)
         if dm is None:
             if self.net is None:
@@ -449,18 +458,6 @@ class PairedGANTask(L.LightningModule):
         rank = self.global_rank if self._trainer is not None else 0
         self._rng.manual_seed(self.hparams.seed + rank)
         self._fixed = self._pick_fixed_items(dm.val, names)
-
-    def _check_no_weight_averaging(self) -> None:
-        """Refuse Lightning's weight-averaging callbacks: they would average D with G, and the GAN
-        tasks keep their own EMA of G (``ema_decay``), which samples and evaluation already use."""
-        from lightning.pytorch.callbacks import WeightAveraging
-
-        for cb in self.trainer.callbacks:
-            if isinstance(cb, WeightAveraging):
-                raise ValueError(
-                    f"{type(self).__name__} keeps its own EMA of the generator (model.init_args.ema_decay), which "
-                    f"samples and evaluation use: remove the {type(cb).__name__} callback"
-                )
 
     def _check_ddp(self) -> None:
         """Fail early with the fix, instead of DDP's error after the first step."""
