@@ -283,31 +283,32 @@ def test_s2i_checkpoint_given_an_image_is_refused_by_name(data, tmp_path, capsys
 
 
 @pytest.mark.parametrize("moved", [False, True])
-def test_cli_fit_fast_dev_run_i2s(data, image_classifier, tmp_path, monkeypatch, moved):
-    """The YAML's fit runs; with --trainer.default_root_dir moved away from the YAML's checkpoint
-    folder, a warning says that the checkpoints still go there."""
+def test_cli_fit_i2s_checkpoints_follow_the_default_root_dir(data, image_classifier, tmp_path, monkeypatch, moved):
+    """The YAML's fit runs, and its checkpoints land in <default_root_dir>/checkpoints: the YAML's
+    runs/i2s_c/checkpoints, or wherever --trainer.default_root_dir moves the run."""
     import sys
     import warnings
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["cmav"])
     experiments = Path(__file__).resolve().parents[1] / "experiments"
+    args = ["fit", "--config", str(experiments / "i2s_c.yaml"), "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
+            "--trainer.enable_progress_bar=false", f"--data.root={data['root']}", f"--data.cache_dir={data['cache']}",
+            f"--data.image_size={SIZE}", "--data.batch_size=8", "--data.progress=false",
+            f"--model.init_args.image_encoder_ckpt={image_classifier}", "--model.init_args.generator.base_channels=8",
+            "--model.init_args.discriminator.base_channels=8"]  # fmt: skip
+    if moved:
+        args.append(f"--trainer.default_root_dir={tmp_path / 'moved'}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert cmav_main(["fit", "--config", str(experiments / "i2s_c.yaml"), "--trainer.fast_dev_run=true",
-                          "--trainer.enable_progress_bar=false", f"--data.root={data['root']}",
-                          f"--data.cache_dir={data['cache']}", f"--data.image_size={SIZE}", "--data.batch_size=8",
-                          "--data.progress=false", f"--trainer.default_root_dir={tmp_path / 'moved' if moved else tmp_path}",
-                          f"--model.init_args.image_encoder_ckpt={image_classifier}",
-                          "--model.init_args.generator.base_channels=8",
-                          "--model.init_args.discriminator.base_channels=8"]) == 0  # fmt: skip
+        assert cmav_main(args) == 0
     # the frozen encoder and the EMA generator are in eval mode on purpose: Lightning's warning is not shown
     assert not [w for w in caught if "in eval mode" in str(w.message)]
-    outside = [str(w.message) for w in caught if "outside trainer.default_root_dir" in str(w.message)]
-    if moved:  # i2s_c.yaml's checkpoints: runs/i2s_c/checkpoints under the working directory
-        assert outside and str(tmp_path / "runs" / "i2s_c" / "checkpoints") in outside[0]
-    else:
-        assert not outside
+    assert not [w for w in caught if "outside trainer.default_root_dir" in str(w.message)]
+    root = tmp_path / "moved" if moved else tmp_path / "runs" / "i2s_c"
+    assert (root / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "runs" / "i2s_c" / "checkpoints").exists() is not moved  # nothing written at the YAML's place
 
 
 def test_quick_i2s_grid_writes_the_same_outputs_as_s2i(data, tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
@@ -37,16 +38,18 @@ class CmavCLI(LightningCLI):
             # EMAWeightAveraging can copy them), which that callback takes for sharding; cmav shards nothing.
             warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging callback with a model that "
                                     "overrides the configure_model")  # fmt: skip
-        # The YAMLs name their checkpoint folders; a run moved elsewhere with --trainer.default_root_dir
-        # still writes there, over the last run of the same YAML: say so before it happens.
+        # A checkpoint callback without a dirpath writes under default_root_dir, so that one key,
+        # --trainer.default_root_dir, moves a whole run and a second run cannot overwrite the first's
+        # last.ckpt. (Lightning's own default, the logger's version folder, would also move with each
+        # new version, and `--ckpt_path last` would no longer find the killed run's checkpoint.)
         root = Path(self.trainer.default_root_dir).resolve()
         for cb in self.trainer.checkpoint_callbacks:
-            where = getattr(cb, "dirpath", None)
-            if where and not Path(where).resolve().is_relative_to(root):
-                warnings.warn(f"checkpoints go to {where}, outside trainer.default_root_dir {root}: every run of "
-                              "this config writes there, over the last one's last.ckpt. To keep this run apart, give "
-                              "its ModelCheckpoint callbacks their own dirpath (an overlay YAML with the callbacks "
-                              "list)", UserWarning, stacklevel=1)  # fmt: skip
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
+                cb.dirpath = str(root / "checkpoints")
+            elif (where := getattr(cb, "dirpath", None)) and not Path(where).resolve().is_relative_to(root):
+                warnings.warn(f"checkpoints go to {where}, outside trainer.default_root_dir {root}: another run with "
+                              "that dirpath writes over this one's last.ckpt. Leave the ModelCheckpoint's dirpath "
+                              "unset to keep them in <default_root_dir>/checkpoints", UserWarning, stacklevel=1)  # fmt: skip
 
 
 def run(argv: list[str] | None = None) -> int:

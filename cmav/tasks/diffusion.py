@@ -34,7 +34,8 @@ class DiffusionBaseTask(L.LightningModule):
 
     Args:
         image_size: the data's frame side (the CLI links it to ``data.image_size``).
-        pipeline_dir: where the EMA model is written as a pipeline folder (every epoch and at the end).
+        pipeline_dir: where the EMA model is written as a pipeline folder (every epoch and at the end);
+            unset, ``<trainer.default_root_dir>/pipeline``; ``""`` writes none.
         model: UNet / text encoder / noise schedule options; ``model.image_size`` is the side it
             generates at (frames are resized to it).
         caption: caption of a frame, ``{}`` = the class's words (``double_bass`` -> ``double bass``).
@@ -51,7 +52,7 @@ class DiffusionBaseTask(L.LightningModule):
     def __init__(
         self,
         image_size: int = 64,
-        pipeline_dir: str = "runs/diffusion_base/pipeline",
+        pipeline_dir: str | None = None,
         model: PixelDiffusionConfig = PixelDiffusionConfig(),
         caption: str = CAPTION,
         uncond_prob: float = 0.1,
@@ -143,8 +144,11 @@ class DiffusionBaseTask(L.LightningModule):
         self._save_pipeline()
 
     def _save_pipeline(self) -> None:
-        if self.trainer.is_global_zero and self.hparams.pipeline_dir:
-            self.sampler.save(self.hparams.pipeline_dir)
+        folder = self.hparams.pipeline_dir
+        if folder is None:  # beside the run's checkpoints, so one --trainer.default_root_dir moves both
+            folder = str(Path(self.trainer.default_root_dir) / "pipeline")
+        if self.trainer.is_global_zero and folder:
+            self.sampler.save(folder)
 
     @torch.no_grad()
     def _log_samples(self) -> None:
