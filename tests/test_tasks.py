@@ -667,6 +667,22 @@ def test_i2s_recipe_overlay_changes_only_the_fake_weight_and_the_inference_condi
         {k: v for k, v in stable.items() if k not in ("loss_weights", "inference_condition")}  # fmt: skip
 
 
+def test_s2i_recipe_overlay_changes_only_the_fake_weight(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+
+    def printed(*overlays: str) -> dict:
+        with pytest.raises(SystemExit):
+            cmav_main(["fit", "--config", str(EXPERIMENTS / "s2i_c.yaml")]
+                      + [a for o in overlays for a in ("--config", str(EXPERIMENTS / f"{o}.yaml"))] + ["--print_config"])  # fmt: skip
+        return yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+
+    stable, recipe = printed("s2i_stable"), printed("s2i_stable", "s2i_recipe")
+    assert stable["loss_weights"]["fake"] == 1.0  # the paper's equal weights stay the YAMLs' default
+    assert recipe["loss_weights"] == {**stable["loss_weights"], "fake": 2.0}
+    assert {k: v for k, v in recipe.items() if k != "loss_weights"} == {k: v for k, v in stable.items() if k != "loss_weights"}
+    assert printed("s2i_stable", "s2i_harmonic")["loss_weights"] == recipe["loss_weights"]  # the robustness recipe's too
+
+
 @pytest.mark.parametrize("branch", ["s2i", "i2s"])
 def test_ablation_grid_stable_variants_repeat_the_stable_overlay(branch):
     """The grid cannot include the overlay file, so it repeats its options: they must not drift apart."""
