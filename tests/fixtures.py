@@ -101,3 +101,18 @@ def make_unique_pairs(root: Path, with_masks: bool = True) -> Path:
                 (root / "mask" / split / name).mkdir(parents=True, exist_ok=True)
                 Image.fromarray(mask).save(root / "mask" / split / name / f"{stem}.png")
     return root
+
+
+def assert_holds_a_weight_average(ckpt_path: Path, prefix: str, load) -> None:
+    """A checkpoint written under Lightning's ``EMAWeightAveraging`` holds the average of every
+    network weight under ``prefix`` (not a copy of the trained ones, kept in ``current_model_state``),
+    and ``load`` (the task's loader) gives back exactly those averaged weights."""
+    import torch
+
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    averaged, current = ckpt["state_dict"], ckpt["current_model_state"]
+    weights = [k for k, v in averaged.items() if k.startswith(prefix) and v.is_floating_point()]
+    assert weights and averaged.keys() == current.keys()
+    assert any(not torch.equal(averaged[k], current[k]) for k in weights)  # an average, not a copy
+    loaded = load(ckpt_path).state_dict()
+    assert all(torch.equal(loaded[k], averaged[k]) for k in weights)

@@ -46,7 +46,7 @@ from cmav.models.retrieval import (
 from cmav.retrieval.index import EmbeddingIndex, exact_topk, faiss_available, faiss_topk
 from cmav.retrieval.search import search
 from cmav.tasks.retrieval import RetrievalTask, load_retrieval
-from fixtures import make_unique_pairs
+from fixtures import assert_holds_a_weight_average, make_unique_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_AUDIO = {"n_blocks": 3, "base_channels": 8, "dropout": 0.0}
@@ -350,13 +350,7 @@ def test_retrieval_trains_under_lightnings_weight_averaging(trained, tmp_path):
                         enable_model_summary=False, limit_val_batches=0,
                         callbacks=[EMAWeightAveraging(decay=0.5), saver])  # fmt: skip
     trainer.fit(task, dm)
-    ckpt = torch.load(tmp_path / "ema.ckpt", weights_only=False)
-    averaged, current = ckpt["state_dict"], ckpt["current_model_state"]
-    weights = [k for k, v in averaged.items() if k.startswith("net.") and v.is_floating_point()]
-    assert weights and averaged.keys() == current.keys()
-    assert any(not torch.equal(averaged[k], current[k]) for k in weights)  # an average, not a copy
-    loaded = load_retrieval(tmp_path / "ema.ckpt")
-    assert all(torch.equal(loaded.state_dict()[k], averaged[k]) for k in weights)
+    assert_holds_a_weight_average(tmp_path / "ema.ckpt", "net.", load_retrieval)
 
 
 def test_search_returns_the_paired_item_first(trained, tmp_path, capsys):

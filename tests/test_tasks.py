@@ -16,7 +16,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from fixtures import make_suburmp_tracks, make_unique_pairs
+from fixtures import assert_holds_a_weight_average, make_suburmp_tracks, make_unique_pairs
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -204,13 +204,7 @@ def test_classifier_trains_under_lightnings_weight_averaging(data, tmp_path):
     trainer = quiet_trainer(max_epochs=2, limit_val_batches=0, enable_checkpointing=True,
                             callbacks=[EMAWeightAveraging(decay=0.5), saver])  # fmt: skip
     trainer.fit(task, datamodule(data))
-    ckpt = torch.load(tmp_path / "ema.ckpt", weights_only=False)
-    averaged, current = ckpt["state_dict"], ckpt["current_model_state"]
-    weights = [k for k, v in averaged.items() if k.startswith("model.") and v.is_floating_point()]
-    assert weights and averaged.keys() == current.keys()
-    assert any(not torch.equal(averaged[k], current[k]) for k in weights)  # an average, not a copy
-    loaded = load_classifier(tmp_path / "ema.ckpt")
-    assert all(torch.equal(loaded.state_dict()[k], averaged[k]) for k in weights)
+    assert_holds_a_weight_average(tmp_path / "ema.ckpt", "model.", load_classifier)
 
 
 def test_player_judge_maps_players_and_validates_on_held_out_tails(data, tmp_path):
@@ -651,36 +645,26 @@ def test_stable_overlay_turns_on_the_d_stabilisers_and_keeps_the_variant(variant
     assert printed["trainer"]["default_root_dir"] == f"runs/{variant}"
 
 
-def test_i2s_recipe_overlay_changes_only_the_fake_weight_and_the_inference_condition(capsys, monkeypatch):
+@pytest.mark.parametrize("branch, changed", [("i2s", {"loss_weights", "inference_condition"}), ("s2i", {"loss_weights"})])
+def test_recipe_overlay_changes_only_the_measured_settings(branch, changed, capsys, monkeypatch):
+    """``<branch>_recipe.yaml`` after ``<branch>_stable.yaml``: the fake pair at half of D's negative
+    weight (and for I2S the class-mean condition); the YAMLs keep the paper's equal weights."""
     monkeypatch.setattr(sys, "argv", ["cmav"])
 
     def printed(*overlays: str) -> dict:
         with pytest.raises(SystemExit):
-            cmav_main(["fit", "--config", str(EXPERIMENTS / "i2s_c.yaml")]
+            cmav_main(["fit", "--config", str(EXPERIMENTS / f"{branch}_c.yaml")]
                       + [a for o in overlays for a in ("--config", str(EXPERIMENTS / f"{o}.yaml"))] + ["--print_config"])  # fmt: skip
         return yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
 
-    stable, recipe = printed("i2s_stable"), printed("i2s_stable", "i2s_recipe")
+    stable, recipe = printed(f"{branch}_stable"), printed(f"{branch}_stable", f"{branch}_recipe")
+    assert stable["loss_weights"]["fake"] == 1.0
     assert recipe["loss_weights"] == {**stable["loss_weights"], "fake": 2.0}
-    assert (stable["inference_condition"], recipe["inference_condition"]) == ("own", "class_mean")
-    assert {k: v for k, v in recipe.items() if k not in ("loss_weights", "inference_condition")} == \
-        {k: v for k, v in stable.items() if k not in ("loss_weights", "inference_condition")}  # fmt: skip
-
-
-def test_s2i_recipe_overlay_changes_only_the_fake_weight(capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["cmav"])
-
-    def printed(*overlays: str) -> dict:
-        with pytest.raises(SystemExit):
-            cmav_main(["fit", "--config", str(EXPERIMENTS / "s2i_c.yaml")]
-                      + [a for o in overlays for a in ("--config", str(EXPERIMENTS / f"{o}.yaml"))] + ["--print_config"])  # fmt: skip
-        return yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
-
-    stable, recipe = printed("s2i_stable"), printed("s2i_stable", "s2i_recipe")
-    assert stable["loss_weights"]["fake"] == 1.0  # the paper's equal weights stay the YAMLs' default
-    assert recipe["loss_weights"] == {**stable["loss_weights"], "fake": 2.0}
-    assert {k: v for k, v in recipe.items() if k != "loss_weights"} == {k: v for k, v in stable.items() if k != "loss_weights"}
-    assert printed("s2i_stable", "s2i_harmonic")["loss_weights"] == recipe["loss_weights"]  # the robustness recipe's too
+    if branch == "i2s":
+        assert (stable["inference_condition"], recipe["inference_condition"]) == ("own", "class_mean")
+    else:  # the robustness recipe (s2i_harmonic.yaml) has the same weight
+        assert printed("s2i_stable", "s2i_harmonic")["loss_weights"] == recipe["loss_weights"]
+    assert {k: v for k, v in recipe.items() if k not in changed} == {k: v for k, v in stable.items() if k not in changed}
 
 
 @pytest.mark.parametrize("branch", ["s2i", "i2s"])
