@@ -607,12 +607,14 @@ def test_cli_fit_fast_dev_run_s2i_and_classifier(data, sound_classifier, tmp_pat
     monkeypatch.setattr(sys, "argv", ["cmav"])
     common = ["--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false", f"--data.root={data['root']}",
               f"--data.cache_dir={data['cache']}", "--data.image_size=32", "--data.batch_size=8",
-              "--data.progress=false", f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+              "--data.progress=false"]  # fmt: skip
     assert cmav_main(["fit", "--config", str(EXPERIMENTS / "s2i_c.yaml"), *common,
+                      f"--trainer.default_root_dir={tmp_path / 's2i_c'}",
                       f"--model.init_args.audio_encoder_ckpt={sound_classifier['ckpt']}",
                       "--model.init_args.generator.base_channels=8",
                       "--model.init_args.discriminator.base_channels=8"]) == 0  # fmt: skip
     assert cmav_main(["fit", "--config", str(EXPERIMENTS / "audio_classifier.yaml"), *common,
+                      f"--trainer.default_root_dir={tmp_path / 'audio_classifier'}",
                       "--model.init_args.audio_encoder.base_channels=8"]) == 0  # fmt: skip
 
 
