@@ -284,8 +284,8 @@ def test_s2i_checkpoint_given_an_image_is_refused_by_name(data, tmp_path, capsys
 
 @pytest.mark.parametrize("moved", [False, True])
 def test_cli_fit_i2s_checkpoints_follow_the_default_root_dir(data, image_classifier, tmp_path, monkeypatch, moved):
-    """The YAML's fit runs, and its checkpoints land in <default_root_dir>/checkpoints: the YAML's
-    runs/i2s_c/checkpoints, or wherever --trainer.default_root_dir moves the run."""
+    """The YAML's fit runs, and its checkpoints and log land in <default_root_dir>/checkpoints and
+    <default_root_dir>/version_0: the YAML's runs/i2s_c, or wherever --trainer.default_root_dir moves the run."""
     import sys
     import warnings
 
@@ -308,7 +308,8 @@ def test_cli_fit_i2s_checkpoints_follow_the_default_root_dir(data, image_classif
     assert not [w for w in caught if "outside trainer.default_root_dir" in str(w.message)]
     root = tmp_path / "moved" if moved else tmp_path / "runs" / "i2s_c"
     assert (root / "checkpoints" / "last.ckpt").is_file()
-    assert (tmp_path / "runs" / "i2s_c" / "checkpoints").exists() is not moved  # nothing written at the YAML's place
+    assert list((root / "version_0").glob("events.out.tfevents.*"))  # the TensorBoard log moves with the run
+    assert (tmp_path / "runs").exists() is not moved  # nothing written at the YAML's place
 
 
 def test_quick_i2s_grid_writes_the_same_outputs_as_s2i(data, tmp_path):

@@ -7,10 +7,15 @@
     cmav fit --config experiments/s2i_c.yaml
     cmav fit --config experiments/s2i_c.yaml --ckpt_path last      # resume
     cmav validate --config experiments/image_judge.yaml --ckpt_path runs/image_judge/checkpoints/last.ckpt
+
+A run lives in ``trainer.default_root_dir``: checkpoints in ``<root>/checkpoints`` and the logger's
+``save_dir`` set to the root (any ``save_dir`` a config gives is replaced), so
+``--trainer.default_root_dir runs/s2i_c_seed1`` moves all of it.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -21,12 +26,21 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 import cmav.tasks  # noqa: F401  (registers the task classes for short names)
 from cmav.data.datamodule import AudioVisualDataModule
 
+def _log_dir(default_root_dir: str | None) -> str:
+    """The logger's save_dir: the run's root (Lightning's own default, the working directory, when unset)."""
+    return str(default_root_dir) if default_root_dir is not None else os.getcwd()
+
+
 class CmavCLI(LightningCLI):
     """LightningCLI with the frame size given once, by the data."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Both tasks take image_size; the data decides it, so a model can't disagree with its frames.
         parser.link_arguments("data.image_size", "model.init_args.image_size", apply_on="parse")
+        # The logger writes under default_root_dir too (the YAMLs' name "" gives <root>/version_N), so
+        # --trainer.default_root_dir moves a run's logs with its checkpoints: two seeds of one YAML
+        # do not share a log folder.
+        parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir", _log_dir, apply_on="parse")
 
     def before_fit(self) -> None:
         # cmav's tasks keep their frozen encoders, EMA generators and frozen diffusion parts in
