@@ -44,7 +44,7 @@ def test_dropout_and_feature_noise_stay_off_while_the_statistics_are_read():
     model = encoder()
     x = torch.randn(32, 1, 13, 22)
     a, b = adapt_batch_norm(model, x), adapt_batch_norm(model, x)
-    for la, lb in zip(batch_norm_layers(a), batch_norm_layers(b)):
+    for la, lb in zip(batch_norm_layers(a), batch_norm_layers(b), strict=True):
         assert torch.equal(la.running_mean, lb.running_mean) and torch.equal(la.running_var, lb.running_var)
 
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures import make_suburmp_tracks
 
 from cmav.ablation import load_grid, run_ablation
 from cmav.ablation.audio_repr import front_end_throughput, verdict
+
+from fixtures import make_suburmp_tracks
 
 CONFIG = Path(__file__).parents[1] / "experiments" / "ablations" / "audio_repr.yaml"
 

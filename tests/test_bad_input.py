@@ -4,7 +4,6 @@ import warnings
 
 import numpy as np
 import pytest
-from fixtures import make_paired, make_suburmp, write_jpg, write_wav
 from PIL import Image
 
 from cmav.data.audio_io import ChunkSpec, decode_chunk, load_chunk
@@ -12,6 +11,8 @@ from cmav.data.datasets import PairedFolder, SubURMP
 from cmav.data.errors import DataError, DataWarning
 from cmav.data.image_io import load_frame
 from cmav.data.layout import scan_suburmp
+
+from fixtures import make_paired, make_suburmp, write_jpg, write_wav
 
 CLASSES = ("cello", "flute")
 

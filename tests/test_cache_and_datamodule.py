@@ -2,13 +2,14 @@ import os
 
 import pytest
 import torch
-from fixtures import make_suburmp
 
 from cmav.data import cache as cache_mod
 from cmav.data.datamodule import AudioVisualDataModule, tail_holdout
 from cmav.data.datasets import SubURMP
 from cmav.data.errors import DataWarning
 from cmav.features import LogMelConfig
+
+from fixtures import make_suburmp
 
 
 @pytest.fixture()

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures import make_suburmp_tracks, write_wav
 from PIL import Image
 
 from cmav.data.datamodule import AudioVisualDataModule
 from cmav.evaluation import evaluate_s2i
 from cmav.evaluation.s2i import FID_LABEL
+
+from fixtures import make_suburmp_tracks, write_wav
 
 SIZE = 32
 SMALL_JUDGE = {"n_blocks": 3, "base_channels": 8, "max_channels": 32, "feature_dim": 32, "dropout": 0.0,
@@ -95,7 +96,7 @@ class PerfectGenerator:
 
     def __init__(self, dm) -> None:
         t = dm.val.tensors
-        self.table = {a.half().numpy().tobytes(): img.float().div(127.5).sub(1.0) for a, img in zip(t.audio, t.images)}
+        self.table = {a.half().numpy().tobytes(): img.float().div(127.5).sub(1.0) for a, img in zip(t.audio, t.images, strict=True)}
 
     def __call__(self, audio, z):
         return torch.stack([self.table[a.half().numpy().tobytes()] for a in audio])

@@ -5,14 +5,23 @@ import librosa
 import numpy as np
 import pytest
 import torch
-from fixtures import make_suburmp
 
 from cmav.data import cache as cache_mod
 from cmav.data.datamodule import AudioVisualDataModule
 from cmav.data.datasets import SubURMP
-from cmav.features import (FRONT_ENDS, CqtConfig, LogMelConfig, MfccConfig, StftConfig, WaveformConfig,
-                           build_front_end, front_end_config)  # fmt: skip
+from cmav.features import (
+    FRONT_ENDS,
+    CqtConfig,
+    LogMelConfig,
+    MfccConfig,
+    StftConfig,
+    WaveformConfig,
+    build_front_end,  # fmt: skip
+    front_end_config,
+)
 from cmav.models import AudioEncoder
+
+from fixtures import make_suburmp
 
 KINDS = sorted(FRONT_ENDS)
 # Stated tolerance of the torch front ends against librosa on the same input at the front-end rate.

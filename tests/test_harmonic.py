@@ -201,11 +201,12 @@ def test_s2i_c_trains_on_a_frozen_harmonic_encoder_and_refuses_data_of_another_f
 
     import lightning as L
     import yaml
-    from fixtures import make_suburmp_tracks
 
     from cmav.cli.main import main as cmav_main
     from cmav.data.datamodule import AudioVisualDataModule
     from cmav.tasks import ClassifierTask, S2ITask
+
+    from fixtures import make_suburmp_tracks
 
     def fit(task, dm, steps: int, name: str) -> Path:
         L.seed_everything(0, verbose=False)
@@ -232,7 +233,7 @@ def test_s2i_c_trains_on_a_frozen_harmonic_encoder_and_refuses_data_of_another_f
     g_before = [p.detach().clone() for p in s2i.model.generator.parameters()]
     fit(s2i, dm, 4, "s2i")
     assert all(torch.equal(before[k], v) for k, v in s2i.model.encoder.state_dict().items())
-    assert any(not torch.equal(a, b) for a, b in zip(g_before, s2i.model.generator.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, s2i.model.generator.parameters(), strict=True))
     lms = AudioVisualDataModule(root=str(root), image_size=32, batch_size=16, cache_dir=str(tmp_path / "cache"),
                                 progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="train the sound classifier on the same front end"):

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures import make_paired, make_suburmp
 from PIL import Image
 
 from cmav.human_eval import HumanEvalError, load_manifest, rater_order
@@ -26,6 +25,8 @@ from cmav.human_eval.page import ORDER_JS, print_sheet, script_json
 from cmav.human_eval.ratings import load_ratings
 from cmav.human_eval.report import md, run_analysis
 from cmav.human_eval.study import DEFAULT_QUESTIONS, Question, load_questions, sample_pairs, sha256_file
+
+from fixtures import make_paired, make_suburmp
 
 SIZE = 32
 EVIL = "<img src=x onerror=alert(1)>"
@@ -298,7 +299,7 @@ def _answer_here(driver, values: list[int]) -> None:
     """Click, as a rater does, the point ``values[k]`` of the k-th question of the shown image."""
     fieldsets = driver.find_elements("css selector", "#questions fieldset")
     assert len(fieldsets) == len(values)
-    for fs, v in zip(fieldsets, values):
+    for fs, v in zip(fieldsets, values, strict=True):
         fs.find_element("xpath", f".//input[@type='radio' and @value='{v}']/..").click()  # the label, as a mouse would
         assert fs.find_element("css selector", f"input[value='{v}']").is_selected()
 
@@ -358,7 +359,7 @@ def test_a_rater_rates_in_a_real_browser_reloads_exports_and_the_export_is_analy
     for k in range(half - 1, -1, -1):  # walk back: each image shows the points clicked before the reload
         driver.find_element("id", "prev").click()
         assert _current_item(driver) == seen[k]
-        for fs, v in zip(driver.find_elements("css selector", "#questions fieldset"), values(seen[k])):
+        for fs, v in zip(driver.find_elements("css selector", "#questions fieldset"), values(seen[k]), strict=True):
             checked = [i.get_attribute("value") for i in fs.find_elements("css selector", "input") if i.is_selected()]
             assert checked == [str(v)]
 
@@ -385,7 +386,7 @@ def test_a_rater_rates_in_a_real_browser_reloads_exports_and_the_export_is_analy
     obj = json.loads(text)
     assert obj["rater_id"] == "alice"
     assert [r["item"] for r in obj["ratings"]] == rater_order(m.study_id, "alice", m.item_ids)
-    assert all(r["answers"] == dict(zip(["match", "realism"], values(r["item"]))) for r in obj["ratings"])
+    assert all(r["answers"] == dict(zip(["match", "realism"], values(r["item"]), strict=True)) for r in obj["ratings"])
     second = tmp_path / "bob.csv"  # a second rater (the CSV export, renamed) so agreement has two raters
     second.write_text(_wait(lambda: csv_file.read_text(), "the CSV text").replace('"alice"', '"bob"'))
     out = tmp_path / "report"
@@ -458,7 +459,7 @@ def test_a_browser_shows_markup_labels_and_rater_ids_as_text(evil_study, browser
     assert [e.get_attribute("id") for e in driver.find_elements("tag name", "img")] == ["image"]  # only the page's own
     assert len(driver.find_elements("tag name", "script")) == 2  # the data block and the code block
     with pytest.raises(NoAlertPresentException):
-        driver.switch_to.alert.text
+        _ = driver.switch_to.alert.text
 
 
 def test_report_escapes_rater_ids_labels_and_method_names(evil_study, tmp_path):

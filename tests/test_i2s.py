@@ -12,7 +12,6 @@ import lightning as L
 import pytest
 import soundfile as sf
 import torch
-from fixtures import make_suburmp_tracks, write_jpg
 
 from cmav.cli.main import main as cmav_main
 from cmav.data import AudioVisualDataModule
@@ -21,6 +20,8 @@ from cmav.features.logmel import LogMelConfig, LogMelSpectrogram
 from cmav.features.scaling import RangeScaler
 from cmav.metrics import judged_accuracy, round_trip_accuracy
 from cmav.tasks import ClassifierTask, I2STask, load_i2s, load_image_classifier
+
+from fixtures import make_suburmp_tracks, write_jpg
 
 TINY_ENC = {"n_blocks": 4, "base_channels": 8, "dropout": 0.0}
 TINY_G = {"base_channels": 8, "cond_proj_dim": 16}

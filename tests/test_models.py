@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
 from torch import nn
@@ -62,7 +64,7 @@ def test_encoder_depths_and_blocks(n_blocks: int, shape: tuple[int, int, int]) -
     out = enc.forward_features(torch.randn(2, *shape))
     assert len(out.blocks) == n_blocks
     areas = [b.shape[2] * b.shape[3] for b in out.blocks]
-    assert all(a > b for a, b in zip(areas, areas[1:])), areas
+    assert all(a > b for a, b in pairwise(areas)), areas
     assert shape[1] * shape[2] > areas[0]
     assert out.feature.shape == (2, 128)
     assert out.logits.shape == (2, 13)

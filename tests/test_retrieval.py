@@ -46,6 +46,7 @@ from cmav.models.retrieval import (
 from cmav.retrieval.index import EmbeddingIndex, exact_topk, faiss_available, faiss_topk
 from cmav.retrieval.search import search
 from cmav.tasks.retrieval import RetrievalTask, load_retrieval
+
 from fixtures import assert_holds_a_weight_average, make_unique_pairs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,10 +20,10 @@ import soundfile as sf
 import torch
 import torchaudio
 import yaml
-from fixtures import make_suburmp
 
 from cmav.data.datamodule import AudioVisualDataModule
 from cmav.data.errors import DataError
+from cmav.evaluation.robustness import SameSourceError, check_independent, evaluate_robustness
 from cmav.features import build_front_end
 from cmav.features.augment import (
     WAVEFORM_GROUPS,
@@ -34,9 +34,10 @@ from cmav.features.augment import (
     shelf_peak_coefficients,
     time_stretch,
 )
-from cmav.evaluation.robustness import SameSourceError, check_independent, evaluate_robustness
 from cmav.standin.build import MANIFEST
 from cmav.standin.soundfonts import TIMGM6MB, same_source, sample_digests, sf2_info, shared_samples, soundfont_record
+
+from fixtures import make_suburmp
 
 SR = 22050
 EXPERIMENTS = Path(__file__).parents[1] / "experiments"

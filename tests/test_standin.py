@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ def test_names_follow_suburmp(tiny):
     stems = sorted(p.stem for p in (tiny / "chunk/train/violin").glob("*.wav"))
     track = stems[0][len("violin"):len("violin") + 2]  # fmt: skip
     times = sorted(int(s.split("_")[-1]) for s in stems if s.startswith(f"violin{track}_"))
-    assert times[0] == 500 and all(b - a == 100 for a, b in zip(times, times[1:]))
+    assert times[0] == 500 and all(b - a == 100 for a, b in pairwise(times))
 
 
 def test_wav_format_matches_suburmp(tiny):

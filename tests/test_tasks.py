@@ -16,7 +16,6 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from fixtures import assert_holds_a_weight_average, make_suburmp_tracks, make_unique_pairs
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -27,6 +26,8 @@ from cmav.tasks import ClassifierTask, I2STask, NegativeSampler, S2ITask, load_c
 from cmav.tasks.common import AdamConfig, AudioEncoderConfig, ImageJudgeConfig, plain, refuse_weight_averaging
 from cmav.tasks.pairs import NegativeSamplingWarning
 from cmav.tasks.s2i import DiscriminatorConfig, GeneratorConfig
+
+from fixtures import assert_holds_a_weight_average, make_suburmp_tracks, make_unique_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
@@ -380,10 +381,10 @@ def test_frozen_feature_cache_trains_exactly_as_the_encoder_pass(data, sound_cla
     with torch.no_grad():
         direct = cached.net.encoder.forward_features(t.audio[:5].float()).feature
     assert torch.allclose(feats[:5], direct, atol=1e-5)
-    for a, b in zip(cached.net.generator.parameters(), plain.net.generator.parameters()):
+    for a, b in zip(cached.net.generator.parameters(), plain.net.generator.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-4)
     if variant == "s2i_c":
-        for a, b in zip(cached.discriminator.parameters(), plain.discriminator.parameters()):
+        for a, b in zip(cached.discriminator.parameters(), plain.discriminator.parameters(), strict=True):
             assert torch.allclose(a, b, atol=1e-4)
         # augmented audio differs every step: no cache then
         assert train(True, augment={"mask": {"p": 1.0}})._cached_features is None
@@ -394,7 +395,7 @@ def test_condition_noise_scales_with_the_feature_spread_and_is_off_at_zero(data,
     cond = torch.randn(256, 128) * 3.0  # per-dimension spread 3
     other = torch.randn(256, 128)
     off = s2i("s2i_c", "scratch", None)
-    assert all(a is b for a, b in zip(off._noisy(cond, other), (cond, other)))
+    assert all(a is b for a, b in zip(off._noisy(cond, other), (cond, other), strict=True))
     model = s2i("s2i_c", "scratch", None, condition_noise=0.5)
     noisy, noisy_other, none = model._noisy(cond, other, None)
     assert none is None
@@ -568,7 +569,7 @@ def test_resume_continues_step_optimisers_and_ema_exactly(data, sound_classifier
     second, trainer = run(max_epochs=3, ckpt_path="last", callbacks=[snap])
     assert snap.global_step == 8 and snap.iteration == 4
     assert second.iteration == 6 and trainer.global_step == 12
-    for now, then in zip(snap.optimizers, saved["optimizer_states"]):
+    for now, then in zip(snap.optimizers, saved["optimizer_states"], strict=True):
         assert len(now["state"]) == len(then["state"]) > 0
         for k, s in then["state"].items():
             for name, v in s.items():
@@ -799,7 +800,7 @@ def test_colour_scramble_permutes_or_greys_each_frame_and_is_off_unless_enabled(
     y = aug(x)
     assert y.shape == x.shape and y.dtype == x.dtype
     grey = permuted = 0
-    for a, b in zip(x, y):
+    for a, b in zip(x, y, strict=True):
         if torch.allclose(b, a.mean(0, keepdim=True).expand_as(a)) and not torch.allclose(b[0], a[0]):
             grey += 1
             continue

@@ -285,9 +285,9 @@ CONFIG = REPO / "experiments" / "ablations" / "token.yaml"
 def quick_run(tmp_path_factory) -> dict:
     """The quick preset of the token grid on a 13-class fixture (2 tracks x 2 chunks), every stage cut to
     a few steps: sound classifier, judges, offline diffusion model, audio token, S2I-C, scores, table."""
-    from fixtures import make_suburmp_tracks
-
     from cmav.ablation import load_grid, run_ablation
+
+    from fixtures import make_suburmp_tracks
 
     base = tmp_path_factory.mktemp("token")
     data = make_suburmp_tracks(base / "data", tracks=(0, 1), chunks=2)
@@ -335,10 +335,10 @@ def test_token_training_leaves_the_encoder_and_the_diffusion_model_untouched(qui
 
 
 def test_token_checkpoint_reloads_and_generates(quick_run, tmp_path):
-    from fixtures import write_wav
-
     from cmav.evaluation.token import generate_from_audio_token, token_images
     from cmav.tasks.audio_token import is_audio_token_checkpoint, load_audio_token
+
+    from fixtures import write_wav
 
     out, seed = quick_run["out"], quick_run["cfg"]["seeds"][0]
     ckpt = out / "runs" / "audio_token" / f"seed{seed}" / "token.ckpt"
@@ -437,9 +437,9 @@ def test_cpu_diffusion_overlay_checkpoints_every_epoch_and_resumes(tmp_path, mon
 
     import yaml
 
-    from fixtures import make_suburmp_tracks
-
     from cmav.cli.main import main as cmav_main
+
+    from fixtures import make_suburmp_tracks
 
     overlay = yaml.safe_load((REPO / "experiments" / "diffusion_cpu.yaml").read_text())
     (ckpt_cb,) = [c for c in overlay["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]

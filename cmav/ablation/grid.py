@@ -14,9 +14,9 @@ import math
 import re
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import yaml

@@ -94,7 +94,7 @@ def _write_wavs(out: Path, name: str, lms_db: torch.Tensor, names: list[str], dm
     folder = out / "wavs" / slug(name)
     folder.mkdir(parents=True, exist_ok=True)
     n = dm.chunk.samples_at(dm.features.sample_rate)
-    for cls, w in zip(names, lms_to_audio(lms_db, dm.features, n_iter=64, n_samples=n)):
+    for cls, w in zip(names, lms_to_audio(lms_db, dm.features, n_iter=64, n_samples=n), strict=True):
         sf.write(str(folder / f"{cls}.wav"), (0.9 * w).numpy(), dm.features.sample_rate, subtype="PCM_16")
 
 

@@ -129,8 +129,8 @@ def run(cfg: dict, out: Path) -> dict:
     from cmav.tasks import ClassifierTask, S2ITask, load_image_judge
     from cmav.tasks.audio_token import AudioTokenTask
     from cmav.tasks.classifier import load_sound_classifier
-    from cmav.tasks.s2i import load_s2i
     from cmav.tasks.retrieval import RetrievalTask, load_retrieval
+    from cmav.tasks.s2i import load_s2i
 
     _check(cfg)
     save_config(cfg, out)

@@ -26,6 +26,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 import cmav.tasks  # noqa: F401  (registers the task classes for short names)
 from cmav.data.datamodule import AudioVisualDataModule
 
+
 def _log_dir(default_root_dir: str | None) -> str:
     """The logger's save_dir: the run's root (Lightning's own default, the working directory, when unset)."""
     return str(default_root_dir) if default_root_dir is not None else os.getcwd()

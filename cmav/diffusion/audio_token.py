@@ -224,7 +224,7 @@ class AudioTokenModel(nn.Module):
                 table = torch.stack([diffusion.word_embedding(label_words(c)) for c in self.class_names]).float()
             self.register_buffer("label_embeddings", table.cpu(), persistent=False)
 
-    def train(self, mode: bool = True) -> "AudioTokenModel":
+    def train(self, mode: bool = True) -> AudioTokenModel:
         super().train(mode)
         self.audio_encoder.eval()  # frozen parts stay in inference mode (BatchNorm, dropout)
         self.diffusion.eval()

@@ -141,7 +141,7 @@ class TextToImageDiffusion(nn.Module):
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
-    def freeze(self) -> "TextToImageDiffusion":
+    def freeze(self) -> TextToImageDiffusion:
         """No gradients for any weight, eval mode (dropout off)."""
         self.requires_grad_(False)
         return self.eval()

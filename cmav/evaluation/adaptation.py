@@ -48,7 +48,7 @@ def adapt_batch_norm(model: nn.Module, inputs: Tensor, batch_size: int = 256) ->
     # near-equal batches, so a last batch of one example cannot occur
     for chunk in torch.tensor_split(inputs, n_batches):
         adapted(chunk.to(device, torch.float32))
-    for layer, original in zip(adapted_layers, layers):
+    for layer, original in zip(adapted_layers, layers, strict=True):
         layer.momentum = original.momentum
     return adapted.eval()
 

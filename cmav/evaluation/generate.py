@@ -161,7 +161,7 @@ def generate_from_image(ckpt: str | Path, image: str | Path, n: int = 1, seed: i
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if n == 1 else [out.with_name(f"{out.stem}_{k}{out.suffix or '.wav'}") for k in range(n)]
-    for path, w in zip(paths, waves):
+    for path, w in zip(paths, waves, strict=True):
         sf.write(str(path), (0.9 * w).numpy(), features.sample_rate, subtype="PCM_16")
     notes = [f"{image}: centre square resized to {size}x{size}"]
     return paths, notes

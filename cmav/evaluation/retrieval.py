@@ -122,7 +122,7 @@ def evaluate_retrieval(
     if not ckpts:
         raise ValueError("give at least one RetrievalTask checkpoint")
     tasks = [load_retrieval(c) if isinstance(c, (str, Path)) else c for c in ckpts]
-    for c, t in zip(ckpts, tasks):
+    for c, t in zip(ckpts, tasks, strict=True):
         if not isinstance(t, RetrievalTask):
             raise TypeError(f"{c}: expected a RetrievalTask or its checkpoint")
     sizes = {int(t.hparams.image_size) for t in tasks}
@@ -142,7 +142,7 @@ def evaluate_retrieval(
         raise ValueError(f"the data's frames are {tuple(val.images.shape[-2:])}, the models take {size} px")
 
     names: list[str] = []
-    for c, t in zip(ckpts, tasks):
+    for c, t in zip(ckpts, tasks, strict=True):
         name = model_name(c, t.kind)
         while name in names:
             name += "'"
@@ -152,7 +152,7 @@ def evaluate_retrieval(
     result: dict[str, Any] = {"split": split, "n": len(val), "class_names": list(val.class_names),
                               "models": {}, "localization_note": loc_note}  # fmt: skip
     heatmaps: dict[str, Tensor] = {}
-    for name, c, t in zip(names, ckpts, tasks):
+    for name, c, t in zip(names, ckpts, tasks, strict=True):
         a, v = embed_split(t, val, batch_size)
         report = cross_modal_report(t.model.scores(a, v), val.labels)
         entry: dict[str, Any] = {
@@ -269,11 +269,11 @@ def _write_heatmaps(out: Path, dm, val, tasks, names, masks, baselines, display_
     sel = torch.tensor(index, dtype=torch.long)
     frames = _display_frames(dm, val, index, display_size, split)
     columns: dict[str, list[Tensor]] = {}
-    for name, t in zip(names, tasks):
+    for name, t in zip(names, tasks, strict=True):
         t.eval()
         heat = t.model.heatmap(val.audio[sel].float().to(t.device), _images(val, sel).to(t.device)).float().cpu()
         columns[name] = list(heat)
-        for i, h in zip(index, heat):
+        for i, h in zip(index, heat, strict=True):
             safe = name.replace(" ", "_").replace("(", "").replace(")", "").replace("'", "p")
             save_png(overlay(frames[index.index(i)], h), out / "heatmaps" / f"{val.stems[i]}_{safe}.png")
     if "centre prior" in baselines:

@@ -36,7 +36,6 @@ from cmav.metrics import JudgeFeatureExtractor, judged_accuracy
 from cmav.metrics.serialise import json_safe
 
 
-
 def make_generator_fn(task_or_ckpt: Any) -> tuple[GeneratorFn, int, dict]:
     """``(fn(audio, z) -> images, z_dim, info)`` from an S2ITask, its checkpoint path or a callable.
 

@@ -2,8 +2,8 @@
 
 from cmav.features.base import FrontEnd
 from cmav.features.cqt import ConstantQTransform, CqtConfig
-from cmav.features.harmonic import HarmonicConfig, HarmonicProfile
 from cmav.features.frontend import FRONT_ENDS, FrontEndConfig, build_front_end, front_end_config
+from cmav.features.harmonic import HarmonicConfig, HarmonicProfile
 from cmav.features.logmel import LogMelConfig, LogMelSpectrogram
 from cmav.features.mfcc import Mfcc, MfccConfig
 from cmav.features.stft import LogStftMagnitude, StftConfig

@@ -15,7 +15,7 @@ Every config declares ``output_shape(duration_s)``; the encoders are built from 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Union
+from typing import Any
 
 from cmav.features.base import FrontEnd
 from cmav.features.cqt import ConstantQTransform, CqtConfig
@@ -26,7 +26,7 @@ from cmav.features.stft import LogStftMagnitude, StftConfig
 from cmav.features.waveform import Waveform, WaveformConfig
 
 # LogMelConfig first: a config with no ``kind`` means the default LMS front end.
-FrontEndConfig = Union[LogMelConfig, StftConfig, CqtConfig, MfccConfig, WaveformConfig, HarmonicConfig]
+FrontEndConfig = LogMelConfig | StftConfig | CqtConfig | MfccConfig | WaveformConfig | HarmonicConfig
 
 FRONT_ENDS: dict[str, tuple[type, type[FrontEnd]]] = {
     "lms": (LogMelConfig, LogMelSpectrogram),

@@ -23,13 +23,13 @@ class RangeScaler:
         self.high = float(high)
 
     @classmethod
-    def fit(cls, values: Tensor) -> "RangeScaler":
+    def fit(cls, values: Tensor) -> RangeScaler:
         """The range of ``values`` (all of them: min and max)."""
         v = values.float()
         return cls(float(v.min()), float(v.max()))
 
     @classmethod
-    def from_list(cls, pair: Sequence[float]) -> "RangeScaler":
+    def from_list(cls, pair: Sequence[float]) -> RangeScaler:
         low, high = pair
         return cls(low, high)
 

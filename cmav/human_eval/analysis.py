@@ -187,7 +187,7 @@ def analyze(manifest: Manifest, sheets: Sequence[RaterSheet], allowed_failures: 
     if pair_by not in ("pair", "rater"):
         raise ValueError(f"pair_by must be 'pair' or 'rater', got {pair_by!r}")
     att = attention(manifest, sheets, allowed_failures)
-    kept = [s for s, a in zip(sheets, att) if not a.dropped]
+    kept = [s for s, a in zip(sheets, att, strict=True) if not a.dropped]
     methods = manifest.method_names
     pairs = manifest.pair_by_id
     result: dict[str, Any] = {
@@ -234,7 +234,7 @@ def analyze(manifest: Manifest, sheets: Sequence[RaterSheet], allowed_failures: 
                 warnings.simplefilter("ignore", RuntimeWarning)
                 x, y = np.nanmean(mats[a], axis=axis), np.nanmean(mats[b], axis=axis)
             rows.append({"question": q.id, "method_a": a, "method_b": b, **wilcoxon_paired(x, y)})
-        for row, p_adj in zip(rows, holm([r["p"] for r in rows])):
+        for row, p_adj in zip(rows, holm([r["p"] for r in rows]), strict=True):
             row["p_holm"] = p_adj
             row["significant"] = bool(p_adj < 0.05) if not math.isnan(p_adj) else False
         result["pairwise"] += rows

@@ -229,13 +229,13 @@ def _make(sources, out: Path, n_items: int, seed: int, data_root: str | None, la
     rows = [(m, p.id, display_label(p.class_name), images[m][k], False, None)
             for m in images for k, p in enumerate(pairs)]  # fmt: skip
     check_imgs = real_images(ref, check_pairs)
-    for p, img in zip(check_pairs, check_imgs):
+    for p, img in zip(check_pairs, check_imgs, strict=True):
         rows.append((REFERENCE, p.id, display_label(_wrong_label(p.class_name, names, rng)), img, True,
                      p.class_name))  # fmt: skip
     rows = [rows[k] for k in rng.permutation(len(rows))]
     ids = opaque_ids(len(rows), rng)
     items = []
-    for item_id, (m, pid, label, img, check, true_class) in zip(ids, rows):
+    for item_id, (m, pid, label, img, check, true_class) in zip(ids, rows, strict=True):
         rel = f"images/{item_id}.png"
         digest = _save_png(_resize(img, size), out / rel)
         items.append(Item(item_id, m, pid, label, rel, digest, check, true_class))

@@ -181,7 +181,7 @@ def open_data(config: DataConfig, why: str):
 def pair_index(split) -> dict[tuple[str, str], int]:
     """(class name, stem) -> position in the split (stems alone may repeat across classes)."""
     t = split.tensors
-    return {(t.class_names[int(lab)], stem): i for i, (lab, stem) in enumerate(zip(t.labels.tolist(), t.stems))}
+    return {(t.class_names[int(lab)], stem): i for i, (lab, stem) in enumerate(zip(t.labels.tolist(), t.stems, strict=True))}
 
 
 def _positions(split, pairs: list[Pair], who: str) -> list[int]:

@@ -17,6 +17,7 @@ from cmav.metrics.fidelity import (
     fid_kid_from_features,
     inception_feature_extractor,
 )
+from cmav.metrics.round_trip import round_trip_accuracy, round_trip_lms
 from cmav.metrics.token import (
     audio_image_consistency,
     audio_image_similarity,
@@ -24,7 +25,6 @@ from cmav.metrics.token import (
     paired_win_rate,
     random_negatives,
 )
-from cmav.metrics.round_trip import round_trip_accuracy, round_trip_lms
 
 __all__ = [
     "ClassificationReport",

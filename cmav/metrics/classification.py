@@ -109,7 +109,7 @@ def classification_report(
     return ClassificationReport(
         accuracy=accuracy,
         balanced_accuracy=balanced,
-        per_class={name: float(r) for name, r in zip(names, recall)},
+        per_class={name: float(r) for name, r in zip(names, recall, strict=True)},
         confusion=cm,
         class_names=names,
         n=n,

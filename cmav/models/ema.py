@@ -76,7 +76,7 @@ class ExponentialMovingAverage(nn.Module):
         """Load the averaged weights and buffers into ``model`` (same architecture)."""
         model.load_state_dict(self.module.state_dict())
 
-    def train(self, mode: bool = True) -> "ExponentialMovingAverage":
+    def train(self, mode: bool = True) -> ExponentialMovingAverage:
         # the averaged copy is for evaluation only; keep BN/dropout in inference mode
         super().train(mode)
         self.module.eval()

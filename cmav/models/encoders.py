@@ -11,7 +11,8 @@ group) keeps the interface without convolutions, for rows that are already per-f
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn

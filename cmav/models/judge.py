@@ -7,7 +7,7 @@ generator could have been optimised against.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 

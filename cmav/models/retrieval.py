@@ -112,8 +112,8 @@ def dense_scores(audio_tokens: Tensor, image_tokens: Tensor, max_elements: int =
     """``(Na, Ni)`` aggregated dense scores, computed in chunks of audio rows so the full volume
     ``(Na, Ni, K, T, L)`` never has to fit in memory."""
     na, k, t, _ = audio_tokens.shape
-    ni, _, l, _ = image_tokens.shape
-    rows = max(1, max_elements // max(1, ni * k * t * l))
+    ni, _, n_loc, _ = image_tokens.shape
+    rows = max(1, max_elements // max(1, ni * k * t * n_loc))
     out = [aggregate_volume(similarity_volume(audio_tokens[i : i + rows], image_tokens))
            for i in range(0, na, rows)]  # fmt: skip
     return torch.cat(out) if out else audio_tokens.new_zeros((0, ni))

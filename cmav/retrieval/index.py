@@ -101,7 +101,7 @@ class EmbeddingIndex:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "EmbeddingIndex":
+    def load(cls, path: str | Path) -> EmbeddingIndex:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"index not found: {path} (write one with `cmav index build --ckpt CKPT DATA`)")
@@ -140,7 +140,7 @@ class EmbeddingIndex:
             scores, idx = faiss_topk(query.float(), gallery.float(), k, faiss_factory)
         else:
             scores, idx = exact_topk(self.kind, query, gallery, k, query_modality)
-        return [SearchResult(i, s) for i, s in zip(idx, scores)]
+        return [SearchResult(i, s) for i, s in zip(idx, scores, strict=True)]
 
 
 def exact_topk(kind: str, query: Tensor, gallery: Tensor, k: int, query_modality: Modality = "audio",
@@ -226,7 +226,7 @@ def build_index(
         image.append(v.half().cpu())
     scan = scan_suburmp(root, split) if layout == "suburmp" else scan_paired(root, split, tuple(t.class_names))
     by_key = {(s.class_name, s.stem): s for s in scan.samples}
-    samples = [by_key.get((t.class_names[int(c)], stem)) for stem, c in zip(t.stems, t.labels.tolist())]
+    samples = [by_key.get((t.class_names[int(c)], stem)) for stem, c in zip(t.stems, t.labels.tolist(), strict=True)]
     return EmbeddingIndex(
         kind=task.kind,
         audio=torch.cat(audio),

@@ -87,7 +87,7 @@ def search(index_path: str | Path, audio: str | Path | None = None, image: str |
         Hit(rank=r + 1, position=int(i), score=float(s), stem=index.stems[int(i)],
             class_name=index.class_names[int(index.labels[int(i)])], image_path=index.image_paths[int(i)],
             audio_path=index.audio_paths[int(i)])
-        for r, (i, s) in enumerate(zip(result.indices.tolist(), result.scores.tolist()))
+        for r, (i, s) in enumerate(zip(result.indices.tolist(), result.scores.tolist(), strict=True))
     ]  # fmt: skip
     sheet_path = None
     if output is not None and hits:

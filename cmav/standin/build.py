@@ -28,10 +28,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import soundfile as sf
@@ -217,7 +217,7 @@ def build_track(job: TrackJob) -> int:
     duration = CHUNK_S + HOP_S * (job.n_chunks - 1)
     need = chunk + hop * (job.n_chunks - 1)
     owner = [job.font_of_chunk(k) for k in range(job.n_chunks)]
-    for attempt in range(job.max_attempts):
+    for _ in range(job.max_attempts):
         notes = random_melody(spec, duration, rng, job.melody)
         with tempfile.TemporaryDirectory(prefix="cmav-midi-") as tmp:
             midi = Path(tmp) / f"{job.name}.mid"
@@ -340,7 +340,7 @@ def build_standin(
             )
         recorded = old.get("soundfont")
         if recorded:
-            for was, now in zip(fonts_of(recorded), records):
+            for was, now in zip(fonts_of(recorded), records, strict=True):
                 if was.get("sha256") != now["sha256"]:
                     raise DataError(root, f"was rendered from {was.get('path')} (sha256 {was.get('sha256')}); asked "
                                           f"for {now['path']} (sha256 {now['sha256']}), another file of the same name")  # fmt: skip

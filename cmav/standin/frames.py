@@ -19,8 +19,8 @@ import bisect
 import colorsys
 import functools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -378,7 +378,7 @@ class PlayerStyle:
     instrument_tint: float  # -1..1 brightness variation of the instrument (same model, other specimen)
 
     @classmethod
-    def sample(cls, rng: np.random.Generator) -> "PlayerStyle":
+    def sample(cls, rng: np.random.Generator) -> PlayerStyle:
         """A random player; deterministic under ``rng``."""
 
         def pick(palette: Sequence[RGB], jitter: float) -> RGB:
@@ -640,7 +640,7 @@ def _shade(c: RGB, k: float) -> RGB:
 
 def _jitter(c: RGB, rng: np.random.Generator, amount: float) -> RGB:
     d = rng.uniform(-amount, amount, 3)
-    return tuple(int(_clip(v + dv, 0, 255)) for v, dv in zip(c, d))  # type: ignore[return-value]
+    return tuple(int(_clip(v + dv, 0, 255)) for v, dv in zip(c, d, strict=True))  # type: ignore[return-value]
 
 
 def _tinted_look(instrument: str, tint: float) -> Look:
@@ -1430,7 +1430,7 @@ def _draw_tuba(cv: _Canvas, sc: _Scene, b: dict[str, Point]) -> None:
     lead = _bezier((vx[0], valves_y + 0.08), (mouth[0] - 0.09, mouth[1] - 0.02), mouth, 8)
     cv.tube(lead, 0.009, gold, outline=dark, highlight=False)
     cv.tube(lead[-2:], 0.007, SILVER, highlight=False)
-    for j, vxj in enumerate(vx):
+    for vxj in vx:
         casing = _box(vxj, 0.014, valves_y - 0.09, valves_y + 0.07)
         cv.polygon(casing, SILVER, inst=True, outline=_shade(SILVER, 0.55))
         cv.ellipse((vxj, valves_y + 0.085), 0.012, 0.006, (240, 235, 220), inst=True)

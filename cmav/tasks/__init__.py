@@ -9,7 +9,7 @@ from cmav.tasks.classifier import (
     load_sound_classifier,
 )
 from cmav.tasks.i2s import I2STask, load_i2s
-from cmav.tasks.pairs import NegativeSampler, Negatives
+from cmav.tasks.pairs import Negatives, NegativeSampler
 from cmav.tasks.s2i import S2ITask, load_s2i
 
 __all__ = [

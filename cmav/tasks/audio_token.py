@@ -141,7 +141,7 @@ class AudioTokenTask(L.LightningModule):
 
     # ------------------------------------------------------------------ training
 
-    def train(self, mode: bool = True) -> "AudioTokenTask":
+    def train(self, mode: bool = True) -> AudioTokenTask:
         super().train(mode)
         self.model.train(mode)  # keeps the frozen parts in eval mode
         return self
@@ -177,7 +177,7 @@ class AudioTokenTask(L.LightningModule):
         kw = dict(seed=1234, steps=h.sample_steps, guidance_scale=h.guidance_scale)
         tok = token_images(self.model, f["audio"], **kw)
         txt = label_images(self.model, f["label"], **kw)
-        cells = [[to_uint8_frame(r), to_uint8_frame(a), to_uint8_frame(t)] for r, a, t in zip(f["image"], tok, txt)]
+        cells = [[to_uint8_frame(r), to_uint8_frame(a), to_uint8_frame(t)] for r, a, t in zip(f["image"], tok, txt, strict=True)]
         sheet = labelled_grid(cells, f["names"], ["real", "audio token", "text label"],
                               cell_size=max(64, self.model.diffusion.image_size))  # fmt: skip
         writer.add_image("samples/val", np.asarray(sheet), self.global_step, dataformats="HWC")

@@ -39,8 +39,8 @@ from cmav.tasks.common import (
     AdamConfig,
     AudioEncoderConfig,
     ImageAugment,
-    ImageEncoderConfig,
     ImageAugmentConfig,
+    ImageEncoderConfig,
     ImageJudgeConfig,
     LrSchedule,
     check_lr_schedule,
@@ -57,7 +57,7 @@ ImageModel = Literal["judge", "encoder"]
 
 def _train_players(tensors) -> list[list[int]]:
     """The sorted (class, track) pairs of a split's cached tensors: a player judge's classes."""
-    pairs = {(int(c), int(k)) for c, k in zip(tensors.labels.tolist(), tensors.tracks.tolist())}
+    pairs = {(int(c), int(k)) for c, k in zip(tensors.labels.tolist(), tensors.tracks.tolist(), strict=True)}
     return [list(p) for p in sorted(pairs)]
 
 

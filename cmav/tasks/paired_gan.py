@@ -25,9 +25,9 @@ Subclasses own their constructor (its arguments are the hyper-parameters), call
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, ClassVar, Literal, get_args
 
 import lightning as L
@@ -764,7 +764,7 @@ class PairedGANTask(L.LightningModule):
         except Exception as exc:  # noqa: BLE001
             warnings.warn(f"Griffin-Lim rendering failed ({exc}); no audio logged", stacklevel=2)
             return
-        for name, w in zip(names, waves):
+        for name, w in zip(names, waves, strict=True):
             writer.add_audio(f"{tag}/{name}", w.unsqueeze(0), step, sample_rate=self._features.sample_rate)
 
     # ------------------------------------------------------------------ checkpoints

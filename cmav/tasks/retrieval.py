@@ -286,7 +286,7 @@ class RetrievalTask(L.LightningModule):
         """Inverse temperature, clamped at ``1 / temperature.min``."""
         return self.log_logit_scale.clamp(max=math.log(1.0 / self.temp_config.min)).exp()
 
-    def train(self, mode: bool = True) -> "RetrievalTask":
+    def train(self, mode: bool = True) -> RetrievalTask:
         super().train(mode)
         if self.encoder_mode == "frozen" and self.net is not None:
             self.net.audio_encoder.eval()  # a frozen encoder keeps its BatchNorm statistics too

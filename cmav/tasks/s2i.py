@@ -216,7 +216,7 @@ class S2ITask(PairedGANTask):
         writer.add_image("samples/ema", np.asarray(sheet), self.iteration, dataformats="HWC")
         if not self._logged_inputs:
             self._logged_inputs = True
-            for name, x in zip(fixed["names"], spectrogram_to_unit(fixed["audio"])):
+            for name, x in zip(fixed["names"], spectrogram_to_unit(fixed["audio"]), strict=True):
                 writer.add_image(f"inputs/lms/{name}", x, 0, dataformats="CHW")
             if self._can_invert():
                 self._log_audio(writer, "inputs/audio", fixed["audio"], fixed["names"], 0)
