@@ -26,5 +26,7 @@ demo: install
 	$(VENV)/bin/cmav generate --ckpt runs/s2i_c/checkpoints/last.ckpt \
 		--audio $(DATA)/chunk/validation/violin/violin06_2000.wav -n 8 -o $(OUT)/s2i_c_violin06.png
 
+# lint first (seconds; the rules are in pyproject.toml's [tool.ruff]), then the suite
 test: install-test
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
