@@ -186,6 +186,24 @@ def test_judged_accuracy_monitor_logs_what_evaluate_s2i_measures_and_keeps_the_b
     assert monitor.history[-1]["judge_on_real"] == pytest.approx(m["judge_on_real"]["accuracy"])
     assert best.best_model_score.item() == pytest.approx(monitor.history[0]["judged_acc"])  # scored at epoch 2 only
     assert all(not isinstance(v, torch.nn.Module) or "judge" not in k for k, v in task.named_children())
+    # every reading is on disk too, in the run's folder, by GAN iteration (2 batches per epoch here)
+    with (tmp_path / "val_judged_acc.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["iteration"]), int(r["epoch"])) for r in rows] == [(4, 1), (6, 2)]
+    for row, reading in zip(rows, monitor.history, strict=True):
+        assert float(row["judged_acc"]) == pytest.approx(reading["judged_acc"], abs=1e-4)
+        assert float(row["judge_on_real"]) == pytest.approx(reading["judge_on_real"], abs=1e-4)
+        assert float(row["train_s"]) == pytest.approx(reading["time_s"], abs=0.06) and row["judge"] == str(image)
+    # a resumed run (from the epoch-2 checkpoint) adds its readings to the same file
+    again = L.Trainer(accelerator="cpu", devices=1, max_epochs=4, limit_train_batches=2, limit_val_batches=1,
+                      num_sanity_val_steps=0, logger=False, callbacks=[JudgedAccuracyMonitor(str(image), every_n_epochs=2)],
+                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                      default_root_dir=str(tmp_path))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again.fit(tiny_s2i("s2i_c"), datamodule=dm, ckpt_path=best.best_model_path)
+    with (tmp_path / "val_judged_acc.csv").open() as f:
+        assert [(int(r["iteration"]), int(r["epoch"])) for r in csv.DictReader(f)] == [(4, 1), (6, 2), (8, 3)]
 
     # a player judge (target='track') or a sound classifier is not an image judge of the instrument
     bad = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1, logger=False,
@@ -218,6 +236,7 @@ def test_judged_accuracy_monitor_on_the_held_out_tails_scores_those_items_only(d
         warnings.simplefilter("ignore")
         trainer.fit(task, datamodule=dm)
     assert "holdout/judged_acc" in trainer.callback_metrics and "val/judged_acc" not in trainer.callback_metrics
+    assert (tmp_path / "holdout_judged_acc.csv").is_file() and not (tmp_path / "val_judged_acc.csv").exists()
 
     # the same figures, computed here on the held-out items
     held = torch.as_tensor(list(dm.train_holdout.indices), dtype=torch.long)

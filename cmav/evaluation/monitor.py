@@ -12,6 +12,12 @@ holds every score with the training seconds so far (scoring excluded)::
         --trainer.callbacks+=cmav.evaluation.JudgedAccuracyMonitor \\
         --trainer.callbacks.judge_ckpt runs/image_judge/checkpoints/last.ckpt
 
+Every reading is also appended to ``<trainer.default_root_dir>/<val|holdout>_judged_acc.csv``
+(GAN iteration, epoch, training seconds, the scores, the judge file), so a run's curve outlives
+the process and a resumed run adds to the same file: the tables in the README are that file.
+A run killed between a reading and its checkpoint repeats that reading on resume; rows carry the
+iteration, so keep the last row of each.
+
 ``split='holdout'`` scores the time-held-out end of every train track instead (``data.holdout_tail``
 > 0; logged as ``holdout/judged_acc``): a best epoch chosen there has never looked at the
 validation players, so the validation figures of that checkpoint stay unbiased estimates.
@@ -24,6 +30,7 @@ the logged value needs no synchronisation.
 
 from __future__ import annotations
 
+import csv
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +45,9 @@ from cmav.metrics import judged_accuracy
 
 SPLITS = {"validation": "val", "holdout": "holdout"}
 """The splits the monitor scores, and the prefix of what it logs."""
+
+RECORD_FIELDS = ("iteration", "epoch", "train_s", "judged_acc", "judged_balanced_acc", "judge_on_real", "judge")
+"""The columns of the monitor's CSV (``train_s``: training seconds of this fit, scoring excluded)."""
 
 
 class JudgedAccuracyMonitor(L.Callback):
@@ -161,6 +171,24 @@ class JudgedAccuracyMonitor(L.Callback):
         self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "time_s": elapsed, **scores})
         for key, value in scores.items():
             pl_module.log(f"{SPLITS[self.split]}/{key}", value, on_step=False, on_epoch=True, sync_dist=False)
+        if trainer.is_global_zero:
+            self._append_record(Path(trainer.default_root_dir), pl_module.iteration, self.history[-1])
+
+    def record_path(self, root: str | Path) -> Path:
+        """The CSV that the readings of a run in ``root`` (its default_root_dir) are appended to."""
+        return Path(root) / f"{SPLITS[self.split]}_judged_acc.csv"
+
+    def _append_record(self, root: Path, iteration: int, reading: dict[str, float]) -> None:
+        path = self.record_path(root)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.is_file() or path.stat().st_size == 0
+        with path.open("a", newline="") as f:
+            out = csv.writer(f)
+            if new:
+                out.writerow(RECORD_FIELDS)
+            out.writerow([iteration, reading["epoch"], f"{reading['time_s']:.1f}", f"{reading['judged_acc']:.4f}",
+                          f"{reading['judged_balanced_acc']:.4f}", f"{reading['judge_on_real']:.4f}",
+                          self.judge_ckpt])  # fmt: skip
 
 
 __all__ = ["JudgedAccuracyMonitor"]
