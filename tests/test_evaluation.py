@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from cmav.data.datamodule import AudioVisualDataModule
@@ -289,6 +290,21 @@ def test_s2i_grid_takes_a_given_sound_classifier_and_refuses_a_judge(dm, judges,
         _sound_classifier(cfg, tmp_path, dm, seed=0)
 
 
+def test_s2i_grid_stable_and_recipe_variants_are_the_yaml_overlays():
+    """The grid's 'stable' and 'recipe' variants train what `cmav fit` with experiments/s2i_stable.yaml
+    (and s2i_recipe.yaml) trains, so the two ways of running them cannot drift apart."""
+    from cmav.ablation import load_grid
+    from cmav.ablation.grid import merge
+
+    experiments = Path(__file__).parents[1] / "experiments"
+    stable, recipe = (yaml.safe_load((experiments / f"{n}.yaml").read_text())["model"]["init_args"]
+                      for n in ("s2i_stable", "s2i_recipe"))  # fmt: skip
+    variants = {v["name"]: v for v in load_grid(experiments / "ablations" / "s2i.yaml")["variants"]}
+    for name, variant, options in (("S2I-C stable", "s2i_c", stable), ("S2I-N stable", "s2i_n", stable),
+                                   ("S2I-C recipe", "s2i_c", merge(stable, recipe))):  # fmt: skip
+        assert variants[name] == {"name": name, "variant": variant, **options}, name
+
+
 @pytest.mark.slow
 def test_quick_ablation_end_to_end(data, tmp_path):
     from cmav.cli.main import main
@@ -299,7 +315,8 @@ def test_quick_ablation_end_to_end(data, tmp_path):
     for name in ("table.md", "table.csv", "metrics.png", "samples.png", "results.json"):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader((out / "table.csv").open()))
-    variants = ["S2I-C", "S2I-N", "AE", "S2I-C no-wrong-player", "S2I-C no-wrong-class", "S2I-C stable", "S2I-N stable"]
+    variants = ["S2I-C", "S2I-N", "AE", "S2I-C no-wrong-player", "S2I-C no-wrong-class", "S2I-C stable", "S2I-N stable",
+                "S2I-C recipe"]  # fmt: skip
     assert [r["variant"] for r in rows] == variants
     assert all(r["n_seeds"] == "3" for r in rows)
     md = (out / "table.md").read_text()
