@@ -348,16 +348,18 @@ def test_quick_i2s_grid_writes_the_same_outputs_as_s2i(data, tmp_path):
     assert r["rows"][0]["n_seeds"] == 1
 
 
-def test_judged_accuracy_monitor_scores_an_i2s_generator_with_the_audio_judge(data, audio_judge, image_classifier):
+def test_judged_accuracy_monitor_scores_an_i2s_generator_with_the_audio_judge(data, audio_judge, image_classifier,
+                                                                              tmp_path):  # fmt: skip
     from cmav.evaluation import JudgedAccuracyMonitor, evaluate_i2s
 
     L.seed_everything(0, verbose=False)
     model = i2s("i2s_c")
     monitor = JudgedAccuracyMonitor(audio_judge, every_n_epochs=1)
-    tr = trainer(max_epochs=1, limit_train_batches=2, callbacks=[monitor])
+    tr = trainer(max_epochs=1, limit_train_batches=2, callbacks=[monitor], default_root_dir=str(tmp_path))
     dm = dm_of(data)
     tr.fit(model, dm)
     assert len(monitor.history) == 1
+    assert monitor.record_path(tmp_path).read_text().splitlines()[1].startswith("2,0,")  # iteration 2, epoch 0
     m = evaluate_i2s(model, dm, audio_judge, n_diversity_draws=2, diversity_per_class=1, griffin_lim_iters=2)
     assert monitor.history[0]["judged_acc"] == pytest.approx(m["judged"]["accuracy"])
     assert monitor.history[0]["judge_on_real"] == pytest.approx(m["judge_on_real"]["accuracy"])
