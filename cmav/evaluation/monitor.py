@@ -14,7 +14,7 @@ holds every score with the training seconds so far (scoring excluded)::
 
 Every reading is also appended to ``<trainer.default_root_dir>/<val|holdout>_judged_acc.csv``
 (GAN iteration, epoch, training seconds, the scores, the judge file), so a run's curve outlives
-the process and a resumed run adds to the same file: the tables in the README are that file.
+the process and a resumed run adds to the same file (a table of a run's curve is that file's rows).
 A run killed between a reading and its checkpoint repeats that reading on resume; rows carry the
 iteration, so keep the last row of each.
 
