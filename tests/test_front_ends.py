@@ -175,7 +175,7 @@ def test_cli_selects_the_representation_with_one_key(root, tmp_path):
     parser = ArgumentParser()
     parser.add_class_arguments(AudioVisualDataModule, "data")
     cfg = parser.parse_args(["--data.root", str(root), "--data.features.kind", "mfcc", "--data.features.n_mfcc", "13"])
-    dm = parser.instantiate_classes(cfg).data
+    dm = parser.instantiate(cfg).data
     assert dm.features == MfccConfig(n_mfcc=13)
-    default = parser.instantiate_classes(parser.parse_args(["--data.root", str(root)])).data
+    default = parser.instantiate(parser.parse_args(["--data.root", str(root)])).data
     assert default.features == LogMelConfig()
