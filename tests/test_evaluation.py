@@ -204,7 +204,11 @@ def test_judged_accuracy_monitor_logs_what_evaluate_s2i_measures_and_keeps_the_b
         warnings.simplefilter("ignore")
         again.fit(tiny_s2i("s2i_c"), datamodule=dm, ckpt_path=best.best_model_path)
     with (tmp_path / "val_judged_acc.csv").open() as f:
-        assert [(int(r["iteration"]), int(r["epoch"])) for r in csv.DictReader(f)] == [(4, 1), (6, 2), (8, 3)]
+        rows = list(csv.DictReader(f))
+    assert [(int(r["iteration"]), int(r["epoch"])) for r in rows] == [(4, 1), (6, 2), (8, 3)]
+    # ... and its training seconds go on from the checkpoint's, not from zero
+    saved = torch.load(best.best_model_path, weights_only=False)["callbacks"][monitor.state_key]["train_s"]
+    assert monitor.history[0]["time_s"] <= saved < float(rows[2]["train_s"])
 
     # a player judge (target='track') or a sound classifier is not an image judge of the instrument
     bad = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1, logger=False,

@@ -15,6 +15,9 @@ holds every score with the training seconds so far (scoring excluded)::
 Every reading is also appended to ``<trainer.default_root_dir>/<val|holdout>_judged_acc.csv``
 (GAN iteration, epoch, training seconds, the scores, the judge file), so a run's curve outlives
 the process and a resumed run adds to the same file (a table of a run's curve is that file's rows).
+The training seconds are kept in the checkpoints (the callback's state), so a run resumed with
+``--ckpt_path`` goes on counting from where its checkpoint was written: "best judged accuracy after
+how long" holds for a run that was killed and resumed, too.
 A run killed between a reading and its checkpoint repeats that reading on resume; rows carry the
 iteration, so keep the last row of each.
 
@@ -47,7 +50,8 @@ SPLITS = {"validation": "val", "holdout": "holdout"}
 """The splits the monitor scores, and the prefix of what it logs."""
 
 RECORD_FIELDS = ("iteration", "epoch", "train_s", "judged_acc", "judged_balanced_acc", "judge_on_real", "judge")
-"""The columns of the monitor's CSV (``train_s``: training seconds of this fit, scoring excluded)."""
+"""The columns of the monitor's CSV (``train_s``: training seconds so far, scoring excluded, summed
+over the fits that resumed from this run's checkpoints)."""
 
 
 class JudgedAccuracyMonitor(L.Callback):
@@ -80,7 +84,24 @@ class JudgedAccuracyMonitor(L.Callback):
         self._judge: Any = None
         self._ceiling: float | None = None
         self._start: float | None = None
+        self._resumed_s = 0.0  # training seconds before this fit, from the checkpoint resumed
         self.history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ state in checkpoints
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(split=self.split)
+
+    def _train_seconds(self) -> float:
+        """Training seconds so far (scoring excluded), with those of the fits this one resumed."""
+        return time.perf_counter() - self._start if self._start is not None else self._resumed_s
+
+    def state_dict(self) -> dict[str, float]:
+        return {"train_s": self._train_seconds()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resumed_s = float(state_dict.get("train_s", 0.0))
 
     # ------------------------------------------------------------------ set-up
 
@@ -157,13 +178,14 @@ class JudgedAccuracyMonitor(L.Callback):
                 "judge_on_real": float(self._ceiling)}  # fmt: skip
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.perf_counter()
+        # a resumed fit has loaded the checkpoint (and with it load_state_dict) by now
+        self._start = time.perf_counter() - self._resumed_s
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._judge is None or not self._due(trainer):
             return
         # training time so far, without this scoring: "best judged accuracy after how long"
-        elapsed = time.perf_counter() - self._start if self._start is not None else float("nan")
+        elapsed = self._train_seconds() if self._start is not None else float("nan")
         t0 = time.perf_counter()
         scores = self.score(trainer, pl_module)
         if self._start is not None:
