@@ -257,6 +257,48 @@ def test_image_judge_keeps_instrument_colour_with_the_train_masks_in_order(tmp_p
     with pytest.raises(MasksMissing, match="real Sub-URMP has none.*keep_instrument_colour false"):
         quiet_trainer(max_epochs=1).fit(ClassifierTask(modality="image", image_size=32, image_judge=tiny,
                                                        augment=augment), dm)  # fmt: skip
+    paste = {"enabled": True, "translate": 0.0, "instrument_paste": 0.5}
+    with pytest.raises(MasksMissing, match="real Sub-URMP has none.*augment.instrument_paste 0 for this"):
+        quiet_trainer(max_epochs=1).fit(ClassifierTask(modality="image", image_size=32, image_judge=tiny,
+                                                       augment=paste), dm)  # fmt: skip
+
+
+def test_instrument_paste_moves_each_instrument_onto_another_frame_with_its_instrument_painted_out():
+    from cmav.tasks.common import ImageAugment, ImageAugmentConfig
+
+    torch.manual_seed(0)
+    n = 6
+    frame = torch.stack([torch.full((3, 16, 16), -0.9 + 0.3 * i) for i in range(n)])  # each room its own grey
+    mask = torch.zeros(n, 1, 16, 16)
+    for i in range(n):  # each instrument a bright bar at its own column
+        frame[i, :, 3:13, 2 * i + 1] = 1.0
+        mask[i, :, 3:13, 2 * i + 1] = 1.0
+    config = ImageAugmentConfig(enabled=True, translate=0.0, instrument_paste=1.0)
+    out = ImageAugment(config, takes_masks=True)(frame, mask)
+    assert out.shape == frame.shape and out.dtype == frame.dtype
+    for i in range(n):
+        bar = out[i, :, 3:13, 2 * i + 1]
+        assert torch.all(bar == 1.0)  # its own instrument stays where it was
+        others = [j for j in range(n) if j != i]
+        # exactly one bright bar: the host's instrument was painted out with the host's room colour
+        bright_columns = (out[i] == 1.0).all(0).any(0).nonzero().flatten().tolist()
+        assert bright_columns == [2 * i + 1]
+        room = out[i, :, 0, 0]
+        host = [j for j in others if torch.allclose(room, frame[j, :, 0, 0])]
+        assert len(host) == 1  # the background is another frame's, never its own
+        away = torch.ones(16, 16, dtype=torch.bool)
+        away[2:14, max(0, 2 * i - 1):2 * i + 4] = False  # off its own instrument and the pixel grown round it
+        assert torch.allclose(out[i][:, away], frame[host[0], :, 0, 0, None].expand(3, int(away.sum())))
+
+    assert torch.equal(ImageAugment(ImageAugmentConfig(enabled=True, translate=0.0, instrument_paste=0.0),
+                                    takes_masks=True)(frame, mask), frame)  # fmt: skip
+    assert torch.equal(ImageAugment(config, takes_masks=True)(frame[:1], mask[:1]), frame[:1])  # no other frame
+    with pytest.raises(ValueError, match="instrument_paste needs instrument masks"):
+        ImageAugment(config)  # the GAN's DiffAugment and retrieval have no masks
+    with pytest.raises(ValueError, match="instrument_paste: forward.. was given no instrument masks"):
+        ImageAugment(config, takes_masks=True)(frame)
+    with pytest.raises(ValueError, match="probability"):
+        ImageAugment(ImageAugmentConfig(enabled=True, instrument_paste=1.5), takes_masks=True)
 
 
 # ---------------------------------------------------------------- S2I

@@ -230,18 +230,24 @@ class ClassifierTask(L.LightningModule):
 
     def _load_train_masks(self, dm) -> Tensor:
         """``(N, 1, S, S)`` uint8 instrument masks of the train split, in its order (for
-        ``augment.keep_instrument_colour``); a clear error when the data set has none."""
+        ``augment.keep_instrument_colour`` and ``augment.instrument_paste``); a clear error when
+        the data set has none."""
         from cmav.data.masks import MasksMissing, load_split_masks
 
+        c = self.augment.config
+        on = {"keep_instrument_colour": "false", "instrument_paste": "0"}
+        on = {k: v for k, v in on.items() if getattr(c, k)}
+        option = " and ".join(f"augment.{k}" for k in on)
+        off = " and ".join(f"--model.init_args.augment.{k} {v}" for k, v in on.items())
         if dm.hparams.layout != "suburmp":
-            raise ValueError(f"augment.keep_instrument_colour needs instrument masks, which only the suburmp layout "
+            raise ValueError(f"{option} needs instrument masks, which only the suburmp layout "
                              f"has (data.layout is {dm.hparams.layout!r})")  # fmt: skip
         t = dm.train_full.tensors
         try:
             masks = load_split_masks(dm.root, "train", t.stems, t.class_names, t.labels, self.hparams.image_size)
         except MasksMissing as exc:
-            raise MasksMissing(exc.path, f"{exc.problem}. augment.keep_instrument_colour needs them: set "
-                               "--model.init_args.augment.keep_instrument_colour false for this data set") from None  # fmt: skip
+            raise MasksMissing(exc.path, f"{exc.problem}. {option} needs them: set {off} for this data set"
+                               ) from None  # fmt: skip
         return masks.unsqueeze(1).to(torch.uint8)
 
     def _step(self, batch: dict[str, Tensor], train: bool) -> tuple[Tensor, Tensor, Tensor]:

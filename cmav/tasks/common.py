@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 T = TypeVar("T")
@@ -119,6 +120,12 @@ class ImageAugmentConfig:
     the instrument, given its mask (cmav's stand-in writes one per frame): the player's clothing
     and background colours are the shortcut, while an instrument's colour is part of what it is
     (violin vs viola, oboe vs clarinet, flute vs trumpet differ mostly in it at 64 x 64).
+    ``instrument_paste``: probability that a frame's instrument (its mask grown by one pixel) is
+    pasted onto another frame of the batch, whose own instrument is first painted out with the
+    colour around it (before the other ops; copy-paste augmentation). With five players per
+    class, the player, pose and room identify the class in the train split; on pasted frames
+    they point to another class, so the instrument's own pixels must decide. Needs the masks,
+    like ``keep_instrument_colour``.
     """
 
     enabled: bool = False
@@ -130,6 +137,7 @@ class ImageAugmentConfig:
     degrees: float = 0.0
     erase: float = 0.0
     keep_instrument_colour: bool = False
+    instrument_paste: float = 0.0
 
 
 def coerce(cls: type[T], value: Any) -> T:
@@ -175,9 +183,12 @@ class ImageAugment(nn.Module):
         import kornia.augmentation as K
 
         self.config = config
-        if config.enabled and config.keep_instrument_colour and not takes_masks:
-            raise ValueError("augment.keep_instrument_colour needs instrument masks, which only the image "
-                             "classifiers (ClassifierTask, modality image) load; turn it off here")  # fmt: skip
+        for option in ("keep_instrument_colour", "instrument_paste"):
+            if config.enabled and getattr(config, option) and not takes_masks:
+                raise ValueError(f"augment.{option} needs instrument masks, which only the image classifiers "
+                                 "(ClassifierTask, modality image) load; turn it off here")  # fmt: skip
+        if not 0.0 <= config.instrument_paste <= 1.0:
+            raise ValueError(f"augment.instrument_paste is a probability in [0, 1], got {config.instrument_paste}")
         if not 0.0 <= config.scale < 1.0:
             raise ValueError(f"augment.scale must be in [0, 1), got {config.scale}")
         if not 0.0 <= config.erase <= 1.0:
@@ -206,22 +217,27 @@ class ImageAugment(nn.Module):
     @property
     def active(self) -> bool:
         c = self.config
-        return c.enabled and (len(self.geometric) > 0 or c.colour > 0 or c.erase > 0 or c.colour_scramble)
+        return c.enabled and (len(self.geometric) > 0 or c.colour > 0 or c.erase > 0 or c.colour_scramble
+                              or c.instrument_paste > 0)  # fmt: skip
 
     @property
     def needs_mask(self) -> bool:
-        """Whether :meth:`forward` needs the instrument masks (``keep_instrument_colour`` on)."""
-        return self.active and self.config.keep_instrument_colour
+        """Whether :meth:`forward` needs the instrument masks (``keep_instrument_colour`` or
+        ``instrument_paste`` on)."""
+        return self.active and (self.config.keep_instrument_colour or self.config.instrument_paste > 0)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Augmented ``(N, 3, H, W)`` images in [-1, 1]; ``mask`` ``(N, 1, H, W)`` in [0, 1] marks the
         instrument's pixels (needed, and only used, with ``keep_instrument_colour``)."""
         if not self.active:
             return x
+        if self.needs_mask and mask is None:
+            option = "keep_instrument_colour" if self.config.keep_instrument_colour else "instrument_paste"
+            raise ValueError(f"augment.{option}: forward() was given no instrument masks")
+        if self.config.instrument_paste > 0:
+            x = paste_instruments(x, mask, self.config.instrument_paste)
         if not self.config.keep_instrument_colour:
             mask = None
-        elif mask is None:
-            raise ValueError("augment.keep_instrument_colour: forward() was given no instrument masks")
         x = (x + 1.0) * 0.5  # kornia's colour ops expect [0, 1]
         if mask is not None:  # one warp for frame and mask: the same random parameters
             warped = self.geometric(torch.cat([x, mask.to(x)], 1))
@@ -234,6 +250,25 @@ class ImageAugment(nn.Module):
             scrambled = scramble_colours(x)
             x = scrambled if mask is None else mask * x + (1.0 - mask) * scrambled
         return x
+
+
+def paste_instruments(image: Tensor, mask: Tensor, p: float) -> Tensor:
+    """``(N, 3, H, W)`` frames where, with probability ``p`` each, the frame's instrument (``mask``
+    ``(N, 1, H, W)`` in [0, 1], grown by one pixel to take its anti-aliased edge) is pasted onto
+    another frame of the batch, whose own instrument is painted out with the mean colour of a
+    two-pixel ring around it. Frames not chosen, and batches of one, are returned unchanged."""
+    n = image.shape[0]
+    if n < 2 or p <= 0:
+        return image
+    grown = F.max_pool2d((mask > 0.5).to(image.dtype), 3, stride=1, padding=1)
+    ring = F.max_pool2d(grown, 5, stride=1, padding=2) - grown
+    around = (image * ring).sum((2, 3), keepdim=True) / ring.sum((2, 3), keepdim=True).clamp(min=1.0)
+    painted_out = grown * around + (1.0 - grown) * image
+    # each frame gets another frame as its host: a random non-zero shift of the batch order
+    host = (torch.arange(n, device=image.device) + torch.randint(1, n, (n,), device=image.device)) % n
+    pasted = grown * image + (1.0 - grown) * painted_out[host]
+    chosen = (torch.rand(n, device=image.device) < p).view(n, 1, 1, 1)
+    return torch.where(chosen, pasted, image)
 
 
 def scramble_colours(image: Tensor, grey_fraction: float = 0.25) -> Tensor:
