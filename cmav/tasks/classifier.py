@@ -234,11 +234,10 @@ class ClassifierTask(L.LightningModule):
         the data set has none."""
         from cmav.data.masks import MasksMissing, load_split_masks
 
-        c = self.augment.config
-        on = {"keep_instrument_colour": "false", "instrument_paste": "0"}
-        on = {k: v for k, v in on.items() if getattr(c, k)}
-        option = " and ".join(f"augment.{k}" for k in on)
-        off = " and ".join(f"--model.init_args.augment.{k} {v}" for k, v in on.items())
+        in_use = self.augment.mask_options
+        option = " and ".join(f"augment.{k}" for k in in_use)
+        off_value = {"keep_instrument_colour": "false", "instrument_paste": "0"}
+        off = " and ".join(f"--model.init_args.augment.{k} {off_value[k]}" for k in in_use)
         if dm.hparams.layout != "suburmp":
             raise ValueError(f"{option} needs instrument masks, which only the suburmp layout "
                              f"has (data.layout is {dm.hparams.layout!r})")  # fmt: skip

@@ -221,19 +221,26 @@ class ImageAugment(nn.Module):
                               or c.instrument_paste > 0)  # fmt: skip
 
     @property
+    def mask_options(self) -> list[str]:
+        """The options in use that need the instrument masks (``keep_instrument_colour``,
+        ``instrument_paste``)."""
+        c = self.config
+        wanted = {"keep_instrument_colour": c.keep_instrument_colour, "instrument_paste": c.instrument_paste > 0}
+        return [name for name, on in wanted.items() if on] if self.active else []
+
+    @property
     def needs_mask(self) -> bool:
-        """Whether :meth:`forward` needs the instrument masks (``keep_instrument_colour`` or
-        ``instrument_paste`` on)."""
-        return self.active and (self.config.keep_instrument_colour or self.config.instrument_paste > 0)
+        """Whether :meth:`forward` needs the instrument masks."""
+        return bool(self.mask_options)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Augmented ``(N, 3, H, W)`` images in [-1, 1]; ``mask`` ``(N, 1, H, W)`` in [0, 1] marks the
-        instrument's pixels (needed, and only used, with ``keep_instrument_colour``)."""
+        instrument's pixels (needed, and only used, with :attr:`mask_options`)."""
         if not self.active:
             return x
         if self.needs_mask and mask is None:
-            option = "keep_instrument_colour" if self.config.keep_instrument_colour else "instrument_paste"
-            raise ValueError(f"augment.{option}: forward() was given no instrument masks")
+            raise ValueError(f"augment.{' and augment.'.join(self.mask_options)}: forward() was given no "
+                             "instrument masks")  # fmt: skip
         if self.config.instrument_paste > 0:
             x = paste_instruments(x, mask, self.config.instrument_paste)
         if not self.config.keep_instrument_colour:
