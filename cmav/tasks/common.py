@@ -139,6 +139,11 @@ class ImageAugmentConfig:
     keep_instrument_colour: bool = False
     instrument_paste: float = 0.0
 
+    def mask_options(self) -> list[str]:
+        """The options switched on (with ``enabled``) that need the instrument masks."""
+        wanted = {"keep_instrument_colour": self.keep_instrument_colour, "instrument_paste": self.instrument_paste > 0}
+        return [name for name, on in wanted.items() if on] if self.enabled else []
+
 
 def coerce(cls: type[T], value: Any) -> T:
     """``value`` as a ``cls`` instance: None -> defaults, dict -> fields, instance -> itself.
@@ -183,10 +188,9 @@ class ImageAugment(nn.Module):
         import kornia.augmentation as K
 
         self.config = config
-        for option in ("keep_instrument_colour", "instrument_paste"):
-            if config.enabled and getattr(config, option) and not takes_masks:
-                raise ValueError(f"augment.{option} needs instrument masks, which only the image classifiers "
-                                 "(ClassifierTask, modality image) load; turn it off here")  # fmt: skip
+        if not takes_masks and (needing := config.mask_options()):
+            raise ValueError(f"augment.{needing[0]} needs instrument masks, which only the image classifiers "
+                             "(ClassifierTask, modality image) load; turn it off here")  # fmt: skip
         if not 0.0 <= config.instrument_paste <= 1.0:
             raise ValueError(f"augment.instrument_paste is a probability in [0, 1], got {config.instrument_paste}")
         if not 0.0 <= config.scale < 1.0:
@@ -224,9 +228,7 @@ class ImageAugment(nn.Module):
     def mask_options(self) -> list[str]:
         """The options in use that need the instrument masks (``keep_instrument_colour``,
         ``instrument_paste``)."""
-        c = self.config
-        wanted = {"keep_instrument_colour": c.keep_instrument_colour, "instrument_paste": c.instrument_paste > 0}
-        return [name for name, on in wanted.items() if on] if self.active else []
+        return self.config.mask_options() if self.active else []
 
     @property
     def needs_mask(self) -> bool:
