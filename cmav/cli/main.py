@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from cmav import __version__
-from cmav.cli import data, experiments, retrieval, robustness
+from cmav.cli import data, experiments, judge, retrieval, robustness
 from cmav.cli import human_eval as human_eval_cli
 
 # the Lightning sub-commands (cmav/cli/train.py), with their --help lines
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiments.add_parser(sub)  # ablate, generate, bench, evaluate
     retrieval.add_parser(sub)  # index build, search, evaluate-retrieval
     robustness.add_parser(sub)  # evaluate-robustness
+    judge.add_parser(sub)  # evaluate-judge
     human_eval_cli.add_parser(sub)  # human-eval make, human-eval analyze
     for name, text in LIGHTNING_COMMANDS.items():
         # listed for --help only: main() hands these to the Lightning CLI before argparse runs
@@ -42,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         from cmav.cli.train import run  # imports Lightning: only when needed
 
         return run(argv)  # None = sys.argv, as LightningCLI expects
-    # `evaluate retrieval` -> evaluate-retrieval, `evaluate robustness` -> evaluate-robustness
-    args = build_parser().parse_args(robustness.alias(retrieval.alias(words)))
+    # `evaluate retrieval` -> evaluate-retrieval, `evaluate robustness` -> evaluate-robustness, `evaluate judge` -> ...
+    args = build_parser().parse_args(judge.alias(robustness.alias(retrieval.alias(words))))
     return data.run(args)
 
 

@@ -4,6 +4,7 @@ the spectrogram -> sound -> spectrogram round trip, and the token branch's AIS/I
 from cmav.metrics.classification import (
     ClassificationReport,
     classification_report,
+    judge_predictions,
     judged_accuracy,
     plot_confusion_matrix,
     save_classification_report,
@@ -40,6 +41,7 @@ __all__ = [
     "fid_kid_from_features",
     "image_image_similarity",
     "inception_feature_extractor",
+    "judge_predictions",
     "judged_accuracy",
     "paired_win_rate",
     "round_trip_accuracy",

@@ -154,6 +154,13 @@ def judged_accuracy(
     its previous train/eval mode is restored afterwards so callers mid-training are not disturbed.
     ``images``: (N, ...) tensor or an iterable of batches, in the order of ``targets``.
     """
+    return classification_report(judge_predictions(judge, images, batch_size), targets, class_names)
+
+
+@torch.no_grad()
+def judge_predictions(judge: nn.Module, images: Batches, batch_size: int = 64) -> Tensor:
+    """``(N,)`` int64 classes that ``judge`` (``(B, C)`` logits) names for ``images`` (a tensor or an
+    iterable of batches), on CPU; run in eval mode, the judge's own mode restored afterwards."""
     device = _module_device(judge)
     was_training = judge.training
     judge.eval()
@@ -166,8 +173,7 @@ def judged_accuracy(
             preds.append(logits.argmax(dim=1).cpu())
     finally:
         judge.train(was_training)
-    all_preds = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
-    return classification_report(all_preds, targets, class_names)
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 
 def save_classification_report(report: ClassificationReport, path: str | Path) -> Path:

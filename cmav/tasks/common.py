@@ -261,6 +261,17 @@ class ImageAugment(nn.Module):
         return x
 
 
+def paint_out_instruments(image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``(painted, grown)``: ``(N, 3, H, W)`` frames with their instrument (``mask`` ``(N, 1, H, W)``
+    in [0, 1], grown by one pixel to take its anti-aliased edge) filled with the mean colour of a
+    two-pixel ring around it, and the grown mask ``(N, 1, H, W)`` in {0, 1}. A frame whose mask is
+    empty comes back unchanged."""
+    grown = F.max_pool2d((mask > 0.5).to(image.dtype), 3, stride=1, padding=1)
+    ring = F.max_pool2d(grown, 5, stride=1, padding=2) - grown
+    around = (image * ring).sum((2, 3), keepdim=True) / ring.sum((2, 3), keepdim=True).clamp(min=1.0)
+    return grown * around + (1.0 - grown) * image, grown
+
+
 def paste_instruments(image: Tensor, mask: Tensor, p: float) -> Tensor:
     """``(N, 3, H, W)`` frames where, with probability ``p`` each, the frame's instrument (``mask``
     ``(N, 1, H, W)`` in [0, 1], grown by one pixel to take its anti-aliased edge) is pasted onto
@@ -269,10 +280,7 @@ def paste_instruments(image: Tensor, mask: Tensor, p: float) -> Tensor:
     n = image.shape[0]
     if n < 2 or p <= 0:
         return image
-    grown = F.max_pool2d((mask > 0.5).to(image.dtype), 3, stride=1, padding=1)
-    ring = F.max_pool2d(grown, 5, stride=1, padding=2) - grown
-    around = (image * ring).sum((2, 3), keepdim=True) / ring.sum((2, 3), keepdim=True).clamp(min=1.0)
-    painted_out = grown * around + (1.0 - grown) * image
+    painted_out, grown = paint_out_instruments(image, mask)
     # each frame gets another frame as its host: a random non-zero shift of the batch order
     host = (torch.arange(n, device=image.device) + torch.randint(1, n, (n,), device=image.device)) % n
     pasted = grown * image + (1.0 - grown) * painted_out[host]
@@ -367,6 +375,8 @@ __all__ = [
     "check_lr_schedule",
     "coerce",
     "datamodule_of",
+    "paint_out_instruments",
+    "paste_instruments",
     "plain",
     "refuse_weight_averaging",
     "scramble_colours",

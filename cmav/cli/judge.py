@@ -1,0 +1,57 @@
+"""``cmav evaluate judge``: what an image judge looks at (the instrument, or the player around it)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cmav.evaluation.judge_probe import PROBE_SPLITS
+
+
+def alias(words: list[str]) -> list[str]:
+    """``cmav evaluate judge ...`` is ``cmav evaluate-judge ...`` (``cmav evaluate`` scores S2I)."""
+    if words[:2] == ["evaluate", "judge"]:
+        return ["evaluate-judge", *words[2:]]
+    return words
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser(
+        "evaluate-judge",
+        help="probe an image judge on the stand-in: each player's accuracy on its frames, with the instrument "
+        "painted out, and on the instrument alone (also `cmav evaluate judge`)",
+    )
+    e.add_argument("--ckpt", required=True, help="image-judge checkpoint (experiments/image_judge.yaml)")
+    e.add_argument("--root", default="data/default", help="a stand-in data set, with its instrument masks")
+    e.add_argument("--holdout-tail", type=float, default=0.1, help="the judge's data.holdout_tail (what `train` is)")
+    e.add_argument("--splits", nargs="+", choices=PROBE_SPLITS, default=["train", "validation"],
+                   help="train (what the judge trained on), holdout (the train tracks' held-out tails), "
+                        "validation (unseen players) (default: %(default)s)")  # fmt: skip
+    e.add_argument("--list-players", nargs="*", choices=PROBE_SPLITS, default=["validation"],
+                   help="splits whose players get a row each in the printed table (default: %(default)s)")
+    e.add_argument("-o", "--output", default="results/judge_probe", help="folder for judge_probe.json and .md")
+    e.set_defaults(func=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from cmav.data.datamodule import AudioVisualDataModule
+    from cmav.evaluation.judge_probe import format_judge_probe, probe_image_judge
+    from cmav.metrics.serialise import json_safe
+    from cmav.tasks.classifier import load_image_judge
+
+    judge = load_image_judge(args.ckpt)
+    dm = AudioVisualDataModule(root=args.root, image_size=int(judge.hparams.image_size), holdout_tail=args.holdout_tail)
+    probe = probe_image_judge(judge, dm, splits=tuple(args.splits))
+    probe["judge"] = str(args.ckpt)
+    text = format_judge_probe(probe, tuple(args.list_players))
+    print(text)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "judge_probe.json").write_text(json.dumps(json_safe(probe), indent=2))
+    (out / "judge_probe.md").write_text(text + "\n")
+    print(f"wrote {out / 'judge_probe.json'} and {out / 'judge_probe.md'}")
+    return 0
+
+
+__all__ = ["add_parser", "alias"]
