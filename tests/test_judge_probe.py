@@ -154,3 +154,14 @@ def test_cli_writes_the_probe_and_refuses_a_data_set_without_masks(data, judge_c
                  "-o", str(tmp_path / "bare")]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "no instrument masks" in err and str(bare / "mask" / "train") in err
+
+
+def test_evaluate_topics_are_their_own_commands_and_plain_evaluate_stays():
+    from cmav.cli.main import EVALUATE_TOPICS, build_parser, evaluate_alias
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for topic in EVALUATE_TOPICS:
+        assert evaluate_alias(["evaluate", topic, "--x"]) == [f"evaluate-{topic}", "--x"]
+        assert f"evaluate-{topic}" in commands
+    assert evaluate_alias(["evaluate", "--ckpt", "a.ckpt"]) == ["evaluate", "--ckpt", "a.ckpt"]
+    assert evaluate_alias(["evaluate"]) == ["evaluate"]

@@ -554,10 +554,11 @@ def test_timidity_renders_a_patch_set_track_and_refuses_a_program_it_does_not_ma
 
 def _cli(words: list[str]) -> int:
     from cmav.cli import robustness
+    from cmav.cli.main import evaluate_alias
 
     parser = argparse.ArgumentParser(prog="cmav")
     robustness.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(robustness.alias(words))
+    args = parser.parse_args(evaluate_alias(words))
     return args.func(args)
 
 

@@ -9,13 +9,6 @@ from pathlib import Path
 from cmav.evaluation.judge_probe import PROBE_SPLITS
 
 
-def alias(words: list[str]) -> list[str]:
-    """``cmav evaluate judge ...`` is ``cmav evaluate-judge ...`` (``cmav evaluate`` scores S2I)."""
-    if words[:2] == ["evaluate", "judge"]:
-        return ["evaluate-judge", *words[2:]]
-    return words
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
         "evaluate-judge",
@@ -54,4 +47,4 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parser", "alias"]
+__all__ = ["add_parser"]

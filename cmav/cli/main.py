@@ -18,6 +18,17 @@ LIGHTNING_COMMANDS = {
 }
 
 
+# `cmav evaluate X ...` is `cmav evaluate-X ...` for these X (plain `cmav evaluate` scores S2I and I2S)
+EVALUATE_TOPICS = ("retrieval", "robustness", "judge")
+
+
+def evaluate_alias(words: list[str]) -> list[str]:
+    """``cmav evaluate retrieval|robustness|judge ...`` as ``cmav evaluate-<topic> ...``."""
+    if len(words) >= 2 and words[0] == "evaluate" and words[1] in EVALUATE_TOPICS:
+        return [f"evaluate-{words[1]}", *words[2:]]
+    return words
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmav",
@@ -43,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         from cmav.cli.train import run  # imports Lightning: only when needed
 
         return run(argv)  # None = sys.argv, as LightningCLI expects
-    # `evaluate retrieval` -> evaluate-retrieval, `evaluate robustness` -> evaluate-robustness, `evaluate judge` -> ...
-    args = build_parser().parse_args(judge.alias(robustness.alias(retrieval.alias(words))))
+    args = build_parser().parse_args(evaluate_alias(words))
     return data.run(args)
 
 

@@ -6,13 +6,6 @@ import argparse
 import sys
 
 
-def alias(words: list[str]) -> list[str]:
-    """``cmav evaluate retrieval ...`` is ``cmav evaluate-retrieval ...`` (``cmav evaluate`` scores S2I)."""
-    if words[:2] == ["evaluate", "retrieval"]:
-        return ["evaluate-retrieval", *words[2:]]
-    return words
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser("index", help="embedding index of a data split for `cmav search`")
     isub = i.add_subparsers(dest="index_command", required=True, metavar="{build}")
@@ -88,4 +81,4 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parser", "alias"]
+__all__ = ["add_parser"]

@@ -8,13 +8,6 @@ import sys
 from cmav.models.condition_bank import INFERENCE_CONDITIONS
 
 
-def alias(words: list[str]) -> list[str]:
-    """``cmav evaluate robustness ...`` is ``cmav evaluate-robustness ...`` (``cmav evaluate`` scores S2I)."""
-    if words[:2] == ["evaluate", "robustness"]:
-        return ["evaluate-robustness", *words[2:]]
-    return words
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
         "evaluate-robustness",
@@ -72,4 +65,4 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parser", "alias"]
+__all__ = ["add_parser"]
