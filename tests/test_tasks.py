@@ -385,6 +385,27 @@ def test_s2i_variant_trains_with_finite_losses(data, sound_classifier, tmp_path,
         assert "inputs/lms/violin" in ea.Tags()["images"] and "inputs/audio/violin" in ea.Tags()["audio"]
 
 
+def test_s2i_c_trains_under_bf16_autocast_on_a_cpu(data, sound_classifier):
+    """The README's CPU speed-up (`--trainer.precision bf16-mixed`): autocast computes in bf16,
+    the weights, their EMA and the generated frames stay fp32 and finite."""
+    L.seed_everything(0, verbose=False)
+    model = s2i("s2i_c", "frozen", sound_classifier["ckpt"], channels_last=True,
+                discriminator={**TINY_D, "spectral_norm": True, "projection": True},
+                diff_augment={"enabled": True, "translate": 0.125, "colour": 0.2})  # fmt: skip
+    g0 = state(model.net.generator)
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, precision="bf16-mixed")
+    with pytest.warns(NegativeSamplingWarning):
+        trainer.fit(model, datamodule(data))
+    assert model.iteration == 3
+    for k in ["train/d_loss", "train/g_loss", "train/d_wrong_class", "train/d_wrong_player", "val/l1"]:
+        assert math.isfinite(float(trainer.callback_metrics[k])), k
+    assert changed(g0, model.net.generator)
+    assert all(p.dtype == torch.float32 for p in [*model.net.parameters(), *model.discriminator.parameters(),
+                                                   *model.ema.parameters()])  # fmt: skip
+    img = model.generate(torch.randn(4, 1, 128, 44), torch.randn(4, 10))
+    assert img.dtype == torch.float32 and torch.isfinite(img).all()
+
+
 def test_mode_seeking_loss_is_the_inverse_output_to_noise_distance_ratio():
     from cmav.tasks.paired_gan import mode_seeking_loss
 
