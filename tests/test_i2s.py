@@ -181,6 +181,18 @@ def test_griffin_lim_inversion_gives_finite_audio_of_the_chunk_length_and_rate()
         lms_to_audio(torch.zeros(1, 1, 64, 44), cfg)
 
 
+def test_griffin_lim_inversion_under_bf16_autocast_gives_the_fp32_rendering():
+    # a bf16-mixed training step logs its sample audio from inside CPU autocast
+    cfg = LogMelConfig()
+    t = torch.arange(cfg.n_samples(0.5)) / cfg.sample_rate
+    lms = LogMelSpectrogram(cfg)(torch.sin(2 * math.pi * 330.0 * t)[None], sample_rate=cfg.sample_rate)
+    plain = lms_to_audio(lms, cfg, n_iter=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = lms_to_audio(lms, cfg, n_iter=4)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain)
+
+
 def test_round_trip_on_real_lms_is_close_to_the_judges_accuracy(data, audio_judge):
     from cmav.tasks import load_classifier
 

@@ -58,14 +58,17 @@ def lms_to_audio(
         n_stft, features.f_min, f_max, features.n_mels, features.sample_rate, norm="slaney", mel_scale="slaney"
     )
     mel_power = torch.pow(10.0, lms_db.float().cpu().squeeze(1) / 10.0)  # (N, n_mels, frames)
-    linear = mel_to_linear(mel_power, fb.T, nnls_iters)
     # rand_init=False: a fixed phase start, so the same LMS always gives the same sound
     gl = torchaudio.transforms.GriffinLim(
         n_fft=features.n_fft, hop_length=features.hop_length, power=features.power, n_iter=n_iter,
         length=n_samples if n_samples is not None else (lms_db.shape[-1] - 1) * features.hop_length,
         rand_init=False,
     )  # fmt: skip
-    wave = gl(linear)
+    # Inside a bf16-mixed training step CPU autocast would hand the NNLS and the STFTs bf16,
+    # which Griffin-Lim has no complex type for: the inversion is fp32 work whatever the caller runs.
+    with torch.autocast("cpu", enabled=False):
+        linear = mel_to_linear(mel_power, fb.T, nnls_iters)
+        wave = gl(linear)
     wave = torch.nan_to_num(wave)
     if normalise:
         wave = wave / wave.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8)
