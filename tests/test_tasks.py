@@ -445,6 +445,10 @@ def test_frozen_feature_cache_trains_exactly_as_the_encoder_pass(data, sound_cla
     assert torch.allclose(feats[:5], direct, atol=1e-5)
     for a, b in zip(cached.net.generator.parameters(), plain.net.generator.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-4)
+    # validation encodes once in frozen mode: it relies on the EMA encoder staying bit-identical
+    ema_encoder = cached.ema.module.encoder.state_dict()
+    assert cached.ema.n_updates.item() == 3
+    assert all(torch.equal(v, ema_encoder[k]) for k, v in cached.net.encoder.state_dict().items())
     if variant == "s2i_c":
         for a, b in zip(cached.discriminator.parameters(), plain.discriminator.parameters(), strict=True):
             assert torch.allclose(a, b, atol=1e-4)

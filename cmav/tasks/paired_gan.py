@@ -719,9 +719,14 @@ class PairedGANTask(L.LightningModule):
         # deterministic noise per batch, so epochs are comparable
         g = torch.Generator().manual_seed(self.sample_config.noise_seed + batch_idx)
         z = torch.randn(n, self.z_dim, generator=g).to(self.device)
-        fake = self.ema.module.generator(z, self.inference_conditions(self.ema.module, condition))
         enc = self.model.encoder.forward_features(condition)
         cond = condition_from(enc, self.condition_on)
+        if self.encoder_mode == "frozen" and self.inference_condition == "own":
+            # a frozen encoder's EMA copy is the same network (lerp of equal weights): encode once
+            g_cond = cond
+        else:
+            g_cond = self.inference_conditions(self.ema.module, condition)
+        fake = self.ema.module.generator(z, g_cond)
         logs = {
             "val/l1": (fake - real).abs().mean(),
             "val/encoder_acc": (enc.logits.argmax(1) == labels).float().mean(),
