@@ -716,8 +716,9 @@ def test_stable_overlay_turns_on_the_d_stabilisers_and_keeps_the_variant(variant
 
 @pytest.mark.parametrize("branch, changed", [("i2s", {"loss_weights", "inference_condition"}), ("s2i", {"loss_weights"})])
 def test_recipe_overlay_changes_only_the_measured_settings(branch, changed, capsys, monkeypatch):
-    """``<branch>_recipe.yaml`` after ``<branch>_stable.yaml``: the fake pair at half of D's negative
-    weight (and for I2S the class-mean condition); the YAMLs keep the paper's equal weights."""
+    """``<branch>_recipe.yaml`` after ``<branch>_stable.yaml``: the fake pair at double weight (for
+    S2I also the wrong-player pair at half; for I2S the class-mean condition); the YAMLs keep the
+    paper's equal weights."""
     monkeypatch.setattr(sys, "argv", ["cmav"])
 
     def printed(*overlays: str) -> dict:
@@ -728,11 +729,12 @@ def test_recipe_overlay_changes_only_the_measured_settings(branch, changed, caps
 
     stable, recipe = printed(f"{branch}_stable"), printed(f"{branch}_stable", f"{branch}_recipe")
     assert stable["loss_weights"]["fake"] == 1.0
-    assert recipe["loss_weights"] == {**stable["loss_weights"], "fake": 2.0}
+    measured = {"fake": 2.0} if branch == "i2s" else {"fake": 2.0, "wrong_player": 0.5}
+    assert recipe["loss_weights"] == {**stable["loss_weights"], **measured}
     if branch == "i2s":
         assert (stable["inference_condition"], recipe["inference_condition"]) == ("own", "class_mean")
-    else:  # the robustness recipe (s2i_harmonic.yaml) has the same weight
-        assert printed("s2i_stable", "s2i_harmonic")["loss_weights"] == recipe["loss_weights"]
+    else:  # the robustness recipe (s2i_harmonic.yaml) was measured before the wrong-player weight changed
+        assert printed("s2i_stable", "s2i_harmonic")["loss_weights"] == {**stable["loss_weights"], "fake": 2.0}
     assert {k: v for k, v in recipe.items() if k not in changed} == {k: v for k, v in stable.items() if k not in changed}
 
 
