@@ -103,7 +103,8 @@ class S2ITask(PairedGANTask):
             the paper), ``'logits'`` (its class head's logits: a fixed linear projection of the
             embedding onto the directions that separate the classes) or ``'probabilities'``
             (their softmax). An unseen player's embedding can lie nearer another class's training
-            players than its own while the head still classifies it right.        inference_condition: the generator's condition at inference (generation, validation,
+            players than its own while the head still classifies it right.
+        inference_condition: the generator's condition at inference (generation, validation,
             evaluation; never in training): ``'own'`` (the input's own, the paper), ``'nearest'``
             (the mean of the ``inference_neighbours`` nearest training conditions) or
             ``'class_mean'`` (the mean training condition of the class the encoder predicts).
