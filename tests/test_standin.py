@@ -70,6 +70,19 @@ def test_validation_tracks_are_held_out(tiny):
         assert report.tracks["train"][inst].isdisjoint(report.tracks["validation"][inst])
 
 
+def test_large_preset_is_default_plus_more_train_players():
+    """`large` renders every track of `default` the same way (same ids, same lengths, the same
+    validation split), so a model trained on it is scored on default's validation players."""
+    default, large = track_plan(PRESETS["default"]), track_plan(PRESETS["large"])
+    assert set(default) < set(large)
+    assert [t for t in large if t[0] == "validation"] == [t for t in default if t[0] == "validation"]
+    for inst in INSTRUMENTS:
+        train = [t for t in large if t[0] == "train" and t[1] == inst]
+        held_out = {t[2] for t in large if t[0] == "validation" and t[1] == inst}
+        assert len(train) == 3 * sum(1 for t in default if t[0] == "train" and t[1] == inst)
+        assert len({t[2] for t in train}) == len(train) and not held_out & {t[2] for t in train}
+
+
 def test_second_build_does_nothing(tiny):
     before = {p: p.stat().st_mtime_ns for p in tiny.rglob("*.wav")}
     build_standin(tiny, preset="tiny", seed=0, progress=False)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from cmav.data.errors import DataError
+from cmav.standin.build import PRESETS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,8 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     b = dsub.add_parser("build", help="build the offline stand-in for Sub-URMP (FluidSynth audio, drawn frames)")
     b.add_argument("--root", default="data/default", help="output folder (default: %(default)s)")
-    b.add_argument("--preset", default="default", choices=["tiny", "default", "full"],
-                   help="size: tiny (tests, seconds), default (minutes), full (Sub-URMP's counts)")  # fmt: skip
+    b.add_argument("--preset", default="default", choices=list(PRESETS),
+                   help="size: tiny (tests, seconds), default (minutes), large (default + 10 more train players per "
+                        "instrument, the same validation split), full (Sub-URMP's counts)")  # fmt: skip
     b.add_argument("--seed", type=int, default=0, help="random seed; the build is deterministic under it")
     b.add_argument("--soundfont", action="append", default=None, metavar="SF2|CFG",
                    help="General MIDI .sf2 (default: Debian's FluidR3_GM.sf2), or a TiMidity++ .cfg of GUS patches "

@@ -92,6 +92,10 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", 2, 1, 11, 6, frame_size=128),
     "default": Preset("default", 5, 1, 56, 56, frame_size=256),
+    # default's tracks and validation split (same seed: the same renders) plus 10 more train players
+    # per instrument: 3x the training audio, for data-quantity studies (the cross-source classifier
+    # of issue #8 is limited by how many notes of each sample set it has heard)
+    "large": Preset("large", 15, 1, 56, 56, frame_size=256),
     "full": Preset("full", None, None, None, None, frame_size=256),
 }
 
