@@ -179,3 +179,12 @@ def test_cli_selects_the_representation_with_one_key(root, tmp_path):
     assert dm.features == MfccConfig(n_mfcc=13)
     default = parser.instantiate(parser.parse_args(["--data.root", str(root)])).data
     assert default.features == LogMelConfig()
+
+
+def test_front_end_differences_name_what_differs_and_ignore_how_it_was_written():
+    from cmav.features import front_end_differences
+
+    stored = {"kind": "harmonic", "descriptors": ["pitch", "loudness"]}  # a checkpoint's list
+    assert front_end_differences(stored, {"kind": "harmonic", "descriptors": ("pitch", "loudness")}) == []
+    assert front_end_differences(stored, {**stored, "floor_db": 90.0}) == ["floor_db: 80.0 -> 90.0"]
+    assert front_end_differences(None, {"kind": "harmonic"}) == ["kind: lms -> harmonic"]

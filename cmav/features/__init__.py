@@ -2,7 +2,7 @@
 
 from cmav.features.base import FrontEnd
 from cmav.features.cqt import ConstantQTransform, CqtConfig
-from cmav.features.frontend import FRONT_ENDS, FrontEndConfig, build_front_end, front_end_config
+from cmav.features.frontend import FRONT_ENDS, FrontEndConfig, build_front_end, front_end_config, front_end_differences
 from cmav.features.harmonic import HarmonicConfig, HarmonicProfile
 from cmav.features.logmel import LogMelConfig, LogMelSpectrogram
 from cmav.features.mfcc import Mfcc, MfccConfig
@@ -27,4 +27,5 @@ __all__ = [
     "WaveformConfig",
     "build_front_end",
     "front_end_config",
+    "front_end_differences",
 ]

@@ -67,4 +67,15 @@ def build_front_end(config: Any = None) -> FrontEnd:
     return FRONT_ENDS[config.kind][1](config)
 
 
-__all__ = ["FRONT_ENDS", "FrontEndConfig", "build_front_end", "front_end_config"]
+def front_end_differences(trained: Any, given: Any) -> list[str]:
+    """What differs between two front-end configs, as ``"name: A -> B"`` lines (empty when they are
+    the same front end). Two settings can give features of one shape and different meaning (a
+    harmonic floor, a mel range, a hop), which a shape check does not see."""
+    a, b = front_end_config(trained), front_end_config(given)
+    if a.kind != b.kind:
+        return [f"kind: {a.kind} -> {b.kind}"]
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{k}: {da[k]!r} -> {db[k]!r}" for k in da if da[k] != db[k]]
+
+
+__all__ = ["FRONT_ENDS", "FrontEndConfig", "build_front_end", "front_end_config", "front_end_differences"]

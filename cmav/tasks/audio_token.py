@@ -24,7 +24,15 @@ from cmav.diffusion.audio_token import AudioTokenModel, EmbedderConfig, PromptCo
 from cmav.diffusion.pipeline import check_pipeline_folder, load_pipeline
 from cmav.models import AudioEncoder
 from cmav.tasks.classifier import _load_checkpoint, load_sound_classifier, own_hyperparameters
-from cmav.tasks.common import AdamConfig, EncoderConfig, coerce, datamodule_of, plain, tensorboard_writer
+from cmav.tasks.common import (
+    AdamConfig,
+    EncoderConfig,
+    check_encoder_input,
+    coerce,
+    datamodule_of,
+    plain,
+    tensorboard_writer,
+)
 from cmav.viz.tensors import to_uint8_frame
 
 CHECKPOINT_KEY = "cmav_audio_token"
@@ -102,6 +110,7 @@ class AudioTokenTask(L.LightningModule):
         elif audio_encoder_ckpt:
             clf = load_sound_classifier(audio_encoder_ckpt, "audio-token")
             encoder = clf.model  # type: ignore[assignment]
+            self._encoder_features = clf.trained_features
             h.class_names = list(clf.hparams.class_names)
             h.audio_encoder = {"config": plain(clf.audio_encoder_config), "input_shape": list(encoder.input_shape),
                                "n_classes": encoder.n_classes}  # fmt: skip
@@ -127,10 +136,8 @@ class AudioTokenTask(L.LightningModule):
         if h.class_names is not None and list(dm.class_names) != list(h.class_names):
             raise ValueError(f"the data's classes {list(dm.class_names)} differ from the sound classifier's "
                              f"{h.class_names}")  # fmt: skip
-        shape = tuple(dm.train_full.tensors.audio.shape[1:])
-        if shape != tuple(self.model.audio_encoder.input_shape):
-            raise ValueError(f"the audio encoder takes {tuple(self.model.audio_encoder.input_shape)}, the data's "
-                             f"features are {shape}: train the sound classifier on the same front end")  # fmt: skip
+        check_encoder_input(self.model.audio_encoder.input_shape, getattr(self, "_encoder_features", None), dm,
+                            h.audio_encoder_ckpt)  # fmt: skip
         if dm.val is not None and len(dm.val):
             from cmav.tasks.retrieval import RetrievalTask
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cmav.features import FrontEndConfig, front_end_config
 from cmav.metrics import classification_report
 from cmav.models import AudioEncoder, ConvEncoder, ImageEncoder, ImageJudge
 from cmav.tasks.common import (
@@ -127,6 +128,8 @@ class ClassifierTask(L.LightningModule):
         self.optimizer_config = coerce(AdamConfig, optimizer)
         self.augment = ImageAugment(coerce(ImageAugmentConfig, augment), takes_masks=modality == "image")
         self.model: nn.Module | None = None
+        self.trained_features: FrontEndConfig | None = None
+        """The front end of the data it was trained on (set by :func:`load_classifier`; None: unknown)."""
         self._val_preds: list[Tensor] = []
         self._val_targets: list[Tensor] = []
         self._warned_no_holdout = False
@@ -407,6 +410,9 @@ def load_classifier(path: str | Path) -> ClassifierTask:
     with own_hyperparameters():
         task = ClassifierTask(**hp)
     task.load_state_dict(ckpt["state_dict"])
+    features = (ckpt.get("datamodule_hyper_parameters") or {}).get("features")
+    # the front end it was trained on, for the branches that reuse its encoder (None: not recorded)
+    task.trained_features = front_end_config(features) if features is not None else None
     return task.eval()
 
 

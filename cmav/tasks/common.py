@@ -357,6 +357,28 @@ def refuse_weight_averaging(module, averaged: str) -> None:
             )
 
 
+def check_encoder_input(encoder_shape: Sequence[int], trained_on: Any, dm, source: str | None) -> None:
+    """Refuse data a pretrained audio encoder cannot read: features of another shape, or of the
+    same shape from another front-end setting (``trained_on``: the front-end config stored with the
+    sound classifier, ``None`` when unknown). ``source`` names the classifier's checkpoint."""
+    from cmav.features import front_end_differences
+
+    got = tuple(dm.train_full.tensors.audio.shape[1:])
+    where = f"{source}: " if source else ""
+    if got != tuple(encoder_shape):
+        raise ValueError(f"{where}the audio encoder takes features {tuple(encoder_shape)}, the data's are {got}: "
+                         "train the sound classifier on the same front end")  # fmt: skip
+    if trained_on is None:
+        return
+    diffs = front_end_differences(trained_on, dm.features)
+    if diffs:
+        raise ValueError(
+            f"{where}the sound classifier was trained on another front end than the data's "
+            f"({'; '.join(diffs)}, classifier -> data): its features would be read wrongly. Set data.features "
+            "to the classifier's (e.g. --data.features.NAME VALUE) or train the classifier on this front end"
+        )
+
+
 def datamodule_of(module):
     """The trainer's datamodule, or None (trained from bare dataloaders, or no trainer)."""
     trainer = getattr(module, "_trainer", None)
@@ -372,6 +394,7 @@ __all__ = [
     "ImageEncoderConfig",
     "ImageJudgeConfig",
     "LrSchedule",
+    "check_encoder_input",
     "check_lr_schedule",
     "coerce",
     "datamodule_of",

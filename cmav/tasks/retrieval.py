@@ -52,6 +52,7 @@ from cmav.tasks.common import (
     ImageAugmentConfig,
     ImageEncoderConfig,
     LrSchedule,
+    check_encoder_input,
     check_lr_schedule,
     coerce,
     datamodule_of,
@@ -219,6 +220,7 @@ class RetrievalTask(L.LightningModule):
         if encoder_mode != "scratch":
             clf = load_sound_classifier(audio_encoder_ckpt, "retrieval")  # type: ignore[arg-type]
             self.audio_encoder_config = clf.audio_encoder_config
+            self._encoder_features = clf.trained_features
             pretrained = clf.model  # type: ignore[assignment]
         pretrained_image: ImageEncoder | None = None
         if image_encoder_mode != "scratch":
@@ -329,10 +331,8 @@ class RetrievalTask(L.LightningModule):
         h = self.hparams
         if dm.hparams.image_size != h.image_size:
             raise ValueError(f"model image_size={h.image_size} but data image_size={dm.hparams.image_size}")
-        data_shape = list(dm.train_full.tensors.audio.shape[1:])
-        if h.input_shape is not None and list(h.input_shape) != data_shape:
-            raise ValueError(f"the audio encoder takes LMS {tuple(h.input_shape)}, the data's are {tuple(data_shape)}: "
-                             "train the sound classifier on the same front end")  # fmt: skip
+        if h.input_shape is not None:
+            check_encoder_input(h.input_shape, getattr(self, "_encoder_features", None), dm, h.audio_encoder_ckpt)
         if h.class_names is None:
             h.class_names = list(dm.class_names)
         if dm.val is not None and len(dm.val):

@@ -28,7 +28,7 @@ from cmav.data.instruments import INSTRUMENTS
 from cmav.features.inversion import lms_to_audio
 from cmav.models import AudioEncoder, InferenceCondition
 from cmav.tasks.classifier import load_sound_classifier
-from cmav.tasks.common import AdamConfig, AudioEncoderConfig, ImageAugmentConfig, plain
+from cmav.tasks.common import AdamConfig, AudioEncoderConfig, ImageAugmentConfig, check_encoder_input, plain
 from cmav.tasks.paired_gan import (
     ConditionalTranslator,
     ConditionOn,
@@ -171,6 +171,7 @@ class S2ITask(PairedGANTask):
     def _load_pretrained_encoder(self, path: str | None) -> AudioEncoder:
         clf = load_sound_classifier(path, "S2I")  # type: ignore[arg-type]
         self.encoder_config = clf.audio_encoder_config
+        self._encoder_features = clf.trained_features
         self.hparams.audio_shape = list(clf.model.input_shape)  # type: ignore[union-attr]
         return clf.model  # type: ignore[return-value]
 
@@ -188,11 +189,8 @@ class S2ITask(PairedGANTask):
         self.hparams.audio_shape = list(dm.train_full.tensors.audio.shape[1:])
 
     def _check_data(self, dm) -> None:
-        expected = tuple(self.model.encoder.input_shape)
-        got = tuple(dm.train_full.tensors.audio.shape[1:])
-        if got != expected:
-            raise ValueError(f"the audio encoder takes features {expected}, the data's are {got}: "
-                             "train the sound classifier on the same front end")  # fmt: skip
+        check_encoder_input(self.model.encoder.input_shape, getattr(self, "_encoder_features", None), dm,
+                            self.hparams.audio_encoder_ckpt)  # fmt: skip
 
     def _gather_condition(self, index: Tensor) -> Tensor:
         return gather_audio(self._train_tensors, index, self.device)
