@@ -56,6 +56,25 @@ def test_the_harmonic_rows_do_not_move_with_the_pitch_while_a_spectrogram_does()
     assert (la - lb).abs().mean() > 5.0  # dB: the LMS of the two notes differ everywhere
 
 
+def test_levels_relative_to_the_fundamental_and_their_tilt():
+    """reference='fundamental': harmonic h reads 20 log10(a_h / a_1) / floor, above 0 where it is
+    louder than the fundamental; a tilt of the profile is still what an EQ tilt of the tone gives."""
+    from cmav.features.harmonic import tilt_harmonics
+
+    cfg = HarmonicConfig(descriptors=("pitch",), n_harmonics=4, reference="fundamental")
+    fe = build_front_end(cfg)
+    amps = np.array([0.5, 1.0, 0.25, 0.1])
+    x = fe(tone(220.0, list(amps)))
+    want = torch.tensor(20 * np.log10(amps / amps[0]) / cfg.floor_db, dtype=torch.float32)
+    assert torch.allclose(inner(x)[0, 0, 1:].mean(-1), want, atol=0.03)
+    slope = 6.0
+    tilted = amps * 10 ** (slope * np.log2(np.arange(1, 5)) / 20)
+    got = inner(tilt_harmonics(x, torch.tensor([slope]), cfg))[0, 0, 1:]
+    assert torch.allclose(got, inner(fe(tone(220.0, list(tilted))))[0, 0, 1:], atol=0.03)
+    with pytest.raises(ValueError, match="reference must be 'strongest' or 'fundamental'"):
+        HarmonicConfig(reference="loudest")
+
+
 def test_a_tilt_of_the_profile_is_what_an_eq_tilt_of_the_tone_gives():
     """tilt_harmonics(profile(x), s) = profile(x through a tilt of s dB/octave), here a tone whose
     harmonics are reweighted by 10^(s log2(h) / 20); the strongest harmonic moves from h1 to h4."""

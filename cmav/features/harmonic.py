@@ -58,10 +58,15 @@ class HarmonicConfig(FrontEndConfigMixin):
     """Which of :data:`DESCRIPTORS` head the rows. Flatness is left out by default: it measures a
     recording's noise floor, and with it an MLP on these statistics trained on FluidR3 + OPL-3 FM
     scored 0.51 on FreePats against 0.62 without (the development source, not the evaluation font)."""
+    reference: Literal["strongest", "fundamental"] = "strongest"
+    """What the harmonic levels are measured against: the strongest harmonic (levels in [-1, 0]) or
+    the fundamental (levels in [-1, 1], each clipped at ``floor_db`` either side of it)."""
     mono: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "descriptors", tuple(self.descriptors))  # YAML and checkpoints give lists
+        if self.reference not in ("strongest", "fundamental"):
+            raise ValueError(f"harmonic front end: reference must be 'strongest' or 'fundamental', got {self.reference!r}")
 
     def output_shape(self, duration_s: float) -> tuple[int, int, int]:
         return (1, len(self.descriptors) + self.n_harmonics, self.n_samples(duration_s) // self.hop_length + 1)
@@ -69,7 +74,8 @@ class HarmonicConfig(FrontEndConfigMixin):
 
 class HarmonicProfile(FrontEnd):
     """Waveform batch -> ``(batch, 1, len(descriptors) + n_harmonics, frames)``: the descriptors,
-    then the harmonic levels (0 = the strongest harmonic, -1 = ``floor_db`` below it)."""
+    then the harmonic levels (0 = the strongest harmonic, or the fundamental with ``reference``
+    ``'fundamental'``; -1 = ``floor_db`` below it)."""
 
     def __init__(self, config: HarmonicConfig | None = None) -> None:
         super().__init__(config or HarmonicConfig())
@@ -125,6 +131,8 @@ class HarmonicProfile(FrontEnd):
         tiny = 1e-12
         db = 10 * torch.log10((levels + tiny) / (levels.amax(1, keepdim=True) + tiny))
         db = db.clamp(min=-c.floor_db)
+        if c.reference == "fundamental":
+            db = (db - db[:, :1]).clamp(-c.floor_db, c.floor_db)
         freqs = torch.linspace(0, c.sample_rate / 2, n_bins, device=wave.device, dtype=power.dtype)
         centroid = (power * freqs.view(1, -1, 1)).sum(1) / total
         odd, even = levels[:, 0::2].sum(1), levels[:, 1::2].sum(1)
@@ -159,7 +167,10 @@ def tilt_harmonics(feats: Tensor, db_per_octave: Tensor, config: HarmonicConfig)
     h = torch.arange(1, config.n_harmonics + 1, device=feats.device, dtype=feats.dtype)
     slope = db_per_octave.to(feats).view(-1, 1, 1, 1) / config.floor_db
     levels = feats[..., d:, :] + slope * torch.log2(h).view(1, 1, -1, 1)
-    levels = (levels - levels.amax(-2, keepdim=True)).clamp(min=-1.0)
+    if config.reference == "fundamental":  # log2(1) = 0: the fundamental stays the reference
+        levels = levels.clamp(-1.0, 1.0)
+    else:
+        levels = (levels - levels.amax(-2, keepdim=True)).clamp(min=-1.0)
     return torch.cat([feats[..., :d, :], levels], -2)
 
 
