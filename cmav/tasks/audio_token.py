@@ -104,6 +104,7 @@ class AudioTokenTask(L.LightningModule):
         # state dicts that lack the (frozen, separately stored) diffusion model
         self.strict_loading = False
         h = self.hparams
+        self._encoder_features = None  # the front end the sound classifier was trained on (when loaded here)
         if audio_encoder is not None:
             encoder = coerce(EncoderConfig, audio_encoder["config"]).build(
                 AudioEncoder, audio_encoder["input_shape"], audio_encoder["n_classes"])  # fmt: skip
@@ -136,7 +137,7 @@ class AudioTokenTask(L.LightningModule):
         if h.class_names is not None and list(dm.class_names) != list(h.class_names):
             raise ValueError(f"the data's classes {list(dm.class_names)} differ from the sound classifier's "
                              f"{h.class_names}")  # fmt: skip
-        check_encoder_input(self.model.audio_encoder.input_shape, getattr(self, "_encoder_features", None), dm,
+        check_encoder_input(self.model.audio_encoder.input_shape, self._encoder_features, dm,
                             h.audio_encoder_ckpt)  # fmt: skip
         if dm.val is not None and len(dm.val):
             from cmav.tasks.retrieval import RetrievalTask

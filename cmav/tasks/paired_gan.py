@@ -267,6 +267,7 @@ class PairedGANTask(L.LightningModule):
         self._bank_index: Tensor | None = None
         self._augments_condition = False
 
+        self._encoder_features = None  # the front end a pretrained audio encoder was trained on (S2I sets it)
         pretrained = self._load_pretrained_encoder(encoder_ckpt) if h.encoder_mode != "scratch" else None
         # in a list: kept out of the module tree until it is built in (now, or at setup)
         self._pending_encoder: list[ConvEncoder | None] = [pretrained]

@@ -217,6 +217,7 @@ class RetrievalTask(L.LightningModule):
 
         self.audio_encoder_config = coerce(AudioEncoderConfig, audio_encoder)
         pretrained: AudioEncoder | None = None
+        self._encoder_features = None  # the front end the pretrained audio encoder was trained on
         if encoder_mode != "scratch":
             clf = load_sound_classifier(audio_encoder_ckpt, "retrieval")  # type: ignore[arg-type]
             self.audio_encoder_config = clf.audio_encoder_config
@@ -332,7 +333,7 @@ class RetrievalTask(L.LightningModule):
         if dm.hparams.image_size != h.image_size:
             raise ValueError(f"model image_size={h.image_size} but data image_size={dm.hparams.image_size}")
         if h.input_shape is not None:
-            check_encoder_input(h.input_shape, getattr(self, "_encoder_features", None), dm, h.audio_encoder_ckpt)
+            check_encoder_input(h.input_shape, self._encoder_features, dm, h.audio_encoder_ckpt)
         if h.class_names is None:
             h.class_names = list(dm.class_names)
         if dm.val is not None and len(dm.val):

@@ -189,7 +189,7 @@ class S2ITask(PairedGANTask):
         self.hparams.audio_shape = list(dm.train_full.tensors.audio.shape[1:])
 
     def _check_data(self, dm) -> None:
-        check_encoder_input(self.model.encoder.input_shape, getattr(self, "_encoder_features", None), dm,
+        check_encoder_input(self.model.encoder.input_shape, self._encoder_features, dm,
                             self.hparams.audio_encoder_ckpt)  # fmt: skip
 
     def _gather_condition(self, index: Tensor) -> Tensor:
