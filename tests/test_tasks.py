@@ -25,6 +25,8 @@ from cmav.models import AudioEncoder, ConditionalGenerator, ImageJudge, PairAwar
 from cmav.tasks import ClassifierTask, I2STask, NegativeSampler, S2ITask, load_classifier, load_s2i
 from cmav.tasks.common import AdamConfig, AudioEncoderConfig, ImageJudgeConfig, plain, refuse_weight_averaging
 from cmav.tasks.pairs import NegativeSamplingWarning
+from cmav.tasks.random_state import CHECKPOINT_KEY as RANDOM_STATE_KEY
+from cmav.tasks.random_state import restore_random_state
 from cmav.tasks.s2i import DiscriminatorConfig, GeneratorConfig
 
 from fixtures import assert_holds_a_weight_average, make_suburmp_tracks, make_unique_pairs
@@ -614,9 +616,11 @@ class Snapshot(Callback):
 
 
 def test_resume_continues_step_optimisers_and_ema_exactly(data, sound_classifier, tmp_path):
+    """A run killed after its second epoch and resumed ends with the weights of a run never killed:
+    the same batches (the shuffle), noise, augmentation and negative pairs were drawn."""
     ckpt_dir = tmp_path / "ckpt"
 
-    def run(max_epochs: int, ckpt_path=None, callbacks=()):
+    def run(max_epochs: int, ckpt_path=None, callbacks=(), ckpt_dir=ckpt_dir):
         L.seed_everything(0, verbose=False)
         model = s2i("s2i_c", "finetune", sound_classifier["ckpt"])
         ckpt = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_epochs=1)
@@ -643,12 +647,32 @@ def test_resume_continues_step_optimisers_and_ema_exactly(data, sound_classifier
     for k, v in snap.ema.items():
         assert torch.equal(v, saved["state_dict"][f"ema.{k}"]), k
     assert torch.equal(snap.rng, saved["cmav_s2i"]["sampler_rng"])
+    never_killed, _ = run(max_epochs=3, ckpt_dir=tmp_path / "uninterrupted")
+    assert never_killed.iteration == second.iteration
+    resumed, expected = second.state_dict(), never_killed.state_dict()
+    assert resumed.keys() == expected.keys()
+    for k, v in expected.items():
+        assert torch.equal(resumed[k], v), k
 
     # the checkpoint also rebuilds the generator for evaluation, without data or classifier ckpt
     loaded = load_s2i(ckpt_dir / "last.ckpt")
     assert loaded.iteration == 6 and loaded.trained_encoder_mode == "finetune"
     lms, z = torch.randn(3, 1, 128, 44), torch.randn(3, 10)
     assert torch.allclose(loaded.generate(lms, z), second.generate(lms, z), atol=1e-6)
+
+
+def test_random_state_is_restored_only_when_a_fit_resumes(sound_classifier):
+    saved = torch.load(sound_classifier["ckpt"], map_location="cpu", weights_only=True)
+    assert saved[RANDOM_STATE_KEY]["cpu"].dtype == torch.uint8
+    model = s2i("s2i_c", "frozen", sound_classifier["ckpt"])
+    torch.manual_seed(123)
+    ours = torch.get_rng_state()
+    restore_random_state(model, saved)  # no trainer: loading for evaluation keeps the caller's stream
+    assert torch.equal(torch.get_rng_state(), ours)
+    model.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    model.trainer.state.fn = "fit"
+    restore_random_state(model, saved)
+    assert torch.equal(torch.get_rng_state(), saved[RANDOM_STATE_KEY]["cpu"])
 
 
 def test_ddp_two_cpu_processes(data, tmp_path):

@@ -33,6 +33,7 @@ from cmav.tasks.common import (
     plain,
     tensorboard_writer,
 )
+from cmav.tasks.random_state import restore_random_state, save_random_state
 from cmav.viz.tensors import to_uint8_frame
 
 CHECKPOINT_KEY = "cmav_audio_token"
@@ -200,6 +201,10 @@ class AudioTokenTask(L.LightningModule):
         for k in [k for k in state if k.startswith("model.diffusion.")]:
             del state[k]  # frozen and stored in its own folder
         checkpoint[CHECKPOINT_KEY] = {"pipeline": str(self.hparams.pipeline), "fingerprint": self.pipeline_fingerprint}
+        save_random_state(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        restore_random_state(self, checkpoint)
 
 
 def is_audio_token_checkpoint(path: str | Path) -> bool:

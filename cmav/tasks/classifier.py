@@ -50,6 +50,7 @@ from cmav.tasks.common import (
     plain,
     with_lr_schedule,
 )
+from cmav.tasks.random_state import restore_random_state, save_random_state
 
 Modality = Literal["audio", "image"]
 Target = Literal["label", "track"]
@@ -348,7 +349,11 @@ class ClassifierTask(L.LightningModule):
         logits = self(batch[self.input_key])
         return {"logits": logits, "pred": logits.argmax(1), "index": batch["index"]}
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        save_random_state(checkpoint)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        restore_random_state(self, checkpoint)
         saved = checkpoint.get("hyper_parameters", {})
         if self.hparams.target == "track" and self.hparams.players is not None:
             if saved.get("players") not in (None, self.hparams.players):

@@ -24,6 +24,7 @@ from cmav.diffusion.audio_token import label_words
 from cmav.diffusion.pipeline import PixelDiffusionConfig, TextToImageDiffusion, build_pixel_diffusion
 from cmav.models.ema import ExponentialMovingAverage, ema_decay_at
 from cmav.tasks.common import AdamConfig, coerce, datamodule_of, plain, refuse_weight_averaging, tensorboard_writer
+from cmav.tasks.random_state import restore_random_state, save_random_state
 from cmav.viz.tensors import to_uint8_frame
 
 CAPTION = "a photo of a {} player"
@@ -164,6 +165,12 @@ class DiffusionBaseTask(L.LightningModule):
         cells = [[to_uint8_frame(x)] for x in images]
         sheet = labelled_grid(cells, list(self.hparams.class_names), cell_size=max(64, model.image_size))
         writer.add_image("samples/ema", np.asarray(sheet), self.global_step, dataformats="HWC")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        save_random_state(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        restore_random_state(self, checkpoint)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_config.build(self.diffusion.parameters())

@@ -57,6 +57,7 @@ from cmav.tasks.common import (
     refuse_weight_averaging,
 )
 from cmav.tasks.pairs import NegativeSampler
+from cmav.tasks.random_state import restore_random_state, save_random_state
 
 EncoderMode = Literal["frozen", "finetune", "scratch"]
 
@@ -776,6 +777,7 @@ class PairedGANTask(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        save_random_state(checkpoint)
         enc = self.model.encoder
         checkpoint[self.checkpoint_key] = {
             "iteration": self.iteration,
@@ -788,6 +790,7 @@ class PairedGANTask(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        restore_random_state(self, checkpoint)
         state = checkpoint.get(self.checkpoint_key)
         if not state:
             return

@@ -61,6 +61,7 @@ from cmav.tasks.common import (
     tensorboard_writer,
     with_lr_schedule,
 )
+from cmav.tasks.random_state import restore_random_state, save_random_state
 
 Architecture = Literal["global", "dense"]
 EncoderMode = Literal["frozen", "finetune", "scratch"]
@@ -539,6 +540,7 @@ class RetrievalTask(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        save_random_state(checkpoint)
         enc = self.model.audio_encoder
         checkpoint["cmav_retrieval"] = {
             "audio_encoder": {
@@ -548,6 +550,9 @@ class RetrievalTask(L.LightningModule):
             },
             "image_encoder": {"config": plain(self.image_encoder_config)},
         }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        restore_random_state(self, checkpoint)
 
 
 def load_retrieval(path: str | Path) -> RetrievalTask:
