@@ -385,10 +385,15 @@ class PairedGANTask(L.LightningModule):
         says: ``net``'s own, or replaced by training ones from :attr:`condition_bank`."""
         if self.inference_condition == "own":
             return net.condition(x)
-        out = net.encoder.forward_features(x)
+        return self._inference_conditions_from(net.encoder.forward_features(x))
+
+    def _inference_conditions_from(self, out: EncoderOutput) -> Tensor:
+        """:meth:`inference_conditions` from an encoder output already computed."""
+        cond = condition_from(out, self.condition_on)
+        if self.inference_condition == "own":
+            return cond
         assert self.condition_bank is not None
-        return self.condition_bank.snap(condition_from(out, self.condition_on), self.inference_condition,
-                                        out.logits.argmax(1), self.inference_neighbours)  # fmt: skip
+        return self.condition_bank.snap(cond, self.inference_condition, out.logits.argmax(1), self.inference_neighbours)
 
     @torch.no_grad()
     def generate_raw(self, condition: Tensor, z: Tensor | None = None, use_ema: bool = True) -> Tensor:
@@ -723,9 +728,9 @@ class PairedGANTask(L.LightningModule):
         z = torch.randn(n, self.z_dim, generator=g).to(self.device)
         enc = self.model.encoder.forward_features(condition)
         cond = condition_from(enc, self.condition_on)
-        if self.encoder_mode == "frozen" and self.inference_condition == "own":
+        if self.encoder_mode == "frozen":
             # a frozen encoder's EMA copy is the same network (lerp of equal weights): encode once
-            g_cond = cond
+            g_cond = self._inference_conditions_from(enc)
         else:
             g_cond = self.inference_conditions(self.ema.module, condition)
         fake = self.ema.module.generator(z, g_cond)
