@@ -278,7 +278,9 @@ def test_s2i_c_trains_on_a_frozen_harmonic_encoder_and_refuses_data_of_another_f
     clf_root = clf_yaml["trainer"]["default_root_dir"]
     assert printed["model"]["init_args"]["audio_encoder_ckpt"] == f"{clf_root}/checkpoints/last.ckpt"
     assert printed["data"]["features"]["init_args"]["kind"] == "harmonic"
-    assert printed["data"]["root"] == "data/default_fluid_freepats"
+    base_clf_yaml = yaml.safe_load((experiments / "audio_classifier.yaml").read_text())
+    clf_data_root = clf_yaml.get("data", {}).get("root", base_clf_yaml["data"]["root"])
+    assert printed["data"]["root"] == clf_data_root  # G trains on the data its encoder was trained on
     assert printed["model"]["init_args"]["variant"] == "s2i_c" and printed["model"]["init_args"]["discriminator"]["spectral_norm"]
     # the two settings it was measured with (README): the fake pair's weight, the class-mean condition
     weights = printed["model"]["init_args"]["loss_weights"]
