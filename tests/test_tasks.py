@@ -673,6 +673,10 @@ def test_random_state_is_restored_only_when_a_fit_resumes(sound_classifier):
     model.trainer.state.fn = "fit"
     restore_random_state(model, saved)
     assert torch.equal(torch.get_rng_state(), saved[RANDOM_STATE_KEY]["cpu"])
+    older = {k: v for k, v in saved.items() if k != RANDOM_STATE_KEY}
+    with pytest.warns(UserWarning, match="no random state"):
+        restore_random_state(model, older)
+    assert torch.equal(torch.get_rng_state(), saved[RANDOM_STATE_KEY]["cpu"])
 
 
 def test_ddp_two_cpu_processes(data, tmp_path):

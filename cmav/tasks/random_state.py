@@ -31,12 +31,19 @@ def restore_random_state(module, checkpoint: dict) -> None:
     """Set torch's generators from ``checkpoint`` when ``module``'s trainer is resuming a fit.
 
     A no-op elsewhere (``load_from_checkpoint`` for evaluation must not reseed the caller's
-    generators) and for checkpoints saved before this existed. The CUDA states are set only when the machine has as many devices as the saving run had; on
+    generators); a warning for checkpoints saved before this existed. The CUDA states are set only when the machine has as many devices as the saving run had; on
     another machine the run continues with the CPU state alone, with a warning.
     """
     state = checkpoint.get(CHECKPOINT_KEY)
     trainer = module._trainer  # noqa: SLF001 -- ``module.trainer`` raises when detached
-    if not state or trainer is None or trainer.state.fn != "fit":
+    if trainer is None or trainer.state.fn != "fit":
+        return
+    if not state:
+        warnings.warn(
+            f"{trainer.ckpt_path or 'the checkpoint'} holds no random state (saved by an older cmav): the resumed "
+            "run draws its batch order, noise and augmentations anew, not what the killed run would have drawn",
+            stacklevel=2,
+        )
         return
     torch.set_rng_state(state["cpu"])
     cuda = state.get("cuda")
