@@ -592,7 +592,7 @@ def test_robustness_grid_and_evaluation_end_to_end(tmp_path, capsys):
     cross = with_manifest(make_suburmp(tmp_path / "cross", chunks=3), fake_font(tmp_path / "f/FontB.sf2", b"b"))
     cfg = load_grid(EXPERIMENTS / "ablations" / "robustness.yaml", "quick")
     harmonic = {"name": "harmonic", "groups": [], "features": {"kind": "harmonic", "n_harmonics": 8}, "steps": 6,
-                "model": {"audio_encoder": {"arch": "stats", "hidden_dim": 16}}}  # fmt: skip
+                "model": {"audio_encoder": {"arch": "stats", "hidden_dim": 16}}, "data": {"holdout_tail": 0.0}}  # fmt: skip
     cfg.update(seeds=[0], steps=8, variants=[*cfg["variants"][:2], harmonic])
     cfg["data"].update(root=str(train), cache_dir=str(tmp_path / "cache"))
     cfg["cross_source"] = {"root": str(cross)}
@@ -614,6 +614,9 @@ def test_robustness_grid_and_evaluation_end_to_end(tmp_path, capsys):
     assert isinstance(harm_task.model, StatsPoolEncoder) and harm_task.model.input_shape == (1, 5 + 8, 22)
     assert not isinstance(lms_task.model, StatsPoolEncoder) and lms_task.model.input_shape[1] != 13
     assert result["runs"][2]["config_key"]["steps"] == 6 and result["runs"][2]["config_key"]["data"]["features"]["kind"] == "harmonic"
+    # ... on whole tracks (its own `data`), where the other variants keep the grid's held-out tails
+    assert result["runs"][2]["config_key"]["data"]["holdout_tail"] == 0.0
+    assert result["runs"][0]["config_key"]["data"]["holdout_tail"] == cfg["data"]["holdout_tail"] > 0
     assert _cli(["evaluate", "robustness", "--root", str(train), "--eval-root", str(cross), "--classifier",
                  result["runs"][2]["checkpoint"], "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "eval_h"),
                  "--adapt-batch-norm"]) == 0  # fmt: skip
@@ -684,6 +687,18 @@ def test_a_grid_variant_renders_its_own_several_source_data_once_and_never_from_
         _validate({"variants": [{"name": "none"}, {"name": "v", "soundfonts": ["nope.sf2"]}]})
     with pytest.raises(ValueError, match="`soundfonts` is a list"):
         _validate({"variants": [{"name": "none"}, {"name": "v", "soundfonts": str(FLUIDR3)}]})
+
+
+def test_a_grid_variant_data_merges_over_the_grid_and_may_not_move_the_root():
+    from cmav.ablation.robustness import _validate, variant_setup
+
+    cfg = {"data": {"root": "data/default", "holdout_tail": 0.1, "batch_size": 64}, "steps": 10, "model": {}}
+    _, data, _ = variant_setup(cfg, {"name": "v", "data": {"holdout_tail": 0.0}, "features": {"kind": "harmonic"}})
+    assert data == {"root": "data/default", "holdout_tail": 0.0, "batch_size": 64, "features": {"kind": "harmonic"}}
+    assert cfg["data"]["holdout_tail"] == 0.1  # the grid's own options are untouched
+    for bad in ({"root": "elsewhere"}, {"features": {"kind": "lms"}}, [0.0]):
+        with pytest.raises(ValueError, match=r"variant 'v': `data` holds"):
+            _validate({"variants": [{"name": "none"}, {"name": "v", "data": bad}]})
 
 
 def test_s2i_score_generates_from_each_sources_audio(fixture_root, tmp_path):

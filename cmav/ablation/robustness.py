@@ -93,10 +93,13 @@ def variant_root(cfg: dict, variant: dict, in_root: Path, out: Path, cross_font:
 
 def variant_setup(cfg: dict, variant: dict) -> tuple[dict, dict, int]:
     """``(model kwargs, data options, training batches)`` of a variant: the grid's ``model``,
-    ``data`` and ``steps`` with the variant's own ``model`` (merged over), ``features`` (the front
-    end, replacing ``data.features``: e.g. ``{kind: harmonic}``) and ``steps``."""
+    ``data`` and ``steps`` with the variant's own ``model`` and ``data`` (merged over: e.g.
+    ``{holdout_tail: 0}``), ``features`` (the front end, replacing ``data.features``: e.g.
+    ``{kind: harmonic}``) and ``steps``."""
     model = merge(cfg.get("model") or {}, variant.get("model") or {})
-    data = {**cfg["data"], "features": variant["features"]} if variant.get("features") else dict(cfg["data"])
+    data = merge(cfg["data"], variant.get("data") or {})
+    if variant.get("features"):
+        data["features"] = variant["features"]
     return model, data, int(variant.get("steps") or cfg["steps"])
 
 
@@ -117,6 +120,10 @@ def _validate(cfg: dict) -> list[dict]:
                 front_end_config(v["features"])
             except ValueError as exc:
                 raise ValueError(f"{src}: variant {v['name']!r}: features: {exc}") from exc
+        own_data = v.get("data") or {}
+        if not isinstance(own_data, dict) or {"root", "features"} & set(own_data):
+            raise ValueError(f"{src}: variant {v['name']!r}: `data` holds data options other than the root and the "
+                             f"front end (the variant's own `root` and `features` keys), got {own_data!r}")  # fmt: skip
         fonts = v.get("soundfonts")
         if fonts is not None and (not isinstance(fonts, list) or not fonts or not all(isinstance(f, str) for f in fonts)):
             raise ValueError(f"{src}: variant {v['name']!r}: `soundfonts` is a list of font paths, got {fonts!r}")
