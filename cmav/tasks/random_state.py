@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 
+import lightning as L
 import torch
 
 CHECKPOINT_KEY = "cmav_random_state"
@@ -27,7 +28,7 @@ def save_random_state(checkpoint: dict) -> None:
     checkpoint[CHECKPOINT_KEY] = state
 
 
-def restore_random_state(module, checkpoint: dict) -> None:
+def restore_random_state(module: L.LightningModule, checkpoint: dict) -> None:
     """Set torch's generators from ``checkpoint`` when ``module``'s trainer is resuming a fit.
 
     A no-op elsewhere (``load_from_checkpoint`` for evaluation must not reseed the caller's
