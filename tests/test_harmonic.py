@@ -206,9 +206,15 @@ def test_the_harmonic_overlay_switches_front_end_and_encoder_and_matches_the_gri
     for preset in (None, "cpu"):
         rows = [v for v in load_grid(experiments / "ablations" / "robustness.yaml", preset)["variants"]
                 if v["name"].startswith("harmonic")]  # fmt: skip
-        assert [v["groups"] for v in rows] == [[], [], ["tilt"], ["tilt"]]
+        assert [v["groups"] for v in rows] == [[], [], ["tilt"], ["tilt"], []]
         for v in rows:
             assert v["features"] == {"kind": "harmonic"} and v["model"]["audio_encoder"]["arch"] == "stats"
+        # the grid's 'harmonic recipe' row is the overlay: its encoder, optimiser and whole tracks
+        recipe = rows[-1]
+        assert recipe["name"] == "harmonic recipe"
+        assert recipe["model"]["audio_encoder"] == {k: enc[k] for k in recipe["model"]["audio_encoder"]}
+        assert recipe["model"]["optimizer"]["lr"] == printed["model"]["init_args"]["optimizer"]["lr"]
+        assert recipe["data"] == {"holdout_tail": printed["data"]["holdout_tail"]} == {"holdout_tail": 0.0}
     assert printed["data"].get("augment") is None  # tilt is an option, off (README: it did not carry over)
 
 
