@@ -32,8 +32,9 @@ def restore_random_state(module: L.LightningModule, checkpoint: dict) -> None:
     """Set torch's generators from ``checkpoint`` when ``module``'s trainer is resuming a fit.
 
     A no-op elsewhere (``load_from_checkpoint`` for evaluation must not reseed the caller's
-    generators); a warning for checkpoints saved before this existed. The CUDA states are set only when the machine has as many devices as the saving run had; on
-    another machine the run continues with the CPU state alone, with a warning.
+    generators); a warning for checkpoints saved before this existed. The CUDA states are set only
+    when the machine has as many devices as the saving run had; on another machine the run
+    continues with the CPU state alone, with a warning.
     """
     state = checkpoint.get(CHECKPOINT_KEY)
     trainer = module._trainer  # noqa: SLF001 -- ``module.trainer`` raises when detached
