@@ -1,8 +1,21 @@
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-import pytest
-import torch
+# numba's on-disk cache (librosa's yin, cqt and zero-crossing kernels are cached guvectorize
+# functions) is not safe to fill from several processes at once: two workers compiling the same
+# kernel into a cold cache can leave a pair of files from different processes, and the next load
+# segfaults (numba/numba#10128). A fresh CI venv starts cold, so each test process compiles into a
+# cache of its own. Set before anything imports numba.
+if "NUMBA_CACHE_DIR" not in os.environ:
+    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="cmav-tests-numba-")
+    atexit.register(shutil.rmtree, os.environ["NUMBA_CACHE_DIR"], ignore_errors=True)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests import their fixture builders from here
 
