@@ -26,7 +26,10 @@ demo: install
 	$(VENV)/bin/cmav generate --ckpt runs/s2i_c/checkpoints/last.ckpt \
 		--audio $(DATA)/chunk/validation/violin/violin06_2000.wav -n 8 -o $(OUT)/s2i_c_violin06.png
 
-# lint first (seconds; the rules are in pyproject.toml's [tool.ruff]), then the suite
+# lint first (seconds; the rules are in pyproject.toml's [tool.ruff]), then the suite. A worker that
+# dies (a segfault, or pytest-timeout ending a hung test) stops the run at once and the summary
+# names its test: pytest-xdist would otherwise rerun that test on a new worker, and with
+# --dist loadfile a replaced worker can wait forever for work (pytest-xdist#784).
 test: install-test
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --max-worker-restart=0
