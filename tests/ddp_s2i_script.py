@@ -1,7 +1,9 @@
 """Run a few S2ITask steps under DDP on 2 CPU processes (gloo); launched by tests/test_tasks.py.
 
 Lightning's ``ddp`` strategy re-runs this script for rank 1, so it needs the ``__main__`` guard.
-Every rank writes a checksum of its G and D weights: equal sums show the gradients were synced.
+Every rank writes a checksum of its G and D weights: equal sums show the gradients were synced,
+and how many cache files it built: given an empty CACHE_DIR, rank 0 builds them in
+``prepare_data`` and rank 1 only reads them.
 
 usage: python tests/ddp_s2i_script.py DATA_ROOT CACHE_DIR OUT_DIR
 """
@@ -14,11 +16,22 @@ from pathlib import Path
 import lightning as L
 import torch
 
+import cmav.data.cache
 from cmav.data import AudioVisualDataModule
 from cmav.tasks import S2ITask
 
+BUILT: list[str] = []
+_build_tensors = cmav.data.cache.build_tensors
+
+
+def _counted_build_tensors(*args, **kwargs):
+    """The real builder; the count says which rank computed features."""
+    BUILT.append("features")
+    return _build_tensors(*args, **kwargs)
+
 
 def main(root: str, cache_dir: str, out: str) -> None:
+    cmav.data.cache.build_tensors = _counted_build_tensors
     torch.set_num_threads(1)
     L.seed_everything(0, verbose=False)
     dm = AudioVisualDataModule(root, image_size=32, batch_size=8, cache_dir=cache_dir, progress=False)
@@ -34,7 +47,7 @@ def main(root: str, cache_dir: str, out: str) -> None:
     trainer.fit(model, dm)
     params = list(model.net.generator.parameters()) + list(model.discriminator.parameters())
     checksum = sum(float(p.double().sum()) for p in params)
-    Path(out, f"rank{trainer.global_rank}.txt").write_text(f"{checksum:.10e} {model.iteration}\n")
+    Path(out, f"rank{trainer.global_rank}.txt").write_text(f"{checksum:.10e} {model.iteration} built={len(BUILT)}\n")
     if trainer.global_rank == 0:
         print(f"DDP_OK world={trainer.world_size} iteration={model.iteration} global_step={trainer.global_step}")
 

@@ -680,17 +680,22 @@ def test_random_state_is_restored_only_when_a_fit_resumes(sound_classifier):
 
 
 def test_ddp_two_cpu_processes(data, tmp_path):
+    """From an empty cache folder: rank 0 builds both splits' cache files in ``prepare_data``,
+    rank 1 only reads them, and the two ranks end with the same weights."""
     out = tmp_path / "ddp"
     out.mkdir()
+    cache = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "ddp_s2i_script.py"), data["root"], data["cache"], str(out)],
+        [sys.executable, str(REPO / "tests" / "ddp_s2i_script.py"), data["root"], str(cache), str(out)],
         capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "DDP_OK world=2 iteration=3 global_step=6" in proc.stdout
-    sums = [(out / f"rank{r}.txt").read_text().split() for r in (0, 1)]
-    assert sums[0] == sums[1]  # same weights on both ranks: gradients were all-reduced
+    ranks = [(out / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert ranks[0][:2] == ranks[1][:2]  # same weights on both ranks: gradients were all-reduced
+    assert (ranks[0][2], ranks[1][2]) == ("built=2", "built=0")
+    assert len(list(cache.glob("*.pt"))) == 2  # train and validation, written once
 
 
 # ---------------------------------------------------------------- CLI and configs

@@ -96,6 +96,16 @@ class AudioVisualDataModule(L.LightningDataModule):
             waves_rate=self.features.sample_rate if waves else None,
         )  # fmt: skip
 
+    def prepare_data(self) -> None:
+        """Build any missing cache files, on one process per node before the others open them.
+
+        Lightning calls this on each node's local rank 0 and then waits at a barrier, so a DDP run
+        on an uncached root computes the features once, not once per rank at the same time (each
+        rank's numba kernels compiled into one cold cache can crash, numba#10128). The splits stay
+        open for this process's :meth:`setup`; the other ranks read the files in theirs.
+        """
+        self.setup()
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_full is None:
             self.train_full = self._open("train")
