@@ -184,6 +184,34 @@ def test_the_statistics_pooling_encoder_ignores_frame_order_and_learns():
         StatsPoolEncoder(input_shape=(1, 5, 1))
 
 
+def test_a_frame_mlp_lets_the_pooled_statistics_see_rows_that_vary_together():
+    """Plain pooling reads each row's mean and spread over time, so shuffling one row's frames
+    changes nothing; after a per-frame MLP (``frame_width``) it does. Frame order still does not
+    matter, and without ``frame_width`` the layers (the checkpoint keys) are as before."""
+    from cmav.models.encoders import FrameMLP, StatisticsPooling
+
+    torch.manual_seed(0)
+    shape = (1, 6, 10)
+    plain = EncoderConfig(arch="stats", hidden_dim=32, feature_dim=16).build(AudioEncoder, shape, 4).eval()
+    framed = EncoderConfig(arch="stats", hidden_dim=32, feature_dim=16, frame_width=8).build(AudioEncoder, shape, 4)
+    assert isinstance(plain.fc_feature[0], StatisticsPooling) and isinstance(framed.fc_feature[0], FrameMLP)
+    assert [k for k in plain.state_dict() if "fc_feature" in k] == ["fc_feature.1.running_mean",
+        "fc_feature.1.running_var", "fc_feature.1.num_batches_tracked", "fc_feature.3.weight", "fc_feature.3.bias",
+        "fc_feature.6.weight", "fc_feature.6.bias"]  # fmt: skip
+    x = torch.randn(4, *shape)
+    framed(x).sum().backward()
+    assert framed.fc_feature[0].net[0].weight.grad.abs().sum() > 0
+    framed.eval()
+    shuffled = x.clone()
+    shuffled[:, 0, 2] = x[:, 0, 2, torch.randperm(shape[-1])]  # one row's frames, in another order
+    assert torch.allclose(plain.embed(x), plain.embed(shuffled), atol=1e-5)
+    assert not torch.allclose(framed.embed(x), framed.embed(shuffled), atol=1e-3)
+    perm = torch.randperm(shape[-1])
+    assert torch.allclose(framed.embed(x), framed.embed(x[..., perm]), atol=1e-5)
+    with pytest.raises(ValueError, match="frame_width must be >= 0"):
+        StatsPoolEncoder(input_shape=shape, frame_width=-1)
+
+
 def test_the_harmonic_overlay_switches_front_end_and_encoder_and_matches_the_grid_rows(capsys, monkeypatch):
     import sys
     from pathlib import Path

@@ -305,6 +305,19 @@ class FeatureNoise(nn.Module):
         return x + self.sd * torch.randn_like(x) if self.training and self.sd > 0 else x
 
 
+class FrameMLP(nn.Module):
+    """``(N, C, H, W)`` -> ``(N, 1, width, W)``: one Linear + activation applied to every frame's
+    ``C * H`` rows alike, so that the statistics pooled next can hold how the rows vary together
+    within a frame (a harmonic profile at its pitch), not only each row's spread over the clip."""
+
+    def __init__(self, rows: int, width: int, activation: str, negative_slope: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv1d(rows, width, 1), make_activation(activation, negative_slope))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1, 2)).unsqueeze(1)
+
+
 class StatsPoolEncoder(ConvEncoder):
     """An encoder with no convolutions: statistics pooling of the input rows over time, then an MLP
     to the ``feature_dim`` feature and the class head.
@@ -316,8 +329,10 @@ class StatsPoolEncoder(ConvEncoder):
     ``blocks`` holds one block, the identity after the input standardisation (its map ``(N, C, H,
     W)`` is what dense retrieval and the audio token read), ``fc_feature`` is pooling + MLP.
 
-    Args: as :class:`ConvEncoder` where they apply, plus ``hidden_dim`` (the MLP's hidden width)
-    and ``feature_noise`` (sd of Gaussian noise on the standardised statistics in training).
+    Args: as :class:`ConvEncoder` where they apply, plus ``hidden_dim`` (the MLP's hidden width),
+    ``feature_noise`` (sd of Gaussian noise on the standardised statistics in training) and
+    ``frame_width`` (0: pool the input rows themselves; > 0: pool the outputs of a
+    :class:`FrameMLP` of that width instead).
     """
 
     def __init__(
@@ -331,6 +346,7 @@ class StatsPoolEncoder(ConvEncoder):
         input_norm: bool = True,
         hidden_dim: int = 256,
         feature_noise: float = 0.1,
+        frame_width: int = 0,
     ) -> None:
         nn.Module.__init__(self)  # none of ConvEncoder's conv stack: only its methods
         c, h, w = check_shape(input_shape, "input_shape")
@@ -346,8 +362,13 @@ class StatsPoolEncoder(ConvEncoder):
         self.blocks = nn.ModuleList([nn.Identity()])
         self.block_shapes = [(c, h, w)]
         self.global_pool = nn.Identity()
-        n_stats = 2 * c * h
+        if frame_width < 0:
+            raise ValueError(f"frame_width must be >= 0, got {frame_width}")
+        # without frame_width the layers (and so the state-dict keys) are those of earlier checkpoints
+        frames = [FrameMLP(c * h, frame_width, activation, negative_slope)] if frame_width else []
+        n_stats = 2 * (frame_width or c * h)
         self.fc_feature = nn.Sequential(
+            *frames,
             StatisticsPooling(),
             nn.BatchNorm1d(n_stats, affine=False),
             FeatureNoise(feature_noise),

@@ -38,7 +38,7 @@ class AdamConfig:
 ENCODER_ARCHS = ("conv", "stats")
 """``conv``: the paper's conv stack (:class:`cmav.models.ConvEncoder`); ``stats``: statistics pooling
 over time and an MLP (:class:`cmav.models.StatsPoolEncoder`, for the harmonic-profile front end)."""
-STATS_ONLY = ("hidden_dim", "feature_noise")
+STATS_ONLY = ("hidden_dim", "feature_noise", "frame_width")
 CONV_ONLY = ("n_blocks", "base_channels", "max_channels", "global_pool")
 
 
@@ -46,7 +46,7 @@ CONV_ONLY = ("n_blocks", "base_channels", "max_channels", "global_pool")
 class EncoderConfig:
     """:class:`cmav.models.AudioEncoder` / :class:`cmav.models.ImageEncoder` options (input shape and
     class count come from the data), or with ``arch: stats`` those of
-    :class:`cmav.models.StatsPoolEncoder` (``hidden_dim``, ``feature_noise``; the conv options
+    :class:`cmav.models.StatsPoolEncoder` (``hidden_dim``, ``feature_noise``, ``frame_width``; the conv options
     ``n_blocks``, ``base_channels``, ``max_channels`` and ``global_pool`` do not apply to it).
 
     Defaults mirror the models' own (a test keeps them in step): 128-d feature as in the paper.
@@ -64,6 +64,7 @@ class EncoderConfig:
     arch: str = "conv"
     hidden_dim: int = 256
     feature_noise: float = 0.1
+    frame_width: int = 0
 
     def __post_init__(self) -> None:
         if self.arch not in ENCODER_ARCHS:
