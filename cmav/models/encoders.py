@@ -391,6 +391,7 @@ __all__ = [
     "ConvEncoder",
     "EncoderOutput",
     "FeatureNoise",
+    "FrameMLP",
     "ImageEncoder",
     "RowNorm",
     "StatisticsPooling",
