@@ -46,8 +46,9 @@ CONV_ONLY = ("n_blocks", "base_channels", "max_channels", "global_pool")
 class EncoderConfig:
     """:class:`cmav.models.AudioEncoder` / :class:`cmav.models.ImageEncoder` options (input shape and
     class count come from the data), or with ``arch: stats`` those of
-    :class:`cmav.models.StatsPoolEncoder` (``hidden_dim``, ``feature_noise``, ``frame_width``; the conv options
-    ``n_blocks``, ``base_channels``, ``max_channels`` and ``global_pool`` do not apply to it).
+    :class:`cmav.models.StatsPoolEncoder` (``hidden_dim``, ``feature_noise``, ``frame_width``; the
+    conv options ``n_blocks``, ``base_channels``, ``max_channels`` and ``global_pool`` do not apply
+    to it).
 
     Defaults mirror the models' own (a test keeps them in step): 128-d feature as in the paper.
     """
