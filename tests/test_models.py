@@ -213,6 +213,38 @@ def test_projection_term_adds_condition_times_pooled_features() -> None:
     assert PairAwareDiscriminator(base_channels=SMALL).projection is None  # off by default, as in the paper
 
 
+def test_class_head_classifies_the_sample_alone_and_learns_it() -> None:
+    torch.manual_seed(0)
+    d = PairAwareDiscriminator(base_channels=SMALL, n_classes=2, spectral_norm=True)
+    x, c = torch.randn(8, 3, 64, 64), torch.randn(8, 128)
+    d.eval()
+    with torch.no_grad():
+        logit, classes = d(x, c, with_classes=True)
+        assert torch.allclose(logit, d(x, c)) and classes.shape == (8, 2)
+        _, other_cond = d(x, torch.randn(8, 128), with_classes=True)
+        assert torch.allclose(classes, other_cond)  # the condition plays no part in the class
+    # two classes told apart by where the bright square is: the head learns them in a few steps
+    d.train()
+    images = torch.full((32, 3, 64, 64), -1.0)
+    labels = torch.arange(32) % 2
+    images[labels == 0, :, 8:24, 8:24] = 1.0
+    images[labels == 1, :, 40:56, 40:56] = 1.0
+    opt = torch.optim.Adam(d.parameters(), lr=2e-3)
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(d(images, torch.zeros(32, 128), with_classes=True)[1], labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        accuracy = (d(images, torch.zeros(32, 128), with_classes=True)[1].argmax(1) == labels).float().mean()
+    assert accuracy == 1.0
+    with pytest.raises(ValueError, match="no class head"):
+        PairAwareDiscriminator(base_channels=SMALL)(x, c, with_classes=True)
+    with pytest.raises(ValueError, match="n_classes must be >= 0"):
+        PairAwareDiscriminator(base_channels=SMALL, n_classes=-1)
+    assert PairAwareDiscriminator(base_channels=SMALL).class_head is None  # off by default, as in the paper
+
+
 def test_spectral_norm_registered_and_no_bn() -> None:
     d = PairAwareDiscriminator(base_channels=SMALL, spectral_norm=True)
     layers = [m for m in d.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

@@ -336,7 +336,7 @@ def test_s2i_variant_trains_with_finite_losses(data, sound_classifier, tmp_path,
     tb = variant == "s2i_c"  # one variant through TensorBoard (sheets, LMS, audio), the others with no logger
     extra = {}
     if variant == "s2i_n":  # the options that are off in the paper's setting
-        extra = {**TINY_STABLE, "loss_weights": {"mode_seeking": 1.0}}
+        extra = {**TINY_STABLE, "loss_weights": {"mode_seeking": 1.0, "aux_class": 1.0}}
     model = s2i(variant, mode, sound_classifier["ckpt"] if mode != "scratch" else None,
                 sample_every_n_steps=1 if tb else 0, **extra)  # fmt: skip
     assert model.wrong_class_term == model.wrong_player_term == (variant == "s2i_c")
@@ -359,9 +359,11 @@ def test_s2i_variant_trains_with_finite_losses(data, sound_classifier, tmp_path,
     if variant == "s2i_c":
         keys += ["train/d_wrong_class", "train/d_wrong_player"]
     if variant == "s2i_n":
-        keys += ["train/mode_seeking"]
+        keys += ["train/mode_seeking", "train/d_class_ce", "train/g_class_ce"]
+        assert model.discriminator.class_head.out_features == 13
     else:  # off unless asked for
-        assert "train/mode_seeking" not in trainer.callback_metrics
+        assert "train/mode_seeking" not in trainer.callback_metrics and "train/d_class_ce" not in trainer.callback_metrics
+        assert model.discriminator is None or model.discriminator.class_head is None
     for k in keys + ["val/l1"]:
         assert math.isfinite(float(trainer.callback_metrics[k])), k
     assert changed(g0, model.net.generator) and changed(ema0, model.ema)

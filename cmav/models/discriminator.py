@@ -28,6 +28,8 @@ class PairAwareDiscriminator(nn.Module):
     With ``projection`` (Miyato & Koyama 2018, an option beyond the paper) the logit also gets
     the inner product of a linear map of the condition with the spatially averaged last conv map:
     a direct "does this sample match this condition" term, in addition to the concatenation.
+    With ``n_classes`` (AC-GAN, Odena et al. 2017; also beyond the paper) a linear head on the
+    spatially averaged last conv map classifies the sample itself, with no condition.
 
     Args:
         in_shape: ``(C, H, W)`` of one input sample.
@@ -43,6 +45,7 @@ class PairAwareDiscriminator(nn.Module):
         negative_slope: LeakyReLU slope.
         init: apply DCGAN initialisation (before spectral norm is attached).
         projection: add the projection term (needs ``cond_dim > 0``).
+        n_classes: size of the auxiliary class head; 0 = none.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class PairAwareDiscriminator(nn.Module):
         negative_slope: float = 0.2,
         init: bool = True,
         projection: bool = False,
+        n_classes: int = 0,
     ) -> None:
         super().__init__()
         c, h, w = check_shape(in_shape, "in_shape")
@@ -65,6 +69,8 @@ class PairAwareDiscriminator(nn.Module):
             raise ValueError(f"cond_dim must be >= 0, got {cond_dim}")
         if projection and cond_dim == 0:
             raise ValueError("projection needs a conditional discriminator (cond_dim > 0)")
+        if n_classes < 0:
+            raise ValueError(f"n_classes must be >= 0, got {n_classes}")
         if final_size < 1:
             raise ValueError(f"final_size must be >= 1, got {final_size}")
         use_bn = (not spectral_norm) if batch_norm is None else batch_norm
@@ -107,6 +113,8 @@ class PairAwareDiscriminator(nn.Module):
         # kernel = whole map: a Linear over the flattened map that keeps the conv layout
         self.out = nn.Conv2d(cin, 1, (h, w))
         self.projection = nn.Linear(cond_dim, cin, bias=False) if projection else None
+        self.n_classes = n_classes
+        self.class_head = nn.Linear(cin, n_classes) if n_classes > 0 else None
 
         if init:
             dcgan_init_(self)
@@ -121,8 +129,11 @@ class PairAwareDiscriminator(nn.Module):
             raise ValueError(f"expected input (N, {self.in_shape}), got {tuple(x.shape)}")
         return self.body(x)
 
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        """``x`` ``(N, *in_shape)``, ``cond`` ``(N, cond_dim)`` or None -> ``(N,)`` logits."""
+    def forward(self, x: Tensor, cond: Tensor | None = None, with_classes: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """``x`` ``(N, *in_shape)``, ``cond`` ``(N, cond_dim)`` or None -> ``(N,)`` logits; with
+        ``with_classes``, also the class head's ``(N, n_classes)`` logits from the same pass."""
+        if with_classes and self.class_head is None:
+            raise ValueError("this discriminator has no class head (n_classes=0)")
         fmap = self.features(x)
         if self.cond_proj is not None:
             if cond is None:
@@ -135,6 +146,9 @@ class PairAwareDiscriminator(nn.Module):
         logit = self.out(self.joint(joined)).flatten()
         if self.projection is not None:
             logit = logit + (self.projection(cond) * fmap.mean(dim=(2, 3))).sum(dim=1)
+        if with_classes:
+            assert self.class_head is not None
+            return logit, self.class_head(fmap.mean(dim=(2, 3)))
         return logit
 
 

@@ -98,6 +98,10 @@ class LossWeights:
     ``mode_seeking``: the mode-seeking term of MSGAN (Mao et al. 2019) on G, which penalises two
     noise draws for the same condition giving the same output; 0 = off (the paper). It costs a
     second G forward per step.
+    ``aux_class``: the AC-GAN term (Odena et al. 2017): D gets a class head on its pooled last map,
+    trained with cross-entropy on the real samples' classes, and G is trained so that the head
+    gives its sample the class of the condition it was drawn from. It asks G for the class's
+    look directly, not only through the pair score; 0 = off (the paper).
     """
 
     fake: float = 1.0
@@ -106,6 +110,7 @@ class LossWeights:
     pixel: float = 1.0
     encoder_class: float = 0.0
     mode_seeking: float = 0.0
+    aux_class: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -246,6 +251,10 @@ class PairedGANTask(L.LightningModule):
         self.g_opt_config = coerce(AdamConfig, h.g_optimizer)
         self.d_opt_config = coerce(AdamConfig, h.d_optimizer)
         self.weights = coerce(LossWeights, h.loss_weights)
+        if self.weights.aux_class < 0:
+            raise ValueError(f"loss_weights.aux_class must be >= 0, got {self.weights.aux_class}")
+        if self.weights.aux_class > 0 and not self.is_gan:
+            raise ValueError("loss_weights.aux_class needs a discriminator: variant 'ae' has none")
         self.sample_config = coerce(SampleConfig, h.samples)
         self.encoder_config = coerce(EncoderConfig, h.encoder)
         self.d_augment = ImageAugment(coerce(ImageAugmentConfig, h.diff_augment))
@@ -296,6 +305,7 @@ class PairedGANTask(L.LightningModule):
                 in_shape=shape, cond_dim=condition_dim(encoder, self.condition_on), cond_proj_dim=d.cond_proj_dim,
                 base_channels=d.base_channels, max_channels=d.max_channels, spectral_norm=d.spectral_norm,
                 final_size=d.final_size, projection=d.projection,
+                n_classes=encoder.n_classes if self.weights.aux_class > 0 else 0,
             )  # fmt: skip
         if h.get("channels_last", False):
             # NHWC convolutions: ~1.4x faster on CPU (oneDNN) and for bf16 on tensor cores; outputs
@@ -595,6 +605,15 @@ class PairedGANTask(L.LightningModule):
         assert self.discriminator is not None
         return self.discriminator(self.d_augment(x), cond)
 
+    def _disc_with_classes(self, x: Tensor, cond: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | None]:
+        """D's pair logits and, with ``aux_class`` on, the weighted cross-entropy of its class head
+        against ``labels``, from one pass over the augmented ``x``."""
+        if self.weights.aux_class == 0:
+            return self._disc(x, cond), None
+        assert self.discriminator is not None
+        logit, classes = self.discriminator(self.d_augment(x), cond, with_classes=True)
+        return logit, self.weights.aux_class * F.cross_entropy(classes.float(), labels)
+
     def _ema_update(self) -> None:
         assert self.ema is not None
         self.ema.update(self.model, decay=ema_decay_at(self.iteration, self.hparams.ema_decay))
@@ -631,7 +650,7 @@ class PairedGANTask(L.LightningModule):
         # ---- discriminator: real pair -> 1; fake and mismatched pairs -> 0
         self.toggle_optimizer(opt_d)
         c = cond.detach()
-        logit_real = self._disc(real, c)
+        logit_real, d_class_loss = self._disc_with_classes(real, c, labels)
         negatives: dict[str, tuple[float, Tensor]] = {}
         logit_fake = self._disc(fake.detach(), c)
         negatives["fake"] = (self.weights.fake, logit_fake)
@@ -643,16 +662,17 @@ class PairedGANTask(L.LightningModule):
             others = self._gather_target(neg.wrong_player[ok])
             negatives["wrong_player"] = (self.weights.wrong_player, self._disc(others, c[ok.to(self.device)]))
         d_loss = pair_discriminator_loss(logit_real, list(negatives.values()))
-        self.manual_backward(d_loss)
+        total_d = d_loss if d_class_loss is None else d_loss + d_class_loss
+        self.manual_backward(total_d)
         opt_d.step()
         opt_d.zero_grad(set_to_none=True)
         self.untoggle_optimizer(opt_d)
 
         # ---- generator: non-saturating, D(G(z, c), c) -> 1
         self.toggle_optimizer(opt_g)
-        logit_gen = self._disc(fake, cond)
+        logit_gen, g_class_loss = self._disc_with_classes(fake, cond, labels)
         g_loss = generator_adversarial_loss(logit_gen)
-        total_g = g_loss
+        total_g = g_loss if g_class_loss is None else g_loss + g_class_loss
         ms_loss = None
         if self.weights.mode_seeking > 0:
             z_b = torch.randn_like(z)
@@ -677,6 +697,9 @@ class PairedGANTask(L.LightningModule):
                 logs[f"train/d_{key}"] = torch.sigmoid(negatives[key][1].detach()).mean()
         if enc_loss is not None:
             logs["train/encoder_ce"] = enc_loss.detach()
+        if d_class_loss is not None and g_class_loss is not None:
+            logs["train/d_class_ce"] = d_class_loss.detach() / self.weights.aux_class
+            logs["train/g_class_ce"] = g_class_loss.detach() / self.weights.aux_class
         if ms_loss is not None:
             logs["train/mode_seeking"] = ms_loss.detach()
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=n)
