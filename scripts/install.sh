@@ -61,5 +61,8 @@ fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "installing cmav and its Python dependencies into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+  # compile librosa's cached numba kernels now, in one process: two cmav runs filling a cold
+  # cache at once can crash (numba#10128; cmav/features/numba_cache.py)
+  .venv/bin/python -m cmav.features.numba_cache
   touch "$stamp"
 fi

@@ -1,6 +1,8 @@
 """The audio front-end family (lms, stft, cqt, mfcc, waveform): shapes, librosa references, config
 errors, encoders for every representation and depth, and per-representation cache entries."""
 
+import os
+
 import librosa
 import numpy as np
 import pytest
@@ -188,3 +190,21 @@ def test_front_end_differences_name_what_differs_and_ignore_how_it_was_written()
     assert front_end_differences(stored, {"kind": "harmonic", "descriptors": ("pitch", "loudness")}) == []
     assert front_end_differences(stored, {**stored, "floor_db": 90.0}) == ["floor_db: 80.0 -> 90.0"]
     assert front_end_differences(None, {"kind": "harmonic"}) == ["kind: lms -> harmonic"]
+
+
+def test_the_numba_warm_up_caches_every_kernel_the_front_ends_reach(tmp_path):
+    # install.sh fills the cache once so that parallel runs only read it (numba#10128): after the
+    # warm-up, running the harmonic and CQT front ends must compile (write) nothing more
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "cmav.features.numba_cache"], env=env, check=True, capture_output=True)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert any(p.suffix == ".nbi" and "pitch" in p.name for p in before)  # yin's kernels are there
+    run = ("import torch; from cmav.features.harmonic import HarmonicConfig, HarmonicProfile; "
+           "from cmav.features.cqt import ConstantQTransform, CqtConfig; "
+           "[f(torch.rand(3, 1, 11025) - 0.5, 22050) for f in (HarmonicProfile(HarmonicConfig()), ConstantQTransform(CqtConfig()))]")  # fmt: skip
+    subprocess.run([sys.executable, "-c", run], env=env, check=True, capture_output=True)
+    after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
