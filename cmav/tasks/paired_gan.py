@@ -606,13 +606,13 @@ class PairedGANTask(L.LightningModule):
         return self.discriminator(self.d_augment(x), cond)
 
     def _disc_with_classes(self, x: Tensor, cond: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | None]:
-        """D's pair logits and, with ``aux_class`` on, the weighted cross-entropy of its class head
-        against ``labels``, from one pass over the augmented ``x``."""
+        """D's pair logits and, with ``aux_class`` on, the cross-entropy of its class head against
+        ``labels`` (unweighted), from one pass over the augmented ``x``."""
         if self.weights.aux_class == 0:
             return self._disc(x, cond), None
         assert self.discriminator is not None
         logit, classes = self.discriminator(self.d_augment(x), cond, with_classes=True)
-        return logit, self.weights.aux_class * F.cross_entropy(classes.float(), labels)
+        return logit, F.cross_entropy(classes.float(), labels)
 
     def _ema_update(self) -> None:
         assert self.ema is not None
@@ -650,7 +650,7 @@ class PairedGANTask(L.LightningModule):
         # ---- discriminator: real pair -> 1; fake and mismatched pairs -> 0
         self.toggle_optimizer(opt_d)
         c = cond.detach()
-        logit_real, d_class_loss = self._disc_with_classes(real, c, labels)
+        logit_real, d_class_ce = self._disc_with_classes(real, c, labels)
         negatives: dict[str, tuple[float, Tensor]] = {}
         logit_fake = self._disc(fake.detach(), c)
         negatives["fake"] = (self.weights.fake, logit_fake)
@@ -662,7 +662,7 @@ class PairedGANTask(L.LightningModule):
             others = self._gather_target(neg.wrong_player[ok])
             negatives["wrong_player"] = (self.weights.wrong_player, self._disc(others, c[ok.to(self.device)]))
         d_loss = pair_discriminator_loss(logit_real, list(negatives.values()))
-        total_d = d_loss if d_class_loss is None else d_loss + d_class_loss
+        total_d = d_loss if d_class_ce is None else d_loss + self.weights.aux_class * d_class_ce
         self.manual_backward(total_d)
         opt_d.step()
         opt_d.zero_grad(set_to_none=True)
@@ -670,9 +670,9 @@ class PairedGANTask(L.LightningModule):
 
         # ---- generator: non-saturating, D(G(z, c), c) -> 1
         self.toggle_optimizer(opt_g)
-        logit_gen, g_class_loss = self._disc_with_classes(fake, cond, labels)
+        logit_gen, g_class_ce = self._disc_with_classes(fake, cond, labels)
         g_loss = generator_adversarial_loss(logit_gen)
-        total_g = g_loss if g_class_loss is None else g_loss + g_class_loss
+        total_g = g_loss if g_class_ce is None else g_loss + self.weights.aux_class * g_class_ce
         ms_loss = None
         if self.weights.mode_seeking > 0:
             z_b = torch.randn_like(z)
@@ -697,9 +697,9 @@ class PairedGANTask(L.LightningModule):
                 logs[f"train/d_{key}"] = torch.sigmoid(negatives[key][1].detach()).mean()
         if enc_loss is not None:
             logs["train/encoder_ce"] = enc_loss.detach()
-        if d_class_loss is not None and g_class_loss is not None:
-            logs["train/d_class_ce"] = d_class_loss.detach() / self.weights.aux_class
-            logs["train/g_class_ce"] = g_class_loss.detach() / self.weights.aux_class
+        if d_class_ce is not None and g_class_ce is not None:
+            logs["train/d_class_ce"] = d_class_ce.detach()
+            logs["train/g_class_ce"] = g_class_ce.detach()
         if ms_loss is not None:
             logs["train/mode_seeking"] = ms_loss.detach()
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=n)
