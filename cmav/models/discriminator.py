@@ -113,7 +113,6 @@ class PairAwareDiscriminator(nn.Module):
         # kernel = whole map: a Linear over the flattened map that keeps the conv layout
         self.out = nn.Conv2d(cin, 1, (h, w))
         self.projection = nn.Linear(cond_dim, cin, bias=False) if projection else None
-        self.n_classes = n_classes
         self.class_head = nn.Linear(cin, n_classes) if n_classes > 0 else None
 
         if init:
