@@ -117,6 +117,18 @@ def test_perfect_generator_scores_the_judges_own_accuracy(dm, judges, tmp_path):
     assert m["fid_kid"]["fid"] == pytest.approx(0.0, abs=1e-3)
     assert m["fid_kid"]["label"] == FID_LABEL and "not Inception" in m["fid_kid"]["label"]
     assert m["diversity"]["value"] == pytest.approx(0.0, abs=1e-6)  # ignores z
+    # per player: the validation players, their item counts adding up and weighting to the total
+    val = dm.val.tensors
+    per = m["judged"]["per_player"]
+    assert {r["name"] for r in per} == {f"{dm.class_names[c]}{t:02d}" for c, t in zip(val.labels.tolist(), val.tracks.tolist(), strict=True)}
+    assert sum(r["n"] for r in per) == len(val.labels)
+    assert sum(r["n"] * r["accuracy"] for r in per) / len(val.labels) == pytest.approx(m["judged"]["accuracy"])
+    # the seen players' held-out tails (this fixture's audio is one clip per class, so the
+    # "perfect" generator draws the class's validation frame there)
+    h = m["judged_holdout"]
+    assert h["split"] == "train_holdout" and h["n"] == 13 * 2
+    assert 0.0 <= h["accuracy"] <= 1.0 and 0.0 <= h["judge_on_real_accuracy"] <= 1.0
+    assert sum(r["n"] for r in h["per_player"]) == h["n"]
     p = m["player"]
     assert p["split"] == "train_holdout" and p["n"] == 13 * 2 and 0.0 <= p["accuracy"] <= 1.0
     assert 0.0 <= p["judge_on_real_accuracy"] <= 1.0
@@ -131,6 +143,10 @@ def test_constant_generator_is_at_chance(dm, judges):
     # one image for everything -> one predicted class -> exactly its share of the (balanced) items
     assert m["judged"]["accuracy"] == pytest.approx(1 / 13)
     assert m["judged"]["balanced_accuracy"] == pytest.approx(1 / 13)
+    # every player, validation and held-out tails alike, is drawn wholly as that one class
+    rows = m["judged"]["per_player"] + m["judged_holdout"]["per_player"]
+    assert len({r["named_most"] for r in rows}) == 1 and all(r["named_most_fraction"] == 1.0 for r in rows)
+    assert m["judged_holdout"]["accuracy"] == pytest.approx(1 / 13)
     assert m["player"] is None
     assert m["fid_kid"]["fid"] > 0.0
 
@@ -323,8 +339,9 @@ def test_quick_ablation_end_to_end(data, tmp_path):
                 "S2I-C recipe"]  # fmt: skip
     assert [r["variant"] for r in rows] == variants
     assert all(r["n_seeds"] == "3" for r in rows)
+    assert all(0.0 <= float(r["judged_acc_holdout_mean"]) <= 1.0 for r in rows)  # the seen players' tails
     md = (out / "table.md").read_text()
-    assert all(f"| {v} |" in md for v in variants) and "not Inception FID" in md
+    assert all(f"| {v} |" in md for v in variants) and "not Inception FID" in md and "judged acc (seen players)" in md
     assert re.search(r"sound classifier \(the frozen audio encoder\) accuracy \d\.\d{3}, \d\.\d{3}, \d\.\d{3}", md)
     sheet = Image.open(out / "samples.png")
     assert sheet.size[0] > 64 * (1 + len(variants)) and np.asarray(sheet).std() > 0

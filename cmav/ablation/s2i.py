@@ -43,6 +43,7 @@ from cmav.viz.tensors import to_uint8_frame
 METRICS: list[tuple[str, str, Any]] = [
     ("judged_acc", "judged acc", lambda r: r["judged"]["accuracy"]),
     ("balanced_judged_acc", "balanced judged acc", lambda r: r["judged"]["balanced_accuracy"]),
+    ("judged_acc_holdout", "judged acc (seen players)", lambda r: (r.get("judged_holdout") or {}).get("accuracy")),
     ("fid", "judge-FID", lambda r: r["fid_kid"]["fid"]),
     ("kid", "judge-KID", lambda r: r["fid_kid"]["kid_mean"]),
     ("diversity", "diversity", lambda r: r["diversity"]["value"]),
@@ -120,8 +121,8 @@ def summarise(runs: list[dict], variants: list[str], metrics: list[Metric] = MET
 
 
 S2I_EXPLANATION = (
-    "\nSplits: judged acc, FID/KID and diversity on **validation** (unseen players); player consistency "
-    "on **train_holdout** (time-held-out end of each train track). FID/KID are judge-feature FID/KID "
+    "\nSplits: judged acc, FID/KID and diversity on **validation** (unseen players); judged acc (seen "
+    "players) and player consistency on **train_holdout** (time-held-out end of each train track). FID/KID are judge-feature FID/KID "
     "(image-judge features), not Inception FID: compare only within this table. Diversity: mean pairwise "
     "judge-feature distance over noise draws of the same audio. Mean ± sd over seeds.\n"
 )

@@ -153,6 +153,16 @@ def _inference_task(args: argparse.Namespace, kind: str, dm):
     return with_inference_condition(task, args.ckpt, args.inference_condition, args.inference_neighbours, datamodule=dm)
 
 
+def _weak_players(per_player: list[dict], split: str, below: float = 0.5) -> str:
+    """One line naming the players whose generated frames the judge mostly gets wrong."""
+    weak = [r for r in per_player if r["accuracy"] < below]
+    if not weak:
+        return f"players judged below {below:.2f} ({split}): none"
+    return f"players judged below {below:.2f} ({split}): " + ", ".join(
+        f"{r['name']} {r['accuracy']:.2f} (drawn as {r['named_most']} {r['named_most_fraction']:.2f})" for r in weak
+    )
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from cmav.data.datamodule import AudioVisualDataModule
     from cmav.evaluation import evaluate_i2s, evaluate_s2i
@@ -199,6 +209,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     fk = m["fid_kid"]
     print(f"{fk['label']} (validation): FID {fk['fid']:.3f}, KID {fk['kid_mean']:.5f} ± {fk['kid_std']:.5f}")
     print(f"diversity over noise (validation): {m['diversity']['value']:.4f}")
+    print(_weak_players(m["judged"]["per_player"], "validation"))
+    if m.get("judged_holdout"):
+        h = m["judged_holdout"]
+        print(f"judged accuracy (train_holdout, seen players): {h['accuracy']:.3f}; "
+              f"image judge on real frames: {h['judge_on_real_accuracy']:.3f}")  # fmt: skip
+        print(_weak_players(h["per_player"], "train_holdout"))
     if m.get("player"):
         p = m["player"]
         print(f"player consistency (train_holdout): {p['accuracy']} (player judge on real: {p.get('judge_on_real_accuracy')})")

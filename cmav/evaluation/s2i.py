@@ -9,7 +9,11 @@ Every figure says which split it comes from:
   ``n_diversity_draws`` noise draws (mean pairwise judge-feature distance) on a class-balanced subset.
 * **train_holdout** (the time-held-out end of every train track; players the player judge knows,
   frames nobody trained on): player/pose consistency = how often the player judge names the
-  audio's own player (class + track) for a generated frame, beside its accuracy on the real frames.
+  audio's own player (class + track) for a generated frame, beside its accuracy on the real frames;
+  and the image judge's accuracy there (does G draw a seen player's instrument right?).
+
+Judged accuracy on both splits is also broken down per player (``violin03``: class and track):
+a player whose frames are all drawn as one other instrument shows as such (``named_most``).
 
 The generator is anything with ``fn(audio (N,1,M,T), z (N,z_dim)) -> images (N,3,S,S) in [-1,1]``:
 an :class:`~cmav.tasks.S2ITask` (its EMA generator), a checkpoint path, or a plain callable (tests
@@ -32,7 +36,13 @@ from cmav.evaluation.paired import (
     save_scores,
     score_generator,
 )
-from cmav.metrics import JudgeFeatureExtractor, judged_accuracy
+from cmav.metrics import (
+    JudgeFeatureExtractor,
+    classification_report,
+    judge_predictions,
+    judged_accuracy,
+    per_group_accuracy,
+)
 from cmav.metrics.serialise import json_safe
 
 
@@ -97,12 +107,16 @@ def evaluate_s2i(
     labels = val.labels.long()
     real = _images(val)
     extractor = JudgeFeatureExtractor(judge.model, name="image_judge")
-    scores, gen_report, real_report, _ = score_generator(
+    scores, gen_report, real_report, fake = score_generator(
         fn, z_dim, val.audio, real, labels, judge, names, extractor, what="image", seed=seed, batch_size=batch_size,
         n_diversity_draws=n_diversity_draws, diversity_per_class=diversity_per_class,
         kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
     )  # fmt: skip
     result: dict[str, Any] = {"generator": info, "seed": seed, **scores}
+    result["judged"]["per_player"] = per_group_accuracy(
+        judge_predictions(judge, fake, batch_size), labels, _player_names(val.labels, val.tracks, names), names
+    )
+    result["judged_holdout"] = _judged_holdout(fn, z_dim, datamodule, judge, names, seed, batch_size)
 
     result["player"] = None
     if player_judge_ckpt is not None:
@@ -111,6 +125,35 @@ def evaluate_s2i(
     if out_dir is not None:
         return save_scores(result, out_dir, gen_report, real_report, names, "Image judge", "frames")
     return json_safe(result)
+
+
+def _player_names(labels: Tensor, tracks: Tensor, class_names: list[str]) -> list[str]:
+    from cmav.tasks.classifier import player_names
+
+    return player_names(torch.stack([labels.long(), tracks.long()], 1).tolist(), class_names)
+
+
+def _judged_holdout(fn: GeneratorFn, z_dim: int, datamodule, judge, names: list[str], seed: int, batch_size: int):
+    """The image judge on frames generated from the train tracks' held-out tails (seen players)."""
+    t, index = datamodule.split_items("holdout")
+    if len(index) == 0:
+        return None
+    labels = t.labels[index].long()
+    fake = generate_images(fn, t.audio[index], z_dim, seed=seed, batch_size=batch_size)
+    preds = judge_predictions(judge, fake, batch_size)
+    gen = classification_report(preds, labels, names)
+    ref = judged_accuracy(judge, _images(t, index), labels, names, batch_size=batch_size)
+    return {
+        "split": "train_holdout",
+        "n": gen.n,
+        "accuracy": gen.accuracy,
+        "balanced_accuracy": gen.balanced_accuracy,
+        "per_class": gen.per_class,
+        "per_player": per_group_accuracy(preds, labels, _player_names(labels, t.tracks[index], names), names),
+        "judge_on_real_accuracy": ref.accuracy,
+        "note": "one generated image per held-out chunk at the end of each train track (seen players, unseen "
+        "frames), classified by the image judge; judge_on_real_accuracy is its ceiling on the real frames",
+    }
 
 
 def _player_consistency(fn: GeneratorFn, z_dim: int, datamodule, player_judge: Any, seed: int, batch_size: int):

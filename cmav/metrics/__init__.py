@@ -6,6 +6,7 @@ from cmav.metrics.classification import (
     classification_report,
     judge_predictions,
     judged_accuracy,
+    per_group_accuracy,
     plot_confusion_matrix,
     save_classification_report,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "judge_predictions",
     "judged_accuracy",
     "paired_win_rate",
+    "per_group_accuracy",
     "round_trip_accuracy",
     "round_trip_lms",
     "plot_confusion_matrix",

@@ -116,6 +116,36 @@ def classification_report(
     )
 
 
+def per_group_accuracy(
+    preds: Tensor | np.ndarray | Sequence[int],
+    targets: Tensor | np.ndarray | Sequence[int],
+    groups: Sequence[str],
+    class_names: Sequence[str],
+) -> list[dict[str, Any]]:
+    """Accuracy of each group of items (e.g. each player), in order of first appearance.
+
+    ``groups[i]`` names item ``i``'s group. Each entry has the group's ``name``, ``n``,
+    ``accuracy`` and ``named_most``: the class most often predicted for its items, with the
+    fraction of them, so that a group drawn wholly as another class reads as such.
+    """
+    p = torch.as_tensor(preds).detach().cpu().long().reshape(-1)
+    t = torch.as_tensor(targets).detach().cpu().long().reshape(-1)
+    if not (len(p) == len(t) == len(groups)):
+        raise ValueError(f"{len(p)} predictions, {len(t)} targets and {len(groups)} group names: they must match")
+    names = list(class_names)
+    rows: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        rows.setdefault(g, []).append(i)
+    out = []
+    for g, idx in rows.items():
+        gi = torch.tensor(idx)
+        counts = torch.bincount(p[gi], minlength=len(names))
+        top = int(counts.argmax())
+        out.append({"name": g, "n": len(idx), "accuracy": float((p[gi] == t[gi]).float().mean()),
+                    "named_most": names[top], "named_most_fraction": float(counts[top]) / len(idx)})  # fmt: skip
+    return out
+
+
 def _module_device(module: nn.Module) -> torch.device:
     """Where a module lives; CPU for a module without parameters or buffers."""
     for t in module.parameters():
