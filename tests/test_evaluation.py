@@ -120,7 +120,7 @@ def test_perfect_generator_scores_the_judges_own_accuracy(dm, judges, tmp_path):
     # per player: the validation players, their item counts adding up and weighting to the total
     val = dm.val.tensors
     per = m["judged"]["per_player"]
-    assert {r["name"] for r in per} == {f"{dm.class_names[c]}{t:02d}" for c, t in zip(val.labels.tolist(), val.tracks.tolist(), strict=True)}
+    assert {(r["class"], r["track"]) for r in per} == {(dm.class_names[c], t) for c, t in zip(val.labels.tolist(), val.tracks.tolist(), strict=True)}
     assert sum(r["n"] for r in per) == len(val.labels)
     assert sum(r["n"] * r["accuracy"] for r in per) / len(val.labels) == pytest.approx(m["judged"]["accuracy"])
     # the seen players' held-out tails (this fixture's audio is one clip per class, so the
@@ -145,7 +145,7 @@ def test_constant_generator_is_at_chance(dm, judges):
     assert m["judged"]["balanced_accuracy"] == pytest.approx(1 / 13)
     # every player, validation and held-out tails alike, is drawn wholly as that one class
     rows = m["judged"]["per_player"] + m["judged_holdout"]["per_player"]
-    assert len({r["named_most"] for r in rows}) == 1 and all(r["named_most_fraction"] == 1.0 for r in rows)
+    assert len({r["named_most"] for r in rows}) == 1 and all(r["named_most_share"] == 1.0 for r in rows)
     assert m["judged_holdout"]["accuracy"] == pytest.approx(1 / 13)
     assert m["player"] is None
     assert m["fid_kid"]["fid"] > 0.0

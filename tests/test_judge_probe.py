@@ -15,7 +15,8 @@ from PIL import Image
 from cmav.cli.main import main
 from cmav.data.datamodule import AudioVisualDataModule
 from cmav.data.instruments import INSTRUMENTS
-from cmav.evaluation.judge_probe import judge_views, player_table, probe_image_judge
+from cmav.evaluation.judge_probe import judge_views, probe_image_judge
+from cmav.metrics import player_table
 
 from fixtures import write_wav
 
@@ -121,6 +122,8 @@ def test_player_table_counts_each_players_frames():
     assert [r["accuracy"] for r in rows] == [0.5, 0.0, 1.0]
     assert [r["named_most"] for r in rows[1:]] == ["clarinet", "clarinet"]
     assert rows[1]["named_most_share"] == 1.0
+    with pytest.raises(ValueError, match="must match"):
+        player_table(predicted[:5], labels, tracks, ["oboe", "clarinet"])
 
 
 def test_probe_shows_a_judge_that_reads_the_room_not_the_instrument(dm, judge_ckpt):

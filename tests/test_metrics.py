@@ -22,7 +22,6 @@ from cmav.metrics import (
     fid_kid_from_features,
     inception_feature_extractor,
     judged_accuracy,
-    per_group_accuracy,
     plot_confusion_matrix,
     save_classification_report,
 )
@@ -99,20 +98,6 @@ def encode(labels: torch.Tensor, size: int = 8) -> torch.Tensor:
     img = torch.rand(len(labels), 3, size, size) * 2 - 1  # noise in the other channels
     img[:, 0] = v[:, None, None]
     return img
-
-
-def test_per_group_accuracy_hand_computed_and_names_what_a_group_is_drawn_as():
-    # player "a1" is right twice of three; player "b1" is always taken for class c
-    targets = torch.tensor([0, 0, 0, 1, 1])
-    preds = torch.tensor([0, 1, 0, 2, 2])
-    rows = per_group_accuracy(preds, targets, ["a1", "a1", "a1", "b1", "b1"], NAMES3)
-    assert [r["name"] for r in rows] == ["a1", "b1"]
-    assert [r["n"] for r in rows] == [3, 2]
-    assert rows[0]["accuracy"] == pytest.approx(2 / 3) and rows[1]["accuracy"] == 0.0
-    assert (rows[0]["named_most"], rows[0]["named_most_fraction"]) == ("a", pytest.approx(2 / 3))
-    assert (rows[1]["named_most"], rows[1]["named_most_fraction"]) == ("c", 1.0)
-    with pytest.raises(ValueError, match="group names"):
-        per_group_accuracy(preds, targets, ["a1"], NAMES3)
 
 
 def test_judged_accuracy_perfect_judge_is_one():

@@ -159,7 +159,9 @@ def _weak_players(per_player: list[dict], split: str, below: float = 0.5) -> str
     if not weak:
         return f"players judged below {below:.2f} ({split}): none"
     return f"players judged below {below:.2f} ({split}): " + ", ".join(
-        f"{r['name']} {r['accuracy']:.2f} (drawn as {r['named_most']} {r['named_most_fraction']:.2f})" for r in weak
+        f"{r['class']}{r['track']:02d} {r['accuracy']:.2f}"
+        + (f" (drawn as {r['named_most']} {r['named_most_share']:.2f})" if r["named_most"] != r["class"] else "")
+        for r in weak
     )
 
 

@@ -19,14 +19,13 @@ alone would have been enough. The real Sub-URMP has no masks: the probe is for t
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from cmav.metrics import judge_predictions
+from cmav.metrics import judge_predictions, player_table
 
 VIEWS = ("frame", "instrument painted out", "instrument only")
 PROBE_SPLITS = ("train", "holdout", "validation")
@@ -39,20 +38,6 @@ def judge_views(images: Tensor, masks: Tensor) -> dict[str, Tensor]:
 
     painted, grown = paint_out_instruments(images, masks.to(images.dtype))
     return {"frame": images, "instrument painted out": painted, "instrument only": grown * images}
-
-
-def player_table(predicted: Tensor, labels: Tensor, tracks: Tensor, class_names: list[str]) -> list[dict[str, Any]]:
-    """Per player (class, track), sorted by class then track: frames, accuracy (share judged as the
-    player's class), the class named most often and its share."""
-    rows = []
-    for c, t in sorted({(int(c), int(t)) for c, t in zip(labels.tolist(), tracks.tolist(), strict=True)}):
-        sel = (labels == c) & (tracks == t)
-        named = Counter(predicted[sel].tolist())
-        top, count = named.most_common(1)[0]
-        n = int(sel.sum())
-        rows.append({"class": class_names[c], "track": t, "n": n, "accuracy": named[c] / n,
-                     "named_most": class_names[top], "named_most_share": count / n})  # fmt: skip
-    return rows
 
 
 @torch.no_grad()
@@ -121,4 +106,4 @@ def format_judge_probe(probe: dict[str, Any], list_players: tuple[str, ...] = ("
     return "\n".join(lines)
 
 
-__all__ = ["PROBE_SPLITS", "VIEWS", "format_judge_probe", "judge_views", "player_table", "probe_image_judge"]
+__all__ = ["PROBE_SPLITS", "VIEWS", "format_judge_probe", "judge_views", "probe_image_judge"]

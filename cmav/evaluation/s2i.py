@@ -12,8 +12,9 @@ Every figure says which split it comes from:
   audio's own player (class + track) for a generated frame, beside its accuracy on the real frames;
   and the image judge's accuracy there (does G draw a seen player's instrument right?).
 
-Judged accuracy on both splits is also broken down per player (``violin03``: class and track):
-a player whose frames are all drawn as one other instrument shows as such (``named_most``).
+Judged accuracy on both splits is also broken down per player (class and track,
+:func:`~cmav.metrics.player_table`): a player whose frames are all drawn as one other instrument
+shows as such (``named_most``).
 
 The generator is anything with ``fn(audio (N,1,M,T), z (N,z_dim)) -> images (N,3,S,S) in [-1,1]``:
 an :class:`~cmav.tasks.S2ITask` (its EMA generator), a checkpoint path, or a plain callable (tests
@@ -41,7 +42,7 @@ from cmav.metrics import (
     classification_report,
     judge_predictions,
     judged_accuracy,
-    per_group_accuracy,
+    player_table,
 )
 from cmav.metrics.serialise import json_safe
 
@@ -113,9 +114,7 @@ def evaluate_s2i(
         kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
     )  # fmt: skip
     result: dict[str, Any] = {"generator": info, "seed": seed, **scores}
-    result["judged"]["per_player"] = per_group_accuracy(
-        judge_predictions(judge, fake, batch_size), labels, _player_names(val.labels, val.tracks, names), names
-    )
+    result["judged"]["per_player"] = player_table(judge_predictions(judge, fake, batch_size), labels, val.tracks, names)
     result["judged_holdout"] = _judged_holdout(fn, z_dim, datamodule, judge, names, seed, batch_size)
 
     result["player"] = None
@@ -125,12 +124,6 @@ def evaluate_s2i(
     if out_dir is not None:
         return save_scores(result, out_dir, gen_report, real_report, names, "Image judge", "frames")
     return json_safe(result)
-
-
-def _player_names(labels: Tensor, tracks: Tensor, class_names: list[str]) -> list[str]:
-    from cmav.tasks.classifier import player_names
-
-    return player_names(torch.stack([labels.long(), tracks.long()], 1).tolist(), class_names)
 
 
 def _judged_holdout(fn: GeneratorFn, z_dim: int, datamodule, judge, names: list[str], seed: int, batch_size: int):
@@ -149,7 +142,7 @@ def _judged_holdout(fn: GeneratorFn, z_dim: int, datamodule, judge, names: list[
         "accuracy": gen.accuracy,
         "balanced_accuracy": gen.balanced_accuracy,
         "per_class": gen.per_class,
-        "per_player": per_group_accuracy(preds, labels, _player_names(labels, t.tracks[index], names), names),
+        "per_player": player_table(preds, labels, t.tracks[index], names),
         "judge_on_real_accuracy": ref.accuracy,
         "note": "one generated image per held-out chunk at the end of each train track (seen players, unseen "
         "frames), classified by the image judge; judge_on_real_accuracy is its ceiling on the real frames",

@@ -6,7 +6,7 @@ from cmav.metrics.classification import (
     classification_report,
     judge_predictions,
     judged_accuracy,
-    per_group_accuracy,
+    player_table,
     plot_confusion_matrix,
     save_classification_report,
 )
@@ -45,7 +45,7 @@ __all__ = [
     "judge_predictions",
     "judged_accuracy",
     "paired_win_rate",
-    "per_group_accuracy",
+    "player_table",
     "round_trip_accuracy",
     "round_trip_lms",
     "plot_confusion_matrix",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,34 +117,23 @@ def classification_report(
     )
 
 
-def per_group_accuracy(
-    preds: Tensor | np.ndarray | Sequence[int],
-    targets: Tensor | np.ndarray | Sequence[int],
-    groups: Sequence[str],
-    class_names: Sequence[str],
-) -> list[dict[str, Any]]:
-    """Accuracy of each group of items (e.g. each player), in order of first appearance.
-
-    ``groups[i]`` names item ``i``'s group. Each entry has the group's ``name``, ``n``,
-    ``accuracy`` and ``named_most``: the class most often predicted for its items, with the
-    fraction of them, so that a group drawn wholly as another class reads as such.
-    """
-    p = torch.as_tensor(preds).detach().cpu().long().reshape(-1)
-    t = torch.as_tensor(targets).detach().cpu().long().reshape(-1)
-    if not (len(p) == len(t) == len(groups)):
-        raise ValueError(f"{len(p)} predictions, {len(t)} targets and {len(groups)} group names: they must match")
+def player_table(predicted: Tensor, labels: Tensor, tracks: Tensor, class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Per player (class, track), sorted by class then track: frames, accuracy (share judged as the
+    player's class), the class named most often and its share; a player drawn or seen wholly as
+    another class reads as such."""
     names = list(class_names)
-    rows: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        rows.setdefault(g, []).append(i)
-    out = []
-    for g, idx in rows.items():
-        gi = torch.tensor(idx)
-        counts = torch.bincount(p[gi], minlength=len(names))
-        top = int(counts.argmax())
-        out.append({"name": g, "n": len(idx), "accuracy": float((p[gi] == t[gi]).float().mean()),
-                    "named_most": names[top], "named_most_fraction": float(counts[top]) / len(idx)})  # fmt: skip
-    return out
+    predicted, labels, tracks = (torch.as_tensor(x).detach().cpu().long().reshape(-1) for x in (predicted, labels, tracks))
+    if not (len(predicted) == len(labels) == len(tracks)):
+        raise ValueError(f"{len(predicted)} predictions, {len(labels)} labels and {len(tracks)} tracks: they must match")
+    rows = []
+    for c, t in sorted({(int(c), int(t)) for c, t in zip(labels.tolist(), tracks.tolist(), strict=True)}):
+        sel = (labels == c) & (tracks == t)
+        named = Counter(predicted[sel].tolist())
+        top, count = named.most_common(1)[0]
+        n = int(sel.sum())
+        rows.append({"class": names[c], "track": t, "n": n, "accuracy": named[c] / n,
+                     "named_most": names[top], "named_most_share": count / n})  # fmt: skip
+    return rows
 
 
 def _module_device(module: nn.Module) -> torch.device:
