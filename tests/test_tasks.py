@@ -24,7 +24,7 @@ from cmav.data import AudioVisualDataModule
 from cmav.models import AudioEncoder, ConditionalGenerator, ImageJudge, PairAwareDiscriminator, StatsPoolEncoder
 from cmav.tasks import ClassifierTask, I2STask, NegativeSampler, S2ITask, load_classifier, load_s2i
 from cmav.tasks.common import AdamConfig, AudioEncoderConfig, ImageJudgeConfig, plain, refuse_weight_averaging
-from cmav.tasks.pairs import NegativeSamplingWarning
+from cmav.tasks.pairs import HardNegativeMiner, NegativeSamplingWarning
 from cmav.tasks.random_state import CHECKPOINT_KEY as RANDOM_STATE_KEY
 from cmav.tasks.random_state import restore_random_state
 from cmav.tasks.s2i import DiscriminatorConfig, GeneratorConfig
@@ -165,6 +165,59 @@ def test_sampler_draws_only_from_its_pool():
     allowed = set(pool.tolist())
     assert set(neg.wrong_class.tolist()) <= allowed
     assert set(neg.wrong_player[neg.wrong_player_valid].tolist()) <= allowed
+
+
+def test_wrong_class_follows_given_class_probabilities_and_never_the_own_class():
+    labels, tracks = toy_split()
+    s = NegativeSampler(labels, tracks)
+    batch = labels.repeat(50)
+    probs = torch.zeros(4, 4)
+    probs[0, 2] = 1.0  # class 0 -> only class 2
+    probs[1] = torch.tensor([5.0, 100.0, 0.0, 5.0])  # own-class weight is ignored: 0 and 3, evenly
+    probs[2, 2] = 1.0  # only its own class: no wrong class can be drawn
+    probs[3] = 1.0
+    idx, ok = s.wrong_class(batch, torch.Generator().manual_seed(0), probs)
+    assert torch.equal(ok, batch != 2)
+    drawn = labels[idx]
+    assert (drawn[batch == 0] == 2).all()
+    got1 = drawn[batch == 1]
+    assert set(got1.tolist()) == {0, 3} and abs(float((got1 == 0).float().mean()) - 0.5) < 0.2
+    assert set(drawn[batch == 3].tolist()) == {0, 1, 2}
+    # within the drawn class the item is uniform: every item of class 2 comes up for class 0
+    assert set(idx[batch == 0].tolist()) == set((labels == 2).nonzero().flatten().tolist())
+    again, _ = s.wrong_class(batch, torch.Generator().manual_seed(0), probs)
+    assert torch.equal(idx, again)
+    with pytest.raises(ValueError, match=r"class_probs must be \(4, 4\)"):
+        s.wrong_class(batch, None, torch.ones(3, 3))
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        s.wrong_class(batch, None, -probs)
+
+
+def test_hard_negative_miner_mixes_uniform_with_the_running_d_score():
+    labels, tracks = toy_split(per_track=3)
+    keep = ~((labels == 3) & (tracks > 0))  # class 3 has 3 items, the others 9
+    counts = torch.bincount(labels[keep], minlength=4)
+    off = HardNegativeMiner(4, fraction=0.0)
+    p = off.class_probs(counts)
+    # fraction 0: the sampler's uniform draw over the other classes' items
+    assert torch.allclose(p[0], torch.tensor([0, 9, 9, 3], dtype=torch.float64) / 21)
+    assert torch.allclose(p.sum(1), torch.ones(4, dtype=torch.float64)) and (p.diagonal() == 0).all()
+
+    miner = HardNegativeMiner(4, fraction=0.5, momentum=0.5)
+    items = torch.tensor([0, 9, 9, 3], dtype=torch.float64) / 21
+    # before any D score the mined half is uniform over the other classes (not their items)
+    assert torch.allclose(miner.class_probs(counts)[0], 0.5 * items + 0.5 * torch.tensor([0, 1, 1, 1], dtype=torch.float64) / 3)
+    # D took (frame 0, audio 1) pairs for matches (0.9, 0.7) and (frame 0, audio 2) not (0.1)
+    miner.update(torch.tensor([0, 0, 0]), torch.tensor([1, 1, 2]), torch.tensor([0.9, 0.7, 0.1]))
+    assert miner.score[0, 1] == pytest.approx(0.5 * 0.5 + 0.5 * 0.8) and miner.score[0, 2] == pytest.approx(0.3)
+    assert (miner.score[1:] == 0.5).all() and miner.score[0, 3] == 0.5  # unseen pairs keep their score
+    p = miner.class_probs(counts)
+    mined = torch.tensor([0, 0.65, 0.3, 0.5], dtype=torch.float64) / 1.45
+    assert torch.allclose(p[0], 0.5 * items + 0.5 * mined)
+    assert "score" in miner.state_dict()
+    for bad in ({"fraction": 1.5}, {"fraction": 0.5, "momentum": 0.0}):
+        with pytest.raises(ValueError, match="hard-negative"):
+            HardNegativeMiner(4, **bad)
 
 
 # ---------------------------------------------------------------- classifiers
@@ -588,6 +641,13 @@ def test_s2i_frozen_or_finetune_needs_the_classifier_checkpoint(tmp_path):
         S2ITask(variant="ae", encoder_mode="scratch", wrong_class_term=True)
 
 
+def test_hard_negatives_need_the_wrong_class_term(sound_classifier):
+    with pytest.raises(ValueError, match="hard_negatives.fraction > 0 mines the wrong-class term"):
+        s2i("s2i_n", "frozen", sound_classifier["ckpt"], hard_negatives={"fraction": 0.5})
+    with pytest.raises(ValueError, match="hard-negative fraction must be in"):
+        s2i("s2i_c", "frozen", sound_classifier["ckpt"], hard_negatives={"fraction": 2.0})
+
+
 def test_s2i_refuses_ddp_without_unused_parameter_detection():
     model = s2i("s2i_n", "scratch", None)
     model.trainer = L.Trainer(accelerator="cpu", devices=1, strategy="ddp", logger=False)
@@ -617,14 +677,16 @@ class Snapshot(Callback):
         self.rng = pl_module._rng.get_state()
 
 
-def test_resume_continues_step_optimisers_and_ema_exactly(data, sound_classifier, tmp_path):
+@pytest.mark.parametrize("hard", [0.0, 0.5])
+def test_resume_continues_step_optimisers_and_ema_exactly(data, sound_classifier, tmp_path, hard):
     """A run killed after its second epoch and resumed ends with the weights of a run never killed:
-    the same batches (the shuffle), noise, augmentation and negative pairs were drawn."""
+    the same batches (the shuffle), noise, augmentation and negative pairs were drawn (with
+    hard-negative mining on, from the running D scores kept in the checkpoint)."""
     ckpt_dir = tmp_path / "ckpt"
 
     def run(max_epochs: int, ckpt_path=None, callbacks=(), ckpt_dir=ckpt_dir):
         L.seed_everything(0, verbose=False)
-        model = s2i("s2i_c", "finetune", sound_classifier["ckpt"])
+        model = s2i("s2i_c", "finetune", sound_classifier["ckpt"], hard_negatives={"fraction": hard})
         ckpt = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_epochs=1)
         trainer = quiet_trainer(max_epochs=max_epochs, limit_train_batches=2, enable_checkpointing=True,
                                 callbacks=[ckpt, *callbacks])  # fmt: skip
@@ -636,6 +698,10 @@ def test_resume_continues_step_optimisers_and_ema_exactly(data, sound_classifier
     saved = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)  # weights_only must work
     assert saved["global_step"] == 8 and saved["cmav_s2i"]["iteration"] == 4
     assert any(k.startswith("ema.module.") for k in saved["state_dict"])
+    if hard:  # D's scores of the mismatched class pairs drawn so far moved off their start
+        assert (saved["state_dict"]["hard_negatives.score"] != 0.5).sum() > 0
+    else:  # off: nothing new in the checkpoint, so older ones still load strictly
+        assert first.hard_negatives is None and not any(k.startswith("hard_negatives") for k in saved["state_dict"])
 
     snap = Snapshot()
     second, trainer = run(max_epochs=3, ckpt_path="last", callbacks=[snap])
@@ -828,7 +894,7 @@ def test_experiment_configs_parse_and_repeat_the_python_defaults(name, capsys, m
         # the YAML spells out the option groups, and they are the Python defaults (the paper's)
         defaults = inspect.signature(S2ITask if name.startswith("s2i") else I2STask).parameters
         for group in ("generator", "discriminator", "g_optimizer", "d_optimizer", "loss_weights", "samples",
-                      "diff_augment"):  # fmt: skip
+                      "diff_augment", "hard_negatives"):  # fmt: skip
             assert args[group] == plain(defaults[group].default), group
         for key in ("pixel_loss", "ema_decay", "sample_every_n_steps", "seed", "channels_last", "cache_frozen_features",
                     "condition_noise", "condition_on", "inference_condition", "inference_neighbours"):

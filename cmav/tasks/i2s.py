@@ -36,6 +36,7 @@ from cmav.tasks.paired_gan import (
     DiscriminatorConfig,
     EncoderMode,
     GeneratorConfig,
+    HardNegativeConfig,
     LossWeights,
     PairedGANTask,
     SampleConfig,
@@ -73,6 +74,9 @@ class I2STask(PairedGANTask):
         g_optimizer: Adam for G (and a trained encoder); paper: 2e-4, betas (0.5, 0.999).
         d_optimizer: Adam for D; paper: 2e-4, betas (0.5, 0.999).
         loss_weights: see :class:`~cmav.tasks.paired_gan.LossWeights`.
+        hard_negatives: class-level hard-negative mining for the wrong-class term: a
+            ``fraction`` of its draws picks the other class by D's running score of that class
+            pair (:class:`~cmav.tasks.paired_gan.HardNegativeConfig`); off by default (the paper).
         pixel_loss: ``'l1'`` or ``'l2'`` (AE only), on the scaled LMS.
         ema_decay: decay of the EMA of G (and a trained encoder); validation, sheets and
             :meth:`generate` use the EMA copy.
@@ -130,6 +134,7 @@ class I2STask(PairedGANTask):
         g_optimizer: AdamConfig = AdamConfig(),
         d_optimizer: AdamConfig = AdamConfig(),
         loss_weights: LossWeights = LossWeights(),
+        hard_negatives: HardNegativeConfig = HardNegativeConfig(),
         pixel_loss: Literal["l1", "l2"] = "l1",
         ema_decay: float = 0.999,
         diff_augment: ImageAugmentConfig = ImageAugmentConfig(),
@@ -149,6 +154,7 @@ class I2STask(PairedGANTask):
         # plain dicts in the hyper-parameters: save_hyperparameters reads these locals
         generator, discriminator, encoder = plain(generator), plain(discriminator), plain(encoder)
         g_optimizer, d_optimizer, loss_weights = plain(g_optimizer), plain(d_optimizer), plain(loss_weights)
+        hard_negatives = plain(hard_negatives)
         diff_augment, samples = plain(diff_augment), plain(samples)
         self.save_hyperparameters()
         self.scaler: RangeScaler | None = RangeScaler.from_list(lms_range) if lms_range is not None else None

@@ -56,7 +56,7 @@ from cmav.tasks.common import (
     plain,
     refuse_weight_averaging,
 )
-from cmav.tasks.pairs import NegativeSampler
+from cmav.tasks.pairs import HardNegativeMiner, NegativeSampler
 from cmav.tasks.random_state import restore_random_state, save_random_state
 
 EncoderMode = Literal["frozen", "finetune", "scratch"]
@@ -111,6 +111,21 @@ class LossWeights:
     encoder_class: float = 0.0
     mode_seeking: float = 0.0
     aux_class: float = 0.0
+
+
+@dataclass(frozen=True)
+class HardNegativeConfig:
+    """Class-level hard-negative mining for the wrong-class term (not in the paper; off by default).
+
+    ``fraction``: share of the wrong-class draw that follows D's running score of each (frame
+    class, audio class) mismatched pair, so the class pairs D still takes for matches (violin
+    frames with viola audio, say) come up more often than 1 in 12; the rest stays uniform over
+    the other classes' items; 0 = off (the paper's uniform draw). ``momentum``: weight of one
+    batch in a pair's running score. See :class:`~cmav.tasks.pairs.HardNegativeMiner`.
+    """
+
+    fraction: float = 0.0
+    momentum: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -255,6 +270,9 @@ class PairedGANTask(L.LightningModule):
             raise ValueError(f"loss_weights.aux_class must be >= 0, got {self.weights.aux_class}")
         if self.weights.aux_class > 0 and not self.is_gan:
             raise ValueError("loss_weights.aux_class needs a discriminator: variant 'ae' has none")
+        self.hard_negative_config = coerce(HardNegativeConfig, h.get("hard_negatives"))  # absent from older checkpoints
+        if self.hard_negative_config.fraction > 0 and not self.wrong_class_term:
+            raise ValueError("hard_negatives.fraction > 0 mines the wrong-class term, which is off for this run")
         self.sample_config = coerce(SampleConfig, h.samples)
         self.encoder_config = coerce(EncoderConfig, h.encoder)
         self.d_augment = ImageAugment(coerce(ImageAugmentConfig, h.diff_augment))
@@ -265,6 +283,7 @@ class PairedGANTask(L.LightningModule):
         self.condition_bank: ConditionBank | None = None
         self.discriminator: PairAwareDiscriminator | None = None
         self.ema: ExponentialMovingAverage | None = None
+        self.hard_negatives: HardNegativeMiner | None = None
         self.iteration = 0
         """Training batches done (``global_step`` counts optimiser steps: 2 per GAN batch)."""
         self.sampler: NegativeSampler | None = None
@@ -307,6 +326,10 @@ class PairedGANTask(L.LightningModule):
                 final_size=d.final_size, projection=d.projection,
                 n_classes=encoder.n_classes if self.weights.aux_class > 0 else 0,
             )  # fmt: skip
+        hn = self.hard_negative_config
+        if hn.fraction > 0:
+            # built only when on, so checkpoints without it keep loading strictly
+            self.hard_negatives = HardNegativeMiner(encoder.n_classes, hn.fraction, hn.momentum)
         if h.get("channels_last", False):
             # NHWC convolutions: ~1.4x faster on CPU (oneDNN) and for bf16 on tensor cores; outputs
             # follow the weights' format, so the data need no conversion
@@ -470,6 +493,11 @@ class PairedGANTask(L.LightningModule):
             self.sampler = NegativeSampler(
                 t.labels, t.tracks, pool=dm.train.indices, class_names=names, warn=self.wrong_player_term
             )
+            if self.hard_negatives is not None and self.sampler.n_classes != self.hard_negatives.n_classes:
+                raise ValueError(
+                    f"hard_negatives: the encoder has {self.hard_negatives.n_classes} classes but the data "
+                    f"{self.sampler.n_classes}"
+                )
             if self.wrong_player_term and not self.sampler.wrong_player_possible:
                 warnings.warn("no class has two train tracks: the wrong-player term is off for this run", stacklevel=2)
         rank = self.global_rank if self._trainer is not None else 0
@@ -638,7 +666,10 @@ class PairedGANTask(L.LightningModule):
         labels = batch["label"]
         real = self.to_target_space(batch[self.target_key])
         n = real.shape[0]
-        neg = self.sampler.sample(labels, batch["track"], self._rng) if self.sampler is not None else None
+        neg = None
+        if self.sampler is not None:
+            probs = None if self.hard_negatives is None else self.hard_negatives.class_probs(self.sampler.class_count)
+            neg = self.sampler.sample(labels, batch["track"], self._rng, probs)
         use_wc = self.wrong_class_term and neg is not None and bool(neg.wrong_class_valid.any())
         use_wp = self.wrong_player_term and neg is not None and bool(neg.wrong_player_valid.any())
 
@@ -661,6 +692,12 @@ class PairedGANTask(L.LightningModule):
             ok = neg.wrong_player_valid
             others = self._gather_target(neg.wrong_player[ok])
             negatives["wrong_player"] = (self.weights.wrong_player, self._disc(others, c[ok.to(self.device)]))
+        if self.hard_negatives is not None and "wrong_class" in negatives:
+            ok = neg.wrong_class_valid
+            self.hard_negatives.update(
+                labels[ok.to(labels.device)], self._train_tensors.labels[neg.wrong_class[ok]],
+                torch.sigmoid(negatives["wrong_class"][1].detach().float()),
+            )  # fmt: skip
         d_loss = pair_discriminator_loss(logit_real, list(negatives.values()))
         total_d = d_loss if d_class_ce is None else d_loss + self.weights.aux_class * d_class_ce
         self.manual_backward(total_d)

@@ -8,7 +8,9 @@ For each item of a batch the sampler draws, from the in-memory train tensors,
   player (its frame is paired with the item's audio).
 
 Draws are uniform over the eligible items, fully vectorised (one sort at construction, two
-``rand`` calls per batch) and deterministic under a ``torch.Generator``. A class with a single
+``rand`` calls per batch) and deterministic under a ``torch.Generator``. The wrong class can
+instead follow given per-class probabilities (``class_probs``: hard-negative mining at the class
+level, :class:`HardNegativeMiner`); the item within that class is then uniform. A class with a single
 train track has no wrong player: those items are flagged invalid (the term is skipped for them)
 and the sampler says so once, when it is built.
 """
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 class NegativeSamplingWarning(UserWarning):
@@ -127,10 +129,20 @@ class NegativeSampler:
         start = torch.where(known, self.group_start[g], torch.zeros_like(g))
         return start, count
 
-    def wrong_class(self, labels: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """For each label, a pool item of another class: ``(indices, valid)``."""
+    def wrong_class(
+        self, labels: Tensor, generator: torch.Generator | None = None, class_probs: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """For each label, a pool item of another class: ``(indices, valid)``.
+
+        Uniform over the pool's other-class items by default. With ``class_probs`` (``(C, C)``,
+        row ``c`` = how likely each class is as item-of-class-``c``'s wrong class; need not be
+        normalised) the class is drawn from its row, with the own class and classes absent from
+        the pool masked out, and the item uniformly within that class.
+        """
         labels = torch.as_tensor(labels).long().cpu()
         c = labels.clamp(0, self.n_classes - 1)
+        if class_probs is not None:
+            return self._wrong_class_weighted(labels, c, class_probs, generator)
         own = torch.where((labels >= 0) & (labels < self.n_classes), self.class_count[c], 0)
         start = self.class_start[c]
         avail = self.total - own
@@ -138,6 +150,24 @@ class NegativeSampler:
         # skip over the item's own class block
         pos = torch.where(u < start, u, u + own)
         valid = avail > 0
+        return self.sorted_index[pos.clamp(max=self.total - 1)], valid
+
+    def _wrong_class_weighted(
+        self, labels: Tensor, c: Tensor, class_probs: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        probs = torch.as_tensor(class_probs, dtype=torch.float64).cpu()
+        if probs.shape != (self.n_classes, self.n_classes):
+            raise ValueError(f"class_probs must be ({self.n_classes}, {self.n_classes}), got {tuple(probs.shape)}")
+        if not bool(torch.isfinite(probs).all()) or bool((probs < 0).any()):
+            raise ValueError("class_probs must be finite and >= 0")
+        eligible = (self.class_count > 0).double().unsqueeze(0) * (1 - torch.eye(self.n_classes, dtype=torch.float64))
+        rows = probs[c] * eligible[c]
+        in_range = (labels >= 0) & (labels < self.n_classes)
+        valid = in_range & (rows.sum(1) > 0)
+        # rows without an eligible class get a dummy weight (their draw is flagged invalid)
+        rows = torch.where(valid.unsqueeze(1), rows, torch.ones_like(rows))
+        k = torch.multinomial(rows, 1, generator=generator).squeeze(1)
+        pos = self.class_start[k] + _draw(self.class_count[k], generator)
         return self.sorted_index[pos.clamp(max=self.total - 1)], valid
 
     def wrong_player(
@@ -159,11 +189,75 @@ class NegativeSampler:
         valid = avail > 0
         return self.sorted_index[pos.clamp(max=self.total - 1)], valid
 
-    def sample(self, labels: Tensor, tracks: Tensor, generator: torch.Generator | None = None) -> Negatives:
-        """Both partners for a batch (wrong-class first, then wrong-player, from ``generator``)."""
-        wc, wc_ok = self.wrong_class(labels, generator)
+    def sample(
+        self, labels: Tensor, tracks: Tensor, generator: torch.Generator | None = None, class_probs: Tensor | None = None
+    ) -> Negatives:
+        """Both partners for a batch (wrong-class first, then wrong-player, from ``generator``);
+        ``class_probs`` as in :meth:`wrong_class`."""
+        wc, wc_ok = self.wrong_class(labels, generator, class_probs)
         wp, wp_ok = self.wrong_player(labels, tracks, generator)
         return Negatives(wc, wc_ok, wp, wp_ok)
+
+
+class HardNegativeMiner(nn.Module):
+    """Class-level hard-negative mining for the wrong-class term.
+
+    Keeps D's running mean score (probability of "matching pair") for every (frame class, audio
+    class) mismatched pair it has been shown, and turns it into the wrong-class probabilities of
+    :meth:`NegativeSampler.wrong_class`: a ``fraction`` of the draw follows the running score (the
+    pairs D still takes for matches come up more often), the rest stays uniform over the other
+    classes' items. The score is a buffer, so a checkpoint keeps it and a resumed run draws the
+    same. Under DDP each process keeps its own score, from its own batches.
+
+    Args:
+        n_classes: number of classes.
+        fraction: share of the draw that follows the score, in [0, 1].
+        momentum: weight of one batch's mean score of a pair in that pair's running score, in (0, 1].
+    """
+
+    score: Tensor
+
+    def __init__(self, n_classes: int, fraction: float, momentum: float = 0.05) -> None:
+        super().__init__()
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"hard-negative fraction must be in [0, 1], got {fraction}")
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"hard-negative momentum must be in (0, 1], got {momentum}")
+        self.n_classes, self.fraction, self.momentum = int(n_classes), float(fraction), float(momentum)
+        # 0.5 everywhere: before D has been seen, the mined part is uniform over the classes
+        self.register_buffer("score", torch.full((self.n_classes, self.n_classes), 0.5))
+
+    def class_probs(self, class_count: Tensor) -> Tensor:
+        """``(C, C)`` wrong-class probabilities (rows sum to 1 over the eligible other classes)
+        given the pool's ``class_count`` per class."""
+        count = torch.as_tensor(class_count, dtype=torch.float64).cpu()
+        if count.shape != (self.n_classes,):
+            raise ValueError(f"class_count must have {self.n_classes} entries, got {tuple(count.shape)}")
+        eligible = (count > 0).double().unsqueeze(0) * (1 - torch.eye(self.n_classes, dtype=torch.float64))
+        uniform = count.unsqueeze(0) * eligible
+        mined = self.score.detach().double().cpu().clamp(min=1e-6) * eligible
+        return (1 - self.fraction) * _rows(uniform) + self.fraction * _rows(mined)
+
+    @torch.no_grad()
+    def update(self, frame_labels: Tensor, audio_labels: Tensor, prob: Tensor) -> None:
+        """Fold one batch's D probabilities of (frame of ``frame_labels``, audio of
+        ``audio_labels``) pairs into the running score of each pair seen."""
+        dev = self.score.device
+        cell = frame_labels.to(dev).long() * self.n_classes + audio_labels.to(dev).long()
+        n = self.n_classes * self.n_classes
+        count = torch.bincount(cell, minlength=n).float()
+        total = torch.zeros(n, device=dev).index_add_(0, cell, prob.detach().to(dev, torch.float32).flatten())
+        seen = count > 0
+        flat = self.score.view(-1)
+        flat[seen] = (1 - self.momentum) * flat[seen] + self.momentum * total[seen] / count[seen]
+
+    def extra_repr(self) -> str:
+        return f"n_classes={self.n_classes}, fraction={self.fraction}, momentum={self.momentum}"
+
+
+def _rows(w: Tensor) -> Tensor:
+    """Rows of ``w`` normalised to sum 1 (all-zero rows stay zero)."""
+    return w / w.sum(1, keepdim=True).clamp(min=1e-300)
 
 
 def gather_audio(tensors, index: Tensor, device: torch.device | str) -> Tensor:
@@ -177,4 +271,4 @@ def gather_images(tensors, index: Tensor, device: torch.device | str) -> Tensor:
     return x.float().div_(127.5).sub_(1.0)
 
 
-__all__ = ["NegativeSampler", "NegativeSamplingWarning", "Negatives", "gather_audio", "gather_images"]
+__all__ = ["HardNegativeMiner", "NegativeSampler", "NegativeSamplingWarning", "Negatives", "gather_audio", "gather_images"]

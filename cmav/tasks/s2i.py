@@ -35,6 +35,7 @@ from cmav.tasks.paired_gan import (
     DiscriminatorConfig,
     EncoderMode,
     GeneratorConfig,
+    HardNegativeConfig,
     LossWeights,
     PairedGANTask,
     SampleConfig,
@@ -81,6 +82,9 @@ class S2ITask(PairedGANTask):
         g_optimizer: Adam for G (and a trained encoder); paper: 2e-4, betas (0.5, 0.999).
         d_optimizer: Adam for D; paper: 2e-4, betas (0.5, 0.999).
         loss_weights: see :class:`LossWeights`.
+        hard_negatives: class-level hard-negative mining for the wrong-class term: a
+            ``fraction`` of its draws picks the other class by D's running score of that class
+            pair (:class:`~cmav.tasks.paired_gan.HardNegativeConfig`); off by default (the paper).
         pixel_loss: ``'l1'`` or ``'l2'`` (AE only).
         ema_decay: decay of the EMA of G (and of a trained encoder), ramped up as
             ``min(decay, (1 + it) / (10 + it))``; the EMA copy is what validation, sample sheets
@@ -136,6 +140,7 @@ class S2ITask(PairedGANTask):
         g_optimizer: AdamConfig = AdamConfig(),
         d_optimizer: AdamConfig = AdamConfig(),
         loss_weights: LossWeights = LossWeights(),
+        hard_negatives: HardNegativeConfig = HardNegativeConfig(),
         pixel_loss: Literal["l1", "l2"] = "l1",
         ema_decay: float = 0.999,
         diff_augment: ImageAugmentConfig = ImageAugmentConfig(),
@@ -154,6 +159,7 @@ class S2ITask(PairedGANTask):
         # plain dicts in the hyper-parameters: save_hyperparameters reads these locals
         generator, discriminator, encoder = plain(generator), plain(discriminator), plain(encoder)
         g_optimizer, d_optimizer, loss_weights = plain(g_optimizer), plain(d_optimizer), plain(loss_weights)
+        hard_negatives = plain(hard_negatives)
         diff_augment, samples = plain(diff_augment), plain(samples)
         self.save_hyperparameters()
         self._init_gan(audio_encoder_ckpt)
