@@ -207,7 +207,8 @@ class HardNegativeMiner(nn.Module):
     :meth:`NegativeSampler.wrong_class`: a ``fraction`` of the draw follows the running score (the
     pairs D still takes for matches come up more often), the rest stays uniform over the other
     classes' items. The score is a buffer, so a checkpoint keeps it and a resumed run draws the
-    same. Under DDP each process keeps its own score, from its own batches.
+    same. Under DDP it is a module buffer like BatchNorm's running statistics, synchronised as
+    DDP synchronises those.
 
     Args:
         n_classes: number of classes.
