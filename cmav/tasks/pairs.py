@@ -160,8 +160,7 @@ class NegativeSampler:
             raise ValueError(f"class_probs must be ({self.n_classes}, {self.n_classes}), got {tuple(probs.shape)}")
         if not bool(torch.isfinite(probs).all()) or bool((probs < 0).any()):
             raise ValueError("class_probs must be finite and >= 0")
-        eligible = (self.class_count > 0).double().unsqueeze(0) * (1 - torch.eye(self.n_classes, dtype=torch.float64))
-        rows = probs[c] * eligible[c]
+        rows = probs[c] * other_classes(self.class_count)[c]
         in_range = (labels >= 0) & (labels < self.n_classes)
         valid = in_range & (rows.sum(1) > 0)
         # rows without an eligible class get a dummy weight (their draw is flagged invalid)
@@ -234,7 +233,7 @@ class HardNegativeMiner(nn.Module):
         count = torch.as_tensor(class_count, dtype=torch.float64).cpu()
         if count.shape != (self.n_classes,):
             raise ValueError(f"class_count must have {self.n_classes} entries, got {tuple(count.shape)}")
-        eligible = (count > 0).double().unsqueeze(0) * (1 - torch.eye(self.n_classes, dtype=torch.float64))
+        eligible = other_classes(count)
         uniform = count.unsqueeze(0) * eligible
         mined = self.score.detach().double().cpu().clamp(min=1e-6) * eligible
         return (1 - self.fraction) * _rows(uniform) + self.fraction * _rows(mined)
@@ -254,6 +253,14 @@ class HardNegativeMiner(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_classes={self.n_classes}, fraction={self.fraction}, momentum={self.momentum}"
+
+
+def other_classes(class_count: Tensor) -> Tensor:
+    """``(C, C)`` float64 mask: row ``c`` is 1 for every class other than ``c`` that has items in
+    the pool (the classes a wrong-class partner of class ``c`` may come from)."""
+    count = torch.as_tensor(class_count).cpu()
+    n = count.numel()
+    return (count > 0).double().unsqueeze(0) * (1 - torch.eye(n, dtype=torch.float64))
 
 
 def _rows(w: Tensor) -> Tensor:
