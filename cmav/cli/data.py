@@ -13,7 +13,7 @@ from cmav.standin.build import PRESETS
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="build, check and prepare data sets")
-    dsub = p.add_subparsers(dest="data_command", required=True, metavar="{build,check,cache,sheet}")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="{build,check,cache,sheet,split-players}")
 
     b = dsub.add_parser("build", help="build the offline stand-in for Sub-URMP (FluidSynth audio, drawn frames)")
     b.add_argument("--root", default="data/default", help="output folder (default: %(default)s)")
@@ -56,6 +56,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--per-class", type=int, default=4)
     s.add_argument("--cell-size", type=int, default=96)
     s.set_defaults(func=_sheet)
+
+    d = dsub.add_parser("split-players", help="a development root: some train players moved to its validation split, "
+                                              "for choices that must not read the real validation players")  # fmt: skip
+    d.add_argument("root", help="source data set folder (Sub-URMP layout)")
+    d.add_argument("-o", "--out", required=True, help="new folder (links to the source files)")
+    d.add_argument("--per-class", type=int, default=1, help="train tracks held out per instrument (default: %(default)s)")
+    d.add_argument("--seed", type=int, default=0, help="which tracks are held out (default: %(default)s)")
+    d.set_defaults(func=_split_players)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -125,6 +133,17 @@ def _sheet(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     print(f"wrote {out} ({len(rows)} classes x {args.per_class} frames from {args.split})")
+    return 0
+
+
+def _split_players(args: argparse.Namespace) -> int:
+    from cmav.data.player_split import MANIFEST, split_players
+
+    m = split_players(args.root, args.out, per_class=args.per_class, seed=args.seed)
+    held = ", ".join(f"{c}{t:02d}" for c, ts in m["held_out_tracks"].items() for t in ts)
+    n = {k: sum(v.values()) for k, v in m["counts"].items()}
+    print(f"{args.out}: {n['train']:,} train / {n['validation']:,} validation pairs; validation players: {held} "
+          f"(recorded in {MANIFEST})")  # fmt: skip
     return 0
 
 

@@ -4,6 +4,7 @@ from cmav.data.datamodule import AudioVisualDataModule
 from cmav.data.datasets import PairDataset, PairedFolder, SubURMP
 from cmav.data.errors import DataError, DataWarning
 from cmav.data.instruments import CLASS_TO_INDEX, INSTRUMENT_SPECS, INSTRUMENTS
+from cmav.data.player_split import split_players
 
 __all__ = [
     "AudioVisualDataModule",
@@ -15,4 +16,5 @@ __all__ = [
     "PairDataset",
     "PairedFolder",
     "SubURMP",
+    "split_players",
 ]

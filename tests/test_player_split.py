@@ -1,0 +1,81 @@
+"""``cmav data split-players``: a development root of unseen train players."""
+
+import json
+
+import pytest
+
+from cmav.cli.main import main
+from cmav.data.datasets import SubURMP
+from cmav.data.errors import DataError
+from cmav.data.instruments import INSTRUMENTS
+from cmav.data.layout import scan_suburmp
+from cmav.data.player_split import MANIFEST, split_players
+
+from fixtures import make_suburmp_tracks, write_jpg
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    root = make_suburmp_tracks(tmp_path_factory.mktemp("players") / "src", tracks=(0, 1, 2), chunks=2)
+    # a mask beside every train frame, as the stand-in writes
+    for s in scan_suburmp(root, "train").samples:
+        write_jpg(root / "mask" / "train" / s.class_name / f"{s.stem}.png", colour=(255, 255, 255))
+    return root
+
+
+def _tracks(root, split):
+    out: dict[str, set[int]] = {}
+    for s in scan_suburmp(root, split).samples:
+        out.setdefault(s.class_name, set()).add(s.track)
+    return out
+
+
+def test_held_out_players_leave_train_and_become_validation(source, tmp_path):
+    dev = tmp_path / "dev"
+    m = split_players(source, dev, per_class=1, seed=0)
+    train, val = _tracks(dev, "train"), _tracks(dev, "validation")
+    assert sorted(train) == sorted(val) == sorted(INSTRUMENTS)
+    for c in INSTRUMENTS:
+        assert val[c] == set(m["held_out_tracks"][c]) and len(val[c]) == 1
+        assert train[c] == {0, 1, 2} - val[c]  # every other player still trains, none lost
+        assert 9 not in train[c] | val[c]  # the source's validation players are not in the dev root
+    assert m["counts"]["train"]["oboe"] == 4 and m["counts"]["validation"]["oboe"] == 2
+    assert json.loads((dev / MANIFEST).read_text()) == m
+    # frames, audio and masks are links to the source files
+    s = scan_suburmp(dev, "validation").samples[0]
+    assert s.audio_path.is_symlink() and s.audio_path.resolve().parent.parent.name == "train"
+    assert (dev / "mask" / "validation" / s.class_name / f"{s.stem}.png").resolve().is_file()
+    assert len(SubURMP(dev, "validation", image_size=32, cache_dir=tmp_path / "cache", progress=False)) == 26
+
+
+def test_seed_chooses_the_players_and_is_repeatable(source, tmp_path):
+    a = split_players(source, tmp_path / "a", seed=0)["held_out_tracks"]
+    assert split_players(source, tmp_path / "b", seed=0)["held_out_tracks"] == a
+    others = [split_players(source, tmp_path / f"s{k}", seed=k)["held_out_tracks"] for k in range(1, 4)]
+    assert any(o != a for o in others)
+
+
+def test_refuses_instruments_with_too_few_tracks(tmp_path):
+    src = make_suburmp_tracks(tmp_path / "src", tracks=(0, 1), chunks=1, single_track=("trumpet",))
+    with pytest.raises(DataError, match=r"too few train tracks: trumpet \(1\)"):
+        split_players(src, tmp_path / "dev")
+    with pytest.raises(DataError, match="too few train tracks"):
+        split_players(src, tmp_path / "dev2", per_class=2)
+    assert not (tmp_path / "dev").exists()
+
+
+def test_refuses_an_existing_folder_and_a_bad_count(source, tmp_path):
+    (tmp_path / "dev").mkdir()
+    with pytest.raises(DataError, match="already exists"):
+        split_players(source, tmp_path / "dev")
+    with pytest.raises(ValueError, match="per_class must be >= 1"):
+        split_players(source, tmp_path / "dev3", per_class=0)
+
+
+def test_cli_names_the_held_out_players(source, tmp_path, capsys):
+    assert main(["data", "split-players", str(source), "-o", str(tmp_path / "dev"), "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    m = json.loads((tmp_path / "dev" / MANIFEST).read_text())
+    assert f"violin{m['held_out_tracks']['violin'][0]:02d}" in out and "52 train / 26 validation" in out
+    assert main(["data", "split-players", str(source), "-o", str(tmp_path / "dev")]) == 2
+    assert "already exists" in capsys.readouterr().err
