@@ -55,6 +55,9 @@ def test_classification_report_accepts_logits():
     r = classification_report(logits, targets, NAMES3)
     assert r.accuracy == pytest.approx(3 / 4)
     np.testing.assert_array_equal(r.confusion, [[1, 0, 0], [0, 1, 0], [0, 1, 1]])
+    # the argmax classes are kept in the targets' order (for per-player tables), not in the dict view
+    np.testing.assert_array_equal(r.predictions, [0, 1, 1, 2])
+    assert "predictions" not in r.to_dict()
 
 
 def test_absent_class_is_nan_and_excluded_from_balanced_accuracy():

@@ -108,13 +108,14 @@ def evaluate_s2i(
     labels = val.labels.long()
     real = _images(val)
     extractor = JudgeFeatureExtractor(judge.model, name="image_judge")
-    scores, gen_report, real_report, fake = score_generator(
+    scores, gen_report, real_report, _ = score_generator(
         fn, z_dim, val.audio, real, labels, judge, names, extractor, what="image", seed=seed, batch_size=batch_size,
         n_diversity_draws=n_diversity_draws, diversity_per_class=diversity_per_class,
         kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
     )  # fmt: skip
     result: dict[str, Any] = {"generator": info, "seed": seed, **scores}
-    result["judged"]["per_player"] = player_table(judge_predictions(judge, fake, batch_size), labels, val.tracks, names)
+    # the judge's calls on the generated frames, already made for the report
+    result["judged"]["per_player"] = player_table(torch.from_numpy(gen_report.predictions), labels, val.tracks, names)
     result["judged_holdout"] = _judged_holdout(fn, z_dim, datamodule, judge, names, seed, batch_size)
 
     result["player"] = None

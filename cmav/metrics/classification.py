@@ -30,7 +30,8 @@ class ClassificationReport:
     ``per_class`` holds the recall of each class (fraction of its items predicted correctly). A class
     absent from the targets has no recall: it is NaN there and left out of ``balanced_accuracy``
     (reporting 0 would punish a model for a class it was never asked about).
-    ``confusion`` is indexed ``[true, predicted]``.
+    ``confusion`` is indexed ``[true, predicted]``. ``predictions`` keeps the (N,) predicted classes in
+    the targets' order, for breakdowns finer than a class (per player); ``to_dict`` leaves them out.
     """
 
     accuracy: float
@@ -40,6 +41,7 @@ class ClassificationReport:
     class_names: list[str]
     n: int
     extra: dict[str, Any] = field(default_factory=dict)
+    predictions: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self, nan_as_none: bool = True) -> dict[str, Any]:
         """Plain-python view for loggers and JSON.
@@ -114,6 +116,7 @@ def classification_report(
         confusion=cm,
         class_names=names,
         n=n,
+        predictions=preds,
     )
 
 
