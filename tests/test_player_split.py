@@ -79,3 +79,37 @@ def test_cli_names_the_held_out_players(source, tmp_path, capsys):
     assert f"violin{m['held_out_tracks']['violin'][0]:02d}" in out and "52 train / 26 validation" in out
     assert main(["data", "split-players", str(source), "-o", str(tmp_path / "dev")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_a_grid_makes_its_development_root_once_and_refuses_another(source, tmp_path, capsys):
+    from cmav.ablation.grid import data_root
+
+    dev = tmp_path / "dev"
+    cfg = {"data": {"root": str(dev), "player_split": {"source": str(source), "seed": 2}}}
+    assert data_root(cfg, tmp_path) == dev and "development root" in capsys.readouterr().out
+    held = json.loads((dev / MANIFEST).read_text())["held_out_tracks"]
+    assert data_root(cfg, tmp_path) == dev and capsys.readouterr().out == ""  # made once
+    assert json.loads((dev / MANIFEST).read_text())["held_out_tracks"] == held
+    with pytest.raises(ValueError, match="not the development root"):
+        data_root({"data": {"root": str(dev), "player_split": {"source": str(source), "seed": 3}}}, tmp_path)
+    with pytest.raises(ValueError, match="not the development root"):  # a folder without the split's manifest
+        data_root({"data": {"root": str(source), "player_split": {"source": str(source)}}}, tmp_path)
+    with pytest.raises(ValueError, match="needs data.root"):
+        data_root({"data": {"root": None, "player_split": {"source": str(source)}}}, tmp_path)
+    with pytest.raises(ValueError, match=r"takes \{source, per_class, seed\}"):
+        data_root({"data": {"root": str(dev), "player_split": {"source": str(source), "players": 2}}}, tmp_path)
+
+
+def test_the_s2i_grids_dev_preset_is_its_conditions_preset_on_a_development_root():
+    from pathlib import Path
+
+    from cmav.ablation import load_grid
+
+    grid = Path(__file__).parents[1] / "experiments" / "ablations" / "s2i.yaml"
+    default = {v["name"]: v for v in load_grid(grid)["variants"]}
+    cond, dev = load_grid(grid, "conditions"), load_grid(grid, "dev")
+    assert {k: v for k, v in dev.items() if k not in ("data", "preset")} == {k: v for k, v in cond.items() if k not in ("data", "preset")}
+    assert dev["data"] == {**cond["data"], "root": "data/default_dev", "player_split": {"source": cond["data"]["root"], "per_class": 1, "seed": 0}}
+    assert cond["evaluation"]["inference_conditions"] == ["own", "nearest", "class_mean"]
+    for v in cond["variants"]:  # the default grid's rows, scored with the 10 nearest for `nearest`
+        assert {k: x for k, x in v.items() if k != "inference_neighbours"} == default[v["name"]] and v["inference_neighbours"] == 10
