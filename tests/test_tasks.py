@@ -873,6 +873,42 @@ def test_cli_last_ckpt_is_the_newest_epoch_even_when_it_is_not_the_best(data, tm
     assert (again["epoch"], again["global_step"]) == (3, 8) and not list(ckpts.glob("last-v*.ckpt"))
 
 
+@pytest.mark.parametrize("flags, warned", [("fpu avx2 fma", True), ("fpu avx2 avx512f avx512_bf16", False)])
+def test_cli_fit_warns_before_bf16_on_a_cpu_without_bf16(flags, warned, data, tmp_path, monkeypatch):
+    """On a CPU without bf16 instructions autocast emulates bf16 (22x slower than float32 on an AVX2
+    EPYC); a fit that asks for it on such a CPU says so, one that has them does not."""
+    import cmav.bench.cpu_bf16 as cpu_bf16
+
+    (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(cpu_bf16, "CPUINFO", str(tmp_path / "cpuinfo"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+    args = ["fit", "--config", str(EXPERIMENTS / "audio_classifier.yaml"), "--trainer.max_epochs=1",
+            "--trainer.enable_progress_bar=false", f"--data.root={data['root']}", f"--data.cache_dir={data['cache']}",
+            "--data.image_size=32", "--data.batch_size=8", "--data.progress=false", "--trainer.accelerator=cpu",
+            "--model.init_args.audio_encoder.base_channels=8", "--trainer.limit_train_batches=1",
+            "--trainer.limit_val_batches=1", "--trainer.precision=bf16-mixed"]  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cmav_main(args) == 0
+    slow = [w for w in caught if "without bf16 instructions" in str(w.message)]
+    assert len(slow) == int(warned)
+    if warned:
+        assert "32-true" in str(slow[0].message) and str(tmp_path / "cpuinfo") in str(slow[0].message)
+
+
+def test_native_bf16_cpu_reads_x86_flags_and_arm_features(tmp_path):
+    from cmav.bench.cpu_bf16 import native_bf16_cpu, slow_bf16_warning
+
+    cases = {"flags\t: fpu avx2\nflags\t: fpu avx2\n": False, "flags\t: avx2 amx_bf16 amx_tile\n": True,
+             "Features\t: fp asimd bf16 i8mm\n": True, "Features\t: fp asimd\n": False, "processor\t: 0\n": None}  # fmt: skip
+    for k, (text, want) in enumerate(cases.items()):
+        (tmp_path / f"c{k}").write_text(text)
+        assert native_bf16_cpu(tmp_path / f"c{k}") is want, text
+        assert (slow_bf16_warning(tmp_path / f"c{k}") is not None) == (want is False)
+    assert native_bf16_cpu(tmp_path / "absent") is None
+
+
 @pytest.mark.parametrize("name", ["audio_classifier", "image_judge", "player_judge", "image_encoder", "s2i_c", "s2i_n",
                                   "s2i_ae", "i2s_c", "i2s_n", "i2s_ae"])  # fmt: skip
 def test_experiment_configs_parse_and_repeat_the_python_defaults(name, capsys, monkeypatch):

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from cmav.bench.cpu_bf16 import slow_bf16_warning
+
 
 def _device(name: str) -> torch.device:
     if name == "auto":
@@ -196,6 +198,8 @@ def bench_s2i(root: str | Path = "data/default", steps: int = 20, warmup: int = 
     if steps < 1 or warmup < 0:
         raise ValueError("steps must be >= 1 and warmup >= 0")
     dev = _device(device)
+    if bf16 and dev.type == "cpu" and (msg := slow_bf16_warning()):
+        warnings.warn(msg, UserWarning, stacklevel=2)
     if threads:
         torch.set_num_threads(int(threads))
     dm = AudioVisualDataModule(root=str(root), image_size=image_size, batch_size=batch_size, progress=False)
