@@ -48,6 +48,14 @@ def test_held_out_players_leave_train_and_become_validation(source, tmp_path):
     assert len(SubURMP(dev, "validation", image_size=32, cache_dir=tmp_path / "cache", progress=False)) == 26
 
 
+def test_a_leftover_partial_split_is_replaced_and_none_is_left(source, tmp_path):
+    (tmp_path / "dev.partial" / "chunk").mkdir(parents=True)  # an interrupted earlier split
+    (tmp_path / "dev.partial" / "chunk" / "stray.wav").write_bytes(b"")
+    split_players(source, tmp_path / "dev")
+    assert not (tmp_path / "dev.partial").exists() and not (tmp_path / "dev" / "chunk" / "stray.wav").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev"]
+
+
 def test_seed_chooses_the_players_and_is_repeatable(source, tmp_path):
     a = split_players(source, tmp_path / "a", seed=0)["held_out_tracks"]
     assert split_players(source, tmp_path / "b", seed=0)["held_out_tracks"] == a

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
 from cmav.data.errors import DataError
 from cmav.data.layout import scan_suburmp
-from cmav.data.masks import MASK_DIR
+from cmav.data.masks import MASK_DIR, mask_path
 
 MANIFEST = "cmav_player_split.json"
 
@@ -51,16 +52,18 @@ def split_players(root: str | Path, out: str | Path, per_class: int = 1, seed: i
     rng = random.Random(seed)
     held = {c: sorted(rng.sample(sorted(tracks[c]), per_class)) for c in sorted(tracks)}
     has_masks = (root / MASK_DIR / "train").is_dir()
+    # written beside `out` and renamed at the end: an interrupted split leaves no half-made root
+    part = out.with_name(out.name + ".partial")
+    shutil.rmtree(part, ignore_errors=True)
     counts: dict[str, dict[str, int]] = {"train": defaultdict(int), "validation": defaultdict(int)}
     for s in scan.samples:
         split = "validation" if s.track in held[s.class_name] else "train"
         counts[split][s.class_name] += 1
-        links = [(s.audio_path, out / "chunk" / split / s.class_name / s.audio_path.name),
-                 (s.image_path, out / "img" / split / s.class_name / s.image_path.name)]  # fmt: skip
-        if has_masks:
-            mask = root / MASK_DIR / "train" / s.class_name / f"{s.stem}.png"
-            if mask.is_file():
-                links.append((mask, out / MASK_DIR / split / s.class_name / mask.name))
+        links = [(s.audio_path, part / "chunk" / split / s.class_name / s.audio_path.name),
+                 (s.image_path, part / "img" / split / s.class_name / s.image_path.name)]  # fmt: skip
+        mask = mask_path(root, "train", s.class_name, s.stem)
+        if has_masks and mask.is_file():
+            links.append((mask, mask_path(part, split, s.class_name, s.stem)))
         for src, dst in links:
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(src.resolve(), dst)
@@ -71,5 +74,6 @@ def split_players(root: str | Path, out: str | Path, per_class: int = 1, seed: i
         "held_out_tracks": held,
         "counts": {k: dict(sorted(v.items())) for k, v in counts.items()},
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    (part / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    part.rename(out)
     return manifest
