@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import math
 import re
 import time
@@ -96,8 +97,6 @@ def data_root(cfg: dict, out: Path) -> Path:
 
 
 def _player_split_root(cfg: dict, root: str | None, split: Any) -> Path:
-    import json
-
     from cmav.data.player_split import MANIFEST, split_players
 
     src = cfg.get("source", "grid")
