@@ -444,7 +444,7 @@ def test_s2i_variant_trains_with_finite_losses(data, sound_classifier, tmp_path,
 
 
 def test_s2i_c_trains_under_bf16_autocast_on_a_cpu(data, sound_classifier):
-    """The README's CPU speed-up (`--trainer.precision bf16-mixed`): autocast computes in bf16,
+    """`--trainer.precision bf16-mixed` on a CPU (a speed-up where it has bf16 instructions): autocast computes in bf16,
     the weights, their EMA and the generated frames stay fp32 and finite."""
     L.seed_everything(0, verbose=False)
     model = s2i("s2i_c", "frozen", sound_classifier["ckpt"], **TINY_STABLE)
