@@ -151,6 +151,16 @@ def test_constant_generator_is_at_chance(dm, judges):
     assert m["fid_kid"]["fid"] > 0.0
 
 
+def test_constant_generator_names_one_player_and_so_one_instrument(dm, judges):
+    """One frame for every held-out chunk: the player judge names one player for all of them, so
+    its accuracy is that player's share (1 of 26) and its instrument accuracy the class's (2 of 26)."""
+    image, player = judges
+    p = evaluate_s2i(constant_generator, dm, image, player, n_diversity_draws=2)["player"]
+    assert p["n"] == 13 * 2
+    assert p["accuracy"] == pytest.approx(1 / 26)
+    assert p["instrument_accuracy"] == pytest.approx(2 / 26)
+
+
 def test_noise_dependent_generator_has_diversity_and_checkpoint_path_works(dm, judges, s2i_ckpt):
     image, _ = judges
     m = evaluate_s2i(str(s2i_ckpt), dm, image, None, n_diversity_draws=3)

@@ -167,9 +167,9 @@ def _player_consistency(fn: GeneratorFn, z_dim: int, datamodule, player_judge: A
     gen = judged_accuracy(judge, fake, targets, pnames, batch_size=batch_size)
     ref = judged_accuracy(judge, real, targets, pnames, batch_size=batch_size)
     # the player judge's class (instrument) of its prediction: is at least the instrument right?
+    # Its calls on the generated frames are the report's, made on the judge's own device.
     players = torch.tensor(judge.hparams.players)
-    with torch.no_grad():
-        pred = torch.cat([judge(fake[i : i + batch_size]).argmax(1) for i in range(0, len(fake), batch_size)])
+    pred = torch.from_numpy(gen.predictions)
     inst_ok = float((players[pred, 0] == players[targets, 0]).float().mean()) if len(pred) else float("nan")
     return {
         "split": "train_holdout",
