@@ -897,6 +897,41 @@ def test_cli_fit_warns_before_bf16_on_a_cpu_without_bf16(flags, warned, data, tm
         assert "32-true" in str(slow[0].message) and str(tmp_path / "cpuinfo") in str(slow[0].message)
 
 
+def test_validate_and_a_grid_stage_warn_before_bf16_on_a_cpu_without_bf16(data, tmp_path, monkeypatch):
+    """`cmav validate` and an ablation grid's training stage (the GPU presets ask for bf16) give the
+    same warning as `cmav fit` on a CPU without bf16 instructions; in float32 neither does."""
+    import cmav.bench.cpu_bf16 as cpu_bf16
+    from cmav.ablation import grid
+
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n")
+    monkeypatch.setattr(cpu_bf16, "CPUINFO", str(tmp_path / "cpuinfo"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+
+    def slow_warnings(run, *args) -> int:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run(*args)
+        return len([w for w in caught if "without bf16 instructions" in str(w.message)])
+
+    args = ["validate", "--config", str(EXPERIMENTS / "audio_classifier.yaml"), "--trainer.enable_progress_bar=false",
+            f"--data.root={data['root']}", f"--data.cache_dir={data['cache']}", "--data.image_size=32",
+            "--data.batch_size=8", "--data.progress=false", "--trainer.accelerator=cpu",
+            "--model.init_args.audio_encoder.base_channels=8", "--trainer.limit_val_batches=1"]  # fmt: skip
+    assert slow_warnings(cmav_main, [*args, "--trainer.precision=bf16-mixed"]) == 1
+    assert slow_warnings(cmav_main, args) == 0
+
+    dm = datamodule(data)
+    dm.setup("fit")
+    for precision, want in (("bf16-mixed", 1), ("32-true", 0)):
+        cfg = {"trainer": {"accelerator": "cpu", "precision": precision, "enable_progress_bar": False,
+                           "enable_model_summary": False, "limit_val_batches": 0}}  # fmt: skip
+        task = ClassifierTask(modality="audio", image_size=32, audio_encoder=TINY_ENC)
+        ckpt = tmp_path / precision / "c.ckpt"
+        assert slow_warnings(grid.fit, cfg, tmp_path / precision, dm, "audio_classifier", 0, task, ckpt, 1) == want
+        assert ckpt.is_file()
+
+
 def test_native_bf16_cpu_reads_x86_flags_and_arm_features(tmp_path):
     from cmav.bench.cpu_bf16 import native_bf16_cpu, slow_bf16_warning
 

@@ -153,8 +153,11 @@ def fit(cfg: dict, out: Path, dm, stage: str, seed: int, task, ckpt: Path, steps
     """Train ``task`` for ``steps`` batches under ``seed`` and save its checkpoint to ``ckpt``."""
     import lightning as L
 
+    from cmav.bench.cpu_bf16 import warn_if_slow_bf16
+
     L.seed_everything(seed, workers=True, verbose=False)
     tr = trainer(cfg, out, stage, seed, steps, gan=gan)
+    warn_if_slow_bf16(tr)  # a grid preset asks for bf16 (a GPU's): 20x slower on most CPUs
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")

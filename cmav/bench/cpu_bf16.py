@@ -3,12 +3,15 @@
 On a CPU without bf16 instructions (x86 without AVX-512 BF16 or AMX, ARM without the ``bf16``
 feature) PyTorch emulates every bf16 convolution. Measured with ``cmav bench s2i --channels 32
 --channels-last --threads 2`` on a 2-core AMD EPYC with AVX2 only: 734 ms a step in float32 and
-16,479 ms with ``--bf16``, 22 times slower. ``cmav fit`` and ``cmav bench`` warn before such a run.
+16,479 ms with ``--bf16``, 22 times slower. ``cmav fit``/``validate``/``test``/``predict``, the
+ablation grids and ``cmav bench`` warn before such a run.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import Any
 
 CPUINFO = "/proc/cpuinfo"
 # its names for bf16 instructions: x86 "flags" and ARM "Features"
@@ -41,4 +44,16 @@ def slow_bf16_warning(cpuinfo: str | Path | None = None) -> str | None:
             "--bf16). Use --trainer.precision 32-true on this machine")  # fmt: skip
 
 
-__all__ = ["native_bf16_cpu", "slow_bf16_warning"]
+def warn_if_slow_bf16(trainer: Any) -> bool:
+    """Warn when a ``lightning.Trainer`` runs bf16 on a CPU without bf16 instructions; True when it warned."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    if "bf16" not in str(trainer.precision) or not isinstance(trainer.accelerator, CPUAccelerator):
+        return False
+    if msg := slow_bf16_warning():
+        warnings.warn(msg, UserWarning, stacklevel=2)
+        return True
+    return False
+
+
+__all__ = ["native_bf16_cpu", "slow_bf16_warning", "warn_if_slow_bf16"]

@@ -19,13 +19,12 @@ import os
 import warnings
 from pathlib import Path
 
-from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 import cmav.tasks  # noqa: F401  (registers the task classes for short names)
-from cmav.bench.cpu_bf16 import slow_bf16_warning
+from cmav.bench.cpu_bf16 import warn_if_slow_bf16
 from cmav.data.datamodule import AudioVisualDataModule
 
 
@@ -55,9 +54,7 @@ class CmavCLI(LightningCLI):
             # EMAWeightAveraging can copy them), which that callback takes for sharding; cmav shards nothing.
             warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging callback with a model that "
                                     "overrides the configure_model")  # fmt: skip
-        if "bf16" in str(self.trainer.precision) and isinstance(self.trainer.accelerator, CPUAccelerator):
-            if msg := slow_bf16_warning():
-                warnings.warn(msg, UserWarning, stacklevel=1)
+        warn_if_slow_bf16(self.trainer)
         # A checkpoint callback without a dirpath writes under default_root_dir, so that one key,
         # --trainer.default_root_dir, moves a whole run and a second run cannot overwrite the first's
         # last.ckpt. (Lightning's own default, the logger's version folder, would also move with each
@@ -70,6 +67,17 @@ class CmavCLI(LightningCLI):
                 warnings.warn(f"checkpoints go to {where}, outside trainer.default_root_dir {root}: another run with "
                               "that dirpath writes over this one's last.ckpt. Leave the ModelCheckpoint's dirpath "
                               "unset to keep them in <default_root_dir>/checkpoints", UserWarning, stacklevel=1)  # fmt: skip
+
+
+    # an evaluation pass in emulated bf16 is slow too, if only once over the data
+    def before_validate(self) -> None:
+        warn_if_slow_bf16(self.trainer)
+
+    def before_test(self) -> None:
+        warn_if_slow_bf16(self.trainer)
+
+    def before_predict(self) -> None:
+        warn_if_slow_bf16(self.trainer)
 
 
 def run(argv: list[str] | None = None) -> int:
