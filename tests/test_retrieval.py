@@ -354,6 +354,21 @@ def test_retrieval_trains_under_lightnings_weight_averaging(trained, tmp_path):
     assert_holds_a_weight_average(tmp_path / "ema.ckpt", "net.", load_retrieval)
 
 
+def test_retrieval_refuses_stochastic_weight_averaging(trained):
+    """StochasticWeightAveraging copies the module before the towers exist (configure_model): refused."""
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    dm = AudioVisualDataModule(str(trained["root"]), image_size=SIZE, batch_size=13,
+                               cache_dir=str(trained["base"] / "cache"), progress=False)  # fmt: skip
+    task = RetrievalTask(architecture="global", image_size=SIZE, audio_encoder=TINY_AUDIO, image_encoder=TINY_IMAGE,
+                         head={"embed_dim": 32, "hidden_dim": 64}, log_heatmaps=False)  # fmt: skip
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[StochasticWeightAveraging(swa_lrs=1e-3)])  # fmt: skip
+    with pytest.raises(ValueError, match="RetrievalTask.*StochasticWeightAveraging.*average nothing"):
+        trainer.fit(task, dm)
+
+
 def test_search_returns_the_paired_item_first(trained, tmp_path, capsys):
     root = trained["root"]
     index_path = tmp_path / "index.pt"

@@ -266,6 +266,17 @@ def test_classifier_trains_under_lightnings_weight_averaging(data, tmp_path):
     assert_holds_a_weight_average(tmp_path / "ema.ckpt", "model.", load_classifier)
 
 
+def test_classifier_refuses_stochastic_weight_averaging_that_would_average_nothing(data):
+    """Lightning's StochasticWeightAveraging copies the module before configure_model builds the
+    network: it would average nothing and save the last weights as the average. Refused by name."""
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    task = ClassifierTask(modality="audio", audio_encoder=TINY_ENC)
+    trainer = quiet_trainer(max_epochs=2, limit_val_batches=0, callbacks=[StochasticWeightAveraging(swa_lrs=1e-3)])
+    with pytest.raises(ValueError, match="StochasticWeightAveraging.*average nothing.*WeightAveraging"):
+        trainer.fit(task, datamodule(data))
+
+
 def test_player_judge_maps_players_and_validates_on_held_out_tails(data, tmp_path):
     L.seed_everything(0, verbose=False)
     dm = datamodule(data, holdout_tail=0.5)  # the last of each track's 2 chunks is held out

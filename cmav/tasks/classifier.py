@@ -48,6 +48,7 @@ from cmav.tasks.common import (
     coerce,
     datamodule_of,
     plain,
+    refuse_stochastic_weight_averaging,
     with_lr_schedule,
 )
 from cmav.tasks.random_state import restore_random_state, save_random_state
@@ -221,6 +222,8 @@ class ClassifierTask(L.LightningModule):
         self._build()
 
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            refuse_stochastic_weight_averaging(self)
         dm = datamodule_of(self)
         if dm is None:
             return  # nothing to check; configure_model refuses a task that has neither data nor a checkpoint

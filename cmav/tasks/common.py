@@ -359,6 +359,23 @@ def refuse_weight_averaging(module, averaged: str) -> None:
             )
 
 
+def refuse_stochastic_weight_averaging(module) -> None:
+    """Refuse Lightning's ``StochasticWeightAveraging`` in a task that builds its network in
+    ``configure_model``. That callback copies the module in its own set-up, before the network
+    exists, so it would average nothing and leave the last weights in the checkpoint as if they were
+    the average. ``WeightAveraging`` (an equal average by default) and ``EMAWeightAveraging`` build
+    the network before they copy it."""
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    for cb in module.trainer.callbacks:
+        if isinstance(cb, StochasticWeightAveraging):
+            raise ValueError(
+                f"{type(module).__name__} builds its network from the data (configure_model), after "
+                "StochasticWeightAveraging has copied the module: that callback would average nothing. Use "
+                "lightning.pytorch.callbacks.WeightAveraging (an equal average, as SWA) or EMAWeightAveraging"
+            )
+
+
 def check_encoder_input(encoder_shape: Sequence[int], trained_on: Any, dm, source: str | None) -> None:
     """Refuse data a pretrained audio encoder cannot read: features of another shape, or of the
     same shape from another front-end setting (``trained_on``: the front-end config stored with the
@@ -403,6 +420,7 @@ __all__ = [
     "paint_out_instruments",
     "paste_instruments",
     "plain",
+    "refuse_stochastic_weight_averaging",
     "refuse_weight_averaging",
     "scramble_colours",
     "tensorboard_writer",

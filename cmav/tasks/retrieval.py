@@ -57,6 +57,7 @@ from cmav.tasks.common import (
     coerce,
     datamodule_of,
     plain,
+    refuse_stochastic_weight_averaging,
     scramble_colours,
     tensorboard_writer,
     with_lr_schedule,
@@ -327,6 +328,8 @@ class RetrievalTask(L.LightningModule):
         self._build()
 
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            refuse_stochastic_weight_averaging(self)
         dm = datamodule_of(self)
         if dm is None:
             return  # nothing to check; configure_model refuses a task that has neither data nor a checkpoint
