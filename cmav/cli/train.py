@@ -68,7 +68,6 @@ class CmavCLI(LightningCLI):
                               "that dirpath writes over this one's last.ckpt. Leave the ModelCheckpoint's dirpath "
                               "unset to keep them in <default_root_dir>/checkpoints", UserWarning, stacklevel=1)  # fmt: skip
 
-
     # an evaluation pass in emulated bf16 is slow too, if only once over the data
     def before_validate(self) -> None:
         warn_if_slow_bf16(self.trainer)
