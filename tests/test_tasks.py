@@ -667,12 +667,13 @@ def test_s2i_refuses_ddp_without_unused_parameter_detection():
 
 
 def test_gan_tasks_refuse_lightnings_weight_averaging():
-    from lightning.pytorch.callbacks import EMAWeightAveraging
+    from lightning.pytorch.callbacks import EMAWeightAveraging, StochasticWeightAveraging
 
     model = s2i("s2i_n", "scratch", None)
-    model.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[EMAWeightAveraging()])
-    with pytest.raises(ValueError, match="own EMA of the generator.*remove the EMAWeightAveraging"):
-        model.setup("fit")
+    for cb in (EMAWeightAveraging(), StochasticWeightAveraging(swa_lrs=1e-3)):
+        model.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[cb])
+        with pytest.raises(ValueError, match=f"own EMA of the generator.*remove the {type(cb).__name__}"):
+            model.setup("fit")
     model.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
     refuse_weight_averaging(model, "generator")  # without the callback: nothing to refuse
 

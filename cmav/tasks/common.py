@@ -346,13 +346,14 @@ def with_lr_schedule(optimizer: torch.optim.Optimizer, schedule: LrSchedule, tra
 
 
 def refuse_weight_averaging(module, averaged: str) -> None:
-    """Refuse Lightning's weight-averaging callbacks in a task that keeps its own EMA (of its
-    ``averaged`` network, which samples and evaluation use): the callback would average every
-    other part too, and its checkpoint would hold those averages in place of the trained weights."""
-    from lightning.pytorch.callbacks import WeightAveraging
+    """Refuse Lightning's weight-averaging callbacks (``WeightAveraging`` and its subclasses, and the
+    older ``StochasticWeightAveraging``) in a task that keeps its own EMA (of its ``averaged``
+    network, which samples and evaluation use): the callback would average every other part too,
+    and its checkpoint would hold those averages in place of the trained weights."""
+    from lightning.pytorch.callbacks import StochasticWeightAveraging, WeightAveraging
 
     for cb in module.trainer.callbacks:
-        if isinstance(cb, WeightAveraging):
+        if isinstance(cb, (WeightAveraging, StochasticWeightAveraging)):
             raise ValueError(
                 f"{type(module).__name__} keeps its own EMA of the {averaged} (model.init_args.ema_decay), which "
                 f"samples and evaluation use: remove the {type(cb).__name__} callback"
