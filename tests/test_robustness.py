@@ -646,7 +646,12 @@ def test_robustness_grid_and_evaluation_end_to_end(tmp_path, capsys):
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "FontA.sf2" in report and "FontB.sf2" in report and "| sound classifier | accuracy |" in report
     assert f"- sound classifier trained on `{train}`: FontA.sf2" in report
+    # the point of the run that was scored, as the checkpoint records it
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert f"(checkpoint at epoch={saved['epoch']}, step={saved['global_step']})" in report and saved["global_step"] > 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert (metrics["trained_on"]["classifier"]["epoch"], metrics["trained_on"]["classifier"]["global_step"]) == (
+        saved["epoch"], saved["global_step"])
     acc = metrics["models"]["classifier"]
     assert acc["in_source"]["accuracy"] == pytest.approx(result["runs"][0]["in_source"])
 

@@ -273,7 +273,10 @@ def evaluate_robustness(
         data, font = trained_on(blob)
         if font is not None:
             check_independent(font, eval_font)
-        trained[name] = {"root": None if data is None else str(data), "font": font}
+        # which point of the run was scored: a last.ckpt read while its run is still going is an
+        # earlier epoch than the finished one
+        trained[name] = {"root": None if data is None else str(data), "font": font, "epoch": blob.get("epoch"),
+                         "global_step": blob.get("global_step")}  # fmt: skip
     if not eval_exists:
         build_eval_copy(root, eval_root, eval_soundfont, progress=progress)
 
@@ -357,7 +360,8 @@ def format_report(result: dict) -> str:
              "retrieval": "retrieval a→i"}  # fmt: skip
     for model, t in (result.get("trained_on") or {}).items():
         what = describe(t["font"]) if t.get("font") else "its data's font is not recorded here"
-        lines.insert(len(lines) - 3, f"- {names[model]} trained on `{t.get('root')}`: {what}")
+        saved = f" (checkpoint at epoch={t['epoch']}, step={t['global_step']})" if t.get("epoch") is not None else ""
+        lines.insert(len(lines) - 3, f"- {names[model]} trained on `{t.get('root')}`: {what}{saved}")
     for model, entry in result["models"].items():
         for key, target in rows[model]:
             a, b = entry["in_source"].get(key), entry["cross_source"].get(key)
