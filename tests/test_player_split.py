@@ -65,7 +65,7 @@ def test_seed_chooses_the_players_and_is_repeatable(source, tmp_path):
 
 def test_refuses_instruments_with_too_few_tracks(tmp_path):
     src = make_suburmp_tracks(tmp_path / "src", tracks=(0, 1), chunks=1, single_track=("trumpet",))
-    with pytest.raises(DataError, match=r"too few train tracks: trumpet \(1\)"):
+    with pytest.raises(DataError, match=r"too few train tracks: trumpet \(1\) \(--single-track tail"):
         split_players(src, tmp_path / "dev")
     with pytest.raises(DataError, match="too few train tracks"):
         split_players(src, tmp_path / "dev2", per_class=2)
@@ -104,7 +104,7 @@ def test_a_grid_makes_its_development_root_once_and_refuses_another(source, tmp_
         data_root({"data": {"root": str(source), "player_split": {"source": str(source)}}}, tmp_path)
     with pytest.raises(ValueError, match="needs data.root"):
         data_root({"data": {"root": None, "player_split": {"source": str(source)}}}, tmp_path)
-    with pytest.raises(ValueError, match=r"takes \{source, per_class, seed\}"):
+    with pytest.raises(ValueError, match=r"takes \{per_class, seed, single_track, source, tail_fraction\}"):
         data_root({"data": {"root": str(dev), "player_split": {"source": str(source), "players": 2}}}, tmp_path)
 
 
@@ -121,3 +121,53 @@ def test_the_s2i_grids_dev_preset_is_its_conditions_preset_on_a_development_root
     assert cond["evaluation"]["inference_conditions"] == ["own", "nearest", "class_mean"]
     for v in cond["variants"]:  # the default grid's rows, scored with the 10 nearest for `nearest`
         assert {k: x for k, x in v.items() if k != "inference_neighbours"} == default[v["name"]] and v["inference_neighbours"] == 10
+
+
+@pytest.fixture(scope="module")
+def one_trumpeter(tmp_path_factory):
+    """The real Sub-URMP's case: trumpet (like bassoon and double bass) has a single train track."""
+    return make_suburmp_tracks(tmp_path_factory.mktemp("tail") / "src", tracks=(0, 1), chunks=10, single_track=("trumpet",))
+
+
+def _times(root, split, name):
+    return sorted(s.time_ms for s in scan_suburmp(root, split).samples if s.class_name == name)
+
+
+def test_a_single_track_instrument_lends_the_end_of_its_track(one_trumpeter, tmp_path, capsys):
+    dev = tmp_path / "dev"
+    assert main(["data", "split-players", str(one_trumpeter), "-o", str(dev), "--single-track", "tail"]) == 0
+    out = capsys.readouterr().out
+    m = json.loads((dev / MANIFEST).read_text())
+    # 10 chunks 100 ms apart: the last 20 % (2) is validation; the 4 that share audio with it are in neither split
+    assert _times(dev, "validation", "trumpet") == [1300, 1400] and _times(dev, "train", "trumpet") == [500, 600, 700, 800]
+    assert all(v - t >= 500 for v in _times(dev, "validation", "trumpet") for t in _times(dev, "train", "trumpet"))
+    assert m["held_out_tails"] == {"trumpet": {"0": 1300}} and m["left_out_at_boundary"] == {"trumpet": 4}
+    assert "trumpet" not in m["held_out_tracks"] and len(m["held_out_tracks"]) == 12
+    assert m["counts"]["train"]["trumpet"] == 4 and m["counts"]["validation"]["trumpet"] == 2
+    assert m["single_track"] == "tail" and m["tail_fraction"] == 0.2
+    # the other instruments still move a whole player, every chunk of it
+    assert _tracks(dev, "validation")["oboe"] == set(m["held_out_tracks"]["oboe"]) and m["counts"]["validation"]["oboe"] == 10
+    assert "trumpet00 from 1300 ms" in out and "seen players" in out and "4 chunk(s)" in out
+
+
+def test_a_tail_that_leaves_nothing_to_train_on_is_refused(one_trumpeter, tmp_path):
+    with pytest.raises(DataError, match="leaves no train chunk clear of the held-out ones for: trumpet"):
+        split_players(one_trumpeter, tmp_path / "dev", single_track="tail", tail_fraction=0.6)
+    assert not (tmp_path / "dev").exists() and not (tmp_path / "dev.partial").exists()
+    with pytest.raises(ValueError, match=r"tail_fraction must be in \(0, 1\)"):
+        split_players(one_trumpeter, tmp_path / "dev", single_track="tail", tail_fraction=1.0)
+    with pytest.raises(ValueError, match="single_track must be"):
+        split_players(one_trumpeter, tmp_path / "dev", single_track="skip")
+
+
+def test_a_grid_passes_the_single_track_rule_and_checks_it(one_trumpeter, tmp_path):
+    from cmav.ablation.grid import data_root
+
+    dev = tmp_path / "dev"
+    split = {"source": str(one_trumpeter), "single_track": "tail", "tail_fraction": 0.3}
+    assert data_root({"data": {"root": str(dev), "player_split": split}}, tmp_path) == dev
+    assert json.loads((dev / MANIFEST).read_text())["held_out_tails"] == {"trumpet": {"0": 1200}}
+    with pytest.raises(ValueError, match="not the development root"):
+        data_root({"data": {"root": str(dev), "player_split": {**split, "tail_fraction": 0.2}}}, tmp_path)
+    with pytest.raises(DataError, match="too few train tracks"):  # the default still refuses
+        data_root({"data": {"root": str(tmp_path / "dev2"), "player_split": {"source": str(one_trumpeter)}}}, tmp_path)

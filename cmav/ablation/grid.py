@@ -75,7 +75,7 @@ def slug(name: str) -> str:
 
 def data_root(cfg: dict, out: Path) -> Path:
     """``data.root``, or the tiny stand-in built (once) under ``out/data`` when it is null. With
-    ``data.player_split`` (``{source, per_class: 1, seed: 0}``) the root is a development root of
+    ``data.player_split`` (``{source, per_class: 1, seed: 0, single_track: refuse, tail_fraction: 0.2}``) the root is a development root of
     unseen train players (:func:`cmav.data.player_split.split_players`), made from ``source`` when
     missing; an existing one made otherwise is refused."""
     root = cfg["data"].get("root")
@@ -100,20 +100,24 @@ def _player_split_root(cfg: dict, root: str | None, split: Any) -> Path:
     from cmav.data.player_split import MANIFEST, split_players
 
     src = cfg.get("source", "grid")
-    if not isinstance(split, dict) or "source" not in split or set(split) - {"source", "per_class", "seed"}:
-        raise ValueError(f"{src}: data.player_split takes {{source, per_class, seed}} with a source, got {split!r}")
+    keys = {"source", "per_class", "seed", "single_track", "tail_fraction"}
+    if not isinstance(split, dict) or "source" not in split or set(split) - keys:
+        raise ValueError(f"{src}: data.player_split takes {{{', '.join(sorted(keys))}}} with a source, got {split!r}")
     if root is None:
         raise ValueError(f"{src}: data.player_split needs data.root, the folder the development root is written to")
     want = {"source": str(Path(split["source"]).resolve()), "per_class": int(split.get("per_class", 1)),
-            "seed": int(split.get("seed", 0))}  # fmt: skip
+            "seed": int(split.get("seed", 0)), "single_track": str(split.get("single_track", "refuse")),
+            "tail_fraction": float(split.get("tail_fraction", 0.2))}  # fmt: skip
     root = Path(root)
     if not root.exists():
         print(f"[ablate] splitting {want['per_class']} player(s) per instrument of {split['source']} into a "
               f"development root at {root} (once)", flush=True)  # fmt: skip
-        split_players(want["source"], root, per_class=want["per_class"], seed=want["seed"])
+        split_players(want["source"], root, **{k: v for k, v in want.items() if k != "source"})
         return root
     manifest = root / MANIFEST
     have = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    if have:  # roots split before single_track existed were refused any single-track instrument
+        have = {"single_track": "refuse", "tail_fraction": 0.2, **have}
     if {k: have.get(k) for k in want} != want:
         raise ValueError(f"{root}: exists but is not the development root data.player_split asks for "
                          f"({want}; {manifest.name}: {({k: have.get(k) for k in want}) if have else 'missing'})")  # fmt: skip

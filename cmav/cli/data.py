@@ -63,6 +63,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("-o", "--out", required=True, help="new folder (links to the source files)")
     d.add_argument("--per-class", type=int, default=1, help="train tracks held out per instrument (default: %(default)s)")
     d.add_argument("--seed", type=int, default=0, help="which tracks are held out (default: %(default)s)")
+    d.add_argument("--single-track", choices=["refuse", "tail"], default="refuse",
+                   help="an instrument with no more than --per-class train tracks (the real Sub-URMP's bassoon, double "
+                        "bass and trumpet): refuse the split, or hold out the end of its tracks in time (a seen "
+                        "player at unseen moments; default: %(default)s)")  # fmt: skip
+    d.add_argument("--tail-fraction", type=float, default=0.2,
+                   help="with --single-track tail, the share of each such track held out (default: %(default)s)")  # fmt: skip
     d.set_defaults(func=_split_players)
 
 
@@ -139,11 +145,16 @@ def _sheet(args: argparse.Namespace) -> int:
 def _split_players(args: argparse.Namespace) -> int:
     from cmav.data.player_split import MANIFEST, split_players
 
-    m = split_players(args.root, args.out, per_class=args.per_class, seed=args.seed)
+    m = split_players(args.root, args.out, per_class=args.per_class, seed=args.seed, single_track=args.single_track,
+                      tail_fraction=args.tail_fraction)  # fmt: skip
     held = ", ".join(f"{c}{t:02d}" for c, ts in m["held_out_tracks"].items() for t in ts)
     n = {k: sum(v.values()) for k, v in m["counts"].items()}
     print(f"{args.out}: {n['train']:,} train / {n['validation']:,} validation pairs; validation players: {held} "
           f"(recorded in {MANIFEST})")  # fmt: skip
+    if m["held_out_tails"]:
+        tails = ", ".join(f"{c}{int(t):02d} from {ms} ms" for c, v in m["held_out_tails"].items() for t, ms in v.items())
+        print(f"  seen players, held out in time (their validation figures are easier than an unseen player's): "
+              f"{tails}; {sum(m['left_out_at_boundary'].values())} chunk(s) that overlap them left out")  # fmt: skip
     return 0
 
 

@@ -7,36 +7,53 @@ validation split of a new root, and keeps the rest as its train split. A model t
 and scored on its validation split is scored on players it never met, and the original validation
 players stay untouched. The new root holds symbolic links to the source files, not copies, and
 ``cmav_player_split.json`` records which tracks were moved.
+
+The real Sub-URMP has a single train track for bassoon, double bass and trumpet. With
+``single_track="tail"`` such an instrument keeps its track and lends the end of it (in time) to the
+development split instead: those figures are for a seen player at unseen moments, easier than an
+unseen player, and the manifest names the instruments so split.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
 from collections import defaultdict
 from pathlib import Path
+from typing import Literal
 
 from cmav.data.errors import DataError
-from cmav.data.layout import scan_suburmp
+from cmav.data.layout import Sample, scan_suburmp
 from cmav.data.masks import MASK_DIR, mask_path
 
 MANIFEST = "cmav_player_split.json"
+CHUNK_MS = 500
+"""Sub-URMP's chunk length: chunks whose times differ by less than this share audio (they start
+every 100 ms), so a tail split leaves out the train chunks that overlap its first held-out one."""
 
 
-def split_players(root: str | Path, out: str | Path, per_class: int = 1, seed: int = 0) -> dict:
+def split_players(root: str | Path, out: str | Path, per_class: int = 1, seed: int = 0,
+                  single_track: Literal["refuse", "tail"] = "refuse", tail_fraction: float = 0.2) -> dict:  # fmt: skip
     """Make ``out``: ``root``'s train split less ``per_class`` tracks of every instrument, which become
     ``out``'s validation split. Returns the manifest written to ``out/cmav_player_split.json``.
 
     The held-out tracks are drawn with ``random.Random(seed)`` from each instrument's sorted train
     tracks. Instrument masks (the stand-in's ``mask/`` folder) are linked along with their frames.
-    Refuses an instrument with no more than ``per_class`` train tracks (its train split would be
-    empty) and an ``out`` that already exists.
+    An instrument with no more than ``per_class`` train tracks would have an empty train split: it
+    is refused (``single_track="refuse"``), or (``"tail"``) the last ``tail_fraction`` of each of
+    its tracks in time becomes validation, and the train chunks that share audio with the first
+    held-out chunk are left out of both splits. An ``out`` that already exists is refused.
     """
     root, out = Path(root).resolve(), Path(out)
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
+    if single_track not in ("refuse", "tail"):
+        raise ValueError(f"single_track must be 'refuse' or 'tail', got {single_track!r}")
+    if not 0.0 < tail_fraction < 1.0:
+        raise ValueError(f"tail_fraction must be in (0, 1), got {tail_fraction}")
     if out.exists():
         raise DataError(out, "already exists; a player split is written to a new folder")
     scan = scan_suburmp(root, "train")
@@ -45,20 +62,37 @@ def split_players(root: str | Path, out: str | Path, per_class: int = 1, seed: i
     for s in scan.samples:
         tracks[s.class_name].add(s.track)
     short = sorted(c for c, t in tracks.items() if len(t) <= per_class)
-    if short:
+    if short and single_track == "refuse":
         detail = ", ".join(f"{c} ({len(tracks[c])})" for c in short)
         raise DataError(root / "chunk" / "train", f"a development split holds out {per_class} track(s) per "
-                        f"instrument and leaves at least one to train on; these have too few train tracks: {detail}")  # fmt: skip
+                        f"instrument and leaves at least one to train on; these have too few train tracks: {detail} "
+                        "(--single-track tail holds out the end of their tracks instead)")  # fmt: skip
     rng = random.Random(seed)
-    held = {c: sorted(rng.sample(sorted(tracks[c]), per_class)) for c in sorted(tracks)}
+    held = {c: sorted(rng.sample(sorted(tracks[c]), per_class)) for c in sorted(tracks) if c not in short}
+    tails = _tail_starts(root, scan.samples, short, tail_fraction)
+    counts: dict[str, dict[str, int]] = {"train": defaultdict(int), "validation": defaultdict(int)}
+    dropped: dict[str, int] = defaultdict(int)
+    placed: list[tuple[Sample, str]] = []
+    for s in scan.samples:
+        if s.class_name in tails:
+            start = tails[s.class_name][s.track]
+            if start - CHUNK_MS < s.time_ms < start:  # shares audio with the first held-out chunk
+                dropped[s.class_name] += 1
+                continue
+            split = "validation" if s.time_ms >= start else "train"
+        else:
+            split = "validation" if s.track in held[s.class_name] else "train"
+        counts[split][s.class_name] += 1
+        placed.append((s, split))
+    empty = sorted(c for c in tails if not counts["train"][c])
+    if empty:
+        raise DataError(root / "chunk" / "train", f"a tail split of {tail_fraction:g} leaves no train chunk "
+                        f"clear of the held-out ones for: {', '.join(empty)} (their tracks are too short)")  # fmt: skip
     has_masks = (root / MASK_DIR / "train").is_dir()
     # written beside `out` and renamed at the end: an interrupted split leaves no half-made root
     part = out.with_name(out.name + ".partial")
     shutil.rmtree(part, ignore_errors=True)
-    counts: dict[str, dict[str, int]] = {"train": defaultdict(int), "validation": defaultdict(int)}
-    for s in scan.samples:
-        split = "validation" if s.track in held[s.class_name] else "train"
-        counts[split][s.class_name] += 1
+    for s, split in placed:
         links = [(s.audio_path, part / "chunk" / split / s.class_name / s.audio_path.name),
                  (s.image_path, part / "img" / split / s.class_name / s.image_path.name)]  # fmt: skip
         mask = mask_path(root, "train", s.class_name, s.stem)
@@ -71,9 +105,34 @@ def split_players(root: str | Path, out: str | Path, per_class: int = 1, seed: i
         "source": str(root),
         "seed": seed,
         "per_class": per_class,
+        "single_track": single_track,
+        "tail_fraction": tail_fraction,
         "held_out_tracks": held,
+        # instrument -> {track: time (ms) of its first validation chunk}: a seen player, later in time
+        "held_out_tails": {c: {str(t): ms for t, ms in sorted(v.items())} for c, v in sorted(tails.items())},
+        "left_out_at_boundary": dict(sorted(dropped.items())),
         "counts": {k: dict(sorted(v.items())) for k, v in counts.items()},
     }
     (part / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     part.rename(out)
     return manifest
+
+
+def _tail_starts(root: Path, samples: list[Sample], classes: list[str], fraction: float) -> dict[str, dict[int, int]]:
+    """For each of ``classes``: {track: the time of its first held-out chunk}, the last ``fraction``
+    of the track's chunks (at least one) in time order."""
+    times: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for s in samples:
+        if s.class_name in classes:
+            times[s.class_name][s.track].append(s.time_ms)
+    out: dict[str, dict[int, int]] = {}
+    for c, by_track in times.items():
+        out[c] = {}
+        for t, ts in by_track.items():
+            ts.sort()
+            if len(ts) < 2 or ts[0] < 0:
+                raise DataError(root / "chunk" / "train" / c, f"track {t:02d}: a tail split needs at least two chunks "
+                                f"named with Sub-URMP times (<instrument><NN>_<T>.wav), got {len(ts)}")  # fmt: skip
+            n_held = min(max(1, math.ceil(fraction * len(ts) - 1e-9)), len(ts) - 1)  # 0.7 * 10 is 7.000000000000001
+            out[c][t] = ts[len(ts) - n_held]
+    return out
