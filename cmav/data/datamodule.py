@@ -27,7 +27,7 @@ def tail_holdout(tracks: torch.Tensor, labels: torch.Tensor, times: torch.Tensor
         raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
     keep, held = [], []
     groups: dict[tuple[int, int], list[int]] = {}
-    for i, key in enumerate(zip(labels.tolist(), tracks.tolist())):
+    for i, key in enumerate(zip(labels.tolist(), tracks.tolist(), strict=True)):
         groups.setdefault(key, []).append(i)
     for idx in groups.values():
         idx.sort(key=lambda i: int(times[i]))

@@ -19,6 +19,7 @@ import re
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from cmav.data.errors import DataError
@@ -164,7 +165,7 @@ def _check_track_times(scan: LayoutScan) -> None:
         times[(s.class_name, s.track)].append(s.time_ms)
     for (name, track), ts in sorted(times.items()):
         ts.sort()
-        gaps = sum(1 for a, b in zip(ts, ts[1:]) if b - a != 100)
+        gaps = sum(1 for a, b in pairwise(ts) if b - a != 100)
         if gaps:
             scan.warnings.append(f"{name}{track:02d}: {gaps} gap(s) in chunk times (expected steps of 100 ms)")
 

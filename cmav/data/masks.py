@@ -65,7 +65,7 @@ def load_split_masks(root: str | Path, split: str, stems: Sequence[str], class_n
             "`cmav data build` adds them to an older build); localisation metrics need them",
         )
     labels = [int(x) for x in (labels.tolist() if isinstance(labels, torch.Tensor) else labels)]
-    paths = [mask_path(root, split, class_names[c], s) for s, c in zip(stems, labels)]
+    paths = [mask_path(root, split, class_names[c], s) for s, c in zip(stems, labels, strict=True)]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         shown = "\n  ".join(str(p) for p in missing[:5])
