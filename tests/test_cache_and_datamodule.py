@@ -77,8 +77,28 @@ def test_tail_holdout_takes_the_end_of_each_track():
     assert [int(times[i]) for i in held] == [1400, 1400]
 
 
+def test_tail_holdout_leaves_out_held_chunks_that_share_audio_with_trained_ones():
+    labels, tracks = torch.zeros(10, dtype=torch.long), torch.zeros(10, dtype=torch.long)
+    times = torch.arange(500, 1500, 100)  # Sub-URMP: 500-ms chunks every 100 ms
+    keep, held = tail_holdout(tracks, labels, times, 0.5, guard_ms=500)
+    assert keep == tail_holdout(tracks, labels, times, 0.5)[0] == [0, 1, 2, 3, 4]  # training is the same
+    # the last trained chunk starts at 900: 1000-1300 overlap it, so they are in neither list
+    assert [int(times[i]) for i in held] == [1400]
+    # unknown times (-1, a paired layout) are not guarded
+    keep, held = tail_holdout(tracks, labels, torch.full((10,), -1), 0.5, guard_ms=500)
+    assert len(keep) == len(held) == 5
+
+
+def test_datamodule_holds_out_only_unheard_audio_and_says_when_none_is_left(root, tmp_path):
+    # 3 chunks a track, 100 ms apart: the held-out 700 shares audio with the trained 600
+    dm = AudioVisualDataModule(str(root), image_size=32, holdout_tail=0.3, cache_dir=str(tmp_path / "c"), progress=False)
+    with pytest.warns(DataWarning, match=r"leaves 13 of 13 train tracks no held-out chunk starting 500 ms.*0 held-out"):
+        dm.setup("fit")
+    assert len(dm.train) == 13 * 2 and len(dm.train_holdout) == 0
+
+
 def test_datamodule_batches(root, tmp_path):
-    dm = AudioVisualDataModule(str(root), image_size=32, batch_size=8, holdout_tail=0.3,
+    dm = AudioVisualDataModule(str(root), image_size=32, batch_size=8, holdout_tail=0.3, holdout_gap_ms=0,
                                cache_dir=str(tmp_path / "c"), progress=False)  # fmt: skip
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))

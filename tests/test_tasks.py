@@ -279,7 +279,7 @@ def test_classifier_refuses_stochastic_weight_averaging_that_would_average_nothi
 
 def test_player_judge_maps_players_and_validates_on_held_out_tails(data, tmp_path):
     L.seed_everything(0, verbose=False)
-    dm = datamodule(data, holdout_tail=0.5)  # the last of each track's 2 chunks is held out
+    dm = datamodule(data, holdout_tail=0.5, holdout_gap_ms=0)  # the last of each track's 2 chunks is held out
     judge = ClassifierTask(
         modality="image", target="track", image_size=32,
         image_judge={"n_blocks": 2, "base_channels": 4, "feature_dim": 16, "dropout": 0.0, "block_dropout": 0.0},
@@ -582,7 +582,7 @@ def test_inference_condition_takes_training_conditions_kept_in_the_checkpoint(da
         s2i("s2i_c", "scratch", None, inference_neighbours=0)
     L.seed_everything(0, verbose=False)
     model = s2i("s2i_c", "frozen", sound_classifier["ckpt"], inference_condition="class_mean")
-    dm = datamodule(data, holdout_tail=0.5)
+    dm = datamodule(data, holdout_tail=0.5, holdout_gap_ms=0)
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(model, dm)
     # the bank: the frozen encoder's features of the train split, without the held-out tails

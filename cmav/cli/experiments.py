@@ -70,6 +70,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--root", default="data/default")
     e.add_argument("--image-size", type=int, default=64)
     e.add_argument("--holdout-tail", type=float, default=0.1, help="must match the player judge's training")
+    e.add_argument("--holdout-gap-ms", type=int, default=None,
+                   help="held-out chunks starting less than this after a trained one share its audio and are not "
+                        "scored (default: the chunk length; 0 keeps them, as cmav did before this option)")  # fmt: skip
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--inference-condition", choices=INFERENCE_CONDITIONS, default=None,
                    help="the generator's condition: the input's own (the paper), the nearest training condition(s), "
@@ -180,7 +183,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 2
     features, chunk = front_end_of(args.ckpt)  # score on the front end the model was trained with
     dm = AudioVisualDataModule(root=args.root, image_size=args.image_size, holdout_tail=args.holdout_tail,
-                               features=features, chunk=chunk)  # fmt: skip
+                               holdout_gap_ms=args.holdout_gap_ms, features=features, chunk=chunk)  # fmt: skip
     dm.setup("fit")
     task = _inference_task(args, kind, dm)
     print(f"inference condition: {task.inference_condition}"

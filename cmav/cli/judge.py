@@ -18,6 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--ckpt", required=True, help="image-judge checkpoint (experiments/image_judge.yaml)")
     e.add_argument("--root", default="data/default", help="a stand-in data set, with its instrument masks")
     e.add_argument("--holdout-tail", type=float, default=0.1, help="the judge's data.holdout_tail (what `train` is)")
+    e.add_argument("--holdout-gap-ms", type=int, default=None,
+                   help="held-out chunks starting less than this after a trained one are not scored (default: the "
+                        "chunk length; 0 keeps them)")  # fmt: skip
     e.add_argument("--splits", nargs="+", choices=PROBE_SPLITS, default=["train", "validation"],
                    help="train (what the judge trained on), holdout (the train tracks' held-out tails), "
                         "validation (unseen players) (default: %(default)s)")  # fmt: skip
@@ -34,7 +37,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from cmav.tasks.classifier import load_image_judge
 
     judge = load_image_judge(args.ckpt)
-    dm = AudioVisualDataModule(root=args.root, image_size=int(judge.hparams.image_size), holdout_tail=args.holdout_tail)
+    dm = AudioVisualDataModule(root=args.root, image_size=int(judge.hparams.image_size), holdout_tail=args.holdout_tail,
+                               holdout_gap_ms=args.holdout_gap_ms)  # fmt: skip
     probe = probe_image_judge(judge, dm, splits=tuple(args.splits))
     probe["judge"] = str(args.ckpt)
     text = format_judge_probe(probe, tuple(args.list_players))

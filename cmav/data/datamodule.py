@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,15 +14,21 @@ from torch.utils.data import DataLoader, Subset
 from cmav.data.audio_io import ChunkSpec
 from cmav.data.cache import WAVE_SCALE, PairTensors
 from cmav.data.datasets import Layout, PairDataset, open_split
+from cmav.data.errors import DataWarning
 from cmav.features.augment import AudioAugment, AudioAugmentConfig, audio_augment_config
 from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
 
 
-def tail_holdout(tracks: torch.Tensor, labels: torch.Tensor, times: torch.Tensor, fraction: float):
+def tail_holdout(tracks: torch.Tensor, labels: torch.Tensor, times: torch.Tensor, fraction: float,
+                 guard_ms: int = 0) -> tuple[list[int], list[int]]:  # fmt: skip
     """Split indices so the last ``fraction`` of every (class, track) in time is held out.
 
     Validation players never appear in train, so player-aware metrics need frames of train
-    players that the model has not seen: the end of each train track.
+    players that the model has not seen: the end of each train track. Sub-URMP's chunks start every
+    100 ms and last 500, so the first chunks of a tail share audio with the last trained one; with
+    ``guard_ms`` (the chunk length) a held-out chunk that starts less than that after a kept chunk
+    of its track is in neither list. The kept chunks do not depend on ``guard_ms``. Chunks with
+    unknown times (-1) are not guarded.
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
@@ -32,9 +39,28 @@ def tail_holdout(tracks: torch.Tensor, labels: torch.Tensor, times: torch.Tensor
     for idx in groups.values():
         idx.sort(key=lambda i: int(times[i]))
         n_held = math.ceil(fraction * len(idx)) if fraction > 0 else 0
-        keep += idx[: len(idx) - n_held]
-        held += idx[len(idx) - n_held :]
+        kept, tail = idx[: len(idx) - n_held], idx[len(idx) - n_held :]
+        if guard_ms > 0 and kept and int(times[kept[-1]]) >= 0:
+            last = int(times[kept[-1]])
+            tail = [i for i in tail if int(times[i]) - last >= guard_ms]
+        keep += kept
+        held += tail
     return sorted(keep), sorted(held)
+
+
+def _warn_if_tails_lost(t: PairTensors, keep: list[int], held: list[int], fraction: float, gap_ms: int,
+                        root: Path) -> None:  # fmt: skip
+    """Say which tracks are too short for a held-out tail clear of their trained audio."""
+    if fraction <= 0 or gap_ms <= 0:
+        return
+    tracks = {(int(t.labels[i]), int(t.tracks[i])) for i in keep}
+    with_tail = {(int(t.labels[i]), int(t.tracks[i])) for i in held}
+    lost = len(tracks - with_tail)
+    if lost:
+        warnings.warn(f"{root}: holdout_tail {fraction:g} leaves {lost} of {len(tracks)} train tracks no held-out chunk "
+                      f"starting {gap_ms} ms or more after their last trained one (shorter ones share its audio); "
+                      f"{len(held)} held-out chunks remain. Raise holdout_tail, or set holdout_gap_ms 0 to keep the "
+                      "overlapping chunks (player metrics then read audio the model has heard)", DataWarning, stacklevel=3)  # fmt: skip
 
 
 class AudioVisualDataModule(L.LightningDataModule):
@@ -50,6 +76,10 @@ class AudioVisualDataModule(L.LightningDataModule):
             cqt, mfcc or waveform, plus that kind's options. Each kind has its own cache entry.
         chunk: what an audio chunk must be (rate, length, silence floor).
         holdout_tail: fraction of each train track's end held out of training (player metrics).
+        holdout_gap_ms: a held-out chunk that starts less than this after the last trained chunk of
+            its track shares audio with it, and is left out of the held-out set too (never of the
+            training set). ``None``: the chunk length (500 ms), so the held-out audio is really
+            unheard; 0 keeps every tail chunk, as cmav did before (the README says which figures).
         cache_dir: where cache files go (default ``<root>/.cmav_cache``).
         augment: training-time audio augmentation (:mod:`cmav.features.augment`; default none).
             Applied in :meth:`on_after_batch_transfer`, on the model's device, to training batches
@@ -68,6 +98,7 @@ class AudioVisualDataModule(L.LightningDataModule):
         features: FrontEndConfig | None = None,
         chunk: ChunkSpec | None = None,
         holdout_tail: float = 0.0,
+        holdout_gap_ms: int | None = None,
         cache_dir: str | None = None,
         progress: bool = True,
         augment: AudioAugmentConfig | None = None,
@@ -110,7 +141,10 @@ class AudioVisualDataModule(L.LightningDataModule):
         if self.train_full is None:
             self.train_full = self._open("train")
             t = self.train_full.tensors
-            keep, held = tail_holdout(t.tracks, t.labels, t.times, self.hparams.holdout_tail)
+            gap = self.hparams.get("holdout_gap_ms")
+            gap = round(1000 * self.chunk.n_samples / self.chunk.sample_rate) if gap is None else int(gap)
+            keep, held = tail_holdout(t.tracks, t.labels, t.times, self.hparams.holdout_tail, guard_ms=gap)
+            _warn_if_tails_lost(t, keep, held, self.hparams.holdout_tail, gap, self.root)
             self.train = Subset(self.train_full, keep)
             self.train_holdout = Subset(self.train_full, held)
         if self.val is None:

@@ -84,7 +84,8 @@ def datamodule_for(ckpt: str | Path, root: str | Path | None = None, cache_dir: 
     return AudioVisualDataModule(
         root=str(root or dmh.get("root", "data/default")), layout=dmh.get("layout", "suburmp"),
         image_size=int(hp.get("image_size", dmh.get("image_size", 64))), batch_size=batch_size,
-        features=features, chunk=spec, holdout_tail=float(dmh.get("holdout_tail", 0.0)), cache_dir=cache_dir,
+        features=features, chunk=spec, holdout_tail=float(dmh.get("holdout_tail", 0.0)),
+        holdout_gap_ms=dmh.get("holdout_gap_ms"), cache_dir=cache_dir,
     )  # fmt: skip
 
 

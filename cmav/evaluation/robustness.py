@@ -143,9 +143,9 @@ def training_datamodule(ckpt: str | Path | dict, root: str | Path, cache_dir: st
     from cmav.tasks.classifier import checkpoint_dict
 
     blob = checkpoint_dict(ckpt)
-    holdout = float((blob.get("datamodule_hyper_parameters") or {}).get("holdout_tail", 0.0))
-    return AudioVisualDataModule(root=str(trained_on(blob)[0] or root), holdout_tail=holdout, cache_dir=cache_dir,
-                                 **opened_as(blob))  # fmt: skip
+    dmh = blob.get("datamodule_hyper_parameters") or {}
+    return AudioVisualDataModule(root=str(trained_on(blob)[0] or root), holdout_tail=float(dmh.get("holdout_tail", 0.0)),
+                                 holdout_gap_ms=dmh.get("holdout_gap_ms"), cache_dir=cache_dir, **opened_as(blob))  # fmt: skip
 
 
 def _report(rep) -> dict[str, Any]:
