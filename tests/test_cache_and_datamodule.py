@@ -95,6 +95,8 @@ def test_datamodule_holds_out_only_unheard_audio_and_says_when_none_is_left(root
     with pytest.warns(DataWarning, match=r"leaves 13 of 13 train tracks no held-out chunk starting 500 ms.*0 held-out"):
         dm.setup("fit")
     assert len(dm.train) == 13 * 2 and len(dm.train_holdout) == 0
+    with pytest.raises(ValueError, match="holdout_gap_ms must be >= 0"):
+        AudioVisualDataModule(str(root), holdout_tail=0.3, holdout_gap_ms=-1)
 
 
 def test_datamodule_batches(root, tmp_path):

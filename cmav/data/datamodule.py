@@ -50,7 +50,7 @@ def tail_holdout(tracks: torch.Tensor, labels: torch.Tensor, times: torch.Tensor
 
 def _warn_if_tails_lost(t: PairTensors, keep: list[int], held: list[int], fraction: float, gap_ms: int,
                         root: Path) -> None:  # fmt: skip
-    """Say which tracks are too short for a held-out tail clear of their trained audio."""
+    """Warn when tracks are too short for a held-out tail clear of their trained audio (how many)."""
     if fraction <= 0 or gap_ms <= 0:
         return
     tracks = {(int(t.labels[i]), int(t.tracks[i])) for i in keep}
@@ -104,6 +104,8 @@ class AudioVisualDataModule(L.LightningDataModule):
         augment: AudioAugmentConfig | None = None,
     ) -> None:
         super().__init__()
+        if holdout_gap_ms is not None and holdout_gap_ms < 0:
+            raise ValueError(f"holdout_gap_ms must be >= 0 (or None for the chunk length), got {holdout_gap_ms}")
         self.features = front_end_config(features)
         self.chunk = chunk or ChunkSpec()
         self.augment = audio_augment_config(augment)
