@@ -92,9 +92,16 @@ def test_tail_holdout_leaves_out_held_chunks_that_share_audio_with_trained_ones(
 def test_datamodule_holds_out_only_unheard_audio_and_says_when_none_is_left(root, tmp_path):
     # 3 chunks a track, 100 ms apart: the held-out 700 shares audio with the trained 600
     dm = AudioVisualDataModule(str(root), image_size=32, holdout_tail=0.3, cache_dir=str(tmp_path / "c"), progress=False)
-    with pytest.warns(DataWarning, match=r"leaves 13 of 13 train tracks no held-out chunk starting 500 ms.*0 held-out"):
-        dm.setup("fit")
+    dm.setup("fit")
     assert len(dm.train) == 13 * 2 and len(dm.train_holdout) == 0
+    assert "leaves no held-out chunk starting 500 ms" in dm.holdout_shortfall() and "holdout_gap_ms 0" in dm.holdout_shortfall()
+    kept = AudioVisualDataModule(str(root), image_size=32, holdout_tail=0.3, holdout_gap_ms=0, cache_dir=str(tmp_path / "c"),
+                                 progress=False)  # fmt: skip
+    kept.setup("fit")
+    assert len(kept.train_holdout) == 13 and kept.holdout_shortfall() is None
+    none = AudioVisualDataModule(str(root), image_size=32, cache_dir=str(tmp_path / "c"), progress=False)
+    none.setup("fit")
+    assert "set data.holdout_tail > 0" in none.holdout_shortfall()
     with pytest.raises(ValueError, match="holdout_gap_ms must be >= 0"):
         AudioVisualDataModule(str(root), holdout_tail=0.3, holdout_gap_ms=-1)
 

@@ -164,6 +164,15 @@ def test_constant_generator_names_one_player_and_so_one_instrument(dm, judges):
     assert p["instrument_accuracy"] == pytest.approx(2 / 26)
 
 
+def test_tails_that_share_audio_with_training_are_not_scored_and_the_report_says_why(data, judges):
+    image, player = judges
+    guarded = AudioVisualDataModule(root=str(data), image_size=SIZE, batch_size=16, holdout_tail=0.25, progress=False)
+    guarded.setup("fit")  # 4-chunk tracks: the one held-out chunk overlaps the last trained one
+    m = evaluate_s2i(constant_generator, guarded, image, player, n_diversity_draws=2)
+    assert m["player"]["accuracy"] is None and "holdout_gap_ms 0" in m["player"]["note"]
+    assert not m.get("judged_holdout")
+
+
 def test_noise_dependent_generator_has_diversity_and_checkpoint_path_works(dm, judges, s2i_ckpt):
     image, _ = judges
     m = evaluate_s2i(str(s2i_ckpt), dm, image, None, n_diversity_draws=3)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from torch.utils.data import DataLoader, Subset
 from cmav.data.audio_io import ChunkSpec
 from cmav.data.cache import WAVE_SCALE, PairTensors
 from cmav.data.datasets import Layout, PairDataset, open_split
-from cmav.data.errors import DataWarning
 from cmav.features.augment import AudioAugment, AudioAugmentConfig, audio_augment_config
 from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
 
@@ -46,21 +44,6 @@ def tail_holdout(tracks: torch.Tensor, labels: torch.Tensor, times: torch.Tensor
         keep += kept
         held += tail
     return sorted(keep), sorted(held)
-
-
-def _warn_if_tails_lost(t: PairTensors, keep: list[int], held: list[int], fraction: float, gap_ms: int,
-                        root: Path) -> None:  # fmt: skip
-    """Warn when tracks are too short for a held-out tail clear of their trained audio (how many)."""
-    if fraction <= 0 or gap_ms <= 0:
-        return
-    tracks = {(int(t.labels[i]), int(t.tracks[i])) for i in keep}
-    with_tail = {(int(t.labels[i]), int(t.tracks[i])) for i in held}
-    lost = len(tracks - with_tail)
-    if lost:
-        warnings.warn(f"{root}: holdout_tail {fraction:g} leaves {lost} of {len(tracks)} train tracks no held-out chunk "
-                      f"starting {gap_ms} ms or more after their last trained one (shorter ones share its audio); "
-                      f"{len(held)} held-out chunks remain. Raise holdout_tail, or set holdout_gap_ms 0 to keep the "
-                      "overlapping chunks (player metrics then read audio the model has heard)", DataWarning, stacklevel=3)  # fmt: skip
 
 
 class AudioVisualDataModule(L.LightningDataModule):
@@ -117,6 +100,8 @@ class AudioVisualDataModule(L.LightningDataModule):
                             augment=self.augment.to_dict() if self.augment.enabled_groups else None)  # fmt: skip
         self.root = Path(root)
         self.train_full: PairDataset | None = None
+        self.train_holdout: Subset | None = None
+        self.holdout_gap = 0
         self.val: PairDataset | None = None
         self._front_end = None
 
@@ -146,11 +131,26 @@ class AudioVisualDataModule(L.LightningDataModule):
             gap = self.hparams.get("holdout_gap_ms")
             gap = round(1000 * self.chunk.n_samples / self.chunk.sample_rate) if gap is None else int(gap)
             keep, held = tail_holdout(t.tracks, t.labels, t.times, self.hparams.holdout_tail, guard_ms=gap)
-            _warn_if_tails_lost(t, keep, held, self.hparams.holdout_tail, gap, self.root)
+            self.holdout_gap = gap
             self.train = Subset(self.train_full, keep)
             self.train_holdout = Subset(self.train_full, held)
         if self.val is None:
             self.val = self._open("validation")
+
+    def holdout_shortfall(self) -> str | None:
+        """Why the held-out tails are empty, as advice to end a message with; None when they are not.
+
+        Consumers of the tails (player metrics, ``JudgedAccuracyMonitor(split='holdout')``, the
+        player judge's validation) name this reason instead of failing on an empty set."""
+        assert self.train_holdout is not None, "call setup() first"
+        if len(self.train_holdout):
+            return None
+        tail = self.hparams.holdout_tail
+        if not tail:
+            return "this data module holds none out: set data.holdout_tail > 0 (0.1 in the YAMLs)"
+        return (f"data.holdout_tail {tail:g} leaves no held-out chunk starting {self.holdout_gap} ms or more after "
+                "its track's last trained one (the tracks are too short): raise holdout_tail, or set "
+                "data.holdout_gap_ms 0 to score chunks that share audio with trained ones")  # fmt: skip
 
     @property
     def class_names(self) -> list[str]:

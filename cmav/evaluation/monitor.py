@@ -126,9 +126,9 @@ class JudgedAccuracyMonitor(L.Callback):
         self._judge = judge.eval().requires_grad_(False)
         self._ceiling = None
         dm = trainer.datamodule
-        if self.split == "holdout" and dm is not None and not getattr(dm.hparams, "holdout_tail", 0):
-            raise ValueError("JudgedAccuracyMonitor(split='holdout') scores the held-out tails of the train tracks, "
-                             "and this data module holds none out: set data.holdout_tail > 0 (0.1 in the YAMLs)")  # fmt: skip
+        shortfall = dm.holdout_shortfall() if self.split == "holdout" and hasattr(dm, "holdout_shortfall") else None
+        if shortfall:  # Lightning sets the data module up before the callbacks
+            raise ValueError(f"JudgedAccuracyMonitor(split='holdout') scores the held-out tails of the train tracks; {shortfall}")
         if trainer.limit_val_batches == 0:
             rank_zero_warn("JudgedAccuracyMonitor scores after validation epochs, and validation is off "
                            f"(limit_val_batches=0): {SPLITS[self.split]}/judged_acc will not be logged")  # fmt: skip

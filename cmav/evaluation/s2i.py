@@ -154,8 +154,9 @@ def _player_consistency(fn: GeneratorFn, z_dim: int, datamodule, player_judge: A
     judge = _judge(player_judge, target="track")
     t, index = datamodule.split_items("holdout")
     if len(index) == 0:
+        why = datamodule.holdout_shortfall() if hasattr(datamodule, "holdout_shortfall") else None
         return {"split": "train_holdout", "accuracy": None,
-                "note": "no held-out train frames (set the datamodule's holdout_tail > 0)"}  # fmt: skip
+                "note": f"no held-out train frames: {why or 'set the datamodule holdout_tail > 0'}"}  # fmt: skip
     batch = {"label": t.labels[index].long(), "track": t.tracks[index].long()}
     targets = judge.targets(batch)
     keep = targets >= 0

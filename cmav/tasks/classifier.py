@@ -327,9 +327,10 @@ class ClassifierTask(L.LightningModule):
         holdout = getattr(dm, "train_holdout", None)
         if holdout is None or len(holdout) == 0:
             if not self._warned_no_holdout:
+                why = dm.holdout_shortfall() if hasattr(dm, "holdout_shortfall") and holdout is not None else None
                 warnings.warn(
                     "player judge: no held-out train frames to validate on (validation players are not "
-                    "train players); set data.holdout_tail > 0 (e.g. 0.1)", stacklevel=2,
+                    f"train players); {why or 'set data.holdout_tail > 0 (e.g. 0.1)'}", stacklevel=2,
                 )  # fmt: skip
                 self._warned_no_holdout = True
             return
