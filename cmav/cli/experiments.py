@@ -222,6 +222,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(_weak_players(h["per_player"], "train_holdout"))
     if m.get("player"):
         p = m["player"]
-        print(f"player consistency (train_holdout): {p['accuracy']} (player judge on real: {p.get('judge_on_real_accuracy')})")
+        if p.get("accuracy") is None:
+            print(f"player consistency (train_holdout): none; {p.get('note', '')}")
+        else:
+            print(f"player consistency (train_holdout): {p['accuracy']} (player judge on real: {p.get('judge_on_real_accuracy')})")
     print(f"wrote {Path(args.output) / 'metrics.json'}")
     return 0
