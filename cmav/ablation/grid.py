@@ -75,9 +75,10 @@ def slug(name: str) -> str:
 
 def data_root(cfg: dict, out: Path) -> Path:
     """``data.root``, or the tiny stand-in built (once) under ``out/data`` when it is null. With
-    ``data.player_split`` (``{source, per_class: 1, seed: 0, single_track: refuse, tail_fraction: 0.2}``) the root is a development root of
-    unseen train players (:func:`cmav.data.player_split.split_players`), made from ``source`` when
-    missing; an existing one made otherwise is refused."""
+    ``data.player_split`` (``{source, per_class: 1, seed: 0, single_track: refuse, tail_fraction:
+    0.2}``) the root is a development root of unseen train players
+    (:func:`cmav.data.player_split.split_players`), made from ``source`` when missing; an existing
+    one made otherwise is refused."""
     root = cfg["data"].get("root")
     split = cfg["data"].get("player_split")
     if split is not None:
