@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from cmav.data import cache as cache_mod
-from cmav.data.datamodule import AudioVisualDataModule, tail_holdout
+from cmav.data.datamodule import AudioVisualDataModule
 from cmav.data.datasets import SubURMP
 from cmav.data.errors import DataWarning
+from cmav.data.tails import tail_holdout
 from cmav.features import LogMelConfig
 
 from fixtures import make_suburmp
@@ -84,6 +85,10 @@ def test_tail_holdout_leaves_out_held_chunks_that_share_audio_with_trained_ones(
     assert keep == tail_holdout(tracks, labels, times, 0.5)[0] == [0, 1, 2, 3, 4]  # training is the same
     # the last trained chunk starts at 900: 1000-1300 overlap it, so they are in neither list
     assert [int(times[i]) for i in held] == [1400]
+    # or the last kept ones (a development split keeps every held-out chunk instead)
+    keep, held = tail_holdout(tracks, labels, times, 0.5, guard_ms=500, drop="kept")
+    assert [int(times[i]) for i in keep] == [500] and len(held) == 5
+    assert len(tail_holdout(tracks, labels, times, 0.3)[1]) == 3  # 0.3 * 10 is 3.0000000000000004
     # unknown times (-1, a paired layout) are not guarded
     keep, held = tail_holdout(tracks, labels, torch.full((10,), -1), 0.5, guard_ms=500)
     assert len(keep) == len(held) == 5

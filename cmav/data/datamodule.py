@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,37 +12,9 @@ from torch.utils.data import DataLoader, Subset
 from cmav.data.audio_io import ChunkSpec
 from cmav.data.cache import WAVE_SCALE, PairTensors
 from cmav.data.datasets import Layout, PairDataset, open_split
+from cmav.data.tails import tail_holdout
 from cmav.features.augment import AudioAugment, AudioAugmentConfig, audio_augment_config
 from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
-
-
-def tail_holdout(tracks: torch.Tensor, labels: torch.Tensor, times: torch.Tensor, fraction: float,
-                 guard_ms: int = 0) -> tuple[list[int], list[int]]:  # fmt: skip
-    """Split indices so the last ``fraction`` of every (class, track) in time is held out.
-
-    Validation players never appear in train, so player-aware metrics need frames of train
-    players that the model has not seen: the end of each train track. Sub-URMP's chunks start every
-    100 ms and last 500, so the first chunks of a tail share audio with the last trained one; with
-    ``guard_ms`` (the chunk length) a held-out chunk that starts less than that after a kept chunk
-    of its track is in neither list. The kept chunks do not depend on ``guard_ms``. Chunks with
-    unknown times (-1) are not guarded.
-    """
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
-    keep, held = [], []
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, key in enumerate(zip(labels.tolist(), tracks.tolist(), strict=True)):
-        groups.setdefault(key, []).append(i)
-    for idx in groups.values():
-        idx.sort(key=lambda i: int(times[i]))
-        n_held = math.ceil(fraction * len(idx)) if fraction > 0 else 0
-        kept, tail = idx[: len(idx) - n_held], idx[len(idx) - n_held :]
-        if guard_ms > 0 and kept and int(times[kept[-1]]) >= 0:
-            last = int(times[kept[-1]])
-            tail = [i for i in tail if int(times[i]) - last >= guard_ms]
-        keep += kept
-        held += tail
-    return sorted(keep), sorted(held)
 
 
 class AudioVisualDataModule(L.LightningDataModule):

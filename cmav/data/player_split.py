@@ -17,7 +17,6 @@ unseen player, and the manifest names the instruments so split.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
@@ -28,6 +27,7 @@ from typing import Literal
 from cmav.data.errors import DataError
 from cmav.data.layout import Sample, scan_suburmp
 from cmav.data.masks import MASK_DIR, mask_path
+from cmav.data.tails import tail_holdout
 
 MANIFEST = "cmav_player_split.json"
 CHUNK_MS = 500
@@ -69,22 +69,28 @@ def split_players(root: str | Path, out: str | Path, per_class: int = 1, seed: i
                         "(--single-track tail holds out the end of their tracks instead)")  # fmt: skip
     rng = random.Random(seed)
     held = {c: sorted(rng.sample(sorted(tracks[c]), per_class)) for c in sorted(tracks) if c not in short}
-    tails = _tail_starts(root, scan.samples, short, tail_fraction)
+    lent = [s for s in scan.samples if s.class_name in short]
+    keep, back = tail_holdout([s.track for s in lent], [s.label for s in lent], [s.time_ms for s in lent],
+                              tail_fraction, guard_ms=CHUNK_MS, drop="kept")  # fmt: skip
+    placed_tail = {lent[i].audio_path: "train" for i in keep} | {lent[i].audio_path: "validation" for i in back}
+    tails: dict[str, dict[int, int]] = defaultdict(dict)  # instrument -> {track: its first validation chunk}
+    for sample in (lent[i] for i in back):
+        first = tails[sample.class_name]
+        first[sample.track] = min(first.get(sample.track, sample.time_ms), sample.time_ms)
     counts: dict[str, dict[str, int]] = {"train": defaultdict(int), "validation": defaultdict(int)}
     dropped: dict[str, int] = defaultdict(int)
     placed: list[tuple[Sample, str]] = []
     for s in scan.samples:
-        if s.class_name in tails:
-            start = tails[s.class_name][s.track]
-            if start - CHUNK_MS < s.time_ms < start:  # shares audio with the first held-out chunk
+        if s.class_name in short:
+            split = placed_tail.get(s.audio_path)
+            if split is None:  # shares audio with the first held-out chunk of its track
                 dropped[s.class_name] += 1
                 continue
-            split = "validation" if s.time_ms >= start else "train"
         else:
             split = "validation" if s.track in held[s.class_name] else "train"
         counts[split][s.class_name] += 1
         placed.append((s, split))
-    empty = sorted(c for c in tails if not counts["train"][c])
+    empty = sorted(c for c in short if not counts["train"][c])
     if empty:
         raise DataError(root / "chunk" / "train", f"a tail split of {tail_fraction:g} leaves no train chunk "
                         f"clear of the held-out ones for: {', '.join(empty)} (their tracks are too short)")  # fmt: skip
@@ -117,22 +123,3 @@ def split_players(root: str | Path, out: str | Path, per_class: int = 1, seed: i
     part.rename(out)
     return manifest
 
-
-def _tail_starts(root: Path, samples: list[Sample], classes: list[str], fraction: float) -> dict[str, dict[int, int]]:
-    """For each of ``classes``: {track: the time of its first held-out chunk}, the last ``fraction``
-    of the track's chunks (at least one) in time order."""
-    times: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
-    for s in samples:
-        if s.class_name in classes:
-            times[s.class_name][s.track].append(s.time_ms)
-    out: dict[str, dict[int, int]] = {}
-    for c, by_track in times.items():
-        out[c] = {}
-        for t, ts in by_track.items():
-            ts.sort()
-            if len(ts) < 2 or ts[0] < 0:
-                raise DataError(root / "chunk" / "train" / c, f"track {t:02d}: a tail split needs at least two chunks "
-                                f"named with Sub-URMP times (<instrument><NN>_<T>.wav), got {len(ts)}")  # fmt: skip
-            n_held = min(max(1, math.ceil(fraction * len(ts) - 1e-9)), len(ts) - 1)  # 0.7 * 10 is 7.000000000000001
-            out[c][t] = ts[len(ts) - n_held]
-    return out
