@@ -66,8 +66,9 @@ def _judges(cfg: dict, out: Path, dm) -> tuple[Path, Path | None]:
         load_image_judge,
     )  # fmt: skip
     player: Path | None = None
-    if "player_judge" in stages and dm.holdout_shortfall():
-        print(f"[ablate] no player judge, so no player consistency: {dm.holdout_shortfall()}", flush=True)
+    shortfall = dm.holdout_shortfall()
+    if "player_judge" in stages and shortfall:
+        print(f"[ablate] no player judge, so no player consistency: {shortfall}", flush=True)
     elif "player_judge" in stages:
         player = classifier_stage(
             cfg, out, dm, "player_judge", seed, out / "judges" / "player_judge.ckpt",

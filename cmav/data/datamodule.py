@@ -72,7 +72,6 @@ class AudioVisualDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.train_full: PairDataset | None = None
         self.train_holdout: Subset | None = None
-        self.holdout_gap = 0
         self.val: PairDataset | None = None
         self._front_end = None
 
@@ -99,14 +98,17 @@ class AudioVisualDataModule(L.LightningDataModule):
         if self.train_full is None:
             self.train_full = self._open("train")
             t = self.train_full.tensors
-            gap = self.hparams.get("holdout_gap_ms")
-            gap = round(1000 * self.chunk.n_samples / self.chunk.sample_rate) if gap is None else int(gap)
-            keep, held = tail_holdout(t.tracks, t.labels, t.times, self.hparams.holdout_tail, guard_ms=gap)
-            self.holdout_gap = gap
+            keep, held = tail_holdout(t.tracks, t.labels, t.times, self.hparams.holdout_tail, guard_ms=self.holdout_gap)
             self.train = Subset(self.train_full, keep)
             self.train_holdout = Subset(self.train_full, held)
         if self.val is None:
             self.val = self._open("validation")
+
+    @property
+    def holdout_gap(self) -> int:
+        """``holdout_gap_ms`` in effect: as given, or the chunk length when it is None."""
+        gap = self.hparams.get("holdout_gap_ms")
+        return round(1000 * self.chunk.n_samples / self.chunk.sample_rate) if gap is None else int(gap)
 
     def holdout_shortfall(self) -> str | None:
         """Why the held-out tails are empty, as advice to end a message with; None when they are not.

@@ -122,4 +122,3 @@ def split_players(root: str | Path, out: str | Path, per_class: int = 1, seed: i
     (part / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     part.rename(out)
     return manifest
-
