@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -101,3 +102,87 @@ def load_chunk(path: str | Path, spec: ChunkSpec = ChunkSpec()) -> np.ndarray:
     for note in notes:
         warnings.warn(note, DataWarning, stacklevel=2)
     return mono
+
+
+def read_mono(audio: str | Path | np.ndarray | Any, rate: int, sample_rate: int | None = None,
+              ) -> tuple[np.ndarray, str, list[str]]:  # fmt: skip
+    """A whole recording as mono float32 samples at ``rate``, the name to report it by, and notes.
+
+    ``audio`` is a sound file (``sample_rate`` then, if given, must agree with it) or samples
+    ``(samples,)`` / ``(channels, samples)`` (a numpy array or a tensor) recorded at ``sample_rate``.
+    Channels are averaged, as the data sets do; the rate is converted with :func:`resample`.
+    """
+    if isinstance(audio, (str, Path)):
+        name = str(audio)
+        wave, source_rate = read_audio(audio)
+        if sample_rate is not None and sample_rate != source_rate:
+            raise DataError(name, f"sample_rate={sample_rate} given, but the file says {source_rate} Hz; leave it out")
+    else:
+        name = "<samples>"
+        if sample_rate is None:
+            raise ValueError("samples given without sample_rate: pass the rate they were recorded at")
+        wave = audio.detach().cpu().numpy() if hasattr(audio, "detach") else np.asarray(audio)
+        wave = wave.astype(np.float32, copy=False)
+        if wave.ndim == 1:
+            wave = wave[None]
+        if wave.ndim != 2 or wave.shape[1] == 0:
+            raise DataError(name, f"expected (samples,) or (channels, samples), got shape {tuple(wave.shape)}")
+        if wave.shape[0] > wave.shape[1]:
+            raise DataError(name, f"shape {tuple(wave.shape)} has more channels than samples: pass (channels, samples)")
+        if not np.isfinite(wave).all():
+            raise DataError(name, "samples hold NaN or infinite values")
+        source_rate = int(sample_rate)
+    notes: list[str] = []
+    if wave.shape[0] > 2:
+        notes.append(f"{name}: {wave.shape[0]} channels; mixed down to mono")
+    mono = wave.mean(axis=0, keepdims=True)
+    if source_rate != rate:
+        notes.append(f"{name}: sample rate {source_rate} Hz, expected {rate} Hz; resampled")
+        mono = resample(mono, source_rate, rate)
+    return np.ascontiguousarray(mono[0]), name, notes
+
+
+def cut_chunks(mono: np.ndarray, spec: ChunkSpec = ChunkSpec(), hop_s: float | None = None, name: str = "<samples>",
+               max_chunks: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
+    """A recording (mono, at ``spec.sample_rate``) cut into chunks ``(N, spec.n_samples)``, their
+    starts in seconds, and notes.
+
+    Chunks start every ``hop_s`` seconds (default: one chunk length, no overlap; Sub-URMP's are
+    0.1 s apart), at most ``max_chunks`` of them. A clip shorter than one chunk is zero-padded when
+    within ``spec.length_tolerance``, refused (DataError naming it) otherwise; what is left after
+    the last whole chunk is noted and not used. A silent chunk is noted.
+    """
+    n, rate = spec.n_samples, spec.sample_rate
+    chunk_s = n / rate
+    hop = n if hop_s is None else int(round(hop_s * rate))
+    if hop < 1:
+        raise ValueError(f"hop_s must be positive, got {hop_s}")
+    if max_chunks is not None and max_chunks < 1:
+        raise ValueError(f"max_chunks must be >= 1, got {max_chunks}")
+    notes: list[str] = []
+    total = mono.shape[0]
+    if total < n:
+        if (n - total) / n > spec.length_tolerance:
+            raise DataError(name, f"{total} samples at {rate} Hz ({total / rate:.3f} s): shorter than one chunk "
+                                  f"({n} samples, {chunk_s:g} s)")  # fmt: skip
+        notes.append(f"{name}: {total} samples, a chunk is {n}; zero-padded")
+        mono = np.pad(mono, (0, n - total))
+        total = n
+    count = (total - n) // hop + 1
+    if max_chunks is not None and count > max_chunks:
+        count = max_chunks
+        used = (count - 1) * hop / rate + chunk_s
+        notes.append(f"{name}: {total / rate:.2f} s long; using its first {used:g} s "
+                     f"({count} chunk{'s' if count > 1 else ''})")  # fmt: skip
+    else:
+        left = total - ((count - 1) * hop + n)
+        if left > 0:
+            notes.append(f"{name}: its last {left / rate:.3f} s do not fill a chunk; not used")
+    starts = np.arange(count) * hop
+    chunks = np.ascontiguousarray(np.lib.stride_tricks.sliding_window_view(mono, n)[starts], dtype=np.float32)
+    rms = np.sqrt(np.mean(np.square(chunks, dtype=np.float64), axis=1))
+    silent = np.flatnonzero(rms < spec.silence_rms)
+    if len(silent):
+        where = ", ".join(f"{starts[i] / rate:g} s" for i in silent[:5]) + (" ..." if len(silent) > 5 else "")
+        notes.append(f"{name}: silent chunk{'s' if len(silent) > 1 else ''} (RMS below {spec.silence_rms:g}) at {where}")
+    return chunks, starts / rate, notes

@@ -1,6 +1,7 @@
 """``cmav generate``: images from a sound file (S2I checkpoint), sound from a frame (I2S checkpoint).
 
-The clip is read with :func:`cmav.data.audio_io.load_chunk` under the checkpoint's chunk spec
+The clip is read with :func:`cmav.data.audio_io.read_mono` and :func:`~cmav.data.audio_io.cut_chunks`
+under the checkpoint's chunk spec
 (mono, resampled to the chunk rate). A clip longer than one chunk (0.5 s) is cut to its FIRST
 chunk, with a note; a clip too short is refused (``DataError``), as in the data sets. The LMS uses
 the front-end config the model was trained with (the datamodule hyper-parameters stored in the
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmav.data.audio_io import ChunkSpec, decode_chunk, read_audio
+from cmav.data.audio_io import ChunkSpec, cut_chunks, read_mono
 from cmav.data.errors import DataError
 from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
 
@@ -44,22 +45,11 @@ def front_end_of(ckpt_path: str | Path | dict) -> tuple[FrontEndConfig, ChunkSpe
 
 
 def wav_to_features(path: str | Path, features: FrontEndConfig, spec: ChunkSpec) -> tuple[torch.Tensor, list[str]]:
-    """Audio features ``(1, C, H, W)`` (an LMS by default) of the first 0.5-s chunk of ``path``, and notes on what was done."""
-    path = Path(path)
-    wave, rate = read_audio(path)  # DataError for missing/empty/corrupt files
-    notes: list[str] = []
-    duration = wave.shape[1] / rate
-    chunk_s = spec.n_samples / spec.sample_rate
-    if duration > chunk_s * (1 + spec.length_tolerance):
-        notes.append(f"{path}: {duration:.2f} s long; using its first {chunk_s:g} s (one chunk)")
-        long_spec = dataclasses.replace(spec, n_samples=int(round(duration * spec.sample_rate)))
-        mono, more = decode_chunk(path, long_spec)
-        mono = mono[: spec.n_samples]
-    else:
-        mono, more = decode_chunk(path, spec)
-    notes += more
-    lms = build_front_end(features)(torch.from_numpy(np.ascontiguousarray(mono))[None], sample_rate=spec.sample_rate)
-    return lms, notes
+    """Audio features ``(1, C, H, W)`` (an LMS by default) of the first chunk of ``path``, and notes on what was done."""
+    mono, name, notes = read_mono(path, spec.sample_rate)  # DataError for missing/empty/corrupt files
+    chunk, _, more = cut_chunks(mono, spec, name=name, max_chunks=1)
+    lms = build_front_end(features)(torch.from_numpy(chunk), sample_rate=spec.sample_rate)
+    return lms, notes + more
 
 
 def with_inference_condition(task, ckpt: str | Path, mode: str | None, neighbours: int | None = None,

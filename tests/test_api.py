@@ -1,0 +1,235 @@
+"""The Python API (`cmav.load` and friends) on tiny trained models: it reads raw audio and frames
+exactly as the data pipeline does, cuts recordings into chunks, and refuses what it cannot use."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+import cmav
+from cmav.data import AudioVisualDataModule
+from cmav.data.audio_io import ChunkSpec, cut_chunks
+from cmav.data.errors import DataError, DataWarning
+from cmav.data.image_io import load_frame
+from cmav.features.frontend import build_front_end
+
+from fixtures import make_suburmp_tracks, write_wav
+
+SIZE = 32
+TINY = {"n_blocks": 4, "base_channels": 8, "dropout": 0.0}
+SMALL = {"base_channels": 8, "cond_proj_dim": 16}
+FAST = {"lr": 3e-3, "betas": (0.9, 0.999)}
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*smaller than the logging interval.*"),
+    pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
+    pytest.mark.filterwarnings("ignore::cmav.tasks.pairs.NegativeSamplingWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("api")
+    root = make_suburmp_tracks(base / "suburmp", tracks=(0, 1), chunks=2)
+    return {"root": root, "cache": base / "cache", "base": base}
+
+
+def _dm(data: dict) -> AudioVisualDataModule:
+    dm = AudioVisualDataModule(str(data["root"]), image_size=SIZE, batch_size=13, cache_dir=str(data["cache"]),
+                               progress=False)  # fmt: skip
+    dm.setup("fit")
+    return dm
+
+
+def _fit(task, data: dict, steps: int, name: str) -> Path:
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(task, datamodule=_dm(data))
+    path = data["base"] / f"{name}.ckpt"
+    trainer.save_checkpoint(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(data) -> dict[str, Path]:
+    from cmav.tasks import ClassifierTask, I2STask, S2ITask
+    from cmav.tasks.retrieval import RetrievalTask
+
+    return {
+        "audio_classifier": _fit(ClassifierTask(modality="audio", audio_encoder=TINY, optimizer=FAST), data, 60, "clf"),
+        "image_judge": _fit(ClassifierTask(modality="image", image_size=SIZE, image_judge={**TINY, "block_dropout": 0.0},
+                                           optimizer=FAST), data, 10, "judge"),  # fmt: skip
+        "s2i": _fit(S2ITask(variant="s2i_c", encoder_mode="scratch", image_size=SIZE, sample_every_n_steps=0,
+                            encoder={**TINY, "feature_dim": 32}, generator=SMALL, discriminator=SMALL), data, 3, "s2i"),
+        "i2s": _fit(I2STask(variant="i2s_n", encoder_mode="scratch", image_size=SIZE, sample_every_n_steps=0,
+                            encoder=TINY, generator=SMALL, discriminator=SMALL), data, 3, "i2s"),
+        "retrieval": _fit(RetrievalTask(architecture="global", image_size=SIZE, audio_encoder=TINY, image_encoder=TINY,
+                                        head={"embed_dim": 16, "hidden_dim": 32}, log_heatmaps=False), data, 3, "ret"),
+    }  # fmt: skip
+
+
+def _val_wavs(data: dict) -> list[Path]:
+    return sorted((data["root"] / "chunk" / "validation").rglob("*.wav"))
+
+
+def test_load_tells_every_kind_apart(models):
+    for kind, path in models.items():
+        model = cmav.load(path)
+        assert model.kind == kind and model.path == path
+        assert not model.task.training
+
+
+def test_load_refuses_what_is_not_a_cmav_model_and_names_the_file(models, tmp_path):
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(ValueError, match=r"other\.ckpt: not a checkpoint of a cmav model"):
+        cmav.load(other)
+    half = tmp_path / "half.ckpt"
+    half.write_bytes(models["s2i"].read_bytes()[:5000])
+    with pytest.raises(ValueError, match=r"half\.ckpt: not a readable checkpoint \(half-written or corrupt"):
+        cmav.load(half)
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        cmav.load(tmp_path / "missing.ckpt")
+
+
+def test_a_chunk_file_gives_the_features_and_predictions_the_data_pipeline_gives(data, models):
+    """The cache holds float16 features; the API's are float32 from the same samples and front end."""
+    model = cmav.load(models["audio_classifier"])
+    val = _dm(data).val.tensors
+    wavs = {p.stem: p for p in _val_wavs(data)}
+    for i, stem in enumerate(val.stems):
+        chunks = cmav.audio_chunks(model, wavs[Path(stem).name])
+        assert chunks.features.shape == (1, *val.audio.shape[1:]) and chunks.start_s.tolist() == [0.0]
+        torch.testing.assert_close(chunks.features[0], val.audio[i].float(), atol=0.05, rtol=0)
+        expected = model.task.model(val.audio[i : i + 1].float()).softmax(1)
+        got = cmav.classify_audio(model, wavs[Path(stem).name]).probabilities
+        torch.testing.assert_close(got, expected, atol=1e-2, rtol=0)
+
+
+def test_a_recording_is_cut_into_chunks_every_hop_and_each_is_that_slice(data, models, tmp_path):
+    model = cmav.load(models["audio_classifier"])
+    wav = write_wav(tmp_path / "long.wav", seconds=1.2, freq=330.0, noise=0.05)
+    with pytest.warns(DataWarning, match=r"long\.wav: its last 0\.200 s do not fill a chunk; not used"):
+        plain = cmav.audio_chunks(model, wav)
+    assert plain.start_s.tolist() == [0.0, 0.5]
+    dense = cmav.audio_chunks(model, wav, hop_s=0.1)
+    assert torch.allclose(dense.start_s, torch.arange(8) * 0.1)
+    samples, rate = sf.read(str(wav), dtype="float32", always_2d=True)
+    mono = torch.from_numpy(samples.mean(axis=1))
+    front_end = build_front_end(model.features)
+    third = front_end(mono[None, int(0.3 * rate) : int(0.3 * rate) + 22050], rate)
+    torch.testing.assert_close(dense.features[3:4], third)
+    torch.testing.assert_close(dense.features[5], plain.features[1])  # both start at 0.5 s
+    out = cmav.classify_audio(model, wav, hop_s=0.1)
+    assert out.probabilities.shape == (8, 13) and len(out.labels) == 8
+    assert set(out.labels) <= set(model.class_names) and torch.allclose(out.probabilities.sum(1), torch.ones(8))
+
+
+def test_samples_in_memory_give_what_their_file_gives(data, models, tmp_path):
+    model = cmav.load(models["s2i"])
+    wav = write_wav(tmp_path / "clip.wav", seconds=1.0, rate=22050, channels=2, freq=500.0, noise=0.02)
+    samples, rate = sf.read(str(wav), dtype="float32", always_2d=True)
+    with pytest.warns(DataWarning, match="resampled"):
+        from_file = cmav.embed_audio(model, wav)
+    with pytest.warns(DataWarning, match="resampled"):
+        from_samples = cmav.embed_audio(model, torch.from_numpy(samples.T.copy()), sample_rate=rate)
+    assert from_file.vectors.shape == (2, 32)
+    assert torch.equal(from_file.vectors, from_samples.vectors)
+    with pytest.raises(ValueError, match="without sample_rate"):
+        cmav.embed_audio(model, samples.T)
+    with pytest.raises(DataError, match=r"more channels than samples: pass \(channels, samples\)"):
+        cmav.embed_audio(model, samples, sample_rate=rate)
+    with pytest.raises(DataError, match=r"clip\.wav: sample_rate=44100 given, but the file says 22050 Hz"):
+        cmav.embed_audio(model, wav, sample_rate=44100)
+
+
+def test_too_short_or_unreadable_audio_is_refused_by_name(models, tmp_path):
+    model = cmav.load(models["audio_classifier"])
+    short = write_wav(tmp_path / "short.wav", seconds=0.3)
+    with pytest.raises(DataError, match=r"short\.wav: 13230 samples at 44100 Hz \(0\.300 s\): shorter than one chunk"):
+        cmav.classify_audio(model, short)
+    nearly = write_wav(tmp_path / "nearly.wav", seconds=0.49)
+    with pytest.warns(DataWarning, match=r"nearly\.wav: 21609 samples, a chunk is 22050; zero-padded"):
+        assert cmav.classify_audio(model, nearly).probabilities.shape == (1, 13)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF not really")
+    with pytest.raises(DataError, match=r"bad\.wav: not a readable audio file"):
+        cmav.embed_audio(model, bad)
+    with pytest.raises(DataError, match="NaN"):
+        cmav.embed_audio(model, np.full(22050, np.nan, dtype=np.float32), sample_rate=44100)
+
+
+def test_cut_chunks_notes_silence_and_caps_the_count():
+    spec = ChunkSpec(sample_rate=1000, n_samples=100)
+    mono = np.concatenate([np.ones(200, np.float32), np.zeros(150, np.float32)])
+    chunks, starts, notes = cut_chunks(mono, spec, hop_s=0.05, name="x.wav")
+    assert chunks.shape == (6, 100) and starts.tolist() == [0.0, 0.05, 0.1, 0.15, 0.2, 0.25]
+    assert any("x.wav: silent chunks (RMS below 0.0001) at 0.2 s, 0.25 s" in n for n in notes)
+    chunks, _, notes = cut_chunks(mono, spec, name="x.wav", max_chunks=2)
+    assert chunks.shape == (2, 100) and notes == ["x.wav: 0.35 s long; using its first 0.2 s (2 chunks)"]
+    with pytest.raises(ValueError, match="hop_s must be positive"):
+        cut_chunks(mono, spec, hop_s=0.0)
+
+
+def test_sound_to_image_is_what_cmav_generate_writes(models, tmp_path):
+    from cmav.cli.main import main
+
+    model = cmav.load(models["s2i"])
+    wav = write_wav(tmp_path / "clip.wav", seconds=1.0, freq=440.0)
+    images = cmav.sound_to_image(model, wav, n=3, seed=5)
+    assert images.shape == (2, 3, 3, SIZE, SIZE) and images.abs().max() <= 1.0
+    assert not torch.equal(images[0, 0], images[0, 1])  # the noise draws differ
+    assert torch.equal(images, cmav.sound_to_image(model, wav, n=3, seed=5))
+    out = tmp_path / "one.png"
+    assert main(["generate", "--ckpt", str(models["s2i"]), "--audio", str(wav), "-n", "1", "--seed", "7",
+                 "-o", str(out)]) == 0  # fmt: skip
+    with pytest.warns(DataWarning, match=r"clip\.wav: 1\.00 s long; using its first 0\.5 s \(1 chunk\)") as caught:
+        first = cmav.sound_to_image(model, wav, n=1, seed=7, max_chunks=1)[0, 0]
+    assert caught[0].filename == __file__  # the warning points at the caller, not into cmav
+    png = torch.from_numpy(np.array(Image.open(out))).permute(2, 0, 1).float()
+    assert (png - ((first + 1) * 127.5).round()).abs().max() <= 1.0
+
+
+def test_images_embed_and_turn_into_sound(data, models):
+    judge = cmav.load(models["image_judge"])
+    frames = sorted((data["root"] / "img" / "validation").rglob("*.jpg"))[:3]
+    vectors = cmav.embed_image(judge, frames)
+    pixels = torch.from_numpy(np.stack([load_frame(p, SIZE) for p in frames])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    torch.testing.assert_close(vectors, judge.task.model.features(pixels))
+    torch.testing.assert_close(cmav.embed_image(judge, pixels[0]), vectors[:1])
+    with pytest.raises(ValueError, match=r"frames must be \(3, 32, 32\)"):
+        cmav.embed_image(judge, torch.zeros(3, 64, 64))
+
+    retrieval = cmav.load(models["retrieval"])
+    image_vectors = cmav.embed_image(retrieval, frames)
+    audio_vectors = cmav.embed_audio(retrieval, _val_wavs(data)[0]).vectors
+    assert image_vectors.shape == (3, 16) and audio_vectors.shape == (1, 16)
+    assert torch.allclose(image_vectors.norm(dim=1), torch.ones(3)) and torch.allclose(audio_vectors.norm(), torch.tensor(1.0))
+
+    i2s = cmav.load(models["i2s"])
+    waves, rate = cmav.image_to_sound(i2s, frames[:2], n=2, griffin_lim_iters=2)
+    assert rate == i2s.features.sample_rate and waves.shape == (2, 2, i2s.chunk.samples_at(rate))
+    assert torch.isfinite(waves).all()
+
+
+def test_each_call_refuses_a_model_of_the_wrong_kind_by_name(models, tmp_path):
+    wav = write_wav(tmp_path / "clip.wav")
+    clf = cmav.load(models["audio_classifier"])
+    with pytest.raises(ValueError, match=r"clf\.ckpt: sound_to_image takes a model of kind s2i; this one is 'audio_classifier'"):
+        cmav.sound_to_image(clf, wav)
+    with pytest.raises(ValueError, match="image_to_sound takes a model of kind i2s;"):
+        cmav.image_to_sound(clf, torch.zeros(3, SIZE, SIZE))
+    with pytest.raises(ValueError, match="classify_audio takes a model of kind audio_classifier; this one is 's2i'"):
+        cmav.classify_audio(cmav.load(models["s2i"]), wav)
