@@ -98,7 +98,8 @@ class ChunkPredictions:
         return [self.class_names[i] for i in self.probabilities.argmax(1).tolist()]
 
 
-def _kind_of(data: dict, path: Path) -> str:
+def model_kind(data: dict, path: str | Path) -> str:
+    """Which of :data:`KINDS` a loaded checkpoint dict is (ValueError naming ``path`` otherwise)."""
     for key, kind in (("cmav_s2i", "s2i"), ("cmav_i2s", "i2s"), ("cmav_retrieval", "retrieval"),
                       ("cmav_audio_token", "audio_token")):  # fmt: skip
         if key in data:
@@ -125,7 +126,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", pipeline: str | P
 
     path = Path(path)
     data = _load_checkpoint(path)
-    kind = _kind_of(data, path)
+    kind = model_kind(data, path)
     if kind == "s2i":
         from cmav.tasks.s2i import load_s2i
 
@@ -310,4 +311,4 @@ def image_to_sound(model: Model, image: ImageSource, n: int = 1, seed: int = 0, 
 
 
 __all__ = ["AudioChunks", "ChunkPredictions", "Embeddings", "KINDS", "Model", "audio_chunks", "classify_audio",
-           "embed_audio", "embed_image", "image_to_sound", "load", "sound_to_image"]  # fmt: skip
+           "embed_audio", "embed_image", "image_to_sound", "load", "model_kind", "sound_to_image"]  # fmt: skip

@@ -233,3 +233,11 @@ def test_each_call_refuses_a_model_of_the_wrong_kind_by_name(models, tmp_path):
         cmav.image_to_sound(clf, torch.zeros(3, SIZE, SIZE))
     with pytest.raises(ValueError, match="classify_audio takes a model of kind audio_classifier; this one is 's2i'"):
         cmav.classify_audio(cmav.load(models["s2i"]), wav)
+
+
+def test_cmav_generate_refuses_a_classifier_by_name(models, tmp_path, capsys):
+    from cmav.cli.main import main
+
+    wav = write_wav(tmp_path / "clip.wav")
+    assert main(["generate", "--ckpt", str(models["audio_classifier"]), "--audio", str(wav), "-o", str(tmp_path / "x.png")]) == 2
+    assert "clf.ckpt: a checkpoint of kind 'audio_classifier', not a generator" in capsys.readouterr().err

@@ -13,13 +13,14 @@ with the inverse mel scale and Griffin-Lim and written as a wav at the front end
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cmav.data.audio_io import ChunkSpec, cut_chunks, read_mono
-from cmav.data.errors import DataError
+from cmav.data.errors import DataWarning
 from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
 
 
@@ -69,19 +70,20 @@ def with_inference_condition(task, ckpt: str | Path, mode: str | None, neighbour
     return task
 
 
-CHECKPOINT_KINDS = {"cmav_s2i": "s2i", "cmav_i2s": "i2s", "cmav_audio_token": "audio_token"}
+GENERATOR_KINDS = ("s2i", "i2s", "audio_token")
 
 
 def checkpoint_kind(ckpt: str | Path) -> str:
     """``'s2i'``, ``'i2s'`` or ``'audio_token'``: what a generator checkpoint is (ValueError naming the
     file otherwise)."""
+    from cmav.api import model_kind
     from cmav.tasks.classifier import _load_checkpoint
 
-    data = _load_checkpoint(ckpt)
-    for key, kind in CHECKPOINT_KINDS.items():
-        if key in data:
-            return kind
-    raise ValueError(f"{ckpt}: not a generator checkpoint (S2I, I2S or audio token); `cmav generate` cannot use it")
+    kind = model_kind(_load_checkpoint(ckpt), ckpt)
+    if kind not in GENERATOR_KINDS:
+        raise ValueError(f"{ckpt}: a checkpoint of kind {kind!r}, not a generator (S2I, I2S or audio token); `cmav generate` "
+                         "cannot use it")  # fmt: skip
+    return kind
 
 
 @torch.no_grad()
@@ -91,7 +93,7 @@ def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int
     ``inference_condition`` overrides the checkpoint's (``'own'``, ``'nearest'``, ``'class_mean'``)."""
     from PIL import Image
 
-    from cmav.tasks.s2i import load_s2i
+    from cmav.api import load, sound_to_image
 
     if n < 1:
         raise ValueError("n must be >= 1")
@@ -99,14 +101,10 @@ def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int
     if kind != "s2i":
         raise ValueError(f"{ckpt}: an {kind} checkpoint, not S2I" + (
             " (image -> sound): give it a frame with --image, not --audio" if kind == "i2s" else ""))
-    task = with_inference_condition(load_s2i(ckpt), ckpt, inference_condition)
-    features, spec = front_end_of(ckpt)
-    lms, notes = wav_to_features(audio, features, spec)
-    expected = tuple(task.net.encoder.input_shape)
-    if tuple(lms.shape[1:]) != expected:
-        raise DataError(Path(audio), f"LMS shape {tuple(lms.shape[1:])} does not match the model's input {expected}")
-    z = torch.randn(n, task.z_dim, generator=torch.Generator().manual_seed(seed))
-    images = task.generate(lms.repeat(n, 1, 1, 1), z).cpu()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        images = sound_to_image(load(ckpt), audio, n=n, seed=seed, max_chunks=1, inference_condition=inference_condition)[0]
+    notes = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
     cells = [((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy() for x in images]
     if n == 1:
         img = Image.fromarray(cells[0])
