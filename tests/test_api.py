@@ -241,3 +241,44 @@ def test_cmav_generate_refuses_a_classifier_by_name(models, tmp_path, capsys):
     wav = write_wav(tmp_path / "clip.wav")
     assert main(["generate", "--ckpt", str(models["audio_classifier"]), "--audio", str(wav), "-o", str(tmp_path / "x.png")]) == 2
     assert "clf.ckpt: a checkpoint of kind 'audio_classifier', not a generator" in capsys.readouterr().err
+
+
+def test_cmav_embed_writes_what_the_api_gives(data, models, tmp_path, capsys):
+    from cmav.cli.main import main
+
+    clf = models["audio_classifier"]
+    long = write_wav(tmp_path / "long.wav", seconds=1.2, freq=330.0)
+    short = _val_wavs(data)[0]
+    out = tmp_path / "emb.npz"
+    assert main(["embed", "--ckpt", str(clf), "--audio", str(long), str(short), "--hop-s", "0.25", "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "wrote" in captured.out and "note: " in captured.err and "do not fill a chunk" in captured.err
+    saved = np.load(out)
+    model = cmav.load(clf)
+    with pytest.warns(DataWarning, match="do not fill a chunk"):
+        expected = torch.cat([cmav.embed_audio(model, p, hop_s=0.25).vectors for p in (long, short)])
+    np.testing.assert_allclose(saved["vectors"], expected.numpy(), atol=1e-6)
+    assert saved["file_index"].tolist() == [0, 0, 0, 1] and saved["start_s"].tolist() == [0.0, 0.25, 0.5, 0.0]
+    assert saved["files"].tolist() == [str(long), str(short)] and str(saved["kind"]) == "audio_classifier"
+
+    frames = sorted((data["root"] / "img" / "validation").rglob("*.jpg"))[:2]
+    assert main(["embed", "--ckpt", str(models["retrieval"]), "--image", *map(str, frames), "-o", str(out)]) == 0
+    assert np.load(out)["vectors"].shape == (2, 16)
+    assert main(["embed", "--ckpt", str(models["i2s"]), "--audio", str(long), "-o", str(out)]) == 2
+    assert "embed_audio takes a model of kind" in capsys.readouterr().err
+
+
+def test_cmav_classify_prints_and_writes_each_chunk(data, models, tmp_path, capsys):
+    from cmav.cli.main import main
+
+    wav = _val_wavs(data)[0]
+    table = tmp_path / "labels.csv"
+    assert main(["classify", "--ckpt", str(models["audio_classifier"]), "--audio", str(wav), "-o", str(table)]) == 0
+    expected = cmav.classify_audio(cmav.load(models["audio_classifier"]), wav)
+    assert f"{wav}: 1 chunk(s); most often {expected.labels[0]}" in capsys.readouterr().out
+    rows = table.read_text().splitlines()
+    assert rows[0].startswith("file,start_s,label,probability,bassoon,") and len(rows) == 2
+    assert rows[1].split(",")[2] == expected.labels[0]
+    missing = tmp_path / "missing.wav"
+    assert main(["classify", "--ckpt", str(models["audio_classifier"]), "--audio", str(missing)]) == 2
+    assert "missing.wav: audio file does not exist" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from cmav import __version__
-from cmav.cli import data, experiments, judge, retrieval, robustness
+from cmav.cli import apply, data, experiments, judge, retrieval, robustness
 from cmav.cli import human_eval as human_eval_cli
 
 # the Lightning sub-commands (cmav/cli/train.py), with their --help lines
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data.add_parser(sub)
     experiments.add_parser(sub)  # ablate, generate, bench, evaluate
+    apply.add_parser(sub)  # embed, classify
     retrieval.add_parser(sub)  # index build, search, evaluate-retrieval
     robustness.add_parser(sub)  # evaluate-robustness
     judge.add_parser(sub)  # evaluate-judge

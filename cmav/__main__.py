@@ -1,0 +1,7 @@
+"""``python -m cmav``: the ``cmav`` command."""
+
+import sys
+
+from cmav.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,107 @@
+"""``cmav embed`` and ``cmav classify``: a trained model applied to sound files or frames (over :mod:`cmav.api`)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("embed", help="embeddings of sound files (per chunk) or frames from a trained model, as .npz")
+    e.add_argument("--ckpt", required=True, help="a sound classifier, S2I or retrieval checkpoint (sound); an image "
+                   "judge, image classifier or retrieval checkpoint (frames)")  # fmt: skip
+    what = e.add_mutually_exclusive_group(required=True)
+    what.add_argument("--audio", nargs="+", help="sound files: each is cut into the model's chunks")
+    what.add_argument("--image", nargs="+", help="frames (centre square, resized to the model's size)")
+    e.add_argument("--hop-s", type=float, default=None, help="seconds between chunk starts (default: one chunk)")
+    e.add_argument("-o", "--output", default="embeddings.npz",
+                   help=".npz with vectors (N, D), file_index (N,) into files, start_s (N,) for sound, files")  # fmt: skip
+    e.set_defaults(func=_embed)
+
+    c = sub.add_parser("classify", help="the sound classifier's class for every chunk of sound files, as a table")
+    c.add_argument("--ckpt", required=True, help="a sound-classifier checkpoint (experiments/audio_classifier.yaml)")
+    c.add_argument("--audio", nargs="+", required=True, help="sound files: each is cut into the model's chunks")
+    c.add_argument("--hop-s", type=float, default=None, help="seconds between chunk starts (default: one chunk)")
+    c.add_argument("-o", "--output", default=None,
+                   help="CSV: file, start_s, label, probability, then every class's probability")  # fmt: skip
+    c.set_defaults(func=_classify)
+
+
+@contextmanager
+def _notes() -> Iterator[None]:
+    """Print every DataWarning as a ``note:`` line on stderr, without Python's file and line."""
+    from cmav.data.errors import DataWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, DataWarning):
+                    print(f"note: {w.message}", file=sys.stderr)
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import cmav
+
+    model = cmav.load(args.ckpt)
+    vectors, index, starts = [], [], []
+    files = args.audio or args.image
+    with _notes():
+        if args.audio:
+            for i, path in enumerate(files):
+                out = cmav.embed_audio(model, path, hop_s=args.hop_s)
+                vectors.append(out.vectors)
+                index += [i] * len(out.vectors)
+                starts.append(out.start_s)
+        else:
+            vectors.append(cmav.embed_image(model, list(files)))
+            index = list(range(len(files)))
+    v = np.concatenate([x.numpy() for x in vectors]).astype(np.float32)
+    arrays = {"vectors": v, "file_index": np.asarray(index, dtype=np.int64), "files": np.asarray([str(f) for f in files])}
+    if starts:
+        arrays["start_s"] = np.concatenate([s.numpy() for s in starts])
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, kind=np.asarray(model.kind), ckpt=np.asarray(str(args.ckpt)), **arrays)
+    print(f"wrote {out}: {v.shape[0]} vectors of {v.shape[1]} ({model.kind} model) from {len(files)} file(s)")
+    return 0
+
+
+def _classify(args: argparse.Namespace) -> int:
+    import cmav
+
+    model = cmav.load(args.ckpt)
+    rows = []
+    with _notes():
+        results = [(path, cmav.classify_audio(model, path, hop_s=args.hop_s)) for path in args.audio]
+    names = results[0][1].class_names if results else []
+    for path, out in results:
+        p = out.probabilities
+        labels = out.labels
+        counts = Counter(labels)
+        top, n = counts.most_common(1)[0]
+        print(f"{path}: {len(labels)} chunk(s); most often {top} ({n}/{len(labels)}); mean probability "
+              f"{p.mean(0).max():.3f} for {names[int(p.mean(0).argmax())]}")  # fmt: skip
+        for start, label, probs in zip(out.start_s.tolist(), labels, p.tolist(), strict=True):
+            rows.append([str(path), f"{start:.3f}", label, f"{max(probs):.4f}", *(f"{q:.4f}" for q in probs)])
+    if args.output:
+        out_path = Path(args.output)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with out_path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "start_s", "label", "probability", *names])
+            writer.writerows(rows)
+        print(f"wrote {out_path}: {len(rows)} chunk(s)")
+    return 0
