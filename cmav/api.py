@@ -189,6 +189,8 @@ def _audio_input(model: Model) -> tuple[int, ...]:
         return tuple(task.net.encoder.input_shape)
     if model.kind == "retrieval":
         return tuple(task.hparams.input_shape)
+    if model.kind == "audio_token":
+        return tuple(task.model.audio_encoder.input_shape)
     return tuple(task.model.input_shape)
 
 
@@ -239,17 +241,31 @@ def classify_audio(model: Model, audio: AudioSource, sample_rate: int | None = N
 @torch.no_grad()
 def sound_to_image(model: Model, audio: AudioSource, n: int = 1, seed: int = 0, sample_rate: int | None = None,
                    hop_s: float | None = None, max_chunks: int | None = None, inference_condition: str | None = None,
-                   batch_size: int = 64) -> Tensor:  # fmt: skip
-    """Frames ``(chunks, n, 3, S, S)`` in [-1, 1] from an S2I model (its EMA generator), ``n`` noise
-    draws per chunk from ``seed`` (the same draws for every chunk, so chunks compare).
+                   diffusion: dict[str, Any] | None = None, batch_size: int = 64) -> Tensor:  # fmt: skip
+    """Frames ``(chunks, n, 3, S, S)`` in [-1, 1], ``n`` per chunk of a recording, from ``seed``.
 
-    ``inference_condition`` overrides the checkpoint's (``'own'``, ``'nearest'``, ``'class_mean'``).
+    An S2I model uses its EMA generator and the same ``n`` noise draws for every chunk, so chunks
+    compare; ``inference_condition`` overrides the checkpoint's (``'own'``, ``'nearest'``,
+    ``'class_mean'``). An audio-token model prompts its frozen diffusion model with each chunk's
+    token; ``diffusion`` sets its sampler (``steps``, ``scheduler``, ``guidance_scale``: 50,
+    ``'ddim'``, 3.0 by default), and every image's starting noise is drawn in turn from ``seed``.
     """
-    from cmav.evaluation.generate import with_inference_condition
-
-    _needs(model, "sound_to_image", ("s2i",))
+    _needs(model, "sound_to_image", ("s2i", "audio_token"))
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if model.kind == "audio_token":
+        from cmav.evaluation.token import token_images
+
+        if inference_condition is not None:
+            raise ValueError(f"{model.path}: an audio-token model has no inference condition")
+        chunks = _features_for(model, audio, sample_rate, hop_s, max_chunks)
+        x = chunks.features.repeat_interleave(n, 0)
+        out = token_images(model.task.model, x, seed=seed, batch_size=batch_size, **(diffusion or {}))
+        return out.clamp(-1, 1).view(len(chunks.features), n, *out.shape[1:])
+    from cmav.evaluation.generate import with_inference_condition
+
+    if diffusion:
+        raise ValueError(f"{model.path}: diffusion settings are for an audio-token model; this one is 's2i'")
     task = with_inference_condition(model.task, model.path, inference_condition)
     chunks = _features_for(model, audio, sample_rate, hop_s, max_chunks)
     z = torch.randn(n, task.z_dim, generator=torch.Generator().manual_seed(seed))

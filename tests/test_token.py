@@ -364,6 +364,29 @@ def test_token_checkpoint_reloads_and_generates(quick_run, tmp_path):
     assert sorted(p.name for p in (tmp_path / "cli").glob("*.png")) == ["grid.png", "sample_00.png", "sample_01.png"]
 
 
+def test_the_api_generates_from_an_audio_token_as_the_cli_does(quick_run, tmp_path):
+    import cmav
+    from cmav.data.errors import DataWarning
+    from cmav.evaluation.generate import front_end_of, wav_to_features
+    from cmav.evaluation.token import token_images
+
+    from fixtures import write_wav
+
+    out, seed = quick_run["out"], quick_run["cfg"]["seeds"][0]
+    ckpt = out / "runs" / "audio_token" / f"seed{seed}" / "token.ckpt"
+    model = cmav.load(ckpt)
+    assert model.kind == "audio_token"
+    wav = write_wav(tmp_path / "clip.wav", seconds=1.0, freq=440.0)
+    images = cmav.sound_to_image(model, wav, n=2, seed=4, diffusion={"steps": 2})
+    assert images.shape == (2, 2, 3, 32, 32)
+    with pytest.warns(DataWarning, match="using its first 0.5 s"):
+        first = cmav.sound_to_image(model, wav, n=2, seed=4, max_chunks=1, diffusion={"steps": 2})
+    lms, _ = wav_to_features(wav, *front_end_of(ckpt))
+    torch.testing.assert_close(first[0], token_images(model.task.model, lms.repeat(2, 1, 1, 1), seed=4, steps=2))
+    with pytest.raises(ValueError, match="an audio-token model has no inference condition"):
+        cmav.sound_to_image(model, wav, inference_condition="own")
+
+
 def test_token_checkpoint_warns_on_another_pipeline(quick_run, tmp_path):
     from cmav.tasks.audio_token import load_audio_token
 
