@@ -227,7 +227,7 @@ def test_images_embed_and_turn_into_sound(data, models):
 def test_each_call_refuses_a_model_of_the_wrong_kind_by_name(models, tmp_path):
     wav = write_wav(tmp_path / "clip.wav")
     clf = cmav.load(models["audio_classifier"])
-    with pytest.raises(ValueError, match=r"clf\.ckpt: sound_to_image takes a model of kind s2i; this one is 'audio_classifier'"):
+    with pytest.raises(ValueError, match=r"clf\.ckpt: sound_to_image takes a model of kind s2i / audio_token; this one is 'audio_classifier'"):
         cmav.sound_to_image(clf, wav)
     with pytest.raises(ValueError, match="image_to_sound takes a model of kind i2s;"):
         cmav.image_to_sound(clf, torch.zeros(3, SIZE, SIZE))
