@@ -13,7 +13,7 @@ from cmav.standin.build import PRESETS
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="build, check and prepare data sets")
-    dsub = p.add_subparsers(dest="data_command", required=True, metavar="{build,check,cache,sheet,split-players}")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="{build,check,cache,sheet,split-players,pack}")
 
     b = dsub.add_parser("build", help="build the offline stand-in for Sub-URMP (FluidSynth audio, drawn frames)")
     b.add_argument("--root", default="data/default", help="output folder (default: %(default)s)")
@@ -70,6 +70,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--tail-fraction", type=float, default=0.2,
                    help="with --single-track tail, the share of each such track held out (default: %(default)s)")  # fmt: skip
     d.set_defaults(func=_split_players)
+
+    k = dsub.add_parser("pack", help="a data set's cached splits in a few compressed files, to train where its "
+                                     "source files are not (--data.root PACK)")  # fmt: skip
+    k.add_argument("root", help="data set folder")
+    k.add_argument("-o", "--out", required=True, help="the pack's folder")
+    k.add_argument("--layout", default="suburmp", choices=["suburmp", "paired"])
+    k.add_argument("--image-size", type=int, default=64)
+    k.add_argument("--features", default=None, metavar="YAML",
+                   help="the front end, as in a config's data.features, e.g. '{kind: harmonic}' (default: the LMS)")
+    k.add_argument("--cache-dir", default=None)
+    k.set_defaults(func=_pack)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -139,6 +150,24 @@ def _sheet(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     print(f"wrote {out} ({len(rows)} classes x {args.per_class} frames from {args.split})")
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    import yaml
+
+    from cmav.data.pack import write_pack
+
+    features = yaml.safe_load(args.features) if args.features else None
+    if features is not None and not isinstance(features, dict):
+        raise ValueError(f"--features must be a mapping such as '{{kind: harmonic}}', got {args.features!r}")
+    t0 = time.perf_counter()
+    m = write_pack(args.root, args.out, layout=args.layout, image_size=args.image_size, features=features,
+                   cache_dir=args.cache_dir)  # fmt: skip
+    size = sum(p.stat().st_size for p in Path(args.out).rglob("*") if p.is_file())
+    pairs = ", ".join(f"{s} {v['pairs']:,}" for s, v in m["splits"].items())
+    print(f"{args.out}: {pairs} pairs, {m['features']['kind']} features, {m['image_size']}-px frames, "
+          f"{size / 2**20:.1f} MiB ({time.perf_counter() - t0:.0f} s); train on it with --data.root {args.out}")  # fmt: skip
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Datasets of (LMS, frame) pairs: Sub-URMP's layout and generic paired folders, both cached."""
+"""Datasets of (LMS, frame) pairs: Sub-URMP's layout and generic paired folders, both cached, and packed data sets."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from cmav.data.cache import PairTensors, load_or_build
 from cmav.data.errors import DataWarning
 from cmav.data.instruments import INSTRUMENTS
 from cmav.data.layout import LayoutScan, scan_paired, scan_suburmp
+from cmav.data.pack import is_pack, load_packed
 from cmav.features.frontend import FrontEndConfig, front_end_config
 
 Layout = Literal["suburmp", "paired"]
@@ -131,8 +132,28 @@ class PairedFolder(PairDataset):
         super().__init__(tensors, scan.root, split)
 
 
+class PackedSplit(PairDataset):
+    """A split of a packed data set (:mod:`cmav.data.pack`): the cached tensors, without the source files."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        image_size: int = 64,
+        features: FrontEndConfig | None = None,
+        chunk: ChunkSpec | None = None,
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+        waves_rate: int | None = None,
+    ) -> None:
+        tensors = PairTensors(**load_packed(root, split, image_size, features, chunk, waves_rate))
+        super().__init__(tensors, Path(root), split)
+
+
 def open_split(layout: Layout, root: str | Path, split: str, **kwargs) -> PairDataset:
-    """Open a split of either layout by name."""
+    """Open a split of either layout by name; a packed data set (:mod:`cmav.data.pack`), whatever the layout."""
+    if is_pack(root):
+        return PackedSplit(root, split, **kwargs)
     if layout == "suburmp":
         return SubURMP(root, split, **kwargs)
     if layout == "paired":

@@ -1,0 +1,144 @@
+"""A packed data set: a data root's cached splits in a few compressed files, to train where the
+source files are not (a GPU node, a cluster's scratch disk).
+
+``cmav data pack ROOT -o PACK`` writes a folder::
+
+    PACK/cmav_pack.json        what was packed: source root, layout, image size, front end, chunk spec, splits
+    PACK/<split>.pt.xz         the split's cached tensors (frames, features, labels, tracks, times, stems), lzma
+    PACK/mask/...              the instrument masks, when the root has them (read as from any root)
+    PACK/cmav_standin.json     the stand-in's manifest, when the root has one (and cmav_player_split.json)
+
+Give ``PACK`` wherever a data root goes (``--data.root PACK``). It holds features for one front-end
+config, image size and chunk spec: asking it for another is refused by name, as are a missing
+split, a damaged file and waveform augmentation (which needs the raw chunks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import lzma
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmav.data.audio_io import ChunkSpec
+from cmav.data.errors import DataError
+from cmav.features.frontend import front_end_config, front_end_differences
+
+PACK_MANIFEST = "cmav_pack.json"
+PACK_VERSION = 1
+COPIED = ("cmav_standin.json", "cmav_player_split.json")
+"""Files of the source root that travel with a pack (read by reports and the development split)."""
+
+
+def is_pack(root: str | Path) -> bool:
+    """Whether ``root`` is a packed data set (it holds ``cmav_pack.json``)."""
+    return (Path(root) / PACK_MANIFEST).is_file()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # a pack is made to be copied elsewhere: the usual file mode, not mkstemp's 0600
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_pack(root: str | Path, out: str | Path, layout: str = "suburmp", image_size: int = 64,
+               features: Any = None, chunk: ChunkSpec | None = None, splits: tuple[str, ...] = ("train", "validation"),
+               cache_dir: str | Path | None = None, preset: int = 6, progress: bool = True) -> dict:  # fmt: skip
+    """Pack ``root``'s splits (cached first where needed) into the folder ``out``; returns the manifest."""
+    from cmav.data.datasets import open_split
+
+    root, out = Path(root), Path(out)
+    if is_pack(root):
+        raise DataError(root, "is already a packed data set")
+    if out.resolve() == root.resolve():
+        raise DataError(out, "the pack must go to another folder than its source root")
+    features = front_end_config(features)
+    chunk = chunk or ChunkSpec()
+    out.mkdir(parents=True, exist_ok=True)
+    manifest: dict[str, Any] = {
+        "version": PACK_VERSION, "source": str(root.resolve()), "layout": layout, "image_size": int(image_size),
+        "features": features.to_dict(), "chunk": asdict(chunk), "splits": {},
+    }  # fmt: skip
+    for split in splits:
+        ds = open_split(layout, root, split, image_size=image_size, features=features, chunk=chunk,
+                        cache_dir=cache_dir, progress=progress)  # fmt: skip
+        tensors = {k: v for k, v in asdict(ds.tensors).items() if k != "waves"}
+        buf = io.BytesIO()
+        torch.save({"version": PACK_VERSION, "tensors": tensors}, buf)
+        name = f"{split}.pt.xz"
+        _write_atomic(out / name, lzma.compress(buf.getvalue(), preset=preset))
+        manifest["splits"][split] = {"file": name, "pairs": len(ds), "sha256": _sha256(out / name)}
+    if (root / "mask").is_dir():
+        shutil.copytree(root / "mask", out / "mask", dirs_exist_ok=True)
+    for name in COPIED:
+        if (root / name).is_file():
+            shutil.copy2(root / name, out / name)
+    # the manifest last: a pack whose writing was cut off has none, and is not taken for one
+    _write_atomic(out / PACK_MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    return manifest
+
+
+def read_manifest(root: str | Path) -> dict:
+    """A pack's manifest (DataError naming the file when it is unreadable or of another version)."""
+    path = Path(root) / PACK_MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"not a readable pack manifest ({exc})") from exc
+    if manifest.get("version") != PACK_VERSION:
+        raise DataError(path, f"pack version {manifest.get('version')!r}; this cmav reads version {PACK_VERSION}: pack again")
+    return manifest
+
+
+def load_packed(root: str | Path, split: str, image_size: int = 64, features: Any = None,
+                chunk: ChunkSpec | None = None, waves_rate: int | None = None, **_: Any) -> dict:  # fmt: skip
+    """The split's tensors (a dict of :class:`~cmav.data.cache.PairTensors` fields) from a pack,
+    after checking that the pack holds what is asked for."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    redo = f"pack again from {manifest['source']} (`cmav data pack`)"
+    if waves_rate is not None:
+        raise DataError(root, "a packed data set holds features, not raw chunks: waveform augmentation needs the "
+                              "source root")  # fmt: skip
+    if split not in manifest["splits"]:
+        raise DataError(root, f"the pack has no split {split!r} (it has {sorted(manifest['splits'])})")
+    wanted = []
+    if int(image_size) != manifest["image_size"]:
+        wanted.append(f"image_size: {manifest['image_size']} -> {image_size}")
+    wanted += front_end_differences(manifest["features"], front_end_config(features))
+    asked = asdict(chunk or ChunkSpec())
+    wanted += [f"chunk.{k}: {v!r} -> {asked[k]!r}" for k, v in manifest["chunk"].items() if asked.get(k) != v]
+    if wanted:
+        raise DataError(root, f"packed for other settings than asked ({'; '.join(wanted)}): {redo} with these")
+    entry = manifest["splits"][split]
+    path = root / entry["file"]
+    if not path.is_file() or _sha256(path) != entry["sha256"]:
+        raise DataError(path, f"missing, half-written or damaged (its sha256 is not the manifest's): {redo}")
+    blob = torch.load(io.BytesIO(lzma.decompress(path.read_bytes())), map_location="cpu", weights_only=True)
+    return blob["tensors"]
+
+
+__all__ = ["PACK_MANIFEST", "is_pack", "load_packed", "read_manifest", "write_pack"]

@@ -1,0 +1,96 @@
+"""Packed data sets: a root's cached splits in compressed files, opened wherever a root goes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from cmav.cli.main import main
+from cmav.data import AudioVisualDataModule
+from cmav.data.errors import DataError
+from cmav.data.masks import load_split_masks
+from cmav.data.pack import PACK_MANIFEST, is_pack, write_pack
+
+from fixtures import make_suburmp_tracks, write_jpg
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("pack")
+    root = make_suburmp_tracks(base / "root", tracks=(0, 1), chunks=3)
+    (root / "cmav_standin.json").write_text('{"preset": "fixture"}')
+    for split in ("train", "validation"):  # a mask for every frame, as the stand-in has
+        for img in (root / "img" / split).rglob("*.jpg"):
+            write_jpg(root / "mask" / split / img.parent.name / f"{img.stem}.png", size=(96, 96), colour=(255, 255, 255))
+    out = base / "pack"
+    code = main(["data", "pack", str(root), "-o", str(out), "--image-size", str(SIZE), "--cache-dir", str(base / "c")])
+    assert code == 0
+    return {"root": root, "pack": out, "base": base}
+
+
+def _dm(root, **kw) -> AudioVisualDataModule:
+    dm = AudioVisualDataModule(str(root), image_size=SIZE, progress=False, **kw)
+    dm.setup("fit")
+    return dm
+
+
+def test_a_pack_gives_the_data_module_exactly_what_its_root_gives(packed):
+    assert is_pack(packed["pack"]) and not is_pack(packed["root"])
+    a = _dm(packed["root"], cache_dir=str(packed["base"] / "c"), holdout_tail=0.34, holdout_gap_ms=0)
+    b = _dm(packed["pack"], holdout_tail=0.34, holdout_gap_ms=0)
+    for x, y in ((a.train_full.tensors, b.train_full.tensors), (a.val.tensors, b.val.tensors)):
+        for k, v in asdict(x).items():
+            w = getattr(y, k)
+            assert (torch.equal(v, w) if isinstance(v, torch.Tensor) else v == w), k
+    assert list(a.train.indices) == list(b.train.indices) and list(a.train_holdout.indices) == list(b.train_holdout.indices)
+    t = b.val.tensors
+    masks = load_split_masks(b.root, "validation", t.stems, t.class_names, t.labels, SIZE)
+    assert masks.shape == (len(t), SIZE, SIZE) and masks.all()  # read from the pack's own mask folder
+    assert (packed["pack"] / "cmav_standin.json").read_text() == '{"preset": "fixture"}'
+    manifest = json.loads((packed["pack"] / PACK_MANIFEST).read_text())
+    assert manifest["splits"]["train"]["pairs"] == len(a.train_full) and manifest["features"]["kind"] == "lms"
+
+
+def test_a_pack_refuses_other_settings_and_names_what_differs(packed):
+    with pytest.raises(DataError, match=r"pack: packed for other settings than asked \(image_size: 32 -> 64\)"):
+        AudioVisualDataModule(str(packed["pack"]), image_size=64, progress=False).setup("fit")
+    with pytest.raises(DataError, match=r"n_mels: 128 -> 64.*cmav data pack"):
+        _dm(packed["pack"], features={"n_mels": 64})
+    with pytest.raises(DataError, match="holds features, not raw chunks: waveform augmentation needs the source root"):
+        _dm(packed["pack"], augment={"gain": {"p": 1.0}})
+
+
+def test_a_damaged_or_unfinished_pack_is_refused_by_name(packed, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(packed["pack"], copy)
+    data = (copy / "validation.pt.xz").read_bytes()
+    (copy / "validation.pt.xz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"validation\.pt\.xz: missing, half-written or damaged"):
+        _dm(copy)
+    (copy / PACK_MANIFEST).write_text("{not json")
+    with pytest.raises(DataError, match=r"cmav_pack\.json: not a readable pack manifest"):
+        _dm(copy)
+    (copy / PACK_MANIFEST).unlink()  # a pack cut off before its manifest is no pack: read as a root, refused as one
+    with pytest.raises(DataError):
+        _dm(copy)
+    with pytest.raises(DataError, match="is already a packed data set"):
+        write_pack(packed["pack"], tmp_path / "again")
+
+
+def test_training_runs_on_a_pack(packed):
+    import lightning as L
+
+    from cmav.tasks import ClassifierTask
+
+    L.seed_everything(0, verbose=False)
+    task = ClassifierTask(modality="audio", audio_encoder={"n_blocks": 3, "base_channels": 8, "dropout": 0.0})
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1)  # fmt: skip
+    trainer.fit(task, AudioVisualDataModule(str(packed["pack"]), image_size=SIZE, batch_size=8, progress=False))
+    assert trainer.global_step == 2 and torch.isfinite(torch.tensor(float(trainer.callback_metrics["train/loss"])))
