@@ -133,19 +133,13 @@ class PairedFolder(PairDataset):
 
 
 class PackedSplit(PairDataset):
-    """A split of a packed data set (:mod:`cmav.data.pack`): the cached tensors, without the source files."""
+    """A split of a packed data set (:mod:`cmav.data.pack`): the cached tensors, without the source files.
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        image_size: int = 64,
-        features: FrontEndConfig | None = None,
-        chunk: ChunkSpec | None = None,
-        cache_dir: str | Path | None = None,
-        progress: bool = True,
-        waves_rate: int | None = None,
-    ) -> None:
+    Takes the other splits' arguments; ``cache_dir`` and ``progress`` do not apply (a pack is its own cache).
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", image_size: int = 64, features: FrontEndConfig | None = None,
+                 chunk: ChunkSpec | None = None, waves_rate: int | None = None, **_: object) -> None:  # fmt: skip
         tensors = PairTensors(**load_packed(root, split, image_size, features, chunk, waves_rate))
         super().__init__(tensors, Path(root), split)
 
