@@ -25,13 +25,26 @@ STORED = np.load(make_expected.OUT)
 REDO = "if the change is meant, run `python tests/regression/make_expected.py`"
 
 
-def _check(name: str, actual: np.ndarray, what: str) -> None:
+# Front ends whose output is a log spectrum (dB). The FFT's round-off is relative to the frame's energy,
+# so in dB it grows as a bin lies further below the peak: on an Intel Xeon (AVX-512) the STFT's bins
+# 98 dB below the peak moved by 0.009 dB from the values stored on an AMD EPYC (AVX2), while every
+# bin within 60 dB of it stayed within 0.00025. Their tolerance grows the same way, by
+# FFT_ROUNDOFF x 10^(dB below the peak / 20): 0.08 dB at 98 dB below, where that run reached a
+# quarter of it, and 0.3 dB at the STFT's floor, 110 dB below (a floor or `top_db` change still moves
+# those bins by whole dB).
+LOG_SPECTRA = {"cqt", "lms", "stft"}
+FFT_ROUNDOFF = 1e-6
+
+
+def _check(name: str, actual: np.ndarray, what: str, log_spectrum: bool = False) -> None:
     want = STORED[name]
     assert actual.shape == want.shape, f"{name}: shape {actual.shape}, stored {want.shape}; {REDO}"
     scale = max(1.0, float(np.abs(want).max()))
-    err = float(np.abs(actual - want).max())
+    tol = 1e-4 * scale + (FFT_ROUNDOFF * 10 ** ((want.max() - want) / 20) if log_spectrum else 0.0)
+    excess = np.abs(actual - want) - tol
+    err = float(np.abs(actual - want).flat[excess.argmax()])
     # float32 on another CPU or thread count moves the last digits; a real change moves far more
-    assert err <= 1e-4 * scale, f"{name}: {what} moved by up to {err:.3g} (scale {scale:.3g}); {REDO}"
+    assert excess.max() <= 0, f"{name}: {what} moved by {err:.3g} (scale {scale:.3g}); {REDO}"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +57,8 @@ def tone() -> torch.Tensor:
 @pytest.mark.parametrize("kind", sorted(k for k in FRONT_ENDS if k != "waveform"))
 def test_front_end_output_is_unchanged(kind, tone):
     out = build_front_end({"kind": kind})(tone, make_expected.RATE).numpy()
-    _check(f"front_end/{kind}", out, f"the {kind} front end's output (bump CACHE_VERSION in cmav/data/cache.py too)")
+    _check(f"front_end/{kind}", out, f"the {kind} front end's output (bump CACHE_VERSION in cmav/data/cache.py too)",
+           log_spectrum=kind in LOG_SPECTRA)
 
 
 def test_waveform_front_end_passes_the_samples_through(tone):
