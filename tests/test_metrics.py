@@ -224,6 +224,34 @@ def test_tiny_conv_judge_as_feature_extractor_downloads_nothing(no_network):
     assert fx.num_features == 16
 
 
+def test_generator_scores_do_not_depend_on_the_batch_size():
+    """The noise of every item is drawn at once: CPU randn split into batches gives other values, so
+    noise drawn per batch made the figures (diversity above all) depend on batch_size."""
+    from cmav.evaluation.paired import score_generator
+
+    torch.manual_seed(0)
+    judge = TinyConvJudge().eval()
+    labels = torch.arange(13).repeat(3)
+    conditions = torch.rand(len(labels), 3, 16, 16) * 2 - 1
+
+    def fn(c, z):
+        return (c + z[:, :, None, None]).clamp(-1, 1)  # a generator that uses its noise
+
+    scores = []
+    for batch_size in (4, 64):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result, *_ = score_generator(fn, 3, conditions, conditions, labels, judge, [str(i) for i in range(13)],
+                                         JudgeFeatureExtractor(judge), "image", batch_size=batch_size,
+                                         n_diversity_draws=3, diversity_per_class=2, kid_subsets=3)  # fmt: skip
+        scores.append(result)
+    a, b = scores
+    assert a["diversity"]["value"] > 0
+    assert a["diversity"]["value"] == pytest.approx(b["diversity"]["value"], rel=1e-5)
+    assert a["judged"]["accuracy"] == b["judged"]["accuracy"]
+    assert a["fid_kid"]["fid"] == pytest.approx(b["fid_kid"]["fid"], rel=1e-4)
+
+
 def test_judge_extractor_works_directly_in_torchmetrics(no_network):
     from torchmetrics.image.fid import FrechetInceptionDistance
 

@@ -206,6 +206,9 @@ def test_chance_levels_equal_the_mean_over_every_ranking():
     chance = chance_levels(n, [r], ks=(1, 3))
     for key, value in sums.items():
         assert chance[key] == pytest.approx(value, abs=1e-6), key
+    # the median first rank: halfway when exactly half the rankings put it at or before k, as a sample median
+    assert chance_levels(4, [1])["median_rank"] == 2.5 and chance_levels(5, [1])["median_rank"] == 3.0
+    assert chance_levels(5, [2])["median_rank"] == 2.0  # P(first <= 2) = 0.7
 
 
 def test_cross_modal_report_of_a_perfect_score_matrix():

@@ -126,11 +126,13 @@ def score_generator(
     }  # fmt: skip
     sub = subset_per_class(labels, len(class_names), diversity_per_class)
     cond = conditions[sub].float()
-    div = diversity_over_noise(
-        lambda c: torch.cat([fn(c[i : i + batch_size], torch.randn(len(c[i : i + batch_size]), z_dim))
-                             for i in range(0, len(c), batch_size)]),
-        cond, n_draws=n_diversity_draws, feature_fn=extractor, seed=seed,
-    )  # fmt: skip
+
+    def one_draw(c: Tensor) -> Tensor:
+        # every condition's noise drawn at once: the figure must not depend on batch_size
+        z = torch.randn(len(c), z_dim)
+        return torch.cat([fn(c[i : i + batch_size], z[i : i + batch_size]) for i in range(0, len(c), batch_size)])
+
+    div = diversity_over_noise(one_draw, cond, n_draws=n_diversity_draws, feature_fn=extractor, seed=seed)
     result["diversity"] = {
         "split": split, "value": div, "n_conditions": int(len(sub)), "n_draws": n_diversity_draws,
         "note": "mean pairwise judge-feature L2 distance between noise draws of the same condition (0 = ignores z)",

@@ -81,7 +81,7 @@ class JudgeFeatureExtractor(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, ...) images in ``input_range`` -> (N, D) judge features."""
-        x = _affine_map(x.float(), self.input_range, self.judge_range)
+        x = _affine_map(x.to(_module_device(self.judge), torch.float32), self.input_range, self.judge_range)
         # Features are always taken in eval mode (dropout/batch-norm off), even when torchmetrics calls
         # us directly on a judge that is mid-training; its mode is put back afterwards.
         was_training = self.judge.training
@@ -214,12 +214,14 @@ def fid_kid_from_features(
         )
 
     passthrough = _Precomputed(d)
-    fid_metric = FrechetInceptionDistance(feature=passthrough, normalize=True)
+    # normalize=False: the inputs are features already; a torchmetrics without the custom-model guard
+    # would turn normalize=True inputs into uint8 (x * 255).byte()
+    fid_metric = FrechetInceptionDistance(feature=passthrough, normalize=False)
     with warnings.catch_warnings():
         # torchmetrics warns on every KID construction that it buffers all features; we know.
         warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
         kid_metric = KernelInceptionDistance(feature=passthrough, subsets=kid_subsets, subset_size=subset,
-                                             normalize=True)
+                                             normalize=False)
     fid_metric.update(real, real=True)
     fid_metric.update(fake, real=False)
     kid_metric.update(real, real=True)

@@ -107,7 +107,8 @@ def chance_levels(n_gallery: int, n_relevant: Sequence[int], ks: Sequence[int] =
         for k, p in enumerate(dist, start=1):
             cum += p
             if cum >= 0.5 - 1e-12:
-                med = k
+                # exactly half at or below k: the median lies between k and k + 1, as a sample median would
+                med = k + 0.5 if abs(cum - 0.5) <= 1e-12 and k < len(dist) else k
                 break
         per_r[r] = {
             **{f"R@{k}": 1.0 - (math.comb(n - r, k) / math.comb(n, k) if k <= n else 0.0) for k in ks},
