@@ -126,8 +126,12 @@ def test_variant_trains_a_few_steps_with_finite_losses(data, image_classifier, t
     for k in keys + ["val/l1"]:
         assert math.isfinite(float(tr.callback_metrics[k])), k
     if enc_before is not None:
-        same = all(torch.equal(enc_before[k], v) for k, v in model.net.encoder.state_dict().items())
+        after = model.net.encoder.state_dict()
+        same = all(torch.equal(enc_before[k], v) for k, v in after.items())
         assert same == (mode == "frozen")
+        # a fine-tuned encoder trained in train mode: its batch-norm statistics moved with the data
+        moved = any(not torch.equal(enc_before[k], v) for k, v in after.items() if k.endswith("running_mean"))
+        assert moved == (mode == "finetune")
     if tb:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -529,6 +529,7 @@ def test_audio_encoder_from_the_sound_classifier_frozen_or_finetuned(tmp_path):
 
     tuned = RetrievalTask(encoder_mode="finetune", audio_encoder_ckpt=str(path), image_size=SIZE,
                           image_encoder=TINY_IMAGE, lr_schedule="constant", finetune_lr_scale=0.1)  # fmt: skip
+    assert tuned.model.audio_encoder.training  # a fine-tuned tower trains in train mode, though loaded in eval mode
     groups = tuned.configure_optimizers().param_groups
     assert [g["lr"] for g in groups] == [1e-3, 1e-4]
     trained_audio = {id(p) for p in tuned.model.audio_encoder.parameters() if p.requires_grad}
@@ -572,6 +573,7 @@ def test_audio_encoder_from_the_sound_classifier_frozen_or_finetuned(tmp_path):
     assert trainable.isdisjoint({id(p) for p in both.model.audio_encoder.parameters()})  # only the heads train
     tuned_img = RetrievalTask(image_encoder_mode="finetune", image_encoder_ckpt=str(img_path), image_size=SIZE,
                               audio_encoder=TINY_AUDIO, input_shape=[1, 128, 44], lr_schedule="constant")  # fmt: skip
+    assert tuned_img.model.image_encoder.training
     groups = tuned_img.configure_optimizers().param_groups
     assert [g["lr"] for g in groups] == [1e-3, 1e-4]
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in tuned_img.model.image_encoder.parameters() if p.requires_grad}

@@ -404,6 +404,8 @@ def test_s2i_variant_trains_with_finite_losses(data, sound_classifier, tmp_path,
     model = s2i(variant, mode, sound_classifier["ckpt"] if mode != "scratch" else None,
                 sample_every_n_steps=1 if tb else 0, **extra)  # fmt: skip
     assert model.wrong_class_term == model.wrong_player_term == (variant == "s2i_c")
+    # a fine-tuned encoder trains in train mode (batch-norm statistics, dropout), though loaded in eval mode
+    assert model.net.encoder.training == (mode != "frozen")
     if model.discriminator is not None:
         assert (model.discriminator.projection is not None) == (variant == "s2i_n")
     enc0, g0, ema0 = state(model.net.encoder), state(model.net.generator), state(model.ema)

@@ -310,6 +310,11 @@ class PairedGANTask(L.LightningModule):
         if self.encoder_mode == "frozen":
             encoder.requires_grad_(False)
             encoder.eval()
+        else:
+            # a pretrained encoder is loaded in eval mode, and Lightning does not switch modules to train
+            # mode when fitting starts: a fine-tuned one would train with the classifier's batch-norm
+            # statistics and no dropout
+            encoder.train(self.training)
         g, d = self.gen_config, self.disc_config
         shape = self.target_shape()
         gen = ConditionalGenerator(

@@ -259,6 +259,8 @@ class RetrievalTask(L.LightningModule):
         if self.encoder_mode == "frozen":
             audio.requires_grad_(False)
             audio.eval()
+        else:  # loaded in eval mode, and Lightning leaves modes as they are: a fine-tuned tower trains in train mode
+            audio.train(self.training)
         image = self._pending_image[0]
         if image is None:
             image = self.image_encoder_config.build(ImageEncoder, (3, h.image_size, h.image_size), h.n_classes)
@@ -266,6 +268,8 @@ class RetrievalTask(L.LightningModule):
         if self.image_encoder_mode == "frozen":
             image.requires_grad_(False)
             image.eval()
+        else:
+            image.train(self.training)
         c, d = self.head_config, self.dense_config
         if h.architecture == "global":
             self.net = GlobalAVModel(audio, image, c.embed_dim, c.hidden_dim, c.layers)
