@@ -644,6 +644,35 @@ def test_channels_last_keeps_the_networks_outputs():
     assert torch.allclose(nhwc.discriminator(img, cond), plain.discriminator(img, cond), atol=1e-5)
 
 
+def test_s2i_wrong_class_partners_are_augmented_and_d_reads_conditions_detached(data, monkeypatch):
+    """With data.augment on, the wrong-class partners' conditions go through the same augmentation as
+    the batch's own (else a clean condition would mark a mismatched pair); and D never passes gradient
+    into a trained encoder through its condition input, in the D step or the G step."""
+    L.seed_everything(0, verbose=False)
+    model = s2i("s2i_c", "scratch", None)
+    dm = datamodule(data, augment={"gain": {"p": 1.0, "max_db": 6.0}})
+    sizes: list[int] = []
+    augmented = dm.augmented_audio
+
+    def spy(batch):
+        sizes.append(batch["audio"].shape[0])
+        assert "wave" in batch  # a waveform group: the partners' raw chunks come along
+        return augmented(batch)
+
+    monkeypatch.setattr(dm, "augmented_audio", spy)
+    conditions_need_grad: list[bool] = []
+    disc = model._disc_with_classes
+
+    def watch(x, cond, labels):
+        conditions_need_grad.append(cond.requires_grad)
+        return disc(x, cond, labels)
+
+    monkeypatch.setattr(model, "_disc_with_classes", watch)
+    quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0).fit(model, dm)
+    assert len(sizes) == 4, sizes  # each of the 2 training batches, then its wrong-class partners
+    assert conditions_need_grad and not any(conditions_need_grad)
+
+
 def test_s2i_frozen_or_finetune_needs_the_classifier_checkpoint(tmp_path):
     for mode in ("frozen", "finetune"):
         with pytest.raises(ValueError, match="audio_encoder_ckpt"):

@@ -607,10 +607,24 @@ class PairedGANTask(L.LightningModule):
             return feat, (cached[extra.to(cached.device)] if extra is not None else None), None
         x = batch[self.condition_key]
         if extra is not None:
-            x = torch.cat([x, self._gather_condition(extra)])
+            x = torch.cat([x, self._augmented_partners(self._gather_condition(extra), extra)])
         enc = self._encode(x)
         cond = condition_from(enc, self.condition_on)
         return cond[:n], (cond[n:] if extra is not None else None), enc.logits[:n]
+
+    def _augmented_partners(self, partners: Tensor, index: Tensor) -> Tensor:
+        """Wrong-class partners' conditions augmented as the batch's own were (in training, with
+        ``data.augment`` on): otherwise D could tell a mismatched pair by its clean condition."""
+        if not (self._augments_condition and self.training):
+            return partners
+        dm = datamodule_of(self)
+        if dm is None or not getattr(dm, "augmenting", False):
+            return partners
+        part = {"audio": partners}
+        waves = self._train_tensors.waves
+        if waves is not None:
+            part["wave"] = waves[index.to(waves.device)].to(partners.device)
+        return dm.augmented_audio(part)
 
     def _encode(self, x: Tensor) -> EncoderOutput:
         """Encoder features and logits; no graph when the encoder is frozen."""
@@ -712,7 +726,9 @@ class PairedGANTask(L.LightningModule):
 
         # ---- generator: non-saturating, D(G(z, c), c) -> 1
         self.toggle_optimizer(opt_g)
-        logit_gen, g_class_ce = self._disc_with_classes(fake, cond, labels)
+        # D reads the condition detached here too: a trained encoder learns through G's use of it, not by
+        # moving conditions to wherever D accepts any frame
+        logit_gen, g_class_ce = self._disc_with_classes(fake, cond.detach(), labels)
         g_loss = generator_adversarial_loss(logit_gen)
         total_g = g_loss if g_class_ce is None else g_loss + self.weights.aux_class * g_class_ce
         ms_loss = None
