@@ -574,6 +574,15 @@ def test_audio_encoder_from_the_sound_classifier_frozen_or_finetuned(tmp_path):
     tuned_img = RetrievalTask(image_encoder_mode="finetune", image_encoder_ckpt=str(img_path), image_size=SIZE,
                               audio_encoder=TINY_AUDIO, input_shape=[1, 128, 44], lr_schedule="constant")  # fmt: skip
     assert tuned_img.model.image_encoder.training
+    as_loaded = RetrievalTask(image_encoder_mode="finetune", image_encoder_ckpt=str(img_path), image_size=SIZE,
+                              audio_encoder=TINY_AUDIO, input_shape=[1, 128, 44], finetune_norm="eval")  # fmt: skip
+    as_loaded.train()
+    ienc = as_loaded.model.image_encoder
+    assert not ienc.training and as_loaded.model.audio_encoder.training  # a scratch tower always trains in train mode
+    trains = {n for n, p in ienc.named_parameters() if p.requires_grad}
+    assert trains and trains == {n for n, p in tuned_img.model.image_encoder.named_parameters() if p.requires_grad}
+    with pytest.raises(ValueError, match="finetune_norm must be 'train' or 'eval'"):
+        RetrievalTask(finetune_norm="frozen")
     groups = tuned_img.configure_optimizers().param_groups
     assert [g["lr"] for g in groups] == [1e-3, 1e-4]
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in tuned_img.model.image_encoder.parameters() if p.requires_grad}

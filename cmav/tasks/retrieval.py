@@ -126,6 +126,10 @@ class RetrievalTask(L.LightningModule):
             ``'constant'``: no schedule.
         finetune_lr_scale: learning-rate factor of a fine-tuned encoder, audio or image (keeps
             what the classifier learnt while the heads settle).
+        finetune_norm: how a fine-tuned encoder runs while its weights train: ``'train'`` (batch
+            statistics, running statistics updated, dropout on) or ``'eval'`` (as at inference: the
+            classifier's batch-norm statistics kept, no dropout; common when fine-tuning on little
+            data, and how every fine-tuned encoder ran before stop 48).
         ignore_negatives: in-batch items that are NOT used as negatives of a query (its own pair
             always stays the positive): ``'none'`` (plain InfoNCE), ``'same_track'`` (the other
             chunks of the same performance: overlapping near-copies) or ``'same_class'`` (every
@@ -163,6 +167,7 @@ class RetrievalTask(L.LightningModule):
         optimizer: AdamConfig = AdamConfig(lr=1e-3, betas=(0.9, 0.999)),
         lr_schedule: LrSchedule = "cosine",
         finetune_lr_scale: float = 0.1,
+        finetune_norm: Literal["train", "eval"] = "train",
         ignore_negatives: IgnoreNegatives = "none",
         augment: ImageAugmentConfig = ImageAugmentConfig(),
         colour_scramble: bool = False,
@@ -182,6 +187,8 @@ class RetrievalTask(L.LightningModule):
             raise ValueError(
                 f"image_encoder_mode must be 'frozen', 'finetune' or 'scratch', got {image_encoder_mode!r}"
             )
+        if finetune_norm not in ("train", "eval"):
+            raise ValueError(f"finetune_norm must be 'train' or 'eval', got {finetune_norm!r}")
         if image_encoder_mode != "scratch" and not image_encoder_ckpt:
             raise ValueError(
                 f"image_encoder_mode='{image_encoder_mode}' needs image_encoder_ckpt, the image classifier's "
@@ -258,18 +265,15 @@ class RetrievalTask(L.LightningModule):
             audio = self.audio_encoder_config.build(AudioEncoder, h.input_shape, h.n_classes)
         if self.encoder_mode == "frozen":
             audio.requires_grad_(False)
-            audio.eval()
-        else:  # loaded in eval mode, and Lightning leaves modes as they are: a fine-tuned tower trains in train mode
-            audio.train(self.training)
+        # set here, not left as loaded (a pretrained encoder comes in eval mode and Lightning leaves modes be)
+        audio.train(self.training and not self._runs_in_eval(self.encoder_mode))
         image = self._pending_image[0]
         if image is None:
             image = self.image_encoder_config.build(ImageEncoder, (3, h.image_size, h.image_size), h.n_classes)
         self._pending_image = [None]
         if self.image_encoder_mode == "frozen":
             image.requires_grad_(False)
-            image.eval()
-        else:
-            image.train(self.training)
+        image.train(self.training and not self._runs_in_eval(self.image_encoder_mode))
         c, d = self.head_config, self.dense_config
         if h.architecture == "global":
             self.net = GlobalAVModel(audio, image, c.embed_dim, c.hidden_dim, c.layers)
@@ -295,11 +299,16 @@ class RetrievalTask(L.LightningModule):
         """Inverse temperature, clamped at ``1 / temperature.min``."""
         return self.log_logit_scale.clamp(max=math.log(1.0 / self.temp_config.min)).exp()
 
+    def _runs_in_eval(self, mode: str) -> bool:
+        """Whether an encoder of this mode stays in eval mode while the task trains: frozen, or
+        fine-tuned with ``finetune_norm='eval'``."""
+        return mode == "frozen" or (mode == "finetune" and self.hparams.get("finetune_norm", "train") == "eval")
+
     def train(self, mode: bool = True) -> RetrievalTask:
         super().train(mode)
-        if self.encoder_mode == "frozen" and self.net is not None:
+        if self._runs_in_eval(self.encoder_mode) and self.net is not None:
             self.net.audio_encoder.eval()  # a frozen encoder keeps its BatchNorm statistics too
-        if self.image_encoder_mode == "frozen" and self.net is not None:
+        if self._runs_in_eval(self.image_encoder_mode) and self.net is not None:
             self.net.image_encoder.eval()
         return self
 
