@@ -220,3 +220,20 @@ def test_paired_folder_layout(tmp_path):
     item = ds[0]
     assert item["audio"].shape == (1, 128, 44) and item["image"].shape == (3, 32, 32)
     assert item["track"] == -1
+
+
+def test_a_paired_split_missing_a_class_is_refused_not_relabelled(tmp_path):
+    """Labels follow train's classes: validation without 'drum' would otherwise label 'pipe' 1, not 2."""
+    import shutil
+
+    from cmav.data import AudioVisualDataModule
+    from cmav.data.check import check_dataset
+
+    root = make_paired(tmp_path / "p", classes=("dog", "drum", "pipe"))
+    for kind in ("audio", "image"):
+        shutil.rmtree(root / kind / "validation" / "drum")
+    dm = AudioVisualDataModule(str(root), layout="paired", image_size=16, progress=False)
+    with pytest.raises(DataError, match=r"audio/validation/drum: missing class folder"):
+        dm.setup("fit")
+    report = check_dataset(root, layout="paired", deep=False, progress=False)
+    assert any("validation/drum: missing class folder" in e for e in report.errors)

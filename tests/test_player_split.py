@@ -5,6 +5,7 @@ import json
 import pytest
 
 from cmav.cli.main import main
+from cmav.data.check import check_dataset
 from cmav.data.datasets import SubURMP
 from cmav.data.errors import DataError
 from cmav.data.instruments import INSTRUMENTS
@@ -148,6 +149,12 @@ def test_a_single_track_instrument_lends_the_end_of_its_track(one_trumpeter, tmp
     # the other instruments still move a whole player, every chunk of it
     assert _tracks(dev, "validation")["oboe"] == set(m["held_out_tracks"]["oboe"]) and m["counts"]["validation"]["oboe"] == 10
     assert "trumpet00 from 1300 ms" in out and "seen players" in out and "4 chunk(s)" in out
+    # `cmav data check` reads the manifest: the trumpeter in both splits is held out in time, not a leak
+    report = check_dataset(dev, deep=False, progress=False)
+    assert not report.errors, report.errors
+    (dev / MANIFEST).unlink()
+    assert any("'trumpet' has track(s) [0] in both train and validation" in e
+               for e in check_dataset(dev, deep=False, progress=False).errors)
 
 
 def test_a_tail_that_leaves_nothing_to_train_on_is_refused(one_trumpeter, tmp_path):

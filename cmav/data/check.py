@@ -57,8 +57,11 @@ def check_dataset(
     root = Path(root)
     report = CheckReport(root)
     scans: dict[str, LayoutScan] = {}
+    classes: tuple[str, ...] | None = None  # paired layout: validation is labelled in train's class order
     for split in SPLITS:
-        scan = scan_suburmp(root, split) if layout == "suburmp" else scan_paired(root, split)
+        scan = scan_suburmp(root, split) if layout == "suburmp" else scan_paired(root, split, classes)
+        if layout != "suburmp" and classes is None:
+            classes = tuple(sorted({s.class_name for s in scan.samples}))
         scans[split] = scan
         report.errors += scan.errors
         report.warnings += scan.warnings
@@ -73,11 +76,29 @@ def check_dataset(
                                   progress=progress, desc=f"checking {split}"):  # fmt: skip
                 pass
     if layout == "suburmp":
+        seen_players = _held_out_in_time(root)
         for c, val_tracks in report.tracks.get("validation", {}).items():
-            shared = val_tracks & report.tracks.get("train", {}).get(c, set())
+            shared = val_tracks & report.tracks.get("train", {}).get(c, set()) - seen_players.get(c, set())
             if shared:
                 report.errors.append(
                     f"{root}: class '{c}' has track(s) {sorted(shared)} in both train and validation "
                     "(validation players must be held out)"
                 )
     return report
+
+
+def _held_out_in_time(root: Path) -> dict[str, set[int]]:
+    """Tracks that a development split (``cmav data split-players --single-track tail``) keeps in
+    train and lends the end of to validation: a seen player at unseen moments, not a leak."""
+    import json
+
+    from cmav.data.player_split import MANIFEST
+
+    path = root / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        tails = json.loads(path.read_text()).get("held_out_tails") or {}
+    except (OSError, ValueError):
+        return {}
+    return {c: {int(t) for t in v} for c, v in tails.items()}

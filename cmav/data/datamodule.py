@@ -78,10 +78,14 @@ class AudioVisualDataModule(L.LightningDataModule):
     def _open(self, split: str) -> PairDataset:
         h = self.hparams
         waves = split == "train" and self.augment.needs_waveform
+        extra = {}
+        if h.layout == "paired" and split != "train" and self.train_full is not None:
+            # labelled in train's class order: a split missing a class folder is refused by name, not shifted
+            extra["classes"] = tuple(self.train_full.class_names)
         return open_split(
             h.layout, self.root, split, image_size=h.image_size, features=self.features,
             chunk=self.chunk, cache_dir=h.cache_dir, progress=h.progress,
-            waves_rate=self.features.sample_rate if waves else None,
+            waves_rate=self.features.sample_rate if waves else None, **extra,
         )  # fmt: skip
 
     def prepare_data(self) -> None:

@@ -82,9 +82,12 @@ def write_pack(root: str | Path, out: str | Path, layout: str = "suburmp", image
         "version": PACK_VERSION, "source": str(root.resolve()), "layout": layout, "image_size": int(image_size),
         "features": features.to_dict(), "chunk": asdict(chunk), "splits": {},
     }  # fmt: skip
+    classes: dict[str, tuple[str, ...]] = {}  # paired layout: every split labelled in the first one's class order
     for split in splits:
         ds = open_split(layout, root, split, image_size=image_size, features=features, chunk=chunk,
-                        cache_dir=cache_dir, progress=progress)  # fmt: skip
+                        cache_dir=cache_dir, progress=progress, **classes)  # fmt: skip
+        if layout == "paired" and not classes:
+            classes["classes"] = tuple(ds.class_names)
         tensors = {k: v for k, v in asdict(ds.tensors).items() if k != "waves"}
         buf = io.BytesIO()
         torch.save({"version": PACK_VERSION, "tensors": tensors}, buf)
