@@ -242,6 +242,9 @@ def test_checkpoint_reloads_evaluates_and_generates_a_wav(data, audio_judge, tmp
     assert math.isfinite(m["fid_kid"]["fid"]) and "not Inception" in m["fid_kid"]["label"]
     assert m["round_trip"]["split"] == "validation" and 0.0 <= m["round_trip"]["accuracy"] <= 1.0
     assert (tmp_path / "eval" / "metrics.json").is_file() and (tmp_path / "eval" / "confusion_generated.png").is_file()
+    # a judge trained on another LMS setting of the same shape would score on a scale it never saw
+    with pytest.raises(ValueError, match=r"audio_judge\.ckpt: the sound classifier was trained on another front end .*f_min"):
+        evaluate_i2s(ckpt, dm_of(data, features={"f_min": 30.0}), audio_judge, n_diversity_draws=2)
     # the same through `cmav evaluate`, which reads the kind from the checkpoint and asks for the right judge
     assert cmav_main(["evaluate", "--ckpt", str(ckpt), "--root", data["root"], "--image-size", str(SIZE)]) == 2
     # 2-chunk tracks: the held-out chunk shares audio with the trained one; --holdout-gap-ms 0 keeps it
@@ -410,3 +413,8 @@ def test_grid_inference_conditions_default_to_own_and_refuse_unknown_ones():
     for bad in (["own", "median"], ["nearest", "nearest"]):
         with pytest.raises(ValueError, match="inference_conditions must be distinct values"):
             inference_conditions({"source": "grid.yaml", "evaluation": {"inference_conditions": bad}})
+
+
+def test_i2s_refuses_audio_augmentation_of_what_it_generates(data):
+    with pytest.raises(ValueError, match=r"data.augment \(gain\) augments the audio, which I2STask generates"):
+        trainer(max_steps=1, limit_val_batches=0).fit(i2s("i2s_n"), dm_of(data, augment={"gain": {"p": 1.0}}))

@@ -23,6 +23,7 @@ from cmav.evaluation.paired import GeneratorFn, generator_fn, save_scores, score
 from cmav.features.logmel import LogMelConfig
 from cmav.metrics import JudgeFeatureExtractor, round_trip_accuracy
 from cmav.metrics.serialise import json_safe
+from cmav.tasks.common import check_encoder_input
 
 
 def make_i2s_fn(task_or_ckpt: Any) -> tuple[GeneratorFn, int, dict]:
@@ -66,6 +67,8 @@ def evaluate_i2s(
     names = list(judge.hparams.class_names)
     if names != list(datamodule.class_names):
         raise ValueError(f"the audio judge's classes {names} differ from the data's {datamodule.class_names}")
+    # a judge trained on another front-end setting of the same shape would score on a scale it never saw
+    check_encoder_input(judge.model.input_shape, judge.trained_features, datamodule, str(audio_judge_ckpt))
     features = datamodule.features
     if not isinstance(features, LogMelConfig):
         raise ValueError(f"I2S evaluation needs the LMS front end (Griffin-Lim round trip), got kind={features.kind!r}")

@@ -492,7 +492,13 @@ class PairedGANTask(L.LightningModule):
             self._train_tensors = dm.train_full.tensors
             self._bank_index = torch.as_tensor(list(dm.train.indices), dtype=torch.long)
             augment = getattr(dm, "augment", None)
-            self._augments_condition = self.condition_key == "audio" and bool(augment is not None and augment.enabled_groups)
+            augmenting = bool(augment is not None and augment.enabled_groups)
+            if augmenting and self.target_key == "audio":
+                # the real targets would be augmented and the generated ones and the wrong-player partners
+                # not: D could tell them apart by the augmentation, and G would learn to draw it
+                raise ValueError(f"data.augment ({', '.join(augment.enabled_groups)}) augments the audio, which "
+                                 f"{type(self).__name__} generates: turn it off (it is for tasks that read sound)")  # fmt: skip
+            self._augments_condition = self.condition_key == "audio" and augmenting
         if stage == "fit" and (self.wrong_class_term or self.wrong_player_term):
             t = dm.train_full.tensors
             self.sampler = NegativeSampler(
