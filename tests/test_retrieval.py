@@ -39,6 +39,7 @@ from cmav.models.retrieval import (
     aggregate_volume,
     dense_scores,
     disentanglement_loss,
+    run_blocks,
     similarity_volume,
     symmetric_info_nce,
     volume_to_location_map,
@@ -192,6 +193,19 @@ def test_recall_mrr_map_median_rank_on_a_toy_ranking():
 def test_ties_are_broken_against_the_model():
     m = retrieval_metrics(torch.zeros(1, 4), torch.tensor([[True, False, False, False]]))
     assert m["R@1"] == 0.0 and m["median_rank"] == 4.0
+
+
+def test_dense_model_reads_a_waveform_encoder_through_its_stem():
+    """The dense towers' block maps are the encoder's own: on the raw-waveform front end (a strided
+    conv stem before the blocks) they equal what the encoder computes, and the model runs."""
+    torch.manual_seed(0)
+    audio = AudioEncoder(input_shape=(1, 1, 4000), n_blocks=3, base_channels=8).eval()
+    model = DenseAVModel(audio, ImageEncoder(input_shape=(3, SIZE, SIZE), n_blocks=3, base_channels=8), 16, 32).eval()
+    x = torch.randn(2, 1, 1, 4000)
+    with torch.no_grad():
+        tokens = model.encode_audio(x)
+        assert torch.isfinite(tokens).all() and tokens.shape[0] == 2
+        torch.testing.assert_close(run_blocks(audio, x, -1), audio.feature_map(x))
 
 
 def test_chance_levels_equal_the_mean_over_every_ranking():

@@ -153,7 +153,7 @@ def run_blocks(encoder: ConvEncoder, x: Tensor, block: int) -> Tensor:
     idx = block % n
     if x.dim() != 4 or x.shape[1] != encoder.input_shape[0]:
         raise ValueError(f"expected input (N, {encoder.input_shape[0]}, H, W), got {tuple(x.shape)}")
-    x = encoder.input_norm(x)
+    x = encoder.stem(encoder.input_norm(x))  # as ConvEncoder does: the waveform front end's strided stem
     for b in encoder.blocks[: idx + 1]:
         x = b(x)
     return x
