@@ -24,7 +24,14 @@ from cmav.human_eval.build import make_study
 from cmav.human_eval.page import ORDER_JS, print_sheet, script_json
 from cmav.human_eval.ratings import load_ratings
 from cmav.human_eval.report import md, run_analysis
-from cmav.human_eval.study import DEFAULT_QUESTIONS, Question, load_questions, sample_pairs, sha256_file
+from cmav.human_eval.study import (
+    DEFAULT_QUESTIONS,
+    Question,
+    load_questions,
+    rater_id_problem,
+    sample_pairs,
+    sha256_file,
+)
 
 from fixtures import make_paired, make_suburmp
 
@@ -715,6 +722,25 @@ def test_duplicate_raters_unreadable_files_and_csv_columns_are_reported(study, t
         run_analysis(study, [a, tmp_path / "missing.json"], out=tmp_path / "r")
     with pytest.raises(HumanEvalError, match="no study manifest"):
         run_analysis(tmp_path, [a], out=tmp_path / "r")
+
+
+def test_a_sheet_left_out_as_invalid_leaves_out_its_raters_and_ids_survive_the_csv(study, tmp_path):
+    m = load_manifest(study)
+    good = _bad(m, tmp_path, "g", lambda o: None)
+    extra = tmp_path / "extra.csv"
+    _write_csv(extra, _synthetic(m, "with-notes", 1))
+    rows = list(csv.reader(extra.open()))
+    with extra.open("w", newline="") as f:  # a column the study does not ask: the sheet is not this study's form
+        csv.writer(f).writerows([rows[0] + ["notes"]] + [r + [""] for r in rows[1:]])
+    loaded = load_ratings([good, extra], m)
+    assert [s.rater_id for s in loaded.sheets] == ["g"]
+    assert any(rid == "with-notes" and "left out with its file" in why for _, rid, why in loaded.excluded)
+    # a line separator in a rater id is read as written (csv splits the rows, not str.splitlines, which
+    # made it 'ab', another rater) and refused, as the page refuses it
+    _write_csv(tmp_path / "odd.csv", _synthetic(m, "a\u2028b", 0))
+    odd = load_ratings([tmp_path / "odd.csv"], m)
+    assert not odd.sheets and any("control characters" in p.message for p in odd.problems)
+    assert rater_id_problem("a\u2028b") == rater_id_problem("a\x85b") == "rater id holds control characters"
 
 
 def test_changed_images_are_reported(study, tmp_path):

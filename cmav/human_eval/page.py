@@ -132,7 +132,7 @@ function withLabel(parent, text, label) {
 function raterProblem(id) {
   if (!id) return "Please type your rater id.";
   if (Array.from(id).length > DATA.rater_id_max) return "The rater id is too long (at most " + DATA.rater_id_max + " characters).";
-  if (/[\u0000-\u001f\u007f]/.test(id)) return "The rater id contains control characters.";
+  if (/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/.test(id)) return "The rater id contains control characters.";
   if (/[\ud800-\udbff](?![\udc00-\udfff])|(^|[^\ud800-\udbff])[\udc00-\udfff]/.test(id)) return "The rater id is not valid text.";
   return null;
 }

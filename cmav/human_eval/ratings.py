@@ -18,6 +18,7 @@ Formats:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -140,7 +141,7 @@ def _read_json(path: Path, text: str) -> tuple[list[_Submission], list[Problem]]
 
 def _read_csv(path: Path, text: str, manifest: Manifest) -> tuple[list[_Submission], list[Problem]]:
     try:
-        rows = list(csv.reader(text.splitlines()))
+        rows = list(csv.reader(io.StringIO(text, newline="")))  # not splitlines(): it also breaks at U+2028 and the like
     except csv.Error as exc:
         return [], [Problem(path, f"not a readable CSV ({exc})")]
     rows = [r for r in rows if any(c.strip() for c in r)]
@@ -283,6 +284,13 @@ def load_ratings(paths: Iterable[str | Path], manifest: Manifest) -> RatingsSet:
         subs, file_problems = _read_json(path, text) if looks_json else _read_csv(path, text, manifest)
         problems += file_problems
         excluded += [(str(path), "", p.message) for p in file_problems]
+        if file_problems and not looks_json:
+            # a sheet that is wrong as a whole (an unknown column, a row too long, a row with no rater)
+            # is left out whole: its raters are not analysed either (a JSON file's problems are its raters')
+            for sub in subs:
+                rid = sub.rater_raw if isinstance(sub.rater_raw, str) else ""
+                excluded.append((str(path), rid, "left out with its file: " + "; ".join(p.message for p in file_problems)))
+            continue
         for sub in subs:
             sheet, msgs = _validate(sub, manifest)
             rid = sub.rater_raw if isinstance(sub.rater_raw, str) else ""

@@ -376,7 +376,8 @@ def rater_id_problem(rater_id: object) -> str | None:
         return "empty rater id"
     if len(rid) > RATER_ID_MAX:
         return f"rater id longer than {RATER_ID_MAX} characters"
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in rid):
+    # line and paragraph separators too: a CSV tool splits lines there (the page refuses the same set)
+    if any(unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") for ch in rid):
         return "rater id holds control characters"
     return None
 
