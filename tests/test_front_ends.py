@@ -46,6 +46,16 @@ def test_every_representation_gives_its_declared_shape(kind, rate):
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize(("rate", "n"), [(44100, 11025), (48000, 22289), (16000, 11145)])
+@pytest.mark.parametrize("kind", ["lms", "waveform", "harmonic"])
+def test_declared_shapes_hold_for_any_source_rate_and_length(kind, rate, n):
+    """The resamplers round the length up: a 0.25-s chunk at 44.1 kHz is 5,513 samples at 22,050 Hz,
+    and the declared shape (what the cache allocates and the encoders are built for) says so."""
+    fe = build_front_end({"kind": kind})
+    out = fe(torch.from_numpy(_signal(rate, n / rate)[:n])[None], rate)
+    assert tuple(out.shape[1:]) == fe.config.output_shape(n / rate)
+
+
 def test_declared_shapes_for_half_a_second_at_22k():
     assert LogMelConfig().output_shape(0.5) == (1, 128, 44)
     assert StftConfig().output_shape(0.5) == (1, 513, 44)

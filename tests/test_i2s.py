@@ -183,6 +183,8 @@ def test_griffin_lim_inversion_gives_finite_audio_of_the_chunk_length_and_rate()
     assert abs(peak - 440.0) < 20.0
     with pytest.raises(ValueError, match=r"expected LMS \(N, 1, 128, frames\)"):
         lms_to_audio(torch.zeros(1, 1, 64, 44), cfg)
+    with pytest.raises(ValueError, match="needs centred frames"):  # torchaudio's Griffin-Lim centres its frames
+        lms_to_audio(lms, LogMelConfig(center=False), n_samples=cfg.n_samples(0.5))
 
 
 def test_griffin_lim_inversion_under_bf16_autocast_gives_the_fp32_rendering():

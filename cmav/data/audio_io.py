@@ -29,7 +29,7 @@ class ChunkSpec:
 
     def samples_at(self, sample_rate: int) -> int:
         """Samples of one chunk at ``sample_rate`` (e.g. 11,025 at 22,050 Hz for the 0.5-s default)."""
-        return int(round(self.n_samples * sample_rate / self.sample_rate))
+        return -(-self.n_samples * sample_rate // self.sample_rate)  # rounded up, as the resamplers do
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:

@@ -7,6 +7,7 @@ rate into a ``(batch, C, H, W)`` feature tensor at its config's rate. Subclasses
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Any
 
@@ -22,8 +23,10 @@ class FrontEndConfigMixin:
     sample_rate: int
 
     def n_samples(self, duration_s: float) -> int:
-        """Number of samples of a clip of ``duration_s`` seconds at the front-end rate."""
-        return int(round(duration_s * self.sample_rate))
+        """Number of samples of a clip of ``duration_s`` seconds at the front-end rate: rounded up, as
+        torchaudio's resampler (and librosa's) make it, so a clip resampled from any rate has the
+        shape declared here (the rounding to 6 places keeps exact products exact)."""
+        return math.ceil(round(duration_s * self.sample_rate, 6))
 
     def output_shape(self, duration_s: float) -> tuple[int, int, int]:  # pragma: no cover - abstract
         """``(C, H, W)`` of the features of a ``duration_s``-second clip."""

@@ -50,6 +50,9 @@ def lms_to_audio(
     """
     if getattr(features, "kind", "lms") != "lms":
         raise ValueError(f"Griffin-Lim inversion needs an LMS front end, got kind={features.kind!r}")
+    if not features.center:
+        # torchaudio's Griffin-Lim frames are centred: uncentred ones would come out shifted by n_fft / 2
+        raise ValueError("Griffin-Lim inversion needs centred frames (features.center=True)")
     if lms_db.dim() != 4 or lms_db.shape[1] != 1 or lms_db.shape[2] != features.n_mels:
         raise ValueError(f"expected LMS (N, 1, {features.n_mels}, frames), got {tuple(lms_db.shape)}")
     n_stft = features.n_fft // 2 + 1

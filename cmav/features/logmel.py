@@ -60,7 +60,7 @@ class LogMelSpectrogram(FrontEnd):
             n_fft=c.n_fft,
             hop_length=c.hop_length,
             f_min=c.f_min,
-            f_max=c.f_max,
+            f_max=c.f_max if c.f_max is not None else c.sample_rate / 2,  # librosa's (torchaudio's is sr // 2)
             n_mels=c.n_mels,
             power=c.power,
             center=c.center,
