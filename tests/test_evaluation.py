@@ -369,6 +369,42 @@ def test_quick_ablation_end_to_end(data, tmp_path):
     assert sheet.size[0] > 64 * (1 + len(variants)) and np.asarray(sheet).std() > 0
 
 
+def test_a_grid_rerun_gives_the_same_s2i_and_retrains_what_its_settings_changed(data, tmp_path):
+    """A rerun into the folder reuses the classifier and judges trained under the same settings, so
+    S2I starts from whatever the process drew before unless it is seeded before it is built: the
+    rerun must give the same generator. A judge whose settings changed is trained again, said so."""
+    from cmav.cli.main import main
+
+    out = tmp_path / "grid"
+    config = Path(__file__).parents[1] / "experiments" / "ablations" / "s2i.yaml"
+    args = ["ablate", str(config), "--preset", "quick", "-o", str(out), "--root", str(data), "--set", "seeds=[0]",
+            "--set", "variants=[{name: S2I-C, variant: s2i_c}]"]  # fmt: skip
+    assert main(args) == 0
+    ckpt = out / "runs" / "S2I-C" / "seed0" / "s2i.ckpt"
+    first = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    torch.rand(1000)  # the process's generator moves on, as it would after other work
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # nothing is retrained: no "training it again"
+        warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchmetrics")
+        assert main(args) == 0
+    again = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    with pytest.warns(UserWarning, match=r"image_judge\.ckpt: trained under other settings; training it again"):
+        assert main([*args, "--set", "stages.image_judge.steps=20"]) == 0
+
+
+def test_a_seed_whose_figure_is_not_a_number_is_counted_out_in_its_cell(tmp_path):
+    from cmav.ablation.s2i import summarise, write_tables
+
+    metrics = [("judged_acc", "judged acc", lambda m: m["acc"]), ("fid", "FID", lambda m: m["fid"])]
+    runs = [{"variant": "v", "metrics": {"acc": a, "fid": f}} for a, f in ((0.5, 40.0), (0.1, np.float32("nan")), (0.6, 50.0))]
+    rows = summarise(runs, ["v"], metrics)
+    assert rows[0]["n_seeds"] == 3 and rows[0]["fid_n"] == 2 and rows[0]["fid_mean"] == pytest.approx(45.0)
+    _, md = write_tables(rows, tmp_path, metrics=metrics)
+    assert "| v | 3 | 0.400 ± 0.265 | 45.00 ± 7.07 (2 of 3 seeds) |" in md.read_text()
+
+
 def test_judges_are_refused_in_each_others_place(dm, judges, tmp_path):
     """A sound classifier, the player judge or I2S's image classifier given where the image judge goes
     (and the image judge where the player judge goes) is refused up front, naming the file."""

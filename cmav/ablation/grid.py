@@ -154,13 +154,19 @@ def trainer(cfg: dict, out: Path, stage: str, seed: int, steps: int, gan: bool =
     return L.Trainer(**kw)
 
 
-def fit(cfg: dict, out: Path, dm, stage: str, seed: int, task, ckpt: Path, steps: int, gan: bool = False) -> Path:
-    """Train ``task`` for ``steps`` batches under ``seed`` and save its checkpoint to ``ckpt``."""
+def seeded(seed: int) -> None:
+    """Seed every generator for ``seed``. Call it before building a task whose constructor draws
+    weights (S2I, I2S, the audio token): else its start depends on what ran before in the process."""
     import lightning as L
 
+    L.seed_everything(seed, workers=True, verbose=False)
+
+
+def fit(cfg: dict, out: Path, dm, stage: str, seed: int, task, ckpt: Path, steps: int, gan: bool = False) -> Path:
+    """Train ``task`` for ``steps`` batches under ``seed`` and save its checkpoint to ``ckpt``."""
     from cmav.bench.cpu_bf16 import warn_if_slow_bf16
 
-    L.seed_everything(seed, workers=True, verbose=False)
+    seeded(seed)
     tr = trainer(cfg, out, stage, seed, steps, gan=gan)
     warn_if_slow_bf16(tr)  # a grid preset asks for bf16 (a GPU's): 20x slower on most CPUs
     t0 = time.perf_counter()
@@ -188,14 +194,52 @@ def classifier_stage(cfg: dict, out: Path, dm, stage: str, seed: int, path: Path
         if list(task.hparams.class_names) != list(dm.class_names):
             raise ValueError(f"{given}: its classes differ from the data's {list(dm.class_names)}")
         return given
-    if path.is_file():
+    key = stage_key(cfg, stage, seed, dm)
+    if reusable(path, key):
         return path
-    return fit(cfg, out, dm, stage, seed, build(), path, st["steps"])
+    fit(cfg, out, dm, stage, seed, build(), path, st["steps"])
+    record(path, key)
+    return path
+
+
+def stage_key(cfg: dict, stage: str, seed: int, dm) -> str:
+    """What a stage's checkpoint was trained from: the stage's settings, the trainer's, the seed and
+    the data module's (root, image size, front end, held-out tails ...)."""
+    return json.dumps({"stage": cfg["stages"][stage], "trainer": cfg.get("trainer"), "seed": seed,
+                       "data": dict(dm.hparams)}, sort_keys=True, default=str)  # fmt: skip
+
+
+def _key_path(ckpt: Path) -> Path:
+    return ckpt.with_name(ckpt.name + ".settings.json")
+
+
+def reusable(ckpt: Path, key: str) -> bool:
+    """Whether an earlier run into the folder left ``ckpt`` trained under the same ``key``. A
+    checkpoint of other settings (another root, more steps, another judge recipe), or of a run from
+    before cmav recorded them, is said so and trained again rather than silently reused."""
+    if not ckpt.is_file():
+        return False
+    meta = _key_path(ckpt)
+    if meta.is_file() and meta.read_text() == key:
+        return True
+    why = "other settings" if meta.is_file() else "settings not recorded (an older run)"
+    warnings.warn(f"{ckpt}: trained under {why}; training it again", stacklevel=3)
+    return False
+
+
+def record(ckpt: Path, key: str) -> None:
+    """Write the settings ``ckpt`` was trained under beside it (read by :func:`reusable`)."""
+    _key_path(ckpt).write_text(key)
+
+
+def finite(values: list[Any]) -> list[float]:
+    """The values that are numbers and finite (None, NaN and infinities of any float type left out)."""
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
 
 
 def mean_sd(values: list[Any]) -> tuple[float | None, float | None]:
     """Mean and sd (ddof 1; 0 for one value) of the finite values; ``(None, None)`` when there are none."""
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    vals = finite(values)
     if not vals:
         return None, None
     return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
@@ -261,5 +305,5 @@ def save_config(cfg: dict, out: Path) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
-__all__ = ["classifier_stage", "data_root", "datamodule", "evaluated_name", "fit", "inference_conditions", "load_grid", "under_inference_conditions", "mean_sd", "merge", "parse_override", "save_config", "slug", "trainer",
+__all__ = ["classifier_stage", "data_root", "datamodule", "evaluated_name", "fit", "inference_conditions", "load_grid", "under_inference_conditions", "finite", "mean_sd", "merge", "parse_override", "record", "reusable", "save_config", "seeded", "slug", "stage_key", "trainer",
            "variant_model_kwargs", "variant_names", "write_csv"]  # fmt: skip

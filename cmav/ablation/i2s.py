@@ -29,6 +29,7 @@ from cmav.ablation.grid import (
     fit,
     inference_conditions,
     save_config,
+    seeded,
     slug,
     under_inference_conditions,
     variant_model_kwargs,
@@ -121,6 +122,7 @@ def run(cfg: dict, out: Path) -> dict:
         clf_ckpt = _image_encoder(cfg, out, dm, seed)
         for v in cfg["variants"]:
             name, model_kw = variant_model_kwargs(cfg, "i2s", v, seed)
+            seeded(seed)  # a task whose shapes are known draws its weights in the constructor
             task = I2STask(encoder_mode="frozen", image_encoder_ckpt=str(clf_ckpt), image_size=size, **model_kw)
             run_dir = out / "runs" / slug(name) / f"seed{seed}"
             ckpt = fit(cfg, out, dm, f"i2s/{slug(name)}", seed, task, run_dir / "i2s.ckpt", cfg["stages"]["i2s"]["steps"],

@@ -27,10 +27,12 @@ from cmav.ablation.grid import (
     classifier_stage,
     datamodule,
     evaluated_name,
+    finite,
     fit,
     inference_conditions,
     mean_sd,
     save_config,
+    seeded,
     slug,
     under_inference_conditions,
     variant_model_kwargs,
@@ -118,7 +120,9 @@ def summarise(runs: list[dict], variants: list[str], metrics: list[Metric] = MET
         mine = [r for r in runs if r["variant"] == name]
         row: dict[str, Any] = {"variant": name, "n_seeds": len(mine)}
         for key, _, get in metrics:
-            row[f"{key}_mean"], row[f"{key}_sd"] = mean_sd([get(r["metrics"]) for r in mine])
+            values = [get(r["metrics"]) for r in mine]
+            row[f"{key}_mean"], row[f"{key}_sd"] = mean_sd(values)
+            row[f"{key}_n"] = len(finite(values))  # seeds whose figure is a number (a diverged run's is not)
         rows.append(row)
     return rows
 
@@ -144,7 +148,8 @@ def write_tables(rows: list[dict], out: Path, ceiling: dict | None = None, note:
         if m is None:
             return "n/a"
         digits = 2 if key == "fid" else 4 if key == "kid" else 3
-        return f"{m:.{digits}f} ± {s:.{digits}f}"
+        n, of = r.get(f"{key}_n", r["n_seeds"]), r["n_seeds"]
+        return f"{m:.{digits}f} ± {s:.{digits}f}" + (f" ({n} of {of} seeds)" if n < of else "")
 
     lines = ["| variant | seeds | " + " | ".join(h for _, h, _ in metrics) + " |",
              "|---|---|" + "---|" * len(metrics)]  # fmt: skip
@@ -221,6 +226,7 @@ def run(cfg: dict, out: Path) -> dict:
                                        dm.val.tensors.labels, list(dm.class_names), batch_size=256).accuracy)  # fmt: skip
         for v in variants:
             name, model_kw = variant_model_kwargs(cfg, "s2i", v, seed)
+            seeded(seed)  # G and D are drawn in the constructor
             task = S2ITask(encoder_mode="frozen", audio_encoder_ckpt=str(clf_ckpt), image_size=size, **model_kw)
             run_dir = out / "runs" / slug(name) / f"seed{seed}"
             ckpt = fit(cfg, out, dm, f"s2i/{slug(name)}", seed, task, run_dir / "s2i.ckpt", cfg["stages"]["s2i"]["steps"],

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from cmav.ablation.grid import classifier_stage, datamodule, fit, save_config
+from cmav.ablation.grid import classifier_stage, datamodule, fit, record, reusable, save_config, seeded, stage_key
 from cmav.ablation.s2i import Metric, plot_bars, summarise, write_tables
 
 METHODS: tuple[str, ...] = ("audio token", "text label", "S2I-C")
@@ -65,9 +65,11 @@ def _check(cfg: dict) -> None:
 
 
 def _once(cfg: dict, out: Path, dm, stage: str, ckpt: Path, make: Callable[[], Any]) -> Path:
-    """Train ``stage`` under the first seed unless ``ckpt`` exists (a rerun reuses it)."""
-    if not ckpt.is_file():
+    """Train ``stage`` under the first seed unless an earlier run left ``ckpt`` under the same settings."""
+    key = stage_key(cfg, stage, cfg["seeds"][0], dm)
+    if not reusable(ckpt, key):
         fit(cfg, out, dm, stage, cfg["seeds"][0], make(), ckpt, cfg["stages"][stage]["steps"])
+        record(ckpt, key)
     return ckpt
 
 
@@ -162,6 +164,7 @@ def run(cfg: dict, out: Path) -> dict:
                                     lambda: ClassifierTask(modality="audio", target="label", image_size=size,
                                                            **st["audio_classifier"].get("model", {})),
                                     load_sound_classifier)  # fmt: skip
+        seeded(seed)  # the embedder is drawn in the constructor
         token = AudioTokenTask(pipeline=str(pipeline), audio_encoder_ckpt=str(clf_ckpt), image_size=size,
                                **st["audio_token"].get("model", {}))  # fmt: skip
         run_dir = out / "runs"
@@ -170,7 +173,8 @@ def run(cfg: dict, out: Path) -> dict:
         if st["s2i"].get("ckpt"):
             s2i_ckpt = Path(st["s2i"]["ckpt"])
         else:
-            s2i_kw = {"variant": "s2i_c", **st["s2i"].get("model", {})}
+            s2i_kw = {"variant": "s2i_c", "seed": seed, **st["s2i"].get("model", {})}  # seed: its negative pairs
+            seeded(seed)
             s2i = S2ITask(encoder_mode="frozen", audio_encoder_ckpt=str(clf_ckpt), image_size=size, **s2i_kw)
             s2i_ckpt = fit(cfg, out, dm, "s2i", seed, s2i, run_dir / "s2i_c" / f"seed{seed}" / "s2i.ckpt",
                            st["s2i"]["steps"], gan=s2i.is_gan)  # fmt: skip
