@@ -694,6 +694,27 @@ def test_a_grid_variant_renders_its_own_several_source_data_once_and_never_from_
         _validate({"variants": [{"name": "none"}, {"name": "v", "soundfonts": str(FLUIDR3)}]})
 
 
+@pytest.mark.skipif(not HAVE_FLUIDSYNTH or not TIMGM6MB.is_file(), reason="needs fluidsynth and timgm6mb-soundfont")
+def test_a_cross_source_copy_cut_off_is_finished_before_it_is_scored(tmp_path, monkeypatch, capsys):
+    from cmav.evaluation.robustness import build_eval_copy, finish_eval_copy
+    from cmav.standin import build
+
+    monkeypatch.setitem(build.PRESETS, "micro", build.Preset("micro", 1, 1, 1, 1, frame_size=32))
+    train, cross = tmp_path / "train", tmp_path / "cross"
+    build.build_standin(train, preset="micro", soundfont=FLUIDR3, progress=False, workers=1)
+    build_eval_copy(train, cross, TIMGM6MB, progress=False)
+    assert not finish_eval_copy(train, cross)  # complete: nothing to do
+    # as if the build had been stopped: a track's last chunk and its marker never written
+    wav = sorted(cross.glob("chunk/validation/*/*.wav"))[-1]
+    wav.unlink()
+    next((cross / build.MARKERS / "validation").glob(f"{wav.stem.rsplit('_', 1)[0]}.done")).unlink()
+    manifest = json.loads((cross / MANIFEST).read_text())
+    (cross / MANIFEST).write_text(json.dumps({**manifest, "complete": False}))
+    assert finish_eval_copy(train, cross)  # from the font its manifest records
+    assert wav.is_file() and json.loads((cross / MANIFEST).read_text())["complete"]
+    assert "its build was cut off; finishing it" in capsys.readouterr().out
+
+
 def test_a_grid_variant_data_merges_over_the_grid_and_may_not_move_the_root():
     from cmav.ablation.robustness import _validate, variant_setup
 

@@ -50,12 +50,13 @@ def variant_augment(cfg: dict, variant: dict) -> AudioAugmentConfig:
 def cross_source_root(cfg: dict, out: Path) -> Path:
     """``cross_source.root``; null (or missing) renders the training data again from
     ``cross_source.soundfont`` under ``out/data_cross`` (same preset and seed)."""
-    from cmav.evaluation.robustness import build_eval_copy, check_independent, data_soundfont
+    from cmav.evaluation.robustness import build_eval_copy, check_independent, data_soundfont, finish_eval_copy
     from cmav.standin.soundfonts import soundfont_record
 
     cs = cfg.get("cross_source") or {}
     root = cs.get("root")
     if root is not None and Path(root).is_dir():
+        finish_eval_copy(data_root(cfg, out), root, cs.get("soundfont"), progress=False)  # a copy cut off is finished
         return Path(root)
     font = cs.get("soundfont")
     if font is None:

@@ -112,6 +112,24 @@ def build_eval_copy(root: str | Path, eval_root: str | Path, soundfont: str | Pa
                          frame_size=params["frame_size"], jpeg_quality=params["jpeg_quality"], progress=progress)  # fmt: skip
 
 
+def finish_eval_copy(root: str | Path, eval_root: str | Path, soundfont: Any = None, progress: bool = True) -> bool:
+    """Finish a cross-source copy whose build was cut off (its manifest says ``complete: false``):
+    it would otherwise be scored on the part that was written. From ``soundfont``, or the font(s)
+    its manifest records. Returns whether there was anything to finish."""
+    manifest = read_manifest(eval_root)
+    if manifest is None or manifest.get("complete", True):  # no manifest: not a stand-in; no key: built before the flag
+        return False
+    if soundfont is None:
+        paths = [r["path"] for r in fonts_of(manifest.get("soundfont") or {}) if r.get("path")]
+        if not paths:
+            raise DataError(eval_root, "its build was cut off and its manifest names no font to finish it from; "
+                                       "pass the evaluation soundfont")  # fmt: skip
+        soundfont = paths[0] if len(paths) == 1 else paths
+    print(f"{eval_root}: its build was cut off; finishing it before it is scored", flush=True)
+    build_eval_copy(root, eval_root, soundfont, progress=progress)
+    return True
+
+
 def opened_as(blob: dict) -> dict[str, Any]:
     """How a loaded checkpoint's data were opened: ``layout``, ``image_size``, ``features`` (the
     front end) and ``chunk`` (the chunk spec), as keyword arguments for the data readers."""
@@ -279,6 +297,8 @@ def evaluate_robustness(
                          "global_step": blob.get("global_step")}  # fmt: skip
     if not eval_exists:
         build_eval_copy(root, eval_root, eval_soundfont, progress=progress)
+    else:
+        finish_eval_copy(root, eval_root, eval_soundfont, progress=progress)
 
     roots = {"in_source": Path(root), "cross_source": Path(eval_root)}
     result: dict[str, Any] = {
@@ -388,5 +408,5 @@ def format_report(result: dict) -> str:
 
 
 __all__ = ["SameSourceError", "TARGETS", "adapted_s2i_generator", "build_eval_copy", "check_independent", "data_soundfont",
-           "evaluate_robustness", "font_lines", "format_report", "opened_as", "read_manifest", "score_classifier", "score_retrieval",
+           "evaluate_robustness", "finish_eval_copy", "font_lines", "format_report", "opened_as", "read_manifest", "score_classifier", "score_retrieval",
            "score_s2i", "splits_like", "trained_on", "training_datamodule"]  # fmt: skip
