@@ -130,29 +130,22 @@ def generate_from_image(ckpt: str | Path, image: str | Path, n: int = 1, seed: i
     ``inference_condition`` overrides the checkpoint's (``'own'``, ``'nearest'``, ``'class_mean'``)."""
     import soundfile as sf
 
-    from cmav.data.image_io import load_frame
-    from cmav.features.inversion import lms_to_audio
-    from cmav.tasks.i2s import load_i2s
+    from cmav.api import image_to_sound, load
 
     if n < 1:
         raise ValueError("n must be >= 1")
     if checkpoint_kind(ckpt) != "i2s":
         raise ValueError(f"{ckpt}: an S2I checkpoint (sound -> image): give it a sound with --audio, not --image")
-    task = with_inference_condition(load_i2s(ckpt), ckpt, inference_condition)
-    features, spec = front_end_of(ckpt)
-    size = int(task.hparams.image_size)
-    frame = torch.from_numpy(np.array(load_frame(image, size))).permute(2, 0, 1).float().div(127.5).sub(1.0)[None]
-    z = torch.randn(n, task.z_dim, generator=torch.Generator().manual_seed(seed))
-    lms = task.generate(frame.repeat(n, 1, 1, 1), z).cpu()
-    n_samples = spec.samples_at(features.sample_rate)  # the chunk, at the LMS rate
-    waves = lms_to_audio(lms, features, n_iter=griffin_lim_iters, n_samples=n_samples)  # type: ignore[arg-type]
+    model = load(ckpt)
+    waves, rate = image_to_sound(model, image, n=n, seed=seed, griffin_lim_iters=griffin_lim_iters,
+                                 inference_condition=inference_condition)  # fmt: skip
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if n == 1 else [out.with_name(f"{out.stem}_{k}{out.suffix or '.wav'}") for k in range(n)]
-    for path, w in zip(paths, waves, strict=True):
-        sf.write(str(path), (0.9 * w).numpy(), features.sample_rate, subtype="PCM_16")
-    notes = [f"{image}: centre square resized to {size}x{size}"]
-    return paths, notes
+    for path, w in zip(paths, waves[0], strict=True):
+        sf.write(str(path), (0.9 * w).numpy(), rate, subtype="PCM_16")
+    size = int(model.task.hparams.image_size)
+    return paths, [f"{image}: centre square resized to {size}x{size}"]
 
 
 __all__ = ["checkpoint_kind", "front_end_of", "generate_from_image", "generate_from_wav", "wav_to_features"]
