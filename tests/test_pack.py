@@ -94,3 +94,23 @@ def test_training_runs_on_a_pack(packed):
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1)  # fmt: skip
     trainer.fit(task, AudioVisualDataModule(str(packed["pack"]), image_size=SIZE, batch_size=8, progress=False))
     assert trainer.global_step == 2 and torch.isfinite(torch.tensor(float(trainer.callback_metrics["train/loss"])))
+
+
+def test_files_are_written_whole_with_the_usual_mode(tmp_path):
+    import os
+    import stat
+
+    from cmav.data.files import atomic_write
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = atomic_write(tmp_path / "a" / "f.bin", lambda tmp: open(tmp, "wb").write(b"x"))
+    assert path.read_bytes() == b"x" and stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+
+    def fails(tmp):
+        open(tmp, "wb").write(b"half")
+        raise RuntimeError("cut off")
+
+    with pytest.raises(RuntimeError, match="cut off"):
+        atomic_write(tmp_path / "a" / "g.bin", fails)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["f.bin"]  # no half file, no temporary left

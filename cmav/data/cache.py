@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 
 from cmav.data.audio_io import ChunkSpec, decode_chunk
 from cmav.data.errors import DataError, DataWarning
+from cmav.data.files import atomic_write
 from cmav.data.image_io import load_frame
 from cmav.data.layout import Sample
 from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
@@ -198,15 +198,8 @@ def _cached_blob(path: Path, fingerprint: str, split: str) -> dict | None:
 
 
 def _save_blob(path: Path, blob: dict) -> None:
-    """Write a cache file through a hidden temporary file, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"version": CACHE_VERSION, **blob}, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """Write a cache file whole or not at all (:func:`~cmav.data.files.atomic_write`)."""
+    atomic_write(path, lambda tmp: torch.save({"version": CACHE_VERSION, **blob}, tmp))
 
 
 def waves_key(spec: ChunkSpec, sample_rate: int) -> str:

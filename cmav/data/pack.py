@@ -19,9 +19,7 @@ import hashlib
 import io
 import json
 import lzma
-import os
 import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ import torch
 
 from cmav.data.audio_io import ChunkSpec
 from cmav.data.errors import DataError
+from cmav.data.files import atomic_write
 from cmav.features.frontend import front_end_config, front_end_differences
 
 PACK_MANIFEST = "cmav_pack.json"
@@ -49,19 +48,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # a pack is made to be copied elsewhere: the usual file mode, not mkstemp's 0600
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def write_pack(root: str | Path, out: str | Path, layout: str = "suburmp", image_size: int = 64,
@@ -92,7 +78,8 @@ def write_pack(root: str | Path, out: str | Path, layout: str = "suburmp", image
         buf = io.BytesIO()
         torch.save({"version": PACK_VERSION, "tensors": tensors}, buf)
         name = f"{split}.pt.xz"
-        _write_atomic(out / name, lzma.compress(buf.getvalue(), preset=preset))
+        packed = lzma.compress(buf.getvalue(), preset=preset)
+        atomic_write(out / name, lambda tmp, data=packed: Path(tmp).write_bytes(data))
         manifest["splits"][split] = {"file": name, "pairs": len(ds), "sha256": _sha256(out / name)}
     if (root / "mask").is_dir():
         shutil.copytree(root / "mask", out / "mask", dirs_exist_ok=True)
@@ -100,7 +87,7 @@ def write_pack(root: str | Path, out: str | Path, layout: str = "suburmp", image
         if (root / name).is_file():
             shutil.copy2(root / name, out / name)
     # the manifest last: a pack whose writing was cut off has none, and is not taken for one
-    _write_atomic(out / PACK_MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    atomic_write(out / PACK_MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
     return manifest
 
 

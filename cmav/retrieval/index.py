@@ -17,8 +17,6 @@ exactly.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,6 +24,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from cmav.data.files import atomic_write
 from cmav.models.retrieval import scores_for
 
 INDEX_VERSION = 1
@@ -91,14 +90,7 @@ class EmbeddingIndex:
             "image_size": int(self.image_size),
             "info": dict(self.info),
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-        os.close(fd)
-        try:
-            torch.save(blob, tmp)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return path
+        return atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
     @classmethod
     def load(cls, path: str | Path) -> EmbeddingIndex:

@@ -38,6 +38,7 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from cmav.data.errors import DataError
+from cmav.data.files import atomic_write
 from cmav.data.instruments import CLASS_TO_INDEX, INSTRUMENT_SPECS, INSTRUMENTS
 from cmav.data.masks import MASK_DIR  # mask/<split>/<instrument>/<stem>.png beside img/
 from cmav.standin.music import MelodyStyle, random_melody, write_midi
@@ -164,19 +165,6 @@ def track_plan(preset: Preset) -> list[tuple[str, str, int, int]]:
     return plan
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a hidden temporary file in the same folder, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _track_rng(seed: int, split: str, instrument: str, track: int, stream: int = 0) -> np.random.Generator:
     """The track's random stream: 0 draws the player and the melody, 1 the varied performance."""
     key = [seed, ("train", "validation").index(split), CLASS_TO_INDEX[instrument], track]
@@ -256,21 +244,21 @@ def build_track(job: TrackJob) -> int:
     for k, c in enumerate(chunks):
         stem = f"{job.name}_{500 + 100 * k}"
         if not masks_only:
-            _atomic_write(
+            atomic_write(
                 wav_dir / f"{stem}.wav",
                 lambda p, c=c * gains[owner[k]]: sf.write(p, c.T, synth.sample_rate, subtype="PCM_16", format="WAV"),
             )
         t_centre = k * HOP_S + CHUNK_S / 2
         image, mask = render_frame(job.instrument, style, pose_at(notes, t_centre, job.instrument), job.frame_size)
         if not masks_only:
-            _atomic_write(img_dir / f"{stem}.jpg",
-                          lambda p, im=image: im.save(p, format="JPEG", quality=job.jpeg_quality))  # fmt: skip
+            atomic_write(img_dir / f"{stem}.jpg",
+                         lambda p, im=image: im.save(p, format="JPEG", quality=job.jpeg_quality))  # fmt: skip
         # a bool array becomes a mode-'1' image: a 1-bit PNG
-        _atomic_write(mask_dir / f"{stem}.png", lambda p, m=mask: Image.fromarray(m).save(p, format="PNG"))
+        atomic_write(mask_dir / f"{stem}.png", lambda p, m=mask: Image.fromarray(m).save(p, format="PNG"))
     marker = {"chunks": job.n_chunks, "masks": True, **({"performance": perf.to_dict()} if perf else {})}
     if len(job.fonts) > 1:  # which font every chunk was cut from, by index in the manifest's list
         marker["fonts"] = owner
-    _atomic_write(job.marker, lambda p: Path(p).write_text(json.dumps(marker)))
+    atomic_write(job.marker, lambda p: Path(p).write_text(json.dumps(marker)))
     return job.n_chunks
 
 
@@ -351,14 +339,14 @@ def build_standin(
         if old.get("complete") and old.get("masks"):
             if not recorded:  # built before fonts were recorded: the same-named font is the one given now
                 old["soundfont"] = {**font, "recorded": "after the build, from the font of the same name given then"}
-                _atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(old, indent=2)))
+                atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(old, indent=2)))
             return old
     elif root.exists() and any(root.iterdir()):
         raise DataError(root, "folder is not empty and holds no stand-in manifest; refusing to write into it")
     root.mkdir(parents=True, exist_ok=True)
     _remove_partials(root)
     manifest = {"params": params, "soundfont": font, "complete": False}
-    _atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(manifest, indent=2)))
+    atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(manifest, indent=2)))
     font_arg = str(fonts[0]) if len(fonts) == 1 else tuple(str(f) for f in fonts)
     jobs, seen = [], {}
     for split, inst, track, n in track_plan(p):
@@ -386,5 +374,5 @@ def build_standin(
     if render == "varied":  # every track's drawn performance, from its marker
         manifest["performances"] = {f"{j.split}/{j.name}": json.loads(j.marker.read_text()).get("performance")
                                     for j in jobs}  # fmt: skip
-    _atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(manifest, indent=2)))
+    atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(manifest, indent=2)))
     return manifest
