@@ -205,8 +205,9 @@ def classifier_stage(cfg: dict, out: Path, dm, stage: str, seed: int, path: Path
 def stage_key(cfg: dict, stage: str, seed: int, dm) -> str:
     """What a stage's checkpoint was trained from: the stage's settings, the trainer's, the seed and
     the data module's (root, image size, front end, held-out tails ...)."""
-    return json.dumps({"stage": cfg["stages"][stage], "trainer": cfg.get("trainer"), "seed": seed,
-                       "data": dict(dm.hparams)}, sort_keys=True, default=str)  # fmt: skip
+    data = {k: v for k, v in dict(dm.hparams).items() if k not in ("progress", "num_workers", "cache_dir")}  # how, not what
+    return json.dumps({"stage": cfg["stages"][stage], "trainer": cfg.get("trainer"), "seed": seed, "data": data},
+                      sort_keys=True, default=str)  # fmt: skip
 
 
 def _key_path(ckpt: Path) -> Path:
