@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cmav.data.audio_io import ChunkSpec, cut_chunks, read_mono
+from cmav.data.audio_io import ChunkSpec
 from cmav.data.errors import DataError, DataWarning
-from cmav.features.frontend import FrontEndConfig, build_front_end
+from cmav.features.frontend import FrontEndConfig
 
 AudioSource = str | Path | np.ndarray | Tensor
 """A sound file's path, or samples ``(samples,)`` / ``(channels, samples)`` (then ``sample_rate`` is needed)."""
@@ -170,17 +170,13 @@ def audio_chunks(model: Model, audio: AudioSource, sample_rate: int | None = Non
     ``audio`` is a sound file or samples at ``sample_rate``; chunks start every ``hop_s`` seconds
     (default: one chunk length), at most ``max_chunks`` of them (default: all).
     """
-    spec = model.chunk
-    mono, name, notes = read_mono(audio, spec.sample_rate, sample_rate)
-    chunks, starts, more = cut_chunks(mono, spec, hop_s, name, max_chunks)
+    from cmav.evaluation.generate import chunk_features
+
+    features, starts, notes = chunk_features(audio, model.features, model.chunk, sample_rate, hop_s, max_chunks, batch_size)
     level = _user_stacklevel()
-    for note in notes + more:
+    for note in notes:
         warnings.warn(note, DataWarning, stacklevel=level)
-    front_end = build_front_end(model.features)
-    with torch.no_grad():
-        parts = [front_end(torch.from_numpy(chunks[i : i + batch_size]), spec.sample_rate)
-                 for i in range(0, len(chunks), batch_size)]  # fmt: skip
-    return AudioChunks(features=torch.cat(parts), start_s=torch.from_numpy(starts).float())
+    return AudioChunks(features=features, start_s=torch.from_numpy(starts).float())
 
 
 def _audio_input(model: Model) -> tuple[int, ...]:

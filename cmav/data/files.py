@@ -1,7 +1,8 @@
-"""Writing a file whole or not at all."""
+"""Writing a file whole or not at all, and hashing one."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -36,4 +37,13 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
-__all__ = ["atomic_write"]
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's bytes, as hex, read a megabyte at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+__all__ = ["atomic_write", "sha256_file"]

@@ -15,7 +15,6 @@ split, a damaged file and waveform augmentation (which needs the raw chunks).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import lzma
@@ -28,7 +27,7 @@ import torch
 
 from cmav.data.audio_io import ChunkSpec
 from cmav.data.errors import DataError
-from cmav.data.files import atomic_write
+from cmav.data.files import atomic_write, sha256_file
 from cmav.features.frontend import front_end_config, front_end_differences
 
 PACK_MANIFEST = "cmav_pack.json"
@@ -40,14 +39,6 @@ COPIED = ("cmav_standin.json", "cmav_player_split.json")
 def is_pack(root: str | Path) -> bool:
     """Whether ``root`` is a packed data set (it holds ``cmav_pack.json``)."""
     return (Path(root) / PACK_MANIFEST).is_file()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_pack(root: str | Path, out: str | Path, layout: str = "suburmp", image_size: int = 64,
@@ -80,7 +71,7 @@ def write_pack(root: str | Path, out: str | Path, layout: str = "suburmp", image
         name = f"{split}.pt.xz"
         packed = lzma.compress(buf.getvalue(), preset=preset)
         atomic_write(out / name, lambda tmp, data=packed: Path(tmp).write_bytes(data))
-        manifest["splits"][split] = {"file": name, "pairs": len(ds), "sha256": _sha256(out / name)}
+        manifest["splits"][split] = {"file": name, "pairs": len(ds), "sha256": sha256_file(out / name)}
     if (root / "mask").is_dir():
         shutil.copytree(root / "mask", out / "mask", dirs_exist_ok=True)
     for name in COPIED:
@@ -125,7 +116,7 @@ def load_packed(root: str | Path, split: str, image_size: int = 64, features: An
         raise DataError(root, f"packed for other settings than asked ({'; '.join(wanted)}): {redo} with these")
     entry = manifest["splits"][split]
     path = root / entry["file"]
-    if not path.is_file() or _sha256(path) != entry["sha256"]:
+    if not path.is_file() or sha256_file(path) != entry["sha256"]:
         raise DataError(path, f"missing, half-written or damaged (its sha256 is not the manifest's): {redo}")
     blob = torch.load(io.BytesIO(lzma.decompress(path.read_bytes())), map_location="cpu", weights_only=True)
     return blob["tensors"]

@@ -45,12 +45,25 @@ def front_end_of(ckpt_path: str | Path | dict) -> tuple[FrontEndConfig, ChunkSpe
     return front_end_config(dm.get("features")), _as(ChunkSpec, dm.get("chunk"))
 
 
+def chunk_features(audio, features: FrontEndConfig, spec: ChunkSpec, sample_rate: int | None = None,
+                   hop_s: float | None = None, max_chunks: int | None = None,
+                   batch_size: int = 64) -> tuple[torch.Tensor, np.ndarray, list[str]]:  # fmt: skip
+    """A recording (a sound file, or samples at ``sample_rate``) as features ``(N, C, H, W)`` of its
+    chunks under ``spec``, their starts in seconds, and notes on what was done (see
+    :func:`~cmav.data.audio_io.read_mono` and :func:`~cmav.data.audio_io.cut_chunks`)."""
+    mono, name, notes = read_mono(audio, spec.sample_rate, sample_rate)  # DataError for missing/empty/corrupt files
+    chunks, starts, more = cut_chunks(mono, spec, hop_s, name, max_chunks)
+    front_end = build_front_end(features)
+    with torch.no_grad():
+        parts = [front_end(torch.from_numpy(chunks[i : i + batch_size]), spec.sample_rate)
+                 for i in range(0, len(chunks), batch_size)]  # fmt: skip
+    return torch.cat(parts), starts, notes + more
+
+
 def wav_to_features(path: str | Path, features: FrontEndConfig, spec: ChunkSpec) -> tuple[torch.Tensor, list[str]]:
     """Audio features ``(1, C, H, W)`` (an LMS by default) of the first chunk of ``path``, and notes on what was done."""
-    mono, name, notes = read_mono(path, spec.sample_rate)  # DataError for missing/empty/corrupt files
-    chunk, _, more = cut_chunks(mono, spec, name=name, max_chunks=1)
-    lms = build_front_end(features)(torch.from_numpy(chunk), sample_rate=spec.sample_rate)
-    return lms, notes + more
+    lms, _, notes = chunk_features(path, features, spec, max_chunks=1)
+    return lms, notes
 
 
 def with_inference_condition(task, ckpt: str | Path, mode: str | None, neighbours: int | None = None,
@@ -148,4 +161,4 @@ def generate_from_image(ckpt: str | Path, image: str | Path, n: int = 1, seed: i
     return paths, [f"{image}: centre square resized to {size}x{size}"]
 
 
-__all__ = ["checkpoint_kind", "front_end_of", "generate_from_image", "generate_from_wav", "wav_to_features"]
+__all__ = ["checkpoint_kind", "chunk_features", "front_end_of", "generate_from_image", "generate_from_wav", "wav_to_features"]

@@ -17,7 +17,6 @@ rater's order is drawn (:func:`rater_order`, mirrored in the page's JavaScript).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from cmav.data.files import sha256_file
 from cmav.human_eval.errors import HumanEvalError
 
 MANIFEST_FORMAT = "cmav-human-eval-study"
@@ -301,14 +301,6 @@ def verify_images(study: str | Path, manifest: Manifest) -> list[str]:
 
 
 # ---------------------------------------------------------------------- hashing and ids
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 16), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def opaque_ids(n: int, rng: np.random.Generator, length: int = 8) -> list[str]:

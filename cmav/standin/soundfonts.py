@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from cmav.data.files import sha256_file
 from cmav.standin.render import is_patch_set
 
 TIMGM6MB = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
@@ -192,14 +193,6 @@ def shared_samples(a: str | Path, b: str | Path) -> list[str]:
     return _shared(sample_digests(a), sample_digests(b))
 
 
-def sha256_of(path: str | Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def font_family(name: str, inam: str = "") -> str | None:
     """The family of a font by its file name or bank name, or None when unknown."""
     text = f"{name} {inam}".lower()
@@ -217,7 +210,7 @@ def soundfont_record(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: soundfont not found")
     real = Path(os.path.realpath(path))
     inam = sf2_info(real).get("INAM", "")
-    return {"name": real.name, "path": str(path.absolute()), "realpath": str(real), "sha256": sha256_of(real),
+    return {"name": real.name, "path": str(path.absolute()), "realpath": str(real), "sha256": sha256_file(real),
             "bytes": real.stat().st_size, "inam": inam, "family": font_family(real.name, inam)}  # fmt: skip
 
 
@@ -276,4 +269,4 @@ def same_source(train: dict[str, Any], evaluation: dict[str, Any]) -> str | None
 
 
 __all__ = ["FONT_FAMILIES", "MIN_SAMPLE_FRAMES", "TIMGM6MB", "describe", "font_family", "fonts_of", "sample_digests",
-           "same_source", "several_fonts_record", "sf2_info", "sha256_of", "shared_samples", "soundfont_record", "timidity_sources"]  # fmt: skip
+           "same_source", "several_fonts_record", "sf2_info", "shared_samples", "soundfont_record", "timidity_sources"]  # fmt: skip
