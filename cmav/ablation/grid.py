@@ -185,8 +185,8 @@ def classifier_stage(cfg: dict, out: Path, dm, stage: str, seed: int, path: Path
                      load: Callable[[Path], Any]) -> Path:  # fmt: skip
     """The checkpoint of a classifier the grid needs (sound classifier, judge, image encoder):
     ``stages.<stage>.ckpt`` when given (checked with ``load``, which names the file in its errors,
-    and against the data's classes); else ``path`` when an earlier run into the folder wrote it
-    (``fit`` writes it last, whole); else ``build()`` trained for ``stages.<stage>.steps`` batches."""
+    and against the data's classes); else ``path`` when an earlier run into the folder wrote it under
+    the same settings (:func:`reusable`); else ``build()`` trained for ``stages.<stage>.steps`` batches."""
     st = cfg["stages"][stage]
     if st.get("ckpt"):
         given = Path(st["ckpt"])
