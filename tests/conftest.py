@@ -9,9 +9,13 @@ from pathlib import Path
 # functions) is not safe to fill from several processes at once: two workers compiling the same
 # kernel into a cold cache can leave a pair of files from different processes, and the next load
 # segfaults (numba/numba#10128). A fresh CI venv starts cold, so each test process compiles into a
-# cache of its own. Set before anything imports numba.
-if "NUMBA_CACHE_DIR" not in os.environ:
-    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="cmav-tests-numba-")
+# cache of its own. xdist's workers inherit the controller's environment, so a directory this file
+# made in the controller is replaced in each worker (it was shared, and CI crashed a worker in
+# yin). A directory the user set is kept. Set before anything imports numba.
+_OURS = "CMAV_TESTS_OWN_NUMBA_CACHE"
+if "NUMBA_CACHE_DIR" not in os.environ or os.environ.get(_OURS) == os.environ["NUMBA_CACHE_DIR"]:
+    _process = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    os.environ["NUMBA_CACHE_DIR"] = os.environ[_OURS] = tempfile.mkdtemp(prefix=f"cmav-tests-numba-{_process}-")
     atexit.register(shutil.rmtree, os.environ["NUMBA_CACHE_DIR"], ignore_errors=True)
 
 import pytest  # noqa: E402

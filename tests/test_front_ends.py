@@ -218,3 +218,11 @@ def test_the_numba_warm_up_caches_every_kernel_the_front_ends_reach(tmp_path):
     subprocess.run([sys.executable, "-c", run], env=env, check=True, capture_output=True)
     after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_each_test_process_compiles_numba_kernels_into_a_cache_of_its_own():
+    # two xdist workers filling one cold cache at once can crash one of them (numba#10128)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        pytest.skip("runs under pytest-xdist only")
+    assert f"cmav-tests-numba-{worker}-" in os.environ["NUMBA_CACHE_DIR"]
