@@ -420,3 +420,23 @@ def test_grid_inference_conditions_default_to_own_and_refuse_unknown_ones():
 def test_i2s_refuses_audio_augmentation_of_what_it_generates(data):
     with pytest.raises(ValueError, match=r"data.augment \(gain\) augments the audio, which I2STask generates"):
         trainer(max_steps=1, limit_val_batches=0).fit(i2s("i2s_n"), dm_of(data, augment={"gain": {"p": 1.0}}))
+
+
+def test_a_resumed_run_keeps_the_checkpoints_db_range_not_one_refitted_from_the_data(data, tmp_path):
+    L.seed_everything(0, verbose=False)
+    model = i2s("ae")
+    tr = trainer(max_steps=2, max_epochs=-1, limit_val_batches=0)
+    tr.fit(model, dm_of(data))
+    fitted = model.hparams.lms_range
+    path = tmp_path / "i2s.ckpt"
+    tr.save_checkpoint(path)
+    # the data changed since (a rebuilt root, another cache): the generator still speaks the old scale
+    ckpt = torch.load(path, weights_only=False)
+    stored = [fitted[0] - 7.0, fitted[1] + 3.0]
+    ckpt["hyper_parameters"]["lms_range"] = stored
+    torch.save(ckpt, path)
+    resumed = i2s("ae")
+    with pytest.warns(UserWarning, match="differs from the checkpoint's"):
+        trainer(max_steps=3, max_epochs=-1, limit_val_batches=0).fit(resumed, dm_of(data), ckpt_path=str(path))
+    assert resumed.scaler.to_list() == stored and resumed.hparams.lms_range == stored
+    assert resumed.from_target_space(torch.ones(1)).item() == pytest.approx(stored[1])

@@ -20,6 +20,7 @@ set's range (``lms_range``, measured at ``setup`` and stored in the checkpoint) 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -197,6 +198,23 @@ class I2STask(PairedGANTask):
             train = audio[list(dm.train.indices)] if len(dm.train) else audio
             self.scaler = RangeScaler.fit(train)
             self.hparams.lms_range = self.scaler.to_list()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A resumed run decodes on the dB range its generator was trained on, not one refitted from
+        the data at ``setup`` (Lightning sets a task up before it reads the checkpoint)."""
+        super().on_load_checkpoint(checkpoint)
+        stored = checkpoint.get("hyper_parameters", {}).get("lms_range")
+        if stored is None:
+            return
+        stored = [float(v) for v in stored]
+        if self.scaler is not None and self.scaler.to_list() != stored:
+            warnings.warn(
+                f"the data's LMS range {self.scaler.to_list()} dB differs from the checkpoint's {stored}: "
+                "the run goes on with the checkpoint's, which its generator was trained on",
+                stacklevel=2,
+            )
+        self.scaler = RangeScaler.from_list(stored)
+        self.hparams.lms_range = stored
 
     def _check_data(self, dm) -> None:
         got = tuple(dm.train_full.tensors.audio.shape[1:])
