@@ -53,3 +53,41 @@ def test_nothing_to_adapt_or_too_few_inputs_is_refused():
         adapt_batch_norm(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.randn(8, 4))
     with pytest.raises(ValueError, match="at least 2 inputs"):
         adapt_batch_norm(encoder(), torch.randn(1, 1, 13, 22))
+
+
+def test_statistics_are_the_whole_splits_whatever_its_order_or_batch_size():
+    # a split stored sorted by class: batches of one class each would each look normal to
+    # per-batch statistics, and their average would leave out the spread between the classes
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm1d(3), nn.Linear(3, 4), nn.BatchNorm1d(4)).eval()
+    x = torch.cat([torch.randn(50, 3) + 4.0 * k for k in range(4)])  # 4 classes, sorted
+    sorted_small = adapt_batch_norm(model, x, batch_size=50)
+    shuffled_big = adapt_batch_norm(model, x[torch.randperm(len(x))], batch_size=256)
+    first, second = batch_norm_layers(sorted_small)
+    assert torch.allclose(first.running_mean, x.mean(0), atol=1e-5)
+    assert torch.allclose(first.running_var, x.var(0), rtol=1e-5)  # about 20: not the ~1 within a class
+    with torch.no_grad():  # the second layer reads what the adapted first one passes on
+        h = sorted_small[1](first(x))
+    assert torch.allclose(second.running_mean, h.mean(0), atol=1e-5)
+    assert torch.allclose(second.running_var, h.var(0), rtol=1e-4)
+    for a, b in zip(batch_norm_layers(sorted_small), batch_norm_layers(shuffled_big), strict=True):
+        assert torch.allclose(a.running_mean, b.running_mean, atol=1e-5)
+        assert torch.allclose(a.running_var, b.running_var, rtol=1e-5)
+
+
+def test_layers_are_adapted_in_the_order_the_forward_reaches_them():
+    class Backwards(nn.Module):  # defined in one order, run in the other
+        def __init__(self) -> None:
+            super().__init__()
+            self.late = nn.BatchNorm1d(2)
+            self.early = nn.BatchNorm1d(2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.late(2.0 * self.early(x) + 1.0)
+
+    x = torch.randn(40, 2) * 3.0 + 5.0
+    adapted = adapt_batch_norm(Backwards().eval(), x)
+    with torch.no_grad():
+        h = 2.0 * adapted.early(x) + 1.0
+    assert torch.allclose(adapted.late.running_mean, h.mean(0), atol=1e-5)
+    assert torch.allclose(adapted.late.running_var, h.var(0), rtol=1e-4)
