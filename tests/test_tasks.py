@@ -720,11 +720,12 @@ class Snapshot(Callback):
         self.rng = pl_module._rng.get_state()
 
 
-@pytest.mark.parametrize("hard", [0.0, 0.5])
-def test_resume_continues_step_optimisers_and_ema_exactly(data, sound_classifier, tmp_path, hard):
+@pytest.mark.parametrize(("hard", "workers"), [(0.0, 0), (0.5, 0), (0.0, 1)])
+def test_resume_continues_step_optimisers_and_ema_exactly(data, sound_classifier, tmp_path, hard, workers):
     """A run killed after its second epoch and resumed ends with the weights of a run never killed:
     the same batches (the shuffle), noise, augmentation and negative pairs were drawn (with
-    hard-negative mining on, from the running D scores kept in the checkpoint)."""
+    hard-negative mining on, from the running D scores kept in the checkpoint; with a loader
+    worker, whose seed the loader draws from the same stream)."""
     ckpt_dir = tmp_path / "ckpt"
 
     def run(max_epochs: int, ckpt_path=None, callbacks=(), ckpt_dir=ckpt_dir):
@@ -733,7 +734,7 @@ def test_resume_continues_step_optimisers_and_ema_exactly(data, sound_classifier
         ckpt = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_epochs=1)
         trainer = quiet_trainer(max_epochs=max_epochs, limit_train_batches=2, enable_checkpointing=True,
                                 callbacks=[ckpt, *callbacks])  # fmt: skip
-        trainer.fit(model, datamodule(data), ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule(data, num_workers=workers), ckpt_path=ckpt_path)
         return model, trainer
 
     first, _ = run(max_epochs=2)
@@ -788,6 +789,24 @@ def test_random_state_is_restored_only_when_a_fit_resumes(sound_classifier):
     with pytest.warns(UserWarning, match="no random state"):
         restore_random_state(model, older)
     assert torch.equal(torch.get_rng_state(), saved[RANDOM_STATE_KEY]["cpu"])
+
+
+def test_a_checkpoint_saved_inside_an_epoch_warns_that_its_resume_is_not_exact(sound_classifier):
+    saved = torch.load(sound_classifier["ckpt"], map_location="cpu", weights_only=True)
+    model = s2i("s2i_c", "frozen", sound_classifier["ckpt"])
+    model.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    model.trainer.state.fn = "fit"
+    progress = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    assert progress["is_last_batch"] is True  # saved at an epoch's end: nothing to say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        restore_random_state(model, saved)
+    inside = copy.deepcopy(saved)
+    inside["loops"]["fit_loop"]["epoch_loop.batch_progress"].update(
+        is_last_batch=False, current={**progress["current"], "completed": 3}
+    )
+    with pytest.warns(UserWarning, match="saved after batch 3 of an epoch"):
+        restore_random_state(model, inside)
 
 
 def test_ddp_two_cpu_processes(data, tmp_path):

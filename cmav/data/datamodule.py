@@ -157,7 +157,10 @@ class AudioVisualDataModule(L.LightningDataModule):
             drop_last=shuffle and len(ds) >= self.hparams.batch_size,
             num_workers=self.hparams.num_workers,
             pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.hparams.num_workers > 0,
+            # not persistent: a persistent loader draws its workers' base seed from torch's global
+            # stream once, at the first epoch, so a resumed run (a new loader) would draw once more
+            # than the killed run and every later batch order and noise would differ
+            persistent_workers=False,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -47,6 +47,7 @@ def restore_random_state(module: L.LightningModule, checkpoint: dict) -> None:
             stacklevel=2,
         )
         return
+    _warn_if_saved_mid_epoch(trainer, checkpoint)
     torch.set_rng_state(state["cpu"])
     cuda = state.get("cuda")
     if not cuda or not torch.cuda.is_available():
@@ -58,4 +59,19 @@ def restore_random_state(module: L.LightningModule, checkpoint: dict) -> None:
             f"the checkpoint holds the random state of {len(cuda)} CUDA devices, this machine has "
             f"{torch.cuda.device_count()}: the resumed run's GPU draws differ from the killed run's",
             stacklevel=2,
+        )
+
+
+def _warn_if_saved_mid_epoch(trainer: L.Trainer, checkpoint: dict) -> None:
+    """Lightning resumes a checkpoint saved inside an epoch by starting that epoch's loader anew: it
+    shuffles again, so some items repeat and others are skipped. Only epoch-end checkpoints (the
+    YAMLs' ``every_n_epochs``) resume exactly; say so instead of letting "exactly" pass."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    done = progress.get("current", {}).get("completed", 0)
+    if done and progress.get("is_last_batch") is False:
+        warnings.warn(
+            f"{trainer.ckpt_path or 'the checkpoint'} was saved after batch {done} of an epoch: Lightning starts "
+            "that epoch's loader again with a new shuffle, so the resumed run does not see the batches the killed "
+            "run would have seen (a checkpoint saved at an epoch's end resumes exactly)",
+            stacklevel=3,
         )
