@@ -103,6 +103,23 @@ def test_pitch_shift_moves_the_tone_and_time_stretch_keeps_it():
     assert y.shape == x.shape and abs(peak_hz(y[0]) - 440.0) < 3.0
 
 
+def _rms_db(x: torch.Tensor) -> float:
+    return 20 * math.log10(float(x[..., 2048:-2048].pow(2).mean().sqrt()))  # away from the ends
+
+
+@pytest.mark.parametrize("rate", [0.9, 0.975, 1.025, 1.2])
+def test_time_stretch_keeps_the_level_on_both_sides_of_rate_one(rate):
+    # a reflect-padded first frame made the vocoder cancel bins at rate < 1: -13 dB on a sine
+    x = tone(440.0)
+    assert abs(_rms_db(time_stretch(x, rate, length=int(round(x.shape[-1] / rate)))) - _rms_db(x)) < 1.5
+
+
+@pytest.mark.parametrize("semitones", [0.25, 0.5, -0.5, 2.0, -2.0])
+def test_pitch_shift_keeps_the_level_up_and_down(semitones):
+    x = tone(440.0)
+    assert abs(_rms_db(pitch_shift(x, semitones)) - _rms_db(x)) < 1.5
+
+
 @pytest.mark.parametrize("kind,reference", [("low", "bass_biquad"), ("high", "treble_biquad"), ("peak", "equalizer_biquad")])
 def test_eq_biquads_are_torchaudios(kind, reference):
     x = 0.1 * torch.randn(1, 4000, dtype=torch.float64)  # torchaudio's biquads clamp to [-1, 1]
@@ -230,7 +247,7 @@ def test_augmentation_is_on_in_training_and_off_at_evaluation(fixture_root, tmp_
                                                                       "mask": {"p": 1.0}})  # fmt: skip
     probe = _fit_probe(dm, tmp_path)
     train, val = dm.train_full.tensors, dm.val.tensors
-    assert train.waves is not None and train.waves.shape == (39, 11025) and train.waves.dtype == torch.int16
+    assert train.waves is not None and train.waves.shape == (39, 11025) and train.waves.dtype == torch.float32
     assert val.waves is None
     assert len(list((tmp_path / "c").glob("train-waves-*.pt"))) == 1 and not list((tmp_path / "c").glob("validation-waves-*"))
     for index, audio in probe.seen["train"]:
@@ -252,12 +269,13 @@ def test_zero_strength_waveform_path_reproduces_the_cached_features(fixture_root
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     fresh, cached = dm.augmented_audio(batch), batch["audio"]
-    assert fresh.shape == cached.shape and batch["wave"].dtype == torch.int16
-    # int16 chunks vs the float16 cached LMS: the same features within their rounding, wherever the
-    # (pure-tone) fixture has any energy; the empty bins sit at the quantisation floor
-    loud = cached > cached.amax(dim=(1, 2, 3), keepdim=True) - 60
-    err = (fresh - cached).abs()[loud]
-    assert float(err.median()) < 0.05 and float(err.max()) < 0.5
+    assert fresh.shape == cached.shape and batch["wave"].dtype == torch.float32
+    # the float32 chunks the cache was computed from: the same features within the float16 cache's
+    # rounding within 80 dB of each chunk's peak, and within FFT round-off in the bins below that
+    # (int16 waves put a noise floor there: up to 19 dB off on the stand-in)
+    err = (fresh - cached).abs()
+    near = cached > cached.amax(dim=(1, 2, 3), keepdim=True) - 80
+    assert float(err[near].max()) < 0.03 and float(err.max()) < 0.2, (float(err[near].max()), float(err.max()))
 
 
 def test_augment_is_a_cli_option(capsys, monkeypatch):

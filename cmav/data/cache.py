@@ -7,8 +7,8 @@ rebuilds it.
 
 Training with waveform augmentation (:mod:`cmav.features.augment`) also needs the raw chunks: they
 get their own cache file (``<split>-waves-<key>.pt``, keyed by the chunk spec and the front end's
-rate, not by the features): int16 mono (the chunks are 16-bit PCM) already resampled to the front
-end's rate, so that the per-step front end never resamples either.
+rate, not by the features): float32 mono already resampled to the front end's rate, so that the
+per-step front end never resamples either.
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ from cmav.data.layout import Sample
 from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
 
 CACHE_VERSION = 1
-WAVE_SCALE = 32767.0
-"""Full scale of the int16 waves of the waveform cache: ``wave.float() / WAVE_SCALE`` is in [-1, 1]."""
 
 
 @dataclass
@@ -49,7 +47,7 @@ class PairTensors:
     times: torch.Tensor  # (N,) int64 ms, -1 when unknown
     stems: list[str]
     class_names: list[str]
-    waves: torch.Tensor | None = None  # (N, n) int16 mono at the front end's rate (full scale 32767), for augmentation
+    waves: torch.Tensor | None = None  # (N, n) float32 mono at the front end's rate, for augmentation
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -204,28 +202,31 @@ def _save_blob(path: Path, blob: dict) -> None:
 
 def waves_key(spec: ChunkSpec, sample_rate: int) -> str:
     """Key of a waveform cache file: the chunk spec and the rate the waves are stored at."""
-    blob = json.dumps({"v": CACHE_VERSION, "chunk": asdict(spec), "rate": int(sample_rate), "dtype": "int16"},
+    blob = json.dumps({"v": CACHE_VERSION, "chunk": asdict(spec), "rate": int(sample_rate), "dtype": "float32"},
                       sort_keys=True)  # fmt: skip
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
 def build_waves(root: Path, samples: Sequence[Sample], spec: ChunkSpec, sample_rate: int,
                 progress: bool = True) -> torch.Tensor:  # fmt: skip
-    """``(N, n)`` int16 mono chunks (full scale :data:`WAVE_SCALE`) resampled to ``sample_rate`` as the
-    front ends resample (torchaudio's sinc resampler); raises one DataError listing every unusable file.
+    """``(N, n)`` float32 mono chunks resampled to ``sample_rate`` as the front ends resample
+    (torchaudio's sinc resampler); raises one DataError listing every unusable file.
 
-    int16, not float16: float16's 11-bit mantissa would add noise 30 dB above the 16-bit sources'.
+    float32, the samples the cached features were computed from: rounding them to int16 again after
+    the mix-down and resampling added a noise floor near -100 dBFS, so every training example
+    rebuilt from them (augmented or not) differed from the cached and validation features by up to
+    19 dB in the quiet bins. float16 would be worse (an 11-bit mantissa).
     """
     import torchaudio
 
     n_out = spec.samples_at(sample_rate)
-    waves = torch.zeros((len(samples), n_out), dtype=torch.int16)
+    waves = torch.zeros((len(samples), n_out), dtype=torch.float32)
     errors: list[str] = []
     for batch in iter_decoded(samples, spec, None, errors=errors, progress=progress, desc="caching waves"):
         w = torch.from_numpy(batch.waves)
         if sample_rate != spec.sample_rate:
             w = torchaudio.functional.resample(w, spec.sample_rate, sample_rate)
-        waves[torch.tensor(batch.indices)] = w[:, :n_out].mul(WAVE_SCALE).round().clamp(-32768, 32767).to(torch.int16)
+        waves[torch.tensor(batch.indices)] = w[:, :n_out].float()
     if errors:
         raise DataError(root, f"{len(errors)} unusable file(s):{summarise(errors)}")
     return waves

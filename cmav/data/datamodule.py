@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from cmav.data.audio_io import ChunkSpec
-from cmav.data.cache import WAVE_SCALE, PairTensors
+from cmav.data.cache import PairTensors
 from cmav.data.datasets import Layout, PairDataset, open_split
 from cmav.data.tails import tail_holdout
 from cmav.features.augment import AudioAugment, AudioAugmentConfig, audio_augment_config
@@ -196,7 +196,7 @@ class AudioVisualDataModule(L.LightningDataModule):
             self._front_end.to(audio.device)
             rate = self.features.sample_rate  # the cache stores the chunks at the front end's rate
             with torch.no_grad():
-                wave = self._augmenter.waveform(batch["wave"].float() / WAVE_SCALE, rate)
+                wave = self._augmenter.waveform(batch["wave"].float(), rate)
                 audio = self._front_end(wave, rate).to(audio.dtype)
         with torch.no_grad():
             return self._augmenter.features(audio)

@@ -26,7 +26,7 @@ class PairDataset(Dataset):
     Each item is a dict: ``audio`` float32 ``(1, n_mels, n_frames)`` LMS in dB, ``image`` float32
     ``(3, S, S)`` in [-1, 1], ``label`` (class index), ``track`` and ``time`` (ms; -1 when the
     layout has none) and ``index`` (position in the split); when the split keeps its raw chunks
-    (``waves_rate``, for waveform augmentation) also ``wave``, int16 ``(n_samples,)`` (full scale 32767).
+    (``waves_rate``, for waveform augmentation) also ``wave``, float32 ``(n_samples,)``.
     """
 
     def __init__(self, tensors: PairTensors, root: Path, split: str) -> None:
@@ -52,7 +52,7 @@ class PairDataset(Dataset):
             "index": torch.tensor(i),
         }
         if t.waves is not None:
-            item["wave"] = t.waves[i]  # int16: converted on the training device
+            item["wave"] = t.waves[i]
         return item
 
 
