@@ -75,6 +75,20 @@ def test_levels_relative_to_the_fundamental_and_their_tilt():
         HarmonicConfig(reference="loudest")
 
 
+def test_a_tilt_leaves_the_harmonics_at_the_floor_there_as_an_eq_of_the_tone_does():
+    # a 2 kHz tone of three harmonics: 4 and 5 are silent, 6-24 lie above 11,025 Hz; no EQ of the
+    # tone brings either back
+    from cmav.features.harmonic import tilt_harmonics
+
+    cfg = HarmonicConfig(descriptors=("pitch",))
+    x = build_front_end(cfg)(tone(2000.0, [1.0, 0.5, 0.3]))
+    floor = inner(x)[0, 0, 1:] == -1.0
+    assert floor[3:, 4:-4].all()  # every absent harmonic, away from the edge frames
+    got = inner(tilt_harmonics(x, torch.tensor([6.0]), cfg))[0, 0]
+    assert torch.all(got[1:][floor] == -1.0)  # they were lifted by up to 27 dB before
+    assert not torch.equal(got[1:4], inner(x)[0, 0, 1:4])  # the present ones still move
+
+
 def test_a_tilt_of_the_profile_is_what_an_eq_tilt_of_the_tone_gives():
     """tilt_harmonics(profile(x), s) = profile(x through a tilt of s dB/octave), here a tone whose
     harmonics are reweighted by 10^(s log2(h) / 20); the strongest harmonic moves from h1 to h4."""
