@@ -177,8 +177,26 @@ def test_freq_mixstyle_mixes_each_bins_statistics_with_another_example_and_keeps
         assert any(between) or torch.allclose(new[i], mu[i], atol=1e-3)
     for off in ({"p": 1.0, "strength": 0.0}, {"p": 0.0}):
         assert torch.equal(AudioAugment({"mixstyle": off}).features(feats), feats)
-    with pytest.raises(ValueError, match="mixstyle needs alpha > 0"):
+    with pytest.raises(ValueError, match=r"mixstyle\.alpha must be > 0, got 0.0"):
         audio_augment_config({"mixstyle": {"p": 0.5, "alpha": 0.0}})
+
+
+@pytest.mark.parametrize(
+    ("group", "bad", "message"),
+    [
+        ("stretch", {"max_rate": 1.0}, r"stretch\.max_rate must be in \[0, 1\), got 1.0"),  # torchaudio: "step must be nonzero"
+        ("stretch", {"rate_step": 0.0}, r"stretch\.rate_step must be > 0"),
+        ("eq", {"band_q": [0.0, 0.0]}, r"eq\.band_q must be a \(low, high\) pair with 0 < low <= high, got \[0.0, 0.0\]"),
+        ("reverb", {"max_wet": 1.5}, r"reverb\.max_wet must be in \[0, 1\], got 1.5"),  # non-finite audio before
+        ("noise", {"snr_db": [40.0, 15.0]}, r"noise\.snr_db must be a \(low, high\) pair with low <= high"),
+        ("pitch", {"steps_per_semitone": 0}, r"pitch\.steps_per_semitone must be >= 1"),
+        ("gain", {"max_db": -3.0}, r"gain\.max_db must be >= 0"),
+    ],
+)
+def test_settings_outside_their_range_are_refused_when_the_config_is_read(group, bad, message):
+    with pytest.raises(ValueError, match=message):
+        audio_augment_config({group: {"p": 0.5, **bad}})
+    assert audio_augment_config({group: {"p": 0.5}}).enabled_groups == [group]  # the defaults are valid
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -223,13 +223,53 @@ def audio_augment_config(value: Any = None) -> AudioAugmentConfig:
             v = {k: tuple(x) if isinstance(x, list) else x for k, x in v.items()}
         out[name] = coerce(cls, v)
     for name, g in out.items():
-        if not 0.0 <= g.p <= 1.0:
-            raise ValueError(f"audio augmentation {name}.p must be in [0, 1], got {g.p}")
-    mix = out.get("mixstyle")
-    if mix is not None and (mix.alpha <= 0 or not 0.0 <= mix.strength <= 1.0):
-        raise ValueError(f"audio augmentation mixstyle needs alpha > 0 and strength in [0, 1], "
-                         f"got alpha={mix.alpha}, strength={mix.strength}")  # fmt: skip
+        _check_ranges(name, g)
     return AudioAugmentConfig(**out)
+
+
+def _at_least(low: float) -> Any:
+    return (lambda v: v >= low), f">= {low:g}"
+
+
+def _interval(low: float, high: float, closed_high: bool = True) -> Any:
+    if closed_high:
+        return (lambda v: low <= v <= high), f"in [{low:g}, {high:g}]"
+    return (lambda v: low <= v < high), f"in [{low:g}, {high:g})"
+
+
+def _positive_range() -> Any:
+    return (lambda v: 0 < v[0] <= v[1]), "a (low, high) pair with 0 < low <= high"
+
+
+def _ordered_range() -> Any:
+    return (lambda v: v[0] <= v[1]), "a (low, high) pair with low <= high"
+
+
+_RANGES: dict[str, dict[str, Any]] = {
+    "gain": {"max_db": _at_least(0)},
+    "eq": {"max_db": _at_least(0), "n_bands": _at_least(0), "low_hz": _positive_range(),
+           "band_hz": _positive_range(), "band_q": _positive_range(), "high_hz": _positive_range()},
+    "reverb": {"max_wet": _interval(0, 1), "rt60_s": _positive_range(), "max_predelay_s": _at_least(0)},
+    "noise": {"snr_db": _ordered_range(), "max_colour": _at_least(0)},
+    "pitch": {"max_semitones": _at_least(0), "steps_per_semitone": _at_least(1)},
+    "stretch": {"max_rate": _interval(0, 1, closed_high=False), "rate_step": ((lambda v: v > 0), "> 0")},
+    "mask": {"freq_width": _at_least(0), "time_width": _at_least(0), "n_freq": _at_least(0), "n_time": _at_least(0)},
+    "mixstyle": {"alpha": ((lambda v: v > 0), "> 0"), "strength": _interval(0, 1)},
+    "tilt": {"max_db_per_octave": _at_least(0)},
+    "transpose": {"max_semitones": _at_least(0)},
+}  # fmt: skip
+"""Each group's options that have a valid range: (test, what it must be). A value outside it would
+fail at the first training batch deep inside torchaudio, or give non-finite audio with no error."""
+
+
+def _check_ranges(name: str, group: Any) -> None:
+    if not 0.0 <= group.p <= 1.0:
+        raise ValueError(f"audio augmentation {name}.p must be in [0, 1], got {group.p}")
+    for option, (ok, must) in _RANGES.get(name, {}).items():
+        value = getattr(group, option)
+        if not ok(value):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ValueError(f"audio augmentation {name}.{option} must be {must}, got {shown}")
 
 
 def check_front_end(config: AudioAugmentConfig, features: Any) -> None:
