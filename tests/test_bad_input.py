@@ -59,6 +59,23 @@ def test_stereo_is_mixed_down(tmp_path):
     assert np.allclose(y, ref, atol=1e-4)
 
 
+def test_stereo_whose_channels_cancel_is_reported_not_only_as_silent(tmp_path):
+    import soundfile as sf
+
+    t = np.arange(22050) / 44100  # one chunk
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t)
+    p = tmp_path / "phase.wav"
+    sf.write(str(p), np.stack([tone, -tone], axis=1), 44100, subtype="PCM_16")
+    with pytest.warns(DataWarning) as caught:
+        load_chunk(p)
+    said = [str(w.message) for w in caught]
+    assert any("phase.wav: its 2 channels cancel when mixed to mono" in m for m in said)
+    assert any("phase.wav: silent chunk" in m for m in said)
+    with warnings.catch_warnings():  # an ordinary stereo chunk still mixes down without a word
+        warnings.simplefilter("error")
+        load_chunk(write_wav(tmp_path / "st.wav", channels=2))
+
+
 def test_multichannel_is_mixed_down_with_a_warning(tmp_path):
     p = write_wav(tmp_path / "quad.wav", channels=4)
     with pytest.warns(DataWarning, match=r"quad.wav: 4 channels"):
@@ -148,6 +165,15 @@ def test_image_without_audio_partner(tmp_path):
 def test_missing_class_folder(tmp_path):
     root = make_suburmp(tmp_path / "d", ("cello",))
     assert "flute: missing class folder" in _scan_errors(root)
+
+
+def test_a_folder_inside_a_class_folder_is_reported_not_skipped_silently(tmp_path):
+    root = make_suburmp(tmp_path / "d", CLASSES)
+    nested = root / "chunk/train/cello/more"
+    nested.mkdir()
+    (root / "chunk/train/cello/cello00_600.wav").rename(nested / "cello00_600.wav")
+    scan = scan_suburmp(root, "train", CLASSES)
+    assert any(w.startswith(f"{nested}: a folder inside a class folder; ignored") for w in scan.warnings)
 
 
 def test_extra_class_folder(tmp_path):

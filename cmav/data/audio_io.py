@@ -60,6 +60,27 @@ def resample(wave: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
     return librosa.resample(wave, orig_sr=orig_rate, target_sr=target_rate, axis=-1).astype(np.float32)
 
 
+CANCELLED_MIX_DB = 20.0
+"""A mono mix this many dB below its channels' level is reported: the channels cancel (out of phase)."""
+
+
+def mix_to_mono(wave: np.ndarray, name: str, notes: list[str]) -> np.ndarray:
+    """``(channels, samples)`` averaged to ``(1, samples)``, as every cmav reader does. Notes (with
+    ``name``) more than two channels, and channels that cancel in the mix: an out-of-phase stereo
+    file would otherwise turn into a near-silent chunk with nothing to say why."""
+    if wave.shape[0] > 2:
+        notes.append(f"{name}: {wave.shape[0]} channels; mixed down to mono")
+    mono = wave.mean(axis=0, keepdims=True)
+    if wave.shape[0] > 1:
+        channels = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64))))
+        mixed = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64))))
+        if channels > 0 and mixed < channels * 10 ** (-CANCELLED_MIX_DB / 20):
+            drop = 20 * np.log10(channels / max(mixed, 1e-30))
+            notes.append(f"{name}: its {wave.shape[0]} channels cancel when mixed to mono ({drop:.0f} dB below "
+                         "their level; out of phase?)")  # fmt: skip
+    return mono
+
+
 def decode_chunk(path: str | Path, spec: ChunkSpec = ChunkSpec()) -> tuple[np.ndarray, list[str]]:
     """Load one chunk as mono float32 ``(spec.n_samples,)`` at ``spec.sample_rate``.
 
@@ -70,9 +91,7 @@ def decode_chunk(path: str | Path, spec: ChunkSpec = ChunkSpec()) -> tuple[np.nd
     path = Path(path)
     notes: list[str] = []
     wave, rate = read_audio(path)
-    if wave.shape[0] > 2:
-        notes.append(f"{path}: {wave.shape[0]} channels; mixed down to mono")
-    mono = wave.mean(axis=0, keepdims=True)
+    mono = mix_to_mono(wave, str(path), notes)
     if rate != spec.sample_rate:
         notes.append(f"{path}: sample rate {rate} Hz, expected {spec.sample_rate} Hz; resampled")
         mono = resample(mono, rate, spec.sample_rate)
@@ -133,9 +152,7 @@ def read_mono(audio: str | Path | np.ndarray | Any, rate: int, sample_rate: int 
             raise DataError(name, "samples hold NaN or infinite values")
         source_rate = int(sample_rate)
     notes: list[str] = []
-    if wave.shape[0] > 2:
-        notes.append(f"{name}: {wave.shape[0]} channels; mixed down to mono")
-    mono = wave.mean(axis=0, keepdims=True)
+    mono = mix_to_mono(wave, name, notes)
     if source_rate != rate:
         notes.append(f"{name}: sample rate {source_rate} Hz, expected {rate} Hz; resampled")
         mono = resample(mono, source_rate, rate)

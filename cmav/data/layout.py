@@ -72,7 +72,10 @@ def _files_by_stem(folder: Path, exts: tuple[str, ...], scan: LayoutScan) -> dic
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         if p.name.startswith(".") or p.is_dir() or p.suffix.lower() not in exts:
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() != ".tmp":
+            if p.is_dir() and not p.name.startswith("."):
+                scan.warnings.append(f"{p}: a folder inside a class folder; ignored (pairs are read from the class "
+                                     "folder itself, not from folders below it)")  # fmt: skip
+            elif p.is_file() and not p.name.startswith(".") and p.suffix.lower() != ".tmp":
                 scan.warnings.append(f"{p}: ignored (not one of {', '.join(exts)})")
             continue
         # Stems are compared after Unicode normalisation: macOS writes NFD names, Linux keeps NFC.
