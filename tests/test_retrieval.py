@@ -245,6 +245,10 @@ def test_localisation_metrics_on_hand_made_maps():
     assert pointing_hits(heat[None], mask[None]).item() == 1.0
     # normalised: 1, 0, 0.875, 0.125 -> {(0,0), (1,0)} vs mask {(0,0), (1,1)}: IoU 1/3
     assert per_image_iou(heat[None], mask[None]).item() == pytest.approx(1 / 3)
+    # one (H, W) map is one map: normalised 1, 0, 0.25, 0.125 -> {(0,0)}: IoU 1/2 (row by row: 1/3)
+    low_row = torch.tensor([[0.9, 0.1], [0.3, 0.2]])
+    assert per_image_iou(low_row, mask).item() == pytest.approx(1 / 2)
+    assert per_image_iou(low_row[None], mask[None]).item() == pytest.approx(1 / 2)
     g = torch.Generator().manual_seed(3)
     for _ in range(3):
         h = torch.randint(0, 4, (6, 6), generator=g).float()  # ties on purpose

@@ -74,7 +74,8 @@ def normalise(heatmaps: Tensor) -> Tensor:
 
 def per_image_iou(heatmaps: Tensor, masks: Tensor, threshold: float = 0.5) -> Tensor:
     """``(N,)`` IoU of ``normalise(heatmap) >= threshold`` with the mask (NaN for empty masks)."""
-    h, m = _check(normalise(heatmaps), masks)
+    h, m = _check(heatmaps, masks)  # (N, H*W) first: a single (H, W) map is normalised as one map
+    h = normalise(h)
     pred = h >= threshold
     inter = (pred & m).sum(1).float()
     union = (pred | m).sum(1).float()
