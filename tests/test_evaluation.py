@@ -164,6 +164,23 @@ def test_constant_generator_names_one_player_and_so_one_instrument(dm, judges):
     assert p["instrument_accuracy"] == pytest.approx(2 / 26)
 
 
+def test_a_judge_is_not_handed_frames_of_another_size(data, dm, judges):
+    # its convolutions end in a global pool, so a 16-px frame would be scored without a word
+    image, player = judges
+    small = lambda a, z: torch.zeros(a.shape[0], 3, SIZE // 2, SIZE // 2)  # noqa: E731
+    small.z_dim = 10
+    with pytest.raises(ValueError, match=rf"image judge was trained on {SIZE}x{SIZE} frames, the generated frames are 16x16"):
+        evaluate_s2i(small, dm, image, None, n_diversity_draws=2)
+    other = AudioVisualDataModule(root=str(data), image_size=SIZE // 2, batch_size=16, progress=False)
+    other.setup("fit")
+    with pytest.raises(ValueError, match=r"the data's frames are 16x16"):
+        evaluate_s2i(small, other, image, None, n_diversity_draws=2)
+    with pytest.raises(ValueError, match=r"player judge was trained on .* the generated frames are 16x16"):
+        from cmav.evaluation.s2i import _player_consistency
+
+        _player_consistency(small, 10, dm, player, seed=0, batch_size=8)
+
+
 def test_tails_that_share_audio_with_training_are_not_scored_and_the_report_says_why(data, judges):
     image, player = judges
     guarded = AudioVisualDataModule(root=str(data), image_size=SIZE, batch_size=16, holdout_tail=0.25, progress=False)

@@ -249,12 +249,16 @@ def test_checkpoint_reloads_evaluates_and_generates_a_wav(data, audio_judge, tmp
         evaluate_i2s(ckpt, dm_of(data, features={"f_min": 30.0}), audio_judge, n_diversity_draws=2)
     # the same through `cmav evaluate`, which reads the kind from the checkpoint and asks for the right judge
     assert cmav_main(["evaluate", "--ckpt", str(ckpt), "--root", data["root"], "--image-size", str(SIZE)]) == 2
-    # 2-chunk tracks: the held-out chunk shares audio with the trained one; --holdout-gap-ms 0 keeps it
+    # 2-chunk tracks: the held-out chunk shares audio with the trained one; --holdout-gap-ms 0 keeps it.
+    # No --image-size: the data's frames take the checkpoint's size (32 px; the option's old default was 64)
     assert cmav_main(["evaluate", "--ckpt", str(ckpt), "--audio-judge", audio_judge, "--root", data["root"],
-                      "--image-size", str(SIZE), "-o", str(tmp_path / "cli_eval"), "--probe-conditions",
+                      "-o", str(tmp_path / "cli_eval"), "--probe-conditions",
                       "--holdout-gap-ms", "0"]) == 0  # fmt: skip
     cli = json.loads((tmp_path / "cli_eval" / "metrics.json").read_text())
     assert cli["judge_on_real"]["accuracy"] == m["judge_on_real"]["accuracy"] and "round_trip" in cli
+    # generated from the same 32-px frames: exactly the same figure (the fixture's frames are flat
+    # colours, so 64-px ones differ only in the 8th digit)
+    assert cli["fid_kid"]["fid"] == m["fid_kid"]["fid"]
     probe = json.loads((tmp_path / "cli_eval" / "condition_probe.json").read_text())
     assert list(probe) == ["validation", "nearest train", "10 nearest mean", "predicted class mean", "train tail"]
     assert probe["train tail"]["split"].startswith("train tail") and probe["validation"]["split"] == "validation"

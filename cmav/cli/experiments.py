@@ -68,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="I2S: a sound-classifier checkpoint trained on real LMS (not the one I2S used)")  # fmt: skip
     e.add_argument("--player-judge", default=None, help="player-judge checkpoint (target='track')")
     e.add_argument("--root", default="data/default")
-    e.add_argument("--image-size", type=int, default=64)
+    e.add_argument("--image-size", type=int, default=None, help="frame size of the data (default: the checkpoint's)")
     e.add_argument("--holdout-tail", type=float, default=0.1, help="must match the player judge's training")
     e.add_argument("--holdout-gap-ms", type=int, default=None,
                    help="held-out chunks starting less than this after a trained one share its audio and are not "
@@ -171,7 +171,7 @@ def _weak_players(per_player: list[dict], split: str, below: float = 0.5) -> str
 def _evaluate(args: argparse.Namespace) -> int:
     from cmav.data.datamodule import AudioVisualDataModule
     from cmav.evaluation import evaluate_i2s, evaluate_s2i
-    from cmav.evaluation.generate import checkpoint_kind, front_end_of
+    from cmav.evaluation.generate import checkpoint_kind, front_end_of, image_size_of
 
     kind = checkpoint_kind(args.ckpt)
     if args.probe_conditions and kind != "i2s":
@@ -182,7 +182,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"cmav evaluate: {args.ckpt} is an {kind.upper()} checkpoint: give {judge_flag}", file=sys.stderr)
         return 2
     features, chunk = front_end_of(args.ckpt)  # score on the front end the model was trained with
-    dm = AudioVisualDataModule(root=args.root, image_size=args.image_size, holdout_tail=args.holdout_tail,
+    image_size = args.image_size if args.image_size is not None else image_size_of(args.ckpt)
+    dm = AudioVisualDataModule(root=args.root, image_size=image_size, holdout_tail=args.holdout_tail,
                                holdout_gap_ms=args.holdout_gap_ms, features=features, chunk=chunk)  # fmt: skip
     dm.setup("fit")
     task = _inference_task(args, kind, dm)

@@ -45,6 +45,18 @@ def front_end_of(ckpt_path: str | Path | dict) -> tuple[FrontEndConfig, ChunkSpe
     return front_end_config(dm.get("features")), _as(ChunkSpec, dm.get("chunk"))
 
 
+def image_size_of(ckpt_path: str | Path | dict, default: int = 64) -> int:
+    """The frame size a checkpoint's model was trained on (its data module's, else its own hyper-parameter)."""
+    from cmav.tasks.classifier import checkpoint_dict
+
+    blob = checkpoint_dict(ckpt_path)
+    for key in ("datamodule_hyper_parameters", "hyper_parameters"):
+        size = (blob.get(key) or {}).get("image_size")
+        if size is not None:
+            return int(size)
+    return default
+
+
 def chunk_features(audio, features: FrontEndConfig, spec: ChunkSpec, sample_rate: int | None = None,
                    hop_s: float | None = None, max_chunks: int | None = None,
                    batch_size: int = 64) -> tuple[torch.Tensor, np.ndarray, list[str]]:  # fmt: skip

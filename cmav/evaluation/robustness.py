@@ -176,6 +176,9 @@ def score_classifier(task, tensors, adapt_batch_norm: bool = False) -> dict[str,
     re-estimating its batch-norm statistics on that same audio (no labels read; transductive)."""
     from cmav.evaluation.adaptation import adapt_batch_norm as adapt
 
+    if list(task.hparams.class_names) != list(tensors.class_names):
+        raise ValueError(f"the sound classifier's classes {list(task.hparams.class_names)} differ from the data's "
+                         f"{list(tensors.class_names)}")  # fmt: skip
     audio = tensors.audio.float()
     model = adapt(task.model, audio) if adapt_batch_norm else task.model
     return _report(judged_accuracy(model, audio, tensors.labels, tensors.class_names, batch_size=256))
@@ -183,10 +186,11 @@ def score_classifier(task, tensors, adapt_batch_norm: bool = False) -> dict[str,
 
 def score_s2i(s2i: Any, judge, tensors, seed: int = 0) -> dict[str, Any]:
     """Judged accuracy of one frame generated per chunk from a split's audio (fixed noise)."""
-    from cmav.evaluation.s2i import generate_images, make_generator_fn
+    from cmav.evaluation.s2i import check_judge_fits, generate_images, make_generator_fn
 
     fn, z_dim, _ = make_generator_fn(s2i)
     fake = generate_images(fn, tensors.audio, z_dim, seed=seed)
+    check_judge_fits(judge, class_names=tensors.class_names, frames=tensors.images[:1], generated=fake)
     return _report(judged_accuracy(judge, fake, tensors.labels, tensors.class_names))
 
 

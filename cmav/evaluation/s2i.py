@@ -68,6 +68,21 @@ def _judge(judge_or_ckpt: Any, target: str = "label"):
     return judge.eval()
 
 
+def check_judge_fits(judge, *, class_names: list[str] | None = None, frames: Tensor | None = None,
+                     generated: Tensor | None = None, what: str = "image judge") -> None:
+    """Raise ``ValueError`` when a judge would score what it was not trained on: other classes (in
+    another order), or frames of another size than its own. Its convolutions end in a global pool,
+    so a frame of any size goes through and is scored without a word."""
+    if class_names is not None and list(judge.hparams.class_names) != list(class_names):
+        raise ValueError(f"the {what}'s classes {list(judge.hparams.class_names)} differ from the data's "
+                         f"{list(class_names)}")  # fmt: skip
+    size = int(judge.hparams.image_size)
+    for name, x in (("the data's frames", frames), ("the generated frames", generated)):
+        if x is not None and tuple(x.shape[-2:]) != (size, size):
+            raise ValueError(f"the {what} was trained on {size}x{size} frames, {name} are "
+                             f"{x.shape[-2]}x{x.shape[-1]}: score a generator and data of the judge's size")  # fmt: skip
+
+
 def generate_images(fn: GeneratorFn, audio: Tensor, z_dim: int, seed: int = 0, batch_size: int = 64) -> Tensor:
     """One image per audio item, float [-1, 1] on CPU; the noise is fixed by ``seed``."""
     return generate_outputs(fn, audio, z_dim, seed=seed, batch_size=batch_size)
@@ -102,11 +117,11 @@ def evaluate_s2i(
     datamodule.setup("validate")
     judge = _judge(image_judge_ckpt)
     names = list(judge.hparams.class_names)
-    if names != list(datamodule.class_names):
-        raise ValueError(f"the image judge's classes {names} differ from the data's {datamodule.class_names}")
     val = datamodule.val.tensors
     labels = val.labels.long()
     real = _images(val)
+    probe = generate_images(fn, val.audio[:1], z_dim, seed=seed)  # before the whole split is generated
+    check_judge_fits(judge, class_names=list(datamodule.class_names), frames=real, generated=probe)
     extractor = JudgeFeatureExtractor(judge.model, name="image_judge")
     scores, gen_report, real_report, _ = score_generator(
         fn, z_dim, val.audio, real, labels, judge, names, extractor, what="image", seed=seed, batch_size=batch_size,
@@ -153,6 +168,7 @@ def _judged_holdout(fn: GeneratorFn, z_dim: int, datamodule, judge, names: list[
 def _player_consistency(fn: GeneratorFn, z_dim: int, datamodule, player_judge: Any, seed: int, batch_size: int):
     judge = _judge(player_judge, target="track")
     t, index = datamodule.split_items("holdout")
+    check_judge_fits(judge, frames=t.images[:1], generated=generate_images(fn, t.audio[:1], z_dim), what="player judge")
     if len(index) == 0:
         why = datamodule.holdout_shortfall() if hasattr(datamodule, "holdout_shortfall") else None
         return {"split": "train_holdout", "accuracy": None,
@@ -185,4 +201,4 @@ def _player_consistency(fn: GeneratorFn, z_dim: int, datamodule, player_judge: A
     }
 
 
-__all__ = ["FID_LABEL", "evaluate_s2i", "generate_images", "make_generator_fn"]
+__all__ = ["FID_LABEL", "check_judge_fits", "evaluate_s2i", "generate_images", "make_generator_fn"]
