@@ -420,6 +420,30 @@ def test_a_seed_whose_figure_is_not_a_number_is_counted_out_in_its_cell(tmp_path
     assert rows[0]["n_seeds"] == 3 and rows[0]["fid_n"] == 2 and rows[0]["fid_mean"] == pytest.approx(45.0)
     _, md = write_tables(rows, tmp_path, metrics=metrics)
     assert "| v | 3 | 0.400 ± 0.265 | 45.00 ± 7.07 (2 of 3 seeds) |" in md.read_text()
+    # one seed left: no sd to show (a "± 0.00" would read as seeds that agree); none left: n/a
+    one = [{"variant": "v", "metrics": {"acc": a, "fid": f}} for a, f in ((0.5, 40.0), (0.1, float("nan")))]
+    nothing = [{"variant": "w", "metrics": {"acc": 0.2, "fid": float("nan")}}]
+    rows = summarise(one + nothing, ["v", "w"], metrics)
+    assert rows[0]["fid_sd"] is None and rows[0]["judged_acc_sd"] == pytest.approx(0.2828, abs=1e-4)
+    _, md = write_tables(rows, tmp_path, metrics=metrics)
+    text = md.read_text()
+    assert "| v | 2 | 0.300 ± 0.283 | 40.00 (one seed) (1 of 2 seeds) |" in text
+    assert "| w | 1 | 0.200 (one seed) | n/a |" in text
+
+
+def test_the_robustness_table_reads_a_missing_baseline_or_a_lost_seed(tmp_path):
+    from cmav.ablation.robustness import summarise, write_tables
+
+    def run(variant: str, in_source: float, cross: float) -> dict:
+        return {"variant": variant, "groups": [], "train_root": "data/default", "in_source": in_source,
+                "cross_source": cross, "in_source_balanced": in_source, "cross_source_balanced": cross, "train_s": 1.0}  # fmt: skip
+
+    rows = summarise([run("gain", 0.9, 0.8), run("gain", 0.7, float("nan"))], ["none", "gain"])  # no `none` ran
+    fonts = {k: {"name": k, "path": f"/{k}.sf2", "sha256": "0" * 64} for k in ("in_source", "cross_source")}
+    _, md = write_tables(rows, tmp_path, fonts)
+    text = md.read_text()
+    assert "| gain | - | data/default | 0.800 ± 0.141 | 0.800 (one seed) (1 of 2 seeds) | +0.000 | n/a | n/a |" in text
+    assert "met by no variant" in text
 
 
 def test_judges_are_refused_in_each_others_place(dm, judges, tmp_path):

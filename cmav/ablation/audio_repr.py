@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cmav.ablation.grid import datamodule, fit, mean_sd, merge, save_config, slug, write_csv
+from cmav.ablation.grid import datamodule, finite, fit, mean_sd, mean_sd_text, merge, save_config, slug, write_csv
 from cmav.features.frontend import build_front_end, front_end_config
 
 
@@ -97,6 +97,7 @@ def summarise(runs: list[dict], reps: list[str], depths: list[int]) -> list[dict
                                    "n_seeds": len(mine), "input_shape": "x".join(map(str, mine[0]["input_shape"]))}  # fmt: skip
             for key in ("accuracy", "balanced_accuracy", "train_s"):
                 row[f"{key}_mean"], row[f"{key}_sd"] = mean_sd([r[key] for r in mine])
+                row[f"{key}_n"] = len(finite([r[key] for r in mine]))
             row["parameters"] = mine[0]["parameters"]
             row["front_end_chunks_per_s"] = mine[0]["front_end_chunks_per_s"]
             rows.append(row)
@@ -110,9 +111,12 @@ FIELDS = ["representation", "kind", "depth", "n_seeds", "input_shape", "accuracy
 
 def verdict(rows: list[dict], paper: tuple[str, int] = ("lms", 4)) -> str:
     """Which cell wins, and whether the paper's choice (LMS, 4 blocks) is it."""
+    rows = [r for r in rows if r["accuracy_mean"] is not None]  # a cell whose every seed failed ranks nowhere
+    if not rows:
+        return "No cell gave an accuracy."
     best = max(rows, key=lambda r: r["accuracy_mean"])
     text = (f"Best: **{best['representation']}, {best['depth']} blocks** "
-            f"(accuracy {best['accuracy_mean']:.3f} ± {best['accuracy_sd']:.3f}).")  # fmt: skip
+            f"(accuracy {_acc(best)}).")  # fmt: skip
     mine = [r for r in rows if r["kind"] == paper[0] and r["depth"] == paper[1]]
     if not mine:
         return text + " The paper's choice (LMS, 4 blocks) is not in this grid."
@@ -122,10 +126,14 @@ def verdict(rows: list[dict], paper: tuple[str, int] = ("lms", 4)) -> str:
     if p is best:
         return text + " The paper's choice, LMS with 4 conv blocks, wins here too."
     gap = best["accuracy_mean"] - p["accuracy_mean"]
-    within = gap <= max(best["accuracy_sd"], p["accuracy_sd"])
+    within = gap <= max(best["accuracy_sd"] or 0.0, p["accuracy_sd"] or 0.0)  # one seed has no sd to be within
     return text + (f" The paper's choice (LMS, 4 blocks) ranks {rank} of {len(rows)} with "
-                   f"{p['accuracy_mean']:.3f} ± {p['accuracy_sd']:.3f}, {gap:.3f} below the best"
+                   f"{_acc(p)}, {gap:.3f} below the best"
                    f"{' (within one sd: not a clear loss)' if within else ''}.")  # fmt: skip
+
+
+def _acc(r: dict, key: str = "accuracy") -> str:
+    return mean_sd_text(r[f"{key}_mean"], r[f"{key}_sd"], r.get(f"{key}_n"), r.get("n_seeds"))
 
 
 def write_tables(rows: list[dict], out: Path, note: str = "", throughput_batch: int = 256) -> tuple[Path, Path]:
@@ -134,8 +142,8 @@ def write_tables(rows: list[dict], out: Path, note: str = "", throughput_batch: 
              "| front end (chunks/s) | train time (s) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         lines.append(
-            f"| {r['representation']} | {r['depth']} | {r['input_shape']} | {r['accuracy_mean']:.3f} ± {r['accuracy_sd']:.3f} "
-            f"| {r['balanced_accuracy_mean']:.3f} ± {r['balanced_accuracy_sd']:.3f} | {r['parameters']:,} "
+            f"| {r['representation']} | {r['depth']} | {r['input_shape']} | {_acc(r)} "
+            f"| {_acc(r, 'balanced_accuracy')} | {r['parameters']:,} "
             f"| {r['front_end_chunks_per_s']:,.0f} | {r['train_s_mean']:.0f} |"
         )  # fmt: skip
     text = "\n".join(lines) + "\n\n" + verdict(rows) + "\n"

@@ -239,11 +239,24 @@ def finite(values: list[Any]) -> list[float]:
 
 
 def mean_sd(values: list[Any]) -> tuple[float | None, float | None]:
-    """Mean and sd (ddof 1; 0 for one value) of the finite values; ``(None, None)`` when there are none."""
+    """Mean and sd (ddof 1) of the finite values; the sd is ``None`` for one value (it has none: a
+    0 would read as seeds that agree), both are ``None`` when there is no value."""
     vals = finite(values)
     if not vals:
         return None, None
-    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+
+
+def mean_sd_text(mean: float | None, sd: float | None, n: int | None = None, of: int | None = None,
+                 digits: int = 3) -> str:  # fmt: skip
+    """A table cell: ``mean ± sd``, ``mean (one seed)``, or ``n/a``; ``(n of N seeds)`` when only
+    ``n`` of the row's ``of`` seeds gave a number."""
+    if mean is None:
+        return "n/a"
+    text = f"{mean:.{digits}f} ± {sd:.{digits}f}" if sd is not None else f"{mean:.{digits}f} (one seed)"
+    if n is not None and of is not None and 0 < n < of:
+        text += f" ({n} of {of} seeds)"
+    return text
 
 
 def variant_names(cfg: dict) -> list[str]:

@@ -23,7 +23,18 @@ from typing import Any
 
 import torch
 
-from cmav.ablation.grid import data_root, datamodule, fit, mean_sd, merge, save_config, slug, write_csv
+from cmav.ablation.grid import (
+    data_root,
+    datamodule,
+    finite,
+    fit,
+    mean_sd,
+    mean_sd_text,
+    merge,
+    save_config,
+    slug,
+    write_csv,
+)
 from cmav.features.augment import AudioAugmentConfig, audio_augment_config
 
 BASELINE = "none"
@@ -145,13 +156,22 @@ def summarise(runs: list[dict], names: list[str]) -> list[dict]:
                                "train_data": mine[0]["train_root"], "n_seeds": len(mine)}  # fmt: skip
         for key in ("in_source", "cross_source", "in_source_balanced", "cross_source_balanced", "train_s"):
             row[f"{key}_mean"], row[f"{key}_sd"] = mean_sd([r[key] for r in mine])
-        row["gap_mean"] = row["in_source_mean"] - row["cross_source_mean"]
+            row[f"{key}_n"] = len(finite([r[key] for r in mine]))
+        row["gap_mean"] = _minus(row["in_source_mean"], row["cross_source_mean"])
         rows.append(row)
     base = next((r for r in rows if r["variant"] == BASELINE), None)
     for r in rows:
-        r["in_source_vs_none"] = r["in_source_mean"] - base["in_source_mean"] if base else None
-        r["cross_source_vs_none"] = r["cross_source_mean"] - base["cross_source_mean"] if base else None
+        r["in_source_vs_none"] = _minus(r["in_source_mean"], base["in_source_mean"]) if base else None
+        r["cross_source_vs_none"] = _minus(r["cross_source_mean"], base["cross_source_mean"]) if base else None
     return rows
+
+
+def _signed(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.3f}"
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
 
 
 FIELDS = ["variant", "groups", "train_data", "n_seeds", "in_source_mean", "in_source_sd", "cross_source_mean",
@@ -160,7 +180,7 @@ FIELDS = ["variant", "groups", "train_data", "n_seeds", "in_source_mean", "in_so
 
 
 def _pm(row: dict, key: str) -> str:
-    return f"{row[key + '_mean']:.3f} ± {row[key + '_sd']:.3f}"
+    return mean_sd_text(row[key + "_mean"], row[key + "_sd"], row.get(key + "_n"), row["n_seeds"])
 
 
 def write_tables(rows: list[dict], out: Path, fonts: dict, note: str = "") -> tuple[Path, Path]:
@@ -174,11 +194,11 @@ def write_tables(rows: list[dict], out: Path, fonts: dict, note: str = "") -> tu
              "| in-source vs none | cross-source vs none |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         lines.append(f"| {r['variant']} | {r['groups']} | {r['train_data']} | {_pm(r, 'in_source')} | "
-                     f"{_pm(r, 'cross_source')} | {r['gap_mean']:+.3f} | {r['in_source_vs_none']:+.3f} | "
-                     f"{r['cross_source_vs_none']:+.3f} |")  # fmt: skip
+                     f"{_pm(r, 'cross_source')} | {_signed(r['gap_mean'])} | {_signed(r['in_source_vs_none'])} | "
+                     f"{_signed(r['cross_source_vs_none'])} |")  # fmt: skip
     target = TARGETS["classifier"]
-    met = [r["variant"] for r in rows if r["cross_source_mean"] >= target
-           and r["in_source_vs_none"] >= -0.02]  # fmt: skip
+    met = [r["variant"] for r in rows if r["cross_source_mean"] is not None and r["cross_source_mean"] >= target
+           and r["in_source_vs_none"] is not None and r["in_source_vs_none"] >= -0.02]  # fmt: skip
     text = "\n".join(lines) + "\n\n"
     text += (f"Target: cross-source accuracy ≥ {target:.2f} with in-source accuracy no more than 0.02 below "
              f"`{BASELINE}`: {'met by ' + ', '.join(met) if met else 'met by no variant'}.\n")  # fmt: skip

@@ -31,6 +31,7 @@ from cmav.ablation.grid import (
     fit,
     inference_conditions,
     mean_sd,
+    mean_sd_text,
     save_config,
     seeded,
     slug,
@@ -114,7 +115,7 @@ Metric = tuple[str, str, Any]
 
 
 def summarise(runs: list[dict], variants: list[str], metrics: list[Metric] = METRICS) -> list[dict]:
-    """Per variant: mean and sd (ddof 1; 0 for one seed) over seeds of every metric."""
+    """Per variant: mean and sd (ddof 1; none for one seed) over seeds of every metric."""
     rows = []
     for name in variants:
         mine = [r for r in runs if r["variant"] == name]
@@ -144,12 +145,9 @@ def write_tables(rows: list[dict], out: Path, ceiling: dict | None = None, note:
     write_csv(rows, fields, csv_path)
 
     def cell(r: dict, key: str) -> str:
-        m, s = r.get(f"{key}_mean"), r.get(f"{key}_sd")
-        if m is None:
-            return "n/a"
         digits = 2 if key == "fid" else 4 if key == "kid" else 3
-        n, of = r.get(f"{key}_n", r["n_seeds"]), r["n_seeds"]
-        return f"{m:.{digits}f} ± {s:.{digits}f}" + (f" ({n} of {of} seeds)" if n < of else "")
+        return mean_sd_text(r.get(f"{key}_mean"), r.get(f"{key}_sd"), r.get(f"{key}_n", r["n_seeds"]), r["n_seeds"],
+                            digits)  # fmt: skip
 
     lines = ["| variant | seeds | " + " | ".join(h for _, h, _ in metrics) + " |",
              "|---|---|" + "---|" * len(metrics)]  # fmt: skip
