@@ -627,6 +627,18 @@ def test_inference_condition_takes_training_conditions_kept_in_the_checkpoint(da
     assert torch.allclose(tuned.condition_bank.conditions, ema_feature, atol=1e-4)
     assert not torch.allclose(tuned.condition_bank.conditions, pretrained, atol=1e-3)  # not the one of the fit's start
 
+    # with no validation after the last step, the saved bank is still the EMA encoder's at the save
+    L.seed_everything(0, verbose=False)
+    unvalidated = s2i("s2i_n", "finetune", sound_classifier["ckpt"], inference_condition="nearest")
+    trainer = quiet_trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=0)
+    trainer.fit(unvalidated, datamodule(data))
+    path = tmp_path / "unvalidated.ckpt"
+    trainer.save_checkpoint(path)
+    with torch.no_grad():
+        now = unvalidated.ema.module.encoder.forward_features(unvalidated._train_tensors.audio.float()).feature
+    saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]["condition_bank.conditions"]
+    assert torch.allclose(saved, now, atol=1e-4)
+
 
 def test_channels_last_keeps_the_networks_outputs():
     torch.manual_seed(0)

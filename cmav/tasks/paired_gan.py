@@ -870,6 +870,7 @@ class PairedGANTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         save_random_state(checkpoint)
+        self._refresh_saved_condition_bank(checkpoint)
         enc = self.model.encoder
         checkpoint[self.checkpoint_key] = {
             "iteration": self.iteration,
@@ -880,6 +881,20 @@ class PairedGANTask(L.LightningModule):
                 "input_shape": list(enc.input_shape),
             },
         }
+
+    def _refresh_saved_condition_bank(self, checkpoint: dict) -> None:
+        """A trained encoder moves on after the last validation refilled the bank, so a checkpoint
+        saved between validations (validation off or every n epochs, a step-based save) would hold
+        conditions of an older encoder; ``nearest``/``class_mean`` generation would snap to them."""
+        if self.encoder_mode == "frozen" or self._train_tensors is None or self.condition_bank is None:
+            return
+        self._fill_condition_bank()
+        saved = checkpoint.get("state_dict")
+        if saved is None:
+            return
+        for key, value in self.condition_bank.state_dict(prefix="condition_bank.").items():
+            if key in saved:
+                saved[key] = value.detach().clone()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         restore_random_state(self, checkpoint)
