@@ -640,6 +640,24 @@ def test_inference_condition_takes_training_conditions_kept_in_the_checkpoint(da
     assert torch.allclose(saved, now, atol=1e-4)
 
 
+@pytest.mark.parametrize("variant", ["s2i_c", "ae"])
+def test_fast_dev_run_n_runs_n_batches_and_reaches_validation(data, variant):
+    class Counter(Callback):
+        train = val = 0
+
+        def on_train_batch_end(self, *args) -> None:
+            self.train += 1
+
+        def on_validation_batch_end(self, *args) -> None:
+            self.val += 1
+
+    count = Counter()
+    model = s2i(variant, "scratch", None)
+    L.Trainer(accelerator="cpu", devices=1, fast_dev_run=3, enable_progress_bar=False, enable_model_summary=False,
+              callbacks=[count]).fit(model, datamodule(data))  # fmt: skip
+    assert model.iteration == count.train == 3 and count.val >= 1
+
+
 def test_channels_last_keeps_the_networks_outputs():
     torch.manual_seed(0)
     plain = s2i("s2i_c", "scratch", None)

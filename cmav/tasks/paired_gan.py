@@ -467,6 +467,10 @@ class PairedGANTask(L.LightningModule):
         if stage == "fit":
             self._check_ddp()
             refuse_weight_averaging(self, "generator")
+            if self.is_gan and self._trainer is not None and self.trainer.fast_dev_run:
+                # fast_dev_run=n sets max_steps=n, and a GAN batch takes 2 optimiser steps: it would
+                # stop after n/2 batches, before the validation the smoke run is meant to reach
+                self.trainer.fit_loop.epoch_loop.max_steps = 2 * int(self.trainer.fast_dev_run)
         dm = datamodule_of(self)
         if dm is None:
             if self.net is None:
