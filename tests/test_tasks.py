@@ -640,6 +640,22 @@ def test_inference_condition_takes_training_conditions_kept_in_the_checkpoint(da
     assert torch.allclose(saved, now, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("variant", "options", "message"),
+    [
+        ("s2i_n", {"loss_weights": {"fake": 0.0}}, "fake must be > 0: the discriminator would never be shown"),
+        ("s2i_c", {"loss_weights": {"fake": -1.0}}, r"loss_weights\.fake must be >= 0, got -1.0"),  # D loss -5e12 before
+        ("s2i_c", {"loss_weights": {"mode_seeking": -5.0}}, r"loss_weights\.mode_seeking must be >= 0"),
+        ("s2i_c", {"loss_weights": {"wrong_class": float("nan")}}, r"loss_weights\.wrong_class must be >= 0, got nan"),
+        ("ae", {"loss_weights": {"mode_seeking": 1.0}}, r"mode_seeking is a GAN term: variant 'ae'"),
+        ("ae", {"diff_augment": {"enabled": True}}, r"diff_augment augments the discriminator's inputs: variant 'ae'"),
+    ],
+)
+def test_loss_weights_and_options_that_cannot_train_are_refused(variant, options, message):
+    with pytest.raises(ValueError, match=message):
+        s2i(variant, "scratch", None, **options)
+
+
 @pytest.mark.parametrize("variant", ["s2i_c", "ae"])
 def test_fast_dev_run_n_runs_n_batches_and_reaches_validation(data, variant):
     class Counter(Callback):

@@ -24,6 +24,7 @@ Subclasses own their constructor (its arguments are the hyper-parameters), call
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -266,16 +267,23 @@ class PairedGANTask(L.LightningModule):
         self.g_opt_config = coerce(AdamConfig, h.g_optimizer)
         self.d_opt_config = coerce(AdamConfig, h.d_optimizer)
         self.weights = coerce(LossWeights, h.loss_weights)
-        if self.weights.aux_class < 0:
-            raise ValueError(f"loss_weights.aux_class must be >= 0, got {self.weights.aux_class}")
-        if self.weights.aux_class > 0 and not self.is_gan:
-            raise ValueError("loss_weights.aux_class needs a discriminator: variant 'ae' has none")
+        for name, value in dataclasses.asdict(self.weights).items():
+            if not value >= 0:  # NaN too
+                raise ValueError(f"loss_weights.{name} must be >= 0, got {value}")
+        if self.is_gan and self.weights.fake <= 0:
+            raise ValueError("loss_weights.fake must be > 0: the discriminator would never be shown a generated pair")
+        for name in ("aux_class", "mode_seeking"):
+            if getattr(self.weights, name) > 0 and not self.is_gan:
+                raise ValueError(f"loss_weights.{name} is a GAN term: variant 'ae' has no discriminator or noise "
+                                 "contrast to apply it to")  # fmt: skip
         self.hard_negative_config = coerce(HardNegativeConfig, h.get("hard_negatives"))  # absent from older checkpoints
         if self.hard_negative_config.fraction > 0 and not self.wrong_class_term:
             raise ValueError("hard_negatives.fraction > 0 mines the wrong-class term, which is off for this run")
         self.sample_config = coerce(SampleConfig, h.samples)
         self.encoder_config = coerce(EncoderConfig, h.encoder)
         self.d_augment = ImageAugment(coerce(ImageAugmentConfig, h.diff_augment))
+        if self.d_augment.config.enabled and not self.is_gan:
+            raise ValueError("diff_augment augments the discriminator's inputs: variant 'ae' has no discriminator")
         noise = torch.Generator().manual_seed(self.sample_config.noise_seed)
         self.register_buffer("eval_z", torch.randn(self.sample_config.per_class, self.gen_config.z_dim, generator=noise))
 
