@@ -275,6 +275,23 @@ def test_judged_accuracy_monitor_logs_what_evaluate_s2i_measures_and_keeps_the_b
         JudgedAccuracyMonitor(str(tmp_path / "nothing.ckpt")).setup(bad, task, "fit")
 
 
+def test_judged_accuracy_monitor_reads_the_last_validation_of_a_run_that_ends_by_max_steps(dm, judges, tmp_path):
+    import lightning as L
+
+    from cmav.evaluation import JudgedAccuracyMonitor
+
+    image, _ = judges
+    monitor = JudgedAccuracyMonitor(str(image), every_n_epochs=2)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=-1, max_steps=3 * 2 * 2, limit_train_batches=2,
+                        limit_val_batches=1, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                        callbacks=[monitor], enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path))  # fmt: skip  (3 epochs of 2 GAN batches, 2 steps each)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(tiny_s2i("s2i_c"), datamodule=dm)
+    assert [h["epoch"] for h in monitor.history] == [1, 2]  # epoch 2 (every_n_epochs) and epoch 3 (the last)
+
+
 def test_judged_accuracy_monitor_on_the_held_out_tails_scores_those_items_only(data, dm, judges, tmp_path):
     """split='holdout' judges the generator on the train tracks' held-out tails (never the
     validation players) and logs holdout/...; without held-out tails it is refused by name."""

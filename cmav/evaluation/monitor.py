@@ -158,6 +158,8 @@ class JudgedAccuracyMonitor(L.Callback):
             return False
         epoch = trainer.current_epoch + 1
         last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch >= trainer.max_epochs
+        # a run that ends by max_steps (max_epochs -1, the grids' way) gets its final reading too
+        last = last or (trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step)
         return epoch % self.every_n_epochs == 0 or last
 
     @torch.no_grad()
