@@ -426,6 +426,7 @@ def test_i2s_refuses_audio_augmentation_of_what_it_generates(data):
         trainer(max_steps=1, limit_val_batches=0).fit(i2s("i2s_n"), dm_of(data, augment={"gain": {"p": 1.0}}))
 
 
+@pytest.mark.filterwarnings("ignore:.*was saved after batch")  # saved mid-epoch on purpose: only the range matters
 def test_a_resumed_run_keeps_the_checkpoints_db_range_not_one_refitted_from_the_data(data, tmp_path):
     L.seed_everything(0, verbose=False)
     model = i2s("ae")
