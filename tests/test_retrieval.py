@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -128,6 +129,12 @@ def test_temperature_is_learnable_and_clamped():
     with torch.no_grad():
         task.log_logit_scale.fill_(10.0)
     assert torch.isclose(task.logit_scale, torch.tensor(1 / 0.05))
+    # a step that took the parameter past the bound is undone after it, so the temperature can still
+    # come back up: a clamp in the forward pass alone has no gradient there and held it at the minimum
+    task.on_train_batch_end(None, None, 0)
+    assert torch.isclose(task.log_logit_scale, torch.tensor(math.log(1 / 0.05)))
+    task.logit_scale.backward()
+    assert task.log_logit_scale.grad.item() == pytest.approx(1 / 0.05)
 
 
 def test_aggregation_of_a_hand_built_similarity_volume():

@@ -25,7 +25,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -296,8 +296,15 @@ class RetrievalTask(L.LightningModule):
 
     @property
     def logit_scale(self) -> Tensor:
-        """Inverse temperature, clamped at ``1 / temperature.min``."""
+        """Inverse temperature, at most ``1 / temperature.min``: the parameter is clamped in place after
+        every optimiser step (:meth:`on_train_batch_end`), as CLIP does. Clamping it here only
+        (still done, for a parameter loaded from elsewhere) gives it no gradient past the bound, so one
+        step over it froze the temperature at its minimum for the rest of the run."""
         return self.log_logit_scale.clamp(max=math.log(1.0 / self.temp_config.min)).exp()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        with torch.no_grad():
+            self.log_logit_scale.clamp_(max=math.log(1.0 / self.temp_config.min))
 
     def _runs_in_eval(self, mode: str) -> bool:
         """Whether an encoder of this mode stays in eval mode while the task trains: frozen, or
