@@ -427,6 +427,40 @@ def test_search_returns_the_paired_item_first(trained, tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[2].split()[3] == "tuba01_500"
 
 
+def test_search_refuses_a_checkpoint_that_is_not_the_one_the_index_was_built_with(trained, tmp_path):
+    root = trained["root"]
+    ckpt = tmp_path / "last.ckpt"
+    shutil.copy(trained["global"]["ckpt"], ckpt)
+    index_path = tmp_path / "index.pt"
+    assert cmav_main(["index", "build", "--ckpt", str(ckpt), str(root), "-o", str(index_path),
+                      "--cache-dir", str(trained["base"] / "cache")]) == 0  # fmt: skip
+    wav = root / "chunk/validation/tuba/tuba01_500.wav"
+    assert search(index_path, audio=wav, k=2, output=None).notes == []
+    # a rerun overwrites last.ckpt (the YAMLs keep no versions): the index's embeddings are the old weights'
+    blob = torch.load(ckpt, weights_only=False)
+    blob["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+    torch.save(blob, ckpt)
+    with pytest.raises(ValueError, match=r"last\.ckpt is not the checkpoint the index was built with"):
+        search(index_path, audio=wav, k=2, output=None)
+    # an index from before the hash was recorded is searched, with a note saying it cannot be checked
+    old = EmbeddingIndex.load(index_path)
+    old.info.pop("ckpt_sha256")
+    old.save(tmp_path / "old.pt")
+    assert "records no checkpoint hash" in search(tmp_path / "old.pt", audio=wav, k=2, output=None).notes[0]
+
+
+def test_evaluation_refuses_a_model_of_another_front_end_than_the_data(trained, tmp_path):
+    from cmav.evaluation.retrieval import evaluate_retrieval
+
+    ckpt = str(trained["global"]["ckpt"])
+    for features, message in (({"n_mels": 64}, r"takes audio features \(1, 128, 44\), the data's are \(1, 64, 44\)"),
+                              ({"f_min": 30.0}, r"trained on another front end than the data's \(f_min")):  # fmt: skip
+        dm = AudioVisualDataModule(str(trained["root"]), image_size=SIZE, features=features, progress=False,
+                                   cache_dir=str(trained["base"] / "cache"))  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            evaluate_retrieval([ckpt], datamodule=dm, out_dir=None)
+
+
 def test_exact_topk_agrees_with_faiss_and_full_sort():
     g = torch.Generator().manual_seed(4)
     gallery = F.normalize(torch.randn(300, 16, generator=g), dim=1)

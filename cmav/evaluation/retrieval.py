@@ -101,6 +101,24 @@ def _masks(dm, split: str, tensors, size: int) -> tuple[Tensor | None, str | Non
 
 
 @torch.no_grad()
+def _check_front_ends(ckpts: Sequence[Any], tasks: list[Any], datamodule: Any, shape: tuple[int, ...]) -> None:
+    """Every model must read the data's features: the same shape (the encoders' pooling takes any
+    other without a word) and, for a checkpoint, the same front-end settings."""
+    from cmav.evaluation.generate import front_end_of
+    from cmav.features.frontend import front_end_differences
+
+    for c, t in zip(ckpts, tasks, strict=True):
+        expected = tuple(t.model.audio_encoder.input_shape)
+        if expected != shape:
+            raise ValueError(f"{c}: the model takes audio features {expected}, the data's are {shape}: "
+                             "evaluate models of one front end together")  # fmt: skip
+        if isinstance(c, (str, Path)):
+            changed = front_end_differences(front_end_of(c)[0], datamodule.features)
+            if changed:
+                raise ValueError(f"{c}: trained on another front end than the data's ({'; '.join(changed)}): "
+                                 "evaluate models of one front end together")  # fmt: skip
+
+
 def evaluate_retrieval(
     ckpts: Sequence[Any],
     datamodule=None,
@@ -141,6 +159,7 @@ def evaluate_retrieval(
     size = sizes.pop()
     if tuple(val.images.shape[-2:]) != (size, size):
         raise ValueError(f"the data's frames are {tuple(val.images.shape[-2:])}, the models take {size} px")
+    _check_front_ends(ckpts, tasks, datamodule, tuple(val.audio.shape[1:]))
 
     names: list[str] = []
     for c, t in zip(ckpts, tasks, strict=True):

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from cmav.data.files import atomic_write
+from cmav.data.files import atomic_write, sha256_file
 from cmav.models.retrieval import scores_for
 
 INDEX_VERSION = 1
@@ -200,6 +200,7 @@ def build_index(
     from cmav.data.datasets import open_split
     from cmav.data.layout import scan_paired, scan_suburmp
     from cmav.evaluation.generate import front_end_of
+    from cmav.tasks.common import plain
     from cmav.tasks.retrieval import load_retrieval
 
     task = load_retrieval(ckpt)
@@ -232,8 +233,10 @@ def build_index(
         root=str(Path(root).resolve()),
         split=split,
         image_size=size,
-        info={"layout": layout, "trained_encoder_mode": getattr(task, "trained_encoder_mode", None)},
-    )
+        # what search checks the model against: the index's embeddings are these weights' and this front end's
+        info={"layout": layout, "trained_encoder_mode": getattr(task, "trained_encoder_mode", None),
+              "ckpt_sha256": sha256_file(ckpt), "features": plain(features), "chunk": plain(spec)},
+    )  # fmt: skip
 
 
 __all__ = [

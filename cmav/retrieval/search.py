@@ -49,6 +49,23 @@ def _frame(path: str, size: int) -> np.ndarray | None:
         return None
 
 
+def check_index_matches(index: EmbeddingIndex, ckpt: str | Path) -> list[str]:
+    """Raise ``ValueError`` when ``ckpt`` is not the model whose embeddings ``index`` holds: other
+    weights (a rerun overwrote ``last.ckpt``, or another checkpoint of the same kind, perhaps on
+    another front end). Queries would be embedded by one model and ranked against another's embeddings,
+    which gives hits without a word. Returns notes for an index too old to be checked."""
+    from cmav.data.files import sha256_file
+
+    stored = index.info.get("ckpt_sha256")
+    if stored is None:
+        return [f"the index was built by an older cmav and records no checkpoint hash: it cannot say whether {ckpt} "
+                "is the model that built it; rebuild it (cmav index build) to have that checked"]  # fmt: skip
+    if sha256_file(ckpt) != stored:
+        raise ValueError(f"{ckpt} is not the checkpoint the index was built with (its weights changed since, or it "
+                         f"is another one; built from {index.ckpt}): rebuild the index with this checkpoint")  # fmt: skip
+    return []
+
+
 @torch.no_grad()
 def search(index_path: str | Path, audio: str | Path | None = None, image: str | Path | None = None, k: int = 8,
            ckpt: str | Path | None = None, output: str | Path | None = "search.png", backend: Backend = "auto",
@@ -68,10 +85,11 @@ def search(index_path: str | Path, audio: str | Path | None = None, image: str |
     if task.kind != index.kind or int(task.hparams.image_size) != index.image_size:
         raise ValueError(f"{ckpt} is a {task.kind} model at {task.hparams.image_size} px; the index was built with "
                          f"a {index.kind} model at {index.image_size} px ({index.ckpt})")  # fmt: skip
-    notes: list[str] = []
+    notes = check_index_matches(index, ckpt)
     if audio is not None:
         features, spec = front_end_of(ckpt)
-        lms, notes = wav_to_features(audio, features, spec)
+        lms, read_notes = wav_to_features(audio, features, spec)
+        notes += read_notes
         q, _ = task.embed(audio=lms)
         modality = "audio"
         query_cell = lms_picture(lms[0], cell_size)
