@@ -51,14 +51,14 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def _tiny_run(dm, variant: str, folder: Path) -> Path:
+def _tiny_run(dm, variant: str, folder: Path, image_size: int = SIZE) -> Path:
     """A two-step S2I run saved as a Lightning run folder (<folder>/checkpoints/last.ckpt)."""
     import lightning as L
 
     from cmav.tasks import S2ITask
 
     L.seed_everything(0, verbose=False)
-    task = S2ITask(variant=variant, encoder_mode="scratch", image_size=SIZE, sample_every_n_steps=0,
+    task = S2ITask(variant=variant, encoder_mode="scratch", image_size=image_size, sample_every_n_steps=0,
                    encoder={"base_channels": 8, "max_channels": 32, "feature_dim": 32},
                    generator={"base_channels": 8, "max_channels": 32, "cond_proj_dim": 16},
                    discriminator={"base_channels": 8, "max_channels": 32, "cond_proj_dim": 16})  # fmt: skip
@@ -158,6 +158,31 @@ def test_same_seed_makes_the_same_study_and_a_study_is_never_overwritten(study, 
         make_study([str(tmp_path / "nope")], tmp_path / "x")
     with pytest.raises(HumanEvalError, match="only 26 are available"):
         make_study(runs[:1], tmp_path / "big", n_items=27)
+
+
+def test_the_real_frames_do_not_depend_on_the_order_of_the_runs(lab, tmp_path):
+    # read at the first run's size and scaled up to a larger run's, they came out blurred when the
+    # smaller run came first; textured frames show it (a flat colour scales to itself)
+    import shutil
+
+    from cmav.data.datamodule import AudioVisualDataModule
+
+    data = tmp_path / "data"
+    shutil.copytree(lab["data"], data, ignore=shutil.ignore_patterns(".cmav*", "*cache*"))
+    rng = np.random.default_rng(0)
+    for jpg in sorted((data / "img").rglob("*.jpg")):
+        Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(jpg, quality=95)
+    dm = AudioVisualDataModule(root=str(data), image_size=2 * SIZE, batch_size=8, progress=False)
+    big = _tiny_run(dm, "s2i_n", tmp_path / "big", image_size=2 * SIZE)
+    small = lab["runs"]["s2i_c"]
+
+    def real_frames(order, out):
+        m = make_study([f"{name}={path}" for name, path in order], tmp_path / out, n_items=4, seed=0, n_checks=0,
+                       data_root=str(data))  # fmt: skip
+        return sorted(i.sha256 for i in m.items if i.method == "real")
+
+    small_first = real_frames([("small", small), ("big", big)], "a")
+    assert small_first == real_frames([("big", big), ("small", small)], "b")
 
 
 def test_rater_order_is_fixed_per_rater_and_differs_between_raters():

@@ -186,8 +186,15 @@ def _make(sources, out: Path, n_items: int, seed: int, data_root: str | None, la
         if data_root is None:
             raise HumanEvalError("--data", "no checkpoint says which data set it was trained on: give --data ROOT")
         ref_config = DataConfig(root=data_root, layout=layout or "suburmp", image_size=image_size or 64)
+    native = [ref_config.image_size] + [f.image_size for f in facts.values()]
+    size = int(size or max(native))
     if image_size is not None and ref_config.image_size != image_size:
         ref_config = dataclasses.replace(ref_config, image_size=image_size)
+    elif image_size is None and ref_config.image_size != size:
+        # the real frames are read at the size they are shown at: read at the first run's size and
+        # scaled up to a larger run's, they looked blurred beside that run's frames, and how much
+        # depended on the order of --runs
+        ref_config = dataclasses.replace(ref_config, image_size=size)
     ref = open_data(ref_config, "the reference data set" if data_root is None else "--data")
     t = ref.tensors
     names = list(t.class_names)
@@ -212,8 +219,6 @@ def _make(sources, out: Path, n_items: int, seed: int, data_root: str | None, la
     pairs = [pair_of(i, f"p{k + 1:02d}") for k, i in enumerate(picks)]
     check_pairs = [pair_of(i, f"c{k + 1:02d}") for k, i in enumerate(check_picks)]
 
-    native = [ref_config.image_size] + [f.image_size for f in facts.values()]
-    size = int(size or max(native))
     methods = [Method(REFERENCE, "reference", str(ref_config.root), {"data": ref_config.describe()})]
     images: dict[str, list[np.ndarray]] = {REFERENCE: real_images(ref, pairs)}
     for r in sources:
