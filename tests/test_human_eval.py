@@ -117,7 +117,7 @@ def test_manifest_lists_methods_pairs_items_and_image_hashes(study, lab):
     for item in m.items:
         path = study / item.image
         assert path.is_file() and sha256_file(path) == item.sha256
-        assert re.fullmatch(r"images/[0-9a-f]{8}\.png", item.image) and item.image == f"images/{item.id}.png"
+        assert re.fullmatch(r"images/i[0-9a-f]{8}\.png", item.image) and item.image == f"images/{item.id}.png"
         assert Image.open(path).size == (SIZE, SIZE)  # the folder's 48-px images are brought to the runs' size
     raw = json.loads((study / "manifest.json").read_text())
     assert raw["study_id"] == m.study_id and len(raw["items"]) == len(m.items)
@@ -258,7 +258,7 @@ def test_print_sheet_and_csv_template_follow_the_paper_order(study):
     assert list(rows[0]) == ["study_id", "rater_id", "position", "item", "match", "realism"]
     assert all(r["study_id"] == m.study_id and r["match"] == "" for r in rows)
     sheet = (study / "print.html").read_text()
-    assert [s for s in re.findall(r'src="images/([0-9a-f]+)\.png"', sheet)] == order
+    assert [s for s in re.findall(r'src="images/(i[0-9a-f]+)\.png"', sheet)] == order
     assert "@media print" in sheet and "break-inside: avoid" in sheet
     # the template, filled in by hand for two paper raters in one file, passes validation as it is
     filled = study.parent / "paper_filled.csv"
@@ -324,7 +324,7 @@ def _shown(driver, element_id: str) -> bool:
 
 def _current_item(driver) -> str:
     src = driver.find_element("id", "image").get_attribute("src")
-    return re.search(r"images/([0-9a-f]{8})\.png$", src).group(1)
+    return re.search(r"images/(i[0-9a-f]{8})\.png$", src).group(1)
 
 
 def _answer_here(driver, values: list[int]) -> None:
@@ -749,6 +749,60 @@ def test_duplicate_raters_unreadable_files_and_csv_columns_are_reported(study, t
         run_analysis(tmp_path, [a], out=tmp_path / "r")
 
 
+def test_a_rater_who_gives_one_answer_everywhere_is_dropped_though_every_check_passes(study, tmp_path, capsys):
+    from cmav.cli.main import main
+
+    m = load_manifest(study)
+    good = _bad(m, tmp_path, "good", lambda o: None)
+    lazy = _synthetic(m, "lazy", 0)
+    for r in lazy["ratings"]:
+        r["answers"] = {"match": 1, "realism": 3}  # the lowest match answer passes every check
+    (tmp_path / "lazy.json").write_text(json.dumps(lazy))
+    result, paths = run_analysis(study, [good, tmp_path / "lazy.json"], out=tmp_path / "rep", n_boot=20)
+    att = {a["rater_id"]: a for a in result["attention"]}
+    assert att["lazy"]["failed"] == [] and att["lazy"]["uniform"] == 1 and att["lazy"]["dropped"]
+    assert att["good"]["uniform"] is None and not att["good"]["dropped"] and result["n_raters_kept"] == 1
+    row = next(r for r in csv.DictReader(paths["raters_csv"].open()) if r["rater_id"] == "lazy")
+    assert row["status"] == "dropped (attention checks)" and "answered 1 on every item" in row["detail"]
+    assert main(["human-eval", "analyze", str(study), str(good), str(tmp_path / "lazy.json"), "-o",
+                 str(tmp_path / "rep2"), "--bootstrap", "20"]) == 0  # fmt: skip
+    assert "dropped: rater 'lazy' (" in capsys.readouterr().err
+
+
+def test_empty_sheets_options_and_counts_are_reported_not_passed_over(study, tmp_path, capsys):
+    from cmav.cli.main import main
+
+    m = load_manifest(study)
+    good = _bad(m, tmp_path, "good", lambda o: None)
+    header_only = tmp_path / "late_rater.csv"
+    header_only.write_text("study_id,rater_id,position,item,match,realism\n")
+    (tmp_path / "bulk.json").write_text("[]")
+    for empty, says in ((header_only, "a header only"), (tmp_path / "bulk.json", "an empty list")):
+        with pytest.raises(HumanEvalError, match=rf"{empty.name}: no ratings in this file \({says}\)"):
+            run_analysis(study, [good, empty], out=tmp_path / "r")
+    # a blank line before a bad row: the message names the row's line in the file, as a spreadsheet shows it
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text(f"study_id,rater_id,item,match,realism\n\n{m.study_id},,{m.item_ids[0]},3,3\n")
+    with pytest.raises(HumanEvalError, match="row 3: empty rater_id"):
+        run_analysis(study, [good, spaced], out=tmp_path / "r")
+    # every file invalid: the error says why, not only that nothing is left
+    with pytest.raises(HumanEvalError, match=r"every rater was left out:\n.*late_rater.csv: no ratings"):
+        run_analysis(study, [header_only], out=tmp_path / "r", skip_invalid=True)
+    # one CSV with two raters, each with a problem: two raters left out, not four entries
+    two = tmp_path / "two.csv"
+    _write_csv(two, _synthetic(m, "x", 0))
+    rows = list(csv.reader(two.open()))
+    rows += [[m.study_id, "y", 0, m.item_ids[0], 9, 3]]  # rater y: out of range (and missing items)
+    rows[1][4] = "9"  # rater x: out of range
+    with two.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    _, paths = run_analysis(study, [good, two], out=tmp_path / "rep", skip_invalid=True, n_boot=20)
+    assert "left out as invalid: 2;" in paths["report_md"].read_text()
+    for option in (["--allowed-failures", "-1"], ["--bootstrap", "0"]):
+        assert main(["human-eval", "analyze", str(study), str(good), "-o", str(tmp_path / "o"), *option]) == 2
+        assert "error: " in capsys.readouterr().err
+
+
 def test_a_sheet_left_out_as_invalid_leaves_out_its_raters_and_ids_survive_the_csv(study, tmp_path):
     m = load_manifest(study)
     good = _bad(m, tmp_path, "g", lambda o: None)
@@ -836,5 +890,5 @@ def test_cli_make_and_errors(lab, tmp_path, capsys):
 def test_print_sheet_for_a_named_rater_uses_their_order(study):
     m = load_manifest(study)
     sheet = print_sheet(m, "alice", "../")
-    assert re.findall(r'src="\.\./images/([0-9a-f]+)\.png"', sheet) == rater_order(m.study_id, "alice", m.item_ids)
+    assert re.findall(r'src="\.\./images/(i[0-9a-f]+)\.png"', sheet) == rater_order(m.study_id, "alice", m.item_ids)
     assert "Rater id: <strong>alice</strong>" in sheet

@@ -91,8 +91,10 @@ def _analyze(args: argparse.Namespace) -> int:
         print(f"left out: {p}", file=sys.stderr)
     for a in result["attention"]:
         if a["dropped"]:
-            print(f"dropped: rater {a['rater_id']!r} ({a['source']}) failed {len(a['failed'])} attention check(s)",
-                  file=sys.stderr)  # fmt: skip
+            why = f"failed {len(a['failed'])} attention check(s)"
+            if a.get("uniform") is not None:
+                why += f", answered {a['uniform']} on every item"
+            print(f"dropped: rater {a['rater_id']!r} ({a['source']}) {why}", file=sys.stderr)
     for w in result["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
     print(f"{result['n_raters_kept']} rater(s) analysed")

@@ -43,22 +43,31 @@ class AttentionResult:
     n_checks: int
     failed: list[dict[str, Any]]
     dropped: bool
+    uniform: int | None = None  # the one answer given to the attention question on every item, if so
 
 
 def attention(manifest: Manifest, sheets: Sequence[RaterSheet], allowed_failures: int = 0) -> list[AttentionResult]:
-    """Each rater's attention-check record; ``dropped`` when more than ``allowed_failures`` failed."""
+    """Each rater's attention-check record; ``dropped`` when more than ``allowed_failures`` failed,
+    or when the rater gave one answer to the attention question on every item, checks and rated
+    images alike. The checks catch answers that are too high; one who answers the lowest value
+    throughout passes them all without looking, and is caught by the second rule."""
     q = manifest.attention_question
     checks = manifest.checks
     out = []
     for s in sheets:
         failed = []
+        uniform = None
         if q is not None:
             for c in checks:
                 v = s.answers[c.id][q.id]
                 if v > q.attention_max:
                     failed.append({"item": c.id, "shown_label": c.label, "true_class": c.true_class, "answer": v,
                                    "question": q.id, "max_expected": q.attention_max})  # fmt: skip
-        out.append(AttentionResult(s.rater_id, str(s.source), len(checks), failed, len(failed) > allowed_failures))
+            given = {a[q.id] for a in s.answers.values() if q.id in a}
+            if checks and len(given) == 1:
+                uniform = int(next(iter(given)))
+        dropped = len(failed) > allowed_failures or uniform is not None
+        out.append(AttentionResult(s.rater_id, str(s.source), len(checks), failed, dropped, uniform))
     return out
 
 

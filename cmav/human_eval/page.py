@@ -77,7 +77,7 @@ function mulberry32(seed) {
 }
 function raterOrder(studyId, raterId, ids) {
   const rand = mulberry32(fnv1a32(studyId + "\n" + trimRater(raterId)));
-  const order = ids.slice().sort();  // ids are ASCII hex: JS and Python sort them alike
+  const order = ids.slice().sort();  // ids are ASCII ("i" + hex): JS and Python sort them alike
   for (let i = order.length - 1; i > 0; i--) {
     const j = Math.floor(rand() * (i + 1));
     const tmp = order[i]; order[i] = order[j]; order[j] = tmp;

@@ -112,6 +112,8 @@ def _read_json(path: Path, text: str) -> tuple[list[_Submission], list[Problem]]
     except json.JSONDecodeError as exc:
         return [], [Problem(path, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})")]
     objs = raw if isinstance(raw, list) else [raw]
+    if not objs:
+        return [], [Problem(path, "no ratings in this file (an empty list)")]
     subs, problems = [], []
     for k, obj in enumerate(objs):
         where = f"rater #{k + 1}: " if len(objs) > 1 else ""
@@ -140,13 +142,17 @@ def _read_json(path: Path, text: str) -> tuple[list[_Submission], list[Problem]]
 
 
 def _read_csv(path: Path, text: str, manifest: Manifest) -> tuple[list[_Submission], list[Problem]]:
+    reader = csv.reader(io.StringIO(text, newline=""))  # not splitlines(): it also breaks at U+2028 and the like
+    numbered = []  # (the file line a row ends on, the row): messages name the line a spreadsheet shows
     try:
-        rows = list(csv.reader(io.StringIO(text, newline="")))  # not splitlines(): it also breaks at U+2028 and the like
+        for row in reader:
+            numbered.append((reader.line_num, row))
     except csv.Error as exc:
         return [], [Problem(path, f"not a readable CSV ({exc})")]
-    rows = [r for r in rows if any(c.strip() for c in r)]
-    if not rows:
+    numbered = [(n, r) for n, r in numbered if any(c.strip() for c in r)]
+    if not numbered:
         return [], [Problem(path, "empty file")]
+    rows = [r for _, r in numbered]
     header = [h.strip() for h in rows[0]]
     qids = [q.id for q in manifest.questions]
     need = ["study_id", "rater_id", "item"]
@@ -166,7 +172,9 @@ def _read_csv(path: Path, text: str, manifest: Manifest) -> tuple[list[_Submissi
         return [], problems
     col = {h: k for k, h in enumerate(header)}
     by_rater: dict[str, _Submission] = {}
-    for n, row in enumerate(rows[1:], 2):
+    if len(numbered) == 1:
+        problems.append(Problem(path, "no ratings in this file (a header only)"))
+    for n, row in numbered[1:]:
         row = row + [""] * (len(header) - len(row))
         if len(row) > len(header) and any(c.strip() for c in row[len(header):]):
             problems.append(Problem(path, f"row {n}: more cells than columns"))

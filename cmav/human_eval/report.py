@@ -104,6 +104,8 @@ def _rater_rows(ratings: RatingsSet, result: dict[str, Any]) -> list[dict[str, A
     for a in result["attention"]:
         failed = "; ".join(f"item {f['item']} (labelled {f['shown_label']}, is {f['true_class']}): answered "
                            f"{f['answer']} > {f['max_expected']}" for f in a["failed"])  # fmt: skip
+        if a.get("uniform") is not None:
+            failed = "; ".join(filter(None, [failed, f"answered {a['uniform']} on every item, checks included"]))
         rows.append({"rater_id": a["rater_id"], "file": a["source"],
                      "status": "dropped (attention checks)" if a["dropped"] else "kept",
                      "checks_failed": len(a["failed"]), "checks": a["n_checks"], "detail": failed})  # fmt: skip
@@ -111,6 +113,11 @@ def _rater_rows(ratings: RatingsSet, result: dict[str, Any]) -> list[dict[str, A
         rows.append({"rater_id": rid, "file": file, "status": "invalid (left out)", "checks_failed": None,
                      "checks": None, "detail": why})  # fmt: skip
     return rows
+
+
+def _n_invalid_raters(ratings: RatingsSet) -> int:
+    """Raters left out as invalid (``excluded`` also holds file-level problems without a rater)."""
+    return len({(file, rid) for file, rid, _ in ratings.excluded if rid})
 
 
 def write_markdown(path: Path, manifest: Manifest, ratings: RatingsSet, result: dict[str, Any],
@@ -122,7 +129,7 @@ def write_markdown(path: Path, manifest: Manifest, ratings: RatingsSet, result: 
         f"`real` is the real frame, the reference) x {result['n_pairs']} validation pairs = "
         f"{result['n_pairs'] * len(manifest.method_names)} rated images, plus {result['n_checks']} hidden attention checks.",
         f"- Ratings files read: {len(ratings.files)}; valid raters: {result['n_raters_valid']}; "
-        f"dropped for failed attention checks: {n_dropped}; left out as invalid: {len(ratings.excluded)}; "
+        f"dropped for failed attention checks: {n_dropped}; left out as invalid: {_n_invalid_raters(ratings)}; "
         f"**raters analysed: {result['n_raters_kept']}**.",
         "- Questions: " + "; ".join(f"**{md(q.id)}**: {md(q.text)} ({q.min}-{q.max})" for q in manifest.questions),
         "",
@@ -177,7 +184,8 @@ def write_markdown(path: Path, manifest: Manifest, ratings: RatingsSet, result: 
     if att_q is not None and result["n_checks"]:
         L += [f"Attention checks: {result['n_checks']} real frames shown with a wrong label; a check fails when the "
               f"answer to **{md(att_q.id)}** is above {att_q.attention_max}. Raters with a failed check are "
-              "dropped (allowed failures: see `--allowed-failures`).", ""]  # fmt: skip
+              "dropped (allowed failures: see `--allowed-failures`), and so are raters who gave one answer to it "
+              "on every item (the lowest everywhere passes every check).", ""]  # fmt: skip
     L += ["| rater | file | status | failed checks | detail |", "|---|---|---|---:|---|"]
     for r in rater_rows:
         fc = "" if r["checks_failed"] is None else f"{r['checks_failed']} / {r['checks']}"
@@ -195,6 +203,10 @@ def run_analysis(study: str | Path, ratings_paths: Iterable[str | Path], out: st
 
     Any invalid file or rater raises :class:`HumanEvalError` listing every problem, unless
     ``skip_invalid``: then those raters are left out and listed in the report."""
+    if allowed_failures < 0:
+        raise ValueError(f"allowed_failures must be >= 0, got {allowed_failures}")
+    if n_boot < 1:
+        raise ValueError(f"the bootstrap needs at least 1 resample, got {n_boot}")
     manifest = load_manifest(study)
     study = Path(study)
     study_dir = study if study.is_dir() else study.parent
@@ -210,7 +222,8 @@ def run_analysis(study: str | Path, ratings_paths: Iterable[str | Path], out: st
                                         "fix them, or pass --skip-invalid to leave those raters out (they are listed "
                                         "in the report)")  # fmt: skip
     if not ratings.sheets:
-        raise HumanEvalError(study_dir, "no valid ratings to analyse")
+        why = "".join(f"\n  {p}" for p in ratings.problems)
+        raise HumanEvalError(study_dir, "no valid ratings to analyse" + (f"; every rater was left out:{why}" if why else ""))
     result = analyze(manifest, ratings.sheets, allowed_failures=allowed_failures, n_boot=n_boot, seed=seed,
                      pair_by=pair_by)  # fmt: skip
     warnings_ = verify_images(study_dir, manifest)

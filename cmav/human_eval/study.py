@@ -6,7 +6,7 @@ Vocabulary used everywhere in ``cmav.human_eval``:
 * a **method** makes one image per pair: a trained run (checkpoint), a folder of images, or
   ``real`` (the pair's own frame, the reference);
 * an **item** is one image shown to raters: (pair, method), or an **attention check** (a real
-  frame shown with an obviously wrong label). Items have opaque ids (random hex): the page,
+  frame shown with an obviously wrong label). Items have opaque ids (``i`` + random hex): the page,
   the image file names and the ratings files never say which method made an image; only the
   manifest does.
 
@@ -304,11 +304,13 @@ def verify_images(study: str | Path, manifest: Manifest) -> list[str]:
 
 
 def opaque_ids(n: int, rng: np.random.Generator, length: int = 8) -> list[str]:
-    """``n`` distinct random hex ids: they carry no method, pair or order information."""
+    """``n`` distinct random ids, ``i`` and ``length`` hex digits: they carry no method, pair or order
+    information. The letter keeps a spreadsheet from reading one as a number (``07417297`` as
+    7417297, ``502363e8`` as 5.02E+13), which a typed-in paper sheet would then carry."""
     out: list[str] = []
     seen: set[str] = set()
     while len(out) < n:
-        x = "".join(f"{b:02x}" for b in rng.integers(0, 256, size=length // 2))
+        x = "i" + "".join(f"{b:02x}" for b in rng.integers(0, 256, size=length // 2))
         if x not in seen:
             seen.add(x)
             out.append(x)
