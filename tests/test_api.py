@@ -102,6 +102,38 @@ def test_load_refuses_what_is_not_a_cmav_model_and_names_the_file(models, tmp_pa
         cmav.load(half)
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         cmav.load(tmp_path / "missing.ckpt")
+    # what is not a checkpoint at all: a sound file given in its place, a list
+    swapped = tmp_path / "rec.wav"
+    swapped.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")
+    with pytest.raises(ValueError, match=r"rec\.wav: not a readable checkpoint"):
+        cmav.load(swapped)
+    torch.save([1, 2], tmp_path / "list.ckpt")
+    with pytest.raises(ValueError, match=r"list\.ckpt: not a checkpoint: it holds a list"):
+        cmav.load(tmp_path / "list.ckpt")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {_RunsCode.marker}",))
+
+
+def test_a_checkpoint_is_never_unpickled_in_full_but_cmavs_own_configs_load(tmp_path):
+    from cmav.features.logmel import LogMelConfig
+    from cmav.tasks.classifier import checkpoint_dict
+
+    _RunsCode.marker = tmp_path / "ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": _RunsCode()}}, evil)
+    with pytest.raises(ValueError, match=r"evil\.ckpt: holds objects that cmav does not load from a checkpoint \(.*system"):
+        cmav.load(evil)
+    assert not _RunsCode.marker.exists()
+    # a data module built in Python keeps its dataclass configs and paths in the checkpoint: those load
+    own = tmp_path / "own.ckpt"
+    torch.save({"datamodule_hyper_parameters": {"features": LogMelConfig(n_mels=64), "root": Path("/data")}}, own)
+    blob = checkpoint_dict(own)
+    assert blob["datamodule_hyper_parameters"] == {"features": LogMelConfig(n_mels=64), "root": Path("/data")}
 
 
 def test_a_chunk_file_gives_the_features_and_predictions_the_data_pipeline_gives(data, models):

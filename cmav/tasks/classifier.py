@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -368,21 +368,63 @@ class ClassifierTask(L.LightningModule):
         return with_lr_schedule(opt, self.hparams.get("lr_schedule", "constant"), self._trainer)
 
 
+_TRUSTED_OUTSIDE_CMAV = frozenset({"pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePosixPath",
+                                   "pathlib.PureWindowsPath"})  # fmt: skip
+
+
+def _trusted_global(name: str) -> Any:
+    """The object a safe load may rebuild for ``name`` ("module.qualname"), or None: cmav's own
+    config dataclasses and enums (a data module or task built in Python with dataclass arguments
+    stores them in its hyper-parameters) and paths. Never a function or any other class."""
+    import dataclasses
+    import enum
+    import importlib
+
+    module, _, attr = name.rpartition(".")
+    if not (name.startswith("cmav.") or name in _TRUSTED_OUTSIDE_CMAV):
+        return None
+    try:
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        return None
+    if name in _TRUSTED_OUTSIDE_CMAV:
+        return obj
+    is_config = isinstance(obj, type) and (dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum))
+    return obj if is_config else None
+
+
 def _load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's dict, read with ``torch.load(weights_only=True)`` only: objects other than
+    tensors are allowed when they are cmav's own configs or paths (see :func:`_trusted_global`). A
+    file that asks for anything else is refused, never unpickled in full: a checkpoint from
+    elsewhere must not run code. Every failure is a ValueError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            data = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
-            # Written by cmav's own training run but with non-tensor objects in it (e.g. a
-            # DataModule built in Python with dataclass arguments): trusted, so load it fully.
-            return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
-        raise ValueError(
-            f"{path}: not a readable checkpoint (half-written or corrupt?): {str(exc).splitlines()[0]}"
-        ) from exc
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            allowed = {n: _trusted_global(n) for n in names}
+            foreign = sorted(n for n, obj in allowed.items() if obj is None)
+            if foreign:
+                raise ValueError(f"{path}: holds objects that cmav does not load from a checkpoint "
+                                 f"({', '.join(foreign)}); if you trust the file, read it yourself with "
+                                 "torch.load(..., weights_only=False)") from None  # fmt: skip
+            with torch.serialization.safe_globals(list(allowed.values())):
+                data = torch.load(path, map_location="cpu", weights_only=True)
+    except ValueError:
+        raise
+    except Exception as exc:  # a text file, a truncated zip, a wav named .ckpt: all unreadable the same way
+        first = (str(exc).splitlines() or [""])[0]
+        raise ValueError(f"{path}: not a readable checkpoint (half-written or corrupt?): "
+                         f"{type(exc).__name__}: {first}") from exc  # fmt: skip
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a checkpoint: it holds a {type(data).__name__}, not a checkpoint's dict")
+    return data
 
 
 def checkpoint_dict(ckpt: str | Path | dict) -> dict:
