@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,18 +260,30 @@ def sound_to_image(model: Model, audio: AudioSource, n: int = 1, seed: int = 0, 
         x = chunks.features.repeat_interleave(n, 0)
         out = token_images(model.task.model, x, seed=seed, batch_size=batch_size, **(diffusion or {}))
         return out.clamp(-1, 1).view(len(chunks.features), n, *out.shape[1:])
-    from cmav.evaluation.generate import with_inference_condition
-
     if diffusion:
         raise ValueError(f"{model.path}: diffusion settings are for an audio-token model; this one is 's2i'")
-    task = with_inference_condition(model.task, model.path, inference_condition)
     chunks = _features_for(model, audio, sample_rate, hop_s, max_chunks)
-    z = torch.randn(n, task.z_dim, generator=torch.Generator().manual_seed(seed))
-    x = chunks.features.repeat_interleave(n, 0)
-    zz = z.repeat(len(chunks.features), 1)
-    out = torch.cat([task.generate(x[i : i + batch_size], zz[i : i + batch_size]).cpu()
-                     for i in range(0, len(x), batch_size)])  # fmt: skip
+    with _inference_condition(model, inference_condition) as task:
+        z = torch.randn(n, task.z_dim, generator=torch.Generator().manual_seed(seed))
+        x = chunks.features.repeat_interleave(n, 0)
+        zz = z.repeat(len(chunks.features), 1)
+        out = torch.cat([task.generate(x[i : i + batch_size], zz[i : i + batch_size]).cpu()
+                         for i in range(0, len(x), batch_size)])  # fmt: skip
     return out.clamp(-1, 1).view(len(chunks.features), n, *out.shape[1:])
+
+
+@contextmanager
+def _inference_condition(model: Model, mode: str | None) -> Iterator[Any]:
+    """The model's task under ``mode`` (None: the checkpoint's) for one call, then as it was: an
+    override given to one call must not stay with the model for the next."""
+    from cmav.evaluation.generate import with_inference_condition
+
+    task = model.task
+    before = (task.inference_condition, task.inference_neighbours)
+    try:
+        yield with_inference_condition(task, model.path, mode)
+    finally:
+        task.set_inference_condition(*before)
 
 
 def _frames(model: Model, image: ImageSource) -> Tensor:
@@ -305,7 +319,6 @@ def image_to_sound(model: Model, image: ImageSource, n: int = 1, seed: int = 0, 
     """Sound from frames with an I2S model: waveforms ``(frames, n, samples)`` in [-1, 1] at the
     returned rate, ``n`` noise draws per frame from ``seed``. The generated LMS is turned into sound
     with the inverse mel scale and Griffin-Lim (``griffin_lim_iters`` iterations)."""
-    from cmav.evaluation.generate import with_inference_condition
     from cmav.features.inversion import lms_to_audio
 
     _needs(model, "image_to_sound", ("i2s",))
@@ -313,10 +326,10 @@ def image_to_sound(model: Model, image: ImageSource, n: int = 1, seed: int = 0, 
         raise ValueError(f"n must be >= 1, got {n}")
     if model.features.kind != "lms":
         raise ValueError(f"{model.path}: generates {model.features.kind} features; only an LMS turns back into sound")
-    task = with_inference_condition(model.task, model.path, inference_condition)
     frames = _frames(model, image)
-    z = torch.randn(n, task.z_dim, generator=torch.Generator().manual_seed(seed))
-    lms = task.generate(frames.repeat_interleave(n, 0), z.repeat(len(frames), 1)).cpu()
+    with _inference_condition(model, inference_condition) as task:
+        z = torch.randn(n, task.z_dim, generator=torch.Generator().manual_seed(seed))
+        lms = task.generate(frames.repeat_interleave(n, 0), z.repeat(len(frames), 1)).cpu()
     n_samples = model.chunk.samples_at(model.features.sample_rate)
     waves = lms_to_audio(lms, model.features, n_iter=griffin_lim_iters, n_samples=n_samples)  # type: ignore[arg-type]
     return waves.view(len(frames), n, -1), model.features.sample_rate

@@ -224,6 +224,11 @@ def test_sound_to_image_is_what_cmav_generate_writes(models, tmp_path):
     assert images.shape == (2, 3, 3, SIZE, SIZE) and images.abs().max() <= 1.0
     assert not torch.equal(images[0, 0], images[0, 1])  # the noise draws differ
     assert torch.equal(images, cmav.sound_to_image(model, wav, n=3, seed=5))
+    # an inference condition given to one call is that call's: the next plain call is the checkpoint's again
+    snapped = cmav.sound_to_image(model, wav, n=3, seed=5, inference_condition="class_mean")
+    assert not torch.equal(snapped, images)
+    assert torch.equal(images, cmav.sound_to_image(model, wav, n=3, seed=5))
+    assert model.task.inference_condition == "own"
     out = tmp_path / "one.png"
     assert main(["generate", "--ckpt", str(models["s2i"]), "--audio", str(wav), "-n", "1", "--seed", "7",
                  "-o", str(out)]) == 0  # fmt: skip
