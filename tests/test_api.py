@@ -319,3 +319,13 @@ def test_cmav_classify_prints_and_writes_each_chunk(data, models, tmp_path, caps
     missing = tmp_path / "missing.wav"
     assert main(["classify", "--ckpt", str(models["audio_classifier"]), "--audio", str(missing)]) == 2
     assert "missing.wav: audio file does not exist" in capsys.readouterr().err
+    # an output that is an input, or of another kind, is refused before anything is written
+    before = wav.read_bytes()
+    assert main(["classify", "--ckpt", str(models["audio_classifier"]), "--audio", str(wav), "-o", str(wav)]) == 2
+    assert "the output would overwrite an input" in capsys.readouterr().err and wav.read_bytes() == before
+    assert main(["embed", "--ckpt", str(models["audio_classifier"]), "--audio", str(wav), "-o",
+                 str(tmp_path / "emb.npy")]) == 2  # fmt: skip
+    assert "emb.npy: the output is a .npz file" in capsys.readouterr().err
+    assert main(["embed", "--ckpt", str(models["audio_classifier"]), "--audio", str(wav), "-o",
+                 str(tmp_path / "vectors")]) == 0  # fmt: skip
+    assert "wrote " + str(tmp_path / "vectors.npz") in capsys.readouterr().out and (tmp_path / "vectors.npz").is_file()

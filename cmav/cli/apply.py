@@ -52,9 +52,25 @@ def _notes() -> Iterator[None]:
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
+def _output(path: str, inputs: list[str], suffix: str) -> Path:
+    """The output file: with ``suffix`` (added when there is none; another one is refused, as numpy
+    would silently append its own), and never one of the inputs, which it would overwrite."""
+    out = Path(path)
+    for given in inputs:
+        if Path(given).exists() and out.exists() and out.resolve() == Path(given).resolve():
+            raise ValueError(f"{out}: the output would overwrite an input; name another file")
+    if out.suffix == "":
+        out = out.with_suffix(suffix)
+    elif out.suffix.lower() != suffix:
+        raise ValueError(f"{out}: the output is a {suffix} file; name it so")
+    return out
+
+
 def _embed(args: argparse.Namespace) -> int:
     import cmav
+    from cmav.data.files import atomic_write
 
+    out_path = _output(args.output, [args.ckpt, *(args.audio or args.image)], ".npz")
     model = cmav.load(args.ckpt)
     vectors, index, starts = [], [], []
     files = args.audio or args.image
@@ -72,16 +88,21 @@ def _embed(args: argparse.Namespace) -> int:
     arrays = {"vectors": v, "file_index": np.asarray(index, dtype=np.int64), "files": np.asarray([str(f) for f in files])}
     if starts:
         arrays["start_s"] = np.concatenate([s.numpy() for s in starts])
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, kind=np.asarray(model.kind), ckpt=np.asarray(str(args.ckpt)), **arrays)
-    print(f"wrote {out}: {v.shape[0]} vectors of {v.shape[1]} ({model.kind} model) from {len(files)} file(s)")
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: numpy adds no suffix of its own
+            np.savez(f, kind=np.asarray(model.kind), ckpt=np.asarray(str(args.ckpt)), **arrays)
+
+    atomic_write(out_path, write)
+    print(f"wrote {out_path}: {v.shape[0]} vectors of {v.shape[1]} ({model.kind} model) from {len(files)} file(s)")
     return 0
 
 
 def _classify(args: argparse.Namespace) -> int:
     import cmav
+    from cmav.data.files import atomic_write
 
+    out_path = _output(args.output, [args.ckpt, *args.audio], ".csv") if args.output else None
     model = cmav.load(args.ckpt)
     rows = []
     with _notes():
@@ -96,12 +117,14 @@ def _classify(args: argparse.Namespace) -> int:
               f"{p.mean(0).max():.3f} for {names[int(p.mean(0).argmax())]}")  # fmt: skip
         for start, label, probs in zip(out.start_s.tolist(), labels, p.tolist(), strict=True):
             rows.append([str(path), f"{start:.3f}", label, f"{max(probs):.4f}", *(f"{q:.4f}" for q in probs)])
-    if args.output:
-        out_path = Path(args.output)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        with out_path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["file", "start_s", "label", "probability", *names])
-            writer.writerows(rows)
+    if out_path is not None:
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["file", "start_s", "label", "probability", *names])
+                writer.writerows(rows)
+
+        atomic_write(out_path, write)
         print(f"wrote {out_path}: {len(rows)} chunk(s)")
     return 0
