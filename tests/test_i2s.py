@@ -273,6 +273,12 @@ def test_checkpoint_reloads_evaluates_and_generates_a_wav(data, audio_judge, tmp
     assert abs(wave).max() <= 1.0 and abs(wave).max() > 0
     with pytest.raises(SystemExit):
         cmav_main(["generate", "--ckpt", str(ckpt), "--image", str(frame), "--audio", str(out), "-o", str(out)])
+    # an output name that is not a sound file: refused by name (soundfile's TypeError before); none: .wav
+    capsys.readouterr()
+    assert cmav_main(["generate", "--ckpt", str(ckpt), "--image", str(frame), "-o", str(tmp_path / "out.png")]) == 2
+    assert "out.png: the sound is written as .wav or .flac" in capsys.readouterr().err
+    assert cmav_main(["generate", "--ckpt", str(ckpt), "--image", str(frame), "-o", str(tmp_path / "bare")]) == 0
+    assert sf.read(tmp_path / "bare.wav")[1] == rate
 
     # the nearest training condition instead of the frame's own: the checkpoint holds the train split's
     assert len(again.condition_bank) == len(model._bank_index) > 0

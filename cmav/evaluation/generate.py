@@ -159,14 +159,19 @@ def generate_from_image(ckpt: str | Path, image: str | Path, n: int = 1, seed: i
 
     if n < 1:
         raise ValueError("n must be >= 1")
-    if checkpoint_kind(ckpt) != "i2s":
-        raise ValueError(f"{ckpt}: an S2I checkpoint (sound -> image): give it a sound with --audio, not --image")
+    kind = checkpoint_kind(ckpt)
+    if kind != "i2s":
+        raise ValueError(f"{ckpt}: an {kind} checkpoint (sound -> image): give it a sound with --audio, not --image")
+    out = Path(output)
+    if out.suffix == "":
+        out = out.with_suffix(".wav")
+    elif out.suffix.lower() not in (".wav", ".flac"):
+        raise ValueError(f"{out}: the sound is written as .wav or .flac; name the output so")
     model = load(ckpt)
     waves, rate = image_to_sound(model, image, n=n, seed=seed, griffin_lim_iters=griffin_lim_iters,
                                  inference_condition=inference_condition)  # fmt: skip
-    out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out] if n == 1 else [out.with_name(f"{out.stem}_{k}{out.suffix or '.wav'}") for k in range(n)]
+    paths = [out] if n == 1 else [out.with_name(f"{out.stem}_{k}{out.suffix}") for k in range(n)]
     for path, w in zip(paths, waves[0], strict=True):
         sf.write(str(path), (0.9 * w).numpy(), rate, subtype="PCM_16")
     size = int(model.task.hparams.image_size)
