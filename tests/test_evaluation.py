@@ -612,3 +612,18 @@ def test_s2i_generator_with_an_adapted_encoder_leaves_the_task_alone(s2i_ckpt, d
     adapted = generate_images(fn, shifted, task.z_dim)
     assert adapted.shape == plain.shape and adapted.abs().max() <= 1.0
     assert not torch.allclose(adapted, plain)
+
+
+def test_cmav_evaluate_reads_the_data_as_the_checkpoint_was_trained_on_unless_told(tmp_path):
+    # a model trained on the paired layout with no held-out tail: evaluate used Sub-URMP and a 0.1 tail
+    from cmav.evaluation.generate import datamodule_for
+
+    ckpt = {"hyper_parameters": {"image_size": 32},
+            "datamodule_hyper_parameters": {"root": str(tmp_path / "pairs"), "layout": "paired", "holdout_tail": 0.0,
+                                            "holdout_gap_ms": 0, "features": {"kind": "lms", "n_mels": 64}}}  # fmt: skip
+    dm = datamodule_for(ckpt)
+    h = dm.hparams
+    assert (h.root, h.layout, h.image_size, h.holdout_tail, h.holdout_gap_ms) == (str(tmp_path / "pairs"), "paired", 32, 0.0, 0)
+    assert dm.features.n_mels == 64
+    told = datamodule_for(ckpt, root="elsewhere", holdout_tail=0.2, image_size=64, layout=None).hparams
+    assert (told.root, told.layout, told.holdout_tail, told.image_size) == ("elsewhere", "paired", 0.2, 64)

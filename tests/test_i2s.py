@@ -250,9 +250,10 @@ def test_checkpoint_reloads_evaluates_and_generates_a_wav(data, audio_judge, tmp
     # the same through `cmav evaluate`, which reads the kind from the checkpoint and asks for the right judge
     assert cmav_main(["evaluate", "--ckpt", str(ckpt), "--root", data["root"], "--image-size", str(SIZE)]) == 2
     # 2-chunk tracks: the held-out chunk shares audio with the trained one; --holdout-gap-ms 0 keeps it.
-    # No --image-size: the data's frames take the checkpoint's size (32 px; the option's old default was 64)
+    # No --image-size: the data's frames take the checkpoint's size (32 px; the option's old default was 64).
+    # --holdout-tail: this model trained with none (the checkpoint's, the default), so its "tails" are set here
     assert cmav_main(["evaluate", "--ckpt", str(ckpt), "--audio-judge", audio_judge, "--root", data["root"],
-                      "-o", str(tmp_path / "cli_eval"), "--probe-conditions",
+                      "-o", str(tmp_path / "cli_eval"), "--probe-conditions", "--holdout-tail", "0.1",
                       "--holdout-gap-ms", "0"]) == 0  # fmt: skip
     cli = json.loads((tmp_path / "cli_eval" / "metrics.json").read_text())
     assert cli["judge_on_real"]["accuracy"] == m["judge_on_real"]["accuracy"] and "round_trip" in cli

@@ -67,12 +67,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--audio-judge", default=None,
                    help="I2S: a sound-classifier checkpoint trained on real LMS (not the one I2S used)")  # fmt: skip
     e.add_argument("--player-judge", default=None, help="player-judge checkpoint (target='track')")
-    e.add_argument("--root", default="data/default")
+    # the data settings default to the checkpoint's own, so that its held-out tails are the ones it
+    # never trained on and a paired-layout model is read from its layout
+    e.add_argument("--root", default=None, help="the data (default: the root the checkpoint was trained on)")
+    e.add_argument("--layout", default=None, choices=["suburmp", "paired"], help="default: the checkpoint's")
     e.add_argument("--image-size", type=int, default=None, help="frame size of the data (default: the checkpoint's)")
-    e.add_argument("--holdout-tail", type=float, default=0.1, help="must match the player judge's training")
+    e.add_argument("--holdout-tail", type=float, default=None,
+                   help="default: the checkpoint's; must match the player judge's training")  # fmt: skip
     e.add_argument("--holdout-gap-ms", type=int, default=None,
                    help="held-out chunks starting less than this after a trained one share its audio and are not "
-                        "scored (default: the chunk length; 0 keeps them, as cmav did before this option)")  # fmt: skip
+                        "scored (default: the checkpoint's, else the chunk length; 0 keeps them)")  # fmt: skip
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--inference-condition", choices=INFERENCE_CONDITIONS, default=None,
                    help="the generator's condition: the input's own (the paper), the nearest training condition(s), "
@@ -169,11 +173,14 @@ def _weak_players(per_player: list[dict], split: str, below: float = 0.5) -> str
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from cmav.data.datamodule import AudioVisualDataModule
     from cmav.evaluation import evaluate_i2s, evaluate_s2i
-    from cmav.evaluation.generate import checkpoint_kind, front_end_of, image_size_of
+    from cmav.evaluation.generate import checkpoint_kind, datamodule_for
 
     kind = checkpoint_kind(args.ckpt)
+    if kind not in ("s2i", "i2s"):
+        print(f"cmav evaluate: {args.ckpt} is an {kind} checkpoint; this command scores S2I and I2S ones "
+              "(audio tokens are scored by their grid: cmav ablate experiments/ablations/token.yaml)", file=sys.stderr)  # fmt: skip
+        return 2
     if args.probe_conditions and kind != "i2s":
         print("cmav evaluate: --probe-conditions is for I2S checkpoints", file=sys.stderr)
         return 2
@@ -181,10 +188,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     if (args.image_judge if kind == "s2i" else args.audio_judge) is None:
         print(f"cmav evaluate: {args.ckpt} is an {kind.upper()} checkpoint: give {judge_flag}", file=sys.stderr)
         return 2
-    features, chunk = front_end_of(args.ckpt)  # score on the front end the model was trained with
-    image_size = args.image_size if args.image_size is not None else image_size_of(args.ckpt)
-    dm = AudioVisualDataModule(root=args.root, image_size=image_size, holdout_tail=args.holdout_tail,
-                               holdout_gap_ms=args.holdout_gap_ms, features=features, chunk=chunk)  # fmt: skip
+    # the front end, chunk spec and data settings the model was trained with, unless the flags say otherwise
+    dm = datamodule_for(args.ckpt, args.root, batch_size=32, image_size=args.image_size, layout=args.layout,
+                        holdout_tail=args.holdout_tail, holdout_gap_ms=args.holdout_gap_ms)  # fmt: skip
     dm.setup("fit")
     task = _inference_task(args, kind, dm)
     print(f"inference condition: {task.inference_condition}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,16 +46,23 @@ def front_end_of(ckpt_path: str | Path | dict) -> tuple[FrontEndConfig, ChunkSpe
     return front_end_config(dm.get("features")), _as(ChunkSpec, dm.get("chunk"))
 
 
-def image_size_of(ckpt_path: str | Path | dict, default: int = 64) -> int:
-    """The frame size a checkpoint's model was trained on (its data module's, else its own hyper-parameter)."""
+def datamodule_for(ckpt: str | Path, root: str | Path | None = None, cache_dir: str | None = None,
+                   batch_size: int = 128, **overrides: Any):  # fmt: skip
+    """The data a checkpoint was trained on (front end, chunk spec, image size, layout, hold-out),
+    read at ``root`` (default: the root it recorded). ``overrides`` (``image_size``, ``layout``,
+    ``holdout_tail``, ``holdout_gap_ms``) replace what the checkpoint says where they are not None."""
+    from cmav.data.datamodule import AudioVisualDataModule
     from cmav.tasks.classifier import checkpoint_dict
 
-    blob = checkpoint_dict(ckpt_path)
-    for key in ("datamodule_hyper_parameters", "hyper_parameters"):
-        size = (blob.get(key) or {}).get("image_size")
-        if size is not None:
-            return int(size)
-    return default
+    blob = checkpoint_dict(ckpt)
+    dmh = blob.get("datamodule_hyper_parameters") or {}
+    hp = blob.get("hyper_parameters") or {}
+    features, spec = front_end_of(blob)
+    settings = {"layout": dmh.get("layout", "suburmp"), "image_size": int(hp.get("image_size", dmh.get("image_size", 64))),
+                "holdout_tail": float(dmh.get("holdout_tail", 0.0)), "holdout_gap_ms": dmh.get("holdout_gap_ms")}  # fmt: skip
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return AudioVisualDataModule(root=str(root or dmh.get("root", "data/default")), batch_size=batch_size,
+                                 features=features, chunk=spec, cache_dir=cache_dir, **settings)  # fmt: skip
 
 
 def chunk_features(audio, features: FrontEndConfig, spec: ChunkSpec, sample_rate: int | None = None,
@@ -178,4 +186,4 @@ def generate_from_image(ckpt: str | Path, image: str | Path, n: int = 1, seed: i
     return paths, [f"{image}: centre square resized to {size}x{size}"]
 
 
-__all__ = ["checkpoint_kind", "chunk_features", "front_end_of", "generate_from_image", "generate_from_wav", "wav_to_features"]
+__all__ = ["checkpoint_kind", "chunk_features", "datamodule_for", "front_end_of", "generate_from_image", "generate_from_wav", "wav_to_features"]

@@ -70,25 +70,6 @@ def model_name(ckpt: Any, kind: str) -> str:
     return kind
 
 
-def datamodule_for(ckpt: str | Path, root: str | Path | None = None, cache_dir: str | None = None,
-                   batch_size: int = 128):  # fmt: skip
-    """The data a checkpoint was trained on (front end, image size, layout, hold-out), at ``root``."""
-    from cmav.data.datamodule import AudioVisualDataModule
-    from cmav.evaluation.generate import front_end_of
-    from cmav.tasks.classifier import _load_checkpoint
-
-    blob = _load_checkpoint(ckpt)
-    dmh = blob.get("datamodule_hyper_parameters") or {}
-    hp = blob.get("hyper_parameters") or {}
-    features, spec = front_end_of(ckpt)
-    return AudioVisualDataModule(
-        root=str(root or dmh.get("root", "data/default")), layout=dmh.get("layout", "suburmp"),
-        image_size=int(hp.get("image_size", dmh.get("image_size", 64))), batch_size=batch_size,
-        features=features, chunk=spec, holdout_tail=float(dmh.get("holdout_tail", 0.0)),
-        holdout_gap_ms=dmh.get("holdout_gap_ms"), cache_dir=cache_dir,
-    )  # fmt: skip
-
-
 def _masks(dm, split: str, tensors, size: int) -> tuple[Tensor | None, str | None]:
     from cmav.data.masks import MasksMissing, load_split_masks
 
@@ -151,6 +132,8 @@ def evaluate_retrieval(
         first = next((c for c in ckpts if isinstance(c, (str, Path))), None)
         if first is None:
             raise ValueError("pass a datamodule when evaluating task objects")
+        from cmav.evaluation.generate import datamodule_for
+
         datamodule = datamodule_for(first, root, cache_dir=cache_dir)
     if split not in ("validation", "train"):
         raise ValueError(f"split must be 'validation' or 'train', got {split!r}")
@@ -308,4 +291,4 @@ def _write_heatmaps(out: Path, dm, val, tasks, names, masks, baselines, display_
     sheet.save(out / "heatmaps.png")
 
 
-__all__ = ["datamodule_for", "embed_split", "evaluate_retrieval", "format_report", "model_name", "split_heatmaps"]
+__all__ = ["embed_split", "evaluate_retrieval", "format_report", "model_name", "split_heatmaps"]
