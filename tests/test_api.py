@@ -303,6 +303,9 @@ def test_cmav_embed_writes_what_the_api_gives(data, models, tmp_path, capsys):
     assert np.load(out)["vectors"].shape == (2, 16)
     assert main(["embed", "--ckpt", str(models["i2s"]), "--audio", str(long), "-o", str(out)]) == 2
     assert "embed_audio takes a model of kind" in capsys.readouterr().err
+    assert main(["embed", "--ckpt", str(models["retrieval"]), "--image", str(frames[0]), "--hop-s", "0.1", "-o",
+                 str(out)]) == 2  # fmt: skip
+    assert "--hop-s cuts sound files into chunks" in capsys.readouterr().err
 
 
 def test_cmav_classify_prints_and_writes_each_chunk(data, models, tmp_path, capsys):

@@ -274,6 +274,13 @@ def test_checkpoint_reloads_evaluates_and_generates_a_wav(data, audio_judge, tmp
     assert abs(wave).max() <= 1.0 and abs(wave).max() > 0
     with pytest.raises(SystemExit):
         cmav_main(["generate", "--ckpt", str(ckpt), "--image", str(frame), "--audio", str(out), "-o", str(out)])
+    # options for another kind of model are refused, not ignored
+    capsys.readouterr()
+    assert cmav_main(["generate", "--ckpt", str(ckpt), "--image", str(frame), "-o", str(out), "--steps", "7"]) == 2
+    assert "--steps set(s) the diffusion sampler of an audio-token model; this is an i2s checkpoint" in capsys.readouterr().err
+    assert cmav_main(["evaluate", "--ckpt", str(ckpt), "--audio-judge", audio_judge, "--image-judge", audio_judge,
+                      "--root", data["root"]]) == 2  # fmt: skip
+    assert "--image-judge judge(s) the other direction" in capsys.readouterr().err
     # an output name that is not a sound file: refused by name (soundfile's TypeError before); none: .wav
     capsys.readouterr()
     assert cmav_main(["generate", "--ckpt", str(ckpt), "--image", str(frame), "-o", str(tmp_path / "out.png")]) == 2

@@ -70,6 +70,8 @@ def _embed(args: argparse.Namespace) -> int:
     import cmav
     from cmav.data.files import atomic_write
 
+    if args.image and args.hop_s is not None:
+        raise ValueError("--hop-s cuts sound files into chunks; frames (--image) have none")
     out_path = _output(args.output, [args.ckpt, *(args.audio or args.image)], ".npz")
     model = cmav.load(args.ckpt)
     vectors, index, starts = [], [], []

@@ -35,11 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--inference-condition", choices=INFERENCE_CONDITIONS, default=None,
                    help="S2I/I2S: the generator's condition: the input's own (the paper), the nearest training "
                         "condition, or the mean training condition of the predicted class (default: the checkpoint's)")  # fmt: skip
-    g.add_argument("--scheduler", default="ddim", choices=["ddim", "ddpm", "pndm", "euler", "dpm"],
-                   help="audio-token checkpoints: the diffusion sampler (default: %(default)s)")  # fmt: skip
-    g.add_argument("--steps", type=int, default=50, help="audio-token checkpoints: denoising steps (default: %(default)s)")
-    g.add_argument("--guidance", type=float, default=3.0,
-                   help="audio-token checkpoints: classifier-free guidance scale (default: %(default)s)")  # fmt: skip
+    # the diffusion options default to None so that one given to an S2I/I2S checkpoint is refused, not ignored
+    g.add_argument("--scheduler", default=None, choices=["ddim", "ddpm", "pndm", "euler", "dpm"],
+                   help=f"audio-token checkpoints: the diffusion sampler (default: {TOKEN_DEFAULTS['scheduler']})")  # fmt: skip
+    g.add_argument("--steps", type=int, default=None,
+                   help=f"audio-token checkpoints: denoising steps (default: {TOKEN_DEFAULTS['steps']})")  # fmt: skip
+    g.add_argument("--guidance", type=float, default=None,
+                   help=f"audio-token checkpoints: classifier-free guidance scale (default: {TOKEN_DEFAULTS['guidance']})")  # fmt: skip
     g.add_argument("--pipeline", default=None,
                    help="audio-token checkpoints: diffusion pipeline folder (default: the one it was trained with)")
     g.set_defaults(func=_generate)
@@ -107,12 +109,21 @@ def _ablate(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from cmav.evaluation.generate import checkpoint_kind, generate_from_image, generate_from_wav
 
-    if args.audio is not None and checkpoint_kind(args.ckpt) == "audio_token":
+    kind = checkpoint_kind(args.ckpt)
+    diffusion = {k: getattr(args, k) for k in ("scheduler", "steps", "guidance", "pipeline") if getattr(args, k) is not None}
+    if kind == "audio_token" and args.inference_condition is not None:
+        raise ValueError(f"{args.ckpt}: an audio-token model has no inference condition; leave out --inference-condition")
+    if kind != "audio_token" and diffusion:
+        raise ValueError(f"{args.ckpt}: --{', --'.join(diffusion)} set(s) the diffusion sampler of an audio-token "
+                         f"model; this is an {kind} checkpoint")  # fmt: skip
+    if args.audio is not None and kind == "audio_token":
         from cmav.evaluation.token import generate_from_audio_token
 
+        settings = {**TOKEN_DEFAULTS, **diffusion}
         paths, notes = generate_from_audio_token(
             args.ckpt, args.audio, n=args.n or 4, seed=args.seed, output_dir=args.output or "generated",
-            scheduler=args.scheduler, steps=args.steps, guidance_scale=args.guidance, pipeline=args.pipeline,
+            scheduler=settings["scheduler"], steps=settings["steps"], guidance_scale=settings["guidance"],
+            pipeline=settings.get("pipeline"),
         )  # fmt: skip
     elif args.image is not None:
         paths, notes = generate_from_image(args.ckpt, args.image, n=args.n or 1, seed=args.seed,
@@ -128,6 +139,10 @@ def _generate(args: argparse.Namespace) -> int:
     for path in paths:
         print(f"wrote {path}")
     return 0
+
+
+TOKEN_DEFAULTS = {"scheduler": "ddim", "steps": 50, "guidance": 3.0}
+"""``cmav generate``'s diffusion settings for an audio-token checkpoint when the flags are left out."""
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -183,6 +198,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 2
     if args.probe_conditions and kind != "i2s":
         print("cmav evaluate: --probe-conditions is for I2S checkpoints", file=sys.stderr)
+        return 2
+    other = ["--image-judge", "--player-judge"] if kind == "i2s" else ["--audio-judge"]
+    given = [flag for flag in other if getattr(args, flag[2:].replace("-", "_")) is not None]
+    if given:
+        print(f"cmav evaluate: {args.ckpt} is an {kind.upper()} checkpoint; {', '.join(given)} judge(s) the other "
+              "direction", file=sys.stderr)  # fmt: skip
         return 2
     judge_flag = "--image-judge" if kind == "s2i" else "--audio-judge"
     if (args.image_judge if kind == "s2i" else args.audio_judge) is None:
