@@ -211,18 +211,22 @@ def embed_audio(model: Model, audio: AudioSource, sample_rate: int | None = None
                 batch_size: int = 64) -> Embeddings:  # fmt: skip
     """One embedding per chunk of a recording.
 
-    A sound classifier or an S2I model gives its audio encoder's feature (128-d by default: what
-    conditions the generators); a retrieval model gives its joint audio-image space (unit length),
-    so that :func:`embed_image` of the same model compares with it by a dot product.
+    A sound classifier gives its audio encoder's feature (128-d by default); an S2I model gives the
+    condition its EMA generator reads for the chunk (the EMA encoder's feature by default, which a
+    trained encoder's online weights are not); a retrieval model gives its joint audio-image space
+    (unit length), so that :func:`embed_image` of the same model compares with it by a dot product.
     """
     _needs(model, "embed_audio", ("audio_classifier", "s2i", "retrieval"))
     chunks = _features_for(model, audio, sample_rate, hop_s)
     x = chunks.features.to(model.device)
     if model.kind == "retrieval":
         vectors = _batched(lambda b: model.task.embed(audio=b)[0], x, batch_size)
+    elif model.kind == "s2i":
+        task = model.task
+        net = task.ema.module if task.ema is not None else task.net
+        vectors = _batched(net.condition, x, batch_size)
     else:
-        encoder = model.task.net.encoder if model.kind == "s2i" else model.task.model
-        vectors = _batched(encoder.embed, x, batch_size)
+        vectors = _batched(model.task.model.embed, x, batch_size)
     return Embeddings(vectors=vectors, start_s=chunks.start_s)
 
 

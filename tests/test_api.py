@@ -224,6 +224,11 @@ def test_sound_to_image_is_what_cmav_generate_writes(models, tmp_path):
     assert images.shape == (2, 3, 3, SIZE, SIZE) and images.abs().max() <= 1.0
     assert not torch.equal(images[0, 0], images[0, 1])  # the noise draws differ
     assert torch.equal(images, cmav.sound_to_image(model, wav, n=3, seed=5))
+    # its embedding is the condition the EMA generator reads (a scratch encoder: not the online one's feature)
+    chunk = cmav.audio_chunks(model, wav).features
+    with torch.no_grad():
+        condition = model.task.ema.module.condition(chunk)
+    torch.testing.assert_close(cmav.embed_audio(model, wav).vectors, condition)
     # an inference condition given to one call is that call's: the next plain call is the checkpoint's again
     snapped = cmav.sound_to_image(model, wav, n=3, seed=5, inference_condition="class_mean")
     assert not torch.equal(snapped, images)
