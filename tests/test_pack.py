@@ -64,6 +64,12 @@ def test_a_pack_refuses_other_settings_and_names_what_differs(packed):
         _dm(packed["pack"], features={"n_mels": 64})
     with pytest.raises(DataError, match="holds features, not raw chunks: waveform augmentation needs the source root"):
         _dm(packed["pack"], augment={"gain": {"p": 1.0}})
+    from cmav.data.datasets import PackedSplit
+
+    names = PackedSplit(packed["pack"], "train", image_size=SIZE).class_names
+    assert PackedSplit(packed["pack"], "train", image_size=SIZE, classes=names).class_names == names
+    with pytest.raises(DataError, match=r"split 'train' holds the classes .* in that order; asked for \['drum', 'dog'\]"):
+        PackedSplit(packed["pack"], "train", image_size=SIZE, classes=["drum", "dog"])  # was dropped without a word
 
 
 def test_a_damaged_or_unfinished_pack_is_refused_by_name(packed, tmp_path):

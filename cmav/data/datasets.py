@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -11,7 +12,7 @@ from torch.utils.data import Dataset
 
 from cmav.data.audio_io import ChunkSpec
 from cmav.data.cache import PairTensors, load_or_build
-from cmav.data.errors import DataWarning
+from cmav.data.errors import DataError, DataWarning
 from cmav.data.instruments import INSTRUMENTS
 from cmav.data.layout import LayoutScan, scan_paired, scan_suburmp
 from cmav.data.pack import is_pack, load_packed
@@ -139,8 +140,13 @@ class PackedSplit(PairDataset):
     """
 
     def __init__(self, root: str | Path, split: str = "train", image_size: int = 64, features: FrontEndConfig | None = None,
-                 chunk: ChunkSpec | None = None, waves_rate: int | None = None, **_: object) -> None:  # fmt: skip
+                 chunk: ChunkSpec | None = None, waves_rate: int | None = None, classes: Sequence[str] | None = None,
+                 **_: object) -> None:  # fmt: skip
         tensors = PairTensors(**load_packed(root, split, image_size, features, chunk, waves_rate))
+        if classes is not None and list(classes) != list(tensors.class_names):
+            # the labels are stored as indices into the pack's own order: another order or set cannot be had
+            raise DataError(root, f"split {split!r} holds the classes {tensors.class_names} in that order; asked "
+                                  f"for {list(classes)}")  # fmt: skip
         super().__init__(tensors, Path(root), split)
 
 
