@@ -169,7 +169,8 @@ def generate_from_image(ckpt: str | Path, image: str | Path, n: int = 1, seed: i
         raise ValueError("n must be >= 1")
     kind = checkpoint_kind(ckpt)
     if kind != "i2s":
-        raise ValueError(f"{ckpt}: an {kind} checkpoint (sound -> image): give it a sound with --audio, not --image")
+        name = {"s2i": "S2I", "audio_token": "audio-token"}.get(kind, kind)
+        raise ValueError(f"{ckpt}: an {name} checkpoint (sound -> image): give it a sound with --audio, not --image")
     out = Path(output)
     if out.suffix == "":
         out = out.with_suffix(".wav")
