@@ -129,7 +129,7 @@ class RetrievalTask(L.LightningModule):
         finetune_norm: how a fine-tuned encoder runs while its weights train: ``'train'`` (batch
             statistics, running statistics updated, dropout on) or ``'eval'`` (as at inference: the
             classifier's batch-norm statistics kept, no dropout; common when fine-tuning on little
-            data, and how every fine-tuned encoder ran before stop 48).
+            data, and how every fine-tuned encoder ran before stop 47).
         ignore_negatives: in-batch items that are NOT used as negatives of a query (its own pair
             always stays the positive): ``'none'`` (plain InfoNCE), ``'same_track'`` (the other
             chunks of the same performance: overlapping near-copies) or ``'same_class'`` (every
