@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cmav.ablation.grid import datamodule, finite, fit, mean_sd, mean_sd_text, merge, save_config, slug, write_csv
+from cmav.ablation.grid import datamodule, fit, mean_sd_text, merge, put_mean_sd, save_config, slug, write_csv
 from cmav.features.frontend import build_front_end, front_end_config
 
 
@@ -96,8 +96,7 @@ def summarise(runs: list[dict], reps: list[str], depths: list[int]) -> list[dict
             row: dict[str, Any] = {"representation": rep, "kind": mine[0]["kind"], "depth": depth,
                                    "n_seeds": len(mine), "input_shape": "x".join(map(str, mine[0]["input_shape"]))}  # fmt: skip
             for key in ("accuracy", "balanced_accuracy", "train_s"):
-                row[f"{key}_mean"], row[f"{key}_sd"] = mean_sd([r[key] for r in mine])
-                row[f"{key}_n"] = len(finite([r[key] for r in mine]))
+                put_mean_sd(row, key, [r[key] for r in mine])
             row["parameters"] = mine[0]["parameters"]
             row["front_end_chunks_per_s"] = mine[0]["front_end_chunks_per_s"]
             rows.append(row)

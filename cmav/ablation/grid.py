@@ -247,6 +247,13 @@ def mean_sd(values: list[Any]) -> tuple[float | None, float | None]:
     return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None
 
 
+def put_mean_sd(row: dict[str, Any], key: str, values: list[Any]) -> None:
+    """``row[key_mean]``, ``row[key_sd]`` (:func:`mean_sd`) and ``row[key_n]``, the seeds whose
+    figure is a number (a diverged run's is not), for :func:`mean_sd_text`."""
+    row[f"{key}_mean"], row[f"{key}_sd"] = mean_sd(values)
+    row[f"{key}_n"] = len(finite(values))
+
+
 def mean_sd_text(mean: float | None, sd: float | None, n: int | None = None, of: int | None = None,
                  digits: int = 3) -> str:  # fmt: skip
     """A table cell: ``mean ± sd``, ``mean (one seed)``, or ``n/a``; ``(n of N seeds)`` when only
@@ -319,5 +326,5 @@ def save_config(cfg: dict, out: Path) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
-__all__ = ["classifier_stage", "data_root", "datamodule", "evaluated_name", "fit", "inference_conditions", "load_grid", "under_inference_conditions", "finite", "mean_sd", "merge", "parse_override", "record", "reusable", "save_config", "seeded", "slug", "stage_key", "trainer",
+__all__ = ["classifier_stage", "data_root", "datamodule", "evaluated_name", "fit", "inference_conditions", "load_grid", "under_inference_conditions", "finite", "mean_sd", "mean_sd_text", "put_mean_sd", "merge", "parse_override", "record", "reusable", "save_config", "seeded", "slug", "stage_key", "trainer",
            "variant_model_kwargs", "variant_names", "write_csv"]  # fmt: skip

@@ -26,11 +26,10 @@ import torch
 from cmav.ablation.grid import (
     data_root,
     datamodule,
-    finite,
     fit,
-    mean_sd,
     mean_sd_text,
     merge,
+    put_mean_sd,
     save_config,
     slug,
     write_csv,
@@ -155,8 +154,7 @@ def summarise(runs: list[dict], names: list[str]) -> list[dict]:
         row: dict[str, Any] = {"variant": name, "groups": "+".join(mine[0]["groups"]) or "-",
                                "train_data": mine[0]["train_root"], "n_seeds": len(mine)}  # fmt: skip
         for key in ("in_source", "cross_source", "in_source_balanced", "cross_source_balanced", "train_s"):
-            row[f"{key}_mean"], row[f"{key}_sd"] = mean_sd([r[key] for r in mine])
-            row[f"{key}_n"] = len(finite([r[key] for r in mine]))
+            put_mean_sd(row, key, [r[key] for r in mine])
         row["gap_mean"] = _minus(row["in_source_mean"], row["cross_source_mean"])
         rows.append(row)
     base = next((r for r in rows if r["variant"] == BASELINE), None)

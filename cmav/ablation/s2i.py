@@ -27,11 +27,10 @@ from cmav.ablation.grid import (
     classifier_stage,
     datamodule,
     evaluated_name,
-    finite,
     fit,
     inference_conditions,
-    mean_sd,
     mean_sd_text,
+    put_mean_sd,
     save_config,
     seeded,
     slug,
@@ -121,9 +120,7 @@ def summarise(runs: list[dict], variants: list[str], metrics: list[Metric] = MET
         mine = [r for r in runs if r["variant"] == name]
         row: dict[str, Any] = {"variant": name, "n_seeds": len(mine)}
         for key, _, get in metrics:
-            values = [get(r["metrics"]) for r in mine]
-            row[f"{key}_mean"], row[f"{key}_sd"] = mean_sd(values)
-            row[f"{key}_n"] = len(finite(values))  # seeds whose figure is a number (a diverged run's is not)
+            put_mean_sd(row, key, [get(r["metrics"]) for r in mine])
         rows.append(row)
     return rows
 

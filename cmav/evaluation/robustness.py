@@ -175,10 +175,9 @@ def score_classifier(task, tensors, adapt_batch_norm: bool = False) -> dict[str,
     """The sound classifier's accuracy on a split's audio; with ``adapt_batch_norm``, after
     re-estimating its batch-norm statistics on that same audio (no labels read; transductive)."""
     from cmav.evaluation.adaptation import adapt_batch_norm as adapt
+    from cmav.evaluation.s2i import check_judge_fits
 
-    if list(task.hparams.class_names) != list(tensors.class_names):
-        raise ValueError(f"the sound classifier's classes {list(task.hparams.class_names)} differ from the data's "
-                         f"{list(tensors.class_names)}")  # fmt: skip
+    check_judge_fits(task, class_names=tensors.class_names, what="sound classifier")
     audio = tensors.audio.float()
     model = adapt(task.model, audio) if adapt_batch_norm else task.model
     return _report(judged_accuracy(model, audio, tensors.labels, tensors.class_names, batch_size=256))
