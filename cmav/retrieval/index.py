@@ -200,7 +200,6 @@ def build_index(
     from cmav.data.datasets import open_split
     from cmav.data.layout import scan_paired, scan_suburmp
     from cmav.evaluation.generate import front_end_of
-    from cmav.tasks.common import plain
     from cmav.tasks.retrieval import load_retrieval
 
     task = load_retrieval(ckpt)
@@ -233,9 +232,9 @@ def build_index(
         root=str(Path(root).resolve()),
         split=split,
         image_size=size,
-        # what search checks the model against: the index's embeddings are these weights' and this front end's
+        # search checks the model against it: the index's embeddings are these weights'
         info={"layout": layout, "trained_encoder_mode": getattr(task, "trained_encoder_mode", None),
-              "ckpt_sha256": sha256_file(ckpt), "features": plain(features), "chunk": plain(spec)},
+              "ckpt_sha256": sha256_file(ckpt)},
     )  # fmt: skip
 
 
