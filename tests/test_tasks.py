@@ -855,23 +855,47 @@ def test_a_checkpoint_saved_inside_an_epoch_warns_that_its_resume_is_not_exact(s
         restore_random_state(model, inside)
 
 
-def test_ddp_two_cpu_processes(data, tmp_path):
-    """From an empty cache folder: rank 0 builds both splits' cache files in ``prepare_data``,
-    rank 1 only reads them, and the two ranks end with the same weights."""
-    out = tmp_path / "ddp"
-    out.mkdir()
-    cache = tmp_path / "cache"
+def _ddp_run(data: dict, cache: Path, out: Path, *extra: str) -> list[list[str]]:
+    """tests/ddp_s2i_script.py on 2 CPU processes; each rank's line (checksum, iteration, built, draw)."""
+    out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "ddp_s2i_script.py"), data["root"], str(cache), str(out)],
-        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
+        [sys.executable, str(REPO / "tests" / "ddp_s2i_script.py"), data["root"], str(cache), str(out), *extra],
+        capture_output=True, text=True, timeout=180, env=env, cwd=out,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "DDP_OK world=2 iteration=3 global_step=6" in proc.stdout
-    ranks = [(out / f"rank{r}.txt").read_text().split() for r in (0, 1)]
-    assert ranks[0][:2] == ranks[1][:2]  # same weights on both ranks: gradients were all-reduced
+    assert "DDP_OK world=2" in proc.stdout
+    return [(out / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+
+
+def test_ddp_two_cpu_processes(data, tmp_path):
+    """From an empty cache folder: rank 0 builds both splits' cache files in ``prepare_data``,
+    rank 1 only reads them, and the two ranks end with the same weights. They draw from their own
+    random streams (noise, DiffAugment), not the one stream ``seed_everything`` gave them both."""
+    cache = tmp_path / "cache"
+    ranks = _ddp_run(data, cache, tmp_path / "ddp")
+    assert ranks[0][1] == ranks[1][1] == "3"  # 6 global steps: 3 G/D iterations
+    assert ranks[0][0] == ranks[1][0]  # same weights on both ranks: gradients were all-reduced
     assert (ranks[0][2], ranks[1][2]) == ("built=2", "built=0")
     assert len(list(cache.glob("*.pt"))) == 2  # train and validation, written once
+    assert ranks[0][3] != ranks[1][3]  # each rank its own stream
+    again = _ddp_run(data, cache, tmp_path / "again")
+    assert [r[3] for r in again] == [r[3] for r in ranks]  # ... forked from the seed alone
+
+
+def test_ddp_resume_continues_every_ranks_stream(data, tmp_path):
+    """A DDP checkpoint holds every rank's random state: a run stopped after epoch 2 and resumed on
+    2 processes ends with the weights of a run never stopped (rank 1 does not restart from rank 0's
+    stream)."""
+    first = _ddp_run(data, tmp_path / "cache", tmp_path / "first", "2")
+    saved = torch.load(tmp_path / "first" / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
+    states = saved[RANDOM_STATE_KEY]["ranks"]
+    assert len(states) == 2 and not torch.equal(states[0]["cpu"], states[1]["cpu"])
+    assert torch.equal(saved[RANDOM_STATE_KEY]["cpu"], states[0]["cpu"])
+    resumed = _ddp_run(data, tmp_path / "cache", tmp_path / "resumed", "3", str(tmp_path / "first" / "ckpt" / "last.ckpt"))
+    never_stopped = _ddp_run(data, tmp_path / "cache", tmp_path / "never_stopped", "3")
+    assert int(resumed[0][1]) > int(first[0][1])
+    assert [r[:2] for r in resumed] == [r[:2] for r in never_stopped]
 
 
 # ---------------------------------------------------------------- CLI and configs

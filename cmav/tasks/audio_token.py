@@ -33,7 +33,7 @@ from cmav.tasks.common import (
     plain,
     tensorboard_writer,
 )
-from cmav.tasks.random_state import restore_random_state, save_random_state
+from cmav.tasks.random_state import restore_random_state, save_random_state, separate_rank_streams
 from cmav.viz.tensors import to_uint8_frame
 
 CHECKPOINT_KEY = "cmav_audio_token"
@@ -196,12 +196,15 @@ class AudioTokenTask(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
 
+    def on_fit_start(self) -> None:
+        separate_rank_streams(self)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["state_dict"]
         for k in [k for k in state if k.startswith("model.diffusion.")]:
             del state[k]  # frozen and stored in its own folder
         checkpoint[CHECKPOINT_KEY] = {"pipeline": str(self.hparams.pipeline), "fingerprint": self.pipeline_fingerprint}
-        save_random_state(checkpoint)
+        save_random_state(checkpoint, self)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         restore_random_state(self, checkpoint)

@@ -51,7 +51,7 @@ from cmav.tasks.common import (
     refuse_stochastic_weight_averaging,
     with_lr_schedule,
 )
-from cmav.tasks.random_state import restore_random_state, save_random_state
+from cmav.tasks.random_state import restore_random_state, save_random_state, separate_rank_streams
 
 Modality = Literal["audio", "image"]
 Target = Literal["label", "track"]
@@ -353,8 +353,11 @@ class ClassifierTask(L.LightningModule):
         logits = self(batch[self.input_key])
         return {"logits": logits, "pred": logits.argmax(1), "index": batch["index"]}
 
+    def on_fit_start(self) -> None:
+        separate_rank_streams(self)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        save_random_state(checkpoint)
+        save_random_state(checkpoint, self)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         restore_random_state(self, checkpoint)

@@ -24,7 +24,7 @@ from cmav.diffusion.audio_token import label_words
 from cmav.diffusion.pipeline import PixelDiffusionConfig, TextToImageDiffusion, build_pixel_diffusion
 from cmav.models.ema import ExponentialMovingAverage, ema_decay_at
 from cmav.tasks.common import AdamConfig, coerce, datamodule_of, plain, refuse_weight_averaging, tensorboard_writer
-from cmav.tasks.random_state import restore_random_state, save_random_state
+from cmav.tasks.random_state import restore_random_state, save_random_state, separate_rank_streams
 from cmav.viz.tensors import to_uint8_frame
 
 CAPTION = "a photo of a {} player"
@@ -166,8 +166,11 @@ class DiffusionBaseTask(L.LightningModule):
         sheet = labelled_grid(cells, list(self.hparams.class_names), cell_size=max(64, model.image_size))
         writer.add_image("samples/ema", np.asarray(sheet), self.global_step, dataformats="HWC")
 
+    def on_fit_start(self) -> None:
+        separate_rank_streams(self)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        save_random_state(checkpoint)
+        save_random_state(checkpoint, self)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         restore_random_state(self, checkpoint)

@@ -58,7 +58,7 @@ from cmav.tasks.common import (
     refuse_weight_averaging,
 )
 from cmav.tasks.pairs import HardNegativeMiner, NegativeSampler
-from cmav.tasks.random_state import restore_random_state, save_random_state
+from cmav.tasks.random_state import every_rank, restore_random_state, save_random_state, separate_rank_streams
 
 EncoderMode = Literal["frozen", "finetune", "scratch"]
 
@@ -565,6 +565,7 @@ class PairedGANTask(L.LightningModule):
     # ------------------------------------------------------------------ training
 
     def on_fit_start(self) -> None:
+        separate_rank_streams(self)
         self._cached_features = None
         if self._caches_condition_features():
             self._cached_features = self._encode_train_items()
@@ -881,12 +882,14 @@ class PairedGANTask(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        save_random_state(checkpoint)
+        save_random_state(checkpoint, self)
         self._refresh_saved_condition_bank(checkpoint)
         enc = self.model.encoder
+        sampler_rngs = every_rank(self, self._rng.get_state())
         checkpoint[self.checkpoint_key] = {
             "iteration": self.iteration,
-            "sampler_rng": self._rng.get_state(),
+            "sampler_rng": sampler_rngs[0],
+            **({"sampler_rngs": sampler_rngs} if len(sampler_rngs) > 1 else {}),
             "encoder": {
                 "config": plain(self.encoder_config),
                 "n_classes": enc.n_classes,
@@ -915,10 +918,12 @@ class PairedGANTask(L.LightningModule):
             return
         self.iteration = int(state["iteration"])
         rank = self.global_rank if self._trainer is not None else 0
-        if rank == 0:
-            self._rng.set_state(state["sampler_rng"])
+        world = self._trainer.world_size if self._trainer is not None else 1
+        saved = state.get("sampler_rngs", [state["sampler_rng"]])
+        if len(saved) == world or rank == 0:
+            self._rng.set_state(saved[rank] if len(saved) == world else saved[0])
         else:
-            # the checkpoint holds rank 0's stream; other ranks get their own, still deterministic
+            # saved by another number of processes: other ranks get their own stream, still deterministic
             self._rng.manual_seed(self.hparams.seed + 7919 * rank + self.iteration)
 
 

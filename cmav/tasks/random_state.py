@@ -7,6 +7,11 @@ the first epoch's batch order and noise again. Each task stores the state in ``o
 and sets it back in ``on_load_checkpoint`` (which Lightning calls before the first resumed batch is
 drawn; its sanity check runs under ``isolate_rng`` and draws nothing from it).
 
+Under DDP every process seeds identically (``seed_everything``), so without more they would all draw
+the same noise, augmentations and dropout masks for their different batches. :func:`separate_rank_streams`
+forks the shared stream by rank when a fit starts, and a checkpoint holds every rank's state, so a
+resumed DDP run on as many processes continues each rank's own stream.
+
 Only tensors are stored, so checkpoints still load with ``torch.load(weights_only=True)``.
 """
 
@@ -20,12 +25,52 @@ import torch
 CHECKPOINT_KEY = "cmav_random_state"
 
 
-def save_random_state(checkpoint: dict) -> None:
-    """Put torch's CPU and CUDA generator states into ``checkpoint``."""
+def _local_state() -> dict:
     state = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _world(module: L.LightningModule | None) -> tuple[int, int]:
+    trainer = None if module is None else module._trainer  # noqa: SLF001 -- ``module.trainer`` raises when detached
+    return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
+
+
+def every_rank(module: L.LightningModule | None, value: object) -> list:
+    """``value`` from every DDP rank, in rank order (``[value]`` on one process). A collective: every
+    rank must call it, as every rank runs the checkpoint hooks when Lightning saves."""
+    world, _ = _world(module)
+    if world == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [value]
+    values: list = [None] * world
+    torch.distributed.all_gather_object(values, value)
+    return values
+
+
+def save_random_state(checkpoint: dict, module: L.LightningModule | None = None) -> None:
+    """Put torch's CPU and CUDA generator states into ``checkpoint``: this process's at the top level,
+    and under DDP every rank's under ``"ranks"``."""
+    state = _local_state()
+    ranks = every_rank(module, dict(state))
+    if len(ranks) > 1:
+        state["ranks"] = ranks
     checkpoint[CHECKPOINT_KEY] = state
+
+
+def separate_rank_streams(module: L.LightningModule) -> None:
+    """Under DDP, give each rank its own stream at the start of a fit, forked from the shared one.
+
+    A no-op on one process (its draws stay what they always were) and when a resumed fit has already
+    set each rank's own saved state. Every rank draws the same fork seed from the stream they share,
+    then adds its rank, so the forks depend on ``seed_everything`` and on nothing else.
+    """
+    world, rank = _world(module)
+    if world == 1 or getattr(module, "_rank_streams_set_by", None) == id(module._trainer):  # noqa: SLF001
+        return
+    fork = int(torch.randint(0, 2**62, (1,)))
+    torch.manual_seed(fork + rank)
+    module._rank_streams_set_by = id(module._trainer)  # noqa: SLF001
 
 
 def restore_random_state(module: L.LightningModule, checkpoint: dict) -> None:
@@ -48,6 +93,19 @@ def restore_random_state(module: L.LightningModule, checkpoint: dict) -> None:
         )
         return
     _warn_if_saved_mid_epoch(trainer, checkpoint)
+    world, rank = trainer.world_size, trainer.global_rank
+    ranks = state.get("ranks")
+    if world > 1 and ranks is not None and len(ranks) == world:
+        state = ranks[rank]
+        module._rank_streams_set_by = id(trainer)  # noqa: SLF001 -- separate_rank_streams leaves them be
+    elif world > 1 or ranks is not None:
+        saved_on = 1 if ranks is None else len(ranks)
+        warnings.warn(
+            f"{trainer.ckpt_path or 'the checkpoint'} was saved by {saved_on} process(es) and resumes on {world}: "
+            "the resumed run's draws differ from the killed run's (it continues from the first process's random "
+            f"state{', forked by rank' if world > 1 else ''})",
+            stacklevel=2,
+        )
     torch.set_rng_state(state["cpu"])
     cuda = state.get("cuda")
     if not cuda or not torch.cuda.is_available():

@@ -62,7 +62,7 @@ from cmav.tasks.common import (
     tensorboard_writer,
     with_lr_schedule,
 )
-from cmav.tasks.random_state import restore_random_state, save_random_state
+from cmav.tasks.random_state import restore_random_state, save_random_state, separate_rank_streams
 
 Architecture = Literal["global", "dense"]
 EncoderMode = Literal["frozen", "finetune", "scratch"]
@@ -562,8 +562,11 @@ class RetrievalTask(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
 
+    def on_fit_start(self) -> None:
+        separate_rank_streams(self)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        save_random_state(checkpoint)
+        save_random_state(checkpoint, self)
         enc = self.model.audio_encoder
         checkpoint["cmav_retrieval"] = {
             "audio_encoder": {
