@@ -178,6 +178,12 @@ def test_heatmap_has_the_frames_shape(size):
         heat = model.heatmap(lms, frames)
         assert heat.shape == (3, size, size) and torch.isfinite(heat).all()
         assert model.location_map(lms, frames).shape == (3, *model.map_shape)
+        # frames of twice the size: the encoders pool globally, so they run, and the maps follow the
+        # frames (they used to be cut into 4x as many maps of the built-for grid)
+        big = torch.rand(3, 3, 2 * size, 2 * size) * 2 - 1
+        h, w = model.map_shape
+        assert model.location_map(lms, big).shape == (3, 2 * h, 2 * w)
+        assert model.heatmap(lms, big).shape == (3, 2 * size, 2 * size)
 
 
 # ---------------------------------------------------------------- retrieval metrics

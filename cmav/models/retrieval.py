@@ -209,11 +209,16 @@ class GlobalAVModel(nn.Module):
 
     def encode_locations(self, image: Tensor) -> Tensor:
         """``(N, h*w, D)``: the feature layer and the head applied at every feature-map location."""
+        return self._locations(image)[0]
+
+    def _locations(self, image: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """:meth:`encode_locations` and the ``(h, w)`` of the map they come from, which is
+        :attr:`map_shape` only for frames of the size the encoder was built for."""
         fmap = self.image_encoder.feature_map(image)  # (N, C, h, w)
         n, c, h, w = fmap.shape
         tokens = fmap.flatten(2).transpose(1, 2).reshape(n * h * w, c)
         feat = self.image_encoder.fc_feature(tokens)  # Flatten is a no-op on (N*L, C)
-        return F.normalize(self.image_head(feat), dim=-1).view(n, h * w, -1)
+        return F.normalize(self.image_head(feat), dim=-1).view(n, h * w, -1), (h, w)
 
     @staticmethod
     def scores(audio_emb: Tensor, image_emb: Tensor) -> Tensor:
@@ -226,8 +231,7 @@ class GlobalAVModel(nn.Module):
     def location_map(self, audio: Tensor, image: Tensor) -> Tensor:
         """``(N, h, w)`` cosine similarity of each audio embedding with its image's locations."""
         a = self.encode_audio(audio)
-        loc = self.encode_locations(image)
-        h, w = self.map_shape
+        loc, (h, w) = self._locations(image)
         return torch.einsum("nd,nld->nl", a, loc).view(-1, h, w)
 
     def heatmap(self, audio: Tensor, image: Tensor) -> Tensor:
@@ -296,8 +300,13 @@ class DenseAVModel(nn.Module):
 
     def encode_image(self, image: Tensor) -> Tensor:
         """``(N, K, h*w, D)`` image tokens of frames ``(N, 3, S, S)`` in [-1, 1]."""
+        return self._image_tokens(image)[0]
+
+    def _image_tokens(self, image: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """:meth:`encode_image` and its token grid's ``(h, w)``, which is :attr:`map_shape` only for
+        frames of the size the encoder was built for."""
         m = run_blocks(self.image_encoder, image, self.image_block)  # (N, C, h, w)
-        return self._heads(m.flatten(2).transpose(1, 2), self.image_head)
+        return self._heads(m.flatten(2).transpose(1, 2), self.image_head), tuple(m.shape[-2:])
 
     @staticmethod
     def scores(audio_emb: Tensor, image_emb: Tensor) -> Tensor:
@@ -309,8 +318,8 @@ class DenseAVModel(nn.Module):
 
     def location_map(self, audio: Tensor, image: Tensor) -> Tensor:
         """``(N, h, w)``: per-location similarity (max over heads, mean over audio tokens)."""
-        vol = paired_volume(self.encode_audio(audio), self.encode_image(image))
-        return volume_to_location_map(vol).view(-1, *self.map_shape)
+        tokens, (h, w) = self._image_tokens(image)
+        return volume_to_location_map(paired_volume(self.encode_audio(audio), tokens)).view(-1, h, w)
 
     def heatmap(self, audio: Tensor, image: Tensor) -> Tensor:
         """:meth:`location_map` upsampled to the frame: ``(N, S, S)``."""
