@@ -126,6 +126,16 @@ def test_config_from_dict_and_clear_errors():
         build_front_end({"kind": "cqt", "hop_length": 100})
     with pytest.raises(ValueError, match="too short for the stft front end"):
         build_front_end({"kind": "stft"})(torch.zeros(1, 100))
+    # librosa also counts the top filter's bandwidth: at 8 kHz B7's filter passes Nyquist, which used
+    # to be found only by the first clip of a cache build
+    with pytest.raises(ValueError, match=r"top filter reaches \d+ Hz, above Nyquist \(4000 Hz\)"):
+        build_front_end({"kind": "cqt", "sample_rate": 8000})
+    # every shape cmav declares has one channel: a stereo option would return two
+    for kind in KINDS:
+        with pytest.raises(ValueError, match="mono=False is not supported"):
+            build_front_end({"kind": kind, "mono": False})
+    with pytest.raises(ValueError, match=r"expected float samples in \[-1, 1\], got torch.int16"):
+        build_front_end(None)(torch.zeros(1, 22050, dtype=torch.int16))
 
 
 @pytest.mark.parametrize("kind", KINDS)

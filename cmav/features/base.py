@@ -2,7 +2,7 @@
 
 A front end turns a waveform batch ``(batch, channels, samples)`` (or ``(batch, samples)``) at any
 rate into a ``(batch, C, H, W)`` feature tensor at its config's rate. Subclasses implement
-:meth:`FrontEnd.transform` on mono (or multi-channel) audio already at ``config.sample_rate``.
+:meth:`FrontEnd.transform` on mono audio already at ``config.sample_rate``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,13 @@ class FrontEnd(nn.Module):
 
     def __init__(self, config: Any) -> None:
         super().__init__()
+        if getattr(config, "mono", True) is not True:
+            # the field stays so that configs saved in checkpoints load; every shape cmav declares and
+            # every encoder it builds has one channel, and its readers mix every file down
+            raise ValueError(
+                f"{type(self).__name__}: mono={config.mono!r} is not supported; cmav's features are mono (every "
+                "recording is mixed down when read, and the encoders are built for one channel)"
+            )
         self.config = config
         self._resamplers = nn.ModuleDict()
 
@@ -58,7 +65,7 @@ class FrontEnd(nn.Module):
         return 1
 
     def transform(self, waveform: Tensor) -> Tensor:  # pragma: no cover - abstract
-        """``(batch, channels, samples)`` at the config rate -> ``(batch, C, H, W)``."""
+        """``(batch, 1, samples)`` at the config rate -> ``(batch, C, H, W)``."""
         raise NotImplementedError
 
     def _resample(self, wave: Tensor, sample_rate: int) -> Tensor:
@@ -80,6 +87,11 @@ class FrontEnd(nn.Module):
             waveform = waveform.unsqueeze(1)
         if waveform.dim() != 3:
             raise ValueError(f"{name}: expected (batch, channels, samples), got shape {tuple(waveform.shape)}")
+        if not waveform.is_floating_point():
+            raise ValueError(
+                f"{name}: expected float samples in [-1, 1], got {waveform.dtype} (scale integer PCM first, "
+                "e.g. int16 / 32768)"
+            )
         if getattr(self.config, "mono", True):
             waveform = waveform.mean(dim=1, keepdim=True)
         waveform = self._resample(waveform.float(), sample_rate or self.config.sample_rate)

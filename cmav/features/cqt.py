@@ -54,9 +54,12 @@ class ConstantQTransform(FrontEnd):
                 f"CQT hop_length={c.hop_length} must be divisible by 2**(n_octaves-1)={2 ** (n_octaves - 1)} "
                 f"for {c.n_bins} bins at {c.bins_per_octave} per octave"
             )
-        top = c.f_min * 2 ** ((c.n_bins - 1) / c.bins_per_octave)
-        if top >= c.sample_rate / 2:
-            raise ValueError(f"CQT's top bin ({top:.0f} Hz) is above Nyquist ({c.sample_rate / 2:.0f} Hz)")
+        cutoff = _highest_filter_frequency(c)
+        if cutoff > c.sample_rate / 2:
+            raise ValueError(
+                f"CQT's top filter reaches {cutoff:.0f} Hz, above Nyquist ({c.sample_rate / 2:.0f} Hz) at "
+                f"sample_rate={c.sample_rate}: lower n_bins or f_min, or raise sample_rate"
+            )
 
     def transform(self, waveform: Tensor) -> Tensor:
         import librosa
@@ -71,3 +74,17 @@ class ConstantQTransform(FrontEnd):
                                bins_per_octave=c.bins_per_octave)  # fmt: skip
         mag = torch.from_numpy(np.abs(spec)).to(waveform.device)
         return log_floor(mag, 20.0, c.amin, c.top_db)
+
+
+def _highest_filter_frequency(c: CqtConfig) -> float:
+    """The top edge of the highest CQT filter, as ``librosa.cqt`` checks it against Nyquist, at the
+    highest tuning librosa may estimate for a clip (+0.5 bin): a config that passes here cannot fail
+    that check in the middle of a cache build."""
+    import librosa
+
+    freqs = librosa.cqt_frequencies(c.n_bins, fmin=c.f_min * 2 ** (0.5 / c.bins_per_octave),
+                                    bins_per_octave=c.bins_per_octave)  # fmt: skip
+    ratio = 2 ** (2 / c.bins_per_octave)
+    alpha = (ratio - 1) / (ratio + 1)  # an equal-tempered filter's relative bandwidth, librosa's own
+    _, cutoff = librosa.filters.wavelet_lengths(freqs=freqs, sr=c.sample_rate, alpha=alpha)
+    return float(cutoff)
