@@ -320,6 +320,29 @@ def test_ema_stays_eval_frozen_and_runs() -> None:
         ExponentialMovingAverage(d, decay=1.5)
 
 
+@pytest.mark.parametrize("style", ["hook", "parametrization"])
+def test_ema_without_buffer_copies_keeps_spectral_norm_vectors_unit(style) -> None:
+    """``copy_buffers=False`` averages BatchNorm statistics but copies the power-iteration vectors:
+    their average is no unit vector, and the EMA copy (eval mode) would then misjudge sigma."""
+    torch.manual_seed(0)
+    sn = nn.utils.spectral_norm if style == "hook" else nn.utils.parametrizations.spectral_norm
+    model = nn.Sequential(sn(nn.Linear(16, 16)), nn.BatchNorm1d(16))
+    ema = ExponentialMovingAverage(model, decay=0.5, copy_buffers=False)
+    for _ in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model(torch.randn(8, 16))  # train mode: a power iteration and new BN statistics
+        ema.update(model)
+    vectors = {k: v for k, v in ema.module.named_buffers() if k.rsplit(".", 1)[-1] in ("weight_u", "weight_v", "_u", "_v")}
+    assert len(vectors) == 2
+    for k, v in vectors.items():
+        torch.testing.assert_close(v, dict(model.named_buffers())[k])
+        assert abs(float(v.norm()) - 1.0) < 1e-4
+    live_mean = model[1].running_mean  # BN statistics are still averaged, not copied
+    assert not torch.allclose(ema.module[1].running_mean, live_mean)
+
+
 # ---------------------------------------------------------------- condition bank
 
 

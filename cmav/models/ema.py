@@ -28,7 +28,9 @@ class ExponentialMovingAverage(nn.Module):
         model: the model to track (copied now).
         decay: EMA decay in [0, 1]; 0 = follow the model, 1 = frozen.
         copy_buffers: copy buffers (BatchNorm running stats, spectral-norm vectors) on every
-            update; if False, floating-point buffers are averaged like parameters.
+            update; if False, floating-point buffers are averaged like parameters, except the
+            spectral-norm power-iteration vectors, which are always copied (an average of unit
+            vectors is not one, and the eval-mode copy never renormalises it).
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999, copy_buffers: bool = True) -> None:
@@ -63,9 +65,11 @@ class ExponentialMovingAverage(nn.Module):
         )
         for ema_p, p in params:
             ema_p.lerp_(p.detach().to(ema_p.dtype), 1.0 - d)
-        bufs = self._pairs(dict(self.module.named_buffers()), dict(model.named_buffers()), "buffers")
-        for ema_b, b in bufs:
-            if self.copy_buffers or not ema_b.is_floating_point():
+        ema_bufs, bufs = dict(self.module.named_buffers()), dict(model.named_buffers())
+        self._pairs(ema_bufs, bufs, "buffers")
+        for name, ema_b in ema_bufs.items():
+            b = bufs[name]
+            if self.copy_buffers or not ema_b.is_floating_point() or _is_spectral_norm_vector(name):
                 ema_b.copy_(b)
             else:
                 ema_b.lerp_(b.to(ema_b.dtype), 1.0 - d)
@@ -85,6 +89,11 @@ class ExponentialMovingAverage(nn.Module):
     def forward(self, *args, **kwargs):
         """Run the averaged model."""
         return self.module(*args, **kwargs)
+
+
+def _is_spectral_norm_vector(name: str) -> bool:
+    """``weight_u``/``weight_v`` (``nn.utils.spectral_norm``) or ``..._u``/``..._v`` (its parametrization)."""
+    return name.rsplit(".", 1)[-1] in ("weight_u", "weight_v", "_u", "_v")
 
 
 def ema_decay_at(update: int, max_decay: float) -> float:
