@@ -196,6 +196,9 @@ def test_the_statistics_pooling_encoder_ignores_frame_order_and_learns():
         EncoderConfig(arch="transformer")
     with pytest.raises(ValueError, match="at least 2 frames"):
         StatsPoolEncoder(input_shape=(1, 5, 1))
+    with pytest.raises(ValueError, match="trains on batches of 2 or more clips"):
+        enc.train()(data[:1])
+    assert enc.eval()(data[:1]).shape == (1, 4)
 
 
 def test_a_frame_mlp_lets_the_pooled_statistics_see_rows_that_vary_together():

@@ -380,6 +380,13 @@ class StatsPoolEncoder(ConvEncoder):
         )
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, n_classes))
 
+    def _check_input(self, x: Tensor) -> None:
+        super()._check_input(x)
+        if self.training and x.shape[0] < 2:
+            # the batch norm over pooled statistics has one value per channel: torch would fail deep inside
+            raise ValueError("StatsPoolEncoder trains on batches of 2 or more clips (it batch-normalises the "
+                             f"pooled statistics), got {x.shape[0]}; evaluation takes any batch size")  # fmt: skip
+
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters of ``module``."""
