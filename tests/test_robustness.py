@@ -568,6 +568,37 @@ def test_the_shipped_freepats_set_maps_every_instrument_and_shares_no_recording(
         assert "byte-identical" in same_source(soundfont_record(full), soundfont_record(TIMGM6MB))
 
 
+def test_a_soundfont_fluidsynth_cannot_load_is_refused_not_replaced_by_its_default(tmp_path):
+    """FluidSynth renders with the system's default font (FluidR3 on Debian) when it cannot load the one
+    given, and exits 0: a cut-off copy of TimGM6mb built FluidR3 audio recorded as TimGM6mb."""
+    from cmav.standin.render import check_soundfont_file
+
+    font = write_sf2(tmp_path / "Bank.sf2", {"Oboe": np.zeros(100)})
+    check_soundfont_file(font)
+    cut = fake_font(tmp_path / "Cut.sf2", font.read_bytes()[:-30])
+    with pytest.raises(ValueError, match=r"Cut.sf2: SoundFont cut off: \d+ bytes of the \d+ its header declares"):
+        check_soundfont_file(cut)
+    with pytest.raises(ValueError, match="Junk.sf2: not a SoundFont 2 file"):
+        check_soundfont_file(fake_font(tmp_path / "Junk.sf2", b"hello\n"))
+
+
+@pytest.mark.skipif(not HAVE_FLUIDSYNTH, reason="needs fluidsynth")
+def test_a_render_from_a_font_fluidsynth_cannot_load_fails(tmp_path):
+    """The same without the file check: the render itself fails instead of sounding the default font."""
+    from cmav.standin.music import Note, write_midi
+    from cmav.standin.render import check_renderer, render_midi
+
+    midi = tmp_path / "a.mid"
+    write_midi([Note(0.0, 0.4, 69, 100, "legato")], 69, midi)
+    assert np.abs(render_midi(midi, check_renderer(TIMGM6MB))).max() > 0.01
+    cut = fake_font(tmp_path / "TimGM6mb.sf2", TIMGM6MB.read_bytes()[:3_000_000])
+    for font in (cut, fake_font(tmp_path / "Junk.sf2", b"hello\n")):
+        with pytest.raises(RuntimeError, match=f"fluidsynth failed on .*a.mid with .*{font.name}"):
+            render_midi(midi, font)
+    with pytest.raises(ValueError, match="cut off"):
+        check_renderer(cut)
+
+
 @pytest.mark.skipif(not HAVE_TIMIDITY, reason="needs timidity and freepats")
 def test_timidity_renders_a_patch_set_track_and_refuses_a_program_it_does_not_map(tmp_path):
     from cmav.standin.build import TrackJob, build_track

@@ -87,7 +87,21 @@ def check_renderer(soundfont: str | Path) -> Path:
             f"{soundfont}: soundfont not found; install Debian's fluid-soundfont-gm or pass "
             "--soundfont PATH to another General MIDI .sf2"
         )
+    check_soundfont_file(soundfont)
     return soundfont
+
+
+def check_soundfont_file(path: Path) -> None:
+    """Raise unless ``path`` starts as a SoundFont 2 file (``RIFF`` ... ``sfbk``) and is as long as its
+    RIFF header says: FluidSynth renders with its default font (FluidR3 on Debian) when it cannot
+    load the one given, so a cut-off download would be heard as FluidR3 under another name."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"sfbk":
+        raise ValueError(f"{path}: not a SoundFont 2 file (no RIFF/sfbk header); give a General MIDI .sf2 or a TiMidity++ .cfg")
+    declared, size = int.from_bytes(head[4:8], "little") + 8, path.stat().st_size
+    if size < declared:
+        raise ValueError(f"{path}: SoundFont cut off: {size} bytes of the {declared} its header declares (an interrupted copy?)")
 
 
 def render_midi(midi_path: str | Path, soundfont: str | Path, settings: SynthSettings = SynthSettings()) -> np.ndarray:
@@ -105,11 +119,14 @@ def render_midi(midi_path: str | Path, soundfont: str | Path, settings: SynthSet
             "fluidsynth", "-ni", "-q",
             "-g", str(settings.gain),
             "-r", str(settings.sample_rate),
+            "-o", "synth.default-soundfont=",  # never fall back to the system's font
             *settings.options(),
             "-F", str(out), str(soundfont), str(midi_path),
         ]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not out.is_file() or out.stat().st_size <= 44:
+        # fluidsynth exits 0 when it cannot load the font or finds no instrument for the program
+        failed = re.search(r"Failed to load|not a SoundFont|No preset found", proc.stderr)
+        if proc.returncode != 0 or failed or not out.is_file() or out.stat().st_size <= 44:
             raise RuntimeError(
                 f"fluidsynth failed on {midi_path} with {soundfont} (exit {proc.returncode}): "
                 f"{proc.stderr.strip()[-500:]}"
