@@ -87,6 +87,11 @@ def test_a_damaged_or_unfinished_pack_is_refused_by_name(packed, tmp_path):
         _dm(copy)
     with pytest.raises(DataError, match="is already a packed data set"):
         write_pack(packed["pack"], tmp_path / "again")
+    # into an old pack's folder: its manifest and masks would stay beside another root's splits
+    bare = shutil.copytree(packed["root"], tmp_path / "bare", ignore=shutil.ignore_patterns("mask", "cmav_*.json"))
+    with pytest.raises(DataError, match=r"pack: already exists and is not an empty folder"):
+        write_pack(bare, packed["pack"], image_size=SIZE)
+    assert json.loads((packed["pack"] / PACK_MANIFEST).read_text())["source"] == str(packed["root"].resolve())
 
 
 def test_training_runs_on_a_pack(packed):

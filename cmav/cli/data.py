@@ -74,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     k = dsub.add_parser("pack", help="a data set's cached splits in a few compressed files, to train where its "
                                      "source files are not (--data.root PACK)")  # fmt: skip
     k.add_argument("root", help="data set folder")
-    k.add_argument("-o", "--out", required=True, help="the pack's folder")
+    k.add_argument("-o", "--out", required=True, help="the pack's folder (new or empty)")
     k.add_argument("--layout", default="suburmp", choices=["suburmp", "paired"])
     k.add_argument("--image-size", type=int, default=64)
     k.add_argument("--features", default=None, metavar="YAML",

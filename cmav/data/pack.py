@@ -52,6 +52,9 @@ def write_pack(root: str | Path, out: str | Path, layout: str = "suburmp", image
         raise DataError(root, "is already a packed data set")
     if out.resolve() == root.resolve():
         raise DataError(out, "the pack must go to another folder than its source root")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        # a pack copies the root's manifest and masks only when it has them: an old pack's would stay
+        raise DataError(out, "already exists and is not an empty folder; a pack is written to a new folder")
     features = front_end_config(features)
     chunk = chunk or ChunkSpec()
     out.mkdir(parents=True, exist_ok=True)
