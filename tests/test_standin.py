@@ -94,6 +94,23 @@ def test_other_parameters_are_refused_not_mixed(tiny):
         build_standin(tiny, preset="tiny", seed=1, progress=False)
 
 
+@pytest.mark.parametrize("option, why", [
+    ({"seed": -1}, "seed must be a non-negative integer"),
+    ({"frame_size": 0}, "frame_size must be an integer of at least 8 pixels"),  # 0 used to mean the preset's
+    ({"frame_size": -4}, "frame_size must be an integer of at least 8 pixels"),
+    ({"jpeg_quality": 0}, "jpeg_quality must be in 1..100"),
+])  # fmt: skip
+def test_bad_build_options_are_refused_before_anything_is_written(tmp_path, option, why):
+    """A manifest written with a bad value would then refuse the corrected command."""
+    root = tmp_path / "standin"
+    with pytest.raises(ValueError, match=why):
+        build_standin(root, preset="tiny", progress=False, **option)
+    assert not root.exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataError, match="afile: is a file; the stand-in is built into a folder"):
+        build_standin(tmp_path / "afile", preset="tiny", progress=False)
+
+
 def test_build_is_deterministic_and_resumes_after_interruption(tmp_path, tiny):
     split, inst, track, n = next(t for t in track_plan(PRESETS["tiny"]) if t[1] == "flute")
     job = TrackJob(str(tmp_path / "a"), split, inst, track, n, 0, str(DEFAULT_SOUNDFONT), 128, 90)

@@ -294,6 +294,13 @@ def build_standin(
     if render not in RENDERS:
         raise ValueError(f"unknown render {render!r}; choose one of {', '.join(RENDERS)}")
     p = PRESETS[preset]
+    # checked before anything is written: a manifest holding a bad value would refuse the corrected command
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if frame_size is not None and (isinstance(frame_size, bool) or not isinstance(frame_size, int) or frame_size < 8):
+        raise ValueError(f"frame_size must be an integer of at least 8 pixels (or None for the preset's), got {frame_size!r}")
+    if not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality!r}")
     fonts = [check_renderer(f) for f in ([soundfont] if isinstance(soundfont, (str, Path)) else soundfont)]
     if not fonts:
         raise ValueError("no soundfont given")
@@ -306,12 +313,14 @@ def build_standin(
         raise ValueError(f"font_segment_s must be > 0 seconds, got {font_segment_s}")
     font = records[0] if len(records) == 1 else several_fonts_record(records)
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(root, "is a file; the stand-in is built into a folder")
     params = {
         "builder_version": BUILDER_VERSION,
         "preset": preset,
         "seed": seed,
         "soundfont": fonts[0].name if len(fonts) == 1 else [f.name for f in fonts],
-        "frame_size": frame_size or p.frame_size,
+        "frame_size": p.frame_size if frame_size is None else frame_size,
         "jpeg_quality": jpeg_quality,
     }
     if len(fonts) > 1:
