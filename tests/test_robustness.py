@@ -344,6 +344,7 @@ def test_varied_render_is_deterministic_keeps_frames_and_changes_the_sound(tmp_p
     assert read("v1", jpg) == read("dry", jpg)  # ... of the same melody and player
     marker = json.loads((tmp_path / "v1/.cmav_build/train/oboe00.done").read_text())
     assert marker["performance"]["synth"]["reverb"] is True
+    assert "not_applied" not in marker["performance"]  # FluidSynth applies every drawn setting
 
 
 @pytest.mark.skipif(not HAVE_FLUIDSYNTH or not TIMGM6MB.is_file(), reason="needs fluidsynth and timgm6mb-soundfont")
@@ -606,6 +607,11 @@ def test_timidity_renders_a_patch_set_track_and_refuses_a_program_it_does_not_ma
     from cmav.standin.render import SynthSettings, render_midi
 
     build_track(TrackJob(str(tmp_path / "fp"), "train", "oboe", 0, 3, 0, str(FREEPATS_CFG), 64, 90))
+    # a varied track: the record says which drawn settings TiMidity++ has no counterpart for
+    build_track(TrackJob(str(tmp_path / "fpv"), "train", "oboe", 0, 3, 0, str(FREEPATS_CFG), 64, 90, render="varied"))
+    performance = json.loads((tmp_path / "fpv/.cmav_build/train/oboe00.done").read_text())["performance"]
+    assert performance["not_applied"] == {"freepats_orchestra.cfg": [
+        "reverb_room_size", "reverb_damp", "reverb_width", "chorus_nr", "chorus_speed", "chorus_depth"]}  # fmt: skip
     audio, rate = sf.read(str(tmp_path / "fp/chunk/train/oboe/oboe00_600.wav"))
     assert rate == 44100 and audio.shape == (22050, 2) and np.sqrt(np.mean(audio**2)) > 1e-3
     midi = tmp_path / "a.mid"

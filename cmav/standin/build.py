@@ -42,9 +42,9 @@ from cmav.data.files import atomic_write
 from cmav.data.instruments import CLASS_TO_INDEX, INSTRUMENT_SPECS, INSTRUMENTS
 from cmav.data.masks import MASK_DIR  # mask/<split>/<instrument>/<stem>.png beside img/
 from cmav.standin.music import MelodyStyle, random_melody, write_midi
-from cmav.standin.render import DEFAULT_SOUNDFONT, SynthSettings, check_renderer, render_midi
+from cmav.standin.render import DEFAULT_SOUNDFONT, SynthSettings, check_renderer, ignored_settings, render_midi
 from cmav.standin.soundfonts import fonts_of, several_fonts_record, soundfont_record
-from cmav.standin.variation import RENDERS, random_performance
+from cmav.standin.variation import RENDERS, Performance, random_performance
 
 MANIFEST = "cmav_standin.json"
 MARKERS = ".cmav_build"
@@ -255,7 +255,7 @@ def build_track(job: TrackJob) -> int:
                          lambda p, im=image: im.save(p, format="JPEG", quality=job.jpeg_quality))  # fmt: skip
         # a bool array becomes a mode-'1' image: a 1-bit PNG
         atomic_write(mask_dir / f"{stem}.png", lambda p, m=mask: Image.fromarray(m).save(p, format="PNG"))
-    marker = {"chunks": job.n_chunks, "masks": True, **({"performance": perf.to_dict()} if perf else {})}
+    marker = {"chunks": job.n_chunks, "masks": True, **({"performance": _performance_record(perf, job)} if perf else {})}
     if len(job.fonts) > 1:  # which font every chunk was cut from, by index in the manifest's list
         marker["fonts"] = owner
     atomic_write(job.marker, lambda p: Path(p).write_text(json.dumps(marker)))
@@ -268,6 +268,15 @@ def _remove_partials(root: Path) -> int:
         p.unlink(missing_ok=True)
         n += 1
     return n
+
+
+def _performance_record(perf: Performance, job: TrackJob) -> dict:
+    """The drawn performance, and per source the synth settings its renderer did not apply."""
+    record = perf.to_dict()
+    ignored = {Path(f).name: names for f in job.fonts if (names := ignored_settings(perf.synth, f))}
+    if ignored:
+        record["not_applied"] = ignored
+    return record
 
 
 def build_standin(

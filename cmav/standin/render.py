@@ -134,6 +134,18 @@ def render_midi(midi_path: str | Path, soundfont: str | Path, settings: SynthSet
         return _read_render(out, "fluidsynth", settings.sample_rate)
 
 
+TIMIDITY_SETTINGS = ("sample_rate", "gain", "reverb", "chorus", "reverb_level", "chorus_level")
+"""The :class:`SynthSettings` fields TiMidity++ renders with (:func:`timidity_options`); it has no
+counterpart for FluidSynth's room size, damping, width or chorus voices, speed and depth."""
+
+
+def ignored_settings(settings: SynthSettings, source: str | Path) -> list[str]:
+    """The fields of ``settings`` that are set but that ``source``'s renderer does not apply."""
+    if not is_patch_set(source):
+        return []
+    return [k for k, v in vars(settings).items() if k not in TIMIDITY_SETTINGS and v is not None]
+
+
 def timidity_options(settings: SynthSettings) -> list[str]:
     """TiMidity++'s arguments for ``settings``: rate, amplification, and its own reverb (freeverb,
     level from ``reverb_level``) and chorus (level from ``chorus_level``) or neither."""
