@@ -536,6 +536,12 @@ def test_a_timidity_patch_set_is_compared_with_soundfonts_sample_by_sample(tmp_p
     reason = same_source(soundfont_record(shared), soundfont_record(font))
     assert reason and "2 of the 3 samples of shared.cfg are byte-identical" in reason
     assert same_source(soundfont_record(own), soundfont_record(font)) is None  # the horn is its own recording
+    # the record identifies the patches, not only the configuration's text
+    before = soundfont_record(own)
+    write_pat(tmp_path / "pats" / "horn.pat", {"Horn": horn[::-1]})
+    after = soundfont_record(own)
+    assert after["sha256"] == before["sha256"] and after["patches_sha256"] != before["patches_sha256"]
+    assert "patches_sha256" not in soundfont_record(font)
     (tmp_path / "missing.cfg").write_text(f"dir {tmp_path / 'pats'}\n 41 viola.pat\n")
     with pytest.raises(FileNotFoundError, match=r"missing.cfg: viola.pat"):
         sample_digests(tmp_path / "missing.cfg")

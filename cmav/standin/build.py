@@ -354,6 +354,10 @@ def build_standin(
                 if was.get("sha256") != now["sha256"]:
                     raise DataError(root, f"was rendered from {was.get('path')} (sha256 {was.get('sha256')}); asked "
                                           f"for {now['path']} (sha256 {now['sha256']}), another file of the same name")  # fmt: skip
+                patches = was.get("patches_sha256")  # older TiMidity++ records lack it
+                if patches and patches != now.get("patches_sha256"):
+                    raise DataError(root, f"was rendered from {was.get('path')} with other patches than it maps now "
+                                          f"(their sha256 {patches[:12]}..., now {str(now.get('patches_sha256'))[:12]}...)")  # fmt: skip
         if old.get("complete") and old.get("masks"):
             if not recorded:  # built before fonts were recorded: the same-named font is the one given now
                 old["soundfont"] = {**font, "recorded": "after the build, from the font of the same name given then"}

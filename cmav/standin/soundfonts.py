@@ -210,8 +210,19 @@ def soundfont_record(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: soundfont not found")
     real = Path(os.path.realpath(path))
     inam = sf2_info(real).get("INAM", "")
-    return {"name": real.name, "path": str(path.absolute()), "realpath": str(real), "sha256": sha256_file(real),
-            "bytes": real.stat().st_size, "inam": inam, "family": font_family(real.name, inam)}  # fmt: skip
+    record = {"name": real.name, "path": str(path.absolute()), "realpath": str(real), "sha256": sha256_file(real),
+              "bytes": real.stat().st_size, "inam": inam, "family": font_family(real.name, inam)}  # fmt: skip
+    if real.suffix.lower() == ".cfg":  # the sound is in the patches it maps, not in its text
+        record["patches_sha256"] = patches_sha256(real)
+    return record
+
+
+def patches_sha256(config: str | Path) -> str:
+    """One sha256 over the files a TiMidity++ configuration maps (each file's sha256, in its order)."""
+    digest = hashlib.sha256()
+    for source in timidity_sources(config):
+        digest.update(sha256_file(source).encode())
+    return digest.hexdigest()
 
 
 def several_fonts_record(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -269,4 +280,4 @@ def same_source(train: dict[str, Any], evaluation: dict[str, Any]) -> str | None
 
 
 __all__ = ["FONT_FAMILIES", "MIN_SAMPLE_FRAMES", "TIMGM6MB", "describe", "font_family", "fonts_of", "sample_digests",
-           "same_source", "several_fonts_record", "sf2_info", "shared_samples", "soundfont_record", "timidity_sources"]  # fmt: skip
+           "patches_sha256", "same_source", "several_fonts_record", "sf2_info", "shared_samples", "soundfont_record", "timidity_sources"]  # fmt: skip
