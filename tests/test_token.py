@@ -120,6 +120,18 @@ def test_placeholder_is_replaced_at_its_position(diffusion):
         PromptTemplate(diffusion.tokenizer, "a photo of a player", "<audio>")
 
 
+def test_prompt_template_refuses_words_the_tokenizer_does_not_know(diffusion, tmp_path):
+    """The offline tokenizer knows only its captions' words: any other word of a template would reach
+    the text encoder as <unk> (seen: 'A picture of <audio>' -> a <unk> of ...)."""
+    unknown = r"does not know the words \['picture'\] of the prompt template 'A picture of <audio>'"
+    with pytest.raises(ValueError, match=unknown):
+        PromptTemplate(diffusion.tokenizer, "A picture of <audio>", "<audio>", diffusion.max_length)
+    loaded = load_pipeline(diffusion.save(tmp_path / "pipe"))
+    with pytest.raises(ValueError, match=r"pipe: its tokenizer does not know the words \['sound', 'player.'\]"):
+        token_model(loaded, "a sound of a <audio> player.")
+    assert token_model(loaded, "A PHOTO of a <audio>").prompt.position == 5  # the tokenizer lower-cases
+
+
 def test_a_token_equal_to_a_word_embedding_gives_that_words_prompt(diffusion):
     model = token_model(diffusion)
     violin = diffusion.word_embedding("violin").unsqueeze(0)
@@ -189,6 +201,32 @@ def test_saved_and_reloaded_pipeline_gives_identical_images(diffusion, tmp_path)
     d = again.sample(cond_b, 2.0, 3, "ddim", torch.Generator().manual_seed(5))
     assert torch.allclose(c, d, atol=1e-4)
     assert not any(p.requires_grad for p in again.parameters())
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # diffusers' Euler/DPM on numpy 2
+def test_every_sampler_starts_from_the_last_training_timestep(diffusion, tmp_path):
+    """diffusers' default 'leading' spacing starts T/steps - 1 timesteps early (980 of 1000 at 50
+    steps), where pure noise is taken for a partly clean sample; samplers use 'trailing', also on
+    folders saved before (their scheduler_config.json says 'leading')."""
+    from cmav.diffusion.pipeline import SCHEDULERS
+
+    folder = diffusion.save(tmp_path / "pipe")
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "timestep_spacing": "leading"}))
+    model = load_pipeline(folder)
+    last = model.scheduler_config["num_train_timesteps"] - 1
+    seen: list[int] = []
+    handle = model.unet.register_forward_pre_hook(lambda _m, args: seen.append(int(args[1])))
+    try:
+        with torch.no_grad():
+            cond = model.text_embeddings(["a photo of a violin player"])
+        for scheduler in SCHEDULERS:
+            for steps in (10, 50):
+                seen.clear()
+                model.sample(cond, 1.0, steps, scheduler, torch.Generator().manual_seed(0))
+                assert seen[0] == last, (scheduler, steps, seen[:3])
+    finally:
+        handle.remove()
 
 
 def test_latent_pipeline_with_a_vae_round_trips_through_its_folder(diffusion, tmp_path):
@@ -274,6 +312,32 @@ def test_image_image_similarity_uses_cosine_of_judge_features():
     assert image_image_similarity(gen, real, neg) == 1.0
     assert image_image_similarity(-gen, real, neg) == 0.0
     assert audio_image_consistency(torch.tensor([0, 2, 2, 1]), torch.tensor([0, 2, 1, 1])) == 0.75
+
+
+def test_each_scorer_sees_frames_at_its_own_size(monkeypatch):
+    """Generated frames, real frames, the image judge and the retrieval model may all have different
+    sides: every frame reaches each scorer at the side that scorer was trained on."""
+    from cmav.evaluation.token import score_images
+    from cmav.tasks import ClassifierTask
+    from cmav.tasks.retrieval import RetrievalTask
+
+    torch.manual_seed(0)
+    small = dict(n_blocks=2, base_channels=4, max_channels=8, feature_dim=8, dropout=0.0)
+    judge = ClassifierTask(modality="image", image_size=16, class_names=CLASSES,
+                           image_judge={**small, "block_dropout": 0.0}).eval()  # fmt: skip
+    retrieval = RetrievalTask(image_size=24, input_shape=[1, 32, 16], n_classes=len(CLASSES), class_names=CLASSES,
+                              audio_encoder=small, image_encoder=small, head=dict(embed_dim=8, hidden_dim=8),
+                              log_heatmaps=False).eval()  # fmt: skip
+    sides: dict[str, set] = {"judge": set(), "retrieval": set()}
+    for name, net in (("judge", judge.model), ("retrieval", retrieval.model.image_encoder)):
+        for conv in (m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels == 3):
+            conv.register_forward_pre_hook(lambda _m, args, name=name: sides[name].add(tuple(args[0].shape[-2:])))
+    n = 6
+    labels = torch.arange(n) % len(CLASSES)
+    m = score_images(torch.rand(n, 3, 20, 20) * 2 - 1, torch.randn(n, 1, 32, 16), labels,
+                     torch.rand(n, 3, 28, 28) * 2 - 1, judge, retrieval, CLASSES, n_negatives=2)  # fmt: skip
+    assert sides == {"judge": {(16, 16)}, "retrieval": {(24, 24)}}
+    assert 0 <= m["AIS"] <= 1 and 0 <= m["IIS"] <= 1 and m["n_items"] == n
 
 
 # ---------------------------------------------------------------- training, checkpoints, generation, ablation
@@ -398,6 +462,95 @@ def test_token_checkpoint_warns_on_another_pipeline(quick_run, tmp_path):
     (other / "scheduler" / "scheduler_config.json").write_text(json.dumps(cfg))
     with pytest.warns(UserWarning, match="not the pipeline folder"):
         load_audio_token(out / "runs" / "audio_token" / f"seed{seed}" / "token.ckpt", pipeline=other)
+
+
+def _quick_pipeline(quick_run, folder: Path, caption: str = "a photo of a {} player", **model) -> Path:
+    """A fresh pipeline folder like the quick run's (its classes' captions), ``model`` options changed."""
+    from cmav.tasks.classifier import _load_checkpoint
+
+    out, seed = quick_run["out"], quick_run["cfg"]["seeds"][0]
+    ckpt = _load_checkpoint(out / "runs" / "audio_token" / f"seed{seed}" / "token.ckpt")
+    names = ckpt["hyper_parameters"]["class_names"]
+    options = {**quick_run["cfg"]["stages"]["diffusion_base"]["model"]["model"], **model}
+    options["block_out_channels"] = tuple(options["block_out_channels"])
+    torch.manual_seed(0)
+    pipe = build_pixel_diffusion([caption.format(label_words(c)) for c in names], PixelDiffusionConfig(**options))
+    return pipe.save(folder)
+
+
+def test_token_checkpoint_refuses_a_pipeline_it_cannot_use(quick_run, tmp_path):
+    """Another text width (the token's) or a vocabulary without the template's words: a ValueError that
+    names the checkpoint, the folder and what is wrong, not torch's size mismatch or a silent <unk>."""
+    from cmav.tasks.audio_token import load_audio_token
+
+    out, seed = quick_run["out"], quick_run["cfg"]["seeds"][0]
+    ckpt = out / "runs" / "audio_token" / f"seed{seed}" / "token.ckpt"
+    width = quick_run["cfg"]["stages"]["diffusion_base"]["model"]["model"]["text_width"]
+    narrow = _quick_pipeline(quick_run, tmp_path / "narrow", text_width=width // 2, text_heads=1)
+    with pytest.raises(ValueError, match=rf"token\.ckpt: its audio token is {width} wide, but the text encoder of "
+                                         rf"the pipeline folder .*narrow is {width // 2} wide"):  # fmt: skip
+        load_audio_token(ckpt, pipeline=narrow)
+    drawings = _quick_pipeline(quick_run, tmp_path / "drawings", caption="a drawing of a {} player")
+    with pytest.raises(ValueError, match=r"token\.ckpt: .*drawings: its tokenizer does not know the words \['photo'\]"):
+        load_audio_token(ckpt, pipeline=drawings)
+
+
+def test_resuming_token_training_checks_the_pipeline_as_loading_does(quick_run, tmp_path):
+    """`cmav fit --ckpt_path` with another pipeline folder: the same warning as load_audio_token
+    (fingerprints differ) and the same refusal of another text width, before any weight is loaded."""
+    import lightning as L
+
+    from cmav.ablation.grid import datamodule
+    from cmav.tasks.audio_token import AudioTokenTask
+
+    out, cfg = quick_run["out"], quick_run["cfg"]
+    seed = cfg["seeds"][0]
+    ckpt = out / "runs" / "audio_token" / f"seed{seed}" / "token.ckpt"
+    dm = datamodule(cfg, out)
+    other = tmp_path / "other"
+    shutil.copytree(out / "diffusion_base" / "pipeline", other)
+    (other / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+        {**json.loads((other / "scheduler" / "scheduler_config.json").read_text()), "beta_end": 0.03}))  # fmt: skip
+    width = cfg["stages"]["diffusion_base"]["model"]["model"]["text_width"]
+    narrow = _quick_pipeline(quick_run, tmp_path / "narrow", text_width=width // 2, text_heads=1)
+    clf = out / "judges" / f"audio_classifier_seed{seed}.ckpt"
+    model = cfg["stages"]["audio_token"]["model"]
+    steps = int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
+
+    def resume(pipeline: Path) -> None:
+        task = AudioTokenTask(pipeline=str(pipeline), audio_encoder_ckpt=str(clf), image_size=cfg["data"]["image_size"],
+                              **model)  # fmt: skip
+        trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)  # fmt: skip
+        trainer.fit(task, datamodule=dm, ckpt_path=str(ckpt))  # already at max_steps: restores, trains nothing
+
+    with pytest.warns(UserWarning, match=r"other is not the pipeline folder .*token\.ckpt was trained with"):
+        resume(other)
+    refusal = rf"token\.ckpt: its audio token is {width} wide, .*narrow is {width // 2} wide"
+    with pytest.raises(ValueError, match=refusal):
+        resume(narrow)
+
+
+def test_default_template_is_the_default_pipelines_caption_form():
+    """AudioTokenTask's default pipeline is diffusion_base's, trained on 'a photo of a X player': the
+    default template, and every YAML's, is that caption with the placeholder for X."""
+    import inspect
+
+    import yaml
+
+    from cmav.tasks.audio_token import AudioTokenTask
+    from cmav.tasks.diffusion import DiffusionBaseTask
+
+    task_defaults = inspect.signature(AudioTokenTask).parameters
+    caption = inspect.signature(DiffusionBaseTask).parameters["caption"].default
+    prompt = task_defaults["prompt"].default
+    assert prompt.template == caption.format(prompt.placeholder) == PromptConfig().template
+    base = yaml.safe_load((REPO / "experiments" / "diffusion_base.yaml").read_text())
+    assert task_defaults["pipeline"].default == f"{base['trainer']['default_root_dir']}/pipeline"
+    token = yaml.safe_load((REPO / "experiments" / "audio_token.yaml").read_text())["model"]["init_args"]
+    grid = yaml.safe_load(CONFIG.read_text())["stages"]["audio_token"]["model"]
+    for p in (token["prompt"], grid["prompt"]):
+        assert p["template"] == base["model"]["init_args"]["caption"].format(p["placeholder"]) == prompt.template
 
 
 def test_token_grid_reuses_given_checkpoints(quick_run, tmp_path):

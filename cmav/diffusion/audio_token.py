@@ -6,7 +6,7 @@ Data flow (only the embedder trains)::
         -> mean over frequency, resampled to a common T, concatenated: (T, sum C_b)
         -> Linear -> GELU -> Linear to the text encoder's width: (T, D)
         -> attention pooling over time: ONE token (D,)
-    "a photo of a <audio>" -> token ids -> token-embedding lookup, the placeholder's row replaced
+    "a photo of a <audio> player" -> token ids -> token-embedding lookup, the placeholder's row replaced
         by the audio token -> frozen text encoder -> frozen UNet (as for any prompt)
 
 Loss: the diffusion model's own denoising loss + ``l1 * ||token||_1`` + (optional)
@@ -28,8 +28,12 @@ from torch import Tensor, nn
 from cmav.diffusion.pipeline import TextToImageDiffusion
 from cmav.models.encoders import AudioEncoder
 
-DEFAULT_TEMPLATE = "a photo of a <audio>"
 DEFAULT_PLACEHOLDER = "<audio>"
+OFFLINE_CAPTION = "a photo of a {} player"
+"""Caption of the offline default model's training frames (``{}`` = the class's words)."""
+DEFAULT_TEMPLATE = OFFLINE_CAPTION.format(DEFAULT_PLACEHOLDER)
+"""The default pipeline's caption form, the audio token where the class's words were (a Stable
+Diffusion folder takes the paper's ``"a photo of a <audio>"``)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,14 @@ class TokenLossConfig:
 def label_words(class_name: str) -> str:
     """The words of a class folder name (``double_bass`` -> ``double bass``)."""
     return " ".join(class_name.replace("_", " ").replace("-", " ").split())
+
+
+def unknown_words(tokenizer: Any, text: str) -> list[str]:
+    """The white-space separated words of ``text`` that ``tokenizer`` maps (in part) to its unknown token."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return []
+    return [w for w in text.split() if unk in tokenizer(w, add_special_tokens=False).input_ids]
 
 
 def resolve_blocks(blocks: Sequence[int] | None, n_blocks: int) -> list[int]:
@@ -166,9 +178,14 @@ class PromptTemplate:
     """
 
     def __init__(self, tokenizer: Any, template: str = DEFAULT_TEMPLATE, placeholder: str = DEFAULT_PLACEHOLDER,
-                 max_length: int | None = None) -> None:  # fmt: skip
+                 max_length: int | None = None, source: str | None = None) -> None:  # fmt: skip
         if template.count(placeholder) != 1:
             raise ValueError(f"prompt template {template!r} must contain the placeholder {placeholder!r} exactly once")
+        unknown = unknown_words(tokenizer, template.replace(placeholder, " "))
+        if unknown:
+            # an unknown word would reach the text encoder as <unk>, a word the model never saw
+            raise ValueError(f"{source or 'pipeline'}: its tokenizer does not know the words {unknown} of the prompt "
+                             f"template {template!r}")  # fmt: skip
         self.template, self.placeholder = template, placeholder
         tok = copy.deepcopy(tokenizer)
         tok.add_tokens([placeholder], special_tokens=True)
@@ -217,7 +234,8 @@ class AudioTokenModel(nn.Module):
         steps = embedder.time_steps or max(s[2] for s in shapes)
         self.embedder = AudioTokenEmbedder([s[0] for s in shapes], diffusion.text_width, embedder.hidden_dim, steps)
         self.embedder.init_like(diffusion.input_embeddings().weight)
-        self.prompt = PromptTemplate(diffusion.tokenizer, prompt.template, prompt.placeholder, diffusion.max_length)
+        self.prompt = PromptTemplate(diffusion.tokenizer, prompt.template, prompt.placeholder, diffusion.max_length,
+                                     diffusion.source)  # fmt: skip
         self.class_names = list(class_names) if class_names is not None else None
         if self.class_names is not None:
             with torch.no_grad():
@@ -273,10 +291,12 @@ __all__ = [
     "DEFAULT_PLACEHOLDER",
     "DEFAULT_TEMPLATE",
     "EmbedderConfig",
+    "OFFLINE_CAPTION",
     "PromptConfig",
     "PromptTemplate",
     "TokenLossConfig",
     "label_words",
     "resolve_blocks",
     "time_sequence",
+    "unknown_words",
 ]

@@ -46,6 +46,12 @@ SCHEDULERS: dict[str, str] = {
 }
 """Sampling schedulers by short name (``--scheduler``); each is built from the folder's noise schedule."""
 
+TIMESTEP_SPACING = "trailing"
+"""How samplers place their steps on the training timesteps. ``trailing`` starts at the last
+training timestep (pure noise); diffusers' default ``leading`` starts ``T/steps - 1`` earlier
+(t=900 of 1000 at 10 steps), where pure noise is taken for a partly clean sample (Lin et al.,
+2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed")."""
+
 
 @dataclass(frozen=True)
 class PixelDiffusionConfig:
@@ -73,13 +79,18 @@ class PixelDiffusionConfig:
     prediction_type: str = "epsilon"
 
 
-def make_scheduler(name: str, config: dict[str, Any]):
-    """A diffusers scheduler ``name`` (see :data:`SCHEDULERS`) with the noise schedule ``config``."""
+def make_scheduler(name: str, config: dict[str, Any], timestep_spacing: str | None = TIMESTEP_SPACING):
+    """A diffusers scheduler ``name`` (see :data:`SCHEDULERS`) with the noise schedule ``config``.
+
+    ``timestep_spacing`` overrides the folder's (see :data:`TIMESTEP_SPACING`); ``None`` keeps it.
+    """
     import diffusers
 
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; expected one of {sorted(SCHEDULERS)}")
-    return getattr(diffusers, SCHEDULERS[name]).from_config(config)
+    # a keyword, not a config entry: from_config drops entries the source scheduler left at its default
+    kw = {} if timestep_spacing is None else {"timestep_spacing": timestep_spacing}
+    return getattr(diffusers, SCHEDULERS[name]).from_config(config, **kw)
 
 
 class TextToImageDiffusion(nn.Module):
@@ -225,13 +236,15 @@ class TextToImageDiffusion(nn.Module):
 
     @torch.no_grad()
     def sample(self, cond: Tensor, guidance_scale: float = 3.0, steps: int = 50, scheduler: str = "ddim",
-               generator: torch.Generator | None = None, batch_size: int = 64) -> Tensor:  # fmt: skip
+               generator: torch.Generator | None = None, batch_size: int = 64,
+               timestep_spacing: str | None = TIMESTEP_SPACING) -> Tensor:  # fmt: skip
         """Images ``(N, 3, S, S)`` in [-1, 1] on CPU for the conditionings ``cond`` ``(N, L, D)``.
 
         Classifier-free guidance with the empty prompt when ``guidance_scale != 1``. The starting
         noise of every item is drawn first, on the CPU, from ``generator``: a seed gives the same
         starting noise on any device and at any ``batch_size`` (and so, with the deterministic DDIM
         sampler, the same images up to float rounding; stochastic samplers draw more noise per batch).
+        ``timestep_spacing``: see :func:`make_scheduler`.
         """
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
@@ -242,12 +255,13 @@ class TextToImageDiffusion(nn.Module):
         out = []
         for i in range(0, cond.shape[0], batch_size):
             out.append(self._denoise(cond[i : i + batch_size].to(self.device), noise[i : i + batch_size], uncond,
-                                     guidance_scale, steps, scheduler, generator).cpu())  # fmt: skip
+                                     guidance_scale, steps, scheduler, generator, timestep_spacing).cpu())  # fmt: skip
         return torch.cat(out) if out else torch.zeros(0, 3, self.image_size, self.image_size)
 
     def _denoise(self, cond: Tensor, noise: Tensor, uncond: Tensor | None, guidance_scale: float, steps: int,
-                 scheduler: str, generator: torch.Generator | None) -> Tensor:  # fmt: skip
-        sched = make_scheduler(scheduler, self.scheduler_config)
+                 scheduler: str, generator: torch.Generator | None,
+                 timestep_spacing: str | None) -> Tensor:  # fmt: skip
+        sched = make_scheduler(scheduler, self.scheduler_config, timestep_spacing)
         sched.set_timesteps(steps, device=self.device)
         x = noise.to(self.device) * sched.init_noise_sigma
         n = x.shape[0]
@@ -409,9 +423,11 @@ def build_pixel_diffusion(captions: Sequence[str], config: PixelDiffusionConfig 
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
     )  # fmt: skip
-    # clip_sample keeps every denoised estimate in the frames' [-1, 1] (pixel space)
+    # clip_sample keeps every denoised estimate in the frames' [-1, 1] (pixel space); the spacing is
+    # saved so that diffusers' own samplers, reading the folder, start from pure noise as cmav's do
     schedule = DDPMScheduler(num_train_timesteps=c.num_train_timesteps, beta_schedule=c.beta_schedule,
-                             prediction_type=c.prediction_type, clip_sample=True)  # fmt: skip
+                             prediction_type=c.prediction_type, clip_sample=True,
+                             timestep_spacing=TIMESTEP_SPACING)  # fmt: skip
     return TextToImageDiffusion(unet, text_encoder, tokenizer, dict(schedule.config), source=source)
 
 
@@ -420,6 +436,7 @@ __all__ = [
     "PixelDiffusionConfig",
     "REQUIRED_PARTS",
     "SCHEDULERS",
+    "TIMESTEP_SPACING",
     "TextToImageDiffusion",
     "build_pixel_diffusion",
     "check_pipeline_folder",

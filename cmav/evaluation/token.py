@@ -112,6 +112,14 @@ def generate_from_audio_token(
     return paths, notes
 
 
+def at_size(images: Tensor, size: int) -> Tensor:
+    """``images`` ``(N, 3, H, W)`` resized (bilinear, antialiased) to ``size`` x ``size`` unless already that size."""
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    return torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True,
+                                           align_corners=False)  # fmt: skip
+
+
 @torch.no_grad()
 def score_images(generated: Tensor, audio: Tensor, labels: Tensor, real: Tensor, image_judge: Any, retrieval: Any,
                  class_names: list[str], n_negatives: int = 10, seed: int = 0,
@@ -120,7 +128,7 @@ def score_images(generated: Tensor, audio: Tensor, labels: Tensor, real: Tensor,
 
     ``audio`` / ``labels`` / ``real``: the items' LMS, labels and real frames (in [-1, 1]);
     ``image_judge``: an image :class:`ClassifierTask`; ``retrieval``: a :class:`RetrievalTask`
-    (its similarity gives AIS). The negatives of AIS and IIS are the same ``n_negatives`` random
+    (its similarity gives AIS). Frames of any side are resized to each scorer's own. The negatives of AIS and IIS are the same ``n_negatives`` random
     other items per image, from ``seed``.
     """
     from cmav.metrics import (
@@ -137,17 +145,16 @@ def score_images(generated: Tensor, audio: Tensor, labels: Tensor, real: Tensor,
     if not (audio.shape[0] == labels.shape[0] == real.shape[0] == n):
         raise ValueError(f"need one audio, label and real frame per generated image, got {audio.shape[0]}, "
                          f"{labels.shape[0]}, {real.shape[0]} for {n}")  # fmt: skip
-    size = int(image_judge.hparams.image_size)
-    if generated.shape[-1] != size:
-        generated = torch.nn.functional.interpolate(generated, size=(size, size), mode="bilinear", antialias=True,
-                                                    align_corners=False)  # fmt: skip
+    # each scorer sees frames at the side it was trained on (the generator's and the data's may differ)
+    judge_size, retrieval_size = int(image_judge.hparams.image_size), int(retrieval.hparams.image_size)
     neg = random_negatives(n, n_negatives, seed=seed)
     extractor = JudgeFeatureExtractor(image_judge.model, name="image_judge")
-    gen_f = extract_features(extractor, generated, batch_size)
-    real_f = extract_features(extractor, real.float(), batch_size)
-    logits = torch.cat([image_judge(x.to(image_judge.device)).cpu() for x in generated.split(batch_size)])
+    judged = at_size(generated, judge_size)
+    gen_f = extract_features(extractor, judged, batch_size)
+    real_f = extract_features(extractor, at_size(real.float(), judge_size), batch_size)
+    logits = torch.cat([image_judge(x.to(image_judge.device)).cpu() for x in judged.split(batch_size)])
     a_emb = torch.cat([retrieval.embed(audio=x)[0].cpu() for x in audio.split(batch_size)])
-    v_emb = torch.cat([retrieval.embed(image=x)[1].cpu() for x in generated.split(batch_size)])
+    v_emb = torch.cat([retrieval.embed(image=x)[1].cpu() for x in at_size(generated, retrieval_size).split(batch_size)])
     scores = retrieval.model.scores(a_emb.float(), v_emb.float()).T  # (generated image, audio)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*rank-deficient.*")  # small evaluation sets: said in the note
@@ -166,4 +173,4 @@ def score_images(generated: Tensor, audio: Tensor, labels: Tensor, real: Tensor,
     }
 
 
-__all__ = ["generate_from_audio_token", "label_images", "score_images", "token_images"]
+__all__ = ["at_size", "generate_from_audio_token", "label_images", "score_images", "token_images"]

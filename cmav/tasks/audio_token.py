@@ -38,6 +38,8 @@ from cmav.viz.tensors import to_uint8_frame
 
 CHECKPOINT_KEY = "cmav_audio_token"
 """Key of the checkpoint entry that marks (and describes) an audio-token checkpoint."""
+TOKEN_WIDTH_KEY = "model.embedder.pool.score.weight"
+"""State-dict entry whose last dimension is the audio token's width (the attention pool's score layer)."""
 
 
 def pipeline_fingerprint(path: str | Path, sample_bytes: int = 1 << 20) -> str:
@@ -207,7 +209,26 @@ class AudioTokenTask(L.LightningModule):
         save_random_state(checkpoint, self)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # runs before Lightning loads the weights (resume, load_from_checkpoint): refuse a pipeline of
+        # another width here, before torch's size-mismatch error, and warn on another folder
+        path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+        check_pipeline_fits(self, checkpoint, path, stacklevel=3)
         restore_random_state(self, checkpoint)
+
+
+def check_pipeline_fits(task: AudioTokenTask, checkpoint: dict, path: str | Path, stacklevel: int = 2) -> None:
+    """Refuse ``checkpoint``'s weights when ``task``'s pipeline folder has another text width (the
+    token's); warn when the folder is not the one it was trained with (fingerprints differ)."""
+    folder, info = task.hparams.pipeline, checkpoint.get(CHECKPOINT_KEY) or {}
+    saved = checkpoint.get("state_dict", {}).get(TOKEN_WIDTH_KEY)
+    width = task.model.diffusion.text_width
+    if saved is not None and int(saved.shape[-1]) != width:
+        raise ValueError(f"{path}: its audio token is {int(saved.shape[-1])} wide, but the text encoder of the pipeline "
+                         f"folder {folder} is {width} wide: use the folder the token was trained with "
+                         f"({info.get('pipeline')})")  # fmt: skip
+    if task.pipeline_fingerprint != info.get("fingerprint"):
+        warnings.warn(f"{folder} is not the pipeline folder {path} was trained with (fingerprints differ): the token "
+                      "may mean nothing to this model", stacklevel=stacklevel + 1)  # fmt: skip
 
 
 def is_audio_token_checkpoint(path: str | Path) -> bool:
@@ -229,11 +250,12 @@ def load_audio_token(path: str | Path, pipeline: str | Path | None = None,
         raise FileNotFoundError(f"{path}: its diffusion pipeline folder {folder} does not exist; pass the folder the "
                                 "token was trained with (pipeline=... / --pipeline)")  # fmt: skip
     hp.update(pipeline=str(folder), audio_encoder_ckpt=None)
-    with own_hyperparameters():
-        task = AudioTokenTask(**hp)
-    if task.pipeline_fingerprint != info.get("fingerprint"):
-        warnings.warn(f"{folder} is not the pipeline folder {path} was trained with (fingerprints differ): the token "
-                      "may mean nothing to this model", stacklevel=2)  # fmt: skip
+    try:
+        with own_hyperparameters():
+            task = AudioTokenTask(**hp)
+    except ValueError as exc:  # e.g. a folder whose tokenizer lacks the template's or the labels' words
+        raise ValueError(f"{path}: {exc}") from exc
+    check_pipeline_fits(task, ckpt, path)
     missing, unexpected = task.load_state_dict(ckpt["state_dict"], strict=False)
     missing = [k for k in missing if not k.startswith("model.diffusion.")]
     if missing or unexpected:
@@ -241,4 +263,12 @@ def load_audio_token(path: str | Path, pipeline: str | Path | None = None,
     return task.to(device).eval()
 
 
-__all__ = ["AudioTokenTask", "CHECKPOINT_KEY", "is_audio_token_checkpoint", "load_audio_token", "pipeline_fingerprint"]
+__all__ = [
+    "AudioTokenTask",
+    "CHECKPOINT_KEY",
+    "TOKEN_WIDTH_KEY",
+    "check_pipeline_fits",
+    "is_audio_token_checkpoint",
+    "load_audio_token",
+    "pipeline_fingerprint",
+]

@@ -20,14 +20,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cmav.diffusion.audio_token import label_words
+from cmav.diffusion.audio_token import OFFLINE_CAPTION, label_words
 from cmav.diffusion.pipeline import PixelDiffusionConfig, TextToImageDiffusion, build_pixel_diffusion
 from cmav.models.ema import ExponentialMovingAverage, ema_decay_at
 from cmav.tasks.common import AdamConfig, coerce, datamodule_of, plain, refuse_weight_averaging, tensorboard_writer
 from cmav.tasks.random_state import restore_random_state, save_random_state, separate_rank_streams
 from cmav.viz.tensors import to_uint8_frame
 
-CAPTION = "a photo of a {} player"
+CAPTION = OFFLINE_CAPTION
 
 
 class DiffusionBaseTask(L.LightningModule):
