@@ -65,6 +65,52 @@ def test_front_end_throughput_is_positive():
     assert front_end_throughput({"kind": "mfcc"}, 44100, 22050, "cpu", batch_size=4, repeats=1) > 0
 
 
+def test_front_end_throughput_warms_up_on_the_batch_it_times(monkeypatch):
+    """A warm-up on another batch size leaves the timed one to pay for its own first call."""
+    import cmav.ablation.audio_repr as audio_repr
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.batches: list[int] = []
+
+        def forward(self, x, rate):
+            self.batches.append(x.shape[0])
+            return x
+
+    fe = Recording()
+    monkeypatch.setattr(audio_repr, "build_front_end", lambda features: fe)
+    assert front_end_throughput({"kind": "lms"}, 22050, 512, "cpu", batch_size=16, repeats=2) > 0
+    assert fe.batches == [16, 16, 16]
+
+
+def test_a_finished_run_is_reused_only_under_the_same_trainer_settings_and_threads(tmp_path, monkeypatch):
+    """runs.jsonl resumes a grid; a run trained under another precision (or timed with other
+    threads) is trained again, as the grid's stage checkpoints are."""
+    import cmav.ablation.audio_repr as audio_repr
+    from cmav.ablation.grid import merge
+
+    data = make_suburmp_tracks(tmp_path / "data", tracks=(0, 1), chunks=2)
+    cfg = load_grid(CONFIG, "quick", ["representations=[{name: LMS, features: {kind: lms}}]", "depths=[2]",
+                                      "seeds=[0]", "steps=1", f"data.root={data}"])  # fmt: skip
+    trained: list[dict] = []
+    real_fit = audio_repr.fit
+
+    def counted_fit(cfg, *args, **kw):
+        trained.append(cfg)
+        return real_fit(cfg, *args, **kw)
+
+    monkeypatch.setattr(audio_repr, "fit", counted_fit)
+    out = tmp_path / "repr"
+    run_ablation(cfg, out_dir=out)
+    run_ablation(cfg, out_dir=out)
+    assert len(trained) == 1  # the same settings: reused
+    run_ablation(merge(cfg, {"trainer": {"precision": "bf16-mixed"}}), out_dir=out)
+    assert len(trained) == 2 and trained[-1]["trainer"]["precision"] == "bf16-mixed"
+    run_ablation(dict(cfg, threads=2), out_dir=out)
+    assert len(trained) == 3
+
+
 @pytest.mark.slow
 def test_quick_audio_repr_grid_end_to_end(tmp_path, monkeypatch):
     from cmav.cli.main import main

@@ -58,11 +58,11 @@ def dm_of(data: dict, **kw) -> AudioVisualDataModule:
     return AudioVisualDataModule(data["root"], image_size=SIZE, cache_dir=data["cache"], progress=False, **kw)
 
 
-def fit_classifier(data: dict, name: str, steps: int, **kw) -> str:
+def fit_classifier(data: dict, name: str, steps: int, features=None, **kw) -> str:
     L.seed_everything(0, verbose=False)
     task = ClassifierTask(image_size=SIZE, optimizer={"lr": 3e-3, "betas": (0.9, 0.999)}, **kw)
     tr = trainer(max_steps=steps)
-    tr.fit(task, dm_of(data))
+    tr.fit(task, dm_of(data) if features is None else dm_of(data, features=features))
     path = str(data["base"] / f"{name}.ckpt")
     tr.save_checkpoint(path)
     return path
@@ -459,3 +459,133 @@ def test_a_resumed_run_keeps_the_checkpoints_db_range_not_one_refitted_from_the_
         trainer(max_steps=3, max_epochs=-1, limit_val_batches=0).fit(resumed, dm_of(data), ckpt_path=str(path))
     assert resumed.scaler.to_list() == stored and resumed.hparams.lms_range == stored
     assert resumed.from_target_space(torch.ones(1)).item() == pytest.approx(stored[1])
+
+
+SMALL_LMS = LogMelConfig(n_mels=64, hop_length=512)  # (1, 64, 22) against the default (1, 128, 44)
+
+
+@pytest.fixture(scope="module")
+def barely_trained_judges(data) -> dict:
+    """Sound classifiers of 2 steps on three front ends: enough to pass the judge's own checks."""
+    return {name: fit_classifier(data, f"judge_{name}", 2, features=features, modality="audio", audio_encoder=TINY_ENC)
+            for name, features in (("default", None), ("small", SMALL_LMS), ("f_min", {"f_min": 30.0}))}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def default_i2s_ckpt(data) -> Path:
+    """An I2S checkpoint trained 2 steps on the default front end (128 x 44 LMS)."""
+    L.seed_everything(0, verbose=False)
+    model = i2s("i2s_n")
+    tr = trainer(max_steps=2, max_epochs=-1, limit_val_batches=0)
+    tr.fit(model, dm_of(data))
+    path = data["base"] / "default_i2s.ckpt"
+    tr.save_checkpoint(str(path))
+    return path
+
+
+def test_evaluation_refuses_data_of_another_lms_shape_or_front_end_than_the_model_generates(
+        data, barely_trained_judges, default_i2s_ckpt):  # fmt: skip
+    """Judged accuracy and FID/KID would score wrong-shape LMS and the round trip would fail deep in
+    the inversion: the model, its shape and both front ends are named before anything is scored."""
+    from cmav.evaluation import evaluate_i2s
+
+    judges = barely_trained_judges
+    kw = dict(n_diversity_draws=2, diversity_per_class=1, griffin_lim_iters=2)
+    assert load_i2s(default_i2s_ckpt).trained_features == LogMelConfig()
+    shape = r"the I2S model generates LMS \(1, 128, 44\), the data's are \(1, 64, 22\) \(front end: hop_length: 256 -> 512; n_mels: 128 -> 64, model -> data\)"
+    with pytest.raises(ValueError, match=rf"default_i2s\.ckpt: {shape}"):
+        evaluate_i2s(default_i2s_ckpt, dm_of(data, features=SMALL_LMS), judges["small"], **kw)
+    with pytest.raises(ValueError, match=rf"the I2S model given: {shape}"):
+        evaluate_i2s(load_i2s(default_i2s_ckpt), dm_of(data, features=SMALL_LMS), judges["small"], **kw)
+    # the same shape from another setting: its dB values mean other bands
+    with pytest.raises(ValueError, match=r"default_i2s\.ckpt: the I2S model was trained on another front end than "
+                                         r"the data's \(front end: f_min: 0\.0 -> 30\.0, model -> data\)"):  # fmt: skip
+        evaluate_i2s(default_i2s_ckpt, dm_of(data, features={"f_min": 30.0}), judges["f_min"], **kw)
+
+    # a plain generator says nothing of its front end: its output shape is checked
+    def small(frames, z):
+        return torch.full((frames.shape[0], *SMALL_LMS.output_shape(0.5)), -40.0)
+
+    with pytest.raises(ValueError, match=r"the I2S model given: the I2S model generates LMS \(1, 64, 22\), the data's are \(1, 128, 44\)"):
+        evaluate_i2s(small, dm_of(data), judges["default"], **kw)
+
+
+def test_the_kid_subset_size_used_is_reported_beside_the_one_asked_for(data, barely_trained_judges, tmp_path):
+    """KID's subset is clamped to half the smaller set on a small split: metrics.json says the size used."""
+    from cmav.evaluation import evaluate_i2s
+
+    def quiet(frames, z):
+        return torch.full((frames.shape[0], *LogMelConfig().output_shape(0.5)), -40.0) + z[:, :1, None, None]
+
+    dm = dm_of(data)
+    m = evaluate_i2s(quiet, dm, barely_trained_judges["default"], out_dir=tmp_path, n_diversity_draws=2,
+                     diversity_per_class=1, griffin_lim_iters=2, kid_subset_size=1000, kid_subsets=5)  # fmt: skip
+    n_val = len(dm.val)
+    assert n_val // 2 < 1000
+    written = json.loads((tmp_path / "metrics.json").read_text())["fid_kid"]
+    assert m["fid_kid"]["kid_subset_size"] == written["kid_subset_size"] == n_val // 2
+    assert written["kid_subset_size_asked"] == 1000 and written["kid_subsets"] == 5
+
+
+@pytest.mark.parametrize("task_name", ["I2STask", "S2ITask"])
+def test_a_scratch_encoder_without_a_class_loss_is_not_asked_for_its_class_head(task_name):
+    """Only loss_weights.encoder_class trains a scratch encoder's head to classify: without it
+    class_mean would snap every input to the class mean of one untrained argmax."""
+    from cmav.tasks import S2ITask
+
+    cls = {"I2STask": I2STask, "S2ITask": S2ITask}[task_name]
+    base = dict(variant=task_name[:3].lower() + "_c", encoder_mode="scratch", image_size=SIZE,
+                sample_every_n_steps=0, generator=TINY_G, discriminator=TINY_D)  # fmt: skip
+    with pytest.raises(ValueError, match=r"encoder_mode='scratch' with loss_weights\.encoder_class=0 .*"
+                                         r"inference_condition='class_mean'.*set loss_weights\.encoder_class > 0"):  # fmt: skip
+        cls(**base, inference_condition="class_mean")
+    cls(**base, inference_condition="class_mean", loss_weights={"encoder_class": 0.5})  # a trained head: accepted
+    cls(**base)  # the paper's own feature and own condition: nothing reads the head
+    cls(**base, condition_on="logits")  # G's loss trains them as a narrow condition
+
+
+def test_a_checkpoint_rebuilt_for_inference_keeps_its_class_mean_condition(data, tmp_path):
+    """load_i2s rebuilds every encoder as 'scratch' (its weights come from the state dict): a model
+    trained on a frozen classifier's head with class_mean is still loaded, not refused."""
+    L.seed_everything(0, verbose=False)
+    model = i2s("i2s_n", inference_condition="class_mean", loss_weights={"encoder_class": 1.0})
+    tr = trainer(max_steps=2, max_epochs=-1, limit_val_batches=0)
+    tr.fit(model, dm_of(data))
+    ckpt = torch.load(_save(tr, tmp_path / "trained.ckpt"), weights_only=False)
+    hp = ckpt["hyper_parameters"]
+    hp.update(encoder_mode="frozen", image_encoder_ckpt="gone.ckpt", loss_weights={**hp["loss_weights"], "encoder_class": 0.0})
+    torch.save(ckpt, tmp_path / "frozen.ckpt")
+    again = load_i2s(tmp_path / "frozen.ckpt")
+    assert again.inference_condition == "class_mean" and again.trained_encoder_mode == "frozen"
+
+
+def _save(tr: L.Trainer, path: Path) -> Path:
+    tr.save_checkpoint(str(path))
+    return path
+
+
+@pytest.mark.parametrize("lms_range", [None, [-100.0, 0.0]])
+def test_a_given_lms_shape_that_is_not_the_datas_is_refused(data, lms_range):
+    """With or without a given dB range, a given lms_shape is the user's: another one in the data
+    is an error, never replaced silently by the data's."""
+    model = i2s("i2s_c", lms_shape=[1, 64, 22], lms_range=lms_range)
+    with pytest.raises(ValueError, match=r"\(1, 64, 22\)|\[1, 64, 22\]") as err:
+        trainer(max_steps=2, max_epochs=-1, limit_val_batches=0).fit(model, dm_of(data))
+    assert re.search(r"128, 44", str(err.value)), err.value
+    same = i2s("i2s_c", lms_shape=[1, 128, 44])  # the data's own: accepted
+    trainer(max_steps=2, max_epochs=-1, limit_val_batches=0).fit(same, dm_of(data))
+    assert same.target_shape() == (1, 128, 44)
+
+
+def test_the_i2s_grid_trains_on_the_same_split_as_the_cmav_fit_runs():
+    """The grid's rows are compared with the README's `cmav fit --config experiments/i2s_c.yaml`
+    tables: the same held-out tails, so the same train items and training conditions."""
+    import yaml
+
+    from cmav.ablation import load_grid
+
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    fit_data = yaml.safe_load((experiments / "i2s_c.yaml").read_text())["data"]
+    for preset in (None, "cpu"):
+        grid = load_grid(experiments / "ablations" / "i2s.yaml", preset)["data"]
+        assert grid.get("holdout_tail", 0.0) == fit_data["holdout_tail"], preset

@@ -39,7 +39,9 @@ def front_end_throughput(features: Any, chunk_rate: int, chunk_samples: int, dev
     x = torch.randn(batch_size, 1, chunk_samples, generator=torch.Generator().manual_seed(0)).mul_(0.1).to(device)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     with torch.no_grad():
-        fe(x[:8], chunk_rate)  # warm-up: resampler kernels, librosa's filter bank, CUDA context
+        # warm-up on the timed shape: resampler kernels, librosa's filter bank, the CUDA context and the
+        # allocator's blocks for this batch size are all paid before the clock starts
+        fe(x, chunk_rate)
         sync()
         t0 = time.perf_counter()
         for _ in range(repeats):
@@ -51,6 +53,17 @@ def front_end_throughput(features: Any, chunk_rate: int, chunk_samples: int, dev
 def run_key(representation: str, depth: int, seed: int, config_key: dict) -> tuple:
     """The identity of one cell's run in ``runs.jsonl``: a finished run with the same key is reused."""
     return representation, depth, seed, json.dumps(config_key, sort_keys=True, default=str)
+
+
+def config_key(cfg: dict, features: Any, model: dict) -> dict:
+    """What one cell's run is trained and timed under, beside its representation, depth and seed:
+    the front end, the model, the steps, the data settings, the trainer settings (precision, say)
+    and the torch threads (its training time and the front end's throughput are in the table).
+    The same parts as :func:`cmav.ablation.grid.stage_key`'s, which reads a stage's settings from
+    ``stages.<name>``: this grid has no stages, and its cells differ in what ``stages`` cannot hold
+    (front end, depth). Runs logged before the trainer and threads were keyed are trained again."""
+    return {"features": front_end_config(features).to_dict(), "model": model, "steps": int(cfg["steps"]),
+            "data": cfg["data"], "trainer": cfg.get("trainer"), "threads": cfg.get("threads")}  # fmt: skip
 
 
 def finished_runs(log: Path) -> dict[tuple, dict]:
@@ -216,7 +229,7 @@ def run(cfg: dict, out: Path) -> dict:
         for depth in depths:
             for seed in cfg["seeds"]:
                 kw = merge(model_cfg, {"audio_encoder": {"n_blocks": depth}})
-                key = {"features": features.to_dict(), "model": kw, "steps": int(cfg["steps"]), "data": cfg["data"]}
+                key = config_key(cfg, features, kw)
                 previous = finished_runs(log).get(run_key(name, depth, seed, key))
                 if previous is not None:
                     runs.append(previous)
@@ -253,4 +266,4 @@ def run(cfg: dict, out: Path) -> dict:
     return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
 
 
-__all__ = ["finished_runs", "front_end_throughput", "plot_heatmap", "run", "run_key", "summarise", "verdict", "write_tables"]
+__all__ = ["config_key", "finished_runs", "front_end_throughput", "plot_heatmap", "run", "run_key", "summarise", "verdict", "write_tables"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from cmav.evaluation.paired import GeneratorFn, generator_fn, save_scores, score_generator
+from cmav.evaluation.paired import GeneratorFn, generate_outputs, generator_fn, save_scores, score_generator
 from cmav.features.logmel import LogMelConfig
 from cmav.metrics import JudgeFeatureExtractor, round_trip_accuracy
 from cmav.metrics.serialise import json_safe
@@ -45,6 +45,33 @@ def audio_judge(judge_or_ckpt: Any):
     return judge.eval()
 
 
+def check_i2s_fits(task_or_fn: Any, fn: GeneratorFn, z_dim: int, datamodule, source: str) -> None:
+    """Refuse data an I2S generator was not made for: LMS of another shape than it generates, or of
+    the same shape from another front-end setting than the one stored with the model (when it
+    stores one). Judge, FID/KID and round trip would otherwise score outputs of the wrong shape or
+    scale, or fail deep in the inversion. ``source`` names the checkpoint or model."""
+    from cmav.features import front_end_differences
+    from cmav.tasks.i2s import I2STask
+
+    val = datamodule.val.tensors
+    want = tuple(val.audio.shape[1:])
+    if isinstance(task_or_fn, I2STask):
+        task_or_fn.model  # noqa: B018  (an unbuilt model says so, not a TypeError from its missing shape)
+        made, trained = task_or_fn.target_shape(), task_or_fn.trained_features
+    else:  # a plain callable says nothing of its front end: its output shape is all there is to check
+        made = tuple(generate_outputs(fn, val.images[:1].float().div(127.5).sub(1.0), z_dim).shape[1:])
+        trained = None
+    diffs = front_end_differences(trained, datamodule.features) if trained is not None else []
+    differ = f" (front end: {'; '.join(diffs)}, model -> data)" if diffs else ""
+    if made != want:
+        raise ValueError(f"{source}: the I2S model generates LMS {made}, the data's are {want}{differ}: "
+                         "evaluate it on data of the front end it was trained on (data.features)")  # fmt: skip
+    if diffs:
+        raise ValueError(f"{source}: the I2S model was trained on another front end than the data's{differ}: its "
+                         "LMS would be judged and inverted on a scale they are not on. Evaluate it on data of "
+                         "its own front end (data.features)")  # fmt: skip
+
+
 @torch.no_grad()
 def evaluate_i2s(
     task_or_ckpt: Any,
@@ -61,6 +88,11 @@ def evaluate_i2s(
 ) -> dict:
     """Score an image-to-sound generator (see the module docstring). Returns a JSON-ready dict; with
     ``out_dir`` also ``metrics.json`` and ``confusion_generated.png`` / ``confusion_real.png``."""
+    from cmav.tasks.i2s import load_i2s
+
+    source = str(task_or_ckpt) if isinstance(task_or_ckpt, (str, Path)) else "the I2S model given"
+    if isinstance(task_or_ckpt, (str, Path)):
+        task_or_ckpt = load_i2s(task_or_ckpt)
     fn, z_dim, info = make_i2s_fn(task_or_ckpt)
     datamodule.setup("validate")
     judge = audio_judge(audio_judge_ckpt)
@@ -72,6 +104,7 @@ def evaluate_i2s(
     features = datamodule.features
     if not isinstance(features, LogMelConfig):
         raise ValueError(f"I2S evaluation needs the LMS front end (Griffin-Lim round trip), got kind={features.kind!r}")
+    check_i2s_fits(task_or_ckpt, fn, z_dim, datamodule, source)
     val = datamodule.val.tensors
     labels = val.labels.long()
     frames = val.images.float().div(127.5).sub(1.0)
@@ -101,4 +134,4 @@ def evaluate_i2s(
     return json_safe(result)
 
 
-__all__ = ["audio_judge", "evaluate_i2s", "make_i2s_fn"]
+__all__ = ["audio_judge", "check_i2s_fits", "evaluate_i2s", "make_i2s_fn"]

@@ -123,6 +123,8 @@ def score_generator(
     result["fid_kid"] = {
         "split": split, "label": FID_LABEL, "fid": fk["fid"], "kid_mean": fk["kid_mean"], "kid_std": fk["kid_std"],
         "n_real": fk["n_real"], "n_fake": fk["n_fake"], "feature": fk["feature"], "note": fk["note"],
+        # the size KID used: clamped to half the smaller set when the split is small (its warning is silenced above)
+        "kid_subset_size": fk["kid_subset_size"], "kid_subset_size_asked": int(kid_subset_size), "kid_subsets": kid_subsets,
     }  # fmt: skip
     sub = subset_per_class(labels, len(class_names), diversity_per_class)
     cond = conditions[sub].float()

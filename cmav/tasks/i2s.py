@@ -70,8 +70,9 @@ class I2STask(PairedGANTask):
         generator: generator options (paper: 10-d z, 128-d condition projection).
         discriminator: discriminator options.
         encoder: the image encoder's options for ``scratch``.
-        n_classes: the scratch encoder's class count (its head is used only by
-            ``loss_weights.encoder_class``).
+        n_classes: the scratch encoder's class count (only ``loss_weights.encoder_class`` trains
+            its head to classify: without it, ``inference_condition='class_mean'`` is refused for
+            ``scratch``).
         g_optimizer: Adam for G (and a trained encoder); paper: 2e-4, betas (0.5, 0.999).
         d_optimizer: Adam for D; paper: 2e-4, betas (0.5, 0.999).
         loss_weights: see :class:`~cmav.tasks.paired_gan.LossWeights`.
@@ -81,8 +82,11 @@ class I2STask(PairedGANTask):
         pixel_loss: ``'l1'`` or ``'l2'`` (AE only), on the scaled LMS.
         ema_decay: decay of the EMA of G (and a trained encoder); validation, sheets and
             :meth:`generate` use the EMA copy.
-        diff_augment: differentiable augmentation of D's inputs (kornia; translation only makes
-            sense for spectrograms); off by default.
+        diff_augment: differentiable augmentation of D's inputs (kornia); off by default. Of its
+            options, two suit spectrograms: ``translate`` (shifts in time and frequency, reflection
+            padding) and ``erase`` (a SpecAugment-like rectangle, filled with the middle of
+            ``lms_range`` in dB, not with silence); ``experiments/i2s_stable.yaml`` uses both. Colour
+            jitter has no meaning on one channel of dB, and a flip plays the sound backwards.
         sample_every_n_steps: iterations between TensorBoard sample sheets; 0 = never.
         samples: sample-sheet options (``log_audio``: Griffin-Lim renderings of generated and real).
         seed: seed of the negative sampler's generator (offset by the process rank).
@@ -109,6 +113,7 @@ class I2STask(PairedGANTask):
             does not carry over.
         inference_neighbours: how many nearest training conditions ``'nearest'`` averages.
         lms_shape: ``(1, n_mels, frames)`` of the generated LMS; ``None`` = the data's (at setup).
+            A given one must be the data's: another is refused, never replaced.
         lms_range: ``[low, high]`` dB mapped to the generator's [-1, 1]; ``None`` = the train
             set's range (at setup). Saved in the checkpoint.
     """
@@ -193,7 +198,13 @@ class I2STask(PairedGANTask):
 
     def _learn_shapes(self, dm) -> None:
         audio = dm.train_full.tensors.audio
-        self.hparams.lms_shape = list(audio.shape[1:])
+        got = [int(v) for v in audio.shape[1:]]
+        given = self.hparams.lms_shape
+        if given is not None and [int(v) for v in given] != got:
+            # the same refusal as _check_data's when lms_range is given too (the model is built then)
+            raise ValueError(f"lms_shape={list(given)} but the data's LMS are {got} (its front end, data.features): "
+                             "leave lms_shape unset to take the data's, or set the front end that gives it")  # fmt: skip
+        self.hparams.lms_shape = got
         if self.scaler is None:
             train = audio[list(dm.train.indices)] if len(dm.train) else audio
             self.scaler = RangeScaler.fit(train)
@@ -221,6 +232,12 @@ class I2STask(PairedGANTask):
         if got != self.target_shape():
             raise ValueError(f"this I2S model generates LMS {self.target_shape()}, the data's are {got}: "
                              "train on the same front end")  # fmt: skip
+
+    @property
+    def trained_features(self):
+        """The front-end config of the data this model was trained on (read from the checkpoint
+        by :func:`load_i2s`, or the data it was set up with); ``None`` when not known."""
+        return self._features
 
     def to_target_space(self, x: Tensor) -> Tensor:
         assert self.scaler is not None
@@ -263,9 +280,16 @@ class I2STask(PairedGANTask):
 def load_i2s(path: str | Path) -> I2STask:
     """Rebuild an :class:`I2STask` (CPU, eval mode) from its checkpoint, without the data or the
     image-classifier checkpoint (the encoder's architecture, the LMS shape and its dB range are
-    stored in it). ``trained_encoder_mode`` records the mode it was trained with."""
+    stored in it). ``trained_encoder_mode`` records the mode it was trained with and
+    ``trained_features`` the front end of its data (``None`` when the checkpoint has none)."""
+    from cmav.features.frontend import front_end_config
+    from cmav.tasks.classifier import checkpoint_dict
+
     task = load_paired_gan(I2STask, path, lambda arch: {})
     assert isinstance(task, I2STask)
+    # what its LMS mean: evaluation refuses data of another front end (None: not recorded)
+    features = (checkpoint_dict(path).get("datamodule_hyper_parameters") or {}).get("features")
+    task._features = front_end_config(features) if features is not None else None
     return task
 
 

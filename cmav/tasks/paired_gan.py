@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
@@ -141,6 +142,27 @@ class SampleConfig:
 
 
 ConditionOn = Literal["feature", "logits", "probabilities"]
+
+# Set while load_paired_gan rebuilds a checkpoint: it rebuilds every encoder as 'scratch' (its weights
+# come from the state dict), so construction must not judge the rebuilt mode as a training choice.
+_rebuilding_checkpoint: ContextVar[bool] = ContextVar("cmav_rebuilding_paired_gan", default=False)
+
+
+def untrained_class_head_use(encoder_mode: str, encoder_class: float, inference_condition: str) -> str | None:
+    """Why a run would pick classes with a class head that nothing trains to classify, or None.
+
+    A scratch encoder's head starts random and only ``loss_weights.encoder_class`` trains it to tell
+    the classes apart: without it ``class_mean`` picks every input's class by an untrained argmax
+    (in practice one class mean for all inputs). Frozen and fine-tuned encoders come with the
+    classifier's trained head. (``condition_on`` logits/probabilities stay allowed: G's loss trains
+    them as a narrow condition, they just are not class scores then.)"""
+    if encoder_mode != "scratch" or encoder_class > 0 or inference_condition != "class_mean":
+        return None
+    return ("encoder_mode='scratch' with loss_weights.encoder_class=0 gives the encoder's class head no class loss, "
+            "so it never learns the classes, but inference_condition='class_mean' picks each input's class mean by "
+            "its argmax: set loss_weights.encoder_class > 0 (trains the head with cross-entropy), or "
+            "inference_condition 'own' or 'nearest', or start from a pretrained encoder (encoder_mode "
+            "'frozen'/'finetune')")
 
 
 def condition_dim(encoder: ConvEncoder, condition_on: str) -> int:
@@ -272,6 +294,10 @@ class PairedGANTask(L.LightningModule):
                 raise ValueError(f"loss_weights.{name} must be >= 0, got {value}")
         if self.is_gan and self.weights.fake <= 0:
             raise ValueError("loss_weights.fake must be > 0: the discriminator would never be shown a generated pair")
+        if not _rebuilding_checkpoint.get():
+            why = untrained_class_head_use(h.encoder_mode, self.weights.encoder_class, self.inference_condition)
+            if why is not None:
+                raise ValueError(why)
         for name in ("aux_class", "mode_seeking"):
             if getattr(self.weights, name) > 0 and not self.is_gan:
                 raise ValueError(f"loss_weights.{name} is a GAN term: variant 'ae' has no discriminator or noise "
@@ -947,8 +973,12 @@ def load_paired_gan(
     trained_mode = hp.get("encoder_mode", "frozen")
     hp.update(encoder_mode="scratch", encoder=arch["config"], n_classes=arch["n_classes"], **scratch_args(arch))
     hp[cls.encoder_ckpt_arg] = None
-    with own_hyperparameters():
-        task = cls(**hp)
+    rebuilding = _rebuilding_checkpoint.set(True)
+    try:
+        with own_hyperparameters():
+            task = cls(**hp)
+    finally:
+        _rebuilding_checkpoint.reset(rebuilding)
     task.load_state_dict(ckpt["state_dict"])
     task.iteration = int(ckpt[cls.checkpoint_key]["iteration"])
     task.trained_encoder_mode = trained_mode
@@ -970,4 +1000,5 @@ __all__ = [
     "generator_adversarial_loss",
     "load_paired_gan",
     "pair_discriminator_loss",
+    "untrained_class_head_use",
 ]
