@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -209,7 +210,9 @@ def build_track(job: TrackJob) -> int:
     duration = CHUNK_S + HOP_S * (job.n_chunks - 1)
     need = chunk + hop * (job.n_chunks - 1)
     owner = [job.font_of_chunk(k) for k in range(job.n_chunks)]
+    attempts = 0
     for _ in range(job.max_attempts):
+        attempts += 1
         notes = random_melody(spec, duration, rng, job.melody)
         with tempfile.TemporaryDirectory(prefix="cmav-midi-") as tmp:
             midi = Path(tmp) / f"{job.name}.mid"
@@ -231,6 +234,10 @@ def build_track(job: TrackJob) -> int:
         rms = [float(np.sqrt(np.mean(np.square(c)))) for c in chunks]
         if min(rms) >= job.silence_rms:
             break
+        # the next melody is drawn because of how this one sounded: another font or render may not draw it
+        warnings.warn(f"{job.name}: a chunk of its melody came out silent (RMS {min(rms):.1e}) from "
+                      f"{job.fonts[owner[int(np.argmin(rms))]]}; a new melody is drawn, so this track's melody and "
+                      "frames differ from those of a build from another font or render", stacklevel=2)  # fmt: skip
     else:
         k = int(np.argmin(rms))
         raise RuntimeError(
@@ -255,7 +262,8 @@ def build_track(job: TrackJob) -> int:
                          lambda p, im=image: im.save(p, format="JPEG", quality=job.jpeg_quality))  # fmt: skip
         # a bool array becomes a mode-'1' image: a 1-bit PNG
         atomic_write(mask_dir / f"{stem}.png", lambda p, m=mask: Image.fromarray(m).save(p, format="PNG"))
-    marker = {"chunks": job.n_chunks, "masks": True, **({"performance": _performance_record(perf, job)} if perf else {})}
+    marker = {"chunks": job.n_chunks, "masks": True, **({"performance": _performance_record(perf, job)} if perf else {}),
+              **({"melody_attempts": attempts} if attempts > 1 else {})}  # fmt: skip
     if len(job.fonts) > 1:  # which font every chunk was cut from, by index in the manifest's list
         marker["fonts"] = owner
     atomic_write(job.marker, lambda p: Path(p).write_text(json.dumps(marker)))
