@@ -626,6 +626,9 @@ def test_timidity_renders_a_patch_set_track_and_refuses_a_program_it_does_not_ma
     wet = render_midi(midi, FREEPATS_CFG, SynthSettings(sample_rate=22050, reverb=True, reverb_level=0.9))
     assert dry.dtype == np.float32 and dry.shape[0] == 2 and np.abs(dry).max() > 0.01
     assert not np.allclose(dry[:, : wet.shape[1]], wet[:, : dry.shape[1]], atol=1e-3)  # the reverb is on
+    write_midi([Note(0.5, 0.9, 69, 100, "legato")], 69, midi)  # a first note at 0.5 s stays at 0.5 s
+    late = render_midi(midi, FREEPATS_CFG, SynthSettings(sample_rate=22050))
+    assert 0.49 < np.argmax(np.abs(late).max(0) > 0.01) / 22050 < 0.52
     write_midi([Note(0.0, 0.4, 60, 100, "legato")], 1, midi)  # a piano: not in the set
     with pytest.raises(RuntimeError, match=r"freepats_orchestra.cfg: rendering .*a.mid made timidity load the soundfont"):
         render_midi(midi, FREEPATS_CFG)

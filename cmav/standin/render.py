@@ -171,7 +171,8 @@ def render_midi_timidity(midi_path: str | Path, config: str | Path, settings: Sy
     """
     with tempfile.TemporaryDirectory(prefix="cmav-render-") as tmp:
         out = Path(tmp) / "out.wav"
-        cmd = ["timidity", "-c", str(config), "-idvv", "-Ow", "--output-stereo", "--output-16bit",
+        # --preserve-silence: TiMidity++ drops the silence before the first note, FluidSynth keeps it
+        cmd = ["timidity", "-c", str(config), "-idvv", "-Ow", "--output-stereo", "--output-16bit", "--preserve-silence",
                *timidity_options(settings), "-o", str(out), str(midi_path)]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)
         log = proc.stdout + proc.stderr
