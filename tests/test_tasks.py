@@ -1005,6 +1005,24 @@ def test_cli_last_ckpt_is_the_newest_epoch_even_when_it_is_not_the_best(data, tm
     assert (again["epoch"], again["global_step"]) == (3, 8) and not list(ckpts.glob("last-v*.ckpt"))
 
 
+def test_cli_a_second_s2i_run_into_its_folder_overwrites_last_ckpt(data, sound_classifier, tmp_path, monkeypatch):
+    """`make demo` twice: the second S2I-C run must not write last-v1.ckpt beside the first run's
+    last.ckpt, which `cmav generate --ckpt .../last.ckpt` would then still read."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+    args = ["fit", "--config", str(EXPERIMENTS / "s2i_c.yaml"), "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+            "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", f"--data.root={data['root']}",
+            f"--data.cache_dir={data['cache']}", "--data.image_size=32", "--data.batch_size=8", "--data.progress=false",
+            f"--model.init_args.audio_encoder_ckpt={sound_classifier['ckpt']}", "--model.init_args.generator.base_channels=8",
+            "--model.init_args.discriminator.base_channels=8", "--model.init_args.sample_every_n_steps=0"]  # fmt: skip
+    ckpts = tmp_path / "runs" / "s2i_c" / "checkpoints"
+    assert cmav_main(args) == 0
+    first = (ckpts / "last.ckpt").stat().st_mtime_ns
+    assert cmav_main([*args, "--seed_everything=1"]) == 0
+    assert sorted(p.name for p in ckpts.iterdir()) == ["epoch=000.ckpt", "last.ckpt"]
+    assert (ckpts / "last.ckpt").stat().st_mtime_ns > first
+
+
 @pytest.mark.parametrize("flags, warned", [("fpu avx2 fma", True), ("fpu avx2 avx512f avx512_bf16", False)])
 def test_cli_fit_warns_before_bf16_on_a_cpu_without_bf16(flags, warned, data, tmp_path, monkeypatch):
     """On a CPU without bf16 instructions autocast emulates bf16 (22x slower than float32 on an AVX2
