@@ -21,7 +21,7 @@ import shutil
 import textwrap
 import zipfile
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -261,7 +261,7 @@ def _make(sources, out: Path, n_items: int, seed: int, data_root: str | None, la
         items=items,
         seed=seed,
         data={**ref_config.describe(), "display_size": size},
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
         cmav_version=__version__,
     )
     write_pages(out, manifest, paper_raters)
