@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from cmav.ablation.grid import load_grid
+from cmav.ablation.grid import load_grid, normalise
 
 
 def _runners() -> dict:
@@ -29,8 +29,7 @@ def run_ablation(config: str | Path | dict, preset: str | None = None, out_dir: 
     ``overrides`` are ``KEY=VALUE`` strings merged over the YAML and its preset (a path ``config`` only)."""
     if isinstance(config, dict) and overrides:
         raise ValueError("overrides apply to a grid YAML path; merge them into a dict config yourself")
-    cfg = load_grid(config, preset, overrides) if not isinstance(config, dict) else copy.deepcopy(config)
-    cfg.setdefault("kind", "s2i")
+    cfg = load_grid(config, preset, overrides) if not isinstance(config, dict) else normalise(copy.deepcopy(config))
     cfg.setdefault("preset", "default")
     runners = _runners()
     if cfg["kind"] not in runners:

@@ -25,7 +25,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from cmav.ablation.grid import datamodule, fit, mean_sd_text, merge, put_mean_sd, save_config, slug, write_csv
+from cmav.ablation.grid import (
+    datamodule,
+    fit,
+    logged_runs,
+    mean_sd_text,
+    merge,
+    put_mean_sd,
+    save_config,
+    slug,
+    write_csv,
+)
 from cmav.features.frontend import build_front_end, front_end_config
 
 
@@ -67,20 +77,8 @@ def config_key(cfg: dict, features: Any, model: dict) -> dict:
 
 
 def finished_runs(log: Path) -> dict[tuple, dict]:
-    """The runs of ``runs.jsonl`` by (representation, depth, seed, config key); a line still being
-    written by another shard (no newline yet, or cut) is left for the next read."""
-    done: dict[tuple, dict] = {}
-    if not log.is_file():
-        return done
-    for line in log.read_text().splitlines(keepends=True):
-        if not line.endswith("\n"):
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        done[run_key(r["representation"], r["depth"], r["seed"], r["config_key"])] = r
-    return done
+    """The runs of ``runs.jsonl`` by (representation, depth, seed, config key)."""
+    return {run_key(r["representation"], r["depth"], r["seed"], r["config_key"]): r for r in logged_runs(log)}
 
 
 def _validate(cfg: dict) -> None:

@@ -12,10 +12,12 @@ import copy
 import csv
 import json
 import math
+import os
 import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,19 +55,80 @@ def load_grid(path: str | Path, preset: str | None = None, overrides: list[str] 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ablation config not found: {path}")
-    cfg = yaml.safe_load(path.read_text()) or {}
-    presets = cfg.pop("presets", {}) or {}
+    cfg = yaml.safe_load(path.read_text())
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: a grid YAML is a mapping of keys (kind, seeds, data, ...), got a "
+                         f"{type(cfg).__name__} at the top level")  # fmt: skip
+    presets = cfg.pop("presets", None) or {}
+    if not isinstance(presets, dict):
+        raise ValueError(f"{path}: presets must map preset names to mappings, got a {type(presets).__name__}")
     if preset:
         if preset not in presets:
             raise ValueError(f"{path}: no preset {preset!r}; presets: {sorted(presets) or 'none'}")
-        cfg = merge(cfg, presets[preset])
+        if not isinstance(presets[preset] or {}, dict):
+            raise ValueError(f"{path}: presets.{preset} must be a mapping of grid keys, got {presets[preset]!r}")
+        cfg = merge(cfg, presets[preset] or {})
     for text in overrides or []:
         cfg = merge(cfg, parse_override(text))
     cfg["preset"] = preset or "default"
-    cfg.setdefault("kind", "s2i")
-    cfg["seeds"] = [int(s) for s in (cfg.get("seeds") or [0])]
     cfg["source"] = str(path)
+    return normalise(cfg)
+
+
+def normalise(cfg: dict) -> dict:
+    """``cfg`` checked for the structure every grid kind reads, with ``kind`` and ``seeds`` (``[0]``
+    when missing) filled in; a ``ValueError`` naming the file and the key otherwise."""
+    src = cfg.get("source", "grid")
+    cfg.setdefault("kind", "s2i")
+    seeds = cfg.get("seeds")
+    if seeds is None:
+        seeds = [0]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"{src}: seeds must be a non-empty list of integers, e.g. [0, 1, 2], got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{src}: seeds must be distinct, got {seeds}")
+    cfg["seeds"] = list(seeds)
+    if not isinstance(cfg.get("data"), dict):
+        what = "missing" if cfg.get("data") is None else f"a {type(cfg['data']).__name__}"
+        raise ValueError(f"{src}: no `data` section (the data module's options, e.g. {{root: data/default, "
+                         f"image_size: 64}}; root null builds the tiny stand-in): {what}")  # fmt: skip
+    for key in ("trainer", "stages", "evaluation", "model"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], dict):
+            raise ValueError(f"{src}: `{key}` must be a mapping, got {cfg[key]!r}")
+    for name, stage in (cfg.get("stages") or {}).items():
+        if stage is not None and not isinstance(stage, dict):
+            raise ValueError(f"{src}: stages.{name} must be a mapping (steps, model, ckpt), got {stage!r}")
+    if "variants" in cfg:
+        check_variants(cfg)
     return cfg
+
+
+def check_variants(cfg: dict) -> list[dict]:
+    """The grid's ``variants``: a non-empty list of mappings, each with a ``name`` that is unique and
+    whose :func:`slug` (its folder under ``runs/``) is unique too; a ``ValueError`` naming the file
+    and the variant otherwise."""
+    src = cfg.get("source", "grid")
+    variants = cfg.get("variants")
+    if not isinstance(variants, list) or not variants:
+        raise ValueError(f"{src}: `variants` must be a non-empty list of mappings with a name, got {variants!r}")
+    for i, v in enumerate(variants):
+        if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not v["name"].strip():
+            raise ValueError(f"{src}: variants[{i}] needs a `name` (a non-empty string), got {v!r}")
+    names = [v["name"] for v in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{src}: variant names must be unique, got {names}")
+    seen: dict[str, str] = {}
+    for name in names:
+        s = slug(name)
+        if not s:
+            raise ValueError(f"{src}: variant {name!r} has no letter, digit, '_', '.' or '-' to name its folder")
+        if s in seen:
+            raise ValueError(f"{src}: variants {seen[s]!r} and {name!r} would share the folder runs/{s}/ "
+                             "(their names differ only in characters a folder name drops): rename one")  # fmt: skip
+        seen[s] = name
+    return variants
 
 
 def slug(name: str) -> str:
@@ -193,6 +256,7 @@ def classifier_stage(cfg: dict, out: Path, dm, stage: str, seed: int, path: Path
         task = load(given)
         if list(task.hparams.class_names) != list(dm.class_names):
             raise ValueError(f"{given}: its classes differ from the data's {list(dm.class_names)}")
+        check_given(given, dm, stage)
         return given
     key = stage_key(cfg, stage, seed, dm)
     if reusable(path, key):
@@ -200,6 +264,53 @@ def classifier_stage(cfg: dict, out: Path, dm, stage: str, seed: int, path: Path
     fit(cfg, out, dm, stage, seed, build(), path, st["steps"])
     record(path, key)
     return path
+
+
+def check_given(path: str | Path, dm, stage: str) -> None:
+    """Refuse a checkpoint given as ``stages.<stage>.ckpt`` that was trained on other data settings
+    than the grid's data module ``dm``, as Lightning stored them in it
+    (``datamodule_hyper_parameters``): another front end or chunk spec (a model that reads audio),
+    another image size (one that reads or draws frames), other held-out tails, or other train
+    players (a player judge). A checkpoint trained on another root is refused when the grid's root
+    is a development split (``cmav_player_split.json``: the checkpoint may have trained on its
+    validation players), and warned of otherwise, naming both roots."""
+    from cmav.data.player_split import MANIFEST as SPLIT_MANIFEST
+    from cmav.features import front_end_differences
+    from cmav.tasks.classifier import _train_players, checkpoint_dict
+
+    blob = checkpoint_dict(path)
+    dmh, hp = blob.get("datamodule_hyper_parameters") or {}, blob.get("hyper_parameters") or {}
+    h = dm.hparams
+    where = f"stages.{stage}.ckpt {path}"
+    modality = hp.get("modality")  # a ClassifierTask's; retrieval and S2I read audio and frames
+    diffs: list[str] = []
+    if modality != "image":
+        if dmh.get("features") is not None:
+            diffs += [f"front end {d}" for d in front_end_differences(dmh["features"], dm.features)]
+        if dmh.get("chunk") is not None and dict(dmh["chunk"]) != dict(h.chunk):
+            diffs.append(f"chunk: {dict(dmh['chunk'])} -> {dict(h.chunk)}")
+    size = hp.get("image_size", dmh.get("image_size"))
+    if modality != "audio" and size is not None and int(size) != int(h.image_size):
+        diffs.append(f"image_size: {size} -> {h.image_size}")
+    for key in ("layout", "holdout_tail", "holdout_gap_ms"):
+        if key in dmh and dmh[key] != h.get(key):
+            diffs.append(f"{key}: {dmh[key]!r} -> {h.get(key)!r}")
+    if hp.get("target") == "track" and hp.get("players") is not None:
+        have = _train_players(dm.train_full.tensors)
+        if list(map(list, hp["players"])) != have:
+            diffs.append(f"train players: {len(hp['players'])} (class, track) pairs -> the data's {len(have)}, not the same")
+    if diffs:
+        raise ValueError(f"{where}: trained on other data settings than the grid's ({'; '.join(diffs)}; checkpoint -> "
+                         f"grid): it would read or score the data wrongly. Set data.* as the checkpoint was trained, "
+                         f"or leave stages.{stage}.ckpt out to train it here")  # fmt: skip
+    root = dmh.get("root")
+    if root and Path(root).resolve() != Path(dm.root).resolve():
+        if (Path(dm.root) / SPLIT_MANIFEST).is_file():
+            raise ValueError(f"{where}: trained on {root}, but the grid's data {dm.root} is a development split "
+                             f"({SPLIT_MANIFEST}): a checkpoint trained on another root may have trained on its "
+                             f"validation players. Train it on {dm.root} (or leave stages.{stage}.ckpt out)")  # fmt: skip
+        warnings.warn(f"{where}: trained on {root}, the grid's data is {dm.root}: make sure its training data "
+                      "did not include the grid's validation players", stacklevel=2)  # fmt: skip
 
 
 def stage_key(cfg: dict, stage: str, seed: int, dm) -> str:
@@ -231,6 +342,22 @@ def reusable(ckpt: Path, key: str) -> bool:
 def record(ckpt: Path, key: str) -> None:
     """Write the settings ``ckpt`` was trained under beside it (read by :func:`reusable`)."""
     _key_path(ckpt).write_text(key)
+
+
+def logged_runs(log: Path) -> list[dict]:
+    """The finished runs in a grid's ``runs.jsonl``, one JSON object a line; a line still being
+    written by another shard (no newline yet, or cut) is left for the next read."""
+    if not log.is_file():
+        return []
+    runs = []
+    for line in log.read_text().splitlines(keepends=True):
+        if not line.endswith("\n"):
+            continue
+        try:
+            runs.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return runs
 
 
 def finite(values: list[Any]) -> list[float]:
@@ -267,13 +394,11 @@ def mean_sd_text(mean: float | None, sd: float | None, n: int | None = None, of:
 
 
 def variant_names(cfg: dict) -> list[str]:
-    """The names of the grid's ``variants`` (ValueError when there are none or a name repeats)."""
+    """The names of the grid's ``variants`` (ValueError when there are none, one has no name, or a
+    name or its folder name repeats: :func:`check_variants`)."""
     if not cfg.get("variants"):
         raise ValueError(f"{cfg.get('source', 'grid')}: no variants")
-    names = [v["name"] for v in cfg["variants"]]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{cfg.get('source', 'grid')}: variant names must be unique, got {names}")
-    return names
+    return [v["name"] for v in check_variants(cfg)]
 
 
 def inference_conditions(cfg: dict) -> list[str]:
@@ -322,9 +447,66 @@ def write_csv(rows: list[dict], fields: list[str], path: Path) -> Path:
     return Path(path)
 
 
+LOCK = ".ablate.lock"
+"""The file in a results folder that a grid kind without resumable runs (s2i, token) holds while it runs."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+@contextmanager
+def exclusive(out: Path, kind: str) -> Iterator[Path]:
+    """Hold ``out/.ablate.lock`` (created with ``O_EXCL``, holding this process's id) while a grid
+    that retrains everything and writes fixed paths (``judges/*.ckpt``, ``runs/<variant>/...``) runs
+    into ``out``: a second run into the same folder is refused while the first lives. A lock left by
+    a process that is gone (killed) is taken over. Removed at the end, also on error."""
+    path = Path(out) / LOCK
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pid = None  # being written, or unreadable: look again
+            if pid is not None and _alive(pid):
+                raise RuntimeError(
+                    f"{out}: another `cmav ablate` ({kind} grid, process {pid}) is running into this folder "
+                    f"({path}). A {kind} grid retrains every stage and variant on every call and writes the same "
+                    "checkpoint paths, so it cannot run as shards side by side: use another -o folder, or wait. "
+                    f"If process {pid} is not a cmav run, delete {path}"
+                ) from None
+            if pid is not None:
+                print(f"[ablate] {path}: left by process {pid}, which is gone; taking it over", flush=True)
+                path.unlink(missing_ok=True)
+            else:
+                time.sleep(0.2)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        break
+    else:
+        raise RuntimeError(f"{out}: could not take {path} (another run keeps making it); delete it if no run is going")
+    try:
+        yield path
+    finally:
+        try:
+            if int(path.read_text().split()[0]) == os.getpid():
+                path.unlink()
+        except (OSError, ValueError, IndexError):
+            pass
+
+
 def save_config(cfg: dict, out: Path) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
-__all__ = ["classifier_stage", "data_root", "datamodule", "evaluated_name", "fit", "inference_conditions", "load_grid", "under_inference_conditions", "finite", "mean_sd", "mean_sd_text", "put_mean_sd", "merge", "parse_override", "record", "reusable", "save_config", "seeded", "slug", "stage_key", "trainer",
+__all__ = ["check_given", "check_variants", "classifier_stage", "data_root", "datamodule", "evaluated_name", "exclusive", "fit", "inference_conditions", "load_grid", "normalise", "under_inference_conditions", "finite", "mean_sd", "mean_sd_text", "put_mean_sd", "merge", "parse_override", "record", "reusable", "save_config", "seeded", "slug", "stage_key", "trainer",
            "variant_model_kwargs", "variant_names", "write_csv"]  # fmt: skip

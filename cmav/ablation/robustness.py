@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cmav.ablation.grid import (
+    check_variants,
     data_root,
     datamodule,
     fit,
+    logged_runs,
     mean_sd_text,
     merge,
     put_mean_sd,
@@ -60,13 +63,26 @@ def variant_augment(cfg: dict, variant: dict) -> AudioAugmentConfig:
 def cross_source_root(cfg: dict, out: Path) -> Path:
     """``cross_source.root``; null (or missing) renders the training data again from
     ``cross_source.soundfont`` under ``out/data_cross`` (same preset and seed)."""
+    from cmav.data.errors import DataError
     from cmav.evaluation.robustness import build_eval_copy, check_independent, data_soundfont, finish_eval_copy
     from cmav.standin.soundfonts import soundfont_record
 
     cs = cfg.get("cross_source") or {}
     root = cs.get("root")
     if root is not None and Path(root).is_dir():
-        finish_eval_copy(data_root(cfg, out), root, cs.get("soundfont"), progress=False)  # a copy cut off is finished
+        train = data_root(cfg, out)
+        check_rerender(train, root, cfg.get("source", "grid"))
+        font = cs.get("soundfont")
+        if font is not None:
+            try:
+                data_soundfont(root, font)
+            except DataError as exc:
+                # the root given wins (`--set cross_source.root=...` for another font's copy); the report names its font
+                warnings.warn(f"{cfg.get('source', 'grid')}: cross_source.soundfont {font} is not the font the existing "
+                              f"cross_source.root was rendered from ({exc}); the grid scores the root's own font",
+                              stacklevel=2)  # fmt: skip
+                font = None
+        finish_eval_copy(train, root, font, progress=False)  # a copy cut off is finished
         return Path(root)
     font = cs.get("soundfont")
     if font is None:
@@ -78,6 +94,31 @@ def cross_source_root(cfg: dict, out: Path) -> Path:
     print(f"[ablate] rendering the cross-source copy of {train} from {font} at {target} (once)", flush=True)
     build_eval_copy(train, target, font, progress=False)
     return target
+
+
+RENDER_ONLY = ("soundfont", "render", "font_segment_s")
+"""Stand-in build parameters that change only how the audio is rendered, not the melodies or frames."""
+
+
+def check_rerender(root: str | Path, other: str | Path, src: str = "grid") -> None:
+    """Refuse ``other`` as a re-render of the stand-in at ``root`` when their manifests' build
+    parameters differ in anything but the rendering (:data:`RENDER_ONLY`): another preset, seed,
+    frame size, JPEG quality or builder version makes other melodies or frames, so the two sources
+    would not score the same chunks. Roots without a stand-in manifest are not compared."""
+    from cmav.evaluation.robustness import read_manifest
+
+    a, b = (read_manifest(r) or {} for r in (root, other))
+    pa, pb = a.get("params"), b.get("params")
+    if not pa or not pb:
+        return
+    keys = sorted((set(pa) | set(pb)) - set(RENDER_ONLY))
+    diffs = [f"{k}: {pa.get(k)!r} -> {pb.get(k)!r}" for k in keys if pa.get(k) != pb.get(k)]
+    if diffs:
+        raise ValueError(f"{src}: cross_source.root {other} is not a re-render of data.root {root} (its stand-in was "
+                         f"built with other {', '.join(d.split(':')[0] for d in diffs)}: {'; '.join(diffs)}, data.root -> "
+                         "cross_source.root): it holds other melodies or frames. Render it from data.root "
+                         "(cmav data build with the same --preset and --seed, another --soundfont), or point "
+                         "cross_source.root at a new folder")  # fmt: skip
 
 
 def variant_root(cfg: dict, variant: dict, in_root: Path, out: Path, cross_font: dict[str, Any]) -> Path:
@@ -116,10 +157,12 @@ def variant_setup(cfg: dict, variant: dict) -> tuple[dict, dict, int]:
 
 def _validate(cfg: dict) -> list[dict]:
     src = cfg.get("source", "grid")
-    variants = cfg.get("variants") or []
-    names = [v.get("name") for v in variants]
-    if not variants or None in names or len(set(names)) != len(names):
-        raise ValueError(f"{src}: `variants` needs entries with unique names, got {names}")
+    variants = check_variants(cfg)
+    names = [v["name"] for v in variants]
+    if "augment" in (cfg.get("data") or {}):
+        raise ValueError(f"{src}: data.augment is not read by a robustness grid: each variant's augmentation is set "
+                         "by its `groups` (switched on with the strengths of the top-level `augment`, and the "
+                         "variant's own `augment`)")  # fmt: skip
     if BASELINE not in names:
         raise ValueError(f"{src}: no variant named {BASELINE!r} (no augmentation): every row is compared with it")
     for v in variants:
@@ -132,6 +175,10 @@ def _validate(cfg: dict) -> list[dict]:
             except ValueError as exc:
                 raise ValueError(f"{src}: variant {v['name']!r}: features: {exc}") from exc
         own_data = v.get("data") or {}
+        if isinstance(own_data, dict) and "augment" in own_data:
+            raise ValueError(f"{src}: variant {v['name']!r}: data.augment is not read here: a robustness variant's "
+                             "augmentation is set by its `groups` (with the grid's `augment` strengths and the "
+                             "variant's own `augment`)")  # fmt: skip
         if not isinstance(own_data, dict) or {"root", "features"} & set(own_data):
             raise ValueError(f"{src}: variant {v['name']!r}: `data` holds data options other than the root and the "
                              f"front end (the variant's own `root` and `features` keys), got {own_data!r}")  # fmt: skip
@@ -142,6 +189,36 @@ def _validate(cfg: dict) -> list[dict]:
         if missing:
             raise FileNotFoundError(f"{src}: variant {v['name']!r}: soundfont(s) not found: {', '.join(missing)}")
     return variants
+
+
+def config_key(cfg: dict, name: str, seed: int, aug: AudioAugmentConfig, train_root: Path, model: dict, steps: int,
+               data: dict, x_root: Path) -> dict:  # fmt: skip
+    """What one cell's run is trained and scored under: its variant, seed, augmentation, training
+    root, model, steps and data settings, the cross-source root, the trainer's settings (precision,
+    clipping, accumulation ...) and the torch threads (its training time is in the table), as
+    :func:`cmav.ablation.audio_repr.config_key`. A finished run in ``runs.jsonl`` with the same key
+    is reused; runs logged before the trainer and threads were keyed are trained again."""
+    return {"variant": name, "seed": seed, "augment": aug.to_dict(), "train_root": str(train_root), "model": model,
+            "steps": steps, "data": data, "cross_source": str(x_root), "trainer": cfg.get("trainer"),
+            "threads": cfg.get("threads")}  # fmt: skip
+
+
+def _key_text(key: dict) -> str:
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def finished_runs(log: Path) -> dict[str, dict]:
+    """The runs of ``runs.jsonl`` by their config key (:func:`config_key`, as JSON)."""
+    return {_key_text(r["config_key"]): r for r in logged_runs(log)}
+
+
+def eval_split_key(dm) -> str:
+    """Everything :func:`cmav.data.datasets.open_split` reads a validation split with (layout, image
+    size, front end, chunk spec, cache folder) from a variant's data module: variants that agree
+    share the opened splits, one with other data settings gets its own."""
+    h = dm.hparams
+    return json.dumps({"layout": h.layout, "image_size": h.image_size, "features": dm.features.to_dict(),
+                       "chunk": dict(h.chunk), "cache_dir": h.cache_dir}, sort_keys=True, default=str)  # fmt: skip
 
 
 def summarise(runs: list[dict], names: list[str]) -> list[dict]:
@@ -221,12 +298,10 @@ def run(cfg: dict, out: Path) -> dict:
     in_root, x_root = data_root(cfg, out), cross_source_root(cfg, out)
     fonts = {"in_source": data_soundfont(in_root), "cross_source": data_soundfont(x_root)}
     check_independent(fonts["in_source"], fonts["cross_source"])
+    # Finished runs are appended to runs.jsonl as they end; the file is read again before every cell,
+    # so a killed grid resumes and shards of one grid (`--set variants=[...]`) running side by side
+    # into one folder skip each other's finished cells.
     log = out / "runs.jsonl"
-    done = {}
-    if log.is_file():
-        for line in log.read_text().splitlines():
-            r = json.loads(line)
-            done[json.dumps(r["config_key"], sort_keys=True)] = r
     runs: list[dict] = []
     evals: dict[str, Any] = {}
     for v in variants:
@@ -235,27 +310,26 @@ def run(cfg: dict, out: Path) -> dict:
         check_independent(data_soundfont(train_root), fonts["cross_source"])  # never train on the evaluation source
         model, data, steps = variant_setup(cfg, v)
         for seed in cfg["seeds"]:
-            key = {"variant": name, "seed": seed, "augment": aug.to_dict(), "train_root": str(train_root),
-                   "model": model, "steps": steps, "data": data, "cross_source": str(x_root)}  # fmt: skip
-            previous = done.get(json.dumps(key, sort_keys=True, default=str))
+            key = config_key(cfg, name, seed, aug, train_root, model, steps, data, x_root)
+            previous = finished_runs(log).get(_key_text(key))
             if previous is not None:
                 runs.append(previous)
                 print(f"[ablate] {name} seed {seed}: done before (runs.jsonl)", flush=True)
                 continue
             dm = datamodule(merge(cfg, {"data": {**data, "root": str(train_root)}}), out, augment=aug)
-            front = json.dumps(dm.features.to_dict(), sort_keys=True)
-            if front not in evals:  # both validation splits, as this variant's classifier sees them
+            opened = eval_split_key(dm)
+            if opened not in evals:  # both validation splits, as this variant's classifier sees them
                 h = dm.hparams
-                evals[front] = {src: open_split(h.layout, r, "validation", image_size=h.image_size,
-                                                features=dm.features, chunk=dm.chunk, cache_dir=h.cache_dir,
-                                                progress=False).tensors
-                                for src, r in (("in_source", in_root), ("cross_source", x_root))}  # fmt: skip
+                evals[opened] = {src: open_split(h.layout, r, "validation", image_size=h.image_size,
+                                                 features=dm.features, chunk=dm.chunk, cache_dir=h.cache_dir,
+                                                 progress=False).tensors
+                                 for src, r in (("in_source", in_root), ("cross_source", x_root))}  # fmt: skip
             task = ClassifierTask(modality="audio", target="label", image_size=dm.hparams.image_size, **model)
             ckpt = out / "runs" / slug(name) / f"seed{seed}" / "classifier.ckpt"
             t0 = time.perf_counter()
             fit(cfg, out, dm, f"robustness/{slug(name)}", seed, task, ckpt, steps)
             train_s = time.perf_counter() - t0
-            scores = {src: score_classifier(task, t) for src, t in evals[front].items()}
+            scores = {src: score_classifier(task, t) for src, t in evals[opened].items()}
             runs.append({
                 "config_key": key, "variant": name, "seed": seed, "groups": aug.enabled_groups,
                 "train_root": str(train_root), "train_s": train_s, "checkpoint": str(ckpt),
@@ -282,5 +356,5 @@ def run(cfg: dict, out: Path) -> dict:
     return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
 
 
-__all__ = ["BASELINE", "cross_source_root", "run", "summarise", "variant_augment", "variant_root", "variant_setup",
+__all__ = ["BASELINE", "check_rerender", "config_key", "cross_source_root", "eval_split_key", "finished_runs", "run", "summarise", "variant_augment", "variant_root", "variant_setup",
            "write_tables"]

@@ -24,9 +24,11 @@ import numpy as np
 import torch
 
 from cmav.ablation.grid import (
+    check_variants,
     classifier_stage,
     datamodule,
     evaluated_name,
+    exclusive,
     fit,
     inference_conditions,
     mean_sd_text,
@@ -194,8 +196,55 @@ def plot_bars(rows: list[dict], path: Path, metrics: list[Metric] = METRICS,
     return path
 
 
+STAGES = ("audio_classifier", "image_judge", "s2i")
+"""Stages every S2I grid needs (``player_judge`` is optional); each with ``steps``, or ``ckpt`` for :data:`GIVEN`."""
+GIVEN = ("audio_classifier", "image_judge", "player_judge")
+SET_BY_GRID = ("encoder_mode", "audio_encoder_ckpt", "image_size")
+"""S2ITask arguments the runner sets itself (the frozen sound classifier, data.image_size)."""
+
+
+def check(cfg: dict) -> None:
+    """Refuse, before anything trains, a grid whose stages or variants would fail part-way: a stage
+    missing or without ``steps`` (or ``ckpt`` where one may be given), a given checkpoint that does
+    not exist, or a variant (or ``stages.s2i.model``) key that :class:`~cmav.tasks.S2ITask` does not take."""
+    import inspect
+
+    from cmav.tasks import S2ITask
+
+    src = cfg.get("source", "grid")
+    stages = cfg.get("stages") or {}
+    need = [*STAGES, *(["player_judge"] if "player_judge" in stages else [])]
+    missing = [s for s in need if not isinstance(stages.get(s), dict)
+               or ("steps" not in stages[s] and not (s in GIVEN and stages[s].get("ckpt")))]  # fmt: skip
+    if missing:
+        raise ValueError(f"{src}: stages {missing} missing or incomplete (each needs steps, or ckpt for {list(GIVEN)}; "
+                         "player_judge may be left out)")  # fmt: skip
+    for s in GIVEN:
+        ckpt = (stages.get(s) or {}).get("ckpt")
+        if ckpt and not Path(ckpt).is_file():
+            raise FileNotFoundError(f"{src}: stages.{s}.ckpt {ckpt} does not exist")
+    params = set(inspect.signature(S2ITask.__init__).parameters) - {"self"}
+    takes = sorted(params - set(SET_BY_GRID))
+    for v in check_variants(cfg):
+        _, kw = variant_model_kwargs(cfg, "s2i", v, cfg["seeds"][0])
+        unknown = sorted(set(kw) - params)
+        fixed = sorted(set(kw) & set(SET_BY_GRID))
+        if unknown or fixed:
+            what = (f"S2ITask takes no {unknown}" if unknown else "") + ("; " if unknown and fixed else "") + (
+                f"{fixed} are set by the grid (the frozen sound classifier, data.image_size)" if fixed else "")
+            raise ValueError(f"{src}: variant {v['name']!r} (with stages.s2i.model): {what}; S2ITask takes {takes}")
+
+
 def run(cfg: dict, out: Path) -> dict:
-    """Run an S2I grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``."""
+    """Run an S2I grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``: refused
+    while another run goes into the same folder (:func:`~cmav.ablation.grid.exclusive`), as every
+    call retrains every stage and variant into the same paths."""
+    check(cfg)
+    with exclusive(out, "s2i"):
+        return _run(cfg, out)
+
+
+def _run(cfg: dict, out: Path) -> dict:
     from cmav.evaluation import evaluate_s2i, make_generator_fn
     from cmav.metrics.classification import judged_accuracy
     from cmav.tasks import S2ITask
@@ -263,4 +312,4 @@ def run(cfg: dict, out: Path) -> dict:
     return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
 
 
-__all__ = ["METRICS", "Metric", "plot_bars", "run", "sample_items", "summarise", "write_tables"]
+__all__ = ["METRICS", "Metric", "check", "plot_bars", "run", "sample_items", "summarise", "write_tables"]

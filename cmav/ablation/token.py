@@ -32,7 +32,18 @@ from typing import Any
 
 import torch
 
-from cmav.ablation.grid import classifier_stage, datamodule, fit, record, reusable, save_config, seeded, stage_key
+from cmav.ablation.grid import (
+    check_given,
+    classifier_stage,
+    datamodule,
+    exclusive,
+    fit,
+    record,
+    reusable,
+    save_config,
+    seeded,
+    stage_key,
+)
 from cmav.ablation.s2i import Metric, plot_bars, summarise, write_tables
 
 METHODS: tuple[str, ...] = ("audio token", "text label", "S2I-C")
@@ -125,7 +136,15 @@ def _sample_sheet(items: dict, images: dict[str, torch.Tensor], names: list[str]
 
 
 def run(cfg: dict, out: Path) -> dict:
-    """Run a token grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``."""
+    """Run a token grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``: refused
+    while another run goes into the same folder (:func:`~cmav.ablation.grid.exclusive`), as every
+    call retrains every stage into the same paths."""
+    _check(cfg)
+    with exclusive(out, "token"):
+        return _run(cfg, out)
+
+
+def _run(cfg: dict, out: Path) -> dict:
     from cmav.evaluation import generate_images, make_generator_fn
     from cmav.evaluation.token import label_images, score_images, token_images
     from cmav.tasks import ClassifierTask, S2ITask, load_image_judge
@@ -134,11 +153,17 @@ def run(cfg: dict, out: Path) -> dict:
     from cmav.tasks.retrieval import RetrievalTask, load_retrieval
     from cmav.tasks.s2i import load_s2i
 
-    _check(cfg)
     save_config(cfg, out)
     t_start = time.perf_counter()
     dm = datamodule(cfg, out)
     st, size = cfg["stages"], cfg["data"]["image_size"]
+    if st["s2i"].get("ckpt"):  # checked before anything trains: a finished S2I-C run on the same data
+        given = load_s2i(st["s2i"]["ckpt"])
+        names = given.hparams.get("class_names")
+        if names is not None and list(names) != list(dm.class_names):
+            raise ValueError(f"stages.s2i.ckpt {st['s2i']['ckpt']}: its classes {list(names)} differ from the data's "
+                             f"{list(dm.class_names)}")  # fmt: skip
+        check_given(st["s2i"]["ckpt"], dm, "s2i")
     ev = cfg.get("evaluation") or {}
     gen = {"steps": int(ev.get("steps", 50)), "scheduler": ev.get("scheduler", "ddim"),
            "guidance_scale": float(ev.get("guidance_scale", 3.0)),

@@ -18,8 +18,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--root", default=None, help="data set folder (overrides the YAML's data.root)")
     a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a grid key after the preset, VALUE as YAML; repeatable, e.g. --set seeds=[0] "
-                   "--set 'representations=[{name: STFT, features: {kind: stft}}]' (runs finished into the same "
-                   "folder are reused, so shards of one grid can run side by side and a last full run tabulates them)")  # fmt: skip
+                   "--set 'representations=[{name: STFT, features: {kind: stft}}]'. audio_repr and robustness "
+                   "grids keep finished runs in the folder's runs.jsonl and reuse them under the same settings, so "
+                   "shards of one grid (--set representations=... / variants=...) can run side by side into one "
+                   "folder and a last full run tabulates them. s2i, i2s and token grids reuse only judges and "
+                   "classifiers trained under the same settings and retrain every variant on every call: run one "
+                   "at a time per folder (s2i and token refuse a second run into a folder in use)")  # fmt: skip
     a.set_defaults(func=_ablate)
 
     g = sub.add_parser("generate", help="images from a sound (S2I or audio-token checkpoint) or sound from a frame (I2S)")

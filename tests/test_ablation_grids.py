@@ -1,0 +1,344 @@
+"""Ablation grids: what a grid file may hold (clear errors naming the file and key), resuming the
+robustness grid (trainer and threads in its key, runs.jsonl reread before every cell), the lock
+that keeps a second s2i/token run out of a folder in use, checkpoints given as stages.<stage>.ckpt
+checked against the grid's data, and the cross-source root checked to be a re-render of data.root."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cmav.ablation import load_grid
+from cmav.standin.build import MANIFEST
+from cmav.standin.soundfonts import soundfont_record
+
+from fixtures import make_suburmp
+
+EXPERIMENTS = Path(__file__).parents[1] / "experiments" / "ablations"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+TINY_AUDIO = {"audio_encoder": {"n_blocks": 2, "base_channels": 4, "max_channels": 8, "feature_dim": 8, "dropout": 0.0}}
+TINY_JUDGE = {"image_judge": {"n_blocks": 2, "base_channels": 4, "max_channels": 8, "feature_dim": 8, "dropout": 0.0,
+                              "block_dropout": 0.0}, "augment": {"enabled": False}}  # fmt: skip
+QUIET = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False, "logger": None,
+         "limit_val_batches": 0, "num_sanity_val_steps": 0, "log_every_n_steps": 1}  # fmt: skip
+
+
+def font(path: Path, content: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def standin(root: Path, font_path: Path, **params) -> Path:
+    """A fixture root with a stand-in manifest: rendered from ``font_path`` with ``params``."""
+    make_suburmp(root, chunks=3)
+    p = {"builder_version": 1, "preset": "fixture", "seed": 0, "frame_size": 96, "jpeg_quality": 90,
+         "soundfont": font_path.name, **params}  # fmt: skip
+    (root / MANIFEST).write_text(json.dumps({"params": p, "soundfont": soundfont_record(font_path), "complete": True}))
+    return root
+
+
+def write_grid(tmp_path: Path, text: str, name: str = "grid.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------------------------ grid files (9, 8)
+
+
+@pytest.mark.parametrize(("text", "preset", "message"), [
+    ("- a\n- b\n", None, r"grid\.yaml: a grid YAML is a mapping .* got a list"),
+    ("kind: s2i\ndata: {}\npresets: {quick: oops}\n", "quick", r"grid\.yaml: presets\.quick must be a mapping"),
+    ("kind: s2i\ndata: {}\npresets: [quick]\n", "quick", r"grid\.yaml: presets must map preset names"),
+    ("kind: s2i\nseeds: [0]\ndata: {root: x}\nvariants: [{variant: s2i_c}]\n", None,
+     r"grid\.yaml: variants\[0\] needs a `name`"),
+    ("kind: robustness\nseeds: [0]\nvariants: [{name: none}]\n", None, r"grid\.yaml: no `data` section"),
+    ("kind: s2i\nseeds: abc\ndata: {}\n", None, r"grid\.yaml: seeds must be a non-empty list of integers.*'abc'"),
+    ("kind: s2i\nseeds: []\ndata: {}\n", None, r"grid\.yaml: seeds must be a non-empty list of integers.*\[\]"),
+    ("kind: s2i\nseeds: [0]\ndata: {}\nstages: {s2i: 5}\n", None, r"grid\.yaml: stages\.s2i must be a mapping"),
+    ("kind: robustness\ndata: {}\nvariants: [{name: +eq}, {name: eq}]\n", None,
+     r"grid\.yaml: variants '\+eq' and 'eq' would share the folder runs/eq/"),
+])  # fmt: skip
+def test_a_bad_grid_file_is_refused_naming_the_file_and_the_key(tmp_path, text, preset, message):
+    with pytest.raises(ValueError, match=message):
+        load_grid(write_grid(tmp_path, text), preset)
+
+
+def test_seeds_default_to_zero_and_a_dict_grid_is_checked_too(tmp_path):
+    from cmav.ablation import run_ablation
+
+    assert load_grid(write_grid(tmp_path, "data: {root: x}\n"))["seeds"] == [0]
+    with pytest.raises(ValueError, match=r"seeds must be a non-empty list"):
+        run_ablation({"kind": "s2i", "seeds": [], "data": {}}, out_dir=tmp_path / "out")
+    with pytest.raises(ValueError, match=r"variants 'a b' and 'a_b' would share the folder runs/a_b/"):
+        run_ablation({"kind": "s2i", "data": {}, "variants": [{"name": "a b"}, {"name": "a_b"}]},
+                     out_dir=tmp_path / "out")  # fmt: skip
+
+
+# ------------------------------------------------------------------------- the s2i grid's up-front check (5)
+
+
+def test_the_s2i_grid_checks_every_variant_and_stage_before_anything_trains(tmp_path):
+    from cmav.ablation import s2i
+
+    cfg = load_grid(EXPERIMENTS / "s2i.yaml", "quick")
+    cfg["data"]["root"] = str(tmp_path / "no_data_here")  # reached only when the check lets it through
+    out = tmp_path / "out"
+    out.mkdir()
+    typo = {**cfg, "variants": [{"name": "A", "variant": "s2i_c"}, {"name": "B", "variant": "s2i_c", "wrong_player_trm": False}]}
+    with pytest.raises(ValueError, match=r"variant 'B' .*S2ITask takes no \['wrong_player_trm'\]"):
+        s2i.run(typo, out)
+    fixed = {**cfg, "variants": [{"name": "A", "variant": "s2i_c", "image_size": 16}]}
+    with pytest.raises(ValueError, match=r"variant 'A' .*\['image_size'\] are set by the grid"):
+        s2i.run(fixed, out)
+    stages = {k: v for k, v in cfg["stages"].items() if k != "image_judge"}
+    with pytest.raises(ValueError, match=r"stages \['image_judge'\] missing"):
+        s2i.run({**cfg, "stages": stages}, out)
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing trained, nothing written
+
+
+# --------------------------------------------------------------------------- the lock of s2i and token (2)
+
+
+@pytest.mark.parametrize("kind", ["s2i", "token"])
+def test_s2i_and_token_grids_refuse_a_second_run_into_a_folder_in_use(tmp_path, kind, capsys):
+    from cmav.ablation import s2i, token
+    from cmav.ablation.grid import LOCK
+
+    run = {"s2i": s2i.run, "token": token.run}[kind]
+    cfg = load_grid(EXPERIMENTS / f"{kind}.yaml", "quick")
+    cfg["data"]["root"] = str(tmp_path / "no_data_here")  # the run fails right after taking the lock
+    out = tmp_path / "out"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK).write_text(f"{other.pid}\n")
+        with pytest.raises(RuntimeError, match=rf"another `cmav ablate` \({kind} grid, process {other.pid}\) is running"):
+            run(cfg, out)
+        assert (out / LOCK).read_text() == f"{other.pid}\n"  # the other run's lock is left alone
+    finally:
+        other.kill()
+        other.wait()
+    # the other run is gone (killed): its lock is taken over, and removed when this run ends, on error too
+    with pytest.raises(FileNotFoundError, match="no_data_here"):
+        run(cfg, out)
+    assert f"left by process {other.pid}, which is gone; taking it over" in capsys.readouterr().out
+    assert not (out / LOCK).exists()
+
+
+def test_the_ablate_help_says_which_grid_kinds_may_run_as_shards():
+    import argparse
+
+    from cmav.cli import experiments
+
+    parser = argparse.ArgumentParser()
+    experiments.add_parser(parser.add_subparsers())
+    text = " ".join(next(a for a in parser._subparsers._group_actions[0].choices["ablate"]._actions
+                         if "--set" in a.option_strings).help.split())  # fmt: skip
+    assert "audio_repr and robustness grids keep finished runs" in text
+    assert "retrain every variant on every call" in text and "s2i and token refuse a second run" in text
+
+
+# ------------------------------------------------------------ robustness grid: resume key and shards (1)
+
+
+def test_robustness_runs_are_keyed_by_trainer_and_threads_and_runs_jsonl_is_reread_before_every_cell(
+        tmp_path, monkeypatch, capsys):  # fmt: skip
+    from cmav.ablation import robustness
+
+    train = standin(tmp_path / "train", font(tmp_path / "f/FontA.sf2", b"a"))
+    cross = standin(tmp_path / "cross", font(tmp_path / "f/FontB.sf2", b"b"))
+    cfg = load_grid(EXPERIMENTS / "robustness.yaml", "quick")
+    cfg.update(seeds=[0, 1], steps=2, variants=[{"name": "none", "groups": []}], model=TINY_AUDIO,
+               trainer={**QUIET, "logger": False}, cross_source={"root": str(cross)})  # fmt: skip
+    cfg["data"].update(root=str(train), cache_dir=str(tmp_path / "cache"))
+    out = tmp_path / "grid"
+    out.mkdir()
+
+    # another shard into the same folder finishes seed 1 while this one trains seed 0
+    variant = cfg["variants"][0]
+    model, data, steps = robustness.variant_setup(cfg, variant)
+    aug = robustness.variant_augment(cfg, variant)
+    key1 = robustness.config_key(cfg, "none", 1, aug, train, model, steps, data, cross)
+    theirs = {"config_key": key1, "variant": "none", "seed": 1, "groups": [], "train_root": str(train), "train_s": 1.0,
+              "checkpoint": "the other shard's", "in_source": 0.5, "cross_source": 0.25, "in_source_balanced": 0.5,
+              "cross_source_balanced": 0.25, "per_class": {}}  # fmt: skip
+    real_fit = robustness.fit
+
+    def fit_beside_another_shard(*args, **kwargs):
+        path = real_fit(*args, **kwargs)
+        if not (out / "runs.jsonl").exists():
+            (out / "runs.jsonl").write_text(json.dumps(theirs) + "\n")
+        return path
+
+    monkeypatch.setattr(robustness, "fit", fit_beside_another_shard)
+    result = robustness.run(cfg, out)
+    monkeypatch.setattr(robustness, "fit", real_fit)
+    assert [r["checkpoint"] for r in result["runs"]][1] == "the other shard's"
+    assert not (out / "runs" / "none" / "seed1").exists()
+    assert "none seed 1: done before (runs.jsonl)" in capsys.readouterr().out
+
+    one = {**cfg, "seeds": [0]}
+    robustness.run(one, out)  # the same settings: reused
+    assert "none seed 0: done before" in capsys.readouterr().out
+    # other trainer settings (gradient clipping) or torch threads: trained again, not reused
+    for changed in ({**one, "trainer": {**one["trainer"], "gradient_clip_val": 1.0}}, {**one, "threads": 2}):
+        robustness.run(changed, out)
+        text = capsys.readouterr().out
+        assert "done before" not in text and "none seed 0: in-source" in text
+    keys = [json.loads(line)["config_key"] for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert [(k["trainer"].get("gradient_clip_val"), k["threads"]) for k in keys if k["seed"] == 0] == [
+        (None, 1), (1.0, 1), (None, 2)]  # fmt: skip
+
+
+# ------------------------------------------------------- robustness: the cross-source root (4), data (6, 7)
+
+
+def test_an_existing_cross_source_root_must_be_a_re_render_of_data_root(tmp_path):
+    from cmav.ablation.robustness import cross_source_root
+
+    fa, fb, fc = font(tmp_path / "f/FontA.sf2", b"a"), font(tmp_path / "f/FontB.sf2", b"b"), font(tmp_path / "f/FontC.sf2", b"c")
+    train = standin(tmp_path / "train", fa)
+    same = standin(tmp_path / "same", fb, render="varied")  # the render may differ, the melodies and frames not
+    other_seed = standin(tmp_path / "other_seed", fb, seed=7, frame_size=128)
+    cfg = {"source": "g.yaml", "data": {"root": str(train)}}
+    assert cross_source_root({**cfg, "cross_source": {"root": str(same)}}, tmp_path) == same
+    assert cross_source_root({**cfg, "cross_source": {"root": str(same), "soundfont": str(fb)}}, tmp_path) == same
+    with pytest.raises(ValueError, match=r"g\.yaml: cross_source\.root .*other_seed is not a re-render of data\.root "
+                                         r".*frame_size, seed: .*seed: 0 -> 7"):  # fmt: skip
+        cross_source_root({**cfg, "cross_source": {"root": str(other_seed)}}, tmp_path)
+    # a root given for another font's copy wins over the YAML's font, and the grid says so
+    with pytest.warns(UserWarning, match=r"g\.yaml: cross_source\.soundfont .*FontC\.sf2 is not the font .*scores the root's own font"):
+        assert cross_source_root({**cfg, "cross_source": {"root": str(same), "soundfont": str(fc)}}, tmp_path) == same
+
+
+def test_the_evaluation_splits_are_shared_only_by_variants_that_open_them_alike(tmp_path):
+    from cmav.ablation.robustness import eval_split_key
+    from cmav.data.datamodule import AudioVisualDataModule
+
+    root = str(make_suburmp(tmp_path / "d"))
+
+    def key(**kw):
+        return eval_split_key(AudioVisualDataModule(root=root, progress=False, **kw))
+
+    base = key(image_size=32)
+    assert key(image_size=32, batch_size=7, holdout_tail=0.2) == base  # how it trains, not how the split opens
+    from cmav.data.audio_io import ChunkSpec
+
+    others = [key(image_size=16), key(image_size=32, layout="paired"), key(image_size=32, features={"kind": "mfcc"}),
+              key(image_size=32, chunk=ChunkSpec(n_samples=11025)), key(image_size=32, cache_dir=str(tmp_path / "c"))]  # fmt: skip
+    assert len({base, *others}) == 6
+
+
+def test_a_robustness_grid_refuses_data_augment_set_by_hand():
+    from cmav.ablation.robustness import _validate
+
+    base = {"source": "g.yaml", "data": {"root": "x"}, "augment": {"eq": {"p": 1.0}}}
+    with pytest.raises(ValueError, match=r"g\.yaml: data\.augment is not read .*set by its `groups`"):
+        _validate({**base, "data": {"root": "x", "augment": {"eq": {"p": 1.0}}}, "variants": [{"name": "none"}]})
+    with pytest.raises(ValueError, match=r"g\.yaml: variant 'v': data\.augment is not read .*set by its `groups`"):
+        _validate({**base, "variants": [{"name": "none"}, {"name": "v", "data": {"augment": {"eq": {"p": 1.0}}}}]})
+    with pytest.raises(ValueError, match=r"variants '\+eq' and 'eq' would share the folder runs/eq/"):
+        _validate({**base, "variants": [{"name": "none"}, {"name": "+eq", "groups": ["eq"]}, {"name": "eq"}]})
+
+
+# ---------------------------------------------------------------- given checkpoints checked against the data (3)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A sound classifier, an image judge and a player judge, a few batches each on a fixture root."""
+    from cmav.ablation.grid import datamodule, fit
+    from cmav.tasks import ClassifierTask
+
+    tmp = tmp_path_factory.mktemp("given")
+    root = make_suburmp(tmp / "data", chunks=3)
+    cfg = {"data": {"root": str(root), "image_size": 32, "batch_size": 8, "cache_dir": str(tmp / "cache")},
+           "trainer": QUIET}  # fmt: skip
+    dm = datamodule(cfg, tmp)
+    ckpts = {}
+    for stage, task in (("audio_classifier", ClassifierTask(modality="audio", target="label", image_size=32, **TINY_AUDIO)),
+                        ("image_judge", ClassifierTask(modality="image", target="label", image_size=32, **TINY_JUDGE)),
+                        ("player_judge", ClassifierTask(modality="image", target="track", image_size=32, **TINY_JUDGE))):  # fmt: skip
+        ckpts[stage] = fit(cfg, tmp, dm, stage, 0, task, tmp / f"{stage}.ckpt", 1)
+    return cfg, ckpts, tmp
+
+
+def _given(cfg: dict, stage: str, ckpt: Path, tmp: Path, **data):
+    from cmav.ablation.grid import classifier_stage, datamodule
+    from cmav.tasks.classifier import load_image_judge, load_sound_classifier
+
+    grid = {**cfg, "data": {**cfg["data"], **data}, "stages": {stage: {"ckpt": str(ckpt)}}}
+    load = {"audio_classifier": load_sound_classifier, "image_judge": load_image_judge,
+            "player_judge": lambda p: load_image_judge(p, target="track")}[stage]  # fmt: skip
+    return classifier_stage(grid, tmp, datamodule(grid, tmp), stage, 0, tmp / "unused.ckpt", None, load)
+
+
+def test_a_given_checkpoint_of_other_data_settings_is_refused(trained):
+    cfg, ckpts, tmp = trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same root: no word
+        for stage, ckpt in ckpts.items():
+            assert _given(cfg, stage, ckpt, tmp) == ckpt
+    with pytest.raises(ValueError, match=r"stages\.audio_classifier\.ckpt .*front end kind: lms -> mfcc"):
+        _given(cfg, "audio_classifier", ckpts["audio_classifier"], tmp, features={"kind": "mfcc"})
+    assert _given(cfg, "audio_classifier", ckpts["audio_classifier"], tmp, image_size=16)  # it reads no frames
+    with pytest.raises(ValueError, match=r"stages\.image_judge\.ckpt .*image_size: 32 -> 16"):
+        _given(cfg, "image_judge", ckpts["image_judge"], tmp, image_size=16)
+    assert _given(cfg, "image_judge", ckpts["image_judge"], tmp, features={"kind": "mfcc"})  # it reads no audio
+    with pytest.raises(ValueError, match=r"stages\.player_judge\.ckpt .*holdout_tail: 0\.0 -> 0\.5"):
+        _given(cfg, "player_judge", ckpts["player_judge"], tmp, holdout_tail=0.5)
+
+
+def test_a_given_checkpoint_of_another_root_is_refused_for_a_development_split_and_warned_of_otherwise(trained):
+    import shutil
+
+    from cmav.data.player_split import MANIFEST as SPLIT
+
+    cfg, ckpts, tmp = trained
+    elsewhere = tmp / "elsewhere"
+    if not elsewhere.exists():
+        shutil.copytree(cfg["data"]["root"], elsewhere)
+    with pytest.warns(UserWarning, match=rf"trained on {cfg['data']['root']}, the grid's data is {elsewhere}"):
+        _given(cfg, "image_judge", ckpts["image_judge"], tmp, root=str(elsewhere))
+    dev = tmp / "dev"
+    if not dev.exists():
+        shutil.copytree(cfg["data"]["root"], dev)
+        (dev / SPLIT).write_text("{}")
+    with pytest.raises(ValueError, match=rf"trained on {cfg['data']['root']}, but the grid's data {dev} is a "
+                                         r"development split \(cmav_player_split\.json\)"):  # fmt: skip
+        _given(cfg, "image_judge", ckpts["image_judge"], tmp, root=str(dev))
+
+
+def test_the_grid_yamls_still_load():
+    for path in sorted(EXPERIMENTS.glob("*.yaml")):
+        for preset in [None, *sorted(yaml.safe_load(path.read_text()).get("presets") or {})]:
+            cfg = load_grid(path, preset)
+            assert cfg["seeds"] and isinstance(cfg["data"], dict)
+
+
+def test_the_token_grid_checks_a_given_s2i_checkpoint_before_anything_trains(trained, tmp_path):
+    from cmav.ablation import token
+    from cmav.ablation.grid import datamodule, fit
+    from cmav.tasks import S2ITask
+
+    cfg, ckpts, tmp = trained
+    tiny = {"base_channels": 4, "max_channels": 8, "cond_proj_dim": 8}
+    s2i = S2ITask(variant="s2i_c", encoder_mode="frozen", audio_encoder_ckpt=str(ckpts["audio_classifier"]), image_size=32,
+                  generator=tiny, discriminator=tiny, sample_every_n_steps=0)  # fmt: skip
+    ckpt = fit(cfg, tmp, datamodule(cfg, tmp), "s2i", 0, s2i, tmp_path / "s2i.ckpt", 1, gan=True)
+    grid = load_grid(EXPERIMENTS / "token.yaml", "quick")
+    grid["data"].update(root=cfg["data"]["root"], image_size=16, cache_dir=cfg["data"]["cache_dir"])
+    grid["stages"]["s2i"] = {"ckpt": str(ckpt)}
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ValueError, match=r"stages\.s2i\.ckpt .*s2i\.ckpt: trained on other data settings .*image_size: 32 -> 16"):
+        token.run(grid, out)
+    assert not (out / "judges").exists() and not (out / "runs").exists()
