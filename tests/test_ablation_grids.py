@@ -104,15 +104,15 @@ def test_the_s2i_grid_checks_every_variant_and_stage_before_anything_trains(tmp_
     assert sorted(p.name for p in out.iterdir()) == []  # nothing trained, nothing written
 
 
-# --------------------------------------------------------------------------- the lock of s2i and token (2)
+# ------------------------------------------------------------------- the lock of s2i, i2s and token (2)
 
 
-@pytest.mark.parametrize("kind", ["s2i", "token"])
-def test_s2i_and_token_grids_refuse_a_second_run_into_a_folder_in_use(tmp_path, kind, capsys):
-    from cmav.ablation import s2i, token
+@pytest.mark.parametrize("kind", ["s2i", "i2s", "token"])
+def test_s2i_i2s_and_token_grids_refuse_a_second_run_into_a_folder_in_use(tmp_path, kind, capsys):
+    from cmav.ablation import i2s, s2i, token
     from cmav.ablation.grid import LOCK
 
-    run = {"s2i": s2i.run, "token": token.run}[kind]
+    run = {"s2i": s2i.run, "i2s": i2s.run, "token": token.run}[kind]
     cfg = load_grid(EXPERIMENTS / f"{kind}.yaml", "quick")
     cfg["data"]["root"] = str(tmp_path / "no_data_here")  # the run fails right after taking the lock
     out = tmp_path / "out"
@@ -143,7 +143,7 @@ def test_the_ablate_help_says_which_grid_kinds_may_run_as_shards():
     text = " ".join(next(a for a in parser._subparsers._group_actions[0].choices["ablate"]._actions
                          if "--set" in a.option_strings).help.split())  # fmt: skip
     assert "audio_repr and robustness grids keep finished runs" in text
-    assert "retrain every variant on every call" in text and "s2i and token refuse a second run" in text
+    assert "retrain every variant on every call" in text and "they refuse a second run into a folder in use" in text
 
 
 # ------------------------------------------------------------ robustness grid: resume key and shards (1)

@@ -448,7 +448,7 @@ def write_csv(rows: list[dict], fields: list[str], path: Path) -> Path:
 
 
 LOCK = ".ablate.lock"
-"""The file in a results folder that a grid kind without resumable runs (s2i, token) holds while it runs."""
+"""The file in a results folder that a grid kind without resumable runs (s2i, i2s, token) holds while it runs."""
 
 
 def _alive(pid: int) -> bool:

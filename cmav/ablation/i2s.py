@@ -26,6 +26,7 @@ from cmav.ablation.grid import (
     classifier_stage,
     datamodule,
     evaluated_name,
+    exclusive,
     fit,
     inference_conditions,
     save_config,
@@ -100,7 +101,14 @@ def _write_wavs(out: Path, name: str, lms_db: torch.Tensor, names: list[str], dm
 
 
 def run(cfg: dict, out: Path) -> dict:
-    """Run an I2S grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``."""
+    """Run an I2S grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``: refused
+    while another run goes into the same folder (:func:`~cmav.ablation.grid.exclusive`), as every
+    call retrains every stage and variant into the same paths."""
+    with exclusive(out, "i2s"):
+        return _run(cfg, out)
+
+
+def _run(cfg: dict, out: Path) -> dict:
     from cmav.evaluation import evaluate_i2s, make_i2s_fn
     from cmav.tasks import I2STask
     from cmav.viz import labelled_grid

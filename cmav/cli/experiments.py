@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "shards of one grid (--set representations=... / variants=...) can run side by side into one "
                    "folder and a last full run tabulates them. s2i, i2s and token grids reuse only judges and "
                    "classifiers trained under the same settings and retrain every variant on every call: run one "
-                   "at a time per folder (s2i and token refuse a second run into a folder in use)")  # fmt: skip
+                   "at a time per folder (they refuse a second run into a folder in use)")  # fmt: skip
     a.set_defaults(func=_ablate)
 
     g = sub.add_parser("generate", help="images from a sound (S2I or audio-token checkpoint) or sound from a frame (I2S)")
