@@ -298,6 +298,13 @@ def test_player_judge_maps_players_and_validates_on_held_out_tails(data, tmp_pat
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert torch.allclose(again(x), judge.eval()(x))
+    # no held-out frames (the default gap leaves none of 2-chunk tracks): a checkpoint that monitors the
+    # player judge's validation figure is refused with the reason, not stopped by Lightning without one
+    judge = ClassifierTask(modality="image", target="track", image_size=32,
+                           image_judge={"n_blocks": 2, "base_channels": 4, "feature_dim": 16})  # fmt: skip
+    watch = ModelCheckpoint(dirpath=tmp_path / "ck", monitor="val/balanced_acc", mode="max")
+    with pytest.raises(ValueError, match=r"no held-out train frames to validate on .*monitors val/balanced_acc"):
+        quiet_trainer(max_epochs=1, enable_checkpointing=True, callbacks=[watch]).fit(judge, datamodule(data, holdout_tail=0.5))
 
 
 def test_image_judge_keeps_instrument_colour_with_the_train_masks_in_order(tmp_path):

@@ -326,12 +326,15 @@ class ClassifierTask(L.LightningModule):
         dm = datamodule_of(self)
         holdout = getattr(dm, "train_holdout", None)
         if holdout is None or len(holdout) == 0:
+            why = dm.holdout_shortfall() if hasattr(dm, "holdout_shortfall") and holdout is not None else None
+            what = ("player judge: no held-out train frames to validate on (validation players are not "
+                    f"train players); {why or 'set data.holdout_tail > 0 (e.g. 0.1)'}")  # fmt: skip
+            watched = [c.monitor for c in self.trainer.checkpoint_callbacks
+                       if getattr(c, "monitor", None) and c.monitor.startswith(f"{prefix}/")]  # fmt: skip
+            if watched:  # Lightning would stop the run a moment later, not saying why the figure is missing
+                raise ValueError(f"{what}: a ModelCheckpoint monitors {watched[0]}, which it cannot log")
             if not self._warned_no_holdout:
-                why = dm.holdout_shortfall() if hasattr(dm, "holdout_shortfall") and holdout is not None else None
-                warnings.warn(
-                    "player judge: no held-out train frames to validate on (validation players are not "
-                    f"train players); {why or 'set data.holdout_tail > 0 (e.g. 0.1)'}", stacklevel=2,
-                )  # fmt: skip
+                warnings.warn(what, stacklevel=2)
                 self._warned_no_holdout = True
             return
         loader = torch.utils.data.DataLoader(holdout, batch_size=dm.hparams.batch_size, shuffle=False)
