@@ -1012,6 +1012,32 @@ def test_cli_last_ckpt_is_the_newest_epoch_even_when_it_is_not_the_best(data, tm
     assert (again["epoch"], again["global_step"]) == (3, 8) and not list(ckpts.glob("last-v*.ckpt"))
 
 
+def test_cli_fit_refuses_a_half_written_checkpoint_and_bad_data_in_one_line(data, tmp_path, monkeypatch, capsys):
+    """A save cut off by a kill, given to --ckpt_path (or found by `last`): the file is named, not
+    torch's "failed finding central directory". Bad data: one line, exit 2, as cmav's other commands."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+    args = ["fit", "--config", str(EXPERIMENTS / "audio_classifier.yaml"), "--trainer.max_epochs=1",
+            "--trainer.enable_progress_bar=false", f"--data.root={data['root']}", f"--data.cache_dir={data['cache']}",
+            "--data.image_size=32", "--data.batch_size=8", "--data.progress=false",
+            "--model.init_args.audio_encoder.base_channels=8", "--trainer.limit_train_batches=1"]  # fmt: skip
+    whole = tmp_path / "whole.ckpt"
+    assert cmav_main([*args, f"--trainer.default_root_dir={tmp_path / 'first'}"]) == 0
+    whole.write_bytes((tmp_path / "first" / "checkpoints" / "last.ckpt").read_bytes())
+    half = tmp_path / "half.ckpt"
+    half.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    capsys.readouterr()
+    assert cmav_main([*args, f"--ckpt_path={half}"]) == 2
+    assert f"error: {half}: not a readable checkpoint (half-written or corrupt?)" in capsys.readouterr().err
+    last = tmp_path / "runs" / "audio_classifier" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(half.read_bytes())
+    assert cmav_main([*args, "--ckpt_path=last"]) == 2
+    assert f"{last}: not a readable checkpoint" in capsys.readouterr().err
+    assert cmav_main([*args[:5], f"--data.root={tmp_path / 'nowhere'}", *args[6:]]) == 2
+    assert "nowhere" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def test_cli_a_second_s2i_run_into_its_folder_overwrites_last_ckpt(data, sound_classifier, tmp_path, monkeypatch):
     """`make demo` twice: the second S2I-C run must not write last-v1.ckpt beside the first run's
     last.ckpt, which `cmav generate --ckpt .../last.ckpt` would then still read."""

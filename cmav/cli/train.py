@@ -16,7 +16,9 @@ A run lives in ``trainer.default_root_dir``: checkpoints in ``<root>/checkpoints
 from __future__ import annotations
 
 import os
+import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -26,6 +28,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 import cmav.tasks  # noqa: F401  (registers the task classes for short names)
 from cmav.bench.cpu_bf16 import warn_if_slow_bf16
 from cmav.data.datamodule import AudioVisualDataModule
+from cmav.data.errors import DataError
 
 
 def _log_dir(default_root_dir: str | None) -> str:
@@ -67,21 +70,62 @@ class CmavCLI(LightningCLI):
                 warnings.warn(f"checkpoints go to {where}, outside trainer.default_root_dir {root}: another run with "
                               "that dirpath writes over this one's last.ckpt. Leave the ModelCheckpoint's dirpath "
                               "unset to keep them in <default_root_dir>/checkpoints", UserWarning, stacklevel=1)  # fmt: skip
+        self._check_ckpt_path()  # with the dirpaths set: where `last` is looked for
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads a --ckpt_path file while parsing (for its hyper-parameters): check it first
+        self._check_ckpt_path(resolve_last=False)
+        super()._parse_ckpt_path()
+
+    def _check_ckpt_path(self, resolve_last: bool = True) -> None:
+        """Refuse a ``--ckpt_path`` file (or the ``last.ckpt`` that ``last`` resumes) that is not a whole
+        checkpoint, naming it: torch's own error ("failed finding central directory") names neither
+        the file nor the likely cause, a save cut off by a kill."""
+        subcommand = self.config.get("subcommand")
+        given = self.config.get(subcommand, {}).get("ckpt_path") if subcommand else None
+        if not given:
+            return
+        if given == "last":  # Lightning resumes the newest last.ckpt of the checkpoint callbacks' folders
+            if not resolve_last:  # no trainer yet
+                return
+            paths = [Path(cb.dirpath) / "last.ckpt" for cb in self.trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+        elif given in ("best", "hpc", "registry"):
+            return
+        else:
+            paths = [Path(given)]
+        for path in paths:
+            if path.is_file() and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+                raise DataError(path, "not a readable checkpoint (half-written or corrupt?): resume from an earlier "
+                                      "one, or start again without --ckpt_path")  # fmt: skip
 
     # an evaluation pass in emulated bf16 is slow too, if only once over the data
     def before_validate(self) -> None:
         warn_if_slow_bf16(self.trainer)
+        self._check_ckpt_path()
 
     def before_test(self) -> None:
         warn_if_slow_bf16(self.trainer)
+        self._check_ckpt_path()
 
     def before_predict(self) -> None:
         warn_if_slow_bf16(self.trainer)
+        self._check_ckpt_path()
 
 
 def run(argv: list[str] | None = None) -> int:
     """Run a Lightning sub-command; ``argv`` (default ``sys.argv[1:]``) starts with
-    ``fit``/``validate``/``test``/``predict``."""
+    ``fit``/``validate``/``test``/``predict``. Bad input data (a :class:`DataError`, which names the
+    file) is one line on stderr and exit status 2, as in cmav's other commands; anything else keeps
+    its traceback."""
+    try:
+        _run_cli(argv)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run_cli(argv: list[str] | None) -> None:
     CmavCLI(
         model_class=None,  # any LightningModule, chosen by class path
         datamodule_class=AudioVisualDataModule,
@@ -91,4 +135,3 @@ def run(argv: list[str] | None = None) -> int:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": "cmav", "description": "cmav training and evaluation (Lightning CLI)"},
     )
-    return 0
