@@ -342,3 +342,21 @@ def test_the_token_grid_checks_a_given_s2i_checkpoint_before_anything_trains(tra
     with pytest.raises(ValueError, match=r"stages\.s2i\.ckpt .*s2i\.ckpt: trained on other data settings .*image_size: 32 -> 16"):
         token.run(grid, out)
     assert not (out / "judges").exists() and not (out / "runs").exists()
+
+
+def test_the_token_grid_checks_every_given_checkpoint_before_the_diffusion_stage(trained, tmp_path):
+    """A given sound classifier of another front end is refused before the diffusion model trains
+    (its stage is the long one; the classifier's own stage comes after it), and before any judge is
+    trained into the folder."""
+    from cmav.ablation import token
+
+    cfg, ckpts, _ = trained
+    grid = load_grid(EXPERIMENTS / "token.yaml", "quick")
+    grid["data"].update(root=cfg["data"]["root"], image_size=32, cache_dir=cfg["data"]["cache_dir"], features={"kind": "mfcc"})
+    grid["stages"]["audio_classifier"] = {"ckpt": str(ckpts["audio_classifier"])}
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ValueError, match=r"stages\.audio_classifier\.ckpt .*audio_classifier\.ckpt: trained on other data "
+                                         r"settings .*front end kind: lms -> mfcc"):  # fmt: skip
+        token.run(grid, out)
+    assert not (out / "judges").exists() and not (out / "diffusion_base").exists()

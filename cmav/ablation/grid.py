@@ -282,6 +282,9 @@ def check_given(path: str | Path, dm, stage: str) -> None:
     dmh, hp = blob.get("datamodule_hyper_parameters") or {}, blob.get("hyper_parameters") or {}
     h = dm.hparams
     where = f"stages.{stage}.ckpt {path}"
+    names = hp.get("class_names")
+    if names is not None and list(names) != list(dm.class_names):
+        raise ValueError(f"{where}: its classes {list(names)} differ from the data's {list(dm.class_names)}")
     modality = hp.get("modality")  # a ClassifierTask's; retrieval and S2I read audio and frames
     diffs: list[str] = []
     if modality != "image":

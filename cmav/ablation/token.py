@@ -164,6 +164,9 @@ def _run(cfg: dict, out: Path) -> dict:
             raise ValueError(f"stages.s2i.ckpt {st['s2i']['ckpt']}: its classes {list(names)} differ from the data's "
                              f"{list(dm.class_names)}")  # fmt: skip
         check_given(st["s2i"]["ckpt"], dm, "s2i")
+    for stage in GIVEN:  # the others too, before the diffusion model's long stage
+        if stage != "s2i" and st[stage].get("ckpt"):
+            check_given(st[stage]["ckpt"], dm, stage)
     ev = cfg.get("evaluation") or {}
     gen = {"steps": int(ev.get("steps", 50)), "scheduler": ev.get("scheduler", "ddim"),
            "guidance_scale": float(ev.get("guidance_scale", 3.0)),
