@@ -264,6 +264,11 @@ def test_checkpoint_reloads_evaluates_and_generates_a_wav(data, audio_judge, tmp
     assert list(probe) == ["validation", "nearest train", "10 nearest mean", "predicted class mean", "train tail"]
     assert probe["train tail"]["split"].startswith("train tail") and probe["validation"]["split"] == "validation"
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["per_class"] for r in probe.values())
+    # without held-out tails (the default gap leaves none of 2-chunk tracks) the row says why, it is not dropped
+    assert cmav_main(["evaluate", "--ckpt", str(ckpt), "--audio-judge", audio_judge, "--root", data["root"],
+                      "-o", str(tmp_path / "no_tails"), "--probe-conditions", "--holdout-tail", "0.1"]) == 0  # fmt: skip
+    tail = json.loads((tmp_path / "no_tails" / "condition_probe.json").read_text())["train tail"]
+    assert tail["accuracy"] is None and tail["split"].startswith("train tail: none held out (data.holdout_tail 0.1 leaves")
 
     # `cmav generate --ckpt i2s.ckpt --image frame.jpg -o out.wav`
     frame = write_jpg(tmp_path / "frame.jpg", colour=(20, 255, 40))

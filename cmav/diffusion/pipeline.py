@@ -46,6 +46,10 @@ SCHEDULERS: dict[str, str] = {
 }
 """Sampling schedulers by short name (``--scheduler``); each is built from the folder's noise schedule."""
 
+MIN_STEPS: dict[str, int] = {"pndm": 4}
+"""Fewest sampling steps a scheduler runs with (PNDM's linear multistep start takes 4; diffusers
+fails below that with a numpy broadcasting error)."""
+
 TIMESTEP_SPACING = "trailing"
 """How samplers place their steps on the training timesteps. ``trailing`` starts at the last
 training timestep (pure noise); diffusers' default ``leading`` starts ``T/steps - 1`` earlier
@@ -246,8 +250,9 @@ class TextToImageDiffusion(nn.Module):
         sampler, the same images up to float rounding; stochastic samplers draw more noise per batch).
         ``timestep_spacing``: see :func:`make_scheduler`.
         """
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        least = MIN_STEPS.get(scheduler, 1)
+        if steps < least:
+            raise ValueError(f"the {scheduler} sampler needs steps >= {least}, got {steps}")
         c = int(self.unet.config.in_channels)
         side = int(self.unet.config.sample_size)
         noise = torch.randn(cond.shape[0], c, side, side, generator=generator)
@@ -434,6 +439,7 @@ def build_pixel_diffusion(captions: Sequence[str], config: PixelDiffusionConfig 
 __all__ = [
     "PIXEL_PIPELINE_CLASS",
     "PixelDiffusionConfig",
+    "MIN_STEPS",
     "REQUIRED_PARTS",
     "SCHEDULERS",
     "TIMESTEP_SPACING",

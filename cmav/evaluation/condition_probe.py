@@ -93,6 +93,10 @@ def probe_i2s_conditions(task_or_ckpt: Any, datamodule, audio_judge_ckpt: Any, k
     if len(held):
         tail_cond, _ = encode(t.images[held])
         report["train tail"] = judged(tail_cond, t.labels[held].long(), "train tail (seen players, unseen frames)")
+    else:  # the row is still there, saying why it has no figure
+        why = datamodule.holdout_shortfall() if hasattr(datamodule, "holdout_shortfall") else None
+        report["train tail"] = {"split": f"train tail: none held out ({why or 'data.holdout_tail is 0'})",
+                                "accuracy": None, "per_class": {}}  # fmt: skip
     return report
 
 
@@ -101,7 +105,8 @@ def format_probe(report: dict) -> str:
     lines = ["| condition | split | judged | classes below 0.8 |", "|---|---|---|---|"]
     for name, r in report.items():
         weak = ", ".join(f"{c} {a:.2f}" for c, a in r["per_class"].items() if a < 0.8) or "-"
-        lines.append(f"| {name} | {r['split']} | {r['accuracy']:.3f} | {weak} |")
+        judged = "n/a" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+        lines.append(f"| {name} | {r['split']} | {judged} | {weak} |")
     return "\n".join(lines)
 
 
