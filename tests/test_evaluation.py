@@ -181,6 +181,33 @@ def test_a_judge_is_not_handed_frames_of_another_size(data, dm, judges):
         _player_consistency(small, 10, dm, player, seed=0, batch_size=8)
 
 
+def test_a_player_judge_of_other_players_and_a_monitor_judge_of_another_size_are_refused(data, dm, judges, tmp_path):
+    """Player consistency used to drop held-out chunks of players the judge did not know (a third of
+    them here) and score the rest; the training monitor scored frames of any size."""
+    import lightning as L
+
+    from cmav.evaluation import JudgedAccuracyMonitor
+    from cmav.tasks import S2ITask
+
+    image, player = judges
+    three = make_suburmp_tracks(tmp_path / "three", tracks=(0, 1, 2), chunks=4)
+    dm3 = AudioVisualDataModule(root=str(three), image_size=SIZE, batch_size=16, holdout_tail=0.25, holdout_gap_ms=0,
+                                progress=False)  # fmt: skip
+    dm3.setup("fit")
+    with pytest.raises(ValueError, match=r"the data's train players \(39 .*differ from the 26 this player judge was built for"):
+        evaluate_s2i(constant_generator, dm3, image, player, n_diversity_draws=2)
+    small = AudioVisualDataModule(root=str(data), image_size=SIZE // 2, batch_size=16, progress=False)
+    tiny = {"base_channels": 8, "max_channels": 32}
+    task = S2ITask(variant="s2i_c", encoder_mode="scratch", image_size=SIZE // 2, sample_every_n_steps=0,
+                   encoder={**tiny, "feature_dim": 32}, generator={**tiny, "cond_proj_dim": 16},
+                   discriminator={**tiny, "cond_proj_dim": 16})  # fmt: skip
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1, limit_val_batches=1,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[JudgedAccuracyMonitor(str(image))], default_root_dir=str(tmp_path))  # fmt: skip
+    with pytest.raises(ValueError, match=rf"image\.ckpt: the image judge was trained on {SIZE}x{SIZE} frames, the data's frames are 16x16"):
+        trainer.fit(task, datamodule=small)
+
+
 def test_tails_that_share_audio_with_training_are_not_scored_and_the_report_says_why(data, judges):
     image, player = judges
     guarded = AudioVisualDataModule(root=str(data), image_size=SIZE, batch_size=16, holdout_tail=0.25, progress=False)

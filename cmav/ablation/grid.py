@@ -276,7 +276,7 @@ def check_given(path: str | Path, dm, stage: str) -> None:
     validation players), and warned of otherwise, naming both roots."""
     from cmav.data.player_split import MANIFEST as SPLIT_MANIFEST
     from cmav.features import front_end_differences
-    from cmav.tasks.classifier import _train_players, checkpoint_dict
+    from cmav.tasks.classifier import checkpoint_dict, players_mismatch
 
     blob = checkpoint_dict(path)
     dmh, hp = blob.get("datamodule_hyper_parameters") or {}, blob.get("hyper_parameters") or {}
@@ -299,9 +299,8 @@ def check_given(path: str | Path, dm, stage: str) -> None:
         if key in dmh and dmh[key] != h.get(key):
             diffs.append(f"{key}: {dmh[key]!r} -> {h.get(key)!r}")
     if hp.get("target") == "track" and hp.get("players") is not None:
-        have = _train_players(dm.train_full.tensors)
-        if list(map(list, hp["players"])) != have:
-            diffs.append(f"train players: {len(hp['players'])} (class, track) pairs -> the data's {len(have)}, not the same")
+        if why := players_mismatch(hp["players"], dm.train_full.tensors):
+            diffs.append(why)
     if diffs:
         raise ValueError(f"{where}: trained on other data settings than the grid's ({'; '.join(diffs)}; checkpoint -> "
                          f"grid): it would read or score the data wrongly. Set data.* as the checkpoint was trained, "

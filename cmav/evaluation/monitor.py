@@ -27,8 +27,10 @@ validation players, so the validation figures of that checkpoint stay unbiased e
 
 S2I tasks take an image judge, I2S tasks an audio judge. The judge is loaded onto the task's device
 at the start of fitting and is never part of the task (nor of its checkpoints): it only scores.
-Under DDP every process scores the whole split (the result is identical on each), so
-the logged value needs no synchronisation.
+Under DDP every process scores the whole split, and the figures logged are rank 0's, broadcast:
+a generator's batch-norm statistics are each rank's own (DDP does not synchronise them in a pass
+without gradients), so the ranks' own figures may differ slightly, and a checkpoint that monitors
+the figure must see one value on every rank.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ class JudgedAccuracyMonitor(L.Callback):
     Args:
         judge_ckpt: a :class:`~cmav.tasks.ClassifierTask` checkpoint trained on REAL data of the
             generator's output modality (an image judge for S2I, a sound classifier for I2S).
-        every_n_epochs: score after every n-th validation epoch (and after the last one).
+        every_n_epochs: score at the validation that ends every n-th training epoch (counted in
+            epochs, not validations; and at the last one).
         seed: the fixed noise of the generated items (the same draw at every epoch, so the curve
             shows the generator changing, not the noise).
         batch_size: generation and judging batch.
@@ -126,6 +129,14 @@ class JudgedAccuracyMonitor(L.Callback):
         self._judge = judge.eval().requires_grad_(False)
         self._ceiling = None
         dm = trainer.datamodule
+        if want == "image" and getattr(dm, "val", None) is not None:
+            # its global pool would score frames of any size without a word
+            from cmav.evaluation.s2i import check_judge_fits
+
+            try:
+                check_judge_fits(judge, class_names=list(dm.class_names), frames=dm.val.tensors.images[:1])
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
         shortfall = dm.holdout_shortfall() if self.split == "holdout" and hasattr(dm, "holdout_shortfall") else None
         if shortfall:  # Lightning sets the data module up before the callbacks
             raise ValueError(f"JudgedAccuracyMonitor(split='holdout') scores the held-out tails of the train tracks; {shortfall}")
@@ -190,6 +201,8 @@ class JudgedAccuracyMonitor(L.Callback):
         elapsed = self._train_seconds() if self._start is not None else float("nan")
         t0 = time.perf_counter()
         scores = self.score(trainer, pl_module)
+        if trainer.world_size > 1:
+            scores = trainer.strategy.broadcast(scores, src=0)
         if self._start is not None:
             self._start += time.perf_counter() - t0
         self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "time_s": elapsed, **scores})

@@ -169,6 +169,10 @@ def _player_consistency(fn: GeneratorFn, z_dim: int, datamodule, player_judge: A
     judge = _judge(player_judge, target="track")
     t, index = datamodule.split_items("holdout")
     check_judge_fits(judge, frames=t.images[:1], generated=generate_images(fn, t.audio[:1], z_dim), what="player judge")
+    from cmav.tasks.classifier import players_mismatch
+
+    if why := players_mismatch(judge.hparams.players, datamodule.train_full.tensors):
+        raise ValueError(why)
     if len(index) == 0:
         why = datamodule.holdout_shortfall() if hasattr(datamodule, "holdout_shortfall") else None
         return {"split": "train_holdout", "accuracy": None,

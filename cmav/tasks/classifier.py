@@ -64,6 +64,17 @@ def _train_players(tensors) -> list[list[int]]:
     return [list(p) for p in sorted(pairs)]
 
 
+def players_mismatch(players: list[list[int]], tensors) -> str | None:
+    """Why a player judge built for ``players`` ((class, track) pairs) does not fit a split's train
+    players, or None: an unknown player would be dropped from its scores, and another data build's
+    player of the same number scored as this one."""
+    have = _train_players(tensors)
+    if [list(map(int, p)) for p in players] == have:
+        return None
+    return (f"the data's train players ({len(have)} (class, track) pairs) differ from the {len(players)} this player "
+            "judge was built for: train it on this data")
+
+
 def player_names(players: list[list[int]], class_names: list[str]) -> list[str]:
     """``violin03``-style names of (class, track) pairs."""
     return [f"{class_names[c]}{t:02d}" for c, t in players]
@@ -230,8 +241,8 @@ class ClassifierTask(L.LightningModule):
         h = self.hparams
         if h.modality == "image" and dm.hparams.image_size != h.image_size:
             raise ValueError(f"model image_size={h.image_size} but data image_size={dm.hparams.image_size}")
-        if h.target == "track" and h.players is not None and h.players != _train_players(dm.train_full.tensors):
-            raise ValueError("the data's train players differ from the ones this player judge was built for")
+        if h.target == "track" and h.players is not None and (why := players_mismatch(h.players, dm.train_full.tensors)):
+            raise ValueError(why)
         if stage == "fit" and h.modality == "image" and self.augment.needs_mask:
             self._train_masks = self._load_train_masks(dm)  # per fit: the data module may be another one
 
