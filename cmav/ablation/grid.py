@@ -266,6 +266,21 @@ def classifier_stage(cfg: dict, out: Path, dm, stage: str, seed: int, path: Path
     return path
 
 
+def check_stages(cfg: dict, need: list[str], given: tuple[str, ...]) -> None:
+    """Refuse, before anything trains, a grid whose stages in ``need`` are missing or have neither
+    ``steps`` nor (for those in ``given``) a ``ckpt``, or whose given checkpoint does not exist."""
+    src = cfg.get("source", "grid")
+    stages = cfg.get("stages") or {}
+    missing = [s for s in need if not isinstance(stages.get(s), dict)
+               or ("steps" not in stages[s] and not (s in given and stages[s].get("ckpt")))]  # fmt: skip
+    if missing:
+        raise ValueError(f"{src}: stages {missing} missing or incomplete (each needs steps, or ckpt for {list(given)})")
+    for s in given:
+        ckpt = (stages.get(s) or {}).get("ckpt")
+        if ckpt and not Path(ckpt).is_file():
+            raise FileNotFoundError(f"{src}: stages.{s}.ckpt {ckpt} does not exist")
+
+
 def check_given(path: str | Path, dm, stage: str) -> None:
     """Refuse a checkpoint given as ``stages.<stage>.ckpt`` that was trained on other data settings
     than the grid's data module ``dm``, as Lightning stored them in it

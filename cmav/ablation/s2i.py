@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from cmav.ablation.grid import (
+    check_stages,
     check_variants,
     classifier_stage,
     datamodule,
@@ -212,17 +213,8 @@ def check(cfg: dict) -> None:
     from cmav.tasks import S2ITask
 
     src = cfg.get("source", "grid")
-    stages = cfg.get("stages") or {}
-    need = [*STAGES, *(["player_judge"] if "player_judge" in stages else [])]
-    missing = [s for s in need if not isinstance(stages.get(s), dict)
-               or ("steps" not in stages[s] and not (s in GIVEN and stages[s].get("ckpt")))]  # fmt: skip
-    if missing:
-        raise ValueError(f"{src}: stages {missing} missing or incomplete (each needs steps, or ckpt for {list(GIVEN)}; "
-                         "player_judge may be left out)")  # fmt: skip
-    for s in GIVEN:
-        ckpt = (stages.get(s) or {}).get("ckpt")
-        if ckpt and not Path(ckpt).is_file():
-            raise FileNotFoundError(f"{src}: stages.{s}.ckpt {ckpt} does not exist")
+    optional = ["player_judge"] if "player_judge" in (cfg.get("stages") or {}) else []
+    check_stages(cfg, [*STAGES, *optional], GIVEN)
     params = set(inspect.signature(S2ITask.__init__).parameters) - {"self"}
     takes = sorted(params - set(SET_BY_GRID))
     for v in check_variants(cfg):

@@ -34,6 +34,7 @@ import torch
 
 from cmav.ablation.grid import (
     check_given,
+    check_stages,
     classifier_stage,
     datamodule,
     exclusive,
@@ -61,16 +62,7 @@ GIVEN = ("audio_classifier", "image_judge", "retrieval", "s2i")
 
 def _check(cfg: dict) -> None:
     src = cfg.get("source", "grid")
-    stages = cfg.get("stages") or {}
-    need = list(STAGES) + ([] if (cfg.get("diffusion") or {}).get("pipeline") else ["diffusion_base"])
-    missing = [s for s in need
-               if not isinstance(stages.get(s), dict) or ("steps" not in stages[s] and not (s in GIVEN and stages[s].get("ckpt")))]  # fmt: skip
-    if missing:
-        raise ValueError(f"{src}: stages {missing} missing (each needs steps, or ckpt for {list(GIVEN)})")
-    for s in GIVEN:
-        ckpt = (stages.get(s) or {}).get("ckpt")
-        if ckpt and not Path(ckpt).is_file():
-            raise FileNotFoundError(f"{src}: stages.{s}.ckpt {ckpt} does not exist")
+    check_stages(cfg, list(STAGES) + ([] if (cfg.get("diffusion") or {}).get("pipeline") else ["diffusion_base"]), GIVEN)
     if int((cfg.get("evaluation") or {}).get("per_class", 1)) < 1:
         raise ValueError(f"{src}: evaluation.per_class must be >= 1")
 
