@@ -124,6 +124,45 @@ def test_a_melody_drawn_again_for_a_quiet_chunk_is_said_and_recorded(tmp_path):
     assert "melody_attempts" not in json.loads(plain.marker.read_text())
 
 
+def test_a_build_terminated_with_sigterm_takes_its_workers_with_it(tmp_path):
+    """`kill PID` of a build with worker processes: the workers used to be left waiting forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("from cmav.standin.build import build_standin; "
+              f"build_standin({str(tmp_path / 'b')!r}, preset='tiny', workers=2, progress=False)")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    deadline = time.time() + 60
+    while len(workers) < 2 and time.time() < deadline:  # both workers started and at work
+        time.sleep(0.5)
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout
+        workers = [int(w) for w in out.split()]
+    alive: list[int] = []
+    try:
+        assert len(workers) >= 2, "the build's workers never started"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)
+        time.sleep(1)
+        for pid in workers:
+            try:
+                os.kill(pid, 0)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        assert not alive, f"workers {alive} outlived the build"
+        assert code == 128 + signal.SIGTERM  # ended by SystemExit, after the pool shut down
+    finally:  # leave nothing behind, also when the test fails
+        for pid in [*alive, proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_build_is_deterministic_and_resumes_after_interruption(tmp_path, tiny):
     split, inst, track, n = next(t for t in track_plan(PRESETS["tiny"]) if t[1] == "flute")
     job = TrackJob(str(tmp_path / "a"), split, inst, track, n, 0, str(DEFAULT_SOUNDFONT), 128, 90)

@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -278,6 +281,24 @@ def _remove_partials(root: Path) -> int:
     return n
 
 
+@contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM raises ``SystemExit`` while a pool builds (main thread only), so the pool is shut down
+    on the way out instead of the process ending under it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _performance_record(perf: Performance, job: TrackJob) -> dict:
     """The drawn performance, and per source the synth settings its renderer did not apply."""
     record = perf.to_dict()
@@ -391,9 +412,15 @@ def build_standin(
             for j in todo:
                 bar.update(build_track(j))
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for n in pool.map(build_track, todo):
-                    bar.update(n)
+            with ProcessPoolExecutor(max_workers=workers) as pool, _terminate_as_exit():
+                try:
+                    for n in pool.map(build_track, todo):
+                        bar.update(n)
+                except BaseException:
+                    # a kill or a failed track: no queued track starts, and the workers exit with the
+                    # pool (a SIGTERM used to end this process alone and leave them waiting forever)
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
     counts: dict[str, dict[str, int]] = {"train": {}, "validation": {}}
     tracks: dict[str, dict[str, list[int]]] = {"train": {}, "validation": {}}
     for j in jobs:
