@@ -549,7 +549,7 @@ def test_a_scratch_encoder_without_a_class_loss_is_not_asked_for_its_class_head(
     cls(**base, condition_on="logits")  # G's loss trains them as a narrow condition
 
 
-def test_a_checkpoint_rebuilt_for_inference_keeps_its_class_mean_condition(data, tmp_path):
+def test_a_checkpoint_rebuilt_for_inference_keeps_its_class_mean_condition_and_a_scratch_one_warns(data, tmp_path):
     """load_i2s rebuilds every encoder as 'scratch' (its weights come from the state dict): a model
     trained on a frozen classifier's head with class_mean is still loaded, not refused."""
     L.seed_everything(0, verbose=False)
@@ -562,6 +562,17 @@ def test_a_checkpoint_rebuilt_for_inference_keeps_its_class_mean_condition(data,
     torch.save(ckpt, tmp_path / "frozen.ckpt")
     again = load_i2s(tmp_path / "frozen.ckpt")
     assert again.inference_condition == "class_mean" and again.trained_encoder_mode == "frozen"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again.set_inference_condition("class_mean")  # a frozen classifier's head: nothing to say
+    # trained from scratch with no class loss: switching a loaded model to class_mean is the caller's
+    # experiment, allowed, but said
+    L.seed_everything(0, verbose=False)
+    plain = i2s("i2s_n")
+    trainer(max_steps=2, max_epochs=-1, limit_val_batches=0).fit(plain, dm_of(data))
+    scratch = load_i2s(_save(plain.trainer, tmp_path / "scratch.ckpt"))
+    with pytest.warns(UserWarning, match="trained from scratch without a class loss .* untrained head"):
+        scratch.set_inference_condition("class_mean")
 
 
 def _save(tr: L.Trainer, path: Path) -> Path:

@@ -449,6 +449,12 @@ class PairedGANTask(L.LightningModule):
             raise ValueError(f"inference_condition must be one of {INFERENCE_CONDITIONS}, got {mode!r}")
         if neighbours < 1:
             raise ValueError(f"inference_neighbours must be >= 1, got {neighbours}")
+        trained = getattr(self, "trained_encoder_mode", None)  # set by load_paired_gan
+        if trained is not None and untrained_class_head_use(trained, self.weights.encoder_class, mode):
+            # allowed for a loaded model (it is the caller's experiment), but not in silence
+            warnings.warn("this model's encoder was trained from scratch without a class loss "
+                          "(loss_weights.encoder_class=0), so its class head never learnt the classes: class_mean "
+                          "picks each input's class mean by that untrained head", stacklevel=2)  # fmt: skip
         self.inference_condition, self.inference_neighbours = mode, neighbours
         self.hparams.inference_condition, self.hparams.inference_neighbours = mode, neighbours
 
