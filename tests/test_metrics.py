@@ -365,3 +365,16 @@ def test_extract_features_leaves_a_wrapped_eval_judge_in_eval_mode():
     assert wrapper.training and not judge.training
     extract_features(wrapper, torch.randn(10, 4), batch_size=4)
     assert wrapper.training and not any(m.training for m in judge.modules())
+
+
+def test_json_safe_writes_numpy_and_torch_numbers_and_drops_their_nans():
+    import json
+
+    import numpy as np
+
+    from cmav.metrics.serialise import json_safe
+
+    x = {"a": np.float32("nan"), "b": np.int64(3), "c": torch.tensor(0.5), "d": np.array([1.0, np.inf]),
+         "e": [torch.tensor([float("nan"), 2.0])], "f": float("-inf")}  # fmt: skip
+    assert json.loads(json.dumps(json_safe(x))) == {"a": None, "b": 3, "c": 0.5, "d": [1.0, None], "e": [[None, 2.0]],
+                                                   "f": None}  # fmt: skip

@@ -206,6 +206,23 @@ def test_recall_mrr_map_median_rank_on_a_toy_ranking():
 def test_ties_are_broken_against_the_model():
     m = retrieval_metrics(torch.zeros(1, 4), torch.tensor([[True, False, False, False]]))
     assert m["R@1"] == 0.0 and m["median_rank"] == 4.0
+    # float64 scores are not rounded to float32 first: 1 + 1e-9 beats 1, it is no tie
+    m = retrieval_metrics(torch.tensor([[1 + 1e-9, 1.0]], dtype=torch.float64), torch.tensor([[True, False]]))
+    assert m["R@1"] == 1.0
+
+
+def test_the_chance_median_rank_of_queries_with_different_relevant_counts_is_their_mixtures():
+    """One query class of 12 items and four of 2 in a gallery of 20: a random ranking's first relevant
+    rank over all queries has its median at 2 (the median of the per-query medians said 1)."""
+    n, counts = 20, [12] * 12 + [2] * 8
+    g = torch.Generator().manual_seed(0)
+    firsts = []
+    for _ in range(400):
+        for r in counts:
+            order = torch.randperm(n, generator=g)
+            firsts.append(int((order < r).float().argmax()) + 1)  # items 0 .. r-1 are the relevant ones
+    simulated = float(torch.tensor(firsts, dtype=torch.float64).median())
+    assert chance_levels(n, counts)["median_rank"] == simulated == 2.0
 
 
 def test_dense_model_reads_a_waveform_encoder_through_its_stem():

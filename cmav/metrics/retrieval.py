@@ -1,8 +1,10 @@
 """Retrieval metrics from a score matrix and a relevance matrix, with their chance levels.
 
 A query's gallery is ranked by score, highest first. **Ties are broken pessimistically**: at equal
-scores the irrelevant items come first, so a model that outputs constant scores gets chance-level
-numbers rather than whatever order the gallery happens to be stored in.
+scores the irrelevant items come first, so a tie never helps a model: one that outputs constant
+scores gets the worst numbers there are (below chance), never whatever order the gallery happens
+to be stored in. Scores keep their precision (float64 stays float64), so close scores are not
+made ties.
 
 Per query (queries with no relevant item are left out and counted):
 
@@ -35,7 +37,8 @@ def sorted_relevance(scores: Tensor, relevance: Tensor, chunk: int = 1024) -> Te
                          f"{tuple(relevance.shape)}")  # fmt: skip
     out = []
     for i in range(0, scores.shape[0], chunk):
-        s = scores[i : i + chunk].float()
+        s = scores[i : i + chunk]
+        s = s if s.is_floating_point() else s.float()
         r = relevance[i : i + chunk].bool()
         # two stable sorts = lexicographic (score desc, relevant last): pessimistic ties
         first = torch.sort(r.to(torch.uint8), dim=1, stable=True).indices
@@ -95,31 +98,41 @@ def _first_rank_distribution(n: int, r: int) -> list[float]:
 def chance_levels(n_gallery: int, n_relevant: Sequence[int], ks: Sequence[int] = DEFAULT_KS) -> dict:
     """Expected metrics under a uniformly random ranking (see the module docstring).
 
-    ``n_relevant``: the number of relevant items of every query. ``median_rank`` is the median
-    over queries of each query's median first-relevant rank.
+    ``n_relevant``: the number of relevant items of every query. ``median_rank`` is the median of
+    the first-relevant rank over all queries' random rankings together.
     """
     n = n_gallery
     harmonic = sum(1.0 / i for i in range(1, n + 1))
     per_r: dict[int, dict] = {}
+    dists: dict[int, list[float]] = {}
     for r in set(int(x) for x in n_relevant):
-        dist = _first_rank_distribution(n, r)
-        cum, med = 0.0, len(dist)
-        for k, p in enumerate(dist, start=1):
-            cum += p
-            if cum >= 0.5 - 1e-12:
-                # exactly half at or below k: the median lies between k and k + 1, as a sample median would
-                med = k + 0.5 if abs(cum - 0.5) <= 1e-12 and k < len(dist) else k
-                break
+        dist = dists[r] = _first_rank_distribution(n, r)
         per_r[r] = {
             **{f"R@{k}": 1.0 - (math.comb(n - r, k) / math.comb(n, k) if k <= n else 0.0) for k in ks},
-            "median_rank": float(med),
             "MRR": sum(p / k for k, p in enumerate(dist, start=1)),
             "mAP": (harmonic + (r - 1) / max(n - 1, 1) * (n - harmonic)) / n,
         }
     keys = [f"R@{k}" for k in ks] + ["MRR", "mAP"]
     out = {key: sum(per_r[int(r)][key] for r in n_relevant) / len(n_relevant) for key in keys}
-    out["median_rank"] = _median(torch.tensor([per_r[int(r)]["median_rank"] for r in n_relevant]))
+    # the median over queries of the first relevant rank: the median of the queries' rank distributions
+    # mixed (not the median of each query's median, which is off when the relevant counts differ)
+    mixture = [0.0] * (n + 1)
+    for r in n_relevant:
+        for k, p in enumerate(dists[int(r)], start=1):
+            mixture[k] += p / len(n_relevant)
+    out["median_rank"] = _distribution_median(mixture[1:])
     return out
+
+
+def _distribution_median(dist: list[float]) -> float:
+    """The median rank of ``P(rank = k)``, k = 1 ..: exactly half at or below k puts it between k and
+    k + 1, as a sample median would."""
+    cum = 0.0
+    for k, p in enumerate(dist, start=1):
+        cum += p
+        if cum >= 0.5 - 1e-12:
+            return k + 0.5 if abs(cum - 0.5) <= 1e-12 and k < len(dist) else float(k)
+    return float(len(dist))
 
 
 def class_relevance(query_labels: Tensor, gallery_labels: Tensor) -> Tensor:

@@ -5,9 +5,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+import torch
+
 
 def json_safe(x: Any) -> Any:
-    """``x`` with every NaN/inf float, at any depth of dicts, lists and tuples, replaced by ``None``."""
+    """``x`` with every NaN/inf float, at any depth of dicts, lists and tuples, replaced by ``None``;
+    numpy scalars and arrays and torch tensors become Python numbers and lists first (``json``
+    writes neither, and a float32 NaN would slip past a check for Python floats)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().tolist()
+    elif isinstance(x, (np.ndarray, np.generic)):
+        x = x.tolist()
     if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
         return None
     if isinstance(x, dict):
