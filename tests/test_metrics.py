@@ -295,6 +295,9 @@ def test_inception_missing_weights_raises_naming_path(tmp_path, no_network):
 def test_diversity_zero_for_identical_draws():
     f = torch.randn(5, 1, 7).repeat(1, 4, 1)
     assert feature_diversity(f) == 0.0
+    # also past 25 draws, where cdist would take its matrix-product shortcut, and at a large feature scale
+    f = (100 * torch.randn(3, 1, 512)).repeat(1, 30, 1)
+    assert feature_diversity(f) == 0.0
 
 
 def test_diversity_hand_computed_two_draws():

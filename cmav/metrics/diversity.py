@@ -28,7 +28,8 @@ def feature_diversity(features: Tensor) -> float:
         raise ValueError("need at least 2 draws per condition to measure diversity")
     if f.shape[0] == 0:
         raise ValueError("no conditions")
-    dist = torch.cdist(f, f)  # (C, K, K)
+    # cdist's matrix-product shortcut (taken above 25 draws) leaves rounding noise where draws are equal
+    dist = torch.cdist(f, f, compute_mode="donot_use_mm_for_euclid_dist")  # (C, K, K)
     iu = torch.triu_indices(k, k, offset=1)
     return float(dist[:, iu[0], iu[1]].mean())
 
