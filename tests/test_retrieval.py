@@ -491,6 +491,8 @@ def test_exact_topk_agrees_with_faiss_and_full_sort():
     scores, idx = exact_topk("global", query, gallery, 7, chunk=64)  # several chunks
     full = torch.topk(query @ gallery.T, 7, dim=1)
     assert torch.equal(idx, full.indices) and torch.allclose(scores, full.values)
+    small, small_idx = exact_topk("global", query, gallery, 7, chunk=5)  # chunks smaller than k
+    assert torch.equal(small_idx, full.indices) and torch.allclose(small, full.values)
     if faiss_available():
         f_scores, f_idx = faiss_topk(query, gallery, 7, "Flat")
         assert torch.equal(f_idx, idx) and torch.allclose(f_scores, scores, atol=1e-5)

@@ -151,7 +151,7 @@ def exact_topk(kind: str, query: Tensor, gallery: Tensor, k: int, query_modality
         s = scores_for(kind, q, g) if query_modality == "audio" else scores_for(kind, g, q).T
         cand_s = torch.cat([best_s, s], dim=1)
         cand_i = torch.cat([best_i, torch.arange(start, start + g.shape[0]).expand(q.shape[0], -1)], dim=1)
-        top = torch.topk(cand_s, k, dim=1)
+        top = torch.topk(cand_s, min(k, cand_s.shape[1]), dim=1)  # the first chunks may hold fewer than k
         best_s, best_i = top.values, torch.gather(cand_i, 1, top.indices)
     return best_s, best_i
 
@@ -179,6 +179,13 @@ def faiss_topk(query: Tensor, gallery: Tensor, k: int, factory: str = "Flat") ->
         index.train(g)
     index.add(g)
     scores, idx = index.search(query.contiguous().numpy().astype("float32"), min(k, g.shape[0]))
+    found = idx >= 0  # an approximate index (IVF, HNSW) may find fewer than k: FAISS pads with -1
+    if not found.all():
+        keep = int(found.sum(1).min())
+        if keep == 0:
+            raise RuntimeError(f"the FAISS index ({factory}) found no neighbour for a query: use an exact index "
+                               "(factory 'Flat') or more probes")  # fmt: skip
+        scores, idx = scores[:, :keep], idx[:, :keep]
     return torch.from_numpy(scores), torch.from_numpy(idx).long()
 
 
