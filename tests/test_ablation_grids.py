@@ -360,3 +360,14 @@ def test_the_token_grid_checks_every_given_checkpoint_before_the_diffusion_stage
                                          r"settings .*front end kind: lms -> mfcc"):  # fmt: skip
         token.run(grid, out)
     assert not (out / "judges").exists() and not (out / "diffusion_base").exists()
+
+
+def test_a_given_checkpoint_of_other_classes_is_refused(trained, tmp_path):
+    from fixtures import make_paired
+
+    cfg, ckpts, tmp = trained
+    other = make_paired(tmp_path / "other", classes=("dog", "drum"), per_class=3)
+    with pytest.raises(ValueError, match=r"stages\.image_judge\.ckpt .*image_judge\.ckpt: its classes \[.*\] differ from the "
+                                         r"data's \['dog', 'drum'\]"):  # fmt: skip
+        _given(cfg, "image_judge", ckpts["image_judge"], tmp_path, root=str(other), layout="paired",
+               cache_dir=str(tmp_path / "c"))

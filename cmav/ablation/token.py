@@ -149,15 +149,10 @@ def _run(cfg: dict, out: Path) -> dict:
     t_start = time.perf_counter()
     dm = datamodule(cfg, out)
     st, size = cfg["stages"], cfg["data"]["image_size"]
-    if st["s2i"].get("ckpt"):  # checked before anything trains: a finished S2I-C run on the same data
-        given = load_s2i(st["s2i"]["ckpt"])
-        names = given.hparams.get("class_names")
-        if names is not None and list(names) != list(dm.class_names):
-            raise ValueError(f"stages.s2i.ckpt {st['s2i']['ckpt']}: its classes {list(names)} differ from the data's "
-                             f"{list(dm.class_names)}")  # fmt: skip
-        check_given(st["s2i"]["ckpt"], dm, "s2i")
-    for stage in GIVEN:  # the others too, before the diffusion model's long stage
-        if stage != "s2i" and st[stage].get("ckpt"):
+    if st["s2i"].get("ckpt"):  # a finished S2I-C run: loadable as one
+        load_s2i(st["s2i"]["ckpt"])
+    for stage in GIVEN:  # every given checkpoint fits the data, checked before the diffusion model's long stage
+        if st[stage].get("ckpt"):
             check_given(st[stage]["ckpt"], dm, stage)
     ev = cfg.get("evaluation") or {}
     gen = {"steps": int(ev.get("steps", 50)), "scheduler": ev.get("scheduler", "ddim"),
