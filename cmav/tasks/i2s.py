@@ -282,14 +282,8 @@ def load_i2s(path: str | Path) -> I2STask:
     image-classifier checkpoint (the encoder's architecture, the LMS shape and its dB range are
     stored in it). ``trained_encoder_mode`` records the mode it was trained with and
     ``trained_features`` the front end of its data (``None`` when the checkpoint has none)."""
-    from cmav.features.frontend import front_end_config
-    from cmav.tasks.classifier import checkpoint_dict
-
     task = load_paired_gan(I2STask, path, lambda arch: {})
     assert isinstance(task, I2STask)
-    # what its LMS mean: evaluation refuses data of another front end (None: not recorded)
-    features = (checkpoint_dict(path).get("datamodule_hyper_parameters") or {}).get("features")
-    task._features = front_end_config(features) if features is not None else None
     return task
 
 

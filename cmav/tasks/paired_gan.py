@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cmav.features.frontend import front_end_config
 from cmav.models import (
     INFERENCE_CONDITIONS,
     ConditionalGenerator,
@@ -967,7 +968,8 @@ def load_paired_gan(
     Needs neither the data nor the pretrained encoder's checkpoint: the encoder's architecture is
     stored in the task's checkpoint. ``scratch_args(arch)`` gives the constructor arguments that
     rebuild that encoder fresh (its weights come from the state dict). ``trained_encoder_mode``
-    records the mode it was trained with.
+    records the mode it was trained with, and the task's front end is its training data's (from
+    the checkpoint; None when it holds none).
     """
     ckpt = _load_checkpoint(path)
     hp = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
@@ -988,6 +990,9 @@ def load_paired_gan(
     task.load_state_dict(ckpt["state_dict"])
     task.iteration = int(ckpt[cls.checkpoint_key]["iteration"])
     task.trained_encoder_mode = trained_mode
+    # the front end of the data it trained on, what its outputs or conditions mean (None: not recorded)
+    features = (ckpt.get("datamodule_hyper_parameters") or {}).get("features")
+    task._features = front_end_config(features) if features is not None else None
     return task.eval()
 
 
