@@ -129,12 +129,14 @@ class JudgedAccuracyMonitor(L.Callback):
         self._judge = judge.eval().requires_grad_(False)
         self._ceiling = None
         dm = trainer.datamodule
-        if want == "image" and getattr(dm, "val", None) is not None:
-            # its global pool would score frames of any size without a word
+        if getattr(dm, "val", None) is not None:
+            # the data's classes, and for an image judge its frame size: its global pool would score
+            # frames of any size without a word
             from cmav.evaluation.s2i import check_judge_fits
 
+            frames = dm.val.tensors.images[:1] if want == "image" else None
             try:
-                check_judge_fits(judge, class_names=list(dm.class_names), frames=dm.val.tensors.images[:1])
+                check_judge_fits(judge, class_names=list(dm.class_names), frames=frames, what=f"{want} judge")
             except ValueError as exc:
                 raise ValueError(f"{path}: {exc}") from None
         shortfall = dm.holdout_shortfall() if self.split == "holdout" and hasattr(dm, "holdout_shortfall") else None
@@ -151,9 +153,7 @@ class JudgedAccuracyMonitor(L.Callback):
         dm = trainer.datamodule
         if dm is None or getattr(dm, "val", None) is None:
             raise RuntimeError("JudgedAccuracyMonitor needs an AudioVisualDataModule with a validation split")
-        names = list(self._judge.hparams.class_names)
-        if names != list(dm.class_names):
-            raise ValueError(f"{self.judge_ckpt}: the judge's classes {names} differ from the data's {dm.class_names}")
+        names = list(self._judge.hparams.class_names)  # the data's: checked at set-up
         t, index = dm.split_items(self.split)  # never empty: a holdout without held-out tails is refused at set-up
         frames = t.images[index].float().div(127.5).sub(1.0)
         audio = t.audio[index].float()
