@@ -687,3 +687,138 @@ def test_audio_encoder_from_the_sound_classifier_frozen_or_finetuned(tmp_path):
     for f in dataclasses.fields(ImageEncoderConfig):
         if f.name != "arch" and f.name not in STATS_ONLY:  # the statistics-pooling encoder's (test_tasks)
             assert f.default == params[f.name].default, f.name
+
+
+# ---------------------------------------------------------------- review fixes
+
+
+def _tiny_dense_index(n: int) -> EmbeddingIndex:
+    g = torch.Generator().manual_seed(5)
+    return EmbeddingIndex(
+        kind="dense", audio=F.normalize(torch.randn(n, 1, 2, 8, generator=g), dim=-1).half(),
+        image=F.normalize(torch.randn(n, 1, 4, 8, generator=g), dim=-1).half(), stems=[str(i) for i in range(n)],
+        labels=torch.zeros(n, dtype=torch.long), class_names=["a"], audio_paths=[""] * n, image_paths=[""] * n,
+        ckpt="x.ckpt", root="r", split="validation", image_size=SIZE,
+    )  # fmt: skip
+
+
+def test_checkpoint_with_a_pretrained_sound_classifier_of_other_classes_reloads(tmp_path):
+    """A 2-class sound classifier in a 13-class task: each tower is rebuilt with its own head size."""
+    from cmav.tasks import ClassifierTask
+
+    clf = ClassifierTask(modality="audio", class_names=["dog", "drum"], input_shape=[1, 128, 44],
+                         audio_encoder=TINY_AUDIO)  # fmt: skip
+    clf_path = tmp_path / "clf2.ckpt"
+    torch.save({"hyper_parameters": dict(clf.hparams), "state_dict": clf.state_dict()}, clf_path)
+    task = RetrievalTask(encoder_mode="frozen", audio_encoder_ckpt=str(clf_path), image_size=SIZE,
+                         image_encoder=TINY_IMAGE, lr_schedule="constant")  # fmt: skip
+    assert (task.model.audio_encoder.n_classes, task.model.image_encoder.n_classes) == (2, 13)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    trainer.strategy.connect(task)
+    trainer.save_checkpoint(tmp_path / "ret.ckpt")
+    clf_path.unlink()  # rebuilt from the retrieval checkpoint alone
+    loaded = load_retrieval(tmp_path / "ret.ckpt")
+    assert (loaded.model.audio_encoder.n_classes, loaded.model.image_encoder.n_classes) == (2, 13)
+    lms, frames = torch.randn(2, 1, 128, 44), torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    task.eval()
+    assert all(torch.equal(x, y) for x, y in zip(loaded.embed(lms, frames), task.embed(lms, frames), strict=True))
+    # a checkpoint written before the image tower's class count was recorded still loads
+    blob = torch.load(tmp_path / "ret.ckpt", weights_only=False)
+    blob["cmav_retrieval"]["image_encoder"].pop("n_classes", None)
+    torch.save(blob, tmp_path / "old.ckpt")
+    assert load_retrieval(tmp_path / "old.ckpt").model.image_encoder.n_classes == 13
+
+
+def test_auto_backend_searches_a_large_dense_index_exactly(monkeypatch):
+    import cmav.retrieval.index as index_module
+
+    monkeypatch.setattr(index_module, "EXACT_LIMIT", 4)  # a gallery past the exact limit
+    monkeypatch.setattr(index_module, "faiss_available", lambda: True)  # as if FAISS were installed
+    index = _tiny_dense_index(6)
+    query = index.audio[:2].float()
+    hits = index.search(query, "audio", k=3, backend="auto")
+    scores, idx = exact_topk("dense", query, index.image, 3)
+    assert [h.indices.tolist() for h in hits] == idx.tolist()
+    assert torch.allclose(torch.stack([h.scores for h in hits]), scores)
+    with pytest.raises(ValueError, match="only global-model indices can use it"):
+        index.search(query, "audio", k=3, backend="faiss")  # asked for by name: refused
+
+
+def test_heatmap_cells_land_on_the_pixels_they_pooled():
+    """40-px frames, 4 blocks: floor pooling keeps rows/columns 0..31 in a 2x2 map (16 px a cell); the
+    heatmap lays each cell over its own 16x16 pixels, and the dropped rows/columns take the edge cells."""
+    s = 40
+    torch.manual_seed(0)
+    model = GlobalAVModel(AudioEncoder(n_blocks=3, base_channels=8), ImageEncoder((3, s, s), base_channels=8)).eval()
+    lms, frames = torch.randn(2, 1, 128, 44), torch.rand(2, 3, s, s) * 2 - 1
+    with torch.no_grad():
+        cells, heat = model.location_map(lms, frames), model.heatmap(lms, frames)
+    assert cells.shape == (2, 2, 2) and heat.shape == (2, s, s)
+    assert not torch.equal(cells[:, 0, 0], cells[:, 1, 1])
+    # bilinear over 16-px cells: a cell's value is exact up to 8 px from the neighbouring cell's centre
+    own = {0: slice(0, 8), 1: slice(24, s)}  # rows (columns) that map row (column) 0 / 1 alone decides
+    for i, j in itertools.product((0, 1), (0, 1)):
+        block = heat[:, own[i], own[j]]
+        assert torch.allclose(block, cells[:, i, j, None, None].expand_as(block)), (i, j)
+    # at a multiple of the pooling the map spans the frame, as before
+    model64 = GlobalAVModel(AudioEncoder(n_blocks=3, base_channels=8), ImageEncoder((3, 64, 64), base_channels=8))
+    frames64 = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        m = model64.eval().location_map(lms, frames64)
+        expected = F.interpolate(m[:, None], size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+        assert torch.allclose(model64.heatmap(lms, frames64), expected)
+
+
+def test_validation_localisation_equals_the_evaluation_of_float32_heatmaps(trained):
+    """val/loc_* are the numbers `cmav evaluate retrieval` reports (float16 heatmaps made ties)."""
+    from cmav.evaluation.retrieval import split_heatmaps
+
+    root = trained["root"]
+    L.seed_everything(0, verbose=False)
+    # an untrained model: its heatmaps are close together, where float16 rounds neighbours into ties
+    task = RetrievalTask(architecture="global", image_size=SIZE, audio_encoder=TINY_AUDIO, image_encoder=TINY_IMAGE,
+                         head={"embed_dim": 32, "hidden_dim": 64}, log_heatmaps=False)  # fmt: skip
+    dm = AudioVisualDataModule(str(root), image_size=SIZE, batch_size=5, cache_dir=str(trained["base"] / "cache"),
+                               progress=False)  # fmt: skip
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    val = trainer.validate(task, dm, verbose=False)[0]
+    t = dm.val.tensors
+    masks = load_split_masks(root, "validation", t.stems, t.class_names, t.labels, SIZE)
+    loc = localization_report(split_heatmaps(task, t), masks)
+    for key in ("ap", "miou", "pointing"):
+        assert val[f"val/loc_{key}"] == pytest.approx(loc[key], abs=1e-6), key
+
+
+def test_cross_modal_report_keeps_float64_scores():
+    s = torch.tensor([[1.0, 1.0 - 1e-9], [1.0 - 1e-9, 1.0]], dtype=torch.float64)  # below float32's resolution
+    report = cross_modal_report(s, torch.tensor([0, 1]))
+    assert report["a2i"]["instance"]["R@1"] == 1.0 and report["i2a"]["class"]["R@1"] == 1.0
+    assert cross_modal_report(torch.eye(2, dtype=torch.long), torch.tensor([0, 1]))["a2i"]["instance"]["R@1"] == 1.0
+
+
+@pytest.mark.parametrize("k", ["0", "-2"])
+def test_search_refuses_a_k_below_one(k, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cmav_main(["search", "--index", str(tmp_path / "i.pt"), "--audio", "q.wav", "-k", k])
+    assert exc.value.code == 2
+    assert f"argument -k: must be a positive integer, got {k}" in capsys.readouterr().err
+    index = _tiny_dense_index(3)
+    with pytest.raises(ValueError, match=f"k must be >= 1, got {k}"):
+        index.search(index.audio[:1].float(), "audio", k=int(k))
+
+
+def test_global_model_refuses_a_statistics_pooling_image_encoder():
+    from cmav.models import StatsPoolEncoder
+
+    with pytest.raises(ValueError, match=r"image_encoder\.arch='stats'.*global"):
+        RetrievalTask(architecture="global", input_shape=[1, 128, 44], image_size=SIZE, audio_encoder=TINY_AUDIO,
+                      image_encoder={"arch": "stats"})  # fmt: skip
+    with pytest.raises(ValueError, match=r"image_encoder\.arch='stats'.*global"):
+        RetrievalTask(architecture="global", image_size=SIZE, image_encoder={"arch": "stats"})  # before any data
+    with pytest.raises(ValueError, match="StatsPoolEncoder"):
+        GlobalAVModel(AudioEncoder(n_blocks=3, base_channels=8), StatsPoolEncoder((3, SIZE, SIZE)))
+    # the dense model reads the encoder's map as tokens, which works
+    dense = RetrievalTask(architecture="dense", input_shape=[1, 128, 44], image_size=SIZE, audio_encoder=TINY_AUDIO,
+                          image_encoder={"arch": "stats"}).eval()  # fmt: skip
+    assert dense.model.heatmap(torch.randn(2, 1, 128, 44), torch.rand(2, 3, SIZE, SIZE)).shape == (2, SIZE, SIZE)

@@ -6,6 +6,17 @@ import argparse
 import sys
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser("index", help="embedding index of a data split for `cmav search`")
     isub = i.add_subparsers(dest="index_command", required=True, metavar="{build}")
@@ -24,10 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q = s.add_mutually_exclusive_group(required=True)
     q.add_argument("--audio", help="query sound file (a clip longer than 0.5 s is cut to its first 0.5 s)")
     q.add_argument("--image", help="query frame (centre-cropped and resized like the data)")
-    s.add_argument("-k", type=int, default=8, help="hits to show (default: %(default)s)")
+    s.add_argument("-k", type=positive_int, default=8, help="hits to show, >= 1 (default: %(default)s)")
     s.add_argument("--ckpt", default=None, help="model checkpoint (default: the one the index was built with)")
     s.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss"],
-                   help="auto: exact torch search up to 1M items, FAISS beyond (if installed)")  # fmt: skip
+                   help="auto: exact torch search up to 1M items, FAISS beyond for a global index (if "
+                        "installed); a dense index is always searched exactly")  # fmt: skip
     s.add_argument("--faiss-factory", default="Flat", help="FAISS index type, e.g. Flat, HNSW32 (default: %(default)s)")
     s.add_argument("-o", "--output", default="search.png", help="contact sheet png (default: %(default)s)")
     s.set_defaults(func=_search)
@@ -81,4 +93,4 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "positive_int"]

@@ -153,7 +153,8 @@ def cross_modal_report(scores_a2i: Tensor, labels: Tensor, ks: Sequence[int] = D
     :func:`retrieval_metrics` dicts.
     """
     labels = labels.view(-1).cpu()
-    scores_a2i = scores_a2i.float().cpu()
+    # float64 stays float64 (the module's promise: close scores are not made ties); only integers are cast
+    scores_a2i = (scores_a2i if scores_a2i.is_floating_point() else scores_a2i.float()).cpu()
     cls = class_relevance(labels, labels)
     inst = instance_relevance(len(labels))
     return {

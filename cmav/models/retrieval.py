@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cmav.models.encoders import AudioEncoder, ConvEncoder, ImageEncoder, make_activation
+from cmav.models.encoders import AudioEncoder, ConvEncoder, ImageEncoder, StatsPoolEncoder, make_activation
 
 AudioFreq = Literal["pool", "keep"]
 
@@ -124,10 +124,22 @@ def global_scores(audio_emb: Tensor, image_emb: Tensor) -> Tensor:
     return audio_emb @ image_emb.T
 
 
-def upsample_map(location_map: Tensor, size: tuple[int, int]) -> Tensor:
-    """``(N, h, w)`` -> ``(N, *size)``, bilinear (the map's cells are areas of the frame)."""
-    return F.interpolate(location_map.unsqueeze(1).float(), size=size, mode="bilinear",
-                         align_corners=False).squeeze(1)  # fmt: skip
+def upsample_map(location_map: Tensor, size: tuple[int, int], cell: tuple[int, int] | None = None) -> Tensor:
+    """``(N, h, w)`` -> ``(N, *size)``, bilinear (the map's cells are areas of the frame).
+
+    ``cell``: the ``(rows, cols)`` of frame pixels one map cell pools (:func:`pooling_stride`). Max
+    pooling floors, so a frame that is not a multiple of it keeps only its first ``h * rows`` rows and
+    ``w * cols`` columns: the map is laid over those and its edge cells extended over the rest.
+    Without ``cell`` the map spans the whole frame.
+    """
+    m = location_map.unsqueeze(1).float()
+    if cell is None:
+        return F.interpolate(m, size=size, mode="bilinear", align_corners=False).squeeze(1)
+    h, w = location_map.shape[-2:]
+    covered = (min(h * cell[0], size[0]), min(w * cell[1], size[1]))
+    up = F.interpolate(m, size=covered, mode="bilinear", align_corners=False)
+    # stretching the map over the dropped rows/columns too would move every cell off the pixels it pooled
+    return F.pad(up, (0, size[1] - covered[1], 0, size[0] - covered[0]), mode="replicate").squeeze(1)
 
 
 def symmetric_info_nce(logits_a2i: Tensor, logits_i2a: Tensor, offset: int = 0) -> Tensor:
@@ -159,6 +171,22 @@ def run_blocks(encoder: ConvEncoder, x: Tensor, block: int) -> Tensor:
     return x
 
 
+def pooling_stride(encoder: ConvEncoder, block: int = -1) -> tuple[int, int]:
+    """``(rows, cols)`` of input one cell of the map after ``block`` pools: the product of the max-pool
+    strides of the blocks up to it (the kernels are fixed at construction, whatever the input size)."""
+    rows = cols = 1
+    for b in encoder.blocks[: block % len(encoder.blocks) + 1]:
+        for m in b.modules():
+            if isinstance(m, nn.MaxPool2d):
+                sh, sw = _pair(m.stride)
+                rows, cols = rows * sh, cols * sw
+    return rows, cols
+
+
+def _pair(x: int | tuple[int, ...]) -> tuple[int, int]:
+    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+
+
 def _freeze_unused(encoder: ConvEncoder, block: int | None) -> None:
     """No gradients for parts a model never uses, so DDP needs no unused-parameter search and
     optimisers skip them. ``block=None``: the pooled feature is used, only the class head is not."""
@@ -185,6 +213,12 @@ class GlobalAVModel(nn.Module):
     def __init__(self, audio_encoder: AudioEncoder, image_encoder: ImageEncoder, embed_dim: int = 128,
                  hidden_dim: int = 256, head_layers: int = 2) -> None:  # fmt: skip
         super().__init__()
+        if isinstance(image_encoder, StatsPoolEncoder):
+            # its feature layer pools statistics over a whole map's time axis: it cannot score single
+            # locations, which the global model's location map and heatmap need
+            raise ValueError("GlobalAVModel needs a convolutional image encoder, got a StatsPoolEncoder "
+                             "(image_encoder.arch='stats'): its location map applies the feature layer at every "
+                             "location; use arch 'conv', or the dense model")  # fmt: skip
         self.audio_encoder = audio_encoder
         self.image_encoder = image_encoder
         self.audio_head = ProjectionHead(audio_encoder.feature_dim, embed_dim, hidden_dim, head_layers)
@@ -235,8 +269,9 @@ class GlobalAVModel(nn.Module):
         return torch.einsum("nd,nld->nl", a, loc).view(-1, h, w)
 
     def heatmap(self, audio: Tensor, image: Tensor) -> Tensor:
-        """:meth:`location_map` upsampled to the frame: ``(N, S, S)``."""
-        return upsample_map(self.location_map(audio, image), tuple(image.shape[-2:]))
+        """:meth:`location_map` upsampled to the frame, each cell over the pixels it pooled: ``(N, S, S)``."""
+        cell = pooling_stride(self.image_encoder)
+        return upsample_map(self.location_map(audio, image), tuple(image.shape[-2:]), cell)
 
 
 class DenseAVModel(nn.Module):
@@ -322,8 +357,9 @@ class DenseAVModel(nn.Module):
         return volume_to_location_map(paired_volume(self.encode_audio(audio), tokens)).view(-1, h, w)
 
     def heatmap(self, audio: Tensor, image: Tensor) -> Tensor:
-        """:meth:`location_map` upsampled to the frame: ``(N, S, S)``."""
-        return upsample_map(self.location_map(audio, image), tuple(image.shape[-2:]))
+        """:meth:`location_map` upsampled to the frame, each cell over the pixels it pooled: ``(N, S, S)``."""
+        cell = pooling_stride(self.image_encoder, self.image_block)
+        return upsample_map(self.location_map(audio, image), tuple(image.shape[-2:]), cell)
 
 
 def scores_for(kind: str, audio_emb: Tensor, image_emb: Tensor) -> Tensor:
@@ -347,6 +383,7 @@ __all__ = [
     "disentanglement_loss",
     "global_scores",
     "paired_volume",
+    "pooling_stride",
     "run_blocks",
     "scores_for",
     "similarity_volume",

@@ -117,14 +117,20 @@ class EmbeddingIndex:
         """Top-``k`` gallery items of every query (queries embedded by the same model).
 
         ``query``: ``(Q, ...)`` audio embeddings (searched against the frames) or image
-        embeddings (searched against the audio), as the model's ``encode_*`` returns them.
+        embeddings (searched against the audio), as the model's ``encode_*`` returns them. ``k`` >= 1
+        (a smaller gallery gives fewer). ``backend='auto'``: exact up to :data:`EXACT_LIMIT` items, FAISS
+        beyond it for a global index when installed; a dense index is always searched exactly.
         """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}: the number of gallery items to return")
         gallery = self.gallery(query_modality)
         # same heads and dimension (dense token counts differ between the modalities)
         if query.dim() != gallery.dim() or query.shape[1] != gallery.shape[1] or query.shape[-1] != gallery.shape[-1]:
             raise ValueError(f"query embeddings {tuple(query.shape[1:])} do not match the index's "
                              f"{tuple(gallery.shape[1:])}: embed with the index's model ({self.ckpt})")  # fmt: skip
-        use_faiss = backend == "faiss" or (backend == "auto" and len(self) > EXACT_LIMIT and faiss_available())
+        # 'auto' never picks FAISS for a dense index (it cannot index token sets); asking for it by name is refused
+        large = self.kind == "global" and len(self) > EXACT_LIMIT
+        use_faiss = backend == "faiss" or (backend == "auto" and large and faiss_available())
         if use_faiss:
             if self.kind != "global":
                 raise ValueError("FAISS indexes single vectors: only global-model indices can use it "

@@ -115,7 +115,8 @@ class RetrievalTask(L.LightningModule):
         audio_encoder_ckpt: the sound classifier's checkpoint (frozen/finetune).
         image_size: frame side; the CLI links it to ``data.image_size``.
         audio_encoder: the scratch audio encoder's options (frozen/finetune use the checkpoint's).
-        image_encoder: a scratch image encoder's options (frozen/finetune use the checkpoint's).
+        image_encoder: a scratch image encoder's options (frozen/finetune use the checkpoint's);
+            ``arch: stats`` only with ``architecture='dense'``.
         head: projection-head options.
         dense: dense-model options.
         temperature: InfoNCE temperature options.
@@ -142,7 +143,8 @@ class RetrievalTask(L.LightningModule):
             the RGB channels per frame, a quarter of them made grey. Each stand-in performance
             has its own background and clothing colours, a shortcut to "which performance" that
             does not carry over to unseen players; shapes (the instrument) survive the scrambling.
-        n_classes: class count of a scratch audio encoder's (unused) head.
+        n_classes: class count of the scratch towers' (unused) class heads; a pretrained encoder keeps
+            its classifier's (the checkpoint records each tower's).
         input_shape: ``(C, H, W)`` of one LMS; filled from the data (leave unset).
         class_names: filled from the data (leave unset).
         log_heatmaps: TensorBoard heatmap sheet at the end of every validation.
@@ -243,6 +245,12 @@ class RetrievalTask(L.LightningModule):
                                  f"this task {n_classes}")  # fmt: skip
             self.image_encoder_config = img.image_encoder_config
             pretrained_image = img.model  # type: ignore[assignment]
+        if architecture == "global" and self.image_encoder_config.arch == "stats":
+            # refused here, not when the towers are built from the data at fit time
+            raise ValueError("image_encoder.arch='stats' does not work with architecture='global': the global "
+                             "model scores every location of the image feature map (heatmaps, localisation), "
+                             "which a statistics-pooling encoder has no feature layer for; use arch 'conv' "
+                             "or architecture='dense'")  # fmt: skip
         # in a list: kept out of the module tree until it is built in (now, or at setup)
         self._pending_image: list[ImageEncoder | None] = [pretrained_image]
         self.net: GlobalAVModel | DenseAVModel | None = None
@@ -256,20 +264,25 @@ class RetrievalTask(L.LightningModule):
 
     # ------------------------------------------------------------------ model
 
-    def _build(self, pretrained: AudioEncoder | None = None) -> None:
+    def _build(self, pretrained: AudioEncoder | None = None, audio_classes: int | None = None,
+               image_classes: int | None = None) -> None:  # fmt: skip
+        """Build the towers and the similarity model. ``audio_classes`` / ``image_classes``: the
+        (unused) class-head sizes of scratch towers, ``n_classes`` by default; a checkpoint records
+        each tower's own (a pretrained sound classifier's need not be the task's)."""
         h = self.hparams
         if pretrained is not None:
             audio = pretrained
             h.input_shape = list(audio.input_shape)
         else:
-            audio = self.audio_encoder_config.build(AudioEncoder, h.input_shape, h.n_classes)
+            audio = self.audio_encoder_config.build(AudioEncoder, h.input_shape, audio_classes or h.n_classes)
         if self.encoder_mode == "frozen":
             audio.requires_grad_(False)
         # set here, not left as loaded (a pretrained encoder comes in eval mode and Lightning leaves modes be)
         audio.train(self.training and not self._runs_in_eval(self.encoder_mode))
         image = self._pending_image[0]
         if image is None:
-            image = self.image_encoder_config.build(ImageEncoder, (3, h.image_size, h.image_size), h.n_classes)
+            size = (3, h.image_size, h.image_size)
+            image = self.image_encoder_config.build(ImageEncoder, size, image_classes or h.n_classes)
         self._pending_image = [None]
         if self.image_encoder_mode == "frozen":
             image.requires_grad_(False)
@@ -486,7 +499,8 @@ class RetrievalTask(L.LightningModule):
         self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=a.shape[0])
         store = {"audio": a, "image": v, "label": batch["label"], "index": batch["index"]}
         if self._val_masks is not None:
-            store["heatmap"] = self.model.heatmap(batch["audio"], batch["image"]).half()
+            # float32, as `cmav evaluate retrieval` scores them: float16 rounds close values into ties
+            store["heatmap"] = self.model.heatmap(batch["audio"], batch["image"]).float()
         for k, x in store.items():
             self._val.setdefault(k, []).append(x.detach())
 
@@ -567,14 +581,14 @@ class RetrievalTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         save_random_state(checkpoint, self)
-        enc = self.model.audio_encoder
+        enc, image = self.model.audio_encoder, self.model.image_encoder
         checkpoint["cmav_retrieval"] = {
             "audio_encoder": {
                 "config": plain(self.audio_encoder_config),
                 "n_classes": enc.n_classes,
                 "input_shape": list(enc.input_shape),
             },
-            "image_encoder": {"config": plain(self.image_encoder_config)},
+            "image_encoder": {"config": plain(self.image_encoder_config), "n_classes": image.n_classes},
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -592,13 +606,18 @@ def load_retrieval(path: str | Path) -> RetrievalTask:
         raise ValueError(f"{path}: not a RetrievalTask checkpoint")
     trained_mode = hp.get("encoder_mode", "scratch")
     trained_image_mode = hp.get("image_encoder_mode", "scratch")
-    hp.update(encoder_mode="scratch", audio_encoder_ckpt=None, audio_encoder=arch["config"],
-              input_shape=arch["input_shape"], n_classes=arch["n_classes"])  # fmt: skip
+    # built below, once each tower's class count is known (input_shape=None: not in the constructor)
+    hp.update(encoder_mode="scratch", audio_encoder_ckpt=None, audio_encoder=arch["config"], input_shape=None)
     image_arch = ckpt["cmav_retrieval"].get("image_encoder")
     if image_arch is not None:
         hp.update(image_encoder_mode="scratch", image_encoder_ckpt=None, image_encoder=image_arch["config"])
     with own_hyperparameters():
         task = RetrievalTask(**hp)
+    task.hparams.input_shape = list(arch["input_shape"])
+    # a pretrained sound classifier keeps its own class count; the image tower was built with the task's
+    # n_classes (older checkpoints record no image count: that one)
+    image_classes = (image_arch or {}).get("n_classes", task.hparams.n_classes)
+    task._build(audio_classes=arch["n_classes"], image_classes=image_classes)
     task.load_state_dict(ckpt["state_dict"])
     task.trained_encoder_mode = trained_mode
     task.trained_image_encoder_mode = trained_image_mode
