@@ -656,6 +656,10 @@ def test_inference_condition_takes_training_conditions_kept_in_the_checkpoint(da
         ("s2i_c", {"loss_weights": {"wrong_class": float("nan")}}, r"loss_weights\.wrong_class must be >= 0, got nan"),
         ("ae", {"loss_weights": {"mode_seeking": 1.0}}, r"mode_seeking is a GAN term: variant 'ae'"),
         ("ae", {"diff_augment": {"enabled": True}}, r"diff_augment augments the discriminator's inputs: variant 'ae'"),
+        # S2I-N labelled so in the checkpoint and every grid row while D saw mismatched pairs
+        ("s2i_n", {"wrong_class_term": True}, r"variant 's2i_n' is the discriminator without mismatched pairs, "
+                                              r"but wrong_class_term is on"),
+        ("s2i_n", {"wrong_player_term": True}, r"wrong_player_term is on .*train variant 's2i_c'"),
     ],
 )
 def test_loss_weights_and_options_that_cannot_train_are_refused(variant, options, message):

@@ -53,7 +53,8 @@ class ConditionalGenerator(nn.Module):
         cond_proj_dim: dimension the condition is projected to before concatenation with ``z``.
         base_channels: channels entering the last stage; doubled towards the start map.
         max_channels: cap on the start-map channel count.
-        out_activation: ``'tanh'`` for images in [-1, 1], ``'none'`` for spectrograms (dB).
+        out_activation: ``'tanh'`` for outputs in [-1, 1] (images; I2S's spectrograms, which it
+            scales from dB to [-1, 1]), ``'none'`` for an unbounded output such as raw dB.
         start_size: side of the start map along the shorter axis (a power of two).
         fit: ``'crop'`` or ``'interpolate'`` (see above).
         negative_slope: slope of the LeakyReLU after the condition projection.

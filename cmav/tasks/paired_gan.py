@@ -284,6 +284,15 @@ class PairedGANTask(L.LightningModule):
         self.is_gan = h.variant != "ae"
         if not self.is_gan and (self.wrong_class_term or self.wrong_player_term):
             raise ValueError("variant 'ae' has no discriminator: wrong_class_term/wrong_player_term must be off")
+        if h.variant.endswith("_n") and (self.wrong_class_term or self.wrong_player_term) \
+                and not _rebuilding_checkpoint.get():
+            # the run, its checkpoint and every grid row would be labelled the model without the pair term
+            on = [n for n, v in (("wrong_class_term", self.wrong_class_term),
+                                 ("wrong_player_term", self.wrong_player_term)) if v]  # fmt: skip
+            pair = h.variant[:-2] + "_c"
+            raise ValueError(f"variant {h.variant!r} is the discriminator without mismatched pairs, but {' and '.join(on)} "
+                             f"is on (a config of {pair!r} under it?): set {' and '.join(on)} false, or train "
+                             f"variant {pair!r} with the terms you want")  # fmt: skip
         self.encoder_mode: str = h.encoder_mode
         self.gen_config = coerce(GeneratorConfig, h.generator)
         self.disc_config = coerce(DiscriminatorConfig, h.discriminator)
