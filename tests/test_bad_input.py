@@ -263,3 +263,175 @@ def test_a_paired_split_missing_a_class_is_refused_not_relabelled(tmp_path):
         dm.setup("fit")
     report = check_dataset(root, layout="paired", deep=False, progress=False)
     assert any("validation/drum: missing class folder" in e for e in report.errors)
+
+
+# --- defects found in review: each test reproduces one ------------------------------------------
+def _sof_bomb(path):
+    """A JPEG whose SOF0 header claims 65280 x 65280 pixels (a corrupt size field)."""
+    b = bytearray(path.read_bytes())
+    i = b.find(b"\xff\xc0")  # SOF0: FFC0 len(2) precision(1) height(2) width(2)
+    b[i + 5 : i + 9] = b"\xff\x00\xff\x00"
+    path.write_bytes(bytes(b))
+    return path
+
+
+def test_dangling_source_links_are_named_not_a_raw_traceback(tmp_path):
+    """A development root links to its source: a source file deleted since leaves a dangling link."""
+    import os
+
+    from cmav.data import split_players
+    from cmav.data.cache import source_fingerprint
+
+    from fixtures import make_suburmp_tracks
+
+    src = make_suburmp_tracks(tmp_path / "src", tracks=(0, 1), chunks=2)
+    dev = tmp_path / "dev"
+    split_players(src, dev)
+    gone = [p for p in (dev / "chunk/train/violin").iterdir()][:1] + [p for p in (dev / "img/train/oboe").iterdir()][:1]
+    for p in gone:
+        os.remove(p.resolve())
+    with pytest.raises(DataError) as info:
+        SubURMP(dev, "train", image_size=16, progress=False)
+    msg = str(info.value)
+    assert all(str(p) in msg for p in gone) and "dangling symbolic link" in msg
+    # the fingerprint on its own names every missing file too
+    with pytest.raises(DataError, match=r"(?s)2 source file\(s\).*" + gone[0].name):
+        source_fingerprint(scan_suburmp(dev, "train").samples)
+
+
+def test_jpeg_with_a_corrupt_huge_size_names_the_file(tmp_path):
+    bad = _sof_bomb(write_jpg(tmp_path / "violin00_500.jpg"))
+    with pytest.raises(DataError, match=r"violin00_500.jpg: not a readable image.*exceeds limit"):
+        load_frame(bad, 64)
+
+
+def test_loader_and_check_name_a_jpeg_with_a_corrupt_huge_size(tmp_path):
+    from cmav.data.check import check_dataset
+
+    root = make_suburmp(tmp_path / "d")
+    bad = _sof_bomb(root / "img/train/violin/violin00_500.jpg")
+    with pytest.raises(DataError, match=r"(?s)1 unusable file.*violin00_500.jpg"):
+        SubURMP(root, "train", image_size=16, progress=False)
+    report = check_dataset(root, deep=True, progress=False)
+    assert any(str(bad) in e for e in report.errors), report.errors
+
+
+def test_mask_too_big_to_decode_names_the_file(tmp_path, monkeypatch):
+    from cmav.data.masks import load_mask
+
+    p = tmp_path / "m.png"
+    Image.new("L", (64, 64), 255).save(p)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a 64x64 mask is then a "bomb"
+    with pytest.raises(DataError, match=r"m.png: not a readable mask image"):
+        load_mask(p, 16)
+
+
+def test_an_unexpected_decoding_failure_names_the_pair(tmp_path, monkeypatch):
+    """Whatever a decoder raises, the loader reports the pair it was decoding, not a bare traceback."""
+    from cmav.data import cache as cache_mod
+
+    root = make_suburmp(tmp_path / "d")
+    real = cache_mod.load_frame
+
+    def flaky(path, size):
+        if path.name == "tuba00_600.jpg":
+            raise RuntimeError("decoder crashed")
+        return real(path, size)
+
+    monkeypatch.setattr(cache_mod, "load_frame", flaky)
+    with pytest.raises(DataError, match=r"(?s)1 unusable file.*tuba00_600.*RuntimeError: decoder crashed"):
+        SubURMP(root, "train", image_size=16, progress=False)
+
+
+def test_16_bit_png_frames_are_scaled_not_turned_white(tmp_path):
+    Image.fromarray(np.full((96, 96), 32768, np.uint16)).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I;16")
+    out = load_frame(tmp_path / "g16.png", 32)
+    assert out.shape == (32, 32, 3) and np.abs(out.astype(int) - 128).max() <= 1
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    got = load_frame(tmp_path / "ramp.png", 64)[0, :, 0].astype(int)
+    assert got[0] == 0 and got[-1] == 255 and np.abs(got - np.round(ramp[0] / 257)).max() <= 1
+
+
+def test_float_frames_are_refused_by_name(tmp_path):
+    Image.fromarray(np.full((16, 16), 0.5, np.float32)).save(tmp_path / "f.tif")
+    p = tmp_path / "f.png"
+    p.write_bytes((tmp_path / "f.tif").read_bytes())  # a float TIFF under a frame's name
+    with pytest.raises(DataError, match=r"f.png: .*mode F"):
+        load_frame(p, 16)
+
+
+def test_a_zero_padded_chunk_time_is_refused_not_loaded_twice(tmp_path):
+    root = make_suburmp(tmp_path / "d", CLASSES, chunks=3)
+    write_wav(root / "chunk/train/cello/cello00_0600.wav", freq=999)
+    write_jpg(root / "img/train/cello/cello00_0600.jpg")
+    write_wav(root / "chunk/train/flute/flute00_\uff1600.wav")  # a full-width digit: int() reads 600
+    write_jpg(root / "img/train/flute/flute00_\uff1600.jpg")
+    scan = scan_suburmp(root, "train", CLASSES)
+    errs = "\n".join(scan.errors)
+    assert "cello00_0600.wav: name does not follow" in errs and "flute00_\uff1600.wav: name does not follow" in errs
+    assert sorted(s.time_ms for s in scan.samples if s.class_name == "cello") == [500, 600, 700]
+
+
+def test_two_files_for_one_moment_are_both_named(tmp_path, monkeypatch):
+    """The guard behind the name rule: should two names ever parse to one (class, track, T), both are named."""
+    import re
+
+    from cmav.data import layout
+
+    root = make_suburmp(tmp_path / "d", CLASSES, chunks=2)
+    write_wav(root / "chunk/train/cello/cello00_0600.wav")
+    write_jpg(root / "img/train/cello/cello00_0600.jpg")
+    monkeypatch.setattr(layout, "SUBURMP_STEM", re.compile(r"^(?P<instrument>[a-z_]+?)(?P<track>\d{2})_(?P<time>\d+)$"))
+    errs = _scan_errors(root)
+    assert re.search(r"cello00_600.wav.*cello00_0600.wav|cello00_0600.wav.*cello00_600.wav", errs), errs
+    assert "cello track 00 at 600 ms" in errs
+
+
+def test_paired_check_takes_the_classes_from_the_train_class_folders(tmp_path):
+    import shutil
+
+    from cmav.data.check import check_dataset
+
+    for lost in ("image", "audio"):  # either side of one train class folder lost
+        root = make_paired(tmp_path / lost)
+        shutil.rmtree(root / lost / "train/drum")
+        errors = check_dataset(root, layout="paired", deep=False, progress=False).errors
+        assert errors == [f"{root / lost / 'train/drum'}: missing class folder"]
+
+
+def test_paired_check_table_counts_no_tracks(tmp_path):
+    from cmav.data.check import check_dataset
+
+    root = make_paired(tmp_path / "p", classes=("dog", "drum", "cat"))
+    table = check_dataset(root, layout="paired", deep=False, progress=False).table()
+    assert table.splitlines()[-1] == "| **total** | 6 | - | 6 | - |"
+
+
+def test_suburmp_check_table_counts_tracks(tmp_path):
+    from cmav.data.check import check_dataset
+
+    root = make_suburmp(tmp_path / "d", chunks=1)
+    table = check_dataset(root, deep=False, progress=False).table()
+    assert table.splitlines()[-1] == "| **total** | 13 | 13 | 13 | 13 |"
+
+
+def test_a_header_with_a_tiny_sample_rate_is_refused_before_resampling(tmp_path, monkeypatch):
+    """22,050 frames said to be at 1 Hz would resample to ~1e9 samples (4 GB) before the length check."""
+    import soundfile as sf
+
+    from cmav.data import audio_io
+
+    p = tmp_path / "r1.wav"
+    sf.write(str(p), 0.1 * np.ones(22050, np.float32), 1, subtype="PCM_16")
+
+    def no_resample(*a, **k):
+        raise AssertionError("resampled before the length check")
+
+    monkeypatch.setattr(audio_io, "resample", no_resample)
+    with pytest.raises(DataError, match=r"r1.wav: chunk too long: 22050 samples at 1 Hz"):
+        decode_chunk(p)
+    short = write_wav(tmp_path / "r48short.wav", seconds=0.3, rate=48000)
+    with pytest.raises(DataError, match=r"r48short.wav: chunk too short: 14400 samples at 48000 Hz"):
+        decode_chunk(short)

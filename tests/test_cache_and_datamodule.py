@@ -138,3 +138,82 @@ def test_datamodule_hparams_are_plain_for_safe_checkpoints(root, tmp_path):
     torch.save(dict(dm.hparams), tmp_path / "h.pt")
     loaded = torch.load(tmp_path / "h.pt", weights_only=True)
     assert loaded["features"]["n_mels"] == 64 and dm.features.n_mels == 64
+
+
+def test_datamodule_refuses_a_player_in_both_train_and_validation(tmp_path):
+    import shutil
+
+    from cmav.data.errors import DataError
+
+    root = make_suburmp(tmp_path / "s", chunks=2)
+    for kind in ("chunk", "img"):  # the train player's own files copied into validation
+        for f in (root / kind / "train/violin").iterdir():
+            shutil.copy(f, root / kind / "validation/violin" / f.name)
+    dm = AudioVisualDataModule(str(root), image_size=16, progress=False)
+    with pytest.raises(DataError, match=rf"{root}: class 'violin' has track\(s\) \[0\] in both train and validation"):
+        dm.setup("fit")
+
+
+def test_datamodule_accepts_a_development_root_that_lends_a_track_tail(tmp_path):
+    import json
+
+    from cmav.data import split_players
+    from cmav.data.errors import DataError
+    from cmav.data.player_split import MANIFEST
+
+    from fixtures import make_suburmp_tracks
+
+    src = make_suburmp_tracks(tmp_path / "src", tracks=(0, 1), chunks=8, single_track=("trumpet",))
+    dev = tmp_path / "dev"
+    split_players(src, dev, single_track="tail")
+    assert json.loads((dev / MANIFEST).read_text())["held_out_tails"] == {"trumpet": {"0": 1100}}
+    dm = AudioVisualDataModule(str(dev), image_size=16, progress=False)
+    dm.setup("fit")  # a seen player at unseen moments: not a leak
+    assert 0 in set(dm.val.tensors.tracks[dm.val.tensors.labels == dm.class_names.index("trumpet")].tolist())
+    (dev / MANIFEST).unlink()
+    with pytest.raises(DataError, match=r"class 'trumpet' has track\(s\) \[0\] in both"):
+        AudioVisualDataModule(str(dev), image_size=16, progress=False).setup("fit")
+
+
+def _paired_clips(root, n=12):
+    from fixtures import write_jpg, write_wav
+
+    for c in ("dog", "drum"):
+        for split in ("train", "validation"):
+            for k in range(1, n + 1):  # clip1 .. clip12, consecutive in time
+                write_wav(root / "audio" / split / c / f"clip{k}.wav")
+                write_jpg(root / "image" / split / c / f"clip{k}.jpg", (32, 32))
+    return root
+
+
+def test_paired_holdout_tail_is_the_last_files_by_natural_name_order_and_says_so(tmp_path):
+    import warnings
+
+    root = _paired_clips(tmp_path / "p")
+    dm = AudioVisualDataModule(str(root), layout="paired", image_size=16, holdout_tail=0.2, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm.setup("fit")
+        dm.setup("fit")
+    t = dm.train_full.tensors
+    held = sorted((t.stems[i] for i in dm.train_holdout.indices if t.labels[i] == 0), key=lambda s: int(s[4:]))
+    assert held == ["clip10", "clip11", "clip12"]
+    assert len(dm.train) == 2 * 9 and dm.holdout_shortfall() is None
+    said = [str(w.message) for w in caught if issubclass(w.category, DataWarning) and "unknown" in str(w.message)]
+    assert len(said) == 1 and "last files of each class by name" in said[0] and "gap" in said[0]
+    # holdout_tail 0: nothing held out, nothing to say
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        AudioVisualDataModule(str(root), layout="paired", image_size=16, progress=False).setup("fit")
+    assert not [w for w in caught if "unknown" in str(w.message)]
+
+
+def test_tail_holdout_orders_unknown_times_by_natural_name():
+    stems = [f"clip{k}" for k in (1, 10, 11, 12, 2, 3, 4, 5, 6, 7, 8, 9)]  # lexicographic
+    minus = torch.full((12,), -1)
+    keep, held = tail_holdout(minus, torch.zeros(12, dtype=torch.long), minus, 0.25, stems=stems)
+    assert sorted(stems[i] for i in held) == ["clip10", "clip11", "clip12"]
+    # known times still decide, whatever the names
+    times = torch.arange(500, 1700, 100)
+    keep, held = tail_holdout(torch.zeros(12), torch.zeros(12), times, 0.25, stems=stems)
+    assert held == [9, 10, 11]

@@ -91,6 +91,17 @@ def decode_chunk(path: str | Path, spec: ChunkSpec = ChunkSpec()) -> tuple[np.nd
     path = Path(path)
     notes: list[str] = []
     wave, rate = read_audio(path)
+    # The length is judged at the file's own rate, before resampling: a corrupt header claiming a
+    # tiny rate would otherwise be resampled into gigabytes before being refused.
+    frames = wave.shape[1]
+    off = abs(frames * spec.sample_rate - spec.n_samples * rate) / (spec.n_samples * rate)
+    if off > spec.length_tolerance:
+        what = "short" if frames * spec.sample_rate < spec.n_samples * rate else "long"
+        raise DataError(
+            path,
+            f"chunk too {what}: {frames} samples at {rate} Hz, expected {spec.samples_at(rate)} "
+            f"(more than {spec.length_tolerance:.0%} off)",
+        )
     mono = mix_to_mono(wave, str(path), notes)
     if rate != spec.sample_rate:
         notes.append(f"{path}: sample rate {rate} Hz, expected {spec.sample_rate} Hz; resampled")

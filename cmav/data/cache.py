@@ -88,6 +88,9 @@ def iter_decoded(
             return i, wave, img, n, None
         except DataError as exc:
             return i, None, None, [], str(exc)
+        except Exception as exc:  # a decoder's own failure: name the pair rather than abort without a name
+            what = f"could not be decoded ({type(exc).__name__}: {exc})"
+            return i, None, None, [], f"{s.audio_path} / {s.image_path}: {what}"
 
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
@@ -108,13 +111,39 @@ def iter_decoded(
                 yield DecodedBatch(idx, np.stack(waves), np.stack(imgs))
 
 
-def source_fingerprint(samples: Sequence[Sample]) -> str:
-    """Hash of every source file's path, size and modification time."""
+def _unstattable(p: Path, exc: OSError) -> str:
+    """Why a source file cannot be looked at: a dangling link (a development root whose source file
+    is gone), a missing file, or the OS's reason."""
+    if p.is_symlink():
+        try:
+            target = os.readlink(p)
+        except OSError:
+            target = "?"
+        return f"{p}: dangling symbolic link (its target {target} does not exist)"
+    if isinstance(exc, FileNotFoundError):
+        return f"{p}: file does not exist (removed since the folder was scanned?)"
+    return f"{p}: cannot be read ({exc.strerror or exc})"
+
+
+def source_fingerprint(samples: Sequence[Sample], root: str | Path | None = None) -> str:
+    """Hash of every source file's path, size and modification time.
+
+    Raises one DataError (on ``root``, or the first sample's folder) naming every source file that
+    is missing or cannot be looked at, e.g. the dangling links of a development root whose source
+    files were moved."""
     h = hashlib.sha1()
+    problems: list[str] = []
     for s in samples:
         for p in (s.audio_path, s.image_path):
-            st = p.stat()
+            try:
+                st = p.stat()
+            except OSError as exc:
+                problems.append(_unstattable(p, exc))
+                continue
             h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    if problems:
+        where = Path(root) if root is not None else samples[0].audio_path.parent
+        raise DataError(where, f"{len(problems)} source file(s) missing or unreadable:{summarise(problems)}")
     return h.hexdigest()
 
 
@@ -252,7 +281,7 @@ def load_or_build(
         raise DataError(root, f"split '{split}' has no pairs to cache")
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(root)
     path = cache_dir / f"{split}-{cache_key(features, image_size, spec)}.pt"
-    fingerprint = source_fingerprint(samples)
+    fingerprint = source_fingerprint(samples, root)
     blob = _cached_blob(path, fingerprint, split)
     if blob is not None:
         tensors = PairTensors(**blob["tensors"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,7 +12,9 @@ from torch.utils.data import DataLoader, Subset
 
 from cmav.data.audio_io import ChunkSpec
 from cmav.data.cache import PairTensors
+from cmav.data.check import shared_players, tracks_by_class
 from cmav.data.datasets import Layout, PairDataset, open_split
+from cmav.data.errors import DataError, DataWarning
 from cmav.data.tails import tail_holdout
 from cmav.features.augment import AudioAugment, AudioAugmentConfig, audio_augment_config
 from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
@@ -102,11 +105,34 @@ class AudioVisualDataModule(L.LightningDataModule):
         if self.train_full is None:
             self.train_full = self._open("train")
             t = self.train_full.tensors
-            keep, held = tail_holdout(t.tracks, t.labels, t.times, self.hparams.holdout_tail, guard_ms=self.holdout_gap)
+            tail = self.hparams.holdout_tail
+            keep, held = tail_holdout(t.tracks, t.labels, t.times, tail, guard_ms=self.holdout_gap, stems=t.stems)
+            if tail and bool((t.times < 0).any()):
+                warnings.warn(
+                    f"{self.root}: chunk times are unknown in this layout ({self.hparams.layout}), so the held-out "
+                    f"tail (data.holdout_tail {tail:g}) is the last files of each class by name (numbers compared as "
+                    "numbers), without the time gap (holdout_gap_ms) that keeps held-out audio unheard",
+                    DataWarning, stacklevel=2,
+                )  # fmt: skip
             self.train = Subset(self.train_full, keep)
             self.train_holdout = Subset(self.train_full, held)
         if self.val is None:
-            self.val = self._open("validation")
+            val = self._open("validation")
+            self._refuse_shared_players(val)
+            self.val = val
+
+    def _refuse_shared_players(self, val: PairDataset) -> None:
+        """A track (player) in both train and validation would score the model on players it trained on:
+        refused as ``cmav data check`` reports it, with its exemption for a development root's lent tails."""
+        assert self.train_full is not None
+        t, v = self.train_full.tensors, val.tensors
+        problems = shared_players(self.root, tracks_by_class(t.labels, t.tracks, t.class_names),
+                                  tracks_by_class(v.labels, v.tracks, v.class_names))  # fmt: skip
+        if len(problems) == 1:
+            raise DataError(self.root, problems[0])
+        if problems:
+            raise DataError(self.root, f"{len(problems)} classes share players between train and validation:\n  "
+                                       + "\n  ".join(problems))  # fmt: skip
 
     @property
     def holdout_gap(self) -> int:

@@ -9,6 +9,28 @@ from PIL import Image, UnidentifiedImageError
 
 from cmav.data.errors import DataError
 
+READ_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError)
+"""What Pillow raises for a file it cannot decode; DecompressionBombError (a corrupt header
+claiming billions of pixels) is not an OSError."""
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_8_bit(img: Image.Image, path: str | Path) -> Image.Image:
+    """``img`` with 8 bits per channel: 16-bit greyscale (a 16-bit PNG opens as ``I;16``, or ``I``
+    in older Pillow) scaled from 0..65535 to 0..255; 8-bit modes as they are. Pillow's own
+    ``convert`` clips such values at 255 instead, so every frame would turn white. Modes whose
+    range is unknown (32-bit integer, float) are refused by name."""
+    mode = img.mode
+    if mode in SIXTEEN_BIT_MODES or (mode == "I" and img.format == "PNG"):
+        wide = np.asarray(img).astype(np.uint32)
+        return Image.fromarray(((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+    if mode.startswith("I") or mode == "F":
+        kind = {"I": "32-bit integer", "F": "floating-point"}.get(mode, "integer")
+        raise DataError(path, f"image of mode {mode} ({kind} pixels, range unknown); save frames as 8- or 16-bit "
+                              "images")  # fmt: skip
+    return img
+
 
 def load_frame(path: str | Path, size: int) -> np.ndarray:
     """Load a frame as uint8 ``(size, size, 3)`` RGB.
@@ -27,9 +49,11 @@ def load_frame(path: str | Path, size: int) -> np.ndarray:
             short = min(img.size)
             if img.format == "JPEG" and short >= 2 * size:
                 img.draft("RGB", (img.size[0] * 2 * size // short, img.size[1] * 2 * size // short))
-            img = img.convert("RGB")
+            img = to_8_bit(img, path).convert("RGB")
             img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except DataError:
+        raise
+    except READ_ERRORS as exc:
         raise DataError(path, f"not a readable image ({exc})") from exc
     return np.asarray(centre_square(img, size, Image.Resampling.BICUBIC), dtype=np.uint8)
 

@@ -28,8 +28,12 @@ from cmav.data.instruments import INSTRUMENTS
 SPLITS: tuple[str, ...] = ("train", "validation")
 AUDIO_EXTS: tuple[str, ...] = (".wav", ".flac")
 IMAGE_EXTS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
-SUBURMP_STEM = re.compile(r"^(?P<instrument>[a-z_]+?)(?P<track>\d{2})_(?P<time>\d+)$")
-"""``<instrument><NN>_<T>``: NN = two-digit track (performance) id, T = chunk time in ms."""
+SUBURMP_STEM = re.compile(r"^(?P<instrument>[a-z_]+?)(?P<track>[0-9]{2})_(?P<time>0|[1-9][0-9]*)$")
+"""``<instrument><NN>_<T>``: NN = two-digit track (performance) id, T = chunk time in ms.
+
+T is written as Sub-URMP writes it, without leading zeros, in ASCII digits: ``violin00_0600`` (or a
+full-width digit, which ``int`` reads too) would be a second name for ``violin00_600``, one moment
+loaded twice."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class LayoutScan:
     samples: list[Sample] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    classes: tuple[str, ...] = ()
+    """The class names the split was scanned for (paired layout: the given ones, or the split's
+    audio class folders), in label order."""
 
     def raise_if_errors(self) -> None:
         """Raise one DataError listing every problem (so a user fixes them all in one go)."""
@@ -138,6 +145,7 @@ def scan_suburmp(
             scan.errors.append(f"{d / missing}: missing class folder")
         for extra in sorted(present - set(classes)):
             scan.errors.append(f"{d / extra}: unexpected class folder (classes are {', '.join(classes)})")
+    moments: dict[tuple[str, int, int], Path] = {}
     for label, name in enumerate(classes):
         a, i = audio_root / name, image_root / name
         if not (a.is_dir() and i.is_dir()):
@@ -152,9 +160,13 @@ def scan_suburmp(
                     f"{ap}: name does not follow '<instrument><NN>_<T>' with instrument '{name}'"
                 )
                 continue
-            scan.samples.append(
-                Sample(stem, label, name, ap, ip, track=int(m["track"]), time_ms=int(m["time"]))
-            )
+            track, time_ms = int(m["track"]), int(m["time"])
+            first = moments.setdefault((name, track, time_ms), ap)
+            if first != ap:
+                scan.errors.append(f"{ap}: same moment ({name} track {track:02d} at {time_ms} ms) as {first} "
+                                   "(two files for one chunk)")  # fmt: skip
+                continue
+            scan.samples.append(Sample(stem, label, name, ap, ip, track=track, time_ms=time_ms))
     if not scan.samples and not scan.errors:
         scan.errors.append(f"{audio_root}: split '{split}' is empty")
     _check_track_times(scan)
@@ -176,7 +188,8 @@ def _check_track_times(scan: LayoutScan) -> None:
 def scan_paired(root: str | Path, split: str, classes: tuple[str, ...] | None = None) -> LayoutScan:
     """Find the pairs of one split of a generic ``audio/`` + ``image/`` paired-folder data set.
 
-    ``classes`` fixes the label order; by default the sorted class folders of the split's audio.
+    ``classes`` fixes the label order; by default the sorted class folders of the split (of its
+    audio or its images).
     """
     root = Path(root)
     scan = LayoutScan(root=root, split=split)
@@ -185,7 +198,9 @@ def scan_paired(root: str | Path, split: str, classes: tuple[str, ...] | None = 
         return scan
     present_audio = _class_folders(audio_root, scan)
     present_image = _class_folders(image_root, scan)
-    names = tuple(classes) if classes is not None else tuple(present_audio)
+    # by default every class folder of the split, audio or image: one side missing is "missing", not "unexpected"
+    names = tuple(classes) if classes is not None else tuple(sorted(set(present_audio) | set(present_image)))
+    scan.classes = names
     for d, present in ((audio_root, present_audio), (image_root, present_image)):
         for missing in sorted(set(names) - set(present)):
             scan.errors.append(f"{d / missing}: missing class folder")

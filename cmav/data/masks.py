@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from cmav.data.errors import DataError
-from cmav.data.image_io import centre_square
+from cmav.data.image_io import READ_ERRORS, centre_square, to_8_bit
 
 MASK_DIR = "mask"
 
@@ -40,9 +40,11 @@ def load_mask(path: str | Path, size: int) -> np.ndarray:
         raise MasksMissing(path, "mask file does not exist")
     try:
         with Image.open(path) as img:
-            img = img.convert("L")
+            img = to_8_bit(img, path).convert("L")
             img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except DataError:
+        raise
+    except READ_ERRORS as exc:
         raise DataError(path, f"not a readable mask image ({exc})") from exc
     # bilinear: area-weighted coverage of each output pixel (binary masks do not survive bicubic ringing)
     return np.asarray(centre_square(img, size, Image.Resampling.BILINEAR)) >= 128
