@@ -28,6 +28,7 @@ from cmav.human_eval.study import (
     DEFAULT_QUESTIONS,
     Question,
     load_questions,
+    manifest_fingerprint,
     rater_id_problem,
     sample_pairs,
     sha256_file,
@@ -255,8 +256,8 @@ def test_print_sheet_and_csv_template_follow_the_paper_order(study):
     order = rater_order(m.study_id, "paper", m.item_ids)
     rows = list(csv.DictReader((study / "ratings_template.csv").open()))
     assert [r["item"] for r in rows] == order
-    assert list(rows[0]) == ["study_id", "rater_id", "position", "item", "match", "realism"]
-    assert all(r["study_id"] == m.study_id and r["match"] == "" for r in rows)
+    assert list(rows[0]) == ["study_id", "fingerprint", "rater_id", "position", "item", "match", "realism"]
+    assert all(r["study_id"] == m.study_id and r["fingerprint"] == m.fingerprint and r["match"] == "" for r in rows)
     sheet = (study / "print.html").read_text()
     assert [s for s in re.findall(r'src="images/(i[0-9a-f]+)\.png"', sheet)] == order
     assert "@media print" in sheet and "break-inside: avoid" in sheet
@@ -266,7 +267,7 @@ def test_print_sheet_and_csv_template_follow_the_paper_order(study):
         w = csv.writer(f)
         w.writerow(list(rows[0]))
         for rid in ("paper-1", "paper-2"):
-            w.writerows([r["study_id"], rid, r["position"], r["item"], "2", " 3 "] for r in rows)
+            w.writerows([r["study_id"], r["fingerprint"], rid, r["position"], r["item"], "2", " 3 "] for r in rows)
     loaded = load_ratings([filled], m)
     assert loaded.problems == [] and [s.rater_id for s in loaded.sheets] == ["paper-1", "paper-2"]
     assert all(v == {"match": 2, "realism": 3} for v in loaded.sheets[1].answers.values())
@@ -416,7 +417,9 @@ def test_a_rater_rates_in_a_real_browser_reloads_exports_and_the_export_is_analy
 
     # the downloaded file goes to `cmav human-eval analyze` as it is
     obj = json.loads(text)
-    assert obj["rater_id"] == "alice"
+    assert obj["rater_id"] == "alice" and obj["fingerprint"] == m.fingerprint  # which version of the study
+    exported_csv = list(csv.DictReader(csv_file.open()))
+    assert {r["fingerprint"] for r in exported_csv} == {m.fingerprint} and len(exported_csv) == n
     assert [r["item"] for r in obj["ratings"]] == rater_order(m.study_id, "alice", m.item_ids)
     assert all(r["answers"] == dict(zip(["match", "realism"], values(r["item"]), strict=True)) for r in obj["ratings"])
     second = tmp_path / "bob.csv"  # a second rater (the CSV export, renamed) so agreement has two raters
@@ -892,3 +895,249 @@ def test_print_sheet_for_a_named_rater_uses_their_order(study):
     sheet = print_sheet(m, "alice", "../")
     assert re.findall(r'src="\.\./images/(i[0-9a-f]+)\.png"', sheet) == rater_order(m.study_id, "alice", m.item_ids)
     assert "Rater id: <strong>alice</strong>" in sheet
+
+
+# ---------------------------------------------------------------------- study versions, ratings folders, options
+
+
+@pytest.fixture(scope="module")
+def colours(lab) -> dict[str, Path]:
+    """Three image folders (methods without a checkpoint), one solid colour each, one image per validation pair."""
+    out = {}
+    for name, rgb in (("A", (10, 200, 10)), ("B", (200, 10, 10)), ("C", (10, 10, 200))):
+        folder = lab["base"] / "colours" / name
+        folder.mkdir(parents=True)
+        for wav in sorted((lab["data"] / "chunk" / "validation").rglob("*.wav")):
+            Image.new("RGB", (SIZE, SIZE), rgb).save(folder / f"{wav.stem}.png")
+        out[name] = folder
+    return out
+
+
+def _plain_sheet(m, rater: str, **extra) -> dict:
+    """A rater of any study who passes its checks: 1 on checks, 3 or 4 on the rest (never one answer throughout)."""
+    ratings = [{"item": i.id, "answers": {"match": 1 if i.check else 3 + k % 2, "realism": 2 + k % 3}}
+               for k, i in enumerate(m.items)]  # fmt: skip
+    return {"format": "cmav-human-eval-ratings", "study_id": m.study_id, "rater_id": rater, "ratings": ratings, **extra}
+
+
+def test_item_ids_depend_on_the_content_and_a_sheet_of_another_study_version_is_refused(lab, colours, tmp_path):
+    def make(out: str, runs: list[str]):
+        return make_study(runs, tmp_path / out, n_items=4, seed=0, data_root=str(lab["data"]), study_id="pilot",
+                          n_checks=1)  # fmt: skip
+
+    m1 = make("s1", [f"A={colours['A']}", f"B={colours['B']}"])
+    m2 = make("s2", [f"A={colours['B']}", f"B={colours['A']}"])  # the same names and seed, the images swapped
+    m3 = make("s3", [f"A={colours['A']}", f"C={colours['C']}"])  # another method
+    assert m1.study_id == m2.study_id == m3.study_id == "pilot"
+    # the ids were drawn from the seed and the study's size alone: the same ids named other methods' images
+    assert not set(m1.item_ids) & set(m2.item_ids) and not set(m1.item_ids) & set(m3.item_ids)
+    # the same content (the runs given in another order): the same ids for the same images
+    again = make("s1_again", [f"B={colours['B']}", f"A={colours['A']}"])
+    assert {i.id: (i.method, i.pair, i.sha256) for i in again.items} == {i.id: (i.method, i.pair, i.sha256)
+                                                                         for i in m1.items}  # fmt: skip
+    # the fingerprint of the content is in the manifest, the page (so in its exports) and the CSV template
+    fp = m1.fingerprint
+    assert re.fullmatch(r"fp-[0-9a-f]{16}", fp) and again.fingerprint == fp
+    assert manifest_fingerprint(m1) == fp  # what the manifest lists is what the fingerprint covers
+    assert len({fp, m2.fingerprint, m3.fingerprint}) == 3
+    raw = json.loads((tmp_path / "s1" / "manifest.json").read_text())
+    assert raw["fingerprint"] == fp
+    assert _page_data((tmp_path / "s1" / "index.html").read_text())["fingerprint"] == fp
+    assert {r["fingerprint"] for r in csv.DictReader((tmp_path / "s1" / "ratings_template.csv").open())} == {fp}
+
+    # a study-1 sheet handed in to study 2 (a sheet from before a --force remake): refused, naming the file
+    sheet = tmp_path / "P1.json"
+    sheet.write_text(json.dumps(_plain_sheet(m1, "P1", fingerprint=fp)))
+    with pytest.raises(HumanEvalError, match=r"P1\.json: rater 'P1': .*another version of study 'pilot'") as exc:
+        run_analysis(tmp_path / "s2", [sheet], out=tmp_path / "r")
+    assert fp in str(exc.value) and m2.fingerprint in str(exc.value)
+    typed = tmp_path / "P2.csv"  # a typed-in paper sheet carries it too (the template's column)
+    with typed.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["study_id", "fingerprint", "rater_id", "position", "item", "match", "realism"])
+        for k, r in enumerate(_plain_sheet(m1, "P2")["ratings"], 1):
+            w.writerow([m1.study_id, fp, "P2", k, r["item"], r["answers"]["match"], r["answers"]["realism"]])
+    loaded = load_ratings([typed], m3)
+    assert not loaded.sheets and "another version of study 'pilot'" in str(loaded.problems[0])
+    assert str(typed) in str(loaded.problems[0])
+    # without a fingerprint (a hand-made file), its item ids are not this study's: refused as well
+    bare = tmp_path / "P3.json"
+    bare.write_text(json.dumps(_plain_sheet(m1, "P3")))
+    loaded = load_ratings([bare], m2)
+    assert not loaded.sheets and any("unknown item id(s)" in p.message for p in loaded.problems)
+    # in its own study both count
+    result, _ = run_analysis(tmp_path / "s1", [sheet, typed, bare], out=tmp_path / "r1", n_boot=20)
+    assert result["n_raters_kept"] == 3 and result["problems"] == [] and result["warnings"] == []
+    # a manifest edited by hand (a label changed) no longer matches its fingerprint: the report says so
+    edited = tmp_path / "edited"
+    shutil.copytree(tmp_path / "s1", edited)
+    raw_edit = json.loads((edited / "manifest.json").read_text())
+    raw_edit["items"][0]["label"] = "kazoo"
+    (edited / "manifest.json").write_text(json.dumps(raw_edit))
+    result, _ = run_analysis(edited, [sheet], out=tmp_path / "r3", n_boot=20)
+    assert any("does not match the items" in w for w in result["warnings"])
+
+    # a manifest written before fingerprints existed still loads and analyses
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "s1", old)
+    del raw["fingerprint"]
+    (old / "manifest.json").write_text(json.dumps(raw))
+    assert load_manifest(old).fingerprint == ""
+    result, _ = run_analysis(old, [bare, sheet], out=tmp_path / "r2", n_boot=20)
+    assert result["n_raters_kept"] == 2 and result["problems"] == []
+
+
+def test_wilcoxon_drops_zero_differences_so_few_non_zero_ones_get_the_exact_p():
+    from scipy.stats import wilcoxon
+
+    # 5 non-zero differences: the exact two-sided p is at least 2/2^5 = 0.0625, however many zeros come with them
+    nonzero = np.array([1, 1.5, 1, 2, 1.5])
+    for zeros in (0, 8, 9, 30):
+        x = np.concatenate([np.full(zeros, 3.0), 3 + nonzero])
+        y = np.full(len(x), 3.0)
+        r = wilcoxon_paired(x, y)
+        assert r["n"] == zeros + 5 and r["n_nonzero"] == 5
+        assert r["p"] == pytest.approx(0.0625) and r["statistic"] == 0.0, zeros
+        assert "cannot reach p < 0.05" in r["note"]
+    # more non-zero differences: the test on them alone, whatever the zeros
+    d = np.array([1, -1, 2, 3, 1, 2, 4, -2, 1, 3, 2, 1, 1, 2.0])
+    x = np.concatenate([np.full(20, 2.0), 2 + d])
+    r = wilcoxon_paired(x, np.full(len(x), 2.0))
+    assert r["n_nonzero"] == 14 and r["note"] == ""
+    assert r["p"] == pytest.approx(wilcoxon(d).pvalue, rel=1e-12)
+    assert r["statistic"] == pytest.approx(wilcoxon(d).statistic)
+
+
+def test_ratings_in_subfolders_are_read_and_hidden_files_are_listed_as_ignored(study, tmp_path, capsys):
+    from cmav.cli.main import main
+
+    m = load_manifest(study)
+    d = tmp_path / "ratings"
+    (d / "late" / "week2").mkdir(parents=True)
+    (d / ".cache").mkdir()
+    (d / "r1.json").write_text(json.dumps(_synthetic(m, "r1", -1)))
+    (d / "late" / "r2.json").write_text(json.dumps(_synthetic(m, "r2", 0)))
+    _write_csv(d / "late" / "week2" / "r3.csv", _synthetic(m, "r3", 1))
+    (d / ".r4.json").write_text(json.dumps(_synthetic(m, "r4", 0)))  # an editor's or a sync tool's copy
+    (d / ".cache" / "r5.json").write_text(json.dumps(_synthetic(m, "r5", 0)))
+    (d / "late" / "notes.txt").write_text("r3 rated on paper")
+    loaded = load_ratings([d], m)
+    assert sorted(s.rater_id for s in loaded.sheets) == ["r1", "r2", "r3"] and loaded.problems == []
+    ignored = dict(loaded.ignored)
+    assert set(ignored) == {str(d / ".r4.json"), str(d / ".cache"), str(d / "late" / "notes.txt")}
+    assert "hidden" in ignored[str(d / ".cache")] and "not .json or .csv" in ignored[str(d / "late" / "notes.txt")]
+    # the command line says which files it did not read; the report too; a report written inside the
+    # ratings folder is not read back as ratings by the next run
+    for _ in range(2):
+        assert main(["human-eval", "analyze", str(study), str(d), "-o", str(d / "report"), "--bootstrap", "20"]) == 0
+        err = capsys.readouterr().err
+        for path in (d / ".r4.json", d / ".cache", d / "late" / "notes.txt"):
+            assert f"ignored: {path}" in err
+        result = json.loads((d / "report" / "report.json").read_text())
+        assert result["n_raters_kept"] == 3 and result["problems"] == []
+        assert "notes.txt" in (d / "report" / "report.md").read_text()
+
+
+def test_a_csv_with_bad_columns_still_counts_its_raters_and_headers_ignore_case(study, tmp_path):
+    m = load_manifest(study)
+    good = _bad(m, tmp_path, "good", lambda o: None)
+    for name, header in (("typo.csv", ["study_id", "rater_id", "position", "item", "match", "realsm"]),
+                         ("twice.csv", ["study_id", "rater_id", "position", "item", "match", "realism", "match"])):  # fmt: skip
+        bad = tmp_path / name
+        with bad.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            for rid in ("P1", "P2", "P3"):
+                for k, r in enumerate(_synthetic(m, rid, 0)["ratings"], 1):
+                    w.writerow([m.study_id, rid, k, r["item"], r["answers"]["match"], r["answers"]["realism"], 3][
+                               : len(header)])  # fmt: skip
+        _, paths = run_analysis(study, [good, bad], out=tmp_path / f"rep_{bad.stem}", skip_invalid=True, n_boot=20)
+        assert "left out as invalid: 3;" in paths["report_md"].read_text(), name
+        rows = [r for r in csv.DictReader(paths["raters_csv"].open()) if r["status"] == "invalid (left out)"]
+        assert {r["rater_id"] for r in rows} >= {"P1", "P2", "P3"}, name
+    # a header typed with capitals or spaces is the same column
+    cased = tmp_path / "cased.csv"
+    with cased.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Study_ID", " rater_id ", "Position", "ITEM", "Match", " Realism"])
+        for k, r in enumerate(_synthetic(m, "P4", 0)["ratings"], 1):
+            w.writerow([m.study_id, "P4", k, r["item"], r["answers"]["match"], r["answers"]["realism"]])
+    loaded = load_ratings([cased], m)
+    assert loaded.problems == [] and [s.rater_id for s in loaded.sheets] == ["P4"]
+    both = tmp_path / "both.csv"  # the same column twice in another case: still twice
+    both.write_text("study_id,rater_id,item,match,realism,Realism\n")
+    assert any("appear twice" in p.message for p in load_ratings([both], m).problems)
+
+
+def test_the_study_id_depends_on_the_content_not_on_how_its_paths_are_spelled(lab, colours, tmp_path, monkeypatch):
+    monkeypatch.chdir(lab["base"])
+    made = []
+    for k, (data, run) in enumerate([("data", "colours/A"), ("data/", "colours/A/"),
+                                     (str(lab["data"]), str(colours["A"])), ("./data", "./colours/../colours/A")]):  # fmt: skip
+        m = make_study([f"A={run}"], tmp_path / f"t{k}", n_items=2, seed=0, data_root=data, n_checks=1)
+        made.append((m.study_id, m.fingerprint, sorted(m.item_ids)))
+    assert all(x == made[0] for x in made), made
+    other = make_study([f"A={colours['B']}"], tmp_path / "other", n_items=2, seed=0, data_root="data", n_checks=1)
+    assert other.study_id != made[0][0]  # other images: another study
+
+
+@pytest.mark.parametrize(("option", "value"), [("--size", -8), ("--size", 0), ("--size", 7), ("--image-size", -8),
+                                               ("--image-size", 0)])  # fmt: skip
+def test_image_sides_below_the_minimum_are_refused_naming_the_option(lab, colours, tmp_path, option, value, capsys):
+    from cmav.cli.main import main
+
+    out = tmp_path / "s"
+    kw = {"size" if option == "--size" else "image_size": value}
+    with pytest.raises(HumanEvalError, match=rf"^{option}: {value}: .*at least 8"):
+        make_study([str(colours["A"])], out, n_items=2, data_root=str(lab["data"]), n_checks=1, **kw)
+    assert not out.exists()
+    assert main(["human-eval", "make", "--runs", str(colours["A"]), "--data", str(lab["data"]), "--items", "2",
+                 "--checks", "1", option, str(value), "-o", str(out)]) == 2  # fmt: skip
+    assert f"error: {option}: {value}: " in capsys.readouterr().err and not out.exists()
+
+
+def test_a_paper_rater_given_twice_is_refused(lab, colours, tmp_path, capsys):
+    from cmav.cli.main import main
+
+    out = tmp_path / "pp"
+    with pytest.raises(HumanEvalError, match=r"^--paper-raters: 'P1 ' is the same rater as 'P1'"):
+        make_study([str(colours["A"])], out, n_items=2, data_root=str(lab["data"]), n_checks=1,
+                   paper_raters=["P1", "P2", "P1 "])  # fmt: skip
+    assert not out.exists()
+    assert main(["human-eval", "make", "--runs", str(colours["A"]), "--data", str(lab["data"]), "--items", "2",
+                 "--checks", "1", "--paper-raters", "ann", "\tann", "-o", str(out)]) == 2  # fmt: skip
+    assert "error: --paper-raters: " in capsys.readouterr().err and not out.exists()
+    m = make_study([str(colours["A"])], out, n_items=2, data_root=str(lab["data"]), n_checks=1,
+                   paper_raters=["a b", "a_b"])  # fmt: skip  # two raters, one file name: both kept, apart
+    assert sorted(p.name for p in (out / "paper").iterdir()) == ["a_b.csv", "a_b.html", "a_b_2.csv", "a_b_2.html"]
+    assert {next(csv.DictReader((out / "paper" / n).open()))["rater_id"] for n in ("a_b.csv", "a_b_2.csv")} == {
+        "a b", "a_b"} and len(m.items) == 2 * 2 + 1  # fmt: skip
+
+
+def test_analyze_fails_when_no_rater_is_left_but_still_writes_the_report(study, tmp_path, capsys):
+    from cmav.cli.main import main
+
+    m = load_manifest(study)
+    careless = _synthetic(m, "careless", 0)
+    for r in careless["ratings"]:
+        r["answers"] = {"match": 5, "realism": 5}
+    (tmp_path / "careless.json").write_text(json.dumps(careless))
+    out = tmp_path / "rep"
+    assert main(["human-eval", "analyze", str(study), str(tmp_path / "careless.json"), "-o", str(out),
+                 "--bootstrap", "20"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "no rater was left to analyse" in err and "careless" in err and "attention check" in err
+    assert "No rater left to analyse" in (out / "report.md").read_text()
+    rows = list(csv.DictReader((out / "raters.csv").open()))
+    assert [(r["rater_id"], r["status"]) for r in rows] == [("careless", "dropped (attention checks)")]
+    with pytest.raises(HumanEvalError, match="no rater was left to analyse"):
+        run_analysis(study, [tmp_path / "careless.json"], out=tmp_path / "rep_api", n_boot=20)
+    assert (tmp_path / "rep_api" / "report.md").is_file()
+    # every rater invalid (--skip-invalid): the same, and the report lists them
+    bad = _bad(m, tmp_path, "bad", lambda o: {**o, "ratings": o["ratings"][1:]})  # an item left unanswered
+    out2 = tmp_path / "rep2"
+    assert main(["human-eval", "analyze", str(study), str(bad), "--skip-invalid", "-o", str(out2)]) == 2
+    err = capsys.readouterr().err
+    assert "no rater was left to analyse" in err and "items missing" in err
+    rows = list(csv.DictReader((out2 / "raters.csv").open()))
+    assert [(r["rater_id"], r["status"]) for r in rows] == [("bad", "invalid (left out)")]

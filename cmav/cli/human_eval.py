@@ -26,23 +26,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="data set folder (default: the one stored in the first checkpoint)")
     m.add_argument("--layout", default=None, choices=["suburmp", "paired"], help="data layout (default: stored)")
     m.add_argument("--image-size", type=int, default=None,
-                   help="side the real frames are read at (default: the checkpoint's data, else 64)")
-    m.add_argument("--size", type=int, default=None, help="side every image is shown at (default: the largest method's)")
+                   help="side the real frames are read at, at least 8 (default: the checkpoint's data, else 64)")
+    m.add_argument("--size", type=int, default=None,
+                   help="side every image is shown at, at least 8 (default: the largest method's)")
     m.add_argument("--checks", type=int, default=3, help="hidden attention checks (default: %(default)s)")
     m.add_argument("--questions", default=None, metavar="FILE",
                    help="questions as JSON/YAML: [{id, text ('{label}' is replaced), min, max, low, high, "
                         "attention_max}] (default: label match and realism, 1-5)")  # fmt: skip
-    m.add_argument("--study-id", default=None, help="study id (default: derived from the content)")
+    m.add_argument("--study-id", default=None,
+                   help="study id (default: derived from the content: images, labels and questions, not paths)")
     m.add_argument("--title", default=None, help="title shown to raters")
     m.add_argument("--instructions", default=None, metavar="FILE", help="plain-text instructions for raters")
     m.add_argument("--paper-raters", nargs="+", default=(), metavar="ID",
-                   help="also write paper/<ID>.html + .csv: a print sheet in each rater's own order")
+                   help="also write paper/<ID>.html + .csv: a print sheet in each rater's own order "
+                        "(each rater once)")  # fmt: skip
     m.add_argument("--force", action="store_true", help="replace a study already in --output")
     m.set_defaults(func=_make)
 
     a = hsub.add_parser("analyze", help="validate the ratings files and write the report (markdown, CSV, plot)")
     a.add_argument("study", help="the study folder (holding manifest.json)")
-    a.add_argument("ratings", nargs="+", help="ratings files (.json/.csv) or folders of them")
+    a.add_argument("ratings", nargs="+", help="ratings files (.json/.csv) or folders of them (subfolders too; "
+                                              "hidden files and folders are not read, and are listed)")  # fmt: skip
     a.add_argument("-o", "--output", default=None, help="report folder (default: STUDY/report)")
     a.add_argument("--allowed-failures", type=int, default=0,
                    help="attention checks a rater may fail and still count (default: %(default)s)")
@@ -82,19 +86,19 @@ def _make(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from cmav.human_eval.report import run_analysis
+    from cmav.human_eval.report import dropped_why, run_analysis
 
+    # no rater left to analyse: run_analysis writes the report, then raises (exit 2, its message says why)
     result, paths = run_analysis(args.study, args.ratings, out=args.output, allowed_failures=args.allowed_failures,
                                  skip_invalid=args.skip_invalid, n_boot=args.bootstrap, seed=args.seed,
                                  pair_by=args.pair_by)  # fmt: skip
+    for f in result["ignored"]:
+        print(f"ignored: {f}", file=sys.stderr)
     for p in result["problems"]:
         print(f"left out: {p}", file=sys.stderr)
     for a in result["attention"]:
         if a["dropped"]:
-            why = f"failed {len(a['failed'])} attention check(s)"
-            if a.get("uniform") is not None:
-                why += f", answered {a['uniform']} on every item"
-            print(f"dropped: rater {a['rater_id']!r} ({a['source']}) {why}", file=sys.stderr)
+            print(f"dropped: rater {a['rater_id']!r} ({a['source']}) {dropped_why(a)}", file=sys.stderr)
     for w in result["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
     print(f"{result['n_raters_kept']} rater(s) analysed")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
+import io
 import shutil
 import textwrap
 import zipfile
@@ -35,13 +35,15 @@ from cmav.human_eval.study import (
     Method,
     Pair,
     Question,
+    check_paper_raters,
     check_questions,
     check_study_id,
+    content_fingerprint,
+    content_json,
     display_label,
+    id_rng,
     opaque_ids,
-    rater_id_problem,
     sample_pairs,
-    sha256_file,
 )
 
 DEFAULT_INSTRUCTIONS = (
@@ -49,6 +51,7 @@ DEFAULT_INSTRUCTIONS = (
     "Some images were made by computer programs and some are photographs; rate each image on its own. "
     "Answer every question; there are no right or wrong answers, but please look carefully at each image."
 )  # the page adds how it keeps and exports answers, the print sheet how to tick boxes
+MIN_SIDE = 8  # the smallest --size / --image-size, in pixels
 OUR_FILES = ("manifest.json", "index.html", "print.html", "ratings_template.csv", "for_raters.zip", "README.txt")
 
 
@@ -92,12 +95,22 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC))
 
 
-def _save_png(img: np.ndarray, path: Path) -> str:
+def _png(img: np.ndarray) -> bytes:
+    """The PNG file of an image (its sha256 is the file's: the fingerprint is known before any id)."""
     from PIL import Image
 
+    buf = io.BytesIO()
     # no text chunks: nothing in the file says where it came from
-    Image.fromarray(np.ascontiguousarray(img)).save(path, format="PNG")
-    return sha256_file(path)
+    Image.fromarray(np.ascontiguousarray(img)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _check_side(option: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < MIN_SIDE:
+        raise HumanEvalError(option, f"{value!r}: the side of the images in pixels must be a whole number, "
+                                     f"at least {MIN_SIDE} (leave it out for the default)")  # fmt: skip
 
 
 def make_study(
@@ -124,7 +137,8 @@ def make_study(
     one stored in the first checkpoint). ``image_size``: the side the real frames are read at when
     no checkpoint says it. ``size``: the side every image is shown at (default: the largest
     method's, so no method is blurred and real frames are not sharper than generated ones by
-    resolution alone). ``paper_raters``: also write ``paper/<rater>.html/.csv`` in that rater's own order.
+    resolution alone). ``paper_raters``: also write ``paper/<rater>.html/.csv`` in that rater's own order
+    (each rater once). ``size`` and ``image_size`` are at least :data:`MIN_SIDE` pixels.
     """
     from cmav.human_eval.sources import resolve_runs
 
@@ -132,6 +146,8 @@ def make_study(
         raise HumanEvalError("--items", "must be at least 1")
     if n_checks < 0:
         raise HumanEvalError("--checks", "must be 0 or more")
+    _check_side("--size", size)
+    _check_side("--image-size", image_size)
     questions = list(questions or DEFAULT_QUESTIONS)
     check_questions(questions)
     if n_checks and not any(q.attention_max is not None for q in questions):
@@ -139,9 +155,7 @@ def make_study(
                                           "(or make the study with --checks 0)")  # fmt: skip
     if study_id is not None:
         check_study_id(study_id)
-    for raw in paper_raters:
-        if rater_id_problem(raw):
-            raise HumanEvalError("--paper-raters", f"{raw!r}: {rater_id_problem(raw)}")
+    check_paper_raters(paper_raters)
     sources = resolve_runs(list(runs))
     out = Path(out_dir)
     _prepare_folder(out, force)
@@ -229,28 +243,39 @@ def _make(sources, out: Path, n_items: int, seed: int, data_root: str | None, la
         methods.append(Method(r.name, r.kind, str(r.path), info))
         images[r.name] = imgs
 
-    # (method, pair, label, image, check, true class) per item; ids drawn after a shuffle so that
-    # neither an id nor its position says which method or pair it is
+    # (method, pair, label, image, check, true class) per item
     rows = [(m, p.id, display_label(p.class_name), images[m][k], False, None)
             for m in images for k, p in enumerate(pairs)]  # fmt: skip
     check_imgs = real_images(ref, check_pairs)
     for p, img in zip(check_pairs, check_imgs, strict=True):
         rows.append((REFERENCE, p.id, display_label(_wrong_label(p.class_name, names, rng)), img, True,
                      p.class_name))  # fmt: skip
-    rows = [rows[k] for k in rng.permutation(len(rows))]
-    ids = opaque_ids(len(rows), rng)
+    pngs = [_png(_resize(img, size)) for _, _, _, img, _, _ in rows]
+    digests = [hashlib.sha256(b).hexdigest() for b in pngs]
+    # the content (never paths, nor the order of --runs) names the study and seeds its ids: the same
+    # id never names another method's image in a study of the same id made from other images, and
+    # the same study made again from the same images gets the same ids
+    by_pid = {p.id: p for p in pairs + check_pairs}
+    keys = [(m, by_pid[pid].class_name, by_pid[pid].stem, label, check, digest)
+            for (m, pid, label, _, check, _), digest in zip(rows, digests, strict=True)]  # fmt: skip
+    content = content_json(questions, keys)
+    fingerprint = content_fingerprint(content)
+    if study_id is None:
+        study_id = "hs-" + hashlib.sha256(("study id\n" + content).encode()).hexdigest()[:10]
+    # ids drawn in an order fixed by the content, from a generator seeded by a hash of it: neither an
+    # id nor its rank says which method or pair it is
+    order = sorted(range(len(rows)), key=lambda k: keys[k])
+    ids = dict(zip(order, opaque_ids(len(rows), id_rng(study_id, content)), strict=True))
     items = []
-    for item_id, (m, pid, label, img, check, true_class) in zip(ids, rows, strict=True):
-        rel = f"images/{item_id}.png"
-        digest = _save_png(_resize(img, size), out / rel)
-        items.append(Item(item_id, m, pid, label, rel, digest, check, true_class))
+    # written in id order, which is random: files written method by method would tell the methods
+    # apart by their modification times (which for_raters.zip keeps too)
+    for k in sorted(range(len(rows)), key=ids.__getitem__):
+        m, pid, label, _, check, true_class = rows[k]
+        rel = f"images/{ids[k]}.png"
+        (out / rel).write_bytes(pngs[k])
+        items.append(Item(ids[k], m, pid, label, rel, digests[k], check, true_class))
     method_rank = {m.name: k for k, m in enumerate(methods)}
     items.sort(key=lambda i: (i.check, i.pair, method_rank[i.method]))
-
-    if study_id is None:
-        blob = json.dumps({"seed": seed, "methods": [m.source for m in methods], "pairs": [p.stem for p in pairs],
-                           "images": [i.sha256 for i in items]}, sort_keys=True)  # fmt: skip
-        study_id = "hs-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
     manifest = Manifest(
         study_id=study_id,
         title=title or "Image rating study",
@@ -263,6 +288,7 @@ def _make(sources, out: Path, n_items: int, seed: int, data_root: str | None, la
         data={**ref_config.describe(), "display_size": size},
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         cmav_version=__version__,
+        fingerprint=fingerprint,
     )
     write_pages(out, manifest, paper_raters)
     _write_zip(out)
@@ -285,4 +311,4 @@ def _write_zip(out: Path) -> Path:
     return path
 
 
-__all__ = ["DEFAULT_INSTRUCTIONS", "make_study"]
+__all__ = ["DEFAULT_INSTRUCTIONS", "MIN_SIDE", "make_study"]

@@ -42,11 +42,13 @@ def script_json(obj: Any) -> str:
 
 
 def page_data(manifest: Manifest) -> dict[str, Any]:
-    """What the page needs, and nothing that unblinds: no methods, no pairs, no check flags."""
+    """What the page needs, and nothing that unblinds: no methods, no pairs, no check flags. The
+    fingerprint (a hash of the content) goes into every export, so a sheet of another version is refused."""
     return {
         "format": RATINGS_FORMAT,
         "version": RATINGS_VERSION,
         "study_id": manifest.study_id,
+        "fingerprint": manifest.fingerprint,
         "title": manifest.title,
         "instructions": manifest.instructions,
         "rater_id_max": RATER_ID_MAX,
@@ -238,7 +240,7 @@ function finish() {
 // ---- export
 function ratingsObject() {
   return {
-    format: DATA.format, version: DATA.version, study_id: DATA.study_id, rater_id: state.rater,
+    format: DATA.format, version: DATA.version, study_id: DATA.study_id, fingerprint: DATA.fingerprint, rater_id: state.rater,
     started: state.started, finished: state.finished, order: state.order,
     ratings: state.order.map(function (id, k) { return { item: id, position: k + 1, answers: state.answers[id] || {} }; })
   };
@@ -247,10 +249,10 @@ function exportJSON() { return JSON.stringify(ratingsObject(), null, 2); }
 function csvCell(v) { return '"' + String(v).replace(/"/g, '""') + '"'; }
 function exportCSV() {
   const qids = DATA.questions.map(function (q) { return q.id; });
-  const rows = [["study_id", "rater_id", "position", "item"].concat(qids).join(",")];
+  const rows = [["study_id", "fingerprint", "rater_id", "position", "item"].concat(qids).join(",")];
   state.order.forEach(function (id, k) {
     const a = state.answers[id] || {};
-    rows.push([csvCell(DATA.study_id), csvCell(state.rater), String(k + 1), csvCell(id)]
+    rows.push([csvCell(DATA.study_id), csvCell(DATA.fingerprint || ""), csvCell(state.rater), String(k + 1), csvCell(id)]
       .concat(qids.map(function (q) { return Number.isInteger(a[q]) ? String(a[q]) : ""; })).join(","));
   });
   return rows.join("\r\n") + "\r\n";
@@ -476,14 +478,17 @@ def print_sheet(manifest: Manifest, rater_id: str = PAPER_RATER, image_prefix: s
 
 def ratings_csv(manifest: Manifest, rater_id: str = PAPER_RATER) -> str:
     """The CSV to type paper answers into: one row per item in the sheet's order, answers blank.
-    The same columns as the page's CSV export, so ``analyze`` reads both."""
+    The same columns as the page's CSV export, so ``analyze`` reads both (``fingerprint`` only for
+    a study that has one)."""
     order = rater_order(manifest.study_id, rater_id, manifest.item_ids)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\r\n")
-    w.writerow(["study_id", "rater_id", "position", "item"] + [q.id for q in manifest.questions])
+    fp = [manifest.fingerprint] if manifest.fingerprint else []
+    w.writerow(["study_id"] + ["fingerprint"] * len(fp) + ["rater_id", "position", "item"]
+               + [q.id for q in manifest.questions])  # fmt: skip
     rid = "" if rater_id == PAPER_RATER else rater_id
     for k, item_id in enumerate(order, 1):
-        w.writerow([manifest.study_id, rid, k, item_id] + [""] * len(manifest.questions))
+        w.writerow([manifest.study_id, *fp, rid, k, item_id] + [""] * len(manifest.questions))
     return buf.getvalue()
 
 
@@ -506,10 +511,11 @@ def _slug(text: str, taken: set[str]) -> str:
 
 def write_pages(out: str | Path, manifest: Manifest, paper_raters: Sequence[str] = ()) -> list[Path]:
     """Write ``index.html``, ``print.html``, ``ratings_template.csv`` and, per paper rater,
-    ``paper/<rater>.html`` + ``paper/<rater>.csv`` (each in that rater's own order)."""
-    from cmav.human_eval.errors import HumanEvalError
-    from cmav.human_eval.study import normalise_rater_id, rater_id_problem
+    ``paper/<rater>.html`` + ``paper/<rater>.csv`` (each in that rater's own order; a rater given
+    twice is refused)."""
+    from cmav.human_eval.study import check_paper_raters
 
+    raters = check_paper_raters(paper_raters)
     out = Path(out)
     written = []
     for name, text in (("index.html", index_html(manifest)), ("print.html", print_sheet(manifest)),
@@ -517,11 +523,7 @@ def write_pages(out: str | Path, manifest: Manifest, paper_raters: Sequence[str]
         (out / name).write_text(text, encoding="utf-8", newline="")
         written.append(out / name)
     taken: set[str] = set()
-    for raw in paper_raters:
-        problem = rater_id_problem(raw)
-        if problem:
-            raise HumanEvalError("--paper-raters", f"{raw!r}: {problem}")
-        rid = normalise_rater_id(raw)
+    for rid in raters:
         stem = _slug(rid, taken)
         (out / "paper").mkdir(exist_ok=True)
         (out / "paper" / f"{stem}.html").write_text(print_sheet(manifest, rid, "../"), encoding="utf-8")

@@ -1,18 +1,24 @@
 """Reading and validating ratings files (the page's JSON/CSV exports and typed-in paper CSVs).
 
 Every problem becomes one clear message naming the file (and row or item): a ratings file of
-another study, an unknown item, a value outside the scale or not a whole number, a rater id used
+another study or of another version of this one (its fingerprint), an unknown item, a value outside the scale or not a whole number, a rater id used
 twice, unanswered items or questions, unreadable files. Nothing is dropped silently: by default
 any problem stops the analysis; with ``skip_invalid`` the raters with problems are left out and
 listed (a duplicated rater keeps its first file).
 
 Formats:
 
-* JSON (the page's export): ``{"format": "cmav-human-eval-ratings", "study_id", "rater_id",
-  "ratings": [{"item", "position", "answers": {question: value}}]}``; a list of such objects
-  is read as several raters.
+* JSON (the page's export): ``{"format": "cmav-human-eval-ratings", "study_id", "fingerprint",
+  "rater_id", "ratings": [{"item", "position", "answers": {question: value}}]}``; a list of such
+  objects is read as several raters.
 * CSV (the page's export and ``ratings_template.csv``): columns ``study_id, rater_id, item``,
-  one per question, and optionally ``position``; one row per rater and item, any number of raters.
+  one per question, and optionally ``position`` and ``fingerprint``; one row per rater and item,
+  any number of raters. Headers are matched ignoring case and surrounding spaces.
+
+``fingerprint`` (written by the page and the templates) is optional; where given it must be the
+manifest's, or the sheet is of another version of the study and is refused. Folders are read with
+their subfolders; hidden files and folders (``.name``) and files that are not .json/.csv are not
+read, and are listed as ignored.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from cmav.human_eval.page import RATINGS_FORMAT
 from cmav.human_eval.study import Manifest, normalise_rater_id, rater_id_problem
 
 LIST_AT_MOST = 8  # item ids listed per message before "..."
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 @dataclass
@@ -60,7 +67,7 @@ class RatingsSet:
     problems: list[Problem]
     excluded: list[tuple[str, str, str]]  # (file, rater id or "", why)
     files: list[Path]
-    ignored: list[str]  # files in a given folder that are not .json/.csv
+    ignored: list[tuple[str, str]]  # (path, why) of what a given folder holds that was not read
 
 
 @dataclass
@@ -72,6 +79,7 @@ class _Submission:
     study_raw: list[Any]
     entries: list[tuple[str, Any, Any, Any]]  # (where, item, answers dict or None, position)
     problems: list[str] = field(default_factory=list)
+    fingerprints: list[Any] = field(default_factory=list)  # as given (none: the file carries none)
 
 
 def _listing(ids: Sequence[str]) -> str:
@@ -79,19 +87,45 @@ def _listing(ids: Sequence[str]) -> str:
     return shown + (f" ... ({len(ids) - LIST_AT_MOST} more)" if len(ids) > LIST_AT_MOST else "")
 
 
-def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[str], list[Problem]]:
-    """Files to read: files as given, folders' ``*.json``/``*.csv``; what else a folder holds is
-    listed (ignored), a missing path is a problem."""
-    files, ignored, problems = [], [], []
+def _walk(folder: Path, files: list[Path], ignored: list[tuple[str, str]], skip: set[Path], seen: set[Path]) -> None:
+    """A folder's ``*.json``/``*.csv``, its subfolders' too; everything else it holds listed in ``ignored``."""
+    seen.add(folder.resolve())
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        ignored.append((str(folder), f"unreadable folder ({exc.strerror or exc})"))
+        return
+    for f in entries:
+        if f.name.startswith("."):
+            ignored.append((str(f), "hidden folder" if f.is_dir() else "hidden file"))
+        elif f.is_dir():
+            key = f.resolve()
+            if key in skip:
+                ignored.append((str(f), "the report folder"))
+            elif key in seen:
+                ignored.append((str(f), "a link to a folder already read"))
+            else:
+                _walk(f, files, ignored, skip, seen)
+        elif not f.is_file():
+            ignored.append((str(f), "not a file"))
+        elif f.suffix.lower() in (".json", ".csv"):
+            files.append(f)
+        else:
+            ignored.append((str(f), "not .json or .csv"))
+
+
+def expand_paths(paths: Iterable[str | Path], skip: Iterable[str | Path] = ()) -> tuple[
+        list[Path], list[tuple[str, str]], list[Problem]]:  # fmt: skip
+    """Files to read: files as given, folders' ``*.json``/``*.csv`` with their subfolders'. What else
+    a folder holds (hidden files and folders, other files, the folders in ``skip``: the report's) is
+    listed in the second list as (path, why); a missing path is a problem."""
+    files: list[Path] = []
+    ignored: list[tuple[str, str]] = []
+    problems: list[Problem] = []
+    skip_dirs = {Path(s).resolve() for s in skip}
     for p in map(Path, paths):
         if p.is_dir():
-            for f in sorted(p.iterdir()):
-                if f.name.startswith(".") or not f.is_file():
-                    continue
-                if f.suffix.lower() in (".json", ".csv"):
-                    files.append(f)
-                else:
-                    ignored.append(str(f))
+            _walk(p, files, ignored, skip_dirs, set())
         elif p.is_file():
             files.append(p)
         else:
@@ -137,7 +171,8 @@ def _read_json(path: Path, text: str) -> tuple[list[_Submission], list[Problem]]
                 entries.append((f"rating #{j}", None, None, None))
             else:
                 entries.append((f"rating #{j}", r.get("item"), r.get("answers"), r.get("position")))
-        subs.append(_Submission(path, obj["rater_id"], [obj["study_id"]], entries))
+        fps = [obj["fingerprint"]] if obj.get("fingerprint") not in (None, "") else []
+        subs.append(_Submission(path, obj["rater_id"], [obj["study_id"]], entries, fingerprints=fps))
     return subs, problems
 
 
@@ -153,23 +188,37 @@ def _read_csv(path: Path, text: str, manifest: Manifest) -> tuple[list[_Submissi
     if not numbered:
         return [], [Problem(path, "empty file")]
     rows = [r for _, r in numbered]
-    header = [h.strip() for h in rows[0]]
+    shown = [h.strip() for h in rows[0]]
+    # column names are ASCII and lower-case (question ids too), so folding ASCII case cannot merge two
+    # columns of this study; other letters are left as typed ('K', the Kelvin sign, does not become 'k')
+    header = [h.translate(_ASCII_LOWER) for h in shown]
     qids = [q.id for q in manifest.questions]
     need = ["study_id", "rater_id", "item"]
+    optional = ["position", "fingerprint"]
     problems = []
     missing = [c for c in need + qids if c not in header]
     if missing:
-        problems.append(Problem(path, f"missing column(s) {', '.join(missing)} (expected study_id, rater_id, "
-                                      f"position, item, {', '.join(qids)})"))  # fmt: skip
-    unknown = [c for c in header if c not in need + qids + ["position"]]
+        problems.append(Problem(path, f"missing column(s) {', '.join(missing)} (expected study_id, rater_id, item, "
+                                      f"{', '.join(qids)}; optional: {', '.join(optional)})"))  # fmt: skip
+    unknown = [s for s, c in zip(shown, header, strict=True) if c not in need + qids + optional]
     if unknown:
         problems.append(Problem(path, f"column(s) {', '.join(map(repr, unknown))} are not questions of this study "
                                       f"(its questions: {', '.join(qids)})"))  # fmt: skip
     dup = sorted({c for c in header if header.count(c) > 1})
     if dup:
-        problems.append(Problem(path, f"column(s) {', '.join(dup)} appear twice"))
+        problems.append(Problem(path, f"column(s) {', '.join(dup)} appear twice (headers are compared ignoring "
+                                      "case and surrounding spaces)"))  # fmt: skip
     if missing or dup:
-        return [], problems
+        # the sheet cannot be read, but who rated it can, where its rater_id column is there: its
+        # raters are then listed (and counted) as left out, not passed over
+        subs: dict[str, _Submission] = {}
+        if "rater_id" in header:
+            k = header.index("rater_id")
+            for _, row in numbered[1:]:
+                rid = normalise_rater_id(row[k]) if k < len(row) else ""
+                if rid:
+                    subs.setdefault(rid, _Submission(path, rid, [], []))
+        return list(subs.values()), problems
     col = {h: k for k, h in enumerate(header)}
     by_rater: dict[str, _Submission] = {}
     if len(numbered) == 1:
@@ -184,6 +233,8 @@ def _read_csv(path: Path, text: str, manifest: Manifest) -> tuple[list[_Submissi
             continue
         sub = by_rater.setdefault(rid, _Submission(path, rid, [], []))
         sub.study_raw.append(row[col["study_id"]].strip())
+        if "fingerprint" in col and row[col["fingerprint"]].strip():
+            sub.fingerprints.append(row[col["fingerprint"]].strip())
         answers = {q: row[col[q]] for q in qids}
         pos = row[col["position"]] if "position" in col else None
         sub.entries.append((f"row {n}", row[col["item"]].strip(), answers, pos))
@@ -224,6 +275,13 @@ def _validate(sub: _Submission, manifest: Manifest) -> tuple[RaterSheet | None, 
     if wrong:
         return None, [f"{who}: study id {', '.join(wrong)} is not this study's ({manifest.study_id!r}): "
                       "a ratings file of another study?"]  # fmt: skip
+    if manifest.fingerprint:  # a manifest written before fingerprints existed cannot check them
+        other = sorted({repr(f) for f in sub.fingerprints if f != manifest.fingerprint})
+        if other:
+            return None, [f"{who}: made for another version of study {manifest.study_id!r} (fingerprint "
+                          f"{', '.join(other)}; this study's is {manifest.fingerprint!r}): a sheet of the study as "
+                          "it was before it was made again (--force), or of another study made with the same "
+                          "--study-id; its item ids would name other images"]  # fmt: skip
     questions = {q.id: q for q in manifest.questions}
     known = set(manifest.item_ids)
     answers: dict[str, dict[str, int]] = {}
@@ -265,7 +323,10 @@ def _validate(sub: _Submission, manifest: Manifest) -> tuple[RaterSheet | None, 
         if isinstance(p, int):
             positions[item] = p
     if unknown:
-        msgs.append(f"{who}: {len(unknown)} unknown item id(s), not in this study's manifest: {_listing(unknown)}")
+        hint = ("; none of its items is in this study: a sheet of another study, or of another version of "
+                "this one (made again with --force)?" if not answers else "")  # fmt: skip
+        msgs.append(f"{who}: {len(unknown)} unknown item id(s), not in this study's manifest: "
+                    f"{_listing(unknown)}{hint}")  # fmt: skip
     absent = [i for i in manifest.item_ids if i not in answers]
     if absent:
         msgs.append(f"{who}: {len(absent)} of {len(known)} items missing (unanswered): {_listing(absent)}")
@@ -276,9 +337,10 @@ def _validate(sub: _Submission, manifest: Manifest) -> tuple[RaterSheet | None, 
     return RaterSheet(rid, sub.source, answers, positions), []
 
 
-def load_ratings(paths: Iterable[str | Path], manifest: Manifest) -> RatingsSet:
-    """Read and validate every ratings file against the manifest (see the module docstring)."""
-    files, ignored, problems = expand_paths(paths)
+def load_ratings(paths: Iterable[str | Path], manifest: Manifest, skip: Iterable[str | Path] = ()) -> RatingsSet:
+    """Read and validate every ratings file against the manifest (see the module docstring);
+    folders in ``skip`` (the report's) are not read, though inside a ratings folder."""
+    files, ignored, problems = expand_paths(paths, skip)
     sheets: list[RaterSheet] = []
     excluded: list[tuple[str, str, str]] = [(str(p.path), "", p.message) for p in problems]
     for path in files:

@@ -26,7 +26,7 @@ from typing import Any
 from cmav.human_eval.analysis import CI_METHOD, analyze
 from cmav.human_eval.errors import HumanEvalError
 from cmav.human_eval.ratings import RatingsSet, load_ratings
-from cmav.human_eval.study import Manifest, load_manifest, verify_images
+from cmav.human_eval.study import Manifest, load_manifest, manifest_fingerprint, verify_images
 from cmav.metrics.serialise import json_safe
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#~!])")
@@ -99,6 +99,30 @@ def plot_scores(result: dict[str, Any], manifest: Manifest, path: Path) -> Path:
     return path
 
 
+def dropped_why(a: dict[str, Any]) -> str:
+    """Why a rater was dropped by the attention checks, in a few words."""
+    why = f"failed {len(a['failed'])} of {a['n_checks']} attention check(s)"
+    if a.get("uniform") is not None:
+        why += f", answered {a['uniform']} on every item"
+    return why
+
+
+def _no_rater_left(ratings: RatingsSet, result: dict[str, Any], report_md: Path) -> str:
+    """The message when nobody is left to analyse: who was left out or dropped, and why."""
+    lines = [f"left out: {p}" for p in ratings.problems]
+    lines += [f"dropped: rater {a['rater_id']!r} ({a['source']}) {dropped_why(a)}"
+              for a in result["attention"] if a["dropped"]]  # fmt: skip
+    lines += [f"not read: {f} ({why})" for f, why in ratings.ignored]
+    if not result["n_raters_valid"]:
+        head = "every rater was left out"
+    elif not ratings.excluded:
+        head = "every rater was dropped for failed attention checks"
+    else:
+        head = "every rater was left out (invalid) or dropped (attention checks)"
+    return (f"no rater was left to analyse; {head}:" + "".join(f"\n  {x}" for x in lines)
+            + f"\nthe report says so: {report_md}")  # fmt: skip
+
+
 def _rater_rows(ratings: RatingsSet, result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for a in result["attention"]:
@@ -137,7 +161,8 @@ def write_markdown(path: Path, manifest: Manifest, ratings: RatingsSet, result: 
     if warnings_:
         L += ["## Warnings", ""] + [f"- {md(w)}" for w in warnings_] + [""]
     if not result["n_raters_kept"]:
-        L += ["No rater left to analyse.", ""]
+        L += ["**No rater left to analyse**: every rater was left out as invalid or dropped by the attention "
+              "checks (see Raters below for why); `cmav human-eval analyze` exits with status 2.", ""]  # fmt: skip
     else:
         L += ["## Scores per method", "",
               f"Mean ± sd over all ratings (n = raters x pairs); 95% CI: {CI_METHOD}, "
@@ -191,8 +216,8 @@ def write_markdown(path: Path, manifest: Manifest, ratings: RatingsSet, result: 
         fc = "" if r["checks_failed"] is None else f"{r['checks_failed']} / {r['checks']}"
         L.append(f"| {md(r['rater_id'])} | {md(r['file'])} | {md(r['status'])} | {fc} | {md(r['detail'])} |")
     if ratings.ignored:
-        L += ["", "Files in the ratings folders that were not read (not .json or .csv): "
-              + ", ".join(md(f) for f in ratings.ignored)]  # fmt: skip
+        L += ["", "Not read from the ratings folders (hidden, not .json or .csv, or the report's own folder): "
+              + ", ".join(f"{md(f)} ({md(why)})" for f, why in ratings.ignored)]  # fmt: skip
     path.write_text("\n".join(L) + "\n", encoding="utf-8")
 
 
@@ -202,7 +227,10 @@ def run_analysis(study: str | Path, ratings_paths: Iterable[str | Path], out: st
     """Validate every ratings file, analyse, write the report; returns (result, paths).
 
     Any invalid file or rater raises :class:`HumanEvalError` listing every problem, unless
-    ``skip_invalid``: then those raters are left out and listed in the report."""
+    ``skip_invalid``: then those raters are left out and listed in the report. When no rater is
+    left (all invalid, or dropped by the attention checks), the report is written, saying why, and
+    then :class:`HumanEvalError` is raised all the same: there is nothing to report scores of.
+    Folders are read with their subfolders, except ``out`` (a report written into a ratings folder)."""
     if allowed_failures < 0:
         raise ValueError(f"allowed_failures must be >= 0, got {allowed_failures}")
     if n_boot < 1:
@@ -210,9 +238,11 @@ def run_analysis(study: str | Path, ratings_paths: Iterable[str | Path], out: st
     manifest = load_manifest(study)
     study = Path(study)
     study_dir = study if study.is_dir() else study.parent
-    ratings = load_ratings(list(ratings_paths), manifest)
+    out = Path(out) if out is not None else study_dir / "report"
+    ratings = load_ratings(list(ratings_paths), manifest, skip=[out])
     if not ratings.files and not ratings.problems:
-        raise HumanEvalError(study_dir, "no ratings files given (.json or .csv, or folders holding them)")
+        not_read = "".join(f"\n  not read: {f} ({why})" for f, why in ratings.ignored)
+        raise HumanEvalError(study_dir, "no ratings files given (.json or .csv, or folders holding them)" + not_read)
     if ratings.problems and not skip_invalid:
         if len(ratings.problems) == 1:
             p = ratings.problems[0]
@@ -221,18 +251,18 @@ def run_analysis(study: str | Path, ratings_paths: Iterable[str | Path], out: st
         raise HumanEvalError(study_dir, f"{len(ratings.problems)} problem(s) in the ratings:\n  {lines}\n"
                                         "fix them, or pass --skip-invalid to leave those raters out (they are listed "
                                         "in the report)")  # fmt: skip
-    if not ratings.sheets:
-        why = "".join(f"\n  {p}" for p in ratings.problems)
-        raise HumanEvalError(study_dir, "no valid ratings to analyse" + (f"; every rater was left out:{why}" if why else ""))
     result = analyze(manifest, ratings.sheets, allowed_failures=allowed_failures, n_boot=n_boot, seed=seed,
                      pair_by=pair_by)  # fmt: skip
     warnings_ = verify_images(study_dir, manifest)
+    if manifest.fingerprint and manifest_fingerprint(manifest) != manifest.fingerprint:
+        warnings_.append(f"{study_dir / 'manifest.json'}: its fingerprint {manifest.fingerprint} does not match the "
+                         "items, pairs and questions it lists: edited since the study was made?")  # fmt: skip
     if result["n_raters_kept"] == 1:
         warnings_.append("one rater only: no agreement, and CIs reflect items only")
     result["warnings"] = warnings_
     result["problems"] = [str(p) for p in ratings.problems]
+    result["ignored"] = [f"{f} ({why})" for f, why in ratings.ignored]
 
-    out = Path(out) if out is not None else study_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     rater_rows = _rater_rows(ratings, result)
     paths = {
@@ -255,10 +285,14 @@ def run_analysis(study: str | Path, ratings_paths: Iterable[str | Path], out: st
     _write_csv(paths["raters_csv"], rater_rows, ["rater_id", "file", "status", "checks_failed", "checks", "detail"])
     if result["n_raters_kept"]:
         paths["scores_png"] = plot_scores(result, manifest, out / "scores.png")
+    else:
+        (out / "scores.png").unlink(missing_ok=True)  # an earlier run's plot must not pass for this one's
     write_markdown(paths["report_md"], manifest, ratings, result, rater_rows, warnings_)
     paths["report_json"].write_text(json.dumps(json_safe({**result, "raters": rater_rows}), indent=2, ensure_ascii=False),
                                     encoding="utf-8")  # fmt: skip
+    if not result["n_raters_kept"]:
+        raise HumanEvalError(study_dir, _no_rater_left(ratings, result, paths["report_md"]))
     return result, paths
 
 
-__all__ = ["csv_text", "md", "plot_scores", "run_analysis"]
+__all__ = ["csv_text", "dropped_why", "md", "plot_scores", "run_analysis"]

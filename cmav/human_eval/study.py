@@ -13,6 +13,13 @@ Vocabulary used everywhere in ``cmav.human_eval``:
 The manifest (``manifest.json``) is the single source of truth the analysis validates against:
 study id, questions, methods, pairs, items (with the sha256 of every image file) and how each
 rater's order is drawn (:func:`rater_order`, mirrored in the page's JavaScript).
+
+The **fingerprint** (``fp-`` + 16 hex digits, :func:`content_fingerprint`) names one version of a
+study's content: its questions and, per item, the method's name, the pair, the label shown and the
+image's sha256. Item ids are drawn from it (and the study id), so a study made again from other
+images (a retrained run, methods swapped) gets other ids; the page writes it into every export
+and the CSV template carries it, so a sheet of another version is refused by name. Manifests
+written before it existed have none (``""``) and are read as before.
 """
 
 from __future__ import annotations
@@ -187,6 +194,7 @@ class Manifest:
     data: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     cmav_version: str = ""
+    fingerprint: str = ""  # "" in manifests written before fingerprints existed
 
     # ------------------------------------------------------------------ lookups
 
@@ -224,6 +232,7 @@ class Manifest:
             "format": MANIFEST_FORMAT,
             "version": MANIFEST_VERSION,
             "study_id": self.study_id,
+            "fingerprint": self.fingerprint,
             "title": self.title,
             "instructions": self.instructions,
             "created": self.created,
@@ -262,10 +271,13 @@ class Manifest:
                 data=raw.get("data", {}),
                 created=raw.get("created", ""),
                 cmav_version=raw.get("cmav_version", ""),
+                fingerprint=raw.get("fingerprint") or "",
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise HumanEvalError(where, f"malformed manifest ({type(exc).__name__}: {exc})") from exc
         check_questions(m.questions, where)
+        if not isinstance(m.fingerprint, str):
+            raise HumanEvalError(where, f"malformed manifest: fingerprint {m.fingerprint!r} is not text")
         ids = m.item_ids
         if len(set(ids)) != len(ids):
             raise HumanEvalError(where, "malformed manifest: an item id is used twice")
@@ -301,6 +313,42 @@ def verify_images(study: str | Path, manifest: Manifest) -> list[str]:
 
 
 # ---------------------------------------------------------------------- hashing and ids
+
+
+def content_json(questions: Sequence[Question], items: Sequence[tuple[str, str, str, str, bool, str]]) -> str:
+    """The content a study version is made of, as canonical JSON: the questions, and per item
+    ``(method name, pair class, pair stem, label shown, is a check, image sha256)``. No paths and no
+    order: the same images from another folder, or runs listed in another order, are the same content."""
+    return json.dumps({"questions": [asdict(q) for q in questions], "items": sorted(map(list, items))},
+                      sort_keys=True, ensure_ascii=True, separators=(",", ":"))  # fmt: skip
+
+
+def content_fingerprint(content: str) -> str:
+    """``fp-`` + 16 hex digits of the sha256 of :func:`content_json` (the letters keep a spreadsheet
+    from reading it as a number)."""
+    import hashlib
+
+    return "fp-" + hashlib.sha256(("fingerprint\n" + content).encode()).hexdigest()[:16]
+
+
+def manifest_fingerprint(manifest: Manifest) -> str | None:
+    """The fingerprint of what a manifest lists (None when an item names an unknown pair): equal to
+    its ``fingerprint`` unless the manifest was edited after the study was made."""
+    pairs = manifest.pair_by_id
+    if any(i.pair not in pairs for i in manifest.items):
+        return None
+    keys = [(i.method, pairs[i.pair].class_name, pairs[i.pair].stem, i.label, i.check, i.sha256)
+            for i in manifest.items]  # fmt: skip
+    return content_fingerprint(content_json(manifest.questions, keys))
+
+
+def id_rng(study_id: str, content: str) -> np.random.Generator:
+    """The generator item ids are drawn from: seeded by the study id and the content, so the same id
+    never names another image in a study of the same id made from other images."""
+    import hashlib
+
+    digest = hashlib.sha256(f"item ids\n{study_id}\n{content}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:16], "big"))
 
 
 def opaque_ids(n: int, rng: np.random.Generator, length: int = 8) -> list[str]:
@@ -376,6 +424,21 @@ def rater_id_problem(rater_id: object) -> str | None:
     return None
 
 
+def check_paper_raters(paper_raters: Sequence[str]) -> list[str]:
+    """The paper raters' ids, trimmed; an unusable id or one given twice is refused (two sheets for one rater)."""
+    seen: dict[str, str] = {}
+    for raw in paper_raters:
+        problem = rater_id_problem(raw)
+        if problem:
+            raise HumanEvalError("--paper-raters", f"{raw!r}: {problem}")
+        rid = normalise_rater_id(raw)
+        if rid in seen:
+            raise HumanEvalError("--paper-raters", f"{raw!r} is the same rater as {seen[rid]!r} (ids are compared "
+                                                   "with surrounding spaces trimmed): give each rater once")  # fmt: skip
+        seen[rid] = raw
+    return list(seen)
+
+
 def rater_order(study_id: str, rater_id: str, item_ids: Sequence[str]) -> list[str]:
     """The order in which rater ``rater_id`` sees the items: the same every time for one rater, a
     different shuffle for another (the page runs the identical algorithm in JavaScript)."""
@@ -433,10 +496,14 @@ __all__ = [
     "Pair",
     "Question",
     "REFERENCE",
+    "check_paper_raters",
     "check_questions",
+    "content_fingerprint",
+    "content_json",
     "display_label",
     "load_manifest",
     "load_questions",
+    "manifest_fingerprint",
     "rater_order",
     "sample_pairs",
     "sha256_file",
