@@ -40,8 +40,11 @@ from cmav.features.frontend import FrontEndConfig
 
 AudioSource = str | Path | np.ndarray | Tensor
 """A sound file's path, or samples ``(samples,)`` / ``(channels, samples)`` (then ``sample_rate`` is needed)."""
-ImageSource = str | Path | Tensor | list
-"""A frame's path (or a list of paths), or frames ``(3, S, S)`` / ``(N, 3, S, S)`` in [-1, 1]."""
+ImageSource = str | Path | Tensor | np.ndarray | list | tuple | Any
+"""A frame: its path, a PIL image or a numpy uint8 ``(H, W, 3)`` array (each read exactly as a frame
+file is: centre square, resized to the model's size, scaled to [-1, 1]); a list or tuple of those,
+or a numpy uint8 ``(N, H, W, 3)`` stack; or frames already at the model's size, a float tensor
+``(3, S, S)`` / ``(N, 3, S, S)`` in [-1, 1]."""
 
 KINDS = ("audio_classifier", "image_judge", "player_judge", "image_encoder", "s2i", "i2s", "retrieval", "audio_token")
 
@@ -120,8 +123,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", pipeline: str | P
     """Load any trained cmav checkpoint (classifier, judge, S2I, I2S, retrieval, audio token) for use.
 
     The model is in eval mode on ``device``. ``pipeline`` is the diffusion pipeline folder of an
-    audio-token checkpoint (default: the one it was trained with). Raises ``FileNotFoundError`` /
-    ``ValueError`` naming the file when it is missing, half-written or not a cmav model.
+    audio-token checkpoint (default: the one it was trained with). Raises ``FileNotFoundError``
+    naming the file when it is missing, ``ValueError`` naming it when it is a directory, not a
+    PyTorch checkpoint, half-written or not a cmav model.
     """
     from cmav.evaluation.generate import front_end_of
     from cmav.tasks.classifier import _load_checkpoint, load_classifier
@@ -211,10 +215,15 @@ def embed_audio(model: Model, audio: AudioSource, sample_rate: int | None = None
                 batch_size: int = 64) -> Embeddings:  # fmt: skip
     """One embedding per chunk of a recording.
 
-    A sound classifier gives its audio encoder's feature (128-d by default); an S2I model gives the
-    condition its EMA generator reads for the chunk (the EMA encoder's feature by default, which a
-    trained encoder's online weights are not); a retrieval model gives its joint audio-image space
-    (unit length), so that :func:`embed_image` of the same model compares with it by a dot product.
+    A sound classifier gives its audio encoder's feature (128-d by default). An S2I model gives its
+    EMA encoder's own condition vector for the chunk (its feature by default; the class logits or
+    probabilities where the model conditions on them; the EMA weights, which a trained encoder's
+    online ones are not). That is what the generator reads only under ``inference_condition``
+    ``'own'``; under ``'nearest'`` or ``'class_mean'`` it reads training conditions from the
+    checkpoint's bank instead, which are ``model.task.inference_conditions(model.task.ema.module,
+    cmav.audio_chunks(model, audio).features)`` (in ``torch.no_grad()``). A retrieval model gives
+    its joint audio-image space (unit length), so that :func:`embed_image` of the same model
+    compares with it by a dot product.
     """
     _needs(model, "embed_audio", ("audio_classifier", "s2i", "retrieval"))
     chunks = _features_for(model, audio, sample_rate, hop_s)
@@ -240,6 +249,20 @@ def classify_audio(model: Model, audio: AudioSource, sample_rate: int | None = N
     return ChunkPredictions(probabilities=logits.softmax(1), class_names=model.class_names or [], start_s=chunks.start_s)
 
 
+def noise(n: int, z_dim: int, seed: int) -> Tensor:
+    """The generator noise ``(n, z_dim)`` of :func:`sound_to_image` and :func:`image_to_sound`: row
+    ``k`` is ``torch.randn(z_dim)`` from a generator of its own, seeded with
+    ``numpy.random.SeedSequence([seed mod 2**64, k]).generate_state(1, numpy.uint64)[0]``. So
+    sample ``k`` depends only on ``(seed, k)``: the first draws of a larger ``n`` are those of a
+    smaller one (one ``randn(n, z_dim)`` would not do that: torch draws a small tensor by another
+    code path than a large one)."""
+    rows = []
+    for k in range(n):
+        state = int(np.random.SeedSequence([int(seed) % 2**64, k]).generate_state(1, np.uint64)[0])
+        rows.append(torch.randn(z_dim, generator=torch.Generator().manual_seed(state)))
+    return torch.stack(rows) if rows else torch.empty(0, z_dim)
+
+
 @torch.no_grad()
 def sound_to_image(model: Model, audio: AudioSource, n: int = 1, seed: int = 0, sample_rate: int | None = None,
                    hop_s: float | None = None, max_chunks: int | None = None, inference_condition: str | None = None,
@@ -247,8 +270,9 @@ def sound_to_image(model: Model, audio: AudioSource, n: int = 1, seed: int = 0, 
     """Frames ``(chunks, n, 3, S, S)`` in [-1, 1], ``n`` per chunk of a recording, from ``seed``.
 
     An S2I model uses its EMA generator and the same ``n`` noise draws for every chunk, so chunks
-    compare; ``inference_condition`` overrides the checkpoint's (``'own'``, ``'nearest'``,
-    ``'class_mean'``). An audio-token model prompts its frozen diffusion model with each chunk's
+    compare; draw ``k`` depends only on ``(seed, k)`` (see :func:`noise`), so ``n=1`` gives the
+    first image of ``n=4``. ``inference_condition`` overrides the checkpoint's (``'own'``,
+    ``'nearest'``, ``'class_mean'``). An audio-token model prompts its frozen diffusion model with each chunk's
     token; ``diffusion`` sets its sampler (``steps``, ``scheduler``, ``guidance_scale``: 50,
     ``'ddim'``, 3.0 by default), and every image's starting noise is drawn in turn from ``seed``.
     """
@@ -268,7 +292,7 @@ def sound_to_image(model: Model, audio: AudioSource, n: int = 1, seed: int = 0, 
         raise ValueError(f"{model.path}: diffusion settings are for an audio-token model; this one is 's2i'")
     chunks = _features_for(model, audio, sample_rate, hop_s, max_chunks)
     with _inference_condition(model, inference_condition) as task:
-        z = torch.randn(n, task.z_dim, generator=torch.Generator().manual_seed(seed))
+        z = noise(n, task.z_dim, seed)
         x = chunks.features.repeat_interleave(n, 0)
         zz = z.repeat(len(chunks.features), 1)
         out = torch.cat([task.generate(x[i : i + batch_size], zz[i : i + batch_size]).cpu()
@@ -290,20 +314,68 @@ def _inference_condition(model: Model, mode: str | None) -> Iterator[Any]:
         task.set_inference_condition(*before)
 
 
-def _frames(model: Model, image: ImageSource) -> Tensor:
-    from cmav.data.image_io import load_frame
+FRAME_RANGE_TOLERANCE = 0.01
+"""How far beyond [-1, 1] a frame tensor may reach (round-off of a resize or a rescale) and be used."""
 
+_FRAME_INPUTS = ("a path (str or Path), a PIL image, a numpy uint8 (H, W, 3) frame as read from an image file, a "
+                 "list or tuple of those, a numpy uint8 (N, H, W, 3) stack, or a float tensor (3, S, S) / "
+                 "(N, 3, S, S) in [-1, 1]")  # fmt: skip
+
+
+def _frame_pixels(model: Model, item: Any, where: str, size: int) -> np.ndarray:
+    """One frame that is not a tensor as uint8 ``(size, size, 3)``, read as :func:`~cmav.data.image_io.load_frame`
+    reads a file: 8-bit RGB, its centre square, resized (bicubic) to ``size``."""
+    from PIL import Image
+
+    from cmav.data.image_io import centre_square, load_frame, to_8_bit
+
+    if isinstance(item, (str, Path)):
+        return load_frame(item, size)
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] not in (3, 4):
+            raise ValueError(f"{model.path}: numpy frames must be uint8 (H, W, 3) (RGB, as read from an image file; "
+                             f"RGBA is taken as RGB) or (N, H, W, 3); {where} is {item.dtype} of shape "
+                             f"{tuple(item.shape)}. Frames already scaled to [-1, 1] go in as a float tensor "
+                             f"(3, {size}, {size})")  # fmt: skip
+        item = Image.fromarray(np.ascontiguousarray(item))
+    if isinstance(item, Image.Image):
+        img = to_8_bit(item, where).convert("RGB")
+        return np.asarray(centre_square(img, size, Image.Resampling.BICUBIC), dtype=np.uint8)
+    raise TypeError(f"{model.path}: frames are {_FRAME_INPUTS}; got {type(item).__name__}"
+                    + (f" at {where}" if where != "the frame" else ""))  # fmt: skip
+
+
+def _frames(model: Model, image: ImageSource) -> Tensor:
+    """Frames ``(N, 3, S, S)`` in [-1, 1] at the model's size from any :data:`ImageSource`: paths,
+    PIL images and numpy uint8 frames are read exactly as the data sets read a frame file (centre
+    square, resized, scaled to [-1, 1]); a tensor must already be float in [-1, 1] at that size."""
     size = int(model.task.hparams.image_size)
-    if isinstance(image, (str, Path)):
-        image = [image]
-    if isinstance(image, list):
-        arrays = [load_frame(p, size) for p in image]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-    x = image[None] if image.dim() == 3 else image
-    if x.dim() != 4 or tuple(x.shape[1:]) != (3, size, size):
-        raise ValueError(f"frames must be (3, {size}, {size}) or (N, 3, {size}, {size}) in [-1, 1] for {model.path}; "
-                         f"got {tuple(image.shape)} (a path is cropped and resized for you)")  # fmt: skip
-    return x.float()
+    if isinstance(image, Tensor):
+        if not image.is_floating_point():
+            raise ValueError(f"{model.path}: frames given as a tensor of dtype {image.dtype}; a tensor must be float "
+                             "in [-1, 1] (uint8 pixels: x.float() / 127.5 - 1, or pass them as a numpy (H, W, 3) "
+                             "array or a PIL image)")  # fmt: skip
+        x = image[None] if image.dim() == 3 else image
+        if x.dim() != 4 or tuple(x.shape[1:]) != (3, size, size):
+            raise ValueError(f"frames must be (3, {size}, {size}) or (N, 3, {size}, {size}) in [-1, 1] for {model.path}; "
+                             f"got {tuple(image.shape)} (a path, PIL image or numpy uint8 frame is cropped and "
+                             "resized for you)")  # fmt: skip
+        x = x.float()
+        peak = float(x.abs().max()) if x.numel() else 0.0
+        if not peak <= 1.0 + FRAME_RANGE_TOLERANCE:  # NaN too
+            raise ValueError(f"{model.path}: frames given as a tensor must be float in [-1, 1]; these reach {peak:g} "
+                             "(pixels in [0, 255]: x / 127.5 - 1; in [0, 1]: x * 2 - 1)")  # fmt: skip
+        return x
+    if isinstance(image, np.ndarray) and image.ndim == 4:
+        items, names = list(image), [f"frame {i}" for i in range(len(image))]
+    elif isinstance(image, (list, tuple)):
+        items, names = list(image), [f"item {i}" for i in range(len(image))]
+    else:
+        items, names = [image], ["the frame"]
+    if not items:
+        raise ValueError(f"{model.path}: no frames given (an empty {type(image).__name__})")
+    arrays = [_frame_pixels(model, item, where, size) for item, where in zip(items, names, strict=True)]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 @torch.no_grad()
@@ -321,7 +393,8 @@ def embed_image(model: Model, image: ImageSource, batch_size: int = 64) -> Tenso
 def image_to_sound(model: Model, image: ImageSource, n: int = 1, seed: int = 0, griffin_lim_iters: int = 64,
                    inference_condition: str | None = None) -> tuple[Tensor, int]:  # fmt: skip
     """Sound from frames with an I2S model: waveforms ``(frames, n, samples)`` in [-1, 1] at the
-    returned rate, ``n`` noise draws per frame from ``seed``. The generated LMS is turned into sound
+    returned rate, ``n`` noise draws per frame from ``seed`` (the same for every frame; draw ``k``
+    depends only on ``(seed, k)``, see :func:`noise`). The generated LMS is turned into sound
     with the inverse mel scale and Griffin-Lim (``griffin_lim_iters`` iterations)."""
     from cmav.features.inversion import lms_to_audio
 
@@ -332,7 +405,7 @@ def image_to_sound(model: Model, image: ImageSource, n: int = 1, seed: int = 0, 
         raise ValueError(f"{model.path}: generates {model.features.kind} features; only an LMS turns back into sound")
     frames = _frames(model, image)
     with _inference_condition(model, inference_condition) as task:
-        z = torch.randn(n, task.z_dim, generator=torch.Generator().manual_seed(seed))
+        z = noise(n, task.z_dim, seed)
         lms = task.generate(frames.repeat_interleave(n, 0), z.repeat(len(frames), 1)).cpu()
     n_samples = model.chunk.samples_at(model.features.sample_rate)
     waves = lms_to_audio(lms, model.features, n_iter=griffin_lim_iters, n_samples=n_samples)  # type: ignore[arg-type]

@@ -224,7 +224,7 @@ def test_sound_to_image_is_what_cmav_generate_writes(models, tmp_path):
     assert images.shape == (2, 3, 3, SIZE, SIZE) and images.abs().max() <= 1.0
     assert not torch.equal(images[0, 0], images[0, 1])  # the noise draws differ
     assert torch.equal(images, cmav.sound_to_image(model, wav, n=3, seed=5))
-    # its embedding is the condition the EMA generator reads (a scratch encoder: not the online one's feature)
+    # its embedding is the EMA encoder's own condition (what G reads under "own"; a scratch encoder: not the online one)
     chunk = cmav.audio_chunks(model, wav).features
     with torch.no_grad():
         condition = model.task.ema.module.condition(chunk)
@@ -337,3 +337,157 @@ def test_cmav_classify_prints_and_writes_each_chunk(data, models, tmp_path, caps
     assert main(["embed", "--ckpt", str(models["audio_classifier"]), "--audio", str(wav), "-o",
                  str(tmp_path / "vectors")]) == 0  # fmt: skip
     assert "wrote " + str(tmp_path / "vectors.npz") in capsys.readouterr().out and (tmp_path / "vectors.npz").is_file()
+
+
+# --- defects found in review: each test reproduces one ----------------------------------------------
+def test_integer_pcm_in_memory_gives_the_features_of_its_file(models, tmp_path):
+    """int16 samples (what scipy.io.wavfile.read gives) are scaled as soundfile scales the file's."""
+    model = cmav.load(models["audio_classifier"])
+    wav = write_wav(tmp_path / "pcm.wav", seconds=0.5, channels=1, freq=440.0, noise=0.01)
+    pcm, rate = sf.read(str(wav), dtype="int16")
+    from_file = cmav.audio_chunks(model, wav).features
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        for given in (pcm, torch.from_numpy(pcm.copy())):
+            torch.testing.assert_close(cmav.audio_chunks(model, given, sample_rate=rate).features, from_file)
+    # float samples beyond full scale (int PCM cast to float by hand) are used, but not in silence
+    with pytest.warns(DataWarning, match=r"<samples>: float samples reach \d{4,5}, beyond full scale"):
+        cmav.audio_chunks(model, pcm.astype(np.float32), sample_rate=rate)
+
+
+def test_sample_rate_that_is_not_a_positive_whole_number_is_refused_by_name(models):
+    model = cmav.load(models["audio_classifier"])
+    samples = np.zeros(22050, np.float32)
+    for rate in (0, -44100, 44100.5):
+        with pytest.raises(ValueError, match=rf"sample_rate must be a positive whole number of Hz, got {rate}"):
+            cmav.embed_audio(model, samples, sample_rate=rate)
+
+
+def test_frames_in_memory_are_read_like_their_files(data, models, tmp_path):
+    """A tuple of paths, PIL images and numpy uint8 (H, W, 3) frames are cropped, resized and scaled
+    exactly as the same frames read from files; a tensor that is not in [-1, 1] is refused."""
+    judge = cmav.load(models["image_judge"])
+    frames = sorted((data["root"] / "img" / "validation").rglob("*.jpg"))[:2]
+    expected = cmav.embed_image(judge, frames)
+    torch.testing.assert_close(cmav.embed_image(judge, tuple(frames)), expected)
+    torch.testing.assert_close(cmav.embed_image(judge, [Image.open(p) for p in frames]), expected)
+    torch.testing.assert_close(cmav.embed_image(judge, Image.open(frames[0])), expected[:1])
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in frames]
+    torch.testing.assert_close(cmav.embed_image(judge, arrays[0]), expected[:1])
+    torch.testing.assert_close(cmav.embed_image(judge, np.stack(arrays)), expected)
+    # a wide frame: its centre square, resized, as for a file (png: lossless, so the same pixels)
+    wide = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    torch.testing.assert_close(cmav.embed_image(judge, wide), cmav.embed_image(judge, tmp_path / "wide.png"))
+    i2s = cmav.load(models["i2s"])
+    waves, _ = cmav.image_to_sound(i2s, Image.open(frames[0]), griffin_lim_iters=2)
+    torch.testing.assert_close(waves, cmav.image_to_sound(i2s, frames[0], griffin_lim_iters=2)[0])
+    # tensors: float in [-1, 1] only
+    pixels = torch.from_numpy(np.array(load_frame(frames[0], SIZE))).permute(2, 0, 1).contiguous()  # uint8 (3, S, S), 0..255
+    with pytest.raises(ValueError, match=r"judge\.ckpt: frames given as a tensor of dtype torch\.uint8"):
+        cmav.embed_image(judge, pixels)
+    with pytest.raises(ValueError, match=r"float in \[-1, 1\]; these reach 2\d\d"):
+        cmav.embed_image(judge, pixels.float())
+    with pytest.raises(ValueError, match=r"numpy frames must be uint8 \(H, W, 3\)"):
+        cmav.embed_image(judge, np.zeros((3, SIZE, SIZE), np.float32))
+    with pytest.raises(TypeError, match=r"a path .* a PIL image, a numpy uint8 .* or a float tensor .*; got dict"):
+        cmav.embed_image(judge, {"frame": frames[0]})
+    with pytest.raises(ValueError, match="no frames given"):
+        cmav.embed_image(judge, [])
+
+
+def test_sample_k_depends_only_on_the_seed_and_k(models, tmp_path):
+    """The first draws of a larger n are the draws of a smaller one: the noise of sample k is the
+    same whatever n (torch draws a small tensor by another code path than a large one)."""
+    s2i = cmav.load(models["s2i"])
+    wav = write_wav(tmp_path / "clip.wav", seconds=0.5, freq=440.0)
+    four = cmav.sound_to_image(s2i, wav, n=4, seed=1)
+    for n in (1, 2, 3):
+        torch.testing.assert_close(cmav.sound_to_image(s2i, wav, n=n, seed=1), four[:, :n], atol=1e-6, rtol=0)
+    assert not torch.allclose(cmav.sound_to_image(s2i, wav, n=1, seed=2), four[:, :1])  # another seed, other noise
+    i2s = cmav.load(models["i2s"])
+    frame = torch.zeros(3, SIZE, SIZE)
+    waves, _ = cmav.image_to_sound(i2s, frame, n=4, seed=1, griffin_lim_iters=2)
+    # the LMS agree to float round-off (another batch size); Griffin-Lim and the peak scaling magnify it
+    torch.testing.assert_close(cmav.image_to_sound(i2s, frame, n=1, seed=1, griffin_lim_iters=2)[0], waves[:, :1],
+                               atol=1e-2, rtol=0)  # fmt: skip
+    other, _ = cmav.image_to_sound(i2s, frame, n=1, seed=2, griffin_lim_iters=2)
+    assert (other - waves[:, :1]).abs().max() > 0.1
+
+
+def test_cmav_generate_passes_on_warnings_that_are_not_data_notes(models, tmp_path):
+    from cmav.evaluation.generate import generate_from_wav
+
+    wav = write_wav(tmp_path / "clip.wav", seconds=1.0)
+    with pytest.warns(UserWarning, match="trained from scratch without a class loss") as caught:
+        _, notes = generate_from_wav(models["s2i"], wav, n=1, output=tmp_path / "x.png",
+                                     inference_condition="class_mean")  # fmt: skip
+    assert notes == [f"{wav}: 1.00 s long; using its first 0.5 s (1 chunk)"]
+    assert not [w for w in caught if issubclass(w.category, DataWarning)]  # notes are returned, not warned twice
+
+
+def test_cmav_generate_refuses_n_zero_by_name(data, models, tmp_path, capsys):
+    from cmav.cli.main import main
+
+    wav = write_wav(tmp_path / "clip.wav")
+    frame = sorted((data["root"] / "img" / "validation").rglob("*.jpg"))[0]
+    for ckpt, given, out in ((models["s2i"], ["--audio", str(wav)], tmp_path / "x.png"),
+                             (models["i2s"], ["--image", str(frame)], tmp_path / "x.wav")):  # fmt: skip
+        assert main(["generate", "--ckpt", str(ckpt), *given, "-n", "0", "-o", str(out)]) == 2
+        assert "n must be >= 1" in capsys.readouterr().err and not out.exists()
+
+
+def test_load_names_a_file_that_is_not_a_checkpoint_and_a_folder(data, tmp_path):
+    frame = sorted((data["root"] / "img" / "validation").rglob("*.jpg"))[0]
+    with pytest.raises(ValueError, match=rf"{frame.name}: not a readable checkpoint: not a PyTorch checkpoint"):
+        cmav.load(frame)
+    png = tmp_path / "f.png"
+    Image.new("RGB", (4, 4)).save(png)
+    with pytest.raises(ValueError, match=r"f\.png: not a readable checkpoint: not a PyTorch checkpoint"):
+        cmav.load(png)
+    with pytest.raises(ValueError, match=rf"{tmp_path.name}: is a directory, not a checkpoint file"):
+        cmav.load(tmp_path)
+
+
+def test_embed_audio_of_s2i_is_its_encoder_feature_not_the_condition_bank_row(models, tmp_path):
+    """A checkpoint generating from the nearest training condition: embed_audio gives the encoder's
+    own feature; the docstring says so and how to get the condition the generator reads."""
+    blob = torch.load(models["s2i"], weights_only=False)
+    blob["hyper_parameters"]["inference_condition"] = "nearest"
+    torch.save(blob, tmp_path / "nearest.ckpt")
+    model = cmav.load(tmp_path / "nearest.ckpt")
+    wav = write_wav(tmp_path / "clip.wav", seconds=1.0)
+    x = cmav.audio_chunks(model, wav).features
+    net = model.task.ema.module
+    with torch.no_grad():
+        own, read = net.condition(x), model.task.inference_conditions(net, x)
+    torch.testing.assert_close(cmav.embed_audio(model, wav).vectors, own)
+    bank = model.task.condition_bank.conditions
+    assert all(bool((bank == row).all(1).any()) for row in read) and not torch.allclose(own, read)
+    doc = " ".join(cmav.embed_audio.__doc__.split())
+    assert "condition its EMA generator reads" not in doc
+    assert "encoder's own" in doc and "model.task.inference_conditions(" in doc
+
+
+def test_cmav_generate_checks_its_output_before_running_and_writes_into_a_folder(data, models, tmp_path, capsys):
+    from cmav.cli.main import main
+    from cmav.evaluation.generate import generate_from_image, generate_from_wav
+
+    wav = write_wav(tmp_path / "clip.wav")
+    frame = sorted((data["root"] / "img" / "validation").rglob("*.jpg"))[0]
+    # a wrong suffix is refused by name before the input is even read (it does not exist here)
+    with pytest.raises(ValueError, match=r"x\.txt: the images are written as an image file: \.png"):
+        generate_from_wav(models["s2i"], tmp_path / "missing.wav", output=tmp_path / "x.txt")
+    with pytest.raises(ValueError, match=r"x\.mp3: the sound is written as \.wav or \.flac"):
+        generate_from_image(models["i2s"], tmp_path / "missing.jpg", output=tmp_path / "x.mp3")
+    # a folder (existing, or named with a trailing /) takes the default file name, as audio token's -o does
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert main(["generate", "--ckpt", str(models["s2i"]), "--audio", str(wav), "-n", "2", "-o", str(folder)]) == 0
+    assert f"wrote {folder / 'generated.png'}" in capsys.readouterr().out and (folder / "generated.png").is_file()
+    assert main(["generate", "--ckpt", str(models["i2s"]), "--image", str(frame), "-o", str(folder)]) == 0
+    assert (folder / "generated.wav").is_file() and not (tmp_path / "out.wav").exists()
+    paths, _ = generate_from_image(models["i2s"], frame, n=2, output=f"{tmp_path / 'new'}/", griffin_lim_iters=2)
+    assert paths == [tmp_path / "new" / "generated_0.wav", tmp_path / "new" / "generated_1.wav"]
+    path, _ = generate_from_wav(models["s2i"], wav, n=1, output=tmp_path / "plain")  # no suffix: .png, as I2S adds .wav
+    assert path == tmp_path / "plain.png" and path.is_file()

@@ -107,6 +107,69 @@ def test_silent_chunk_is_reported(tmp_path):
     assert any("quiet.wav: silent chunk" in n for n in notes)
 
 
+# --- samples in memory (the API's array/tensor input) ----------------------------------------------
+def test_integer_pcm_in_memory_is_scaled_as_soundfile_reads_the_file(tmp_path):
+    """int16/int32 PCM (e.g. from scipy.io.wavfile.read) and 8-bit unsigned PCM give the samples
+    soundfile gives for the same file, not values 32768 times too large."""
+    import soundfile as sf
+    import torch
+
+    from cmav.data.audio_io import read_mono
+
+    for subtype, dtype in (("PCM_16", "int16"), ("PCM_32", "int32")):
+        path = tmp_path / f"{subtype}.wav"
+        t = np.arange(22050) / 44100
+        sf.write(str(path), np.stack([0.3 * np.sin(2 * np.pi * 440 * t), -0.9 * np.cos(2 * np.pi * 97 * t)], 1),
+                 44100, subtype=subtype)  # fmt: skip
+        pcm, rate = sf.read(str(path), dtype=dtype, always_2d=True)
+        from_file, _, _ = read_mono(path, 44100)
+        for given in (pcm.T, torch.from_numpy(pcm.T.copy())):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                mono, name, notes = read_mono(given, 44100, sample_rate=rate)
+            assert name == "<samples>" and notes == [] and mono.dtype == np.float32
+            np.testing.assert_array_equal(mono, from_file)
+    # 8-bit wav is unsigned, centred at 128 (soundfile reads PCM_U8 as (x - 128) / 128)
+    u8 = np.array([0, 64, 128, 192, 255] * 100, dtype=np.uint8)
+    path = tmp_path / "u8.wav"
+    sf.write(str(path), (u8.astype(np.float64) - 128) / 128, 8000, subtype="PCM_U8")
+    mono, _, _ = read_mono(u8, 8000, sample_rate=8000)
+    np.testing.assert_array_equal(mono, read_mono(path, 8000)[0])
+    assert mono[:5].tolist() == [-1.0, -0.5, 0.0, 0.5, 127 / 128]
+
+
+def test_float_samples_beyond_full_scale_are_reported():
+    from cmav.data.audio_io import read_mono
+
+    loud = 3000.0 * np.sin(np.linspace(0, 100, 22050)).astype(np.float32)
+    mono, _, notes = read_mono(loud, 44100, sample_rate=44100)
+    assert np.allclose(mono, loud, atol=1e-3)  # used as given, but not in silence
+    assert any(n.startswith("<samples>: float samples reach 3000") and "beyond full scale" in n for n in notes)
+    assert read_mono(loud / 3000, 44100, sample_rate=44100)[2] == []
+
+
+@pytest.mark.parametrize("rate", [0, -44100, 44100.5, float("nan"), float("inf"), "44100", True, None])
+def test_sample_rate_of_samples_must_be_a_positive_whole_number(rate):
+    from cmav.data.audio_io import read_mono
+
+    samples = np.zeros(22050, np.float32)
+    if rate is None:
+        with pytest.raises(ValueError, match="without sample_rate"):
+            read_mono(samples, 44100, sample_rate=rate)
+        return
+    with pytest.raises(ValueError, match=r"sample_rate must be a positive whole number of Hz, got "):
+        read_mono(samples, 44100, sample_rate=rate)
+
+
+def test_sample_rate_given_as_a_whole_float_or_numpy_int_is_used():
+    from cmav.data.audio_io import read_mono
+
+    samples = np.zeros(22050, np.float32)
+    for rate in (44100.0, np.int64(44100), np.float32(44100)):
+        mono, _, notes = read_mono(samples, 44100, sample_rate=rate)
+        assert mono.shape == (22050,) and not any("resampled" in n for n in notes)
+
+
 # --- images --------------------------------------------------------------------------------------
 def test_broken_jpeg_names_the_file(tmp_path):
     good = write_jpg(tmp_path / "good.jpg")

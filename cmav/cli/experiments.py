@@ -34,8 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("-n", type=int, default=None, help="samples to draw with different noise (default: 4 images, 1 wav)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("-o", "--output", default=None,
-                   help="S2I: png (a grid when n > 1; default generated.png); I2S: wav (<stem>_<k>.wav when n > 1; "
-                   "default generated.wav); audio token: a folder (sample_00.png ... and grid.png; default generated)")  # fmt: skip
+                   help="S2I: png (a grid when n > 1; default generated.png); I2S: wav or flac (<stem>_<k>.wav when "
+                   "n > 1; default generated.wav); for both, a folder (existing, or ending in /) gets the default name "
+                   "inside it; audio token: a folder (sample_00.png ... and grid.png; default generated)")  # fmt: skip
     g.add_argument("--inference-condition", choices=INFERENCE_CONDITIONS, default=None,
                    help="S2I/I2S: the generator's condition: the input's own (the paper), the nearest training "
                         "condition, or the mean training condition of the predicted class (default: the checkpoint's)")  # fmt: skip
@@ -120,21 +121,23 @@ def _generate(args: argparse.Namespace) -> int:
     if kind != "audio_token" and diffusion:
         raise ValueError(f"{args.ckpt}: --{', --'.join(diffusion)} set(s) the diffusion sampler of an audio-token "
                          f"model; this is an {kind} checkpoint")  # fmt: skip
+    # -n 0 is refused by name below, not taken for the default
+    n = args.n if args.n is not None else (1 if args.image is not None else 4)
     if args.audio is not None and kind == "audio_token":
         from cmav.evaluation.token import generate_from_audio_token
 
         settings = {**TOKEN_DEFAULTS, **diffusion}
         paths, notes = generate_from_audio_token(
-            args.ckpt, args.audio, n=args.n or 4, seed=args.seed, output_dir=args.output or "generated",
+            args.ckpt, args.audio, n=n, seed=args.seed, output_dir=args.output or "generated",
             scheduler=settings["scheduler"], steps=settings["steps"], guidance_scale=settings["guidance"],
             pipeline=settings.get("pipeline"),
         )  # fmt: skip
     elif args.image is not None:
-        paths, notes = generate_from_image(args.ckpt, args.image, n=args.n or 1, seed=args.seed,
+        paths, notes = generate_from_image(args.ckpt, args.image, n=n, seed=args.seed,
                                            output=args.output or "generated.wav",
                                            inference_condition=args.inference_condition)  # fmt: skip
     else:
-        path, notes = generate_from_wav(args.ckpt, args.audio, n=args.n or 4, seed=args.seed,
+        path, notes = generate_from_wav(args.ckpt, args.audio, n=n, seed=args.seed,
                                         output=args.output or "generated.png",
                                         inference_condition=args.inference_condition)  # fmt: skip
         paths = [path]

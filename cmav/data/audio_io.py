@@ -134,14 +134,49 @@ def load_chunk(path: str | Path, spec: ChunkSpec = ChunkSpec()) -> np.ndarray:
     return mono
 
 
+def checked_sample_rate(sample_rate: Any) -> int:
+    """``sample_rate`` as an int: a positive whole number (``44100``, ``44100.0``, a numpy integer);
+    anything else (0, negative, 44100.5, NaN, a string, a bool) is a ValueError naming it."""
+    whole = isinstance(sample_rate, (int, np.integer)) or (
+        isinstance(sample_rate, (float, np.floating)) and np.isfinite(sample_rate) and float(sample_rate).is_integer())
+    if isinstance(sample_rate, (bool, np.bool_)) or not whole or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive whole number of Hz, got {sample_rate!r}")
+    return int(sample_rate)
+
+
+def as_float_samples(wave: np.ndarray, name: str, notes: list[str]) -> np.ndarray:
+    """Samples in memory as float32 on soundfile's scale (full scale = 1.0): signed integer PCM
+    (int16/int32 from ``scipy.io.wavfile.read``, ...) divided by 2**(bits-1), unsigned (8-bit wav)
+    centred at 2**(bits-1) first, exactly as soundfile reads the same samples from a file. Float
+    samples are used as given; beyond full scale they are noted (with ``name``): int PCM cast to
+    float without its scale would otherwise pass unnoticed, 90 dB too loud."""
+    if wave.dtype == np.bool_ or not (np.issubdtype(wave.dtype, np.integer) or np.issubdtype(wave.dtype, np.floating)):
+        raise DataError(name, f"samples of dtype {wave.dtype}: pass float samples in [-1, 1] or integer PCM")
+    if np.issubdtype(wave.dtype, np.integer):
+        half = 2.0 ** (8 * wave.dtype.itemsize - 1)
+        centre = half if np.issubdtype(wave.dtype, np.unsignedinteger) else 0.0
+        return ((wave.astype(np.float64) - centre) / half).astype(np.float32)
+    wave = wave.astype(np.float32, copy=False)
+    peak = float(np.max(np.abs(wave))) if wave.size and np.isfinite(wave).all() else 0.0
+    if peak > 1.0:
+        notes.append(f"{name}: float samples reach {peak:g}, beyond full scale (1.0); used as given (integer PCM "
+                     "is scaled for you: pass it as its integer dtype, or divide by 32768 for 16-bit)")  # fmt: skip
+    return wave
+
+
 def read_mono(audio: str | Path | np.ndarray | Any, rate: int, sample_rate: int | None = None,
               ) -> tuple[np.ndarray, str, list[str]]:  # fmt: skip
     """A whole recording as mono float32 samples at ``rate``, the name to report it by, and notes.
 
     ``audio`` is a sound file (``sample_rate`` then, if given, must agree with it) or samples
-    ``(samples,)`` / ``(channels, samples)`` (a numpy array or a tensor) recorded at ``sample_rate``.
+    ``(samples,)`` / ``(channels, samples)`` (a numpy array or a tensor) recorded at ``sample_rate``
+    (a positive whole number). Float samples are taken as they are (full scale = 1.0; beyond it is
+    noted); integer PCM is scaled to [-1, 1) as soundfile reads it (see :func:`as_float_samples`).
     Channels are averaged, as the data sets do; the rate is converted with :func:`resample`.
     """
+    notes: list[str] = []
+    if sample_rate is not None:
+        sample_rate = checked_sample_rate(sample_rate)
     if isinstance(audio, (str, Path)):
         name = str(audio)
         wave, source_rate = read_audio(audio)
@@ -151,8 +186,12 @@ def read_mono(audio: str | Path | np.ndarray | Any, rate: int, sample_rate: int 
         name = "<samples>"
         if sample_rate is None:
             raise ValueError("samples given without sample_rate: pass the rate they were recorded at")
-        wave = audio.detach().cpu().numpy() if hasattr(audio, "detach") else np.asarray(audio)
-        wave = wave.astype(np.float32, copy=False)
+        if hasattr(audio, "detach"):  # a tensor (bfloat16 has no numpy dtype: as float32)
+            audio = audio.detach().cpu()
+            wave = (audio.float() if str(audio.dtype) == "torch.bfloat16" else audio).numpy()
+        else:
+            wave = np.asarray(audio)
+        wave = as_float_samples(wave, name, notes)
         if wave.ndim == 1:
             wave = wave[None]
         if wave.ndim != 2 or wave.shape[1] == 0:
@@ -161,8 +200,7 @@ def read_mono(audio: str | Path | np.ndarray | Any, rate: int, sample_rate: int 
             raise DataError(name, f"shape {tuple(wave.shape)} has more channels than samples: pass (channels, samples)")
         if not np.isfinite(wave).all():
             raise DataError(name, "samples hold NaN or infinite values")
-        source_rate = int(sample_rate)
-    notes: list[str] = []
+        source_rate = sample_rate
     mono = mix_to_mono(wave, name, notes)
     if source_rate != rate:
         notes.append(f"{name}: sample rate {source_rate} Hz, expected {rate} Hz; resampled")

@@ -13,6 +13,7 @@ with the inverse mel scale and Griffin-Lim and written as a wav at the front end
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -119,11 +120,63 @@ def checkpoint_kind(ckpt: str | Path) -> str:
     return kind
 
 
+SOUND_SUFFIXES = (".wav", ".flac")
+"""What ``cmav generate`` writes an I2S model's sound as."""
+
+
+def image_suffixes() -> tuple[str, ...]:
+    """What ``cmav generate`` writes an S2I model's images as: ``.png`` first, then every other
+    suffix of a format Pillow writes (``.jpg``, ``.bmp``, ``.tif``, ``.webp`` ...)."""
+    from PIL import Image
+
+    Image.init()
+    others = sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE and ext != ".png")
+    return (".png", *others)
+
+
+def output_file(output: str | Path, default_name: str, suffixes: tuple[str, ...], what: str) -> Path:
+    """The file ``cmav generate`` writes for ``output``, checked before any model runs: a folder (one
+    that exists, or a path ending in a separator) takes ``default_name`` inside it, as the
+    audio-token kind writes into its folder; a path without a suffix takes ``suffixes[0]``; one with
+    another suffix than ``suffixes`` is a ValueError naming it."""
+    given = str(output)
+    out = Path(output)
+    if out.is_dir() or given.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
+        return out / default_name
+    if out.suffix == "":
+        return out.with_suffix(suffixes[0])
+    if out.suffix.lower() not in suffixes:
+        if len(suffixes) > 2:  # the image formats: the usual ones by name
+            usual = [x for x in (".jpg", ".bmp", ".tif", ".webp") if x in suffixes]
+            accepted = ", ".join([suffixes[0], *usual]) + " ... (any format Pillow writes)"
+        else:
+            accepted = " or ".join(suffixes)
+        raise ValueError(f"{out}: {what} {accepted}; name the output so (or give a folder: {default_name} is "
+                         "written into it)")  # fmt: skip
+    return out
+
+
+def _split_notes(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The DataWarnings among ``caught`` as notes; every other warning is issued again as it came
+    (as :func:`cmav.cli.apply._notes` does), so that recording the notes never hides it."""
+    notes = []
+    for w in caught:
+        if issubclass(w.category, DataWarning):
+            notes.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return notes
+
+
 @torch.no_grad()
 def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int = 0, output: str | Path = "generated.png",
                       inference_condition: str | None = None) -> tuple[Path, list[str]]:  # fmt: skip
     """Generate ``n`` images (EMA generator, noise from ``seed``) and save a png (a grid if n > 1).
-    ``inference_condition`` overrides the checkpoint's (``'own'``, ``'nearest'``, ``'class_mean'``)."""
+    ``output`` is an image file (``.png``, or another suffix Pillow writes; none: ``.png`` is
+    added) or a folder (``generated.png`` is written into it); it is checked before the model is
+    loaded. Returns the path and the notes on what was done to the clip (its DataWarnings); other
+    warnings are issued as they come. ``inference_condition`` overrides the checkpoint's
+    (``'own'``, ``'nearest'``, ``'class_mean'``)."""
     from PIL import Image
 
     from cmav.api import load, sound_to_image
@@ -134,10 +187,15 @@ def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int
     if kind != "s2i":
         raise ValueError(f"{ckpt}: an {kind} checkpoint, not S2I" + (
             " (image -> sound): give it a frame with --image, not --audio" if kind == "i2s" else ""))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DataWarning)
-        images = sound_to_image(load(ckpt), audio, n=n, seed=seed, max_chunks=1, inference_condition=inference_condition)[0]
-    notes = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+    out = output_file(output, "generated.png", image_suffixes(), "the images are written as an image file:")
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataWarning)
+            images = sound_to_image(load(ckpt), audio, n=n, seed=seed, max_chunks=1,
+                                    inference_condition=inference_condition)[0]  # fmt: skip
+    finally:
+        notes = _split_notes(caught)
     cells = [((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy() for x in images]
     if n == 1:
         img = Image.fromarray(cells[0])
@@ -149,7 +207,6 @@ def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int
         img = Image.new("RGB", (cols * (s + pad) + pad, rows * (s + pad) + pad), (255, 255, 255))
         for i, c in enumerate(cells):
             img.paste(Image.fromarray(c), (pad + (i % cols) * (s + pad), pad + (i // cols) * (s + pad)))
-    out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out)
     return out, notes
@@ -159,7 +216,9 @@ def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int
 def generate_from_image(ckpt: str | Path, image: str | Path, n: int = 1, seed: int = 0, output: str | Path = "generated.wav",
                         griffin_lim_iters: int = 64, inference_condition: str | None = None) -> tuple[list[Path], list[str]]:  # fmt: skip
     """Generate ``n`` spectrograms for a frame (EMA generator, noise from ``seed``) and write them as
-    wavs: ``output`` for one, ``<stem>_<k><suffix>`` for several. Returns the paths and notes.
+    wavs: ``output`` for one, ``<stem>_<k><suffix>`` for several. ``output`` is a ``.wav`` or
+    ``.flac`` file (none: ``.wav`` is added) or a folder (``generated.wav`` is written into it); it
+    is checked before the model is loaded. Returns the paths and notes.
     ``inference_condition`` overrides the checkpoint's (``'own'``, ``'nearest'``, ``'class_mean'``)."""
     import soundfile as sf
 
@@ -171,11 +230,7 @@ def generate_from_image(ckpt: str | Path, image: str | Path, n: int = 1, seed: i
     if kind != "i2s":
         name = {"s2i": "S2I", "audio_token": "audio-token"}.get(kind, kind)
         raise ValueError(f"{ckpt}: an {name} checkpoint (sound -> image): give it a sound with --audio, not --image")
-    out = Path(output)
-    if out.suffix == "":
-        out = out.with_suffix(".wav")
-    elif out.suffix.lower() not in (".wav", ".flac"):
-        raise ValueError(f"{out}: the sound is written as .wav or .flac; name the output so")
+    out = output_file(output, "generated.wav", SOUND_SUFFIXES, "the sound is written as")
     model = load(ckpt)
     waves, rate = image_to_sound(model, image, n=n, seed=seed, griffin_lim_iters=griffin_lim_iters,
                                  inference_condition=inference_condition)  # fmt: skip

@@ -412,14 +412,23 @@ def _trusted_global(name: str) -> Any:
     return obj if is_config else None
 
 
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+"""How a file torch.save wrote starts: a zip archive (torch >= 1.6), or a pickle (the legacy format)."""
+
+
 def _load_checkpoint(path: str | Path) -> dict:
     """A checkpoint's dict, read with ``torch.load(weights_only=True)`` only: objects other than
     tensors are allowed when they are cmav's own configs or paths (see :func:`_trusted_global`). A
     file that asks for anything else is refused, never unpickled in full: a checkpoint from
-    elsewhere must not run code. Every failure is a ValueError naming the file."""
+    elsewhere must not run code. A missing file is a FileNotFoundError; every other failure (a
+    folder, a file that is no PyTorch checkpoint, a half-written one) a ValueError naming the path
+    and what is wrong: torch's own errors do not name the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, not a checkpoint file (e.g. runs/<name>/checkpoints/last.ckpt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    foreign: list[str] = []
     try:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
@@ -427,18 +436,24 @@ def _load_checkpoint(path: str | Path) -> dict:
             names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
             allowed = {n: _trusted_global(n) for n in names}
             foreign = sorted(n for n, obj in allowed.items() if obj is None)
-            if foreign:
-                raise ValueError(f"{path}: holds objects that cmav does not load from a checkpoint "
-                                 f"({', '.join(foreign)}); if you trust the file, read it yourself with "
-                                 "torch.load(..., weights_only=False)") from None  # fmt: skip
-            with torch.serialization.safe_globals(list(allowed.values())):
-                data = torch.load(path, map_location="cpu", weights_only=True)
-    except ValueError:
-        raise
-    except Exception as exc:  # a text file, a truncated zip, a wav named .ckpt: all unreadable the same way
-        first = (str(exc).splitlines() or [""])[0]
-        raise ValueError(f"{path}: not a readable checkpoint (half-written or corrupt?): "
-                         f"{type(exc).__name__}: {first}") from exc  # fmt: skip
+            if not foreign:
+                with torch.serialization.safe_globals(list(allowed.values())):
+                    data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch's errors, ValueErrors included: a text file, an image, a truncated zip, a wav
+        said = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4)
+        except OSError:
+            head = b""
+        if head.startswith(_CHECKPOINT_MAGIC):  # starts like one: cut short or damaged
+            raise ValueError(f"{path}: not a readable checkpoint (half-written or corrupt?): {said}") from exc
+        raise ValueError(f"{path}: not a readable checkpoint: not a PyTorch checkpoint (a file torch.save writes "
+                         f"starts otherwise); torch.load says {said}") from exc  # fmt: skip
+    if foreign:
+        raise ValueError(f"{path}: holds objects that cmav does not load from a checkpoint "
+                         f"({', '.join(foreign)}); if you trust the file, read it yourself with "
+                         "torch.load(..., weights_only=False)")  # fmt: skip
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a checkpoint: it holds a {type(data).__name__}, not a checkpoint's dict")
     return data
