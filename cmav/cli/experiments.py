@@ -194,6 +194,20 @@ def _weak_players(per_player: list[dict], split: str, below: float = 0.5) -> str
     )
 
 
+def _num(value: float | None, spec: str) -> str:
+    """``value`` formatted, or ``n/a`` where the evaluation has no figure (``None``: e.g. no generated
+    sample judged right, so no share of them kept; too few samples for a KID spread)."""
+    return "n/a" if value is None else format(value, spec)
+
+
+def _fid_kid_line(fk: dict) -> str:
+    line = (f"{fk['label']} (validation): FID {_num(fk['fid'], '.3f')}, KID {_num(fk['kid_mean'], '.5f')} "
+            f"± {_num(fk['kid_std'], '.5f')}")  # fmt: skip
+    if fk.get("fid_reliable") is False and fk.get("note"):
+        line += f" ({fk['note']})"
+    return line
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from cmav.evaluation import evaluate_i2s, evaluate_s2i
     from cmav.evaluation.generate import checkpoint_kind, datamodule_for
@@ -228,10 +242,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"judged accuracy (validation): {m['judged']['accuracy']:.3f} (balanced {m['judged']['balanced_accuracy']:.3f}); "
               f"audio judge on real LMS: {m['judge_on_real']['accuracy']:.3f}")  # fmt: skip
         rt = m["round_trip"]
-        print(f"Griffin-Lim round trip (validation): {rt['accuracy']:.3f} (kept {rt['kept_fraction']:.2f} of judged); "
-              f"on real LMS {rt['real_accuracy']:.3f}")  # fmt: skip
-        fk = m["fid_kid"]
-        print(f"{fk['label']} (validation): FID {fk['fid']:.3f}, KID {fk['kid_mean']:.5f} ± {fk['kid_std']:.5f}")
+        print(f"Griffin-Lim round trip (validation): {rt['accuracy']:.3f} (kept {_num(rt['kept_fraction'], '.2f')} of "
+              f"judged); on real LMS {rt['real_accuracy']:.3f}")  # fmt: skip
+        print(_fid_kid_line(m["fid_kid"]))
         print(f"diversity over noise (validation): {m['diversity']['value']:.4f}")
         print(f"wrote {Path(args.output) / 'metrics.json'}")
         if args.probe_conditions:
@@ -247,7 +260,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"judged accuracy (validation): {m['judged']['accuracy']:.3f} (balanced {m['judged']['balanced_accuracy']:.3f}); "
           f"image judge on real frames: {m['judge_on_real']['accuracy']:.3f}")  # fmt: skip
     fk = m["fid_kid"]
-    print(f"{fk['label']} (validation): FID {fk['fid']:.3f}, KID {fk['kid_mean']:.5f} ± {fk['kid_std']:.5f}")
+    print(_fid_kid_line(fk))
     print(f"diversity over noise (validation): {m['diversity']['value']:.4f}")
     print(_weak_players(m["judged"]["per_player"], "validation"))
     if m.get("judged_holdout"):
