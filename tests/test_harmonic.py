@@ -89,6 +89,30 @@ def test_a_tilt_leaves_the_harmonics_at_the_floor_there_as_an_eq_of_the_tone_doe
     assert not torch.equal(got[1:4], inner(x)[0, 0, 1:4])  # the present ones still move
 
 
+@pytest.mark.parametrize("slope", [6.0, 20.0, 30.0, -30.0])
+def test_a_steep_tilt_is_referenced_to_the_harmonics_that_are_there(slope):
+    # harmonics 7-24 at the floor (absent, or above Nyquist): at more than ~17.5 dB/octave one of them,
+    # lifted by the tilt, became the reference and every real harmonic moved down
+    from cmav.features.harmonic import tilt_harmonics
+
+    cfg = HarmonicConfig()
+    d = len(cfg.descriptors)
+    levels = torch.full((24,), -1.0)
+    levels[:6] = torch.tensor([0.0, -0.3, -0.5, -0.6, -0.7, -0.8])
+    feats = torch.zeros(2, 1, d + 24, 3)
+    feats[:, 0, :d] = torch.randn(d, 1)
+    feats[:, 0, d:] = levels.view(24, 1)
+    feats[1, 0, d:, 1] = -1.0  # a frame where every harmonic is at the floor (no pitch found)
+    got = tilt_harmonics(feats, torch.tensor([slope, slope]), cfg)
+    want = levels[:6] + slope * torch.log2(torch.arange(1, 7.0)) / cfg.floor_db
+    want = (want - want.max()).clamp(min=-1.0)
+    for i, frame in [(0, 0), (0, 2), (1, 0), (1, 2)]:
+        assert torch.allclose(got[i, 0, d : d + 6, frame], want, atol=1e-6), (slope, got[i, 0, d : d + 6, frame])
+        assert torch.all(got[i, 0, d + 6 :, frame] == -1.0)  # the floor stays the floor
+    assert torch.isfinite(got).all() and torch.all(got[1, 0, d:, 1] == -1.0)  # the all-floor frame is left as it is
+    assert torch.equal(got[:, :, :d], feats[:, :, :d])
+
+
 def test_a_tilt_of_the_profile_is_what_an_eq_tilt_of_the_tone_gives():
     """tilt_harmonics(profile(x), s) = profile(x through a tilt of s dB/octave), here a tone whose
     harmonics are reweighted by 10^(s log2(h) / 20); the strongest harmonic moves from h1 to h4."""

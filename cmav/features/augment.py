@@ -12,13 +12,17 @@ eq          a low shelf, ``n_bands`` peaking bands and a high shelf (RBJ        
             ±``max_db``
 reverb      convolution with a synthetic room impulse response: exponentially    ``max_wet=0``
             decaying noise, RT60 in ``rt60_s``, made on the fly; wet share
-            uniform in [0, ``max_wet``]
+            uniform in [0, ``max_wet``]; the mix is scaled back to the dry
+            example's RMS (colour and tail change, the level does not)
 noise       white-to-brown noise (spectral slope 0..``max_colour``) at an SNR    ``snr_db=(inf, inf)``
-            uniform in ``snr_db``
+            uniform in ``snr_db`` (finite, or exactly ``(inf, inf)``)
 pitch       pitch shift (phase-vocoder stretch + torchaudio resampling), in      ``max_semitones=0``
-            ±``max_semitones``, on a grid of ``1/steps_per_semitone``
-stretch     time stretch at a rate in 1 ± ``max_rate`` (phase vocoder), cut or  ``max_rate=0``
-            reflect-padded back to the same length around the centre
+            ±``max_semitones``, on a grid of ``1/steps_per_semitone`` (the
+            multiples of a step that fit in the range; at least one must)
+stretch     time stretch at a rate in 1 ± ``max_rate`` (phase vocoder), on a    ``max_rate=0``
+            grid of ``rate_step`` (the multiples that fit in the range; at
+            least one must), cut or reflect-padded back to the same length
+            around the centre
 mask        SpecAugment on the front end's output: ``n_freq`` frequency masks    ``freq_width=0``,
             up to ``freq_width`` bins and ``n_time`` time masks up to           ``time_width=0``
             ``time_width`` frames (torchaudio's masking), filled with the
@@ -39,7 +43,9 @@ transpose   the harmonic profile's pitch row moved uniformly in ±``max_semitone
 
 Every waveform op keeps the batch's shape, dtype, device and sample rate (no op changes the number
 of samples). Pitch and stretch draw from a grid so one torchaudio call serves every example with the
-same value. In YAML (``data.augment``, see :class:`cmav.data.AudioVisualDataModule`)::
+same value. Counts (``n_bands``, ``steps_per_semitone``, the mask widths and numbers) must be whole
+numbers (``2.0`` is read as ``2``); every setting is checked when the config is read, and a bad one is
+refused with a ``ValueError`` naming the group and option. In YAML (``data.augment``, see :class:`cmav.data.AudioVisualDataModule`)::
 
     augment:
       eq: {p: 0.8, max_db: 9}
@@ -51,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,8 +92,9 @@ class EqAugment:
 @dataclass(frozen=True)
 class ReverbAugment:
     """Room reverb: the dry signal mixed with its convolution by decaying noise (RT60 uniform in
-    ``rt60_s``, pre-delay up to ``max_predelay_s``); the wet share is uniform in ``[0, max_wet]``
-    and the mix keeps the energy (``sqrt(1-w)·dry + sqrt(w)·wet``)."""
+    ``rt60_s``, pre-delay up to ``max_predelay_s``); the wet share is uniform in ``[0, max_wet]``,
+    the mix is ``sqrt(1-w)·dry + sqrt(w)·wet`` scaled back to the dry example's RMS: the reverb
+    changes the colour and adds a tail, never the level (a silent example stays as it is)."""
 
     p: float = 0.0
     max_wet: float = 0.6
@@ -96,8 +104,9 @@ class ReverbAugment:
 
 @dataclass(frozen=True)
 class NoiseAugment:
-    """Additive noise at an SNR uniform in ``snr_db`` (dB, against the example's own RMS); its
-    spectral slope is uniform in ``[0, max_colour]`` (0 white, 1 pink, 2 brown)."""
+    """Additive noise at an SNR uniform in ``snr_db`` (dB, against the example's own RMS; a finite
+    pair, or ``(inf, inf)``: no noise); its spectral slope is uniform in ``[0, max_colour]`` (0 white,
+    1 pink, 2 brown)."""
 
     p: float = 0.0
     snr_db: tuple[float, float] = (15.0, 40.0)
@@ -106,7 +115,8 @@ class NoiseAugment:
 
 @dataclass(frozen=True)
 class PitchAugment:
-    """Pitch shift uniform in ``±max_semitones``, on a grid of ``1/steps_per_semitone`` semitones."""
+    """Pitch shift uniform on the multiples of ``1/steps_per_semitone`` semitones in
+    ``±max_semitones`` (with ``p > 0``, ``max_semitones`` is 0 or at least one step)."""
 
     p: float = 0.0
     max_semitones: float = 0.5
@@ -115,7 +125,8 @@ class PitchAugment:
 
 @dataclass(frozen=True)
 class StretchAugment:
-    """Time stretch (pitch kept) at a rate uniform in ``1 ± max_rate``, on a grid of ``rate_step``."""
+    """Time stretch (pitch kept) at a rate uniform on the multiples of ``rate_step`` in ``1 ± max_rate``
+    (with ``p > 0``, ``max_rate`` is 0 or at least one step)."""
 
     p: float = 0.0
     max_rate: float = 0.1
@@ -202,12 +213,18 @@ class AudioAugmentConfig:
 def audio_augment_config(value: Any = None) -> AudioAugmentConfig:
     """An :class:`AudioAugmentConfig` from ``None`` (all off), a config, or a nested dict of groups.
 
-    Raises ``ValueError`` naming an unknown group or option.
+    Raises ``ValueError`` naming an unknown group or option, or the ``group.option`` that is out of its
+    range, not a whole number where a count is asked for, or gives pitch/stretch no usable grid. A
+    config object is checked too (its counts handed back as ints).
     """
     from cmav.tasks.common import coerce  # one dataclass coercion for the package
 
-    if value is None or isinstance(value, AudioAugmentConfig):
-        return value or AudioAugmentConfig()
+    if value is None:
+        return AudioAugmentConfig()
+    if isinstance(value, AudioAugmentConfig):  # built in code: checked like a dict
+        checked = {f.name: _checked(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)}
+        same = all(checked[name] is getattr(value, name) for name in checked)
+        return value if same else AudioAugmentConfig(**checked)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     if not isinstance(value, dict):
@@ -221,9 +238,7 @@ def audio_augment_config(value: Any = None) -> AudioAugmentConfig:
         cls = groups[name].default_factory  # type: ignore[misc]
         if isinstance(v, dict):  # YAML lists back to the tuples the dataclasses declare
             v = {k: tuple(x) if isinstance(x, list) else x for k, x in v.items()}
-        out[name] = coerce(cls, v)
-    for name, g in out.items():
-        _check_ranges(name, g)
+        out[name] = _checked(name, coerce(cls, v))
     return AudioAugmentConfig(**out)
 
 
@@ -241,8 +256,13 @@ def _positive_range() -> Any:
     return (lambda v: 0 < v[0] <= v[1]), "a (low, high) pair with 0 < low <= high"
 
 
-def _ordered_range() -> Any:
-    return (lambda v: v[0] <= v[1]), "a (low, high) pair with low <= high"
+def _snr_range() -> Any:
+    def ok(v: Any) -> bool:
+        if tuple(v) == (math.inf, math.inf):  # the zero strength: no noise
+            return True
+        return len(v) == 2 and math.isfinite(v[0]) and math.isfinite(v[1]) and v[0] <= v[1]
+
+    return ok, "a (low, high) pair with low <= high, both finite, or (inf, inf) for no noise"
 
 
 _RANGES: dict[str, dict[str, Any]] = {
@@ -250,8 +270,9 @@ _RANGES: dict[str, dict[str, Any]] = {
     "eq": {"max_db": _at_least(0), "n_bands": _at_least(0), "low_hz": _positive_range(),
            "band_hz": _positive_range(), "band_q": _positive_range(), "high_hz": _positive_range()},
     "reverb": {"max_wet": _interval(0, 1), "rt60_s": _positive_range(), "max_predelay_s": _at_least(0)},
-    "noise": {"snr_db": _ordered_range(), "max_colour": _at_least(0)},
-    "pitch": {"max_semitones": _at_least(0), "steps_per_semitone": _at_least(1)},
+    "noise": {"snr_db": _snr_range(), "max_colour": _at_least(0)},
+    "pitch": {"max_semitones": ((lambda v: 0 <= v < math.inf), ">= 0 and finite"),
+              "steps_per_semitone": _at_least(1)},
     "stretch": {"max_rate": _interval(0, 1, closed_high=False), "rate_step": ((lambda v: v > 0), "> 0")},
     "mask": {"freq_width": _at_least(0), "time_width": _at_least(0), "n_freq": _at_least(0), "n_time": _at_least(0)},
     "mixstyle": {"alpha": ((lambda v: v > 0), "> 0"), "strength": _interval(0, 1)},
@@ -262,6 +283,30 @@ _RANGES: dict[str, dict[str, Any]] = {
 fail at the first training batch deep inside torchaudio, or give non-finite audio with no error."""
 
 
+def _checked(name: str, group: Any) -> Any:
+    """``group`` with its counts as ints, once every option is in its range (``ValueError`` if not)."""
+    group = _whole_numbers(name, group)
+    _check_ranges(name, group)
+    _check_grid(name, group)
+    return group
+
+
+def _whole_numbers(name: str, group: Any) -> Any:
+    """The group's ``int`` options (counts) as ints: ``2.0`` (YAML, a CLI) is ``2``; ``1.5``, a string or a
+    bool is refused, not left to fail at the first batch (or to draw off the documented grid)."""
+    whole = {}
+    for f in dataclasses.fields(group):
+        if f.type not in (int, "int"):
+            continue
+        value = getattr(group, f.name)
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not real or not (isinstance(value, numbers.Integral) or float(value).is_integer()):
+            raise ValueError(f"audio augmentation {name}.{f.name} must be a whole number, got {value!r}")
+        if type(value) is not int:
+            whole[f.name] = int(value)
+    return dataclasses.replace(group, **whole) if whole else group
+
+
 def _check_ranges(name: str, group: Any) -> None:
     if not 0.0 <= group.p <= 1.0:
         raise ValueError(f"audio augmentation {name}.p must be in [0, 1], got {group.p}")
@@ -270,6 +315,36 @@ def _check_ranges(name: str, group: Any) -> None:
         if not ok(value):
             shown = list(value) if isinstance(value, tuple) else value
             raise ValueError(f"audio augmentation {name}.{option} must be {must}, got {shown}")
+
+
+def _pitch_grid(c: PitchAugment) -> int:
+    """How many steps of ``1/steps_per_semitone`` fit in ``max_semitones`` (the shifts are ± 0..that)."""
+    return int(math.floor(c.max_semitones * c.steps_per_semitone + 1e-9))  # 1e-9: float rounding (0.3 / 0.1)
+
+
+def _stretch_grid(c: StretchAugment) -> int:
+    """How many steps of ``rate_step`` fit in ``max_rate`` (the rates are 1 ± 0..that many steps)."""
+    return int(math.floor(c.max_rate / c.rate_step + 1e-9))  # 0.3 / 0.1 is 2.9999999999999996
+
+
+def _check_grid(name: str, group: Any) -> None:
+    """Pitch and stretch draw from a grid inside their range: one that holds only 0 would leave an enabled
+    group doing nothing (while it keeps the raw chunks); a rate of 0 or below cannot be played."""
+    if name == "pitch" and group.p > 0 and group.max_semitones > 0 and _pitch_grid(group) == 0:
+        raise ValueError(f"audio augmentation pitch.max_semitones must be 0 or at least one step "
+                         f"(1/steps_per_semitone = {1 / group.steps_per_semitone:g}) when p > 0, got "
+                         f"{group.max_semitones}: no shift on the grid fits in the range, so the group never "
+                         f"changes anything")  # fmt: skip
+    if name == "stretch":
+        grid = _stretch_grid(group)
+        if group.p > 0 and group.max_rate > 0 and grid == 0:
+            raise ValueError(f"audio augmentation stretch.max_rate must be 0 or at least one step (rate_step = "
+                             f"{group.rate_step:g}) when p > 0, got {group.max_rate}: no rate on the grid but 1 "
+                             f"fits in the range, so the group never changes anything")  # fmt: skip
+        if grid * group.rate_step >= 1:
+            raise ValueError(f"audio augmentation stretch.max_rate {group.max_rate} with rate_step "
+                             f"{group.rate_step:g} reaches a rate of {1 - grid * group.rate_step:g}; every rate on "
+                             f"the grid must stay above 0")  # fmt: skip
 
 
 def check_front_end(config: AudioAugmentConfig, features: Any) -> None:
@@ -422,23 +497,30 @@ class AudioAugment(nn.Module):
         ir = decaying_noise_ir(_uniform(k, *c.rt60_s, x), ir_len, sample_rate, _uniform(k, 0.0, c.max_predelay_s, x))
         size = length + ir_len
         wet_sig = torch.fft.irfft(torch.fft.rfft(x[rows], n=size) * torch.fft.rfft(ir, n=size), n=size)[:, :length]
-        w = wet[rows].unsqueeze(1)
+        w, dry = wet[rows].unsqueeze(1), x[rows]
+        mixed = torch.sqrt(1 - w) * dry + torch.sqrt(w) * wet_sig
+        # back to the dry RMS: the energy-keeping mix alone moved a tone's level by -15..+7 dB (the wet
+        # part's energy depends on how the tone's phases meet the room); silence stays as it is
+        dry_ms, mix_ms = dry.pow(2).mean(-1, keepdim=True), mixed.pow(2).mean(-1, keepdim=True)
+        tiny = torch.finfo(x.dtype).tiny
+        audible = (dry_ms > tiny) & (mix_ms > tiny)
+        level = torch.sqrt(dry_ms / torch.where(audible, mix_ms, torch.ones_like(mix_ms)))
         out = x.clone()
-        out[rows] = torch.sqrt(1 - w) * x[rows] + torch.sqrt(w) * wet_sig
+        out[rows] = torch.where(audible, mixed * level, dry)
         return out
 
     def noise(self, x: Tensor, sample_rate: int) -> Tensor:
         c, n = self.config.noise, len(x)
         on = _chosen(n, c.p, x)
         if not math.isfinite(min(c.snr_db)) or not bool(on.any()):
-            return x  # an infinite SNR is no noise
+            return x  # snr_db (inf, inf): no noise (one infinite end is refused when the config is read)
         snr = _uniform(n, *c.snr_db, x)
         scale = _rms(x) * torch.pow(10.0, -snr / 20).unsqueeze(1) * on.unsqueeze(1)
         return x + scale * coloured_noise((n, x.shape[-1]), _uniform(n, 0.0, c.max_colour, x), x)
 
     def pitch(self, x: Tensor, sample_rate: int) -> Tensor:
         c, n = self.config.pitch, len(x)
-        grid = int(round(c.max_semitones * c.steps_per_semitone))
+        grid = _pitch_grid(c)
         if grid == 0:
             return x
         steps = torch.randint(-grid, grid + 1, (n,), device=x.device) * _chosen(n, c.p, x)
@@ -446,7 +528,7 @@ class AudioAugment(nn.Module):
 
     def stretch(self, x: Tensor, sample_rate: int) -> Tensor:
         c, n = self.config.stretch, len(x)
-        grid = int(round(c.max_rate / c.rate_step)) if c.rate_step > 0 else 0
+        grid = _stretch_grid(c)
         if grid == 0:
             return x
         steps = torch.randint(-grid, grid + 1, (n,), device=x.device) * _chosen(n, c.p, x)

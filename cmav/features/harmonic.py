@@ -161,20 +161,24 @@ def tilt_harmonics(feats: Tensor, db_per_octave: Tensor, config: HarmonicConfig)
     strongest one. So a tilt is exactly ``s log2(h)`` added to the harmonic rows, then the strongest
     set back to 0 and the floor re-applied. A harmonic at the floor stays there: it may be above
     Nyquist or missing from the recording, which no EQ brings back, and how far below the floor it
-    lies is not known. The descriptor rows are left as they are (brightness would move with a real
-    EQ)."""
+    lies is not known; nor does it become the new reference (the strongest is taken over the harmonics
+    above the floor before the tilt; a frame with every harmonic at the floor stays as it is). The
+    descriptor rows are left as they are (brightness would move with a real EQ)."""
     d = len(config.descriptors)
     if feats.shape[-2] != d + config.n_harmonics:
         raise ValueError(f"tilt: features have {feats.shape[-2]} rows, the harmonic config {d} + {config.n_harmonics}")
     h = torch.arange(1, config.n_harmonics + 1, device=feats.device, dtype=feats.dtype)
     slope = db_per_octave.to(feats).view(-1, 1, 1, 1) / config.floor_db
     before = feats[..., d:, :]
+    floored = before <= -1.0 + 1e-6
     levels = before + slope * torch.log2(h).view(1, 1, -1, 1)
     if config.reference == "fundamental":  # log2(1) = 0: the fundamental stays the reference
         levels = levels.clamp(-1.0, 1.0)
-    else:
-        levels = (levels - levels.amax(-2, keepdim=True)).clamp(min=-1.0)
-    levels = torch.where(before <= -1.0 + 1e-6, torch.full_like(levels, -1.0), levels)
+    else:  # the strongest of the harmonics that are there: a floored one, lifted by a steep tilt, is not
+        strongest = levels.masked_fill(floored, -torch.inf).amax(-2, keepdim=True)
+        strongest = torch.where(torch.isfinite(strongest), strongest, torch.zeros_like(strongest))  # all floored
+        levels = (levels - strongest).clamp(min=-1.0)
+    levels = torch.where(floored, torch.full_like(levels, -1.0), levels)
     return torch.cat([feats[..., :d, :], levels], -2)
 
 
