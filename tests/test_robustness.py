@@ -199,6 +199,122 @@ def test_settings_outside_their_range_are_refused_when_the_config_is_read(group,
     assert audio_augment_config({group: {"p": 0.5}}).enabled_groups == [group]  # the defaults are valid
 
 
+# -- drawn values stay in the documented range; configs that cannot are refused when read
+
+
+def _drawn(monkeypatch, group: str, options: dict, n: int = 256) -> set[float]:
+    """The pitch shifts (semitones) or stretch rates ``group`` asks for over a batch of ``n``."""
+    import cmav.features.augment as augment
+
+    seen: set[float] = set()
+    name = "pitch_shift" if group == "pitch" else "time_stretch"
+
+    def record(rows, value, *args, **kwargs):
+        seen.add(round(float(value), 9))
+        return rows
+
+    monkeypatch.setattr(augment, name, record)
+    torch.manual_seed(0)
+    AudioAugment({group: {"p": 1.0, **options}}).waveform(torch.zeros(n, 64), SR)
+    return seen
+
+
+def test_pitch_and_stretch_grids_stay_inside_their_documented_range(monkeypatch):
+    # round(max / step) overshot: +-2/3 semitone for max 0.5 at 3 steps, rates -0.2..2.2 for max 0.9
+    # at step 0.6 (then a RuntimeError inside the vocoder)
+    def values(*v):
+        return {round(x, 9) for x in v}
+
+    assert _drawn(monkeypatch, "pitch", {"max_semitones": 0.5, "steps_per_semitone": 3}) == values(-1 / 3, 1 / 3)
+    assert _drawn(monkeypatch, "pitch", {"max_semitones": 1.0, "steps_per_semitone": 2}) == values(-1, -0.5, 0.5, 1)
+    assert _drawn(monkeypatch, "stretch", {"max_rate": 0.9, "rate_step": 0.6}) == values(0.4, 1.6)
+    assert _drawn(monkeypatch, "stretch", {"max_rate": 0.1, "rate_step": 0.0667}) == values(1 - 0.0667, 1.0667)
+    assert _drawn(monkeypatch, "stretch", {"max_rate": 0.3, "rate_step": 0.1}) == values(0.7, 0.8, 0.9, 1.1, 1.2, 1.3)
+    monkeypatch.undo()
+    x = 0.1 * torch.randn(4, 11025)
+    torch.manual_seed(0)
+    y = AudioAugment({"stretch": {"p": 1.0, "max_rate": 0.9, "rate_step": 0.6}}).waveform(x, SR)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize(
+    ("group", "bad", "message"),
+    [  # an 'enabled' group whose grid has no step but 0: it never changed anything, yet kept the raw chunks
+        ("pitch", {"max_semitones": 0.1}, r"pitch\.max_semitones .*one step"),
+        ("pitch", {"max_semitones": 0.2, "steps_per_semitone": 4}, r"pitch\.max_semitones .*one step"),
+        ("stretch", {"max_rate": 0.01}, r"stretch\.max_rate .*one step"),
+        # a grid reaching rate 0 (or below): the vocoder cannot play it
+        ("stretch", {"max_rate": 0.9999999999, "rate_step": 0.1}, r"stretch\.max_rate .*rate"),
+    ],
+)
+def test_pitch_and_stretch_settings_without_a_usable_grid_are_refused(group, bad, message):
+    with pytest.raises(ValueError, match=message):
+        audio_augment_config({group: {"p": 0.5, **bad}})
+    with pytest.raises(ValueError, match=message):
+        AudioAugment({group: {"p": 1.0, **bad}})
+    if "one step" in message:  # off, nothing is drawn; a rate of 0 is refused whatever p (as max_rate 1 is)
+        assert audio_augment_config({group: {"p": 0.0, **bad}}).enabled_groups == []
+    else:
+        with pytest.raises(ValueError, match=message):
+            audio_augment_config({group: {"p": 0.0, **bad}})
+    key = "max_semitones" if group == "pitch" else "max_rate"
+    assert audio_augment_config({group: {"p": 1.0, key: 0.0}}).enabled_groups == [group]  # zero strength stays
+
+
+@pytest.mark.parametrize("snr", [[20.0, math.inf], [-math.inf, 0.0], [-math.inf, math.inf], [math.nan, math.nan],
+                                 [10.0, math.nan]])  # fmt: skip
+def test_noise_snr_must_be_finite_or_exactly_inf_inf(snr):
+    # (20, inf) drew inf (no noise) and (-inf, 0) switched the group off while it counted as enabled
+    with pytest.raises(ValueError, match=r"noise\.snr_db must be .*finite"):
+        audio_augment_config({"noise": {"p": 1.0, "snr_db": snr}})
+    assert audio_augment_config({"noise": {"p": 1.0, "snr_db": [math.inf, math.inf]}}).noise.snr_db == (math.inf,) * 2
+    assert audio_augment_config({"noise": {"p": 1.0, "snr_db": [-5.0, 60.0]}}).noise.snr_db == (-5.0, 60.0)
+
+
+def test_reverb_keeps_each_examples_level_and_leaves_silence_alone():
+    # the energy-keeping mix sqrt(1-w) dry + sqrt(w) wet moved tonal chunks by -15..+7 dB
+    torch.manual_seed(0)
+    t = torch.arange(11025) / SR
+    x = torch.zeros(24, 11025)
+    for i, start in enumerate([0, 5000, 9000, 10500] * 5):
+        x[i, start:] = (0.05 + 0.1 * i / 20) * torch.sin(2 * math.pi * (220.0 + 30 * i) * t[: 11025 - start])
+    x[20:23] = 0.0
+    x[23, 5000] = 1e-30  # next to silence: no division by ~0
+    aug = AudioAugment({"reverb": {"p": 1.0, "max_wet": 0.6, "rt60_s": [1.2, 1.2], "max_predelay_s": 0.0}})
+    y = aug.waveform(x, SR)
+    assert torch.isfinite(y).all() and torch.equal(y[20:], x[20:])
+    change_db = 10 * torch.log10(y[:20].pow(2).mean(-1) / x[:20].pow(2).mean(-1))
+    assert change_db.abs().max() < 0.01, change_db
+    assert ((y[:20] - x[:20]).pow(2).mean(-1) > 1e-3 * x[:20].pow(2).mean(-1)).sum() >= 15  # the sound still changes
+    for i, start in enumerate([5000, 9000, 10500], 1):  # causal (FFT rounding aside): nothing before the note
+        assert y[i, :start].abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("group", "key"),
+    [("eq", "n_bands"), ("pitch", "steps_per_semitone"), ("mask", "freq_width"), ("mask", "time_width"),
+     ("mask", "n_freq"), ("mask", "n_time")],
+)  # fmt: skip
+def test_count_settings_must_be_whole_numbers(group, key):
+    # 1.5 was accepted and failed at the first batch (eq, mask) or drew off the documented grid (pitch)
+    for bad in (1.5, "2", True):
+        with pytest.raises(ValueError, match=rf"{group}\.{key} must be a whole number, got {bad!r}"):
+            audio_augment_config({group: {"p": 1.0, key: bad}})
+    cfg = audio_augment_config({group: {"p": 1.0, key: 2.0}})  # YAML or a CLI may hand a float: kept as the int
+    value = getattr(getattr(cfg, group), key)
+    assert value == 2 and type(value) is int
+    from cmav.features.augment import EqAugment, MaskAugment, PitchAugment
+
+    cls = {"eq": EqAugment, "pitch": PitchAugment, "mask": MaskAugment}[group]
+    with pytest.raises(ValueError, match=rf"{group}\.{key} must be a whole number"):  # a config object too
+        AudioAugment(AudioAugmentConfig(**{group: cls(p=1.0, **{key: 1.5})}))
+    aug = AudioAugment(AudioAugmentConfig(**{group: cls(p=1.0, **{key: 2.0})}))
+    assert type(getattr(getattr(aug.config, group), key)) is int
+    torch.manual_seed(0)
+    x, feats = tone(batch=2), torch.randn(2, 1, 64, 44)
+    assert torch.isfinite(aug.waveform(x, SR)).all() and torch.isfinite(aug.features(feats)).all()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_every_op_runs_on_cuda():
     x = tone().cuda()
@@ -827,3 +943,230 @@ def test_s2i_score_generates_from_each_sources_audio(fixture_root, tmp_path):
                            image_judge={"n_blocks": 2, "base_channels": 4, "max_channels": 8, "feature_dim": 8})  # fmt: skip
     out = score_s2i(generator, judge, t)
     assert sum(seen) == len(t) and out["n"] == len(t) and 0.0 <= out["accuracy"] <= 1.0
+
+
+# ------------------------------------------------------------- evaluate robustness: what is checked before scoring
+
+
+@pytest.fixture(scope="module")
+def rob(tmp_path_factory):
+    """Tiny fonts, a training stand-in (FontA) and its cross-source copy (FontB), a folder holding only
+    a FontB manifest (data a checkpoint can name), and a sound classifier, S2I-C (frozen on it) and an
+    image judge trained one step on the training stand-in."""
+    import warnings
+    from types import SimpleNamespace
+
+    from cmav.tasks import ClassifierTask, S2ITask
+
+    base = tmp_path_factory.mktemp("rob_eval")
+    fonts = {k: fake_font(base / "fonts" / f"Font{k}.sf2", k.lower().encode()) for k in "ABC"}
+    train = with_manifest(make_suburmp(base / "train", chunks=3), fonts["A"])
+    cross = with_manifest(make_suburmp(base / "cross", chunks=3), fonts["B"])
+    twin_b = base / "twin_b"
+    twin_b.mkdir()
+    with_manifest(twin_b, fonts["B"])
+    cache = str(base / "cache")
+    dm = AudioVisualDataModule(root=str(train), image_size=32, batch_size=16, holdout_tail=0.0, progress=False,
+                               cache_dir=cache)  # fmt: skip
+
+    def fit(task, name: str) -> Path:
+        L.seed_everything(0, verbose=False)
+        trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                            num_sanity_val_steps=0, default_root_dir=str(base / "tr"))  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(task, datamodule=dm)
+        trainer.save_checkpoint(str(base / f"{name}.ckpt"))
+        return base / f"{name}.ckpt"
+
+    tiny = {"n_blocks": 2, "base_channels": 4, "max_channels": 8, "feature_dim": 8}
+    clf = fit(ClassifierTask(modality="audio", image_size=32, audio_encoder=tiny), "clf")
+    small = {"base_channels": 8, "max_channels": 16, "cond_proj_dim": 8}
+    s2i = fit(S2ITask(variant="s2i_c", encoder_mode="frozen", audio_encoder_ckpt=str(clf), image_size=32,
+                      sample_every_n_steps=0, generator=small, discriminator=small), "s2i")  # fmt: skip
+    judge = fit(ClassifierTask(modality="image", image_size=32, image_judge=tiny), "judge")
+    return SimpleNamespace(fonts=fonts, train=train, cross=cross, twin_b=twin_b, cache=cache, clf=clf, s2i=s2i,
+                           judge=judge)  # fmt: skip
+
+
+def retarget(ckpt: Path, out: Path, root: str | Path | None = None, **hparams) -> Path:
+    """A copy of a real checkpoint whose datamodule records another training ``root`` (and other
+    model hyper-parameters): what a checkpoint trained on that data carries."""
+    blob = torch.load(ckpt, map_location="cpu", weights_only=False)
+    if root is not None:
+        blob["datamodule_hyper_parameters"]["root"] = str(root)
+    blob["hyper_parameters"].update(hparams)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(blob, out)
+    return out
+
+
+def manifest_only(folder: Path, record: dict, **params) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST).write_text(json.dumps({"params": {"preset": "fixture", "seed": 0, "soundfont": record["name"],
+                                                          **params}, "soundfont": record, "complete": True}))  # fmt: skip
+    return folder
+
+
+def test_robustness_refuses_an_eval_root_that_is_not_a_re_render_of_root(rob, tmp_path):
+    # (1) another seed and frame size: other melodies and frames, scored as "the same split" before
+    other = make_suburmp(tmp_path / "other", chunks=1, val_track=5)
+    (other / MANIFEST).write_text(json.dumps({"params": {"preset": "fixture", "seed": 1, "soundfont": "FontB.sf2",
+                                                         "frame_size": 32}, "soundfont": soundfont_record(rob.fonts["B"]),
+                                              "complete": True}))  # fmt: skip
+    with pytest.raises(DataError, match=r"other: --eval-root .*other is not a re-render of --root .*train .*seed: 0 -> 1"):
+        evaluate_robustness(rob.train, other, classifier=rob.clf, cache_dir=rob.cache, out_dir=tmp_path / "o",
+                            progress=False)  # fmt: skip
+    assert not (tmp_path / "o").exists()
+    # no manifest to compare: the splits as opened must hold the same chunks
+    (other / MANIFEST).unlink()
+    with pytest.raises(DataError, match=r"other: its validation split is not .*train.* rendered again: 13 pairs, not 39"):
+        evaluate_robustness(rob.train, other, classifier=rob.clf, eval_soundfont=rob.fonts["B"], cache_dir=rob.cache,
+                            out_dir=tmp_path / "o", progress=False)  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
+def test_robustness_refuses_a_checkpoint_trained_on_the_evaluation_folder_and_reports_an_unknown_training_font(
+        rob, fixture_root, tmp_path):  # fmt: skip
+    # (2) trained on the evaluation folder itself, which has no manifest (its font known only as given)
+    on_eval = retarget(rob.clf, tmp_path / "on_eval.ckpt", root=fixture_root)
+    with pytest.raises(SameSourceError, match=r"sound classifier .*on_eval.ckpt was trained on .*suburmp, the "
+                                              r"evaluation data itself"):  # fmt: skip
+        evaluate_robustness(rob.train, fixture_root, classifier=on_eval, eval_soundfont=rob.fonts["B"],
+                            cache_dir=rob.cache, progress=False)  # fmt: skip
+    # trained on a folder not on this machine: scored, with a warning that says so, in the report too
+    away = retarget(rob.clf, tmp_path / "away.ckpt", root=tmp_path / "elsewhere" / "data")
+    with pytest.warns(UserWarning, match=r"sound classifier .*away.ckpt: the independence of its training data .*"
+                                         r"could not be checked: .*elsewhere.*not on this machine"):  # fmt: skip
+        evaluate_robustness(rob.train, rob.cross, classifier=away, cache_dir=rob.cache, out_dir=tmp_path / "o",
+                            progress=False)  # fmt: skip
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert "not on this machine" in metrics["trained_on"]["classifier"]["unchecked"]
+    assert any("could not be checked" in w for w in metrics["warnings"])
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "the independence of its training data from the evaluation font could not be checked" in report
+
+
+def test_robustness_follows_s2is_frozen_audio_encoder_to_its_training_data(rob, tmp_path):
+    # (3, 8) the frozen encoder was trained on the evaluation font: refused, naming the encoder checkpoint
+    enc_b = retarget(rob.clf, tmp_path / "enc_b.ckpt", root=rob.twin_b)
+    s2i_b = retarget(rob.s2i, tmp_path / "s2i_b.ckpt", audio_encoder_ckpt=str(enc_b))
+    with pytest.raises(SameSourceError) as exc:
+        evaluate_robustness(rob.train, rob.cross, s2i=s2i_b, image_judge=rob.judge, cache_dir=rob.cache, progress=False)
+    msg = str(exc.value)
+    assert f"audio encoder {enc_b} of S2I-C {s2i_b}, trained on {rob.twin_b}" in msg and "same sha256" in msg
+    assert "Render the evaluation copy" not in msg and "train" in msg.split("same sha256")[1]
+    # the encoder checkpoint is not on this machine: scored, with a warning, recorded
+    s2i_x = retarget(rob.s2i, tmp_path / "s2i_x.ckpt", audio_encoder_ckpt=str(tmp_path / "gone.ckpt"))
+    with pytest.warns(UserWarning, match=r"audio encoder .*gone.ckpt of S2I-C .*s2i_x.ckpt: the independence .*"
+                                         r"could not be checked: .*not on this machine"):  # fmt: skip
+        result = evaluate_robustness(rob.train, rob.cross, s2i=s2i_x, image_judge=rob.judge, cache_dir=rob.cache,
+                                     out_dir=tmp_path / "o", progress=False)  # fmt: skip
+    encoders = result["trained_on"]["s2i"]["encoders"]
+    assert encoders[0]["ckpt"] == str(tmp_path / "gone.ckpt") and "not on this machine" in encoders[0]["unchecked"]
+    assert "gone.ckpt" in (tmp_path / "o" / "report.md").read_text()
+    # the shipped case: frozen on a classifier trained on the training font
+    ok = evaluate_robustness(rob.train, rob.cross, s2i=rob.s2i, image_judge=rob.judge, cache_dir=rob.cache,
+                             progress=False)  # fmt: skip
+    assert ok["trained_on"]["s2i"]["encoders"][0]["font"]["name"] == "FontA.sf2" and not ok["warnings"]
+
+
+def test_robustness_names_whose_training_data_shares_the_evaluation_font(rob, tmp_path):
+    # (8) a classifier trained on the evaluation font's data
+    on_b = retarget(rob.clf, tmp_path / "on_b.ckpt", root=rob.twin_b)
+    with pytest.raises(SameSourceError) as exc:
+        evaluate_robustness(rob.train, rob.cross, classifier=on_b, cache_dir=rob.cache, progress=False)
+    msg = str(exc.value)
+    assert f"sound classifier {on_b}, trained on {rob.twin_b}" in msg and "FontB.sf2" in msg
+    assert "Render the evaluation copy" not in msg and "trained on data without" in msg
+
+
+def test_a_font_given_for_data_with_an_older_manifest_must_be_the_font_it_names(tmp_path):
+    from cmav.evaluation.robustness import data_soundfont
+
+    # (4) a manifest from before fonts were recorded: only the font's name, in the params
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / MANIFEST).write_text(json.dumps({"params": {"preset": "fixture", "seed": 0, "soundfont": "FontA.sf2"}}))
+    a, b = fake_font(tmp_path / "f/FontA.sf2", b"a"), fake_font(tmp_path / "f/FontB.sf2", b"b")
+    with pytest.raises(DataError, match=r"old: its manifest says it was rendered from 'FontA.sf2', not from the font "
+                                        r"given, FontB.sf2"):  # fmt: skip
+        data_soundfont(old, b)
+    assert data_soundfont(old, a)["sha256"] == soundfont_record(a)["sha256"]
+    if FLUIDR3.is_file():  # the named font is on this machine: a file of that name with other contents is refused
+        (old / MANIFEST).write_text(json.dumps({"params": {"preset": "fixture", "seed": 0, "soundfont": FLUIDR3.name}}))
+        with pytest.raises(DataError, match=r"old: .*FluidR3_GM.sf2 .*sha256"):
+            data_soundfont(old, fake_font(tmp_path / "g" / FLUIDR3.name, b"not fluid"))
+        assert data_soundfont(old, FLUIDR3)["sha256"] == soundfont_record(FLUIDR3)["sha256"]
+
+
+def test_robustness_refuses_an_in_source_column_from_a_font_the_model_never_trained_on(rob, tmp_path):
+    # (5) trained on FontC, --root FontA: the "in-source" figure would be a second cross-source one
+    c = soundfont_record(rob.fonts["C"])
+    on_c = retarget(rob.clf, tmp_path / "on_c.ckpt", root=manifest_only(tmp_path / "c", c))
+    with pytest.raises(DataError, match=r"train: .*sound classifier .*on_c.ckpt was trained on .*c \(FontC.sf2.*\), "
+                                        r"none of whose fonts is --root's \(FontA.sf2"):  # fmt: skip
+        evaluate_robustness(rob.train, rob.cross, classifier=on_c, cache_dir=rob.cache, progress=False)
+    # a several-source training build that includes --root's font is in-source on it
+    from cmav.standin.soundfonts import several_fonts_record
+
+    both = several_fonts_record([soundfont_record(rob.fonts["A"]), c])
+    on_ac = retarget(rob.clf, tmp_path / "on_ac.ckpt", root=manifest_only(tmp_path / "ac", both))
+    result = evaluate_robustness(rob.train, rob.cross, classifier=on_ac, cache_dir=rob.cache, progress=False)
+    assert result["trained_on"]["classifier"]["font"]["name"] == "FontA.sf2 + FontC.sf2"
+
+
+def test_robustness_refuses_the_same_folder_through_a_symlink(fixture_root, rob, tmp_path):
+    # (6) fonts given explicitly for data without manifests: the folder itself is compared
+    link = tmp_path / "link"
+    link.symlink_to(fixture_root)
+    with pytest.raises(SameSourceError, match=r"--root .*suburmp and --eval-root .*link are the same folder"):
+        evaluate_robustness(fixture_root, link, classifier=tmp_path / "never_read.ckpt",
+                            train_soundfont=rob.fonts["A"], eval_soundfont=rob.fonts["B"])  # fmt: skip
+
+
+def test_a_sample_comparison_that_could_not_run_is_said_so(rob, tmp_path):
+    # (7) a recorded font not on this machine: not refused, but never silently passed
+    from cmav.standin.soundfonts import SampleComparisonWarning
+
+    rng = np.random.default_rng(0)
+    violin = rng.integers(-2000, 2000, 500)
+    a = write_sf2(tmp_path / "BankA.sf2", {"Violin": violin, "Flute": rng.integers(-2000, 2000, 500)})
+    b = write_sf2(tmp_path / "BankB.sf2", {"Fiddle": violin})
+    ra, rb = soundfont_record(a), soundfont_record(b)
+    b.unlink()
+    with pytest.warns(SampleComparisonWarning, match=r"sample comparison not run: .*BankB.sf2 not on this machine"):
+        assert same_source(ra, rb) is None
+    elsewhere = with_manifest(make_suburmp(tmp_path / "elsewhere", chunks=3), a)
+    (tmp_path / "BankA.sf2").unlink()  # built on another machine: its font is not here
+    with pytest.warns(UserWarning, match=r"sample comparison not run: .*BankA.sf2 not on this machine"):
+        result = evaluate_robustness(rob.train, elsewhere, classifier=rob.clf, cache_dir=rob.cache,
+                                     out_dir=tmp_path / "o", progress=False)  # fmt: skip
+    assert any("sample comparison not run" in w and "BankA.sf2" in w for w in result["warnings"])
+    assert "sample comparison not run" in (tmp_path / "o" / "report.md").read_text()
+    assert "sample comparison not run" in (tmp_path / "o" / "metrics.json").read_text()
+
+
+def test_build_eval_copy_names_the_build_parameters_a_manifest_lacks(tmp_path):
+    from cmav.evaluation.robustness import build_eval_copy
+
+    # (9) a manifest without frame_size / jpeg_quality: a named error, not a KeyError
+    root = tmp_path / "old"
+    root.mkdir()
+    (root / MANIFEST).write_text(json.dumps({"params": {"preset": "fixture", "seed": 0, "soundfont": "FontA.sf2"}}))
+    with pytest.raises(DataError, match=r"old: its manifest does not record frame_size, jpeg_quality"):
+        build_eval_copy(root, tmp_path / "new", fake_font(tmp_path / "FontB.sf2", b"b"), progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_report_writes_n_a_for_a_score_that_is_not_a_number():
+    from cmav.evaluation.robustness import format_report
+
+    # (10) an empty split's NaN is None after json_safe
+    font = {"name": "FontA.sf2", "path": "/f/FontA.sf2", "sha256": "0" * 64}
+    result = {"split": "validation", "fonts": {"in_source": font, "cross_source": {**font, "name": "FontB.sf2"}},
+              "models": {"classifier": {"in_source": {"accuracy": None, "balanced_accuracy": None, "n": 0},
+                                        "cross_source": {"accuracy": 0.5, "balanced_accuracy": 0.5, "n": 4}}}}  # fmt: skip
+    report = format_report(result)
+    assert "| sound classifier | accuracy | n/a | 0.500 | n/a | ≥ 0.75 (not met) |" in report

@@ -37,6 +37,7 @@ from cmav.ablation.grid import (
     slug,
     write_csv,
 )
+from cmav.evaluation.robustness import RENDER_ONLY, check_rerender  # noqa: F401  (one check, shared with evaluate robustness)
 from cmav.features.augment import AudioAugmentConfig, audio_augment_config
 
 BASELINE = "none"
@@ -94,31 +95,6 @@ def cross_source_root(cfg: dict, out: Path) -> Path:
     print(f"[ablate] rendering the cross-source copy of {train} from {font} at {target} (once)", flush=True)
     build_eval_copy(train, target, font, progress=False)
     return target
-
-
-RENDER_ONLY = ("soundfont", "render", "font_segment_s")
-"""Stand-in build parameters that change only how the audio is rendered, not the melodies or frames."""
-
-
-def check_rerender(root: str | Path, other: str | Path, src: str = "grid") -> None:
-    """Refuse ``other`` as a re-render of the stand-in at ``root`` when their manifests' build
-    parameters differ in anything but the rendering (:data:`RENDER_ONLY`): another preset, seed,
-    frame size, JPEG quality or builder version makes other melodies or frames, so the two sources
-    would not score the same chunks. Roots without a stand-in manifest are not compared."""
-    from cmav.evaluation.robustness import read_manifest
-
-    a, b = (read_manifest(r) or {} for r in (root, other))
-    pa, pb = a.get("params"), b.get("params")
-    if not pa or not pb:
-        return
-    keys = sorted((set(pa) | set(pb)) - set(RENDER_ONLY))
-    diffs = [f"{k}: {pa.get(k)!r} -> {pb.get(k)!r}" for k in keys if pa.get(k) != pb.get(k)]
-    if diffs:
-        raise ValueError(f"{src}: cross_source.root {other} is not a re-render of data.root {root} (its stand-in was "
-                         f"built with other {', '.join(d.split(':')[0] for d in diffs)}: {'; '.join(diffs)}, data.root -> "
-                         "cross_source.root): it holds other melodies or frames. Render it from data.root "
-                         "(cmav data build with the same --preset and --seed, another --soundfont), or point "
-                         "cross_source.root at a new folder")  # fmt: skip
 
 
 def variant_root(cfg: dict, variant: dict, in_root: Path, out: Path, cross_font: dict[str, Any]) -> Path:
