@@ -547,7 +547,8 @@ def test_cross_source_s2i_scores_are_evaluate_s2is_and_a_copy_of_the_audio_score
     assert s2i["in_source"]["accuracy"] == pytest.approx(direct["judged"]["accuracy"])
     assert s2i["judge_on_real"]["accuracy"] == pytest.approx(direct["judge_on_real"]["accuracy"])
     assert s2i["cross_source"] == s2i["in_source"] and s2i["in_source"]["n"] == len(dm.val.tensors)
-    assert r["trained_on"]["s2i"]["root"] == str(data) and r["trained_on"]["s2i"]["font"] is None
+    # trained on --root itself: its font is the one given for --root
+    assert r["trained_on"]["s2i"]["root"] == str(data) and r["trained_on"]["s2i"]["font"]["name"] == "A.sf2"
     assert "| S2I-C (judged) | accuracy |" in (tmp_path / "out" / "report.md").read_text()
 
 
@@ -654,3 +655,224 @@ def test_cmav_evaluate_reads_the_data_as_the_checkpoint_was_trained_on_unless_to
     assert dm.features.n_mels == 64
     told = datamodule_for(ckpt, root="elsewhere", holdout_tail=0.2, image_size=64, layout=None).hparams
     assert (told.root, told.layout, told.holdout_tail, told.image_size) == ("elsewhere", "paired", 0.2, 64)
+
+
+# ---------------------------------------------------------------------------------------------
+# review fixes: what the judges trained on, `cmav evaluate judge`'s data, small-sample FID/KID,
+# S2I's front end, the player judge's classes and an in-memory image judge
+
+
+def _tail0_judges(data: Path, out: Path) -> tuple[Path, Path]:
+    """An image judge and a player judge trained (1 step: only their data matter) with no held-out
+    tail: on every train chunk, the held-out tails that judged_holdout and player consistency score included."""
+    from cmav.tasks import ClassifierTask
+
+    whole = AudioVisualDataModule(root=str(data), image_size=SIZE, batch_size=16, holdout_tail=0.0, progress=False)
+    image = _fit(ClassifierTask(modality="image", image_size=SIZE, image_judge=SMALL_JUDGE), whole, 1, out, "image_t0")
+    player = _fit(ClassifierTask(modality="image", target="track", image_size=SIZE, image_judge=SMALL_JUDGE),
+                  whole, 1, out, "player_t0")  # fmt: skip
+    return image, player
+
+
+def test_a_judge_that_trained_on_the_scored_held_out_tails_is_refused_by_name(data, dm, judges, tmp_path):
+    """A judge trained with holdout_tail 0 trained on the very held-out chunks that judged_holdout,
+    player consistency and JudgedAccuracyMonitor(split='holdout') score as 'frames nobody trained
+    on': refused, naming the checkpoint and both settings. A judge holding out as much or more passes."""
+    import lightning as L
+
+    from cmav.evaluation import JudgedAccuracyMonitor
+    from cmav.tasks import ClassifierTask
+
+    image, player = judges  # holdout_tail 0.25 on this root, as the data: accepted
+    image0, player0 = _tail0_judges(data, tmp_path)
+    held = r"data\.holdout_tail 0 \(holdout_gap_ms None\), so 26 of the 26 held-out chunks scored here \(data\.holdout_tail 0\.25"
+    with pytest.raises(ValueError, match=rf"image_t0\.ckpt: the image judge was trained on .* with {held}"):
+        evaluate_s2i(constant_generator, dm, image0, None, n_diversity_draws=2)
+    with pytest.raises(ValueError, match=rf"player_t0\.ckpt: the player judge was trained on .* with {held}"):
+        evaluate_s2i(constant_generator, dm, image, player0, n_diversity_draws=2)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1, logger=False,
+                        callbacks=[JudgedAccuracyMonitor(str(image0), split="holdout")], enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(tmp_path))  # fmt: skip
+    with pytest.raises(ValueError, match=rf"image_t0\.ckpt: the image judge was trained on .* with {held}"):
+        trainer.fit(tiny_s2i("s2i_c"), datamodule=dm)
+    # a judge that holds out more than the data does never saw the data's (shorter) tails
+    more = AudioVisualDataModule(root=str(data), image_size=SIZE, batch_size=16, holdout_tail=0.5, holdout_gap_ms=0,
+                                 progress=False)  # fmt: skip
+    half = _fit(ClassifierTask(modality="image", image_size=SIZE, image_judge=SMALL_JUDGE), more, 1, tmp_path, "image_t05")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # nothing to note either: same root, settings known
+        warnings.filterwarnings("ignore", message=".*rank-deficient.*")
+        m = evaluate_s2i(constant_generator, dm, half, player, n_diversity_draws=2)
+    assert m["judged_holdout"]["n"] == 26 and not m["notes"]
+    # ... and the other way round, the data's longer tails reach into what that judge trained on
+    with pytest.raises(ValueError, match=r"image_t0\.ckpt: .*holdout_tail 0 .*so 52 of the 52 held-out chunks"):
+        evaluate_s2i(constant_generator, more, image0, None, n_diversity_draws=2)
+
+
+def test_the_shipped_judge_and_generator_configs_hold_out_the_same_tails(data):
+    """experiments/image_judge.yaml, player_judge.yaml and audio_classifier.yaml train on what the
+    S2I and I2S YAMLs' data hold out of training: nothing of the scored tails (here on the test data)."""
+    from cmav.evaluation.paired import check_judge_unseen
+
+    experiments = Path(__file__).parents[1] / "experiments"
+
+    def settings(name: str) -> dict:
+        d = yaml.safe_load((experiments / f"{name}.yaml").read_text())["data"]
+        return {k: d[k] for k in ("root", "holdout_tail", "holdout_gap_ms") if k in d}
+
+    for generator in ("s2i_c", "s2i_n", "i2s_c"):
+        g = settings(generator)
+        assert g.pop("root") == "data/default"
+        scored = AudioVisualDataModule(root=str(data), image_size=SIZE, progress=False, **g)
+        scored.setup("fit")
+        assert len(scored.train_holdout) > 0 or g.get("holdout_gap_ms") is None
+        for judge in ("image_judge", "player_judge", "audio_classifier"):
+            j = settings(judge)
+            assert j["root"] == "data/default"
+            ckpt = {"datamodule_hyper_parameters": {**j, "root": str(data)}}
+            assert check_judge_unseen(ckpt, scored, judge.replace("_", " "), split="holdout") is None, (generator, judge)
+
+
+def test_a_judge_trained_on_another_root_is_warned_of_and_noted(data, dm, judges, tmp_path):
+    """Whether a judge trained on another root saw the scored frames cannot be checked: S2I and
+    I2S evaluation warn, naming both roots, and the result's notes say so."""
+    import shutil
+
+    from cmav.data.errors import DataWarning
+    from cmav.evaluation import evaluate_i2s
+    from cmav.tasks import ClassifierTask
+
+    image, player = judges
+    copy = Path(shutil.copytree(data, tmp_path / "copy"))
+    other = AudioVisualDataModule(root=str(copy), image_size=SIZE, batch_size=16, holdout_tail=0.25, holdout_gap_ms=0,
+                                  progress=False)  # fmt: skip
+    other.setup("fit")
+    with pytest.warns(DataWarning, match=rf"image\.ckpt: the image judge was trained on {re.escape(str(data))}, the data "
+                                         rf"scored are {re.escape(str(copy))}"):  # fmt: skip
+        m = evaluate_s2i(constant_generator, other, image, player, n_diversity_draws=2)
+    assert any("image.ckpt" in n for n in m["notes"]) and any("player.ckpt" in n for n in m["notes"])
+    assert "cannot be checked" in m["judge_on_real"]["note"] and "cannot be checked" in m["judged_holdout"]["note"]
+    assert "player.ckpt" in m["player"]["note"]
+
+    audio = _fit(ClassifierTask(modality="audio", image_size=SIZE, audio_encoder={"n_blocks": 4, "base_channels": 8}),
+                 dm, 1, tmp_path, "audio_judge")  # fmt: skip
+    shape = tuple(dm.val.tensors.audio.shape[1:])
+
+    def silence(frames, z):
+        return torch.full((frames.shape[0], *shape), -40.0)
+
+    kw = dict(n_diversity_draws=2, diversity_per_class=1, griffin_lim_iters=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)  # the same root: nothing to say
+        assert not evaluate_i2s(silence, dm, audio, **kw)["notes"]
+    with pytest.warns(DataWarning, match=r"audio_judge\.ckpt: the audio judge was trained on .*, the data scored are"):
+        m = evaluate_i2s(silence, other, audio, **kw)
+    assert len(m["notes"]) == 1 and "cannot be checked" in m["judge_on_real"]["note"]
+
+
+def _with_masks(root: Path) -> Path:
+    for p in (root / "img").rglob("*.jpg"):
+        out = root / "mask" / p.relative_to(root / "img").with_suffix(".png")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        m = np.zeros((96, 96), bool)
+        m[30:60, 30:60] = True
+        Image.fromarray(m).save(out)
+    return root
+
+
+def test_cmav_evaluate_judge_splits_the_data_as_the_judge_was_trained(tmp_path):
+    """`cmav evaluate judge` read data/default with a 0.1 tail and the default gap whatever the judge
+    trained on, so its 'train' and 'holdout' rows were other frames than the judge's."""
+    from cmav.cli.main import main
+    from cmav.tasks import ClassifierTask
+
+    root = _with_masks(make_suburmp_tracks(tmp_path / "masked", tracks=(0, 1), chunks=4))
+    trained = AudioVisualDataModule(root=str(root), image_size=SIZE, batch_size=16, holdout_tail=0.5, holdout_gap_ms=0,
+                                    progress=False)  # fmt: skip
+    ckpt = _fit(ClassifierTask(modality="image", image_size=SIZE, image_judge=SMALL_JUDGE), trained, 1, tmp_path, "judge")
+    out = tmp_path / "probe"
+    assert main(["evaluate", "judge", "--ckpt", str(ckpt), "--splits", "train", "holdout", "-o", str(out)]) == 0
+    probe = json.loads((out / "judge_probe.json").read_text())
+    # 26 tracks of 4 chunks: the judge trained on the first 2 of each and held out the last 2
+    assert {s: v["n"] for s, v in probe["splits"].items()} == {"train": 52, "holdout": 52}
+    assert main(["evaluate", "judge", "--ckpt", str(ckpt), "--root", str(root), "--holdout-tail", "0.25",
+                 "--splits", "holdout", "-o", str(out)]) == 0  # fmt: skip  (told: as told)
+    assert json.loads((out / "judge_probe.json").read_text())["splits"]["holdout"]["n"] == 26
+
+
+def test_an_fid_from_fewer_items_than_feature_dims_is_flagged(dm, judges, tmp_path):
+    """An FID from n <= d items is mostly bias (two samples of one distribution: FID ~25 at n=26,
+    d=32): the result says the feature size and whether FID is reliable, and the warning is not silenced."""
+    from cmav.metrics import fid_kid_from_features
+    from cmav.tasks import ClassifierTask
+
+    g = torch.Generator().manual_seed(0)
+    with pytest.warns(UserWarning, match="rank-deficient"):
+        r = fid_kid_from_features(torch.randn(26, 32, generator=g), torch.randn(26, 32, generator=g))
+    assert r["feature_dim"] == 32 and r["fid_reliable"] is False and "not reliable" in r["note"]
+    r = fid_kid_from_features(torch.randn(40, 32, generator=g), torch.randn(33, 32, generator=g))
+    assert r["feature_dim"] == 32 and r["fid_reliable"] is True and "not reliable" not in r["note"]
+
+    image, _ = judges  # 32-d features, 52 validation items
+    m = evaluate_s2i(constant_generator, dm, image, None, n_diversity_draws=2)
+    assert m["fid_kid"]["feature_dim"] == 32 and m["fid_kid"]["fid_reliable"] is True
+    wide = _fit(ClassifierTask(modality="image", image_size=SIZE, image_judge={**SMALL_JUDGE, "feature_dim": 64}),
+                dm, 1, tmp_path, "wide")  # fmt: skip
+    with pytest.warns(UserWarning, match="FID with 52 samples for 64-d features: covariances are rank-deficient"):
+        m = evaluate_s2i(constant_generator, dm, wide, None, n_diversity_draws=2, out_dir=tmp_path / "wide_eval")
+    fk = json.loads((tmp_path / "wide_eval" / "metrics.json").read_text())["fid_kid"]
+    assert fk["feature_dim"] == 64 and fk["fid_reliable"] is False and "not reliable" in fk["note"]
+    assert fk["n_real"] == fk["n_fake"] == 52
+
+
+def test_kid_std_over_subsets_that_cannot_differ_is_not_reported_as_zero():
+    """With fewer than 4 items per set the subsets cannot be at most half the smaller set: every
+    subset is (nearly) the whole set, and their spread read 0. kid_mean stays, kid_std is None."""
+    from cmav.metrics import fid_kid_from_features
+
+    g = torch.Generator().manual_seed(0)
+    for n in (2, 3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = fid_kid_from_features(torch.randn(n, 2, generator=g), torch.randn(n, 2, generator=g) + 3, kid_subsets=10)
+        assert r["kid_std"] is None and np.isfinite(r["kid_mean"]) and r["kid_mean"] > 0
+        assert "kid_std" in r["note"] and "fewer than 4" in r["note"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = fid_kid_from_features(torch.randn(4, 2, generator=g), torch.randn(4, 2, generator=g) + 3, kid_subsets=10)
+    assert r["kid_subset_size"] == 2 and isinstance(r["kid_std"], float) and r["kid_std"] > 0
+
+
+def test_s2i_evaluation_refuses_data_of_another_front_end_than_the_model_read(data, judges, s2i_ckpt):
+    """The S2I model's encoder reads LMS on the scale of its own front end: data of the same shape
+    from another setting is refused (as I2S's), naming the model and both settings."""
+    from cmav.tasks.s2i import load_s2i
+
+    image, _ = judges
+    f_min = AudioVisualDataModule(root=str(data), image_size=SIZE, batch_size=16, holdout_tail=0.25, holdout_gap_ms=0,
+                                  progress=False, features={"f_min": 30.0})  # fmt: skip
+    f_min.setup("fit")
+    differ = r"the S2I model was trained on another front end than the data's \(front end: f_min: 0\.0 -> 30\.0, model -> data\)"
+    with pytest.raises(ValueError, match=rf"s2i\.ckpt: {differ}"):
+        evaluate_s2i(str(s2i_ckpt), f_min, image, None, n_diversity_draws=2)
+    with pytest.raises(ValueError, match=rf"the S2I model given: {differ}"):
+        evaluate_s2i(load_s2i(s2i_ckpt), f_min, image, None, n_diversity_draws=2)
+
+
+def test_a_player_judge_of_other_class_names_and_an_in_memory_non_judge_are_refused(dm, judges, tmp_path):
+    """The player judge's players are (class, track) numbers: a judge of another class order would
+    score player 'violin 0' as 'viola 0'. And an in-memory image classifier of I2S's encoder kind is
+    no more a judge than its checkpoint is."""
+    from cmav.tasks import ClassifierTask
+
+    image, player = judges
+    blob = torch.load(player, map_location="cpu", weights_only=False)
+    blob["hyper_parameters"]["class_names"] = list(reversed(blob["hyper_parameters"]["class_names"]))
+    renamed = tmp_path / "renamed_player.ckpt"
+    torch.save(blob, renamed)
+    with pytest.raises(ValueError, match=r"the player judge's classes \['violin', .*\] differ from the data's \['bassoon', "):
+        evaluate_s2i(constant_generator, dm, image, renamed, n_diversity_draws=2)
+    encoder = ClassifierTask(modality="image", image_model="encoder", image_size=SIZE, class_names=list(dm.class_names),
+                             image_encoder={"base_channels": 8, "max_channels": 32, "feature_dim": 32})  # fmt: skip
+    with pytest.raises(ValueError, match=r"the image judge given: a image/label/encoder classifier, not the image judge"):
+        evaluate_s2i(constant_generator, dm, encoder, None, n_diversity_draws=2)

@@ -16,11 +16,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "painted out, and on the instrument alone (also `cmav evaluate judge`)",
     )
     e.add_argument("--ckpt", required=True, help="image-judge checkpoint (experiments/image_judge.yaml)")
-    e.add_argument("--root", default="data/default", help="a stand-in data set, with its instrument masks")
-    e.add_argument("--holdout-tail", type=float, default=0.1, help="the judge's data.holdout_tail (what `train` is)")
+    e.add_argument("--root", default=None,
+                   help="a stand-in data set, with its instrument masks (default: the root the judge was trained on)")
+    e.add_argument("--holdout-tail", type=float, default=None,
+                   help="data.holdout_tail, what `train` and `holdout` are (default: the judge's own)")
     e.add_argument("--holdout-gap-ms", type=int, default=None,
                    help="held-out chunks starting less than this after a trained one are not scored (default: the "
-                        "chunk length; 0 keeps them)")  # fmt: skip
+                        "judge's own; 0 keeps them)")  # fmt: skip
     e.add_argument("--splits", nargs="+", choices=PROBE_SPLITS, default=["train", "validation"],
                    help="train (what the judge trained on), holdout (the train tracks' held-out tails), "
                         "validation (unseen players) (default: %(default)s)")  # fmt: skip
@@ -31,14 +33,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from cmav.data.datamodule import AudioVisualDataModule
+    from cmav.evaluation.generate import datamodule_for
     from cmav.evaluation.judge_probe import format_judge_probe, probe_image_judge
     from cmav.metrics.serialise import json_safe
     from cmav.tasks.classifier import load_image_judge
 
     judge = load_image_judge(args.ckpt)
-    dm = AudioVisualDataModule(root=args.root, image_size=int(judge.hparams.image_size), holdout_tail=args.holdout_tail,
-                               holdout_gap_ms=args.holdout_gap_ms)  # fmt: skip
+    # the data as the judge was trained on them (root, layout, held-out tails and gap, from its
+    # checkpoint), so that `train` and `holdout` are its own; what is given replaces that
+    dm = datamodule_for(args.ckpt, args.root, batch_size=64, image_size=int(judge.hparams.image_size),
+                        holdout_tail=args.holdout_tail, holdout_gap_ms=args.holdout_gap_ms)  # fmt: skip
     probe = probe_image_judge(judge, dm, splits=tuple(args.splits))
     probe["judge"] = str(args.ckpt)
     text = format_judge_probe(probe, tuple(args.list_players))

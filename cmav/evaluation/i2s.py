@@ -19,7 +19,16 @@ from typing import Any
 
 import torch
 
-from cmav.evaluation.paired import GeneratorFn, generate_outputs, generator_fn, save_scores, score_generator
+from cmav.evaluation.paired import (
+    GeneratorFn,
+    check_judge_unseen,
+    front_end_refusal,
+    generate_outputs,
+    generator_fn,
+    note_on,
+    save_scores,
+    score_generator,
+)
 from cmav.features.logmel import LogMelConfig
 from cmav.metrics import JudgeFeatureExtractor, round_trip_accuracy
 from cmav.metrics.serialise import json_safe
@@ -49,8 +58,9 @@ def check_i2s_fits(task_or_fn: Any, fn: GeneratorFn, z_dim: int, datamodule, sou
     """Refuse data an I2S generator was not made for: LMS of another shape than it generates, or of
     the same shape from another front-end setting than the one stored with the model (when it
     stores one). Judge, FID/KID and round trip would otherwise score outputs of the wrong shape or
-    scale, or fail deep in the inversion. ``source`` names the checkpoint or model."""
-    from cmav.features import front_end_differences
+    scale, or fail deep in the inversion. ``source`` names the checkpoint or model. The mirror of
+    :func:`~cmav.evaluation.s2i.check_s2i_fits` (both refuse through
+    :func:`~cmav.evaluation.paired.front_end_refusal`)."""
     from cmav.tasks.i2s import I2STask
 
     val = datamodule.val.tensors
@@ -61,15 +71,8 @@ def check_i2s_fits(task_or_fn: Any, fn: GeneratorFn, z_dim: int, datamodule, sou
     else:  # a plain callable says nothing of its front end: its output shape is all there is to check
         made = tuple(generate_outputs(fn, val.images[:1].float().div(127.5).sub(1.0), z_dim).shape[1:])
         trained = None
-    diffs = front_end_differences(trained, datamodule.features) if trained is not None else []
-    differ = f" (front end: {'; '.join(diffs)}, model -> data)" if diffs else ""
-    if made != want:
-        raise ValueError(f"{source}: the I2S model generates LMS {made}, the data's are {want}{differ}: "
-                         "evaluate it on data of the front end it was trained on (data.features)")  # fmt: skip
-    if diffs:
-        raise ValueError(f"{source}: the I2S model was trained on another front end than the data's{differ}: its "
-                         "LMS would be judged and inverted on a scale they are not on. Evaluate it on data of "
-                         "its own front end (data.features)")  # fmt: skip
+    front_end_refusal(source, "I2S", "generates", made, want, trained, datamodule.features,
+                      "its LMS would be judged and inverted on a scale they are not on")  # fmt: skip
 
 
 @torch.no_grad()
@@ -105,6 +108,8 @@ def evaluate_i2s(
     if not isinstance(features, LogMelConfig):
         raise ValueError(f"I2S evaluation needs the LMS front end (Griffin-Lim round trip), got kind={features.kind!r}")
     check_i2s_fits(task_or_ckpt, fn, z_dim, datamodule, source)
+    # a judge of the same root never trained on the validation players; of another root, nobody can tell
+    judge_note = check_judge_unseen(audio_judge_ckpt, datamodule, "audio judge")
     val = datamodule.val.tensors
     labels = val.labels.long()
     frames = val.images.float().div(127.5).sub(1.0)
@@ -119,6 +124,9 @@ def evaluate_i2s(
     rt_real = round_trip_accuracy(judge, real, labels, names, features, griffin_lim_iters, batch_size)
     judged = scores["judged"]["accuracy"]
     result: dict[str, Any] = {"generator": info, "seed": seed, **scores}
+    for section in ("judged", "judge_on_real"):
+        note_on(result[section], judge_note)
+    result["notes"] = [judge_note] if judge_note else []
     result["round_trip"] = {
         "split": "validation",
         "accuracy": rt_fake.accuracy,

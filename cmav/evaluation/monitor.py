@@ -23,7 +23,10 @@ iteration, so keep the last row of each.
 
 ``split='holdout'`` scores the time-held-out end of every train track instead (``data.holdout_tail``
 > 0; logged as ``holdout/judged_acc``): a best epoch chosen there has never looked at the
-validation players, so the validation figures of that checkpoint stay unbiased estimates.
+validation players, so the validation figures of that checkpoint stay unbiased estimates. A judge
+whose checkpoint says it trained on any of those tails (its ``data.holdout_tail`` on the same root
+leaves them in its training set, e.g. 0) is refused at set-up, as by :func:`~cmav.evaluation.evaluate_s2i`;
+one trained on another root is warned of (:func:`~cmav.evaluation.paired.check_judge_unseen`).
 
 S2I tasks take an image judge, I2S tasks an audio judge. The judge is loaded onto the task's device
 at the start of fitting and is never part of the task (nor of its checkpoints): it only scores.
@@ -142,6 +145,12 @@ class JudgedAccuracyMonitor(L.Callback):
         shortfall = dm.holdout_shortfall() if self.split == "holdout" and hasattr(dm, "holdout_shortfall") else None
         if shortfall:  # Lightning sets the data module up before the callbacks
             raise ValueError(f"JudgedAccuracyMonitor(split='holdout') scores the held-out tails of the train tracks; {shortfall}")
+        if getattr(dm, "val", None) is not None:
+            # the held-out tails are scored as frames nobody trained on: refused when the judge trained on
+            # them (the check of evaluate_s2i / evaluate_i2s); a judge of another root is warned of
+            from cmav.evaluation.paired import check_judge_unseen
+
+            check_judge_unseen(path, dm, f"{want} judge", split=self.split)
         if trainer.limit_val_batches == 0:
             rank_zero_warn("JudgedAccuracyMonitor scores after validation epochs, and validation is off "
                            f"(limit_val_batches=0): {SPLITS[self.split]}/judged_acc will not be logged")  # fmt: skip

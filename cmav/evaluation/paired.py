@@ -66,6 +66,108 @@ def generate_outputs(fn: GeneratorFn, conditions: Tensor, z_dim: int, seed: int 
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def judge_training_data(judge_or_ckpt: Any) -> dict | None:
+    """The data settings a judge was trained on: its checkpoint's ``datamodule_hyper_parameters``
+    (a path, or the loaded checkpoint's dict), or for a task in memory those of the data module it
+    was fitted with. None when they are not known (a checkpoint without them, a task loaded from one)."""
+    from cmav.tasks.classifier import checkpoint_dict
+    from cmav.tasks.common import datamodule_of
+
+    if isinstance(judge_or_ckpt, (str, Path, dict)):
+        return checkpoint_dict(judge_or_ckpt).get("datamodule_hyper_parameters") or None
+    dm = datamodule_of(judge_or_ckpt) if isinstance(judge_or_ckpt, nn.Module) else None
+    return dict(dm.hparams) if dm is not None and getattr(dm, "hparams", None) is not None else None
+
+
+def judge_trained_items(settings: dict, tensors) -> list[int]:
+    """The indices (into a train split's cached ``tensors``) of the items a judge trained with data
+    ``settings`` (its ``datamodule_hyper_parameters``) was trained on: what
+    :class:`~cmav.data.datamodule.AudioVisualDataModule` keeps out of its held-out tails under the
+    judge's ``holdout_tail`` and ``holdout_gap_ms``, on the same tensors."""
+    from cmav.data.tails import tail_holdout
+    from cmav.evaluation.generate import front_end_of
+
+    spec = front_end_of({"datamodule_hyper_parameters": settings})[1]
+    gap = settings.get("holdout_gap_ms")
+    gap = round(1000 * spec.n_samples / spec.sample_rate) if gap is None else int(gap)
+    keep, _ = tail_holdout(tensors.tracks, tensors.labels, tensors.times, float(settings.get("holdout_tail") or 0.0),
+                           guard_ms=gap, stems=tensors.stems)  # fmt: skip
+    return keep
+
+
+def check_judge_unseen(judge_or_ckpt: Any, datamodule, what: str, split: str = "validation") -> str | None:
+    """Refuse a judge that was trained on items it would score; say so when that cannot be told.
+
+    A judge is trained on the train split of its data less that split's held-out tails
+    (``data.holdout_tail``). When its recorded root is the scored data's root and ``split`` is
+    ``'holdout'`` (the train tracks' held-out tails, which judged-holdout, player consistency and
+    ``JudgedAccuracyMonitor(split='holdout')`` score as frames nobody trained on), the judge's own
+    training items are worked out from its settings on the same tensors, and a ``ValueError``
+    naming the checkpoint and both settings is raised when any scored item is among them (a judge
+    trained with ``holdout_tail`` 0, or a smaller one than the data's). The validation split is
+    never trained on by a judge of the same root. When the roots differ, or the judge's data are
+    not recorded, a :class:`~cmav.data.errors.DataWarning` is raised and its text returned, for
+    the result's notes; None when all is well.
+    """
+    from cmav.data.errors import DataWarning
+
+    source = str(judge_or_ckpt) if isinstance(judge_or_ckpt, (str, Path)) else f"the {what} given"
+    settings = judge_training_data(judge_or_ckpt)
+    root = getattr(datamodule, "root", None)
+    note = None
+    if not settings or not settings.get("root"):
+        note = (f"{source}: the data the {what} was trained on are not recorded (pass its checkpoint), so whether it "
+                f"trained on the frames scored here ({split}) cannot be checked")  # fmt: skip
+    elif root is None or Path(settings["root"]).resolve() != Path(root).resolve():
+        note = (f"{source}: the {what} was trained on {settings['root']}, the data scored are {root}: whether its "
+                f"training frames include those scored here ({split}) cannot be checked")  # fmt: skip
+    if note is not None:
+        warnings.warn(note, DataWarning, stacklevel=3)
+        return note
+    if split != "holdout":
+        return None
+    tensors, index = datamodule.split_items("holdout")
+    trained = set(judge_trained_items(settings, tensors))
+    seen = [i for i in index.tolist() if i in trained]
+    if seen:
+        h = datamodule.hparams
+        gap = settings.get("holdout_gap_ms")
+        raise ValueError(
+            f"{source}: the {what} was trained on {settings['root']} with data.holdout_tail "
+            f"{float(settings.get('holdout_tail') or 0.0):g} (holdout_gap_ms {gap}), so {len(seen)} of the {len(index)} "
+            f"held-out chunks scored here (data.holdout_tail {float(h.holdout_tail):g}, holdout_gap_ms "
+            f"{h.get('holdout_gap_ms')}) are among its own training frames: its figures there would not be on frames "
+            f"nobody trained on. Train the {what} with data.holdout_tail {float(h.holdout_tail):g} (the data's, as the "
+            "experiments/*.yaml do) or more"
+        )  # fmt: skip
+    return None
+
+
+def front_end_refusal(source: str, model: str, role: str, made: tuple, want: tuple, trained: Any, features: Any,
+                      consequence: str) -> None:  # fmt: skip
+    """Refuse data a generator was not made for: audio features of another shape than it ``role``
+    (``'generates'`` / ``'reads'``; ``made`` against the data's ``want``), or of the same shape from
+    another front-end setting than the one stored with it (``trained``, None when not recorded)
+    than the data's ``features``; ``consequence`` says what scoring it would do then. ``source``
+    names the checkpoint or model and ``model`` its kind (S2I, I2S)."""
+    from cmav.features import front_end_differences
+
+    diffs = front_end_differences(trained, features) if trained is not None else []
+    differ = f" (front end: {'; '.join(diffs)}, model -> data)" if diffs else ""
+    if made is not None and tuple(made) != tuple(want):
+        raise ValueError(f"{source}: the {model} model {role} LMS {tuple(made)}, the data's are {tuple(want)}{differ}: "
+                         "evaluate it on data of the front end it was trained on (data.features)")  # fmt: skip
+    if diffs:
+        raise ValueError(f"{source}: the {model} model was trained on another front end than the data's{differ}: "
+                         f"{consequence}. Evaluate it on data of its own front end (data.features)")  # fmt: skip
+
+
+def note_on(section: dict[str, Any] | None, note: str | None) -> None:
+    """Add ``note`` to a result section's ``note`` (nothing when either is None)."""
+    if section is not None and note:
+        section["note"] = f"{section.get('note', '')}; NOTE: {note}".lstrip("; ")
+
+
 def subset_per_class(labels: Tensor, n_classes: int, per_class: int) -> Tensor:
     """Up to ``per_class`` items of every class, evenly spaced over the class's items."""
     rows = []
@@ -116,13 +218,15 @@ def score_generator(
         "judge_on_real": _report(real_report, split, f"the judge on the real {split} {what}s: the ceiling for judged accuracy"),
     }  # fmt: skip
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*rank-deficient.*")
+        # not the rank-deficient FID warning: an FID from fewer items than feature dimensions is
+        # mostly bias, and says so (fid_reliable, the note) besides
         warnings.filterwarnings("ignore", message=".*KID subset_size.*")
         fk = fid_kid(real, fake, extractor, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
                      batch_size=batch_size, seed=seed)  # fmt: skip
     result["fid_kid"] = {
         "split": split, "label": FID_LABEL, "fid": fk["fid"], "kid_mean": fk["kid_mean"], "kid_std": fk["kid_std"],
-        "n_real": fk["n_real"], "n_fake": fk["n_fake"], "feature": fk["feature"], "note": fk["note"],
+        "n_real": fk["n_real"], "n_fake": fk["n_fake"], "feature": fk["feature"], "feature_dim": fk["feature_dim"],
+        "fid_reliable": fk["fid_reliable"], "note": fk["note"],
         # the size KID used: clamped to half the smaller set when the split is small (its warning is silenced above)
         "kid_subset_size": fk["kid_subset_size"], "kid_subset_size_asked": int(kid_subset_size), "kid_subsets": kid_subsets,
     }  # fmt: skip
@@ -163,5 +267,6 @@ def save_scores(result: dict[str, Any], out_dir: str | Path, gen_report: Classif
     return safe
 
 
-__all__ = ["FID_LABEL", "GeneratorFn", "generate_outputs", "generator_fn", "inference_of", "save_scores", "score_generator",
+__all__ = ["FID_LABEL", "GeneratorFn", "check_judge_unseen", "front_end_refusal", "generate_outputs", "generator_fn",
+           "inference_of", "judge_trained_items", "judge_training_data", "note_on", "save_scores", "score_generator",
            "subset_per_class"]  # fmt: skip

@@ -10,7 +10,13 @@ Every figure says which split it comes from:
 * **train_holdout** (the time-held-out end of every train track; players the player judge knows,
   frames nobody trained on): player/pose consistency = how often the player judge names the
   audio's own player (class + track) for a generated frame, beside its accuracy on the real frames;
-  and the image judge's accuracy there (does G draw a seen player's instrument right?).
+  and the image judge's accuracy there (does G draw a seen player's instrument right?). A judge
+  whose checkpoint says it trained on any of those frames (``data.holdout_tail`` 0, or less than
+  the data's, on the same root) is refused by name; one trained on another root, or whose data are
+  not recorded, is warned of and said so in ``notes`` and beside its figures
+  (:func:`~cmav.evaluation.paired.check_judge_unseen`).
+
+The S2I model is refused on data of another front end than it was trained on (:func:`check_s2i_fits`).
 
 Judged accuracy on both splits is also broken down per player (class and track,
 :func:`~cmav.metrics.player_table`): a player whose frames are all drawn as one other instrument
@@ -32,8 +38,11 @@ from torch import Tensor
 from cmav.evaluation.paired import (
     FID_LABEL,
     GeneratorFn,
+    check_judge_unseen,
+    front_end_refusal,
     generate_outputs,
     generator_fn,
+    note_on,
     save_scores,
     score_generator,
 )
@@ -57,15 +66,40 @@ def make_generator_fn(task_or_ckpt: Any) -> tuple[GeneratorFn, int, dict]:
 
 
 def _judge(judge_or_ckpt: Any, target: str = "label"):
-    """The image judge (``target='label'``) or the player judge (``'track'``), from a task or its checkpoint."""
+    """The image judge (``target='label'``) or the player judge (``'track'``), from a task or its
+    checkpoint; a task in memory is refused as :func:`~cmav.tasks.classifier.load_image_judge`
+    refuses a checkpoint of another kind (a sound classifier, I2S's image classifier)."""
     from cmav.tasks.classifier import ClassifierTask, load_image_judge
 
     if isinstance(judge_or_ckpt, (str, Path)):
         return load_image_judge(judge_or_ckpt, target=target)
     judge = judge_or_ckpt
-    if not isinstance(judge, ClassifierTask) or judge.hparams.modality != "image" or judge.hparams.target != target:
-        raise ValueError(f"a judge must be an image ClassifierTask with target={target!r} (or its checkpoint)")
+    if not isinstance(judge, ClassifierTask):
+        raise ValueError(f"a judge must be an image ClassifierTask with target={target!r} (or its checkpoint), "
+                         f"not a {type(judge).__name__}")  # fmt: skip
+    h = judge.hparams
+    if h.modality != "image" or h.target != target or h.get("image_model", "judge") != "judge":
+        kind = f"{h.modality}/{h.target}" + (f"/{h.get('image_model', 'judge')}" if h.modality == "image" else "")
+        what = "image judge" if target == "label" else "player judge"
+        raise ValueError(f"the {what} given: a {kind} classifier, not the {what}: a judge must be an image "
+                         f"ClassifierTask with modality='image', target={target!r}, image_model='judge' "
+                         "(or its checkpoint)")  # fmt: skip
     return judge.eval()
+
+
+def check_s2i_fits(task_or_fn: Any, datamodule, source: str) -> None:
+    """Refuse data an S2I generator was not made for: audio features of another shape than its
+    encoder reads, or of the same shape from another front-end setting than the one stored with
+    the model (when it stores one: a checkpoint, or a task set up on its data). The mirror of
+    :func:`~cmav.evaluation.i2s.check_i2s_fits`; a plain callable says nothing of its front end."""
+    from cmav.tasks.s2i import S2ITask
+
+    if not isinstance(task_or_fn, S2ITask):
+        return
+    shape = task_or_fn.hparams.audio_shape
+    front_end_refusal(source, "S2I", "reads", tuple(int(v) for v in shape) if shape is not None else None,
+                      tuple(datamodule.val.tensors.audio.shape[1:]), task_or_fn._features, datamodule.features,
+                      "its encoder would read features on a scale it was not trained on")  # fmt: skip
 
 
 def check_judge_fits(judge, *, class_names: list[str] | None = None, frames: Tensor | None = None,
@@ -113,8 +147,14 @@ def evaluate_s2i(
     themselves). Returns a JSON-ready dict; with ``out_dir`` also writes ``metrics.json`` and
     ``confusion_generated.png`` / ``confusion_real.png`` there.
     """
+    from cmav.tasks.s2i import load_s2i
+
+    source = str(task_or_ckpt) if isinstance(task_or_ckpt, (str, Path)) else "the S2I model given"
+    if isinstance(task_or_ckpt, (str, Path)):
+        task_or_ckpt = load_s2i(task_or_ckpt)
     fn, z_dim, info = make_generator_fn(task_or_ckpt)
     datamodule.setup("validate")
+    check_s2i_fits(task_or_ckpt, datamodule, source)
     judge = _judge(image_judge_ckpt)
     names = list(judge.hparams.class_names)
     val = datamodule.val.tensors
@@ -122,6 +162,11 @@ def evaluate_s2i(
     real = _images(val)
     probe = generate_images(fn, val.audio[:1], z_dim, seed=seed)  # before the whole split is generated
     check_judge_fits(judge, class_names=list(datamodule.class_names), frames=real, generated=probe)
+    # the held-out tails are scored as frames nobody trained on: refused when the judge trained on them
+    image_note = check_judge_unseen(image_judge_ckpt, datamodule, "image judge", split="holdout")
+    player = None
+    if player_judge_ckpt is not None:  # checked before anything is scored
+        player = _player_judge(player_judge_ckpt, fn, z_dim, datamodule)
     extractor = JudgeFeatureExtractor(judge.model, name="image_judge")
     scores, gen_report, real_report, _ = score_generator(
         fn, z_dim, val.audio, real, labels, judge, names, extractor, what="image", seed=seed, batch_size=batch_size,
@@ -132,10 +177,13 @@ def evaluate_s2i(
     # the judge's calls on the generated frames, already made for the report
     result["judged"]["per_player"] = player_table(torch.from_numpy(gen_report.predictions), labels, val.tracks, names)
     result["judged_holdout"] = _judged_holdout(fn, z_dim, datamodule, judge, names, seed, batch_size)
+    for section in ("judged", "judge_on_real", "judged_holdout"):
+        note_on(result[section], image_note)
 
     result["player"] = None
-    if player_judge_ckpt is not None:
-        result["player"] = _player_consistency(fn, z_dim, datamodule, player_judge_ckpt, seed, batch_size)
+    if player is not None:
+        result["player"] = _player_consistency(fn, z_dim, datamodule, player_judge_ckpt, seed, batch_size, checked=player)
+    result["notes"] = [n for n in (image_note, player[1] if player else None) if n]
 
     if out_dir is not None:
         return save_scores(result, out_dir, gen_report, real_report, names, "Image judge", "frames")
@@ -165,18 +213,37 @@ def _judged_holdout(fn: GeneratorFn, z_dim: int, datamodule, judge, names: list[
     }
 
 
-def _player_consistency(fn: GeneratorFn, z_dim: int, datamodule, player_judge: Any, seed: int, batch_size: int):
-    judge = _judge(player_judge, target="track")
-    t, index = datamodule.split_items("holdout")
-    check_judge_fits(judge, frames=t.images[:1], generated=generate_images(fn, t.audio[:1], z_dim), what="player judge")
+def _player_judge(player_judge: Any, fn: GeneratorFn, z_dim: int, datamodule) -> tuple[Any, str | None]:
+    """The player judge, refused unless it fits the data: its classes (in their order), its frame
+    size, its (class, track) players, and that it did not train on the held-out tails it scores.
+    Returns ``(judge, note)``, the note saying when its training data could not be checked."""
     from cmav.tasks.classifier import players_mismatch
 
-    if why := players_mismatch(judge.hparams.players, datamodule.train_full.tensors):
-        raise ValueError(why)
+    judge = _judge(player_judge, target="track")
+    t = datamodule.train_full.tensors
+    where = f"{player_judge}: " if isinstance(player_judge, (str, Path)) else ""
+    try:  # its players are (class, track) numbers: another class order would name other players
+        check_judge_fits(judge, class_names=list(datamodule.class_names), frames=t.images[:1],
+                         generated=generate_images(fn, t.audio[:1], z_dim), what="player judge")  # fmt: skip
+    except ValueError as exc:
+        raise ValueError(f"{where}{exc}") from None
+    if why := players_mismatch(judge.hparams.players, t):
+        raise ValueError(f"{where}{why}")
+    return judge, check_judge_unseen(player_judge, datamodule, "player judge", split="holdout")
+
+
+def _player_consistency(fn: GeneratorFn, z_dim: int, datamodule, player_judge: Any, seed: int, batch_size: int,
+                        checked: tuple[Any, str | None] | None = None):  # fmt: skip
+    """Player consistency on the held-out tails; ``checked``: :func:`_player_judge`'s answer when
+    the caller has checked the judge already."""
+    judge, note = checked if checked is not None else _player_judge(player_judge, fn, z_dim, datamodule)
+    t, index = datamodule.split_items("holdout")
     if len(index) == 0:
         why = datamodule.holdout_shortfall() if hasattr(datamodule, "holdout_shortfall") else None
-        return {"split": "train_holdout", "accuracy": None,
-                "note": f"no held-out train frames: {why or 'set the datamodule holdout_tail > 0'}"}  # fmt: skip
+        out = {"split": "train_holdout", "accuracy": None,
+               "note": f"no held-out train frames: {why or 'set the datamodule holdout_tail > 0'}"}  # fmt: skip
+        note_on(out, note)
+        return out
     batch = {"label": t.labels[index].long(), "track": t.tracks[index].long()}
     targets = judge.targets(batch)
     keep = targets >= 0
@@ -192,7 +259,7 @@ def _player_consistency(fn: GeneratorFn, z_dim: int, datamodule, player_judge: A
     players = torch.tensor(judge.hparams.players)
     pred = torch.from_numpy(gen.predictions)
     inst_ok = float((players[pred, 0] == players[targets, 0]).float().mean()) if len(pred) else float("nan")
-    return {
+    out = {
         "split": "train_holdout",
         "n": gen.n,
         "accuracy": gen.accuracy,
@@ -203,6 +270,8 @@ def _player_consistency(fn: GeneratorFn, z_dim: int, datamodule, player_judge: A
         "note": "player judge names the audio's own player (class+track) for frames generated from the "
         "held-out end of each train track; judge_on_real_* is its ceiling on the real frames",
     }
+    note_on(out, note)
+    return out
 
 
-__all__ = ["FID_LABEL", "check_judge_fits", "evaluate_s2i", "generate_images", "make_generator_fn"]
+__all__ = ["FID_LABEL", "check_judge_fits", "check_s2i_fits", "evaluate_s2i", "generate_images", "make_generator_fn"]

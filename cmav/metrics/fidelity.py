@@ -182,12 +182,18 @@ def fid_kid_from_features(
     kid_subsets: int = 100,
     seed: int = 0,
     feature: str = "custom",
-) -> dict[str, float | int | str]:
+) -> dict[str, float | int | str | bool | None]:
     """FID and KID (mean, std over subsets) between two (N, D) feature sets, computed by torchmetrics.
 
     KID's ``subset_size`` is clamped to half the smaller set with a warning (torchmetrics raises
     past the whole set, and subsets of the whole set are identical, so their sd would read 0).
+    With fewer than 4 items in a set no subset of at least 2 is at most half of it: ``kid_std`` is
+    None then (``kid_mean`` stays), and the note says why.
     ``seed`` makes KID's random subsets reproducible without touching the global RNG.
+
+    ``feature_dim`` is D, and ``fid_reliable`` whether both sets have more items than that: with
+    fewer the covariances are rank-deficient and FID is strongly biased upwards (two samples of
+    one 32-d distribution: about 25 at 26 items each, 0.3 at 2000), which is warned and noted.
     """
     real = torch.as_tensor(real_features).double().reshape(real_features.shape[0], -1)
     fake = torch.as_tensor(fake_features).double().reshape(fake_features.shape[0], -1)
@@ -202,6 +208,7 @@ def fid_kid_from_features(
             "and FID is strongly biased upwards; compare only at equal sample counts",
             stacklevel=2,
         )
+    fid_reliable = min(n_real, n_fake) > d
     subset = int(kid_subset_size)
     if subset > min(n_real, n_fake) // 2:
         # Subsets as large as the whole set are all the same set: KID's sd over them would read 0.
@@ -230,16 +237,28 @@ def fid_kid_from_features(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         kid_mean, kid_std = kid_metric.compute()
+    notes = [FID_NOTE_JUDGE if feature.startswith("judge:") else f"FID/KID on '{feature}' features"]
+    if not fid_reliable:
+        notes.append(f"FID not reliable: {min(n_real, n_fake)} items for {d}-d features (FID needs more items than "
+                     "feature dimensions; with fewer the covariances are rank-deficient and FID is strongly biased "
+                     "upwards): compare only at equal item counts")  # fmt: skip
+    kid_spread = subset <= min(n_real, n_fake) / 2
+    if not kid_spread:
+        notes.append(f"kid_std not reported: fewer than 4 items (real={n_real}, fake={n_fake}), so KID's subsets of "
+                     f"{subset} cannot be at most half the smaller set and do not differ enough to spread")  # fmt: skip
     return {
         # Tiny negative FIDs are eigenvalue round-off on (near-)identical sets.
         "fid": max(fid, 0.0),
         "kid_mean": float(kid_mean),
-        "kid_std": float(kid_std),
+        # subsets as large as (nearly) the whole set are all alike: their sd would read 0, not "no spread"
+        "kid_std": float(kid_std) if kid_spread else None,
         "feature": feature,
+        "feature_dim": d,
+        "fid_reliable": fid_reliable,
         "n_real": n_real,
         "n_fake": n_fake,
         "kid_subset_size": subset,
-        "note": FID_NOTE_JUDGE if feature.startswith("judge:") else f"FID/KID on '{feature}' features",
+        "note": "; ".join(notes),
     }
 
 
@@ -251,12 +270,13 @@ def fid_kid(
     kid_subsets: int = 100,
     batch_size: int = 64,
     seed: int = 0,
-) -> dict[str, float | int | str]:
+) -> dict[str, float | int | str | bool | None]:
     """FID and KID between real and generated images in ``feature_extractor``'s feature space.
 
     ``real`` / ``fake``: (N, C, H, W) tensors or iterables of batches, in the extractor's input range
     (float [-1, 1] for the defaults). Features are extracted once and shared by both metrics.
-    Returns ``dict(fid, kid_mean, kid_std, feature, n_real, n_fake, kid_subset_size, note)``;
+    Returns ``dict(fid, kid_mean, kid_std, feature, feature_dim, fid_reliable, n_real, n_fake,
+    kid_subset_size, note)`` (see :func:`fid_kid_from_features`);
     ``feature`` is e.g. ``'judge:<name>'`` so a judge-feature FID is never mistaken for Inception FID.
     """
     feature = getattr(feature_extractor, "feature_name", None) or f"custom:{type(feature_extractor).__name__}"
