@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 import math
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -375,6 +376,172 @@ def test_instrument_paste_moves_each_instrument_onto_another_frame_with_its_inst
         ImageAugment(config, takes_masks=True)(frame)
     with pytest.raises(ValueError, match="probability"):
         ImageAugment(ImageAugmentConfig(enabled=True, instrument_paste=1.5), takes_masks=True)
+
+
+# ---------------------------------------------------------------- classifiers: refusals
+
+
+TINY_JUDGE = {"n_blocks": 2, "base_channels": 4, "feature_dim": 16, "dropout": 0.0, "block_dropout": 0.0}
+
+
+def _saved(task: ClassifierTask, dm, path: Path, **trainer_kw) -> Path:
+    """``task`` fitted one step on ``dm`` and saved to ``path``."""
+    L.seed_everything(0, verbose=False)
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, **trainer_kw)
+    trainer.fit(task, dm)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_cli_validate_refuses_a_judge_checkpoint_of_another_frame_size_in_one_line(data, tmp_path, monkeypatch, capsys):
+    """The CLI links data.image_size onto the model's image_size, so the checkpoint's own size is in its
+    input_shape: a 32-px judge is refused on 16-px frames, naming the file and both shapes."""
+    from cmav.data.errors import DataError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cmav"])
+    args = ["--config", str(EXPERIMENTS / "image_judge.yaml"), "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path / 'run'}", f"--data.root={data['root']}",
+            f"--data.cache_dir={data['cache']}", "--data.batch_size=8", "--data.progress=false"]  # fmt: skip
+    tiny = [f"--model.init_args.image_judge.{k}={v}" for k, v in TINY_JUDGE.items()]
+    assert cmav_main(["fit", *args, *tiny, "--data.image_size=32", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+                      "--trainer.limit_val_batches=1", "--model.init_args.augment.keep_instrument_colour=false",
+                      "--model.init_args.augment.instrument_paste=0"]) == 0  # fmt: skip
+    ckpt = tmp_path / "judge32.ckpt"
+    ckpt.write_bytes((tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes())
+    capsys.readouterr()
+    args = ["validate", *args]
+    assert cmav_main([*args, "--data.image_size=16", f"--ckpt_path={ckpt}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {ckpt}: ")
+    assert "input_shape [3, 32, 32]" in err[0] and "[3, 16, 16]" in err[0]
+    # the same through Python: a task built as the CLI builds it (the checkpoint's settings, the data's size)
+    hp = {k: v for k, v in torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"].items()
+          if not k.startswith("_")}  # fmt: skip
+    with pytest.raises(DataError, match=r"judge32\.ckpt: .*input_shape \[3, 32, 32\].*\[3, 16, 16\]"):
+        quiet_trainer().validate(
+            ClassifierTask(**{**hp, "image_size": 16}),
+            AudioVisualDataModule(data["root"], image_size=16, batch_size=8, cache_dir=data["cache"], progress=False),
+            ckpt_path=ckpt,
+        )
+    assert cmav_main([*args, "--data.image_size=32", f"--ckpt_path={ckpt}", "--trainer.limit_val_batches=1"]) == 0
+
+
+def test_sound_classifier_is_refused_on_features_of_another_shape(data, sound_classifier, tmp_path):
+    """A 128-mel classifier given 64-mel data: refused when validated, resumed or loaded, naming the
+    checkpoint and both shapes (its conv stack and global pooling would take them silently, and a
+    resumed run's checkpoint would claim the old shape)."""
+    from cmav.data.errors import DataError
+
+    ckpt = sound_classifier["ckpt"]
+    mel64 = AudioVisualDataModule(data["root"], image_size=32, batch_size=8, cache_dir=data["cache"], progress=False,
+                                  features={"kind": "lms", "n_mels": 64})  # fmt: skip
+    shapes = r"input_shape \[1, 128, 44\].*\[1, 64, 44\]"
+    fresh = lambda: ClassifierTask(modality="audio", audio_encoder=TINY_ENC)  # noqa: E731
+    with pytest.raises(DataError, match=rf"sound_classifier\.ckpt: .*{shapes}"):
+        quiet_trainer().validate(fresh(), mel64, ckpt_path=ckpt)
+    with pytest.raises(DataError, match=rf"sound_classifier\.ckpt: .*{shapes}"):
+        quiet_trainer(max_epochs=30).fit(fresh(), mel64, ckpt_path=ckpt)
+    with pytest.raises(DataError, match=rf"sound_classifier\.ckpt: .*{shapes}"):
+        quiet_trainer().validate(load_classifier(ckpt), mel64)
+    # the data it was trained on passes, both ways
+    quiet_trainer().validate(fresh(), datamodule(data), ckpt_path=ckpt)
+    quiet_trainer().validate(load_classifier(ckpt), datamodule(data))
+
+
+def test_classifier_is_refused_on_data_with_other_classes(tmp_path):
+    """Paired layouts name their classes by folder: a (dog, drum) classifier must not score (bell, dog)
+    data as (dog, drum), nor crash deep in load_state_dict on (bell, dog, drum)."""
+    from cmav.data.errors import DataError
+
+    from fixtures import make_paired
+
+    def dm(classes):
+        root = make_paired(tmp_path / "_".join(classes), classes=classes, per_class=2)
+        return AudioVisualDataModule(str(root), layout="paired", image_size=16, batch_size=4, progress=False)
+
+    trained_on = dm(("dog", "drum"))
+    task = ClassifierTask(modality="image", image_size=16, image_judge=TINY_JUDGE)
+    ckpt = _saved(task, trained_on, tmp_path / "dogdrum.ckpt")
+    for classes in (("bell", "dog"), ("bell", "dog", "drum")):
+        other = dm(classes)
+        names = re.escape("class_names ['dog', 'drum']") + ".*" + re.escape(str(list(classes)))
+        with pytest.raises(DataError, match=rf"dogdrum\.ckpt: .*{names}"):
+            quiet_trainer().validate(load_classifier(ckpt), other)
+        with pytest.raises(DataError, match=rf"dogdrum\.ckpt: .*{names}"):
+            quiet_trainer().validate(ClassifierTask(modality="image", image_size=16, image_judge=TINY_JUDGE), other,
+                                     ckpt_path=ckpt)  # fmt: skip
+    # no checkpoint: the fitted task itself, on other data, names that data
+    with pytest.raises(DataError, match=r"bell_dog: .*class_names \['dog', 'drum'\]"):
+        quiet_trainer().validate(task, dm(("bell", "dog")))
+    quiet_trainer().validate(load_classifier(ckpt), trained_on)
+
+
+def test_image_classifier_refuses_stats_pooling_and_loaders_name_what_a_file_holds(tmp_path):
+    from cmav.models import ImageEncoder
+    from cmav.tasks.classifier import load_image_classifier
+    from cmav.tasks.common import EncoderConfig
+
+    with pytest.raises(ValueError, match=r"image_encoder\.arch='stats'.*harmonic"):
+        ClassifierTask(modality="image", image_model="encoder", image_encoder={"arch": "stats"})
+    # a checkpoint written before the refusal: a StatsPoolEncoder in an image classifier
+    good = ClassifierTask(modality="image", image_model="encoder", image_size=16, class_names=["dog", "drum"],
+                          input_shape=[3, 16, 16], image_encoder={"n_blocks": 2, "base_channels": 4})  # fmt: skip
+    hp = dict(good.hparams)
+    hp["image_encoder"] = {**hp["image_encoder"], "arch": "stats"}
+    stats = EncoderConfig(arch="stats").build(ImageEncoder, (3, 16, 16), 2)
+    path = tmp_path / "stats_image.ckpt"
+    torch.save({"hyper_parameters": hp, "state_dict": {f"model.{k}": v for k, v in stats.state_dict().items()}}, path)
+    with pytest.raises(ValueError, match=r"stats_image\.ckpt: .*image_encoder\.arch='stats'"):
+        load_image_classifier(path)
+
+
+def test_player_judge_scores_its_held_out_tails_through_the_precision_plugin(data):
+    """Under bf16-true the held-out tails (scored outside Lightning's loop) go through the precision
+    plugin, as the loop's batches do; in fp32 the figure is the model's accuracy on them, exactly."""
+    from cmav.metrics import classification_report
+
+    def fit(precision):
+        L.seed_everything(0, verbose=False)
+        dm = datamodule(data, holdout_tail=0.5, holdout_gap_ms=0)
+        judge = ClassifierTask(modality="image", target="track", image_size=32, image_judge=TINY_JUDGE)
+        trainer = quiet_trainer(max_epochs=1, limit_train_batches=1, precision=precision)
+        trainer.fit(judge, dm)
+        return judge, dm, trainer.callback_metrics
+
+    _, _, metrics = fit("bf16-true")
+    assert 0.0 <= float(metrics["val/acc"]) <= 1.0
+    judge, dm, metrics = fit("32-true")
+    batch = torch.utils.data.default_collate(list(dm.train_holdout))
+    with torch.no_grad():
+        preds = judge.eval()(batch["image"]).argmax(1)
+    y = judge.targets(batch)
+    report = classification_report(preds[y >= 0], y[y >= 0], judge.target_names)
+    assert float(metrics["val/acc"]) == pytest.approx(report.accuracy, abs=1e-6)
+    assert float(metrics["val/balanced_acc"]) == pytest.approx(report.balanced_accuracy, abs=1e-6)
+
+
+def test_gathered_validation_predictions_count_each_item_once():
+    """DDP's sampler pads a split to a multiple of the ranks by repeating items (13 items on 2 ranks:
+    item 0 twice); the gathered predictions keep the first of each index (and drop the gather's padding)."""
+    from torch.utils.data import DistributedSampler
+
+    from cmav.tasks.classifier import first_of_each_index
+
+    ranks = [list(DistributedSampler(range(13), num_replicas=2, rank=r, shuffle=False)) for r in (0, 1)]
+    assert sorted(ranks[0] + ranks[1]) == [0, 0, *range(1, 13)]
+    # all_gather of padded per-rank tensors, flattened rank by rank; -1: the gather's own padding
+    index = torch.tensor(ranks[0] + [-1] + ranks[1])
+    keep = first_of_each_index(index)
+    assert sorted(index[keep].tolist()) == list(range(13))
+    assert keep.tolist() == [i >= 0 for i in index.tolist()[:8]] + [True] * 6 + [False]
+    assert first_of_each_index(torch.tensor([], dtype=torch.long)).tolist() == []
+
+
+def test_audio_classifier_refuses_image_augmentation():
+    with pytest.raises(ValueError, match=r"augment\.enabled.*modality='audio'.*data\.augment"):
+        ClassifierTask(modality="audio", augment={"enabled": True})
+    ClassifierTask(modality="audio", augment={"enabled": False, "colour": 0.2})  # off: nothing to refuse
 
 
 # ---------------------------------------------------------------- S2I

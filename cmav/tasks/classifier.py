@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cmav.data.errors import DataError
 from cmav.features import FrontEndConfig, front_end_config
 from cmav.metrics import classification_report
 from cmav.models import AudioEncoder, ConvEncoder, ImageEncoder, ImageJudge
@@ -75,6 +76,24 @@ def players_mismatch(players: list[list[int]], tensors) -> str | None:
             "judge was built for: train it on this data")
 
 
+def first_of_each_index(index: Tensor) -> Tensor:
+    """Boolean mask over ``index`` (the items' dataset indices, gathered from every rank) keeping the
+    first occurrence of each index and no negative one (padding). Under DDP, Lightning's
+    DistributedSampler pads a split to a multiple of the ranks by repeating items: each item must be
+    scored once."""
+    order = torch.argsort(index, stable=True)
+    ordered = index[order]
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    keep = torch.zeros_like(first)
+    keep[order] = first
+    return keep & (index >= 0)
+
+
+def _players_differ(a: list[list[int]], b: list[list[int]]) -> bool:
+    return [list(map(int, p)) for p in a] != [list(map(int, p)) for p in b]
+
+
 def player_names(players: list[list[int]], class_names: list[str]) -> list[str]:
     """``violin03``-style names of (class, track) pairs."""
     return [f"{class_names[c]}{t:02d}" for c, t in players]
@@ -103,6 +122,12 @@ class ClassifierTask(L.LightningModule):
         input_shape: ``(C, H, W)`` of one input; filled from the data (leave unset).
         players: ``[class, track]`` of every player id (``target='track'``); filled from the
             data (leave unset).
+
+    When these three are already set (a checkpoint's, given by ``--ckpt_path`` or
+    :func:`load_classifier`, the arguments, or an earlier fit), ``setup`` and ``on_load_checkpoint``
+    compare them with the data's class names, the actual shape of its inputs (for frames: their
+    size, whatever ``image_size`` the CLI linked) and its train players, and refuse a difference with
+    a :class:`~cmav.data.errors.DataError` naming the checkpoint (or the data) and both values.
     """
 
     def __init__(
@@ -130,6 +155,14 @@ class ClassifierTask(L.LightningModule):
             raise ValueError(f"target must be 'label' or 'track', got {target!r}")
         if image_model not in ("judge", "encoder"):
             raise ValueError(f"image_model must be 'judge' or 'encoder', got {image_model!r}")
+        if modality == "image" and coerce(ImageEncoderConfig, plain(image_encoder)).arch == "stats":
+            raise ValueError("image_encoder.arch='stats' is for audio only: statistics pooling over time is made for "
+                             "the harmonic audio front end (audio_encoder.arch), and an image classifier built with "
+                             "it is no ImageEncoder; use image_encoder.arch='conv'")  # fmt: skip
+        if modality == "audio" and coerce(ImageAugmentConfig, plain(augment)).enabled:
+            raise ValueError("augment.enabled is true, but augment is image augmentation, which a modality='audio' "
+                             "classifier never applies; set augment.enabled false (audio augmentation is "
+                             "data.augment)")  # fmt: skip
         # Plain dicts in the hyper-parameters (weights_only checkpoints, readable hparams.yaml);
         # save_hyperparameters reads these locals.
         audio_encoder, image_judge, image_encoder = plain(audio_encoder), plain(image_judge), plain(image_encoder)
@@ -143,8 +176,12 @@ class ClassifierTask(L.LightningModule):
         self.model: nn.Module | None = None
         self.trained_features: FrontEndConfig | None = None
         """The front end of the data it was trained on (set by :func:`load_classifier`; None: unknown)."""
+        self.checkpoint_path: Path | None = None
+        """The checkpoint file it was loaded from (set by :func:`load_classifier`; None: none)."""
+        self._data_mismatch: str | None = None  # found at setup, raised naming the checkpoint when one is loaded
         self._val_preds: list[Tensor] = []
         self._val_targets: list[Tensor] = []
+        self._val_index: list[Tensor] = []  # the items' indices: DDP's padding repeats some (scored once)
         self._warned_no_holdout = False
         self._train_masks: Tensor | None = None  # loaded at setup when the augmentation needs them
         if self._can_build():
@@ -240,11 +277,55 @@ class ClassifierTask(L.LightningModule):
             return  # nothing to check; configure_model refuses a task that has neither data nor a checkpoint
         h = self.hparams
         if h.modality == "image" and dm.hparams.image_size != h.image_size:
-            raise ValueError(f"model image_size={h.image_size} but data image_size={dm.hparams.image_size}")
-        if h.target == "track" and h.players is not None and (why := players_mismatch(h.players, dm.train_full.tensors)):
-            raise ValueError(why)
+            where = f"{self.checkpoint_path}: " if self.checkpoint_path is not None else ""
+            raise ValueError(f"{where}model image_size={h.image_size} but data image_size={dm.hparams.image_size}")
+        self._data_mismatch = None
+        if problems := self._differences_from(dm):
+            why = "; ".join(problems)
+            if self.checkpoint_path is not None:
+                raise DataError(self.checkpoint_path, f"{self._REFUSAL}: {why}. {self._REMEDY}")
+            # The class names and input shape came from a checkpoint (--ckpt_path, whose file Lightning
+            # names only when it loads it, after this hook), from the arguments or from an earlier fit:
+            # raised in on_load_checkpoint, naming the file, else at the start of the stage.
+            self._data_mismatch = why
+        elif h.input_shape is None and self.model is not None:
+            h.input_shape = self._data_shape(dm)  # built from the arguments: record what it reads
         if stage == "fit" and h.modality == "image" and self.augment.needs_mask:
             self._train_masks = self._load_train_masks(dm)  # per fit: the data module may be another one
+
+    _REFUSAL = "this classifier was built for other data than this run's"
+    _REMEDY = ("Give it the data it was trained on (data.root, data.layout, data.image_size, data.features), "
+               "or train a new one on this data")  # fmt: skip
+
+    def _data_shape(self, dm) -> list[int]:
+        """``(C, H, W)`` of one input of the data module's train split (its actual tensors)."""
+        t = dm.train_full.tensors
+        return list((t.audio if self.hparams.modality == "audio" else t.images).shape[1:])
+
+    def _differences_from(self, dm) -> list[str]:
+        """How the classes, input shape and players this task holds (from a checkpoint, the
+        arguments or an earlier fit) differ from the data module's, each with both values."""
+        h = self.hparams
+        problems: list[str] = []
+        if h.class_names is not None and list(h.class_names) != list(dm.class_names):
+            problems.append(f"class_names {list(h.class_names)}, the data's are {list(dm.class_names)}")
+        if h.input_shape is not None and list(map(int, h.input_shape)) != (have := self._data_shape(dm)):
+            what = "an audio input's" if h.modality == "audio" else "a frame's"
+            problems.append(f"input_shape {list(map(int, h.input_shape))}, the data's ({what}) is {have}")
+        if h.target == "track" and h.players is not None and (why := players_mismatch(h.players, dm.train_full.tensors)):
+            problems.append(why)
+        return problems
+
+    def _refuse_data_mismatch(self) -> None:
+        """Raise the mismatch ``setup`` found when no checkpoint was loaded to name (the task's
+        class names or input shape came from its arguments or an earlier fit)."""
+        if self._data_mismatch is None:
+            return
+        why, self._data_mismatch = self._data_mismatch, None
+        dm = datamodule_of(self)
+        raise DataError(dm.root, f"the data differ from what this classifier was built for (its class_names, "
+                                 f"input_shape or players, from its arguments or an earlier fit): {why}. "
+                                 f"{self._REMEDY}")  # fmt: skip
 
     def _load_train_masks(self, dm) -> Tensor:
         """``(N, 1, S, S)`` uint8 instrument masks of the train split, in its order (for
@@ -301,6 +382,7 @@ class ClassifierTask(L.LightningModule):
         self.log(f"{prefix}/loss", loss, on_epoch=True, sync_dist=True, batch_size=y.shape[0])
         self._val_preds.append(logits.argmax(1).detach())
         self._val_targets.append(y.detach())
+        self._val_index.append(batch["index"].detach().long())
 
     def on_validation_epoch_end(self) -> None:
         self._report("val")
@@ -313,24 +395,26 @@ class ClassifierTask(L.LightningModule):
             self._score_holdout(prefix)
         if not self._val_preds:
             return
-        preds, targets = torch.cat(self._val_preds), torch.cat(self._val_targets)
-        self._val_preds, self._val_targets = [], []
+        preds, targets, index = torch.cat(self._val_preds), torch.cat(self._val_targets), torch.cat(self._val_index)
+        self._val_preds, self._val_targets, self._val_index = [], [], []
         if self.trainer.world_size > 1:
-            preds, targets = self._gather(preds, targets)
-        keep = targets >= 0
+            preds, targets, index = self._gather(preds, targets, index)
+        keep = (targets >= 0) & first_of_each_index(index)
         report = classification_report(preds[keep].cpu(), targets[keep].cpu(), self.target_names)
         # every rank holds the gathered predictions, so all log the same value (ModelCheckpoint
         # monitors it on every rank)
         self.log(f"{prefix}/acc", report.accuracy)
         self.log(f"{prefix}/balanced_acc", report.balanced_accuracy)
 
-    def _gather(self, preds: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """All ranks' predictions; ranks may hold different counts, so pad with ignored targets."""
+    def _gather(self, preds: Tensor, targets: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """All ranks' predictions, targets and item indices; ranks may hold different counts, so pad
+        with ignored targets and index -1."""
         sizes = self.all_gather(torch.tensor([preds.numel()], device=preds.device)).flatten()
         pad = int(sizes.max()) - preds.numel()
         preds = F.pad(preds, (0, pad), value=0)
         targets = F.pad(targets, (0, pad), value=-1)
-        return self.all_gather(preds).flatten(), self.all_gather(targets).flatten()
+        index = F.pad(index, (0, pad), value=-1)
+        return self.all_gather(preds).flatten(), self.all_gather(targets).flatten(), self.all_gather(index).flatten()
 
     @torch.no_grad()
     def _score_holdout(self, prefix: str) -> None:
@@ -349,14 +433,18 @@ class ClassifierTask(L.LightningModule):
                 self._warned_no_holdout = True
             return
         loader = torch.utils.data.DataLoader(holdout, batch_size=dm.hparams.batch_size, shuffle=False)
+        # through the precision plugin, as Lightning's own loop feeds batches: bf16-true weights need
+        # bf16 inputs, mixed precision its autocast (in fp32 both do nothing)
+        precision = self.trainer.precision_plugin
         for batch in loader:
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            _, logits, y = self._step(batch, train=False)
+            batch = precision.convert_input({k: v.to(self.device) for k, v in batch.items()})
+            with precision.forward_context():
+                _, logits, y = self._step(batch, train=False)
             self._val_preds.append(logits.argmax(1))
             self._val_targets.append(y)
         # every rank scores the same held-out set: no gathering
         preds, targets = torch.cat(self._val_preds), torch.cat(self._val_targets)
-        self._val_preds, self._val_targets = [], []
+        self._val_preds, self._val_targets, self._val_index = [], [], []
         keep = targets >= 0
         report = classification_report(preds[keep].cpu(), targets[keep].cpu(), self.target_names)
         self.log(f"{prefix}/acc", report.accuracy)
@@ -368,17 +456,40 @@ class ClassifierTask(L.LightningModule):
         return {"logits": logits, "pred": logits.argmax(1), "index": batch["index"]}
 
     def on_fit_start(self) -> None:
+        self._refuse_data_mismatch()
         separate_rank_streams(self)
+
+    def on_validation_start(self) -> None:
+        self._refuse_data_mismatch()
+
+    def on_test_start(self) -> None:
+        self._refuse_data_mismatch()
+
+    def on_predict_start(self) -> None:
+        self._refuse_data_mismatch()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         save_random_state(checkpoint, self)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        restore_random_state(self, checkpoint)
         saved = checkpoint.get("hyper_parameters", {})
-        if self.hparams.target == "track" and self.hparams.players is not None:
-            if saved.get("players") not in (None, self.hparams.players):
-                raise ValueError("checkpoint was trained on other players than the current data's")
+        h = self.hparams
+        problems: list[str] = []
+        for key in ("class_names", "input_shape"):  # this run's: from the data (configure_model) or the arguments
+            if saved.get(key) is not None and h.get(key) is not None and list(saved[key]) != list(h[key]):
+                problems.append(f"its {key} {list(saved[key])}, this run's {list(h[key])}")
+        if h.target == "track" and saved.get("players") is not None and h.players is not None:
+            if _players_differ(saved["players"], h.players):
+                problems.append(f"its {len(saved['players'])} players ((class, track) pairs) differ from the "
+                                f"{len(h.players)} of this run's data")  # fmt: skip
+        if self._data_mismatch is not None:  # found at setup (the checkpoint's settings given as the arguments)
+            problems.append(self._data_mismatch)
+            self._data_mismatch = None
+        if problems:
+            trainer = getattr(self, "_trainer", None)
+            path = (trainer.ckpt_path if trainer is not None else None) or self.checkpoint_path or "checkpoint"
+            raise DataError(path, f"{self._REFUSAL}: {'; '.join(problems)}. {self._REMEDY}")
+        restore_random_state(self, checkpoint)
 
     def configure_optimizers(self):  # the optimizer, with its schedule when there is one
         opt = self.optimizer_config.build(self.parameters())
@@ -491,8 +602,12 @@ def load_classifier(path: str | Path) -> ClassifierTask:
     if not hp or hp.get("class_names") is None:
         raise ValueError(f"{path}: not a ClassifierTask checkpoint (no class_names in its hyper-parameters)")
     with own_hyperparameters():
-        task = ClassifierTask(**hp)
+        try:
+            task = ClassifierTask(**hp)
+        except ValueError as exc:  # settings refused since it was written (e.g. image_encoder.arch='stats')
+            raise ValueError(f"{path}: holds a ClassifierTask of settings cmav refuses: {exc}") from exc
     task.load_state_dict(ckpt["state_dict"])
+    task.checkpoint_path = Path(path)
     features = (ckpt.get("datamodule_hyper_parameters") or {}).get("features")
     # the front end it was trained on, for the branches that reuse its encoder (None: not recorded)
     task.trained_features = front_end_config(features) if features is not None else None
@@ -508,7 +623,9 @@ def load_sound_classifier(path: str | Path, user: str = "this") -> ClassifierTas
             f"{path}: a {task.hparams.modality}/{task.hparams.target} classifier; the {user} encoder must come "
             "from the sound classifier (modality='audio', target='label')"
         )
-    assert isinstance(task.model, ConvEncoder)  # an AudioEncoder, or a StatsPoolEncoder (arch: stats)
+    if not isinstance(task.model, ConvEncoder):  # an AudioEncoder, or a StatsPoolEncoder (arch: stats)
+        raise ValueError(f"{path}: its sound classifier holds a {type(task.model).__name__}, not an audio encoder "
+                         f"(AudioEncoder or StatsPoolEncoder): the {user} encoder cannot come from it")  # fmt: skip
     return task
 
 
@@ -543,7 +660,10 @@ def load_image_classifier(path: str | Path, user: str = "this") -> ClassifierTas
             "(modality='image', target='label', image_model='encoder': experiments/image_encoder.yaml). "
             "The image judge is kept for scoring only."
         )
-    assert isinstance(task.model, ImageEncoder)
+    if not isinstance(task.model, ImageEncoder):
+        raise ValueError(f"{path}: its image classifier holds a {type(task.model).__name__}, not an ImageEncoder: "
+                         f"the {user} encoder cannot come from it. Train it again with "
+                         "experiments/image_encoder.yaml")  # fmt: skip
     return task
 
 
