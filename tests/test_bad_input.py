@@ -498,3 +498,74 @@ def test_a_header_with_a_tiny_sample_rate_is_refused_before_resampling(tmp_path,
     short = write_wav(tmp_path / "r48short.wav", seconds=0.3, rate=48000)
     with pytest.raises(DataError, match=r"r48short.wav: chunk too short: 14400 samples at 48000 Hz"):
         decode_chunk(short)
+
+
+# --- an interrupted stand-in build -----------------------------------------------------------------
+def _standin_manifest(root, **extra):
+    import json
+
+    params = {"builder_version": 1, "preset": "tiny", "seed": 3, "soundfont": "FluidR3_GM.sf2", "frame_size": 128,
+              "jpeg_quality": 90}  # fmt: skip
+    font = {"path": "/usr/share/sounds/sf2/FluidR3_GM.sf2", "name": "FluidR3_GM.sf2", "sha256": "0" * 64}
+    (root / "cmav_standin.json").write_text(json.dumps({"params": params, "soundfont": font, **extra}))
+
+
+def test_an_interrupted_standin_build_is_refused_by_check_and_loaders(tmp_path, capsys):
+    """A stand-in whose build was cut off (its manifest says complete: false) passed `cmav data check`
+    and could be cached, packed, split and trained on: a part of the data set, silently."""
+    from cmav.cli.main import main
+    from cmav.data.check import check_dataset
+    from cmav.data.datasets import open_split
+
+    root = make_suburmp(tmp_path / "d", chunks=1)
+    _standin_manifest(root, complete=False)
+    again = f"cmav data build --root {root} --preset tiny --seed 3 --soundfont /usr/share/sounds/sf2/FluidR3_GM.sf2"
+    errors = check_dataset(root, deep=False, progress=False).errors
+    assert any("build was cut off" in e and again in e for e in errors), errors
+    with pytest.raises(DataError, match="build was cut off .*run the same build command again to finish it"):
+        open_split("suburmp", root, "train", image_size=16, cache_dir=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache").exists()
+    assert main(["data", "check", str(root), "--quick"]) == 1
+    assert main(["data", "cache", str(root), "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert main(["data", "pack", str(root), "-o", str(tmp_path / "pack"), "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert main(["data", "split-players", str(root), "-o", str(tmp_path / "dev")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("run the same build command again to finish it") >= 4, err
+    assert not (tmp_path / "dev").exists() and not (tmp_path / "cache").exists()
+    # finished: the same folder is read (a manifest from before the flag has no `complete`: read as before)
+    for extra in ({"complete": True}, {}):
+        _standin_manifest(root, **extra)
+        assert check_dataset(root, deep=False, progress=False).ok
+        assert len(open_split("suburmp", root, "train", image_size=16, cache_dir=tmp_path / "cache", progress=False)) == 13
+
+
+def test_check_compares_a_standin_with_the_counts_its_manifest_records(tmp_path):
+    from cmav.data.check import check_dataset
+    from cmav.data.instruments import INSTRUMENTS
+
+    root = make_suburmp(tmp_path / "d", chunks=2)
+    counts = {split: dict.fromkeys(INSTRUMENTS, 2) for split in ("train", "validation")}
+    _standin_manifest(root, complete=True, counts=counts)
+    assert check_dataset(root, deep=False, progress=False).ok
+    for p in ("chunk/train/oboe/oboe00_600.wav", "img/train/oboe/oboe00_600.jpg"):  # a pair lost after the build
+        (root / p).unlink()
+    errors = check_dataset(root, deep=False, progress=False).errors
+    assert errors == [f"{root}: train holds 1 oboe pair(s); its stand-in manifest cmav_standin.json records 2"]
+
+
+# --- a path under a regular file -------------------------------------------------------------------
+def test_an_output_under_a_regular_file_is_one_error_line(tmp_path, capsys):
+    import shutil
+
+    from cmav.cli.main import main
+    from cmav.standin.render import DEFAULT_SOUNDFONT
+
+    from fixtures import make_suburmp_tracks
+
+    (tmp_path / "afile").write_text("x")
+    src = make_suburmp_tracks(tmp_path / "src", tracks=(0, 1), chunks=1)
+    assert main(["data", "split-players", str(src), "-o", str(tmp_path / "afile/x")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'afile/x'}: Not a directory"
+    if shutil.which("fluidsynth") and DEFAULT_SOUNDFONT.is_file():
+        assert main(["data", "build", "--preset", "tiny", "--root", str(tmp_path / "afile/x")]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'afile/x'}: Not a directory"

@@ -3,6 +3,7 @@
 import json
 import shutil
 from itertools import pairwise
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from cmav.data.datasets import SubURMP
 from cmav.data.errors import DataError
 from cmav.data.instruments import INSTRUMENTS
 from cmav.standin.build import MANIFEST, PRESETS, TrackJob, build_standin, build_track, track_plan
-from cmav.standin.render import DEFAULT_SOUNDFONT
+from cmav.standin.music import Note, write_midi
+from cmav.standin.render import DEFAULT_SOUNDFONT, render_midi
 
 pytestmark = pytest.mark.skipif(
     shutil.which("fluidsynth") is None or not DEFAULT_SOUNDFONT.is_file(),
@@ -99,6 +101,11 @@ def test_other_parameters_are_refused_not_mixed(tiny):
     ({"frame_size": 0}, "frame_size must be an integer of at least 8 pixels"),  # 0 used to mean the preset's
     ({"frame_size": -4}, "frame_size must be an integer of at least 8 pixels"),
     ({"jpeg_quality": 0}, "jpeg_quality must be in 1..100"),
+    ({"workers": -1}, "workers must be a positive integer"),  # the manifest was written before the pool failed
+    ({"workers": 0}, "workers must be a positive integer"),
+    ({"font_segment_s": float("inf")}, "font_segment_s must be a finite number of seconds > 0"),  # recorded as Infinity
+    ({"font_segment_s": float("nan")}, "font_segment_s must be a finite number of seconds > 0"),
+    ({"font_segment_s": 0.0}, "font_segment_s must be a finite number of seconds > 0"),
 ])  # fmt: skip
 def test_bad_build_options_are_refused_before_anything_is_written(tmp_path, option, why):
     """A manifest written with a bad value would then refuse the corrected command."""
@@ -213,3 +220,26 @@ def test_cli_sheet_writes_a_png(tiny, tmp_path):
     out = tmp_path / "sheet.png"
     assert main(["data", "sheet", str(tiny), "-o", str(out), "--per-class", "2", "--cell-size", "32"]) == 0
     assert Image.open(out).size[1] > 13 * 32
+
+
+FREEPATS_CFG = Path(__file__).resolve().parents[1] / "datasets" / "freepats_orchestra.cfg"
+HAVE_TIMIDITY = shutil.which("timidity") is not None and Path("/usr/share/midi/freepats").is_dir()
+
+
+@pytest.mark.skipif(not HAVE_TIMIDITY, reason="needs timidity and freepats")
+def test_timidity_sounds_a_first_note_at_time_zero_whose_pitch_comes_again(tmp_path):
+    """TiMidity++ rendered nothing for a note at MIDI tick 0 when the next note had the same pitch:
+    about one FreePats track in seven lost its first note (silent audio under a frame that plays it)."""
+    rate = 44100
+    first = round(0.45 * rate)  # the first note's window
+    renders = {}
+    for second in (60, 62):  # the same pitch again (the defect), another pitch (always sounded)
+        midi = tmp_path / f"{second}.mid"
+        write_midi([Note(0.0, 0.45, 60, 90, "legato"), Note(1.0, 1.45, second, 90, "legato")], 72, midi)  # clarinet
+        renders[second] = render_midi(midi, FREEPATS_CFG)
+    same, other = renders[60], renders[62]
+    assert np.sqrt(np.mean(same[:, :first] ** 2)) > 1e-2, "the first note is silent"
+    # the timing is unchanged: the first note sounds from the start (as before another pitch), the second 1 s later
+    assert np.abs(same[:, :first] - other[:, :first]).max() < 0.01
+    onsets = [int(np.argmax(np.abs(same[:, a:]).max(0) > 0.01)) for a in (0, rate)]
+    assert onsets[0] < 0.03 * rate and abs(onsets[1] - onsets[0]) <= 2, onsets

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 import time
 from pathlib import Path
@@ -172,8 +174,11 @@ def _pack(args: argparse.Namespace) -> int:
 
 
 def _split_players(args: argparse.Namespace) -> int:
+    from cmav.data.check import refuse_unfinished_standin
     from cmav.data.player_split import MANIFEST, split_players
 
+    refuse_unfinished_standin(args.root)  # a stand-in whose build was cut off: split part of it, silently
+    _refuse_under_a_file(Path(args.out))
     m = split_players(args.root, args.out, per_class=args.per_class, seed=args.seed, single_track=args.single_track,
                       tail_fraction=args.tail_fraction)  # fmt: skip
     held = ", ".join(f"{c}{t:02d}" for c, ts in m["held_out_tracks"].items() for t in ts)
@@ -187,12 +192,30 @@ def _split_players(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_under_a_file(path: Path) -> None:
+    """Raise NotADirectoryError naming ``path`` when a folder above it is a regular file (the error
+    would otherwise name the first folder written below it, e.g. a hidden partial one)."""
+    if any(p.exists() and not p.is_dir() for p in path.parents):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError in one line: ``PATH: reason`` (both paths of a failed rename or link), else its text."""
+    if exc.filename is None or not exc.strerror:
+        return str(exc)
+    where = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+    return f"{where}: {exc.strerror}"
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, RuntimeError, ValueError) as exc:
+    except OSError as exc:  # a path under a regular file, a full disk, no permission ...: one line, not a traceback
+        print(f"error: {_os_error(exc)}", file=sys.stderr)
+        return 2
+    except (RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,11 @@ import torch
 
 from cmav.data.audio_io import ChunkSpec
 from cmav.data.cache import iter_decoded
+from cmav.data.errors import DataError
 from cmav.data.layout import SPLITS, LayoutScan, scan_paired, scan_suburmp
+
+STANDIN_MANIFEST = "cmav_standin.json"
+"""The stand-in builder's manifest (:data:`cmav.standin.build.MANIFEST`)."""
 
 
 @dataclass
@@ -84,7 +88,107 @@ def check_dataset(
     if layout == "suburmp":
         shared = shared_players(root, report.tracks.get("train", {}), report.tracks.get("validation", {}))
         report.errors += [f"{root}: {problem}" for problem in shared]
+    try:
+        manifest = standin_manifest(root)
+    except DataError as exc:
+        report.warnings.append(str(exc))
+        manifest = None
+    if manifest is not None:
+        unfinished = unfinished_standin(root, manifest)
+        if unfinished:
+            report.errors.append(f"{root}: {unfinished}")
+        elif layout == "suburmp":
+            report.errors += [f"{root}: {problem}" for problem in recorded_counts_differ(report.counts, manifest)]
     return report
+
+
+def standin_manifest(root: str | Path) -> dict | None:
+    """The stand-in manifest at ``root`` (``cmav_standin.json``), None where there is none; raises
+    :class:`DataError` for one that is not a JSON object."""
+    import json
+
+    path = Path(root) / STANDIN_MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"unreadable stand-in manifest ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise DataError(path, "unreadable stand-in manifest (not a JSON object)")
+    return manifest
+
+
+def unfinished_standin(root: str | Path, manifest: dict | None = None) -> str | None:
+    """Why the stand-in at ``root`` may not be read, or None: its build was cut off (its manifest
+    says ``complete: false``), so it holds part of its tracks. A manifest without the key (built
+    before it was written) is complete. ``manifest``: the one read already."""
+    if manifest is None:
+        try:
+            manifest = standin_manifest(root)
+        except DataError:
+            return None  # no verdict on completeness: the layout checks still run
+    if manifest is None or manifest.get("complete", True):
+        return None
+    return (f"its stand-in build was cut off ({STANDIN_MANIFEST} says \"complete\": false), so it holds only part "
+            f"of its data: run the same build command again to finish it ({rebuild_command(root, manifest)})")  # fmt: skip
+
+
+def refuse_unfinished_standin(root: str | Path) -> None:
+    """Raise :class:`DataError` when the stand-in at ``root`` is one whose build was cut off
+    (:func:`unfinished_standin`): caching, packing, splitting or training on it would silently use part of it."""
+    problem = unfinished_standin(root)
+    if problem:
+        raise DataError(root, problem)
+
+
+def rebuild_command(root: str | Path, manifest: dict) -> str:
+    """The ``cmav data build`` command that builds (or finishes) the stand-in ``manifest`` describes at ``root``."""
+    import shlex
+
+    params = manifest.get("params") or {}
+    words = ["cmav", "data", "build", "--root", str(root)]
+    preset = params.get("preset")
+    if preset is not None:
+        words += ["--preset", str(preset)]
+    if params.get("seed") is not None:
+        words += ["--seed", str(params["seed"])]
+    record = manifest.get("soundfont") or {}
+    fonts = [r.get("path") for r in (record.get("fonts") or [record])] if isinstance(record, dict) else []
+    if not all(fonts):  # no record of where the fonts were: their names
+        names = params.get("soundfont")
+        fonts = [names] if isinstance(names, str) else list(names or [])
+    for font in fonts:
+        words += ["--soundfont", str(font)]
+    if params.get("font_segment_s") is not None:
+        words += ["--font-segment-s", str(params["font_segment_s"])]
+    if params.get("render") not in (None, "dry"):
+        words += ["--render", str(params["render"])]
+    if params.get("frame_size") is not None:
+        from cmav.standin.build import PRESETS
+
+        if preset not in PRESETS or PRESETS[preset].frame_size != params["frame_size"]:
+            words += ["--frame-size", str(params["frame_size"])]
+    command = shlex.join(words)
+    if params.get("jpeg_quality") not in (None, 90):
+        command += f", with build_standin's jpeg_quality={params['jpeg_quality']} (the command has no option for it)"
+    return command
+
+
+def recorded_counts_differ(counts: Mapping[str, Counter], manifest: dict) -> list[str]:
+    """One problem per split and class whose number of pairs is not the one the stand-in manifest
+    records (files lost or added after the build); none where the manifest records no counts."""
+    recorded = manifest.get("counts")
+    if not isinstance(recorded, dict):
+        return []
+    problems = []
+    for split in SPLITS:
+        want, have = recorded.get(split) or {}, counts.get(split) or Counter()
+        for c in sorted(set(want) | set(have)):
+            if int(want.get(c, 0)) != have.get(c, 0):
+                problems.append(f"{split} holds {have.get(c, 0)} {c} pair(s); its stand-in manifest {STANDIN_MANIFEST} "
+                                f"records {want.get(c, 0)}")  # fmt: skip
+    return problems
 
 
 def tracks_by_class(labels: Sequence[int] | torch.Tensor, tracks: Sequence[int] | torch.Tensor,

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from cmav.data.audio_io import ChunkSpec
 from cmav.data.cache import PairTensors, load_or_build
+from cmav.data.check import refuse_unfinished_standin
 from cmav.data.errors import DataError, DataWarning
 from cmav.data.instruments import INSTRUMENTS
 from cmav.data.layout import LayoutScan, scan_paired, scan_suburmp
@@ -151,9 +152,12 @@ class PackedSplit(PairDataset):
 
 
 def open_split(layout: Layout, root: str | Path, split: str, **kwargs) -> PairDataset:
-    """Open a split of either layout by name; a packed data set (:mod:`cmav.data.pack`), whatever the layout."""
+    """Open a split of either layout by name; a packed data set (:mod:`cmav.data.pack`), whatever the layout.
+
+    Refuses (:class:`DataError`) a stand-in whose build was cut off (its manifest says ``complete: false``)."""
     if is_pack(root):
         return PackedSplit(root, split, **kwargs)
+    refuse_unfinished_standin(root)  # a stand-in whose build was cut off holds part of its data
     if layout == "suburmp":
         return SubURMP(root, split, **kwargs)
     if layout == "paired":

@@ -26,6 +26,7 @@ written under a hidden temporary name and renamed into place) and a no-op on a c
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import tempfile
@@ -339,6 +340,12 @@ def build_standin(
         raise ValueError(f"frame_size must be an integer of at least 8 pixels (or None for the preset's), got {frame_size!r}")
     if not 1 <= jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer (or None for all cores), got {workers!r}")
+    if (isinstance(font_segment_s, bool) or not isinstance(font_segment_s, (int, float))
+            or not math.isfinite(font_segment_s) or font_segment_s <= 0):  # fmt: skip
+        # inf was recorded in the manifest as Infinity: not JSON
+        raise ValueError(f"font_segment_s must be a finite number of seconds > 0, got {font_segment_s!r}")
     fonts = [check_renderer(f) for f in ([soundfont] if isinstance(soundfont, (str, Path)) else soundfont)]
     if not fonts:
         raise ValueError("no soundfont given")
@@ -347,8 +354,6 @@ def build_standin(
         for b in records[:i]:
             if a["sha256"] == b["sha256"]:
                 raise ValueError(f"{a['path']} and {b['path']} are the same font (same sha256): give each font once")
-    if len(fonts) > 1 and not font_segment_s > 0:
-        raise ValueError(f"font_segment_s must be > 0 seconds, got {font_segment_s}")
     font = records[0] if len(records) == 1 else several_fonts_record(records)
     root = Path(root)
     if root.exists() and not root.is_dir():
@@ -406,7 +411,7 @@ def build_standin(
                              render=render, font_segment_s=font_segment_s, font_offset=place))  # fmt: skip
     todo = [j for j in jobs if not _track_done(j)]
     total = sum(j.n_chunks for j in todo)
-    workers = workers or min(len(todo), os.cpu_count() or 1) or 1
+    workers = workers or min(len(todo), os.cpu_count() or 1) or 1  # None: all cores (checked above)
     with tqdm(total=total, unit="pair", desc=f"building {preset}", disable=not progress) as bar:
         if workers == 1:
             for j in todo:

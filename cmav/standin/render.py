@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import mido
 import numpy as np
 import soundfile as sf
 
@@ -163,17 +164,64 @@ def timidity_options(settings: SynthSettings) -> list[str]:
     return opts
 
 
+TIMIDITY_LEAD_IN_S = 0.1
+"""Silence put before the notes of the MIDI given to TiMidity++, and cut from its render again.
+
+TiMidity++ renders nothing for a note at MIDI tick 0 when a later note has the same pitch (one
+tick later it sounds): melodies start at 0 s, so about one FreePats track in seven lost its first
+note. Every event from the first note on moves by the same lead-in (only the set-up at tick 0
+stays), so the timing of the render is unchanged."""
+
+
+NOTE_EVENTS = ("note_on", "note_off", "polytouch")
+
+
+def _with_lead_in(midi_path: str | Path, out: Path, lead_in_s: float = TIMIDITY_LEAD_IN_S) -> float:
+    """Write ``midi_path`` to ``out`` with every event from its first note on ``lead_in_s`` later;
+    returns the lead-in put, in seconds (whole ticks).
+
+    The set-up at tick 0 (tempo, program, controllers, pitch bend) stays at tick 0, before the
+    lead-in: with the program change moved later, TiMidity++ loaded GM program 1 (a piano, which
+    a patch set may not map) from its system configuration. The lead-in passes at the tempo that
+    set-up leaves."""
+    try:
+        mid = mido.MidiFile(str(midi_path))
+    except (OSError, EOFError, ValueError) as exc:
+        raise RuntimeError(f"{midi_path}: not a MIDI file TiMidity++ can be given ({exc})") from exc
+    tempo = 500_000  # MIDI's default (120 bpm), unless the set-up at tick 0 sets another
+    firsts = []  # per track: the index of its first event that moves
+    for track in mid.tracks:
+        first, tick = len(track), 0
+        for i, msg in enumerate(track):
+            tick += msg.time
+            if tick > 0 or msg.type in NOTE_EVENTS:
+                first = i
+                break
+            if msg.type == "set_tempo":
+                tempo = msg.tempo
+        firsts.append(first)
+    ticks = round(lead_in_s * 1e6 / tempo * mid.ticks_per_beat)
+    for track, first in zip(mid.tracks, firsts, strict=True):
+        if first < len(track):
+            track[first] = track[first].copy(time=track[first].time + ticks)
+    mid.save(str(out))
+    return ticks * tempo / 1e6 / mid.ticks_per_beat
+
+
 def render_midi_timidity(midi_path: str | Path, config: str | Path, settings: SynthSettings = SynthSettings()) -> np.ndarray:
     """Render a MIDI file with TiMidity++ and the patch set of ``config``: float32 stereo ``(2, samples)``.
 
-    Raises when TiMidity++ fails, writes nothing, or opens a soundfont (a program ``config`` does
-    not map fell through to the system configuration's font).
+    The file is rendered :data:`TIMIDITY_LEAD_IN_S` later and that lead-in cut off again, so that a
+    note at its very start sounds. Raises when TiMidity++ fails, writes nothing, or opens a
+    soundfont (a program ``config`` does not map fell through to the system configuration's font).
     """
     with tempfile.TemporaryDirectory(prefix="cmav-render-") as tmp:
         out = Path(tmp) / "out.wav"
+        shifted = Path(tmp) / "lead_in.mid"
+        lead_in = round(_with_lead_in(midi_path, shifted) * settings.sample_rate)
         # --preserve-silence: TiMidity++ drops the silence before the first note, FluidSynth keeps it
         cmd = ["timidity", "-c", str(config), "-idvv", "-Ow", "--output-stereo", "--output-16bit", "--preserve-silence",
-               *timidity_options(settings), "-o", str(out), str(midi_path)]  # fmt: skip
+               *timidity_options(settings), "-o", str(out), str(shifted)]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)
         log = proc.stdout + proc.stderr
         if proc.returncode != 0 or not out.is_file() or out.stat().st_size <= 44:
@@ -185,7 +233,7 @@ def render_midi_timidity(midi_path: str | Path, config: str | Path, settings: Sy
                 "system configuration: the program played is not mapped in this .cfg, so the audio would "
                 "not come from its patches"
             )
-        return _read_render(out, "timidity", settings.sample_rate)
+        return np.ascontiguousarray(_read_render(out, "timidity", settings.sample_rate)[:, lead_in:])
 
 
 def _read_render(path: Path, program: str, sample_rate: int) -> np.ndarray:
