@@ -610,10 +610,11 @@ def test_the_i2s_grid_trains_on_the_same_split_as_the_cmav_fit_runs():
 def test_cmav_evaluate_prints_n_a_where_a_figure_is_missing():
     # an early I2S checkpoint judged right on no sample has no kept share (None); `cmav evaluate`
     # used to stop on it with a TypeError after writing metrics.json, before its FID and KID lines
-    from cmav.cli.experiments import _fid_kid_line, _num
+    from cmav.cli.experiments import _fid_kid_line
+    from cmav.metrics.serialise import format_number
 
-    assert _num(None, ".2f") == "n/a"
-    assert _num(0.25, ".2f") == "0.25"
+    assert format_number(None, ".2f") == "n/a"
+    assert format_number(0.25, ".2f") == "0.25"
     line = _fid_kid_line({"label": "FID/KID", "fid": 12.5, "kid_mean": 0.01, "kid_std": None,
                           "fid_reliable": False, "note": "fewer samples than feature dimensions"})
     assert line == "FID/KID (validation): FID 12.500, KID 0.01000 ± n/a (fewer samples than feature dimensions)"

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from cmav.metrics.serialise import format_number
 from cmav.models.condition_bank import INFERENCE_CONDITIONS
 
 
@@ -194,15 +195,9 @@ def _weak_players(per_player: list[dict], split: str, below: float = 0.5) -> str
     )
 
 
-def _num(value: float | None, spec: str) -> str:
-    """``value`` formatted, or ``n/a`` where the evaluation has no figure (``None``: e.g. no generated
-    sample judged right, so no share of them kept; too few samples for a KID spread)."""
-    return "n/a" if value is None else format(value, spec)
-
-
 def _fid_kid_line(fk: dict) -> str:
-    line = (f"{fk['label']} (validation): FID {_num(fk['fid'], '.3f')}, KID {_num(fk['kid_mean'], '.5f')} "
-            f"± {_num(fk['kid_std'], '.5f')}")  # fmt: skip
+    line = (f"{fk['label']} (validation): FID {format_number(fk['fid'])}, "
+            f"KID {format_number(fk['kid_mean'], '.5f')} ± {format_number(fk['kid_std'], '.5f')}")  # fmt: skip
     if fk.get("fid_reliable") is False and fk.get("note"):
         line += f" ({fk['note']})"
     return line
@@ -242,7 +237,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"judged accuracy (validation): {m['judged']['accuracy']:.3f} (balanced {m['judged']['balanced_accuracy']:.3f}); "
               f"audio judge on real LMS: {m['judge_on_real']['accuracy']:.3f}")  # fmt: skip
         rt = m["round_trip"]
-        print(f"Griffin-Lim round trip (validation): {rt['accuracy']:.3f} (kept {_num(rt['kept_fraction'], '.2f')} of "
+        print(f"Griffin-Lim round trip (validation): {rt['accuracy']:.3f} "
+              f"(kept {format_number(rt['kept_fraction'], '.2f')} of "
               f"judged); on real LMS {rt['real_accuracy']:.3f}")  # fmt: skip
         print(_fid_kid_line(m["fid_kid"]))
         print(f"diversity over noise (validation): {m['diversity']['value']:.4f}")

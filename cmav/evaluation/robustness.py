@@ -44,7 +44,7 @@ import torch
 from cmav.data.errors import DataError
 from cmav.data.files import sha256_file
 from cmav.metrics import judged_accuracy
-from cmav.metrics.serialise import json_safe
+from cmav.metrics.serialise import format_number, json_safe
 from cmav.standin.build import MANIFEST
 from cmav.standin.render import DEFAULT_SOUNDFONT
 from cmav.standin.soundfonts import (
@@ -613,11 +613,6 @@ def font_lines(fonts: dict[str, dict]) -> list[str]:
             for f in fonts_of(source)]  # fmt: skip
 
 
-def _num(x: float | None) -> str:
-    """A score to 3 decimals; ``n/a`` for one that is not a number (None after :func:`json_safe`)."""
-    return "n/a" if x is None else f"{x:.3f}"
-
-
 def format_report(result: dict) -> str:
     """Markdown: the fonts, then one row per score with in-source and cross-source side by side."""
     f_in, f_x = (result["fonts"][s]["name"] for s in SOURCES)
@@ -653,7 +648,7 @@ def format_report(result: dict) -> str:
             a, b = entry["in_source"].get(key), entry["cross_source"].get(key)
             t = "—" if target is None else f"≥ {target:.2f} ({'met' if b is not None and b >= target else 'not met'})"
             drop = "n/a" if a is None or b is None else f"{a - b:+.3f}"
-            lines.append(f"| {names[model]} | {key} | {_num(a)} | {_num(b)} | {drop} | {t} |")
+            lines.append(f"| {names[model]} | {key} | {format_number(a)} | {format_number(b)} | {drop} | {t} |")
     if "s2i" in result["models"]:
         s2i = result["models"]["s2i"]
         mode = s2i.get("inference_condition", "own")
@@ -661,10 +656,10 @@ def format_report(result: dict) -> str:
                      f"(inference condition `{mode}`"
                      + (f", {s2i['inference_neighbours']} nearest" if mode == "nearest" else "") + ").")
         lines.append(f"\nImage judge on the real frames (S2I ceiling): "
-                     f"{_num(result['models']['s2i']['judge_on_real']['accuracy'])}.")  # fmt: skip
+                     f"{format_number(result['models']['s2i']['judge_on_real']['accuracy'])}.")  # fmt: skip
     if "retrieval" in result["models"]:
         r = result["models"]["retrieval"]["in_source"]
-        lines.append(f"\nRetrieval chance R@1: class {_num(r['class_R@1_chance'])}, instance {_num(r['instance_R@1_chance'])}.")
+        lines.append(f"\nRetrieval chance R@1: class {format_number(r['class_R@1_chance'])}, instance {format_number(r['instance_R@1_chance'])}.")
     if "classifier_adapted" in result["models"] or "s2i_adapted" in result["models"]:
         lines.append("\nAdaBN (transductive): the batch-norm statistics of the classifier (for S2I-C, of its audio "
                      "encoder; the generator as trained) re-estimated on each split's own audio, labels unread. "

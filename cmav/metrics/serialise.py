@@ -24,3 +24,9 @@ def json_safe(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [json_safe(v) for v in x]
     return x
+
+
+def format_number(value: float | None, spec: str = ".3f") -> str:
+    """``value`` formatted with ``spec``, or ``n/a`` where there is no figure (``None``: a NaN after
+    :func:`json_safe`, a share of nothing, a spread of too few samples)."""
+    return "n/a" if value is None else format(value, spec)
