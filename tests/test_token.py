@@ -101,6 +101,15 @@ def test_embedder_concatenates_the_chosen_blocks(diffusion):
         AudioTokenModel(enc, diffusion, EmbedderConfig(blocks=(5,)))
 
 
+def test_embedder_time_steps_zero_is_refused_not_taken_for_the_default(diffusion):
+    """time_steps=None is the longest block's length; 0 is a mistake, refused by the embedder's check
+    (it used to be read as None: ``time_steps or longest``)."""
+    with pytest.raises(ValueError, match="time_steps must be >= 1, got 0"):
+        AudioTokenModel(tiny_encoder(), diffusion, EmbedderConfig(hidden_dim=16, time_steps=0))
+    model = AudioTokenModel(tiny_encoder(), diffusion, EmbedderConfig(hidden_dim=16, time_steps=3))
+    assert model.embedder.time_steps == 3
+
+
 # ---------------------------------------------------------------- prompt
 
 
@@ -204,27 +213,37 @@ def test_saved_and_reloaded_pipeline_gives_identical_images(diffusion, tmp_path)
 
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # diffusers' Euler/DPM on numpy 2
-def test_every_sampler_starts_from_the_last_training_timestep(diffusion, tmp_path):
+def test_every_sampler_but_pndm_starts_from_the_last_training_timestep(diffusion, tmp_path):
     """diffusers' default 'leading' spacing starts T/steps - 1 timesteps early (980 of 1000 at 50
     steps), where pure noise is taken for a partly clean sample; samplers use 'trailing', also on
-    folders saved before (their scheduler_config.json says 'leading')."""
-    from cmav.diffusion.pipeline import SCHEDULERS
+    folders saved before (their scheduler_config.json says 'leading'). PNDM is the exception: it
+    keeps 'leading' (first step T - T/steps), whatever the folder says, because 'trailing' PNDM
+    fails on a schedule ending at near-pure noise (see the oracle test below)."""
+    from cmav.diffusion import TextToImageDiffusion
+    from cmav.diffusion.pipeline import SCHEDULERS, sampler_spacing
 
+    assert {s: sampler_spacing(s) for s in SCHEDULERS} == {
+        "ddim": "trailing", "ddpm": "trailing", "pndm": "leading", "euler": "trailing", "dpm": "trailing"}  # fmt: skip
     folder = diffusion.save(tmp_path / "pipe")
     config = folder / "scheduler" / "scheduler_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "timestep_spacing": "leading"}))
     model = load_pipeline(folder)
-    last = model.scheduler_config["num_train_timesteps"] - 1
+    # the offline default's folders say 'trailing': the rule does not follow the folder either way
+    trailing = TextToImageDiffusion(model.unet, model.text_encoder, model.tokenizer,
+                                    {**model.scheduler_config, "timestep_spacing": "trailing"})  # fmt: skip
+    n_train = model.scheduler_config["num_train_timesteps"]
+    assert model.scheduler_config["steps_offset"] == 0
+    first = {"trailing": lambda steps: n_train - 1, "leading": lambda steps: n_train - n_train // steps}
     seen: list[int] = []
     handle = model.unet.register_forward_pre_hook(lambda _m, args: seen.append(int(args[1])))
     try:
         with torch.no_grad():
             cond = model.text_embeddings(["a photo of a violin player"])
         for scheduler in SCHEDULERS:
-            for steps in (10, 50):
+            for pipe, steps in ((model, 10), (model, 50), (trailing, 10)):
                 seen.clear()
-                model.sample(cond, 1.0, steps, scheduler, torch.Generator().manual_seed(0))
-                assert seen[0] == last, (scheduler, steps, seen[:3])
+                pipe.sample(cond, 1.0, steps, scheduler, torch.Generator().manual_seed(0))
+                assert seen[0] == first[sampler_spacing(scheduler)](steps), (scheduler, steps, seen[:3])
     finally:
         handle.remove()
     # PNDM's multistep start needs 4 steps: fewer are refused by name, not a numpy broadcasting error
@@ -263,6 +282,79 @@ def test_latent_pipeline_with_a_vae_round_trips_through_its_folder(diffusion, tm
     with pytest.raises(ValueError, match="UNet takes 3 channels, expected the VAE's latent_channels 4"):
         TextToImageDiffusion(diffusion.unet, diffusion.text_encoder, diffusion.tokenizer, diffusion.scheduler_config,
                              vae=vae)  # fmt: skip
+
+
+class NoiseOracle(torch.nn.Module):
+    """A stand-in UNet that knows the one clean sample ``x0``: it returns the exact noise of its input
+    (epsilon prediction), so a correct sampler ends at ``x0`` whatever its starting noise."""
+
+    def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, x0: torch.Tensor) -> None:
+        super().__init__()
+        self.config = unet.config
+        self.alphas_cumprod = alphas_cumprod.double()
+        self.x0 = x0.double()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # TextToImageDiffusion.device reads a parameter
+
+    def forward(self, x, t, encoder_hidden_states=None):
+        from types import SimpleNamespace
+
+        a = self.alphas_cumprod[round(float(t))]
+        return SimpleNamespace(sample=((x.double() - a.sqrt() * self.x0) / (1 - a).sqrt()).float())
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # diffusers' Euler/DPM on numpy 2
+def test_every_sampler_returns_the_clean_sample_given_the_exact_noise(diffusion):
+    """On the offline schedule (squaredcos_cap_v2: alpha_bar(999) = 2.4e-9) every offered sampler, fed
+    the exact noise of one known x0, must end at x0. PNDM under 'trailing' spacing did not (mean
+    |x - x0| 1.0 at 10 steps, 0.73 at 50): its first steps divide by sqrt(alpha_bar(999))."""
+    from cmav.diffusion import TextToImageDiffusion
+    from cmav.diffusion.pipeline import MIN_STEPS, SCHEDULERS
+
+    x0 = torch.full((1, 3, 16, 16), 0.5)
+    x0[..., :8] = -0.5
+    parts = (diffusion.unet, diffusion.text_encoder, diffusion.tokenizer)
+    model = TextToImageDiffusion(*parts, diffusion.scheduler_config)
+    assert model.scheduler_config["beta_schedule"] == "squaredcos_cap_v2"
+    assert float(model.noise_scheduler.alphas_cumprod[-1]) < 1e-8
+    model.unet = NoiseOracle(diffusion.unet, model.noise_scheduler.alphas_cumprod, x0)
+    cond = torch.zeros(1, diffusion.max_length, diffusion.text_width)
+    errors = {}
+    for scheduler in SCHEDULERS:
+        for steps in sorted({MIN_STEPS.get(scheduler, 1), 10, 50}):
+            x = model.sample(cond, 1.0, steps, scheduler, torch.Generator().manual_seed(0))
+            errors[scheduler, steps] = float((x - x0).abs().mean())
+    assert all(e < 0.02 for e in errors.values()), errors
+
+
+def test_an_unsupported_noise_schedule_is_refused_naming_the_folder(diffusion, tmp_path):
+    """A beta_schedule diffusers does not know: the scheduler folder named, not a bare NotImplementedError;
+    one only the DDPM scheduler knows (sigmoid): the sampler and the folder named when it samples."""
+
+    def with_schedule(name: str, beta_schedule: str) -> Path:
+        folder = diffusion.save(tmp_path / name)
+        config = folder / "scheduler" / "scheduler_config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "beta_schedule": beta_schedule}))
+        return folder
+
+    with pytest.raises(ValueError, match=r"cosine/scheduler: cannot be loaded \(cosine is not implemented"):
+        load_pipeline(with_schedule("cosine", "cosine"))
+    model = load_pipeline(with_schedule("sigmoid", "sigmoid"))
+    cond = torch.zeros(1, diffusion.max_length, diffusion.text_width)
+    assert model.sample(cond, 1.0, 1, "ddpm").shape == (1, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"sigmoid: the ddim sampler cannot use its noise schedule \(sigmoid is not"):
+        model.sample(cond, 1.0, 1, "ddim")
+
+
+def test_pixel_diffusion_refuses_an_unknown_prediction_type_or_noise_schedule():
+    """Misspelt, these used to build and fail only at the first training step (or deep in diffusers)."""
+    import dataclasses
+
+    captions = ["a photo of a violin player"]
+    with pytest.raises(ValueError, match=r"prediction_type 'v' is not one of \('epsilon', 'v_prediction', 'sample'\)"):
+        build_pixel_diffusion(captions, dataclasses.replace(TINY, prediction_type="v"))
+    with pytest.raises(ValueError, match=r"beta_schedule 'cosine' is not one of \('linear', 'scaled_linear', "
+                                         r"'squaredcos_cap_v2'\)"):  # fmt: skip
+        build_pixel_diffusion(captions, dataclasses.replace(TINY, beta_schedule="cosine"))
 
 
 def test_pipeline_folder_errors_name_the_folder_and_the_missing_part(diffusion, tmp_path):
@@ -651,3 +743,46 @@ def test_diffusion_base_refuses_lightnings_weight_averaging():
     task.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[EMAWeightAveraging()])
     with pytest.raises(ValueError, match="own EMA of the denoiser.*remove the EMAWeightAveraging"):
         task.setup("fit")
+
+
+def test_audio_token_refuses_lightnings_weight_averaging(diffusion, tmp_path):
+    """The embedder is the only trained part: a weight-averaging callback would copy the whole frozen
+    diffusion model into the token checkpoint (current_model_state: 449,971 bytes against 61,773)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EMAWeightAveraging, StochasticWeightAveraging
+
+    from cmav.tasks.audio_token import AudioTokenTask
+
+    encoder = {"config": {"n_blocks": 3, "base_channels": 4, "max_channels": 16, "feature_dim": 8},
+               "input_shape": [1, 32, 16], "n_classes": len(CLASSES)}  # fmt: skip
+    folder = diffusion.save(tmp_path / "pipe")
+    task = AudioTokenTask(pipeline=str(folder), audio_encoder_ckpt=None, audio_encoder=encoder, class_names=CLASSES,
+                          image_size=16, embedder={"hidden_dim": 16})  # fmt: skip
+    for callback in (EMAWeightAveraging(), StochasticWeightAveraging(swa_lrs=1e-3)):
+        task.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[callback])
+        name = type(callback).__name__
+        with pytest.raises(ValueError, match=rf"the embedder is the only trained part.*remove the {name} callback"):
+            task.setup("fit")
+    task.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    task.setup("fit")  # no callback: nothing refused
+
+
+def test_diffusion_base_refuses_captions_it_would_truncate_or_confuse():
+    """Captions longer than model.max_length used to be cut silently (possibly to the same tokens for
+    every class); two classes whose captions tokenize alike could not be told apart either."""
+    import dataclasses
+
+    from cmav.tasks.diffusion import DiffusionBaseTask
+
+    short = dataclasses.asdict(dataclasses.replace(TINY, max_length=6))
+    longer = "a photo of a musician playing the {}"
+    with pytest.raises(ValueError, match=r"caption 'a photo of a musician playing the violin' \(class 'violin'\) "
+                                         r"takes 10 tokens \(start and end tokens included\) but model\.max_length "
+                                         r"is 6"):  # fmt: skip
+        DiffusionBaseTask(image_size=16, class_names=CLASSES, model=short, caption=longer)
+    with pytest.raises(ValueError, match=r"classes 'double_bass' and 'double-bass' have the same caption tokens "
+                                         r"\('a photo of a double bass player'\)"):  # fmt: skip
+        DiffusionBaseTask(image_size=16, class_names=["double_bass", "double-bass", "flute"],
+                          model=dataclasses.asdict(TINY))  # fmt: skip
+    fits = DiffusionBaseTask(image_size=16, class_names=CLASSES, model=dataclasses.asdict(TINY))  # longest: 9 of 10
+    assert len({tuple(r.tolist()) for r in fits.caption_ids[:-1]}) == len(CLASSES)

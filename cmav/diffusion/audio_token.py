@@ -231,7 +231,7 @@ class AudioTokenModel(nn.Module):
         self.diffusion = diffusion.freeze()
         self.blocks = resolve_blocks(embedder.blocks, len(audio_encoder.blocks))
         shapes = [audio_encoder.block_shapes[b] for b in self.blocks]
-        steps = embedder.time_steps or max(s[2] for s in shapes)
+        steps = embedder.time_steps if embedder.time_steps is not None else max(s[2] for s in shapes)
         self.embedder = AudioTokenEmbedder([s[0] for s in shapes], diffusion.text_width, embedder.hidden_dim, steps)
         self.embedder.init_like(diffusion.input_embeddings().weight)
         self.prompt = PromptTemplate(diffusion.tokenizer, prompt.template, prompt.placeholder, diffusion.max_length,

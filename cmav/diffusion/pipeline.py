@@ -51,10 +51,35 @@ MIN_STEPS: dict[str, int] = {"pndm": 4}
 fails below that with a numpy broadcasting error)."""
 
 TIMESTEP_SPACING = "trailing"
-"""How samplers place their steps on the training timesteps. ``trailing`` starts at the last
-training timestep (pure noise); diffusers' default ``leading`` starts ``T/steps - 1`` earlier
-(t=900 of 1000 at 10 steps), where pure noise is taken for a partly clean sample (Lin et al.,
-2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed")."""
+"""How samplers place their steps on the training timesteps, unless :data:`SAMPLER_SPACING` says
+otherwise. ``trailing`` starts at the last training timestep (pure noise); diffusers' default
+``leading`` starts ``T/steps - 1`` earlier (t=900 of 1000 at 10 steps), where pure noise is taken
+for a partly clean sample (Lin et al., 2024, "Common Diffusion Noise Schedules and Sample Steps are
+Flawed")."""
+
+SAMPLER_SPACING: dict[str, str] = {"pndm": "leading"}
+"""Samplers that keep diffusers' ``leading`` spacing. PNDM run from the last timestep of a schedule
+that ends at almost pure noise (the offline default's squaredcos_cap_v2, ``alpha_bar(999) =
+2.4e-9``) does not converge: fed the exact noise of a known image, ``trailing`` PNDM ends a mean 1.0
+away from it at 10 steps and 0.73 at 50 (``leading``: 0.005). Its updates scale the sample by
+``sqrt(alpha_bar(t_prev) / alpha_bar(t))``, in the hundreds there, and its multistep noise
+estimates (mixed over several timesteps) are not exact enough for that. DDIM, DDPM, Euler and DPM
+are exact with ``trailing``."""
+
+AUTO_SPACING = "auto"
+"""``timestep_spacing`` value meaning "the sampler's own" (:func:`sampler_spacing`)."""
+
+
+def sampler_spacing(name: str) -> str:
+    """The timestep spacing sampler ``name`` runs with: :data:`SAMPLER_SPACING`, else :data:`TIMESTEP_SPACING`."""
+    return SAMPLER_SPACING.get(name, TIMESTEP_SPACING)
+
+
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
+"""What the UNet predicts (``prediction_type``): the noise, the velocity or the clean sample."""
+
+BETA_SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "squaredcos_cap_v2")
+"""Noise schedules (``beta_schedule``) that every sampler of :data:`SCHEDULERS` can read."""
 
 
 @dataclass(frozen=True)
@@ -83,18 +108,26 @@ class PixelDiffusionConfig:
     prediction_type: str = "epsilon"
 
 
-def make_scheduler(name: str, config: dict[str, Any], timestep_spacing: str | None = TIMESTEP_SPACING):
+def make_scheduler(name: str, config: dict[str, Any], timestep_spacing: str | None = AUTO_SPACING,
+                   source: str | None = None):  # fmt: skip
     """A diffusers scheduler ``name`` (see :data:`SCHEDULERS`) with the noise schedule ``config``.
 
-    ``timestep_spacing`` overrides the folder's (see :data:`TIMESTEP_SPACING`); ``None`` keeps it.
+    ``timestep_spacing`` overrides the folder's: ``'auto'`` (the default) is the sampler's own
+    (:func:`sampler_spacing`), ``None`` keeps the folder's. ``source`` (the folder) names the
+    schedule in errors.
     """
     import diffusers
 
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; expected one of {sorted(SCHEDULERS)}")
+    if timestep_spacing == AUTO_SPACING:
+        timestep_spacing = sampler_spacing(name)
     # a keyword, not a config entry: from_config drops entries the source scheduler left at its default
     kw = {} if timestep_spacing is None else {"timestep_spacing": timestep_spacing}
-    return getattr(diffusers, SCHEDULERS[name]).from_config(config, **kw)
+    try:
+        return getattr(diffusers, SCHEDULERS[name]).from_config(config, **kw)
+    except NotImplementedError as exc:  # e.g. a beta_schedule only the DDPM scheduler has (sigmoid)
+        raise ValueError(f"{source or 'pipeline'}: the {name} sampler cannot use its noise schedule ({exc})") from exc
 
 
 class TextToImageDiffusion(nn.Module):
@@ -241,7 +274,7 @@ class TextToImageDiffusion(nn.Module):
     @torch.no_grad()
     def sample(self, cond: Tensor, guidance_scale: float = 3.0, steps: int = 50, scheduler: str = "ddim",
                generator: torch.Generator | None = None, batch_size: int = 64,
-               timestep_spacing: str | None = TIMESTEP_SPACING) -> Tensor:  # fmt: skip
+               timestep_spacing: str | None = AUTO_SPACING) -> Tensor:  # fmt: skip
         """Images ``(N, 3, S, S)`` in [-1, 1] on CPU for the conditionings ``cond`` ``(N, L, D)``.
 
         Classifier-free guidance with the empty prompt when ``guidance_scale != 1``. The starting
@@ -266,7 +299,7 @@ class TextToImageDiffusion(nn.Module):
     def _denoise(self, cond: Tensor, noise: Tensor, uncond: Tensor | None, guidance_scale: float, steps: int,
                  scheduler: str, generator: torch.Generator | None,
                  timestep_spacing: str | None) -> Tensor:  # fmt: skip
-        sched = make_scheduler(scheduler, self.scheduler_config, timestep_spacing)
+        sched = make_scheduler(scheduler, self.scheduler_config, timestep_spacing, self.source)
         sched.set_timesteps(steps, device=self.device)
         x = noise.to(self.device) * sched.init_noise_sigma
         n = x.shape[0]
@@ -385,7 +418,8 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> TextT
         raise _part_error(path, "tokenizer", exc) from exc
     try:
         scheduler_config = dict(DDPMScheduler.load_config(path / "scheduler"))
-    except (OSError, ValueError) as exc:
+        DDPMScheduler.from_config(scheduler_config)  # the training schedule: an unknown beta_schedule fails here
+    except (OSError, ValueError, NotImplementedError) as exc:
         raise _part_error(path, "scheduler", exc) from exc
     vae = None
     if (path / "vae").is_dir():
@@ -406,6 +440,11 @@ def build_pixel_diffusion(captions: Sequence[str], config: PixelDiffusionConfig 
     from cmav.diffusion.tokenizer import BOS, EOS, build_word_tokenizer
 
     c = config
+    if c.prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type {c.prediction_type!r} is not one of {PREDICTION_TYPES}")
+    if c.beta_schedule not in BETA_SCHEDULES:
+        raise ValueError(f"beta_schedule {c.beta_schedule!r} is not one of {BETA_SCHEDULES} (the noise schedules "
+                         "every sampler reads)")  # fmt: skip
     levels = len(c.block_out_channels)
     if levels < 2:
         raise ValueError(f"block_out_channels needs at least 2 levels, got {tuple(c.block_out_channels)}")
@@ -430,6 +469,7 @@ def build_pixel_diffusion(captions: Sequence[str], config: PixelDiffusionConfig 
     )  # fmt: skip
     # clip_sample keeps every denoised estimate in the frames' [-1, 1] (pixel space); the spacing is
     # saved so that diffusers' own samplers, reading the folder, start from pure noise as cmav's do
+    # (not PNDM: cmav runs it with 'leading', see SAMPLER_SPACING; diffusers' PNDM would read 'trailing')
     schedule = DDPMScheduler(num_train_timesteps=c.num_train_timesteps, beta_schedule=c.beta_schedule,
                              prediction_type=c.prediction_type, clip_sample=True,
                              timestep_spacing=TIMESTEP_SPACING)  # fmt: skip
@@ -437,10 +477,14 @@ def build_pixel_diffusion(captions: Sequence[str], config: PixelDiffusionConfig 
 
 
 __all__ = [
+    "AUTO_SPACING",
+    "BETA_SCHEDULES",
     "PIXEL_PIPELINE_CLASS",
+    "PREDICTION_TYPES",
     "PixelDiffusionConfig",
     "MIN_STEPS",
     "REQUIRED_PARTS",
+    "SAMPLER_SPACING",
     "SCHEDULERS",
     "TIMESTEP_SPACING",
     "TextToImageDiffusion",
@@ -448,4 +492,5 @@ __all__ = [
     "check_pipeline_folder",
     "load_pipeline",
     "make_scheduler",
+    "sampler_spacing",
 ]

@@ -131,6 +131,8 @@ class AudioTokenTask(L.LightningModule):
     # ------------------------------------------------------------------ data
 
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            refuse_weight_averaging_of_the_embedder(self)
         dm = datamodule_of(self)
         if dm is None:
             return
@@ -216,6 +218,24 @@ class AudioTokenTask(L.LightningModule):
         restore_random_state(self, checkpoint)
 
 
+def refuse_weight_averaging_of_the_embedder(task: AudioTokenTask) -> None:
+    """Refuse Lightning's weight-averaging callbacks, the ones
+    :func:`cmav.tasks.common.refuse_weight_averaging` refuses in the tasks with an EMA of their own
+    (whose message, about that EMA, would not fit here): the embedder is the only trained part, and
+    the callback would average the frozen audio encoder and diffusion model too and store them in the
+    checkpoint (``current_model_state``), which holds the embedder and the encoder."""
+    from lightning.pytorch.callbacks import StochasticWeightAveraging, WeightAveraging
+
+    for cb in task.trainer.callbacks:
+        if isinstance(cb, (WeightAveraging, StochasticWeightAveraging)):
+            name = type(cb).__name__
+            raise ValueError(
+                f"AudioTokenTask: the embedder is the only trained part (the audio encoder and the diffusion model "
+                f"are frozen); the {name} callback would average them too and store the whole frozen diffusion "
+                f"model in the checkpoint, which holds only the embedder and the encoder: remove the {name} callback"
+            )
+
+
 def check_pipeline_fits(task: AudioTokenTask, checkpoint: dict, path: str | Path, stacklevel: int = 2) -> None:
     """Refuse ``checkpoint``'s weights when ``task``'s pipeline folder has another text width (the
     token's); warn when the folder is not the one it was trained with (fingerprints differ)."""
@@ -271,4 +291,5 @@ __all__ = [
     "is_audio_token_checkpoint",
     "load_audio_token",
     "pipeline_fingerprint",
+    "refuse_weight_averaging_of_the_embedder",
 ]

@@ -85,10 +85,28 @@ class DiffusionBaseTask(L.LightningModule):
     def _build(self) -> None:
         cfg = dataclasses.replace(self.model_config, block_out_channels=tuple(self.model_config.block_out_channels))
         self.diffusion = build_pixel_diffusion(self.captions(), cfg)
+        self._check_captions()
         # row y: class y's caption; last row: the empty caption
         ids = self.diffusion.tokenize(self.captions() + [""])
         self.register_buffer("caption_ids", ids, persistent=False)
         self.ema = ExponentialMovingAverage(self.diffusion, decay=self.hparams.ema_decay)
+
+    def _check_captions(self) -> None:
+        """Refuse captions the tokenizer would truncate (``max_length`` tokens, start and end included)
+        and classes whose captions give the same tokens: either way the model could not tell classes apart."""
+        names, captions = list(self.hparams.class_names), self.captions()
+        limit = self.diffusion.max_length
+        seen: dict[tuple[int, ...], str] = {}
+        for name, caption in zip(names, captions, strict=True):
+            ids = tuple(self.diffusion.tokenizer(caption, verbose=False).input_ids)  # not truncated
+            if len(ids) > limit:
+                raise ValueError(f"caption {caption!r} (class {name!r}) takes {len(ids)} tokens (start and end tokens "
+                                 f"included) but model.max_length is {limit}: it would be cut short; raise "
+                                 "model.max_length or shorten caption")  # fmt: skip
+            if ids in seen:
+                raise ValueError(f"classes {seen[ids]!r} and {name!r} have the same caption tokens ({caption!r}): the "
+                                 "model could not tell them apart; change caption or the class names")  # fmt: skip
+            seen[ids] = name
 
     @property
     def sampler(self) -> TextToImageDiffusion:
