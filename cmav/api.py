@@ -249,6 +249,10 @@ def classify_audio(model: Model, audio: AudioSource, sample_rate: int | None = N
     return ChunkPredictions(probabilities=logits.softmax(1), class_names=model.class_names or [], start_s=chunks.start_s)
 
 
+DIFFUSION_KEYS = ("steps", "scheduler", "guidance_scale")
+"""The sampler settings ``sound_to_image(..., diffusion={...})`` takes for an audio-token model."""
+
+
 def noise(n: int, z_dim: int, seed: int) -> Tensor:
     """The generator noise ``(n, z_dim)`` of :func:`sound_to_image` and :func:`image_to_sound`: row
     ``k`` is ``torch.randn(z_dim)`` from a generator of its own, seeded with
@@ -284,6 +288,10 @@ def sound_to_image(model: Model, audio: AudioSource, n: int = 1, seed: int = 0, 
 
         if inference_condition is not None:
             raise ValueError(f"{model.path}: an audio-token model has no inference condition")
+        unknown = sorted(set(diffusion or {}) - set(DIFFUSION_KEYS))
+        if unknown:
+            raise ValueError(f"{model.path}: unknown diffusion setting(s) {unknown}; they are {list(DIFFUSION_KEYS)} "
+                             "(the CLI's --guidance is guidance_scale here)")  # fmt: skip
         chunks = _features_for(model, audio, sample_rate, hop_s, max_chunks)
         x = chunks.features.repeat_interleave(n, 0)
         out = token_images(model.task.model, x, seed=seed, batch_size=batch_size, **(diffusion or {}))

@@ -545,6 +545,11 @@ def test_the_api_generates_from_an_audio_token_as_the_cli_does(quick_run, tmp_pa
     torch.testing.assert_close(first[0], token_images(model.task.model, lms.repeat(2, 1, 1, 1), seed=4, steps=2))
     with pytest.raises(ValueError, match="an audio-token model has no inference condition"):
         cmav.sound_to_image(model, wav, inference_condition="own")
+    # the CLI's flag name, or a key token_images sets itself: named, not a TypeError from deep inside
+    with pytest.raises(ValueError, match=r"unknown diffusion setting\(s\) \['guidance'\].*guidance_scale"):
+        cmav.sound_to_image(model, wav, diffusion={"guidance": 3.0})
+    with pytest.raises(ValueError, match=r"unknown diffusion setting\(s\) \['seed'\]"):
+        cmav.sound_to_image(model, wav, diffusion={"seed": 1})
 
 
 def test_token_checkpoint_warns_on_another_pipeline(quick_run, tmp_path):
