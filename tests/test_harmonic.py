@@ -361,3 +361,55 @@ def test_s2i_c_trains_on_a_frozen_harmonic_encoder_and_refuses_data_of_another_f
     weights = printed["model"]["init_args"]["loss_weights"]
     assert weights["fake"] == 2.0 and weights["wrong_class"] == weights["wrong_player"] == 1.0
     assert printed["model"]["init_args"]["inference_condition"] == "class_mean"
+
+
+def test_absent_harmonics_read_the_floor_relative_to_the_fundamental_and_a_tilt_keeps_them_there():
+    # reference='fundamental' used to apply the floor relative to the strongest harmonic and only then
+    # re-reference: with the fundamental 20 dB below the strongest, the absent harmonics read -0.75, and
+    # a tilt (which knows the floor by -1) lifted them; with a silent fundamental they all read 0
+    from cmav.features.harmonic import tilt_harmonics
+
+    cfg = HarmonicConfig(descriptors=("pitch",), reference="fundamental")
+    fe = build_front_end(cfg)
+    strongest = build_front_end(HarmonicConfig(descriptors=("pitch",)))
+    for amps in ([0.1, 1.0, 0.5], [0.0, 1.0, 0.5]):  # 2 kHz: h4, h5 silent, h6-24 above Nyquist
+        x = fe(tone(2000.0, amps))
+        levels = x[0, 0, 1:, 4:-4]
+        assert torch.all(levels[3:] == -1.0), (amps, levels[3:].unique())
+        floored = strongest(tone(2000.0, amps))[0, 0, 1:] <= -1.0 + 1e-6  # what the strongest-reference floors
+        assert floored.any() and torch.all(x[0, 0, 1:][floored] == -1.0)
+        got = tilt_harmonics(x, torch.tensor([6.0]), cfg)[0, 0, 1:, 4:-4]
+        assert torch.all(got[3:] == -1.0)  # the tilt keeps them at the floor
+        assert (x >= -1.0).all() and (x[0, 0, 1:] <= 1.0).all()
+    # the harmonics that are there: the strongest-reference levels moved by the fundamental's (h2 20 dB above)
+    x = fe(tone(2000.0, [0.1, 1.0, 0.5]))[0, 0, 1:4, 4:-4]
+    s = strongest(tone(2000.0, [0.1, 1.0, 0.5]))[0, 0, 1:4, 4:-4]
+    assert torch.allclose(x, s - s[:1], atol=1e-5) and torch.allclose(x[1], torch.tensor(0.25), atol=0.03)
+    silent_fundamental = fe(tone(2000.0, [0.0, 1.0, 0.5]))[0, 0, 1:4, 4:-4]
+    assert torch.all(silent_fundamental[0] == -1.0) and torch.all(silent_fundamental[1:] == 1.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"frame_length": 2047}, r"frame_length must be even and > 0, got 2047"),
+        ({"hop_length": 0}, r"hop_length must be > 0, got 0"),
+        ({"f_min": 20.0, "n_fft": 8192, "frame_length": 1024}, r"f_min=20.0 is too low for frame_length=1024"),
+    ],
+)
+def test_yin_options_it_cannot_run_are_refused_when_the_front_end_is_built(options, message):
+    # an odd frame_length gave one pitch frame fewer than the spectrum (and than output_shape); an f_min
+    # below sample_rate / (frame_length - 1) built and then failed on the first clip of a cache build
+    with pytest.raises(ValueError, match=message):
+        build_front_end({"kind": "harmonic", **options})
+    fe = build_front_end({"kind": "harmonic", "f_min": 22.0, "n_fft": 8192, "frame_length": 1024})  # just above
+    with pytest.warns(UserWarning, match="less than two periods of fmin"):  # librosa's advice, not an error
+        assert fe(torch.randn(1, 11025) * 0.1).shape[1:] == fe.config.output_shape(0.5)
+
+
+def test_a_pitch_track_of_another_length_than_the_spectrum_is_an_error_not_cropped(monkeypatch):
+    fe = build_front_end({"kind": "harmonic"})
+    pitch = fe.pitch
+    monkeypatch.setattr(fe, "pitch", lambda wave: pitch(wave)[..., :-1])
+    with pytest.raises(ValueError, match=r"pitch track has 21 frames, the spectrum 22"):
+        fe(torch.randn(1, 11025) * 0.1)

@@ -71,3 +71,23 @@ def test_top_db_floor_is_per_clip_not_per_batch():
     together = fe(torch.cat([quiet, loud]))[:1]
     assert torch.allclose(alone, together, atol=1e-4)
     assert (alone.amax() - alone.amin()) <= 40.0 + 1e-4
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"f_max": 16000.0}, r"f_max must be in \(f_min, sample_rate / 2 = 11025.0\].*got 16000.0"),
+        ({"sample_rate": 16000, "f_max": 11025.0}, r"f_max must be in \(f_min, sample_rate / 2 = 8000.0\]"),
+        ({"f_min": 9000.0, "f_max": 8000.0}, r"f_min must be >= 0 and below f_max \(8000.0\), got 9000.0"),
+        ({"f_min": -1.0}, r"f_min must be >= 0 and below f_max"),
+        ({"f_min": 11025.0}, r"f_min must be >= 0 and below f_max \(11025.0\)"),
+        ({"hop_length": 0}, r"hop_length must be > 0, got 0"),
+        ({"n_fft": 0}, r"n_fft must be > 0, got 0"),
+    ],
+)
+def test_options_outside_what_the_transform_can_compute_are_refused_by_the_config(options, message):
+    # f_max above Nyquist gave empty mel bands (constant -100 dB rows); hop_length=0 failed inside torch.stft
+    with pytest.raises(ValueError, match=message):
+        LogMelConfig(**options)
+    assert LogMelConfig(sample_rate=16000, f_max=8000.0).f_max == 8000.0  # Nyquist itself is allowed
+    assert LogMelConfig(f_max=None).f_max is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from itertools import pairwise
 
 import pytest
@@ -382,3 +383,60 @@ def test_condition_bank_loads_any_size_and_stays_empty_for_older_checkpoints():
     fresh = torch.nn.Sequential(ConditionBank(2))
     assert fresh.load_state_dict({}, strict=True).missing_keys == []
     assert len(fresh[0]) == 0
+
+
+# ---------------------------------------------------------------- input shapes
+
+
+def test_encoders_and_the_judge_refuse_inputs_of_the_wrong_shape_by_name() -> None:
+    from cmav.models import StatsPoolEncoder
+
+    stats = StatsPoolEncoder((1, 29, 22)).eval()
+    for bad in [(4, 1, 30, 22), (4, 1, 29, 1)]:  # rows other than built (raw batch-norm errors), one frame
+        with pytest.raises(ValueError, match=r"expected input \(N, 1, 29, W >= 2\), got " + re.escape(str(bad))):
+            stats(torch.randn(*bad))
+    assert stats(torch.randn(4, 1, 29, 7)).shape == (4, 13)  # another clip length is fine
+    audio = AudioEncoder(base_channels=SMALL).eval()  # 4 poolings along both axes: at least 16 x 16
+    for bad in [(2, 1, 128, 15), (2, 1, 8, 44)]:
+        with pytest.raises(ValueError, match=r"expected input \(N, 1, H >= 16, W >= 16\), got " + re.escape(str(bad))):
+            audio(torch.randn(*bad))
+    assert audio(torch.randn(2, 1, 16, 16)).shape == (2, 13)
+    wave = ConvEncoder((1, 1, 400), base_channels=SMALL).eval()  # the strided stem, then 4 poolings along W
+    with pytest.raises(ValueError, match=r"expected input \(N, 1, H >= 1, W >= 254\), got \(2, 1, 1, 253\)"):
+        wave(torch.randn(2, 1, 1, 253))
+    assert wave(torch.randn(2, 1, 1, 254)).shape == (2, 13)
+    judge = ImageJudge(base_channels=SMALL, feature_dim=32).eval()  # 5 blocks: at least 32 x 32
+    for bad in [(2, 1, 64, 64), (2, 3, 16, 16), (3, 64, 64)]:
+        with pytest.raises(ValueError, match=r"ImageJudge: expected input \(N, 3, H >= 32, W >= 32\), got "
+                           + re.escape(str(bad))):  # fmt: skip
+            judge(torch.randn(*bad))
+        with pytest.raises(ValueError, match="ImageJudge: expected input"):
+            judge.features(torch.randn(*bad))
+    assert judge(torch.randn(2, 3, 32, 32)).shape == (2, 13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_condition_bank_snaps_half_precision_conditions_in_their_dtype(dtype) -> None:
+    bank, cond = _bank(), torch.tensor([[0.9, 0.2], [9.0, 9.0]], dtype=dtype)
+    for got in (bank.snap(cond, "nearest"), bank.snap(cond, "class_mean", torch.tensor([2, 1]))):
+        assert got.dtype == dtype
+    assert torch.equal(bank.snap(cond, "nearest").float(), torch.tensor([[1.0, 0.0], [10.0, 10.0]]))
+    assert torch.equal(bank.snap(cond, "class_mean", torch.tensor([2, 1])).float(), torch.tensor([[11.0, 10.0], [10.0, 10.0]]))
+
+
+def test_condition_bank_refuses_conditions_and_predictions_of_the_wrong_shape_by_name() -> None:
+    bank, cond = _bank(), torch.tensor([[0.9, 0.2], [9.0, 9.0]])
+    with pytest.raises(ValueError, match=r"conditions must be \(N, 2\) to match the bank, got \(2, 3\)"):
+        bank.snap(torch.zeros(2, 3), "nearest")
+    with pytest.raises(ValueError, match=r"conditions must be \(N, 2\) to match the bank, got \(2,\)"):
+        bank.snap(torch.zeros(2), "class_mean", torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"predicted must be the \(2,\) class indices.*got shape \(2, 13\)"):
+        bank.snap(cond, "class_mean", torch.randn(2, 13))  # logits, not their argmax
+    with pytest.raises(ValueError, match=r"predicted must be the \(2,\) class indices.*got shape \(1,\)"):
+        bank.snap(cond, "class_mean", torch.tensor([0]))
+    with pytest.raises(ValueError, match=r"predicted must be the \(2,\) class indices.*torch.float32"):
+        bank.snap(cond, "class_mean", torch.tensor([0.0, 2.0]))
+    with pytest.raises(ValueError, match=r"predicted must be the \(2,\) class indices.*torch.bool"):
+        bank.snap(cond, "class_mean", torch.tensor([True, False]))
+    with pytest.raises(ValueError, match=r"predicted class indices must be >= 0, got -1"):
+        bank.snap(cond, "class_mean", torch.tensor([0, -1]))

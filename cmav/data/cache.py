@@ -33,7 +33,9 @@ from cmav.data.image_io import load_frame
 from cmav.data.layout import Sample
 from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""Bumped when a front end's output changes: 2, the harmonic profile's ``reference: fundamental``
+(missing harmonics read the floor; their level depended on the fundamental's before)."""
 
 
 @dataclass

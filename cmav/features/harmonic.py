@@ -34,7 +34,8 @@ class HarmonicConfig(FrontEndConfigMixin):
     """Per-frame harmonic profile ``(1, len(DESCRIPTORS) + n_harmonics, frames)``.
 
     ``n_fft``/``hop_length``: the power spectrum (Hann window, centred frames, zero padding);
-    ``frame_length``, ``f_min``, ``f_max``: librosa's YIN pitch tracker on the same hops;
+    ``frame_length``, ``f_min``, ``f_max``: librosa's YIN pitch tracker on the same hops (``frame_length``
+    even, so that YIN gives one frame per STFT frame, and ``f_min > sample_rate / (frame_length - 1)``);
     ``band_bins``: each harmonic's level is the power summed over its nearest bin ± this many;
     ``floor_db``: harmonics (and absent ones, above Nyquist) are clipped at this many dB below the
     strongest. 0.5 s at 22,050 Hz gives 29 rows (5 descriptors + 24 harmonics) x 22 frames.
@@ -60,13 +61,25 @@ class HarmonicConfig(FrontEndConfigMixin):
     scored 0.51 on FreePats against 0.62 without (the development source, not the evaluation font)."""
     reference: Literal["strongest", "fundamental"] = "strongest"
     """What the harmonic levels are measured against: the strongest harmonic (levels in [-1, 0]) or
-    the fundamental (levels in [-1, 1], each clipped at ``floor_db`` either side of it)."""
+    the fundamental (levels in [-1, 1], each clipped at ``floor_db`` either side of it). Either way a
+    harmonic that is not there (above Nyquist, or ``floor_db`` or more below the strongest) reads -1,
+    the fundamental included."""
     mono: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "descriptors", tuple(self.descriptors))  # YAML and checkpoints give lists
         if self.reference not in ("strongest", "fundamental"):
             raise ValueError(f"harmonic front end: reference must be 'strongest' or 'fundamental', got {self.reference!r}")
+        if self.hop_length <= 0:
+            raise ValueError(f"harmonic front end: hop_length must be > 0, got {self.hop_length}")
+        if self.frame_length <= 0 or self.frame_length % 2:
+            # librosa's YIN gives one frame fewer than the centred STFT (and output_shape) for an odd one
+            raise ValueError(f"harmonic front end: frame_length must be even and > 0, got {self.frame_length}")
+        lowest = self.sample_rate / (self.frame_length - 1)
+        if not self.f_min > lowest:  # librosa.yin's own rule: one period of f_min must fit in the frame
+            raise ValueError(f"harmonic front end: f_min={self.f_min} is too low for frame_length={self.frame_length} "
+                             f"at sample_rate={self.sample_rate}: YIN needs f_min > sample_rate / (frame_length - 1) "
+                             f"= {lowest:.3f} Hz; raise f_min or frame_length")  # fmt: skip
 
     def output_shape(self, duration_s: float) -> tuple[int, int, int]:
         return (1, len(self.descriptors) + self.n_harmonics, self.n_samples(duration_s) // self.hop_length + 1)
@@ -116,8 +129,11 @@ class HarmonicProfile(FrontEnd):
                           return_complex=True)  # fmt: skip
         power = spec.abs().square().double() + 1e-12  # (B, bins, frames); double: sums over 2,049 bins
         f0 = self.pitch(wave).double()
-        frames = min(power.shape[-1], f0.shape[-1])
-        power, f0 = power[..., :frames], f0[..., :frames]
+        frames = power.shape[-1]
+        if f0.shape[-1] != frames:
+            raise ValueError(f"harmonic front end: the pitch track has {f0.shape[-1]} frames, the spectrum {frames} "
+                             f"(hop_length={c.hop_length}, frame_length={c.frame_length}, n_fft={c.n_fft}); "
+                             "they must agree frame for frame")  # fmt: skip
         n_bins = power.shape[1]
         harmonics = torch.arange(1, c.n_harmonics + 1, device=wave.device, dtype=power.dtype)
         centre_hz = f0.unsqueeze(1) * harmonics.view(1, -1, 1)  # (B, H, T)
@@ -132,7 +148,13 @@ class HarmonicProfile(FrontEnd):
         db = 10 * torch.log10((levels + tiny) / (levels.amax(1, keepdim=True) + tiny))
         db = db.clamp(min=-c.floor_db)
         if c.reference == "fundamental":
-            db = (db - db[:, :1]).clamp(-c.floor_db, c.floor_db)
+            # measured against the fundamental directly; a harmonic that is not there (above Nyquist, or
+            # at the floor below the strongest: silent) reads the floor exactly, as with 'strongest', so
+            # tilt_harmonics keeps it there. Re-referencing the floored levels instead left those at
+            # -(floor - X) dB, X the fundamental's distance below the strongest (0 with it at the floor).
+            absent = ~present | (db <= -c.floor_db)
+            db = 10 * torch.log10((levels + tiny) / (levels[:, :1] + tiny))
+            db = torch.where(absent, torch.full_like(db, -c.floor_db), db.clamp(-c.floor_db, c.floor_db))
         freqs = torch.linspace(0, c.sample_rate / 2, n_bins, device=wave.device, dtype=power.dtype)
         centroid = (power * freqs.view(1, -1, 1)).sum(1) / total
         odd, even = levels[:, 0::2].sum(1), levels[:, 1::2].sum(1)

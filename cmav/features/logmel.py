@@ -18,7 +18,8 @@ class LogMelConfig(FrontEndConfigMixin):
     0.5 s at 22,050 Hz with ``n_fft=1024``, ``hop_length=256`` and ``center=True`` gives
     128 mel bands x 44 frames. The mel filter bank and padding follow librosa's defaults
     (Slaney mel scale and area normalisation, zero padding) so that the result can be checked
-    against ``librosa.feature.melspectrogram`` + ``librosa.power_to_db``.
+    against ``librosa.feature.melspectrogram`` + ``librosa.power_to_db``. The mel bands span
+    ``0 <= f_min < f_max <= sample_rate / 2`` (``f_max=None``: ``sample_rate / 2``).
     """
 
     kind: Literal["lms"] = "lms"
@@ -34,6 +35,19 @@ class LogMelConfig(FrontEndConfigMixin):
     top_db: float | None = None
     mono: bool = True
     center: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_fft <= 0:
+            raise ValueError(f"lms front end: n_fft must be > 0, got {self.n_fft}")
+        if self.hop_length <= 0:
+            raise ValueError(f"lms front end: hop_length must be > 0, got {self.hop_length}")
+        nyquist = self.sample_rate / 2
+        f_max = nyquist if self.f_max is None else self.f_max
+        if not 0 <= self.f_min < f_max:
+            raise ValueError(f"lms front end: f_min must be >= 0 and below f_max ({f_max}), got {self.f_min}")
+        if f_max > nyquist:  # the mel bands above Nyquist would be empty: rows of constant 10 log10(amin)
+            raise ValueError(f"lms front end: f_max must be in (f_min, sample_rate / 2 = {nyquist}] "
+                             f"(None: sample_rate / 2), got {self.f_max}")  # fmt: skip
 
     def n_frames(self, n_samples: int) -> int:
         """Number of STFT frames produced for ``n_samples`` input samples."""

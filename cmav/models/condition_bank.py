@@ -56,10 +56,13 @@ class ConditionBank(nn.Module):
     def nearest_mean(self, cond: Tensor, k: int = 1) -> Tensor:
         """The mean of the ``k`` nearest bank conditions of each row of ``cond`` ``(N, dim)``."""
         self._check_filled()
+        self._check_conditions(cond)
         k = max(1, min(int(k), len(self)))
-        bank = self.conditions.to(cond.device, cond.dtype)
-        index = torch.cdist(cond, bank).topk(k, dim=1, largest=False).indices
-        return bank[index].mean(dim=1)
+        # distances and means in float32 at least (cdist has no half/bfloat16 kernels), cast back after
+        work = torch.promote_types(cond.dtype, torch.float32)
+        bank = self.conditions.to(cond.device, work)
+        index = torch.cdist(cond.to(work), bank).topk(k, dim=1, largest=False).indices
+        return bank[index].mean(dim=1).to(cond.dtype)
 
     def class_means(self) -> tuple[Tensor, Tensor]:
         """``(means (C, dim), present (C,) bool)`` over the classes ``0 .. max label``; a class with
@@ -74,7 +77,9 @@ class ConditionBank(nn.Module):
     def snap(self, cond: Tensor, mode: str, predicted: Tensor | None = None, k: int = 1) -> Tensor:
         """``cond`` replaced as ``mode`` says (see the module docstring).
 
-        ``predicted`` ``(N,)``: the encoder's predicted classes, needed by ``'class_mean'``; a row
+        ``cond`` ``(N, dim)`` in any float dtype (half and bfloat16 too: the distances are computed in
+        float32), returned in its own dtype. ``predicted`` ``(N,)`` integer: the encoder's predicted
+        classes (not its logits), needed by ``'class_mean'``; a row
         whose predicted class has no item in the bank gets its nearest bank condition instead.
         """
         if mode == "own":
@@ -85,6 +90,14 @@ class ConditionBank(nn.Module):
             raise ValueError(f"inference condition must be one of {INFERENCE_CONDITIONS}, got {mode!r}")
         if predicted is None:
             raise ValueError("inference condition 'class_mean' needs the encoder's predicted classes")
+        self._check_conditions(cond)
+        integer = not (predicted.dtype.is_floating_point or predicted.dtype.is_complex or predicted.dtype == torch.bool)
+        if predicted.shape != cond.shape[:1] or not integer:
+            raise ValueError(f"predicted must be the ({cond.shape[0]},) class indices (an integer tensor, e.g. the "
+                             f"logits' argmax(1)) of the {cond.shape[0]} conditions, got shape {tuple(predicted.shape)} "
+                             f"of {predicted.dtype}")  # fmt: skip
+        if len(predicted) and int(predicted.min()) < 0:
+            raise ValueError(f"predicted class indices must be >= 0, got {int(predicted.min())}")
         means, present = self.class_means()
         means, present = means.to(cond.device, cond.dtype), present.to(cond.device)
         predicted = predicted.to(cond.device).long()
@@ -92,6 +105,11 @@ class ConditionBank(nn.Module):
         out = self.nearest_mean(cond, 1)
         out[known] = means[predicted[known]]
         return out
+
+    def _check_conditions(self, cond: Tensor) -> None:
+        dim = self.conditions.shape[1]
+        if cond.ndim != 2 or cond.shape[1] != dim:
+            raise ValueError(f"conditions must be (N, {dim}) to match the bank, got {tuple(cond.shape)}")
 
     def _check_filled(self) -> None:
         if len(self) == 0:

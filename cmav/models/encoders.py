@@ -68,6 +68,18 @@ def check_shape(shape: Sequence[int], name: str) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+def min_pooled_size(n_pools: int) -> int:
+    """Shortest axis that ``n_pools`` 2x max-pools in a row leave at least 1 long."""
+    return 2**n_pools
+
+
+def check_input_shape(owner: str, x: Tensor, channels: int, min_h: int, min_w: int) -> None:
+    """``ValueError`` naming both shapes unless ``x`` is ``(N, channels, H >= min_h, W >= min_w)`` (plain
+    shape comparisons: no cost worth the name on a forward pass)."""
+    if x.dim() != 4 or x.shape[1] != channels or x.shape[2] < min_h or x.shape[3] < min_w:
+        raise ValueError(f"{owner}: expected input (N, {channels}, H >= {min_h}, W >= {min_w}), got {tuple(x.shape)}")
+
+
 def check_dropout(p: float) -> None:
     """Raise ``ValueError`` unless ``p`` is a dropout probability in [0, 1)."""
     if not 0.0 <= p < 1.0:
@@ -123,7 +135,8 @@ class ConvEncoder(nn.Module):
 
         in_ch = c
         self.stem: nn.Module = nn.Identity()
-        if h == 1 and w >= WAVEFORM_STEM_MIN_LENGTH:
+        stem = h == 1 and w >= WAVEFORM_STEM_MIN_LENGTH
+        if stem:
             # A raw waveform: 3-tap convs would need dozens of blocks to see one pitch period, so a
             # strided 1-D stem first cuts the sequence 16x (M5 of Dai et al., 2017).
             k, stride, pool = WAVEFORM_STEM
@@ -138,9 +151,11 @@ class ConvEncoder(nn.Module):
 
         blocks = []
         shapes = []
+        pools_h = pools_w = 0
         for i in range(n_blocks):
             out_ch = min(base_channels * 2**i, max_channels)
             kh, kw = pool_kernel(h, w)
+            pools_h, pools_w = pools_h + (kh == 2), pools_w + (kw == 2)
             blocks.append(
                 nn.Sequential(
                     # bias is redundant in front of BatchNorm; an axis of length 1 gets a 1-tap kernel
@@ -157,6 +172,13 @@ class ConvEncoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.block_shapes: list[tuple[int, int, int]] = shapes
         """``(C, H, W)`` of every block output, computed from ``input_shape``."""
+        min_w = min_pooled_size(pools_w)
+        if stem:  # the stem's conv, then its max-pool, must leave min_w
+            k, stride, pool = WAVEFORM_STEM
+            min_w = stride * (pool * min_w - 1) + k - 2 * (k // 2 - 1)
+        self.min_input_size: tuple[int, int] = (min_pooled_size(pools_h), min_w)
+        """Smallest ``(H, W)`` the pooling stack built for ``input_shape`` takes (the global pooling
+        takes any larger size)."""
 
         self.global_pool = nn.AdaptiveAvgPool2d(1) if global_pool == "avg" else nn.AdaptiveMaxPool2d(1)
         self.fc_feature = nn.Sequential(
@@ -168,10 +190,7 @@ class ConvEncoder(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, n_classes))
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.input_shape[0]:
-            raise ValueError(
-                f"expected input (N, {self.input_shape[0]}, H, W), got {tuple(x.shape)}"
-            )
+        check_input_shape(type(self).__name__, x, self.input_shape[0], *self.min_input_size)
 
     def _blocks(self, x: Tensor) -> list[Tensor]:
         self._check_input(x)
@@ -361,6 +380,7 @@ class StatsPoolEncoder(ConvEncoder):
         self.stem = nn.Identity()
         self.blocks = nn.ModuleList([nn.Identity()])
         self.block_shapes = [(c, h, w)]
+        self.min_input_size = (h, 2)  # exactly h rows (see _check_input)
         self.global_pool = nn.Identity()
         if frame_width < 0:
             raise ValueError(f"frame_width must be >= 0, got {frame_width}")
@@ -381,7 +401,10 @@ class StatsPoolEncoder(ConvEncoder):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, n_classes))
 
     def _check_input(self, x: Tensor) -> None:
-        super()._check_input(x)
+        c, h, _ = self.input_shape
+        # the row standardisation and the layers after the pooling are built for h rows; the sd needs 2 frames
+        if x.dim() != 4 or x.shape[1] != c or x.shape[2] != h or x.shape[3] < 2:
+            raise ValueError(f"{type(self).__name__}: expected input (N, {c}, {h}, W >= 2), got {tuple(x.shape)}")
         if self.training and x.shape[0] < 2:
             # the batch norm over pooled statistics has one value per channel: torch would fail deep inside
             raise ValueError("StatsPoolEncoder trains on batches of 2 or more clips (it batch-normalises the "
@@ -403,6 +426,7 @@ __all__ = [
     "RowNorm",
     "StatisticsPooling",
     "StatsPoolEncoder",
+    "check_input_shape",
     "count_parameters",
     "make_activation",
     "pool_kernel",

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .encoders import make_activation, pool_kernel
+from .encoders import check_input_shape, make_activation, min_pooled_size, pool_kernel
 
 
 class ImageJudge(nn.Module):
@@ -71,9 +71,11 @@ class ImageJudge(nn.Module):
 
         layers: list[nn.Module] = []
         cin = in_channels
+        pools_h = pools_w = 0
         for i in range(n_blocks):
             cout = min(base_channels * 2**i, max_channels)
             kh, kw = pool_kernel(h, w)
+            pools_h, pools_w = pools_h + (kh == 2), pools_w + (kw == 2)
             layers += conv_bn_act(cin, cout) + conv_bn_act(cout, cout)
             if (kh, kw) != (1, 1):
                 layers.append(nn.MaxPool2d((kh, kw)))
@@ -81,6 +83,8 @@ class ImageJudge(nn.Module):
             h, w = h // kh, w // kw
             cin = cout
         self.body = nn.Sequential(*layers)
+        self.min_input_size: tuple[int, int] = (min_pooled_size(pools_h), min_pooled_size(pools_w))
+        """Smallest ``(H, W)`` its max-pools take (the global pooling takes any larger size)."""
         self.head_features = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
@@ -92,6 +96,7 @@ class ImageJudge(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate features ``(N, feature_dim)`` for judge-feature FID/KID and diversity."""
+        check_input_shape("ImageJudge", x, self.input_shape[0], *self.min_input_size)
         return self.head_features(self.body(x))
 
     def forward(self, x: Tensor) -> Tensor:
