@@ -65,6 +65,8 @@ def write_grid(tmp_path: Path, text: str, name: str = "grid.yaml") -> Path:
     ("kind: s2i\nseeds: [0]\ndata: {}\nstages: {s2i: 5}\n", None, r"grid\.yaml: stages\.s2i must be a mapping"),
     ("kind: robustness\ndata: {}\nvariants: [{name: +eq}, {name: eq}]\n", None,
      r"grid\.yaml: variants '\+eq' and 'eq' would share the folder runs/eq/"),
+    ("kind: s2i\nthreads: two\ndata: {}\n", None, r"grid\.yaml: threads must be null or a positive integer.*'two'"),
+    ("kind: s2i\nthreads: 0\ndata: {}\n", None, r"grid\.yaml: threads must be null or a positive integer.*0"),
 ])  # fmt: skip
 def test_a_bad_grid_file_is_refused_naming_the_file_and_the_key(tmp_path, text, preset, message):
     with pytest.raises(ValueError, match=message):
@@ -371,3 +373,165 @@ def test_a_given_checkpoint_of_other_classes_is_refused(trained, tmp_path):
                                          r"data's \['dog', 'drum'\]"):  # fmt: skip
         _given(cfg, "image_judge", ckpts["image_judge"], tmp_path, root=str(other), layout="paired",
                cache_dir=str(tmp_path / "c"))
+
+
+# ------------------------------------------------- tables and plots say how many seeds gave a figure (1, 2)
+
+TWO_METRICS = [("judged_acc", "judged acc", lambda m: m["acc"]), ("fid", "judge-FID", lambda m: m["fid"])]
+
+
+def _rows_with_gaps():
+    """A: FID of 2 of 3 seeds; B: no FID at all; C: one seed (a mean, no sd)."""
+    from cmav.ablation.s2i import summarise
+
+    nan = float("nan")
+    runs = [{"variant": "A", "metrics": {"acc": a, "fid": f}} for a, f in ((0.5, 40.0), (0.6, nan), (0.7, 50.0))]
+    runs += [{"variant": "B", "metrics": {"acc": a, "fid": nan}} for a in (0.4, 0.5, 0.6)]
+    runs += [{"variant": "C", "metrics": {"acc": 0.8, "fid": 30.0}}]
+    return summarise(runs, ["A", "B", "C"], TWO_METRICS)
+
+
+def test_table_csv_has_the_seed_count_of_every_metric(tmp_path):
+    import csv
+
+    from cmav.ablation.s2i import write_tables
+
+    csv_path, md_path = write_tables(_rows_with_gaps(), tmp_path, metrics=TWO_METRICS)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert list(rows[0]) == ["variant", "n_seeds", "judged_acc_mean", "judged_acc_sd", "judged_acc_n",
+                             "fid_mean", "fid_sd", "fid_n"]  # fmt: skip
+    assert [(r["variant"], r["n_seeds"], r["judged_acc_n"], r["fid_n"]) for r in rows] == [
+        ("A", "3", "3", "2"), ("B", "3", "3", "0"), ("C", "1", "1", "1")]  # fmt: skip
+    assert "45.00 ± 7.07 (2 of 3 seeds)" in md_path.read_text()  # what table.md said all along
+
+
+def _error_bar_xs(ax) -> list[float]:
+    from matplotlib.container import ErrorbarContainer
+
+    xs = []
+    for c in ax.containers:
+        if isinstance(c, ErrorbarContainer):
+            for lines in c.lines[2]:
+                xs += [float(seg[0][0]) for seg in lines.get_segments()]
+    return sorted(xs)
+
+
+def test_metrics_png_leaves_out_a_missing_bar_and_error_bar_and_says_how_many_seeds_gave_each(tmp_path, monkeypatch):
+    """A missing mean is no bar (a 0 bar would be the best FID) but 'n/a'; a missing sd no error bar
+    (a 0 one would read as seeds that agree); '(n/N)' under a bar that fewer than all seeds gave."""
+    from matplotlib.figure import Figure
+
+    from cmav.ablation.s2i import plot_bars
+
+    figures = []
+    real_savefig = Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figures.append(self)
+        return real_savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    assert plot_bars(_rows_with_gaps(), tmp_path / "metrics.png", TWO_METRICS).is_file()
+    acc, fid = figures[0].axes[:2]
+    assert [round(p.get_x() + p.get_width() / 2) for p in acc.patches] == [0, 1, 2]
+    assert [p.get_height() for p in acc.patches] == pytest.approx([0.6, 0.5, 0.8])
+    assert _error_bar_xs(acc) == [0.0, 1.0]  # C has one seed: no sd, no error bar
+    assert [t.get_text() for t in acc.texts] == []
+    assert [t.get_text() for t in acc.get_xticklabels()] == ["A", "B", "C"]
+
+    assert [round(p.get_x() + p.get_width() / 2) for p in fid.patches] == [0, 2]  # no bar for B
+    assert [p.get_height() for p in fid.patches] == pytest.approx([45.0, 30.0])
+    assert _error_bar_xs(fid) == [0.0]
+    assert [(t.get_text(), t.get_position()[0]) for t in fid.texts] == [("n/a", 1)]
+    assert [t.get_text() for t in fid.get_xticklabels()] == ["A (2/3)", "B (0/3)", "C"]
+
+
+# ------------------------------------------ i2s and token: every stage and variant checked up front (3, 8)
+
+
+def test_the_i2s_grid_checks_every_variant_and_stage_before_anything_trains(tmp_path):
+    from cmav.ablation import i2s
+
+    cfg = load_grid(EXPERIMENTS / "i2s.yaml", "quick")
+    cfg["data"]["root"] = str(tmp_path / "no_data_here")  # reached only when the check lets it through
+    out = tmp_path / "out"
+    out.mkdir()
+    typo = {**cfg, "variants": [{"name": "A", "variant": "i2s_c"}, {"name": "B", "variant": "i2s_c", "wrong_player_trm": False}]}
+    with pytest.raises(ValueError, match=r"i2s\.yaml: variant 'B' \(with stages\.i2s\.model\): I2STask takes no "
+                                         r"\['wrong_player_trm'\]"):  # fmt: skip
+        i2s.run(typo, out)
+    fixed = {**cfg, "variants": [{"name": "A", "variant": "i2s_c", "image_encoder_ckpt": "x.ckpt"}]}
+    with pytest.raises(ValueError, match=r"variant 'A' .*\['image_encoder_ckpt'\] are set by the grid"):
+        i2s.run(fixed, out)
+    stage_typo = {**cfg, "stages": {**cfg["stages"], "i2s": {"steps": 5, "model": {"genrator": {}}}}}
+    with pytest.raises(ValueError, match=r"variant 'I2S-C' \(with stages\.i2s\.model\): I2STask takes no \['genrator'\]"):
+        i2s.run(stage_typo, out)
+    with pytest.raises(ValueError, match=r"i2s\.yaml: stages \['i2s'\] missing or incomplete"):
+        i2s.run({**cfg, "stages": {**cfg["stages"], "i2s": None}}, out)
+    judge_typo = {**cfg, "stages": {**cfg["stages"], "image_encoder": {"steps": 5, "model": {"image_encodr": {}}}}}
+    with pytest.raises(ValueError, match=r"stages\.image_encoder\.model: ClassifierTask takes no \['image_encodr'\]"):
+        i2s.run(judge_typo, out)
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize(("stage", "bad", "message"), [
+    ("audio_token", {"embeder": {}}, r"stages\.audio_token\.model: AudioTokenTask takes no \['embeder'\]"),
+    ("audio_token", {"pipeline": "x"}, r"stages\.audio_token\.model: \['pipeline'\] are set by the grid"),
+    ("retrieval", {"architecure": "global"}, r"stages\.retrieval\.model: RetrievalTask takes no \['architecure'\]"),
+    ("diffusion_base", {"modle": {}}, r"stages\.diffusion_base\.model: DiffusionBaseTask takes no \['modle'\]"),
+    ("s2i", {"genrator": {}}, r"stages\.s2i\.model: S2ITask takes no \['genrator'\]"),
+    ("s2i", {"seed": 0}, r"stages\.s2i\.model: \['seed'\] are set by the grid"),
+    ("s2i", {"variant": "s2i_n"}, r"stages\.s2i\.model: \['variant'\] are set by the grid"),
+    ("image_judge", {"image_judg": {}}, r"stages\.image_judge\.model: ClassifierTask takes no \['image_judg'\]"),
+])  # fmt: skip
+def test_the_token_grid_checks_every_stage_model_before_anything_trains(tmp_path, stage, bad, message):
+    import copy
+
+    from cmav.ablation import token
+
+    cfg = load_grid(EXPERIMENTS / "token.yaml", "quick")
+    cfg["data"]["root"] = str(tmp_path / "no_data_here")  # reached only when the check lets it through
+    cfg["stages"][stage]["model"] = {**copy.deepcopy(cfg["stages"][stage].get("model") or {}), **bad}
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ValueError, match=rf"token\.yaml: {message}"):
+        token.run(cfg, out)
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_a_stage_model_seed_is_refused_as_it_would_pin_every_seed_of_the_grid(tmp_path):
+    from cmav.ablation import s2i
+    from cmav.ablation.grid import variant_model_kwargs
+
+    cfg = {"source": "g.yaml", "seeds": [0, 1], "stages": {"s2i": {"model": {"ema_decay": 0.9}}}}
+    assert variant_model_kwargs(cfg, "s2i", {"name": "A", "variant": "s2i_c"}, 1) == (
+        "A", {"ema_decay": 0.9, "variant": "s2i_c", "seed": 1})  # fmt: skip
+    assert variant_model_kwargs(cfg, "s2i", {"name": "A", "seed": 7}, 1)[1]["seed"] == 7  # a variant's own
+    pinned = {**cfg, "stages": {"s2i": {"model": {"seed": 0}}}}
+    with pytest.raises(ValueError, match=r"g\.yaml: stages\.s2i\.model\.seed: .*every seed"):
+        variant_model_kwargs(pinned, "s2i", {"name": "A"}, 1)
+
+    grid = load_grid(EXPERIMENTS / "s2i.yaml", "quick")
+    grid["data"]["root"] = str(tmp_path / "no_data_here")
+    grid["stages"]["s2i"]["model"]["seed"] = 0
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ValueError, match=r"s2i\.yaml: stages\.s2i\.model\.seed"):
+        s2i.run(grid, out)
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_the_shipped_grids_pass_their_up_front_checks():
+    """Every preset of s2i.yaml, i2s.yaml and token.yaml passes its kind's check (a given
+    checkpoint left out: the files they name are not in a fresh checkout)."""
+    from cmav.ablation import i2s, s2i, token
+
+    checks = {"s2i": s2i.check, "i2s": i2s.check, "token": token._check}
+    for kind, check in checks.items():
+        path = EXPERIMENTS / f"{kind}.yaml"
+        for preset in [None, *sorted(yaml.safe_load(path.read_text()).get("presets") or {})]:
+            cfg = load_grid(path, preset)
+            for stage in cfg["stages"].values():
+                if stage and stage.get("ckpt"):
+                    stage["ckpt"] = None
+            check(cfg)

@@ -111,6 +111,105 @@ def test_a_finished_run_is_reused_only_under_the_same_trainer_settings_and_threa
     assert len(trained) == 3
 
 
+def test_a_tie_with_the_best_reads_as_a_tie_and_cells_rank_by_distinct_accuracy():
+    tie = [_row("lms", 2, 1.0, 0.0), _row("lms", 4, 1.0, 0.0), _row("stft", 2, 0.9, 0.05)]
+    text = verdict(tie)
+    assert "ties for best" in text and "ranks" not in text and "below the best" not in text
+    # two cells share the best accuracy: the paper's cell below them is second, not third
+    rows = [_row("cqt", 4, 0.95), _row("stft", 4, 0.95), _row("lms", 4, 0.90), _row("mfcc", 4, 0.5)]
+    text = verdict(rows)
+    assert "ranks 2 of 3" in text and "0.050 below the best" in text
+    # a mean that differs in its last bit only (the same seeds' figures summed in another order) is a tie
+    assert "ties for best" in verdict([_row("stft", 4, 0.1 + 0.2), _row("lms", 4, 0.3)])
+
+
+def test_table_csv_has_the_seed_count_of_every_figure(tmp_path):
+    from cmav.ablation.audio_repr import summarise, write_tables
+
+    def run(seed, acc):
+        return {"representation": "LMS", "kind": "lms", "depth": 2, "seed": seed, "input_shape": [1, 128, 44],
+                "accuracy": acc, "balanced_accuracy": acc, "train_s": 1.0, "parameters": 10,
+                "front_end_chunks_per_s": 100.0}  # fmt: skip
+
+    rows = summarise([run(0, 0.5), run(1, float("nan")), run(2, 0.7)], ["LMS"], [2])
+    csv_path, md_path = write_tables(rows, tmp_path)
+    (row,) = list(csv.DictReader(csv_path.open()))
+    assert (row["n_seeds"], row["accuracy_n"], row["balanced_accuracy_n"], row["train_s_n"]) == ("3", "2", "2", "3")
+    assert list(row).index("accuracy_n") == list(row).index("accuracy_sd") + 1
+    assert "(2 of 3 seeds)" in md_path.read_text()
+
+
+def test_representations_whose_folder_names_clash_are_refused(tmp_path):
+    cfg = load_grid(CONFIG, "quick", ["representations=[{name: L M, features: {kind: lms}}, "
+                                      "{name: L_M, features: {kind: mfcc}}]"])  # fmt: skip
+    out = tmp_path / "repr"
+    with pytest.raises(ValueError, match=r"audio_repr\.yaml: representations 'L M' and 'L_M' would share the folder "
+                                         r"runs/L_M/"):  # fmt: skip
+        run_ablation(cfg, out_dir=out)
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("steps=null", r"steps must be a positive integer.*None"),
+    ("steps=0", r"steps must be a positive integer.*0"),
+    ("representations=[LMS]", r"representations\[0\] needs a `name`.*'LMS'"),
+    ("representations=LMS", r"`representations` must be a non-empty list of mappings.*'LMS'"),
+    ("representations=[{name: LMS, features: lms}]", r"representations\[0\] \(LMS\)\.features: front-end config must be"),
+    ("depths=[four]", r"depths must be a non-empty list of distinct integers in \[2, 6\].*'four'"),
+    ("depths=[2, 2]", r"depths must be a non-empty list of distinct integers"),
+    ("depths=4", r"depths must be a non-empty list"),
+    ("threads=two", r"threads must be null or a positive integer.*'two'"),
+    ("throughput.batch_size=big", r"throughput\.batch_size must be a positive integer.*'big'"),
+    ("throughput=[16]", r"throughput must be a mapping"),
+])  # fmt: skip
+def test_bad_grid_keys_are_refused_naming_the_file_and_the_key_before_anything_is_built(tmp_path, override, message):
+    out = tmp_path / "repr"
+    with pytest.raises(ValueError, match=r"audio_repr\.yaml: " + message):
+        run_ablation(CONFIG, preset="quick", out_dir=out, overrides=[override])
+    assert not out.exists() or sorted(p.name for p in out.iterdir()) == []  # no stand-in, no cache, no config
+
+
+def test_a_rerun_reports_its_own_throughput_and_reuses_runs_of_the_same_device_only(tmp_path, monkeypatch):
+    """The front end is timed on every call: a rerun with another throughput.batch_size reports its
+    own chunks/s (the reused runs' accuracies stay); a run logged on another device is trained again
+    (its train_s was measured there)."""
+    import cmav.ablation.audio_repr as audio_repr
+    from cmav.ablation.grid import merge
+
+    data = make_suburmp_tracks(tmp_path / "data", tracks=(0, 1), chunks=2)
+    cfg = load_grid(CONFIG, "quick", ["representations=[{name: LMS, features: {kind: lms}}]", "depths=[2]",
+                                      "seeds=[0]", "steps=1", f"data.root={data}", "throughput.batch_size=4"])  # fmt: skip
+    monkeypatch.setattr(audio_repr, "front_end_throughput",
+                        lambda features, rate, samples, device, batch_size=256, repeats=3: 1000.0 * batch_size)
+    trained: list[dict] = []
+    real_fit = audio_repr.fit
+
+    def counted_fit(cfg, *args, **kw):
+        trained.append(cfg)
+        return real_fit(cfg, *args, **kw)
+
+    monkeypatch.setattr(audio_repr, "fit", counted_fit)
+    out = tmp_path / "repr"
+    first = run_ablation(cfg, out_dir=out)
+    assert first["rows"][0]["front_end_chunks_per_s"] == 4000.0
+    logged = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert logged[0]["config_key"]["device"] == "cpu"
+
+    again = run_ablation(merge(cfg, {"throughput": {"batch_size": 8}}), out_dir=out)
+    assert len(trained) == 1  # the same training: reused
+    assert again["rows"][0]["front_end_chunks_per_s"] == 8000.0
+    assert again["runs"][0]["accuracy"] == first["runs"][0]["accuracy"]
+    md = (out / "table.md").read_text()
+    assert "| 8,000 |" in md and "batches of 8" in md
+    assert list(csv.DictReader((out / "table.csv").open()))[0]["front_end_chunks_per_s"] == "8000.0"
+
+    # the same row, logged by a run on a GPU: not this device's training time, so trained again
+    logged[0]["config_key"]["device"] = "cuda (NVIDIA H100 80GB HBM3)"
+    (out / "runs.jsonl").write_text(json.dumps(logged[0]) + "\n")
+    run_ablation(cfg, out_dir=out)
+    assert len(trained) == 2
+
+
 @pytest.mark.slow
 def test_quick_audio_repr_grid_end_to_end(tmp_path, monkeypatch):
     from cmav.cli.main import main

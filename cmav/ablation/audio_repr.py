@@ -7,8 +7,9 @@ classifier (:class:`~cmav.tasks.ClassifierTask`, audio) for ``steps`` batches an
 validation split (held-out players). The results folder gets::
 
     table.md, table.csv   per representation and depth: validation accuracy (plain and
-                          class-balanced, mean ± sd over seeds), parameters, front-end
-                          throughput (chunks/s on the current device), training time
+                          class-balanced, mean ± sd over seeds; table.csv's ``_n`` columns: the
+                          seeds that gave each figure), parameters, front-end throughput
+                          (chunks/s on the current device, timed by every call), training time
     accuracy.png          heat map of mean validation accuracy over representation x depth
     results.json          every run's metrics
     runs.jsonl            one line per finished run: rerunning into the folder resumes the grid
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from cmav.ablation.grid import (
+    check_variants,
     datamodule,
     fit,
     logged_runs,
@@ -65,15 +67,28 @@ def run_key(representation: str, depth: int, seed: int, config_key: dict) -> tup
     return representation, depth, seed, json.dumps(config_key, sort_keys=True, default=str)
 
 
-def config_key(cfg: dict, features: Any, model: dict) -> dict:
+def config_key(cfg: dict, features: Any, model: dict, device: str) -> dict:
     """What one cell's run is trained and timed under, beside its representation, depth and seed:
-    the front end, the model, the steps, the data settings, the trainer settings (precision, say)
-    and the torch threads (its training time and the front end's throughput are in the table).
-    The same parts as :func:`cmav.ablation.grid.stage_key`'s, which reads a stage's settings from
-    ``stages.<name>``: this grid has no stages, and its cells differ in what ``stages`` cannot hold
-    (front end, depth). Runs logged before the trainer and threads were keyed are trained again."""
+    the front end, the model, the steps, the data settings, the trainer settings (precision, say),
+    the torch threads and the device it trained on (``device``, e.g. ``cpu`` or ``cuda (NVIDIA
+    H100 ...)``, :func:`resolved_device`: its training time is in the table). The same parts as
+    :func:`cmav.ablation.grid.stage_key`'s, which reads a stage's settings from ``stages.<name>``:
+    this grid has no stages, and its cells differ in what ``stages`` cannot hold (front end, depth).
+    The front end's throughput is not a part: every call times it afresh (``throughput`` settings,
+    this device) and reports that for reused runs too. Runs logged before the trainer, threads and
+    device were keyed stay readable in ``runs.jsonl``, and are trained again."""
     return {"features": front_end_config(features).to_dict(), "model": model, "steps": int(cfg["steps"]),
-            "data": cfg["data"], "trainer": cfg.get("trainer"), "threads": cfg.get("threads")}  # fmt: skip
+            "data": cfg["data"], "trainer": cfg.get("trainer"), "threads": cfg.get("threads"),
+            "device": device}  # fmt: skip
+
+
+def resolved_device(cfg: dict) -> tuple[str, str]:
+    """``(device, label)``: where the grid trains and times its front ends (``cuda`` when there is
+    one and ``trainer.accelerator`` allows it, else ``cpu``), and the label runs are keyed and the
+    note says it by (the GPU's name with ``cuda``: another card trains at another speed)."""
+    accelerator = (cfg.get("trainer") or {}).get("accelerator", "auto")
+    device = "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
+    return device, f"cuda ({torch.cuda.get_device_name()})" if device == "cuda" else device
 
 
 def finished_runs(log: Path) -> dict[tuple, dict]:
@@ -81,19 +96,37 @@ def finished_runs(log: Path) -> dict[tuple, dict]:
     return {run_key(r["representation"], r["depth"], r["seed"], r["config_key"]): r for r in logged_runs(log)}
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _validate(cfg: dict) -> None:
+    """Refuse, before any data is built or anything trains, a grid whose keys would fail part-way:
+    a ``ValueError`` naming the file and the key. ``representations``: a non-empty list of mappings
+    with a unique ``name`` whose folder name (:func:`~cmav.ablation.grid.slug`) is unique too, and
+    valid ``features``; ``depths``: distinct integers in [2, 6]; ``steps``: a positive integer;
+    ``throughput``: a mapping of positive ``batch_size`` and ``repeats`` (``threads`` and ``seeds``:
+    :func:`~cmav.ablation.grid.normalise`)."""
     src = cfg.get("source", "grid")
-    reps = cfg.get("representations") or []
-    if not reps:
-        raise ValueError(f"{src}: no representations")
-    names = [r.get("name") for r in reps]
-    if None in names or len(set(names)) != len(names):
-        raise ValueError(f"{src}: every representation needs a unique name, got {names}")
-    for r in reps:
-        front_end_config(r.get("features"))  # unknown kind/option: a clear ValueError now, not mid-grid
-    depths = cfg.get("depths") or []
-    if not depths or any(not 2 <= int(d) <= 6 for d in depths):
-        raise ValueError(f"{src}: depths must be a non-empty list of values in [2, 6], got {depths}")
+    reps = check_variants(cfg, "representations")
+    for i, r in enumerate(reps):
+        try:
+            front_end_config(r.get("features"))  # unknown kind/option: a clear ValueError now, not mid-grid
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{src}: representations[{i}] ({r['name']}).features: {e}") from None
+    depths = cfg.get("depths")
+    if (not isinstance(depths, list) or not depths or not all(_positive_int(d) and 2 <= d <= 6 for d in depths)
+            or len(set(depths)) != len(depths)):  # fmt: skip
+        raise ValueError(f"{src}: depths must be a non-empty list of distinct integers in [2, 6] (conv blocks), "
+                         f"got {depths!r}")  # fmt: skip
+    if not _positive_int(cfg.get("steps")):
+        raise ValueError(f"{src}: steps must be a positive integer (training batches per run), got {cfg.get('steps')!r}")
+    tp = cfg.get("throughput")
+    if tp is not None and not isinstance(tp, dict):
+        raise ValueError(f"{src}: throughput must be a mapping ({{batch_size: 256, repeats: 3}}), got {tp!r}")
+    for key in ("batch_size", "repeats"):
+        if key in (tp or {}) and not _positive_int(tp[key]):
+            raise ValueError(f"{src}: throughput.{key} must be a positive integer, got {tp[key]!r}")
 
 
 def summarise(runs: list[dict], reps: list[str], depths: list[int]) -> list[dict]:
@@ -114,30 +147,47 @@ def summarise(runs: list[dict], reps: list[str], depths: list[int]) -> list[dict
     return rows
 
 
-FIELDS = ["representation", "kind", "depth", "n_seeds", "input_shape", "accuracy_mean", "accuracy_sd",
-          "balanced_accuracy_mean", "balanced_accuracy_sd", "parameters", "front_end_chunks_per_s",
-          "train_s_mean", "train_s_sd"]  # fmt: skip
+FIELDS = ["representation", "kind", "depth", "n_seeds", "input_shape", "accuracy_mean", "accuracy_sd", "accuracy_n",
+          "balanced_accuracy_mean", "balanced_accuracy_sd", "balanced_accuracy_n", "parameters",
+          "front_end_chunks_per_s", "train_s_mean", "train_s_sd", "train_s_n"]  # fmt: skip
+"""table.csv's columns: ``<figure>_n`` is the seeds that gave the figure (a diverged run's accuracy
+is not a number), beside the row's ``n_seeds``."""
+
+TIE = 1e-9
+"""Mean accuracies closer than this are one value (the same seeds' figures summed in another order)."""
 
 
 def verdict(rows: list[dict], paper: tuple[str, int] = ("lms", 4)) -> str:
-    """Which cell wins, and whether the paper's choice (LMS, 4 blocks) is it."""
+    """Which cell wins, and whether the paper's choice (LMS, 4 blocks) is it. Cells rank by distinct
+    mean accuracy (equal ones, within :data:`TIE`, share a rank): a cell that ties with the best
+    ties for best, it does not lose by 0.000."""
     rows = [r for r in rows if r["accuracy_mean"] is not None]  # a cell whose every seed failed ranks nowhere
     if not rows:
         return "No cell gave an accuracy."
-    best = max(rows, key=lambda r: r["accuracy_mean"])
+    top = max(r["accuracy_mean"] for r in rows)
+    tied = [r for r in rows if top - r["accuracy_mean"] <= TIE]
+    best = tied[0]
     text = (f"Best: **{best['representation']}, {best['depth']} blocks** "
-            f"(accuracy {_acc(best)}).")  # fmt: skip
+            f"(accuracy {_acc(best)})")  # fmt: skip
+    if len(tied) > 1:
+        text += ", tied with " + ", ".join(f"**{r['representation']}, {r['depth']} blocks**" for r in tied[1:])
+    text += "."
     mine = [r for r in rows if r["kind"] == paper[0] and r["depth"] == paper[1]]
     if not mine:
         return text + " The paper's choice (LMS, 4 blocks) is not in this grid."
     p = mine[0]
-    ranked = sorted(rows, key=lambda r: -r["accuracy_mean"])
-    rank = ranked.index(p) + 1
-    if p is best:
-        return text + " The paper's choice, LMS with 4 conv blocks, wins here too."
-    gap = best["accuracy_mean"] - p["accuracy_mean"]
+    if any(p is r for r in tied):
+        return text + (" The paper's choice, LMS with 4 conv blocks, wins here too." if len(tied) == 1 else
+                       f" The paper's choice, LMS with 4 conv blocks, ties for best here ({_acc(p)}).")  # fmt: skip
+    distinct: list[float] = []
+    for value in sorted((r["accuracy_mean"] for r in rows), reverse=True):
+        if not distinct or distinct[-1] - value > TIE:
+            distinct.append(value)
+    rank = 1 + sum(v - p["accuracy_mean"] > TIE for v in distinct)
+    gap = top - p["accuracy_mean"]
     within = gap <= max(best["accuracy_sd"] or 0.0, p["accuracy_sd"] or 0.0)  # one seed has no sd to be within
-    return text + (f" The paper's choice (LMS, 4 blocks) ranks {rank} of {len(rows)} with "
+    shared = " (cells of equal accuracy share a rank)" if len(distinct) < len(rows) else ""
+    return text + (f" The paper's choice (LMS, 4 blocks) ranks {rank} of {len(distinct)}{shared} with "
                    f"{_acc(p)}, {gap:.3f} below the best"
                    f"{' (within one sd: not a clear loss)' if within else ''}.")  # fmt: skip
 
@@ -210,7 +260,8 @@ def run(cfg: dict, out: Path) -> dict:
     depths = [int(d) for d in cfg["depths"]]
     model_cfg = cfg.get("model") or {}
     tp = cfg.get("throughput") or {}
-    device = "cuda" if torch.cuda.is_available() and (cfg.get("trainer") or {}).get("accelerator", "auto") in ("auto", "gpu", "cuda") else "cpu"
+    tp_batch, tp_repeats = int(tp.get("batch_size", 256)), int(tp.get("repeats", 3))
+    device, device_label = resolved_device(cfg)
     # Finished runs are appended to runs.jsonl as they end: a killed grid rerun into the same folder
     # resumes after its last finished run (same config) instead of starting over. The file is read
     # again before every cell, so shards of one grid (`--set representations=[...]`) running side by
@@ -221,16 +272,18 @@ def run(cfg: dict, out: Path) -> dict:
         name, features = rep["name"], front_end_config(rep.get("features"))
         dm = datamodule(cfg, out, features=features)  # one cache entry per representation
         chunk = dm.chunk
+        # timed on every call, reused runs or not: the table's chunks/s are this call's (settings, device)
         speed = front_end_throughput(features, chunk.sample_rate, chunk.n_samples, device,
-                                     batch_size=int(tp.get("batch_size", 256)), repeats=int(tp.get("repeats", 3)))  # fmt: skip
+                                     batch_size=tp_batch, repeats=tp_repeats)  # fmt: skip
+        timed = {"batch_size": tp_batch, "repeats": tp_repeats, "device": device_label}
         val = dm.val.tensors
         for depth in depths:
             for seed in cfg["seeds"]:
                 kw = merge(model_cfg, {"audio_encoder": {"n_blocks": depth}})
-                key = config_key(cfg, features, kw)
+                key = config_key(cfg, features, kw, device_label)
                 previous = finished_runs(log).get(run_key(name, depth, seed, key))
                 if previous is not None:
-                    runs.append(previous)
+                    runs.append({**previous, "front_end_chunks_per_s": speed, "throughput": timed})
                     print(f"[ablate] {name} depth {depth} seed {seed}: done before (runs.jsonl)", flush=True)
                     continue
                 task = ClassifierTask(modality="audio", target="label", image_size=dm.hparams.image_size, **kw)
@@ -244,7 +297,7 @@ def run(cfg: dict, out: Path) -> dict:
                     "features": features.to_dict(), "input_shape": list(val.audio.shape[1:]),
                     "accuracy": report.accuracy, "balanced_accuracy": report.balanced_accuracy,
                     "parameters": count_parameters(task.model), "front_end_chunks_per_s": speed,
-                    "train_s": train_s, "checkpoint": str(ckpt), "per_class": report.to_dict()["per_class"],
+                    "throughput": timed, "train_s": train_s, "checkpoint": str(ckpt), "per_class": report.to_dict()["per_class"],
                 })  # fmt: skip
                 with log.open("a") as f:
                     f.write(json.dumps(runs[-1], default=str) + "\n")
@@ -254,9 +307,8 @@ def run(cfg: dict, out: Path) -> dict:
     rows = summarise(runs, names, depths)
     elapsed = time.perf_counter() - t_start
     note = (f"Preset `{cfg['preset']}`, seeds {cfg['seeds']}, {cfg['steps']} training batches per run, "
-            f"data `{dm.root}`, device `{device}`"
-            f"{' (' + torch.cuda.get_device_name() + ')' if device == 'cuda' else ''}, {elapsed:.0f} s in all.")  # fmt: skip
-    csv_path, md_path = write_tables(rows, out, note, throughput_batch=int(tp.get("batch_size", 256)))
+            f"data `{dm.root}`, device `{device_label}`, {elapsed:.0f} s in all.")  # fmt: skip
+    csv_path, md_path = write_tables(rows, out, note, throughput_batch=tp_batch)
     plot = plot_heatmap(rows, names, depths, out / "accuracy.png")
     (out / "results.json").write_text(json.dumps({"config": cfg, "rows": rows, "runs": runs, "elapsed_s": elapsed,
                                                   "verdict": verdict(rows)}, indent=2, default=str))  # fmt: skip
@@ -264,4 +316,5 @@ def run(cfg: dict, out: Path) -> dict:
     return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
 
 
-__all__ = ["config_key", "finished_runs", "front_end_throughput", "plot_heatmap", "run", "run_key", "summarise", "verdict", "write_tables"]
+__all__ = ["FIELDS", "config_key", "finished_runs", "front_end_throughput", "plot_heatmap", "resolved_device", "run", "run_key",
+           "summarise", "verdict", "write_tables"]

@@ -90,6 +90,9 @@ def normalise(cfg: dict) -> dict:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"{src}: seeds must be distinct, got {seeds}")
     cfg["seeds"] = list(seeds)
+    threads = cfg.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"{src}: threads must be null or a positive integer (torch CPU threads), got {threads!r}")
     if not isinstance(cfg.get("data"), dict):
         what = "missing" if cfg.get("data") is None else f"a {type(cfg['data']).__name__}"
         raise ValueError(f"{src}: no `data` section (the data module's options, e.g. {{root: data/default, "
@@ -105,27 +108,28 @@ def normalise(cfg: dict) -> dict:
     return cfg
 
 
-def check_variants(cfg: dict) -> list[dict]:
-    """The grid's ``variants``: a non-empty list of mappings, each with a ``name`` that is unique and
-    whose :func:`slug` (its folder under ``runs/``) is unique too; a ``ValueError`` naming the file
-    and the variant otherwise."""
+def check_variants(cfg: dict, key: str = "variants") -> list[dict]:
+    """The grid's ``variants`` (or the list under ``key``, e.g. ``representations``): a non-empty
+    list of mappings, each with a ``name`` that is unique and whose :func:`slug` (its folder under
+    ``runs/``) is unique too; a ``ValueError`` naming the file and the entry otherwise."""
     src = cfg.get("source", "grid")
-    variants = cfg.get("variants")
+    one = key[:-1] if key.endswith("s") else key  # "variant", "representation"
+    variants = cfg.get(key)
     if not isinstance(variants, list) or not variants:
-        raise ValueError(f"{src}: `variants` must be a non-empty list of mappings with a name, got {variants!r}")
+        raise ValueError(f"{src}: `{key}` must be a non-empty list of mappings with a name, got {variants!r}")
     for i, v in enumerate(variants):
         if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not v["name"].strip():
-            raise ValueError(f"{src}: variants[{i}] needs a `name` (a non-empty string), got {v!r}")
+            raise ValueError(f"{src}: {key}[{i}] needs a `name` (a non-empty string), got {v!r}")
     names = [v["name"] for v in variants]
     if len(set(names)) != len(names):
-        raise ValueError(f"{src}: variant names must be unique, got {names}")
+        raise ValueError(f"{src}: {one} names must be unique, got {names}")
     seen: dict[str, str] = {}
     for name in names:
         s = slug(name)
         if not s:
-            raise ValueError(f"{src}: variant {name!r} has no letter, digit, '_', '.' or '-' to name its folder")
+            raise ValueError(f"{src}: {one} {name!r} has no letter, digit, '_', '.' or '-' to name its folder")
         if s in seen:
-            raise ValueError(f"{src}: variants {seen[s]!r} and {name!r} would share the folder runs/{s}/ "
+            raise ValueError(f"{src}: {key} {seen[s]!r} and {name!r} would share the folder runs/{s}/ "
                              "(their names differ only in characters a folder name drops): rename one")  # fmt: skip
         seen[s] = name
     return variants
@@ -277,6 +281,55 @@ def check_stages(cfg: dict, need: list[str], given: tuple[str, ...]) -> None:
         ckpt = (stages.get(s) or {}).get("ckpt")
         if ckpt and not Path(ckpt).is_file():
             raise FileNotFoundError(f"{src}: stages.{s}.ckpt {ckpt} does not exist")
+
+
+def stage_model(cfg: dict, stage: str) -> dict:
+    """``stages.<stage>.model`` (``{}`` when missing or null); a ``ValueError`` naming the file and
+    the key when it is not a mapping."""
+    model = ((cfg.get("stages") or {}).get(stage) or {}).get("model")
+    if model is None:
+        return {}
+    if not isinstance(model, dict):
+        raise ValueError(f"{cfg.get('source', 'grid')}: stages.{stage}.model must be a mapping of the task's "
+                         f"constructor arguments, got {model!r}")  # fmt: skip
+    return model
+
+
+def check_task_kwargs(cfg: dict, where: str, kwargs: dict, task: type, set_by_grid: tuple[str, ...] = (),
+                      why: str = "") -> None:  # fmt: skip
+    """Refuse, before anything trains, constructor arguments ``kwargs`` of ``task`` (read from the
+    grid's ``where``, e.g. ``stages.s2i.model``) that ``task`` does not take (a typo would fail as a
+    ``TypeError`` only when the task is built, after earlier stages trained), or that the grid sets
+    itself (``set_by_grid``, ``why`` saying from what): a ``ValueError`` naming the file and ``where``."""
+    import inspect
+
+    params = inspect.signature(task.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    names = set(params) - {"self"}
+    unknown = [] if takes_any else sorted(set(kwargs) - names)
+    fixed = sorted(set(kwargs) & set(set_by_grid))
+    if not unknown and not fixed:
+        return
+    what = [f"{task.__name__} takes no {unknown}"] if unknown else []
+    if fixed:
+        what.append(f"{fixed} are set by the grid" + (f" ({why})" if why else ""))
+    takes = sorted(names - set(set_by_grid) - {p for p, v in params.items() if v.kind is inspect.Parameter.VAR_KEYWORD})
+    raise ValueError(f"{cfg.get('source', 'grid')}: {where}: {'; '.join(what)}; {task.__name__} takes {takes}")
+
+
+def check_stage_kwargs(cfg: dict, stage: str, task: type, set_by_grid: tuple[str, ...] = (), why: str = "") -> None:
+    """:func:`check_task_kwargs` for ``stages.<stage>.model``, when the stage trains here (it has no
+    ``ckpt``: a given checkpoint reads no model settings)."""
+    if not ((cfg.get("stages") or {}).get(stage) or {}).get("ckpt"):
+        check_task_kwargs(cfg, f"stages.{stage}.model", stage_model(cfg, stage), task, set_by_grid, why)
+
+
+def check_variant_kwargs(cfg: dict, stage: str, task: type, set_by_grid: tuple[str, ...] = (), why: str = "") -> None:
+    """:func:`check_task_kwargs` for every variant's constructor arguments (:func:`variant_model_kwargs`:
+    ``stages.<stage>.model`` with the variant's keys over it)."""
+    for v in check_variants(cfg):
+        _, kw = variant_model_kwargs(cfg, stage, v, cfg["seeds"][0])
+        check_task_kwargs(cfg, f"variant {v['name']!r} (with stages.{stage}.model)", kw, task, set_by_grid, why)
 
 
 def check_given(path: str | Path, dm, stage: str) -> None:
@@ -444,10 +497,17 @@ def under_inference_conditions(task, name: str, modes: list[str], run_dir: Path)
 
 def variant_model_kwargs(cfg: dict, stage: str, variant: dict, seed: int) -> tuple[str, dict]:
     """``(name, constructor kwargs)`` of a grid variant: ``stages.<stage>.model`` with the variant's
-    own keys merged over it, and ``seed`` unless the variant sets one."""
+    own keys merged over it, and ``seed`` (the grid's seed of the run) unless the variant sets one.
+    A ``seed`` in ``stages.<stage>.model`` is refused: it would pin every seed of the grid (and of
+    every variant) to one, and the spread over seeds would not be one."""
+    model = stage_model(cfg, stage)
+    if "seed" in model:
+        raise ValueError(f"{cfg.get('source', 'grid')}: stages.{stage}.model.seed: the grid sets every run's seed "
+                         f"(seeds: {cfg.get('seeds')}); one here would pin every seed of the grid to "
+                         f"{model['seed']!r}. Remove it (a variant may set its own seed)")  # fmt: skip
     v = dict(variant)
     name = v.pop("name")
-    kw = merge(cfg["stages"][stage].get("model", {}), v)
+    kw = merge(model, v)
     kw.setdefault("seed", seed)
     return name, kw
 
@@ -523,5 +583,5 @@ def save_config(cfg: dict, out: Path) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
-__all__ = ["check_given", "check_variants", "classifier_stage", "data_root", "datamodule", "evaluated_name", "exclusive", "fit", "inference_conditions", "load_grid", "normalise", "under_inference_conditions", "finite", "mean_sd", "mean_sd_text", "put_mean_sd", "merge", "parse_override", "record", "reusable", "save_config", "seeded", "slug", "stage_key", "trainer",
+__all__ = ["check_given", "check_stage_kwargs", "check_task_kwargs", "check_variant_kwargs", "check_variants", "classifier_stage", "data_root", "datamodule", "evaluated_name", "exclusive", "fit", "inference_conditions", "load_grid", "normalise", "under_inference_conditions", "finite", "mean_sd", "mean_sd_text", "put_mean_sd", "merge", "parse_override", "record", "reusable", "save_config", "seeded", "slug", "stage_key", "stage_model", "trainer",
            "variant_model_kwargs", "variant_names", "write_csv"]  # fmt: skip

@@ -23,6 +23,9 @@ from pathlib import Path
 import torch
 
 from cmav.ablation.grid import (
+    check_stage_kwargs,
+    check_stages,
+    check_variant_kwargs,
     classifier_stage,
     datamodule,
     evaluated_name,
@@ -32,11 +35,12 @@ from cmav.ablation.grid import (
     save_config,
     seeded,
     slug,
+    stage_model,
     under_inference_conditions,
     variant_model_kwargs,
     variant_names,
 )
-from cmav.ablation.s2i import Metric, plot_bars, sample_items, summarise, write_tables
+from cmav.ablation.s2i import CLASSIFIER_SET_BY_GRID, Metric, plot_bars, sample_items, summarise, write_tables
 from cmav.viz.tensors import lms_picture, to_uint8_frame
 
 METRICS: list[Metric] = [
@@ -65,7 +69,7 @@ def _audio_judge(cfg: dict, out: Path, dm) -> Path:
     from cmav.evaluation.i2s import audio_judge
     from cmav.tasks import ClassifierTask
 
-    model = cfg["stages"]["audio_judge"].get("model", {})
+    model = stage_model(cfg, "audio_judge")
     return classifier_stage(
         cfg, out, dm, "audio_judge", cfg["seeds"][0] + 1000, out / "judges" / "audio_judge.ckpt",
         lambda: ClassifierTask(modality="audio", target="label", image_size=cfg["data"]["image_size"], **model),
@@ -79,7 +83,7 @@ def _image_encoder(cfg: dict, out: Path, dm, seed: int) -> Path:
     from cmav.tasks import ClassifierTask
     from cmav.tasks.classifier import load_image_classifier
 
-    model = cfg["stages"]["image_encoder"].get("model", {})
+    model = stage_model(cfg, "image_encoder")
     return classifier_stage(
         cfg, out, dm, "image_encoder", seed, out / "judges" / f"image_encoder_seed{seed}.ckpt",
         lambda: ClassifierTask(modality="image", target="label", image_model="encoder",
@@ -100,10 +104,36 @@ def _write_wavs(out: Path, name: str, lms_db: torch.Tensor, names: list[str], dm
         sf.write(str(folder / f"{cls}.wav"), (0.9 * w).numpy(), dm.features.sample_rate, subtype="PCM_16")
 
 
+STAGES = ("audio_judge", "image_encoder", "i2s")
+"""Stages every I2S grid needs; each with ``steps``, or ``ckpt`` for :data:`GIVEN`."""
+GIVEN = ("audio_judge", "image_encoder")
+SET_BY_GRID = ("encoder_mode", "image_encoder_ckpt", "image_size")
+"""I2STask arguments the runner sets itself (the frozen image encoder, data.image_size)."""
+
+
+def check(cfg: dict) -> None:
+    """Refuse, before anything trains, a grid whose stages or variants would fail part-way (as
+    :func:`cmav.ablation.s2i.check` does for S2I): a stage missing or without ``steps`` (or ``ckpt``
+    where one may be given), a given checkpoint that does not exist, a variant (or
+    ``stages.i2s.model``) key that :class:`~cmav.tasks.I2STask` does not take or the grid sets, a
+    ``seed`` in ``stages.i2s.model``, or a ``stages.<classifier>.model`` key that
+    :class:`~cmav.tasks.ClassifierTask` does not take."""
+    from cmav.tasks import ClassifierTask, I2STask
+
+    check_stages(cfg, list(STAGES), GIVEN)
+    check_stage_kwargs(cfg, "audio_judge", ClassifierTask, CLASSIFIER_SET_BY_GRID,
+                       "the stage's modality and target, data.image_size")  # fmt: skip
+    check_stage_kwargs(cfg, "image_encoder", ClassifierTask, (*CLASSIFIER_SET_BY_GRID, "image_model"),
+                       "the stage's modality, target and image model, data.image_size")  # fmt: skip
+    check_variant_kwargs(cfg, "i2s", I2STask, SET_BY_GRID, "the frozen image encoder, data.image_size")
+
+
 def run(cfg: dict, out: Path) -> dict:
-    """Run an I2S grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``: refused
-    while another run goes into the same folder (:func:`~cmav.ablation.grid.exclusive`), as every
-    call retrains every stage and variant into the same paths."""
+    """Run an I2S grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``: checked
+    first (:func:`check`), and refused while another run goes into the same folder
+    (:func:`~cmav.ablation.grid.exclusive`), as every call retrains every stage and variant into the
+    same paths."""
+    check(cfg)
     with exclusive(out, "i2s"):
         return _run(cfg, out)
 
@@ -178,4 +208,4 @@ def _run(cfg: dict, out: Path) -> dict:
     return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
 
 
-__all__ = ["METRICS", "run"]
+__all__ = ["METRICS", "check", "run"]

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from cmav.ablation.grid import (
+    check_stage_kwargs,
     check_stages,
-    check_variants,
+    check_variant_kwargs,
     classifier_stage,
     datamodule,
     evaluated_name,
@@ -37,6 +38,7 @@ from cmav.ablation.grid import (
     save_config,
     seeded,
     slug,
+    stage_model,
     under_inference_conditions,
     variant_model_kwargs,
     variant_names,
@@ -67,7 +69,7 @@ def _judges(cfg: dict, out: Path, dm) -> tuple[Path, Path | None]:
     stages = cfg["stages"]
     image = classifier_stage(
         cfg, out, dm, "image_judge", seed, out / "judges" / "image_judge.ckpt",
-        lambda: ClassifierTask(modality="image", target="label", image_size=size, **stages["image_judge"].get("model", {})),
+        lambda: ClassifierTask(modality="image", target="label", image_size=size, **stage_model(cfg, "image_judge")),
         load_image_judge,
     )  # fmt: skip
     player: Path | None = None
@@ -78,7 +80,7 @@ def _judges(cfg: dict, out: Path, dm) -> tuple[Path, Path | None]:
         player = classifier_stage(
             cfg, out, dm, "player_judge", seed, out / "judges" / "player_judge.ckpt",
             lambda: ClassifierTask(modality="image", target="track", image_size=size,
-                                   **stages["player_judge"].get("model", {})),
+                                   **stage_model(cfg, "player_judge")),
             lambda path: load_image_judge(path, target="track"),
         )  # fmt: skip
     return image, player
@@ -91,7 +93,7 @@ def _sound_classifier(cfg: dict, out: Path, dm, seed: int) -> Path:
     from cmav.tasks import ClassifierTask
     from cmav.tasks.classifier import load_sound_classifier
 
-    model = cfg["stages"]["audio_classifier"].get("model", {})
+    model = stage_model(cfg, "audio_classifier")
     return classifier_stage(
         cfg, out, dm, "audio_classifier", seed, out / "judges" / f"audio_classifier_seed{seed}.ckpt",
         lambda: ClassifierTask(modality="audio", target="label", image_size=cfg["data"]["image_size"], **model),
@@ -138,10 +140,11 @@ S2I_EXPLANATION = (
 
 def write_tables(rows: list[dict], out: Path, ceiling: dict | None = None, note: str = "",
                  metrics: list[Metric] = METRICS, explanation: str = S2I_EXPLANATION) -> tuple[Path, Path]:  # fmt: skip
-    """``table.csv`` (mean and sd columns) and ``table.md`` (mean ± sd, the ``ceiling`` line, the
-    ``explanation`` of splits and metrics, and ``note``)."""
+    """``table.csv`` (per metric: mean, sd and ``_n``, the seeds that gave a number, beside the row's
+    ``n_seeds``) and ``table.md`` (mean ± sd, "(n of N seeds)" where fewer gave one, the ``ceiling``
+    line, the ``explanation`` of splits and metrics, and ``note``)."""
     csv_path, md_path = out / "table.csv", out / "table.md"
-    fields = ["variant", "n_seeds"] + [f"{k}_{s}" for k, _, _ in metrics for s in ("mean", "sd")]
+    fields = ["variant", "n_seeds"] + [f"{k}_{s}" for k, _, _ in metrics for s in ("mean", "sd", "n")]
     write_csv(rows, fields, csv_path)
 
     def cell(r: dict, key: str) -> str:
@@ -172,7 +175,10 @@ def write_tables(rows: list[dict], out: Path, ceiling: dict | None = None, note:
 
 def plot_bars(rows: list[dict], path: Path, metrics: list[Metric] = METRICS,
               title: str = "S2I ablation: mean ± sd over seeds (FID/KID on judge features, not Inception)") -> Path:  # fmt: skip
-    """One panel per metric: a bar per variant, error bars = sd over seeds."""
+    """One panel per metric: a bar per variant, error bars = sd over seeds. A variant with no mean
+    (no seed gave a number) gets no bar but "n/a" (a 0 bar would read as a figure, the best one on a
+    lower-is-better panel), one with no sd (one seed) no error bar, and a variant whose figure fewer
+    than all its seeds gave says "(n/N)" under its bar."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -185,11 +191,23 @@ def plot_bars(rows: list[dict], path: Path, metrics: list[Metric] = METRICS,
     for i, (key, header, _) in enumerate(metrics):
         ax = fig.add_subplot(math.ceil(n / cols), cols, i + 1)
         means = [r.get(f"{key}_mean") for r in rows]
-        sds = [r.get(f"{key}_sd") or 0.0 for r in rows]
-        m = [v if v is not None else 0.0 for v in means]
-        ax.bar(x, m, yerr=sds, capsize=4, color=[f"C{j}" for j in range(len(names))])
+        sds = [r.get(f"{key}_sd") for r in rows]
+        have = [j for j, m in enumerate(means) if m is not None]
+        if have:
+            ax.bar(x[have], [means[j] for j in have], color=[f"C{j}" for j in have])
+        spread = [j for j in have if sds[j] is not None]
+        if spread:
+            ax.errorbar(x[spread], [means[j] for j in spread], yerr=[sds[j] for j in spread], fmt="none",
+                        ecolor="black", capsize=4)  # fmt: skip
+        for j in sorted(set(range(len(names))) - set(have)):
+            ax.text(x[j], 0.02, "n/a", transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=7,
+                    color="0.4")  # fmt: skip
+        labels = []
+        for r in rows:
+            got, of = r.get(f"{key}_n"), r.get("n_seeds")
+            labels.append(f"{r['variant']} ({got}/{of})" if got is not None and of is not None and got < of else r["variant"])
         ax.set_xticks(x)
-        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
         ax.set_title(header + (" (lower=better)" if key in ("fid", "kid") else ""), fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -204,27 +222,23 @@ SET_BY_GRID = ("encoder_mode", "audio_encoder_ckpt", "image_size")
 """S2ITask arguments the runner sets itself (the frozen sound classifier, data.image_size)."""
 
 
+CLASSIFIER_SET_BY_GRID = ("modality", "target", "image_size")
+"""ClassifierTask arguments a grid sets itself for its classifier stages (judges, sound classifier)."""
+
+
 def check(cfg: dict) -> None:
     """Refuse, before anything trains, a grid whose stages or variants would fail part-way: a stage
     missing or without ``steps`` (or ``ckpt`` where one may be given), a given checkpoint that does
-    not exist, or a variant (or ``stages.s2i.model``) key that :class:`~cmav.tasks.S2ITask` does not take."""
-    import inspect
+    not exist, a variant (or ``stages.s2i.model``) key that :class:`~cmav.tasks.S2ITask` does not take
+    or the grid sets, a ``seed`` in ``stages.s2i.model``, or a ``stages.<classifier>.model`` key that
+    :class:`~cmav.tasks.ClassifierTask` does not take."""
+    from cmav.tasks import ClassifierTask, S2ITask
 
-    from cmav.tasks import S2ITask
-
-    src = cfg.get("source", "grid")
     optional = ["player_judge"] if "player_judge" in (cfg.get("stages") or {}) else []
     check_stages(cfg, [*STAGES, *optional], GIVEN)
-    params = set(inspect.signature(S2ITask.__init__).parameters) - {"self"}
-    takes = sorted(params - set(SET_BY_GRID))
-    for v in check_variants(cfg):
-        _, kw = variant_model_kwargs(cfg, "s2i", v, cfg["seeds"][0])
-        unknown = sorted(set(kw) - params)
-        fixed = sorted(set(kw) & set(SET_BY_GRID))
-        if unknown or fixed:
-            what = (f"S2ITask takes no {unknown}" if unknown else "") + ("; " if unknown and fixed else "") + (
-                f"{fixed} are set by the grid (the frozen sound classifier, data.image_size)" if fixed else "")
-            raise ValueError(f"{src}: variant {v['name']!r} (with stages.s2i.model): {what}; S2ITask takes {takes}")
+    for stage in ("audio_classifier", "image_judge", *optional):
+        check_stage_kwargs(cfg, stage, ClassifierTask, CLASSIFIER_SET_BY_GRID, "the stage's modality and target, data.image_size")
+    check_variant_kwargs(cfg, "s2i", S2ITask, SET_BY_GRID, "the frozen sound classifier, data.image_size")
 
 
 def run(cfg: dict, out: Path) -> dict:
@@ -304,4 +318,4 @@ def _run(cfg: dict, out: Path) -> dict:
     return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
 
 
-__all__ = ["METRICS", "Metric", "check", "plot_bars", "run", "sample_items", "summarise", "write_tables"]
+__all__ = ["CLASSIFIER_SET_BY_GRID", "METRICS", "Metric", "check", "plot_bars", "run", "sample_items", "summarise", "write_tables"]

@@ -34,6 +34,7 @@ import torch
 
 from cmav.ablation.grid import (
     check_given,
+    check_stage_kwargs,
     check_stages,
     classifier_stage,
     datamodule,
@@ -44,8 +45,9 @@ from cmav.ablation.grid import (
     save_config,
     seeded,
     stage_key,
+    stage_model,
 )
-from cmav.ablation.s2i import Metric, plot_bars, summarise, write_tables
+from cmav.ablation.s2i import CLASSIFIER_SET_BY_GRID, Metric, plot_bars, summarise, write_tables
 
 METHODS: tuple[str, ...] = ("audio token", "text label", "S2I-C")
 # (key in the table, header, how to read it from score_images' result)
@@ -60,11 +62,38 @@ STAGES = ("audio_classifier", "image_judge", "retrieval", "audio_token", "s2i")
 GIVEN = ("audio_classifier", "image_judge", "retrieval", "s2i")
 
 
+S2I_SET_BY_GRID = ("variant", "seed", "encoder_mode", "audio_encoder_ckpt", "image_size")
+"""S2ITask arguments the token grid sets itself: S2I-C (the table's row), each run's seed, the
+frozen sound classifier of the seed, data.image_size."""
+
+
 def _check(cfg: dict) -> None:
+    """Refuse, before anything trains, a grid whose stages would fail part-way: a stage missing or
+    without ``steps`` (or ``ckpt`` where one may be given), a given checkpoint that does not exist,
+    or a ``stages.<stage>.model`` key that the stage's task does not take or that the grid sets
+    (``variant`` and ``seed`` of ``stages.s2i.model`` among them: the row is S2I-C, every seed's)."""
+    from cmav.tasks import ClassifierTask, S2ITask
+    from cmav.tasks.audio_token import AudioTokenTask
+    from cmav.tasks.diffusion import DiffusionBaseTask
+    from cmav.tasks.retrieval import RetrievalTask
+
     src = cfg.get("source", "grid")
-    check_stages(cfg, list(STAGES) + ([] if (cfg.get("diffusion") or {}).get("pipeline") else ["diffusion_base"]), GIVEN)
+    pipeline = (cfg.get("diffusion") or {}).get("pipeline")
+    check_stages(cfg, list(STAGES) + ([] if pipeline else ["diffusion_base"]), GIVEN)
     if int((cfg.get("evaluation") or {}).get("per_class", 1)) < 1:
         raise ValueError(f"{src}: evaluation.per_class must be >= 1")
+    for stage in ("audio_classifier", "image_judge"):
+        check_stage_kwargs(cfg, stage, ClassifierTask, CLASSIFIER_SET_BY_GRID,
+                           "the stage's modality and target, data.image_size")  # fmt: skip
+    check_stage_kwargs(cfg, "retrieval", RetrievalTask, ("image_size",), "data.image_size")
+    check_stage_kwargs(cfg, "audio_token", AudioTokenTask, ("pipeline", "audio_encoder_ckpt", "image_size"),
+                       "the diffusion pipeline, the seed's frozen sound classifier, data.image_size")  # fmt: skip
+    check_stage_kwargs(cfg, "s2i", S2ITask, S2I_SET_BY_GRID,
+                       "the row is S2I-C, trained under every seed of the grid on that seed's frozen sound classifier; "
+                       "data.image_size")  # fmt: skip
+    if not pipeline:
+        check_stage_kwargs(cfg, "diffusion_base", DiffusionBaseTask, ("image_size", "pipeline_dir"),
+                           "data.image_size, the pipeline folder under the results folder")  # fmt: skip
 
 
 def _once(cfg: dict, out: Path, dm, stage: str, ckpt: Path, make: Callable[[], Any]) -> Path:
@@ -85,7 +114,7 @@ def _pipeline(cfg: dict, out: Path, dm) -> Path:
     if given:
         return check_pipeline_folder(given)
     folder = out / "diffusion_base" / "pipeline"
-    model = dict(cfg["stages"]["diffusion_base"].get("model", {}))
+    model = dict(stage_model(cfg, "diffusion_base"))
     size = cfg["data"]["image_size"]
     _once(cfg, out, dm, "diffusion_base", out / "diffusion_base" / "diffusion_base.ckpt",
           lambda: DiffusionBaseTask(image_size=size, pipeline_dir=str(folder), **model))  # fmt: skip
@@ -164,9 +193,9 @@ def _run(cfg: dict, out: Path) -> dict:
 
     judges, seed0 = out / "judges", cfg["seeds"][0]
     judge = load_image_judge(classifier_stage(cfg, out, dm, "image_judge", seed0, judges / "image_judge.ckpt", lambda: ClassifierTask(
-        modality="image", target="label", image_size=size, **st["image_judge"].get("model", {})), load_image_judge))  # fmt: skip
+        modality="image", target="label", image_size=size, **stage_model(cfg, "image_judge")), load_image_judge))  # fmt: skip
     retrieval = load_retrieval(classifier_stage(cfg, out, dm, "retrieval", seed0, judges / "retrieval.ckpt", lambda: RetrievalTask(
-        image_size=size, **st["retrieval"].get("model", {})), load_retrieval))  # fmt: skip
+        image_size=size, **stage_model(cfg, "retrieval")), load_retrieval))  # fmt: skip
     pipeline = _pipeline(cfg, out, dm)
     items = _eval_items(dm, int(ev.get("per_class", 10)))
     names = list(dm.class_names)
@@ -177,18 +206,19 @@ def _run(cfg: dict, out: Path) -> dict:
     for seed in cfg["seeds"]:
         clf_ckpt = classifier_stage(cfg, out, dm, "audio_classifier", seed, judges / f"audio_classifier_seed{seed}.ckpt",
                                     lambda: ClassifierTask(modality="audio", target="label", image_size=size,
-                                                           **st["audio_classifier"].get("model", {})),
+                                                           **stage_model(cfg, "audio_classifier")),
                                     load_sound_classifier)  # fmt: skip
         seeded(seed)  # the embedder is drawn in the constructor
         token = AudioTokenTask(pipeline=str(pipeline), audio_encoder_ckpt=str(clf_ckpt), image_size=size,
-                               **st["audio_token"].get("model", {}))  # fmt: skip
+                               **stage_model(cfg, "audio_token"))  # fmt: skip
         run_dir = out / "runs"
         tok_ckpt = fit(cfg, out, dm, "audio_token", seed, token, run_dir / "audio_token" / f"seed{seed}" / "token.ckpt",
                        st["audio_token"]["steps"])  # fmt: skip
         if st["s2i"].get("ckpt"):
             s2i_ckpt = Path(st["s2i"]["ckpt"])
         else:
-            s2i_kw = {"variant": "s2i_c", "seed": seed, **st["s2i"].get("model", {})}  # seed: its negative pairs
+            # variant and seed (its negative pairs) are the grid's: _check refuses them in stages.s2i.model
+            s2i_kw = {**stage_model(cfg, "s2i"), "variant": "s2i_c", "seed": seed}
             seeded(seed)
             s2i = S2ITask(encoder_mode="frozen", audio_encoder_ckpt=str(clf_ckpt), image_size=size, **s2i_kw)
             s2i_ckpt = fit(cfg, out, dm, "s2i", seed, s2i, run_dir / "s2i_c" / f"seed{seed}" / "s2i.ckpt",
