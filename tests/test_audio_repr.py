@@ -14,6 +14,21 @@ from cmav.ablation.audio_repr import front_end_throughput, verdict
 
 from fixtures import make_suburmp_tracks
 
+
+def _count_fits(monkeypatch) -> list[dict]:
+    """The configs the grid trains from here on (the real training still runs)."""
+    import cmav.ablation.audio_repr as audio_repr
+
+    trained: list[dict] = []
+    real_fit = audio_repr.fit
+
+    def counted_fit(cfg, *args, **kw):
+        trained.append(cfg)
+        return real_fit(cfg, *args, **kw)
+
+    monkeypatch.setattr(audio_repr, "fit", counted_fit)
+    return trained
+
 CONFIG = Path(__file__).parents[1] / "experiments" / "ablations" / "audio_repr.yaml"
 
 
@@ -87,20 +102,12 @@ def test_front_end_throughput_warms_up_on_the_batch_it_times(monkeypatch):
 def test_a_finished_run_is_reused_only_under_the_same_trainer_settings_and_threads(tmp_path, monkeypatch):
     """runs.jsonl resumes a grid; a run trained under another precision (or timed with other
     threads) is trained again, as the grid's stage checkpoints are."""
-    import cmav.ablation.audio_repr as audio_repr
     from cmav.ablation.grid import merge
 
     data = make_suburmp_tracks(tmp_path / "data", tracks=(0, 1), chunks=2)
     cfg = load_grid(CONFIG, "quick", ["representations=[{name: LMS, features: {kind: lms}}]", "depths=[2]",
                                       "seeds=[0]", "steps=1", f"data.root={data}"])  # fmt: skip
-    trained: list[dict] = []
-    real_fit = audio_repr.fit
-
-    def counted_fit(cfg, *args, **kw):
-        trained.append(cfg)
-        return real_fit(cfg, *args, **kw)
-
-    monkeypatch.setattr(audio_repr, "fit", counted_fit)
+    trained = _count_fits(monkeypatch)
     out = tmp_path / "repr"
     run_ablation(cfg, out_dir=out)
     run_ablation(cfg, out_dir=out)
@@ -181,14 +188,7 @@ def test_a_rerun_reports_its_own_throughput_and_reuses_runs_of_the_same_device_o
                                       "seeds=[0]", "steps=1", f"data.root={data}", "throughput.batch_size=4"])  # fmt: skip
     monkeypatch.setattr(audio_repr, "front_end_throughput",
                         lambda features, rate, samples, device, batch_size=256, repeats=3: 1000.0 * batch_size)
-    trained: list[dict] = []
-    real_fit = audio_repr.fit
-
-    def counted_fit(cfg, *args, **kw):
-        trained.append(cfg)
-        return real_fit(cfg, *args, **kw)
-
-    monkeypatch.setattr(audio_repr, "fit", counted_fit)
+    trained = _count_fits(monkeypatch)
     out = tmp_path / "repr"
     first = run_ablation(cfg, out_dir=out)
     assert first["rows"][0]["front_end_chunks_per_s"] == 4000.0

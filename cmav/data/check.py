@@ -13,6 +13,7 @@ from cmav.data.audio_io import ChunkSpec
 from cmav.data.cache import iter_decoded
 from cmav.data.errors import DataError
 from cmav.data.layout import SPLITS, LayoutScan, scan_paired, scan_suburmp
+from cmav.data.tails import _ints
 
 STANDIN_MANIFEST = "cmav_standin.json"
 """The stand-in builder's manifest (:data:`cmav.standin.build.MANIFEST`)."""
@@ -217,10 +218,6 @@ def shared_players(root: str | Path, train: Mapping[str, Iterable[int]],
             problems.append(f"class '{c}' has track(s) {sorted(shared)} in both train and validation "
                             "(validation players must be held out)")  # fmt: skip
     return problems
-
-
-def _ints(x: Sequence[int] | torch.Tensor) -> list[int]:
-    return [int(v) for v in (x.tolist() if isinstance(x, torch.Tensor) else x)]
 
 
 def _held_out_in_time(root: Path) -> dict[str, set[int]]:

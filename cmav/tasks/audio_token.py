@@ -224,16 +224,16 @@ def refuse_weight_averaging_of_the_embedder(task: AudioTokenTask) -> None:
     (whose message, about that EMA, would not fit here): the embedder is the only trained part, and
     the callback would average the frozen audio encoder and diffusion model too and store them in the
     checkpoint (``current_model_state``), which holds the embedder and the encoder."""
-    from lightning.pytorch.callbacks import StochasticWeightAveraging, WeightAveraging
+    from cmav.tasks.common import weight_averaging_callback
 
-    for cb in task.trainer.callbacks:
-        if isinstance(cb, (WeightAveraging, StochasticWeightAveraging)):
-            name = type(cb).__name__
-            raise ValueError(
-                f"AudioTokenTask: the embedder is the only trained part (the audio encoder and the diffusion model "
-                f"are frozen); the {name} callback would average them too and store the whole frozen diffusion "
-                f"model in the checkpoint, which holds only the embedder and the encoder: remove the {name} callback"
-            )
+    cb = weight_averaging_callback(task)
+    if cb is not None:
+        name = type(cb).__name__
+        raise ValueError(
+            f"AudioTokenTask: the embedder is the only trained part (the audio encoder and the diffusion model "
+            f"are frozen); the {name} callback would average them too and store the whole frozen diffusion "
+            f"model in the checkpoint, which holds only the embedder and the encoder: remove the {name} callback"
+        )
 
 
 def check_pipeline_fits(task: AudioTokenTask, checkpoint: dict, path: str | Path, stacklevel: int = 2) -> None:

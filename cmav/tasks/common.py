@@ -350,14 +350,21 @@ def refuse_weight_averaging(module, averaged: str) -> None:
     older ``StochasticWeightAveraging``) in a task that keeps its own EMA (of its ``averaged``
     network, which samples and evaluation use): the callback would average every other part too,
     and its checkpoint would hold those averages in place of the trained weights."""
+    cb = weight_averaging_callback(module)
+    if cb is not None:
+        raise ValueError(
+            f"{type(module).__name__} keeps its own EMA of the {averaged} (model.init_args.ema_decay), which "
+            f"samples and evaluation use: remove the {type(cb).__name__} callback"
+        )
+
+
+def weight_averaging_callback(module) -> object | None:
+    """The first of Lightning's weight-averaging callbacks (``WeightAveraging`` and its subclasses, and
+    the older ``StochasticWeightAveraging``) on ``module``'s trainer, or None."""
     from lightning.pytorch.callbacks import StochasticWeightAveraging, WeightAveraging
 
-    for cb in module.trainer.callbacks:
-        if isinstance(cb, (WeightAveraging, StochasticWeightAveraging)):
-            raise ValueError(
-                f"{type(module).__name__} keeps its own EMA of the {averaged} (model.init_args.ema_decay), which "
-                f"samples and evaluation use: remove the {type(cb).__name__} callback"
-            )
+    return next((cb for cb in module.trainer.callbacks if isinstance(cb, (WeightAveraging, StochasticWeightAveraging))),
+                None)  # fmt: skip
 
 
 def refuse_stochastic_weight_averaging(module) -> None:
@@ -425,5 +432,6 @@ __all__ = [
     "refuse_weight_averaging",
     "scramble_colours",
     "tensorboard_writer",
+    "weight_averaging_callback",
     "with_lr_schedule",
 ]
