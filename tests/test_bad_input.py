@@ -532,6 +532,11 @@ def test_an_interrupted_standin_build_is_refused_by_check_and_loaders(tmp_path, 
     err = capsys.readouterr().err
     assert err.count("run the same build command again to finish it") >= 4, err
     assert not (tmp_path / "dev").exists() and not (tmp_path / "cache").exists()
+    from cmav.data.player_split import split_players
+
+    with pytest.raises(DataError, match="build was cut off"):  # from Python too, not only through the CLI
+        split_players(root, tmp_path / "dev")
+    assert not (tmp_path / "dev").exists()
     # finished: the same folder is read (a manifest from before the flag has no `complete`: read as before)
     for extra in ({"complete": True}, {}):
         _standin_manifest(root, **extra)

@@ -174,10 +174,8 @@ def _pack(args: argparse.Namespace) -> int:
 
 
 def _split_players(args: argparse.Namespace) -> int:
-    from cmav.data.check import refuse_unfinished_standin
     from cmav.data.player_split import MANIFEST, split_players
 
-    refuse_unfinished_standin(args.root)  # a stand-in whose build was cut off: split part of it, silently
     _refuse_under_a_file(Path(args.out))
     m = split_players(args.root, args.out, per_class=args.per_class, seed=args.seed, single_track=args.single_track,
                       tail_fraction=args.tail_fraction)  # fmt: skip

@@ -24,6 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Literal
 
+from cmav.data.check import refuse_unfinished_standin
 from cmav.data.errors import DataError
 from cmav.data.layout import Sample, scan_suburmp
 from cmav.data.masks import MASK_DIR, mask_path
@@ -56,6 +57,7 @@ def split_players(root: str | Path, out: str | Path, per_class: int = 1, seed: i
         raise ValueError(f"tail_fraction must be in (0, 1), got {tail_fraction}")
     if out.exists():
         raise DataError(out, "already exists; a player split is written to a new folder")
+    refuse_unfinished_standin(root)  # a stand-in whose build was cut off: a split of part of it
     scan = scan_suburmp(root, "train")
     scan.raise_if_errors()
     tracks: dict[str, set[int]] = defaultdict(set)

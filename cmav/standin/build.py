@@ -32,11 +32,12 @@ import signal
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -47,13 +48,24 @@ from cmav.data.files import atomic_write
 from cmav.data.instruments import CLASS_TO_INDEX, INSTRUMENT_SPECS, INSTRUMENTS
 from cmav.data.masks import MASK_DIR  # mask/<split>/<instrument>/<stem>.png beside img/
 from cmav.standin.music import MelodyStyle, random_melody, write_midi
-from cmav.standin.render import DEFAULT_SOUNDFONT, SynthSettings, check_renderer, ignored_settings, render_midi
+from cmav.standin.render import (
+    DEFAULT_SOUNDFONT,
+    TIMIDITY_LEAD_IN_S,
+    SynthSettings,
+    check_renderer,
+    ignored_settings,
+    is_patch_set,
+    render_midi,
+)
 from cmav.standin.soundfonts import fonts_of, several_fonts_record, soundfont_record
 from cmav.standin.variation import RENDERS, Performance, random_performance
 
 MANIFEST = "cmav_standin.json"
 MARKERS = ".cmav_build"
 BUILDER_VERSION = 1
+LEAD_IN_KEY = "timidity_lead_in_s"
+"""Manifest key of a build with a TiMidity++ source: the lead-in its renders had. A build made
+before the lead-in (:data:`~cmav.standin.render.TIMIDITY_LEAD_IN_S`) lacks it and its audio differs."""
 CHUNK_S = 0.5
 HOP_S = 0.1
 SAMPLE_RATE = 44100
@@ -309,6 +321,19 @@ def _performance_record(perf: Performance, job: TrackJob) -> dict:
     return record
 
 
+def outdated_render(manifest: Mapping[str, Any]) -> str | None:
+    """Why a stand-in's audio differs from what the builder renders today, or None: a TiMidity++
+    source rendered before the lead-in (:data:`LEAD_IN_KEY`) left about one track in seven without
+    its first note, and drew some melodies again."""
+    names = (manifest.get("params") or {}).get("soundfont")
+    names = [names] if isinstance(names, str) else list(names or [])
+    if not any(is_patch_set(str(n)) for n in names) or LEAD_IN_KEY in manifest:
+        return None
+    return ("its TiMidity++ renders predate the lead-in before the first note: TiMidity++ then left about one "
+            "track in seven without its first note (and some melodies were drawn again), so its audio differs "
+            "from a build made today")
+
+
 def build_standin(
     root: str | Path,
     preset: str = "default",
@@ -393,6 +418,9 @@ def build_standin(
                     raise DataError(root, f"was rendered from {was.get('path')} with other patches than it maps now "
                                           f"(their sha256 {patches[:12]}..., now {str(now.get('patches_sha256'))[:12]}...)")  # fmt: skip
         if old.get("complete") and old.get("masks"):
+            outdated = outdated_render(old)
+            if outdated:
+                raise DataError(root, f"{outdated}; delete the folder and build it again")
             if not recorded:  # built before fonts were recorded: the same-named font is the one given now
                 old["soundfont"] = {**font, "recorded": "after the build, from the font of the same name given then"}
                 atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(old, indent=2)))
@@ -401,7 +429,8 @@ def build_standin(
         raise DataError(root, "folder is not empty and holds no stand-in manifest; refusing to write into it")
     root.mkdir(parents=True, exist_ok=True)
     _remove_partials(root)
-    manifest = {"params": params, "soundfont": font, "complete": False}
+    lead_in = {LEAD_IN_KEY: TIMIDITY_LEAD_IN_S} if any(is_patch_set(f) for f in fonts) else {}
+    manifest = {"params": params, "soundfont": font, "complete": False, **lead_in}
     atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(manifest, indent=2)))
     font_arg = str(fonts[0]) if len(fonts) == 1 else tuple(str(f) for f in fonts)
     jobs, seen = [], {}
@@ -431,7 +460,7 @@ def build_standin(
     for j in jobs:
         counts[j.split][j.instrument] = counts[j.split].get(j.instrument, 0) + j.n_chunks
         tracks[j.split].setdefault(j.instrument, []).append(j.track)
-    manifest = {"params": params, "soundfont": font, "complete": True, "counts": counts, "tracks": tracks,
+    manifest = {"params": params, "soundfont": font, "complete": True, **lead_in, "counts": counts, "tracks": tracks,
                 "masks": f"{MASK_DIR}/<split>/<instrument>/<stem>.png"}  # fmt: skip
     if render == "varied":  # every track's drawn performance, from its marker
         manifest["performances"] = {f"{j.split}/{j.name}": json.loads(j.marker.read_text()).get("performance")
