@@ -2,6 +2,9 @@
 VENV := .venv
 DATA := data/default
 OUT := outputs
+# the demo's own run folders: its short runs never replace the checkpoints of full-length training
+# in runs/audio_classifier and runs/s2i_c, which experiments/*.yaml and the README's commands read
+RUNS := runs/demo
 
 .PHONY: install install-test demo test
 
@@ -21,9 +24,12 @@ demo: install
 	$(VENV)/bin/cmav data check $(DATA)
 	$(VENV)/bin/cmav data cache $(DATA)
 	$(VENV)/bin/cmav data sheet $(DATA) -o $(OUT)/contact_sheet.png
-	$(VENV)/bin/cmav fit --config experiments/audio_classifier.yaml --data.root $(DATA) --trainer.max_epochs 3
-	$(VENV)/bin/cmav fit --config experiments/s2i_c.yaml --data.root $(DATA) --trainer.max_epochs 1
-	$(VENV)/bin/cmav generate --ckpt runs/s2i_c/checkpoints/last.ckpt \
+	$(VENV)/bin/cmav fit --config experiments/audio_classifier.yaml --data.root $(DATA) --trainer.max_epochs 3 \
+		--trainer.default_root_dir $(RUNS)/audio_classifier
+	$(VENV)/bin/cmav fit --config experiments/s2i_c.yaml --data.root $(DATA) --trainer.max_epochs 1 \
+		--trainer.default_root_dir $(RUNS)/s2i_c \
+		--model.init_args.audio_encoder_ckpt $(RUNS)/audio_classifier/checkpoints/last.ckpt
+	$(VENV)/bin/cmav generate --ckpt $(RUNS)/s2i_c/checkpoints/last.ckpt \
 		--audio $(DATA)/chunk/validation/violin/violin06_2000.wav -n 8 -o $(OUT)/s2i_c_violin06.png
 
 # lint first (seconds; the rules are in pyproject.toml's [tool.ruff]), then the suite. A worker that

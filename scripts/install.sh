@@ -19,9 +19,17 @@ done
 
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"
+# apt-get needs root: without sudo, say which packages to install instead of "sudo: command not found"
+need_root() {
+  if [ -n "$sudo" ] && ! command -v sudo >/dev/null 2>&1; then
+    echo "cmav needs these Debian packages: $*; install them as root (apt-get install -y $*) or run $0 as root" >&2
+    return 1
+  fi
+}
 # apt-get install, with apt-get update first only where a package has no candidate yet (or the
 # install fails on stale package lists)
 apt_install() {
+  need_root "$@" || return 1
   echo "installing Debian packages: $*"
   local updated=0 p
   for p in "$@"; do

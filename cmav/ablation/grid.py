@@ -49,6 +49,11 @@ def parse_override(text: str) -> dict:
     return out
 
 
+GRID_KEYS = frozenset({"kind", "seeds", "threads", "data", "trainer", "model", "stages", "evaluation", "variants",
+                       "steps", "augment", "cross_source", "representations", "depths", "diffusion", "throughput"})
+"""Top-level keys some grid kind reads (:mod:`cmav.ablation`); an override may set one that its YAML leaves out."""
+
+
 def load_grid(path: str | Path, preset: str | None = None, overrides: list[str] | None = None) -> dict:
     """The grid of a YAML config, with ``presets[preset]`` merged over it, then each override
     (``KEY=VALUE``, see :func:`parse_override`), ``kind`` and ``seeds`` filled in."""
@@ -70,8 +75,13 @@ def load_grid(path: str | Path, preset: str | None = None, overrides: list[str] 
         if not isinstance(presets[preset] or {}, dict):
             raise ValueError(f"{path}: presets.{preset} must be a mapping of grid keys, got {presets[preset]!r}")
         cfg = merge(cfg, presets[preset] or {})
+    known = set(cfg) | {k for p in presets.values() if isinstance(p, dict) for k in p} | GRID_KEYS
     for text in overrides or []:
-        cfg = merge(cfg, parse_override(text))
+        override = parse_override(text)
+        key = next(iter(override))
+        if key not in known:  # a misspelt key would be merged and never read: the grid runs without it
+            raise ValueError(f"override {text!r}: {path} has no key {key!r} (its keys: {', '.join(sorted(known))})")
+        cfg = merge(cfg, override)
     cfg["preset"] = preset or "default"
     cfg["source"] = str(path)
     return normalise(cfg)
