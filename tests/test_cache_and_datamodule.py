@@ -217,3 +217,90 @@ def test_tail_holdout_orders_unknown_times_by_natural_name():
     times = torch.arange(500, 1700, 100)
     keep, held = tail_holdout(torch.zeros(12), torch.zeros(12), times, 0.25, stems=stems)
     assert held == [9, 10, 11]
+
+
+def _count_builds(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = cache_mod.build_tensors
+    monkeypatch.setattr(cache_mod, "build_tensors", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_roots_sharing_a_cache_dir_keep_a_file_each_and_a_root_is_one_root_however_spelt(tmp_path, monkeypatch):
+    # `cmav evaluate robustness --cache-dir X` opens two roots with the same split and settings: they
+    # overwrote one file, so every open rebuilt; and ./root then /abs/root rebuilt as well
+    a = make_suburmp(tmp_path / "a", chunks=1)
+    b = make_suburmp(tmp_path / "b", chunks=1)
+    shared = tmp_path / "shared"
+    calls = _count_builds(monkeypatch)
+    for _ in range(2):
+        for r in (a, b):
+            SubURMP(r, "validation", image_size=16, cache_dir=shared, progress=False)
+    assert len(calls) == 2 and len(list(shared.glob("validation-*.pt"))) == 2
+    monkeypatch.chdir(tmp_path)
+    SubURMP("a", "validation", image_size=16, cache_dir=shared, progress=False)
+    (tmp_path / "link").symlink_to(a)
+    SubURMP(tmp_path / "link", "validation", image_size=16, cache_dir=shared, progress=False)
+    assert len(calls) == 2
+    SubURMP("a", "train", image_size=16, progress=False)  # the default cache folder: <root>/.cmav_cache
+    SubURMP(a, "train", image_size=16, progress=False)
+    assert len(calls) == 3 and len(list((a / ".cmav_cache").glob("train-*.pt"))) == 1
+
+
+def test_a_cache_file_under_the_old_name_is_rebuilt_once_and_removed(root, monkeypatch):
+    # files were named <split>-<key>.pt before the root's hash went into the name
+    SubURMP(root, "train", image_size=32, progress=False)
+    (new,) = (root / ".cmav_cache").glob("train-*.pt")
+    split, roothash, key = new.stem.split("-")
+    old = new.with_name(f"{split}-{key}.pt")
+    new.rename(old)
+    calls = _count_builds(monkeypatch)
+    assert len(SubURMP(root, "train", image_size=32, progress=False)) == 39
+    assert len(SubURMP(root, "train", image_size=32, progress=False)) == 39
+    assert calls == [1] and [p.name for p in (root / ".cmav_cache").glob("train-*.pt")] == [new.name]
+
+
+def test_a_source_rewritten_in_place_with_its_size_and_mtime_restored_rebuilds(root, monkeypatch):
+    # every stand-in chunk has the same size; `cp -p`, `rsync -a --inplace` and `tar x` restore the mtime
+    import soundfile as sf
+
+    a = SubURMP(root, "train", image_size=32, progress=False)
+    wav = root / "chunk/train/cello/cello00_500.wav"
+    i = a.tensors.stems.index(wav.stem)
+    st = wav.stat()
+    data, rate = sf.read(wav, dtype="int16")
+    sf.write(wav, (data[::-1] // 4).copy(), rate, subtype="PCM_16")
+    os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert wav.stat().st_size == st.st_size and wav.stat().st_mtime_ns == st.st_mtime_ns
+    calls = _count_builds(monkeypatch)
+    b = SubURMP(root, "train", image_size=32, progress=False)
+    assert calls == [1] and not torch.equal(a.tensors.audio[i], b.tensors.audio[i])
+
+
+def test_a_killed_writers_hidden_file_is_cleared_once_stale(root):
+    import time
+
+    SubURMP(root, "train", image_size=32, progress=False)
+    (f,) = (root / ".cmav_cache").glob("train-*.pt")
+    old, fresh = f.with_name(f".{f.name}.k1ll3d.partial"), f.with_name(f".{f.name}.l1ve.partial")  # atomic_write's
+    for p in (old, fresh):
+        p.write_bytes(b"x" * 1000)
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    SubURMP(root, "train", image_size=32, progress=False)  # read from the cache, not rebuilt: cleared all the same
+    assert not old.exists() and fresh.exists()  # a younger one may be a live writer's
+
+
+def test_frame_sizes_and_batch_sizes_below_one_are_refused_by_name(root, tmp_path):
+    from cmav.data.image_io import load_frame
+
+    with pytest.raises(ValueError, match="image_size must be >= 1, got 0"):
+        SubURMP(root, "train", image_size=0, progress=False)
+    with pytest.raises(ValueError, match="image_size must be >= 1, got -4"):
+        AudioVisualDataModule(str(root), image_size=-4)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        AudioVisualDataModule(str(root), batch_size=0)
+    with pytest.raises(ValueError, match="size must be >= 1, got 0"):  # was a ZeroDivisionError in Pillow's draft
+        load_frame(root / "img/train/cello/cello00_500.jpg", 0)
+    assert load_frame(root / "img/train/cello/cello00_500.jpg", 1).shape == (1, 1, 3)
+    assert not (root / ".cmav_cache").exists()

@@ -236,3 +236,71 @@ def test_each_test_process_compiles_numba_kernels_into_a_cache_of_its_own():
     if worker is None:
         pytest.skip("runs under pytest-xdist only")
     assert f"cmav-tests-numba-{worker}-" in os.environ["NUMBA_CACHE_DIR"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"kind": "lms", "top_db": -10.0}, r"lms front end: top_db must be > 0 dB \(None: no floor\), got -10.0"),
+        ({"kind": "lms", "top_db": 0.0}, r"lms front end: top_db must be > 0 dB"),
+        ({"kind": "stft", "top_db": -10.0}, r"stft front end: top_db must be > 0 dB"),
+        ({"kind": "cqt", "top_db": -10.0}, r"cqt front end: top_db must be > 0 dB"),
+        ({"kind": "mfcc", "top_db": -1.0}, r"mfcc front end: top_db must be > 0 dB"),
+        ({"kind": "lms", "amin": 0.0}, r"lms front end: amin must be > 0, got 0.0"),
+        ({"kind": "stft", "amin": -1e-5}, r"stft front end: amin must be > 0, got -1e-05"),
+        ({"kind": "cqt", "amin": 0.0}, r"cqt front end: amin must be > 0"),
+        ({"kind": "mfcc", "amin": float("nan")}, r"mfcc front end: amin must be > 0, got nan"),
+        ({"kind": "lms", "n_mels": 0}, r"lms front end: n_mels must be > 0, got 0"),
+        ({"kind": "mfcc", "n_mels": 0}, r"mfcc front end: n_mels must be > 0, got 0"),
+    ],
+)
+def test_log_options_that_give_constant_or_infinite_features_are_refused_by_the_config(options, message):
+    # a negative top_db made every clip one constant, amin=0 stored -inf, n_mels=0 cached zero rows
+    with pytest.raises(ValueError, match=message):
+        front_end_config(options)
+    kind = options["kind"]
+    fine = front_end_config({"kind": kind, "top_db": 80.0, "amin": 1e-6})
+    y = build_front_end(fine)(torch.from_numpy(_signal(22050))[None])
+    assert torch.isfinite(y).all() and float(y.amax() - y.amin()) > 1.0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"kind": "cqt", "hop_length": 0}, r"cqt front end: hop_length must be > 0, got 0"),
+        ({"kind": "cqt", "bins_per_octave": 0}, r"cqt front end: bins_per_octave must be > 0, got 0"),
+        ({"kind": "cqt", "n_bins": 0}, r"cqt front end: n_bins must be > 0, got 0"),
+        ({"kind": "cqt", "f_min": 0.0}, r"cqt front end: f_min must be > 0 Hz, got 0.0"),
+        ({"kind": "cqt", "f_min": -5.0}, r"cqt front end: f_min must be > 0 Hz, got -5.0"),
+        ({"kind": "cqt", "sample_rate": 0}, r"cqt front end: sample_rate must be > 0, got 0"),
+        ({"kind": "lms", "sample_rate": 0}, r"lms front end: sample_rate must be > 0, got 0"),
+        ({"kind": "stft", "sample_rate": -22050}, r"stft front end: sample_rate must be > 0, got -22050"),
+        ({"kind": "stft", "hop_length": 0}, r"stft front end: hop_length must be > 0, got 0"),
+        ({"kind": "mfcc", "sample_rate": 0}, r"mfcc front end: sample_rate must be > 0, got 0"),
+        ({"kind": "waveform", "sample_rate": 0}, r"waveform front end: sample_rate must be > 0, got 0"),
+        ({"kind": "harmonic", "sample_rate": 0}, r"harmonic front end: sample_rate must be > 0, got 0"),
+    ],
+)
+def test_bad_sizes_and_rates_are_refused_by_the_config_before_any_audio_is_decoded(options, message):
+    # these were a ZeroDivisionError, a librosa ParameterError at the first batch of a cache build, or
+    # (lms sample_rate=0) an error blaming f_min
+    with pytest.raises(ValueError, match=message):
+        front_end_config(options)
+
+
+@pytest.mark.filterwarnings("ignore:n_fft=.*is too large")
+@pytest.mark.parametrize("n_bins", [101, 102])
+def test_cqt_accepts_exactly_the_configs_librosa_computes(n_bins):
+    # the Nyquist check allowed for a tuning librosa might estimate, but cmav asks for tuning 0.0
+    # and so refused 101 bins from C1 on 1024-sample hops, which librosa computes
+    c = CqtConfig(n_bins=n_bins, hop_length=1024)
+    y = _signal(c.sample_rate)
+    try:
+        ref = librosa.amplitude_to_db(np.abs(librosa.cqt(y, sr=c.sample_rate, hop_length=c.hop_length, n_bins=n_bins,
+                                                         tuning=0.0)), ref=1.0, amin=c.amin, top_db=None)  # fmt: skip
+    except librosa.ParameterError:
+        with pytest.raises(ValueError, match="above Nyquist"):
+            build_front_end(c)
+        return
+    ours = build_front_end(c)(torch.from_numpy(y)[None])[0, 0].numpy()
+    assert ours.shape == ref.shape and np.abs(ours - ref).max() < LIBROSA_MAX_ABS_DB

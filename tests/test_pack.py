@@ -125,3 +125,68 @@ def test_files_are_written_whole_with_the_usual_mode(tmp_path):
     with pytest.raises(RuntimeError, match="cut off"):
         atomic_write(tmp_path / "a" / "g.bin", fails)
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["f.bin"]  # no half file, no temporary left
+
+
+def test_a_pack_of_another_cache_version_or_of_none_is_refused(packed, tmp_path, monkeypatch):
+    # the features a pack holds were computed under a cache version: one bumped since (a front end's
+    # output changed) must not be served from an old pack, as it is not from an old cache file
+    from cmav.data.cache import CACHE_VERSION
+
+    manifest = json.loads((packed["pack"] / PACK_MANIFEST).read_text())
+    assert manifest["cache_version"] == CACHE_VERSION
+    copy = shutil.copytree(packed["pack"], tmp_path / "copy")
+    (copy / PACK_MANIFEST).write_text(json.dumps({**manifest, "cache_version": CACHE_VERSION - 1}))
+    with pytest.raises(DataError, match=rf"features computed under cache version {CACHE_VERSION - 1}; this cmav "
+                                        rf"computes version {CACHE_VERSION}.*: pack again from .*cmav data pack"):  # fmt: skip
+        _dm(copy)
+    del manifest["cache_version"]
+    (copy / PACK_MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"records no cache version \(written before packs did\).*pack again from"):
+        _dm(copy)
+    from cmav.data import cache
+
+    monkeypatch.setattr(cache, "CACHE_VERSION", CACHE_VERSION + 1)  # a front end's output changed: the pack is old
+    with pytest.raises(DataError, match=rf"under cache version {CACHE_VERSION}; this cmav computes version {CACHE_VERSION + 1}"):
+        _dm(packed["pack"])
+
+
+def test_a_failed_pack_leaves_nothing_that_blocks_the_retry(packed, tmp_path):
+    from cmav.data.pack import write_pack
+
+    out = tmp_path / "p"
+    with pytest.raises(ValueError, match="unknown split 'nosuch'"):  # train is packed, then the second split fails
+        write_pack(packed["root"], out, image_size=SIZE, cache_dir=packed["base"] / "c", progress=False,
+                   splits=("train", "nosuch"))  # fmt: skip
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no half pack, no hidden leftovers
+    out.mkdir()  # an empty folder made for it is fine too
+    manifest = write_pack(packed["root"], out, image_size=SIZE, cache_dir=packed["base"] / "c", progress=False,
+                          splits=("validation",))  # fmt: skip
+    assert is_pack(out) and sorted(manifest["splits"]) == ["validation"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"] and (out / "mask").is_dir()
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # shareable, not a temporary folder's 0700
+    with pytest.raises(ValueError, match="image_size must be >= 1, got 0"):
+        write_pack(packed["root"], tmp_path / "q", image_size=0)
+    assert not (tmp_path / "q").exists()
+
+
+def test_a_killed_packs_hidden_folder_is_cleared_once_stale(packed, tmp_path):
+    import os
+    import time
+
+    from cmav.data.pack import write_pack
+
+    old, fresh = tmp_path / ".p.abc123.partial", tmp_path / ".p.def456.partial"  # as a SIGKILLed pack leaves them
+    for d in (old, fresh):
+        (d / "mask").mkdir(parents=True)
+        (d / "train.pt.xz").write_bytes(b"half")
+    hours_ago = time.time() - 2 * 3600
+    for p in (old, old / "mask", old / "train.pt.xz"):
+        os.utime(p, (hours_ago, hours_ago))
+    write_pack(packed["root"], tmp_path / "p", image_size=SIZE, cache_dir=packed["base"] / "c", progress=False,
+               splits=("validation",))  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, "p"]  # a live writer's is left alone

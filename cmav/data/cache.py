@@ -1,14 +1,26 @@
 """The preprocessing cache: frames resized once, LMS computed once, stored as tensors.
 
-Training then never decodes a JPEG or resamples audio per step. A cache file is keyed by the
-front-end config and image size (so switching representation never mixes entries) and records a
-fingerprint of its source files (paths, sizes, modification times); a changed source or config
-rebuilds it.
+Training then never decodes a JPEG or resamples audio per step. A cache file,
+``<split>-<root>-<key>.pt``, is named by a hash of the data root's real path (roots sharing one
+``cache_dir`` keep a file each) and a key of the front-end config, image size and chunk spec (so
+switching representation never mixes entries). It records a fingerprint of its source files: for
+each, its absolute path (the root's symbolic links resolved, so ``data/x``, ``/abs/data/x`` and a
+link to it are one root), size, modification time (mtime), inode number and status-change time
+(ctime), all from one ``stat()``. A changed source or config rebuilds the file. The inode and ctime
+catch a file rewritten with its old size and mtime restored (``cp -p``, ``rsync -a --inplace``,
+``tar x``: every stand-in chunk has the same size): a file replaced by a rename gets a new inode,
+and no write can set the ctime back. The ctime also moves on ``chmod``, ``chown``, a rename or a new
+hard link, and a copied or re-extracted data set has new inodes and ctimes: these rebuild the cache
+once though the contents are the same, the price of never serving stale features.
+
+Cache files written before the root went into the name (``<split>-<key>.pt``, whose fingerprints
+held neither inodes nor ctimes, so none is current) are removed when their split is opened. So are
+the hidden ``.<file>.<random>.partial`` files of a writer killed mid-write, once an hour old.
 
 Training with waveform augmentation (:mod:`cmav.features.augment`) also needs the raw chunks: they
-get their own cache file (``<split>-waves-<key>.pt``, keyed by the chunk spec and the front end's
-rate, not by the features): float32 mono already resampled to the front end's rate, so that the
-per-step front end never resamples either.
+get their own cache file (``<split>-waves-<root>-<key>.pt``, keyed by the chunk spec and the front
+end's rate, not by the features): float32 mono already resampled to the front end's rate, so that
+the per-step front end never resamples either.
 """
 
 from __future__ import annotations
@@ -28,8 +40,8 @@ from tqdm.auto import tqdm
 
 from cmav.data.audio_io import ChunkSpec, decode_chunk
 from cmav.data.errors import DataError, DataWarning
-from cmav.data.files import atomic_write
-from cmav.data.image_io import load_frame
+from cmav.data.files import atomic_write, remove_stale_partials
+from cmav.data.image_io import check_image_size, load_frame
 from cmav.data.layout import Sample
 from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
 
@@ -128,13 +140,19 @@ def _unstattable(p: Path, exc: OSError) -> str:
 
 
 def source_fingerprint(samples: Sequence[Sample], root: str | Path | None = None) -> str:
-    """Hash of every source file's path, size and modification time.
+    """Hash of every source file's absolute path, size, mtime, inode number and ctime (one ``stat()``
+    each; the module docstring says why these). Paths under ``root`` are hashed below its real path,
+    so that a root spelt another way (relative, absolute, through a symbolic link) is the same root.
 
     Raises one DataError (on ``root``, or the first sample's folder) naming every source file that
     is missing or cannot be looked at, e.g. the dangling links of a development root whose source
     files were moved."""
     h = hashlib.sha1()
     problems: list[str] = []
+    given = real = ""
+    if root is not None:
+        # the root resolved once, not every path: a realpath per file would cost a stat per folder level
+        given, real = os.path.join(os.path.abspath(root), ""), os.path.join(os.path.realpath(root), "")
     for s in samples:
         for p in (s.audio_path, s.image_path):
             try:
@@ -142,11 +160,19 @@ def source_fingerprint(samples: Sequence[Sample], root: str | Path | None = None
             except OSError as exc:
                 problems.append(_unstattable(p, exc))
                 continue
-            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            name = os.path.abspath(p)
+            if given and name.startswith(given):
+                name = real + name[len(given) :]
+            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}\n".encode())
     if problems:
         where = Path(root) if root is not None else samples[0].audio_path.parent
         raise DataError(where, f"{len(problems)} source file(s) missing or unreadable:{summarise(problems)}")
     return h.hexdigest()
+
+
+def root_hash(root: str | Path) -> str:
+    """sha1 (hex) of ``root``'s real path: one value however the root is spelt."""
+    return hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()
 
 
 def cache_key(features: FrontEndConfig, image_size: int, spec: ChunkSpec) -> str:
@@ -206,7 +232,7 @@ def default_cache_dir(root: Path) -> Path:
     local = root / ".cmav_cache"
     if os.access(root, os.W_OK):
         return local
-    return Path.home() / ".cache" / "cmav" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    return Path.home() / ".cache" / "cmav" / root_hash(root)[:12]
 
 
 def _cached_blob(path: Path, fingerprint: str, split: str) -> dict | None:
@@ -281,8 +307,14 @@ def load_or_build(
     """
     if not samples:
         raise DataError(root, f"split '{split}' has no pairs to cache")
+    image_size = check_image_size(image_size)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(root)
-    path = cache_dir / f"{split}-{cache_key(features, image_size, spec)}.pt"
+    # 8 hex digits tell a cache folder's few roots apart; were two to collide, the fingerprint (which
+    # holds the paths) would still refuse the other's file: a rebuild, never wrong features
+    tag = root_hash(root)[:8]
+    key = cache_key(features, image_size, spec)
+    path = cache_dir / f"{split}-{tag}-{key}.pt"
+    _tidy(path, cache_dir / f"{split}-{key}.pt")
     fingerprint = source_fingerprint(samples, root)
     blob = _cached_blob(path, fingerprint, split)
     if blob is not None:
@@ -294,7 +326,9 @@ def load_or_build(
         _save_blob(path, {"fingerprint": fingerprint, "features": front_end_config(features).to_dict(),
                           "image_size": image_size, "notes": notes, "tensors": asdict(tensors)})  # fmt: skip
     if waves_rate is not None:
-        wpath = cache_dir / f"{split}-waves-{waves_key(spec, waves_rate)}.pt"
+        wkey = waves_key(spec, waves_rate)
+        wpath = cache_dir / f"{split}-waves-{tag}-{wkey}.pt"
+        _tidy(wpath, cache_dir / f"{split}-waves-{wkey}.pt")
         wblob = _cached_blob(wpath, fingerprint, split)
         if wblob is None:
             wblob = {"fingerprint": fingerprint, "rate": int(waves_rate),
@@ -302,3 +336,14 @@ def load_or_build(
             _save_blob(wpath, wblob)
         tensors.waves = wblob["waves"]
     return tensors
+
+
+def _tidy(path: Path, legacy: Path) -> None:
+    """Remove what only takes space beside the cache file ``path``: a killed writer's stale
+    temporaries, and the file of the same key under the name it had before the root's hash went into
+    it (``legacy``: its fingerprint is of the old kind, never current)."""
+    remove_stale_partials(path)
+    try:
+        legacy.unlink(missing_ok=True)
+    except OSError:  # a read-only shared cache folder: the old file only takes space
+        pass

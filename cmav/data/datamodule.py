@@ -15,6 +15,7 @@ from cmav.data.cache import PairTensors
 from cmav.data.check import shared_players, tracks_by_class
 from cmav.data.datasets import Layout, PairDataset, open_split
 from cmav.data.errors import DataError, DataWarning
+from cmav.data.image_io import check_image_size
 from cmav.data.tails import tail_holdout
 from cmav.features.augment import AudioAugment, AudioAugmentConfig, audio_augment_config
 from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
@@ -61,6 +62,9 @@ class AudioVisualDataModule(L.LightningDataModule):
         augment: AudioAugmentConfig | None = None,
     ) -> None:
         super().__init__()
+        image_size = check_image_size(image_size)  # any side >= 1: the image encoders pool only what is longer than 1
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         if holdout_gap_ms is not None and holdout_gap_ms < 0:
             raise ValueError(f"holdout_gap_ms must be >= 0 (or None for the chunk length), got {holdout_gap_ms}")
         self.features = front_end_config(features)

@@ -32,6 +32,19 @@ def to_8_bit(img: Image.Image, path: str | Path) -> Image.Image:
     return img
 
 
+def check_image_size(size: int, name: str = "image_size") -> int:
+    """``size`` as an int, or ``ValueError`` naming ``name`` unless it is a whole number >= 1 (a frame's side)."""
+    try:
+        whole = not isinstance(size, bool) and int(size) == size
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole:
+        raise ValueError(f"{name} must be a whole number >= 1, got {size!r}")
+    if size < 1:
+        raise ValueError(f"{name} must be >= 1, got {size!r}")
+    return int(size)
+
+
 def load_frame(path: str | Path, size: int) -> np.ndarray:
     """Load a frame as uint8 ``(size, size, 3)`` RGB.
 
@@ -39,6 +52,7 @@ def load_frame(path: str | Path, size: int) -> np.ndarray:
     is centred), so aspect ratios are never distorted. JPEG decoding uses Pillow's draft mode,
     which lets libjpeg downscale 1080p frames while decoding.
     """
+    size = check_image_size(size, "size")
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "image file does not exist")

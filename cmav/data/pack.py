@@ -3,14 +3,20 @@ source files are not (a GPU node, a cluster's scratch disk).
 
 ``cmav data pack ROOT -o PACK`` writes a folder::
 
-    PACK/cmav_pack.json        what was packed: source root, layout, image size, front end, chunk spec, splits
+    PACK/cmav_pack.json        what was packed: source root, layout, image size, front end, chunk spec,
+                               cache version, splits
     PACK/<split>.pt.xz         the split's cached tensors (frames, features, labels, tracks, times, stems), lzma
     PACK/mask/...              the instrument masks, when the root has them (read as from any root)
     PACK/cmav_standin.json     the stand-in's manifest, when the root has one (and cmav_player_split.json)
 
 Give ``PACK`` wherever a data root goes (``--data.root PACK``). It holds features for one front-end
 config, image size and chunk spec: asking it for another is refused by name, as are a missing
-split, a damaged file and waveform augmentation (which needs the raw chunks).
+split, a damaged file, features computed under another cache version (a front end's output changed
+since; :data:`~cmav.data.cache.CACHE_VERSION`) and waveform augmentation (which needs the raw chunks).
+
+A pack is written into a hidden sibling folder (``.PACK.<random>.partial``) renamed to ``PACK`` at the
+end: a failed pack leaves nothing in the way of the retry, and one killed outright leaves the hidden
+folder, removed by the next pack to ``PACK`` once it is an hour old.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ from typing import Any
 
 import torch
 
+from cmav.data import cache
 from cmav.data.audio_io import ChunkSpec
 from cmav.data.errors import DataError
-from cmav.data.files import atomic_write, sha256_file
+from cmav.data.files import atomic_folder, atomic_write, remove_stale_partials, sha256_file
+from cmav.data.image_io import check_image_size
 from cmav.features.frontend import front_end_config, front_end_differences
 
 PACK_MANIFEST = "cmav_pack.json"
@@ -48,6 +56,7 @@ def write_pack(root: str | Path, out: str | Path, layout: str = "suburmp", image
     from cmav.data.datasets import open_split
 
     root, out = Path(root), Path(out)
+    image_size = check_image_size(image_size)
     if is_pack(root):
         raise DataError(root, "is already a packed data set")
     if out.resolve() == root.resolve():
@@ -57,31 +66,32 @@ def write_pack(root: str | Path, out: str | Path, layout: str = "suburmp", image
         raise DataError(out, "already exists and is not an empty folder; a pack is written to a new folder")
     features = front_end_config(features)
     chunk = chunk or ChunkSpec()
-    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out)
     manifest: dict[str, Any] = {
-        "version": PACK_VERSION, "source": str(root.resolve()), "layout": layout, "image_size": int(image_size),
-        "features": features.to_dict(), "chunk": asdict(chunk), "splits": {},
+        "version": PACK_VERSION, "source": str(root.resolve()), "layout": layout, "image_size": image_size,
+        "features": features.to_dict(), "chunk": asdict(chunk), "cache_version": cache.CACHE_VERSION, "splits": {},
     }  # fmt: skip
     classes: dict[str, tuple[str, ...]] = {}  # paired layout: every split labelled in the first one's class order
-    for split in splits:
-        ds = open_split(layout, root, split, image_size=image_size, features=features, chunk=chunk,
-                        cache_dir=cache_dir, progress=progress, **classes)  # fmt: skip
-        if layout == "paired" and not classes:
-            classes["classes"] = tuple(ds.class_names)
-        tensors = {k: v for k, v in asdict(ds.tensors).items() if k != "waves"}
-        buf = io.BytesIO()
-        torch.save({"version": PACK_VERSION, "tensors": tensors}, buf)
-        name = f"{split}.pt.xz"
-        packed = lzma.compress(buf.getvalue(), preset=preset)
-        atomic_write(out / name, lambda tmp, data=packed: Path(tmp).write_bytes(data))
-        manifest["splits"][split] = {"file": name, "pairs": len(ds), "sha256": sha256_file(out / name)}
-    if (root / "mask").is_dir():
-        shutil.copytree(root / "mask", out / "mask", dirs_exist_ok=True)
-    for name in COPIED:
-        if (root / name).is_file():
-            shutil.copy2(root / name, out / name)
-    # the manifest last: a pack whose writing was cut off has none, and is not taken for one
-    atomic_write(out / PACK_MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
+    with atomic_folder(out) as tmp:
+        for split in splits:
+            ds = open_split(layout, root, split, image_size=image_size, features=features, chunk=chunk,
+                            cache_dir=cache_dir, progress=progress, **classes)  # fmt: skip
+            if layout == "paired" and not classes:
+                classes["classes"] = tuple(ds.class_names)
+            tensors = {k: v for k, v in asdict(ds.tensors).items() if k != "waves"}
+            buf = io.BytesIO()
+            torch.save({"version": PACK_VERSION, "tensors": tensors}, buf)
+            name = f"{split}.pt.xz"
+            packed = lzma.compress(buf.getvalue(), preset=preset)
+            atomic_write(tmp / name, lambda t, data=packed: Path(t).write_bytes(data))
+            manifest["splits"][split] = {"file": name, "pairs": len(ds), "sha256": sha256_file(tmp / name)}
+        if (root / "mask").is_dir():
+            shutil.copytree(root / "mask", tmp / "mask", dirs_exist_ok=True)
+        for name in COPIED:
+            if (root / name).is_file():
+                shutil.copy2(root / name, tmp / name)
+        # the manifest last: a folder holding a pack's files without one is not taken for a pack
+        atomic_write(tmp / PACK_MANIFEST, lambda t: Path(t).write_text(json.dumps(manifest, indent=2) + "\n"))
     return manifest
 
 
@@ -104,6 +114,13 @@ def load_packed(root: str | Path, split: str, image_size: int = 64, features: An
     root = Path(root)
     manifest = read_manifest(root)
     redo = f"pack again from {manifest['source']} (`cmav data pack`)"
+    version = cache.CACHE_VERSION
+    if "cache_version" not in manifest:
+        raise DataError(root, f"the pack records no cache version (written before packs did), so whether its features "
+                              f"are what this cmav computes (cache version {version}) is unknown: {redo}")  # fmt: skip
+    if manifest["cache_version"] != version:
+        raise DataError(root, f"features computed under cache version {manifest['cache_version']}; this cmav computes "
+                              f"version {version} (a front end's output changed): {redo}")  # fmt: skip
     if waves_rate is not None:
         raise DataError(root, "a packed data set holds features, not raw chunks: waveform augmentation needs the "
                               "source root")  # fmt: skip

@@ -103,6 +103,24 @@ class FrontEnd(nn.Module):
         return self.transform(waveform)
 
 
+def require_positive(kind: str, **options: float) -> None:
+    """``ValueError`` naming the first of ``options`` that is not > 0 (NaN included), as
+    ``"<kind> front end: <name> must be > 0, got <value>"``."""
+    for name, value in options.items():
+        if not value > 0:
+            raise ValueError(f"{kind} front end: {name} must be > 0, got {value!r}")
+
+
+def check_log_options(kind: str, amin: float, top_db: float | None) -> None:
+    """Refuse an ``amin`` or ``top_db`` that :func:`log_floor` would turn into useless features:
+    ``amin <= 0`` gives -inf for silence (and a float16 cache of -inf), ``top_db <= 0`` raises every
+    bin to the clip's peak, so every clip becomes one constant."""
+    require_positive(kind, amin=amin)
+    if top_db is not None and not top_db > 0:
+        raise ValueError(f"{kind} front end: top_db must be > 0 dB (None: no floor), got {top_db!r}; it keeps "
+                         "each clip's bins within top_db of its peak")  # fmt: skip
+
+
 def log_floor(x: Tensor, multiplier: float, amin: float, top_db: float | None) -> Tensor:
     """``multiplier * log10(max(x, amin))`` with an optional per-clip ``top_db`` floor, as librosa's
     ``power_to_db`` (10) / ``amplitude_to_db`` (20) with ``ref=1``."""

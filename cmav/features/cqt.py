@@ -7,6 +7,7 @@ and returns the result on the input's device. It runs once per data set: the cac
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -15,15 +16,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cmav.features.base import FrontEnd, FrontEndConfigMixin, log_floor
+from cmav.features.base import FrontEnd, FrontEndConfigMixin, check_log_options, log_floor, require_positive
 
 
 @dataclass(frozen=True)
 class CqtConfig(FrontEndConfigMixin):
-    """Log-magnitude constant-Q transform, ``librosa.amplitude_to_db(abs(librosa.cqt(y, ...)))``.
+    """Log-magnitude constant-Q transform: ``librosa.amplitude_to_db(np.abs(librosa.cqt(y, sr=sample_rate,
+    hop_length=hop_length, fmin=f_min, n_bins=n_bins, bins_per_octave=bins_per_octave, tuning=0.0)),
+    ref=1.0, amin=amin, top_db=top_db)``. Note ``top_db``: None here (no per-clip floor), where
+    ``amplitude_to_db``'s own default is 80.
 
-    Defaults are librosa's: 84 bins, 12 per octave, from C1 (32.70 Hz) to B7, on 256-sample hops,
-    so 0.5 s at 22,050 Hz gives 84 bins x 44 frames. ``hop_length`` must be divisible by
+    The bins are librosa's defaults: 84 bins, 12 per octave, from C1 (32.70 Hz) to B7. The hop is
+    not: 256 samples (librosa's default is 512), the LMS front end's, so that 0.5 s at 22,050 Hz
+    gives 84 bins x 44 frames, as many frames as the LMS. ``hop_length`` must be divisible by
     ``2 ** (n_octaves - 1)`` (librosa's recursive downsampling).
     """
 
@@ -38,8 +43,26 @@ class CqtConfig(FrontEndConfigMixin):
     top_db: float | None = None
     mono: bool = True
 
+    def __post_init__(self) -> None:
+        require_positive(self.kind, sample_rate=self.sample_rate, hop_length=self.hop_length, n_bins=self.n_bins,
+                         bins_per_octave=self.bins_per_octave)  # fmt: skip
+        if not self.f_min > 0:  # librosa's frequencies must be strictly positive
+            raise ValueError(f"{self.kind} front end: f_min must be > 0 Hz, got {self.f_min!r}")
+        check_log_options(self.kind, self.amin, self.top_db)
+        n_octaves = math.ceil(self.n_bins / self.bins_per_octave)
+        if self.hop_length % (2 ** (n_octaves - 1)):
+            raise ValueError(
+                f"CQT hop_length={self.hop_length} must be divisible by 2**(n_octaves-1)={2 ** (n_octaves - 1)} "
+                f"for {self.n_bins} bins at {self.bins_per_octave} per octave"
+            )
+
     def output_shape(self, duration_s: float) -> tuple[int, int, int]:
         return (1, self.n_bins, self.n_samples(duration_s) // self.hop_length + 1)
+
+
+TUNING = 0.0
+"""The tuning (in fractions of a bin) cmav's CQT is computed at: fixed, so that a clip's bins do not
+depend on a tuning estimated from the clip itself (librosa's ``tuning=None``)."""
 
 
 class ConstantQTransform(FrontEnd):
@@ -48,12 +71,6 @@ class ConstantQTransform(FrontEnd):
     def __init__(self, config: CqtConfig | None = None) -> None:
         super().__init__(config or CqtConfig())
         c = self.config
-        n_octaves = int(np.ceil(c.n_bins / c.bins_per_octave))
-        if c.hop_length % (2 ** (n_octaves - 1)):
-            raise ValueError(
-                f"CQT hop_length={c.hop_length} must be divisible by 2**(n_octaves-1)={2 ** (n_octaves - 1)} "
-                f"for {c.n_bins} bins at {c.bins_per_octave} per octave"
-            )
         cutoff = _highest_filter_frequency(c)
         if cutoff > c.sample_rate / 2:
             raise ValueError(
@@ -71,20 +88,32 @@ class ConstantQTransform(FrontEnd):
             # zero-pads them and says so on every call; the result is still librosa's.
             warnings.filterwarnings("ignore", message="n_fft=.*is too large for input signal")
             spec = librosa.cqt(y, sr=c.sample_rate, hop_length=c.hop_length, fmin=c.f_min, n_bins=c.n_bins,
-                               bins_per_octave=c.bins_per_octave)  # fmt: skip
+                               bins_per_octave=c.bins_per_octave, tuning=TUNING)  # fmt: skip
         mag = torch.from_numpy(np.abs(spec)).to(waveform.device)
         return log_floor(mag, 20.0, c.amin, c.top_db)
 
 
 def _highest_filter_frequency(c: CqtConfig) -> float:
-    """The top edge of the highest CQT filter, as ``librosa.cqt`` checks it against Nyquist, at the
-    highest tuning librosa may estimate for a clip (+0.5 bin): a config that passes here cannot fail
-    that check in the middle of a cache build."""
+    """The top edge of the highest CQT filter, computed as ``librosa.vqt`` (behind ``librosa.cqt``)
+    computes it before refusing a basis above Nyquist, at :data:`TUNING`, the tuning
+    :meth:`ConstantQTransform.transform` asks for: a config passes here exactly when librosa computes
+    it, so none fails that check in the middle of a cache build. No margin: the tuning is fixed, not
+    estimated per clip."""
     import librosa
 
-    freqs = librosa.cqt_frequencies(c.n_bins, fmin=c.f_min * 2 ** (0.5 / c.bins_per_octave),
-                                    bins_per_octave=c.bins_per_octave)  # fmt: skip
-    ratio = 2 ** (2 / c.bins_per_octave)
-    alpha = (ratio - 1) / (ratio + 1)  # an equal-tempered filter's relative bandwidth, librosa's own
-    _, cutoff = librosa.filters.wavelet_lengths(freqs=freqs, sr=c.sample_rate, alpha=alpha)
+    freqs = librosa.interval_frequencies(c.n_bins, fmin=c.f_min * 2.0 ** (TUNING / c.bins_per_octave),
+                                         intervals="equal", bins_per_octave=c.bins_per_octave, sort=True)  # fmt: skip
+    if len(freqs) > 1:
+        # librosa's relative bandwidth (filters._relative_bandwidth, private): the local octave
+        # resolution from neighbouring bins, reflected at either end
+        logf = np.log2(freqs)
+        bpo = np.empty_like(freqs)
+        bpo[0], bpo[-1] = 1 / (logf[1] - logf[0]), 1 / (logf[-1] - logf[-2])
+        bpo[1:-1] = 2 / (logf[2:] - logf[:-2])
+    else:
+        bpo = np.full_like(freqs, c.bins_per_octave)  # librosa's equal-temperament bandwidth for one bin
+    ratio = 2.0 ** (2 / bpo)
+    alpha = (ratio - 1) / (ratio + 1)
+    _, cutoff = librosa.filters.wavelet_lengths(freqs=freqs, sr=c.sample_rate, window="hann", filter_scale=1,
+                                                gamma=0, alpha=alpha)  # fmt: skip
     return float(cutoff)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cmav.features.base import FrontEnd, FrontEndConfigMixin
+from cmav.features.base import FrontEnd, FrontEndConfigMixin, require_positive
 
 DESCRIPTORS = ("pitch", "brightness", "odd_even", "inharmonicity", "flatness", "loudness")
 """The rows above the harmonics, in order: MIDI pitch / 100; log2(spectral centroid / f0) / 4;
@@ -70,6 +70,7 @@ class HarmonicConfig(FrontEndConfigMixin):
         object.__setattr__(self, "descriptors", tuple(self.descriptors))  # YAML and checkpoints give lists
         if self.reference not in ("strongest", "fundamental"):
             raise ValueError(f"harmonic front end: reference must be 'strongest' or 'fundamental', got {self.reference!r}")
+        require_positive(self.kind, sample_rate=self.sample_rate)
         if self.hop_length <= 0:
             raise ValueError(f"harmonic front end: hop_length must be > 0, got {self.hop_length}")
         if self.frame_length <= 0 or self.frame_length % 2:

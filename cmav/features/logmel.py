@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torchaudio
 from torch import Tensor
 
-from cmav.features.base import FrontEnd, FrontEndConfigMixin, log_floor, stft_frames
+from cmav.features.base import (
+    FrontEnd,
+    FrontEndConfigMixin,
+    check_log_options,
+    log_floor,
+    require_positive,
+    stft_frames,
+)
 
 
 @dataclass(frozen=True)
@@ -37,17 +44,7 @@ class LogMelConfig(FrontEndConfigMixin):
     center: bool = True
 
     def __post_init__(self) -> None:
-        if self.n_fft <= 0:
-            raise ValueError(f"lms front end: n_fft must be > 0, got {self.n_fft}")
-        if self.hop_length <= 0:
-            raise ValueError(f"lms front end: hop_length must be > 0, got {self.hop_length}")
-        nyquist = self.sample_rate / 2
-        f_max = nyquist if self.f_max is None else self.f_max
-        if not 0 <= self.f_min < f_max:
-            raise ValueError(f"lms front end: f_min must be >= 0 and below f_max ({f_max}), got {self.f_min}")
-        if f_max > nyquist:  # the mel bands above Nyquist would be empty: rows of constant 10 log10(amin)
-            raise ValueError(f"lms front end: f_max must be in (f_min, sample_rate / 2 = {nyquist}] "
-                             f"(None: sample_rate / 2), got {self.f_max}")  # fmt: skip
+        check_mel_options(self)
 
     def n_frames(self, n_samples: int) -> int:
         """Number of STFT frames produced for ``n_samples`` input samples."""
@@ -56,6 +53,20 @@ class LogMelConfig(FrontEndConfigMixin):
     def output_shape(self, duration_s: float) -> tuple[int, int, int]:
         """(channels, n_mels, n_frames) for a clip of ``duration_s`` seconds."""
         return (1, self.n_mels, self.n_frames(self.n_samples(duration_s)))
+
+
+def check_mel_options(c: LogMelConfig | Any) -> None:
+    """Refuse, naming the option, mel settings the transform cannot compute or would turn into
+    constant rows: shared by the LMS and MFCC configs (``c.kind`` names which)."""
+    require_positive(c.kind, sample_rate=c.sample_rate, n_fft=c.n_fft, hop_length=c.hop_length, n_mels=c.n_mels)
+    nyquist = c.sample_rate / 2
+    f_max = nyquist if c.f_max is None else c.f_max
+    if not 0 <= c.f_min < f_max:
+        raise ValueError(f"{c.kind} front end: f_min must be >= 0 and below f_max ({f_max}), got {c.f_min}")
+    if f_max > nyquist:  # the mel bands above Nyquist would be empty: rows of constant 10 log10(amin)
+        raise ValueError(f"{c.kind} front end: f_max must be in (f_min, sample_rate / 2 = {nyquist}] "
+                         f"(None: sample_rate / 2), got {c.f_max}")  # fmt: skip
+    check_log_options(c.kind, c.amin, c.top_db)
 
 
 class LogMelSpectrogram(FrontEnd):

@@ -10,7 +10,7 @@ import torchaudio
 from torch import Tensor
 
 from cmav.features.base import FrontEnd, FrontEndConfigMixin
-from cmav.features.logmel import LogMelConfig, LogMelSpectrogram
+from cmav.features.logmel import LogMelConfig, LogMelSpectrogram, check_mel_options
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,9 @@ class MfccConfig(FrontEndConfigMixin):
     """librosa.feature.mfcc's default (its ``power_to_db`` call keeps 80 dB below each clip's peak)."""
     mono: bool = True
     center: bool = True
+
+    def __post_init__(self) -> None:
+        check_mel_options(self)
 
     def logmel(self) -> LogMelConfig:
         """The LMS config the coefficients are computed from."""

@@ -8,7 +8,14 @@ from typing import Literal
 import torchaudio
 from torch import Tensor
 
-from cmav.features.base import FrontEnd, FrontEndConfigMixin, log_floor, stft_frames
+from cmav.features.base import (
+    FrontEnd,
+    FrontEndConfigMixin,
+    check_log_options,
+    log_floor,
+    require_positive,
+    stft_frames,
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,10 @@ class StftConfig(FrontEndConfigMixin):
     top_db: float | None = None
     mono: bool = True
     center: bool = True
+
+    def __post_init__(self) -> None:
+        require_positive(self.kind, sample_rate=self.sample_rate, n_fft=self.n_fft, hop_length=self.hop_length)
+        check_log_options(self.kind, self.amin, self.top_db)
 
     def output_shape(self, duration_s: float) -> tuple[int, int, int]:
         frames = stft_frames(self.n_samples(duration_s), self.n_fft, self.hop_length, self.center)

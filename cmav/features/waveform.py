@@ -7,7 +7,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from cmav.features.base import FrontEnd, FrontEndConfigMixin
+from cmav.features.base import FrontEnd, FrontEndConfigMixin, require_positive
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,9 @@ class WaveformConfig(FrontEndConfigMixin):
     kind: Literal["waveform"] = "waveform"
     sample_rate: int = 22050
     mono: bool = True
+
+    def __post_init__(self) -> None:
+        require_positive(self.kind, sample_rate=self.sample_rate)
 
     def output_shape(self, duration_s: float) -> tuple[int, int, int]:
         return (1, 1, self.n_samples(duration_s))

@@ -19,6 +19,9 @@ def labelled_grid(
 ) -> Image.Image:
     """Lay ``cells[row][col]`` (uint8 HxWx3 arrays or PIL images; None = empty) on a white sheet.
 
+    An array of another dtype is refused (``ValueError`` naming the cell): a cast would wrap floats
+    in [0, 1] to 0 and 300 to 44. Convert first (:func:`cmav.viz.tensors.to_uint8_frame` for frames).
+
     Labels are drawn as text with Pillow's built-in font, so nothing needs to be installed.
     """
     n_rows = len(cells)
@@ -39,7 +42,14 @@ def labelled_grid(
         for c, cell in enumerate(row):
             if cell is None:
                 continue
-            img = cell if isinstance(cell, Image.Image) else Image.fromarray(np.asarray(cell, dtype=np.uint8))
+            if isinstance(cell, Image.Image):
+                img = cell
+            else:
+                arr = np.asarray(cell)
+                if arr.dtype != np.uint8:
+                    raise ValueError(f"labelled_grid: cell [{r}][{c}] is {arr.dtype}; cells must be uint8 arrays "
+                                     "(0..255) or PIL images")  # fmt: skip
+                img = Image.fromarray(arr)
             img = img.convert("RGB").resize((cell_size, cell_size), Image.Resampling.BICUBIC)
             sheet.paste(img, (left + pad + c * (cell_size + pad), y))
     return sheet

@@ -17,13 +17,22 @@ def to_uint8_frame(image: torch.Tensor) -> np.ndarray:
 def spectrogram_to_unit(spec: torch.Tensor, low: float | None = None, high: float | None = None) -> torch.Tensor:
     """Spectrograms ``(N, 1, F, T)`` -> ``(N, 1, F, T)`` in [0, 1] with low frequencies at the bottom.
 
-    Each one is min-max scaled on its own unless a common ``[low, high]`` (dB) is given, which
-    keeps real and generated spectrograms comparable side by side.
+    Each one is min-max scaled on its own (over its finite values) unless a common ``[low, high]``
+    (dB) is given, which keeps real and generated spectrograms comparable side by side. A bin that
+    is not finite does not spoil the others: -inf (the log of silence) and NaN show as 0, +inf as 1.
+    ``low`` above ``high`` is refused (``ValueError``).
     """
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"spectrogram_to_unit: low ({float(low)}) must not be above high ({float(high)})")
     x = spec.float()
-    lo = x.amin(dim=(1, 2, 3), keepdim=True) if low is None else torch.tensor(float(low))
-    hi = x.amax(dim=(1, 2, 3), keepdim=True) if high is None else torch.tensor(float(high))
-    return ((x - lo) / (hi - lo).clamp(min=1e-6)).clamp(0, 1).flip(-2)
+    finite = torch.isfinite(x)
+    dims = (1, 2, 3)
+    lo = x.where(finite, torch.inf).amin(dim=dims, keepdim=True) if low is None else torch.tensor(float(low))
+    hi = x.where(finite, -torch.inf).amax(dim=dims, keepdim=True) if high is None else torch.tensor(float(high))
+    # a spectrogram with no finite value at all: any range, its bins all show as 0 or 1
+    lo, hi = lo.nan_to_num(0.0, 0.0, 0.0), hi.nan_to_num(0.0, 0.0, 0.0)
+    unit = ((x - lo) / (hi - lo).clamp(min=1e-6)).clamp(0, 1)
+    return unit.nan_to_num(nan=0.0).flip(-2)
 
 
 def lms_picture(lms: torch.Tensor, size: int = 128, low: float | None = None, high: float | None = None) -> np.ndarray:
