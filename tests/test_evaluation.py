@@ -876,3 +876,69 @@ def test_a_player_judge_of_other_class_names_and_an_in_memory_non_judge_are_refu
                              image_encoder={"base_channels": 8, "max_channels": 32, "feature_dim": 32})  # fmt: skip
     with pytest.raises(ValueError, match=r"the image judge given: a image/label/encoder classifier, not the image judge"):
         evaluate_s2i(constant_generator, dm, encoder, None, n_diversity_draws=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# review fixes: the generator's own training frames, mid-epoch monitor readings, the robustness footer
+
+
+def test_an_s2i_generator_that_trained_on_the_scored_held_out_tails_is_refused_by_name(data, dm, judges, tmp_path, capsys):
+    """judged_holdout and player consistency score the held-out tails as frames the generator never
+    saw: a generator trained with holdout_tail 0 (or scored with a larger --holdout-tail than its
+    own) trained on them, and is refused naming its checkpoint and the tail it trained with."""
+    from cmav.cli.main import main
+
+    image, _ = judges
+    whole = AudioVisualDataModule(root=str(data), image_size=SIZE, batch_size=16, holdout_tail=0.0, progress=False)
+    task = tiny_s2i("s2i_c")
+    ckpt = _fit(task, whole, 1, tmp_path, "s2i_t0")
+    held = r"data\.holdout_tail 0 \(holdout_gap_ms None\), so 26 of the 26 held-out chunks scored here \(data\.holdout_tail 0\.25"
+    with pytest.raises(ValueError, match=rf"s2i_t0\.ckpt: the S2I generator was trained on .* with {held}.*Score it on "
+                                         r"the tails it held out \(data\.holdout_tail 0, holdout_gap_ms None"):  # fmt: skip
+        evaluate_s2i(str(ckpt), dm, image, None, n_diversity_draws=2)
+    with pytest.raises(ValueError, match=rf"the S2I generator given: the S2I generator was trained on .* with {held}"):
+        evaluate_s2i(task, dm, image, None, n_diversity_draws=2)  # fitted in memory: its trainer's data tell
+    capsys.readouterr()
+    assert main(["evaluate", "--ckpt", str(ckpt), "--image-judge", str(image), "--holdout-tail", "0.25",
+                 "--holdout-gap-ms", "0", "-o", str(tmp_path / "told")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"{ckpt}: the S2I generator was trained on {data} with data.holdout_tail 0 " in err
+    assert not (tmp_path / "told").exists()  # refused before anything was scored or written
+    # its own setting (nothing held out): no tails scored, nothing to refuse
+    assert main(["evaluate", "--ckpt", str(ckpt), "--image-judge", str(image), "-o", str(tmp_path / "own")]) == 0
+    assert json.loads((tmp_path / "own" / "metrics.json").read_text())["judged_holdout"] is None
+
+
+def test_judged_accuracy_monitor_scores_only_the_validation_that_ends_the_epoch(dm, judges, tmp_path):
+    """With val_check_interval < 1 Lightning validates several times an epoch: the reading (and a
+    ModelCheckpoint monitoring it) is taken at the epoch's last validation only."""
+    import lightning as L
+
+    from cmav.evaluation import JudgedAccuracyMonitor
+
+    image, _ = judges
+    monitor = JudgedAccuracyMonitor(str(image), every_n_epochs=1)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, limit_train_batches=4, val_check_interval=0.5,
+                        limit_val_batches=1, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                        callbacks=[monitor], enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(tiny_s2i("s2i_c"), datamodule=dm)
+    assert [h["epoch"] for h in monitor.history] == [0, 1]
+    with (tmp_path / "val_judged_acc.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["iteration"]), int(r["epoch"])) for r in rows] == [(4, 0), (8, 1)]  # 4 GAN batches an epoch
+
+
+def test_the_robustness_footer_names_the_split_scored():
+    from cmav.evaluation.robustness import format_report
+
+    font = {"name": "FontA.sf2", "path": "/f/FontA.sf2", "sha256": "0" * 64}
+    base = {"fonts": {"in_source": font, "cross_source": {**font, "name": "FontB.sf2"}}, "models": {}}
+    val = format_report({**base, "split": "validation"})
+    assert "In-source: the training data's validation split (players unseen in training, training font)" in val
+    train = format_report({**base, "split": "train"})
+    assert "players unseen" not in train
+    assert "In-source: the training data's train split (the players the models trained on" in train
+    assert "Cross-source: the same split rendered from the evaluation font" in train

@@ -58,11 +58,13 @@ def dm_of(data: dict, **kw) -> AudioVisualDataModule:
     return AudioVisualDataModule(data["root"], image_size=SIZE, cache_dir=data["cache"], progress=False, **kw)
 
 
-def fit_classifier(data: dict, name: str, steps: int, features=None, **kw) -> str:
+def fit_classifier(data: dict, name: str, steps: int, features=None, tails: bool = False, **kw) -> str:
+    """``tails``: trained with the end of each train track held out (holdout_tail 0.1, gap 0)."""
     L.seed_everything(0, verbose=False)
     task = ClassifierTask(image_size=SIZE, optimizer={"lr": 3e-3, "betas": (0.9, 0.999)}, **kw)
     tr = trainer(max_steps=steps)
-    tr.fit(task, dm_of(data) if features is None else dm_of(data, features=features))
+    held = {"holdout_tail": 0.1, "holdout_gap_ms": 0} if tails else {}
+    tr.fit(task, dm_of(data, **held) if features is None else dm_of(data, features=features, **held))
     path = str(data["base"] / f"{name}.ckpt")
     tr.save_checkpoint(path)
     return path
@@ -230,7 +232,9 @@ def test_checkpoint_reloads_evaluates_and_generates_a_wav(data, audio_judge, tmp
     L.seed_everything(0, verbose=False)
     model = i2s("i2s_n")
     tr = trainer(max_steps=4, max_epochs=-1, limit_val_batches=0)
-    tr.fit(model, dm_of(data))
+    # the end of each train track held out (2-chunk tracks: the last chunk; gap 0 keeps it), as the
+    # YAMLs do, so that `cmav evaluate --probe-conditions` has train tails this model never saw
+    tr.fit(model, dm_of(data, holdout_tail=0.1, holdout_gap_ms=0))
     ckpt = tmp_path / "i2s.ckpt"
     tr.save_checkpoint(str(ckpt))
     again = load_i2s(ckpt)
@@ -249,25 +253,30 @@ def test_checkpoint_reloads_evaluates_and_generates_a_wav(data, audio_judge, tmp
         evaluate_i2s(ckpt, dm_of(data, features={"f_min": 30.0}), audio_judge, n_diversity_draws=2)
     # the same through `cmav evaluate`, which reads the kind from the checkpoint and asks for the right judge
     assert cmav_main(["evaluate", "--ckpt", str(ckpt), "--root", data["root"], "--image-size", str(SIZE)]) == 2
-    # 2-chunk tracks: the held-out chunk shares audio with the trained one; --holdout-gap-ms 0 keeps it.
-    # No --image-size: the data's frames take the checkpoint's size (32 px; the option's old default was 64).
-    # --holdout-tail: this model trained with none (the checkpoint's, the default), so its "tails" are set here
+    # No --image-size: the data's frames take the checkpoint's size (32 px; the option's old default was 64);
+    # its held-out tails are its own (holdout_tail 0.1, gap 0: the checkpoint's, the default)
     assert cmav_main(["evaluate", "--ckpt", str(ckpt), "--audio-judge", audio_judge, "--root", data["root"],
-                      "-o", str(tmp_path / "cli_eval"), "--probe-conditions", "--holdout-tail", "0.1",
-                      "--holdout-gap-ms", "0"]) == 0  # fmt: skip
+                      "-o", str(tmp_path / "cli_eval")]) == 0  # fmt: skip
     cli = json.loads((tmp_path / "cli_eval" / "metrics.json").read_text())
     assert cli["judge_on_real"]["accuracy"] == m["judge_on_real"]["accuracy"] and "round_trip" in cli
     # generated from the same 32-px frames: exactly the same figure (the fixture's frames are flat
     # colours, so 64-px ones differ only in the 8th digit)
     assert cli["fid_kid"]["fid"] == m["fid_kid"]["fid"]
-    probe = json.loads((tmp_path / "cli_eval" / "condition_probe.json").read_text())
-    assert list(probe) == ["validation", "nearest train", "10 nearest mean", "predicted class mean", "train tail"]
-    assert probe["train tail"]["split"].startswith("train tail") and probe["validation"]["split"] == "validation"
-    assert all(0.0 <= r["accuracy"] <= 1.0 and r["per_class"] for r in probe.values())
+    # the probe's train tail needs an audio judge that did not train on those tails either (the
+    # fixture's trained on every train chunk): one step on the same split, only its data matter here
+    tail_judge = fit_classifier(data, "audio_judge_tail", 1, tails=True, modality="audio", audio_encoder=TINY_ENC)
+    assert cmav_main(["evaluate", "--ckpt", str(ckpt), "--audio-judge", tail_judge, "--root", data["root"],
+                      "-o", str(tmp_path / "cli_probe"), "--probe-conditions"]) == 0  # fmt: skip
+    probe = json.loads((tmp_path / "cli_probe" / "condition_probe.json").read_text())
+    rows = probe["conditions"]
+    assert list(rows) == ["own condition", "nearest train", "10 nearest mean", "predicted class mean", "train tail"]
+    assert probe["inference"]["inference_condition"] == "own" and probe["inference"]["evaluated_row"] == "own condition"
+    assert rows["train tail"]["split"].startswith("train tail") and rows["own condition"]["split"] == "validation"
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["per_class"] for r in rows.values())
     # without held-out tails (the default gap leaves none of 2-chunk tracks) the row says why, it is not dropped
-    assert cmav_main(["evaluate", "--ckpt", str(ckpt), "--audio-judge", audio_judge, "--root", data["root"],
-                      "-o", str(tmp_path / "no_tails"), "--probe-conditions", "--holdout-tail", "0.1"]) == 0  # fmt: skip
-    tail = json.loads((tmp_path / "no_tails" / "condition_probe.json").read_text())["train tail"]
+    assert cmav_main(["evaluate", "--ckpt", str(ckpt), "--audio-judge", tail_judge, "--root", data["root"],
+                      "-o", str(tmp_path / "no_tails"), "--probe-conditions", "--holdout-gap-ms", "500"]) == 0  # fmt: skip
+    tail = json.loads((tmp_path / "no_tails" / "condition_probe.json").read_text())["conditions"]["train tail"]
     assert tail["accuracy"] is None and tail["split"].startswith("train tail: none held out (data.holdout_tail 0.1 leaves")
 
     # `cmav generate --ckpt i2s.ckpt --image frame.jpg -o out.wav`
@@ -618,3 +627,100 @@ def test_cmav_evaluate_prints_n_a_where_a_figure_is_missing():
     line = _fid_kid_line({"label": "FID/KID", "fid": 12.5, "kid_mean": 0.01, "kid_std": None,
                           "fid_reliable": False, "note": "fewer samples than feature dimensions"})
     assert line == "FID/KID (validation): FID 12.500, KID 0.01000 ± n/a (fewer samples than feature dimensions)"
+
+
+# ---------------------------------------------------------------- review fixes: the condition probe
+
+
+def fit_i2s(data: dict, name: str, steps: int = 1, **held) -> str:
+    """A tiny I2S-C checkpoint (its data's held-out tails ``held``: holdout_tail, holdout_gap_ms)."""
+    L.seed_everything(0, verbose=False)
+    tr = trainer(max_steps=steps, max_epochs=-1, limit_val_batches=0)
+    tr.fit(i2s("i2s_c"), dm_of(data, **held))
+    path = str(data["base"] / f"{name}.ckpt")
+    tr.save_checkpoint(path)
+    return path
+
+
+def test_the_condition_probe_refuses_train_tails_the_generator_or_the_audio_judge_trained_on(data, audio_judge,
+                                                                                             tmp_path, capsys):  # fmt: skip
+    """The train-tail row is "seen players, unseen frames": `cmav evaluate --holdout-tail` on a
+    generator trained without tails, or an audio judge trained on them, made it frames they trained
+    on. Both are refused, naming the checkpoint and the tail it trained with."""
+    from cmav.evaluation.condition_probe import probe_i2s_conditions
+
+    tails = {"holdout_tail": 0.1, "holdout_gap_ms": 0}
+    gen0 = fit_i2s(data, "i2s_tail0")
+    gen = fit_i2s(data, "i2s_tail01", **tails)
+    judge = fit_classifier(data, "audio_judge_tail01", 1, tails=True, modality="audio", audio_encoder=TINY_ENC)
+    capsys.readouterr()
+    assert cmav_main(["evaluate", "--ckpt", gen0, "--audio-judge", judge, "--probe-conditions", "--holdout-tail", "0.1",
+                      "--holdout-gap-ms", "0", "-o", str(tmp_path / "told")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert (f"{gen0}: the I2S generator was trained on {data['root']} with data.holdout_tail 0 (holdout_gap_ms None), "
+            "so 26 of the 26 held-out chunks scored here (data.holdout_tail 0.1, holdout_gap_ms 0)") in err
+    assert not (tmp_path / "told").exists()  # refused before anything was scored
+    with pytest.raises(ValueError, match=r"i2s_tail0\.ckpt: the I2S generator was trained on .* with data\.holdout_tail 0 "):
+        probe_i2s_conditions(load_i2s(gen0), dm_of(data, **tails), judge, ckpt=gen0)  # a loaded task: its file tells
+    with pytest.raises(ValueError, match=r"audio_judge\.ckpt: the audio judge was trained on .* with data\.holdout_tail 0 .*26 of the 26"):
+        probe_i2s_conditions(gen, dm_of(data, **tails), audio_judge)
+    probe = probe_i2s_conditions(gen, dm_of(data, **tails), judge)  # both held those tails out
+    tail = probe["conditions"]["train tail"]
+    assert tail["split"] == "train tail (seen players, unseen frames)" and 0.0 <= tail["accuracy"] <= 1.0
+    assert probe["notes"] == []
+
+
+def test_the_condition_probe_scores_the_inference_condition_that_evaluate_uses_and_says_which(data, audio_judge):
+    """The probe takes the task as configured (`cmav evaluate --inference-condition nearest
+    --inference-neighbours 3`): its marked row is what evaluate_i2s scores, and the result names the mode."""
+    from cmav.evaluation import evaluate_i2s
+    from cmav.evaluation.condition_probe import format_probe, probe_i2s_conditions
+
+    ckpt = fit_i2s(data, "i2s_probe_modes", steps=4)
+    dm = dm_of(data)  # no tails: the fixture's audio judge trained on every train chunk
+    kw = dict(n_diversity_draws=2, diversity_per_class=1, griffin_lim_iters=1)
+    for mode, k, row in (("nearest", 3, "3 nearest mean"), ("class_mean", None, "predicted class mean")):
+        task = load_i2s(ckpt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # class_mean by a scratch encoder's head: warned, allowed
+            task.set_inference_condition(mode, k)
+        probe = probe_i2s_conditions(task, dm, audio_judge)
+        assert probe["inference"]["inference_condition"] == mode and probe["inference"]["evaluated_row"] == row
+        assert probe["inference"].get("inference_neighbours") == k
+        rows = probe["conditions"]
+        assert [name for name, r in rows.items() if r["evaluated"]] == [row]
+        expected = ["own condition", "nearest train", f"{k or 10} nearest mean", "predicted class mean", "train tail"]
+        assert list(rows) == expected
+        m = evaluate_i2s(task, dm, audio_judge, **kw)
+        assert rows[row]["accuracy"] == m["judged"]["accuracy"]
+        assert rows[row]["per_class"] == {c: a for c, a in m["judged"]["per_class"].items() if a is not None and a == a}
+        assert f"| {row} * |" in format_probe(probe) and f"inference condition: {mode}" in format_probe(probe)
+
+
+def test_the_round_trip_says_what_share_of_the_items_judged_right_it_keeps(data, audio_judge):
+    """kept_fraction is round-trip accuracy / judged accuracy, a ratio that can exceed 1 (the
+    round trip can right items the judge got wrong); kept_share is the share of the items judged
+    right that are still right after the round trip."""
+    from cmav.evaluation import evaluate_i2s
+    from cmav.metrics import judge_predictions
+    from cmav.tasks import load_classifier
+
+    dm = dm_of(data)
+    dm.setup("fit")
+    val = dm.val.tensors
+    table = {f.numpy().tobytes(): a.float() for f, a in zip(val.images.float().div(127.5).sub(1.0), val.audio, strict=True)}
+
+    def real_lms(frames, z):  # each frame's own real LMS: a generator the judge mostly gets right
+        return torch.stack([table[f.numpy().tobytes()] for f in frames])
+
+    m = evaluate_i2s(real_lms, dm, audio_judge, n_diversity_draws=2, diversity_per_class=1, griffin_lim_iters=2)
+    rt = m["round_trip"]
+    judge = load_classifier(audio_judge)
+    names, labels = list(dm.class_names), val.labels.long()
+    fake = real_lms(val.images.float().div(127.5).sub(1.0), None)
+    right = judge_predictions(judge, fake, 64) == labels
+    still = torch.from_numpy(round_trip_accuracy(judge, fake, labels, names, dm.features, 2, 64).predictions) == labels
+    assert right.sum() > 0 and rt["kept_share"] == pytest.approx(float((right & still).sum() / right.sum()))
+    assert 0.0 <= rt["kept_share"] <= 1.0
+    assert rt["kept_fraction"] == pytest.approx(rt["accuracy"] / m["judged"]["accuracy"])
+    assert "a ratio of two accuracies" in rt["note"]

@@ -168,3 +168,25 @@ def test_evaluate_topics_are_their_own_commands_and_plain_evaluate_stays():
         assert f"evaluate-{topic}" in commands
     assert evaluate_alias(["evaluate", "--ckpt", "a.ckpt"]) == ["evaluate", "--ckpt", "a.ckpt"]
     assert evaluate_alias(["evaluate"]) == ["evaluate"]
+
+
+def test_cli_refuses_a_holdout_the_judge_trained_on_and_says_why_a_holdout_is_empty(data, dm, judge_ckpt, tmp_path,
+                                                                                     capsys):  # fmt: skip
+    """--holdout-tail made 'holdout' the judge's own training frames (it trained with none held out):
+    refused by name. With no tails at all the holdout row says why instead of an accuracy of nan."""
+    capsys.readouterr()
+    assert main(["evaluate", "judge", "--ckpt", str(judge_ckpt), "--root", str(data), "--holdout-tail", "0.3",
+                 "--holdout-gap-ms", "0", "--splits", "holdout", "-o", str(tmp_path / "told")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert (f"{judge_ckpt}: the image judge was trained on {data} with data.holdout_tail 0 (holdout_gap_ms None), so "
+            "26 of the 26 held-out chunks scored here (data.holdout_tail 0.3, holdout_gap_ms 0)") in err
+    with pytest.raises(ValueError, match=r"judge\.ckpt: the image judge was trained on .* with data\.holdout_tail 0 "):
+        probe_image_judge(str(judge_ckpt), AudioVisualDataModule(root=str(data), image_size=SIZE, holdout_tail=0.3,
+                                                                 holdout_gap_ms=0, progress=False), splits=("holdout",))  # fmt: skip
+    out = tmp_path / "none"
+    assert main(["evaluate", "judge", "--ckpt", str(judge_ckpt), "--splits", "holdout", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "holdout (0 frames): none held out: this data module holds none out: set data.holdout_tail > 0" in printed
+    assert "nan" not in printed
+    saved = json.loads((out / "judge_probe.json").read_text())["splits"]["holdout"]
+    assert saved["n"] == 0 and saved["views"] == {} and "holds none out" in saved["note"]

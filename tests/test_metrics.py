@@ -381,3 +381,56 @@ def test_json_safe_writes_numpy_and_torch_numbers_and_drops_their_nans():
          "e": [torch.tensor([float("nan"), 2.0])], "f": float("-inf")}  # fmt: skip
     assert json.loads(json.dumps(json_safe(x))) == {"a": None, "b": 3, "c": 0.5, "d": [1.0, None], "e": [[None, 2.0]],
                                                    "f": None}  # fmt: skip
+
+
+# ---------------------------------------------------------------- review fixes: KID's subsets, the token FID note
+
+
+def test_kid_subsets_come_from_their_own_generator_and_match_torchmetrics_under_the_seed(monkeypatch):
+    """torch.manual_seed reseeds every device's RNG (CUDA's too, which fork_rng(devices=[]) does not
+    restore): KID's subsets are drawn without it, and are the ones torchmetrics draws after it."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    from cmav.metrics.fidelity import _Precomputed
+
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(40, 8, generator=g).double(), torch.randn(30, 8, generator=g).double() + 0.5
+    seeded: list[int] = []
+    manual_seed = torch.manual_seed
+    monkeypatch.setattr(torch, "manual_seed", lambda s: (seeded.append(s), manual_seed(s))[1])
+    cpu_before = torch.get_rng_state()
+    cuda_before = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    r = fid_kid_from_features(real, fake, kid_subset_size=10, kid_subsets=20, seed=3)
+    assert seeded == []
+    assert torch.equal(torch.get_rng_state(), cpu_before)
+    if cuda_before is not None:
+        assert all(torch.equal(a, b) for a, b in zip(torch.cuda.get_rng_state_all(), cuda_before, strict=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kid = KernelInceptionDistance(feature=_Precomputed(8), subsets=20, subset_size=10, normalize=False)
+    kid.update(real, real=True)
+    kid.update(fake, real=False)
+    with torch.random.fork_rng(devices=[]):
+        manual_seed(3)
+        mean, std = kid.compute()
+    assert r["kid_mean"] == float(mean) and r["kid_std"] == float(std)
+
+
+def test_the_token_fid_note_says_once_that_a_small_sample_fid_is_biased():
+    from cmav.evaluation.token import score_images
+    from cmav.tasks import ClassifierTask
+    from cmav.tasks.retrieval import RetrievalTask
+
+    torch.manual_seed(0)
+    names = ["violin", "double_bass", "flute"]
+    small = dict(n_blocks=2, base_channels=4, max_channels=8, feature_dim=8, dropout=0.0)
+    judge = ClassifierTask(modality="image", image_size=16, class_names=names,
+                           image_judge={**small, "block_dropout": 0.0}).eval()  # fmt: skip
+    retrieval = RetrievalTask(image_size=16, input_shape=[1, 32, 16], n_classes=3, class_names=names,
+                              audio_encoder=small, image_encoder=small, head=dict(embed_dim=8, hidden_dim=8),
+                              log_heatmaps=False).eval()  # fmt: skip
+    n = 6  # fewer items than the judge's 8 feature dimensions
+    m = score_images(torch.rand(n, 3, 16, 16) * 2 - 1, torch.randn(n, 1, 32, 16), torch.arange(n) % 3,
+                     torch.rand(n, 3, 16, 16) * 2 - 1, judge, retrieval, names, n_negatives=2)  # fmt: skip
+    assert "FID not reliable: 6 items for 8-d features" in m["fid_note"]
+    assert m["fid_note"].count("biased upwards") == 1

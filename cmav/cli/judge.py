@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--root", default=None,
                    help="a stand-in data set, with its instrument masks (default: the root the judge was trained on)")
     e.add_argument("--holdout-tail", type=float, default=None,
-                   help="data.holdout_tail, what `train` and `holdout` are (default: the judge's own)")
+                   help="data.holdout_tail, what `train` and `holdout` are (default: the judge's own; `holdout` "
+                        "reaching into the frames the judge trained on, a larger tail than its own, is refused)")  # fmt: skip
     e.add_argument("--holdout-gap-ms", type=int, default=None,
                    help="held-out chunks starting less than this after a trained one are not scored (default: the "
                         "judge's own; 0 keeps them)")  # fmt: skip
@@ -43,8 +44,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     # checkpoint), so that `train` and `holdout` are its own; what is given replaces that
     dm = datamodule_for(args.ckpt, args.root, batch_size=64, image_size=int(judge.hparams.image_size),
                         holdout_tail=args.holdout_tail, holdout_gap_ms=args.holdout_gap_ms)  # fmt: skip
-    probe = probe_image_judge(judge, dm, splits=tuple(args.splits))
-    probe["judge"] = str(args.ckpt)
+    # the checkpoint, not the task loaded from it: its recorded data say whether `holdout` is frames it trained on
+    probe = probe_image_judge(args.ckpt, dm, splits=tuple(args.splits))
     text = format_judge_probe(probe, tuple(args.list_players))
     print(text)
     out = Path(args.output)

@@ -9,7 +9,9 @@ Every figure says its split (**validation**: unseen players):
   (**judge-feature FID, not Inception FID**);
 * diversity: mean pairwise judge-feature distance over noise draws of the same frame;
 * the round trip: the generated LMS -> Griffin-Lim audio -> LMS again -> the audio judge; does the
-  sound survive inversion? Reported for the real LMS too (the inversion's own loss).
+  sound survive inversion? Reported for the real LMS too (the inversion's own loss); ``kept_share``
+  is the share of the items judged right that stay right, ``kept_fraction`` the ratio of the two
+  accuracies (which can pass 1).
 """
 
 from __future__ import annotations
@@ -123,6 +125,11 @@ def evaluate_i2s(
     rt_fake = round_trip_accuracy(judge, fake, labels, names, features, griffin_lim_iters, batch_size)
     rt_real = round_trip_accuracy(judge, real, labels, names, features, griffin_lim_iters, batch_size)
     judged = scores["judged"]["accuracy"]
+    # of the items judged right, the share still right after the round trip (kept_fraction, the
+    # ratio of the two accuracies, also counts items the round trip turns right, and can pass 1)
+    right = torch.from_numpy(gen_report.predictions) == labels
+    still = torch.from_numpy(rt_fake.predictions) == labels
+    kept_share = float((right & still).sum() / right.sum()) if bool(right.any()) else None
     result: dict[str, Any] = {"generator": info, "seed": seed, **scores}
     for section in ("judged", "judge_on_real"):
         note_on(result[section], judge_note)
@@ -132,10 +139,13 @@ def evaluate_i2s(
         "accuracy": rt_fake.accuracy,
         "balanced_accuracy": rt_fake.balanced_accuracy,
         "kept_fraction": rt_fake.accuracy / judged if judged else None,
+        "kept_share": kept_share,
         "real_accuracy": rt_real.accuracy,
         "griffin_lim_iters": griffin_lim_iters,
         "note": "the audio judge on LMS recomputed from the Griffin-Lim audio of each generated LMS; kept_fraction "
-        "= round-trip accuracy / judged accuracy; real_accuracy = the same round trip on the real LMS",
+        "= round-trip accuracy / judged accuracy, a ratio of two accuracies (above 1 when the round trip turns more "
+        "items right than wrong); kept_share = of the items judged right, the share still right after the round "
+        "trip; real_accuracy = the same round trip on the real LMS",
     }
     if out_dir is not None:
         return save_scores(result, out_dir, gen_report, real_report, names, "Audio judge", "spectrograms")

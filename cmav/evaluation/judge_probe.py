@@ -48,9 +48,14 @@ def probe_image_judge(judge_or_ckpt: Any, datamodule, splits: tuple[str, ...] = 
 
     ``splits``: any of ``train`` (what the judge trained on), ``holdout`` (the train tracks'
     held-out tails) and ``validation`` (unseen players). Needs the data set's instrument masks
-    (:class:`~cmav.data.masks.MasksMissing`, naming the folder, when it has none).
+    (:class:`~cmav.data.masks.MasksMissing`, naming the folder, when it has none). ``holdout`` is
+    refused when the judge's checkpoint says it trained on any of those tails (data settings other
+    than its own, :func:`~cmav.evaluation.paired.check_judge_unseen`; pass the checkpoint, a task
+    loaded from one does not know its data); with no tails held out it has ``n`` 0 and a ``note``
+    saying why.
     """
     from cmav.data.masks import load_split_masks
+    from cmav.evaluation.paired import check_judge_unseen
     from cmav.evaluation.s2i import _judge
 
     unknown = [s for s in splits if s not in PROBE_SPLITS]
@@ -63,9 +68,16 @@ def probe_image_judge(judge_or_ckpt: Any, datamodule, splits: tuple[str, ...] = 
         raise ValueError(f"the image judge's classes {names} differ from the data's {datamodule.class_names}")
     size = int(judge.hparams.image_size)
     out: dict[str, Any] = {"judge": str(judge_or_ckpt) if isinstance(judge_or_ckpt, (str, Path)) else "in memory",
-                           "views": list(VIEWS), "splits": {}}  # fmt: skip
+                           "views": list(VIEWS), "splits": {}, "notes": []}  # fmt: skip
+    if "holdout" in splits:  # its tails are meant to be frames the judge never saw
+        note = check_judge_unseen(judge_or_ckpt, datamodule, "image judge", split="holdout")
+        out["notes"] += [note] if note else []
     for split in splits:
         tensors, index = datamodule.split_items(split)
+        if len(index) == 0:
+            why = datamodule.holdout_shortfall() if split == "holdout" and hasattr(datamodule, "holdout_shortfall") else None
+            out["splits"][split] = {"n": 0, "views": {}, "note": f"none held out: {why}" if why else "no items"}
+            continue
         labels, tracks = tensors.labels[index].long(), tensors.tracks[index].long()
         folder = "validation" if split == "validation" else "train"  # the holdout tails live in train/
         masks = load_split_masks(datamodule.root, folder, [tensors.stems[i] for i in index.tolist()],
@@ -84,8 +96,11 @@ def format_judge_probe(probe: dict[str, Any], list_players: tuple[str, ...] = ("
     """Markdown: per split the accuracy of each view and how many players are named right on most of
     their frames; for the splits in ``list_players`` one row per player (accuracy, and the class
     named most often where it is not the player's own)."""
-    lines = []
+    lines = [f"NOTE: {n}" for n in probe.get("notes") or []] + ([""] if probe.get("notes") else [])
     for split, s in probe["splits"].items():
+        if not s["views"]:  # nothing to score, and why
+            lines += [f"{split} ({s['n']} frames): {s.get('note', 'no items')}", ""]
+            continue
         lines += [f"{split} ({s['n']} frames)", "", "| view | accuracy | players named right on most frames |",
                   "|---|---|---|"]  # fmt: skip
         for view, v in s["views"].items():

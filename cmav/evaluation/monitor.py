@@ -67,7 +67,12 @@ class JudgedAccuracyMonitor(L.Callback):
         judge_ckpt: a :class:`~cmav.tasks.ClassifierTask` checkpoint trained on REAL data of the
             generator's output modality (an image judge for S2I, a sound classifier for I2S).
         every_n_epochs: score at the validation that ends every n-th training epoch (counted in
-            epochs, not validations; and at the last one).
+            epochs, not validations; and at the last one). With ``val_check_interval`` < 1 the
+            validations in mid-epoch are not scored, so neither a reading nor a
+            ``ModelCheckpoint(monitor="val/judged_acc")`` comes from one. A run that ends by
+            ``max_steps`` gets a final reading at its last validation; Lightning does not validate
+            when ``max_steps`` ends a run mid-epoch (unless a ``val_check_interval`` validation
+            falls on that very step), so such a run's last reading is at its last validation before.
         seed: the fixed noise of the generated items (the same draw at every epoch, so the curve
             shows the generator changing, not the noise).
         batch_size: generation and judging batch.
@@ -173,13 +178,23 @@ class JudgedAccuracyMonitor(L.Callback):
 
     # ------------------------------------------------------------------ scoring
 
+    @staticmethod
+    def _ends_epoch(trainer: L.Trainer) -> bool:
+        """Whether this validation runs after the epoch's last training batch (with
+        ``val_check_interval`` < 1 Lightning validates in mid-epoch too)."""
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        return bool(progress.is_last_batch) or progress.current.ready >= trainer.num_training_batches
+
     def _due(self, trainer: L.Trainer) -> bool:
         if trainer.sanity_checking:
             return False
+        # a run that ends by max_steps (max_epochs -1, the grids' way) gets its final reading too
+        if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
+            return True
+        if not self._ends_epoch(trainer):
+            return False
         epoch = trainer.current_epoch + 1
         last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch >= trainer.max_epochs
-        # a run that ends by max_steps (max_epochs -1, the grids' way) gets its final reading too
-        last = last or (trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step)
         return epoch % self.every_n_epochs == 0 or last
 
     @torch.no_grad()

@@ -95,7 +95,8 @@ def judge_trained_items(settings: dict, tensors) -> list[int]:
     return keep
 
 
-def check_judge_unseen(judge_or_ckpt: Any, datamodule, what: str, split: str = "validation") -> str | None:
+def check_judge_unseen(judge_or_ckpt: Any, datamodule, what: str, split: str = "validation",
+                       advice: str | None = None) -> str | None:  # fmt: skip
     """Refuse a judge that was trained on items it would score; say so when that cannot be told.
 
     A judge is trained on the train split of its data less that split's held-out tails
@@ -107,7 +108,8 @@ def check_judge_unseen(judge_or_ckpt: Any, datamodule, what: str, split: str = "
     trained with ``holdout_tail`` 0, or a smaller one than the data's). The validation split is
     never trained on by a judge of the same root. When the roots differ, or the judge's data are
     not recorded, a :class:`~cmav.data.errors.DataWarning` is raised and its text returned, for
-    the result's notes; None when all is well.
+    the result's notes; None when all is well. ``advice`` replaces the refusal's last sentence (how
+    to train the judge) for what is not a judge (:func:`check_generator_unseen`).
     """
     from cmav.data.errors import DataWarning
 
@@ -132,15 +134,44 @@ def check_judge_unseen(judge_or_ckpt: Any, datamodule, what: str, split: str = "
     if seen:
         h = datamodule.hparams
         gap = settings.get("holdout_gap_ms")
+        advice = advice or (f"Train the {what} with data.holdout_tail {float(h.holdout_tail):g} (the data's, as the "
+                            "experiments/*.yaml do) or more")  # fmt: skip
         raise ValueError(
             f"{source}: the {what} was trained on {settings['root']} with data.holdout_tail "
             f"{float(settings.get('holdout_tail') or 0.0):g} (holdout_gap_ms {gap}), so {len(seen)} of the {len(index)} "
             f"held-out chunks scored here (data.holdout_tail {float(h.holdout_tail):g}, holdout_gap_ms "
             f"{h.get('holdout_gap_ms')}) are among its own training frames: its figures there would not be on frames "
-            f"nobody trained on. Train the {what} with data.holdout_tail {float(h.holdout_tail):g} (the data's, as the "
-            "experiments/*.yaml do) or more"
+            f"nobody trained on. {advice}"
         )  # fmt: skip
     return None
+
+
+def check_generator_unseen(generator: Any, datamodule, what: str) -> str | None:
+    """:func:`check_judge_unseen` (``split='holdout'``) for the generator scored on the train tracks'
+    held-out tails as "seen players, unseen frames" (S2I's judged holdout and player consistency, the
+    I2S condition probe's train tail): refused when its training items include any of them (a
+    checkpoint trained with ``data.holdout_tail`` 0, or scored with a larger ``holdout_tail`` or a
+    smaller ``holdout_gap_ms`` than its own), naming it and the tail it trained with.
+
+    ``generator``: its checkpoint (path or dict) or a task fitted in memory (its trainer's data). A
+    task loaded from a checkpoint does not know its data and a plain callable has none: nothing is
+    checked then (the caller holding the checkpoint checks that, as ``cmav evaluate`` does). Nothing
+    is checked either when the data hold no tail out. Returns the note of an unverifiable check
+    (another root, data not recorded), else None."""
+    from cmav.tasks.common import datamodule_of
+
+    if isinstance(generator, nn.Module) and datamodule_of(generator) is None:
+        return None
+    if not isinstance(generator, (str, Path, dict, nn.Module)):
+        return None
+    _, held = datamodule.split_items("holdout")
+    if len(held) == 0:
+        return None
+    settings = judge_training_data(generator) or {}
+    advice = (f"Score it on the tails it held out (data.holdout_tail {float(settings.get('holdout_tail') or 0.0):g}, "
+              f"holdout_gap_ms {settings.get('holdout_gap_ms')}: `cmav evaluate`'s default without --holdout-tail and "
+              "--holdout-gap-ms) or on fewer")  # fmt: skip
+    return check_judge_unseen(generator, datamodule, what, split="holdout", advice=advice)
 
 
 def front_end_refusal(source: str, model: str, role: str, made: tuple, want: tuple, trained: Any, features: Any,
@@ -267,6 +298,6 @@ def save_scores(result: dict[str, Any], out_dir: str | Path, gen_report: Classif
     return safe
 
 
-__all__ = ["FID_LABEL", "GeneratorFn", "check_judge_unseen", "front_end_refusal", "generate_outputs", "generator_fn",
-           "inference_of", "judge_trained_items", "judge_training_data", "note_on", "save_scores", "score_generator",
-           "subset_per_class"]  # fmt: skip
+__all__ = ["FID_LABEL", "GeneratorFn", "check_generator_unseen", "check_judge_unseen", "front_end_refusal",
+           "generate_outputs", "generator_fn", "inference_of", "judge_trained_items", "judge_training_data", "note_on",
+           "save_scores", "score_generator", "subset_per_class"]  # fmt: skip

@@ -664,7 +664,11 @@ def format_report(result: dict) -> str:
         lines.append("\nAdaBN (transductive): the batch-norm statistics of the classifier (for S2I-C, of its audio "
                      "encoder; the generator as trained) re-estimated on each split's own audio, labels unread. "
                      "It reads the evaluation font's audio, so it does not count towards the cross-source target.")  # fmt: skip
-    lines.append("\nIn-source: the training data's own split (players unseen in training, training font). "
+    split = result["split"]
+    whose = {"validation": "players unseen in training, training font",
+             "train": "the players the models trained on, at the frames they trained on but for any held-out tails; "
+                      "training font"}.get(split, "training font")  # fmt: skip
+    lines.append(f"\nIn-source: the training data's {split} split ({whose}). "
                  "Cross-source: the same split rendered from the evaluation font.")  # fmt: skip
     return "\n".join(lines) + "\n"
 

@@ -14,7 +14,10 @@ Every figure says which split it comes from:
   whose checkpoint says it trained on any of those frames (``data.holdout_tail`` 0, or less than
   the data's, on the same root) is refused by name; one trained on another root, or whose data are
   not recorded, is warned of and said so in ``notes`` and beside its figures
-  (:func:`~cmav.evaluation.paired.check_judge_unseen`).
+  (:func:`~cmav.evaluation.paired.check_judge_unseen`). So is a generator that trained on those
+  frames (a checkpoint trained with a smaller ``data.holdout_tail`` than the data's, or a task fitted
+  in memory; a task loaded from a checkpoint does not know its data:
+  :func:`~cmav.evaluation.paired.check_generator_unseen`).
 
 The S2I model is refused on data of another front end than it was trained on (:func:`check_s2i_fits`).
 
@@ -38,6 +41,7 @@ from torch import Tensor
 from cmav.evaluation.paired import (
     FID_LABEL,
     GeneratorFn,
+    check_generator_unseen,
     check_judge_unseen,
     front_end_refusal,
     generate_outputs,
@@ -150,11 +154,14 @@ def evaluate_s2i(
     from cmav.tasks.s2i import load_s2i
 
     source = str(task_or_ckpt) if isinstance(task_or_ckpt, (str, Path)) else "the S2I model given"
+    given = task_or_ckpt  # a checkpoint says what the generator trained on; the task loaded from it does not
     if isinstance(task_or_ckpt, (str, Path)):
         task_or_ckpt = load_s2i(task_or_ckpt)
     fn, z_dim, info = make_generator_fn(task_or_ckpt)
     datamodule.setup("validate")
     check_s2i_fits(task_or_ckpt, datamodule, source)
+    # the held-out tails are scored as frames the generator never saw: refused when it trained on them
+    generator_note = check_generator_unseen(given, datamodule, "S2I generator")
     judge = _judge(image_judge_ckpt)
     names = list(judge.hparams.class_names)
     val = datamodule.val.tensors
@@ -179,11 +186,13 @@ def evaluate_s2i(
     result["judged_holdout"] = _judged_holdout(fn, z_dim, datamodule, judge, names, seed, batch_size)
     for section in ("judged", "judge_on_real", "judged_holdout"):
         note_on(result[section], image_note)
+    note_on(result["judged_holdout"], generator_note)
 
     result["player"] = None
     if player is not None:
         result["player"] = _player_consistency(fn, z_dim, datamodule, player_judge_ckpt, seed, batch_size, checked=player)
-    result["notes"] = [n for n in (image_note, player[1] if player else None) if n]
+        note_on(result["player"], generator_note)
+    result["notes"] = [n for n in (generator_note, image_note, player[1] if player else None) if n]
 
     if out_dir is not None:
         return save_scores(result, out_dir, gen_report, real_report, names, "Image judge", "frames")

@@ -160,7 +160,6 @@ def score_images(generated: Tensor, audio: Tensor, labels: Tensor, real: Tensor,
         warnings.filterwarnings("ignore", ".*rank-deficient.*")  # small evaluation sets: said in the note
         warnings.filterwarnings("ignore", ".*subset_size.*")
         fid = fid_kid_from_features(real_f, gen_f, kid_subset_size=min(n, 1000), feature=extractor.feature_name)
-    dim = gen_f.shape[1]
     return {
         "AIS": audio_image_similarity(scores, neg),
         "IIS": image_image_similarity(gen_f, real_f, neg),
@@ -168,7 +167,8 @@ def score_images(generated: Tensor, audio: Tensor, labels: Tensor, real: Tensor,
         "FID": fid["fid"],
         "n_items": n,
         "n_negatives": n_negatives,
-        "fid_note": fid["note"] + (f"; {n} items for {dim}-d features: biased upwards" if n <= dim else ""),
+        # fid_kid_from_features notes already when too few items bias FID upwards
+        "fid_note": fid["note"],
         "classes": list(class_names),
     }
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance, poly_mmd
 
 from cmav.metrics.classification import Batches, _iter_batches, _module_device
 
@@ -175,6 +175,22 @@ class _Precomputed(nn.Module):
         return f
 
 
+def _kid(metric: KernelInceptionDistance, real: Tensor, fake: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+    """``metric.compute()`` on ``real`` / ``fake`` with its random subsets drawn from a generator of
+    their own: torchmetrics draws them from the global RNG, and ``torch.manual_seed`` would reseed
+    every device's (CUDA's too, which ``fork_rng(devices=[])`` does not restore). A CPU generator
+    seeded with ``seed`` draws the permutations the global one draws after ``torch.manual_seed(seed)``,
+    so the figures are the same."""
+    g = torch.Generator().manual_seed(int(seed))
+    scores = []
+    for _ in range(metric.subsets):
+        r = real[torch.randperm(real.shape[0], generator=g)[: metric.subset_size]]
+        f = fake[torch.randperm(fake.shape[0], generator=g)[: metric.subset_size]]
+        scores.append(poly_mmd(r, f, metric.degree, metric.gamma, metric.coef))
+    kid = torch.stack(scores)
+    return kid.mean(), kid.std(unbiased=False)
+
+
 def fid_kid_from_features(
     real_features: Tensor,
     fake_features: Tensor,
@@ -231,12 +247,8 @@ def fid_kid_from_features(
                                              normalize=False)
     fid_metric.update(real, real=True)
     fid_metric.update(fake, real=False)
-    kid_metric.update(real, real=True)
-    kid_metric.update(fake, real=False)
     fid = float(fid_metric.compute())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        kid_mean, kid_std = kid_metric.compute()
+    kid_mean, kid_std = _kid(kid_metric, real, fake, seed)
     notes = [FID_NOTE_JUDGE if feature.startswith("judge:") else f"FID/KID on '{feature}' features"]
     if not fid_reliable:
         notes.append(f"FID not reliable: {min(n_real, n_fake)} items for {d}-d features (FID needs more items than "
