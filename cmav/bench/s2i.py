@@ -4,10 +4,14 @@
     encoder, both mismatch terms) on the cached :class:`AudioVisualDataModule`, with everything the
     real run has on (TensorBoard logging of the step metrics, EMA, negative sampling, the
     DataLoader); a Callback times the steady-state batches after ``warmup``: the wall span from the
-    start of the first timed batch to the end of the last one (data loading between batches
-    included) and the sum of the in-step times.
+    end of the last warm-up batch to the end of the last timed one (the loading of each timed batch
+    included).
 (b) **bare**: the same modules (G, D, frozen encoder, EMA), the same losses and negatives in a
     plain PyTorch loop over data already on the device (batches are index gathers).
+
+Both wait for the device (``torch.cuda.synchronize``) only where their timed span starts and where
+it ends: a wait per batch would drain the GPU's queue of kernels on every batch in one path and not
+in the other, and the ratio would measure the timing. So no in-step time is taken.
 
 The encoder is an untrained sound-classifier encoder (the weights do not change the cost).
 """
@@ -27,7 +31,20 @@ from cmav.bench.cpu_bf16 import slow_bf16_warning
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if dev.type == "cuda":
+        # said here, not as Lightning's MisconfigurationException or a CUDA error halfway through
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device {name}: torch sees no CUDA device (torch.cuda.is_available() is False)")
+        if (dev.index or 0) >= n:
+            raise ValueError(f"device {name}: torch sees {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+    return dev
 
 
 def _sync(device: torch.device) -> None:
@@ -64,27 +81,30 @@ def _lightning(dm, task, device, steps, warmup, bf16, channels_last, tmp: Path) 
         def __init__(self) -> None:
             self.n = 0
             self.t_first: float | None = None
-            self.t_last = 0.0
-            self.in_step = 0.0
+            self.t_last: float | None = None
             self.images = 0
-            self._t0 = 0.0
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
             if channels_last:
                 batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-            _sync(device)
-            self._t0 = time.perf_counter()
-            if self.n == warmup:
-                self.t_first = self._t0
+            if self.n == warmup == 0:
+                self._start()
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-            _sync(device)
-            t = time.perf_counter()
-            if self.n >= warmup:
-                self.in_step += t - self._t0
+            if warmup <= self.n < warmup + steps:
                 self.images += int(batch["image"].shape[0])
-                self.t_last = t
             self.n += 1
+            # from the end of the last warm-up batch, so that the span holds the loading of each timed
+            # batch, as the bare loop's holds each one's index gather
+            if self.n == warmup:
+                self._start()
+            if self.n == warmup + steps:
+                _sync(device)
+                self.t_last = time.perf_counter()
+
+        def _start(self) -> None:
+            _sync(device)
+            self.t_first = time.perf_counter()
 
     timer = Timer()
     accel = "gpu" if device.type == "cuda" else device.type
@@ -100,11 +120,9 @@ def _lightning(dm, task, device, steps, warmup, bf16, channels_last, tmp: Path) 
         warnings.filterwarnings("ignore", ".*number of training batches.*")
         warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")
         trainer.fit(task, datamodule=dm)
-    if timer.t_first is None or timer.images == 0:
-        raise RuntimeError("the Lightning run ended before any timed step")
-    span = timer.t_last - timer.t_first
-    timed = timer.n - warmup
-    return {"images": timer.images, "span_s": span, "in_step_s": timer.in_step, "steps": timed}
+    if timer.t_first is None or timer.t_last is None:
+        raise RuntimeError(f"the Lightning run ended after {timer.n} of {warmup + steps} batches")
+    return {"images": timer.images, "span_s": timer.t_last - timer.t_first, "steps": steps}
 
 
 def _bare(dm, task, device, steps, warmup, batch_size, bf16, channels_last, seed: int = 0) -> dict:
@@ -195,12 +213,17 @@ def bench_s2i(root: str | Path = "data/default", steps: int = 20, warmup: int = 
     than cores avoids OpenMP oversubscription, which otherwise makes CPU timings swing ~10x."""
     from cmav.data.datamodule import AudioVisualDataModule
 
-    if steps < 1 or warmup < 0:
-        raise ValueError("steps must be >= 1 and warmup >= 0")
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("image_size", image_size), ("channels", channels)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 (None: torch's default), got {threads}")
     dev = _device(device)
     if bf16 and dev.type == "cpu" and (msg := slow_bf16_warning()):
         warnings.warn(msg, UserWarning, stacklevel=2)
-    if threads:
+    if threads is not None:
         torch.set_num_threads(int(threads))
     dm = AudioVisualDataModule(root=str(root), image_size=image_size, batch_size=batch_size, progress=False)
     dm.setup("fit")
@@ -224,7 +247,6 @@ def bench_s2i(root: str | Path = "data/default", steps: int = 20, warmup: int = 
         "channels_last": channels_last,
         "lightning_images_per_s": lit_ips,
         "lightning_step_ms": 1000 * lit["span_s"] / lit["steps"],
-        "lightning_in_step_ms": 1000 * lit["in_step_s"] / lit["steps"],
         "bare_images_per_s": bare_ips,
         "bare_step_ms": 1000 * bare["span_s"] / bare["steps"],
         "ratio": lit_ips / bare_ips,
