@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cmav.cli.paths import input_file
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("embed", help="embeddings of sound files (per chunk) or frames from a trained model, as .npz")
@@ -73,6 +75,8 @@ def _embed(args: argparse.Namespace) -> int:
     if args.image and args.hop_s is not None:
         raise ValueError("--hop-s cuts sound files into chunks; frames (--image) have none")
     out_path = _output(args.output, [args.ckpt, *(args.audio or args.image)], ".npz")
+    for path in args.image or ():
+        input_file(path, "an image file")
     model = cmav.load(args.ckpt)
     vectors, index, starts = [], [], []
     files = args.audio or args.image

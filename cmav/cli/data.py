@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import errno
-import os
 import sys
 import time
 from pathlib import Path
 
+from cmav.cli.paths import image_output, refuse_outputs_under_a_file
+from cmav.cli.retrieval import frame_side, positive_int
 from cmav.data.errors import DataError
 from cmav.standin.build import PRESETS
 
@@ -47,16 +47,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     k = dsub.add_parser("cache", help="compute the preprocessing cache (resized frames, LMS) of both splits")
     k.add_argument("root", help="data set folder")
     k.add_argument("--layout", default="suburmp", choices=["suburmp", "paired"])
-    k.add_argument("--image-size", type=int, default=64)
+    k.add_argument("--image-size", type=frame_side, default=64, help="frame side in pixels, at least 8 (default: %(default)s)")
     k.add_argument("--cache-dir", default=None)
     k.set_defaults(func=_cache)
 
     s = dsub.add_parser("sheet", help="write a contact sheet of sample frames per class")
     s.add_argument("root", help="data set folder (Sub-URMP layout)")
-    s.add_argument("-o", "--output", default="contact_sheet.png")
+    s.add_argument("-o", "--output", default="contact_sheet.png", help="image file (default: %(default)s)")
     s.add_argument("--split", default="train", choices=["train", "validation"])
-    s.add_argument("--per-class", type=int, default=4)
-    s.add_argument("--cell-size", type=int, default=96)
+    s.add_argument("--per-class", type=positive_int, default=4,
+                   help="frames per class, >= 1, each a different sample (fewer where a class has fewer; "
+                        "default: %(default)s)")  # fmt: skip
+    s.add_argument("--cell-size", type=positive_int, default=96, help="side of a frame on the sheet (default: %(default)s)")
     s.set_defaults(func=_sheet)
 
     d = dsub.add_parser("split-players", help="a development root: some train players moved to its validation split, "
@@ -78,7 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     k.add_argument("root", help="data set folder")
     k.add_argument("-o", "--out", required=True, help="the pack's folder (new or empty)")
     k.add_argument("--layout", default="suburmp", choices=["suburmp", "paired"])
-    k.add_argument("--image-size", type=int, default=64)
+    k.add_argument("--image-size", type=frame_side, default=64, help="frame side in pixels, at least 8 (default: %(default)s)")
     k.add_argument("--features", default=None, metavar="YAML",
                    help="the front end, as in a config's data.features, e.g. '{kind: harmonic}' (default: the LMS)")
     k.add_argument("--cache-dir", default=None)
@@ -136,6 +138,7 @@ def _sheet(args: argparse.Namespace) -> int:
     from cmav.data.layout import scan_suburmp
     from cmav.viz.grid import labelled_grid
 
+    image_output(args.output)
     scan = scan_suburmp(args.root, args.split)
     scan.raise_if_errors()
     by_class: dict[str, list] = {}
@@ -143,15 +146,18 @@ def _sheet(args: argparse.Namespace) -> int:
         by_class.setdefault(s.class_name, []).append(s)
     rows, labels = [], []
     for name, samples in sorted(by_class.items()):
-        # Spread the picks over the class's samples: several tracks and several moments.
-        picks = np.linspace(0, len(samples) - 1, args.per_class).round().astype(int)
+        # Spread the picks over the class's samples: several tracks and several moments. Never more
+        # picks than samples: with a step of at least 1 the rounded picks are all different.
+        picks = np.linspace(0, len(samples) - 1, min(args.per_class, len(samples))).round().astype(int)
         rows.append([load_frame(samples[i].image_path, args.cell_size * 2) for i in picks])
         labels.append(name)
     sheet = labelled_grid(rows, labels, cell_size=args.cell_size)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
-    print(f"wrote {out} ({len(rows)} classes x {args.per_class} frames from {args.split})")
+    lo, hi = min(map(len, rows), default=0), max(map(len, rows), default=0)
+    frames = f"{hi}" if lo == hi else f"{lo} to {hi}"
+    print(f"wrote {out} ({len(rows)} classes x {frames} frames from {args.split})")
     return 0
 
 
@@ -160,7 +166,13 @@ def _pack(args: argparse.Namespace) -> int:
 
     from cmav.data.pack import write_pack
 
-    features = yaml.safe_load(args.features) if args.features else None
+    try:
+        features = yaml.safe_load(args.features) if args.features else None
+    except yaml.YAMLError as exc:  # PyYAML's message spans lines and names no option
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"--features: not YAML ({problem}{where}): {args.features!r}") from exc
     if features is not None and not isinstance(features, dict):
         raise ValueError(f"--features must be a mapping such as '{{kind: harmonic}}', got {args.features!r}")
     t0 = time.perf_counter()
@@ -176,7 +188,6 @@ def _pack(args: argparse.Namespace) -> int:
 def _split_players(args: argparse.Namespace) -> int:
     from cmav.data.player_split import MANIFEST, split_players
 
-    _refuse_under_a_file(Path(args.out))
     m = split_players(args.root, args.out, per_class=args.per_class, seed=args.seed, single_track=args.single_track,
                       tail_fraction=args.tail_fraction)  # fmt: skip
     held = ", ".join(f"{c}{t:02d}" for c, ts in m["held_out_tracks"].items() for t in ts)
@@ -190,13 +201,6 @@ def _split_players(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_under_a_file(path: Path) -> None:
-    """Raise NotADirectoryError naming ``path`` when a folder above it is a regular file (the error
-    would otherwise name the first folder written below it, e.g. a hidden partial one)."""
-    if any(p.exists() and not p.is_dir() for p in path.parents):
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
-
-
 def _os_error(exc: OSError) -> str:
     """An OSError in one line: ``PATH: reason`` (both paths of a failed rename or link), else its text."""
     if exc.filename is None or not exc.strerror:
@@ -207,6 +211,7 @@ def _os_error(exc: OSError) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        refuse_outputs_under_a_file(args)  # every command's -o, before it loads or computes anything
         return args.func(args)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from cmav.cli.paths import input_file
+from cmav.cli.retrieval import frame_side, positive_int
 from cmav.metrics.serialise import format_number
 from cmav.models.condition_bank import INFERENCE_CONDITIONS
 
@@ -55,16 +57,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="time a training step (images/s): Lightning path vs bare PyTorch loop")
     b.add_argument("what", choices=["s2i"], help="what to time (s2i: the S2I-C step)")
     b.add_argument("--root", default="data/default", help="data set folder (default: %(default)s)")
-    b.add_argument("--steps", type=int, default=20, help="timed steps after warm-up (default: %(default)s)")
+    b.add_argument("--steps", type=positive_int, default=20, help="timed steps after warm-up (default: %(default)s)")
     b.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)")
-    b.add_argument("--batch-size", type=int, default=64)
-    b.add_argument("--image-size", type=int, default=64)
-    b.add_argument("--channels", type=int, default=64, help="G and D base channels (default: %(default)s)")
+    b.add_argument("--batch-size", type=positive_int, default=64)
+    b.add_argument("--image-size", type=frame_side, default=64, help="frame side in pixels, at least 8 (default: %(default)s)")
+    b.add_argument("--channels", type=positive_int, default=64, help="G and D base channels (default: %(default)s)")
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)")
     b.add_argument("--bf16", action="store_true", help="bf16 autocast (Lightning: precision='bf16-mixed')")
     b.add_argument("--channels-last", action="store_true", help="channels-last memory format for G, D and images")
-    b.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's); 1 gives stable CPU timings on a busy machine")
+    b.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads, >= 1 (default: torch's); 1 gives stable CPU timings on a busy machine")
     b.add_argument("-o", "--output", default=None, help="write the result as JSON here")
     b.set_defaults(func=_bench)
 
@@ -79,9 +81,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     # never trained on and a paired-layout model is read from its layout
     e.add_argument("--root", default=None, help="the data (default: the root the checkpoint was trained on)")
     e.add_argument("--layout", default=None, choices=["suburmp", "paired"], help="default: the checkpoint's")
-    e.add_argument("--image-size", type=int, default=None, help="frame size of the data (default: the checkpoint's)")
+    e.add_argument("--image-size", type=frame_side, default=None,
+                   help="frame size of the data, at least 8 (default: the checkpoint's)")
     e.add_argument("--holdout-tail", type=float, default=None,
-                   help="default: the checkpoint's; must match the player judge's training")  # fmt: skip
+                   help="default: the checkpoint's; a tail reaching into the frames the generator (or a judge) "
+                        "trained on is refused")  # fmt: skip
     e.add_argument("--holdout-gap-ms", type=int, default=None,
                    help="held-out chunks starting less than this after a trained one share its audio and are not "
                         "scored (default: the checkpoint's, else the chunk length; 0 keeps them)")  # fmt: skip
@@ -115,6 +119,8 @@ def _ablate(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from cmav.evaluation.generate import checkpoint_kind, generate_from_image, generate_from_wav
 
+    if args.image is not None:
+        input_file(args.image, "an image file")
     kind = checkpoint_kind(args.ckpt)
     diffusion = {k: getattr(args, k) for k in ("scheduler", "steps", "guidance", "pipeline") if getattr(args, k) is not None}
     if kind == "audio_token" and args.inference_condition is not None:
@@ -204,12 +210,15 @@ def _fid_kid_line(fk: dict) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from cmav.api import model_kind
     from cmav.evaluation import evaluate_i2s, evaluate_s2i
-    from cmav.evaluation.generate import checkpoint_kind, datamodule_for
+    from cmav.evaluation.generate import datamodule_for
+    from cmav.tasks.classifier import _load_checkpoint
 
-    kind = checkpoint_kind(args.ckpt)
+    # the kind itself, not checkpoint_kind's: that one refuses every non-generator as `cmav generate` would
+    kind = model_kind(_load_checkpoint(args.ckpt), args.ckpt)
     if kind not in ("s2i", "i2s"):
-        print(f"cmav evaluate: {args.ckpt} is an {kind} checkpoint; this command scores S2I and I2S ones "
+        print(f"cmav evaluate: {args.ckpt} is a checkpoint of kind {kind!r}; this command scores S2I and I2S ones "
               "(audio tokens are scored by their grid: cmav ablate experiments/ablations/token.yaml)", file=sys.stderr)  # fmt: skip
         return 2
     if args.probe_conditions and kind != "i2s":
@@ -229,25 +238,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     dm = datamodule_for(args.ckpt, args.root, batch_size=32, image_size=args.image_size, layout=args.layout,
                         holdout_tail=args.holdout_tail, holdout_gap_ms=args.holdout_gap_ms)  # fmt: skip
     dm.setup("fit")
+    if kind == "s2i":  # judged holdout and player consistency score the held-out tails: not its own training frames
+        from cmav.evaluation.paired import check_generator_unseen
+
+        check_generator_unseen(args.ckpt, dm, "S2I generator")
     task = _inference_task(args, kind, dm)
     print(f"inference condition: {task.inference_condition}"
           + (f" ({task.inference_neighbours} nearest)" if task.inference_condition == "nearest" else ""))  # fmt: skip
     if kind == "i2s":
+        probe = None
+        if args.probe_conditions:  # first: it refuses tails the generator or the audio judge trained on
+            from cmav.evaluation.condition_probe import format_probe, probe_i2s_conditions
+            from cmav.metrics.serialise import json_safe
+
+            probe = probe_i2s_conditions(task, dm, args.audio_judge, seed=args.seed, ckpt=args.ckpt)
         m = evaluate_i2s(task, dm, args.audio_judge, out_dir=args.output, seed=args.seed)
         print(f"judged accuracy (validation): {m['judged']['accuracy']:.3f} (balanced {m['judged']['balanced_accuracy']:.3f}); "
               f"audio judge on real LMS: {m['judge_on_real']['accuracy']:.3f}")  # fmt: skip
         rt = m["round_trip"]
         print(f"Griffin-Lim round trip (validation): {rt['accuracy']:.3f} "
-              f"(kept {format_number(rt['kept_fraction'], '.2f')} of "
-              f"judged); on real LMS {rt['real_accuracy']:.3f}")  # fmt: skip
+              f"({format_number(rt['kept_fraction'], '.2f')} of the judged accuracy; "
+              f"{format_number(rt['kept_share'], '.2f')} of the items judged right kept); "
+              f"on real LMS {rt['real_accuracy']:.3f}")  # fmt: skip
         print(_fid_kid_line(m["fid_kid"]))
         print(f"diversity over noise (validation): {m['diversity']['value']:.4f}")
         print(f"wrote {Path(args.output) / 'metrics.json'}")
-        if args.probe_conditions:
-            from cmav.evaluation.condition_probe import format_probe, probe_i2s_conditions
-            from cmav.metrics.serialise import json_safe
-
-            probe = probe_i2s_conditions(args.ckpt, dm, args.audio_judge, seed=args.seed)
+        if probe is not None:
             print(format_probe(probe))
             (Path(args.output) / "condition_probe.json").write_text(json.dumps(json_safe(probe), indent=2))
             print(f"wrote {Path(args.output) / 'condition_probe.json'}")

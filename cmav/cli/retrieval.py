@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cmav.cli.paths import image_output, input_file
+
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (argparse names the option in its error)."""
@@ -17,6 +19,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+MIN_FRAME_SIDE = 8
+"""The smallest frame side the CLI takes (the stand-in builder's and the human-eval study's minimum too)."""
+
+
+def frame_side(text: str) -> int:
+    """argparse type: a frame side in pixels, an integer >= :data:`MIN_FRAME_SIDE`."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < MIN_FRAME_SIDE:
+        raise argparse.ArgumentTypeError(f"must be an integer of at least {MIN_FRAME_SIDE} (pixels), got {text}")
+    return value
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser("index", help="embedding index of a data split for `cmav search`")
     isub = i.add_subparsers(dest="index_command", required=True, metavar="{build}")
@@ -25,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("data", help="data set folder (Sub-URMP layout, or --layout paired)")
     b.add_argument("--split", default="validation", choices=["train", "validation"])
     b.add_argument("--layout", default="suburmp", choices=["suburmp", "paired"])
-    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--batch-size", type=positive_int, default=256, help="pairs embedded at once (default: %(default)s)")
     b.add_argument("--cache-dir", default=None)
     b.add_argument("-o", "--output", default="index.pt", help="index file (default: %(default)s)")
     b.set_defaults(func=_index_build)
@@ -51,8 +68,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--root", default=None, help="data set folder (default: the one the first checkpoint trained on)")
     e.add_argument("--split", default="validation", choices=["validation", "train"],
                    help="validation (unseen players: the reported numbers) or train (a diagnostic)")  # fmt: skip
-    e.add_argument("--batch-size", type=int, default=128)
-    e.add_argument("--display-size", type=int, default=256, help="side of the heatmap pngs (default: %(default)s)")
+    e.add_argument("--batch-size", type=positive_int, default=128, help="pairs embedded at once (default: %(default)s)")
+    e.add_argument("--display-size", type=positive_int, default=256, help="side of the heatmap pngs (default: %(default)s)")
     e.add_argument("--cache-dir", default=None)
     e.add_argument("-o", "--output", default="results/retrieval", help="folder for metrics.json, report.md, heatmaps")
     e.set_defaults(func=_evaluate)
@@ -71,6 +88,11 @@ def _index_build(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from cmav.retrieval.search import format_hits, search
+
+    input_file(args.index, "an index file")
+    if args.image is not None:
+        input_file(args.image, "an image file")
+    image_output(args.output)
 
     out = search(args.index, audio=args.audio, image=args.image, k=args.k, ckpt=args.ckpt, output=args.output,
                  backend=args.backend, faiss_factory=args.faiss_factory)  # fmt: skip
@@ -93,4 +115,4 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parser", "positive_int"]
+__all__ = ["MIN_FRAME_SIDE", "add_parser", "frame_side", "positive_int"]

@@ -10,7 +10,9 @@
 
 A run lives in ``trainer.default_root_dir``: checkpoints in ``<root>/checkpoints`` and the logger's
 ``save_dir`` set to the root (any ``save_dir`` a config gives is replaced), so
-``--trainer.default_root_dir runs/s2i_c_seed1`` moves all of it.
+``--trainer.default_root_dir runs/s2i_c_seed1`` moves all of it. ``--ckpt_path last`` reads the newest
+``last*.ckpt`` in ``<root>/checkpoints`` in every sub-command, and is an error when there is none (a
+silent fresh start, or untrained weights scored, is never what it asks for).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.model_registry import _is_registry
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 import cmav.tasks  # noqa: F401  (registers the task classes for short names)
@@ -58,6 +61,14 @@ class CmavCLI(LightningCLI):
             warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging callback with a model that "
                                     "overrides the configure_model")  # fmt: skip
         warn_if_slow_bf16(self.trainer)
+        self._set_checkpoint_dirs(warn_outside_root=True)
+        self._check_ckpt_path()  # with the dirpaths set: where `last` is looked for
+
+    def _set_checkpoint_dirs(self, warn_outside_root: bool = False) -> None:
+        """Point every ModelCheckpoint without a dirpath at ``<default_root_dir>/checkpoints``, in
+        every sub-command: that is where fit writes last.ckpt, so it is where ``--ckpt_path last``
+        must look in validate/test/predict too (Lightning's own default there, the logger's version
+        folder, holds none, and it would quietly score untrained weights)."""
         # A checkpoint callback without a dirpath writes under default_root_dir, so that one key,
         # --trainer.default_root_dir, moves a whole run and a second run cannot overwrite the first's
         # last.ckpt. (Lightning's own default, the logger's version folder, would also move with each
@@ -66,11 +77,11 @@ class CmavCLI(LightningCLI):
         for cb in self.trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                 cb.dirpath = str(root / "checkpoints")
-            elif (where := getattr(cb, "dirpath", None)) and not Path(where).resolve().is_relative_to(root):
+            elif (warn_outside_root and (where := getattr(cb, "dirpath", None))
+                  and not Path(where).resolve().is_relative_to(root)):  # fmt: skip
                 warnings.warn(f"checkpoints go to {where}, outside trainer.default_root_dir {root}: another run with "
                               "that dirpath writes over this one's last.ckpt. Leave the ModelCheckpoint's dirpath "
                               "unset to keep them in <default_root_dir>/checkpoints", UserWarning, stacklevel=1)  # fmt: skip
-        self._check_ckpt_path()  # with the dirpaths set: where `last` is looked for
 
     def _parse_ckpt_path(self) -> None:
         # Lightning reads a --ckpt_path file while parsing (for its hyper-parameters): check it first
@@ -78,37 +89,62 @@ class CmavCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def _check_ckpt_path(self, resolve_last: bool = True) -> None:
-        """Refuse a ``--ckpt_path`` file (or the ``last.ckpt`` that ``last`` resumes) that is not a whole
-        checkpoint, naming it: torch's own error ("failed finding central directory") names neither
-        the file nor the likely cause, a save cut off by a kill."""
+        """Refuse a ``--ckpt_path`` that names no checkpoint file (missing, a folder), or whose file (for
+        ``last``: the newest last*.ckpt of the checkpoint folders) is not a whole checkpoint, naming it:
+        torch's own error ("failed finding central directory") names neither the file nor the likely
+        cause, a save cut off by a kill. ``last`` with no such file is refused too: Lightning would only
+        warn, then train from scratch (fit) or score untrained weights (validate, test, predict)."""
         subcommand = self.config.get("subcommand")
         given = self.config.get(subcommand, {}).get("ckpt_path") if subcommand else None
         if not given:
             return
-        if given == "last":  # Lightning resumes the newest last.ckpt of the checkpoint callbacks' folders
+        if given == "last":
             if not resolve_last:  # no trainer yet
                 return
-            paths = [Path(cb.dirpath) / "last.ckpt" for cb in self.trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
-        elif given in ("best", "hpc", "registry"):
+            path = self._last_checkpoint(subcommand)
+        elif given in ("best", "hpc") or _is_registry(given) or "://" in str(given):  # resolved (or read) by Lightning
             return
         else:
-            paths = [Path(given)]
-        for path in paths:
-            if path.is_file() and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
-                raise DataError(path, "not a readable checkpoint (half-written or corrupt?): resume from an earlier "
-                                      "one, or start again without --ckpt_path")  # fmt: skip
+            path = Path(given)
+            if path.is_dir():
+                raise DataError(path, "is a folder, not a checkpoint file (e.g. runs/<name>/checkpoints/last.ckpt)")
+            if not path.exists():
+                raise DataError(path, "no such checkpoint")
+        if path.is_file() and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+            raise DataError(path, "not a readable checkpoint (half-written or corrupt?): resume from an earlier "
+                                  "one, or start again without --ckpt_path")  # fmt: skip
+
+    def _last_checkpoint(self, subcommand: str) -> Path:
+        """The file ``--ckpt_path last`` loads (Lightning's choice: the newest last*.ckpt in the checkpoint
+        callbacks' folders); a DataError naming the folder when there is none."""
+        callbacks = [cb for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+        if not callbacks:
+            raise DataError(self.trainer.default_root_dir, "--ckpt_path last: no ModelCheckpoint callback "
+                            "(trainer.enable_checkpointing is off?) says where last.ckpt is; give the checkpoint file")  # fmt: skip
+        found = [Path(p) for cb in callbacks for p in cb._find_last_checkpoints(self.trainer)]
+        if found:
+            return max(found, key=lambda p: p.stat().st_mtime)
+        folder = callbacks[0].dirpath
+        if subcommand == "fit":
+            raise DataError(folder, "no last.ckpt to resume (--ckpt_path last): leave --ckpt_path out to start a new "
+                                    "run, or give the killed run's --trainer.default_root_dir")  # fmt: skip
+        raise DataError(folder, f"no last.ckpt to load (--ckpt_path last): `cmav {subcommand}` would score untrained "
+                                "weights; give the run's --trainer.default_root_dir, or a checkpoint file")  # fmt: skip
 
     # an evaluation pass in emulated bf16 is slow too, if only once over the data
     def before_validate(self) -> None:
         warn_if_slow_bf16(self.trainer)
+        self._set_checkpoint_dirs()
         self._check_ckpt_path()
 
     def before_test(self) -> None:
         warn_if_slow_bf16(self.trainer)
+        self._set_checkpoint_dirs()
         self._check_ckpt_path()
 
     def before_predict(self) -> None:
         warn_if_slow_bf16(self.trainer)
+        self._set_checkpoint_dirs()
         self._check_ckpt_path()
 
 

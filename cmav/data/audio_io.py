@@ -39,7 +39,7 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(path, "audio file does not exist")
+        raise DataError(path, "is a folder, not a sound file" if path.is_dir() else "audio file does not exist")
     if path.stat().st_size == 0:
         raise DataError(path, "audio file is empty (0 bytes)")
     try:

@@ -112,7 +112,7 @@ def _class_folders(folder: Path, scan: LayoutScan) -> list[str]:
 
 def _check_split_dirs(root: Path, split: str, audio_dir: Path, image_dir: Path, scan: LayoutScan) -> bool:
     if not root.is_dir():
-        raise DataError(root, "data set folder does not exist")
+        raise DataError(root, "is a file, not a data set folder" if root.exists() else "data set folder does not exist")
     ok = True
     for d in (audio_dir, image_dir):
         if not d.is_dir():
