@@ -3,6 +3,7 @@
 
 import shutil
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -109,6 +110,17 @@ def test_ckpt_path_last_without_a_last_checkpoint_is_an_error_naming_the_folder(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {run / 'checkpoints'}: no last.ckpt")
     assert not (run / "checkpoints").exists()  # nothing trained from scratch
+
+
+def test_validate_without_a_ckpt_path_warns_that_it_scores_the_configs_fresh_weights(lightning, data):
+    """`cmav validate --config X` with no --ckpt_path scored the weights the config builds (untrained)
+    without a word; a figure from it reads like a trained model's."""
+    go, _ = lightning
+    with pytest.warns(UserWarning, match=r"no --ckpt_path: `cmav validate` scores the weights the config builds"):
+        assert go("validate") == 0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=r"no --ckpt_path")
+        assert go("validate", f"--ckpt_path={data['ckpt']}") == 0
 
 
 # --- #2: a missing or folder --ckpt_path ---------------------------------------------------------------

@@ -97,6 +97,11 @@ class CmavCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         given = self.config.get(subcommand, {}).get("ckpt_path") if subcommand else None
         if not given:
+            if subcommand in ("validate", "test", "predict") and resolve_last:
+                # Lightning then uses the model as the config builds it: a figure that reads like a trained model's
+                warnings.warn(f"no --ckpt_path: `cmav {subcommand}` scores the weights the config builds (untrained, "
+                              "but for any encoder it loads); give --ckpt_path last (this run's last.ckpt) or a "
+                              "checkpoint file", UserWarning, stacklevel=1)  # fmt: skip
             return
         if given == "last":
             if not resolve_last:  # no trainer yet
