@@ -724,3 +724,26 @@ def test_the_round_trip_says_what_share_of_the_items_judged_right_it_keeps(data,
     assert 0.0 <= rt["kept_share"] <= 1.0
     assert rt["kept_fraction"] == pytest.approx(rt["accuracy"] / m["judged"]["accuracy"])
     assert "a ratio of two accuracies" in rt["note"]
+
+
+def test_colour_diff_augment_is_refused_on_one_channel_spectrograms_at_construction():
+    """Colour jitter and channel scrambling need RGB: on the one-channel LMS they crashed inside
+    kornia at the first D step. S2I's overlay (experiments/s2i_stable.yaml, colour 0.2) put on
+    an I2S config is the way it happens; I2S's own overlay is accepted and D runs on it."""
+    import yaml
+
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+
+    def overlay(name: str) -> dict:
+        return yaml.safe_load((experiments / name).read_text())["model"]["init_args"]["diff_augment"]
+
+    known = {"lms_shape": [1, 32, 12], "lms_range": [-80.0, 0.0]}
+    for shapes in (known, {}):  # built now, or lazily at setup
+        with pytest.raises(ValueError, match=r"diff_augment\.colour\b.*one-channel"):
+            i2s("i2s_c", diff_augment=overlay("s2i_stable.yaml"), **shapes)
+        with pytest.raises(ValueError, match=r"diff_augment\.colour_scramble\b"):
+            i2s("i2s_c", diff_augment={"enabled": True, "colour_scramble": True}, **shapes)
+    i2s("i2s_c", diff_augment={"enabled": False, "colour": 0.2}, **known)  # off: nothing to refuse
+    model = i2s("i2s_c", diff_augment=overlay("i2s_stable.yaml"), **known)
+    x = torch.rand(2, 1, 32, 12) * 2 - 1
+    assert model._disc(x, torch.randn(2, model.net.encoder.feature_dim)).shape == (2,)

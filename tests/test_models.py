@@ -440,3 +440,21 @@ def test_condition_bank_refuses_conditions_and_predictions_of_the_wrong_shape_by
         bank.snap(cond, "class_mean", torch.tensor([True, False]))
     with pytest.raises(ValueError, match=r"predicted class indices must be >= 0, got -1"):
         bank.snap(cond, "class_mean", torch.tensor([0, -1]))
+
+
+def test_discriminator_refuses_a_one_by_one_batch_norm_map():
+    """Batch norm on a 1x1 last map has one value per channel on a one-sample batch and fails in
+    train mode: final_size 1 always ends there, final_size 2 does for a 12x12 input (12 -> 6 -> 3
+    -> 1). Spectral norm without batch norm, or a map of two or more positions, is fine."""
+    for in_shape, final_size in (((3, 32, 32), 1), ((3, 12, 12), 2)):
+        with pytest.raises(ValueError, match=rf"final_size={final_size}.*1x1.*batch norm"):
+            PairAwareDiscriminator(in_shape, cond_dim=8, base_channels=4, final_size=final_size)
+        d = PairAwareDiscriminator(in_shape, cond_dim=8, base_channels=4, final_size=final_size, spectral_norm=True)
+        assert d.feature_shape[1:] == (1, 1) and d(torch.randn(1, *in_shape), torch.randn(1, 8)).shape == (1,)
+    d = PairAwareDiscriminator((1, 32, 12), cond_dim=8, base_channels=4, final_size=2)  # ends 2x1
+    assert d.feature_shape[1:] == (2, 1) and d(torch.randn(1, 1, 32, 12), torch.randn(1, 8)).shape == (1,)
+
+
+def test_ema_decay_error_names_the_option():
+    with pytest.raises(ValueError, match=r"ema_decay.*must be in \[0, 1\], got 1.5"):
+        ExponentialMovingAverage(nn.Linear(2, 2), decay=1.5)

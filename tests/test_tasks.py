@@ -1459,3 +1459,46 @@ def test_zoom_rotation_and_erasing_augment_as_configured():
     for bad, match in (({"scale": 1.0}, "augment.scale"), ({"erase": 1.5}, "augment.erase")):
         with pytest.raises(ValueError, match=match):
             ImageAugment(ImageAugmentConfig(enabled=True, **bad))
+
+
+def test_ema_decay_out_of_range_is_refused_at_construction_even_when_the_networks_wait_for_the_data():
+    """A scratch S2I encoder without audio_shape builds its networks (and the EMA copy) at setup:
+    a bad decay got through construction there, and the EMA's own error did not name the option."""
+    for bad in (1.5, -0.1, float("nan")):
+        for lazy in (True, False):
+            shapes = {} if lazy else {"audio_shape": [1, 32, 12]}
+            with pytest.raises(ValueError, match=r"model\.init_args\.ema_decay must be in \[0, 1\], got"):
+                S2ITask(variant="s2i_n", encoder_mode="scratch", image_size=32, generator=TINY_G, discriminator=TINY_D,
+                        encoder=TINY_ENC, ema_decay=bad, **shapes)  # fmt: skip
+    for fine in (0.0, 1.0):
+        S2ITask(variant="s2i_n", encoder_mode="scratch", image_size=32, ema_decay=fine)
+
+
+def test_out_of_range_augment_options_are_refused_with_the_option_name():
+    """Negative translate/colour/degrees used to switch the op off silently (even with enabled);
+    too large ones failed inside kornia ("brightness out of bounds") without naming the option."""
+    from cmav.tasks.common import ImageAugment, ImageAugmentConfig
+
+    bad = ({"translate": -0.1}, {"translate": 1.5}, {"colour": -0.3}, {"colour": 5.0}, {"degrees": -10.0},
+           {"degrees": 400.0}, {"translate": float("nan")})  # fmt: skip
+    for options in bad:
+        (name,) = options
+        with pytest.raises(ValueError, match=rf"^augment\.{name} must be in \["):
+            ImageAugment(ImageAugmentConfig(enabled=True, **options))
+    # the GAN's DiffAugment names its own option group
+    with pytest.raises(ValueError, match=r"^diff_augment\.colour must be in \[0, 1\], got 5.0"):
+        S2ITask(variant="s2i_c", encoder_mode="scratch", image_size=32, diff_augment={"enabled": True, "colour": 5.0})
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    edges = ImageAugment(ImageAugmentConfig(enabled=True, translate=1.0, colour=1.0, degrees=180.0))
+    assert edges(x).shape == x.shape  # the ends of the ranges are kornia's too
+
+
+def test_a_one_by_one_batch_norm_discriminator_map_is_refused_at_construction():
+    """final_size 1 ends D on a 1x1 map, where batch norm (on unless spectral_norm) fails on the
+    one-sample batches the wrong-class and wrong-player terms can give: refused before the data
+    are even seen (the networks of a scratch S2I without audio_shape are built at setup)."""
+    with pytest.raises(ValueError, match=r"discriminator\.final_size=1.*discriminator\.spectral_norm"):
+        S2ITask(variant="s2i_c", encoder_mode="scratch", image_size=32, discriminator={**TINY_D, "final_size": 1})
+    sn = S2ITask(variant="s2i_c", encoder_mode="scratch", image_size=32, audio_shape=[1, 32, 12],
+                 discriminator={**TINY_D, "final_size": 1, "spectral_norm": True}, generator=TINY_G, encoder=TINY_ENC)  # fmt: skip
+    assert sn._disc(torch.rand(1, 3, 32, 32) * 2 - 1, torch.randn(1, 128)).shape == (1,)  # no batch norm: fine

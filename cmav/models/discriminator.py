@@ -41,7 +41,8 @@ class PairAwareDiscriminator(nn.Module):
             :func:`torch.nn.utils.parametrizations.spectral_norm`.
         batch_norm: BatchNorm after every conv except the first (DCGAN). ``None`` means
             ``not spectral_norm``: the two are not combined unless asked for explicitly.
-        final_size: stop halving an axis once it is <= this.
+        final_size: stop halving an axis once it is <= this. With batch norm the last map must
+            keep two or more positions (a 1x1 map is refused).
         negative_slope: LeakyReLU slope.
         init: apply DCGAN initialisation (before spectral norm is attached).
         projection: add the projection term (needs ``cond_dim > 0``).
@@ -95,6 +96,12 @@ class PairAwareDiscriminator(nn.Module):
             h, w = _conv_out(h, kh, sh, 1), _conv_out(w, kw, sw, 1)
             cin = cout
             i += 1
+        if use_bn and h * w == 1:
+            # one value per channel on a one-sample batch (the GANs' wrong-class and wrong-player
+            # terms can give one), which batch norm cannot normalise in train mode
+            raise ValueError(f"discriminator final_size={final_size} ends in_shape {self.in_shape} on a 1x1 map, where "
+                             "batch norm fails on any one-sample batch: use a larger final_size, or no batch norm "
+                             "(spectral_norm, or batch_norm=False)")  # fmt: skip
         self.body = nn.Sequential(*layers)
         self.n_layers = i
         self.feature_shape = (cin, h, w)

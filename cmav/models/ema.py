@@ -46,7 +46,7 @@ class ExponentialMovingAverage(nn.Module):
     @staticmethod
     def _check_decay(decay: float) -> None:
         if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"decay must be in [0, 1], got {decay}")
+            raise ValueError(f"EMA decay (a task's ema_decay) must be in [0, 1], got {decay}")
 
     @staticmethod
     def _pairs(a: dict[str, Tensor], b: dict[str, Tensor], what: str) -> list[tuple[Tensor, Tensor]]:

@@ -183,22 +183,29 @@ class ImageAugment(nn.Module):
     random parameters per sample and call) and as light training augmentation for judges.
     """
 
-    def __init__(self, config: ImageAugmentConfig, takes_masks: bool = False) -> None:
+    def __init__(self, config: ImageAugmentConfig, takes_masks: bool = False, option: str = "augment") -> None:
         """``takes_masks``: the caller passes instrument masks to :meth:`forward` (the image
-        classifiers do); ``keep_instrument_colour`` is refused for any other caller."""
+        classifiers do); ``keep_instrument_colour`` is refused for any other caller. ``option``:
+        the caller's name for ``config`` in error messages (``'diff_augment'`` in the GANs)."""
         super().__init__()
         import kornia.augmentation as K
 
         self.config = config
         if not takes_masks and (needing := config.mask_options()):
-            raise ValueError(f"augment.{needing[0]} needs instrument masks, which only the image classifiers "
+            raise ValueError(f"{option}.{needing[0]} needs instrument masks, which only the image classifiers "
                              "(ClassifierTask, modality image) load; turn it off here")  # fmt: skip
         if not 0.0 <= config.instrument_paste <= 1.0:
-            raise ValueError(f"augment.instrument_paste is a probability in [0, 1], got {config.instrument_paste}")
+            raise ValueError(f"{option}.instrument_paste is a probability in [0, 1], got {config.instrument_paste}")
         if not 0.0 <= config.scale < 1.0:
-            raise ValueError(f"augment.scale must be in [0, 1), got {config.scale}")
+            raise ValueError(f"{option}.scale must be in [0, 1), got {config.scale}")
         if not 0.0 <= config.erase <= 1.0:
-            raise ValueError(f"augment.erase is a probability in [0, 1], got {config.erase}")
+            raise ValueError(f"{option}.erase is a probability in [0, 1], got {config.erase}")
+        # Below 0 an op used to switch off silently; above, kornia failed without naming the option.
+        # translate is a fraction of the side and colour kornia's brightness spread (factors in
+        # [1 - colour, 1 + colour] within its [0, 2]); beyond 180 degrees a rotation range repeats.
+        for name, high in (("translate", 1.0), ("colour", 1.0), ("degrees", 180.0)):
+            if not 0.0 <= getattr(config, name) <= high:
+                raise ValueError(f"{option}.{name} must be in [0, {high:g}], got {getattr(config, name)}")
         geometric: list[nn.Module] = []
         if config.translate > 0 or config.scale > 0 or config.degrees > 0:
             t, s = float(config.translate), float(config.scale)

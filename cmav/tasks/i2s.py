@@ -31,7 +31,7 @@ from cmav.data.instruments import INSTRUMENTS
 from cmav.features.scaling import RangeScaler
 from cmav.models import ImageEncoder, InferenceCondition
 from cmav.tasks.classifier import load_image_classifier
-from cmav.tasks.common import AdamConfig, ImageAugmentConfig, ImageEncoderConfig, plain
+from cmav.tasks.common import AdamConfig, ImageAugmentConfig, ImageEncoderConfig, coerce, plain
 from cmav.tasks.paired_gan import (
     ConditionOn,
     DiscriminatorConfig,
@@ -50,6 +50,18 @@ Variant = Literal["i2s_c", "i2s_n", "ae"]
 
 # (wrong_class_term, wrong_player_term) when not given explicitly
 VARIANT_TERMS = {"i2s_c": (True, True), "i2s_n": (False, False), "ae": (False, False)}
+
+
+def _refuse_colour_augment(config: ImageAugmentConfig) -> None:
+    """A clear ValueError when ``diff_augment`` turns on colour ops, which need RGB frames: D's
+    inputs here are one-channel LMS (kornia would fail at the first D step)."""
+    on = [name for name, used in (("colour", config.colour > 0), ("colour_scramble", config.colour_scramble)) if used]
+    if config.enabled and on:
+        options = " and ".join(f"diff_augment.{name}" for name in on)
+        off = " ".join(f"--model.init_args.diff_augment.{name} {'0' if name == 'colour' else 'false'}" for name in on)
+        raise ValueError(f"{options}: colour augmentation needs RGB frames, but I2S's discriminator sees one-channel "
+                         f"spectrograms (dB); set {off} (experiments/s2i_stable.yaml is S2I's overlay, I2S's is "
+                         "experiments/i2s_stable.yaml)")  # fmt: skip
 
 
 class I2STask(PairedGANTask):
@@ -86,7 +98,8 @@ class I2STask(PairedGANTask):
             options, two suit spectrograms: ``translate`` (shifts in time and frequency, reflection
             padding) and ``erase`` (a SpecAugment-like rectangle, filled with the middle of
             ``lms_range`` in dB, not with silence); ``experiments/i2s_stable.yaml`` uses both. Colour
-            jitter has no meaning on one channel of dB, and a flip plays the sound backwards.
+            jitter and ``colour_scramble`` need RGB and are refused (one channel of dB), and a flip
+            plays the sound backwards.
         sample_every_n_steps: iterations between TensorBoard sample sheets; 0 = never.
         samples: sample-sheet options (``log_audio``: Griffin-Lim renderings of generated and real).
         seed: seed of the negative sampler's generator (offset by the process rank).
@@ -163,6 +176,7 @@ class I2STask(PairedGANTask):
         hard_negatives = plain(hard_negatives)
         diff_augment, samples = plain(diff_augment), plain(samples)
         self.save_hyperparameters()
+        _refuse_colour_augment(coerce(ImageAugmentConfig, diff_augment))
         self.scaler: RangeScaler | None = RangeScaler.from_list(lms_range) if lms_range is not None else None
         self._init_gan(image_encoder_ckpt)
 

@@ -302,6 +302,14 @@ class PairedGANTask(L.LightningModule):
         for name, value in dataclasses.asdict(self.weights).items():
             if not value >= 0:  # NaN too
                 raise ValueError(f"loss_weights.{name} must be >= 0, got {value}")
+        if not 0.0 <= h.ema_decay <= 1.0:  # NaN too; checked here as the EMA copy may be built only at setup
+            raise ValueError(f"model.init_args.ema_decay must be in [0, 1], got {h.ema_decay}")
+        if self.is_gan and self.disc_config.final_size < 2 and not self.disc_config.spectral_norm:
+            # D's batch norm (on unless spectral_norm) then has one value per channel on a one-sample
+            # batch, which the wrong-class and wrong-player terms can give
+            raise ValueError(f"discriminator.final_size={self.disc_config.final_size} ends D on a 1x1 map, where its "
+                             "batch norm fails on any one-sample batch: set discriminator.final_size >= 2 (default 4), "
+                             "or discriminator.spectral_norm true (batch norm off)")  # fmt: skip
         if self.is_gan and self.weights.fake <= 0:
             raise ValueError("loss_weights.fake must be > 0: the discriminator would never be shown a generated pair")
         if not _rebuilding_checkpoint.get():
@@ -317,7 +325,7 @@ class PairedGANTask(L.LightningModule):
             raise ValueError("hard_negatives.fraction > 0 mines the wrong-class term, which is off for this run")
         self.sample_config = coerce(SampleConfig, h.samples)
         self.encoder_config = coerce(EncoderConfig, h.encoder)
-        self.d_augment = ImageAugment(coerce(ImageAugmentConfig, h.diff_augment))
+        self.d_augment = ImageAugment(coerce(ImageAugmentConfig, h.diff_augment), option="diff_augment")
         if self.d_augment.config.enabled and not self.is_gan:
             raise ValueError("diff_augment augments the discriminator's inputs: variant 'ae' has no discriminator")
         noise = torch.Generator().manual_seed(self.sample_config.noise_seed)
