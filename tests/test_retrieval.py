@@ -498,6 +498,17 @@ def test_exact_topk_agrees_with_faiss_and_full_sort():
         assert torch.equal(f_idx, idx) and torch.allclose(f_scores, scores, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("chunk", [3, 4, 65536])
+def test_exact_topk_breaks_ties_by_gallery_position(chunk):
+    # float16 indices round close scores into ties: the hits must not depend on the chunking
+    gallery = torch.cat([torch.zeros(2, 4), torch.ones(10, 4)]).half()
+    gallery[:2, 0] = 1.0  # two lower-scoring items first
+    scores, idx = exact_topk("global", torch.ones(1, 4), gallery, 5, chunk=chunk)
+    assert idx.tolist() == [[2, 3, 4, 5, 6]] and scores.tolist() == [[4.0] * 5]
+    _, idx = exact_topk("global", torch.ones(1, 4), gallery, 12, chunk=chunk)
+    assert idx.tolist() == [[*range(2, 12), 0, 1]]
+
 def test_evaluation_tables_heatmaps_and_targets(trained, tmp_path):
     from cmav.evaluation.retrieval import evaluate_retrieval
 
@@ -577,7 +588,7 @@ def test_pretrained_overlay_switches_the_encoders_and_keeps_the_architecture(nam
     assert printed["trainer"]["default_root_dir"] == f"runs/{name}"  # the base YAML's output folders stay
 
 
-def test_ddp_gathers_negatives_from_both_processes(trained, tmp_path):
+def test_ddp_gathers_negatives_from_both_processes_with_the_gradients_of_one_process(trained, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, str(REPO / "tests" / "ddp_retrieval_script.py"), str(trained["root"]),
@@ -588,8 +599,37 @@ def test_ddp_gathers_negatives_from_both_processes(trained, tmp_path):
     lines = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
     assert lines[0][0] == lines[1][0]  # same weights: gradients were all-reduced
     # each rank's 4 queries were scored against the 8 keys of both ranks, positives at rank*4 + i
-    assert lines[0][1:] == ["4x8", "offset0"] and lines[1][1:] == ["4x8", "offset4"]
+    assert lines[0][1:3] == ["4x8", "offset0"] and lines[1][1:3] == ["4x8", "offset4"]
+    # and the synced gradients are one process's on the 8 pairs (gloo once scrambled the dense
+    # model's image-side gradients through the gather: equal on both ranks, but wrong)
+    assert float(lines[0][3]) < 1e-3 and float(lines[1][3]) < 1e-3, lines
+    # val/loss does not depend on the number of processes: one process validating the same weights
+    # gets it too (gathered keys once gave each query twice the negatives, and the sampler's padding)
+    dm = AudioVisualDataModule(str(trained["root"]), image_size=32, batch_size=4, cache_dir=str(trained["base"] / "cache"),
+                               progress=False)  # fmt: skip
+    single = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                       default_root_dir=tmp_path)  # fmt: skip
+    expected = single.validate(load_retrieval(tmp_path / "ddp.ckpt"), dm, verbose=False)[0]["val/loss"]
+    assert float(lines[0][4]) == pytest.approx(expected, rel=1e-5) and lines[0][4] == lines[1][4], (lines, expected)
 
+
+
+@pytest.mark.parametrize("arch", ["global", "dense"])
+def test_val_loss_is_the_mean_loss_of_the_validation_batches(trained, tmp_path, arch):
+    dm = AudioVisualDataModule(str(trained["root"]), image_size=SIZE, batch_size=4, cache_dir=str(trained["base"] / "cache"),
+                               progress=False)  # fmt: skip
+    task = load_retrieval(trained[arch]["ckpt"])
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)  # fmt: skip
+    got = trainer.validate(task, dm, verbose=False)[0]["val/loss"]
+    losses, sizes = [], []
+    with torch.no_grad():
+        for batch in dm.val_dataloader():  # 13 items: 4, 4, 4, 1
+            a, v = task.model.encode_audio(batch["audio"]), task.model.encode_image(batch["image"])
+            losses.append(float(task.contrastive_loss(a, v, batch["label"], batch.get("track"))[0]))
+            sizes.append(a.shape[0])
+    assert sizes == [4, 4, 4, 1]
+    assert got == pytest.approx(np.average(losses, weights=sizes), rel=1e-5)
 
 def test_audio_encoder_from_the_sound_classifier_frozen_or_finetuned(tmp_path):
     from cmav.tasks import ClassifierTask

@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("generate", help="images from a sound (S2I or audio-token checkpoint) or sound from a frame (I2S)")
     g.add_argument("--ckpt", required=True, help="S2I, I2S or audio-token checkpoint (the kind is read from it)")
     src = g.add_mutually_exclusive_group(required=True)
-    src.add_argument("--audio", help="S2I: audio file (0.5 s; a longer clip is cut to its first 0.5 s)")
+    src.add_argument("--audio", help="S2I: audio file (one chunk, 0.5 s by default; a longer clip is cut to the checkpoint's first chunk)")
     src.add_argument("--image", help="I2S: a frame (jpg/png; its centre square is used)")
     g.add_argument("-n", type=int, default=None, help="samples to draw with different noise (default: 4 images, 1 wav)")
     g.add_argument("--seed", type=int, default=0)

@@ -50,7 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("search", help="top-k frames for a wav (--audio) or top-k audio for a frame (--image)")
     s.add_argument("--index", required=True, help="index file from `cmav index build`")
     q = s.add_mutually_exclusive_group(required=True)
-    q.add_argument("--audio", help="query sound file (a clip longer than 0.5 s is cut to its first 0.5 s)")
+    q.add_argument("--audio", help="query sound file (a clip longer than the checkpoint's chunk, 0.5 s by "
+                                   "default, is cut to its first chunk)")
     q.add_argument("--image", help="query frame (centre-cropped and resized like the data)")
     s.add_argument("-k", type=positive_int, default=8, help="hits to show, >= 1 (default: %(default)s)")
     s.add_argument("--ckpt", default=None, help="model checkpoint (default: the one the index was built with)")

@@ -143,7 +143,8 @@ class EmbeddingIndex:
 
 def exact_topk(kind: str, query: Tensor, gallery: Tensor, k: int, query_modality: Modality = "audio",
                chunk: int = 65536) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """Exact top-k ``(scores (Q, k), indices (Q, k))`` over the gallery, in gallery chunks.
+    """Exact top-k ``(scores (Q, k), indices (Q, k))`` over the gallery, in gallery chunks; tied
+    scores (common in a float16 index) in gallery order, the same for every ``chunk``.
 
     Dense scores are not symmetric in their arguments (max over IMAGE locations, mean over AUDIO
     tokens), so the query goes on its own modality's side.
@@ -157,8 +158,10 @@ def exact_topk(kind: str, query: Tensor, gallery: Tensor, k: int, query_modality
         s = scores_for(kind, q, g) if query_modality == "audio" else scores_for(kind, g, q).T
         cand_s = torch.cat([best_s, s], dim=1)
         cand_i = torch.cat([best_i, torch.arange(start, start + g.shape[0]).expand(q.shape[0], -1)], dim=1)
-        top = torch.topk(cand_s, min(k, cand_s.shape[1]), dim=1)  # the first chunks may hold fewer than k
-        best_s, best_i = top.values, torch.gather(cand_i, 1, top.indices)
+        # topk orders ties arbitrarily; a stable sort keeps them in candidate order, which is gallery
+        # order (the kept best come from earlier chunks and are already so ordered)
+        order = torch.sort(cand_s, dim=1, descending=True, stable=True).indices[:, :k]
+        best_s, best_i = torch.gather(cand_s, 1, order), torch.gather(cand_i, 1, order)
     return best_s, best_i
 
 

@@ -1,10 +1,11 @@
 """``cmav search``: embed a query (a wav or a frame), find its top-k in an index, draw a contact sheet.
 
 The query goes through the index's model with the front end and image size it was trained with
-(:func:`cmav.evaluation.generate.wav_to_features` for sound: a clip longer than 0.5 s is cut to its
-first chunk, with a note). An audio query finds frames; a frame query finds audio (shown by the
-paired frame and the hit's LMS). For an audio query the sheet's second row lays the model's
-heatmap (where in the frame the sound seems to come from) over every hit.
+(:func:`cmav.evaluation.generate.wav_to_features` for sound: a clip longer than the checkpoint's
+chunk, :class:`~cmav.data.audio_io.ChunkSpec`, 0.5 s by default, is cut to its first chunk, with a
+note). An audio query finds frames; a frame query finds audio (shown by the paired frame and the
+hit's LMS). For an audio query the sheet's second row lays the model's heatmap (where in the frame
+the sound seems to come from) over every hit.
 """
 
 from __future__ import annotations

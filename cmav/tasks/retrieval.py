@@ -12,7 +12,9 @@ The audio encoder is a fresh one (``encoder_mode='scratch'``) or the sound class
 The image encoder likewise (``image_encoder_mode``): fresh, or the image classifier's
 (``experiments/image_encoder.yaml``), frozen as Wav2CLIP keeps CLIP's image tower, or fine-tuned.
 
-Validation (every epoch, on the whole validation split): audio->image and image->audio
+Validation (every epoch, on the whole validation split): ``val/loss``, the training loss over the
+split in its order in blocks of the validation batch size (in-block negatives only; computed once
+the split is gathered, so the same for any number of processes); audio->image and image->audio
 Recall@1/5/10, median rank, MRR and mAP, class-level (same instrument) and instance-level (the
 paired item), logged as ``val/a2i_class_R@1`` and so on; where the data set has instrument
 masks (cmav's stand-in), the localisation AP / mIoU / pointing game of the paired heatmaps
@@ -258,6 +260,7 @@ class RetrievalTask(L.LightningModule):
             self._build(pretrained)
 
         self._val: dict[str, list[Tensor]] = {}
+        self._val_batch = 0  # the largest validation batch of the epoch
         self._val_masks: Tensor | None = None
         self._fixed: dict | None = None
         self._masks_note: str | None = None
@@ -407,7 +410,14 @@ class RetrievalTask(L.LightningModule):
 
     def _gather(self, x: Tensor) -> Tensor:
         """Every process's rows (with gradients), this process's block at ``rank * B``."""
-        return self.all_gather(x, sync_grads=True).flatten(0, 1)
+        stacked = self.all_gather(x, sync_grads=True)
+        if stacked.requires_grad:
+            # The gather's backward on gloo scatters the gradients into buffers shaped like them
+            # (empty_like): a non-contiguous gradient (the dense loss's einsum gives a permuted one)
+            # is then filled as if contiguous, scrambling the image tower's gradients without an
+            # error (pytorch#24836, #192920). Contiguous gradients go through intact.
+            stacked.register_hook(lambda g: g.contiguous())
+        return stacked.flatten(0, 1)
 
     def _ignored(self, labels: Tensor | None, tracks: Tensor | None, world: int) -> Tensor | None:
         """``(B, W*B)`` True where a key must not be a negative of a query (``ignore_negatives``)."""
@@ -424,12 +434,14 @@ class RetrievalTask(L.LightningModule):
         return ignored
 
     def contrastive_loss(self, audio_emb: Tensor, image_emb: Tensor, labels: Tensor | None = None,
-                         tracks: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
+                         tracks: Tensor | None = None, gather: bool = True,
+                         ) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
         """Symmetric InfoNCE (+ the dense disentanglement term) of a batch of paired embeddings.
 
-        ``labels``/``tracks`` are needed only for ``ignore_negatives``.
+        ``labels``/``tracks`` are needed only for ``ignore_negatives``. ``gather``: under DDP, every
+        process's embeddings are the negatives; False: this batch's only.
         """
-        world = self._trainer.world_size if self._trainer is not None else 1
+        world = self._trainer.world_size if self._trainer is not None and gather else 1
         if world > 1:
             a_all, v_all = self._gather(audio_emb), self._gather(image_emb)
             offset = self.global_rank * audio_emb.shape[0]
@@ -495,9 +507,10 @@ class RetrievalTask(L.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         a = self.model.encode_audio(batch["audio"])
         v = self.model.encode_image(batch["image"])
-        loss, _ = self.contrastive_loss(a, v, batch.get("label"), batch.get("track"))
-        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=a.shape[0])
+        self._val_batch = max(self._val_batch, a.shape[0])
         store = {"audio": a, "image": v, "label": batch["label"], "index": batch["index"]}
+        if "track" in batch:
+            store["track"] = batch["track"]
         if self._val_masks is not None:
             # float32, as `cmav evaluate retrieval` scores them: float16 rounds close values into ties
             store["heatmap"] = self.model.heatmap(batch["audio"], batch["image"]).float()
@@ -530,11 +543,12 @@ class RetrievalTask(L.LightningModule):
         if not self._val:
             return
         parts = self._collect()
+        batch_size, self._val_batch = self._val_batch_size(), 0
         if self.trainer.sanity_checking:
             return
         scores = self.model.scores(parts["audio"].float(), parts["image"].float())
         report = cross_modal_report(scores, parts["label"])
-        logs = {}
+        logs = {"val/loss": self._split_loss(parts, batch_size)}
         for direction in ("a2i", "i2a"):
             for rel in ("class", "instance"):
                 m = report[direction][rel]
@@ -546,6 +560,30 @@ class RetrievalTask(L.LightningModule):
         # every rank holds the gathered embeddings, so all log the same values
         self.log_dict(logs)
         self._log_heatmaps()
+
+    def _val_batch_size(self) -> int:
+        """The validation loader's batch size (its largest batch here when it has none, e.g. a batch sampler)."""
+        loaders = self.trainer.val_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        size = getattr(loader, "batch_size", None)
+        return int(size) if size else self._val_batch
+
+    @torch.no_grad()
+    def _split_loss(self, parts: dict[str, Tensor], b: int) -> float:
+        """The training loss over the validation split in its order, in blocks of ``b`` (the loader's batch size).
+
+        Computed here on the collected split, not per step: a process's batches hold other items for
+        other process counts, gathered negatives would be W times as many and include the
+        DistributedSampler's padding repeats, so ``val/loss`` would depend on the number of processes.
+        """
+        total, n = 0.0, parts["label"].shape[0]
+        for start in range(0, n, b):
+            block = {k: parts[k][start : start + b].to(self.device) for k in ("audio", "image", "label", "track")
+                     if k in parts}  # fmt: skip
+            loss, _ = self.contrastive_loss(block["audio"].float(), block["image"].float(), block["label"],
+                                            block.get("track"), gather=False)  # fmt: skip
+            total += float(loss) * block["label"].shape[0]
+        return total / n
 
     @torch.no_grad()
     def _log_heatmaps(self) -> None:
