@@ -123,6 +123,18 @@ def test_validate_without_a_ckpt_path_warns_that_it_scores_the_configs_fresh_wei
         assert go("validate", f"--ckpt_path={data['ckpt']}") == 0
 
 
+def test_a_settings_error_of_the_model_is_one_line_naming_the_option(lightning, capsys):
+    """A task's own refusal of its settings (a ValueError in __init__) reached the user wrapped in
+    jsonargparse's "Does not validate against any of the Union subtypes", with every option's value
+    and two tracebacks, exit status 1."""
+    go, run = lightning
+    capsys.readouterr()
+    assert go("fit", "--model.init_args.augment.enabled=true") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: model (cmav.tasks.ClassifierTask): augment.enabled is true"), err
+    assert not run.exists()
+
+
 # --- #2: a missing or folder --ckpt_path ---------------------------------------------------------------
 @pytest.mark.parametrize("command", ["fit", "validate"])
 def test_a_missing_or_folder_ckpt_path_is_one_error_line_before_anything_is_written(lightning, command, tmp_path,

@@ -39,8 +39,61 @@ def _log_dir(default_root_dir: str | None) -> str:
     return str(default_root_dir) if default_root_dir is not None else os.getcwd()
 
 
+class SettingsError(ValueError):
+    """A model or data module refused its settings while the CLI built it; the message names which."""
+
+
+def _own_refusal(exc: BaseException) -> tuple[BaseException, object | None] | None:
+    """The ValueError that cmav code raised at the bottom of ``exc``'s chain of causes (jsonargparse
+    wraps a class's refusal of its settings in "Does not validate against any of the Union subtypes"),
+    with the object whose ``__init__`` raised it; None when the chain ends elsewhere."""
+    package = os.path.dirname(os.path.abspath(cmav.__file__))
+    seen, inner = set(), exc
+    while inner.__cause__ is not None and id(inner.__cause__) not in seen:
+        seen.add(id(inner))
+        inner = inner.__cause__
+    if inner is exc or not isinstance(inner, ValueError):
+        return None
+    frames, tb = [], inner.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    if not frames or not os.path.abspath(frames[-1].f_code.co_filename).startswith(package):
+        return None  # raised by a library, not by a cmav check: keep the whole traceback
+    owner = next((f.f_locals.get("self") for f in frames if f.f_code.co_name == "__init__"
+                  and type(f.f_locals.get("self")).__module__.startswith("cmav.")), None)  # fmt: skip
+    return inner, owner
+
+
 class CmavCLI(LightningCLI):
     """LightningCLI with the frame size given once, by the data."""
+
+    def instantiate_classes(self) -> None:
+        """Build the components; a cmav class's refusal of its settings becomes one :class:`SettingsError`
+        line (a :class:`DataError` stays one), not jsonargparse's wrapped error with every option's value."""
+        try:
+            super().instantiate_classes()
+        except ValueError as exc:
+            found = _own_refusal(exc)
+            if found is None:
+                raise
+            inner, owner = found
+            if isinstance(inner, DataError):
+                raise inner from exc
+            raise SettingsError(f"{self._component(owner)}: {inner}") from exc
+
+    def _component(self, owner: object | None) -> str:
+        """``model (its class_path)``, ``data`` or the class that refused its settings."""
+        import lightning as L
+
+        if isinstance(owner, L.LightningModule):
+            sub = self.config.get("subcommand")
+            model = (self.config.get(sub) if sub else self.config).get("model")
+            path = model.get("class_path") if hasattr(model, "get") else None
+            return f"model ({path or type(owner).__name__})"
+        if isinstance(owner, L.LightningDataModule):
+            return "data"
+        return type(owner).__name__ if owner is not None else "settings"
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Both tasks take image_size; the data decides it, so a model can't disagree with its frames.
@@ -160,7 +213,7 @@ def run(argv: list[str] | None = None) -> int:
     its traceback."""
     try:
         _run_cli(argv)
-    except DataError as exc:
+    except (DataError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
