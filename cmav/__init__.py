@@ -11,8 +11,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("AudioChunks", "ChunkPredictions", "Embeddings", "Model", "audio_chunks", "classify_audio", "embed_audio",
-        "embed_image", "image_to_sound", "load", "sound_to_image")  # fmt: skip
+_API = ("AudioChunks", "ChunkPredictions", "Embeddings", "KINDS", "Model", "audio_chunks", "classify_audio",
+        "embed_audio", "embed_image", "image_to_sound", "load", "model_kind", "noise", "sound_to_image")  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

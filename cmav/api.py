@@ -421,4 +421,4 @@ def image_to_sound(model: Model, image: ImageSource, n: int = 1, seed: int = 0, 
 
 
 __all__ = ["AudioChunks", "ChunkPredictions", "Embeddings", "KINDS", "Model", "audio_chunks", "classify_audio",
-           "embed_audio", "embed_image", "image_to_sound", "load", "model_kind", "sound_to_image"]  # fmt: skip
+           "embed_audio", "embed_image", "image_to_sound", "load", "model_kind", "noise", "sound_to_image"]  # fmt: skip

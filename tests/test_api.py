@@ -491,3 +491,13 @@ def test_cmav_generate_checks_its_output_before_running_and_writes_into_a_folder
     assert paths == [tmp_path / "new" / "generated_0.wav", tmp_path / "new" / "generated_1.wav"]
     path, _ = generate_from_wav(models["s2i"], wav, n=1, output=tmp_path / "plain")  # no suffix: .png, as I2S adds .wav
     assert path == tmp_path / "plain.png" and path.is_file()
+
+
+def test_every_public_name_of_the_api_is_reachable_from_cmav():
+    """`cmav.noise` (which the generation docstrings point to), `cmav.KINDS` and `cmav.model_kind`
+    were listed in cmav.api.__all__ but raised AttributeError on `cmav`."""
+    import cmav.api
+
+    assert set(cmav.api.__all__) <= set(cmav.__all__)
+    for name in cmav.api.__all__:
+        assert getattr(cmav, name) is getattr(cmav.api, name)
