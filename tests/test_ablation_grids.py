@@ -539,7 +539,7 @@ def test_the_shipped_grids_pass_their_up_front_checks():
 
 def test_an_override_of_a_key_no_grid_reads_is_refused(tmp_path):
     """`--set seed=[7]` (for seeds) was merged and never read: the grid ran seeds 0-2 without a word."""
-    with pytest.raises(ValueError, match=r"override 'seed=\[7\]': .*s2i\.yaml has no key 'seed' \(its keys: .*seeds"):
+    with pytest.raises(ValueError, match=r"override 'seed=\[7\]': .*s2i\.yaml has no key 'seed' \(the keys a grid may set: .*seeds"):
         load_grid(EXPERIMENTS / "s2i.yaml", "quick", ["seed=[7]"])
     assert load_grid(EXPERIMENTS / "s2i.yaml", "quick", ["seeds=[7]"])["seeds"] == [7]
     # a key the YAML leaves out but its kind reads, and nested keys, are set as before

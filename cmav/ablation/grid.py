@@ -80,7 +80,7 @@ def load_grid(path: str | Path, preset: str | None = None, overrides: list[str] 
         override = parse_override(text)
         key = next(iter(override))
         if key not in known:  # a misspelt key would be merged and never read: the grid runs without it
-            raise ValueError(f"override {text!r}: {path} has no key {key!r} (its keys: {', '.join(sorted(known))})")
+            raise ValueError(f"override {text!r}: {path} has no key {key!r} (the keys a grid may set: {', '.join(sorted(known))})")
         cfg = merge(cfg, override)
     cfg["preset"] = preset or "default"
     cfg["source"] = str(path)

@@ -24,8 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "--set 'representations=[{name: STFT, features: {kind: stft}}]'. audio_repr and robustness "
                    "grids keep finished runs in the folder's runs.jsonl and reuse them under the same settings, so "
                    "shards of one grid (--set representations=... / variants=...) can run side by side into one "
-                   "folder and a last full run tabulates them. s2i, i2s and token grids reuse only judges and "
-                   "classifiers trained under the same settings and retrain every variant on every call: run one "
+                   "folder and a last full run tabulates them. s2i, i2s and token grids reuse only judges, "
+                   "classifiers and the token grid's retrieval and diffusion base models trained under the same "
+                   "settings, and retrain every variant on every call: run one "
                    "at a time per folder (they refuse a second run into a folder in use)")  # fmt: skip
     a.set_defaults(func=_ablate)
 
