@@ -224,6 +224,27 @@ def test_an_output_under_a_regular_file_is_refused_before_any_work(argv, name, t
 
 
 @pytest.mark.parametrize(
+    "argv",
+    [
+        ["evaluate", "--ckpt", "missing.ckpt", "--image-judge", "missing.ckpt", "-o"],
+        ["evaluate", "retrieval", "--ckpt", "missing.ckpt", "-o"],
+        ["evaluate", "robustness", "--root", "missing_data", "--eval-root", "missing_other", "--classifier",
+         "missing.ckpt", "-o"],
+        ["evaluate", "judge", "--ckpt", "missing.ckpt", "-o"],
+        ["ablate", "missing.yaml", "-o"],
+        ["human-eval", "make", "--runs", "missing_run", "-o"],
+        ["human-eval", "analyze", "missing_study", "missing_ratings", "-o"],
+    ],
+)  # fmt: skip
+def test_a_regular_file_given_as_an_output_folder_is_refused_before_any_work(argv, tmp_path, monkeypatch, capsys):
+    """A folder output (`-o`) that names an existing file failed only when the results were written,
+    after the models had run."""
+    monkeypatch.chdir(tmp_path)
+    afile = _under_a_file(tmp_path)
+    assert _one_error([*argv, str(afile)], capsys) == f"error: {afile}: is a file; -o names a folder here"
+
+
+@pytest.mark.parametrize(
     "argv, default",
     [
         (["search", "--index", "missing.pt", "--audio", "a.wav", "-o"], "search.png"),

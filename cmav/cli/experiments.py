@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "classifiers and the token grid's retrieval and diffusion base models trained under the same "
                    "settings, and retrain every variant on every call: run one "
                    "at a time per folder (they refuse a second run into a folder in use)")  # fmt: skip
-    a.set_defaults(func=_ablate)
+    a.set_defaults(func=_ablate, output_folder=True)
 
     g = sub.add_parser("generate", help="images from a sound (S2I or audio-token checkpoint) or sound from a frame (I2S)")
     g.add_argument("--ckpt", required=True, help="S2I, I2S or audio-token checkpoint (the kind is read from it)")
@@ -103,7 +103,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(nearest item, k-nearest mean, predicted-class mean) and the train tails: does G fail on "
                         "new players, or on their conditions? (condition_probe.json)")  # fmt: skip
     e.add_argument("-o", "--output", default="results/evaluate", help="folder for metrics.json and confusion pngs")
-    e.set_defaults(func=_evaluate)
+    e.set_defaults(func=_evaluate, output_folder=True)
 
 
 def _ablate(args: argparse.Namespace) -> int:

@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also write paper/<ID>.html + .csv: a print sheet in each rater's own order "
                         "(each rater once)")  # fmt: skip
     m.add_argument("--force", action="store_true", help="replace a study already in --output")
-    m.set_defaults(func=_make)
+    m.set_defaults(func=_make, output_folder=True)
 
     a = hsub.add_parser("analyze", help="validate the ratings files and write the report (markdown, CSV, plot)")
     a.add_argument("study", help="the study folder (holding manifest.json)")
@@ -56,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="pairing unit of the Wilcoxon tests (default: %(default)s)")
     a.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs (default: %(default)s)")
     a.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
-    a.set_defaults(func=_analyze)
+    a.set_defaults(func=_analyze, output_folder=True)
 
 
 def _make(args: argparse.Namespace) -> int:

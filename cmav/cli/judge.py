@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--list-players", nargs="*", choices=PROBE_SPLITS, default=["validation"],
                    help="splits whose players get a row each in the printed table (default: %(default)s)")
     e.add_argument("-o", "--output", default="results/judge_probe", help="folder for judge_probe.json and .md")
-    e.set_defaults(func=_evaluate)
+    e.set_defaults(func=_evaluate, output_folder=True)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -24,11 +24,15 @@ def refuse_under_a_file(path: str | Path) -> None:
 
 
 def refuse_outputs_under_a_file(args: argparse.Namespace) -> None:
-    """:func:`refuse_under_a_file` for a parsed command's ``-o`` (whichever of :data:`OUTPUT_OPTIONS` it has)."""
+    """:func:`refuse_under_a_file` for a parsed command's ``-o`` (whichever of :data:`OUTPUT_OPTIONS` it has);
+    for a command whose ``-o`` is a folder (``output_folder`` set by its parser), an existing regular
+    file there is refused too (it failed only when the results were written, after the work)."""
     for name in OUTPUT_OPTIONS:
         value = getattr(args, name, None)
         if isinstance(value, (str, Path)) and str(value):
             refuse_under_a_file(value)
+            if getattr(args, "output_folder", False) and Path(value).exists() and not Path(value).is_dir():
+                raise DataError(value, "is a file; -o names a folder here")
 
 
 def image_output(path: str | Path, option: str = "-o") -> None:

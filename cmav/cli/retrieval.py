@@ -73,7 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--display-size", type=positive_int, default=256, help="side of the heatmap pngs (default: %(default)s)")
     e.add_argument("--cache-dir", default=None)
     e.add_argument("-o", "--output", default="results/retrieval", help="folder for metrics.json, report.md, heatmaps")
-    e.set_defaults(func=_evaluate)
+    e.set_defaults(func=_evaluate, output_folder=True)
 
 
 def _index_build(args: argparse.Namespace) -> int:

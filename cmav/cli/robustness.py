@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--inference-neighbours", type=int, default=None,
                    help="with --inference-condition nearest: how many nearest training features to average")
     e.add_argument("-o", "--output", default="results/robustness", help="folder for report.md and metrics.json")
-    e.set_defaults(func=_evaluate)
+    e.set_defaults(func=_evaluate, output_folder=True)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
