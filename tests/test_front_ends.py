@@ -276,6 +276,9 @@ def test_log_options_that_give_constant_or_infinite_features_are_refused_by_the_
         ({"kind": "lms", "sample_rate": 0}, r"lms front end: sample_rate must be > 0, got 0"),
         ({"kind": "stft", "sample_rate": -22050}, r"stft front end: sample_rate must be > 0, got -22050"),
         ({"kind": "stft", "hop_length": 0}, r"stft front end: hop_length must be > 0, got 0"),
+        ({"kind": "lms", "power": 0.0}, r"lms front end: power must be > 0, got 0.0"),  # |X|**0: constant rows
+        ({"kind": "lms", "n_fft": 1024.5}, r"lms front end: n_fft must be a whole number, got 1024.5"),
+        ({"kind": "stft", "hop_length": 256.5}, r"stft front end: hop_length must be a whole number, got 256.5"),
         ({"kind": "mfcc", "sample_rate": 0}, r"mfcc front end: sample_rate must be > 0, got 0"),
         ({"kind": "waveform", "sample_rate": 0}, r"waveform front end: sample_rate must be > 0, got 0"),
         ({"kind": "harmonic", "sample_rate": 0}, r"harmonic front end: sample_rate must be > 0, got 0"),

@@ -111,6 +111,15 @@ def require_positive(kind: str, **options: float) -> None:
             raise ValueError(f"{kind} front end: {name} must be > 0, got {value!r}")
 
 
+def require_counts(kind: str, **options: float) -> None:
+    """:func:`require_positive` for options that count samples, bins or bands: each must also be a
+    whole number (``1024.5`` reached torch as a TypeError naming neither the option nor the front end)."""
+    require_positive(kind, **options)
+    for name, value in options.items():
+        if isinstance(value, bool) or not float(value).is_integer():
+            raise ValueError(f"{kind} front end: {name} must be a whole number, got {value!r}")
+
+
 def check_log_options(kind: str, amin: float, top_db: float | None) -> None:
     """Refuse an ``amin`` or ``top_db`` that :func:`log_floor` would turn into useless features:
     ``amin <= 0`` gives -inf for silence (and a float16 cache of -inf), ``top_db <= 0`` raises every

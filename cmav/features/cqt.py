@@ -16,7 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cmav.features.base import FrontEnd, FrontEndConfigMixin, check_log_options, log_floor, require_positive
+from cmav.features.base import (
+    FrontEnd,
+    FrontEndConfigMixin,
+    check_log_options,
+    log_floor,
+    require_counts,
+    require_positive,
+)
 
 
 @dataclass(frozen=True)
@@ -44,8 +51,8 @@ class CqtConfig(FrontEndConfigMixin):
     mono: bool = True
 
     def __post_init__(self) -> None:
-        require_positive(self.kind, sample_rate=self.sample_rate, hop_length=self.hop_length, n_bins=self.n_bins,
-                         bins_per_octave=self.bins_per_octave)  # fmt: skip
+        require_positive(self.kind, sample_rate=self.sample_rate)
+        require_counts(self.kind, hop_length=self.hop_length, n_bins=self.n_bins, bins_per_octave=self.bins_per_octave)
         if not self.f_min > 0:  # librosa's frequencies must be strictly positive
             raise ValueError(f"{self.kind} front end: f_min must be > 0 Hz, got {self.f_min!r}")
         check_log_options(self.kind, self.amin, self.top_db)
