@@ -123,15 +123,20 @@ def standin_manifest(root: str | Path) -> dict | None:
     return manifest
 
 
+def readable_manifest(root: str | Path) -> dict | None:
+    """The stand-in manifest at ``root``, None where there is none or it cannot be read (no verdict
+    then: the layout checks still run, and `cmav data check` reports the unreadable file)."""
+    try:
+        return standin_manifest(root)
+    except DataError:
+        return None
+
+
 def unfinished_standin(root: str | Path, manifest: dict | None = None) -> str | None:
     """Why the stand-in at ``root`` may not be read, or None: its build was cut off (its manifest
     says ``complete: false``), so it holds part of its tracks. A manifest without the key (built
     before it was written) is complete. ``manifest``: the one read already."""
-    if manifest is None:
-        try:
-            manifest = standin_manifest(root)
-        except DataError:
-            return None  # no verdict on completeness: the layout checks still run
+    manifest = manifest if manifest is not None else readable_manifest(root)
     if manifest is None or manifest.get("complete", True):
         return None
     return (f"its stand-in build was cut off ({STANDIN_MANIFEST} says \"complete\": false), so it holds only part "
@@ -143,21 +148,17 @@ def outdated_standin(root: str | Path, manifest: dict | None = None) -> str | No
     (:func:`cmav.standin.build.outdated_render`), with the command that rebuilds it; None otherwise."""
     from cmav.standin.build import outdated_render
 
-    if manifest is None:
-        try:
-            manifest = standin_manifest(root)
-        except DataError:
-            return None
+    manifest = manifest if manifest is not None else readable_manifest(root)
     problem = manifest and outdated_render(manifest)
     if not problem:
         return None
     return f"{problem}: delete the folder and build it again ({rebuild_command(root, manifest)})"
 
 
-def refuse_unfinished_standin(root: str | Path) -> None:
+def refuse_unfinished_standin(root: str | Path, manifest: dict | None = None) -> None:
     """Raise :class:`DataError` when the stand-in at ``root`` is one whose build was cut off
     (:func:`unfinished_standin`): caching, packing, splitting or training on it would silently use part of it."""
-    problem = unfinished_standin(root)
+    problem = unfinished_standin(root, manifest)
     if problem:
         raise DataError(root, problem)
 

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from cmav.data.audio_io import ChunkSpec
 from cmav.data.cache import PairTensors, load_or_build
-from cmav.data.check import outdated_standin, refuse_unfinished_standin
+from cmav.data.check import outdated_standin, readable_manifest, refuse_unfinished_standin
 from cmav.data.errors import DataError, DataWarning
 from cmav.data.instruments import INSTRUMENTS
 from cmav.data.layout import LayoutScan, scan_paired, scan_suburmp
@@ -157,8 +157,9 @@ def open_split(layout: Layout, root: str | Path, split: str, **kwargs) -> PairDa
     Refuses (:class:`DataError`) a stand-in whose build was cut off (its manifest says ``complete: false``)."""
     if is_pack(root):
         return PackedSplit(root, split, **kwargs)
-    refuse_unfinished_standin(root)  # a stand-in whose build was cut off holds part of its data
-    outdated = outdated_standin(root)
+    manifest = readable_manifest(root)  # read once for both checks
+    refuse_unfinished_standin(root, manifest)  # a stand-in whose build was cut off holds part of its data
+    outdated = outdated_standin(root, manifest)
     if outdated:
         warnings.warn(f"{root}: {outdated}", DataWarning, stacklevel=2)
     if layout == "suburmp":
