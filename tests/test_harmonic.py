@@ -284,7 +284,7 @@ def test_the_harmonic_overlay_switches_front_end_and_encoder_and_matches_the_gri
         assert recipe["model"]["audio_encoder"] == {k: enc[k] for k in recipe["model"]["audio_encoder"]}
         assert recipe["model"]["optimizer"]["lr"] == printed["model"]["init_args"]["optimizer"]["lr"]
         assert recipe["data"] == {"holdout_tail": printed["data"]["holdout_tail"]} == {"holdout_tail": 0.0}
-    assert printed["data"].get("augment") is None  # tilt is an option, off (README: it did not carry over)
+    assert printed["data"].get("augment") is None  # tilt is an option, off (docs/robustness.md: it did not carry over)
 
 
 def test_s2i_c_trains_on_a_frozen_harmonic_encoder_and_refuses_data_of_another_front_end(tmp_path, capsys, monkeypatch):

@@ -603,7 +603,7 @@ def test_a_given_lms_shape_that_is_not_the_datas_is_refused(data, lms_range):
 
 
 def test_the_i2s_grid_trains_on_the_same_split_as_the_cmav_fit_runs():
-    """The grid's rows are compared with the README's `cmav fit --config experiments/i2s_c.yaml`
+    """The grid's rows are compared with docs/i2s.md's `cmav fit --config experiments/i2s_c.yaml`
     tables: the same held-out tails, so the same train items and training conditions."""
     import yaml
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue #3's GPU figures in ONE device call, for a lent GPU machine that has no data, no fluidsynth
-# and no package index (README, "On a lent GPU"). A machine goes back 30 s after a call, so nothing
+# and no package index (docs/s2i.md, "On a lent GPU"). A machine goes back 30 s after a call, so nothing
 # may rely on files an earlier call left there: this script trains everything it needs itself.
 # Run from the repo root, carrying data/default_pack and .whl, with timeout_s 600:
 #
