@@ -649,6 +649,7 @@ def test_cmav_evaluate_reads_the_data_as_the_checkpoint_was_trained_on_unless_to
     ckpt = {"hyper_parameters": {"image_size": 32},
             "datamodule_hyper_parameters": {"root": str(tmp_path / "pairs"), "layout": "paired", "holdout_tail": 0.0,
                                             "holdout_gap_ms": 0, "features": {"kind": "lms", "n_mels": 64}}}  # fmt: skip
+    (tmp_path / "pairs").mkdir()  # a recorded root that is not there is refused (test_real_layout.py)
     dm = datamodule_for(ckpt)
     h = dm.hparams
     assert (h.root, h.layout, h.image_size, h.holdout_tail, h.holdout_gap_ms) == (str(tmp_path / "pairs"), "paired", 32, 0.0, 0)

@@ -996,6 +996,7 @@ def retarget(ckpt: Path, out: Path, root: str | Path | None = None, **hparams) -
     blob = torch.load(ckpt, map_location="cpu", weights_only=False)
     if root is not None:
         blob["datamodule_hyper_parameters"]["root"] = str(root)
+        blob["datamodule_hyper_parameters"]["root_resolved"] = str(Path(root).absolute())
     blob["hyper_parameters"].update(hparams)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(blob, out)

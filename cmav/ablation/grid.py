@@ -350,6 +350,7 @@ def check_given(path: str | Path, dm, stage: str) -> None:
     players (a player judge). A checkpoint trained on another root is refused when the grid's root
     is a development split (``cmav_player_split.json``: the checkpoint may have trained on its
     validation players), and warned of otherwise, naming both roots."""
+    from cmav.data.datamodule import recorded_root
     from cmav.data.player_split import MANIFEST as SPLIT_MANIFEST
     from cmav.features import front_end_differences
     from cmav.tasks.classifier import checkpoint_dict, players_mismatch
@@ -381,7 +382,7 @@ def check_given(path: str | Path, dm, stage: str) -> None:
         raise ValueError(f"{where}: trained on other data settings than the grid's ({'; '.join(diffs)}; checkpoint -> "
                          f"grid): it would read or score the data wrongly. Set data.* as the checkpoint was trained, "
                          f"or leave stages.{stage}.ckpt out to train it here")  # fmt: skip
-    root = dmh.get("root")
+    root = recorded_root(dmh, missing_ok=True) if dmh.get("root") else None
     if root and Path(root).resolve() != Path(dm.root).resolve():
         if (Path(dm.root) / SPLIT_MANIFEST).is_file():
             raise ValueError(f"{where}: trained on {root}, but the grid's data {dm.root} is a development split "
@@ -394,7 +395,7 @@ def check_given(path: str | Path, dm, stage: str) -> None:
 def stage_key(cfg: dict, stage: str, seed: int, dm) -> str:
     """What a stage's checkpoint was trained from: the stage's settings, the trainer's, the seed and
     the data module's (root, image size, front end, held-out tails ...)."""
-    data = {k: v for k, v in dict(dm.hparams).items() if k not in ("progress", "num_workers", "cache_dir")}  # how, not what
+    data = {k: v for k, v in dict(dm.hparams).items() if k not in ("progress", "num_workers", "cache_dir", "root_resolved")}  # how, not what
     return json.dumps({"stage": cfg["stages"][stage], "trainer": cfg.get("trainer"), "seed": seed, "data": data},
                       sort_keys=True, default=str)  # fmt: skip
 

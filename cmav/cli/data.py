@@ -121,13 +121,16 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
+    from cmav.data.cache import cache_file_used
     from cmav.data.datasets import open_split
+    from cmav.data.pack import is_pack
 
     for split in ("train", "validation"):
         ds = open_split(args.layout, args.root, split, image_size=args.image_size, cache_dir=args.cache_dir)
         t = ds.tensors
+        where = "packed: its own cache" if is_pack(args.root) else f"cache file {cache_file_used(args.root, split)}"
         print(f"{split}: {len(ds):,} pairs; audio {tuple(t.audio.shape[1:])} float16, "
-              f"images {tuple(t.images.shape[1:])} uint8")  # fmt: skip
+              f"images {tuple(t.images.shape[1:])} uint8; {where}")  # fmt: skip
     return 0
 
 

@@ -13,6 +13,10 @@ and no write can set the ctime back. The ctime also moves on ``chmod``, ``chown`
 hard link, and a copied or re-extracted data set has new inodes and ctimes: these rebuild the cache
 once though the contents are the same, the price of never serving stale features.
 
+Cache files go to ``<root>/.cmav_cache`` (or a given ``cache_dir``). A root that is not writable (a
+shared data set) has its new files written under ``~/.cache/cmav/<root hash>``, but a current file
+in ``<root>/.cmav_cache``, prepared before the root was made read-only, is read first.
+
 Cache files written before the root went into the name (``<split>-<key>.pt``, whose fingerprints
 held neither inodes nor ctimes, so none is current) are removed when their split is opened. So are
 the hidden ``.<file>.<random>.partial`` files of a writer killed mid-write, once an hour old.
@@ -227,12 +231,41 @@ def build_tensors(
     return tensors, notes
 
 
+def _writable(folder: Path) -> bool:
+    """Whether new files can be made in ``folder``. A function of its own so that tests, which run as
+    root (whom a read-only mode does not stop), can stand in a read-only data set."""
+    return os.access(folder, os.W_OK)
+
+
 def default_cache_dir(root: Path) -> Path:
-    """``<root>/.cmav_cache`` when writable, else a per-root folder under ~/.cache/cmav."""
-    local = root / ".cmav_cache"
-    if os.access(root, os.W_OK):
-        return local
+    """Where a root's cache files are written: ``<root>/.cmav_cache`` when the root is writable, else
+    a per-root folder under ~/.cache/cmav."""
+    if _writable(root):
+        return root / ".cmav_cache"
     return Path.home() / ".cache" / "cmav" / root_hash(root)[:12]
+
+
+def cache_dirs(root: Path, cache_dir: str | Path | None = None) -> list[Path]:
+    """The folders a root's cache files are looked for in, in order; the last is where they are written.
+
+    A given ``cache_dir`` is the only one. By default ``<root>/.cmav_cache``, and for a root that is
+    not writable (a shared, read-only data set) also the folder under ~/.cache/cmav: a cache prepared
+    in the root before it was made read-only is read from there, not computed again by every user."""
+    if cache_dir:
+        return [Path(cache_dir)]
+    write = default_cache_dir(root)
+    local = root / ".cmav_cache"
+    return [write] if write == local else [local, write]
+
+
+_USED: dict[tuple[str, str], Path] = {}
+"""The feature cache file each (real root, split) was last read from or written to in this process."""
+
+
+def cache_file_used(root: str | Path, split: str) -> Path | None:
+    """The feature cache file that the last :func:`load_or_build` of ``root``'s ``split`` in this
+    process read or wrote (for ``cmav data cache`` to say where the files are); None when none did."""
+    return _USED.get((str(Path(root).resolve()), split))
 
 
 def _cached_blob(path: Path, fingerprint: str, split: str) -> dict | None:
@@ -245,10 +278,10 @@ def _cached_blob(path: Path, fingerprint: str, split: str) -> dict | None:
             if blob.get("notes"):
                 notes = blob["notes"]
                 warnings.warn(f"{len(notes)} note(s) on split '{split}' (cached):{summarise(notes)}",
-                              DataWarning, stacklevel=3)  # fmt: skip
+                              DataWarning, stacklevel=4)  # fmt: skip
             return blob
     except Exception as exc:  # a half-written or foreign file: say so and rebuild
-        warnings.warn(f"{path}: unreadable cache file ({exc}); rebuilding", DataWarning, stacklevel=3)
+        warnings.warn(f"{path}: unreadable cache file ({exc}); rebuilding", DataWarning, stacklevel=4)
     return None
 
 
@@ -308,15 +341,13 @@ def load_or_build(
     if not samples:
         raise DataError(root, f"split '{split}' has no pairs to cache")
     image_size = check_image_size(image_size)
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(root)
+    dirs = cache_dirs(root, cache_dir)
     # 8 hex digits tell a cache folder's few roots apart; were two to collide, the fingerprint (which
     # holds the paths) would still refuse the other's file: a rebuild, never wrong features
     tag = root_hash(root)[:8]
     key = cache_key(features, image_size, spec)
-    path = cache_dir / f"{split}-{tag}-{key}.pt"
-    _tidy(path, cache_dir / f"{split}-{key}.pt")
     fingerprint = source_fingerprint(samples, root)
-    blob = _cached_blob(path, fingerprint, split)
+    blob, path = _find_current(dirs, f"{split}-{tag}-{key}.pt", f"{split}-{key}.pt", fingerprint, split)
     if blob is not None:
         tensors = PairTensors(**blob["tensors"])
     else:
@@ -325,17 +356,29 @@ def load_or_build(
             warnings.warn(f"{len(notes)} note(s) on split '{split}':{summarise(notes)}", DataWarning, stacklevel=2)
         _save_blob(path, {"fingerprint": fingerprint, "features": front_end_config(features).to_dict(),
                           "image_size": image_size, "notes": notes, "tensors": asdict(tensors)})  # fmt: skip
+    _USED[(str(root.resolve()), split)] = path
     if waves_rate is not None:
         wkey = waves_key(spec, waves_rate)
-        wpath = cache_dir / f"{split}-waves-{tag}-{wkey}.pt"
-        _tidy(wpath, cache_dir / f"{split}-waves-{wkey}.pt")
-        wblob = _cached_blob(wpath, fingerprint, split)
+        wblob, wpath = _find_current(dirs, f"{split}-waves-{tag}-{wkey}.pt", f"{split}-waves-{wkey}.pt", fingerprint,
+                                     split)  # fmt: skip
         if wblob is None:
             wblob = {"fingerprint": fingerprint, "rate": int(waves_rate),
                      "waves": build_waves(root, samples, spec, waves_rate, progress=progress)}  # fmt: skip
             _save_blob(wpath, wblob)
         tensors.waves = wblob["waves"]
     return tensors
+
+
+def _find_current(dirs: list[Path], name: str, legacy: str, fingerprint: str, split: str) -> tuple[dict | None, Path]:
+    """The first current cache file ``name`` in ``dirs`` and its path; else None and the path to write
+    (in the last folder)."""
+    for d in dirs:
+        path = d / name
+        _tidy(path, d / legacy)
+        blob = _cached_blob(path, fingerprint, split)
+        if blob is not None:
+            return blob, path
+    return None, dirs[-1] / name
 
 
 def _tidy(path: Path, legacy: Path) -> None:

@@ -74,8 +74,9 @@ def check_dataset(
             # are missing is that one problem, not also "unexpected" in validation
             classes = scan.classes or None
         scans[split] = scan
-        report.errors += scan.errors
-        report.warnings += scan.warnings
+        # what concerns the root, not a split (a folder that is no split, a root one level off) is said once
+        report.errors += [e for e in scan.errors if e not in report.errors]
+        report.warnings += [w for w in scan.warnings if w not in report.warnings]
         report.counts[split] = Counter(s.class_name for s in scan.samples)
         tracks: dict[str, set[int]] = {}
         for s in scan.samples:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -19,6 +21,24 @@ from cmav.data.image_io import check_image_size
 from cmav.data.tails import tail_holdout
 from cmav.features.augment import AudioAugment, AudioAugmentConfig, audio_augment_config
 from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
+
+
+def recorded_root(settings: Mapping[str, Any], missing_ok: bool = False) -> Path:
+    """The data root a checkpoint's data settings (its ``datamodule_hyper_parameters``) name, found here.
+
+    Its absolute path as resolved when it was trained (``root_resolved``), where that exists; else
+    the root as typed, read from the current folder (a checkpoint from another machine, or one saved
+    before the resolved root was recorded). Raises :class:`DataError` when neither exists, unless
+    ``missing_ok``: then the root as typed is returned, for the caller to report."""
+    typed = str(settings.get("root") or "data/default")  # the data module's default root
+    resolved = settings.get("root_resolved")
+    for candidate in (resolved, typed):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate).resolve()
+    if missing_ok:
+        return Path(typed)
+    also = f" (nor {resolved}, its absolute path when trained)" if resolved and resolved != typed else ""
+    raise DataError(typed, f"the checkpoint's data root does not exist here{also}: pass --root")
 
 
 class AudioVisualDataModule(L.LightningDataModule):
@@ -38,7 +58,8 @@ class AudioVisualDataModule(L.LightningDataModule):
             its track shares audio with it, and is left out of the held-out set too (never of the
             training set). ``None``: the chunk length (500 ms), so the held-out audio is really
             unheard; 0 keeps every tail chunk, as cmav did before (the README says which figures).
-        cache_dir: where cache files go (default ``<root>/.cmav_cache``).
+        cache_dir: where cache files go (default ``<root>/.cmav_cache``; a read-only root's current
+            files there are read, new ones go under ~/.cache/cmav, :func:`~cmav.data.cache.cache_dirs`).
         augment: training-time audio augmentation (:mod:`cmav.features.augment`; default none).
             Applied in :meth:`on_after_batch_transfer`, on the model's device, to training batches
             only: waveform groups -> the front end -> SpecAugment. With a waveform group on, the
@@ -74,8 +95,11 @@ class AudioVisualDataModule(L.LightningDataModule):
         self._augmenter = AudioAugment(self.augment, self.features)
         # Plain dicts, not dataclass objects: checkpoints must load with weights_only=True.
         self.save_hyperparameters(ignore=["features", "chunk", "augment"])
+        # the root as typed (for messages) and as resolved here: a checkpoint read from another working
+        # folder must find the same data (recorded_root), not whatever the typed path names there
         self.hparams.update(features=self.features.to_dict(), chunk=asdict(self.chunk),
-                            augment=self.augment.to_dict() if self.augment.enabled_groups else None)  # fmt: skip
+                            augment=self.augment.to_dict() if self.augment.enabled_groups else None,
+                            root_resolved=str(Path(root).resolve()))  # fmt: skip
         self.root = Path(root)
         self.train_full: PairDataset | None = None
         self.train_holdout: Subset | None = None

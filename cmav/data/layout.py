@@ -106,18 +106,61 @@ def _pair_class_folders(
     return [(stem, audio[stem], images[stem]) for stem in sorted(audio.keys() & images.keys())]
 
 
+def _junk(p: Path) -> bool:
+    """Hidden files and what operating systems and archivers leave beside data (.DS_Store, ._*, __MACOSX)."""
+    return p.name.startswith(".") or p.name in ("__MACOSX", "Thumbs.db", "desktop.ini")
+
+
 def _class_folders(folder: Path, scan: LayoutScan) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = []
+    for p in sorted(folder.iterdir()):
+        if _junk(p):
+            continue
+        if p.is_dir():
+            names.append(p.name)
+        else:  # a pair here has no class: read, it would be unlabelled; dropped, it must be said
+            scan.warnings.append(f"{p}: a file directly in the split folder; ignored (pairs are read from its class "
+                                 "folders)")  # fmt: skip
+    return names
+
+
+def _other_folders(side: Path, known: tuple[str, ...]) -> list[str]:
+    """The folders under ``side`` (``chunk/``, ``img/`` ...) that are not one of the ``known`` splits."""
+    if not side.is_dir():
+        return []
+    return sorted(p.name for p in side.iterdir() if p.is_dir() and not _junk(p) and p.name not in known)
+
+
+def _one_level_off(root: Path, sides: tuple[str, str]) -> str | None:
+    """Where the data set probably is when ``root`` holds neither of ``sides``: the one subfolder that
+    holds both (an archive unzipped into a folder of its own), or the parent of a root named after a side."""
+    if root.name in sides:
+        return f"did you mean {root.parent}? (the root is the folder that holds {sides[0]}/ and {sides[1]}/)"
+    below = [p for p in sorted(root.iterdir()) if p.is_dir() and not _junk(p) and all((p / s).is_dir() for s in sides)]
+    if len(below) == 1:
+        return f"did you mean {below[0]}? (it holds {sides[0]}/ and {sides[1]}/)"
+    return None
 
 
 def _check_split_dirs(root: Path, split: str, audio_dir: Path, image_dir: Path, scan: LayoutScan) -> bool:
     if not root.is_dir():
         raise DataError(root, "is a file, not a data set folder" if root.exists() else "data set folder does not exist")
+    known = tuple(dict.fromkeys((*SPLITS, split)))
     ok = True
     for d in (audio_dir, image_dir):
+        others = _other_folders(d.parent, known)
+        # every split scanned names them: `cmav data check` keeps one of each
+        scan.warnings += [f"{d.parent / name}: not a split folder (splits are {', '.join(known)}); ignored"
+                          for name in others]  # fmt: skip
         if not d.is_dir():
-            scan.errors.append(f"{d}: missing folder for split '{split}'")
+            found = f" (found: {', '.join(others)})" if others else ""
+            scan.errors.append(f"{d}: missing folder for split '{split}'{found}")
             ok = False
+    sides = (audio_dir.parent.name, image_dir.parent.name)
+    if not audio_dir.parent.is_dir() and not image_dir.parent.is_dir():
+        hint = _one_level_off(root, sides)
+        if hint:
+            scan.errors.append(f"{root}: holds no {sides[0]}/ or {sides[1]}/ folder; {hint}")
     return ok
 
 

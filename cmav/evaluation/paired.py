@@ -120,7 +120,7 @@ def check_judge_unseen(judge_or_ckpt: Any, datamodule, what: str, split: str = "
     if not settings or not settings.get("root"):
         note = (f"{source}: the data the {what} was trained on are not recorded (pass its checkpoint), so whether it "
                 f"trained on the frames scored here ({split}) cannot be checked")  # fmt: skip
-    elif root is None or Path(settings["root"]).resolve() != Path(root).resolve():
+    elif root is None or not _same_root(settings, datamodule):
         note = (f"{source}: the {what} was trained on {settings['root']}, the data scored are {root}: whether its "
                 f"training frames include those scored here ({split}) cannot be checked")  # fmt: skip
     if note is not None:
@@ -144,6 +144,20 @@ def check_judge_unseen(judge_or_ckpt: Any, datamodule, what: str, split: str = "
             f"nobody trained on. {advice}"
         )  # fmt: skip
     return None
+
+
+def _same_root(settings: dict, datamodule) -> bool:
+    """Whether a checkpoint's recorded data root is the data module's, both resolved (a relative root
+    recorded elsewhere is found by its absolute path, :func:`~cmav.data.datamodule.recorded_root`)."""
+    from cmav.data.datamodule import recorded_root
+    from cmav.data.errors import DataError
+
+    try:
+        trained = recorded_root(settings)
+    except DataError:  # not here at all: not the data scored
+        return False
+    scored = getattr(getattr(datamodule, "hparams", None), "root_resolved", None) or Path(datamodule.root).resolve()
+    return trained == Path(scored)
 
 
 def check_generator_unseen(generator: Any, datamodule, what: str) -> str | None:

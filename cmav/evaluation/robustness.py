@@ -338,12 +338,13 @@ def trained_on(ckpt: str | Path | dict) -> tuple[Path | None, dict[str, Any] | N
     """``(data root, font record)`` a checkpoint (a path or a loaded one) was trained on, from its
     datamodule's hyper-parameters; ``(root, None)`` when that root is not a stand-in here (no
     manifest), and ``(None, None)`` when the checkpoint does not say."""
+    from cmav.data.datamodule import recorded_root
     from cmav.tasks.classifier import checkpoint_dict
 
-    root = (checkpoint_dict(ckpt).get("datamodule_hyper_parameters") or {}).get("root")
-    if not root:
+    dmh = checkpoint_dict(ckpt).get("datamodule_hyper_parameters") or {}
+    if not dmh.get("root"):
         return None, None
-    root = Path(root)
+    root = recorded_root(dmh, missing_ok=True)
     return root, (data_soundfont(root) if read_manifest(root) is not None else None)
 
 
@@ -375,12 +376,14 @@ def training_sources(ckpt: str | Path | dict, what: str, path: str | Path | None
     ``what`` (``"S2I-C CKPT"``, ``"audio encoder ENC of S2I-C CKPT"``), ``ckpt``, ``root`` (the data
     root it records, or None), ``font`` (that data's font record, or None when it cannot be known here)
     and ``unchecked`` (why not, or None); the first also ``epoch`` and ``global_step``."""
+    from cmav.data.datamodule import recorded_root
     from cmav.tasks.classifier import checkpoint_dict
 
     blob = checkpoint_dict(ckpt)
     entry: dict[str, Any] = {"what": what, "ckpt": None if path is None else str(path), "root": None, "font": None,
                              "unchecked": None}  # fmt: skip
-    root = (blob.get("datamodule_hyper_parameters") or {}).get("root")
+    dmh = blob.get("datamodule_hyper_parameters") or {}
+    root = recorded_root(dmh, missing_ok=True) if dmh.get("root") else None
     if not root:
         entry["unchecked"] = "the checkpoint does not record the data it was trained on"
     elif not Path(root).exists():
