@@ -47,6 +47,10 @@ or a numpy uint8 ``(N, H, W, 3)`` stack; or frames already at the model's size, 
 ``(3, S, S)`` / ``(N, 3, S, S)`` in [-1, 1]."""
 
 KINDS = ("audio_classifier", "image_judge", "player_judge", "image_encoder", "s2i", "i2s", "retrieval", "audio_token")
+"""What :func:`load` tells apart (``Model.kind``): a sound classifier; an image judge (instrument
+from a frame), a player judge (track from a frame) and an image classifier with a pretrained
+encoder; S2I and I2S GANs; an audio-image retrieval model; an audio-token model (sound to image
+through a frozen diffusion model)."""
 
 
 @dataclass(frozen=True)
@@ -65,10 +69,13 @@ class Model:
 
     @property
     def device(self) -> torch.device:
+        """Where the model's weights are (``load``'s ``device``); inputs are moved there, outputs come back on CPU."""
         return self.task.device
 
     @property
     def class_names(self) -> list[str] | None:
+        """The class names in the order of the model's outputs (``classify_audio``'s probabilities),
+        as trained; None for a model trained without classes."""
         names = getattr(self.task.hparams, "class_names", None)
         return list(names) if names is not None else None
 
@@ -169,20 +176,40 @@ def _user_stacklevel() -> int:
     return level
 
 
+def _whole(name: str, value: Any) -> int:
+    """``value`` as an int >= 1, or a ValueError naming ``name``: a float count (``n=2.0``) would
+    otherwise fail deep inside torch, and 0 or a negative one run with nothing to show for it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def _audio_batches(model: Model, audio: AudioSource, sample_rate: int | None, hop_s: float | None,
+                   max_chunks: int | None, batch_size: int):  # fmt: skip
+    """The recording's chunks (:class:`~cmav.evaluation.generate.ChunkBatches`), its notes issued as DataWarnings."""
+    from cmav.evaluation.generate import chunk_batches
+
+    batch_size = _whole("batch_size", batch_size)
+    if max_chunks is not None:
+        max_chunks = _whole("max_chunks", max_chunks)
+    batches = chunk_batches(audio, model.features, model.chunk, sample_rate, hop_s, max_chunks, batch_size)
+    level = _user_stacklevel()
+    for note in batches.notes:
+        warnings.warn(note, DataWarning, stacklevel=level)
+    return batches
+
+
 def audio_chunks(model: Model, audio: AudioSource, sample_rate: int | None = None, hop_s: float | None = None,
                  max_chunks: int | None = None, batch_size: int = 64) -> AudioChunks:  # fmt: skip
     """A recording cut into ``model``'s chunks and turned into its features (the front end it was trained with).
 
     ``audio`` is a sound file or samples at ``sample_rate``; chunks start every ``hop_s`` seconds
-    (default: one chunk length), at most ``max_chunks`` of them (default: all).
+    (default: one chunk length), at most ``max_chunks`` of them (default: all); the front end
+    takes ``batch_size`` chunks at a time. Every chunk's features are returned at once: the other
+    calls take them a batch at a time instead, which a long recording at a small hop needs.
     """
-    from cmav.evaluation.generate import chunk_features
-
-    features, starts, notes = chunk_features(audio, model.features, model.chunk, sample_rate, hop_s, max_chunks, batch_size)
-    level = _user_stacklevel()
-    for note in notes:
-        warnings.warn(note, DataWarning, stacklevel=level)
-    return AudioChunks(features=features, start_s=torch.from_numpy(starts).float())
+    batches = _audio_batches(model, audio, sample_rate, hop_s, max_chunks, batch_size)
+    return AudioChunks(features=torch.cat(list(batches)), start_s=torch.from_numpy(batches.start_s).float())
 
 
 def _audio_input(model: Model) -> tuple[int, ...]:
@@ -196,14 +223,29 @@ def _audio_input(model: Model) -> tuple[int, ...]:
     return tuple(task.model.input_shape)
 
 
-def _features_for(model: Model, audio: AudioSource, sample_rate: int | None, hop_s: float | None,
-                  max_chunks: int | None = None) -> AudioChunks:  # fmt: skip
-    chunks = audio_chunks(model, audio, sample_rate, hop_s, max_chunks)
+def _model_inputs(model: Model, audio: AudioSource, batches) -> Iterator[Tensor]:
+    """Each batch of features on the model's device, checked against the input it was trained on."""
     expected = _audio_input(model)
-    if tuple(chunks.features.shape[1:]) != expected:
-        raise DataError(str(audio) if isinstance(audio, (str, Path)) else "<samples>",
-                        f"features {tuple(chunks.features.shape[1:])} do not match the model's input {expected}")  # fmt: skip
-    return chunks
+    for x in batches:
+        if tuple(x.shape[1:]) != expected:
+            raise DataError(str(audio) if isinstance(audio, (str, Path)) else "<samples>",
+                            f"features {tuple(x.shape[1:])} do not match the model's input {expected}")  # fmt: skip
+        yield x.to(model.device)
+
+
+@contextmanager
+def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """``module`` in eval mode for one call, then every submodule in its own mode again: a model
+    left in train mode would use batch statistics and dropout, and overwrite its BatchNorm running
+    statistics for good (the flags are restored one by one: ``train()`` of some tasks keeps a
+    frozen part in eval mode)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def _batched(fn, x: Tensor, batch_size: int) -> Tensor:
@@ -213,8 +255,11 @@ def _batched(fn, x: Tensor, batch_size: int) -> Tensor:
 @torch.no_grad()
 def embed_audio(model: Model, audio: AudioSource, sample_rate: int | None = None, hop_s: float | None = None,
                 batch_size: int = 64) -> Embeddings:  # fmt: skip
-    """One embedding per chunk of a recording.
+    """One embedding per chunk of a recording: :class:`Embeddings`, ``vectors`` ``(chunks, D)`` and
+    each chunk's ``start_s``.
 
+    ``audio``, ``sample_rate`` and ``hop_s`` are as for :func:`classify_audio`; the chunks go
+    through the model ``batch_size`` at a time, in eval mode whatever mode it is in.
     A sound classifier gives its audio encoder's feature (128-d by default). An S2I model gives its
     EMA encoder's own condition vector for the chunk (its feature by default; the class logits or
     probabilities where the model conditions on them; the EMA weights, which a trained encoder's
@@ -226,27 +271,37 @@ def embed_audio(model: Model, audio: AudioSource, sample_rate: int | None = None
     compares with it by a dot product.
     """
     _needs(model, "embed_audio", ("audio_classifier", "s2i", "retrieval"))
-    chunks = _features_for(model, audio, sample_rate, hop_s)
-    x = chunks.features.to(model.device)
+    batches = _audio_batches(model, audio, sample_rate, hop_s, None, batch_size)
+    task = model.task
     if model.kind == "retrieval":
-        vectors = _batched(lambda b: model.task.embed(audio=b)[0], x, batch_size)
+        fn = lambda b: task.embed(audio=b)[0]  # noqa: E731
     elif model.kind == "s2i":
-        task = model.task
-        net = task.ema.module if task.ema is not None else task.net
-        vectors = _batched(net.condition, x, batch_size)
+        fn = (task.ema.module if task.ema is not None else task.net).condition
     else:
-        vectors = _batched(model.task.model.embed, x, batch_size)
-    return Embeddings(vectors=vectors, start_s=chunks.start_s)
+        fn = task.model.embed
+    with _eval_mode(task):
+        vectors = torch.cat([fn(x).cpu() for x in _model_inputs(model, audio, batches)])
+    return Embeddings(vectors=vectors, start_s=torch.from_numpy(batches.start_s).float())
 
 
 @torch.no_grad()
 def classify_audio(model: Model, audio: AudioSource, sample_rate: int | None = None, hop_s: float | None = None,
                    batch_size: int = 64) -> ChunkPredictions:  # fmt: skip
-    """The sound classifier's class probabilities for every chunk of a recording."""
+    """The sound classifier's class probabilities for every chunk of a recording.
+
+    ``audio`` is a sound file, or samples ``(samples,)`` / ``(channels, samples)`` recorded at
+    ``sample_rate`` (a file says its own rate); chunks start every ``hop_s`` seconds (default: one
+    chunk length, no overlap) and go through the model ``batch_size`` at a time (in eval mode,
+    whatever mode it is in). Returns :class:`ChunkPredictions`: ``probabilities`` ``(chunks,
+    classes)`` (softmax), ``class_names`` in that order, ``start_s`` of each chunk in seconds, and
+    ``labels``, the most probable class of each.
+    """
     _needs(model, "classify_audio", ("audio_classifier",))
-    chunks = _features_for(model, audio, sample_rate, hop_s)
-    logits = _batched(model.task.model, chunks.features.to(model.device), batch_size)
-    return ChunkPredictions(probabilities=logits.softmax(1), class_names=model.class_names or [], start_s=chunks.start_s)
+    batches = _audio_batches(model, audio, sample_rate, hop_s, None, batch_size)
+    with _eval_mode(model.task):
+        logits = torch.cat([model.task.model(x).cpu() for x in _model_inputs(model, audio, batches)])
+    return ChunkPredictions(probabilities=logits.softmax(1), class_names=model.class_names or [],
+                            start_s=torch.from_numpy(batches.start_s).float())  # fmt: skip
 
 
 DIFFUSION_KEYS = ("steps", "scheduler", "guidance_scale")
@@ -273,6 +328,11 @@ def sound_to_image(model: Model, audio: AudioSource, n: int = 1, seed: int = 0, 
                    diffusion: dict[str, Any] | None = None, batch_size: int = 64) -> Tensor:  # fmt: skip
     """Frames ``(chunks, n, 3, S, S)`` in [-1, 1], ``n`` per chunk of a recording, from ``seed``.
 
+    ``audio`` is a sound file, or samples ``(samples,)`` / ``(channels, samples)`` recorded at
+    ``sample_rate`` (a file says its own rate); chunks start every ``hop_s`` seconds (default: one
+    chunk length, no overlap), at most ``max_chunks`` of them (default: all). ``batch_size``
+    images are generated at a time.
+
     An S2I model uses its EMA generator and the same ``n`` noise draws for every chunk, so chunks
     compare; draw ``k`` depends only on ``(seed, k)`` (see :func:`noise`), so ``n=1`` gives the
     first image of ``n=4``. ``inference_condition`` overrides the checkpoint's (``'own'``,
@@ -281,8 +341,8 @@ def sound_to_image(model: Model, audio: AudioSource, n: int = 1, seed: int = 0, 
     ``'ddim'``, 3.0 by default), and every image's starting noise is drawn in turn from ``seed``.
     """
     _needs(model, "sound_to_image", ("s2i", "audio_token"))
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    n = _whole("n", n)
+    batch_size = _whole("batch_size", batch_size)
     if model.kind == "audio_token":
         from cmav.evaluation.token import token_images
 
@@ -292,20 +352,34 @@ def sound_to_image(model: Model, audio: AudioSource, n: int = 1, seed: int = 0, 
         if unknown:
             raise ValueError(f"{model.path}: unknown diffusion setting(s) {unknown}; they are {list(DIFFUSION_KEYS)} "
                              "(the CLI's --guidance is guidance_scale here)")  # fmt: skip
-        chunks = _features_for(model, audio, sample_rate, hop_s, max_chunks)
-        x = chunks.features.repeat_interleave(n, 0)
+        batches = _audio_batches(model, audio, sample_rate, hop_s, max_chunks, batch_size)
+        # the sampler draws every image's noise in turn from one generator: all the prompts go in one call
+        x = torch.cat([b.cpu() for b in _model_inputs(model, audio, batches)]).repeat_interleave(n, 0)
         out = token_images(model.task.model, x, seed=seed, batch_size=batch_size, **(diffusion or {}))
-        return out.clamp(-1, 1).view(len(chunks.features), n, *out.shape[1:])
+        return out.clamp(-1, 1).view(len(batches), n, *out.shape[1:])
     if diffusion:
         raise ValueError(f"{model.path}: diffusion settings are for an audio-token model; this one is 's2i'")
-    chunks = _features_for(model, audio, sample_rate, hop_s, max_chunks)
+    batches = _audio_batches(model, audio, sample_rate, hop_s, max_chunks, batch_size)
     with _inference_condition(model, inference_condition) as task:
         z = noise(n, task.z_dim, seed)
-        x = chunks.features.repeat_interleave(n, 0)
-        zz = z.repeat(len(chunks.features), 1)
-        out = torch.cat([task.generate(x[i : i + batch_size], zz[i : i + batch_size]).cpu()
-                         for i in range(0, len(x), batch_size)])  # fmt: skip
-    return out.clamp(-1, 1).view(len(chunks.features), n, *out.shape[1:])
+        out, pending, done = [], None, 0  # rows (chunk features, each n times) not yet generated; rows generated
+
+        def generate(rows: Tensor) -> None:
+            nonlocal done
+            out.append(task.generate(rows, z[torch.arange(done, done + len(rows)) % n]).cpu())
+            done += len(rows)
+
+        # the generator sees batch_size rows at a time, as when every chunk's features were at hand
+        for features in _model_inputs(model, audio, batches):
+            rows = features.repeat_interleave(n, 0)
+            pending = rows if pending is None else torch.cat([pending, rows])
+            while len(pending) >= batch_size:
+                generate(pending[:batch_size])
+                pending = pending[batch_size:]
+        if pending is not None and len(pending):
+            generate(pending)
+    images = torch.cat(out)
+    return images.clamp(-1, 1).view(len(batches), n, *images.shape[1:])
 
 
 @contextmanager
@@ -368,11 +442,18 @@ def _frames(model: Model, image: ImageSource) -> Tensor:
             raise ValueError(f"frames must be (3, {size}, {size}) or (N, 3, {size}, {size}) in [-1, 1] for {model.path}; "
                              f"got {tuple(image.shape)} (a path, PIL image or numpy uint8 frame is cropped and "
                              "resized for you)")  # fmt: skip
+        if len(x) == 0:
+            raise ValueError(f"{model.path}: no frames given (an empty tensor of shape {tuple(image.shape)})")
         x = x.float()
-        peak = float(x.abs().max()) if x.numel() else 0.0
+        peak = float(x.abs().max())
         if not peak <= 1.0 + FRAME_RANGE_TOLERANCE:  # NaN too
             raise ValueError(f"{model.path}: frames given as a tensor must be float in [-1, 1]; these reach {peak:g} "
                              "(pixels in [0, 255]: x / 127.5 - 1; in [0, 1]: x * 2 - 1)")  # fmt: skip
+        low, high = float(x.min()), float(x.max())
+        if low >= 0 and high > 0:  # torchvision's to_tensor gives [0, 1]: read as [-1, 1], every frame is washed out
+            warnings.warn(f"{model.path}: frames given as a tensor lie in [0, 1] (from {low:g} to {high:g}) and are "
+                          "taken as [-1, 1]; if they are [0, 1] pixels (torchvision's to_tensor), pass x * 2 - 1",
+                          DataWarning, stacklevel=_user_stacklevel())  # fmt: skip
         return x
     if isinstance(image, np.ndarray) and image.ndim == 4:
         items, names = list(image), [f"frame {i}" for i in range(len(image))]
@@ -389,35 +470,45 @@ def _frames(model: Model, image: ImageSource) -> Tensor:
 @torch.no_grad()
 def embed_image(model: Model, image: ImageSource, batch_size: int = 64) -> Tensor:
     """One embedding per frame ``(N, D)``: a retrieval model's joint space (unit length), or an image
-    classifier's / judge's feature (the judge's is what judge-feature FID measures)."""
+    classifier's / judge's feature (the judge's is what judge-feature FID measures). The frames go
+    through the model ``batch_size`` at a time, in eval mode whatever mode it is in."""
     _needs(model, "embed_image", ("retrieval", "image_judge", "player_judge", "image_encoder"))
+    batch_size = _whole("batch_size", batch_size)
     x = _frames(model, image).to(model.device)
-    if model.kind == "retrieval":
-        return _batched(lambda b: model.task.embed(image=b)[1], x, batch_size)
-    return _batched(model.task.model.features, x, batch_size)
+    task = model.task
+    with _eval_mode(task):
+        if model.kind == "retrieval":
+            return _batched(lambda b: task.embed(image=b)[1], x, batch_size)
+        return _batched(task.model.features, x, batch_size)
 
 
 @torch.no_grad()
 def image_to_sound(model: Model, image: ImageSource, n: int = 1, seed: int = 0, griffin_lim_iters: int = 64,
-                   inference_condition: str | None = None) -> tuple[Tensor, int]:  # fmt: skip
-    """Sound from frames with an I2S model: waveforms ``(frames, n, samples)`` in [-1, 1] at the
-    returned rate, ``n`` noise draws per frame from ``seed`` (the same for every frame; draw ``k``
-    depends only on ``(seed, k)``, see :func:`noise`). The generated LMS is turned into sound
-    with the inverse mel scale and Griffin-Lim (``griffin_lim_iters`` iterations)."""
+                   inference_condition: str | None = None, batch_size: int = 64) -> tuple[Tensor, int]:  # fmt: skip
+    """Sound from frames with an I2S model: waveforms ``(frames, n, samples)`` in [-1, 1] at the returned rate,
+    ``n`` noise draws per frame from ``seed`` (the same for every frame; draw ``k`` depends only
+    on ``(seed, k)``, see :func:`noise`). The generated LMS is turned into sound with the inverse
+    mel scale and Griffin-Lim (``griffin_lim_iters`` iterations), ``batch_size`` clips (frames
+    times ``n``) at a time. Every clip is peak-normalised to 1 (for listening), so levels do not
+    compare between clips. ``inference_condition`` overrides the checkpoint's (``'own'``,
+    ``'nearest'``, ``'class_mean'``)."""
     from cmav.features.inversion import lms_to_audio
 
     _needs(model, "image_to_sound", ("i2s",))
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    n = _whole("n", n)
+    griffin_lim_iters = _whole("griffin_lim_iters", griffin_lim_iters)
+    batch_size = _whole("batch_size", batch_size)
     if model.features.kind != "lms":
         raise ValueError(f"{model.path}: generates {model.features.kind} features; only an LMS turns back into sound")
     frames = _frames(model, image)
-    with _inference_condition(model, inference_condition) as task:
-        z = noise(n, task.z_dim, seed)
-        lms = task.generate(frames.repeat_interleave(n, 0), z.repeat(len(frames), 1)).cpu()
     n_samples = model.chunk.samples_at(model.features.sample_rate)
-    waves = lms_to_audio(lms, model.features, n_iter=griffin_lim_iters, n_samples=n_samples)  # type: ignore[arg-type]
-    return waves.view(len(frames), n, -1), model.features.sample_rate
+    x, waves = frames.repeat_interleave(n, 0), []
+    with _inference_condition(model, inference_condition) as task:
+        zz = noise(n, task.z_dim, seed).repeat(len(frames), 1)
+        for i in range(0, len(x), batch_size):
+            lms = task.generate(x[i : i + batch_size], zz[i : i + batch_size]).cpu()
+            waves.append(lms_to_audio(lms, model.features, n_iter=griffin_lim_iters, n_samples=n_samples))  # type: ignore[arg-type]
+    return torch.cat(waves).view(len(frames), n, -1), model.features.sample_rate
 
 
 __all__ = ["AudioChunks", "ChunkPredictions", "Embeddings", "KINDS", "Model", "audio_chunks", "classify_audio",

@@ -3,6 +3,7 @@ exactly as the data pipeline does, cuts recordings into chunks, and refuses what
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -501,3 +502,161 @@ def test_every_public_name_of_the_api_is_reachable_from_cmav():
     assert set(cmav.api.__all__) <= set(cmav.__all__)
     for name in cmav.api.__all__:
         assert getattr(cmav, name) is getattr(cmav.api, name)
+
+
+# --- second review: the API and `cmav embed` / `cmav classify` -------------------------------------
+def _buffers(task) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in task.state_dict().items()}
+
+
+def test_a_model_left_in_train_mode_gives_its_eval_output_and_keeps_its_statistics(data, models, tmp_path):
+    """embed_audio / classify_audio / embed_image run the model in eval mode whatever mode the user
+    left it in (train mode would use batch statistics and overwrite BatchNorm's running ones), and
+    hand it back in that mode."""
+    wav = write_wav(tmp_path / "clip.wav", seconds=1.5, freq=330.0, noise=0.05)
+    clf = cmav.load(models["audio_classifier"])
+    probs, vectors = cmav.classify_audio(clf, wav).probabilities, cmav.embed_audio(clf, wav).vectors
+    judge = cmav.load(models["image_judge"])
+    frames = sorted((data["root"] / "img" / "validation").rglob("*.jpg"))[:3]
+    image_vectors = cmav.embed_image(judge, frames)
+    for model, call, expected in ((clf, lambda: cmav.classify_audio(clf, wav).probabilities, probs),
+                                  (clf, lambda: cmav.embed_audio(clf, wav).vectors, vectors),
+                                  (judge, lambda: cmav.embed_image(judge, frames), image_vectors)):  # fmt: skip
+        model.task.train()
+        before, modes = _buffers(model.task), [m.training for m in model.task.modules()]
+        assert any("running_mean" in k for k in before)
+        assert torch.equal(call(), expected)
+        after = model.task.state_dict()
+        assert [k for k in before if not torch.equal(before[k], after[k])] == []
+        assert [m.training for m in model.task.modules()] == modes  # its own mode back
+        model.task.eval()
+
+
+def test_a_frame_tensor_in_0_1_is_noted_as_probably_not_scaled(models):
+    judge = cmav.load(models["image_judge"])
+    frames = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(DataWarning, match=r"frames given as a tensor lie in \[0, 1\].*pass x \* 2 - 1"):
+        cmav.embed_image(judge, frames)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        cmav.embed_image(judge, frames * 2 - 1)
+        cmav.embed_image(judge, torch.zeros(1, 3, SIZE, SIZE))  # all mid-grey: nothing to tell
+
+
+def test_a_long_recording_goes_through_batch_by_batch_without_a_copy_of_every_chunk(models, tmp_path):
+    """The chunks are a view of the recording, turned into features one batch at a time: memory
+    does not grow with length / hop_s; the vectors are those of the direct computation."""
+    import tracemalloc
+
+    model = cmav.load(models["audio_classifier"])
+    wav = write_wav(tmp_path / "long.wav", seconds=2.0, channels=1, freq=330.0, noise=0.05)
+    hop_s, batch = 0.01, 16
+    tracemalloc.start()
+    try:
+        got = cmav.embed_audio(model, wav, hop_s=hop_s, batch_size=batch)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    mono = sf.read(str(wav), dtype="float32", always_2d=True)[0].mean(axis=1)
+    hop = int(round(hop_s * 44100))
+    starts = range(0, len(mono) - 22050 + 1, hop)
+    assert len(got.vectors) == len(starts) == 151  # several batches, and a part-filled last one
+    chunks = torch.from_numpy(np.stack([mono[s : s + 22050] for s in starts]))
+    with torch.no_grad():
+        features = build_front_end(model.features)(chunks, 44100).contiguous()  # as one tensor holds them
+        expected = torch.cat([model.task.model.embed(features[i : i + batch]) for i in range(0, len(starts), batch)])
+    assert torch.equal(got.vectors, expected)
+    all_chunks = len(starts) * 22050 * 4
+    assert peak < all_chunks / 4, f"{peak / 1e6:.1f} MB at the peak, the chunks are {all_chunks / 1e6:.1f} MB"
+
+
+def test_cmav_classify_and_embed_check_every_sound_file_before_any_work(data, models, tmp_path, capsys):
+    from cmav.cli.main import main
+
+    good = write_wav(tmp_path / "good.wav", seconds=1.2, freq=330.0)  # its unused tail is a note
+    short = write_wav(tmp_path / "short.wav", seconds=0.3)
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"RIFF not really")
+    for command in ("classify", "embed"):
+        for bad, what in ((short, r"short\.wav: 13230 samples at 44100 Hz \(0\.300 s\): shorter than one chunk"),
+                          (garbage, r"garbage\.wav: not a readable audio file"),
+                          (tmp_path / "gone.wav", r"gone\.wav: audio file does not exist")):  # fmt: skip
+            out = tmp_path / ("x.csv" if command == "classify" else "x.npz")
+            argv = [command, "--ckpt", str(models["audio_classifier"]), "--audio", str(good), str(bad), "-o", str(out)]
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert re.search(what, err) and "note:" not in err, err  # refused before the good file was used
+            assert not out.exists()
+    assert main(["classify", "--ckpt", str(models["audio_classifier"]), "--audio", str(good), "--hop-s", "nan"]) == 2
+    assert "hop_s must be a finite number of seconds, got nan" in capsys.readouterr().err
+
+
+def test_a_list_of_sound_files_is_refused_as_one_recording_at_a_time(models, tmp_path):
+    model = cmav.load(models["audio_classifier"])
+    wavs = [write_wav(tmp_path / "a.wav"), write_wav(tmp_path / "b.wav")]
+    for given in ([str(w) for w in wavs], tuple(wavs), [wavs[0]]):
+        with pytest.raises(TypeError, match=r"one recording.*loop over the files.*cmav embed --audio"):
+            cmav.embed_audio(model, given)
+
+
+def test_hop_s_that_is_not_finite_or_rounds_to_nothing_is_named_so_and_a_long_hop_is_noted_once():
+    spec = ChunkSpec(sample_rate=1000, n_samples=100)
+    mono = np.full(350, 0.5, np.float32)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=rf"hop_s must be a finite number of seconds, got {bad}"):
+            cut_chunks(mono, spec, hop_s=bad)
+    with pytest.raises(ValueError, match=r"hop_s=0\.0001 is under one sample at 1000 Hz: it rounds to 0 samples"):
+        cut_chunks(mono, spec, hop_s=1e-4)
+    with pytest.raises(ValueError, match="hop_s must be positive, got -0.1"):
+        cut_chunks(mono, spec, hop_s=-0.1)
+    # chunks at 0 and 0.15 s; 0.3-0.35 s is the remainder, 0.1-0.15 s and 0.25-0.3 s lie between chunks
+    chunks, starts, notes = cut_chunks(mono, spec, hop_s=0.15, name="x.wav")
+    assert starts.tolist() == [0.0, 0.15]
+    assert notes == ["x.wav: hop_s=0.15 is longer than a chunk (0.1 s): the audio from each chunk's end to the next "
+                     "start is not used (0.100 s in all)",
+                     "x.wav: its last 0.050 s do not fill a chunk; not used"]  # fmt: skip
+    _, _, notes = cut_chunks(mono, spec, hop_s=1.0, name="x.wav")  # one chunk; nothing past the next start
+    assert notes == ["x.wav: hop_s=1 is longer than a chunk (0.1 s): the audio from each chunk's end to the next "
+                     "start is not used (0.250 s in all)"]
+
+
+def test_counts_and_frames_that_cannot_be_used_are_refused_by_name(models):
+    s2i, judge, i2s = (cmav.load(models[k]) for k in ("s2i", "image_judge", "i2s"))
+    frame = torch.zeros(3, SIZE, SIZE)
+    with pytest.raises(ValueError, match=r"judge\.ckpt: no frames given \(an empty tensor of shape \(0, 3, 32, 32\)\)"):
+        cmav.embed_image(judge, torch.zeros(0, 3, SIZE, SIZE))
+    with pytest.raises(ValueError, match=r"n must be a whole number >= 1, got 2\.0"):
+        cmav.sound_to_image(s2i, np.zeros(22050, np.float32), n=2.0, sample_rate=44100)
+    with pytest.raises(ValueError, match=r"n must be a whole number >= 1, got 2\.0"):
+        cmav.image_to_sound(i2s, frame, n=2.0)
+    for iters in (0, -3, 1.5):
+        with pytest.raises(ValueError, match=rf"griffin_lim_iters must be a whole number >= 1, got {iters}"):
+            cmav.image_to_sound(i2s, frame, griffin_lim_iters=iters)
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1, got 0"):
+        cmav.embed_image(judge, frame, batch_size=0)
+
+
+def test_image_to_sound_runs_the_generator_in_batches(models):
+    i2s = cmav.load(models["i2s"])
+    frames = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    whole, rate = cmav.image_to_sound(i2s, frames, n=2, griffin_lim_iters=2)
+    parts, _ = cmav.image_to_sound(i2s, frames, n=2, griffin_lim_iters=2, batch_size=4)
+    assert parts.shape == whole.shape == (3, 2, i2s.chunk.samples_at(rate))
+    torch.testing.assert_close(parts, whole, atol=1e-2, rtol=0)  # float round-off of another batch size
+    assert torch.allclose(whole.abs().amax(-1), torch.ones(3, 2))  # every clip peak-normalised to 1
+    doc = " ".join(cmav.image_to_sound.__doc__.split())
+    assert "peak" in doc and "batch_size" in doc
+    for fn, args in ((cmav.sound_to_image, ("sample_rate", "hop_s", "max_chunks", "batch_size")),
+                     (cmav.classify_audio, ("sample_rate", "hop_s", "batch_size", "start_s"))):  # fmt: skip
+        assert all(f"``{a}``" in fn.__doc__ for a in args), fn.__name__
+    assert cmav.Model.device.__doc__ and cmav.Model.class_names.__doc__
+
+
+def test_a_float_sound_file_beyond_full_scale_is_noted_by_name(models, tmp_path):
+    model = cmav.load(models["audio_classifier"])
+    loud = tmp_path / "loud.wav"
+    samples = 0.5 * np.sin(np.arange(22050, dtype=np.float32) / 10.0)
+    samples[100] = 3.0  # a float file may hold what integer PCM cannot
+    sf.write(str(loud), samples, 44100, subtype="FLOAT")
+    with pytest.warns(DataWarning, match=r"loud\.wav: float samples reach 3, beyond full scale \(1\.0\); used as given"):
+        cmav.embed_audio(model, loud)

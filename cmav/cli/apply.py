@@ -68,6 +68,22 @@ def _output(path: str, inputs: list[str], suffix: str) -> Path:
     return out
 
 
+def _load_for_sound(ckpt: str, files: list[str], hop_s: float | None):
+    """The model, with every sound file checked first (readable before the model is loaded; at least
+    one of its chunks long, and ``hop_s`` usable, after): a bad file among many is an error naming
+    it before any work, not after the files before it have been read and nothing written."""
+    import cmav
+    from cmav.data.audio_io import check_recording, hop_samples
+
+    for path in files:
+        check_recording(path)
+    model = cmav.load(ckpt)
+    hop_samples(hop_s, model.chunk)
+    for path in files:
+        check_recording(path, model.chunk)
+    return model
+
+
 def _embed(args: argparse.Namespace) -> int:
     import cmav
     from cmav.data.files import atomic_write
@@ -77,7 +93,7 @@ def _embed(args: argparse.Namespace) -> int:
     out_path = _output(args.output, [args.ckpt, *(args.audio or args.image)], ".npz")
     for path in args.image or ():
         input_file(path, "an image file")
-    model = cmav.load(args.ckpt)
+    model = _load_for_sound(args.ckpt, args.audio, args.hop_s) if args.audio else cmav.load(args.ckpt)
     vectors, index, starts = [], [], []
     files = args.audio or args.image
     with _notes():
@@ -109,7 +125,7 @@ def _classify(args: argparse.Namespace) -> int:
     from cmav.data.files import atomic_write
 
     out_path = _output(args.output, [args.ckpt, *args.audio], ".csv") if args.output else None
-    model = cmav.load(args.ckpt)
+    model = _load_for_sound(args.ckpt, args.audio, args.hop_s)
     rows = []
     with _notes():
         results = [(path, cmav.classify_audio(model, path, hop_s=args.hop_s)) for path in args.audio]

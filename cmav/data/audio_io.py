@@ -32,16 +32,41 @@ class ChunkSpec:
         return -(-self.n_samples * sample_rate // self.sample_rate)  # rounded up, as the resamplers do
 
 
-def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read a sound file as float32 ``(channels, samples)`` and its sample rate.
-
-    Raises DataError naming the file when it is missing, empty, corrupt or holds no samples.
-    """
+def _sound_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "is a folder, not a sound file" if path.is_dir() else "audio file does not exist")
     if path.stat().st_size == 0:
         raise DataError(path, "audio file is empty (0 bytes)")
+    return path
+
+
+def check_recording(path: str | Path, spec: ChunkSpec | None = None) -> tuple[int, int]:
+    """A sound file's length in samples and its sample rate from its header, without reading the
+    samples: the DataError :func:`read_audio` gives for a missing, empty or unreadable file, and
+    with ``spec`` the one :func:`cut_chunks` gives for a recording shorter than one chunk. Checks
+    a list of files before any of them is used."""
+    path = _sound_file(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # as read_audio: the exception type depends on the format
+        raise DataError(path, f"not a readable audio file ({exc})") from exc
+    if info.frames <= 0:
+        raise DataError(path, "audio file holds no samples")
+    if spec is not None:
+        total = info.frames
+        if info.samplerate != spec.sample_rate:  # the length librosa.resample gives
+            total = int(np.ceil(info.frames * (float(spec.sample_rate) / info.samplerate)))
+        _refuse_short(total, spec, str(path))
+    return int(info.frames), int(info.samplerate)
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read a sound file as float32 ``(channels, samples)`` and its sample rate.
+
+    Raises DataError naming the file when it is missing, empty, corrupt or holds no samples.
+    """
+    path = _sound_file(path)
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError by format
@@ -157,11 +182,16 @@ def as_float_samples(wave: np.ndarray, name: str, notes: list[str]) -> np.ndarra
         centre = half if np.issubdtype(wave.dtype, np.unsignedinteger) else 0.0
         return ((wave.astype(np.float64) - centre) / half).astype(np.float32)
     wave = wave.astype(np.float32, copy=False)
+    note_beyond_full_scale(wave, name, notes, "integer PCM is scaled for you: pass it as its integer dtype, or "
+                           "divide by 32768 for 16-bit")  # fmt: skip
+    return wave
+
+
+def note_beyond_full_scale(wave: np.ndarray, name: str, notes: list[str], advice: str) -> None:
+    """Note (with ``name`` and ``advice``) float samples beyond full scale (1.0), which are used as given."""
     peak = float(np.max(np.abs(wave))) if wave.size and np.isfinite(wave).all() else 0.0
     if peak > 1.0:
-        notes.append(f"{name}: float samples reach {peak:g}, beyond full scale (1.0); used as given (integer PCM "
-                     "is scaled for you: pass it as its integer dtype, or divide by 32768 for 16-bit)")  # fmt: skip
-    return wave
+        notes.append(f"{name}: float samples reach {peak:g}, beyond full scale (1.0); used as given ({advice})")
 
 
 def read_mono(audio: str | Path | np.ndarray | Any, rate: int, sample_rate: int | None = None,
@@ -177,11 +207,18 @@ def read_mono(audio: str | Path | np.ndarray | Any, rate: int, sample_rate: int 
     notes: list[str] = []
     if sample_rate is not None:
         sample_rate = checked_sample_rate(sample_rate)
+    if isinstance(audio, (list, tuple)) and any(isinstance(a, (str, Path)) for a in audio):
+        raise TypeError(f"a {type(audio).__name__} of {len(audio)} file(s) given: a call takes one recording (a sound "
+                        "file or its samples); loop over the files, or use `cmav embed --audio FILE ...` / "
+                        "`cmav classify --audio FILE ...`")  # fmt: skip
     if isinstance(audio, (str, Path)):
         name = str(audio)
         wave, source_rate = read_audio(audio)
         if sample_rate is not None and sample_rate != source_rate:
             raise DataError(name, f"sample_rate={sample_rate} given, but the file says {source_rate} Hz; leave it out")
+        # integer PCM is read to [-1, 1); only a float file can hold more
+        note_beyond_full_scale(wave, name, notes, "a float file can hold that; the model's training audio lies within "
+                               "full scale")
     else:
         name = "<samples>"
         if sample_rate is None:
@@ -208,6 +245,34 @@ def read_mono(audio: str | Path | np.ndarray | Any, rate: int, sample_rate: int 
     return np.ascontiguousarray(mono[0]), name, notes
 
 
+def hop_samples(hop_s: float | None, spec: ChunkSpec = ChunkSpec()) -> int:
+    """Samples between chunk starts at ``spec.sample_rate`` for ``hop_s`` seconds (None: one chunk
+    length); ValueError naming ``hop_s`` when it is not finite, not positive or under one sample."""
+    if hop_s is None:
+        return spec.n_samples
+    if not np.isfinite(hop_s):
+        raise ValueError(f"hop_s must be a finite number of seconds, got {hop_s}")
+    if hop_s <= 0:
+        raise ValueError(f"hop_s must be positive, got {hop_s}")
+    hop = int(round(hop_s * spec.sample_rate))
+    if hop < 1:
+        raise ValueError(f"hop_s={hop_s:g} is under one sample at {spec.sample_rate} Hz: it rounds to 0 samples "
+                         f"(the least is {1 / spec.sample_rate:.2g} s)")  # fmt: skip
+    return hop
+
+
+def _refuse_short(total: int, spec: ChunkSpec, name: str) -> None:
+    """The DataError for a recording of ``total`` samples (at the chunk rate) too short to pad into a chunk."""
+    n, rate = spec.n_samples, spec.sample_rate
+    if total < n and (n - total) / n > spec.length_tolerance:
+        raise DataError(name, f"{total} samples at {rate} Hz ({total / rate:.3f} s): shorter than one chunk "
+                              f"({n} samples, {n / rate:g} s)")  # fmt: skip
+
+
+SILENCE_CHECK_ROWS = 256
+"""Chunks whose RMS is taken at a time: the check never holds more than these in float64."""
+
+
 def cut_chunks(mono: np.ndarray, spec: ChunkSpec = ChunkSpec(), hop_s: float | None = None, name: str = "<samples>",
                max_chunks: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
     """A recording (mono, at ``spec.sample_rate``) cut into chunks ``(N, spec.n_samples)``, their
@@ -216,37 +281,49 @@ def cut_chunks(mono: np.ndarray, spec: ChunkSpec = ChunkSpec(), hop_s: float | N
     Chunks start every ``hop_s`` seconds (default: one chunk length, no overlap; Sub-URMP's are
     0.1 s apart), at most ``max_chunks`` of them. A clip shorter than one chunk is zero-padded when
     within ``spec.length_tolerance``, refused (DataError naming it) otherwise; what is left after
-    the last whole chunk is noted and not used. A silent chunk is noted.
+    the last whole chunk is noted and not used, as is the audio between chunks when ``hop_s`` is
+    longer than a chunk. A silent chunk is noted.
+
+    The chunks are a read-only view of ``mono`` (overlapping chunks share its samples): copying
+    them all would take ``chunk / hop_s`` times the recording's memory. Copy a batch at a time.
     """
     n, rate = spec.n_samples, spec.sample_rate
     chunk_s = n / rate
-    hop = n if hop_s is None else int(round(hop_s * rate))
-    if hop < 1:
-        raise ValueError(f"hop_s must be positive, got {hop_s}")
+    hop = hop_samples(hop_s, spec)
     if max_chunks is not None and max_chunks < 1:
         raise ValueError(f"max_chunks must be >= 1, got {max_chunks}")
     notes: list[str] = []
+    mono = np.ascontiguousarray(mono, dtype=np.float32)
     total = mono.shape[0]
     if total < n:
-        if (n - total) / n > spec.length_tolerance:
-            raise DataError(name, f"{total} samples at {rate} Hz ({total / rate:.3f} s): shorter than one chunk "
-                                  f"({n} samples, {chunk_s:g} s)")  # fmt: skip
+        _refuse_short(total, spec, name)
         notes.append(f"{name}: {total} samples, a chunk is {n}; zero-padded")
         mono = np.pad(mono, (0, n - total))
         total = n
     count = (total - n) // hop + 1
-    if max_chunks is not None and count > max_chunks:
+    capped = max_chunks is not None and count > max_chunks
+    if capped:
         count = max_chunks
+    if hop > n:
+        # between chunks, and after the last one up to where the next would start
+        gap = (count - 1) * (hop - n) + (0 if capped else min(total - ((count - 1) * hop + n), hop - n))
+        if gap > 0:
+            notes.append(f"{name}: hop_s={hop_s:g} is longer than a chunk ({chunk_s:g} s): the audio from each chunk's "
+                         f"end to the next start is not used ({gap / rate:.3f} s in all)")  # fmt: skip
+    if capped:
         used = (count - 1) * hop / rate + chunk_s
         notes.append(f"{name}: {total / rate:.2f} s long; using its first {used:g} s "
                      f"({count} chunk{'s' if count > 1 else ''})")  # fmt: skip
     else:
-        left = total - ((count - 1) * hop + n)
+        left = total - (count * hop if hop > n else (count - 1) * hop + n)
         if left > 0:
             notes.append(f"{name}: its last {left / rate:.3f} s do not fill a chunk; not used")
-    starts = np.arange(count) * hop
-    chunks = np.ascontiguousarray(np.lib.stride_tricks.sliding_window_view(mono, n)[starts], dtype=np.float32)
-    rms = np.sqrt(np.mean(np.square(chunks, dtype=np.float64), axis=1))
+    starts = np.arange(count, dtype=np.int64) * hop
+    chunks = np.lib.stride_tricks.sliding_window_view(mono, n)[:: hop if count > 1 else 1][:count]
+    square_sums = np.concatenate([np.einsum("ij,ij->i", part, part, dtype=np.float64)
+                                  for part in (chunks[i : i + SILENCE_CHECK_ROWS]
+                                               for i in range(0, count, SILENCE_CHECK_ROWS))])  # fmt: skip
+    rms = np.sqrt(square_sums / n)
     silent = np.flatnonzero(rms < spec.silence_rms)
     if len(silent):
         where = ", ".join(f"{starts[i] / rate:g} s" for i in silent[:5]) + (" ..." if len(silent) > 5 else "")

@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,7 @@ def datamodule_for(ckpt: str | Path, root: str | Path | None = None, cache_dir: 
     """The data a checkpoint was trained on (front end, chunk spec, image size, layout, hold-out),
     read at ``root`` (default: the root it recorded). ``overrides`` (``image_size``, ``layout``,
     ``holdout_tail``, ``holdout_gap_ms``) replace what the checkpoint says where they are not None."""
-    from cmav.data.datamodule import AudioVisualDataModule
+    from cmav.data.datamodule import AudioVisualDataModule, recorded_root
     from cmav.tasks.classifier import checkpoint_dict
 
     blob = checkpoint_dict(ckpt)
@@ -62,8 +64,46 @@ def datamodule_for(ckpt: str | Path, root: str | Path | None = None, cache_dir: 
     settings = {"layout": dmh.get("layout", "suburmp"), "image_size": int(hp.get("image_size", dmh.get("image_size", 64))),
                 "holdout_tail": float(dmh.get("holdout_tail", 0.0)), "holdout_gap_ms": dmh.get("holdout_gap_ms")}  # fmt: skip
     settings.update({k: v for k, v in overrides.items() if v is not None})
-    return AudioVisualDataModule(root=str(root or dmh.get("root", "data/default")), batch_size=batch_size,
+    return AudioVisualDataModule(root=str(root or recorded_root(dmh)), batch_size=batch_size,
                                  features=features, chunk=spec, cache_dir=cache_dir, **settings)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ChunkBatches:
+    """A recording's chunks (a read-only view of its samples), their starts in seconds and the notes
+    on what was done; iterating gives their features ``(B, C, H, W)`` one batch of ``batch_size``
+    chunks at a time, so that a long recording at a small hop never has every chunk's samples or
+    features in memory at once."""
+
+    chunks: np.ndarray
+    start_s: np.ndarray
+    notes: list[str]
+    front_end: Any
+    sample_rate: int
+    batch_size: int
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for i in range(0, len(self.chunks), self.batch_size):
+            with torch.no_grad():  # not around the yield: it would switch autograd off in the caller's loop
+                # contiguous, as one tensor of every chunk's features was: the models' kernels
+                # round differently on the front end's transposed layout
+                batch = self.front_end(torch.from_numpy(self.chunks[i : i + self.batch_size].copy()), self.sample_rate)
+                batch = batch.contiguous()
+            yield batch
+
+
+def chunk_batches(audio, features: FrontEndConfig, spec: ChunkSpec, sample_rate: int | None = None,
+                  hop_s: float | None = None, max_chunks: int | None = None, batch_size: int = 64) -> ChunkBatches:  # fmt: skip
+    """A recording (a sound file, or samples at ``sample_rate``) cut into chunks under ``spec``, to
+    be turned into features batch by batch (see :class:`ChunkBatches`, and
+    :func:`~cmav.data.audio_io.read_mono` and :func:`~cmav.data.audio_io.cut_chunks` for the notes)."""
+    mono, name, notes = read_mono(audio, spec.sample_rate, sample_rate)  # DataError for missing/empty/corrupt files
+    chunks, starts, more = cut_chunks(mono, spec, hop_s, name, max_chunks)
+    return ChunkBatches(chunks=chunks, start_s=starts, notes=notes + more, front_end=build_front_end(features),
+                        sample_rate=spec.sample_rate, batch_size=batch_size)  # fmt: skip
 
 
 def chunk_features(audio, features: FrontEndConfig, spec: ChunkSpec, sample_rate: int | None = None,
@@ -72,13 +112,8 @@ def chunk_features(audio, features: FrontEndConfig, spec: ChunkSpec, sample_rate
     """A recording (a sound file, or samples at ``sample_rate``) as features ``(N, C, H, W)`` of its
     chunks under ``spec``, their starts in seconds, and notes on what was done (see
     :func:`~cmav.data.audio_io.read_mono` and :func:`~cmav.data.audio_io.cut_chunks`)."""
-    mono, name, notes = read_mono(audio, spec.sample_rate, sample_rate)  # DataError for missing/empty/corrupt files
-    chunks, starts, more = cut_chunks(mono, spec, hop_s, name, max_chunks)
-    front_end = build_front_end(features)
-    with torch.no_grad():
-        parts = [front_end(torch.from_numpy(chunks[i : i + batch_size]), spec.sample_rate)
-                 for i in range(0, len(chunks), batch_size)]  # fmt: skip
-    return torch.cat(parts), starts, notes + more
+    batches = chunk_batches(audio, features, spec, sample_rate, hop_s, max_chunks, batch_size)
+    return torch.cat(list(batches)), batches.start_s, batches.notes
 
 
 def wav_to_features(path: str | Path, features: FrontEndConfig, spec: ChunkSpec) -> tuple[torch.Tensor, list[str]]:
@@ -242,4 +277,4 @@ def generate_from_image(ckpt: str | Path, image: str | Path, n: int = 1, seed: i
     return paths, [f"{image}: centre square resized to {size}x{size}"]
 
 
-__all__ = ["checkpoint_kind", "chunk_features", "datamodule_for", "front_end_of", "generate_from_image", "generate_from_wav", "wav_to_features"]
+__all__ = ["ChunkBatches", "checkpoint_kind", "chunk_batches", "chunk_features", "datamodule_for", "front_end_of", "generate_from_image", "generate_from_wav", "wav_to_features"]
