@@ -1141,3 +1141,136 @@ def test_analyze_fails_when_no_rater_is_left_but_still_writes_the_report(study, 
     assert "no rater was left to analyse" in err and "items missing" in err
     rows = list(csv.DictReader((out2 / "raters.csv").open()))
     assert [(r["rater_id"], r["status"]) for r in rows] == [("bad", "invalid (left out)")]
+
+
+# ---------------------------------------------------------------------- paper sheets and spreadsheet CSVs
+
+
+def _typed_rows(m, rater: str, order: list[str]) -> list[list]:
+    """A typed-in sheet in ``order``: the template's columns, row k the k-th item of ``order``."""
+    head = ["study_id", "fingerprint", "rater_id", "position", "item", "match", "realism"]
+    return [head] + [[m.study_id, m.fingerprint, rater, k, item, 1 + k % 5, 1 + (k * 2) % 5]
+                     for k, item in enumerate(order, 1)]  # fmt: skip
+
+
+def test_a_paper_raters_sheet_is_typed_into_its_own_csv_and_the_template_order_is_refused(lab, colours, tmp_path):
+    out = tmp_path / "pp"
+    m = make_study([f"A={colours['A']}"], out, n_items=4, data_root=str(lab["data"]), n_checks=1,
+                   paper_raters=["Smith, J."])  # fmt: skip
+    assert load_manifest(out).paper_raters == {"Smith, J.": "paper/Smith_J"}  # recorded for the validation
+    own = rater_order(m.study_id, "Smith, J.", m.item_ids)
+    generic = rater_order(m.study_id, "paper", m.item_ids)
+    assert own != generic
+    sheet = (out / "paper" / "Smith_J.html").read_text()
+    # the sheet names its own CSV, never the template (in the template's order, every answer would sit
+    # on another image), and prints every row's item id beside its number, for the typist to check
+    assert "paper/Smith_J.csv" in sheet and "ratings_template.csv" not in sheet
+    shown = re.findall(r'<div class="num">(\d+)\. <span class="id">item (i[0-9a-f]{8})</span></div>', sheet)
+    assert shown == [(str(k), i) for k, i in enumerate(own, 1)]
+    assert "ratings_template.csv" in (out / "print.html").read_text()
+    rows = list(csv.DictReader((out / "paper" / "Smith_J.csv").open()))
+    assert [(r["rater_id"], r["position"], r["item"]) for r in rows] == [("Smith, J.", str(k), i)
+                                                                         for k, i in enumerate(own, 1)]  # fmt: skip
+    # Smith's sheet typed top to bottom into paper/Smith_J.csv: every answer on its image
+    right = tmp_path / "smith_right.csv"
+    with right.open("w", newline="") as f:
+        csv.writer(f).writerows(_typed_rows(m, "Smith, J.", own))
+    loaded = load_ratings([right], m)
+    assert loaded.problems == [] and loaded.sheets[0].answers[own[2]] == {"match": 4, "realism": 2}
+    # the same answers typed down ratings_template.csv's rows: refused, naming the file and the right CSV
+    wrong = tmp_path / "smith_template.csv"
+    with wrong.open("w", newline="") as f:
+        csv.writer(f).writerows(_typed_rows(m, "Smith, J.", generic))
+    loaded = load_ratings([wrong], m)
+    assert not loaded.sheets and len(loaded.problems) == 1
+    msg = str(loaded.problems[0])
+    assert msg.startswith(f"{wrong}: rater 'Smith, J.': ") and "paper/Smith_J.html" in msg
+    assert "ratings_template.csv" in msg and "paper/Smith_J.csv" in msg
+    with pytest.raises(HumanEvalError, match=r"smith_template\.csv: rater 'Smith, J\.': .* own sheet"):
+        run_analysis(out, [wrong], out=tmp_path / "rep")
+    # a rater of print.html typed into the template, in its order, still counts
+    other = tmp_path / "p05.csv"
+    with other.open("w", newline="") as f:
+        csv.writer(f).writerows(_typed_rows(m, "P05", generic))
+    assert load_ratings([other], m).problems == []
+    # a manifest from before paper raters were recorded still loads
+    raw = json.loads((out / "manifest.json").read_text())
+    del raw["paper_raters"]
+    (out / "manifest.json").write_text(json.dumps(raw))
+    assert load_manifest(out).paper_raters == {}
+
+
+def test_spreadsheet_csvs_trailing_empty_columns_delimiters_and_encodings_are_read(study, tmp_path):
+    m = load_manifest(study)
+    rows = _typed_rows(m, "P01", rater_order(m.study_id, "P01", m.item_ids))
+    # Excel and LibreOffice write empty cells at the end of every row, the header's too
+    trailing = tmp_path / "trailing.csv"
+    with trailing.open("w", newline="") as f:
+        csv.writer(f).writerows(r + ["", ""] for r in rows)
+    loaded = load_ratings([trailing], m)
+    assert loaded.problems == [] and [s.rater_id for s in loaded.sheets] == ["P01"]
+    # a blank header over cells that are not blank: those cells are something, say where
+    notes = tmp_path / "notes.csv"
+    with notes.open("w", newline="") as f:
+        csv.writer(f).writerows([r + [""] for r in rows[:2]] + [r + ["see page 2"] for r in rows[2:]])
+    assert [p.message for p in load_ratings([notes], m).problems] == ["empty column header at column 8"]
+    # European Excel: semicolons (with a BOM), or tabs; "Unicode text": UTF-16 with a BOM, tab-separated
+    for name, delimiter, encoding in (("semi.csv", ";", "utf-8-sig"), ("tab.csv", "\t", "utf-8"),
+                                      ("utf16.csv", "\t", "utf-16")):  # fmt: skip
+        path = tmp_path / name
+        with path.open("w", newline="", encoding=encoding) as f:
+            csv.writer(f, delimiter=delimiter).writerows(rows)
+        loaded = load_ratings([path], m)
+        assert loaded.problems == [] and [s.rater_id for s in loaded.sheets] == ["P01"], name
+        assert loaded.sheets[0].answers == load_ratings([trailing], m).sheets[0].answers, name
+    # Windows' own code page is not guessed: the message says what the file is not, and what to save it as
+    cp = tmp_path / "cp1252.csv"
+    with cp.open("w", newline="", encoding="cp1252") as f:
+        csv.writer(f).writerows(rows[:1] + [r[:2] + ["Müller"] + r[3:] for r in rows[1:]])
+    problems = [str(p) for p in load_ratings([cp], m).problems]
+    assert len(problems) == 1 and problems[0].startswith(f"{cp}: not UTF-8 text") and '"CSV UTF-8"' in problems[0]
+    assert "line 2" in problems[0]
+
+
+def test_a_header_row_repeated_inside_a_csv_is_named_not_read_as_a_rater(study, tmp_path):
+    m = load_manifest(study)
+    joined = tmp_path / "all.csv"  # two exports joined with cat
+    with joined.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerows(_typed_rows(m, "P01", rater_order(m.study_id, "P01", m.item_ids)))
+        w.writerows(_typed_rows(m, "P02", rater_order(m.study_id, "P02", m.item_ids)))
+    loaded = load_ratings([joined], m)
+    n = len(m.items) + 2
+    assert [str(p) for p in loaded.problems] == [f"{joined}: row {n} repeats the header (files joined?): give "
+                                                 "each file on its own, or delete the row"]  # fmt: skip
+    assert "rater_id" not in {rid for _, rid, _ in loaded.excluded}
+    assert {rid for _, rid, _ in loaded.excluded} == {"", "P01", "P02"}
+    # a page export joined after a file with fewer columns: its header is a header too, not a long row
+    with joined.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerows([r[:3] + r[4:] for r in _typed_rows(m, "P01", m.item_ids)])
+        w.writerows(_typed_rows(m, "P02", m.item_ids))
+    assert [p.message for p in load_ratings([joined], m).problems] == [
+        f"row {n} repeats the header (files joined?): give each file on its own, or delete the row"]
+
+
+@pytest.mark.parametrize("command", ["make", "analyze"])
+def test_a_negative_seed_is_refused_naming_the_option(study, lab, colours, tmp_path, command, capsys):
+    from cmav.cli.main import main
+
+    good = _bad(load_manifest(study), tmp_path, "good", lambda o: None)
+    args = (["make", "--runs", str(colours["A"]), "--data", str(lab["data"]), "--items", "2", "--checks", "1"]
+            if command == "make" else ["analyze", str(study), str(good), "--bootstrap", "20"])  # fmt: skip
+    assert main(["human-eval", *args, "-o", str(tmp_path / "o"), "--seed", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --seed: -1: ") and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("option", [["--allowed-failures", "-1"], ["--bootstrap", "0"]])
+def test_analysis_settings_out_of_range_are_refused_naming_the_option(study, tmp_path, option, capsys):
+    from cmav.cli.main import main
+
+    good = _bad(load_manifest(study), tmp_path, "good", lambda o: None)
+    assert main(["human-eval", "analyze", str(study), str(good), *option, "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {option[0]}: {option[1]}: ") and not (tmp_path / "o").exists()

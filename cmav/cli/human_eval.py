@@ -81,6 +81,8 @@ def _make(args: argparse.Namespace) -> int:
           f"({', '.join(m.method_names)}) + {n_checks} attention checks = {len(m.items)} images")  # fmt: skip
     print(f"rating page : {out / 'index.html'}  (send {out / 'for_raters.zip'}, never manifest.json)")
     print(f"paper       : {out / 'print.html'} + {out / 'ratings_template.csv'}")
+    for rid, stem in m.paper_raters.items():  # typed into its own CSV: the template's order is another
+        print(f"paper {rid!r}: {out / stem}.html + {out / stem}.csv")
     print(f"manifest    : {out / 'manifest.json'}")
     return 0
 

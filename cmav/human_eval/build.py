@@ -7,7 +7,9 @@ The folder::
     index.html            the rating page (self-contained; opens from disk; no server)
     images/<item>.png     the images, named by opaque item id
     print.html            printable sheet (paper studies; "print to PDF" makes the PDF)
-    ratings_template.csv  the CSV to type paper answers into (also what the page exports)
+    ratings_template.csv  the CSV to type print.html's answers into, in its order (the page's export has these columns)
+    paper/<rater>.html    with --paper-raters: a rater's own sheet, in that rater's order; its answers
+    paper/<rater>.csv     are typed into the .csv beside it (same order), never into ratings_template.csv
     for_raters.zip        index.html + images/ + print.html: what to send
     README.txt            these lines
 """
@@ -37,6 +39,7 @@ from cmav.human_eval.study import (
     Question,
     check_paper_raters,
     check_questions,
+    check_seed,
     check_study_id,
     content_fingerprint,
     content_json,
@@ -146,6 +149,7 @@ def make_study(
         raise HumanEvalError("--items", "must be at least 1")
     if n_checks < 0:
         raise HumanEvalError("--checks", "must be 0 or more")
+    check_seed(seed)
     _check_side("--size", size)
     _check_side("--image-size", image_size)
     questions = list(questions or DEFAULT_QUESTIONS)
@@ -178,7 +182,7 @@ def _make(sources, out: Path, n_items: int, seed: int, data_root: str | None, la
           title: str | None, instructions: str | None, paper_raters: Sequence[str]) -> Manifest:  # fmt: skip
     """The body of :func:`make_study`, once the arguments are checked and the folder is ready."""
     from cmav import __version__
-    from cmav.human_eval.page import write_pages
+    from cmav.human_eval.page import paper_sheets, write_pages
     from cmav.human_eval.sources import (
         DataConfig,
         checkpoint_data,
@@ -289,6 +293,7 @@ def _make(sources, out: Path, n_items: int, seed: int, data_root: str | None, la
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         cmav_version=__version__,
         fingerprint=fingerprint,
+        paper_raters=paper_sheets(paper_raters),
     )
     write_pages(out, manifest, paper_raters)
     _write_zip(out)

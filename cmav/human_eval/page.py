@@ -432,7 +432,7 @@ h1 { font-size: 15pt; margin: 0 0 4px; }
 .q { margin-top: 6px; }
 .boxes { letter-spacing: .3em; white-space: nowrap; }
 .ends { color: #444; font-size: 9pt; }
-.id { color: #666; font-size: 8pt; text-align: right; }
+.id { font: 400 10pt ui-monospace, "DejaVu Sans Mono", Consolas, monospace; margin-left: .5em; }
 @page { margin: 12mm; }
 @media print { body { margin: 0; } .noprint { display: none; } }
 """
@@ -447,9 +447,14 @@ def _question_html(q: Question, label: str) -> str:
     return f'<div class="q">{text}<div class="boxes">{boxes}</div><div class="ends">{ends}</div></div>'
 
 
-def print_sheet(manifest: Manifest, rater_id: str = PAPER_RATER, image_prefix: str = "") -> str:
+def print_sheet(manifest: Manifest, rater_id: str = PAPER_RATER, image_prefix: str = "",
+                csv_name: str | None = None) -> str:  # fmt: skip
     """A print-styled page (print it, or "print to PDF"): every item in ``rater_id``'s order, with
-    tick boxes; the item id is printed small so typed-in answers can be checked against it."""
+    tick boxes, and its item id beside its number, so typed-in answers can be checked against it.
+    ``csv_name``: the CSV the answers are typed into, in the same order (default:
+    ``ratings_template.csv`` for the generic sheet, ``paper/<rater>.csv`` for a rater's own)."""
+    if csv_name is None:
+        csv_name = "ratings_template.csv" if rater_id == PAPER_RATER else f"paper/{_slug(rater_id, set())}.csv"
     order = rater_order(manifest.study_id, rater_id, manifest.item_ids)
     by_id = {i.id: i for i in manifest.items}
     cells = []
@@ -457,12 +462,20 @@ def print_sheet(manifest: Manifest, rater_id: str = PAPER_RATER, image_prefix: s
         item = by_id[item_id]
         qs = "".join(_question_html(q, item.label) for q in manifest.questions)
         cells.append(
-            f'<section class="item"><div class="num">{k}.</div>'
-            f'<img src="{html.escape(image_prefix + item.image)}" alt="image {k}">'
-            f'{qs}<div class="id">item {html.escape(item.id)}</div></section>'
+            f'<section class="item"><div class="num">{k}. <span class="id">item {html.escape(item.id)}</span></div>'
+            f'<img src="{html.escape(image_prefix + item.image)}" alt="image {k}">{qs}</section>'
         )
-    rater_line = ("Rater id: ______________________" if rater_id == PAPER_RATER
-                  else f"Rater id: <strong>{html.escape(rater_id)}</strong>")  # fmt: skip
+    if rater_id == PAPER_RATER:
+        rater_line = "Rater id: ______________________"
+        typing = (f"The study team types the answers into {html.escape(csv_name)} in this order (one row per "
+                  "image, the rater id on every row).")  # fmt: skip
+    else:
+        rater_line = f"Rater id: <strong>{html.escape(rater_id)}</strong>"
+        # a rater's own order is not the generic sheet's: typed into another CSV's rows, every answer
+        # would land on another image
+        typing = (f"The study team types the answers into <strong>{html.escape(csv_name)}</strong>, whose rows "
+                  "are in this sheet's order (no other CSV is), checking each row's item id against the one "
+                  "printed beside its number.")  # fmt: skip
     return (
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{html.escape(CSP, quote=False)}">\n'
@@ -470,8 +483,7 @@ def print_sheet(manifest: Manifest, rater_id: str = PAPER_RATER, image_prefix: s
         f'<div class="head"><h1>{html.escape(manifest.title)}</h1>'
         f"<div>Study {html.escape(manifest.study_id)} &middot; {rater_line} &middot; Date: ____________</div>"
         f"<p>{html.escape(manifest.instructions)}</p>"
-        "<p>Tick exactly one box per question. The study team types the answers into "
-        "ratings_template.csv in this order (one row per image).</p></div>\n"
+        f"<p>Tick exactly one box per question. {typing}</p></div>\n"
         f'<div class="grid">\n{chr(10).join(cells)}\n</div>\n</body>\n</html>\n'
     )
 
@@ -509,28 +521,33 @@ def _slug(text: str, taken: set[str]) -> str:
     return name
 
 
+def paper_sheets(paper_raters: Sequence[str]) -> dict[str, str]:
+    """Each paper rater's files, ``paper/<stem>`` (+ ``.html``, ``.csv``): the id with characters other
+    than letters, digits, ``_`` and ``-`` replaced, ``_2``... on a clash; a rater given twice is refused."""
+    from cmav.human_eval.study import check_paper_raters
+
+    taken: set[str] = set()
+    return {rid: f"paper/{_slug(rid, taken)}" for rid in check_paper_raters(paper_raters)}
+
+
 def write_pages(out: str | Path, manifest: Manifest, paper_raters: Sequence[str] = ()) -> list[Path]:
     """Write ``index.html``, ``print.html``, ``ratings_template.csv`` and, per paper rater,
     ``paper/<rater>.html`` + ``paper/<rater>.csv`` (each in that rater's own order; a rater given
     twice is refused)."""
-    from cmav.human_eval.study import check_paper_raters
-
-    raters = check_paper_raters(paper_raters)
     out = Path(out)
     written = []
     for name, text in (("index.html", index_html(manifest)), ("print.html", print_sheet(manifest)),
                        ("ratings_template.csv", ratings_csv(manifest))):  # fmt: skip
         (out / name).write_text(text, encoding="utf-8", newline="")
         written.append(out / name)
-    taken: set[str] = set()
-    for rid in raters:
-        stem = _slug(rid, taken)
+    for rid, stem in paper_sheets(paper_raters).items():
         (out / "paper").mkdir(exist_ok=True)
-        (out / "paper" / f"{stem}.html").write_text(print_sheet(manifest, rid, "../"), encoding="utf-8")
-        (out / "paper" / f"{stem}.csv").write_text(ratings_csv(manifest, rid), encoding="utf-8", newline="")
-        written += [out / "paper" / f"{stem}.html", out / "paper" / f"{stem}.csv"]
+        sheet, typed = out / f"{stem}.html", out / f"{stem}.csv"
+        sheet.write_text(print_sheet(manifest, rid, "../", f"{stem}.csv"), encoding="utf-8")
+        typed.write_text(ratings_csv(manifest, rid), encoding="utf-8", newline="")
+        written += [sheet, typed]
     return written
 
 
-__all__ = ["CSP", "ORDER_JS", "PAPER_RATER", "RATINGS_FORMAT", "index_html", "page_data", "print_sheet",
-           "ratings_csv", "script_json", "write_pages"]  # fmt: skip
+__all__ = ["CSP", "ORDER_JS", "PAPER_RATER", "RATINGS_FORMAT", "index_html", "page_data", "paper_sheets",
+           "print_sheet", "ratings_csv", "script_json", "write_pages"]  # fmt: skip

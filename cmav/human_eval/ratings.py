@@ -13,7 +13,14 @@ Formats:
   objects is read as several raters.
 * CSV (the page's export and ``ratings_template.csv``): columns ``study_id, rater_id, item``,
   one per question, and optionally ``position`` and ``fingerprint``; one row per rater and item,
-  any number of raters. Headers are matched ignoring case and surrounding spaces.
+  any number of raters. Headers are matched ignoring case and surrounding spaces. Separated by
+  commas, semicolons or tabs (whichever splits the header into known columns); UTF-8 (a BOM
+  allowed) or UTF-16 with a BOM; no other encoding is guessed. Empty columns (a spreadsheet's
+  trailing ``,,``) are no columns; a header row repeated inside the data (files joined) is refused.
+
+A rater given to ``make --paper-raters`` (listed in the manifest) typed in with positions must have
+them in that rater's own order, the order of ``paper/<rater>.html`` and ``.csv``: answers typed from
+that sheet into ``ratings_template.csv``'s rows (another order) would each sit on another image.
 
 ``fingerprint`` (written by the page and the templates) is optional; where given it must be the
 manifest's, or the sheet is of another version of the study and is refused. Folders are read with
@@ -23,6 +30,7 @@ read, and are listed as ignored.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -32,9 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cmav.human_eval.page import RATINGS_FORMAT
-from cmav.human_eval.study import Manifest, normalise_rater_id, rater_id_problem
+from cmav.human_eval.page import PAPER_RATER, RATINGS_FORMAT
+from cmav.human_eval.study import Manifest, normalise_rater_id, rater_id_problem, rater_order
 
+DELIMITERS = (",", ";", "\t")  # a spreadsheet's CSV, its European variant, its "Unicode text"
 LIST_AT_MOST = 8  # item ids listed per message before "..."
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -140,6 +149,32 @@ def expand_paths(paths: Iterable[str | Path], skip: Iterable[str | Path] = ()) -
     return unique, ignored, problems
 
 
+def _read_text(path: Path) -> tuple[str | None, str]:
+    """The file's text, or None and why it cannot be read. UTF-8 (a BOM allowed: spreadsheets write
+    one), or UTF-16/32 with a BOM (Excel's "Unicode text"). No other encoding is guessed: cp1252 and
+    Latin-1 decode any bytes, so a guess would turn a rater id like 'Müller' silently into another."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, f"unreadable ({exc.strerror or exc})"
+    for bom, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):  # fmt: skip
+        if data.startswith(bom):  # UTF-32's BOMs begin with UTF-16's: they are tried first
+            try:
+                return data.decode(encoding), ""
+            except UnicodeDecodeError:
+                name = encoding.upper()
+                return None, f"not valid {name} text, though it starts with a {name} byte order mark"
+    body = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data
+    try:
+        return body.decode("utf-8"), ""
+    except UnicodeDecodeError as exc:
+        line = body.count(b"\n", 0, exc.start) + 1
+        how = ("save it as UTF-8" if path.suffix.lower() == ".json" else "save it as \"CSV UTF-8\" (Excel: Save As > "
+               "CSV UTF-8 (Comma delimited); LibreOffice: character set Unicode (UTF-8))")  # fmt: skip
+        return None, f"not UTF-8 text (byte 0x{body[exc.start]:02x} on line {line}): {how}"
+
+
 def _read_json(path: Path, text: str) -> tuple[list[_Submission], list[Problem]]:
     try:
         raw = json.loads(text)
@@ -176,8 +211,35 @@ def _read_json(path: Path, text: str) -> tuple[list[_Submission], list[Problem]]
     return subs, problems
 
 
+def _column_name(cell: str) -> str:
+    # column names are ASCII and lower-case (question ids too), so folding ASCII case cannot merge two
+    # columns of this study; other letters are left as typed ('K', the Kelvin sign, does not become 'k')
+    return cell.strip().translate(_ASCII_LOWER)
+
+
+def _delimiter(text: str, known: set[str]) -> str:
+    """Of ``,``, ``;`` and tab, the one that splits the header row into the most known column names
+    (a comma on a tie): Excel writes ``;`` where the decimal mark is a comma, and tabs as "Unicode text"."""
+    best, most = ",", 0
+    for d in DELIMITERS:
+        try:
+            rows = csv.reader(io.StringIO(text, newline=""), delimiter=d)
+            header = next((r for r in rows if any(c.strip() for c in r)), [])
+        except csv.Error:
+            continue
+        n = sum(_column_name(c) in known for c in header)
+        if n > most:
+            best, most = d, n
+    return best
+
+
 def _read_csv(path: Path, text: str, manifest: Manifest) -> tuple[list[_Submission], list[Problem]]:
-    reader = csv.reader(io.StringIO(text, newline=""))  # not splitlines(): it also breaks at U+2028 and the like
+    qids = [q.id for q in manifest.questions]
+    need = ["study_id", "rater_id", "item"]
+    optional = ["position", "fingerprint"]
+    known = set(need + qids + optional)
+    # not splitlines(): it also breaks at U+2028 and the like
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text, known))
     numbered = []  # (the file line a row ends on, the row): messages name the line a spreadsheet shows
     try:
         for row in reader:
@@ -187,24 +249,29 @@ def _read_csv(path: Path, text: str, manifest: Manifest) -> tuple[list[_Submissi
     numbered = [(n, r) for n, r in numbered if any(c.strip() for c in r)]
     if not numbered:
         return [], [Problem(path, "empty file")]
+    problems = []
+    width = len(numbered[0][1])
+    blank = [k for k, h in enumerate(numbered[0][1]) if not h.strip()]
+    filled = [k for k in blank if any(k < len(r) and r[k].strip() for _, r in numbered[1:])]
+    if filled:
+        where = ", ".join(str(k + 1) for k in filled)
+        problems.append(Problem(path, f"empty column header at column{'s' * (len(filled) > 1)} {where}"))
+    if len(filled) < len(blank):
+        # spreadsheets write empty cells after the last column, in the header too: an empty column is no column
+        keep = [k for k in range(width) if k not in blank or k in filled]
+        numbered = [(n, [r[k] if k < len(r) else "" for k in keep] + r[width:]) for n, r in numbered]
     rows = [r for _, r in numbered]
     shown = [h.strip() for h in rows[0]]
-    # column names are ASCII and lower-case (question ids too), so folding ASCII case cannot merge two
-    # columns of this study; other letters are left as typed ('K', the Kelvin sign, does not become 'k')
-    header = [h.translate(_ASCII_LOWER) for h in shown]
-    qids = [q.id for q in manifest.questions]
-    need = ["study_id", "rater_id", "item"]
-    optional = ["position", "fingerprint"]
-    problems = []
+    header = [_column_name(h) for h in shown]
     missing = [c for c in need + qids if c not in header]
     if missing:
         problems.append(Problem(path, f"missing column(s) {', '.join(missing)} (expected study_id, rater_id, item, "
                                       f"{', '.join(qids)}; optional: {', '.join(optional)})"))  # fmt: skip
-    unknown = [s for s, c in zip(shown, header, strict=True) if c not in need + qids + optional]
+    unknown = [s for s, c in zip(shown, header, strict=True) if c and c not in known]
     if unknown:
         problems.append(Problem(path, f"column(s) {', '.join(map(repr, unknown))} are not questions of this study "
                                       f"(its questions: {', '.join(qids)})"))  # fmt: skip
-    dup = sorted({c for c in header if header.count(c) > 1})
+    dup = sorted({c for c in header if c and header.count(c) > 1})
     if dup:
         problems.append(Problem(path, f"column(s) {', '.join(dup)} appear twice (headers are compared ignoring "
                                       "case and surrounding spaces)"))  # fmt: skip
@@ -224,6 +291,16 @@ def _read_csv(path: Path, text: str, manifest: Manifest) -> tuple[list[_Submissi
     if len(numbered) == 1:
         problems.append(Problem(path, "no ratings in this file (a header only)"))
     for n, row in numbered[1:]:
+        cells = {_column_name(c) for c in row if c.strip()}
+        if len(cells) > 1 and cells <= known:  # no data row is column names only: it holds a study id
+            problems.append(Problem(path, f"row {n} repeats the header (files joined?): give each file on its own, "
+                                          "or delete the row"))  # fmt: skip
+            again = [_column_name(c) for c in row]
+            if all(c in again for c in need + qids) and all(again.count(c) == 1 for c in again if c):
+                # the next file's columns may be laid out otherwise: its rows are read by its header, so
+                # its raters are listed (as left out) and no row of it is reported as too long
+                header, col = again, {h: k for k, h in enumerate(again) if h}
+            continue
         row = row + [""] * (len(header) - len(row))
         if len(row) > len(header) and any(c.strip() for c in row[len(header):]):
             problems.append(Problem(path, f"row {n}: more cells than columns"))
@@ -332,9 +409,32 @@ def _validate(sub: _Submission, manifest: Manifest) -> tuple[RaterSheet | None, 
         msgs.append(f"{who}: {len(absent)} of {len(known)} items missing (unanswered): {_listing(absent)}")
     if missing_q:
         msgs.append(f"{who}: {len(missing_q)} answer(s) missing: {_listing(missing_q)}")
+    if rid in manifest.paper_raters and positions:
+        msgs += _paper_order_problems(who, rid, positions, manifest)
     if msgs:
         return None, msgs
     return RaterSheet(rid, sub.source, answers, positions), []
+
+
+def _paper_order_problems(who: str, rid: str, positions: dict[str, int], manifest: Manifest) -> list[str]:
+    """A paper rater's answers are typed from their own sheet, in their own order: rows whose position
+    names another item there were typed into another order's rows (most likely ratings_template.csv's),
+    and every answer on them belongs to another image."""
+    own = rater_order(manifest.study_id, rid, manifest.item_ids)
+    off = sorted((p, item) for item, p in positions.items() if not (1 <= p <= len(own) and own[p - 1] == item))
+    if not off:
+        return []
+    stem = manifest.paper_raters[rid]
+    p, item = off[0]
+    there = repr(own[p - 1]) if 1 <= p <= len(own) else "none"
+    generic = rater_order(manifest.study_id, PAPER_RATER, manifest.item_ids)
+    if all(1 <= q <= len(generic) and generic[q - 1] == i for i, q in positions.items()):
+        lead = f"its rows follow ratings_template.csv's order, not this paper rater's own sheet ({stem}.html)"
+    else:
+        lead = f"its rows do not follow this paper rater's own sheet ({stem}.html)"
+    return [f"{who}: {lead}: {len(off)} of {len(positions)} positions name another item there (position {p}: "
+            f"{item!r} here, {there} on the sheet), so answers would sit on other images; type the sheet's answers "
+            f"into {stem}.csv, whose rows are in its order"]  # fmt: skip
 
 
 def load_ratings(paths: Iterable[str | Path], manifest: Manifest, skip: Iterable[str | Path] = ()) -> RatingsSet:
@@ -344,10 +444,9 @@ def load_ratings(paths: Iterable[str | Path], manifest: Manifest, skip: Iterable
     sheets: list[RaterSheet] = []
     excluded: list[tuple[str, str, str]] = [(str(p.path), "", p.message) for p in problems]
     for path in files:
-        try:
-            text = path.read_text(encoding="utf-8-sig")  # -sig: CSVs saved by spreadsheets start with a BOM
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(Problem(path, f"unreadable ({exc})"))
+        text, why = _read_text(path)
+        if text is None:
+            problems.append(Problem(path, why))
             excluded.append((str(path), "", problems[-1].message))
             continue
         looks_json = path.suffix.lower() == ".json" or (path.suffix.lower() != ".csv" and text.lstrip()[:1] in "{[")

@@ -26,7 +26,7 @@ from typing import Any
 from cmav.human_eval.analysis import CI_METHOD, analyze
 from cmav.human_eval.errors import HumanEvalError
 from cmav.human_eval.ratings import RatingsSet, load_ratings
-from cmav.human_eval.study import Manifest, load_manifest, manifest_fingerprint, verify_images
+from cmav.human_eval.study import Manifest, check_seed, load_manifest, manifest_fingerprint, verify_images
 from cmav.metrics.serialise import json_safe
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#~!])")
@@ -232,9 +232,10 @@ def run_analysis(study: str | Path, ratings_paths: Iterable[str | Path], out: st
     then :class:`HumanEvalError` is raised all the same: there is nothing to report scores of.
     Folders are read with their subfolders, except ``out`` (a report written into a ratings folder)."""
     if allowed_failures < 0:
-        raise ValueError(f"allowed_failures must be >= 0, got {allowed_failures}")
+        raise HumanEvalError("--allowed-failures", f"{allowed_failures}: must be 0 or more")
     if n_boot < 1:
-        raise ValueError(f"the bootstrap needs at least 1 resample, got {n_boot}")
+        raise HumanEvalError("--bootstrap", f"{n_boot}: the bootstrap needs at least 1 resample")
+    check_seed(seed)
     manifest = load_manifest(study)
     study = Path(study)
     study_dir = study if study.is_dir() else study.parent

@@ -146,6 +146,7 @@ def checkpoint_data(facts: CheckpointFacts, root: str | None = None, layout: str
     import dataclasses
 
     from cmav.data.audio_io import ChunkSpec
+    from cmav.data.datamodule import recorded_root
     from cmav.features.frontend import front_end_config
 
     dm = facts.datamodule
@@ -158,7 +159,7 @@ def checkpoint_data(facts: CheckpointFacts, root: str | None = None, layout: str
     chunk = dm.get("chunk") if isinstance(dm.get("chunk"), dict) else {}
     known = {f.name for f in dataclasses.fields(ChunkSpec)}
     return DataConfig(
-        root=str(root if root is not None else dm.get("root", "data/default")),
+        root=str(root if root is not None else recorded_root(dm, missing_ok=True)),
         layout=layout or dm.get("layout", "suburmp"),
         image_size=int(dm.get("image_size", facts.image_size)),
         # a stored cache folder belongs to the stored root; with another root use that root's default

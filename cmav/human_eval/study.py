@@ -195,6 +195,9 @@ class Manifest:
     created: str = ""
     cmav_version: str = ""
     fingerprint: str = ""  # "" in manifests written before fingerprints existed
+    # --paper-raters: rater id -> "paper/<stem>", the sheet (.html) and CSV (.csv) in that rater's order;
+    # their typed-in answers must follow that order ({} in manifests written before it was recorded)
+    paper_raters: dict[str, str] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ lookups
 
@@ -245,6 +248,7 @@ class Manifest:
             "methods": [asdict(m) for m in self.methods],
             "pairs": [asdict(p) for p in self.pairs],
             "items": [asdict(i) for i in self.items],
+            "paper_raters": self.paper_raters,
         }
 
     def save(self, folder: str | Path) -> Path:
@@ -272,12 +276,15 @@ class Manifest:
                 created=raw.get("created", ""),
                 cmav_version=raw.get("cmav_version", ""),
                 fingerprint=raw.get("fingerprint") or "",
+                paper_raters=raw.get("paper_raters") or {},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise HumanEvalError(where, f"malformed manifest ({type(exc).__name__}: {exc})") from exc
         check_questions(m.questions, where)
         if not isinstance(m.fingerprint, str):
             raise HumanEvalError(where, f"malformed manifest: fingerprint {m.fingerprint!r} is not text")
+        if not isinstance(m.paper_raters, dict) or not all(isinstance(v, str) for v in m.paper_raters.values()):
+            raise HumanEvalError(where, "malformed manifest: paper_raters must map rater ids to paper/<file> names")
         ids = m.item_ids
         if len(set(ids)) != len(ids):
             raise HumanEvalError(where, "malformed manifest: an item id is used twice")
@@ -482,6 +489,14 @@ def display_label(class_name: str) -> str:
     return class_name.replace("_", " ")
 
 
+def check_seed(seed: object) -> int:
+    """``seed`` as given to ``--seed``: a whole number, 0 or more (numpy refuses a negative seed with a
+    message that names no option)."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise HumanEvalError("--seed", f"{seed!r}: must be a whole number, 0 or more")
+    return int(seed)
+
+
 def check_study_id(study_id: str) -> str:
     if not isinstance(study_id, str) or not ID_PATTERN.match(study_id):
         raise HumanEvalError("--study-id", f"{study_id!r}: use letters, digits, '.', '_' or '-' (at most 64)")
@@ -498,6 +513,7 @@ __all__ = [
     "REFERENCE",
     "check_paper_raters",
     "check_questions",
+    "check_seed",
     "content_fingerprint",
     "content_json",
     "display_label",
