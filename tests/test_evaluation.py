@@ -509,7 +509,7 @@ def test_judges_are_refused_in_each_others_place(dm, judges, tmp_path):
     for wrong, kind in ((sound, "audio/label"), (player, "image/track/judge"), (encoder, "image/label/encoder")):
         with pytest.raises(ValueError, match=rf"{wrong.name}: a {kind} classifier, not the image judge"):
             load_image_judge(wrong)
-    with pytest.raises(ValueError, match=rf"{image.name}: a image/label/judge classifier, not the player judge"):
+    with pytest.raises(ValueError, match=rf"{image.name}: an image/label/judge classifier, not the player judge"):
         load_image_judge(image, target="track")
     cfg = load_grid(Path(__file__).parents[1] / "experiments" / "ablations" / "s2i.yaml", "quick")
     cfg["stages"]["image_judge"]["ckpt"] = str(sound)
@@ -875,7 +875,7 @@ def test_a_player_judge_of_other_class_names_and_an_in_memory_non_judge_are_refu
         evaluate_s2i(constant_generator, dm, image, renamed, n_diversity_draws=2)
     encoder = ClassifierTask(modality="image", image_model="encoder", image_size=SIZE, class_names=list(dm.class_names),
                              image_encoder={"base_channels": 8, "max_channels": 32, "feature_dim": 32})  # fmt: skip
-    with pytest.raises(ValueError, match=r"the image judge given: a image/label/encoder classifier, not the image judge"):
+    with pytest.raises(ValueError, match=r"the image judge given: an image/label/encoder classifier, not the image judge"):
         evaluate_s2i(constant_generator, dm, encoder, None, n_diversity_draws=2)
 
 

@@ -85,7 +85,7 @@ def _judge(judge_or_ckpt: Any, target: str = "label"):
     if h.modality != "image" or h.target != target or h.get("image_model", "judge") != "judge":
         kind = f"{h.modality}/{h.target}" + (f"/{h.get('image_model', 'judge')}" if h.modality == "image" else "")
         what = "image judge" if target == "label" else "player judge"
-        raise ValueError(f"the {what} given: a {kind} classifier, not the {what}: a judge must be an image "
+        raise ValueError(f"the {what} given: {'an' if kind[0] in 'aeiou' else 'a'} {kind} classifier, not the {what}: a judge must be an image "
                          f"ClassifierTask with modality='image', target={target!r}, image_model='judge' "
                          "(or its checkpoint)")  # fmt: skip
     return judge.eval()

@@ -527,29 +527,43 @@ _CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
 """How a file torch.save wrote starts: a zip archive (torch >= 1.6), or a pickle (the legacy format)."""
 
 
-def _load_checkpoint(path: str | Path) -> dict:
+def _load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     """A checkpoint's dict, read with ``torch.load(weights_only=True)`` only: objects other than
     tensors are allowed when they are cmav's own configs or paths (see :func:`_trusted_global`). A
     file that asks for anything else is refused, never unpickled in full: a checkpoint from
     elsewhere must not run code. A missing file is a FileNotFoundError; every other failure (a
-    folder, a file that is no PyTorch checkpoint, a half-written one) a ValueError naming the path
-    and what is wrong: torch's own errors do not name the file."""
+    folder, a file that is no PyTorch checkpoint, a half-written one, one whose contents fail their
+    CRC) a ValueError naming the path and what is wrong: torch's own errors do not name the file.
+    ``mmap``: map the tensors instead of reading them (to look at the settings or shapes only)."""
+    import zipfile
+
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: is a directory, not a checkpoint file (e.g. runs/<name>/checkpoints/last.ckpt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    mmap = mmap and zipfile.is_zipfile(path)  # torch maps zip archives only, not the legacy format
+    if zipfile.is_zipfile(path):
+        # torch.load checks no CRC: bytes damaged inside a tensor load as weights without a word
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            bad = f"({type(exc).__name__}: {exc})"
+        if bad is not None:
+            raise ValueError(f"{path}: not a readable checkpoint (half-written or corrupt?): its member {bad} "
+                             "fails its CRC check")  # fmt: skip
     foreign: list[str] = []
     try:
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError:
             names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
             allowed = {n: _trusted_global(n) for n in names}
             foreign = sorted(n for n, obj in allowed.items() if obj is None)
             if not foreign:
                 with torch.serialization.safe_globals(list(allowed.values())):
-                    data = torch.load(path, map_location="cpu", weights_only=True)
+                    data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # torch's errors, ValueErrors included: a text file, an image, a truncated zip, a wav
         said = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
         try:
@@ -634,6 +648,10 @@ def load_audio_encoder(path: str | Path) -> AudioEncoder:
     return load_sound_classifier(path).model  # type: ignore[return-value]
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def load_image_judge(path: str | Path, target: str = "label") -> ClassifierTask:
     """An image-judge checkpoint (``modality='image'``, ``image_model='judge'``, the given ``target``:
     ``'label'`` for the image judge, ``'track'`` for the player judge), refused by name otherwise: a
@@ -643,7 +661,7 @@ def load_image_judge(path: str | Path, target: str = "label") -> ClassifierTask:
     if h.modality != "image" or h.target != target or h.get("image_model", "judge") != "judge":
         kind = f"{h.modality}/{h.target}" + (f"/{h.get('image_model', 'judge')}" if h.modality == "image" else "")
         what = "image judge (experiments/image_judge.yaml)" if target == "label" else "player judge (experiments/player_judge.yaml)"
-        raise ValueError(f"{path}: a {kind} classifier, not the {what}: modality='image', target={target!r}, "
+        raise ValueError(f"{path}: {_article(kind)} {kind} classifier, not the {what}: modality='image', target={target!r}, "
                          "image_model='judge'")  # fmt: skip
     return task
 
@@ -656,7 +674,7 @@ def load_image_classifier(path: str | Path, user: str = "this") -> ClassifierTas
     if h.modality != "image" or h.target != "label" or h.get("image_model", "judge") != "encoder":
         kind = f"{h.modality}/{h.target}" + (f"/{h.get('image_model', 'judge')}" if h.modality == "image" else "")
         raise ValueError(
-            f"{path}: a {kind} classifier; the {user} encoder must come from the image classifier "
+            f"{path}: {_article(kind)} {kind} classifier; the {user} encoder must come from the image classifier "
             "(modality='image', target='label', image_model='encoder': experiments/image_encoder.yaml). "
             "The image judge is kept for scoring only."
         )
