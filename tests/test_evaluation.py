@@ -507,7 +507,7 @@ def test_judges_are_refused_in_each_others_place(dm, judges, tmp_path):
                                   image_encoder={"base_channels": 8, "max_channels": 32, "feature_dim": 32}),
                    dm, 1, tmp_path, "encoder")  # fmt: skip
     for wrong, kind in ((sound, "audio/label"), (player, "image/track/judge"), (encoder, "image/label/encoder")):
-        with pytest.raises(ValueError, match=rf"{wrong.name}: a {kind} classifier, not the image judge"):
+        with pytest.raises(ValueError, match=rf"{wrong.name}: an {kind} classifier, not the image judge"):
             load_image_judge(wrong)
     with pytest.raises(ValueError, match=rf"{image.name}: an image/label/judge classifier, not the player judge"):
         load_image_judge(image, target="track")
