@@ -862,3 +862,148 @@ def test_global_model_refuses_a_statistics_pooling_image_encoder():
     dense = RetrievalTask(architecture="dense", input_shape=[1, 128, 44], image_size=SIZE, audio_encoder=TINY_AUDIO,
                           image_encoder={"arch": "stats"}).eval()  # fmt: skip
     assert dense.model.heatmap(torch.randn(2, 1, 128, 44), torch.rand(2, 3, SIZE, SIZE)).shape == (2, SIZE, SIZE)
+
+
+def test_index_build_refuses_a_checkpoint_overwritten_while_it_is_loaded(trained, tmp_path, monkeypatch):
+    """Training may write last.ckpt again while an index is built from it: the index must not record the
+    new file's hash beside the old weights' embeddings (search would then accept the new model)."""
+    import cmav.tasks.retrieval as retrieval_task
+    from cmav.data.files import sha256_file
+    from cmav.retrieval.index import build_index
+
+    ckpt = tmp_path / "last.ckpt"
+    shutil.copy(trained["global"]["ckpt"], ckpt)
+    blob = torch.load(ckpt, weights_only=False)
+    blob["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+    newer = tmp_path / "newer.ckpt"
+    torch.save(blob, newer)
+    real_load = retrieval_task.load_retrieval
+
+    def load_while_training_saves(path):
+        task = real_load(path)
+        os.replace(newer, ckpt)  # the trainer's next save lands right after the weights were read
+        return task
+
+    monkeypatch.setattr(retrieval_task, "load_retrieval", load_while_training_saves)
+    cache = str(trained["base"] / "cache")
+    with pytest.raises(ValueError, match=r"last\.ckpt: changed while it was read"):
+        build_index(ckpt, trained["root"], cache_dir=cache, progress=False)
+    monkeypatch.undo()
+    # undisturbed, the recorded hash is the loaded file's
+    index = build_index(ckpt, trained["root"], cache_dir=cache, progress=False)
+    assert index.info["ckpt_sha256"] == sha256_file(ckpt)
+
+
+def test_search_notes_hits_whose_files_changed_since_the_index_was_built(trained, tmp_path):
+    from cmav.retrieval.index import build_index
+
+    root = Path(shutil.copytree(trained["root"], tmp_path / "data"))
+    index_path = tmp_path / "index.pt"
+    build_index(trained["global"]["ckpt"], root, cache_dir=str(tmp_path / "cache"), progress=False).save(index_path)
+    wav = root / "chunk/validation/tuba/tuba01_500.wav"
+    before = search(index_path, audio=wav, k=3, output=None)
+    assert before.notes == []
+    first, second = before.hits[0], before.hits[1]
+    # new data under the old index: one hit's frame replaced, another hit's wav gone, an unrelated file changed
+    shutil.copy(root / "img/validation/violin/violin01_500.jpg", first.image_path)
+    Path(second.audio_path).unlink()
+    shown = {h.stem for h in before.hits}
+    other = next(s for s in sorted((root / "img/validation").rglob("*.jpg")) if s.stem not in shown)
+    Image.open(other).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
+    out = search(index_path, audio=wav, k=3, output=tmp_path / "sheet.png")
+    changed = [n for n in out.notes if "since the index was built" in n]
+    assert len(changed) == 1, out.notes
+    assert f"1 {first.stem} (frame changed)" in changed[0] and f"2 {second.stem} (wav gone)" in changed[0]
+    assert other.stem not in changed[0]
+    # an index from before the sizes and times were recorded is searched, with one note that it cannot tell
+    old = EmbeddingIndex.load(index_path)
+    old.info.pop("audio_files")
+    old.info.pop("image_files")
+    old.save(tmp_path / "old.pt")
+    notes = search(tmp_path / "old.pt", audio=wav, k=3, output=None).notes
+    assert [n for n in notes if "records no sizes" in n] == notes and len(notes) == 1, notes
+
+
+def _exact_chance_levels(n: int, n_relevant: list[int], ks: tuple[int, ...]) -> dict:
+    """The chance levels in exact fractions (the module docstring's formulas), for small n."""
+    from fractions import Fraction
+
+    harmonic = sum(Fraction(1, i) for i in range(1, n + 1))
+    out = {key: Fraction(0) for key in [f"R@{k}" for k in ks] + ["MRR", "mAP"]}
+    mixture = [Fraction(0)] * (n + 1)
+    for r in n_relevant:
+        dist = {k: Fraction(math.comb(n - k, r - 1), math.comb(n, r)) for k in range(1, n - r + 2)}
+        for k in ks:
+            out[f"R@{k}"] += 1 - Fraction(math.comb(n - r, k), math.comb(n, k)) if k <= n else 1
+        out["MRR"] += sum(p / k for k, p in dist.items())
+        out["mAP"] += (harmonic + Fraction(r - 1, max(n - 1, 1)) * (n - harmonic)) / n
+        for k, p in dist.items():
+            mixture[k] += p / len(n_relevant)
+    result = {key: float(v / len(n_relevant)) for key, v in out.items()}
+    cum = Fraction(0)
+    for k in range(1, n + 1):
+        cum += mixture[k]
+        if cum >= Fraction(1, 2):
+            result["median_rank"] = k + 0.5 if cum == Fraction(1, 2) and k < n else float(k)
+            break
+    return result
+
+
+def test_first_rank_distribution_in_floats_equals_the_exact_ratio_of_binomials():
+    from fractions import Fraction
+
+    from cmav.metrics.retrieval import _first_rank_distribution
+
+    for n in range(1, 41):
+        for r in range(1, n + 1):
+            got = _first_rank_distribution(n, r)
+            exact = [Fraction(math.comb(n - k, r - 1), math.comb(n, r)) for k in range(1, n - r + 2)]
+            assert len(got) == len(exact)
+            assert max(abs(float(e) - g) for e, g in zip(exact, got, strict=True)) <= 1e-12, (n, r)
+            assert abs(sum(got) - 1.0) <= 1e-12
+
+
+@pytest.mark.parametrize("n, counts", [(5, [2, 2, 1]), (20, [12] * 12 + [2] * 8), (30, [1] * 30),
+                                       (37, [3, 3, 3, 9, 9, 9, 9, 9, 9, 9, 9, 9, 1, 37])])  # fmt: skip
+def test_chance_levels_equal_their_exact_fractions(n, counts):
+    got = chance_levels(n, counts, ks=(1, 5, 10))
+    exact = _exact_chance_levels(n, counts, (1, 5, 10))
+    assert got.keys() == exact.keys()
+    for key, value in exact.items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_chance_levels_at_sub_urmp_size():
+    """N = 10,000 in 13 classes, class- and instance-level: the big-integer version took tens of
+    seconds here (every validation epoch); the float recurrence is instant."""
+    n = 10_000
+    sizes = [n // 13 + (c < n % 13) for c in range(13)]
+    counts = [s for s in sizes for _ in range(s)]
+    cls, inst = chance_levels(n, counts), chance_levels(n, [1] * n)
+    assert cls["R@1"] == pytest.approx(sum(s * s for s in sizes) / n / n, abs=1e-12)
+    assert inst["R@1"] == pytest.approx(1 / n, abs=1e-15) and inst["R@10"] == pytest.approx(10 / n, abs=1e-15)
+    # instance level: the first relevant rank is uniform on 1 .. n, so the median is halfway
+    assert inst["median_rank"] == n / 2 + 0.5 and inst["MRR"] == pytest.approx(sum(1 / k for k in range(1, n + 1)) / n)
+    # a class of r in n: P(first > k) = C(n-k, r) / C(n, r), the median is where it crosses one half
+    r = sizes[0]
+    over = [math.comb(n - k, r) / math.comb(n, r) for k in range(1, 20)]
+    assert cls["median_rank"] == float(next(k for k, p in enumerate(over, start=1) if p <= 0.5))
+
+
+def test_sheet_columns_name_the_hits_class_and_a_score_that_tells_neighbours_apart():
+    from PIL import ImageDraw, ImageFont
+
+    from cmav.retrieval.search import Hit, _column_label
+
+    def hit(rank: int, score: float, cls: str = "double_bass") -> Hit:
+        return Hit(rank=rank, position=0, score=score, stem=f"{cls}01_500", class_name=cls, image_path="",
+                   audio_path="")  # fmt: skip
+
+    assert _column_label(hit(10, 0.52349), 128) == "10: double_bass 0.523"
+    assert _column_label(hit(1, 0.5231), 128) != _column_label(hit(2, 0.5234), 128)
+    draw, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), ImageFont.load_default()
+    for width in (64, 48, 20):
+        label = _column_label(hit(10, -0.52349), width)
+        assert label.startswith("10:") and label.endswith("-0.523"), label
+        assert draw.textlength(label, font=font) <= width or label == "10: -0.523", (width, label)
+    assert _column_label(hit(3, 0.9, "sax"), 64) == "3: sax 0.900"

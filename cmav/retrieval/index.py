@@ -68,6 +68,24 @@ class EmbeddingIndex:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def changed_files(self, position: int) -> list[str] | None:
+        """What became of item ``position``'s files since the index was built: ``['frame changed',
+        'wav gone', ...]`` (empty when both are as they were), None for an index that recorded no sizes
+        and times (built by an older cmav)."""
+        recorded = {m: self.info.get(f"{m}_files") for m in ("audio", "image")}
+        if any(r is None for r in recorded.values()):
+            return None
+        out = []
+        for modality, name, paths in (("image", "frame", self.image_paths), ("audio", "wav", self.audio_paths)):
+            if not paths[position]:
+                continue  # no file was found for it at build time either
+            now = file_stats([paths[position]])[0]
+            if now[0] < 0:
+                out.append(f"{name} gone")
+            elif not torch.equal(now, recorded[modality][position]):
+                out.append(f"{name} changed")
+        return out
+
     # -------------------------------------------------------------- files
 
     def save(self, path: str | Path) -> Path:
@@ -165,6 +183,21 @@ def exact_topk(kind: str, query: Tensor, gallery: Tensor, k: int, query_modality
     return best_s, best_i
 
 
+def file_stats(paths: list[str]) -> Tensor:
+    """``(N, 2)`` int64 size and mtime_ns of each file (``-1`` for a missing one or an empty path): a
+    cheap record of the data an index was built from, to tell at search time which hits changed."""
+    out = torch.full((len(paths), 2), -1, dtype=torch.long)
+    for i, path in enumerate(paths):
+        if not path:
+            continue
+        try:
+            st = Path(path).stat()
+        except OSError:
+            continue
+        out[i, 0], out[i, 1] = st.st_size, st.st_mtime_ns
+    return out
+
+
 def faiss_available() -> bool:
     try:
         import faiss  # noqa: F401
@@ -218,8 +251,14 @@ def build_index(
     from cmav.evaluation.generate import front_end_of
     from cmav.tasks.retrieval import load_retrieval
 
+    # hashed on both sides of the reads: a trainer saving last.ckpt meanwhile would otherwise leave the
+    # new file's hash beside the old weights' embeddings, and search would accept the new model
+    ckpt_sha256 = sha256_file(ckpt) if Path(ckpt).is_file() else ""  # else load_retrieval says what is wrong
     task = load_retrieval(ckpt)
     features, spec = front_end_of(ckpt)
+    if sha256_file(ckpt) != ckpt_sha256:
+        raise ValueError(f"{ckpt}: changed while it was read (is a training run still saving it?): build the index "
+                         "again once it is written, or from a copy of it")  # fmt: skip
     size = int(task.hparams.image_size)
     ds = open_split(layout, root, split, image_size=size, features=features, chunk=spec, cache_dir=cache_dir,
                     progress=progress)  # fmt: skip
@@ -235,6 +274,8 @@ def build_index(
     scan = scan_suburmp(root, split) if layout == "suburmp" else scan_paired(root, split, tuple(t.class_names))
     by_key = {(s.class_name, s.stem): s for s in scan.samples}
     samples = [by_key.get((t.class_names[int(c)], stem)) for stem, c in zip(t.stems, t.labels.tolist(), strict=True)]
+    audio_paths = [str(s.audio_path.resolve()) if s else "" for s in samples]
+    image_paths = [str(s.image_path.resolve()) if s else "" for s in samples]
     return EmbeddingIndex(
         kind=task.kind,
         audio=torch.cat(audio),
@@ -242,15 +283,17 @@ def build_index(
         stems=list(t.stems),
         labels=t.labels.clone(),
         class_names=list(t.class_names),
-        audio_paths=[str(s.audio_path.resolve()) if s else "" for s in samples],
-        image_paths=[str(s.image_path.resolve()) if s else "" for s in samples],
+        audio_paths=audio_paths,
+        image_paths=image_paths,
         ckpt=str(Path(ckpt).resolve()),
         root=str(Path(root).resolve()),
         split=split,
         image_size=size,
         # search checks the model against it: the index's embeddings are these weights'
         info={"layout": layout, "trained_encoder_mode": getattr(task, "trained_encoder_mode", None),
-              "ckpt_sha256": sha256_file(ckpt)},
+              "ckpt_sha256": ckpt_sha256,
+              # search notes the hits whose files changed since (their scores are of the old files)
+              "audio_files": file_stats(audio_paths), "image_files": file_stats(image_paths)},
     )  # fmt: skip
 
 
@@ -262,4 +305,5 @@ __all__ = [
     "exact_topk",
     "faiss_available",
     "faiss_topk",
+    "file_stats",
 ]

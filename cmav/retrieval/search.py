@@ -108,6 +108,7 @@ def search(index_path: str | Path, audio: str | Path | None = None, image: str |
             audio_path=index.audio_paths[int(i)])
         for r, (i, s) in enumerate(zip(result.indices.tolist(), result.scores.tolist(), strict=True))
     ]  # fmt: skip
+    notes += _changed_hits_notes(index, hits)
     sheet_path = None
     if output is not None and hits:
         frames = [_frame(h.image_path, cell_size) for h in hits]
@@ -132,12 +133,40 @@ def search(index_path: str | Path, audio: str | Path | None = None, image: str |
             features, spec = front_end_of(ckpt)
             rows.append([None] + [_hit_lms(h.audio_path, features, spec, cell_size) for h in hits])
             labels.append("hit LMS")
-        cols = ["query"] + [f"{h.rank}: {h.score:.2f}" for h in hits]
+        cols = ["query"] + [_column_label(h, cell_size) for h in hits]
         sheet = labelled_grid(rows, labels, cols, cell_size=cell_size, label_width=70)
         sheet_path = Path(output)
         sheet_path.parent.mkdir(parents=True, exist_ok=True)
         sheet.save(sheet_path)
     return SearchOutput(hits, sheet_path, notes, modality)
+
+
+def _changed_hits_notes(index: EmbeddingIndex, hits: list[Hit]) -> list[str]:
+    """A note naming the hits whose files changed or vanished since the index was built (shown as they
+    are now beside the old files' scores); a file elsewhere in the data changing is no reason to refuse."""
+    changed = [(h, index.changed_files(h.position)) for h in hits]
+    if any(c is None for _, c in changed):
+        return ["the index was built by an older cmav and records no sizes or times of its files: it cannot "
+                "tell whether the data changed since; rebuild it (cmav index build) to have that checked"]  # fmt: skip
+    stale = [f"{h.rank} {h.stem} ({', '.join(c)})" for h, c in changed if c]
+    if not stale:
+        return []
+    return [f"{len(stale)} hit(s) changed on disk since the index was built, their scores are the old files' "
+            f"(rank stem: {'; '.join(stale)}): rebuild the index (cmav index build) for the current data"]  # fmt: skip
+
+
+def _column_label(hit: Hit, width: int) -> str:
+    """``"rank: class score"`` for a sheet column, the class shortened until it fits ``width`` pixels of
+    the sheet's font (three decimals: neighbouring scores often agree to two)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    draw, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), ImageFont.load_default()
+    name = hit.class_name
+    while True:
+        label = f"{hit.rank}: {name} {hit.score:.3f}" if name else f"{hit.rank}: {hit.score:.3f}"
+        if not name or draw.textlength(label, font=font) <= width:
+            return label
+        name = name[:-2] + "." if len(name) > 2 else ""
 
 
 def _hit_lms(path: str, features, spec, size: int) -> np.ndarray | None:
