@@ -34,6 +34,7 @@ from cmav.tasks.common import (
     tensorboard_writer,
 )
 from cmav.tasks.random_state import restore_random_state, save_random_state, separate_rank_streams
+from cmav.tasks.tensorboard import log_hyperparameters, log_training_loss, logger_step
 from cmav.viz.tensors import to_uint8_frame
 
 CHECKPOINT_KEY = "cmav_audio_token"
@@ -162,7 +163,7 @@ class AudioTokenTask(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss, logs = self.model.loss(batch["audio"], batch["image"], batch["label"], self.loss_config)
         b = batch["label"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=b)
+        log_training_loss(self, loss, b)
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, on_step=True, on_epoch=False, batch_size=b)
         return loss
 
@@ -193,7 +194,7 @@ class AudioTokenTask(L.LightningModule):
         cells = [[to_uint8_frame(r), to_uint8_frame(a), to_uint8_frame(t)] for r, a, t in zip(f["image"], tok, txt, strict=True)]
         sheet = labelled_grid(cells, f["names"], ["real", "audio token", "text label"],
                               cell_size=max(64, self.model.diffusion.image_size))  # fmt: skip
-        writer.add_image("samples/val", np.asarray(sheet), self.global_step, dataformats="HWC")
+        writer.add_image("samples/val", np.asarray(sheet), logger_step(self), dataformats="HWC")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_config.build(self.model.embedder.parameters())
@@ -202,6 +203,7 @@ class AudioTokenTask(L.LightningModule):
 
     def on_fit_start(self) -> None:
         separate_rank_streams(self)
+        log_hyperparameters(self, ["val/loss"])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["state_dict"]

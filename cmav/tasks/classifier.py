@@ -53,6 +53,7 @@ from cmav.tasks.common import (
     with_lr_schedule,
 )
 from cmav.tasks.random_state import restore_random_state, save_random_state, separate_rank_streams
+from cmav.tasks.tensorboard import log_hyperparameters, log_training_loss
 
 Modality = Literal["audio", "image"]
 Target = Literal["label", "track"]
@@ -363,7 +364,7 @@ class ClassifierTask(L.LightningModule):
         loss, logits, y = self._step(batch, train=True)
         acc = (logits.argmax(1) == y).float().mean()
         bs = y.shape[0]
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        log_training_loss(self, loss, bs)
         self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=bs)
         return loss
 
@@ -458,6 +459,8 @@ class ClassifierTask(L.LightningModule):
     def on_fit_start(self) -> None:
         self._refuse_data_mismatch()
         separate_rank_streams(self)
+        # a player judge is scored on the held-out tails, without a loss
+        log_hyperparameters(self, ["val/balanced_acc", "val/acc"] + (["val/loss"] if self.hparams.target == "label" else []))
 
     def on_validation_start(self) -> None:
         self._refuse_data_mismatch()

@@ -25,6 +25,7 @@ from cmav.diffusion.pipeline import PixelDiffusionConfig, TextToImageDiffusion, 
 from cmav.models.ema import ExponentialMovingAverage, ema_decay_at
 from cmav.tasks.common import AdamConfig, coerce, datamodule_of, plain, refuse_weight_averaging, tensorboard_writer
 from cmav.tasks.random_state import restore_random_state, save_random_state, separate_rank_streams
+from cmav.tasks.tensorboard import log_hyperparameters, log_training_loss, logger_step
 from cmav.viz.tensors import to_uint8_frame
 
 CAPTION = OFFLINE_CAPTION
@@ -143,7 +144,7 @@ class DiffusionBaseTask(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self._loss(self.diffusion, batch, self.hparams.uncond_prob)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["label"].shape[0])
+        log_training_loss(self, loss, batch["label"].shape[0])
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -182,10 +183,12 @@ class DiffusionBaseTask(L.LightningModule):
         images = model.sample(cond, self.hparams.guidance_scale, self.hparams.sample_steps, "ddim", g)
         cells = [[to_uint8_frame(x)] for x in images]
         sheet = labelled_grid(cells, list(self.hparams.class_names), cell_size=max(64, model.image_size))
-        writer.add_image("samples/ema", np.asarray(sheet), self.global_step, dataformats="HWC")
+        # beside the epoch's metrics, which Lightning records at its last batch
+        writer.add_image("samples/ema", np.asarray(sheet), logger_step(self, after_train_epoch=True), dataformats="HWC")
 
     def on_fit_start(self) -> None:
         separate_rank_streams(self)
+        log_hyperparameters(self, ["val/loss"])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         save_random_state(checkpoint, self)

@@ -44,6 +44,7 @@ from cmav.tasks.paired_gan import (
     load_paired_gan,
 )
 from cmav.tasks.pairs import gather_audio, gather_images
+from cmav.tasks.tensorboard import logger_step
 from cmav.viz.tensors import lms_picture, to_uint8_frame
 
 Variant = Literal["i2s_c", "i2s_n", "ae"]
@@ -192,6 +193,7 @@ class I2STask(PairedGANTask):
 
     def _load_pretrained_encoder(self, path: str | None) -> ImageEncoder:
         clf = load_image_classifier(path, "I2S")  # type: ignore[arg-type]
+        # not into hparams.encoder: logged as encoder_loaded instead (PairedGANTask._loaded_encoder says why)
         self.encoder_config = clf.image_encoder_config
         size = int(clf.hparams.image_size)
         if size != int(self.hparams.image_size):
@@ -269,7 +271,8 @@ class I2STask(PairedGANTask):
 
     def _log_sheet(self, writer, fixed: dict) -> None:
         """Sheet (rows: classes; columns: the frame | its real LMS | EMA-G LMS for the fixed noise),
-        on one dB scale; the generated clips (Griffin-Lim) next to the real ones."""
+        on one dB scale; the generated clips (Griffin-Lim) next to the real ones, rendered alike
+        (:meth:`~cmav.tasks.paired_gan.PairedGANTask._log_inputs`)."""
         from cmav.viz import labelled_grid
 
         assert self.scaler is not None
@@ -282,13 +285,13 @@ class I2STask(PairedGANTask):
         cell = 96
         rows = [[to_uint8_frame(fixed["image"][r]), lms_picture(real[r], cell, lo, hi)]
                 + [lms_picture(fake[r, j], cell, lo, hi) for j in range(k)] for r in range(real.shape[0])]  # fmt: skip
-        sheet = labelled_grid(rows, fixed["names"], ["frame", "real LMS"] + [f"z{j}" for j in range(k)], cell_size=cell)
-        writer.add_image("samples/ema", np.asarray(sheet), self.iteration, dataformats="HWC")
+        real_column = f"real {self._front_end_kind()}"
+        sheet = labelled_grid(rows, fixed["names"], ["frame", real_column] + [f"z{j}" for j in range(k)], cell_size=cell)
+        step = logger_step(self)
+        writer.add_image("samples/ema", np.asarray(sheet), step, dataformats="HWC")
         if self._can_invert():
-            self._log_audio(writer, "samples/audio", fake[:, 0], fixed["names"], self.iteration)
-            if not self._logged_inputs:
-                self._logged_inputs = True
-                self._log_audio(writer, "inputs/audio", real, fixed["names"], 0)
+            self._log_audio(writer, "samples/audio", fake[:, 0], fixed["names"], step)
+        self._log_inputs(writer, fixed, pictures=False, rendering=True)
 
 
 def load_i2s(path: str | Path) -> I2STask:

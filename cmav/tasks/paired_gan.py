@@ -61,6 +61,7 @@ from cmav.tasks.common import (
 )
 from cmav.tasks.pairs import HardNegativeMiner, NegativeSampler
 from cmav.tasks.random_state import every_rank, restore_random_state, save_random_state, separate_rank_streams
+from cmav.tasks.tensorboard import log_hyperparameters
 
 EncoderMode = Literal["frozen", "finetune", "scratch"]
 
@@ -134,7 +135,9 @@ class HardNegativeConfig:
 @dataclass(frozen=True)
 class SampleConfig:
     """What the TensorBoard sample sheets show: ``per_class`` fixed noise vectors drawn from
-    ``noise_seed``; ``log_audio`` adds Griffin-Lim renderings of the spectrograms involved."""
+    ``noise_seed``; ``log_audio`` adds sound: the fixed items' real clips (``inputs/audio``) and
+    Griffin-Lim renderings of the spectrograms involved (``inputs/griffin_lim``, I2S's
+    ``samples/audio``), all at one gain, so a quiet spectrogram sounds quiet."""
 
     per_class: int = 4
     noise_seed: int = 1234
@@ -610,6 +613,7 @@ class PairedGANTask(L.LightningModule):
             "audio": t.audio[index].float(),
             "image": t.images[index].float().div(127.5).sub(1.0),
             "names": [names[int(c)] for c in t.labels[index]],
+            "keys": [(names[int(t.labels[i])], t.stems[i]) for i in rows],  # (class, stem): where its clip is
         }
 
     # ------------------------------------------------------------------ training
@@ -620,6 +624,22 @@ class PairedGANTask(L.LightningModule):
         if self._caches_condition_features():
             self._cached_features = self._encode_train_items()
         self._fill_condition_bank()
+        log_hyperparameters(self, self._compared_metrics(), self._loaded_encoder())
+
+    def _compared_metrics(self) -> list[str]:
+        """The HPARAMS tab's columns: EMA-G's L1, the encoder's accuracy and a judged-accuracy
+        monitor's reading."""
+        from cmav.evaluation.monitor import SPLITS, JudgedAccuracyMonitor
+
+        judged = [f"{SPLITS[cb.split]}/judged_acc" for cb in self.trainer.callbacks if isinstance(cb, JudgedAccuracyMonitor)]
+        return [*judged, "val/l1", "val/encoder_acc"]
+
+    def _loaded_encoder(self) -> dict[str, Any]:
+        """A pretrained encoder's settings (the classifier's), logged as ``encoder_loaded``. They are not
+        written into ``hparams.encoder`` (a scratch encoder's settings, left as given): a resume compares
+        the checkpoint's hyper-parameters with the config's, which would then differ, and the
+        checkpoint records the architecture it holds beside them anyway."""
+        return {"encoder_loaded": plain(self.encoder_config)} if self.encoder_mode != "scratch" else {}
 
     def on_validation_epoch_start(self) -> None:
         # a trained encoder moves: the bank follows the EMA encoder that generation uses
@@ -870,6 +890,13 @@ class PairedGANTask(L.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Cheap signals only (the full evaluation is separate): EMA-G L1 error in the generator's
         output space, D's view of real and EMA-generated pairs, and the encoder's class accuracy."""
+        self._score_batch(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """:meth:`validation_step`'s signals, logged as ``test/...``."""
+        self._score_batch(batch, batch_idx, "test")
+
+    def _score_batch(self, batch: dict[str, Tensor], batch_idx: int, prefix: str) -> None:
         condition, labels = batch[self.condition_key], batch["label"]
         real = self.to_target_space(batch[self.target_key])
         n = real.shape[0]
@@ -885,16 +912,13 @@ class PairedGANTask(L.LightningModule):
             g_cond = self.inference_conditions(self.ema.module, condition)
         fake = self.ema.module.generator(z, g_cond)
         logs = {
-            "val/l1": (fake - real).abs().mean(),
-            "val/encoder_acc": (enc.logits.argmax(1) == labels).float().mean(),
+            f"{prefix}/l1": (fake - real).abs().mean(),
+            f"{prefix}/encoder_acc": (enc.logits.argmax(1) == labels).float().mean(),
         }
         if self.discriminator is not None:
-            logs["val/d_real"] = torch.sigmoid(self.discriminator(real, cond)).mean()
-            logs["val/d_fake"] = torch.sigmoid(self.discriminator(fake, cond)).mean()
+            logs[f"{prefix}/d_real"] = torch.sigmoid(self.discriminator(real, cond)).mean()
+            logs[f"{prefix}/d_fake"] = torch.sigmoid(self.discriminator(fake, cond)).mean()
         self.log_dict(logs, on_epoch=True, sync_dist=True, batch_size=n)
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.validation_step(batch, batch_idx)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """EMA-G targets for the batch's conditions (fresh noise), with labels and item indices."""
@@ -914,20 +938,90 @@ class PairedGANTask(L.LightningModule):
             return
         self._log_sheet(writer, self._fixed)
 
-    def _can_invert(self) -> bool:
-        return self.sample_config.log_audio and getattr(self._features, "kind", None) == "lms"
+    def _front_end_kind(self) -> str:
+        """The data's front end (``lms``, ``stft``, ``waveform``...): what ``audio`` tensors hold."""
+        return str(getattr(self._features, "kind", "lms"))
 
-    def _log_audio(self, writer, tag: str, lms_db: Tensor, names: list[str], step: int) -> None:
-        """Griffin-Lim renderings of LMS as TensorBoard audio (a listening aid: never stops training)."""
-        from cmav.features.inversion import lms_to_audio
+    def _can_invert(self) -> bool:
+        return self.sample_config.log_audio and self._front_end_kind() == "lms"
+
+    def _log_inputs(self, writer, fixed: dict, pictures: bool, rendering: bool) -> None:
+        """Once per run, at its first sheet: the fixed items' audio inputs.
+
+        ``pictures``: the features as images, ``inputs/<front end>/<class>``; a waveform front end's
+        features are the samples, logged as sound (``inputs/audio/<class>``) instead. With
+        ``samples.log_audio``: the recorded clips as ``inputs/audio/<class>`` and, for an LMS front
+        end, the Griffin-Lim rendering of their LMS as ``inputs/griffin_lim/<class>``, at the gain of
+        the generated renderings: with ``rendering``, always (the reference generated sound compares
+        with), else only where the clips cannot be read.
+        """
+        if self._logged_inputs:
+            return
+        self._logged_inputs = True
+        from cmav.viz.tensors import spectrogram_to_unit
+
+        kind, names = self._front_end_kind(), fixed["names"]
+        real = None
+        if kind == "waveform":
+            real = fixed["audio"].flatten(1)  # (N, 1, 1, samples): a picture would be a 1-pixel strip
+        elif pictures:
+            for name, x in zip(names, spectrogram_to_unit(fixed["audio"]), strict=True):
+                writer.add_image(f"inputs/{kind}/{name}", x, 0, dataformats="CHW")
+        if real is None and self.sample_config.log_audio:
+            real = self._read_clips(fixed)
+        if real is not None and (kind == "waveform" or self.sample_config.log_audio):
+            self._log_clips(writer, "inputs/audio", real, names, 0, self._features.sample_rate)
+        if self._can_invert() and (rendering or real is None):
+            self._log_audio(writer, "inputs/griffin_lim", fixed["audio"], names, 0)
+
+    def _read_clips(self, fixed: dict) -> Tensor | None:
+        """The fixed items' recorded chunks ``(N, samples)``, read as the cache reads the clips it
+        computes the features from; None for a packed data set (it keeps no sound files), or with a
+        warning when they cannot be read."""
+        from cmav.data.pack import is_pack
+
+        dm = datamodule_of(self)
+        if dm is None or "keys" not in fixed or is_pack(dm.root):
+            return None
+        from cmav.data.cache import build_waves
+        from cmav.data.layout import scan_paired, scan_suburmp
 
         try:
-            waves = lms_to_audio(lms_db, self._features, self.sample_config.griffin_lim_iters)
+            if dm.hparams.layout == "suburmp":
+                scan = scan_suburmp(dm.root, "validation")
+            else:
+                scan = scan_paired(dm.root, "validation", tuple(dm.class_names))
+            found = {(s.class_name, s.stem): s for s in scan.samples}
+            samples = [found[key] for key in fixed["keys"]]
+            return build_waves(scan.root, samples, dm.chunk, self._features.sample_rate, progress=False)
+        except Exception as exc:  # noqa: BLE001 (a listening aid: never stops training)
+            warnings.warn(f"the validation clips of the sample sheets could not be read ({exc}): no inputs/audio "
+                          "logged", stacklevel=2)  # fmt: skip
+            return None
+
+    def _log_audio(self, writer, tag: str, lms_db: Tensor, names: list[str], step: int) -> None:
+        """Griffin-Lim renderings of LMS as TensorBoard audio (a listening aid: never stops training).
+
+        Rendered at the level the spectrogram gives (its dB are absolute, so a real LMS comes back
+        at its clip's level), not scaled to a peak of 1 clip by clip: real and generated share one
+        gain, and a near-silent spectrogram sounds near-silent."""
+        from cmav.features.inversion import lms_to_audio
+
+        dm = datamodule_of(self)
+        length = dm.chunk.samples_at(self._features.sample_rate) if dm is not None else None
+        try:
+            waves = lms_to_audio(lms_db, self._features, self.sample_config.griffin_lim_iters, normalise=False,
+                                 n_samples=length)  # fmt: skip
         except Exception as exc:  # noqa: BLE001
             warnings.warn(f"Griffin-Lim rendering failed ({exc}); no audio logged", stacklevel=2)
             return
-        for name, w in zip(names, waves, strict=True):
-            writer.add_audio(f"{tag}/{name}", w.unsqueeze(0), step, sample_rate=self._features.sample_rate)
+        self._log_clips(writer, tag, waves, names, step, self._features.sample_rate)
+
+    @staticmethod
+    def _log_clips(writer, tag: str, waves: Tensor, names: list[str], step: int, rate: int) -> None:
+        """``waves`` ``(N, samples)`` as ``<tag>/<name>``, clipped to [-1, 1] and otherwise as they are."""
+        for name, w in zip(names, waves.float().clamp(-1.0, 1.0), strict=True):
+            writer.add_audio(f"{tag}/{name}", w.unsqueeze(0), step, sample_rate=rate)
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -19,6 +19,7 @@ Recall@1/5/10, median rank, MRR and mAP, class-level (same instrument) and insta
 paired item), logged as ``val/a2i_class_R@1`` and so on; where the data set has instrument
 masks (cmav's stand-in), the localisation AP / mIoU / pointing game of the paired heatmaps
 (``val/loc_ap`` ...), and a TensorBoard sheet of heatmaps (one validation item per class).
+``cmav test`` logs the same as ``test/...`` and ``heatmaps/test``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from cmav.tasks.common import (
     with_lr_schedule,
 )
 from cmav.tasks.random_state import restore_random_state, save_random_state, separate_rank_streams
+from cmav.tasks.tensorboard import log_hyperparameters, log_training_loss, logger_step
 
 Architecture = Literal["global", "dense"]
 EncoderMode = Literal["frozen", "finetune", "scratch"]
@@ -470,8 +472,8 @@ class RetrievalTask(L.LightningModule):
             logits_i2a = logits_i2a.masked_fill(ignored, float("-inf"))
         nce = symmetric_info_nce(logits_a2i, logits_i2a, offset)
         loss = nce if reg is None else nce + reg
-        logs["nce"] = nce.detach()
-        if reg is not None:
+        if reg is not None:  # else the loss is the InfoNCE term alone
+            logs["nce"] = nce.detach()
             logs["disentangle"] = reg.detach()
         logs["batch_a2i_acc"] = (logits_a2i.argmax(1) == target).float().mean()
         return loss, logs
@@ -484,7 +486,7 @@ class RetrievalTask(L.LightningModule):
         v = self.model.encode_image(image)
         loss, logs = self.contrastive_loss(a, v, batch.get("label"), batch.get("track"))
         b = a.shape[0]
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=b)
+        log_training_loss(self, loss, b)
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, on_step=True, on_epoch=False, batch_size=b)
         self.log("train/temperature", 1.0 / self.logit_scale.detach(), on_step=True, on_epoch=False, batch_size=b)
         return loss
@@ -540,6 +542,11 @@ class RetrievalTask(L.LightningModule):
         return {k: x.cpu()[sel] for k, x in parts.items()}
 
     def on_validation_epoch_end(self) -> None:
+        self._score_split("val")
+
+    def _score_split(self, prefix: str) -> None:
+        """Log the collected split's loss, retrieval and localisation metrics as ``<prefix>/...``
+        (``val`` or ``test``) and its heatmap sheet as ``heatmaps/<prefix>``."""
         if not self._val:
             return
         parts = self._collect()
@@ -548,18 +555,18 @@ class RetrievalTask(L.LightningModule):
             return
         scores = self.model.scores(parts["audio"].float(), parts["image"].float())
         report = cross_modal_report(scores, parts["label"])
-        logs = {"val/loss": self._split_loss(parts, batch_size)}
+        logs = {f"{prefix}/loss": self._split_loss(parts, batch_size)}
         for direction in ("a2i", "i2a"):
             for rel in ("class", "instance"):
                 m = report[direction][rel]
                 for key in ("R@1", "R@5", "R@10", "median_rank", "MRR", "mAP"):
-                    logs[f"val/{direction}_{rel}_{key}"] = float(m[key])
+                    logs[f"{prefix}/{direction}_{rel}_{key}"] = float(m[key])
         if self._val_masks is not None and "heatmap" in parts:
             loc = localization_report(parts["heatmap"].float(), self._val_masks[parts["index"]])
-            logs.update({f"val/loc_{k}": float(loc[k]) for k in ("ap", "miou", "pointing")})
+            logs.update({f"{prefix}/loc_{k}": float(loc[k]) for k in ("ap", "miou", "pointing")})
         # every rank holds the gathered embeddings, so all log the same values
         self.log_dict(logs)
-        self._log_heatmaps()
+        self._log_heatmaps(prefix)
 
     def _val_batch_size(self) -> int:
         """The validation loader's batch size (its largest batch here when it has none, e.g. a batch sampler)."""
@@ -586,7 +593,7 @@ class RetrievalTask(L.LightningModule):
         return total / n
 
     @torch.no_grad()
-    def _log_heatmaps(self) -> None:
+    def _log_heatmaps(self, prefix: str) -> None:
         if not self.hparams.log_heatmaps or self._fixed is None or self.global_rank != 0:
             return
         writer = tensorboard_writer(self)
@@ -599,13 +606,13 @@ class RetrievalTask(L.LightningModule):
         frames = [to_uint8_frame(x) for x in f["image"]]
         masks = self._val_masks[f["index"]] if self._val_masks is not None else None
         sheet = heatmap_sheet(frames, {self.kind: list(heat)}, f["names"], masks=masks)
-        writer.add_image("heatmaps/val", np.asarray(sheet), self.global_step, dataformats="HWC")
+        writer.add_image(f"heatmaps/{prefix}", np.asarray(sheet), logger_step(self), dataformats="HWC")
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
 
     def on_test_epoch_end(self) -> None:
-        self.on_validation_epoch_end()
+        self._score_split("test")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Audio and image embeddings of the batch, with labels and item indices."""
@@ -616,6 +623,18 @@ class RetrievalTask(L.LightningModule):
 
     def on_fit_start(self) -> None:
         separate_rank_streams(self)
+        log_hyperparameters(self, ["val/a2i_class_mAP", "val/i2a_class_mAP", "val/a2i_instance_R@1",
+                                   "val/i2a_instance_R@1", "val/loss"], self._loaded_encoders())  # fmt: skip
+
+    def _loaded_encoders(self) -> dict[str, Any]:
+        """The settings of the towers loaded from classifiers, which ``audio_encoder`` /
+        ``image_encoder`` (a scratch tower's settings) do not describe."""
+        loaded = {}
+        if self.encoder_mode != "scratch":
+            loaded["audio_encoder_loaded"] = plain(self.audio_encoder_config)
+        if self.image_encoder_mode != "scratch":
+            loaded["image_encoder_loaded"] = plain(self.image_encoder_config)
+        return loaded
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         save_random_state(checkpoint, self)

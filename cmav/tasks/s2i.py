@@ -45,7 +45,8 @@ from cmav.tasks.paired_gan import (
     pair_discriminator_loss,
 )
 from cmav.tasks.pairs import gather_audio, gather_images
-from cmav.viz.tensors import spectrogram_to_unit, to_uint8_frame
+from cmav.tasks.tensorboard import logger_step
+from cmav.viz.tensors import to_uint8_frame
 
 Variant = Literal["s2i_c", "s2i_n", "ae"]
 
@@ -176,6 +177,7 @@ class S2ITask(PairedGANTask):
 
     def _load_pretrained_encoder(self, path: str | None) -> AudioEncoder:
         clf = load_sound_classifier(path, "S2I")  # type: ignore[arg-type]
+        # not into hparams.encoder: logged as encoder_loaded instead (PairedGANTask._loaded_encoder says why)
         self.encoder_config = clf.audio_encoder_config
         self._encoder_features = clf.trained_features
         self.hparams.audio_shape = list(clf.model.input_shape)  # type: ignore[union-attr]
@@ -206,7 +208,8 @@ class S2ITask(PairedGANTask):
 
     def _log_sheet(self, writer, fixed: dict) -> None:
         """Sample sheet (rows: classes; columns: real frame | EMA-G samples for the fixed noise),
-        and once the input LMS as images and sound."""
+        and once the inputs: their features as images and their sound
+        (:meth:`~cmav.tasks.paired_gan.PairedGANTask._log_inputs`)."""
         from cmav.viz import labelled_grid
 
         audio = fixed["audio"].to(self.device)
@@ -218,13 +221,8 @@ class S2ITask(PairedGANTask):
                 for r in range(real.shape[0])]  # fmt: skip
         cell = max(64, self.hparams.image_size)
         sheet = labelled_grid(rows, fixed["names"], ["real"] + [f"z{j}" for j in range(k)], cell_size=cell)
-        writer.add_image("samples/ema", np.asarray(sheet), self.iteration, dataformats="HWC")
-        if not self._logged_inputs:
-            self._logged_inputs = True
-            for name, x in zip(fixed["names"], spectrogram_to_unit(fixed["audio"]), strict=True):
-                writer.add_image(f"inputs/lms/{name}", x, 0, dataformats="CHW")
-            if self._can_invert():
-                self._log_audio(writer, "inputs/audio", fixed["audio"], fixed["names"], 0)
+        writer.add_image("samples/ema", np.asarray(sheet), logger_step(self), dataformats="HWC")
+        self._log_inputs(writer, fixed, pictures=True, rendering=False)
 
 
 def load_s2i(path: str | Path) -> S2ITask:
