@@ -277,3 +277,238 @@ def test_a_timidity_build_rendered_before_the_lead_in_is_named_not_reused(tiny, 
     for pair in (old / "chunk/train/violin").glob("*_600.wav"), (old / "img/train/violin").glob("*_600.jpg"):
         next(pair).unlink()  # and the counts are still compared with the manifest's
     assert any("records" in e for e in check_dataset(old, progress=False).errors)
+
+
+# --------------------------------------------------------------------------- resuming, repairing, recording
+TIMGM6MB = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
+
+
+def _copy(tiny: Path, to: Path, complete: bool = True, **manifest_changes) -> Path:
+    """A copy of the tiny build; ``complete=False``: as a build cut off leaves it (its manifest says so)."""
+    shutil.copytree(tiny, to)
+    manifest = json.loads((to / MANIFEST).read_text())
+    manifest.update(complete=complete, **manifest_changes)
+    (to / MANIFEST).write_text(json.dumps(manifest))
+    return to
+
+
+def _micro(monkeypatch, validation_tracks: int = 0) -> str:
+    """A preset of one 2-chunk train track per instrument (and ``validation_tracks`` validation ones)."""
+    from cmav.standin.build import Preset
+
+    monkeypatch.setitem(PRESETS, "micro", Preset("micro", 1, validation_tracks, 2, 2, frame_size=32))
+    return "micro"
+
+
+def test_check_of_a_cut_off_build_says_so_first_and_sheet_refuses_it(tiny, tmp_path, capsys):
+    """A build killed after a few tracks: `check` listed 40 "missing class folder" lines and cut the
+    one line that explains them; `sheet` drew the classes it found without a word."""
+    root = _copy(tiny, tmp_path / "cut", complete=False)
+    for inst in INSTRUMENTS[2:]:  # never written
+        for side in ("chunk", "img", "mask"):
+            shutil.rmtree(root / side / "train" / inst)
+        shutil.rmtree(root / "chunk" / "validation" / inst)
+    (root / "img/train/cello/cello02_1000.jpg").unlink()  # a track being written: its wav is there, not its frame
+    (root / "chunk/train/piano").mkdir()  # and a problem the cut-off does not explain
+    assert main(["data", "check", str(root), "--quick"]) == 1
+    errors = [line.strip() for line in capsys.readouterr().err.splitlines() if line.startswith("  ")]
+    assert "build was cut off" in errors[0] and f"cmav data build --root {root} --preset tiny" in errors[0], errors
+    assert not any("missing class folder" in e or "partner" in e or "more" in e for e in errors), errors
+    assert any("piano: unexpected class folder" in e for e in errors[1:]), errors
+    sheet = tmp_path / "sheet.png"
+    assert main(["data", "sheet", str(root), "-o", str(sheet)]) == 2
+    assert "build was cut off" in capsys.readouterr().err and not sheet.exists()
+
+
+@pytest.mark.skipif(not TIMGM6MB.is_file(), reason="needs timgm6mb-soundfont")
+def test_a_retry_after_the_font_failed_at_the_first_track_takes_the_fixed_font(tmp_path, monkeypatch):
+    import hashlib
+
+    preset = _micro(monkeypatch)
+    good = TIMGM6MB.read_bytes()
+    font = tmp_path / "font.sf2"
+    font.write_bytes(good[:12] + bytes(len(good) - 12))  # a SoundFont header over zeros: fluidsynth cannot load it
+    root = tmp_path / "m"
+    with pytest.raises(RuntimeError, match="fluidsynth failed"):
+        build_standin(root, preset=preset, soundfont=font, progress=False, workers=1)
+    assert not list(root.rglob("*.done"))  # no track rendered
+    font.write_bytes(good)  # fixed, under the same name
+    manifest = build_standin(root, preset=preset, soundfont=font, progress=False, workers=1)
+    assert manifest["complete"] and manifest["soundfont"]["sha256"] == hashlib.sha256(good).hexdigest()
+
+
+def test_another_font_of_the_same_name_after_tracks_were_rendered_is_refused_with_the_remedy(tiny, tmp_path):
+    root = _copy(tiny, tmp_path / "cut", complete=False)
+    other = tmp_path / "fonts" / DEFAULT_SOUNDFONT.name
+    other.parent.mkdir()
+    other.write_bytes(b"another file")
+    with pytest.raises(DataError, match=r"another file of the same name.*delete the folder .*or use another --root"):
+        build_standin(root, preset="tiny", seed=0, soundfont=other, progress=False)
+
+
+def test_a_complete_build_is_a_no_op_without_the_renderer_or_its_font(tiny, tmp_path, monkeypatch, capsys):
+    """The data copied to a node without fluidsynth: `cmav data build` (make demo's first step) failed."""
+    before = {p: p.stat().st_mtime_ns for p in tiny.rglob("*") if p.is_file()}
+    monkeypatch.setenv("PATH", str(tmp_path / "no-programs"))
+    assert main(["data", "build", "--root", str(tiny), "--preset", "tiny"]) == 0
+    assert "complete: 286 train / 78 validation pairs" in capsys.readouterr().out
+    absent = tmp_path / DEFAULT_SOUNDFONT.name  # nor the font
+    assert build_standin(tiny, preset="tiny", soundfont=absent, progress=False)["complete"]
+    assert {p: p.stat().st_mtime_ns for p in tiny.rglob("*") if p.is_file()} == before
+    root = _copy(tiny, tmp_path / "cut", complete=False)  # with work to do, the renderer is asked for
+    next((root / ".cmav_build" / "train").glob("*.done")).unlink()
+    with pytest.raises(RuntimeError, match="'fluidsynth' program is not installed"):
+        build_standin(root, preset="tiny", seed=0, progress=False)
+
+
+def test_a_complete_build_missing_files_is_named_by_check_and_repaired_by_the_build(tiny, tmp_path):
+    split, inst, track, n = next(t for t in track_plan(PRESETS["tiny"]) if t[1] == "flute")
+    name = f"{inst}{track:02d}"
+    root = _copy(tiny, tmp_path / "lost")
+    lost = [root / f"chunk/{split}/{inst}/{name}_600.wav", root / f"img/{split}/{inst}/{name}_600.jpg",
+            root / f"mask/{split}/{inst}/{name}_900.png"]  # fmt: skip
+    for p in lost:
+        p.unlink()
+    errors = check_dataset(root, deep=False, progress=False).errors
+    assert any(f"{name} lacks the chunk(s) at 600 ms" in e for e in errors), errors
+    with pytest.warns(UserWarning, match=f"{split}/{name}: .*600, 900 ms.*rendered again"):
+        manifest = build_standin(root, preset="tiny", seed=0, progress=False, workers=1)
+    assert manifest["complete"]
+    for p in lost:  # deterministic: the very files lost
+        assert p.read_bytes() == (tiny / p.relative_to(root)).read_bytes(), p
+    assert check_dataset(root, deep=False, progress=False).ok
+    # copied without its hidden markers (`cp -r tiny/* copy/`): still whole; a lost file renders its track only
+    bare = _copy(tiny, tmp_path / "bare")
+    shutil.rmtree(bare / ".cmav_build")
+    (bare / f"chunk/{split}/{inst}/{name}_600.wav").unlink()
+    before = {p: p.stat().st_mtime_ns for p in bare.rglob("*.wav")}
+    with pytest.warns(UserWarning, match=f"{split}/{name}: files of 1 of its {n} chunk"):
+        manifest = build_standin(bare, preset="tiny", seed=0, progress=False, workers=1)
+    changed = {p for p in bare.rglob("*.wav") if before.get(p) != p.stat().st_mtime_ns}
+    assert {p.stem.split("_")[0] for p in changed} == {name} and len(changed) == n
+    assert manifest["track_records"] == json.loads((tiny / MANIFEST).read_text())["track_records"]
+
+
+def test_the_manifest_records_every_track_and_its_melody_attempts(tiny, tmp_path):
+    """They were only in the hidden markers (.cmav_build/*.done), which `cmav data pack` leaves behind."""
+    records = json.loads((tiny / MANIFEST).read_text())["track_records"]
+    assert len(records) == len(track_plan(PRESETS["tiny"])) and records["validation/oboe04"]["chunks"] == 6
+    root = _copy(tiny, tmp_path / "redrawn", complete=False)
+    # oboe00 rebuilt as from a quiet font: its melody drawn again (the marker alone recorded that)
+    job = TrackJob(str(root), "train", "oboe", 0, 11, 0, str(DEFAULT_SOUNDFONT), 128, 90, silence_rms=0.04)
+    job.marker.unlink()
+    with pytest.warns(UserWarning, match="drawn"):
+        build_track(job)
+    attempts = json.loads(job.marker.read_text())["melody_attempts"]
+    assert attempts > 1
+    assert build_standin(root, preset="tiny", progress=False)["track_records"]["train/oboe00"]["melody_attempts"] == attempts
+
+
+@pytest.mark.skipif(not TIMGM6MB.is_file(), reason="needs timgm6mb-soundfont")
+def test_the_manifest_records_the_font_of_every_chunk_and_a_pack_keeps_it(tmp_path, monkeypatch):
+    from cmav.data.pack import write_pack
+
+    preset = _micro(monkeypatch)
+    manifest = build_standin(tmp_path / "both", preset=preset, soundfont=[DEFAULT_SOUNDFONT, TIMGM6MB],
+                             font_segment_s=0.3, progress=False, workers=1)  # fmt: skip
+    assert manifest["track_records"]["train/oboe00"]["fonts"] == [0, 1]  # chunk centres 0.25 s, 0.35 s
+    write_pack(tmp_path / "both", tmp_path / "pack", image_size=16, splits=("train",), cache_dir=tmp_path / "cache",
+               progress=False)  # fmt: skip
+    assert json.loads((tmp_path / "pack" / MANIFEST).read_text())["track_records"] == manifest["track_records"]
+
+
+def test_the_renderer_version_is_recorded_and_a_resume_with_another_warns(tiny, tmp_path):
+    import subprocess
+    import warnings
+
+    now = subprocess.run(["fluidsynth", "--version"], capture_output=True, text=True).stdout.splitlines()[0].strip()
+    assert json.loads((tiny / MANIFEST).read_text())["renderers"] == {"fluidsynth": [now]}
+    root = _copy(tiny, tmp_path / "elsewhere", complete=False, renderers={"fluidsynth": ["FluidSynth runtime version 1.0.0"]})
+    (root / ".cmav_build/train/oboe00.done").unlink()
+    with pytest.warns(UserWarning, match=r"FluidSynth runtime version 1\.0\.0.*" + now.split()[-1]):
+        manifest = build_standin(root, preset="tiny", progress=False, workers=1)
+    assert manifest["renderers"] == {"fluidsynth": ["FluidSynth runtime version 1.0.0", now]}
+    old = _copy(tiny, tmp_path / "old", complete=False)  # built before versions were recorded: resumed silently
+    manifest = json.loads((old / MANIFEST).read_text())
+    del manifest["renderers"]
+    (old / MANIFEST).write_text(json.dumps(manifest))
+    (old / ".cmav_build/train/oboe00.done").unlink()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        build_standin(old, preset="tiny", progress=False, workers=1)
+    assert not [w for w in seen if "version" in str(w.message)]
+
+
+def _build_process(tmp_path: Path, root: str):
+    """A `cmav data build --preset tiny --workers 2` in its own process group, and its two workers once started."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "cmav.cli.main", "data", "build", "--root", str(tmp_path / root),
+                             "--preset", "tiny", "--workers", "2"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    workers: list[int] = []
+    deadline = time.time() + 60
+    while len(workers) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+        out = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout
+        workers = [int(line.split()[0]) for line in out.splitlines() if "python" in line]
+    return proc, workers
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_ctrl_c_of_a_build_is_one_line_not_a_traceback(tmp_path):
+    import os
+    import signal
+
+    proc, workers = _build_process(tmp_path, "b")
+    try:
+        assert len(workers) == 2, "the build's workers never started"
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground group
+        _, err = proc.communicate(timeout=120)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip() and "building tiny" not in x]
+    assert lines == ["interrupted; run the same command again to resume"], err
+    assert proc.returncode == 130
+
+
+def test_workers_of_a_build_killed_outright_exit_with_it(tmp_path):
+    """`kill -9` of the build: its pool workers were left blocked on their task queue forever."""
+    import os
+    import signal
+    import time
+
+    proc, workers = _build_process(tmp_path, "b")
+    try:
+        assert len(workers) == 2, "the build's workers never started"
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.time() + 20
+        while any(map(_running, workers)) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not [w for w in workers if _running(w)], "workers outlived the build"
+    finally:
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_an_empty_instrument_mask_is_warned_about_by_name(tmp_path):
+    """At 8 px a flute is thinner than half a pixel: its masks came out empty without a word."""
+    job = TrackJob(str(tmp_path / "a"), "train", "flute", 0, 2, 0, str(DEFAULT_SOUNDFONT), 8, 90)
+    with pytest.warns(UserWarning, match=r"flute00: 2 of its 2 instrument mask\(s\) came out empty at 8 px"):
+        build_track(job)

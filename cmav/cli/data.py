@@ -137,11 +137,13 @@ def _cache(args: argparse.Namespace) -> int:
 def _sheet(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from cmav.data.check import refuse_unfinished_standin
     from cmav.data.image_io import load_frame
     from cmav.data.layout import scan_suburmp
     from cmav.viz.grid import labelled_grid
 
     image_output(args.output)
+    refuse_unfinished_standin(args.root)  # a build cut off: its sheet would show part of the classes, unsaid
     scan = scan_suburmp(args.root, args.split)
     scan.raise_if_errors()
     by_class: dict[str, list] = {}

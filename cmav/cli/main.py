@@ -49,14 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+RESUMABLE = {("data", "build"): "run the same command again to resume"}
+"""Commands whose interrupted run can be resumed, and how (said after "interrupted")."""
+
+
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
-    if words and words[0] in LIGHTNING_COMMANDS:
-        from cmav.cli.train import run  # imports Lightning: only when needed
+    try:
+        if words and words[0] in LIGHTNING_COMMANDS:
+            from cmav.cli.train import run  # imports Lightning: only when needed
 
-        return run(argv)  # None = sys.argv, as LightningCLI expects
-    args = build_parser().parse_args(evaluate_alias(words))
-    return data.run(args)
+            return run(argv)  # None = sys.argv, as LightningCLI expects
+        args = build_parser().parse_args(evaluate_alias(words))
+        return data.run(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever it landed
+        hint = RESUMABLE.get(tuple(words[:2]))
+        print("interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
 
 
 if __name__ == "__main__":

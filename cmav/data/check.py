@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,12 @@ from cmav.data.tails import _ints
 
 STANDIN_MANIFEST = "cmav_standin.json"
 """The stand-in builder's manifest (:data:`cmav.standin.build.MANIFEST`)."""
+CUT_OFF_EXPLAINS = re.compile(
+    r": missing class folder$|: missing folder for split '|: class '[^']+' has no pairs in split '"
+    r"|: (audio with no image|image with no audio) partner \(|: split '[^']+' is empty$|: holds no \S+ or \S+ folder"
+)
+"""The layout problems (:mod:`cmav.data.layout`) that a stand-in build cut off leaves: folders and
+files of the tracks it had not written yet, or was writing."""
 
 
 @dataclass
@@ -67,6 +74,7 @@ def check_dataset(
     report = CheckReport(root)
     scans: dict[str, LayoutScan] = {}
     classes: tuple[str, ...] | None = None  # paired layout: validation is labelled in train's class order
+    times: dict[tuple[str, str, int], set[int]] = {}  # (split, class, track) -> its chunk times (ms)
     for split in SPLITS:
         scan = scan_suburmp(root, split) if layout == "suburmp" else scan_paired(root, split, classes)
         if layout != "suburmp" and classes is None:
@@ -81,6 +89,7 @@ def check_dataset(
         tracks: dict[str, set[int]] = {}
         for s in scan.samples:
             tracks.setdefault(s.class_name, set()).add(s.track)
+            times.setdefault((split, s.class_name, s.track), set()).add(s.time_ms)
         report.tracks[split] = tracks
         if deep and scan.samples:
             # Small frames: this pass only proves the files decode.
@@ -98,9 +107,13 @@ def check_dataset(
     if manifest is not None:
         unfinished = unfinished_standin(root, manifest)
         if unfinished:
-            report.errors.append(f"{root}: {unfinished}")
+            # first, and instead of the folders and files it leaves missing: those filled the list before
+            explained = [e for e in report.errors if CUT_OFF_EXPLAINS.search(e)]
+            left_out = (f" ({len(explained)} missing folder(s) and file(s) that follow from it are not listed)"
+                        if explained else "")  # fmt: skip
+            report.errors = [f"{root}: {unfinished}{left_out}"] + [e for e in report.errors if e not in explained]
         elif layout == "suburmp":
-            report.errors += [f"{root}: {problem}" for problem in recorded_counts_differ(report.counts, manifest)]
+            report.errors += [f"{root}: {problem}" for problem in recorded_counts_differ(report.counts, manifest, times, root)]
         outdated = outdated_standin(root, manifest)
         if outdated:  # readable, but not what a build makes today: figures on it do not reproduce
             report.warnings.append(f"{root}: {outdated}")
@@ -197,19 +210,39 @@ def rebuild_command(root: str | Path, manifest: dict) -> str:
     return command
 
 
-def recorded_counts_differ(counts: Mapping[str, Counter], manifest: dict) -> list[str]:
+def recorded_counts_differ(counts: Mapping[str, Counter], manifest: dict,
+                           times: Mapping[tuple[str, str, int], set[int]] | None = None,
+                           root: str | Path | None = None) -> list[str]:  # fmt: skip
     """One problem per split and class whose number of pairs is not the one the stand-in manifest
-    records (files lost or added after the build); none where the manifest records no counts."""
+    records (files lost or added after the build); none where the manifest records no counts.
+
+    ``times``: the chunk times (ms) found per (split, class, track); with them, each problem names the
+    tracks that lack chunks and their times (where the manifest says how many chunks each track has),
+    and with ``root`` too the build command that renders them again."""
+    from cmav.standin.build import chunk_times, recorded_tracks, times_text
+
     recorded = manifest.get("counts")
     if not isinstance(recorded, dict):
         return []
+    expected = recorded_tracks(manifest) if times is not None else {}
     problems = []
     for split in SPLITS:
         want, have = recorded.get(split) or {}, counts.get(split) or Counter()
         for c in sorted(set(want) | set(have)):
             if int(want.get(c, 0)) != have.get(c, 0):
-                problems.append(f"{split} holds {have.get(c, 0)} {c} pair(s); its stand-in manifest {STANDIN_MANIFEST} "
-                                f"records {want.get(c, 0)}")  # fmt: skip
+                problem = (f"{split} holds {have.get(c, 0)} {c} pair(s); its stand-in manifest {STANDIN_MANIFEST} "
+                           f"records {want.get(c, 0)}")  # fmt: skip
+                lacking = []
+                for (s, name, track), n in sorted(expected.items()):
+                    found = (times or {}).get((s, name, track), set())
+                    missing = [t for t in chunk_times(n) if t not in found] if (s, name) == (split, c) else []
+                    if missing:
+                        lacking.append(f"{name}{track:02d} lacks the chunk(s) at {times_text(missing)} ms")
+                if lacking:
+                    problem += ": " + "; ".join(lacking)
+                    if root is not None:
+                        problem += f" (the build renders them again: {rebuild_command(root, manifest)})"
+                problems.append(problem)
     return problems
 
 

@@ -20,7 +20,10 @@ about equal shares, whatever its number of tracks. A chunk comes whole from one 
 the segment its centre falls in. Frames do not depend on the font.
 
 Building is deterministic under a seed, resumable (a finished track leaves a marker; files are
-written under a hidden temporary name and renamed into place) and a no-op on a complete folder.
+written under a hidden temporary name and renamed into place) and a no-op on a complete folder,
+which then needs neither the renderer nor the font; a complete folder that lost files gets the tracks
+that lack them rendered again, to the same bytes. The manifest records every track (its chunks, the
+melodies drawn, the font of each chunk) and the renderer's version (:data:`RENDERERS`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import os
 import signal
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -56,12 +60,17 @@ from cmav.standin.render import (
     ignored_settings,
     is_patch_set,
     render_midi,
+    renderer_of,
+    renderer_version,
 )
 from cmav.standin.soundfonts import fonts_of, several_fonts_record, soundfont_record
 from cmav.standin.variation import RENDERS, Performance, random_performance
 
 MANIFEST = "cmav_standin.json"
 MARKERS = ".cmav_build"
+RENDERERS = "renderers"
+"""Manifest key: per program (``fluidsynth``, ``timidity``) the versions (first line of ``--version``) that
+rendered the build's tracks, in order; a build made before they were recorded lacks it."""
 BUILDER_VERSION = 1
 LEAD_IN_KEY = "timidity_lead_in_s"
 """Manifest key of a build with a TiMidity++ source: the lead-in its renders had. A build made
@@ -264,6 +273,7 @@ def build_track(job: TrackJob) -> int:
     wav_dir = root / "chunk" / job.split / job.instrument
     img_dir = root / "img" / job.split / job.instrument
     mask_dir = root / MASK_DIR / job.split / job.instrument
+    empty_masks = 0
     for k, c in enumerate(chunks):
         stem = f"{job.name}_{500 + 100 * k}"
         if not masks_only:
@@ -273,17 +283,62 @@ def build_track(job: TrackJob) -> int:
             )
         t_centre = k * HOP_S + CHUNK_S / 2
         image, mask = render_frame(job.instrument, style, pose_at(notes, t_centre, job.instrument), job.frame_size)
+        empty_masks += not mask.any()
         if not masks_only:
             atomic_write(img_dir / f"{stem}.jpg",
                          lambda p, im=image: im.save(p, format="JPEG", quality=job.jpeg_quality))  # fmt: skip
         # a bool array becomes a mode-'1' image: a 1-bit PNG
         atomic_write(mask_dir / f"{stem}.png", lambda p, m=mask: Image.fromarray(m).save(p, format="PNG"))
+    if empty_masks:
+        # a thin instrument (flute, oboe, clarinet) covers less than half a pixel of a small frame:
+        # the localisation metrics have nothing to score on such a frame
+        warnings.warn(f"{job.name}: {empty_masks} of its {job.n_chunks} instrument mask(s) came out empty at "
+                      f"{job.frame_size} px (the {job.instrument} is thinner than half a pixel there); a larger "
+                      "frame size draws it", stacklevel=2)  # fmt: skip
     marker = {"chunks": job.n_chunks, "masks": True, **({"performance": _performance_record(perf, job)} if perf else {}),
               **({"melody_attempts": attempts} if attempts > 1 else {})}  # fmt: skip
     if len(job.fonts) > 1:  # which font every chunk was cut from, by index in the manifest's list
         marker["fonts"] = owner
     atomic_write(job.marker, lambda p: Path(p).write_text(json.dumps(marker)))
     return job.n_chunks
+
+
+_worker_busy = False  # a pool worker is building a track
+_worker_interrupted = False  # a pool worker got SIGINT: the tracks queued to it are not started
+
+
+def _worker_start(parent: int) -> None:
+    """Pool-worker initializer: a Ctrl-C ends the worker without a traceback of its own (the build's
+    process reports it), and the worker exits once the build's process is gone (``kill -9`` of it left
+    the workers blocked on their task queue forever)."""
+    signal.signal(signal.SIGINT, _worker_sigint)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cmav-build-parent", daemon=True).start()
+
+
+def _worker_sigint(signum: int, _frame) -> None:
+    global _worker_interrupted
+    _worker_interrupted = True
+    if _worker_busy:  # unwinds the track (its temporary files go) and reaches the build's process
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)  # waiting for a track: SystemExit ends a process without a traceback
+
+
+def _worker_build_track(job: TrackJob) -> int:
+    """:func:`build_track` in a pool worker."""
+    global _worker_busy
+    if _worker_interrupted:
+        raise KeyboardInterrupt
+    _worker_busy = True
+    try:
+        return build_track(job)
+    finally:
+        _worker_busy = False
 
 
 def _remove_partials(root: Path) -> int:
@@ -351,7 +406,10 @@ def build_standin(
     ``soundfont``: one General MIDI font, or several (each track's timeline takes them in turn, in
     ``font_segment_s`` segments; see the module docstring). ``render``: ``dry`` or ``varied``. A
     folder built with other parameters is refused rather than mixed; a complete folder with the same
-    parameters is left as it is (a manifest from before fonts were recorded gets its font record added).
+    parameters is left as it is (a manifest from before fonts were recorded gets its font record added),
+    without looking for the renderer, unless files were lost from it: the tracks that lack them are
+    rendered again (with a warning naming them). A build resumed with another renderer version is
+    warned about, not refused.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -371,15 +429,17 @@ def build_standin(
             or not math.isfinite(font_segment_s) or font_segment_s <= 0):  # fmt: skip
         # inf was recorded in the manifest as Infinity: not JSON
         raise ValueError(f"font_segment_s must be a finite number of seconds > 0, got {font_segment_s!r}")
-    fonts = [check_renderer(f) for f in ([soundfont] if isinstance(soundfont, (str, Path)) else soundfont)]
-    if not fonts:
+    sources = [Path(f) for f in ([soundfont] if isinstance(soundfont, (str, Path)) else soundfont)]
+    if not sources:
         raise ValueError("no soundfont given")
-    records = [soundfont_record(f) for f in fonts]
-    for i, a in enumerate(records):
-        for b in records[:i]:
+    # a font (and its renderer) is needed only when there is something to render: a complete folder
+    # copied to a machine without them stays usable; one that is here is compared with the record now
+    records: list[dict | None] = [soundfont_record(f) if f.is_file() else None for f in sources]
+    present = [r for r in records if r is not None]
+    for i, a in enumerate(present):
+        for b in present[:i]:
             if a["sha256"] == b["sha256"]:
                 raise ValueError(f"{a['path']} and {b['path']} are the same font (same sha256): give each font once")
-    font = records[0] if len(records) == 1 else several_fonts_record(records)
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise DataError(root, "is a file; the stand-in is built into a folder")
@@ -387,15 +447,23 @@ def build_standin(
         "builder_version": BUILDER_VERSION,
         "preset": preset,
         "seed": seed,
-        "soundfont": fonts[0].name if len(fonts) == 1 else [f.name for f in fonts],
+        "soundfont": sources[0].name if len(sources) == 1 else [f.name for f in sources],
         "frame_size": p.frame_size if frame_size is None else frame_size,
         "jpeg_quality": jpeg_quality,
     }
-    if len(fonts) > 1:
+    if len(sources) > 1:
         params["font_segment_s"] = font_segment_s
     if render != "dry":  # dry builds keep the parameters (and manifests) of builds from before renders
         params["render"] = render
+    font_arg = str(sources[0]) if len(sources) == 1 else tuple(str(f) for f in sources)
+    jobs, seen = [], {}
+    for split, inst, track, n in track_plan(p):
+        place = seen[split, inst] = seen.get((split, inst), -1) + 1  # among the instrument's tracks of the split
+        jobs.append(TrackJob(str(root), split, inst, track, n, seed, font_arg, params["frame_size"], jpeg_quality,
+                             render=render, font_segment_s=font_segment_s, font_offset=place))  # fmt: skip
     manifest_path = root / MANIFEST
+    old: dict | None = None
+    repair: list[TrackJob] | None = None  # a finished folder's tracks that lost files
     if manifest_path.is_file():
         try:
             old = json.loads(manifest_path.read_text())
@@ -408,37 +476,40 @@ def build_standin(
                 "Use another --root or delete this folder.",
             )
         recorded = old.get("soundfont")
-        if recorded:
-            for was, now in zip(fonts_of(recorded), records, strict=True):
-                if was.get("sha256") != now["sha256"]:
-                    raise DataError(root, f"was rendered from {was.get('path')} (sha256 {was.get('sha256')}); asked "
-                                          f"for {now['path']} (sha256 {now['sha256']}), another file of the same name")  # fmt: skip
-                patches = was.get("patches_sha256")  # older TiMidity++ records lack it
-                if patches and patches != now.get("patches_sha256"):
-                    raise DataError(root, f"was rendered from {was.get('path')} with other patches than it maps now "
-                                          f"(their sha256 {patches[:12]}..., now {str(now.get('patches_sha256'))[:12]}...)")  # fmt: skip
+        # before any track is rendered the record binds nothing: a font fixed after the first track failed is taken
+        if recorded and _rendered_before(root, old):
+            _check_recorded_fonts(root, recorded, records)
         if old.get("complete") and old.get("masks"):
             outdated = outdated_render(old)
             if outdated:
                 raise DataError(root, f"{outdated}; delete the folder and build it again")
-            if not recorded:  # built before fonts were recorded: the same-named font is the one given now
-                old["soundfont"] = {**font, "recorded": "after the build, from the font of the same name given then"}
-                atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(old, indent=2)))
-            return old
+            short = _incomplete_tracks(jobs)
+            if not short:
+                if not recorded and all(records):  # built before fonts were recorded: the same-named font is the one given now
+                    font = records[0] if len(records) == 1 else several_fonts_record(records)
+                    old["soundfont"] = {**font, "recorded": "after the build, from the font of the same name given then"}
+                    atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(old, indent=2)))
+                return old
+            for job, missing in short:  # files lost after the build: the build is deterministic, render them again
+                warnings.warn(f"{root}: {job.split}/{job.name}: files of {len(missing)} of its {job.n_chunks} chunk(s) "
+                              f"are missing (at {times_text(missing)} ms); the track is rendered again (the same "
+                              "files: the build is deterministic)", stacklevel=2)  # fmt: skip
+                job.marker.unlink(missing_ok=True)
+            repair = [job for job, _ in short]
     elif root.exists() and any(root.iterdir()):
         raise DataError(root, "folder is not empty and holds no stand-in manifest; refusing to write into it")
+    fonts = [check_renderer(f) for f in sources]
+    records = [r or soundfont_record(f) for r, f in zip(records, fonts, strict=True)]
+    font = records[0] if len(records) == 1 else several_fonts_record(records)
+    # a finished folder: only the tracks that lost files (one copied without its hidden markers is whole)
+    todo = repair if repair is not None else [j for j in jobs if not _track_done(j)]
+    renderers = _renderer_versions(root, old, fonts) if todo else (old or {}).get(RENDERERS)
     root.mkdir(parents=True, exist_ok=True)
     _remove_partials(root)
     lead_in = {LEAD_IN_KEY: TIMIDITY_LEAD_IN_S} if any(is_patch_set(f) for f in fonts) else {}
-    manifest = {"params": params, "soundfont": font, "complete": False, **lead_in}
+    versions = {RENDERERS: renderers} if renderers else {}
+    manifest = {"params": params, "soundfont": font, "complete": False, **lead_in, **versions}
     atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(manifest, indent=2)))
-    font_arg = str(fonts[0]) if len(fonts) == 1 else tuple(str(f) for f in fonts)
-    jobs, seen = [], {}
-    for split, inst, track, n in track_plan(p):
-        place = seen[split, inst] = seen.get((split, inst), -1) + 1  # among the instrument's tracks of the split
-        jobs.append(TrackJob(str(root), split, inst, track, n, seed, font_arg, params["frame_size"], jpeg_quality,
-                             render=render, font_segment_s=font_segment_s, font_offset=place))  # fmt: skip
-    todo = [j for j in jobs if not _track_done(j)]
     total = sum(j.n_chunks for j in todo)
     workers = workers or min(len(todo), os.cpu_count() or 1) or 1  # None: all cores (checked above)
     with tqdm(total=total, unit="pair", desc=f"building {preset}", disable=not progress) as bar:
@@ -446,9 +517,10 @@ def build_standin(
             for j in todo:
                 bar.update(build_track(j))
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool, _terminate_as_exit():
+            with (ProcessPoolExecutor(max_workers=workers, initializer=_worker_start, initargs=(os.getpid(),)) as pool,
+                  _terminate_as_exit()):  # fmt: skip
                 try:
-                    for n in pool.map(build_track, todo):
+                    for n in pool.map(_worker_build_track, todo):
                         bar.update(n)
                 except BaseException:
                     # a kill or a failed track: no queued track starts, and the workers exit with the
@@ -457,13 +529,132 @@ def build_standin(
                     raise
     counts: dict[str, dict[str, int]] = {"train": {}, "validation": {}}
     tracks: dict[str, dict[str, list[int]]] = {"train": {}, "validation": {}}
+    # per track: its chunks, the melodies drawn when more than one, and in a several-font build the font
+    # (index in the soundfont record's list) of every chunk; from its marker, or where a finished folder
+    # was copied without them, from the manifest
+    track_records, performances = {}, {}
     for j in jobs:
         counts[j.split][j.instrument] = counts[j.split].get(j.instrument, 0) + j.n_chunks
         tracks[j.split].setdefault(j.instrument, []).append(j.track)
-    manifest = {"params": params, "soundfont": font, "complete": True, **lead_in, "counts": counts, "tracks": tracks,
-                "masks": f"{MASK_DIR}/<split>/<instrument>/<stem>.png"}  # fmt: skip
-    if render == "varied":  # every track's drawn performance, from its marker
-        manifest["performances"] = {f"{j.split}/{j.name}": json.loads(j.marker.read_text()).get("performance")
-                                    for j in jobs}  # fmt: skip
+        key = f"{j.split}/{j.name}"
+        if j.marker.is_file():
+            marker = json.loads(j.marker.read_text())
+            record = {k: v for k, v in marker.items() if k not in ("masks", "performance")}
+            performances[key] = marker.get("performance")
+        else:
+            record = ((old or {}).get("track_records") or {}).get(key)
+            performances[key] = ((old or {}).get("performances") or {}).get(key)
+        if record is not None:
+            track_records[key] = record
+    manifest = {"params": params, "soundfont": font, "complete": True, **lead_in, **versions, "counts": counts,
+                "tracks": tracks, "masks": f"{MASK_DIR}/<split>/<instrument>/<stem>.png", "track_records": track_records}  # fmt: skip
+    if render == "varied":  # every track's drawn performance
+        manifest["performances"] = performances
     atomic_write(manifest_path, lambda f: Path(f).write_text(json.dumps(manifest, indent=2)))
     return manifest
+
+
+def _rendered_before(root: Path, old: Mapping[str, Any] | None) -> bool:
+    """Whether a track of the build at ``root`` was rendered: it is finished, or a track left its marker."""
+    if old and old.get("complete"):
+        return True
+    return (root / MARKERS).is_dir() and any((root / MARKERS).rglob("*.done"))
+
+
+def _check_recorded_fonts(root: Path, recorded: Mapping[str, Any], records: Sequence[dict | None]) -> None:
+    """Raise :class:`DataError` when a font given that is on this machine (``records``: None for one
+    that is not) is another file than the one of the same name the folder's tracks were rendered from."""
+    remedy = ("give the font it was rendered from, or delete the folder (or use another --root) to build from "
+              "this one")  # fmt: skip
+    for was, now in zip(fonts_of(dict(recorded)), records, strict=True):
+        if now is None:  # not on this machine: looked for when there is something to render
+            continue
+        if was.get("sha256") != now["sha256"]:
+            raise DataError(root, f"was rendered from {was.get('path')} (sha256 {was.get('sha256')}); asked "
+                                  f"for {now['path']} (sha256 {now['sha256']}), another file of the same name: "
+                                  f"{remedy}")  # fmt: skip
+        patches = was.get("patches_sha256")  # older TiMidity++ records lack it
+        if patches and patches != now.get("patches_sha256"):
+            raise DataError(root, f"was rendered from {was.get('path')} with other patches than it maps now "
+                                  f"(their sha256 {patches[:12]}..., now {str(now.get('patches_sha256'))[:12]}...): "
+                                  f"{remedy}")  # fmt: skip
+
+
+def _incomplete_tracks(jobs: Sequence[TrackJob]) -> list[tuple[TrackJob, list[int]]]:
+    """The tracks of a finished build that miss a chunk's wav, frame or mask on disk, each with the
+    times (ms) of its chunks that miss a file. A missing marker alone (a copy without the hidden
+    folder) leaves a track whole."""
+    listed: dict[Path, set[str]] = {}
+
+    def names(folder: Path) -> set[str]:
+        if folder not in listed:
+            listed[folder] = set(os.listdir(folder)) if folder.is_dir() else set()
+        return listed[folder]
+
+    short = []
+    for j in jobs:
+        folders = [(Path(j.root) / side / j.split / j.instrument, ext)
+                   for side, ext in (("chunk", ".wav"), ("img", ".jpg"), (MASK_DIR, ".png"))]  # fmt: skip
+        missing = [t for t in chunk_times(j.n_chunks) if any(f"{j.name}_{t}{ext}" not in names(d) for d, ext in folders)]
+        if missing:
+            short.append((j, missing))
+    return short
+
+
+def _renderer_versions(root: Path, old: Mapping[str, Any] | None, fonts: Sequence[Path]) -> dict[str, list[str]] | None:
+    """The versions of the programs that render the folder's tracks (:data:`RENDERERS`): those recorded
+    and this machine's, with a warning when a build goes on under another one. None for a build begun
+    before they were recorded (which versions rendered its first tracks is unknown)."""
+    recorded = (old or {}).get(RENDERERS)
+    if not _rendered_before(root, old):
+        recorded = {}
+    elif not isinstance(recorded, dict):
+        return None
+    versions = {k: list(v) for k, v in recorded.items()}
+    for program in dict.fromkeys(renderer_of(f) for f in fonts):
+        now, was = renderer_version(program), versions.setdefault(program, [])
+        if was and now not in was:
+            # not refused: a minor version usually renders the same notes identically
+            warnings.warn(f"{root}: its tracks so far were rendered by {was[-1]}; this machine has {now}, which "
+                          "renders the rest: the build mixes the renders of two versions (delete the folder to "
+                          "render every track with one)", stacklevel=3)  # fmt: skip
+        if now not in was:
+            was.append(now)
+    return versions
+
+
+def chunk_times(n_chunks: int) -> list[int]:
+    """Sub-URMP's ``T`` (ms, the end of the chunk) of a track's chunks: 500, 600, ..."""
+    return [500 + 100 * k for k in range(n_chunks)]
+
+
+def times_text(times: Sequence[int]) -> str:
+    """Chunk times in ms as runs: ``500-900, 1200``."""
+    runs: list[list[int]] = []
+    for t in sorted(times):
+        if runs and t - runs[-1][-1] == 100:
+            runs[-1].append(t)
+        else:
+            runs.append([t])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+
+
+def recorded_tracks(manifest: Mapping[str, Any]) -> dict[tuple[str, str, int], int]:
+    """(split, instrument, track) -> number of chunks, for every track a stand-in manifest records: from
+    its per-track records, or (a manifest from before them) its preset's plan of the tracks it lists;
+    ``{}`` where it says neither."""
+    records = manifest.get("track_records")
+    try:
+        if isinstance(records, dict):
+            out = {}
+            for key, record in records.items():
+                split, name = key.split("/", 1)
+                out[split, name[:-2], int(name[-2:])] = int(record["chunks"])
+            return out
+        preset = PRESETS.get(str((manifest.get("params") or {}).get("preset")))
+        listed = manifest.get("tracks")
+        if preset is None or not isinstance(listed, dict):
+            return {}
+        return {(s, i, t): n for s, i, t, n in track_plan(preset) if t in ((listed.get(s) or {}).get(i) or [])}
+    except (AttributeError, KeyError, TypeError, ValueError):  # a manifest edited by hand: no per-track account
+        return {}

@@ -10,6 +10,7 @@ samples. So a render that makes TiMidity++ open any soundfont is refused.
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -90,6 +91,20 @@ def check_renderer(soundfont: str | Path) -> Path:
         )
     check_soundfont_file(soundfont)
     return soundfont
+
+
+def renderer_of(source: str | Path) -> str:
+    """The program that renders ``source``: ``timidity`` for a ``.cfg`` patch set, else ``fluidsynth``."""
+    return "timidity" if is_patch_set(source) else "fluidsynth"
+
+
+@functools.cache
+def renderer_version(program: str) -> str:
+    """The first line of ``PROGRAM --version`` (``FluidSynth runtime version 2.3.1``,
+    ``TiMidity++ version 2.14.0``): another version may render the same notes differently."""
+    proc = subprocess.run([program, "--version"], capture_output=True, text=True)
+    line = next((x.strip() for x in (proc.stdout + proc.stderr).splitlines() if x.strip()), "")
+    return line or f"{program} (no version printed)"
 
 
 def check_soundfont_file(path: Path) -> None:
