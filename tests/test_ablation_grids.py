@@ -169,9 +169,11 @@ def test_robustness_runs_are_keyed_by_trainer_and_threads_and_runs_jsonl_is_rere
     model, data, steps = robustness.variant_setup(cfg, variant)
     aug = robustness.variant_augment(cfg, variant)
     key1 = robustness.config_key(cfg, "none", 1, aug, train, model, steps, data, cross)
+    their_ckpt = tmp_path / "the other shard's.ckpt"
+    their_ckpt.write_bytes(b"the other shard's weights")
     theirs = {"config_key": key1, "variant": "none", "seed": 1, "groups": [], "train_root": str(train), "train_s": 1.0,
-              "checkpoint": "the other shard's", "in_source": 0.5, "cross_source": 0.25, "in_source_balanced": 0.5,
-              "cross_source_balanced": 0.25, "per_class": {}}  # fmt: skip
+              "checkpoint": str(their_ckpt), "checkpoint_sha256": _sha(their_ckpt), "in_source": 0.5,
+              "cross_source": 0.25, "in_source_balanced": 0.5, "cross_source_balanced": 0.25, "per_class": {}}  # fmt: skip
     real_fit = robustness.fit
 
     def fit_beside_another_shard(*args, **kwargs):
@@ -183,7 +185,7 @@ def test_robustness_runs_are_keyed_by_trainer_and_threads_and_runs_jsonl_is_rere
     monkeypatch.setattr(robustness, "fit", fit_beside_another_shard)
     result = robustness.run(cfg, out)
     monkeypatch.setattr(robustness, "fit", real_fit)
-    assert [r["checkpoint"] for r in result["runs"]][1] == "the other shard's"
+    assert [r["checkpoint"] for r in result["runs"]][1] == str(their_ckpt)
     assert not (out / "runs" / "none" / "seed1").exists()
     assert "none seed 1: done before (runs.jsonl)" in capsys.readouterr().out
 
@@ -544,3 +546,234 @@ def test_an_override_of_a_key_no_grid_reads_is_refused(tmp_path):
     assert load_grid(EXPERIMENTS / "s2i.yaml", "quick", ["seeds=[7]"])["seeds"] == [7]
     # a key the YAML leaves out but its kind reads, and nested keys, are set as before
     assert load_grid(write_grid(tmp_path, "kind: s2i\ndata: {}\n"), None, ["threads=1", "data.batch_size=8"])["threads"] == 1
+
+
+# ------------------------------------------------------------------------------------ review E fixes
+
+
+def _tiny_robustness(tmp_path: Path, train: Path | None = None, cross: Path | None = None) -> dict:
+    """The quick robustness grid cut to one variant, one seed and 2 batches of a tiny encoder on fixture roots."""
+    train = train or standin(tmp_path / "train", font(tmp_path / "f/FontA.sf2", b"a"))
+    cross = cross or standin(tmp_path / "cross", font(tmp_path / "f/FontB.sf2", b"b"))
+    cfg = load_grid(EXPERIMENTS / "robustness.yaml", "quick")
+    cfg.update(seeds=[0], steps=2, variants=[{"name": "none", "groups": []}], model=TINY_AUDIO,
+               trainer={**QUIET, "logger": False}, cross_source={"root": str(cross)})  # fmt: skip
+    cfg["data"].update(root=str(train), cache_dir=str(tmp_path / "cache"))
+    return cfg
+
+
+def _sha(path: str | Path) -> str:
+    from cmav.data.files import sha256_file
+
+    return sha256_file(path)
+
+
+def test_a_reused_robustness_run_names_the_checkpoint_it_was_scored_with(tmp_path, capsys):
+    """A run under other settings gets its own checkpoint: going back reuses the first record, whose
+    file still holds the weights that record scored."""
+    from cmav.ablation import robustness
+
+    cfg = _tiny_robustness(tmp_path)
+    out = tmp_path / "grid"
+    out.mkdir()
+    first = robustness.run(cfg, out)["runs"][0]
+    digest = _sha(first["checkpoint"])
+    other = robustness.run({**cfg, "threads": 2}, out)["runs"][0]
+    assert other["checkpoint"] != first["checkpoint"] and Path(other["checkpoint"]).is_file()
+    capsys.readouterr()
+    again = robustness.run(cfg, out)["runs"][0]
+    assert "none seed 0: done before (runs.jsonl)" in capsys.readouterr().out
+    assert again["checkpoint"] == first["checkpoint"] and _sha(again["checkpoint"]) == digest
+
+
+def test_a_robustness_record_of_before_hashed_folders_is_reused_only_while_its_file_holds_its_weights(tmp_path, capsys):
+    """Runs logged before the checkpoint folder depended on the settings all named
+    runs/<variant>/seed<k>/classifier.ckpt: the last of them to write it is reused, an earlier one
+    (its weights overwritten) or one whose file is gone is trained again."""
+    from cmav.ablation import robustness
+
+    cfg = _tiny_robustness(tmp_path)
+    other = {**cfg, "threads": 2}
+    out = tmp_path / "grid"
+    out.mkdir()
+    robustness.run(cfg, out)
+    robustness.run(other, out)
+    old = out / "runs" / "none" / "seed0" / "classifier.ckpt"
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    old.write_bytes(Path(records[1]["checkpoint"]).read_bytes())  # the other settings' run wrote it last
+    for r in records:
+        r["checkpoint"] = str(old)
+        r.pop("checkpoint_sha256", None)
+    (out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    capsys.readouterr()
+    robustness.run(other, out)
+    assert "none seed 0: done before (runs.jsonl)" in capsys.readouterr().out
+    rerun = robustness.run(cfg, out)["runs"][0]
+    assert "done before" not in capsys.readouterr().out and rerun["checkpoint"] != str(old)
+    old.unlink()
+    robustness.run(other, out)
+    assert "done before" not in capsys.readouterr().out
+
+
+def test_a_robustness_run_is_reused_whether_its_roots_are_typed_relative_or_absolute(tmp_path, monkeypatch, capsys):
+    """The same folders typed relative (as a grid YAML does) or absolute are the same settings, for
+    runs logged before this was so too (their roots as typed, relative to the folder the grid ran from)."""
+    from cmav.ablation import robustness
+
+    monkeypatch.chdir(tmp_path)
+    absolute = _tiny_robustness(tmp_path)
+    relative = _tiny_robustness(tmp_path, Path("train"), Path("cross"))
+    relative["data"]["root"], relative["cross_source"]["root"] = "train", "cross"
+    out = tmp_path / "grid"
+    out.mkdir()
+    robustness.run(relative, Path("grid"))
+    assert json.loads((out / "runs.jsonl").read_text())["config_key"]["train_root"] == "train"
+    capsys.readouterr()
+    robustness.run(absolute, out)
+    assert "none seed 0: done before (runs.jsonl)" in capsys.readouterr().out
+
+
+def test_a_cut_line_in_runs_jsonl_does_not_swallow_the_next_run(tmp_path, capsys):
+    from cmav.ablation import robustness
+
+    cfg = _tiny_robustness(tmp_path)
+    out = tmp_path / "grid"
+    out.mkdir()
+    (out / "runs.jsonl").write_text('{"config_key": {"variant": "cut off')
+    robustness.run(cfg, out)
+    capsys.readouterr()
+    robustness.run(cfg, out)
+    assert "none seed 0: done before (runs.jsonl)" in capsys.readouterr().out
+
+
+def test_a_stage_checkpoint_is_reused_whether_the_root_is_typed_relative_or_absolute(tmp_path, monkeypatch):
+    """A stage's settings written by a run from the same folder with the root typed relative (as
+    every stage key written so far holds it) match the same root typed absolute."""
+    from cmav.ablation.grid import record, reusable, stage_key
+    from cmav.data.datamodule import AudioVisualDataModule
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    cfg = {"stages": {"image_judge": {"steps": 5}}, "trainer": QUIET}
+    ckpt = tmp_path / "judge.ckpt"
+    ckpt.write_bytes(b"weights")
+    record(ckpt, stage_key(cfg, "image_judge", 0, AudioVisualDataModule(root="data", progress=False)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert reusable(ckpt, stage_key(cfg, "image_judge", 0, AudioVisualDataModule(root=str(tmp_path / "data"),
+                                                                                      progress=False)))  # fmt: skip
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.warns(UserWarning, match="other settings"):
+        assert not reusable(ckpt, stage_key(cfg, "image_judge", 0, AudioVisualDataModule(root="elsewhere", progress=False)))
+
+
+@pytest.mark.parametrize("kind", ["s2i", "i2s", "token"])
+def test_a_rerun_of_s2i_i2s_or_token_removes_the_previous_results_before_it_changes_anything(tmp_path, kind):
+    """A rerun cut off part-way leaves no table of the previous run beside its new config and checkpoints."""
+    from cmav.ablation import i2s, s2i, token
+
+    run = {"s2i": s2i.run, "i2s": i2s.run, "token": token.run}[kind]
+    cfg = load_grid(EXPERIMENTS / f"{kind}.yaml", "quick")
+    cfg["data"]["root"] = str(tmp_path / "no_data_here")  # the run stops right after it starts
+    out = tmp_path / "out"
+    (out / "wavs" / "AE").mkdir(parents=True)
+    old = ["table.md", "table.csv", "results.json", "metrics.png", "samples.png"]
+    for name in old:
+        (out / name).write_text("the previous run's")
+    with pytest.raises(FileNotFoundError, match="no_data_here"):
+        run(cfg, out)
+    assert [name for name in old if (out / name).exists()] == []
+    assert (out / "wavs").exists() == (kind != "i2s")  # i2s's wavs/ are its results too
+    assert (out / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize(("path", "override", "message"), [
+    ("s2i", "stages.s2i.stepz=5000", r"s2i\.yaml: stages\.s2i\.stepz is not read by a grid of kind s2i \(stages\.s2i takes "
+                                     r"model, steps\); did you mean steps\?"),
+    ("s2i", "stages.s2i.ckpt=x.ckpt", r"stages\.s2i\.ckpt is not read by a grid of kind s2i"),
+    ("s2i", "stages.s2j.steps=5", r"stages\.s2j is not read by a grid of kind s2i \(its stages: audio_classifier, image_judge, "
+                                  r"player_judge, s2i\); did you mean s2i\?"),
+    ("s2i", "evaluation.n_diversity_draw=64", r"evaluation\.n_diversity_draw is not read by a grid of kind s2i .*did you mean "
+                                              r"n_diversity_draws\?"),
+    ("s2i", "data.batch_sise=5", r"data\.batch_sise is not an option of the data module \(AudioVisualDataModule takes "
+                                 r".*batch_size.*\); did you mean batch_size\?"),
+    ("s2i", "trainer.max_step=3", r"trainer\.max_step is not an option of lightning\.Trainer; did you mean max_steps\?"),
+    ("i2s", "trainer.max_steps=3", r"trainer\.max_steps is set by the grid .*stages\.<stage>\.steps"),
+    ("audio_repr", "evaluation.per_class=3", r"evaluation\.per_class is not read by a grid of kind audio_repr \(it reads no "
+                                             r"evaluation keys\)"),
+    ("robustness", "stages.x.steps=3", r"stages\.x is not read by a grid of kind robustness \(it has no stages\)"),
+])  # fmt: skip
+def test_a_nested_key_no_grid_reads_is_refused_before_anything_is_built(tmp_path, path, override, message):
+    from cmav.ablation import run_ablation
+
+    out = tmp_path / "out"
+    no_data = f"data.root={tmp_path / 'no_data_here'}"  # a key let through fails at once, not after a whole grid
+    with pytest.raises(ValueError, match=message):
+        run_ablation(EXPERIMENTS / f"{path}.yaml", preset="quick", out_dir=out, overrides=[no_data, override])
+    assert not out.exists()
+
+
+def test_every_shipped_grid_and_preset_passes_the_key_check():
+    from cmav.ablation import check_grid_keys
+
+    for path in sorted(EXPERIMENTS.glob("*.yaml")):
+        for preset in [None, *sorted(yaml.safe_load(path.read_text()).get("presets") or {})]:
+            check_grid_keys(load_grid(path, preset))
+    # keys the YAMLs leave out but the code reads
+    check_grid_keys(load_grid(EXPERIMENTS / "token.yaml", "quick", ["evaluation.steps=5", "data.cache_dir=c",
+                                                                     "trainer.gradient_clip_val=1.0"]))  # fmt: skip
+
+
+def test_the_tables_say_their_sd_is_the_sample_sd(tmp_path):
+    from cmav.ablation import audio_repr, i2s, robustness, s2i
+
+    text = "mean ± sample sd (n-1) over seeds"
+    s2i.write_tables(_rows_with_gaps(), tmp_path, metrics=TWO_METRICS)
+    assert text in (tmp_path / "table.md").read_text().lower()
+    assert text in i2s.EXPLANATION.lower()
+    runs = [{"representation": "LMS", "kind": "lms", "depth": 2, "seed": s, "input_shape": [1, 8, 4], "accuracy": 0.5,
+             "balanced_accuracy": 0.5, "train_s": 1.0, "parameters": 10, "front_end_chunks_per_s": 1.0} for s in (0, 1)]  # fmt: skip
+    audio_repr.write_tables(audio_repr.summarise(runs, ["LMS"], [2]), tmp_path)
+    assert text in (tmp_path / "table.md").read_text().lower()
+    fonts = {"in_source": {"name": "A.sf2"}, "cross_source": {"name": "B.sf2"}}
+    robustness.write_tables(robustness.summarise(_robustness_runs(), ["none"]), tmp_path, fonts)
+    assert text in (tmp_path / "table.md").read_text().lower()
+
+
+def _robustness_runs() -> list[dict]:
+    nan = float("nan")
+    return [{"variant": "none", "seed": s, "groups": [], "train_root": "train", "train_s": 1.0, "in_source": a,
+             "cross_source": x, "in_source_balanced": a, "cross_source_balanced": x}
+            for s, a, x in ((0, 0.5, 0.3), (1, 0.7, nan), (2, 0.6, 0.4))]  # fmt: skip
+
+
+def test_robustness_table_csv_has_the_seed_count_and_sd_of_every_figure(tmp_path):
+    import csv
+
+    from cmav.ablation import robustness
+
+    fonts = {"in_source": {"name": "A.sf2"}, "cross_source": {"name": "B.sf2"}}
+    csv_path, _ = robustness.write_tables(robustness.summarise(_robustness_runs(), ["none"]), tmp_path, fonts)
+    (row,) = list(csv.DictReader(csv_path.open()))
+    assert (row["n_seeds"], row["in_source_n"], row["cross_source_n"], row["in_source_balanced_n"],
+            row["cross_source_balanced_n"], row["train_s_n"]) == ("3", "3", "2", "3", "2", "3")  # fmt: skip
+    assert float(row["in_source_balanced_sd"]) == pytest.approx(0.1)
+    assert float(row["cross_source_balanced_sd"]) == pytest.approx(0.0707107, abs=1e-6)
+
+
+def test_the_stand_in_is_said_to_be_built_only_when_it_is(tmp_path, capsys):
+    """A folder whose manifest says it is complete is only checked (here refused: another seed's),
+    not announced as being built; an unfinished one is."""
+    from cmav.ablation.grid import data_root
+    from cmav.data.errors import DataError
+    from cmav.standin.build import BUILDER_VERSION, DEFAULT_SOUNDFONT, PRESETS
+
+    params = {"builder_version": BUILDER_VERSION, "preset": "tiny", "seed": 3, "soundfont": Path(DEFAULT_SOUNDFONT).name,
+              "frame_size": PRESETS["tiny"].frame_size, "jpeg_quality": 90}  # fmt: skip
+    for complete in (True, False):
+        out = tmp_path / str(complete)
+        (out / "data").mkdir(parents=True)
+        (out / "data" / MANIFEST).write_text(json.dumps({"params": params, "complete": complete, "masks": {"n": 1}}))
+        with pytest.raises(DataError, match="already holds a stand-in"):
+            data_root({"data": {"root": None}}, out)
+        assert ("building the tiny stand-in" in capsys.readouterr().out) == (not complete)

@@ -252,3 +252,49 @@ def test_quick_audio_repr_grid_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(audio_repr, "fit", no_training)
     again = run_ablation(CONFIG, preset="quick", out_dir=out, data_root=str(data))
     assert [r["accuracy"] for r in again["runs"]] == [r["accuracy"] for r in results["runs"]]
+
+
+def _one_cell(data: Path, *more: str) -> dict:
+    return load_grid(CONFIG, "quick", ["representations=[{name: LMS, features: {kind: lms}}]", "depths=[2]",
+                                       "seeds=[0]", "steps=1", f"data.root={data}", *more])  # fmt: skip
+
+
+def test_a_reused_run_names_the_checkpoint_it_was_scored_with(tmp_path, monkeypatch):
+    """A run under other settings gets its own checkpoint: going back reuses the first record, whose
+    file still holds the weights it scored."""
+    from cmav.data.files import sha256_file
+
+    cfg = _one_cell(make_suburmp_tracks(tmp_path / "data", tracks=(0, 1), chunks=2))
+    trained = _count_fits(monkeypatch)
+    out = tmp_path / "repr"
+    first = run_ablation(cfg, out_dir=out)["runs"][0]
+    digest = sha256_file(first["checkpoint"])
+    other = run_ablation(dict(cfg, threads=2), out_dir=out)["runs"][0]
+    assert len(trained) == 2 and other["checkpoint"] != first["checkpoint"]
+    again = run_ablation(cfg, out_dir=out)["runs"][0]
+    assert len(trained) == 2 and again["checkpoint"] == first["checkpoint"]
+    assert sha256_file(again["checkpoint"]) == digest and again["accuracy"] == first["accuracy"]
+    # a record whose checkpoint is gone is trained again
+    Path(first["checkpoint"]).unlink()
+    run_ablation(cfg, out_dir=out)
+    assert len(trained) == 3
+
+
+def test_a_run_is_reused_whether_the_data_root_is_typed_relative_or_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_suburmp_tracks(tmp_path / "data", tracks=(0, 1), chunks=2)
+    trained = _count_fits(monkeypatch)
+    run_ablation(_one_cell(Path("data")), out_dir="repr")
+    run_ablation(_one_cell(tmp_path / "data"), out_dir=tmp_path / "repr")
+    assert len(trained) == 1
+
+
+def test_a_cut_line_in_runs_jsonl_does_not_swallow_the_next_run(tmp_path, monkeypatch):
+    cfg = _one_cell(make_suburmp_tracks(tmp_path / "data", tracks=(0, 1), chunks=2))
+    trained = _count_fits(monkeypatch)
+    out = tmp_path / "repr"
+    out.mkdir()
+    (out / "runs.jsonl").write_text('{"representation": "LMS", "depth": 2, "seed"')  # a shard killed mid-line
+    run_ablation(cfg, out_dir=out)
+    run_ablation(cfg, out_dir=out)
+    assert len(trained) == 1

@@ -13,14 +13,24 @@ from pathlib import Path
 
 import torch
 
-from cmav.ablation.grid import load_grid, normalise
+from cmav.ablation.grid import check_keys, load_grid, normalise
+
+
+def _kinds() -> dict:
+    from cmav.ablation import audio_repr, i2s, robustness, s2i, token
+
+    return {"s2i": s2i, "i2s": i2s, "audio_repr": audio_repr, "token": token, "robustness": robustness}
 
 
 def _runners() -> dict:
-    from cmav.ablation import audio_repr, i2s, robustness, s2i, token
+    return {kind: module.run for kind, module in _kinds().items()}
 
-    return {"s2i": s2i.run, "i2s": i2s.run, "audio_repr": audio_repr.run, "token": token.run,
-            "robustness": robustness.run}
+
+def check_grid_keys(cfg: dict) -> None:
+    """Refuse a ``data``, ``trainer``, ``stages`` or ``evaluation`` key that ``cfg``'s kind does not
+    read (:func:`~cmav.ablation.grid.check_keys`, with the kind's ``STAGE_KEYS`` and ``EVALUATION_KEYS``)."""
+    module = _kinds()[cfg["kind"]]
+    check_keys(cfg, module.STAGE_KEYS, module.EVALUATION_KEYS)
 
 
 def run_ablation(config: str | Path | dict, preset: str | None = None, out_dir: str | Path | None = None,
@@ -34,6 +44,7 @@ def run_ablation(config: str | Path | dict, preset: str | None = None, out_dir: 
     runners = _runners()
     if cfg["kind"] not in runners:
         raise ValueError(f"{cfg.get('source', 'grid')}: unknown grid kind {cfg['kind']!r}; expected one of {sorted(runners)}")
+    check_grid_keys(cfg)  # a misspelt nested key (--set data.batch_sise=5): refused before the data is built
     if data_root is not None:
         cfg["data"]["root"] = data_root
     out = Path(out_dir or f"results/ablation_{cfg.get('name', cfg['kind'])}_{cfg['preset']}")
@@ -48,4 +59,4 @@ def run_ablation(config: str | Path | dict, preset: str | None = None, out_dir: 
         torch.set_num_threads(threads)
 
 
-__all__ = ["load_grid", "run_ablation"]
+__all__ = ["check_grid_keys", "load_grid", "run_ablation"]

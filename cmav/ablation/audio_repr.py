@@ -13,7 +13,7 @@ validation split (held-out players). The results folder gets::
     accuracy.png          heat map of mean validation accuracy over representation x depth
     results.json          every run's metrics
     runs.jsonl            one line per finished run: rerunning into the folder resumes the grid
-    runs/<repr>/depth<d>/seed<k>/classifier.ckpt
+    runs/<repr>/depth<d>/seed<k>/<settings>/classifier.ckpt   (<settings>: :func:`~cmav.ablation.grid.settings_folder`)
 """
 
 from __future__ import annotations
@@ -27,14 +27,18 @@ import numpy as np
 import torch
 
 from cmav.ablation.grid import (
+    append_run,
     check_variants,
     datamodule,
     fit,
+    key_text,
     logged_runs,
     mean_sd_text,
     merge,
     put_mean_sd,
+    reusable_run,
     save_config,
+    settings_folder,
     slug,
     write_csv,
 )
@@ -62,9 +66,16 @@ def front_end_throughput(features: Any, chunk_rate: int, chunk_samples: int, dev
     return batch_size * repeats / (time.perf_counter() - t0)
 
 
+STAGE_KEYS: dict[str, tuple[str, ...]] = {}
+"""An audio-representation grid has no stages (:func:`~cmav.ablation.grid.check_keys`)."""
+EVALUATION_KEYS: tuple[str, ...] = ()
+"""... and reads no ``evaluation`` keys."""
+
+
 def run_key(representation: str, depth: int, seed: int, config_key: dict) -> tuple:
-    """The identity of one cell's run in ``runs.jsonl``: a finished run with the same key is reused."""
-    return representation, depth, seed, json.dumps(config_key, sort_keys=True, default=str)
+    """The identity of one cell's run in ``runs.jsonl``: a finished run with the same key is reused
+    (the data roots compared resolved, :func:`~cmav.ablation.grid.key_text`)."""
+    return representation, depth, seed, key_text(config_key)
 
 
 def config_key(cfg: dict, features: Any, model: dict, device: str) -> dict:
@@ -91,9 +102,10 @@ def resolved_device(cfg: dict) -> tuple[str, str]:
     return device, f"cuda ({torch.cuda.get_device_name()})" if device == "cuda" else device
 
 
-def finished_runs(log: Path) -> dict[tuple, dict]:
-    """The runs of ``runs.jsonl`` by (representation, depth, seed, config key)."""
-    return {run_key(r["representation"], r["depth"], r["seed"], r["config_key"]): r for r in logged_runs(log)}
+def finished_runs(logged: list[dict]) -> dict[tuple, dict]:
+    """The runs of ``runs.jsonl`` (``logged``, :func:`~cmav.ablation.grid.logged_runs`) by
+    (representation, depth, seed, config key): the last of a key."""
+    return {run_key(r["representation"], r["depth"], r["seed"], r["config_key"]): r for r in logged}
 
 
 def _positive_int(value: Any) -> bool:
@@ -208,7 +220,7 @@ def write_tables(rows: list[dict], out: Path, note: str = "", throughput_batch: 
         )  # fmt: skip
     text = "\n".join(lines) + "\n\n" + verdict(rows) + "\n"
     text += ("\nAccuracy: the sound classifier on the **validation** split (players unseen in training), "
-             "mean ± sd over seeds. Parameters: the audio encoder with its 13-way head. Front-end throughput: "
+             "mean ± sample sd (n-1) over seeds. Parameters: the audio encoder with its 13-way head. Front-end throughput: "
              f"chunks/s from the data set's chunk rate on the device named below, batches of {throughput_batch} "
              "(what the cache pays once per data set).\n")  # fmt: skip
     if note:
@@ -249,6 +261,7 @@ def plot_heatmap(rows: list[dict], reps: list[str], depths: list[int], path: Pat
 
 def run(cfg: dict, out: Path) -> dict:
     """Run an audio-representation grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``."""
+    from cmav.data.files import sha256_file
     from cmav.metrics.classification import judged_accuracy
     from cmav.models.encoders import count_parameters
     from cmav.tasks import ClassifierTask
@@ -281,13 +294,18 @@ def run(cfg: dict, out: Path) -> dict:
             for seed in cfg["seeds"]:
                 kw = merge(model_cfg, {"audio_encoder": {"n_blocks": depth}})
                 key = config_key(cfg, features, kw, device_label)
-                previous = finished_runs(log).get(run_key(name, depth, seed, key))
-                if previous is not None:
+                logged = logged_runs(log)
+                previous = finished_runs(logged).get(run_key(name, depth, seed, key))
+                why = reusable_run(previous, logged) if previous is not None else None
+                if previous is not None and why is None:
                     runs.append({**previous, "front_end_chunks_per_s": speed, "throughput": timed})
                     print(f"[ablate] {name} depth {depth} seed {seed}: done before (runs.jsonl)", flush=True)
                     continue
+                if why:
+                    print(f"[ablate] {name} depth {depth} seed {seed}: the run in runs.jsonl is not reused ({why}): "
+                          "training it again", flush=True)  # fmt: skip
                 task = ClassifierTask(modality="audio", target="label", image_size=dm.hparams.image_size, **kw)
-                ckpt = out / "runs" / slug(name) / f"depth{depth}" / f"seed{seed}" / "classifier.ckpt"
+                ckpt = out / "runs" / slug(name) / f"depth{depth}" / f"seed{seed}" / settings_folder(key) / "classifier.ckpt"
                 t0 = time.perf_counter()
                 fit(cfg, out, dm, f"audio_repr/{slug(name)}/depth{depth}", seed, task, ckpt, int(cfg["steps"]))
                 train_s = time.perf_counter() - t0
@@ -297,10 +315,10 @@ def run(cfg: dict, out: Path) -> dict:
                     "features": features.to_dict(), "input_shape": list(val.audio.shape[1:]),
                     "accuracy": report.accuracy, "balanced_accuracy": report.balanced_accuracy,
                     "parameters": count_parameters(task.model), "front_end_chunks_per_s": speed,
-                    "throughput": timed, "train_s": train_s, "checkpoint": str(ckpt), "per_class": report.to_dict()["per_class"],
+                    "throughput": timed, "train_s": train_s, "checkpoint": str(ckpt),
+                    "checkpoint_sha256": sha256_file(ckpt), "per_class": report.to_dict()["per_class"],
                 })  # fmt: skip
-                with log.open("a") as f:
-                    f.write(json.dumps(runs[-1], default=str) + "\n")
+                append_run(log, runs[-1])
                 print(f"[ablate] {name} depth {depth} seed {seed}: val acc {report.accuracy:.3f} "
                       f"(balanced {report.balanced_accuracy:.3f})", flush=True)  # fmt: skip
     names = [r["name"] for r in reps]
@@ -316,5 +334,5 @@ def run(cfg: dict, out: Path) -> dict:
     return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
 
 
-__all__ = ["FIELDS", "config_key", "finished_runs", "front_end_throughput", "plot_heatmap", "resolved_device", "run", "run_key",
+__all__ = ["EVALUATION_KEYS", "FIELDS", "STAGE_KEYS", "config_key", "finished_runs", "front_end_throughput", "plot_heatmap", "resolved_device", "run", "run_key",
            "summarise", "verdict", "write_tables"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import csv
+import difflib
+import hashlib
 import json
 import math
 import os
@@ -161,11 +163,16 @@ def data_root(cfg: dict, out: Path) -> Path:
     if split is not None:
         return _player_split_root(cfg, root, split)
     if root is None:
-        from cmav.standin.build import build_standin
+        from cmav.standin.build import MANIFEST, build_standin
 
         root = out / "data"
-        print(f"[ablate] building the tiny stand-in at {root} (once)", flush=True)
-        build_standin(root, preset="tiny", progress=False)
+        try:
+            complete = bool(json.loads((root / MANIFEST).read_text()).get("complete"))
+        except (OSError, ValueError, AttributeError):
+            complete = False  # missing or unreadable: build_standin says what is wrong with it
+        if not complete:
+            print(f"[ablate] building the tiny stand-in at {root} (once)", flush=True)
+        build_standin(root, preset="tiny", progress=False)  # a complete one is checked and kept
     if not Path(root).is_dir():
         raise FileNotFoundError(
             f"data root {root} does not exist: build it (`cmav data build --root {root}`), pass --root, "
@@ -404,14 +411,60 @@ def _key_path(ckpt: Path) -> Path:
     return ckpt.with_name(ckpt.name + ".settings.json")
 
 
+def _resolved(path: Any) -> Any:
+    return str(Path(path).resolve()) if isinstance(path, (str, Path)) and str(path) else path
+
+
+def resolved_roots(key: dict) -> dict:
+    """A copy of a run's or stage's settings ``key`` with its data folders (``train_root``,
+    ``cross_source``, ``data.root``, ``data.cache_dir``, ``data.player_split.source``) resolved
+    against the current folder: the same folder typed relative or absolute is one setting, and a key
+    logged with relative roots matches when the grid runs again from the folder it ran from."""
+    key = copy.deepcopy(key)
+    for name in ("train_root", "cross_source"):
+        if name in key:
+            key[name] = _resolved(key[name])
+    data = key.get("data")
+    if isinstance(data, dict):
+        for name in ("root", "cache_dir"):
+            if name in data:
+                data[name] = _resolved(data[name])
+        split = data.get("player_split")
+        if isinstance(split, dict) and "source" in split:
+            split["source"] = _resolved(split["source"])
+    return key
+
+
+def key_text(key: dict) -> str:
+    """``key`` as the text runs are matched by: JSON with sorted keys, its roots resolved (:func:`resolved_roots`)."""
+    return json.dumps(resolved_roots(key), sort_keys=True, default=str)
+
+
+def settings_folder(key: dict) -> str:
+    """The folder name a run's checkpoint goes into, from its settings ``key``: a run under other
+    settings writes another file, so a record in ``runs.jsonl`` always names the weights it scored."""
+    return hashlib.sha256(key_text(key).encode()).hexdigest()[:12]
+
+
+def _same_settings(stored: str, key: str) -> bool:
+    if stored == key:
+        return True
+    try:
+        a, b = json.loads(stored), json.loads(key)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(a, dict) and isinstance(b, dict) and key_text(a) == key_text(b)
+
+
 def reusable(ckpt: Path, key: str) -> bool:
-    """Whether an earlier run into the folder left ``ckpt`` trained under the same ``key``. A
-    checkpoint of other settings (another root, more steps, another judge recipe), or of a run from
-    before cmav recorded them, is said so and trained again rather than silently reused."""
+    """Whether an earlier run into the folder left ``ckpt`` trained under the same ``key`` (roots
+    compared resolved, :func:`resolved_roots`). A checkpoint of other settings (another root, more
+    steps, another judge recipe), or of a run from before cmav recorded them, is said so and trained
+    again rather than silently reused."""
     if not ckpt.is_file():
         return False
     meta = _key_path(ckpt)
-    if meta.is_file() and meta.read_text() == key:
+    if meta.is_file() and _same_settings(meta.read_text(), key):
         return True
     why = "other settings" if meta.is_file() else "settings not recorded (an older run)"
     warnings.warn(f"{ckpt}: trained under {why}; training it again", stacklevel=3)
@@ -437,6 +490,37 @@ def logged_runs(log: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return runs
+
+
+def append_run(log: Path, run: dict) -> None:
+    """Append ``run`` to ``log`` as one JSON line, in one write. A last line left without its newline
+    (a run killed while writing it) is ended first, or the new line would join it and be lost with it."""
+    line = (json.dumps(run, default=str) + "\n").encode()
+    with open(log, "ab+") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = b"\n" + line
+        f.write(line)  # append mode: at the end, whatever was read
+
+
+def reusable_run(run: dict, logged: list[dict]) -> str | None:
+    """Why a finished run of ``runs.jsonl`` (one of ``logged``, the file's runs) cannot be reused,
+    or None when it can: its ``checkpoint`` must still hold the weights it was scored with. The file
+    must exist and have the ``checkpoint_sha256`` logged with the run; a run logged before that was
+    (when every run of a cell wrote the same file, whatever its settings) must moreover be the last
+    of ``logged`` to name its file, as a later one overwrote it."""
+    from cmav.data.files import sha256_file
+
+    path = run.get("checkpoint")
+    if not path or not Path(path).is_file():
+        return f"its checkpoint {path} is gone"
+    if run.get("checkpoint_sha256"):
+        return None if sha256_file(path) == run["checkpoint_sha256"] else f"its checkpoint {path} was written again since"
+    mine = Path(path).resolve()
+    last = [r for r in logged if r.get("checkpoint") and Path(r["checkpoint"]).resolve() == mine][-1:]
+    return None if last and last[0] is run else f"a later run under other settings wrote its checkpoint {path}"
 
 
 def finite(values: list[Any]) -> list[float]:
@@ -590,9 +674,92 @@ def exclusive(out: Path, kind: str) -> Iterator[Path]:
             pass
 
 
+def clear_results(out: Path, names: tuple[str, ...]) -> None:
+    """Remove the previous run's results (``names`` under ``out``: files or folders) before a run
+    that retrains changes anything, so that a run cut off part-way leaves no table of another run
+    beside its new checkpoints and config; the run writes them again when it is complete."""
+    import shutil
+
+    for name in names:
+        path = Path(out) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+TRAINER_SET_BY_GRID = {
+    "max_steps": "the training batches: stages.<stage>.steps, or steps",
+    "max_epochs": "training runs for a number of batches, not epochs",
+    "logger": "TensorBoard logs under the results folder's tb/",
+    "enable_checkpointing": "the grid saves every checkpoint itself",
+    "default_root_dir": "the results folder",
+}
+"""``lightning.Trainer`` arguments :func:`trainer` sets itself, whatever ``trainer`` holds."""
+
+
+def _not_read(where: str, key: str, why: str, known: list[str], notes: dict[str, str] | None = None) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    if not close:
+        return f"{where}.{key} {why}"
+    note = (notes or {}).get(close[0])
+    return f"{where}.{key} {why}; did you mean {close[0]}?" + (f" (set by the grid: {note})" if note else "")
+
+
+def check_keys(cfg: dict, stages: dict[str, tuple[str, ...]], evaluation: tuple[str, ...]) -> None:
+    """Refuse, before anything is built, a nested key that no part of the grid reads (it would be
+    merged and silently ignored, or fail as a ``TypeError`` after the data is built): a ``data`` key
+    that :class:`~cmav.data.datamodule.AudioVisualDataModule` does not take, a ``trainer`` key that
+    ``lightning.Trainer`` does not take or that the grid sets itself (:data:`TRAINER_SET_BY_GRID`),
+    a stage or stage key not in ``stages`` (the kind's stages and the keys each reads), an
+    ``evaluation`` key not in ``evaluation``. One ``ValueError`` naming the file and the keys."""
+    import inspect
+
+    kind = f"a grid of kind {cfg.get('kind')}"
+    problems: list[str] = []
+    data = cfg.get("data") or {}
+    if data:
+        from cmav.data.datamodule import AudioVisualDataModule
+
+        # progress is set by the grid; player_split is read by data_root
+        takes = sorted((set(inspect.signature(AudioVisualDataModule.__init__).parameters) - {"self", "progress"})
+                       | {"player_split"})  # fmt: skip
+        problems += [_not_read("data", k, f"is not an option of the data module (AudioVisualDataModule takes "
+                                          f"{', '.join(takes)})", takes) for k in data if k not in takes]  # fmt: skip
+    if cfg.get("trainer"):
+        import lightning as L
+
+        params = inspect.signature(L.Trainer.__init__).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            takes = sorted(set(params) - {"self"})
+            for k in cfg["trainer"]:
+                if k in TRAINER_SET_BY_GRID:
+                    problems.append(f"trainer.{k} is set by the grid ({TRAINER_SET_BY_GRID[k]})")
+                elif k not in takes:
+                    problems.append(_not_read("trainer", k, "is not an option of lightning.Trainer", takes,
+                                              TRAINER_SET_BY_GRID))  # fmt: skip
+    for name, stage in (cfg.get("stages") or {}).items():
+        if name not in stages:
+            why = f"its stages: {', '.join(sorted(stages))}" if stages else "it has no stages"
+            problems.append(_not_read("stages", name, f"is not read by {kind} ({why})", sorted(stages)))
+            continue
+        for k in stage or {}:
+            if k not in stages[name]:
+                problems.append(_not_read(f"stages.{name}", k, f"is not read by {kind} (stages.{name} takes "
+                                                               f"{', '.join(sorted(stages[name]))})",
+                                          sorted(stages[name])))  # fmt: skip
+    for k in cfg.get("evaluation") or {}:
+        if k not in evaluation:
+            why = f"evaluation takes {', '.join(sorted(evaluation))}" if evaluation else "it reads no evaluation keys"
+            problems.append(_not_read("evaluation", k, f"is not read by {kind} ({why})", sorted(evaluation)))
+    if problems:
+        more = f" (and {len(problems) - 1} more: {' | '.join(problems[1:])})" if len(problems) > 1 else ""
+        raise ValueError(f"{cfg.get('source', 'grid')}: {problems[0]}{more}")
+
+
 def save_config(cfg: dict, out: Path) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
-__all__ = ["check_given", "check_stage_kwargs", "check_task_kwargs", "check_variant_kwargs", "check_variants", "classifier_stage", "data_root", "datamodule", "evaluated_name", "exclusive", "fit", "inference_conditions", "load_grid", "normalise", "under_inference_conditions", "finite", "mean_sd", "mean_sd_text", "put_mean_sd", "merge", "parse_override", "record", "reusable", "save_config", "seeded", "slug", "stage_key", "stage_model", "trainer",
+__all__ = ["append_run", "check_given", "check_keys", "clear_results", "key_text", "resolved_roots", "reusable_run", "settings_folder", "check_stage_kwargs", "check_task_kwargs", "check_variant_kwargs", "check_variants", "classifier_stage", "data_root", "datamodule", "evaluated_name", "exclusive", "fit", "inference_conditions", "load_grid", "normalise", "under_inference_conditions", "finite", "mean_sd", "mean_sd_text", "put_mean_sd", "merge", "parse_override", "record", "reusable", "save_config", "seeded", "slug", "stage_key", "stage_model", "trainer",
            "variant_model_kwargs", "variant_names", "write_csv"]  # fmt: skip

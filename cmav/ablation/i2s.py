@@ -27,6 +27,7 @@ from cmav.ablation.grid import (
     check_stages,
     check_variant_kwargs,
     classifier_stage,
+    clear_results,
     datamodule,
     evaluated_name,
     exclusive,
@@ -58,7 +59,7 @@ EXPLANATION = (
     "LMS, never used in I2S training) on one generated LMS per validation frame. Round-trip acc: the same judge "
     "on the LMS recomputed from each generated LMS's Griffin-Lim audio; kept = round-trip / judged. FID/KID are "
     "judge-feature FID/KID (audio-judge features), not Inception FID: compare only within this table. "
-    "Diversity: mean pairwise judge-feature distance over noise draws of the same frame. Mean ± sd over seeds.\n"
+    "Diversity: mean pairwise judge-feature distance over noise draws of the same frame. Mean ± sample sd (n-1) over seeds.\n"
 )
 
 
@@ -109,6 +110,12 @@ STAGES = ("audio_judge", "image_encoder", "i2s")
 GIVEN = ("audio_judge", "image_encoder")
 SET_BY_GRID = ("encoder_mode", "image_encoder_ckpt", "image_size")
 """I2STask arguments the runner sets itself (the frozen image encoder, data.image_size)."""
+STAGE_KEYS = {s: ("steps", "model", "ckpt") if s in GIVEN else ("steps", "model") for s in STAGES}
+"""The stages an I2S grid reads, and the keys it reads of each (:func:`~cmav.ablation.grid.check_keys`)."""
+EVALUATION_KEYS = ("n_diversity_draws", "diversity_per_class", "griffin_lim_iters", "inference_conditions")
+"""The ``evaluation`` keys an I2S grid reads."""
+RESULTS = ("table.md", "table.csv", "results.json", "metrics.png", "samples.png", "wavs")
+"""What a finished run writes; a rerun removes it first (:func:`~cmav.ablation.grid.clear_results`)."""
 
 
 def check(cfg: dict) -> None:
@@ -145,6 +152,7 @@ def _run(cfg: dict, out: Path) -> dict:
 
     modes = inference_conditions(cfg)
     names = [evaluated_name(n, m) for n in variant_names(cfg) for m in modes]
+    clear_results(out, RESULTS)
     save_config(cfg, out)
     t_start = time.perf_counter()
     dm = datamodule(cfg, out)
@@ -208,4 +216,4 @@ def _run(cfg: dict, out: Path) -> dict:
     return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
 
 
-__all__ = ["METRICS", "check", "run"]
+__all__ = ["EVALUATION_KEYS", "METRICS", "RESULTS", "STAGE_KEYS", "check", "run"]

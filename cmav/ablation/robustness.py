@@ -11,7 +11,7 @@ from an independent font; refused when the fonts share recordings). The results 
                           over seeds), their gap, the change against the un-augmented variant
     results.json          every run's metrics and both fonts
     runs.jsonl            one line per finished run: rerunning into the folder resumes the grid
-    runs/<variant>/seed<k>/classifier.ckpt
+    runs/<variant>/seed<k>/<settings>/classifier.ckpt   (<settings>: :func:`~cmav.ablation.grid.settings_folder`)
 """
 
 from __future__ import annotations
@@ -25,15 +25,19 @@ from typing import Any
 import torch
 
 from cmav.ablation.grid import (
+    append_run,
     check_variants,
     data_root,
     datamodule,
     fit,
+    key_text,
     logged_runs,
     mean_sd_text,
     merge,
     put_mean_sd,
+    reusable_run,
     save_config,
+    settings_folder,
     slug,
     write_csv,
 )
@@ -42,6 +46,10 @@ from cmav.features.augment import AudioAugmentConfig, audio_augment_config
 
 BASELINE = "none"
 """The variant every other is compared with: no augmentation, the training data as given."""
+STAGE_KEYS: dict[str, tuple[str, ...]] = {}
+"""A robustness grid has no stages (:func:`~cmav.ablation.grid.check_keys`)."""
+EVALUATION_KEYS: tuple[str, ...] = ()
+"""... and reads no ``evaluation`` keys."""
 
 
 def variant_augment(cfg: dict, variant: dict) -> AudioAugmentConfig:
@@ -171,21 +179,20 @@ def config_key(cfg: dict, name: str, seed: int, aug: AudioAugmentConfig, train_r
                data: dict, x_root: Path) -> dict:  # fmt: skip
     """What one cell's run is trained and scored under: its variant, seed, augmentation, training
     root, model, steps and data settings, the cross-source root, the trainer's settings (precision,
-    clipping, accumulation ...) and the torch threads (its training time is in the table), as
-    :func:`cmav.ablation.audio_repr.config_key`. A finished run in ``runs.jsonl`` with the same key
-    is reused; runs logged before the trainer and threads were keyed are trained again."""
+    clipping, accumulation ...) and the torch threads, as :func:`cmav.ablation.audio_repr.config_key`
+    but without the device: this grid compares accuracies, and its training times (table.csv's
+    ``train_s``) are those of the device each run trained on. A finished run in ``runs.jsonl`` with
+    the same key (roots compared resolved, :func:`~cmav.ablation.grid.key_text`) is reused; runs
+    logged before the trainer and threads were keyed are trained again."""
     return {"variant": name, "seed": seed, "augment": aug.to_dict(), "train_root": str(train_root), "model": model,
             "steps": steps, "data": data, "cross_source": str(x_root), "trainer": cfg.get("trainer"),
             "threads": cfg.get("threads")}  # fmt: skip
 
 
-def _key_text(key: dict) -> str:
-    return json.dumps(key, sort_keys=True, default=str)
-
-
-def finished_runs(log: Path) -> dict[str, dict]:
-    """The runs of ``runs.jsonl`` by their config key (:func:`config_key`, as JSON)."""
-    return {_key_text(r["config_key"]): r for r in logged_runs(log)}
+def finished_runs(logged: list[dict]) -> dict[str, dict]:
+    """The runs of ``runs.jsonl`` (``logged``, :func:`~cmav.ablation.grid.logged_runs`) by their
+    config key (:func:`config_key`, as :func:`~cmav.ablation.grid.key_text`); the last of a key."""
+    return {key_text(r["config_key"]): r for r in logged}
 
 
 def eval_split_key(dm) -> str:
@@ -225,9 +232,13 @@ def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-FIELDS = ["variant", "groups", "train_data", "n_seeds", "in_source_mean", "in_source_sd", "cross_source_mean",
-          "cross_source_sd", "gap_mean", "in_source_vs_none", "cross_source_vs_none", "in_source_balanced_mean",
-          "cross_source_balanced_mean", "train_s_mean"]  # fmt: skip
+FIELDS = ["variant", "groups", "train_data", "n_seeds", "in_source_mean", "in_source_sd", "in_source_n",
+          "cross_source_mean", "cross_source_sd", "cross_source_n", "gap_mean", "in_source_vs_none",
+          "cross_source_vs_none", "in_source_balanced_mean", "in_source_balanced_sd", "in_source_balanced_n",
+          "cross_source_balanced_mean", "cross_source_balanced_sd", "cross_source_balanced_n", "train_s_mean",
+          "train_s_sd", "train_s_n"]  # fmt: skip
+"""table.csv's columns: ``<figure>_sd`` is the sample sd (n-1) over seeds, ``<figure>_n`` the seeds
+that gave the figure (a diverged run's accuracy is not a number), beside the row's ``n_seeds``."""
 
 
 def _pm(row: dict, key: str) -> str:
@@ -253,8 +264,8 @@ def write_tables(rows: list[dict], out: Path, fonts: dict, note: str = "") -> tu
     text = "\n".join(lines) + "\n\n"
     text += (f"Target: cross-source accuracy ≥ {target:.2f} with in-source accuracy no more than 0.02 below "
              f"`{BASELINE}`: {'met by ' + ', '.join(met) if met else 'met by no variant'}.\n")  # fmt: skip
-    text += ("\nAccuracy: the sound classifier on the **validation** split (players unseen in training), mean ± sd "
-             "over seeds; in-source = the training font's audio, cross-source = the same chunks rendered from the "
+    text += ("\nAccuracy: the sound classifier on the **validation** split (players unseen in training), mean ± "
+             "sample sd (n-1) over seeds; in-source = the training font's audio, cross-source = the same chunks rendered from the "
              "evaluation font, never seen in training.\n")  # fmt: skip
     if note:
         text += f"\n{note}\n"
@@ -265,6 +276,7 @@ def write_tables(rows: list[dict], out: Path, fonts: dict, note: str = "") -> tu
 def run(cfg: dict, out: Path) -> dict:
     """Run a robustness grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``."""
     from cmav.data.datasets import open_split
+    from cmav.data.files import sha256_file
     from cmav.evaluation.robustness import check_independent, data_soundfont, score_classifier
     from cmav.tasks import ClassifierTask
 
@@ -287,11 +299,16 @@ def run(cfg: dict, out: Path) -> dict:
         model, data, steps = variant_setup(cfg, v)
         for seed in cfg["seeds"]:
             key = config_key(cfg, name, seed, aug, train_root, model, steps, data, x_root)
-            previous = finished_runs(log).get(_key_text(key))
-            if previous is not None:
+            logged = logged_runs(log)
+            previous = finished_runs(logged).get(key_text(key))
+            why = reusable_run(previous, logged) if previous is not None else None
+            if previous is not None and why is None:
                 runs.append(previous)
                 print(f"[ablate] {name} seed {seed}: done before (runs.jsonl)", flush=True)
                 continue
+            if why:
+                print(f"[ablate] {name} seed {seed}: the run in runs.jsonl is not reused ({why}): training it again",
+                      flush=True)  # fmt: skip
             dm = datamodule(merge(cfg, {"data": {**data, "root": str(train_root)}}), out, augment=aug)
             opened = eval_split_key(dm)
             if opened not in evals:  # both validation splits, as this variant's classifier sees them
@@ -301,7 +318,7 @@ def run(cfg: dict, out: Path) -> dict:
                                                  progress=False).tensors
                                  for src, r in (("in_source", in_root), ("cross_source", x_root))}  # fmt: skip
             task = ClassifierTask(modality="audio", target="label", image_size=dm.hparams.image_size, **model)
-            ckpt = out / "runs" / slug(name) / f"seed{seed}" / "classifier.ckpt"
+            ckpt = out / "runs" / slug(name) / f"seed{seed}" / settings_folder(key) / "classifier.ckpt"
             t0 = time.perf_counter()
             fit(cfg, out, dm, f"robustness/{slug(name)}", seed, task, ckpt, steps)
             train_s = time.perf_counter() - t0
@@ -309,12 +326,12 @@ def run(cfg: dict, out: Path) -> dict:
             runs.append({
                 "config_key": key, "variant": name, "seed": seed, "groups": aug.enabled_groups,
                 "train_root": str(train_root), "train_s": train_s, "checkpoint": str(ckpt),
+                "checkpoint_sha256": sha256_file(ckpt),
                 **{src: s["accuracy"] for src, s in scores.items()},
                 **{f"{src}_balanced": s["balanced_accuracy"] for src, s in scores.items()},
                 "per_class": {src: s["per_class"] for src, s in scores.items()},
             })  # fmt: skip
-            with log.open("a") as f:
-                f.write(json.dumps(runs[-1], default=str) + "\n")
+            append_run(log, runs[-1])
             print(f"[ablate] {name} seed {seed}: in-source {scores['in_source']['accuracy']:.3f}, "
                   f"cross-source {scores['cross_source']['accuracy']:.3f}", flush=True)  # fmt: skip
     rows = summarise(runs, [v["name"] for v in variants])
@@ -332,5 +349,5 @@ def run(cfg: dict, out: Path) -> dict:
     return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
 
 
-__all__ = ["BASELINE", "check_rerender", "config_key", "cross_source_root", "eval_split_key", "finished_runs", "run", "summarise", "variant_augment", "variant_root", "variant_setup",
+__all__ = ["BASELINE", "EVALUATION_KEYS", "FIELDS", "STAGE_KEYS", "check_rerender", "config_key", "cross_source_root", "eval_split_key", "finished_runs", "run", "summarise", "variant_augment", "variant_root", "variant_setup",
            "write_tables"]

@@ -28,6 +28,7 @@ from cmav.ablation.grid import (
     check_stages,
     check_variant_kwargs,
     classifier_stage,
+    clear_results,
     datamodule,
     evaluated_name,
     exclusive,
@@ -134,7 +135,7 @@ S2I_EXPLANATION = (
     "\nSplits: judged acc, FID/KID and diversity on **validation** (unseen players); judged acc (seen "
     "players) and player consistency on **train_holdout** (time-held-out end of each train track). FID/KID are judge-feature FID/KID "
     "(image-judge features), not Inception FID: compare only within this table. Diversity: mean pairwise "
-    "judge-feature distance over noise draws of the same audio. Mean ± sd over seeds.\n"
+    "judge-feature distance over noise draws of the same audio. Mean ± sample sd (n-1) over seeds.\n"
 )
 
 
@@ -220,6 +221,12 @@ STAGES = ("audio_classifier", "image_judge", "s2i")
 GIVEN = ("audio_classifier", "image_judge", "player_judge")
 SET_BY_GRID = ("encoder_mode", "audio_encoder_ckpt", "image_size")
 """S2ITask arguments the runner sets itself (the frozen sound classifier, data.image_size)."""
+STAGE_KEYS = {s: ("steps", "model", "ckpt") if s in GIVEN else ("steps", "model") for s in (*STAGES, "player_judge")}
+"""The stages an S2I grid reads, and the keys it reads of each (:func:`~cmav.ablation.grid.check_keys`)."""
+EVALUATION_KEYS = ("n_diversity_draws", "diversity_per_class", "inference_conditions")
+"""The ``evaluation`` keys an S2I grid reads."""
+RESULTS = ("table.md", "table.csv", "results.json", "metrics.png", "samples.png")
+"""The files a finished run writes; a rerun removes them first (:func:`~cmav.ablation.grid.clear_results`)."""
 
 
 CLASSIFIER_SET_BY_GRID = ("modality", "target", "image_size")
@@ -259,6 +266,7 @@ def _run(cfg: dict, out: Path) -> dict:
 
     modes = inference_conditions(cfg)
     names = [evaluated_name(n, m) for n in variant_names(cfg) for m in modes]
+    clear_results(out, RESULTS)
     save_config(cfg, out)
     t_start = time.perf_counter()
     dm = datamodule(cfg, out)
@@ -318,4 +326,4 @@ def _run(cfg: dict, out: Path) -> dict:
     return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
 
 
-__all__ = ["CLASSIFIER_SET_BY_GRID", "METRICS", "Metric", "check", "plot_bars", "run", "sample_items", "summarise", "write_tables"]
+__all__ = ["CLASSIFIER_SET_BY_GRID", "EVALUATION_KEYS", "METRICS", "RESULTS", "STAGE_KEYS", "Metric", "check", "plot_bars", "run", "sample_items", "summarise", "write_tables"]

@@ -37,6 +37,7 @@ from cmav.ablation.grid import (
     check_stage_kwargs,
     check_stages,
     classifier_stage,
+    clear_results,
     datamodule,
     exclusive,
     fit,
@@ -60,6 +61,12 @@ METRICS: list[Metric] = [
 STAGES = ("audio_classifier", "image_judge", "retrieval", "audio_token", "s2i")
 # stages whose checkpoint may be given (stages.<stage>.ckpt) instead of trained
 GIVEN = ("audio_classifier", "image_judge", "retrieval", "s2i")
+STAGE_KEYS = {s: ("steps", "model", "ckpt") if s in GIVEN else ("steps", "model") for s in (*STAGES, "diffusion_base")}
+"""The stages a token grid reads, and the keys it reads of each (:func:`~cmav.ablation.grid.check_keys`)."""
+EVALUATION_KEYS = ("per_class", "n_negatives", "scheduler", "steps", "guidance_scale", "batch_size")
+"""The ``evaluation`` keys a token grid reads."""
+RESULTS = ("table.md", "table.csv", "results.json", "metrics.png", "samples.png")
+"""The files a finished run writes; a rerun removes them first (:func:`~cmav.ablation.grid.clear_results`)."""
 
 
 S2I_SET_BY_GRID = ("variant", "seed", "encoder_mode", "audio_encoder_ckpt", "image_size")
@@ -174,6 +181,7 @@ def _run(cfg: dict, out: Path) -> dict:
     from cmav.tasks.retrieval import RetrievalTask, load_retrieval
     from cmav.tasks.s2i import load_s2i
 
+    clear_results(out, RESULTS)
     save_config(cfg, out)
     t_start = time.perf_counter()
     dm = datamodule(cfg, out)
@@ -253,7 +261,7 @@ def _run(cfg: dict, out: Path) -> dict:
         f"{int(ev.get('per_class', 10))} per class), {n_neg} random other items per image for AIS/IIS "
         "(chance 0.5). AIS: retrieval-model similarity of the image to its own audio beats that to another "
         "item's audio; IIS: judge-feature cosine to its own real frame beats that to another item's frame; "
-        f"AIC: the image judge names the audio's instrument. FID: {first['fid_note']}. Mean ± sd over seeds.\n"
+        f"AIC: the image judge names the audio's instrument. FID: {first['fid_note']}. Mean ± sample sd (n-1) over seeds.\n"
     )
     note = (f"Diffusion: `{pipeline}`, {gen['scheduler']} {gen['steps']} steps, guidance {gen['guidance_scale']:g}. "
             f"Preset `{cfg['preset']}`, seeds {cfg['seeds']}, data `{dm.root}`, {elapsed:.0f} s in all.")  # fmt: skip
@@ -268,4 +276,4 @@ def _run(cfg: dict, out: Path) -> dict:
     return {"rows": rows, "runs": runs, "paths": paths, "elapsed_s": elapsed}
 
 
-__all__ = ["METHODS", "METRICS", "run", "verdict"]
+__all__ = ["EVALUATION_KEYS", "METHODS", "METRICS", "RESULTS", "STAGE_KEYS", "run", "verdict"]
