@@ -201,7 +201,7 @@ def _run(cfg: dict, out: Path) -> dict:
     note = f"Preset `{cfg['preset']}`, seeds {cfg['seeds']}, data `{dm.root}`, {elapsed:.0f} s in all."
     csv_path, md_path = write_tables(rows, out, ceiling, note, metrics=METRICS, explanation=EXPLANATION)
     bars = plot_bars(rows, out / "metrics.png", METRICS,
-                     title="I2S ablation: mean ± sd over seeds (FID/KID on audio-judge features, not Inception)")  # fmt: skip
+                     title="I2S ablation: mean ± sample sd over seeds (FID/KID on audio-judge features, not Inception)")  # fmt: skip
     # one dB scale for every spectrogram of the sheet
     low, high = float(s_audio.min()), float(s_audio.max())
     cell = 96

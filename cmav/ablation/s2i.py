@@ -175,7 +175,7 @@ def write_tables(rows: list[dict], out: Path, ceiling: dict | None = None, note:
 
 
 def plot_bars(rows: list[dict], path: Path, metrics: list[Metric] = METRICS,
-              title: str = "S2I ablation: mean ± sd over seeds (FID/KID on judge features, not Inception)") -> Path:  # fmt: skip
+              title: str = "S2I ablation: mean ± sample sd over seeds (FID/KID on judge features, not Inception)") -> Path:  # fmt: skip
     """One panel per metric: a bar per variant, error bars = sd over seeds. A variant with no mean
     (no seed gave a number) gets no bar but "n/a" (a 0 bar would read as a figure, the best one on a
     lower-is-better panel), one with no sd (one seed) no error bar, and a variant whose figure fewer

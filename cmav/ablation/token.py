@@ -266,7 +266,7 @@ def _run(cfg: dict, out: Path) -> dict:
     note = (f"Diffusion: `{pipeline}`, {gen['scheduler']} {gen['steps']} steps, guidance {gen['guidance_scale']:g}. "
             f"Preset `{cfg['preset']}`, seeds {cfg['seeds']}, data `{dm.root}`, {elapsed:.0f} s in all.")  # fmt: skip
     csv_path, md_path = write_tables(rows, out, note=note, metrics=METRICS, explanation=explanation)
-    bars = plot_bars(rows, out / "metrics.png", METRICS, "Token branch: mean ± sd over seeds (FID on judge features)")
+    bars = plot_bars(rows, out / "metrics.png", METRICS, "Token branch: mean ± sample sd over seeds (FID on judge features)")
     sheet = _sample_sheet(items, sheet_images, names, out / "samples.png", size)
     results = out / "results.json"
     results.write_text(json.dumps({"config": cfg, "rows": rows, "runs": runs, "real_frames": real,
