@@ -231,7 +231,7 @@ def trainer(cfg: dict, out: Path, stage: str, seed: int, steps: int, gan: bool =
     kw.update(
         max_steps=int(steps) * (2 if gan else 1),  # manual GAN optimisation: 2 optimiser steps per batch
         max_epochs=-1,
-        logger=TensorBoardLogger(save_dir=str(out / "tb"), name=stage, version=f"seed{seed}"),
+        logger=TensorBoardLogger(save_dir=str(out / "tb"), name=stage, version=f"seed{seed}", default_hp_metric=False),
         enable_checkpointing=False,
         default_root_dir=str(out),
     )

@@ -111,7 +111,7 @@ def _lightning(dm, task, device, steps, warmup, bf16, channels_last, tmp: Path) 
     trainer = L.Trainer(
         accelerator=accel, devices=[device.index or 0] if device.type == "cuda" else 1,
         max_steps=2 * (warmup + steps), max_epochs=-1, precision="bf16-mixed" if bf16 else "32-true",
-        logger=TensorBoardLogger(save_dir=str(tmp), name="bench"), log_every_n_steps=10,
+        logger=TensorBoardLogger(save_dir=str(tmp), name="bench", default_hp_metric=False), log_every_n_steps=10,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer], default_root_dir=str(tmp),
     )  # fmt: skip
