@@ -73,7 +73,7 @@ def _judge(judge_or_ckpt: Any, target: str = "label"):
     """The image judge (``target='label'``) or the player judge (``'track'``), from a task or its
     checkpoint; a task in memory is refused as :func:`~cmav.tasks.classifier.load_image_judge`
     refuses a checkpoint of another kind (a sound classifier, I2S's image classifier)."""
-    from cmav.tasks.classifier import ClassifierTask, load_image_judge
+    from cmav.tasks.classifier import ClassifierTask, article, load_image_judge
 
     if isinstance(judge_or_ckpt, (str, Path)):
         return load_image_judge(judge_or_ckpt, target=target)
@@ -85,7 +85,7 @@ def _judge(judge_or_ckpt: Any, target: str = "label"):
     if h.modality != "image" or h.target != target or h.get("image_model", "judge") != "judge":
         kind = f"{h.modality}/{h.target}" + (f"/{h.get('image_model', 'judge')}" if h.modality == "image" else "")
         what = "image judge" if target == "label" else "player judge"
-        raise ValueError(f"the {what} given: {'an' if kind[0] in 'aeiou' else 'a'} {kind} classifier, not the {what}: a judge must be an image "
+        raise ValueError(f"the {what} given: {article(kind)} {kind} classifier, not the {what}: a judge must be an image "
                          f"ClassifierTask with modality='image', target={target!r}, image_model='judge' "
                          "(or its checkpoint)")  # fmt: skip
     return judge.eval()

@@ -651,7 +651,8 @@ def load_audio_encoder(path: str | Path) -> AudioEncoder:
     return load_sound_classifier(path).model  # type: ignore[return-value]
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
+    """``a`` or ``an`` before ``word`` in a message."""
     return "an" if word[:1].lower() in "aeiou" else "a"
 
 
@@ -664,7 +665,7 @@ def load_image_judge(path: str | Path, target: str = "label") -> ClassifierTask:
     if h.modality != "image" or h.target != target or h.get("image_model", "judge") != "judge":
         kind = f"{h.modality}/{h.target}" + (f"/{h.get('image_model', 'judge')}" if h.modality == "image" else "")
         what = "image judge (experiments/image_judge.yaml)" if target == "label" else "player judge (experiments/player_judge.yaml)"
-        raise ValueError(f"{path}: {_article(kind)} {kind} classifier, not the {what}: modality='image', target={target!r}, "
+        raise ValueError(f"{path}: {article(kind)} {kind} classifier, not the {what}: modality='image', target={target!r}, "
                          "image_model='judge'")  # fmt: skip
     return task
 
@@ -677,7 +678,7 @@ def load_image_classifier(path: str | Path, user: str = "this") -> ClassifierTas
     if h.modality != "image" or h.target != "label" or h.get("image_model", "judge") != "encoder":
         kind = f"{h.modality}/{h.target}" + (f"/{h.get('image_model', 'judge')}" if h.modality == "image" else "")
         raise ValueError(
-            f"{path}: {_article(kind)} {kind} classifier; the {user} encoder must come from the image classifier "
+            f"{path}: {article(kind)} {kind} classifier; the {user} encoder must come from the image classifier "
             "(modality='image', target='label', image_model='encoder': experiments/image_encoder.yaml). "
             "The image judge is kept for scoring only."
         )
