@@ -37,6 +37,7 @@ from torch import Tensor
 from cmav.data.audio_io import ChunkSpec
 from cmav.data.errors import DataError, DataWarning
 from cmav.features.frontend import FrontEndConfig
+from cmav.models.eval_mode import eval_mode
 
 AudioSource = str | Path | np.ndarray | Tensor
 """A sound file's path, or samples ``(samples,)`` / ``(channels, samples)`` (then ``sample_rate`` is needed)."""
@@ -233,21 +234,6 @@ def _model_inputs(model: Model, audio: AudioSource, batches) -> Iterator[Tensor]
         yield x.to(model.device)
 
 
-@contextmanager
-def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
-    """``module`` in eval mode for one call, then every submodule in its own mode again: a model
-    left in train mode would use batch statistics and dropout, and overwrite its BatchNorm running
-    statistics for good (the flags are restored one by one: ``train()`` of some tasks keeps a
-    frozen part in eval mode)."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
 def _batched(fn, x: Tensor, batch_size: int) -> Tensor:
     return torch.cat([fn(x[i : i + batch_size]).cpu() for i in range(0, len(x), batch_size)])
 
@@ -279,7 +265,7 @@ def embed_audio(model: Model, audio: AudioSource, sample_rate: int | None = None
         fn = (task.ema.module if task.ema is not None else task.net).condition
     else:
         fn = task.model.embed
-    with _eval_mode(task):
+    with eval_mode(task):
         vectors = torch.cat([fn(x).cpu() for x in _model_inputs(model, audio, batches)])
     return Embeddings(vectors=vectors, start_s=torch.from_numpy(batches.start_s).float())
 
@@ -298,7 +284,7 @@ def classify_audio(model: Model, audio: AudioSource, sample_rate: int | None = N
     """
     _needs(model, "classify_audio", ("audio_classifier",))
     batches = _audio_batches(model, audio, sample_rate, hop_s, None, batch_size)
-    with _eval_mode(model.task):
+    with eval_mode(model.task):
         logits = torch.cat([model.task.model(x).cpu() for x in _model_inputs(model, audio, batches)])
     return ChunkPredictions(probabilities=logits.softmax(1), class_names=model.class_names or [],
                             start_s=torch.from_numpy(batches.start_s).float())  # fmt: skip
@@ -476,7 +462,7 @@ def embed_image(model: Model, image: ImageSource, batch_size: int = 64) -> Tenso
     batch_size = _whole("batch_size", batch_size)
     x = _frames(model, image).to(model.device)
     task = model.task
-    with _eval_mode(task):
+    with eval_mode(task):
         if model.kind == "retrieval":
             return _batched(lambda b: task.embed(image=b)[1], x, batch_size)
         return _batched(task.model.features, x, batch_size)

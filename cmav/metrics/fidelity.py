@@ -19,6 +19,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance, poly_mmd
 
 from cmav.metrics.classification import Batches, _iter_batches, _module_device
+from cmav.models.eval_mode import eval_mode
 
 FID_NOTE_JUDGE = "judge-feature FID/KID (features of our classifier), not Inception FID: compare only within this project"
 
@@ -149,16 +150,9 @@ def inception_feature_extractor(
 def extract_features(feature_extractor: nn.Module, items: Batches, batch_size: int = 64) -> Tensor:
     """Run a feature module over all items (eval, no_grad, its own device); (N, D) float64 on CPU."""
     device = _module_device(feature_extractor)
-    # every submodule's own mode back afterwards: restoring only the top module's flag would put a
-    # judge in eval mode under a new wrapper (nn.Modules start in train mode) into train mode
-    modes = [(m, m.training) for m in feature_extractor.modules()]
-    feature_extractor.eval()
-    try:
+    with eval_mode(feature_extractor):
         feats = [feature_extractor(x.to(device)).reshape(x.shape[0], -1).double().cpu()
                  for x in _iter_batches(items, batch_size)]
-    finally:
-        for m, mode in modes:
-            m.training = mode
     if not feats:
         raise ValueError("no items to extract features from")
     return torch.cat(feats)

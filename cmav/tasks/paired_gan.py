@@ -48,6 +48,7 @@ from cmav.models import (
     PairAwareDiscriminator,
 )
 from cmav.models.ema import ema_decay_at
+from cmav.models.eval_mode import eval_mode
 from cmav.tasks.classifier import _load_checkpoint, own_hyperparameters
 from cmav.tasks.common import (
     AdamConfig,
@@ -503,13 +504,8 @@ class PairedGANTask(L.LightningModule):
         condition = condition.to(self.device, torch.float32)
         if z is None:
             z = torch.randn(condition.shape[0], self.z_dim, device=self.device)
-        modes = {m: m.training for m in net.modules()}
-        net.eval()
-        try:
+        with eval_mode(net):
             return net.generator(z.to(self.device), self.inference_conditions(net, condition))
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
 
     @torch.no_grad()
     def generate(self, condition: Tensor, z: Tensor | None = None, use_ema: bool = True) -> Tensor:
