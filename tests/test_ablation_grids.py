@@ -777,3 +777,23 @@ def test_the_stand_in_is_said_to_be_built_only_when_it_is(tmp_path, capsys):
         with pytest.raises(DataError, match="already holds a stand-in"):
             data_root({"data": {"root": None}}, out)
         assert ("building the tiny stand-in" in capsys.readouterr().out) == (not complete)
+
+
+def test_a_robustness_rerun_cut_off_part_way_leaves_no_table_of_the_previous_run(tmp_path, monkeypatch):
+    """The first cell a rerun trains removes the old table."""
+    from cmav.ablation import robustness
+
+    cfg = _tiny_robustness(tmp_path)
+    out = tmp_path / "grid"
+    out.mkdir()
+    robustness.run(cfg, out)
+    robustness.run(cfg, out)  # every cell reused: the table is written again
+    assert (out / "table.md").is_file()
+
+    def cut_off(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(robustness, "fit", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        robustness.run({**cfg, "threads": 2}, out)
+    assert [n for n in ("table.md", "table.csv", "results.json") if (out / n).exists()] == []

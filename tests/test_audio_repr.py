@@ -298,3 +298,22 @@ def test_a_cut_line_in_runs_jsonl_does_not_swallow_the_next_run(tmp_path, monkey
     run_ablation(cfg, out_dir=out)
     run_ablation(cfg, out_dir=out)
     assert len(trained) == 1
+
+
+def test_a_rerun_cut_off_part_way_leaves_no_table_of_the_previous_run(tmp_path, monkeypatch):
+    """The first cell a rerun trains removes the old table and heatmap."""
+    import cmav.ablation.audio_repr as audio_repr
+
+    cfg = _one_cell(make_suburmp_tracks(tmp_path / "data", tracks=(0, 1), chunks=2))
+    out = tmp_path / "repr"
+    run_ablation(cfg, out_dir=out)
+    run_ablation(cfg, out_dir=out)  # reused: the table is written again
+    assert (out / "table.md").is_file()
+
+    def cut_off(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(audio_repr, "fit", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(dict(cfg, threads=2), out_dir=out)
+    assert [n for n in audio_repr.RESULTS if (out / n).exists()] == []

@@ -29,6 +29,7 @@ import torch
 from cmav.ablation.grid import (
     append_run,
     check_variants,
+    clear_results,
     datamodule,
     fit,
     key_text,
@@ -259,6 +260,12 @@ def plot_heatmap(rows: list[dict], reps: list[str], depths: list[int], path: Pat
     return path
 
 
+RESULTS = ("table.md", "table.csv", "results.json", "accuracy.png")
+"""What a finished run writes; the first cell a run trains removes them (:func:`~cmav.ablation.grid.clear_results`).
+
+Shards into one folder each write them again from the runs they have seen."""
+
+
 def run(cfg: dict, out: Path) -> dict:
     """Run an audio-representation grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``."""
     from cmav.data.files import sha256_file
@@ -304,6 +311,7 @@ def run(cfg: dict, out: Path) -> dict:
                 if why:
                     print(f"[ablate] {name} depth {depth} seed {seed}: the run in runs.jsonl is not reused ({why}): "
                           "training it again", flush=True)  # fmt: skip
+                clear_results(out, RESULTS)  # a run cut off from here on leaves no table of the cells before
                 task = ClassifierTask(modality="audio", target="label", image_size=dm.hparams.image_size, **kw)
                 ckpt = out / "runs" / slug(name) / f"depth{depth}" / f"seed{seed}" / settings_folder(key) / "classifier.ckpt"
                 t0 = time.perf_counter()

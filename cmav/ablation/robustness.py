@@ -27,6 +27,7 @@ import torch
 from cmav.ablation.grid import (
     append_run,
     check_variants,
+    clear_results,
     data_root,
     datamodule,
     fit,
@@ -273,6 +274,12 @@ def write_tables(rows: list[dict], out: Path, fonts: dict, note: str = "") -> tu
     return csv_path, md_path
 
 
+RESULTS = ("table.md", "table.csv", "results.json")
+"""What a finished run writes; the first cell a run trains removes them (:func:`~cmav.ablation.grid.clear_results`).
+
+Shards into one folder each write them again from the runs they have seen."""
+
+
 def run(cfg: dict, out: Path) -> dict:
     """Run a robustness grid (already loaded, see :func:`cmav.ablation.load_grid`) into ``out``."""
     from cmav.data.datasets import open_split
@@ -309,6 +316,7 @@ def run(cfg: dict, out: Path) -> dict:
             if why:
                 print(f"[ablate] {name} seed {seed}: the run in runs.jsonl is not reused ({why}): training it again",
                       flush=True)  # fmt: skip
+            clear_results(out, RESULTS)  # a run cut off from here on leaves no table of the cells before
             dm = datamodule(merge(cfg, {"data": {**data, "root": str(train_root)}}), out, augment=aug)
             opened = eval_split_key(dm)
             if opened not in evals:  # both validation splits, as this variant's classifier sees them
