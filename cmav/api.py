@@ -185,6 +185,14 @@ def _whole(name: str, value: Any) -> int:
     return int(value)
 
 
+def _seed(value: Any) -> int:
+    """``value`` as an int, or a ValueError naming ``seed``: ``int()`` would turn 1.5 into 1 and "3"
+    into 3 without a word, so two calls that look different would draw the same images."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"seed must be a whole number, got {value!r}")
+    return int(value)
+
+
 def _audio_batches(model: Model, audio: AudioSource, sample_rate: int | None, hop_s: float | None,
                    max_chunks: int | None, batch_size: int):  # fmt: skip
     """The recording's chunks (:class:`~cmav.evaluation.generate.ChunkBatches`), its notes issued as DataWarnings."""
@@ -327,7 +335,7 @@ def sound_to_image(model: Model, audio: AudioSource, n: int = 1, seed: int = 0, 
     ``'ddim'``, 3.0 by default), and every image's starting noise is drawn in turn from ``seed``.
     """
     _needs(model, "sound_to_image", ("s2i", "audio_token"))
-    n = _whole("n", n)
+    n, seed = _whole("n", n), _seed(seed)
     batch_size = _whole("batch_size", batch_size)
     if model.kind == "audio_token":
         from cmav.evaluation.token import token_images
@@ -481,7 +489,7 @@ def image_to_sound(model: Model, image: ImageSource, n: int = 1, seed: int = 0, 
     from cmav.features.inversion import lms_to_audio
 
     _needs(model, "image_to_sound", ("i2s",))
-    n = _whole("n", n)
+    n, seed = _whole("n", n), _seed(seed)
     griffin_lim_iters = _whole("griffin_lim_iters", griffin_lim_iters)
     batch_size = _whole("batch_size", batch_size)
     if model.features.kind != "lms":

@@ -416,6 +416,18 @@ def test_sample_k_depends_only_on_the_seed_and_k(models, tmp_path):
     assert (other - waves[:, :1]).abs().max() > 0.1
 
 
+def test_a_seed_that_is_not_a_whole_number_is_refused_not_rounded(models, tmp_path):
+    """int() would make seed=1.5 draw seed 1's images and seed="3" seed 3's without a word."""
+    s2i, i2s = cmav.load(models["s2i"]), cmav.load(models["i2s"])
+    wav = write_wav(tmp_path / "clip.wav", seconds=0.5, freq=440.0)
+    for bad in (1.5, "3", True, None):
+        with pytest.raises(ValueError, match=rf"seed must be a whole number, got {re.escape(repr(bad))}"):
+            cmav.sound_to_image(s2i, wav, seed=bad)
+        with pytest.raises(ValueError, match="seed must be a whole number"):
+            cmav.image_to_sound(i2s, torch.zeros(3, SIZE, SIZE), seed=bad, griffin_lim_iters=2)
+    torch.testing.assert_close(cmav.sound_to_image(s2i, wav, seed=np.int64(3)), cmav.sound_to_image(s2i, wav, seed=3))
+
+
 def test_cmav_generate_passes_on_warnings_that_are_not_data_notes(models, tmp_path):
     from cmav.evaluation.generate import generate_from_wav
 
@@ -588,7 +600,7 @@ def test_cmav_classify_and_embed_check_every_sound_file_before_any_work(data, mo
             assert re.search(what, err) and "note:" not in err, err  # refused before the good file was used
             assert not out.exists()
     assert main(["classify", "--ckpt", str(models["audio_classifier"]), "--audio", str(good), "--hop-s", "nan"]) == 2
-    assert "hop_s must be a finite number of seconds, got nan" in capsys.readouterr().err
+    assert "error: --hop-s must be a finite number of seconds, got nan" in capsys.readouterr().err  # the option typed
 
 
 def test_a_list_of_sound_files_is_refused_as_one_recording_at_a_time(models, tmp_path):

@@ -78,7 +78,10 @@ def _load_for_sound(ckpt: str, files: list[str], hop_s: float | None):
     for path in files:
         check_recording(path)
     model = cmav.load(ckpt)
-    hop_samples(hop_s, model.chunk)
+    try:
+        hop_samples(hop_s, model.chunk)
+    except ValueError as e:  # the API's message names its argument; here the user typed an option
+        raise ValueError(str(e).replace("hop_s", "--hop-s", 1)) from None
     for path in files:
         check_recording(path, model.chunk)
     return model
