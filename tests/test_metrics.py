@@ -434,3 +434,79 @@ def test_the_token_fid_note_says_once_that_a_small_sample_fid_is_biased():
                      torch.rand(n, 3, 16, 16) * 2 - 1, judge, retrieval, names, n_negatives=2)  # fmt: skip
     assert "FID not reliable: 6 items for 8-d features" in m["fid_note"]
     assert m["fid_note"].count("biased upwards") == 1
+
+
+# ---------------------------------------------------------------- review fixes: judges scored in eval mode
+
+
+def test_the_token_aic_scores_a_judge_in_train_mode_as_in_eval_mode_and_leaves_its_batch_norm_alone():
+    """AIC called the judge as it was: one in train mode drew new dropout masks on every call and
+    overwrote its BatchNorm running statistics with the generated images'."""
+    from cmav.evaluation.token import score_images
+    from cmav.tasks import ClassifierTask
+    from cmav.tasks.retrieval import RetrievalTask
+
+    torch.manual_seed(0)
+    names = list("abcd")
+    small = dict(n_blocks=2, base_channels=4, max_channels=8, feature_dim=8)
+    judge = ClassifierTask(modality="image", image_size=16, class_names=names, image_judge={**small, "dropout": 0.5})
+    retrieval = RetrievalTask(image_size=16, input_shape=[1, 32, 16], n_classes=4, class_names=names,
+                              audio_encoder=small, image_encoder=small, head=dict(embed_dim=8, hidden_dim=8),
+                              log_heatmaps=False).eval()  # fmt: skip
+    bn = [m for m in judge.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert bn and judge.training
+    n = 40
+    items = (torch.rand(n, 3, 16, 16) * 2 - 1, torch.randn(n, 1, 32, 16), torch.arange(n) % 4, torch.rand(n, 3, 16, 16) * 2 - 1)
+    before = [m.running_mean.clone() for m in bn]
+    in_train = [score_images(*items, judge, retrieval, names, n_negatives=2)["AIC"] for _ in range(3)]
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(before, bn, strict=True))
+    assert judge.training and all(m.training for m in judge.model.modules())
+    in_eval = score_images(*items, judge.eval(), retrieval, names, n_negatives=2)["AIC"]
+    assert in_train == [in_eval] * 3
+
+
+def test_judge_predictions_hands_back_every_submodule_in_its_own_mode():
+    """A frozen part kept in eval mode under a judge in train mode stays in eval mode."""
+    from cmav.metrics import judge_predictions
+
+    judge = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.BatchNorm1d(6), nn.Dropout(0.5), nn.Linear(6, 3)).train()
+    judge[2].eval()
+    x = torch.randn(10, 3, 2, 2)
+    with torch.no_grad():
+        expected = judge.eval()(x).argmax(1)
+    judge.train()
+    judge[2].eval()
+    assert torch.equal(judge_predictions(judge, x, 4), expected)
+    assert [m.training for m in judge] == [True, True, False, True, True]
+
+
+# ---------------------------------------------------------------- review fixes: FID's small-sample bias
+
+
+def test_the_fid_note_always_says_what_two_samples_of_one_distribution_give_at_its_n_and_d():
+    """More items than feature dimensions only makes the covariances full rank: at d=256, n=260 two
+    samples of one distribution still give an FID of about 128 (34 at n=1000). The result names the
+    check for what it is and states, full rank or not, the FID that n and d give without any difference."""
+    g = torch.Generator().manual_seed(0)
+    scale = torch.logspace(-1, 1, 32, dtype=torch.float64)  # features of unequal spread, like a judge's
+    draws = [fid_kid_from_features(torch.randn(200, 32, generator=g, dtype=torch.float64) * scale,
+                                   torch.randn(150, 32, generator=g, dtype=torch.float64) * scale, kid_subsets=2)
+             for _ in range(20)]  # fmt: skip
+    measured = float(np.mean([r["fid"] for r in draws]))  # ~16.3 (16.28 by the Gaussian first-order formula)
+    assert float(np.mean([r["fid_same_distribution"] for r in draws])) == pytest.approx(measured, rel=0.1)
+    for r in draws:
+        assert r["fid_full_rank"] is True and r["fid_reliable"] is True  # the old name, kept for its readers
+        assert r["fid_same_distribution"] == pytest.approx(measured, rel=0.35)
+        assert f"two samples of one distribution give about {r['fid_same_distribution']:.3g}" in r["note"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wide = fid_kid_from_features(torch.randn(260, 256, generator=g), torch.randn(260, 256, generator=g), kid_subsets=2)
+        few = fid_kid_from_features(torch.randn(26, 32, generator=g), torch.randn(26, 32, generator=g), kid_subsets=2)
+    assert wide["fid_full_rank"] is True and "not reliable" not in wide["note"]
+    assert wide["fid_same_distribution"] == pytest.approx(wide["fid"], rel=0.3) and wide["fid_same_distribution"] > 80
+    assert f"about {wide['fid_same_distribution']:.3g}" in wide["note"]
+    assert few["fid_full_rank"] is False and "not reliable" in few["note"]
+    assert f"two samples of one distribution give about {few['fid_same_distribution']:.3g}" in few["note"]
+    assert few["note"].count("biased upwards") == 1
+    tiny = fid_kid_from_features(torch.randn(3, 2, generator=g), torch.randn(5, 2, generator=g), kid_subsets=2)
+    assert math.isnan(tiny["fid_same_distribution"]) and "unknown: it is measured on halves of at least 4" in tiny["note"]

@@ -129,7 +129,9 @@ def score_images(generated: Tensor, audio: Tensor, labels: Tensor, real: Tensor,
     ``audio`` / ``labels`` / ``real``: the items' LMS, labels and real frames (in [-1, 1]);
     ``image_judge``: an image :class:`ClassifierTask`; ``retrieval``: a :class:`RetrievalTask`
     (its similarity gives AIS). Frames of any side are resized to each scorer's own. The negatives of AIS and IIS are the same ``n_negatives`` random
-    other items per image, from ``seed``.
+    other items per image, from ``seed``. The judge scores in eval mode whatever its own mode (which
+    is left as it was). ``FID_same_distribution`` is the FID that two samples of one distribution
+    give at this many items (see :func:`~cmav.metrics.fid_kid_from_features`).
     """
     from cmav.metrics import (
         JudgeFeatureExtractor,
@@ -138,6 +140,7 @@ def score_images(generated: Tensor, audio: Tensor, labels: Tensor, real: Tensor,
         extract_features,
         fid_kid_from_features,
         image_image_similarity,
+        judge_predictions,
         random_negatives,
     )
 
@@ -152,7 +155,8 @@ def score_images(generated: Tensor, audio: Tensor, labels: Tensor, real: Tensor,
     judged = at_size(generated, judge_size)
     gen_f = extract_features(extractor, judged, batch_size)
     real_f = extract_features(extractor, at_size(real.float(), judge_size), batch_size)
-    logits = torch.cat([image_judge(x.to(image_judge.device)).cpu() for x in judged.split(batch_size)])
+    # in eval mode whatever mode the judge is in: dropout off, BatchNorm's running statistics untouched
+    predicted = judge_predictions(image_judge, judged, batch_size)
     a_emb = torch.cat([retrieval.embed(audio=x)[0].cpu() for x in audio.split(batch_size)])
     v_emb = torch.cat([retrieval.embed(image=x)[1].cpu() for x in at_size(generated, retrieval_size).split(batch_size)])
     scores = retrieval.model.scores(a_emb.float(), v_emb.float()).T  # (generated image, audio)
@@ -163,11 +167,12 @@ def score_images(generated: Tensor, audio: Tensor, labels: Tensor, real: Tensor,
     return {
         "AIS": audio_image_similarity(scores, neg),
         "IIS": image_image_similarity(gen_f, real_f, neg),
-        "AIC": audio_image_consistency(logits.argmax(1), labels),
+        "AIC": audio_image_consistency(predicted, labels),
         "FID": fid["fid"],
+        "FID_same_distribution": fid["fid_same_distribution"],
         "n_items": n,
         "n_negatives": n_negatives,
-        # fid_kid_from_features notes already when too few items bias FID upwards
+        # says what FID two samples of one distribution give at this n and d (and when n <= d)
         "fid_note": fid["note"],
         "classes": list(class_names),
     }

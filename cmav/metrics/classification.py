@@ -19,6 +19,8 @@ import torch
 from sklearn.metrics import confusion_matrix as _sk_confusion_matrix
 from torch import Tensor, nn
 
+from cmav.models.eval_mode import eval_mode
+
 Batches = Tensor | Iterable[Tensor] | Iterable[Sequence[Tensor]]
 """Either one (N, ...) tensor or an iterable of batches (a tensor, or a tuple whose first item is the input)."""
 
@@ -32,6 +34,9 @@ class ClassificationReport:
     (reporting 0 would punish a model for a class it was never asked about).
     ``confusion`` is indexed ``[true, predicted]``. ``predictions`` keeps the (N,) predicted classes in
     the targets' order, for breakdowns finer than a class (per player); ``to_dict`` leaves them out.
+    A row whose logits are not all finite (a diverged model) is no prediction (:data:`NO_PREDICTION`
+    in ``predictions``, outside ``confusion``); with any such row accuracy, balanced accuracy and every
+    recall are NaN, and ``extra["n_nonfinite"]`` counts the rows.
     """
 
     accuracy: float
@@ -63,13 +68,27 @@ class ClassificationReport:
         }
 
 
+NO_PREDICTION = -1
+"""The class given to a row whose logits are not all finite: argmax of an all-NaN row is class 0,
+which would score a diverged model as the share of class 0, a plausible-looking chance level."""
+
+
+def _argmax_or_none(logits: Tensor) -> Tensor:
+    """``logits.argmax(1)``, :data:`NO_PREDICTION` on rows with a non-finite logit."""
+    preds = logits.argmax(dim=1)
+    if logits.is_floating_point():
+        preds = torch.where(torch.isfinite(logits).all(dim=1), preds, torch.full_like(preds, NO_PREDICTION))
+    return preds
+
+
 def _to_labels(preds_or_logits: Tensor | np.ndarray | Sequence[int], n_classes: int) -> np.ndarray:
-    """Class indices from either (N,) labels or (N, C) scores."""
+    """Class indices from either (N,) labels or (N, C) scores (:data:`NO_PREDICTION` for a row of
+    scores that are not all finite)."""
     x = torch.as_tensor(preds_or_logits)
     if x.ndim == 2:
         if x.shape[1] != n_classes:
             raise ValueError(f"logits have {x.shape[1]} columns but there are {n_classes} class names")
-        x = x.argmax(dim=1)
+        x = _argmax_or_none(x)
     elif x.ndim != 1:
         raise ValueError(f"expected (N,) labels or (N, C) logits, got shape {tuple(x.shape)}")
     elif x.is_floating_point():
@@ -85,7 +104,9 @@ def classification_report(
     """Accuracy, balanced accuracy, per-class recall and confusion matrix.
 
     ``preds_or_logits``: (N,) integer predictions or (N, C) logits/probabilities (argmax is taken).
-    ``targets``: (N,) integer labels in ``[0, C)``.
+    ``targets``: (N,) integer labels in ``[0, C)``. A row of logits that are not all finite, or a
+    prediction of :data:`NO_PREDICTION` (how :func:`judge_predictions` hands such a row on), makes the
+    figures NaN and is counted in ``extra["n_nonfinite"]``.
     """
     names = list(class_names)
     c = len(names)
@@ -93,22 +114,30 @@ def classification_report(
     tgt = torch.as_tensor(targets).detach().cpu().long().reshape(-1).numpy()
     if preds.shape[0] != tgt.shape[0]:
         raise ValueError(f"{preds.shape[0]} predictions but {tgt.shape[0]} targets")
-    for what, arr in (("predictions", preds), ("targets", tgt)):
+    none = preds == NO_PREDICTION
+    n_nonfinite = int(none.sum())
+    for what, arr in (("predictions", preds[~none]), ("targets", tgt)):
         if arr.size and (arr.min() < 0 or arr.max() >= c):
             raise ValueError(f"{what} contain labels outside [0, {c}) for {c} classes")
 
     n = int(tgt.shape[0])
-    if n == 0:
+    if n == n_nonfinite:
         cm = np.zeros((c, c), dtype=np.int64)
     else:
         # labels= fixes the matrix to all C classes even when some never occur.
-        cm = _sk_confusion_matrix(tgt, preds, labels=np.arange(c)).astype(np.int64)
+        cm = _sk_confusion_matrix(tgt[~none], preds[~none], labels=np.arange(c)).astype(np.int64)
     support = cm.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         recall = np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
     present = ~np.isnan(recall)
     accuracy = float(np.trace(cm) / n) if n else float("nan")
     balanced = float(recall[present].mean()) if present.any() else float("nan")
+    extra: dict[str, Any] = {}
+    if n_nonfinite:
+        # a diverged model's figures are not a number, so that the grids' finite() leaves its seed out
+        accuracy = balanced = float("nan")
+        recall = np.full(c, np.nan)
+        extra["n_nonfinite"] = n_nonfinite
     return ClassificationReport(
         accuracy=accuracy,
         balanced_accuracy=balanced,
@@ -116,6 +145,7 @@ def classification_report(
         confusion=cm,
         class_names=names,
         n=n,
+        extra=extra,
         predictions=preds,
     )
 
@@ -123,7 +153,8 @@ def classification_report(
 def player_table(predicted: Tensor, labels: Tensor, tracks: Tensor, class_names: Sequence[str]) -> list[dict[str, Any]]:
     """Per player (class, track), sorted by class then track: frames, accuracy (share judged as the
     player's class), the class named most often and its share; a player drawn or seen wholly as
-    another class reads as such."""
+    another class reads as such. A player with a frame of :data:`NO_PREDICTION` (non-finite logits)
+    has a NaN accuracy; its most named class is taken over the other frames (None when there are none)."""
     names = list(class_names)
     predicted, labels, tracks = (torch.as_tensor(x).detach().cpu().long().reshape(-1) for x in (predicted, labels, tracks))
     if not (len(predicted) == len(labels) == len(tracks)):
@@ -132,10 +163,11 @@ def player_table(predicted: Tensor, labels: Tensor, tracks: Tensor, class_names:
     for c, t in sorted({(int(c), int(t)) for c, t in zip(labels.tolist(), tracks.tolist(), strict=True)}):
         sel = (labels == c) & (tracks == t)
         named = Counter(predicted[sel].tolist())
-        top, count = named.most_common(1)[0]
         n = int(sel.sum())
-        rows.append({"class": names[c], "track": t, "n": n, "accuracy": named[c] / n,
-                     "named_most": names[top], "named_most_share": count / n})  # fmt: skip
+        missing = named.pop(NO_PREDICTION, 0)
+        top, count = named.most_common(1)[0] if named else (None, float("nan"))
+        rows.append({"class": names[c], "track": t, "n": n, "accuracy": float("nan") if missing else named[c] / n,
+                     "named_most": None if top is None else names[top], "named_most_share": count / n})  # fmt: skip
     return rows
 
 
@@ -174,7 +206,8 @@ def judged_accuracy(
     """Classify (generated) items with a judge and report how often it names the intended class.
 
     ``judge(x)`` must return (B, C) logits. It runs in eval mode under ``no_grad`` on its own device;
-    its previous train/eval mode is restored afterwards so callers mid-training are not disturbed.
+    every submodule's previous train/eval mode is restored afterwards so callers mid-training are not
+    disturbed. Rows with non-finite logits make the figures NaN (see :func:`classification_report`).
     ``images``: (N, ...) tensor or an iterable of batches, in the order of ``targets``.
     """
     return classification_report(judge_predictions(judge, images, batch_size), targets, class_names)
@@ -183,19 +216,16 @@ def judged_accuracy(
 @torch.no_grad()
 def judge_predictions(judge: nn.Module, images: Batches, batch_size: int = 64) -> Tensor:
     """``(N,)`` int64 classes that ``judge`` (``(B, C)`` logits) names for ``images`` (a tensor or an
-    iterable of batches), on CPU; run in eval mode, the judge's own mode restored afterwards."""
+    iterable of batches), on CPU, :data:`NO_PREDICTION` where the logits are not all finite; run in
+    eval mode, every submodule's own mode restored afterwards."""
     device = _module_device(judge)
-    was_training = judge.training
-    judge.eval()
-    try:
-        preds = []
+    preds = []
+    with eval_mode(judge):
         for x in _iter_batches(images, batch_size):
             logits = judge(x.to(device))
             if logits.ndim != 2:
                 raise ValueError(f"judge must return (B, C) logits, got shape {tuple(logits.shape)}")
-            preds.append(logits.argmax(dim=1).cpu())
-    finally:
-        judge.train(was_training)
+            preds.append(_argmax_or_none(logits).cpu())
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 

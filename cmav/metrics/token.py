@@ -10,7 +10,9 @@ random (:func:`random_negatives`), and:
   the image judge's feature space ``f``; chance 0.5.
 * **AIC** (audio-image consistency): the fraction of ``g_i`` the image judge assigns to ``y_i``.
 
-Ties count one half (a model that gives constant similarities scores exactly chance).
+Ties count one half (a model that gives constant similarities scores exactly chance). A score is NaN
+when any similarity, feature or logit it compares is not finite (a diverged model): a NaN compares
+false both ways and would read as a score of 0, or as class 0 under argmax.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from cmav.metrics.classification import NO_PREDICTION
 
 
 def random_negatives(n: int, k: int, seed: int = 0, pool: int | None = None) -> Tensor:
@@ -40,7 +44,8 @@ def paired_win_rate(scores: Tensor, negatives: Tensor) -> float:
     """Fraction of ``(i, k)`` with ``scores[i, i] > scores[i, negatives[i, k]]`` (ties: one half).
 
     ``scores`` ``(N, M)``, ``M >= N``: similarity of query ``i`` to candidate ``j``; query ``i``'s own
-    candidate is column ``i``. ``negatives`` ``(N, K)`` column indices.
+    candidate is column ``i``. ``negatives`` ``(N, K)`` column indices. NaN when a score compared is
+    not finite.
     """
     if scores.dim() != 2 or scores.shape[1] < scores.shape[0]:
         raise ValueError(f"scores must be (N, M) with M >= N, got {tuple(scores.shape)}")
@@ -50,6 +55,8 @@ def paired_win_rate(scores: Tensor, negatives: Tensor) -> float:
     n = s.shape[0]
     pos = s[torch.arange(n), torch.arange(n)].view(-1, 1)
     neg = torch.gather(s, 1, negatives.long())
+    if not (bool(torch.isfinite(pos).all()) and bool(torch.isfinite(neg).all())):
+        return float("nan")
     return float(((pos > neg).double() + 0.5 * (pos == neg).double()).mean())
 
 
@@ -68,10 +75,14 @@ def image_image_similarity(generated: Tensor, real: Tensor, negatives: Tensor) -
 
 
 def audio_image_consistency(predicted: Tensor, labels: Tensor) -> float:
-    """AIC: fraction of generated images whose judged class ``predicted`` equals the audio's ``labels``."""
+    """AIC: fraction of generated images whose judged class ``predicted`` equals the audio's ``labels``;
+    NaN when an image has no judged class (:data:`~cmav.metrics.classification.NO_PREDICTION`, how
+    :func:`~cmav.metrics.judge_predictions` marks non-finite logits)."""
     predicted, labels = torch.as_tensor(predicted).flatten(), torch.as_tensor(labels).flatten()
     if predicted.shape != labels.shape or predicted.numel() == 0:
         raise ValueError(f"need as many predictions as labels (and some), got {predicted.numel()} and {labels.numel()}")
+    if bool((predicted == NO_PREDICTION).any()) or not bool(torch.isfinite(predicted).all()):
+        return float("nan")
     return float((predicted.long() == labels.long()).double().mean())
 
 
