@@ -44,10 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--quick", action="store_true", help="check names and pairing only; do not decode files")
     c.set_defaults(func=_check)
 
-    k = dsub.add_parser("cache", help="compute the preprocessing cache (resized frames, LMS) of both splits")
+    k = dsub.add_parser("cache", help="compute the preprocessing cache (resized frames, audio features) of both splits")
     k.add_argument("root", help="data set folder")
     k.add_argument("--layout", default="suburmp", choices=["suburmp", "paired"])
     k.add_argument("--image-size", type=frame_side, default=64, help="frame side in pixels, at least 8 (default: %(default)s)")
+    k.add_argument("--features", default=None, metavar="YAML",
+                   help="the front end, as in a config's data.features, e.g. '{kind: cqt}' (default: the LMS)")
     k.add_argument("--cache-dir", default=None)
     k.set_defaults(func=_cache)
 
@@ -120,16 +122,36 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _features_option(text: str | None) -> dict | None:
+    """``--features``: a front-end config as YAML, e.g. ``'{kind: harmonic}'`` (None: the LMS)."""
+    import yaml
+
+    try:
+        features = yaml.safe_load(text) if text else None
+    except yaml.YAMLError as exc:  # PyYAML's message spans lines and names no option
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"--features: not YAML ({problem}{where}): {text!r}") from exc
+    if features is not None and not isinstance(features, dict):
+        raise ValueError(f"--features must be a mapping such as '{{kind: harmonic}}', got {text!r}")
+    return features
+
+
 def _cache(args: argparse.Namespace) -> int:
     from cmav.data.cache import cache_file_used
     from cmav.data.datasets import open_split
     from cmav.data.pack import is_pack
+    from cmav.features.frontend import front_end_config
 
+    # checked before either split is opened: a bad option is not found after the train split's build
+    features = front_end_config(_features_option(args.features))
     for split in ("train", "validation"):
-        ds = open_split(args.layout, args.root, split, image_size=args.image_size, cache_dir=args.cache_dir)
+        ds = open_split(args.layout, args.root, split, image_size=args.image_size, features=features,
+                        cache_dir=args.cache_dir)  # fmt: skip
         t = ds.tensors
         where = "packed: its own cache" if is_pack(args.root) else f"cache file {cache_file_used(args.root, split)}"
-        print(f"{split}: {len(ds):,} pairs; audio {tuple(t.audio.shape[1:])} float16, "
+        print(f"{split}: {len(ds):,} pairs; {features.kind} features {tuple(t.audio.shape[1:])} float16, "
               f"images {tuple(t.images.shape[1:])} uint8; {where}")  # fmt: skip
     return 0
 
@@ -167,19 +189,9 @@ def _sheet(args: argparse.Namespace) -> int:
 
 
 def _pack(args: argparse.Namespace) -> int:
-    import yaml
-
     from cmav.data.pack import write_pack
 
-    try:
-        features = yaml.safe_load(args.features) if args.features else None
-    except yaml.YAMLError as exc:  # PyYAML's message spans lines and names no option
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at column {mark.column + 1}" if mark is not None else ""
-        raise ValueError(f"--features: not YAML ({problem}{where}): {args.features!r}") from exc
-    if features is not None and not isinstance(features, dict):
-        raise ValueError(f"--features must be a mapping such as '{{kind: harmonic}}', got {args.features!r}")
+    features = _features_option(args.features)
     t0 = time.perf_counter()
     m = write_pack(args.root, args.out, layout=args.layout, image_size=args.image_size, features=features,
                    cache_dir=args.cache_dir)  # fmt: skip

@@ -120,6 +120,16 @@ def require_counts(kind: str, **options: float) -> None:
             raise ValueError(f"{kind} front end: {name} must be a whole number, got {value!r}")
 
 
+def store_counts(config: Any, *names: str) -> None:
+    """:func:`require_counts` on the fields ``names`` of a frozen front-end config, each then stored as
+    an ``int``: a whole number written as a float (``256.0`` from an ablation grid's YAML, which skips
+    jsonargparse's typing) passed the check but reached ``torch.stft`` or librosa as a float, a
+    TypeError in the middle of a cache build, and would key a cache file apart from ``256``."""
+    require_counts(config.kind, **{name: getattr(config, name) for name in names})
+    for name in names:
+        object.__setattr__(config, name, int(getattr(config, name)))
+
+
 def check_log_options(kind: str, amin: float, top_db: float | None) -> None:
     """Refuse an ``amin`` or ``top_db`` that :func:`log_floor` would turn into useless features:
     ``amin <= 0`` gives -inf for silence (and a float16 cache of -inf), ``top_db <= 0`` raises every

@@ -21,8 +21,7 @@ from cmav.features.base import (
     FrontEndConfigMixin,
     check_log_options,
     log_floor,
-    require_counts,
-    require_positive,
+    store_counts,
 )
 
 
@@ -51,8 +50,7 @@ class CqtConfig(FrontEndConfigMixin):
     mono: bool = True
 
     def __post_init__(self) -> None:
-        require_positive(self.kind, sample_rate=self.sample_rate)
-        require_counts(self.kind, hop_length=self.hop_length, n_bins=self.n_bins, bins_per_octave=self.bins_per_octave)
+        store_counts(self, "sample_rate", "hop_length", "n_bins", "bins_per_octave")
         if not self.f_min > 0:  # librosa's frequencies must be strictly positive
             raise ValueError(f"{self.kind} front end: f_min must be > 0 Hz, got {self.f_min!r}")
         check_log_options(self.kind, self.amin, self.top_db)

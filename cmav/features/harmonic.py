@@ -14,6 +14,7 @@ the cache stores its output.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cmav.features.base import FrontEnd, FrontEndConfigMixin, require_positive
+from cmav.features.base import FrontEnd, FrontEndConfigMixin, store_counts
 
 DESCRIPTORS = ("pitch", "brightness", "odd_even", "inharmonicity", "flatness", "loudness")
 """The rows above the harmonics, in order: MIDI pitch / 100; log2(spectral centroid / f0) / 4;
@@ -70,17 +71,35 @@ class HarmonicConfig(FrontEndConfigMixin):
         object.__setattr__(self, "descriptors", tuple(self.descriptors))  # YAML and checkpoints give lists
         if self.reference not in ("strongest", "fundamental"):
             raise ValueError(f"harmonic front end: reference must be 'strongest' or 'fundamental', got {self.reference!r}")
-        require_positive(self.kind, sample_rate=self.sample_rate)
-        if self.hop_length <= 0:
-            raise ValueError(f"harmonic front end: hop_length must be > 0, got {self.hop_length}")
-        if self.frame_length <= 0 or self.frame_length % 2:
+        store_counts(self, "sample_rate", "n_fft", "hop_length", "frame_length", "n_harmonics")
+        if self.frame_length % 2:
             # librosa's YIN gives one frame fewer than the centred STFT (and output_shape) for an odd one
             raise ValueError(f"harmonic front end: frame_length must be even and > 0, got {self.frame_length}")
+        if not (math.isfinite(self.floor_db) and self.floor_db > 0):
+            # a negative floor (read as a level, "-80 dB") clamped every harmonic to one value: training
+            # went on with the descriptor rows only; 0 divides the levels by 0
+            raise ValueError(f"harmonic front end: floor_db must be a finite number of dB > 0 (how far below the "
+                             f"reference the levels are clipped, e.g. 80), got {self.floor_db!r}")  # fmt: skip
+        if isinstance(self.band_bins, bool) or not (float(self.band_bins).is_integer() and self.band_bins >= 0):
+            raise ValueError(f"harmonic front end: band_bins must be a whole number >= 0, got {self.band_bins!r}")
+        object.__setattr__(self, "band_bins", int(self.band_bins))
+        if not 0 < self.f_min < self.f_max < self.sample_rate / 2:
+            raise ValueError(f"harmonic front end: need 0 < f_min < f_max < Nyquist, got {self.f_min}, {self.f_max}")
         lowest = self.sample_rate / (self.frame_length - 1)
         if not self.f_min > lowest:  # librosa.yin's own rule: one period of f_min must fit in the frame
             raise ValueError(f"harmonic front end: f_min={self.f_min} is too low for frame_length={self.frame_length} "
                              f"at sample_rate={self.sample_rate}: YIN needs f_min > sample_rate / (frame_length - 1) "
                              f"= {lowest:.3f} Hz; raise f_min or frame_length")  # fmt: skip
+        spacing = self.f_min * self.n_fft / self.sample_rate  # bins between two harmonics of the lowest pitch
+        if 2 * self.band_bins + 1 > spacing:
+            raise ValueError(f"harmonic front end: bands of ±{self.band_bins} bins overlap for pitches near f_min "
+                             f"({spacing:.1f} bins apart at n_fft={self.n_fft}); raise n_fft or lower band_bins")  # fmt: skip
+        unknown = [d for d in self.descriptors if d not in DESCRIPTORS]
+        if unknown or len(set(self.descriptors)) != len(self.descriptors):
+            raise ValueError(f"harmonic front end: descriptors must be distinct names from {DESCRIPTORS}, "
+                             f"got {self.descriptors}")  # fmt: skip
+        if self.n_harmonics < 2:
+            raise ValueError(f"harmonic front end: n_harmonics must be >= 2, got {self.n_harmonics}")
 
     def output_shape(self, duration_s: float) -> tuple[int, int, int]:
         return (1, len(self.descriptors) + self.n_harmonics, self.n_samples(duration_s) // self.hop_length + 1)
@@ -94,18 +113,6 @@ class HarmonicProfile(FrontEnd):
     def __init__(self, config: HarmonicConfig | None = None) -> None:
         super().__init__(config or HarmonicConfig())
         c = self.config
-        if not 0 < c.f_min < c.f_max < c.sample_rate / 2:
-            raise ValueError(f"harmonic front end: need 0 < f_min < f_max < Nyquist, got {c.f_min}, {c.f_max}")
-        spacing = c.f_min * c.n_fft / c.sample_rate  # bins between two harmonics of the lowest pitch
-        if 2 * c.band_bins + 1 > spacing:
-            raise ValueError(f"harmonic front end: bands of ±{c.band_bins} bins overlap for pitches near f_min "
-                             f"({spacing:.1f} bins apart at n_fft={c.n_fft}); raise n_fft or lower band_bins")  # fmt: skip
-        unknown = [d for d in c.descriptors if d not in DESCRIPTORS]
-        if unknown or len(set(c.descriptors)) != len(c.descriptors):
-            raise ValueError(f"harmonic front end: descriptors must be distinct names from {DESCRIPTORS}, "
-                             f"got {tuple(c.descriptors)}")  # fmt: skip
-        if c.n_harmonics < 2:
-            raise ValueError(f"harmonic front end: n_harmonics must be >= 2, got {c.n_harmonics}")
         self.register_buffer("window", torch.hann_window(c.n_fft), persistent=False)
 
     @property

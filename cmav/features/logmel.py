@@ -13,9 +13,9 @@ from cmav.features.base import (
     FrontEndConfigMixin,
     check_log_options,
     log_floor,
-    require_counts,
     require_positive,
     stft_frames,
+    store_counts,
 )
 
 
@@ -59,10 +59,10 @@ class LogMelConfig(FrontEndConfigMixin):
 def check_mel_options(c: LogMelConfig | Any) -> None:
     """Refuse, naming the option, mel settings the transform cannot compute or would turn into
     constant rows: shared by the LMS and MFCC configs (``c.kind`` names which)."""
-    require_positive(c.kind, sample_rate=c.sample_rate)
+    # sample_rate too: torchaudio's resampler refuses a fractional one, at the first clip of another rate
+    store_counts(c, "sample_rate", "n_fft", "hop_length", "n_mels")
     if hasattr(c, "power"):  # LMS only (MFCC's mel spectrogram is a power one); 0 gives |X|**0, constant rows
         require_positive(c.kind, power=c.power)
-    require_counts(c.kind, n_fft=c.n_fft, hop_length=c.hop_length, n_mels=c.n_mels)
     nyquist = c.sample_rate / 2
     f_max = nyquist if c.f_max is None else c.f_max
     if not 0 <= c.f_min < f_max:

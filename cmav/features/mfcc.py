@@ -9,7 +9,7 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from cmav.features.base import FrontEnd, FrontEndConfigMixin
+from cmav.features.base import FrontEnd, FrontEndConfigMixin, store_counts
 from cmav.features.logmel import LogMelConfig, LogMelSpectrogram, check_mel_options
 
 
@@ -37,6 +37,7 @@ class MfccConfig(FrontEndConfigMixin):
 
     def __post_init__(self) -> None:
         check_mel_options(self)
+        store_counts(self, "n_mfcc")  # 13.5 gave a declared shape of 13.5 rows
 
     def logmel(self) -> LogMelConfig:
         """The LMS config the coefficients are computed from."""

@@ -13,9 +13,8 @@ from cmav.features.base import (
     FrontEndConfigMixin,
     check_log_options,
     log_floor,
-    require_counts,
-    require_positive,
     stft_frames,
+    store_counts,
 )
 
 
@@ -39,8 +38,7 @@ class StftConfig(FrontEndConfigMixin):
     center: bool = True
 
     def __post_init__(self) -> None:
-        require_positive(self.kind, sample_rate=self.sample_rate)
-        require_counts(self.kind, n_fft=self.n_fft, hop_length=self.hop_length)
+        store_counts(self, "sample_rate", "n_fft", "hop_length")
         check_log_options(self.kind, self.amin, self.top_db)
 
     def output_shape(self, duration_s: float) -> tuple[int, int, int]:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from cmav.features.base import FrontEnd, FrontEndConfigMixin, require_positive
+from cmav.features.base import FrontEnd, FrontEndConfigMixin, store_counts
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class WaveformConfig(FrontEndConfigMixin):
     mono: bool = True
 
     def __post_init__(self) -> None:
-        require_positive(self.kind, sample_rate=self.sample_rate)
+        store_counts(self, "sample_rate")  # torchaudio's resampler refuses a fractional rate
 
     def output_shape(self, duration_s: float) -> tuple[int, int, int]:
         return (1, 1, self.n_samples(duration_s))
