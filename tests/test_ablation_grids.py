@@ -797,3 +797,36 @@ def test_a_robustness_rerun_cut_off_part_way_leaves_no_table_of_the_previous_run
     with pytest.raises(KeyboardInterrupt):
         robustness.run({**cfg, "threads": 2}, out)
     assert [n for n in ("table.md", "table.csv", "results.json") if (out / n).exists()] == []
+
+
+def test_a_robustness_variant_whose_groups_need_another_front_end_is_refused_before_anything_trains(
+        tmp_path, monkeypatch):  # fmt: skip
+    """tilt works on the harmonic profile only: on the LMS front end it was refused when its data
+    module was built, after the variants before it had trained (hours, on the default preset)."""
+    from cmav.ablation import robustness
+
+    cfg = _tiny_robustness(tmp_path)
+    cfg["variants"] = [{"name": "none", "groups": []}, {"name": "harmonic tilt", "groups": ["tilt"],
+                                                        "features": {"kind": "harmonic"}},
+                       {"name": "bad tilt", "groups": ["tilt"]}]  # fmt: skip
+    fitted = []
+
+    def fit(*args, **kwargs):
+        fitted.append(args)
+        raise AssertionError("a variant trained before the grid was checked")
+
+    monkeypatch.setattr(robustness, "fit", fit)
+    out = tmp_path / "grid"
+    out.mkdir()
+    with pytest.raises(ValueError, match=r"variant 'bad tilt': audio augmentation tilt works on the harmonic "
+                                         r"front end .*not on 'lms'"):  # fmt: skip
+        robustness.run(cfg, out)
+    assert fitted == []
+    # the grid's own front end counts for the variants that do not set one
+    cfg["data"]["features"] = {"kind": "harmonic"}
+    cfg["variants"] = [{"name": "none", "groups": []}, {"name": "tilt", "groups": ["tilt"]},
+                       {"name": "lms tilt", "groups": ["tilt"], "features": {"kind": "lms"}}]  # fmt: skip
+    with pytest.raises(ValueError, match=r"variant 'lms tilt': audio augmentation tilt .*not on 'lms'"):
+        robustness._validate(cfg)
+    cfg["variants"].pop()
+    assert [v["name"] for v in robustness._validate(cfg)] == ["none", "tilt"]

@@ -140,6 +140,28 @@ def variant_setup(cfg: dict, variant: dict) -> tuple[dict, dict, int]:
     return model, data, int(variant.get("steps") or cfg["steps"])
 
 
+def _variant_features(cfg: dict, variant: dict) -> Any:
+    """The front-end setting a variant trains on (as :func:`variant_setup` puts it in its data
+    options): its own ``features``, else its ``data.features``, else the grid's ``data.features``."""
+    if variant.get("features"):
+        return variant["features"]
+    return merge((cfg.get("data") or {}), variant.get("data") or {}).get("features")
+
+
+def _check_variant_front_end(cfg: dict, variant: dict) -> None:
+    """Refuse a variant whose groups need another front end than the one it trains on (its own
+    ``features``, else ``data.features``): the data module would refuse it only when that variant
+    comes to train, after the variants before it had trained."""
+    from cmav.features import front_end_config
+    from cmav.features.augment import check_front_end
+
+    src = cfg.get("source", "grid")
+    try:
+        check_front_end(variant_augment(cfg, variant), front_end_config(_variant_features(cfg, variant)))
+    except ValueError as exc:
+        raise ValueError(f"{src}: variant {variant['name']!r}: {exc}") from exc
+
+
 def _validate(cfg: dict) -> list[dict]:
     src = cfg.get("source", "grid")
     variants = check_variants(cfg)
@@ -167,6 +189,7 @@ def _validate(cfg: dict) -> list[dict]:
         if not isinstance(own_data, dict) or {"root", "features"} & set(own_data):
             raise ValueError(f"{src}: variant {v['name']!r}: `data` holds data options other than the root and the "
                              f"front end (the variant's own `root` and `features` keys), got {own_data!r}")  # fmt: skip
+        _check_variant_front_end(cfg, v)
         fonts = v.get("soundfonts")
         if fonts is not None and (not isinstance(fonts, list) or not fonts or not all(isinstance(f, str) for f in fonts)):
             raise ValueError(f"{src}: variant {v['name']!r}: `soundfonts` is a list of font paths, got {fonts!r}")

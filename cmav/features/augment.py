@@ -18,10 +18,12 @@ noise       white-to-brown noise (spectral slope 0..``max_colour``) at an SNR   
             uniform in ``snr_db`` (finite, or exactly ``(inf, inf)``)
 pitch       pitch shift (phase-vocoder stretch + torchaudio resampling), in      ``max_semitones=0``
             ±``max_semitones``, on a grid of ``1/steps_per_semitone`` (the
-            multiples of a step that fit in the range; at least one must)
+            non-zero multiples of a step that fit in the range; at least one
+            must: a chosen example is always shifted)
 stretch     time stretch at a rate in 1 ± ``max_rate`` (phase vocoder), on a    ``max_rate=0``
-            grid of ``rate_step`` (the multiples that fit in the range; at
-            least one must), cut or reflect-padded back to the same length
+            grid of ``rate_step`` (the non-zero multiples that fit in the
+            range; at least one must: a chosen example is always
+            stretched), cut or reflect-padded back to the same length
             around the centre
 mask        SpecAugment on the front end's output: ``n_freq`` frequency masks    ``freq_width=0``,
             up to ``freq_width`` bins and ``n_time`` time masks up to           ``time_width=0``
@@ -44,13 +46,18 @@ transpose   the harmonic profile's pitch row moved uniformly in ±``max_semitone
 Every waveform op keeps the batch's shape, dtype, device and sample rate (no op changes the number
 of samples). Pitch and stretch draw from a grid so one torchaudio call serves every example with the
 same value. Counts (``n_bands``, ``steps_per_semitone``, the mask widths and numbers) must be whole
-numbers (``2.0`` is read as ``2``); every setting is checked when the config is read, and a bad one is
-refused with a ``ValueError`` naming the group and option. In YAML (``data.augment``, see :class:`cmav.data.AudioVisualDataModule`)::
+numbers (``2.0``, in YAML or on the command line, is read as ``2``); ``snr_db``'s ends may be written
+``inf``, ``.inf`` or ``Infinity`` (strings too); every setting is checked when the config is read, and
+a bad one is refused with a ``ValueError`` naming the group and option. In YAML (``data.augment``, see
+:class:`cmav.data.AudioVisualDataModule`)::
 
     augment:
       eq: {p: 0.8, max_db: 9}
       reverb: {p: 0.5}
       mask: {p: 0.5, freq_width: 16, time_width: 6}
+
+or on the command line: ``cmav fit ... --data.augment.eq.p 0.8 --data.augment.eq.n_bands 2
+--data.augment.noise.snr_db "[inf, inf]"``.
 """
 
 from __future__ import annotations
@@ -64,6 +71,16 @@ from typing import Any
 import torch
 import torchaudio
 from torch import Tensor, nn
+
+Count = int | float
+"""A count option's type: a whole number, which a command line or YAML may write as ``2.0``. Typed
+``int | float`` (not ``int``) so that jsonargparse hands ``2.0`` on; :func:`audio_augment_config`
+makes it the int ``2`` and refuses ``2.5``."""
+
+Snr = float | str
+"""An end of ``noise.snr_db``: jsonargparse turns a command line's ``inf`` or ``.inf`` into the string
+``'inf'`` before it checks a float, so strings get through and :func:`audio_augment_config` reads the
+spellings of infinity (``inf``, ``.inf``, ``Infinity``, signed) as floats and refuses any other."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +99,7 @@ class EqAugment:
 
     p: float = 0.0
     max_db: float = 9.0
-    n_bands: int = 1
+    n_bands: Count = 1
     low_hz: tuple[float, float] = (80.0, 600.0)
     band_hz: tuple[float, float] = (300.0, 6000.0)
     band_q: tuple[float, float] = (0.5, 2.5)
@@ -105,27 +122,27 @@ class ReverbAugment:
 @dataclass(frozen=True)
 class NoiseAugment:
     """Additive noise at an SNR uniform in ``snr_db`` (dB, against the example's own RMS; a finite
-    pair, or ``(inf, inf)``: no noise); its spectral slope is uniform in ``[0, max_colour]`` (0 white,
-    1 pink, 2 brown)."""
+    pair, or ``(inf, inf)``: no noise, also written ``[.inf, .inf]`` or, on the command line,
+    ``"[inf, inf]"``); its spectral slope is uniform in ``[0, max_colour]`` (0 white, 1 pink, 2 brown)."""
 
     p: float = 0.0
-    snr_db: tuple[float, float] = (15.0, 40.0)
+    snr_db: tuple[Snr, Snr] = (15.0, 40.0)
     max_colour: float = 2.0
 
 
 @dataclass(frozen=True)
 class PitchAugment:
-    """Pitch shift uniform on the multiples of ``1/steps_per_semitone`` semitones in
+    """Pitch shift uniform on the non-zero multiples of ``1/steps_per_semitone`` semitones in
     ``±max_semitones`` (with ``p > 0``, ``max_semitones`` is 0 or at least one step)."""
 
     p: float = 0.0
     max_semitones: float = 0.5
-    steps_per_semitone: int = 4
+    steps_per_semitone: Count = 4
 
 
 @dataclass(frozen=True)
 class StretchAugment:
-    """Time stretch (pitch kept) at a rate uniform on the multiples of ``rate_step`` in ``1 ± max_rate``
+    """Time stretch (pitch kept) at a rate uniform on the non-zero multiples of ``rate_step`` in ``1 ± max_rate``
     (with ``p > 0``, ``max_rate`` is 0 or at least one step)."""
 
     p: float = 0.0
@@ -139,10 +156,10 @@ class MaskAugment:
     ``time_width`` frames on the features (any front end's ``(C, H, W)``: H is frequency)."""
 
     p: float = 0.0
-    freq_width: int = 16
-    time_width: int = 6
-    n_freq: int = 2
-    n_time: int = 2
+    freq_width: Count = 16
+    time_width: Count = 6
+    n_freq: Count = 2
+    n_time: Count = 2
 
 
 @dataclass(frozen=True)
@@ -258,6 +275,8 @@ def _positive_range() -> Any:
 
 def _snr_range() -> Any:
     def ok(v: Any) -> bool:
+        if not isinstance(v, (tuple, list)):  # a lone number: a TypeError below
+            return False
         if tuple(v) == (math.inf, math.inf):  # the zero strength: no noise
             return True
         return len(v) == 2 and math.isfinite(v[0]) and math.isfinite(v[1]) and v[0] <= v[1]
@@ -285,7 +304,7 @@ fail at the first training batch deep inside torchaudio, or give non-finite audi
 
 def _checked(name: str, group: Any) -> Any:
     """``group`` with its counts as ints, once every option is in its range (``ValueError`` if not)."""
-    group = _whole_numbers(name, group)
+    group = _whole_numbers(name, _infinite_snr(name, group))
     _check_ranges(name, group)
     _check_grid(name, group)
     return group
@@ -296,7 +315,7 @@ def _whole_numbers(name: str, group: Any) -> Any:
     bool is refused, not left to fail at the first batch (or to draw off the documented grid)."""
     whole = {}
     for f in dataclasses.fields(group):
-        if f.type not in (int, "int"):
+        if f.type not in (Count, "Count"):
             continue
         value = getattr(group, f.name)
         real = isinstance(value, numbers.Real) and not isinstance(value, bool)
@@ -305,6 +324,23 @@ def _whole_numbers(name: str, group: Any) -> Any:
         if type(value) is not int:
             whole[f.name] = int(value)
     return dataclasses.replace(group, **whole) if whole else group
+
+
+def _infinite_snr(name: str, group: Any) -> Any:
+    """``noise.snr_db`` with the spellings of infinity as floats (see :data:`Snr`); another string is
+    refused here, not left to a ``TypeError`` in the range check."""
+    ends_given = group.snr_db if name == "noise" and isinstance(group.snr_db, (tuple, list)) else ()
+    if not any(isinstance(end, str) for end in ends_given):
+        return group
+    ends = []
+    for end in group.snr_db:
+        if isinstance(end, str):
+            word = end.strip().lower().replace(".inf", "inf")
+            if word.lstrip("+-") not in ("inf", "infinity"):
+                raise ValueError(f"audio augmentation noise.snr_db must be {_snr_range()[1]}, got {list(group.snr_db)}")
+            end = float(word)
+        ends.append(end)
+    return dataclasses.replace(group, snr_db=tuple(ends))
 
 
 def _check_ranges(name: str, group: Any) -> None:
@@ -318,12 +354,12 @@ def _check_ranges(name: str, group: Any) -> None:
 
 
 def _pitch_grid(c: PitchAugment) -> int:
-    """How many steps of ``1/steps_per_semitone`` fit in ``max_semitones`` (the shifts are ± 0..that)."""
+    """How many steps of ``1/steps_per_semitone`` fit in ``max_semitones`` (the shifts are ± 1..that many steps)."""
     return int(math.floor(c.max_semitones * c.steps_per_semitone + 1e-9))  # 1e-9: float rounding (0.3 / 0.1)
 
 
 def _stretch_grid(c: StretchAugment) -> int:
-    """How many steps of ``rate_step`` fit in ``max_rate`` (the rates are 1 ± 0..that many steps)."""
+    """How many steps of ``rate_step`` fit in ``max_rate`` (the rates are 1 ± 1..that many steps)."""
     return int(math.floor(c.max_rate / c.rate_step + 1e-9))  # 0.3 / 0.1 is 2.9999999999999996
 
 
@@ -370,6 +406,16 @@ def _log_uniform(n: int, low: float, high: float, like: Tensor) -> Tensor:
 def _chosen(n: int, p: float, like: Tensor) -> Tensor:
     """``(n,)`` bool: which examples an op with probability ``p`` touches."""
     return torch.rand(n, device=like.device) < p
+
+
+def _grid_steps(n: int, grid: int, p: float, like: Tensor) -> Tensor:
+    """``(n,)`` int steps: ``±1..grid`` for the examples chosen with probability ``p``, 0 for the rest.
+
+    A step of 0 is never drawn for a chosen example: drawn from ``-grid..grid`` a chosen example stayed
+    as it was with probability ``1/(2·grid+1)`` (a third of them at one step each side), below ``p``."""
+    size = torch.randint(1, grid + 1, (n,), device=like.device)
+    sign = torch.randint(0, 2, (n,), device=like.device) * 2 - 1
+    return size * sign * _chosen(n, p, like)
 
 
 def _rms(x: Tensor) -> Tensor:
@@ -523,7 +569,7 @@ class AudioAugment(nn.Module):
         grid = _pitch_grid(c)
         if grid == 0:
             return x
-        steps = torch.randint(-grid, grid + 1, (n,), device=x.device) * _chosen(n, c.p, x)
+        steps = _grid_steps(n, grid, c.p, x)
         return _grouped(x, steps, lambda rows, v: pitch_shift(rows, v / c.steps_per_semitone))
 
     def stretch(self, x: Tensor, sample_rate: int) -> Tensor:
@@ -531,7 +577,7 @@ class AudioAugment(nn.Module):
         grid = _stretch_grid(c)
         if grid == 0:
             return x
-        steps = torch.randint(-grid, grid + 1, (n,), device=x.device) * _chosen(n, c.p, x)
+        steps = _grid_steps(n, grid, c.p, x)
         return _grouped(x, steps, lambda rows, v: time_stretch(rows, 1.0 + v * c.rate_step))
 
     def waveform(self, wave: Tensor, sample_rate: int) -> Tensor:
