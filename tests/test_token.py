@@ -565,6 +565,28 @@ def test_token_checkpoint_warns_on_another_pipeline(quick_run, tmp_path):
         load_audio_token(out / "runs" / "audio_token" / f"seed{seed}" / "token.ckpt", pipeline=other)
 
 
+def test_a_pipeline_that_is_no_folder_is_named_as_given_or_as_stored(quick_run, tmp_path):
+    """--pipeline given as a file (the checkpoint itself, a slip) names that option, not the folder
+    stored in the checkpoint; a stored folder that is gone or a file is named as the checkpoint's."""
+    from cmav.tasks.audio_token import load_audio_token
+    from cmav.tasks.classifier import _load_checkpoint
+
+    out, seed = quick_run["out"], quick_run["cfg"]["seeds"][0]
+    ckpt = out / "runs" / "audio_token" / f"seed{seed}" / "token.ckpt"
+    with pytest.raises(NotADirectoryError, match=r"--pipeline \(pipeline=\.\.\.\) \S*token\.ckpt is not a folder "
+                                                 r"\(it is a file\)"):  # fmt: skip
+        load_audio_token(ckpt, pipeline=ckpt)
+    with pytest.raises(FileNotFoundError, match=r"--pipeline \(pipeline=\.\.\.\): the diffusion pipeline "
+                                                r"folder .*nowhere does not exist"):
+        load_audio_token(ckpt, pipeline=tmp_path / "nowhere")
+    moved = _load_checkpoint(ckpt)
+    moved["cmav_audio_token"]["pipeline"] = str(ckpt)
+    torch.save(moved, tmp_path / "moved.ckpt")
+    with pytest.raises(NotADirectoryError, match=r"moved\.ckpt: its diffusion pipeline folder \S*token\.ckpt is "
+                                                 r"not a folder \(it is a file\)"):  # fmt: skip
+        load_audio_token(tmp_path / "moved.ckpt")
+
+
 def _quick_pipeline(quick_run, folder: Path, caption: str = "a photo of a {} player", **model) -> Path:
     """A fresh pipeline folder like the quick run's (its classes' captions), ``model`` options changed."""
     from cmav.tasks.classifier import _load_checkpoint
@@ -791,3 +813,93 @@ def test_diffusion_base_refuses_captions_it_would_truncate_or_confuse():
                           model=dataclasses.asdict(TINY))  # fmt: skip
     fits = DiffusionBaseTask(image_size=16, class_names=CLASSES, model=dataclasses.asdict(TINY))  # longest: 9 of 10
     assert len({tuple(r.tolist()) for r in fits.caption_ids[:-1]}) == len(CLASSES)
+
+
+def test_token_generation_replaces_its_previous_images_and_refuses_an_image_file_for_the_folder(quick_run, tmp_path,
+                                                                                                  capsys):  # fmt: skip
+    """A second run with a smaller -n left the first run's later samples (and a stale grid) beside its
+    own; `-o out.png` made a folder named out.png, or failed with "File exists" where a file was."""
+    from PIL import Image
+
+    from cmav.cli.main import main as cmav_main
+    from cmav.evaluation.token import generate_from_audio_token
+
+    from fixtures import write_wav
+
+    out, seed = quick_run["out"], quick_run["cfg"]["seeds"][0]
+    ckpt = out / "runs" / "audio_token" / f"seed{seed}" / "token.ckpt"
+    wav = write_wav(tmp_path / "clip.wav", seconds=0.5, freq=440.0)
+    gen = tmp_path / "gen"
+    kw = dict(seed=0, steps=1, scheduler="ddpm", device="cpu")
+    generate_from_audio_token(ckpt, wav, n=3, output_dir=gen, **kw)
+    (gen / "notes.txt").write_text("not one of its outputs")
+    paths, _ = generate_from_audio_token(ckpt, wav, n=1, output_dir=gen, **kw)
+    assert sorted(p.name for p in gen.iterdir()) == ["grid.png", "notes.txt", "sample_00.png"]
+    assert Image.open(gen / "grid.png").size == Image.open(paths[-1]).size
+    for name in ("out.png", "out.JPG"):
+        with pytest.raises(ValueError, match=rf"{name}: -o \(output_dir\) is a folder for an audio-token checkpoint"):
+            generate_from_audio_token(ckpt, wav, output_dir=tmp_path / name, **kw)
+        assert not (tmp_path / name).exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match=r"afile: -o \(output_dir\) is a folder for an audio-token checkpoint.*is a file"):
+        generate_from_audio_token(ckpt, wav, output_dir=tmp_path / "afile", **kw)
+    assert cmav_main(["generate", "--ckpt", str(ckpt), "--audio", str(wav), "-n", "1", "--steps", "1",
+                      "--scheduler", "ddpm", "-o", str(tmp_path / "cli.png")]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cli.png: -o (output_dir) is a folder for an audio-token checkpoint" in err[0]
+    assert not (tmp_path / "cli.png").exists()
+
+
+def test_the_token_grid_scores_a_given_audio_token_checkpoint(quick_run, tmp_path, monkeypatch):
+    """A token trained with `cmav fit --config experiments/audio_token.yaml` could not be scored:
+    the grid refused stages.audio_token.ckpt. Given with every other stage and the pipeline folder it
+    was trained with, nothing trains (not even the sound classifier, which only the audio token and
+    S2I-C read) and the token is scored from its file; one the grid cannot use is refused first."""
+    import copy
+
+    from cmav.ablation import grid, run_ablation, token
+
+    first, cfg = quick_run["out"], copy.deepcopy(quick_run["cfg"])
+    seed = cfg["seeds"][0]
+    tok = first / "runs" / "audio_token" / f"seed{seed}" / "token.ckpt"
+    given = {"image_judge": first / "judges" / "image_judge.ckpt", "retrieval": first / "judges" / "retrieval.ckpt",
+             "s2i": first / "runs" / "s2i_c" / f"seed{seed}" / "s2i.ckpt", "audio_token": tok}  # fmt: skip
+    for stage, path in given.items():
+        cfg["stages"][stage] = {"ckpt": str(path)}
+    fitted = []
+
+    def fit(*args, **kwargs):
+        fitted.append(args[3])
+        raise AssertionError(f"stage {args[3]} trained")
+
+    monkeypatch.setattr(grid, "fit", fit)
+    monkeypatch.setattr(token, "fit", fit)
+    pipeline = first / "diffusion_base" / "pipeline"
+    # the grid would train a diffusion model of its own, which the token was not trained with
+    with pytest.raises(ValueError, match=rf"stages\.audio_token\.ckpt needs diffusion\.pipeline, the folder the token "
+                                         rf"was trained with \({pipeline}\)"):  # fmt: skip
+        run_ablation(cfg, out_dir=tmp_path / "no_pipeline")
+    width = cfg["stages"]["diffusion_base"]["model"]["model"]["text_width"]
+    cfg["diffusion"] = {"pipeline": str(_quick_pipeline(quick_run, tmp_path / "narrow", text_width=width // 2,
+                                                        text_heads=1))}  # fmt: skip
+    with pytest.raises(ValueError, match=rf"stages\.audio_token\.ckpt \S*token\.ckpt: its audio token is {width} wide"):
+        run_ablation(cfg, out_dir=tmp_path / "narrow_run")
+    cfg["diffusion"] = {"pipeline": str(pipeline)}
+    mfcc = copy.deepcopy(cfg)
+    for stage in ("audio_classifier", "retrieval", "s2i"):  # given, these read audio too: trained here instead
+        mfcc["stages"][stage] = quick_run["cfg"]["stages"][stage]
+    mfcc["data"]["features"] = {"kind": "mfcc"}
+    with pytest.raises(ValueError, match=r"stages\.audio_token\.ckpt \S*token\.ckpt: trained on other data settings "
+                                         r".*front end kind: lms -> mfcc"):  # fmt: skip
+        run_ablation(mfcc, out_dir=tmp_path / "mfcc")
+    assert fitted == []
+
+    out = tmp_path / "given"
+    result = run_ablation(cfg, out_dir=out)
+    assert fitted == [] and not (out / "judges").exists() and not (out / "runs").exists()
+    by_method = {r["variant"]: r for r in result["runs"]}
+    before = {r["variant"]: r for r in quick_run["result"]["runs"]}
+    assert by_method["audio token"]["checkpoint"] == by_method["text label"]["checkpoint"] == str(tok)
+    for method in ("audio token", "text label"):  # the same weights, items, noise and negatives
+        now, then = by_method[method]["metrics"], before[method]["metrics"]
+        assert (now["AIS"], now["IIS"], now["n_items"]) == (then["AIS"], then["IIS"], then["n_items"])

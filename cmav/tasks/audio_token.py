@@ -269,8 +269,14 @@ def load_audio_token(path: str | Path, pipeline: str | Path | None = None,
         raise ValueError(f"{path}: not an AudioTokenTask checkpoint")
     folder = Path(pipeline) if pipeline is not None else Path(info["pipeline"])
     if not folder.is_dir():
-        raise FileNotFoundError(f"{path}: its diffusion pipeline folder {folder} does not exist; pass the folder the "
-                                "token was trained with (pipeline=... / --pipeline)")  # fmt: skip
+        error = NotADirectoryError if folder.exists() else FileNotFoundError
+        what = "is not a folder (it is a file)" if folder.exists() else "does not exist"
+        if pipeline is not None:  # the caller's path, not the checkpoint's: name the option it came from
+            where = f"--pipeline (pipeline=...) {folder}" if folder.exists() else \
+                f"--pipeline (pipeline=...): the diffusion pipeline folder {folder}"
+            raise error(f"{where} {what}; pass the folder {path} was trained with ({info['pipeline']})")
+        raise error(f"{path}: its diffusion pipeline folder {folder} {what}; pass the folder the token was trained "
+                    "with (pipeline=... / --pipeline)")  # fmt: skip
     hp.update(pipeline=str(folder), audio_encoder_ckpt=None)
     try:
         with own_hyperparameters():

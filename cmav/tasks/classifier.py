@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmav.data.errors import DataError
-from cmav.features import FrontEndConfig, front_end_config
+from cmav.features import FrontEndConfig, front_end_config, front_end_differences
 from cmav.metrics import classification_report
 from cmav.models import AudioEncoder, ConvEncoder, ImageEncoder, ImageJudge
 from cmav.tasks.common import (
@@ -95,6 +95,25 @@ def _players_differ(a: list[list[int]], b: list[list[int]]) -> bool:
     return [list(map(int, p)) for p in a] != [list(map(int, p)) for p in b]
 
 
+def class_names_difference(class_names: list[str] | None, data_names: list[str]) -> str | None:
+    """``class_names [...], the data's are [...]`` when a model's classes (in their order: the indices
+    its class head predicts) are not the data's, else None (also when ``class_names`` is unknown)."""
+    if class_names is None or list(class_names) == list(data_names):
+        return None
+    return f"class_names {list(class_names)}, the data's are {list(data_names)}"
+
+
+def front_end_difference(trained: Any, data_features: Any) -> str | None:
+    """Which ``data.features`` settings differ between the front end a model was trained on
+    (``trained``, a config or dict; None: not recorded, nothing to compare) and the data's, else None."""
+    if trained is None:
+        return None
+    diffs = front_end_differences(trained, data_features)
+    if not diffs:
+        return None
+    return f"data.features {'; '.join(diffs)} (its -> the data's)"
+
+
 def player_names(players: list[list[int]], class_names: list[str]) -> list[str]:
     """``violin03``-style names of (class, track) pairs."""
     return [f"{class_names[c]}{t:02d}" for c, t in players]
@@ -123,12 +142,16 @@ class ClassifierTask(L.LightningModule):
         input_shape: ``(C, H, W)`` of one input; filled from the data (leave unset).
         players: ``[class, track]`` of every player id (``target='track'``); filled from the
             data (leave unset).
+        features: the audio front end (``data.features``) of the data it is trained on (modality
+            ``audio``); filled from the data at ``setup`` and saved in the checkpoint (leave unset).
 
-    When these three are already set (a checkpoint's, given by ``--ckpt_path`` or
+    When these are already set (a checkpoint's, given by ``--ckpt_path`` or
     :func:`load_classifier`, the arguments, or an earlier fit), ``setup`` and ``on_load_checkpoint``
     compare them with the data's class names, the actual shape of its inputs (for frames: their
-    size, whatever ``image_size`` the CLI linked) and its train players, and refuse a difference with
-    a :class:`~cmav.data.errors.DataError` naming the checkpoint (or the data) and both values.
+    size, whatever ``image_size`` the CLI linked), its train players and its front end (an MFCC or
+    STFT can have an LMS's shape; a checkpoint written before ``features`` was recorded is compared
+    with its data module's), and refuse a difference with a :class:`~cmav.data.errors.DataError`
+    naming the checkpoint (or the data) and both values.
     """
 
     def __init__(
@@ -147,6 +170,7 @@ class ClassifierTask(L.LightningModule):
         input_shape: list[int] | None = None,
         players: list[list[int]] | None = None,
         lr_schedule: LrSchedule = "constant",
+        features: dict | None = None,
     ) -> None:
         super().__init__()
         check_lr_schedule(lr_schedule)
@@ -168,6 +192,7 @@ class ClassifierTask(L.LightningModule):
         # save_hyperparameters reads these locals.
         audio_encoder, image_judge, image_encoder = plain(audio_encoder), plain(image_judge), plain(image_encoder)
         optimizer, augment = plain(optimizer), plain(augment)
+        features = front_end_config(features).to_dict() if features is not None else None
         self.save_hyperparameters()
         self.audio_encoder_config = coerce(AudioEncoderConfig, audio_encoder)
         self.image_judge_config = coerce(ImageJudgeConfig, image_judge)
@@ -289,8 +314,11 @@ class ClassifierTask(L.LightningModule):
             # names only when it loads it, after this hook), from the arguments or from an earlier fit:
             # raised in on_load_checkpoint, naming the file, else at the start of the stage.
             self._data_mismatch = why
-        elif h.input_shape is None and self.model is not None:
-            h.input_shape = self._data_shape(dm)  # built from the arguments: record what it reads
+        else:
+            if h.input_shape is None and self.model is not None:
+                h.input_shape = self._data_shape(dm)  # built from the arguments: record what it reads
+            if h.modality == "audio" and h.get("features") is None:
+                h.features = dm.features.to_dict()  # what its input_shape alone does not tell
         if stage == "fit" and h.modality == "image" and self.augment.needs_mask:
             self._train_masks = self._load_train_masks(dm)  # per fit: the data module may be another one
 
@@ -308,12 +336,15 @@ class ClassifierTask(L.LightningModule):
         arguments or an earlier fit) differ from the data module's, each with both values."""
         h = self.hparams
         problems: list[str] = []
-        if h.class_names is not None and list(h.class_names) != list(dm.class_names):
-            problems.append(f"class_names {list(h.class_names)}, the data's are {list(dm.class_names)}")
+        if why := class_names_difference(h.class_names, dm.class_names):
+            problems.append(why)
         if h.input_shape is not None and list(map(int, h.input_shape)) != (have := self._data_shape(dm)):
             what = "an audio input's" if h.modality == "audio" else "a frame's"
             problems.append(f"input_shape {list(map(int, h.input_shape))}, the data's ({what}) is {have}")
         if h.target == "track" and h.players is not None and (why := players_mismatch(h.players, dm.train_full.tensors)):
+            problems.append(why)
+        if h.modality == "audio" and (why := front_end_difference(h.get("features") or self.trained_features,
+                                                                  dm.features)):  # fmt: skip
             problems.append(why)
         return problems
 
@@ -485,6 +516,11 @@ class ClassifierTask(L.LightningModule):
             if _players_differ(saved["players"], h.players):
                 problems.append(f"its {len(saved['players'])} players ((class, track) pairs) differ from the "
                                 f"{len(h.players)} of this run's data")  # fmt: skip
+        if h.modality == "audio" and h.get("features") is not None:
+            # older checkpoints lack the hyper-parameter: their data module's front end stands in for it
+            trained = saved.get("features") or (checkpoint.get("datamodule_hyper_parameters") or {}).get("features")
+            if why := front_end_difference(trained, h.features):
+                problems.append(why)
         if self._data_mismatch is not None:  # found at setup (the checkpoint's settings given as the arguments)
             problems.append(self._data_mismatch)
             self._data_mismatch = None
@@ -625,7 +661,7 @@ def load_classifier(path: str | Path) -> ClassifierTask:
             raise ValueError(f"{path}: holds a ClassifierTask of settings cmav refuses: {exc}") from exc
     task.load_state_dict(ckpt["state_dict"])
     task.checkpoint_path = Path(path)
-    features = (ckpt.get("datamodule_hyper_parameters") or {}).get("features")
+    features = hp.get("features") or (ckpt.get("datamodule_hyper_parameters") or {}).get("features")
     # the front end it was trained on, for the branches that reuse its encoder (None: not recorded)
     task.trained_features = front_end_config(features) if features is not None else None
     return task.eval()
@@ -689,5 +725,5 @@ def load_image_classifier(path: str | Path, user: str = "this") -> ClassifierTas
     return task
 
 
-__all__ = ["ClassifierTask", "load_audio_encoder", "load_classifier", "load_image_classifier", "load_image_judge", "load_sound_classifier",
+__all__ = ["ClassifierTask", "class_names_difference", "front_end_difference", "load_audio_encoder", "load_classifier", "load_image_classifier", "load_image_judge", "load_sound_classifier",
            "own_hyperparameters", "player_names"]  # fmt: skip

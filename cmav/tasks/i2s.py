@@ -31,7 +31,7 @@ from cmav.data.instruments import INSTRUMENTS
 from cmav.features.scaling import RangeScaler
 from cmav.models import ImageEncoder, InferenceCondition
 from cmav.tasks.classifier import load_image_classifier
-from cmav.tasks.common import AdamConfig, ImageAugmentConfig, ImageEncoderConfig, coerce, plain
+from cmav.tasks.common import AdamConfig, ImageAugmentConfig, ImageEncoderConfig, coerce, datamodule_of, plain
 from cmav.tasks.paired_gan import (
     ConditionOn,
     DiscriminatorConfig,
@@ -51,6 +51,20 @@ Variant = Literal["i2s_c", "i2s_n", "ae"]
 
 # (wrong_class_term, wrong_player_term) when not given explicitly
 VARIANT_TERMS = {"i2s_c": (True, True), "i2s_n": (False, False), "ae": (False, False)}
+
+
+def refuse_uninvertible_front_end(features) -> None:
+    """A clear ValueError unless ``features`` (``data.features``) is an LMS with centred frames: the
+    only front end whose spectrograms I2S's evaluation scores and Griffin-Lim turns into sound."""
+    kind = getattr(features, "kind", "lms")
+    if kind != "lms":
+        why = f"data.features.kind is {kind!r}; set --data.features.kind lms"
+    elif not features.center:
+        why = "data.features.center is false; set --data.features.center true"
+    else:
+        return
+    raise ValueError("I2S generates log-mel spectrograms, which only an LMS front end with centred frames can evaluate "
+                     f"and turn into sound: {why}")  # fmt: skip
 
 
 def _refuse_colour_augment(config: ImageAugmentConfig) -> None:
@@ -138,6 +152,7 @@ class I2STask(PairedGANTask):
     checkpoint_key = "cmav_i2s"
     variant_terms = VARIANT_TERMS
     encoder_ckpt_arg = "image_encoder_ckpt"
+    encoder_source = "image classifier"
 
     def __init__(
         self,
@@ -199,10 +214,17 @@ class I2STask(PairedGANTask):
         if size != int(self.hparams.image_size):
             raise ValueError(f"{path}: the image classifier takes {size}x{size} frames, this I2S task "
                              f"{self.hparams.image_size}x{self.hparams.image_size}")  # fmt: skip
+        self._encoder_class_names = list(clf.hparams.class_names)
         return clf.model  # type: ignore[return-value]
 
     def _shapes_known(self) -> bool:
         return self.hparams.lms_shape is not None and self.scaler is not None
+
+    def setup(self, stage: str) -> None:
+        dm = datamodule_of(self)
+        if stage == "fit" and dm is not None:
+            refuse_uninvertible_front_end(dm.features)  # before anything is built or cached for it
+        super().setup(stage)
 
     def _new_encoder(self) -> ImageEncoder:
         s = int(self.hparams.image_size)
@@ -304,4 +326,4 @@ def load_i2s(path: str | Path) -> I2STask:
     return task
 
 
-__all__ = ["I2STask", "load_i2s"]
+__all__ = ["I2STask", "load_i2s", "refuse_uninvertible_front_end"]

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cmav.data.errors import DataError
 from cmav.features.frontend import front_end_config
 from cmav.models import (
     INFERENCE_CONDITIONS,
@@ -49,7 +50,7 @@ from cmav.models import (
 )
 from cmav.models.ema import ema_decay_at
 from cmav.models.eval_mode import eval_mode
-from cmav.tasks.classifier import _load_checkpoint, own_hyperparameters
+from cmav.tasks.classifier import _load_checkpoint, class_names_difference, front_end_difference, own_hyperparameters
 from cmav.tasks.common import (
     AdamConfig,
     EncoderConfig,
@@ -257,6 +258,8 @@ class PairedGANTask(L.LightningModule):
     """(wrong_class_term, wrong_player_term) per variant when not given explicitly."""
     encoder_ckpt_arg: ClassVar[str]
     """Name of the constructor argument holding the pretrained encoder's checkpoint."""
+    encoder_source: ClassVar[str]
+    """What that checkpoint holds, in messages (``'sound classifier'``)."""
     out_activation: ClassVar[str] = "tanh"
 
     # ------------------------------------------------------------------ construction
@@ -297,6 +300,13 @@ class PairedGANTask(L.LightningModule):
             raise ValueError(f"variant {h.variant!r} is the discriminator without mismatched pairs, but {' and '.join(on)} "
                              f"is on (a config of {pair!r} under it?): set {' and '.join(on)} false, or train "
                              f"variant {pair!r} with the terms you want")  # fmt: skip
+        if h.variant.endswith("_c") and not (self.wrong_class_term or self.wrong_player_term) \
+                and not _rebuilding_checkpoint.get():
+            # D would see no mismatched pair: the *_n model, labelled *_c in its checkpoint and every grid row
+            plain_variant = h.variant[:-2] + "_n"
+            raise ValueError(f"variant {h.variant!r} is the discriminator with mismatched pairs, but wrong_class_term "
+                             f"and wrong_player_term are both off: train variant {plain_variant!r}, or turn a term "
+                             "on")  # fmt: skip
         self.encoder_mode: str = h.encoder_mode
         self.gen_config = coerce(GeneratorConfig, h.generator)
         self.disc_config = coerce(DiscriminatorConfig, h.discriminator)
@@ -353,6 +363,9 @@ class PairedGANTask(L.LightningModule):
         self._augments_condition = False
 
         self._encoder_features = None  # the front end a pretrained audio encoder was trained on (S2I sets it)
+        self._encoder_class_names: list[str] | None = None  # its classifier's, in its head's order (subclasses set it)
+        self.checkpoint_path: Path | None = None
+        """The checkpoint file it was loaded from (set by :func:`load_paired_gan`; None: none)."""
         pretrained = self._load_pretrained_encoder(encoder_ckpt) if h.encoder_mode != "scratch" else None
         # in a list: kept out of the module tree until it is built in (now, or at setup)
         self._pending_encoder: list[ConvEncoder | None] = [pretrained]
@@ -540,6 +553,12 @@ class PairedGANTask(L.LightningModule):
             return
         if dm.hparams.image_size != self.hparams.image_size:
             raise ValueError(f"model image_size={self.hparams.image_size} but data image_size={dm.hparams.image_size}")
+        self._check_classes(dm)
+        # the front end it was trained on (a checkpoint's, or an earlier fit's): another can give the same shape
+        if why := front_end_difference(self._features, dm.features):
+            where = self.checkpoint_path if self.checkpoint_path is not None else dm.root
+            raise DataError(where, f"this {self.name} model was trained on another front end than the data's: {why}. "
+                                   "Give it the data.features it was trained on")  # fmt: skip
         self._features = dm.features
         if self.net is None:
             self._learn_shapes(dm)
@@ -575,6 +594,16 @@ class PairedGANTask(L.LightningModule):
         rank = self.global_rank if self._trainer is not None else 0
         self._rng.manual_seed(self.hparams.seed + rank)
         self._fixed = self._pick_fixed_items(dm.val, names)
+
+    def _check_classes(self, dm) -> None:
+        """Refuse data whose classes are not the pretrained classifier's (in its order): its class
+        head's argmax picks the ``class_mean`` conditions and scores ``val/encoder_acc`` as an index
+        into the data's classes."""
+        if why := class_names_difference(self._encoder_class_names, dm.class_names):
+            raise DataError(self.hparams[self.encoder_ckpt_arg],
+                            f"this {self.encoder_source} was trained on other classes than the data's ({why}): its "
+                            f"predicted classes would name the data's classes at those positions. Train the "
+                            f"{self.encoder_source} on this data, or use encoder_mode='scratch'")  # fmt: skip
 
     def _check_ddp(self) -> None:
         """Fail early with the fix, instead of DDP's error after the first step."""
@@ -1052,6 +1081,11 @@ class PairedGANTask(L.LightningModule):
                 saved[key] = value.detach().clone()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        trained = (checkpoint.get("datamodule_hyper_parameters") or {}).get("features")
+        if self._features is not None and (why := front_end_difference(trained, self._features)):
+            path = getattr(self._trainer, "ckpt_path", None) or "checkpoint"
+            raise DataError(path, f"this {self.name} model was trained on another front end than this run's data: "
+                                  f"{why}. Give it the data.features it was trained on")  # fmt: skip
         restore_random_state(self, checkpoint)
         state = checkpoint.get(self.checkpoint_key)
         if not state:
@@ -1097,6 +1131,7 @@ def load_paired_gan(
     task.load_state_dict(ckpt["state_dict"])
     task.iteration = int(ckpt[cls.checkpoint_key]["iteration"])
     task.trained_encoder_mode = trained_mode
+    task.checkpoint_path = Path(path)
     # the front end of the data it trained on, what its outputs or conditions mean (None: not recorded)
     features = (ckpt.get("datamodule_hyper_parameters") or {}).get("features")
     task._features = front_end_config(features) if features is not None else None

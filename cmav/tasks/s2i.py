@@ -125,6 +125,7 @@ class S2ITask(PairedGANTask):
     checkpoint_key = "cmav_s2i"
     variant_terms = VARIANT_TERMS
     encoder_ckpt_arg = "audio_encoder_ckpt"
+    encoder_source = "sound classifier"
 
     def __init__(
         self,
@@ -180,6 +181,7 @@ class S2ITask(PairedGANTask):
         # not into hparams.encoder: logged as encoder_loaded instead (PairedGANTask._loaded_encoder says why)
         self.encoder_config = clf.audio_encoder_config
         self._encoder_features = clf.trained_features
+        self._encoder_class_names = list(clf.hparams.class_names)
         self.hparams.audio_shape = list(clf.model.input_shape)  # type: ignore[union-attr]
         return clf.model  # type: ignore[return-value]
 
