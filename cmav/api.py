@@ -302,6 +302,37 @@ DIFFUSION_KEYS = ("steps", "scheduler", "guidance_scale")
 """The sampler settings ``sound_to_image(..., diffusion={...})`` takes for an audio-token model."""
 
 
+def _diffusion_settings(model: Model, diffusion: dict[str, Any] | None) -> dict[str, Any]:
+    """``sound_to_image``'s ``diffusion`` settings checked before any sampling, each error naming the
+    model and the key: an unknown key; ``steps`` not a whole number >= 1 (2.5 failed deep in
+    diffusers with an IndexError); ``guidance_scale`` not a finite real number (a string failed as
+    a TypeError there, NaN gave all-NaN images without a word); ``scheduler`` not a known sampler."""
+    import math
+    from numbers import Real
+
+    from cmav.diffusion.pipeline import SCHEDULERS
+
+    settings = dict(diffusion or {})
+    unknown = sorted(set(settings) - set(DIFFUSION_KEYS))
+    if unknown:
+        raise ValueError(f"{model.path}: unknown diffusion setting(s) {unknown}; they are {list(DIFFUSION_KEYS)} "
+                         "(the CLI's --guidance is guidance_scale here)")  # fmt: skip
+    if "steps" in settings:
+        try:
+            settings["steps"] = _whole("diffusion['steps']", settings["steps"])
+        except ValueError as exc:
+            raise ValueError(f"{model.path}: {exc}") from None
+    if "guidance_scale" in settings:
+        g = settings["guidance_scale"]
+        if isinstance(g, (bool, np.bool_)) or not isinstance(g, Real) or not math.isfinite(float(g)):
+            raise ValueError(f"{model.path}: diffusion['guidance_scale'] must be a finite real number, got {g!r}")
+        settings["guidance_scale"] = float(g)
+    if "scheduler" in settings and (not isinstance(settings["scheduler"], str) or settings["scheduler"] not in SCHEDULERS):
+        raise ValueError(f"{model.path}: diffusion['scheduler'] must be one of {sorted(SCHEDULERS)}, got "
+                         f"{settings['scheduler']!r}")  # fmt: skip
+    return settings
+
+
 def noise(n: int, z_dim: int, seed: int) -> Tensor:
     """The generator noise ``(n, z_dim)`` of :func:`sound_to_image` and :func:`image_to_sound`: row
     ``k`` is ``torch.randn(z_dim)`` from a generator of its own, seeded with
@@ -331,8 +362,10 @@ def sound_to_image(model: Model, audio: AudioSource, n: int = 1, seed: int = 0, 
     compare; draw ``k`` depends only on ``(seed, k)`` (see :func:`noise`), so ``n=1`` gives the
     first image of ``n=4``. ``inference_condition`` overrides the checkpoint's (``'own'``,
     ``'nearest'``, ``'class_mean'``). An audio-token model prompts its frozen diffusion model with each chunk's
-    token; ``diffusion`` sets its sampler (``steps``, ``scheduler``, ``guidance_scale``: 50,
-    ``'ddim'``, 3.0 by default), and every image's starting noise is drawn in turn from ``seed``.
+    token; ``diffusion`` sets its sampler (``steps``, a whole number >= 1; ``scheduler``, one of
+    ``'ddim'``, ``'ddpm'``, ``'pndm'``, ``'euler'``, ``'dpm'``; ``guidance_scale``, a finite real
+    number: 50, ``'ddim'``, 3.0 by default; anything else is a ValueError naming the key), and every
+    image's starting noise is drawn in turn from ``seed``.
     """
     _needs(model, "sound_to_image", ("s2i", "audio_token"))
     n, seed = _whole("n", n), _seed(seed)
@@ -342,14 +375,11 @@ def sound_to_image(model: Model, audio: AudioSource, n: int = 1, seed: int = 0, 
 
         if inference_condition is not None:
             raise ValueError(f"{model.path}: an audio-token model has no inference condition")
-        unknown = sorted(set(diffusion or {}) - set(DIFFUSION_KEYS))
-        if unknown:
-            raise ValueError(f"{model.path}: unknown diffusion setting(s) {unknown}; they are {list(DIFFUSION_KEYS)} "
-                             "(the CLI's --guidance is guidance_scale here)")  # fmt: skip
+        settings = _diffusion_settings(model, diffusion)
         batches = _audio_batches(model, audio, sample_rate, hop_s, max_chunks, batch_size)
         # the sampler draws every image's noise in turn from one generator: all the prompts go in one call
         x = torch.cat([b.cpu() for b in _model_inputs(model, audio, batches)]).repeat_interleave(n, 0)
-        out = token_images(model.task.model, x, seed=seed, batch_size=batch_size, **(diffusion or {}))
+        out = token_images(model.task.model, x, seed=seed, batch_size=batch_size, **settings)
         return out.clamp(-1, 1).view(len(batches), n, *out.shape[1:])
     if diffusion:
         raise ValueError(f"{model.path}: diffusion settings are for an audio-token model; this one is 's2i'")
@@ -478,15 +508,19 @@ def embed_image(model: Model, image: ImageSource, batch_size: int = 64) -> Tenso
 
 @torch.no_grad()
 def image_to_sound(model: Model, image: ImageSource, n: int = 1, seed: int = 0, griffin_lim_iters: int = 64,
-                   inference_condition: str | None = None, batch_size: int = 64) -> tuple[Tensor, int]:  # fmt: skip
+                   inference_condition: str | None = None, batch_size: int = 64,
+                   normalise: bool = False) -> tuple[Tensor, int]:  # fmt: skip
     """Sound from frames with an I2S model: waveforms ``(frames, n, samples)`` in [-1, 1] at the returned rate,
     ``n`` noise draws per frame from ``seed`` (the same for every frame; draw ``k`` depends only
     on ``(seed, k)``, see :func:`noise`). The generated LMS is turned into sound with the inverse
     mel scale and Griffin-Lim (``griffin_lim_iters`` iterations), ``batch_size`` clips (frames
-    times ``n``) at a time. Every clip is peak-normalised to 1 (for listening), so levels do not
-    compare between clips. ``inference_condition`` overrides the checkpoint's (``'own'``,
-    ``'nearest'``, ``'class_mean'``)."""
-    from cmav.features.inversion import lms_to_audio
+    times ``n``) at a time. The sound keeps the generated spectrogram's level, as the round trip
+    of ``cmav evaluate`` does (a sound classifier is level-sensitive: the same clip scaled to its
+    peak is judged on another dB scale); samples beyond full scale are clipped to [-1, 1] with a
+    :class:`~cmav.data.errors.DataWarning` that counts them. ``normalise=True`` peak-normalises
+    every clip to 1 instead (for listening; levels then do not compare between clips).
+    ``inference_condition`` overrides the checkpoint's (``'own'``, ``'nearest'``, ``'class_mean'``)."""
+    from cmav.features.inversion import clip_to_full_scale, lms_to_audio
 
     _needs(model, "image_to_sound", ("i2s",))
     n, seed = _whole("n", n), _seed(seed)
@@ -501,8 +535,12 @@ def image_to_sound(model: Model, image: ImageSource, n: int = 1, seed: int = 0, 
         zz = noise(n, task.z_dim, seed).repeat(len(frames), 1)
         for i in range(0, len(x), batch_size):
             lms = task.generate(x[i : i + batch_size], zz[i : i + batch_size]).cpu()
-            waves.append(lms_to_audio(lms, model.features, n_iter=griffin_lim_iters, n_samples=n_samples))  # type: ignore[arg-type]
-    return torch.cat(waves).view(len(frames), n, -1), model.features.sample_rate
+            waves.append(lms_to_audio(lms, model.features, n_iter=griffin_lim_iters, normalise=bool(normalise),  # type: ignore[arg-type]
+                                      n_samples=n_samples))  # fmt: skip
+    out = torch.cat(waves).view(len(frames), n, -1)
+    if not normalise:
+        out = clip_to_full_scale(out, f"{model.path}: image_to_sound", stacklevel=_user_stacklevel())
+    return out, model.features.sample_rate
 
 
 __all__ = ["AudioChunks", "ChunkPredictions", "Embeddings", "KINDS", "Model", "audio_chunks", "classify_audio",

@@ -747,3 +747,95 @@ def test_colour_diff_augment_is_refused_on_one_channel_spectrograms_at_construct
     model = i2s("i2s_c", diff_augment=overlay("i2s_stable.yaml"), **known)
     x = torch.rand(2, 1, 32, 12) * 2 - 1
     assert model._disc(x, torch.randn(2, model.net.encoder.feature_dim)).shape == (2,)
+
+
+# ---------------------------------------------------------------- review fixes: what evaluate and generate write
+
+
+def test_a_rerun_without_the_probe_leaves_no_condition_probe_and_metrics_json_names_what_it_scored(data, tmp_path):
+    """A rerun into the same folder without --probe-conditions used to leave the old
+    condition_probe.json beside the new metrics.json; and metrics.json named neither the
+    checkpoint, the audio judge, the data nor the front end."""
+    from cmav.data.files import sha256_file
+
+    tails = {"holdout_tail": 0.1, "holdout_gap_ms": 0}
+    gen = fit_i2s(data, "i2s_rerun", **tails)
+    judge = fit_classifier(data, "audio_judge_rerun", 1, tails=True, modality="audio", audio_encoder=TINY_ENC)
+    out = tmp_path / "out"
+    assert cmav_main(["evaluate", "--ckpt", gen, "--audio-judge", judge, "--probe-conditions", "-o", str(out)]) == 0
+    assert (out / "condition_probe.json").is_file()
+    assert cmav_main(["evaluate", "--ckpt", gen, "--audio-judge", judge, "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["confusion_generated.png", "confusion_real.png", "metrics.json"]
+    inputs = json.loads((out / "metrics.json").read_text())["inputs"]
+    for key, path in (("checkpoint", gen), ("audio_judge", judge)):
+        assert inputs[key] == {"path": path, "resolved": str(Path(path).resolve()), "sha256": sha256_file(path)}
+    assert inputs["data"]["root"] == data["root"] and inputs["data"]["holdout_tail"] == 0.1
+    assert inputs["features"] == LogMelConfig().to_dict()
+
+
+def test_written_sound_keeps_the_spectrograms_level_unless_asked_to_peak_normalise(data, default_i2s_ckpt, tmp_path,
+                                                                                    capsys):  # fmt: skip
+    """The audio judge is level-sensitive and the round trip keeps the spectrogram's level: a wav
+    written peak-normalised (0.9) was judged on another dB scale than the round trip reported. The
+    written sound now is image_to_sound's, at the level of the generated LMS; --normalise (and
+    normalise=True) scale each clip to its peak as before."""
+    import numpy as np
+
+    import cmav
+    from cmav.api import noise
+    from cmav.metrics.round_trip import round_trip_lms
+
+    frame = write_jpg(tmp_path / "frame.jpg", colour=(20, 255, 40))
+    out = tmp_path / "level.wav"
+    assert cmav_main(["generate", "--ckpt", str(default_i2s_ckpt), "--image", str(frame), "-o", str(out)]) == 0
+    wave, rate = sf.read(out)
+    model = cmav.load(default_i2s_ckpt)
+    expected, _ = cmav.image_to_sound(model, frame)
+    assert np.abs(wave - expected[0, 0].numpy()).max() <= 2 / 32768  # PCM_16
+    # the LMS of the file is the round trip's (evaluation's), on the same dB scale
+    x = cmav.api._frames(model, frame)
+    lms = model.task.generate(x, noise(1, model.task.z_dim, 0))
+    again = LogMelSpectrogram(model.features)(torch.from_numpy(wave).float()[None], sample_rate=rate)
+    trip = round_trip_lms(lms, model.features, n_iter=64)
+    assert abs(float(again.mean() - trip.mean())) < 0.5
+    # peak normalisation only when asked: each clip to a peak of 1 (0.9 in the file)
+    normalised, _ = cmav.image_to_sound(model, frame, n=2, normalise=True)
+    assert torch.allclose(normalised.abs().amax(-1), torch.ones(1, 2))
+    loud = tmp_path / "loud.wav"
+    assert cmav_main(["generate", "--ckpt", str(default_i2s_ckpt), "--image", str(frame), "-o", str(loud),
+                      "--normalise"]) == 0  # fmt: skip
+    assert abs(np.abs(sf.read(loud)[0]).max() - 0.9) < 1e-3
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cmav_main(["generate", "--help"])
+    assert "spectrogram's level" in " ".join(capsys.readouterr().out.split())
+
+
+def test_sound_beyond_full_scale_is_clipped_with_a_warning_that_counts_the_samples():
+    from cmav.data.errors import DataWarning
+    from cmav.features.inversion import clip_to_full_scale
+
+    wave = torch.tensor([[0.5, 1.5, -2.0, 0.1]])
+    with pytest.warns(DataWarning, match=r"x\.wav: 2 of 4 samples .*beyond full scale \(peak 2\.00\).*clipped to "
+                                         r"\[-1, 1\].*normalise"):  # fmt: skip
+        clipped = clip_to_full_scale(wave, "x.wav")
+    assert torch.equal(clipped, torch.tensor([[0.5, 1.0, -1.0, 0.1]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(clip_to_full_scale(wave / 2, "x.wav"), wave / 2)  # nothing clipped: nothing said
+
+
+def test_the_grids_wavs_keep_the_spectrograms_level(data, tmp_path):
+    """The I2S grid's wavs/ renderings compare variants by ear: at the spectrograms' own level, not
+    each scaled to its peak."""
+    from cmav.ablation.i2s import _write_wavs
+
+    dm = dm_of(data)
+    dm.setup("fit")
+    real = dm.val.tensors.audio[:2].float()
+    _write_wavs(tmp_path, "real", real, ["a", "b"], dm)
+    front = LogMelSpectrogram(dm.features)
+    for k, name in enumerate(["a", "b"]):
+        wave, rate = sf.read(tmp_path / "wavs" / "real" / f"{name}.wav")
+        again = front(torch.from_numpy(wave).float()[None], sample_rate=rate)
+        assert abs(float(again.mean() - real[k].mean())) < 3.0

@@ -8,7 +8,7 @@ trained once (first seed) and only scores. Every variant is evaluated with
     table.md, table.csv     mean +- sd over seeds per metric and variant
     metrics.png             bar plot with error bars (sd over seeds)
     samples.png             rows = classes; columns = frame | real LMS | one LMS per variant (first seed)
-    wavs/<variant>/<class>.wav   Griffin-Lim renderings of those spectrograms (and wavs/real/)
+    wavs/<variant>/<class>.wav   Griffin-Lim renderings of those spectrograms at their own level (and wavs/real/)
     results.json            every run's full metrics
     runs/<variant>/seed<k>/ checkpoint, metrics.json, confusion matrices
     judges/, tb/            classifier checkpoints, TensorBoard logs
@@ -94,15 +94,19 @@ def _image_encoder(cfg: dict, out: Path, dm, seed: int) -> Path:
 
 
 def _write_wavs(out: Path, name: str, lms_db: torch.Tensor, names: list[str], dm) -> None:
+    """Griffin-Lim renderings of ``lms_db`` at the spectrograms' own level (clipped to full scale,
+    with a warning, where they pass it): the variants and the real LMS compare by ear, and a sound
+    classifier judges the files on the dB scale it scored the round trip on."""
     import soundfile as sf
 
-    from cmav.features.inversion import lms_to_audio
+    from cmav.features.inversion import clip_to_full_scale, lms_to_audio
 
     folder = out / "wavs" / slug(name)
     folder.mkdir(parents=True, exist_ok=True)
     n = dm.chunk.samples_at(dm.features.sample_rate)
-    for cls, w in zip(names, lms_to_audio(lms_db, dm.features, n_iter=64, n_samples=n), strict=True):
-        sf.write(str(folder / f"{cls}.wav"), (0.9 * w).numpy(), dm.features.sample_rate, subtype="PCM_16")
+    waves = lms_to_audio(lms_db, dm.features, n_iter=64, normalise=False, n_samples=n)
+    for cls, w in zip(names, clip_to_full_scale(waves, str(folder)), strict=True):
+        sf.write(str(folder / f"{cls}.wav"), w.numpy(), dm.features.sample_rate, subtype="PCM_16")
 
 
 STAGES = ("audio_judge", "image_encoder", "i2s")
@@ -175,7 +179,7 @@ def _run(cfg: dict, out: Path) -> dict:
                        gan=task.is_gan)  # fmt: skip
             task = task.cpu().eval()
             for row, eval_dir in under_inference_conditions(task, name, modes, run_dir):
-                metrics = evaluate_i2s(task, dm, judge, out_dir=eval_dir, seed=seed,
+                metrics = evaluate_i2s(task, dm, judge, out_dir=eval_dir, seed=seed, ckpt=ckpt,
                                        n_diversity_draws=int(ev.get("n_diversity_draws", 8)),
                                        diversity_per_class=int(ev.get("diversity_per_class", 4)),
                                        griffin_lim_iters=int(ev.get("griffin_lim_iters", 32)))  # fmt: skip

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cmav.cli.paths import input_file
 from cmav.cli.retrieval import frame_side, positive_int
+from cmav.data.errors import DataError
 from cmav.metrics.serialise import format_number
 from cmav.models.condition_bank import INFERENCE_CONDITIONS
 
@@ -41,6 +42,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="S2I: png (a grid when n > 1; default generated.png); I2S: wav or flac (<stem>_<k>.wav when "
                    "n > 1; default generated.wav); for both, a folder (existing, or ending in /) gets the default name "
                    "inside it; audio token: a folder (sample_00.png ... and grid.png; default generated)")  # fmt: skip
+    g.add_argument("--normalise", action="store_true",
+                   help="I2S: scale each clip to a peak of 0.9 (for listening). Without it the sound keeps the "
+                        "generated spectrogram's level, as the round trip of `cmav evaluate` does, so a sound "
+                        "classifier judges the file on the same dB scale (samples beyond full scale are clipped, "
+                        "with a note)")  # fmt: skip
     g.add_argument("--inference-condition", choices=INFERENCE_CONDITIONS, default=None,
                    help="S2I/I2S: the generator's condition: the input's own (the paper), the nearest training "
                         "condition, or the mean training condition of the predicted class (default: the checkpoint's)")  # fmt: skip
@@ -102,7 +108,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="I2S: also judge the validation frames with their conditions swapped for train ones "
                         "(nearest item, k-nearest mean, predicted-class mean) and the train tails: does G fail on "
                         "new players, or on their conditions? (condition_probe.json)")  # fmt: skip
-    e.add_argument("-o", "--output", default="results/evaluate", help="folder for metrics.json and confusion pngs")
+    e.add_argument("-o", "--output", default=None,
+                   help="folder for metrics.json, the confusion pngs and condition_probe.json (default: "
+                        "results/evaluate/<run>, named after the checkpoint's run folder: runs/s2i_c/checkpoints/"
+                        "last.ckpt -> results/evaluate/s2i_c). A folder holding another checkpoint's results is "
+                        "refused; this command's earlier outputs there are replaced, and those it does not write "
+                        "again (condition_probe.json without --probe-conditions) removed")  # fmt: skip
     e.set_defaults(func=_evaluate, output_folder=True)
 
 
@@ -126,6 +137,9 @@ def _generate(args: argparse.Namespace) -> int:
     diffusion = {k: getattr(args, k) for k in ("scheduler", "steps", "guidance", "pipeline") if getattr(args, k) is not None}
     if kind == "audio_token" and args.inference_condition is not None:
         raise ValueError(f"{args.ckpt}: an audio-token model has no inference condition; leave out --inference-condition")
+    if args.normalise and kind != "i2s":
+        raise ValueError(f"{args.ckpt}: --normalise sets the level of the sound an I2S model writes; this is an {kind} "
+                         "checkpoint")  # fmt: skip
     if kind != "audio_token" and diffusion:
         raise ValueError(f"{args.ckpt}: --{', --'.join(diffusion)} set(s) the diffusion sampler of an audio-token "
                          f"model; this is an {kind} checkpoint")  # fmt: skip
@@ -143,7 +157,8 @@ def _generate(args: argparse.Namespace) -> int:
     elif args.image is not None:
         paths, notes = generate_from_image(args.ckpt, args.image, n=n, seed=args.seed,
                                            output=args.output or "generated.wav",
-                                           inference_condition=args.inference_condition)  # fmt: skip
+                                           inference_condition=args.inference_condition,
+                                           normalise=args.normalise)  # fmt: skip
     else:
         path, notes = generate_from_wav(args.ckpt, args.audio, n=n, seed=args.seed,
                                         output=args.output or "generated.png",
@@ -210,7 +225,66 @@ def _fid_kid_line(fk: dict) -> str:
     return line
 
 
+EVALUATE_ROOT = Path("results/evaluate")
+"""Where ``cmav evaluate`` writes when ``-o`` is left out: a folder per run (:func:`default_evaluate_output`)."""
+
+EVALUATE_OUTPUTS = ("metrics.json", "confusion_generated.png", "confusion_real.png", "condition_probe.json")
+"""What ``cmav evaluate`` writes; a call removes them first (:func:`~cmav.ablation.grid.clear_results`),
+so that none of an earlier call is left beside the new results."""
+
+_CHECKPOINT_FOLDERS = ("checkpoints", "snapshots")
+
+
+def default_evaluate_output(ckpt: str | Path) -> Path:
+    """``cmav evaluate``'s folder for ``ckpt`` when ``-o`` is left out: :data:`EVALUATE_ROOT` /
+    the run's name, so that scoring S2I-C and S2I-N keeps both. The run is the folder above the
+    checkpoint's ``checkpoints/`` (or ``snapshots/``) folder, with its logger's ``version_N`` when
+    that holds them (``runs/s2i_c/version_2/checkpoints`` -> ``s2i_c_version_2``); a checkpoint
+    there other than ``last*.ckpt`` (an epoch's, a snapshot) adds its name (``i2s_c_epoch=059``);
+    one outside such a folder is named by its file name alone."""
+    path = Path(ckpt)
+    if path.parent.name not in _CHECKPOINT_FOLDERS:
+        return EVALUATE_ROOT / path.stem
+    run, parts = path.parent.parent, []
+    if run.name.startswith("version_") and run.name[len("version_"):].isdigit():
+        parts.append(run.name)
+        run = run.parent
+        if run.name == "lightning_logs":  # Lightning's default logger folder: the run is the one above
+            run = run.parent
+    name = run.resolve().name if run.name in ("", ".", "..") else run.name
+    if not path.stem.startswith("last"):
+        parts.append(path.stem)
+    return EVALUATE_ROOT / "_".join([name, *parts])
+
+
+def _refuse_other_checkpoints_results(out: Path, ckpt: str) -> None:
+    """Refuse ``out`` when its ``metrics.json`` holds the results of another checkpoint than ``ckpt``
+    (another path and other bytes): replacing them would lose a result without a word. Results of
+    this checkpoint are replaced; those that do not name theirs (written before cmav recorded it)
+    are replaced with a note."""
+    from cmav.data.files import sha256_file
+
+    metrics = out / "metrics.json"
+    if not metrics.is_file():
+        return
+    try:
+        theirs = (json.loads(metrics.read_text()).get("inputs") or {}).get("checkpoint") or {}
+    except (ValueError, AttributeError):
+        theirs = {}
+    if not theirs.get("resolved"):
+        print(f"note: {metrics} does not name the checkpoint it scored (written before cmav recorded it, or by "
+              "another command); it is replaced", file=sys.stderr)  # fmt: skip
+        return
+    if theirs["resolved"] == str(Path(ckpt).resolve()):
+        return
+    if theirs.get("sha256") and Path(ckpt).is_file() and sha256_file(ckpt) == theirs["sha256"]:
+        return  # the same file, moved or copied
+    raise ValueError(f"{out}: holds the results of another checkpoint, {theirs['resolved']}, not {ckpt}: give "
+                     "another -o, or remove the folder to replace them")  # fmt: skip
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    from cmav.ablation.grid import clear_results
     from cmav.api import model_kind
     from cmav.evaluation import evaluate_i2s, evaluate_s2i
     from cmav.evaluation.generate import datamodule_for
@@ -235,14 +309,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     if (args.image_judge if kind == "s2i" else args.audio_judge) is None:
         print(f"cmav evaluate: {args.ckpt} is an {kind.upper()} checkpoint: give {judge_flag}", file=sys.stderr)
         return 2
+    out = Path(args.output) if args.output is not None else default_evaluate_output(args.ckpt)
+    if args.output is None:
+        from cmav.cli.paths import refuse_under_a_file
+
+        refuse_under_a_file(out)
+        if out.exists() and not out.is_dir():
+            raise DataError(out, "is a file; give -o a folder")
+        print(f"results folder: {out} (named after the checkpoint's run; -o to choose another)")
+    _refuse_other_checkpoints_results(out, args.ckpt)
     # the front end, chunk spec and data settings the model was trained with, unless the flags say otherwise
     dm = datamodule_for(args.ckpt, args.root, batch_size=32, image_size=args.image_size, layout=args.layout,
                         holdout_tail=args.holdout_tail, holdout_gap_ms=args.holdout_gap_ms)  # fmt: skip
     dm.setup("fit")
-    if kind == "s2i":  # judged holdout and player consistency score the held-out tails: not its own training frames
-        from cmav.evaluation.paired import check_generator_unseen
-
-        check_generator_unseen(args.ckpt, dm, "S2I generator")
     task = _inference_task(args, kind, dm)
     print(f"inference condition: {task.inference_condition}"
           + (f" ({task.inference_neighbours} nearest)" if task.inference_condition == "nearest" else ""))  # fmt: skip
@@ -253,7 +332,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             from cmav.metrics.serialise import json_safe
 
             probe = probe_i2s_conditions(task, dm, args.audio_judge, seed=args.seed, ckpt=args.ckpt)
-        m = evaluate_i2s(task, dm, args.audio_judge, out_dir=args.output, seed=args.seed)
+        clear_results(out, EVALUATE_OUTPUTS)
+        m = evaluate_i2s(task, dm, args.audio_judge, out_dir=out, seed=args.seed, ckpt=args.ckpt)
         print(f"judged accuracy (validation): {m['judged']['accuracy']:.3f} (balanced {m['judged']['balanced_accuracy']:.3f}); "
               f"audio judge on real LMS: {m['judge_on_real']['accuracy']:.3f}")  # fmt: skip
         rt = m["round_trip"]
@@ -263,13 +343,16 @@ def _evaluate(args: argparse.Namespace) -> int:
               f"on real LMS {rt['real_accuracy']:.3f}")  # fmt: skip
         print(_fid_kid_line(m["fid_kid"]))
         print(f"diversity over noise (validation): {m['diversity']['value']:.4f}")
-        print(f"wrote {Path(args.output) / 'metrics.json'}")
+        print(f"wrote {out / 'metrics.json'}")
         if probe is not None:
             print(format_probe(probe))
-            (Path(args.output) / "condition_probe.json").write_text(json.dumps(json_safe(probe), indent=2))
-            print(f"wrote {Path(args.output) / 'condition_probe.json'}")
+            (out / "condition_probe.json").write_text(json.dumps(json_safe(probe), indent=2))
+            print(f"wrote {out / 'condition_probe.json'}")
         return 0
-    m = evaluate_s2i(task, dm, args.image_judge, args.player_judge, out_dir=args.output, seed=args.seed)
+    clear_results(out, EVALUATE_OUTPUTS)
+    # given the checkpoint, it is refused when it trained on the held-out tails that judged holdout and
+    # player consistency score, and its note (when that cannot be checked) goes into metrics.json
+    m = evaluate_s2i(task, dm, args.image_judge, args.player_judge, out_dir=out, seed=args.seed, ckpt=args.ckpt)
     print(f"judged accuracy (validation): {m['judged']['accuracy']:.3f} (balanced {m['judged']['balanced_accuracy']:.3f}); "
           f"image judge on real frames: {m['judge_on_real']['accuracy']:.3f}")  # fmt: skip
     fk = m["fid_kid"]
@@ -287,5 +370,5 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"player consistency (train_holdout): none; {p.get('note', '')}")
         else:
             print(f"player consistency (train_holdout): {p['accuracy']} (player judge on real: {p.get('judge_on_real_accuracy')})")
-    print(f"wrote {Path(args.output) / 'metrics.json'}")
+    print(f"wrote {out / 'metrics.json'}")
     return 0

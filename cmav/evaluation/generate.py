@@ -7,7 +7,8 @@ chunk, with a note; a clip too short is refused (``DataError``), as in the data 
 the front-end config the model was trained with (the datamodule hyper-parameters stored in the
 checkpoint; the default LMS front end when the checkpoint has none). A frame is read like the data
 sets' (centre square, resized to the model's image size); the generated LMS is turned into sound
-with the inverse mel scale and Griffin-Lim and written as a wav at the front end's rate.
+with the inverse mel scale and Griffin-Lim and written as a wav at the front end's rate, at the
+spectrogram's own level (peak-normalised only when asked: ``--normalise``).
 """
 
 from __future__ import annotations
@@ -249,12 +250,17 @@ def generate_from_wav(ckpt: str | Path, audio: str | Path, n: int = 4, seed: int
 
 @torch.no_grad()
 def generate_from_image(ckpt: str | Path, image: str | Path, n: int = 1, seed: int = 0, output: str | Path = "generated.wav",
-                        griffin_lim_iters: int = 64, inference_condition: str | None = None) -> tuple[list[Path], list[str]]:  # fmt: skip
+                        griffin_lim_iters: int = 64, inference_condition: str | None = None,
+                        normalise: bool = False) -> tuple[list[Path], list[str]]:  # fmt: skip
     """Generate ``n`` spectrograms for a frame (EMA generator, noise from ``seed``) and write them as
     wavs: ``output`` for one, ``<stem>_<k><suffix>`` for several. ``output`` is a ``.wav`` or
     ``.flac`` file (none: ``.wav`` is added) or a folder (``generated.wav`` is written into it); it
-    is checked before the model is loaded. Returns the paths and notes.
-    ``inference_condition`` overrides the checkpoint's (``'own'``, ``'nearest'``, ``'class_mean'``)."""
+    is checked before the model is loaded. The sound keeps the spectrogram's level (as
+    :func:`cmav.image_to_sound`; what the round trip of ``cmav evaluate`` judges), clipped to
+    full scale with a note when it passes it; ``normalise`` scales each clip to a peak of 0.9
+    instead. Returns the paths and notes (the DataWarnings on the way; other warnings are issued
+    as they come). ``inference_condition`` overrides the checkpoint's (``'own'``, ``'nearest'``,
+    ``'class_mean'``)."""
     import soundfile as sf
 
     from cmav.api import image_to_sound, load
@@ -267,14 +273,21 @@ def generate_from_image(ckpt: str | Path, image: str | Path, n: int = 1, seed: i
         raise ValueError(f"{ckpt}: an {name} checkpoint (sound -> image): give it a sound with --audio, not --image")
     out = output_file(output, "generated.wav", SOUND_SUFFIXES, "the sound is written as")
     model = load(ckpt)
-    waves, rate = image_to_sound(model, image, n=n, seed=seed, griffin_lim_iters=griffin_lim_iters,
-                                 inference_condition=inference_condition)  # fmt: skip
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataWarning)
+            waves, rate = image_to_sound(model, image, n=n, seed=seed, griffin_lim_iters=griffin_lim_iters,
+                                         inference_condition=inference_condition, normalise=normalise)  # fmt: skip
+    finally:
+        notes = _split_notes(caught)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if n == 1 else [out.with_name(f"{out.stem}_{k}{out.suffix}") for k in range(n)]
     for path, w in zip(paths, waves[0], strict=True):
-        sf.write(str(path), (0.9 * w).numpy(), rate, subtype="PCM_16")
+        # peak-normalised clips keep a little headroom; the others keep their level
+        sf.write(str(path), ((0.9 * w) if normalise else w).numpy(), rate, subtype="PCM_16")
     size = int(model.task.hparams.image_size)
-    return paths, [f"{image}: centre square resized to {size}x{size}"]
+    return paths, [f"{image}: centre square resized to {size}x{size}", *notes]
 
 
 __all__ = ["ChunkBatches", "checkpoint_kind", "chunk_batches", "chunk_features", "datamodule_for", "front_end_of", "generate_from_image", "generate_from_wav", "wav_to_features"]

@@ -30,6 +30,7 @@ from cmav.evaluation.paired import (
     note_on,
     save_scores,
     score_generator,
+    scored_inputs,
 )
 from cmav.features.logmel import LogMelConfig
 from cmav.metrics import JudgeFeatureExtractor, round_trip_accuracy
@@ -90,12 +91,17 @@ def evaluate_i2s(
     griffin_lim_iters: int = 32,
     kid_subset_size: int = 1000,
     kid_subsets: int = 100,
+    ckpt: str | Path | None = None,
 ) -> dict:
-    """Score an image-to-sound generator (see the module docstring). Returns a JSON-ready dict; with
-    ``out_dir`` also ``metrics.json`` and ``confusion_generated.png`` / ``confusion_real.png``."""
+    """Score an image-to-sound generator (see the module docstring). ``ckpt``: the checkpoint a task
+    given was loaded from, named in the result. Returns a JSON-ready dict, whose ``inputs`` name the
+    checkpoint and the audio judge (path and sha256), the data and the front end; with ``out_dir``
+    also ``metrics.json`` and ``confusion_generated.png`` / ``confusion_real.png``."""
     from cmav.tasks.i2s import load_i2s
 
-    source = str(task_or_ckpt) if isinstance(task_or_ckpt, (str, Path)) else "the I2S model given"
+    if isinstance(task_or_ckpt, (str, Path)):
+        ckpt = task_or_ckpt
+    source = str(ckpt) if ckpt is not None else "the I2S model given"
     if isinstance(task_or_ckpt, (str, Path)):
         task_or_ckpt = load_i2s(task_or_ckpt)
     fn, z_dim, info = make_i2s_fn(task_or_ckpt)
@@ -131,6 +137,7 @@ def evaluate_i2s(
     still = torch.from_numpy(rt_fake.predictions) == labels
     kept_share = float((right & still).sum() / right.sum()) if bool(right.any()) else None
     result: dict[str, Any] = {"generator": info, "seed": seed, **scores}
+    result["inputs"] = scored_inputs(datamodule, ckpt, audio_judge=audio_judge_ckpt)
     for section in ("judged", "judge_on_real"):
         note_on(result[section], judge_note)
     result["notes"] = [judge_note] if judge_note else []

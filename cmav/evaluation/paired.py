@@ -207,6 +207,29 @@ def front_end_refusal(source: str, model: str, role: str, made: tuple, want: tup
                          f"{consequence}. Evaluate it on data of its own front end (data.features)")  # fmt: skip
 
 
+def file_record(path: Any) -> dict[str, str | None] | None:
+    """What a result records of a checkpoint given as a path: ``{"path"`` (as given), ``"resolved"``,
+    ``"sha256"}`` (None for a file not there); None for a model given in memory."""
+    from cmav.data.files import sha256_file
+
+    if not isinstance(path, (str, Path)):
+        return None
+    p = Path(path)
+    return {"path": str(path), "resolved": str(p.resolve()), "sha256": sha256_file(p) if p.is_file() else None}
+
+
+def scored_inputs(datamodule, checkpoint: Any, **judges: Any) -> dict[str, Any]:
+    """What a generator was scored from, for ``metrics.json``'s ``inputs``: its checkpoint and each
+    judge's (:func:`file_record`; None for a model given in memory), the data (root, layout, frame
+    size, held-out tails, chunk) and the front end."""
+    h = getattr(datamodule, "hparams", None) or {}
+    data = {"root": str(getattr(datamodule, "root", h.get("root"))), "root_resolved": h.get("root_resolved")}
+    data.update({k: h.get(k) for k in ("layout", "image_size", "holdout_tail", "holdout_gap_ms", "chunk")})
+    features = getattr(datamodule, "features", None)
+    return {"checkpoint": file_record(checkpoint), **{name: file_record(j) for name, j in judges.items()}, "data": data,
+            "features": features.to_dict() if hasattr(features, "to_dict") else h.get("features")}  # fmt: skip
+
+
 def note_on(section: dict[str, Any] | None, note: str | None) -> None:
     """Add ``note`` to a result section's ``note`` (nothing when either is None)."""
     if section is not None and note:
@@ -313,5 +336,5 @@ def save_scores(result: dict[str, Any], out_dir: str | Path, gen_report: Classif
 
 
 __all__ = ["FID_LABEL", "GeneratorFn", "check_generator_unseen", "check_judge_unseen", "front_end_refusal",
-           "generate_outputs", "generator_fn", "inference_of", "judge_trained_items", "judge_training_data", "note_on",
-           "save_scores", "score_generator", "subset_per_class"]  # fmt: skip
+           "file_record", "generate_outputs", "generator_fn", "inference_of", "judge_trained_items", "judge_training_data",
+           "note_on", "save_scores", "score_generator", "scored_inputs", "subset_per_class"]  # fmt: skip

@@ -49,6 +49,7 @@ from cmav.evaluation.paired import (
     note_on,
     save_scores,
     score_generator,
+    scored_inputs,
 )
 from cmav.metrics import (
     JudgeFeatureExtractor,
@@ -144,17 +145,25 @@ def evaluate_s2i(
     batch_size: int = 64,
     kid_subset_size: int = 1000,
     kid_subsets: int = 100,
+    ckpt: str | Path | None = None,
 ) -> dict:
     """Score a sound-to-image generator; see the module docstring for what and on which split.
 
     ``image_judge_ckpt`` / ``player_judge_ckpt``: :class:`ClassifierTask` checkpoints (or the tasks
-    themselves). Returns a JSON-ready dict; with ``out_dir`` also writes ``metrics.json`` and
-    ``confusion_generated.png`` / ``confusion_real.png`` there.
+    themselves). ``ckpt``: the checkpoint a task given was loaded from (a loaded task knows neither
+    its file nor its data): checked for having trained on the held-out tails as a path is, and
+    named in the result. Returns a JSON-ready dict, whose ``inputs`` name the checkpoint, the
+    judges (path and sha256), the data and the front end, and whose ``notes`` say what could not be
+    checked; with ``out_dir`` also writes ``metrics.json`` and ``confusion_generated.png`` /
+    ``confusion_real.png`` there.
     """
     from cmav.tasks.s2i import load_s2i
 
-    source = str(task_or_ckpt) if isinstance(task_or_ckpt, (str, Path)) else "the S2I model given"
-    given = task_or_ckpt  # a checkpoint says what the generator trained on; the task loaded from it does not
+    if isinstance(task_or_ckpt, (str, Path)):
+        ckpt = task_or_ckpt
+    source = str(ckpt) if ckpt is not None else "the S2I model given"
+    # a checkpoint says what the generator trained on; the task loaded from it does not
+    given = ckpt if ckpt is not None else task_or_ckpt
     if isinstance(task_or_ckpt, (str, Path)):
         task_or_ckpt = load_s2i(task_or_ckpt)
     fn, z_dim, info = make_generator_fn(task_or_ckpt)
@@ -181,6 +190,7 @@ def evaluate_s2i(
         kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
     )  # fmt: skip
     result: dict[str, Any] = {"generator": info, "seed": seed, **scores}
+    result["inputs"] = scored_inputs(datamodule, ckpt, image_judge=image_judge_ckpt, player_judge=player_judge_ckpt)
     # the judge's calls on the generated frames, already made for the report
     result["judged"]["per_player"] = player_table(torch.from_numpy(gen_report.predictions), labels, val.tracks, names)
     result["judged_holdout"] = _judged_holdout(fn, z_dim, datamodule, judge, names, seed, batch_size)
