@@ -207,3 +207,103 @@ def test_i2s_checkpoint_is_refused_on_another_lms_setting_of_the_same_shape(pair
 def test_i2s_refuses_a_front_end_it_cannot_evaluate_or_turn_into_sound(paired, features, named):
     with pytest.raises(ValueError, match=rf"I2S generates log-mel spectrograms.*{named}"):
         trainer(max_steps=2).fit(i2s(variant="i2s_n", encoder_mode="scratch"), dm(paired["A"], features=features))
+
+
+# ---------------------------------------------------------------- a diverged model's accuracy
+
+
+def _poison(module: torch.nn.Module) -> None:
+    """Every weight NaN: a diverged model, whose argmax would be class 0 on every row."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.fill_(float("nan"))
+
+
+def test_a_diverged_classifier_logs_nan_accuracy_not_the_share_of_class_0(paired):
+    """ModelCheckpoint treats NaN as the worst value; an all-NaN row scored as class 0 would read as chance."""
+    task = ClassifierTask(modality="audio", audio_encoder=TINY_ENC)
+    tr = trainer(max_steps=1)
+    tr.fit(task, dm(paired["A"]))
+    assert all(torch.isfinite(tr.callback_metrics[k]) for k in ("train/acc", "val/acc", "val/balanced_acc"))
+    _poison(task.model)
+    tr = trainer(max_steps=2)
+    tr.fit(task, dm(paired["A"]))
+    assert all(torch.isnan(tr.callback_metrics[k]) for k in ("train/acc", "val/acc", "val/balanced_acc"))
+
+
+def test_a_diverged_player_judge_logs_nan_on_its_held_out_tails(tmp_path):
+    from fixtures import make_suburmp_tracks
+
+    root = make_suburmp_tracks(tmp_path / "tracks", tracks=(0, 1), chunks=2)
+    data = AudioVisualDataModule(str(root), image_size=SIZE, batch_size=8, progress=False, holdout_tail=0.5,
+                                 holdout_gap_ms=0)  # fmt: skip
+    judge = ClassifierTask(modality="image", target="track", image_size=SIZE, image_judge=TINY_ENC)
+    trainer(max_steps=1, limit_val_batches=0).fit(judge, data)
+    tr = trainer()
+    tr.validate(judge, data, verbose=False)
+    assert torch.isfinite(tr.callback_metrics["val/acc"])
+    _poison(judge.model)
+    tr = trainer()
+    tr.validate(judge, data, verbose=False)
+    assert torch.isnan(tr.callback_metrics["val/acc"]) and torch.isnan(tr.callback_metrics["val/balanced_acc"])
+
+
+def test_a_diverged_gan_encoder_logs_nan_encoder_accuracy(paired):
+    task = s2i(variant="s2i_n", encoder_mode="scratch")
+    trainer(max_steps=2, limit_val_batches=0).fit(task, dm(paired["A"]))
+    tr = trainer()
+    tr.validate(task, dm(paired["A"]), verbose=False)
+    assert torch.isfinite(tr.callback_metrics["val/encoder_acc"])
+    _poison(task.model.encoder.classifier)
+    tr = trainer()
+    tr.validate(task, dm(paired["A"]), verbose=False)
+    assert torch.isnan(tr.callback_metrics["val/encoder_acc"])
+
+
+def test_retrieval_batch_accuracy_is_nan_for_nan_embeddings_not_for_masked_negatives():
+    from cmav.tasks.retrieval import RetrievalTask
+
+    task = RetrievalTask(input_shape=[1, 128, 44], image_size=32, audio_encoder=TINY_ENC, image_encoder=TINY_ENC,
+                         ignore_negatives="same_class")  # fmt: skip
+    a = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    labels, tracks = torch.tensor([0, 0, 1, 1]), torch.zeros(4, dtype=torch.long)
+    _, logs = task.contrastive_loss(a, a, labels, tracks)  # same-class keys masked to -inf: still a figure
+    assert logs["batch_a2i_acc"] == 1.0
+    _, logs = task.contrastive_loss(a, a)
+    assert logs["batch_a2i_acc"] == 1.0
+    nan = torch.full_like(a, float("nan"))
+    for lab, tr in ((labels, tracks), (None, None)):
+        _, logs = task.contrastive_loss(nan, nan, lab, tr)
+        assert torch.isnan(logs["batch_a2i_acc"])
+
+
+# ---------------------------------------------------------------- retrieval embeddings
+
+
+def test_retrieval_embed_hands_every_submodule_its_own_mode_back():
+    """A part kept in eval mode under a task in train mode (a frozen encoder) stays in eval mode."""
+    from cmav.tasks.retrieval import RetrievalTask
+
+    task = RetrievalTask(input_shape=[1, 128, 44], image_size=32, audio_encoder=TINY_ENC, image_encoder=TINY_ENC)
+    task.train()
+    task.model.audio_encoder.eval()
+    modes = {name: m.training for name, m in task.named_modules()}
+    a, v = task.embed(torch.randn(2, 1, 128, 44), torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert a is not None and v is not None
+    assert {name: m.training for name, m in task.named_modules()} == modes
+
+
+# ---------------------------------------------------------------- the audio token's sound classifier
+
+
+def test_audio_token_refuses_a_sound_classifier_trained_on_other_classes(paired, classifiers, tmp_path):
+    from cmav.diffusion import PixelDiffusionConfig, build_pixel_diffusion
+    from cmav.tasks.audio_token import AudioTokenTask
+
+    tiny = PixelDiffusionConfig(image_size=16, block_out_channels=(8, 16), layers_per_block=1, attention_heads=2,
+                                norm_num_groups=8, text_width=16, text_layers=2, text_heads=2, max_length=10)  # fmt: skip
+    pipe = build_pixel_diffusion([f"a photo of a {c} player" for c in ("cat", "dog", "drum", "harp")], tiny)
+    folder = pipe.freeze().save(tmp_path / "pipe")
+    task = AudioTokenTask(pipeline=str(folder), audio_encoder_ckpt=classifiers["audio"], image_size=SIZE)
+    with pytest.raises(DataError, match=rf"audio\.ckpt: .*{CLASSES}"):
+        trainer(max_steps=1).fit(task, dm(paired["B"]))

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cmav.data.errors import DataError
 from cmav.diffusion.audio_token import AudioTokenModel, EmbedderConfig, PromptConfig, TokenLossConfig
 from cmav.diffusion.pipeline import check_pipeline_folder, load_pipeline
 from cmav.models import AudioEncoder
-from cmav.tasks.classifier import _load_checkpoint, load_sound_classifier, own_hyperparameters
+from cmav.tasks.classifier import _load_checkpoint, class_names_difference, load_sound_classifier, own_hyperparameters
 from cmav.tasks.common import (
     AdamConfig,
     EncoderConfig,
@@ -140,9 +141,12 @@ class AudioTokenTask(L.LightningModule):
         h = self.hparams
         if dm.hparams.image_size != h.image_size:
             raise ValueError(f"model image_size={h.image_size} but data image_size={dm.hparams.image_size}")
-        if h.class_names is not None and list(dm.class_names) != list(h.class_names):
-            raise ValueError(f"the data's classes {list(dm.class_names)} differ from the sound classifier's "
-                             f"{h.class_names}")  # fmt: skip
+        if why := class_names_difference(h.class_names, dm.class_names):
+            where = h.audio_encoder_ckpt or dm.root  # a token rebuilt from its own checkpoint names no classifier
+            raise DataError(where, f"this sound classifier was trained on other classes than the data's ({why}): the "
+                                   "token's label prompts and classification term would read each of the data's "
+                                   "labels as the classifier's class at that position. Train the sound classifier "
+                                   "on this data")  # fmt: skip
         check_encoder_input(self.model.audio_encoder.input_shape, self._encoder_features, dm,
                             h.audio_encoder_ckpt)  # fmt: skip
         if dm.val is not None and len(dm.val):

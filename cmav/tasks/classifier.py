@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from cmav.data.errors import DataError
 from cmav.features import FrontEndConfig, front_end_config, front_end_differences
 from cmav.metrics import classification_report
+from cmav.metrics.classification import _argmax_or_none
 from cmav.models import AudioEncoder, ConvEncoder, ImageEncoder, ImageJudge
 from cmav.tasks.common import (
     AdamConfig,
@@ -45,6 +46,7 @@ from cmav.tasks.common import (
     ImageEncoderConfig,
     ImageJudgeConfig,
     LrSchedule,
+    batch_accuracy,
     check_lr_schedule,
     coerce,
     datamodule_of,
@@ -393,7 +395,7 @@ class ClassifierTask(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss, logits, y = self._step(batch, train=True)
-        acc = (logits.argmax(1) == y).float().mean()
+        acc = batch_accuracy(logits, y)
         bs = y.shape[0]
         log_training_loss(self, loss, bs)
         self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=bs)
@@ -412,7 +414,7 @@ class ClassifierTask(L.LightningModule):
     def _eval_batch(self, batch: dict[str, Tensor], prefix: str) -> None:
         loss, logits, y = self._step(batch, train=False)
         self.log(f"{prefix}/loss", loss, on_epoch=True, sync_dist=True, batch_size=y.shape[0])
-        self._val_preds.append(logits.argmax(1).detach())
+        self._val_preds.append(_argmax_or_none(logits).detach())  # a non-finite row: NaN figures
         self._val_targets.append(y.detach())
         self._val_index.append(batch["index"].detach().long())
 
@@ -472,7 +474,7 @@ class ClassifierTask(L.LightningModule):
             batch = precision.convert_input({k: v.to(self.device) for k, v in batch.items()})
             with precision.forward_context():
                 _, logits, y = self._step(batch, train=False)
-            self._val_preds.append(logits.argmax(1))
+            self._val_preds.append(_argmax_or_none(logits))
             self._val_targets.append(y)
         # every rank scores the same held-out set: no gathering
         preds, targets = torch.cat(self._val_preds), torch.cat(self._val_targets)

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cmav.metrics.classification import NO_PREDICTION, _argmax_or_none
+
 T = TypeVar("T")
 E = TypeVar("E", bound=nn.Module)
 
@@ -413,6 +415,18 @@ def check_encoder_input(encoder_shape: Sequence[int], trained_on: Any, dm, sourc
         )
 
 
+def batch_accuracy(logits: Tensor, targets: Tensor, before_masking: Tensor | None = None) -> Tensor:
+    """Share of rows whose argmax is the target (a 0-d tensor, for ``self.log``), NaN when a row of
+    logits is not all finite: an all-NaN row's argmax is class 0, which would score a diverged model
+    as a chance-looking accuracy, and Lightning's ModelCheckpoint ranks NaN worst.
+    ``before_masking``: the logits before entries were set to -inf on purpose (ignored negatives),
+    checked instead of ``logits``."""
+    checked = logits if before_masking is None else before_masking
+    diverged = (_argmax_or_none(checked) == NO_PREDICTION).any()
+    acc = (logits.argmax(1) == targets).float().mean()
+    return torch.where(diverged, torch.full_like(acc, float("nan")), acc)
+
+
 def datamodule_of(module):
     """The trainer's datamodule, or None (trained from bare dataloaders, or no trainer)."""
     trainer = getattr(module, "_trainer", None)
@@ -428,6 +442,7 @@ __all__ = [
     "ImageEncoderConfig",
     "ImageJudgeConfig",
     "LrSchedule",
+    "batch_accuracy",
     "check_encoder_input",
     "check_lr_schedule",
     "coerce",

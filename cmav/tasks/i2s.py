@@ -117,7 +117,9 @@ class I2STask(PairedGANTask):
             plays the sound backwards.
         sample_every_n_steps: iterations between TensorBoard sample sheets; 0 = never.
         samples: sample-sheet options (``log_audio``: Griffin-Lim renderings of generated and real).
-        seed: seed of the negative sampler's generator (offset by the process rank).
+        seed: seed of the negative sampler's generator (offset by the process rank); None = the
+            run's ``seed_everything`` (read when fitting starts and kept in the checkpoint), so
+            each seed of a sweep draws other mismatched pairs.
         channels_last: G and D in channels-last (NHWC) memory format: faster convolutions on
             CPU and with bf16 on GPU; results are the same up to float rounding.
         cache_frozen_features: with a frozen encoder (and no training-time augmentation of the
@@ -175,7 +177,7 @@ class I2STask(PairedGANTask):
         diff_augment: ImageAugmentConfig = ImageAugmentConfig(),
         sample_every_n_steps: int = 500,
         samples: SampleConfig = SampleConfig(),
-        seed: int = 0,
+        seed: int | None = None,
         channels_last: bool = False,
         cache_frozen_features: bool = True,
         condition_noise: float = 0.0,

@@ -25,6 +25,7 @@ Subclasses own their constructor (its arguments are the hyper-parameters), call
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -56,6 +57,7 @@ from cmav.tasks.common import (
     EncoderConfig,
     ImageAugment,
     ImageAugmentConfig,
+    batch_accuracy,
     coerce,
     datamodule_of,
     plain,
@@ -236,6 +238,13 @@ def mode_seeking_loss(out_a: Tensor, out_b: Tensor, z_a: Tensor, z_b: Tensor, ep
     return (1.0 / (out_dist / z_dist + eps)).mean()
 
 
+def lightning_seed() -> int:
+    """The seed Lightning's ``seed_everything`` last set in this process (it keeps it in the
+    ``PL_GLOBAL_SEED`` environment variable, which DDP's spawned processes inherit); 0 when none was
+    set, as ``seed_everything(None)`` itself takes."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
 class PairedGANTask(L.LightningModule):
     """Conditional GAN (pair-aware or not) or pixel-loss AE from a condition modality to a target one.
 
@@ -354,7 +363,9 @@ class PairedGANTask(L.LightningModule):
         """Training batches done (``global_step`` counts optimiser steps: 2 per GAN batch)."""
         self.sampler: NegativeSampler | None = None
         self._train_tensors = None
-        self._rng = torch.Generator().manual_seed(int(h.seed))
+        # seed None: the run's seed_everything, read when fitting starts (``_resolve_seed``)
+        self._seed_from_lightning = h.seed is None
+        self._rng = torch.Generator().manual_seed(int(h.seed or 0))
         self._fixed: dict | None = None
         self._features = None
         self._logged_inputs = False
@@ -535,6 +546,7 @@ class PairedGANTask(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
+            self._resolve_seed()
             self._check_ddp()
             refuse_weight_averaging(self, "generator")
             if self.is_gan and self._trainer is not None and self.trainer.fast_dev_run:
@@ -592,8 +604,15 @@ class PairedGANTask(L.LightningModule):
             if self.wrong_player_term and not self.sampler.wrong_player_possible:
                 warnings.warn("no class has two train tracks: the wrong-player term is off for this run", stacklevel=2)
         rank = self.global_rank if self._trainer is not None else 0
-        self._rng.manual_seed(self.hparams.seed + rank)
+        self._rng.manual_seed(int(self.hparams.seed or 0) + rank)  # None: never fitted, and never drawn from
         self._fixed = self._pick_fixed_items(dm.val, names)
+
+    def _resolve_seed(self) -> None:
+        """With ``seed`` None, the negative sampler's seed is the one Lightning's ``seed_everything``
+        set (0 when none was), kept in the hyper-parameters so the checkpoint records it: else every
+        seed of a ``--seed_everything`` sweep would draw the same mismatched pairs."""
+        if self._seed_from_lightning:
+            self.hparams.seed = lightning_seed()
 
     def _check_classes(self, dm) -> None:
         """Refuse data whose classes are not the pretrained classifier's (in its order): its class
@@ -938,7 +957,7 @@ class PairedGANTask(L.LightningModule):
         fake = self.ema.module.generator(z, g_cond)
         logs = {
             f"{prefix}/l1": (fake - real).abs().mean(),
-            f"{prefix}/encoder_acc": (enc.logits.argmax(1) == labels).float().mean(),
+            f"{prefix}/encoder_acc": batch_accuracy(enc.logits, labels),
         }
         if self.discriminator is not None:
             logs[f"{prefix}/d_real"] = torch.sigmoid(self.discriminator(real, cond)).mean()
@@ -1087,6 +1106,10 @@ class PairedGANTask(L.LightningModule):
             raise DataError(path, f"this {self.name} model was trained on another front end than this run's data: "
                                   f"{why}. Give it the data.features it was trained on")  # fmt: skip
         restore_random_state(self, checkpoint)
+        saved_seed = (checkpoint.get("hyper_parameters") or {}).get("seed")
+        if self._seed_from_lightning and saved_seed is not None:
+            # a resumed run keeps the killed run's seed, whatever seed_everything says now
+            self.hparams.seed = int(saved_seed)
         state = checkpoint.get(self.checkpoint_key)
         if not state:
             return
@@ -1151,6 +1174,7 @@ __all__ = [
     "condition_from",
     "ema_decay_at",
     "generator_adversarial_loss",
+    "lightning_seed",
     "load_paired_gan",
     "pair_discriminator_loss",
     "untrained_class_head_use",

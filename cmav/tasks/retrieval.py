@@ -39,6 +39,7 @@ from cmav.data.instruments import INSTRUMENTS
 from cmav.metrics.localization import localization_report
 from cmav.metrics.retrieval import cross_modal_report
 from cmav.models import AudioEncoder, ImageEncoder
+from cmav.models.eval_mode import eval_mode
 from cmav.models.retrieval import (
     DenseAVModel,
     GlobalAVModel,
@@ -55,6 +56,7 @@ from cmav.tasks.common import (
     ImageAugmentConfig,
     ImageEncoderConfig,
     LrSchedule,
+    batch_accuracy,
     check_encoder_input,
     check_lr_schedule,
     coerce,
@@ -340,13 +342,9 @@ class RetrievalTask(L.LightningModule):
     @torch.no_grad()
     def embed(self, audio: Tensor | None = None, image: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
         """Eval-mode embeddings of LMS and/or frames in [-1, 1] (either may be None)."""
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             a = self.model.encode_audio(audio.to(self.device, torch.float32)) if audio is not None else None
             v = self.model.encode_image(image.to(self.device, torch.float32)) if image is not None else None
-        finally:
-            self.train(was)
         return a, v
 
     # ------------------------------------------------------------------ setup
@@ -464,6 +462,7 @@ class RetrievalTask(L.LightningModule):
         b = audio_emb.shape[0]
         target = torch.arange(b, device=s_a2i.device) + offset
         logits_a2i, logits_i2a = scale * s_a2i, scale * s_i2a
+        unmasked_a2i = logits_a2i
         ignored = self._ignored(labels, tracks, world)
         if ignored is not None:
             ignored[torch.arange(b, device=ignored.device), target] = False  # the pair stays the positive
@@ -475,7 +474,7 @@ class RetrievalTask(L.LightningModule):
         if reg is not None:  # else the loss is the InfoNCE term alone
             logs["nce"] = nce.detach()
             logs["disentangle"] = reg.detach()
-        logs["batch_a2i_acc"] = (logits_a2i.argmax(1) == target).float().mean()
+        logs["batch_a2i_acc"] = batch_accuracy(logits_a2i, target, before_masking=unmasked_a2i)
         return loss, logs
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
