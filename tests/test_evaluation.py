@@ -943,3 +943,31 @@ def test_the_robustness_footer_names_the_split_scored():
     assert "players unseen" not in train
     assert "In-source: the training data's train split (the players the models trained on" in train
     assert "Cross-source: the same split rendered from the evaluation font" in train
+
+
+def test_the_judge_probe_gives_no_accuracy_where_the_judge_gives_no_prediction(tmp_path):
+    """A judge whose logits are not finite counted as wrong on those frames (an accuracy of 0, a
+    plausible-looking number), and the table named its players '(→ None)'."""
+    from cmav.data.instruments import INSTRUMENTS
+    from cmav.evaluation.judge_probe import format_judge_probe, probe_image_judge
+    from cmav.tasks import ClassifierTask
+
+    from fixtures import make_unique_pairs
+
+    root = make_unique_pairs(tmp_path / "pairs")
+    dm = AudioVisualDataModule(root=str(root), image_size=SIZE, batch_size=16, progress=False,
+                               cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    torch.manual_seed(0)
+    judge = ClassifierTask(modality="image", image_size=SIZE, class_names=list(INSTRUMENTS), image_judge=SMALL_JUDGE)
+    finite = probe_image_judge(judge, dm, splits=("validation",))["splits"]["validation"]["views"]
+    assert all(0.0 <= v["accuracy"] <= 1.0 for v in finite.values())
+    with torch.no_grad():
+        for p in judge.model.parameters():
+            p.fill_(float("nan"))
+    probe = probe_image_judge(judge, dm, splits=("validation",))
+    views = probe["splits"]["validation"]["views"]
+    assert all(np.isnan(v["accuracy"]) for v in views.values())
+    text = format_judge_probe(probe)
+    assert "None" not in text and "nan" not in text
+    assert "| frame | n/a (13 of 13 frames without a prediction) | 0 of 13 |" in text
+    assert "| violin #1 | n/a (no prediction) | n/a (no prediction) | n/a (no prediction) |" in text

@@ -11,7 +11,11 @@ encoder under test) and the offline diffusion model (stage ``diffusion_base``; s
 ``diffusion.pipeline`` names a local pipeline folder). Per seed: the sound classifier, then the
 audio token and S2I-C on its frozen encoder. The image judge, the retrieval model and the sound
 classifier can be given instead (``stages.<stage>.ckpt``; one sound classifier for every seed),
-and so can S2I-C (``stages.s2i.ckpt``: a finished ``s2i_c.yaml`` run, scored for every seed).
+and so can S2I-C (``stages.s2i.ckpt``: a finished ``s2i_c.yaml`` run, scored for every seed) and
+the audio token (``stages.audio_token.ckpt``: a finished ``audio_token.yaml`` run, scored for
+every seed on ``diffusion.pipeline``, which it then needs: the folder it was trained with). With
+both given, no sound classifier is trained. A given ``diffusion.pipeline`` is loaded, and its
+tokenizer checked for the prompt template's and the classes' words, before anything trains.
 The results folder gets::
 
     table.md, table.csv     mean ± sd over seeds per method and metric
@@ -60,7 +64,7 @@ METRICS: list[Metric] = [
 ]
 STAGES = ("audio_classifier", "image_judge", "retrieval", "audio_token", "s2i")
 # stages whose checkpoint may be given (stages.<stage>.ckpt) instead of trained
-GIVEN = ("audio_classifier", "image_judge", "retrieval", "s2i")
+GIVEN = ("audio_classifier", "image_judge", "retrieval", "audio_token", "s2i")
 STAGE_KEYS = {s: ("steps", "model", "ckpt") if s in GIVEN else ("steps", "model") for s in (*STAGES, "diffusion_base")}
 """The stages a token grid reads, and the keys it reads of each (:func:`~cmav.ablation.grid.check_keys`)."""
 EVALUATION_KEYS = ("per_class", "n_negatives", "scheduler", "steps", "guidance_scale", "batch_size")
@@ -77,7 +81,8 @@ frozen sound classifier of the seed, data.image_size."""
 def _check(cfg: dict) -> None:
     """Refuse, before anything trains, a grid whose stages would fail part-way: a stage missing or
     without ``steps`` (or ``ckpt`` where one may be given), a given checkpoint that does not exist,
-    or a ``stages.<stage>.model`` key that the stage's task does not take or that the grid sets
+    a ``diffusion.pipeline`` that is no pipeline folder, a given audio token without one, or a
+    ``stages.<stage>.model`` key that the stage's task does not take or that the grid sets
     (``variant`` and ``seed`` of ``stages.s2i.model`` among them: the row is S2I-C, every seed's)."""
     from cmav.tasks import ClassifierTask, S2ITask
     from cmav.tasks.audio_token import AudioTokenTask
@@ -86,7 +91,19 @@ def _check(cfg: dict) -> None:
 
     src = cfg.get("source", "grid")
     pipeline = (cfg.get("diffusion") or {}).get("pipeline")
-    check_stages(cfg, list(STAGES) + ([] if pipeline else ["diffusion_base"]), GIVEN)
+    need = [s for s in STAGES if s != "audio_classifier" or _trains_on_the_classifier(cfg)]
+    check_stages(cfg, need + ([] if pipeline else ["diffusion_base"]), GIVEN)
+    given_token = cfg["stages"]["audio_token"].get("ckpt")
+    if given_token and not pipeline:
+        from cmav.tasks.audio_token import CHECKPOINT_KEY
+        from cmav.tasks.classifier import _load_checkpoint
+
+        info = _load_checkpoint(given_token, mmap=True).get(CHECKPOINT_KEY)
+        if info is None:
+            raise ValueError(f"{src}: stages.audio_token.ckpt {given_token}: not an AudioTokenTask checkpoint")
+        raise ValueError(f"{src}: stages.audio_token.ckpt needs diffusion.pipeline, the folder the token was trained "
+                         f"with ({info.get('pipeline')}): without it the grid trains a diffusion model of its own, "
+                         "which the token was not trained with")  # fmt: skip
     if int((cfg.get("evaluation") or {}).get("per_class", 1)) < 1:
         raise ValueError(f"{src}: evaluation.per_class must be >= 1")
     for stage in ("audio_classifier", "image_judge"):
@@ -101,6 +118,65 @@ def _check(cfg: dict) -> None:
     if not pipeline:
         check_stage_kwargs(cfg, "diffusion_base", DiffusionBaseTask, ("image_size", "pipeline_dir"),
                            "data.image_size, the pipeline folder under the results folder")  # fmt: skip
+    else:
+        _given_pipeline(cfg)
+
+
+def _given_pipeline(cfg: dict) -> Path:
+    """``diffusion.pipeline`` checked to be a pipeline folder (:func:`~cmav.diffusion.check_pipeline_folder`);
+    the error names the grid file and the key."""
+    from cmav.diffusion import check_pipeline_folder
+
+    try:
+        return check_pipeline_folder(cfg["diffusion"]["pipeline"])
+    except (OSError, ValueError) as exc:
+        raise type(exc)(f"{cfg.get('source', 'grid')}: diffusion.pipeline: {exc}") from None
+
+
+def _load_given_token(path: str | Path, pipeline: Path, dm):
+    """The token given as ``stages.audio_token.ckpt`` (already checked against the data's classes and
+    settings, :func:`~cmav.ablation.grid.check_given`), loaded on the grid's ``pipeline`` folder: a
+    folder of another text width, or whose tokenizer lacks the template's words, is refused naming
+    the key, and its encoder must read the data's features."""
+    from cmav.tasks.audio_token import load_audio_token
+    from cmav.tasks.common import check_encoder_input
+
+    where = f"stages.audio_token.ckpt {path}"
+    try:
+        task = load_audio_token(path, pipeline=pipeline)
+    except (OSError, ValueError) as exc:
+        text = str(exc)
+        raise type(exc)(f"stages.audio_token.ckpt {text}" if text.startswith(str(path)) else f"{where}: {text}") from None
+    check_encoder_input(task.model.audio_encoder.input_shape, None, dm, where)
+    return task
+
+
+def _check_pipeline_use(cfg: dict, folder: Path, class_names: list[str]) -> None:
+    """Refuse, before anything trains, a given pipeline folder that the audio token cannot use: one that
+    does not load, or whose tokenizer lacks a word of the prompt template or of a class (the text-label
+    prompts and the classification term), as :class:`~cmav.diffusion.AudioTokenModel` would refuse it
+    once the judges had trained. The loaded model is dropped: each seed's task loads the folder itself."""
+    import inspect
+
+    from cmav.diffusion import PromptConfig, PromptTemplate, label_words, load_pipeline
+    from cmav.tasks.audio_token import AudioTokenTask
+    from cmav.tasks.common import coerce
+
+    default = inspect.signature(AudioTokenTask).parameters["prompt"].default
+    prompt = coerce(PromptConfig, stage_model(cfg, "audio_token").get("prompt") or default)
+    try:
+        diffusion = load_pipeline(folder)
+        PromptTemplate(diffusion.tokenizer, prompt.template, prompt.placeholder, diffusion.max_length, diffusion.source)
+        for name in class_names:
+            diffusion.word_embedding(label_words(name))
+    except (OSError, ValueError) as exc:
+        raise type(exc)(f"{cfg.get('source', 'grid')}: diffusion.pipeline: {exc}") from None
+
+
+def _trains_on_the_classifier(cfg: dict) -> bool:
+    """Whether a stage trains on the seed's sound classifier: the audio token or S2I-C, unless given."""
+    stages = cfg.get("stages") or {}
+    return not all((stages.get(s) or {}).get("ckpt") for s in ("audio_token", "s2i"))
 
 
 def _once(cfg: dict, out: Path, dm, stage: str, ckpt: Path, make: Callable[[], Any]) -> Path:
@@ -117,9 +193,8 @@ def _pipeline(cfg: dict, out: Path, dm) -> Path:
     from cmav.diffusion import check_pipeline_folder
     from cmav.tasks.diffusion import DiffusionBaseTask
 
-    given = (cfg.get("diffusion") or {}).get("pipeline")
-    if given:
-        return check_pipeline_folder(given)
+    if (cfg.get("diffusion") or {}).get("pipeline"):
+        return _given_pipeline(cfg)
     folder = out / "diffusion_base" / "pipeline"
     model = dict(stage_model(cfg, "diffusion_base"))
     size = cfg["data"]["image_size"]
@@ -191,6 +266,11 @@ def _run(cfg: dict, out: Path) -> dict:
     for stage in GIVEN:  # every given checkpoint fits the data, checked before the diffusion model's long stage
         if st[stage].get("ckpt"):
             check_given(st[stage]["ckpt"], dm, stage)
+    given_token = None
+    if st["audio_token"].get("ckpt"):  # loaded on the grid's pipeline folder (another width is refused)
+        given_token = _load_given_token(st["audio_token"]["ckpt"], _given_pipeline(cfg), dm)
+    elif (cfg.get("diffusion") or {}).get("pipeline"):  # before the judges train, not once they have
+        _check_pipeline_use(cfg, _given_pipeline(cfg), list(dm.class_names))
     ev = cfg.get("evaluation") or {}
     gen = {"steps": int(ev.get("steps", 50)), "scheduler": ev.get("scheduler", "ddim"),
            "guidance_scale": float(ev.get("guidance_scale", 3.0)),
@@ -212,16 +292,21 @@ def _run(cfg: dict, out: Path) -> dict:
     runs: list[dict] = []
     sheet_images: dict[str, torch.Tensor] = {}
     for seed in cfg["seeds"]:
-        clf_ckpt = classifier_stage(cfg, out, dm, "audio_classifier", seed, judges / f"audio_classifier_seed{seed}.ckpt",
-                                    lambda: ClassifierTask(modality="audio", target="label", image_size=size,
-                                                           **stage_model(cfg, "audio_classifier")),
-                                    load_sound_classifier)  # fmt: skip
-        seeded(seed)  # the embedder is drawn in the constructor
-        token = AudioTokenTask(pipeline=str(pipeline), audio_encoder_ckpt=str(clf_ckpt), image_size=size,
-                               **stage_model(cfg, "audio_token"))  # fmt: skip
+        clf_ckpt = None
+        if _trains_on_the_classifier(cfg):
+            clf_ckpt = classifier_stage(cfg, out, dm, "audio_classifier", seed, judges / f"audio_classifier_seed{seed}.ckpt",
+                                        lambda: ClassifierTask(modality="audio", target="label", image_size=size,
+                                                               **stage_model(cfg, "audio_classifier")),
+                                        load_sound_classifier)  # fmt: skip
         run_dir = out / "runs"
-        tok_ckpt = fit(cfg, out, dm, "audio_token", seed, token, run_dir / "audio_token" / f"seed{seed}" / "token.ckpt",
-                       st["audio_token"]["steps"])  # fmt: skip
+        if given_token is not None:  # one token, scored under every seed (as a given S2I-C)
+            token, tok_ckpt = given_token, Path(st["audio_token"]["ckpt"])
+        else:
+            seeded(seed)  # the embedder is drawn in the constructor
+            token = AudioTokenTask(pipeline=str(pipeline), audio_encoder_ckpt=str(clf_ckpt), image_size=size,
+                                   **stage_model(cfg, "audio_token"))  # fmt: skip
+            tok_ckpt = fit(cfg, out, dm, "audio_token", seed, token,
+                           run_dir / "audio_token" / f"seed{seed}" / "token.ckpt", st["audio_token"]["steps"])  # fmt: skip
         if st["s2i"].get("ckpt"):
             s2i_ckpt = Path(st["s2i"]["ckpt"])
         else:

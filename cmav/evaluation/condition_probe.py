@@ -33,6 +33,7 @@ from torch import Tensor
 from cmav.evaluation.i2s import audio_judge
 from cmav.evaluation.paired import check_generator_unseen, check_judge_unseen, inference_of
 from cmav.metrics import judged_accuracy
+from cmav.metrics.classification import NO_PREDICTION, _argmax_or_none
 from cmav.models import ConditionBank
 from cmav.tasks.paired_gan import condition_from
 
@@ -61,8 +62,20 @@ def substitute_conditions(val: Tensor, train: Tensor, train_labels: Tensor, pred
     """
     bank = ConditionBank(train.shape[1])
     bank.fill(train, train_labels)
-    return {("validation" if mode == "own" else name): bank.snap(val, mode, predicted, k=n)
+    return {("validation" if mode == "own" else name): snap(bank, val, mode, predicted, n)
             for name, (mode, n) in condition_rows(min(k, train.shape[0])).items()}  # fmt: skip
+
+
+def snap(bank: ConditionBank, cond: Tensor, mode: str, predicted: Tensor, k: int) -> Tensor:
+    """``bank.snap(cond, mode, predicted, k)``, where a row with no predicted class (:data:`NO_PREDICTION`,
+    the encoder's logits not all finite) gets no ``class_mean`` condition: NaN, so that the generator's
+    output and the judge's verdict on it are none either (a NaN accuracy), not class 0's mean."""
+    none = predicted == NO_PREDICTION
+    out = bank.snap(cond, mode, torch.where(none, torch.zeros_like(predicted), predicted), k)
+    if mode == "class_mean" and bool(none.any()):
+        out = out.clone()
+        out[none.to(out.device)] = float("nan")
+    return out
 
 
 @torch.no_grad()
@@ -100,7 +113,7 @@ def probe_i2s_conditions(task_or_ckpt: Any, datamodule, audio_judge_ckpt: Any, k
         for i in range(0, len(images), batch_size):
             out = net.encoder.forward_features(images[i : i + batch_size].float().div(127.5).sub(1.0))
             conds.append(condition_from(out, net.condition_on))
-            preds.append(out.logits.argmax(1))
+            preds.append(_argmax_or_none(out.logits))
         return torch.cat(conds), torch.cat(preds)
 
     def judged(cond: Tensor, labels: Tensor, split: str) -> dict:
@@ -131,7 +144,7 @@ def probe_i2s_conditions(task_or_ckpt: Any, datamodule, audio_judge_ckpt: Any, k
     rows: dict[str, Any] = {}
     evaluated = None
     for name, (m, n) in condition_rows(min(k, len(bank)), mode, min(neighbours, len(bank))).items():
-        row = judged(bank.snap(val_cond, m, predicted, n), val_labels,
+        row = judged(snap(bank, val_cond, m, predicted, n), val_labels,
                      "validation" if m == "own" else "validation, condition from train")  # fmt: skip
         row.update(inference_condition=m, **({"inference_neighbours": n} if m == "nearest" else {}))
         row["evaluated"] = m == mode and (m != "nearest" or n == min(neighbours, len(bank)))
@@ -158,10 +171,10 @@ def format_probe(report: dict) -> str:
              f"{inf['conditions_from']}", "", "| condition | split | judged | classes below 0.8 |", "|---|---|---|---|"]  # fmt: skip
     for name, r in report["conditions"].items():
         weak = ", ".join(f"{c} {a:.2f}" for c, a in r["per_class"].items() if a < 0.8) or "-"
-        judged = "n/a" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+        judged = "n/a" if r["accuracy"] is None or math.isnan(r["accuracy"]) else f"{r['accuracy']:.3f}"
         lines.append(f"| {name}{' *' if r.get('evaluated') else ''} | {r['split']} | {judged} | {weak} |")
     lines += [f"NOTE: {n}" for n in report.get("notes") or []]
     return "\n".join(lines)
 
 
-__all__ = ["condition_rows", "format_probe", "probe_i2s_conditions", "substitute_conditions"]
+__all__ = ["condition_rows", "format_probe", "probe_i2s_conditions", "snap", "substitute_conditions"]

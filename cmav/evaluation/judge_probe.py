@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 
 from cmav.metrics import judge_predictions, player_table
+from cmav.metrics.classification import NO_PREDICTION
+from cmav.metrics.serialise import format_number, json_safe
 
 VIEWS = ("frame", "instrument painted out", "instrument only")
 PROBE_SPLITS = ("train", "holdout", "validation")
@@ -86,8 +88,12 @@ def probe_image_judge(judge_or_ckpt: Any, datamodule, splits: tuple[str, ...] = 
         views = {}
         for view, x in judge_views(images, masks).items():
             predicted = judge_predictions(judge, x, batch_size)
-            views[view] = {"accuracy": float((predicted == labels).float().mean()) if len(labels) else float("nan"),
-                           "players": player_table(predicted, labels, tracks, names)}  # fmt: skip
+            # a frame the judge gives no class (logits not all finite) makes the figure none, not a
+            # wrong answer: as in classification_report
+            none = int((predicted == NO_PREDICTION).sum())
+            accuracy = float((predicted == labels).float().mean()) if len(labels) and not none else float("nan")
+            views[view] = {"accuracy": accuracy, "players": player_table(predicted, labels, tracks, names),
+                           **({"n_no_prediction": none} if none else {})}  # fmt: skip
         out["splits"][split] = {"n": int(len(labels)), "views": views}
     return out
 
@@ -105,7 +111,9 @@ def format_judge_probe(probe: dict[str, Any], list_players: tuple[str, ...] = ("
                   "|---|---|---|"]  # fmt: skip
         for view, v in s["views"].items():
             right = sum(p["named_most"] == p["class"] for p in v["players"])
-            lines.append(f"| {view} | {v['accuracy']:.3f} | {right} of {len(v['players'])} |")
+            acc = (f"n/a ({v['n_no_prediction']} of {s['n']} frames without a prediction)" if v.get("n_no_prediction")
+                   else format_number(json_safe(v["accuracy"]), ".3f"))  # fmt: skip
+            lines.append(f"| {view} | {acc} | {right} of {len(v['players'])} |")
         lines.append("")
         if split in list_players:
             views = list(s["views"])
@@ -114,8 +122,11 @@ def format_judge_probe(probe: dict[str, Any], list_players: tuple[str, ...] = ("
                 cells = []
                 for view in views:
                     q = s["views"][view]["players"][i]
-                    wrong = "" if q["named_most"] == q["class"] else f" (→ {q['named_most']})"
-                    cells.append(f"{q['accuracy']:.2f}{wrong}")
+                    if q["named_most"] is None:  # no frame of the player given a class
+                        wrong = " (no prediction)"
+                    else:
+                        wrong = "" if q["named_most"] == q["class"] else f" (→ {q['named_most']})"
+                    cells.append(f"{format_number(json_safe(q['accuracy']), '.2f')}{wrong}")
                 lines.append(f"| {p['class']} #{p['track']} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines)

@@ -28,7 +28,10 @@ whose checkpoint says it trained on any of those tails (its ``data.holdout_tail`
 leaves them in its training set, e.g. 0) is refused at set-up, as by :func:`~cmav.evaluation.evaluate_s2i`;
 one trained on another root is warned of (:func:`~cmav.evaluation.paired.check_judge_unseen`).
 
-S2I tasks take an image judge, I2S tasks an audio judge. The judge is loaded onto the task's device
+S2I tasks take an image judge, I2S tasks an audio judge: one of the data's classes, an image judge of
+its frame size, an audio judge of its front end (as :func:`~cmav.evaluation.evaluate_i2s` checks:
+another ``n_mels`` passes the encoder's global pool, another ``top_db`` gives the same shape), or it
+is refused at set-up, naming its file. The judge is loaded onto the task's device
 at the start of fitting and is never part of the task (nor of its checkpoints): it only scores.
 Under DDP every process scores the whole split, and the figures logged are rank 0's, broadcast:
 a generator's batch-norm statistics are each rank's own (DDP does not synchronise them in a pass
@@ -147,6 +150,12 @@ class JudgedAccuracyMonitor(L.Callback):
                 check_judge_fits(judge, class_names=list(dm.class_names), frames=frames, what=f"{want} judge")
             except ValueError as exc:
                 raise ValueError(f"{path}: {exc}") from None
+        if want == "audio" and getattr(dm, "train_full", None) is not None:
+            # evaluate_i2s's check: the encoder's global pool reads any number of mel bands, and another
+            # top_db gives the same shape, so only the front end it trained on says it reads these LMS right
+            from cmav.tasks.common import check_encoder_input
+
+            check_encoder_input(judge.model.input_shape, judge.trained_features, dm, str(path))
         shortfall = dm.holdout_shortfall() if self.split == "holdout" and hasattr(dm, "holdout_shortfall") else None
         if shortfall:  # Lightning sets the data module up before the callbacks
             raise ValueError(f"JudgedAccuracyMonitor(split='holdout') scores the held-out tails of the train tracks; {shortfall}")

@@ -9,6 +9,7 @@ audio token, the text-label prompt, S2I-C) the same way (see :mod:`cmav.metrics.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,25 @@ def label_images(model: AudioTokenModel, labels: Tensor, seed: int = 0, steps: i
     return model.diffusion.sample(cond, guidance_scale, steps, scheduler, g, batch_size)
 
 
+OUTPUT_NAME = re.compile(r"sample_\d{2,}\.png|grid\.png")
+"""The files :func:`generate_from_audio_token` writes into its folder (and removes from it first)."""
+
+
+def token_output_folder(output_dir: str | Path) -> Path:
+    """``output_dir`` as the folder :func:`generate_from_audio_token` writes into; a ``ValueError``
+    naming it when it has an image suffix (``-o out.png``: it would become a folder of that name) or
+    is an existing file."""
+    from PIL import Image
+
+    out = Path(output_dir)
+    is_file = out.exists() and not out.is_dir()
+    if is_file or out.suffix.lower() in Image.registered_extensions():
+        what = "this is a file: give a folder" if is_file else f"not an image file: give a folder, e.g. {out.with_suffix('')}"
+        raise ValueError(f"{out}: -o (output_dir) is a folder for an audio-token checkpoint (it gets sample_00.png ... "
+                         f"and grid.png), {what}")  # fmt: skip
+    return out
+
+
 def generate_from_audio_token(
     ckpt: str | Path,
     audio_path: str | Path,
@@ -78,8 +98,10 @@ def generate_from_audio_token(
 ) -> tuple[list[Path], list[str]]:
     """Write ``n`` images generated from the audio token of ``audio_path`` to ``output_dir``.
 
-    Files: ``sample_00.png`` ... and ``grid.png`` (all of them). Returns the paths and notes on what
-    was done to the clip. ``pipeline`` overrides the checkpoint's pipeline folder.
+    Files: ``sample_00.png`` ... and ``grid.png`` (all of them); those of an earlier run into the folder
+    are removed first. ``output_dir`` is a folder: one with an image suffix, or an existing file, is
+    refused (:func:`token_output_folder`). Returns the paths and notes on what was done to the clip.
+    ``pipeline`` overrides the checkpoint's pipeline folder.
     """
     from PIL import Image
 
@@ -91,6 +113,7 @@ def generate_from_audio_token(
 
     if n < 1:
         raise ValueError("n must be >= 1")
+    out = token_output_folder(output_dir)
     task = load_audio_token(ckpt, pipeline=pipeline, device=_device(device))
     features, spec = front_end_of(ckpt)
     lms, notes = wav_to_features(audio_path, features, spec)
@@ -100,8 +123,10 @@ def generate_from_audio_token(
                         f"features of shape {tuple(lms.shape[1:])} do not fit the encoder's input {expected}")
     images = token_images(task.model, lms.repeat(n, 1, 1, 1), seed=seed, steps=steps, scheduler=scheduler,
                           guidance_scale=guidance_scale)  # fmt: skip
-    out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.iterdir():  # an earlier run's, of a larger n: not to be taken for this run's
+        if OUTPUT_NAME.fullmatch(old.name) and old.is_file():
+            old.unlink()
     cells = [to_uint8_frame(x) for x in images]
     paths = []
     for i, cell in enumerate(cells):
@@ -178,4 +203,5 @@ def score_images(generated: Tensor, audio: Tensor, labels: Tensor, real: Tensor,
     }
 
 
-__all__ = ["at_size", "generate_from_audio_token", "label_images", "score_images", "token_images"]
+__all__ = ["OUTPUT_NAME", "at_size", "generate_from_audio_token", "label_images", "score_images", "token_images",
+           "token_output_folder"]
