@@ -6,6 +6,7 @@ checked against the grid's data, and the cross-source root checked to be a re-re
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -830,3 +831,110 @@ def test_a_robustness_variant_whose_groups_need_another_front_end_is_refused_bef
         robustness._validate(cfg)
     cfg["variants"].pop()
     assert [v["name"] for v in robustness._validate(cfg)] == ["none", "tilt"]
+
+
+def test_the_token_grid_refuses_a_pipeline_folder_it_cannot_use_before_anything_trains(tmp_path, monkeypatch):
+    """diffusion.pipeline misspelt, or a folder whose tokenizer lacks the prompt template's words: both
+    used to fail after the image judge and the retrieval model had trained (thousands of steps on the
+    default preset)."""
+    import torch
+
+    from cmav.ablation import grid, token
+    from cmav.data.instruments import INSTRUMENTS
+    from cmav.diffusion import PixelDiffusionConfig, build_pixel_diffusion, label_words
+
+    from fixtures import make_suburmp_tracks
+
+    fitted = []
+
+    def fit(*args, **kwargs):
+        fitted.append(args[3])
+        raise AssertionError(f"stage {args[3]} trained before the grid's pipeline folder was checked")
+
+    monkeypatch.setattr(grid, "fit", fit)
+    monkeypatch.setattr(token, "fit", fit)
+    cfg = load_grid(EXPERIMENTS / "token.yaml", "quick", [f"diffusion.pipeline={tmp_path / 'pipline'}"])
+    cfg["data"]["root"] = str(tmp_path / "no_data_here")  # reached only when the check lets it through
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"token\.yaml: diffusion\.pipeline: diffusion pipeline folder not "
+                                                r"found: \S*pipline"):  # fmt: skip
+        token.run(cfg, out)
+    assert fitted == [] and sorted(p.name for p in out.iterdir()) == []
+
+    torch.manual_seed(0)
+    tiny = PixelDiffusionConfig(image_size=16, block_out_channels=(8, 16), layers_per_block=1, attention_heads=2,
+                                norm_num_groups=8, text_width=16, text_layers=2, text_heads=2, max_length=12)  # fmt: skip
+    drawings = build_pixel_diffusion([f"a drawing of a {label_words(c)} player" for c in INSTRUMENTS], tiny)
+    cfg["diffusion"]["pipeline"] = str(drawings.save(tmp_path / "drawings"))
+    root = make_suburmp_tracks(tmp_path / "data", tracks=(0, 1), chunks=2)
+    cfg["data"].update(root=str(root), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=r"token\.yaml: diffusion\.pipeline: \S*drawings: its tokenizer does not know "
+                                         r"the words \['photo'\]"):  # fmt: skip
+        token.run(cfg, out)
+    assert fitted == [] and not (out / "judges").exists() and not (out / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------ review N fixes
+
+
+def _drop_pair(root: Path, split: str, name: str = "violin") -> None:
+    """Remove one of class ``name``'s pairs of ``split`` (chunk and frame): a data set edited in place."""
+    wav = sorted((root / "chunk" / split / name).glob("*.wav"))[0]
+    wav.unlink()
+    (root / "img" / split / name / f"{wav.stem}.jpg").unlink()
+
+
+@pytest.mark.parametrize(("where", "split"), [("train", "train"), ("cross", "validation"), ("train", "validation")])
+def test_a_robustness_run_whose_training_or_scoring_data_changed_is_trained_again(tmp_path, capsys, where, split):
+    """Pairs removed from the training split, or from either validation split the run is scored on,
+    train the cell again, saying which root changed; an unchanged rerun reuses it."""
+    from cmav.ablation import robustness
+
+    cfg = _tiny_robustness(tmp_path)
+    out = tmp_path / "grid"
+    out.mkdir()
+    robustness.run(cfg, out)
+    _drop_pair(tmp_path / where, split)
+    capsys.readouterr()
+    robustness.run(cfg, out)
+    said = capsys.readouterr().out
+    assert f"not reused (the data under {(tmp_path / where).resolve()} changed since it ran ({split}))" in said
+    assert "done before" not in said
+    robustness.run(cfg, out)
+    assert "none seed 0: done before (runs.jsonl)" in capsys.readouterr().out
+
+
+def test_a_stage_checkpoint_is_trained_again_when_its_data_changed_and_one_of_before_fingerprints_is_reused(
+        tmp_path, capsys):  # fmt: skip
+    """A stage's settings hold its data's fingerprints: a pair removed retrains it, saying so; settings
+    recorded before fingerprints were are reused once noted, and hold the data's fingerprints from then on."""
+    from cmav.ablation.grid import record, reusable, stage_key
+    from cmav.data.datamodule import AudioVisualDataModule
+
+    data = make_suburmp(tmp_path / "data", chunks=2)
+    cfg = {"stages": {"image_judge": {"steps": 5}}, "trainer": QUIET}
+    ckpt = tmp_path / "judge.ckpt"
+    ckpt.write_bytes(b"weights")
+
+    def key() -> str:
+        dm = AudioVisualDataModule(root=str(data), progress=False, cache_dir=str(tmp_path / "cache"))
+        dm.setup("fit")
+        return stage_key(cfg, "image_judge", 0, dm)
+
+    legacy = json.loads(key())
+    legacy.pop("data_fingerprints")
+    ckpt.with_name(ckpt.name + ".settings.json").write_text(json.dumps(legacy, sort_keys=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert reusable(ckpt, key())
+    assert "recorded before" in capsys.readouterr().out
+    assert reusable(ckpt, key()) and "recorded before" not in capsys.readouterr().out
+    _drop_pair(data, "validation")
+    with pytest.warns(UserWarning, match=re.escape(f"not reused (the data under {data.resolve()} changed since it was "
+                                                   "trained (validation)); training it again")):  # fmt: skip
+        assert not reusable(ckpt, key())
+    record(ckpt, key())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert reusable(ckpt, key())

@@ -317,3 +317,61 @@ def test_a_rerun_cut_off_part_way_leaves_no_table_of_the_previous_run(tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         run_ablation(dict(cfg, threads=2), out_dir=out)
     assert [n for n in audio_repr.RESULTS if (out / n).exists()] == []
+
+
+def _drop_validation_pairs(data: Path, name: str, n: int) -> None:
+    """Remove ``n`` of class ``name``'s validation pairs (chunk and frame), as a data set edited in place."""
+    for wav in sorted((data / "chunk" / "validation" / name).glob("*.wav"))[:n]:
+        wav.unlink()
+        (data / "img" / "validation" / name / f"{wav.stem}.jpg").unlink()
+
+
+def test_a_run_whose_data_changed_is_trained_again_and_one_whose_files_were_only_touched_is_not(
+        tmp_path, monkeypatch, capsys):  # fmt: skip
+    """A run's record holds its data's fingerprints: pairs removed from the validation split (the
+    feature cache is rebuilt) train the cell again and score it on the split as it is now; a chmod
+    (which rebuilds the cache too, its fingerprint holds the ctime) keeps the run."""
+    data = make_suburmp_tracks(tmp_path / "data", tracks=(0, 1), chunks=3)
+    cfg = _one_cell(data)
+    trained = _count_fits(monkeypatch)
+    out = tmp_path / "repr"
+    first = run_ablation(cfg, out_dir=out)["runs"][0]
+    cached = {p: p.stat().st_mtime_ns for p in (data / ".cmav_cache").glob("validation-*.pt")}
+    for p in (data / "chunk" / "validation" / "violin").iterdir():
+        p.chmod(0o640)  # the same contents: reused
+    capsys.readouterr()
+    run_ablation(cfg, out_dir=out)
+    assert len(trained) == 1 and "done before (runs.jsonl)" in capsys.readouterr().out
+    assert cached and all(p.stat().st_mtime_ns != t for p, t in cached.items())  # the cache was rebuilt
+
+    _drop_validation_pairs(data, "violin", 2)
+    again = run_ablation(cfg, out_dir=out)["runs"][0]
+    said = capsys.readouterr().out
+    assert len(trained) == 2, said
+    assert f"not reused (the data under {data.resolve()} changed since it ran" in said
+    assert again["checkpoint"] == first["checkpoint"]  # the same settings: the same file, its record the new one
+    run_ablation(cfg, out_dir=out)  # and the new record is reused
+    assert len(trained) == 2 and "done before (runs.jsonl)" in capsys.readouterr().out
+
+
+def test_a_run_logged_before_data_fingerprints_is_reused_once_noted_and_retrained_when_the_data_changes(
+        tmp_path, monkeypatch, capsys):  # fmt: skip
+    data = make_suburmp_tracks(tmp_path / "data", tracks=(0, 1), chunks=3)
+    cfg = _one_cell(data)
+    trained = _count_fits(monkeypatch)
+    out = tmp_path / "repr"
+    run_ablation(cfg, out_dir=out)
+    log = out / "runs.jsonl"
+    old = [json.loads(line) for line in log.read_text().splitlines()]
+    for r in old:
+        r.pop("data_fingerprints")
+    log.write_text("".join(json.dumps(r) + "\n" for r in old))
+    capsys.readouterr()
+    run_ablation(cfg, out_dir=out)
+    said = capsys.readouterr().out
+    assert len(trained) == 1 and "done before (runs.jsonl)" in said and "logged before" in said
+    run_ablation(cfg, out_dir=out)
+    assert "logged before" not in capsys.readouterr().out  # noted once: its data is recorded now
+    _drop_validation_pairs(data, "violin", 1)
+    run_ablation(cfg, out_dir=out)
+    assert len(trained) == 2 and "the data under" in capsys.readouterr().out

@@ -27,9 +27,11 @@ import numpy as np
 import torch
 
 from cmav.ablation.grid import (
+    DATA_FINGERPRINTS,
     append_run,
     check_variants,
     clear_results,
+    data_fingerprints,
     datamodule,
     fit,
     key_text,
@@ -41,6 +43,7 @@ from cmav.ablation.grid import (
     save_config,
     settings_folder,
     slug,
+    with_data_fingerprints,
     write_csv,
 )
 from cmav.features.frontend import build_front_end, front_end_config
@@ -88,7 +91,10 @@ def config_key(cfg: dict, features: Any, model: dict, device: str) -> dict:
     this grid has no stages, and its cells differ in what ``stages`` cannot hold (front end, depth).
     The front end's throughput is not a part: every call times it afresh (``throughput`` settings,
     this device) and reports that for reused runs too. Runs logged before the trainer, threads and
-    device were keyed stay readable in ``runs.jsonl``, and are trained again."""
+    device were keyed stay readable in ``runs.jsonl``, and are trained again. The data's contents
+    are not a part either: their fingerprints are logged beside the key
+    (:data:`~cmav.ablation.grid.DATA_FINGERPRINTS`), and a run whose data changed is trained again
+    into the same checkpoint file, said so (:func:`~cmav.ablation.grid.reusable_run`)."""
     return {"features": front_end_config(features).to_dict(), "model": model, "steps": int(cfg["steps"]),
             "data": cfg["data"], "trainer": cfg.get("trainer"), "threads": cfg.get("threads"),
             "device": device}  # fmt: skip
@@ -297,14 +303,16 @@ def run(cfg: dict, out: Path) -> dict:
                                      batch_size=tp_batch, repeats=tp_repeats)  # fmt: skip
         timed = {"batch_size": tp_batch, "repeats": tp_repeats, "device": device_label}
         val = dm.val.tensors
+        data = data_fingerprints(dm)  # the splits as this representation's runs train and score on them
         for depth in depths:
             for seed in cfg["seeds"]:
                 kw = merge(model_cfg, {"audio_encoder": {"n_blocks": depth}})
                 key = config_key(cfg, features, kw, device_label)
                 logged = logged_runs(log)
                 previous = finished_runs(logged).get(run_key(name, depth, seed, key))
-                why = reusable_run(previous, logged) if previous is not None else None
+                why = reusable_run(previous, logged, data) if previous is not None else None
                 if previous is not None and why is None:
+                    previous = with_data_fingerprints(log, previous, data, f"{name} depth {depth} seed {seed}")
                     runs.append({**previous, "front_end_chunks_per_s": speed, "throughput": timed})
                     print(f"[ablate] {name} depth {depth} seed {seed}: done before (runs.jsonl)", flush=True)
                     continue
@@ -325,6 +333,7 @@ def run(cfg: dict, out: Path) -> dict:
                     "parameters": count_parameters(task.model), "front_end_chunks_per_s": speed,
                     "throughput": timed, "train_s": train_s, "checkpoint": str(ckpt),
                     "checkpoint_sha256": sha256_file(ckpt), "per_class": report.to_dict()["per_class"],
+                    DATA_FINGERPRINTS: data,
                 })  # fmt: skip
                 append_run(log, runs[-1])
                 print(f"[ablate] {name} depth {depth} seed {seed}: val acc {report.accuracy:.3f} "

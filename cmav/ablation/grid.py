@@ -399,12 +399,58 @@ def check_given(path: str | Path, dm, stage: str) -> None:
                       "did not include the grid's validation players", stacklevel=2)  # fmt: skip
 
 
+DATA_FINGERPRINTS = "data_fingerprints"
+"""Where a run's record in ``runs.jsonl`` and a stage's ``<ckpt>.settings.json`` keep the fingerprints
+of the data they were trained and scored on (:func:`data_fingerprints`): ``{root: {split: fingerprint}}``,
+the roots resolved. Beside the settings, not among them: a run whose data changed is named as such
+(:func:`changed_data`), and one recorded before fingerprints were is told apart from one of other settings."""
+
+
+def data_fingerprints(dm) -> dict[str, dict[str, str | None]]:
+    """``{root: {"train": ..., "validation": ...}}``: what identifies the contents of the data
+    module ``dm``'s splits (:meth:`~cmav.data.datamodule.AudioVisualDataModule.data_fingerprints`:
+    each file's path below the root, size and mtime, not the inode or ctime that a chmod or copy
+    changes), its root resolved as :func:`key_text` resolves roots."""
+    return {str(Path(dm.root).resolve()): dm.data_fingerprints()}
+
+
+def split_fingerprints(layout: str, splits: list[tuple[Path, str]]) -> dict[str, dict[str, str]]:
+    """:func:`data_fingerprints` of the ``(root, split)`` pairs ``splits`` found on disk in
+    ``layout``, without opening the cache (:func:`~cmav.data.datasets.split_fingerprint`)."""
+    from cmav.data.datasets import split_fingerprint
+
+    out: dict[str, dict[str, str]] = {}
+    for root, split in splits:
+        out.setdefault(str(Path(root).resolve()), {})[split] = split_fingerprint(layout, root, split)  # type: ignore[arg-type]
+    return out
+
+
+def changed_data(recorded: dict, now: dict, since: str = "it ran") -> str | None:
+    """Which data changed between the fingerprints ``recorded`` with a run or stage and those of the
+    data ``now`` (:data:`DATA_FINGERPRINTS`), as a reason to train it again; None when none did."""
+    changed: list[tuple[str, list[str]]] = []
+    for root in sorted(set(recorded) | set(now)):
+        a, b = recorded.get(root) or {}, now.get(root) or {}
+        splits = [s for s in sorted(set(a) | set(b)) if a.get(s) != b.get(s)]
+        if splits:
+            changed.append((root, splits))
+    if not changed:
+        return None
+    if len(changed) == 1:
+        root, splits = changed[0]
+        return f"the data under {root} changed since {since} ({', '.join(splits)})"
+    roots = ", ".join(r for r, _ in changed[:-1]) + f" and {changed[-1][0]}"
+    details = "; ".join(f"{root}: {', '.join(splits)}" for root, splits in changed)
+    return f"the data under {roots} changed since {since} ({details})"
+
+
 def stage_key(cfg: dict, stage: str, seed: int, dm) -> str:
-    """What a stage's checkpoint was trained from: the stage's settings, the trainer's, the seed and
-    the data module's (root, image size, front end, held-out tails ...)."""
+    """What a stage's checkpoint was trained from: the stage's settings, the trainer's, the seed,
+    the data module's (root, image size, front end, held-out tails ...) and the fingerprints of its
+    data (:data:`DATA_FINGERPRINTS`: a data set rebuilt or edited in place under the same root)."""
     data = {k: v for k, v in dict(dm.hparams).items() if k not in ("progress", "num_workers", "cache_dir", "root_resolved")}  # how, not what
-    return json.dumps({"stage": cfg["stages"][stage], "trainer": cfg.get("trainer"), "seed": seed, "data": data},
-                      sort_keys=True, default=str)  # fmt: skip
+    return json.dumps({"stage": cfg["stages"][stage], "trainer": cfg.get("trainer"), "seed": seed, "data": data,
+                       DATA_FINGERPRINTS: data_fingerprints(dm)}, sort_keys=True, default=str)  # fmt: skip
 
 
 def _key_path(ckpt: Path) -> Path:
@@ -456,17 +502,44 @@ def _same_settings(stored: str, key: str) -> bool:
     return isinstance(a, dict) and isinstance(b, dict) and key_text(a) == key_text(b)
 
 
+def _settings(text: str) -> dict | None:
+    try:
+        key = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return key if isinstance(key, dict) else None
+
+
 def reusable(ckpt: Path, key: str) -> bool:
     """Whether an earlier run into the folder left ``ckpt`` trained under the same ``key`` (roots
-    compared resolved, :func:`resolved_roots`). A checkpoint of other settings (another root, more
-    steps, another judge recipe), or of a run from before cmav recorded them, is said so and trained
-    again rather than silently reused."""
+    compared resolved, :func:`resolved_roots`) on the same data (:data:`DATA_FINGERPRINTS`). A
+    checkpoint of other settings (another root, more steps, another judge recipe), of data changed
+    since, or of a run from before cmav recorded its settings, is said so and trained again rather
+    than silently reused. One whose settings were recorded before the data's fingerprints were is
+    reused, said so, and gets the data's fingerprints as they are now recorded (a later change
+    trains it again): its data cannot be checked, and retraining every such stage would cost more
+    than the rare data set changed in place since."""
     if not ckpt.is_file():
         return False
     meta = _key_path(ckpt)
-    if meta.is_file() and _same_settings(meta.read_text(), key):
+    stored = meta.read_text() if meta.is_file() else None
+    if stored is not None and _same_settings(stored, key):
         return True
-    why = "other settings" if meta.is_file() else "settings not recorded (an older run)"
+    was, now = _settings(stored or ""), _settings(key)
+    if was is not None and now is not None and DATA_FINGERPRINTS in now:
+        same = key_text({k: v for k, v in was.items() if k != DATA_FINGERPRINTS}) == key_text(
+            {k: v for k, v in now.items() if k != DATA_FINGERPRINTS})  # fmt: skip
+        if same and DATA_FINGERPRINTS not in was:
+            print(f"[ablate] {ckpt}: reused, its settings recorded before cmav kept its data's fingerprints (remove "
+                  f"it to train it again if the data under {', '.join(now[DATA_FINGERPRINTS])} changed since); "
+                  "the data as it is now is recorded for it", flush=True)  # fmt: skip
+            record(ckpt, key)
+            return True
+        if same:
+            changed = changed_data(was[DATA_FINGERPRINTS], now[DATA_FINGERPRINTS], "it was trained")
+            warnings.warn(f"{ckpt}: not reused ({changed}); training it again", stacklevel=3)
+            return False
+    why = "other settings" if stored is not None else "settings not recorded (an older run)"
     warnings.warn(f"{ckpt}: trained under {why}; training it again", stacklevel=3)
     return False
 
@@ -505,14 +578,19 @@ def append_run(log: Path, run: dict) -> None:
         f.write(line)  # append mode: at the end, whatever was read
 
 
-def reusable_run(run: dict, logged: list[dict]) -> str | None:
+def reusable_run(run: dict, logged: list[dict], data: dict | None = None) -> str | None:
     """Why a finished run of ``runs.jsonl`` (one of ``logged``, the file's runs) cannot be reused,
-    or None when it can: its ``checkpoint`` must still hold the weights it was scored with. The file
-    must exist and have the ``checkpoint_sha256`` logged with the run; a run logged before that was
-    (when every run of a cell wrote the same file, whatever its settings) must moreover be the last
-    of ``logged`` to name its file, as a later one overwrote it."""
+    or None when it can: the data it was trained and scored on must not have changed since (its
+    :data:`DATA_FINGERPRINTS` against ``data``, the data's now; a run logged before they were is
+    left to :func:`with_data_fingerprints`), and its ``checkpoint`` must still hold the weights it
+    was scored with. The file must exist and have the ``checkpoint_sha256`` logged with the run; a
+    run logged before that was (when every run of a cell wrote the same file, whatever its settings)
+    must moreover be the last of ``logged`` to name its file, as a later one overwrote it."""
     from cmav.data.files import sha256_file
 
+    if data is not None and run.get(DATA_FINGERPRINTS) is not None:
+        if changed := changed_data(run[DATA_FINGERPRINTS], data):
+            return changed
     path = run.get("checkpoint")
     if not path or not Path(path).is_file():
         return f"its checkpoint {path} is gone"
@@ -521,6 +599,22 @@ def reusable_run(run: dict, logged: list[dict]) -> str | None:
     mine = Path(path).resolve()
     last = [r for r in logged if r.get("checkpoint") and Path(r["checkpoint"]).resolve() == mine][-1:]
     return None if last and last[0] is run else f"a later run under other settings wrote its checkpoint {path}"
+
+
+def with_data_fingerprints(log: Path, run: dict, data: dict, label: str) -> dict:
+    """A reused ``run`` of ``log`` (``runs.jsonl``) with ``data``, its data's fingerprints now. A run
+    logged before cmav recorded them is reused as it is, said so once (``label`` names the cell) and
+    logged again with them, so that a later change of its data trains it again: its data cannot be
+    checked, and retraining every such run would cost more than the rare data set changed in place
+    since (a chmod or copy, which the cache's fingerprint sees, does not change what they hold)."""
+    if run.get(DATA_FINGERPRINTS) is not None:
+        return run
+    print(f"[ablate] {label}: logged before runs recorded their data's fingerprints: reused as it is (remove its "
+          f"line from {log} to train it again if the data under {', '.join(data)} changed since); the data as it "
+          "is now is recorded for it", flush=True)  # fmt: skip
+    run = {**run, DATA_FINGERPRINTS: data}
+    append_run(log, run)
+    return run
 
 
 def finite(values: list[Any]) -> list[float]:
@@ -761,5 +855,5 @@ def save_config(cfg: dict, out: Path) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
-__all__ = ["append_run", "check_given", "check_keys", "clear_results", "key_text", "resolved_roots", "reusable_run", "settings_folder", "check_stage_kwargs", "check_task_kwargs", "check_variant_kwargs", "check_variants", "classifier_stage", "data_root", "datamodule", "evaluated_name", "exclusive", "fit", "inference_conditions", "load_grid", "normalise", "under_inference_conditions", "finite", "mean_sd", "mean_sd_text", "put_mean_sd", "merge", "parse_override", "record", "reusable", "save_config", "seeded", "slug", "stage_key", "stage_model", "trainer",
+__all__ = ["DATA_FINGERPRINTS", "append_run", "changed_data", "check_given", "data_fingerprints", "split_fingerprints", "with_data_fingerprints", "check_keys", "clear_results", "key_text", "resolved_roots", "reusable_run", "settings_folder", "check_stage_kwargs", "check_task_kwargs", "check_variant_kwargs", "check_variants", "classifier_stage", "data_root", "datamodule", "evaluated_name", "exclusive", "fit", "inference_conditions", "load_grid", "normalise", "under_inference_conditions", "finite", "mean_sd", "mean_sd_text", "put_mean_sd", "merge", "parse_override", "record", "reusable", "save_config", "seeded", "slug", "stage_key", "stage_model", "trainer",
            "variant_model_kwargs", "variant_names", "write_csv"]  # fmt: skip

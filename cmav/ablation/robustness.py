@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from cmav.ablation.grid import (
+    DATA_FINGERPRINTS,
     append_run,
     check_variants,
     clear_results,
@@ -40,6 +41,8 @@ from cmav.ablation.grid import (
     save_config,
     settings_folder,
     slug,
+    split_fingerprints,
+    with_data_fingerprints,
     write_csv,
 )
 from cmav.evaluation.robustness import RENDER_ONLY, check_rerender  # noqa: F401  (one check, shared with evaluate robustness)
@@ -206,8 +209,10 @@ def config_key(cfg: dict, name: str, seed: int, aug: AudioAugmentConfig, train_r
     clipping, accumulation ...) and the torch threads, as :func:`cmav.ablation.audio_repr.config_key`
     but without the device: this grid compares accuracies, and its training times (table.csv's
     ``train_s``) are those of the device each run trained on. A finished run in ``runs.jsonl`` with
-    the same key (roots compared resolved, :func:`~cmav.ablation.grid.key_text`) is reused; runs
-    logged before the trainer and threads were keyed are trained again."""
+    the same key (roots compared resolved, :func:`~cmav.ablation.grid.key_text`) is reused while
+    its data are as they were (the fingerprints of the training split and of both validation
+    splits, logged beside the key: :data:`~cmav.ablation.grid.DATA_FINGERPRINTS`); runs logged
+    before the trainer and threads were keyed are trained again."""
     return {"variant": name, "seed": seed, "augment": aug.to_dict(), "train_root": str(train_root), "model": model,
             "steps": steps, "data": data, "cross_source": str(x_root), "trainer": cfg.get("trainer"),
             "threads": cfg.get("threads")}  # fmt: skip
@@ -327,13 +332,16 @@ def run(cfg: dict, out: Path) -> dict:
         train_root = variant_root(cfg, v, in_root, out, fonts["cross_source"])
         check_independent(data_soundfont(train_root), fonts["cross_source"])  # never train on the evaluation source
         model, data, steps = variant_setup(cfg, v)
+        # found on disk, not opened: a reused run builds no data module
+        contents = split_fingerprints(data.get("layout", "suburmp"),
+                                      [(train_root, "train"), (in_root, "validation"), (x_root, "validation")])  # fmt: skip
         for seed in cfg["seeds"]:
             key = config_key(cfg, name, seed, aug, train_root, model, steps, data, x_root)
             logged = logged_runs(log)
             previous = finished_runs(logged).get(key_text(key))
-            why = reusable_run(previous, logged) if previous is not None else None
+            why = reusable_run(previous, logged, contents) if previous is not None else None
             if previous is not None and why is None:
-                runs.append(previous)
+                runs.append(with_data_fingerprints(log, previous, contents, f"{name} seed {seed}"))
                 print(f"[ablate] {name} seed {seed}: done before (runs.jsonl)", flush=True)
                 continue
             if why:
@@ -360,7 +368,7 @@ def run(cfg: dict, out: Path) -> dict:
                 "checkpoint_sha256": sha256_file(ckpt),
                 **{src: s["accuracy"] for src, s in scores.items()},
                 **{f"{src}_balanced": s["balanced_accuracy"] for src, s in scores.items()},
-                "per_class": {src: s["per_class"] for src, s in scores.items()},
+                "per_class": {src: s["per_class"] for src, s in scores.items()}, DATA_FINGERPRINTS: contents,
             })  # fmt: skip
             append_run(log, runs[-1])
             print(f"[ablate] {name} seed {seed}: in-source {scores['in_source']['accuracy']:.3f}, "

@@ -294,7 +294,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     kind = model_kind(_load_checkpoint(args.ckpt), args.ckpt)
     if kind not in ("s2i", "i2s"):
         print(f"cmav evaluate: {args.ckpt} is a checkpoint of kind {kind!r}; this command scores S2I and I2S ones "
-              "(audio tokens are scored by their grid: cmav ablate experiments/ablations/token.yaml)", file=sys.stderr)  # fmt: skip
+              "(an audio token is scored by the token grid: cmav ablate experiments/ablations/token.yaml --set "
+              "stages.audio_token.ckpt=CKPT --set diffusion.pipeline=FOLDER, the folder it was trained with; see "
+              "docs/diffusion.md)", file=sys.stderr)  # fmt: skip
         return 2
     if args.probe_conditions and kind != "i2s":
         print("cmav evaluate: --probe-conditions is for I2S checkpoints", file=sys.stderr)

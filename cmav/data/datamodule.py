@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Subset
 from cmav.data.audio_io import ChunkSpec
 from cmav.data.cache import PairTensors
 from cmav.data.check import shared_players, tracks_by_class
-from cmav.data.datasets import Layout, PairDataset, open_split
+from cmav.data.datasets import Layout, PairDataset, open_split, split_fingerprint
 from cmav.data.errors import DataError, DataWarning
 from cmav.data.image_io import check_image_size
 from cmav.data.tails import tail_holdout
@@ -161,6 +161,14 @@ class AudioVisualDataModule(L.LightningDataModule):
         if problems:
             raise DataError(self.root, f"{len(problems)} classes share players between train and validation:\n  "
                                        + "\n  ".join(problems))  # fmt: skip
+
+    def data_fingerprints(self) -> dict[str, str | None]:
+        """``{"train": ..., "validation": ...}``: what identifies the contents of the splits this
+        module trains and validates on (:attr:`~cmav.data.datasets.PairDataset.data_fingerprint`),
+        from the opened splits after :meth:`setup`, else from the files on disk."""
+        if self.train_full is not None and self.val is not None:
+            return {"train": self.train_full.data_fingerprint, "validation": self.val.data_fingerprint}
+        return {split: split_fingerprint(self.hparams.layout, self.root, split) for split in ("train", "validation")}
 
     @property
     def holdout_gap(self) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,11 +17,44 @@ from cmav.data.cache import PairTensors, load_or_build
 from cmav.data.check import outdated_standin, readable_manifest, refuse_unfinished_standin
 from cmav.data.errors import DataError, DataWarning
 from cmav.data.instruments import INSTRUMENTS
-from cmav.data.layout import LayoutScan, scan_paired, scan_suburmp
-from cmav.data.pack import is_pack, load_packed
+from cmav.data.layout import LayoutScan, Sample, scan_paired, scan_suburmp
+from cmav.data.pack import is_pack, load_packed, read_manifest
 from cmav.features.frontend import FrontEndConfig, front_end_config
 
 Layout = Literal["suburmp", "paired"]
+
+
+def content_fingerprint(samples: Sequence[Sample], root: str | Path) -> str:
+    """sha1 (hex) of every source file's path below ``root``, size and modification time: what tells
+    whether results computed from a split (an ablation grid's runs) still describe it.
+
+    Unlike the cache's fingerprint (:func:`cmav.data.cache.source_fingerprint`) it leaves out the
+    inode, the status-change time and the absolute path: a ``chmod``, a rename of the root or a
+    ``cp -a`` restore keep the contents, and should not retrain a grid (the cache, which must never
+    serve stale features, is rebuilt on them). A file that cannot be looked at counts as missing."""
+    h = hashlib.sha1()
+    base = os.path.abspath(root)
+    for s in samples:
+        for p in (s.audio_path, s.image_path):
+            try:
+                st = p.stat()
+                seen = f"{st.st_size}\0{st.st_mtime_ns}"
+            except OSError:
+                seen = "missing"
+            h.update(f"{os.path.relpath(os.path.abspath(p), base)}\0{seen}\n".encode())
+    return h.hexdigest()
+
+
+def split_fingerprint(layout: Layout, root: str | Path, split: str) -> str:
+    """:func:`content_fingerprint` of a split found on disk, without opening its cache; for a packed
+    data set, the packed file's sha256 (the pack's manifest holds it)."""
+    if is_pack(root):
+        entry = read_manifest(root)["splits"].get(split)
+        return f"pack:{entry['sha256']}" if entry else "pack:missing"
+    if layout not in ("suburmp", "paired"):
+        raise ValueError(f"unknown layout {layout!r}; use 'suburmp' or 'paired'")
+    scan = scan_suburmp(root, split) if layout == "suburmp" else scan_paired(root, split)
+    return content_fingerprint(scan.samples, root)
 
 
 class PairDataset(Dataset):
@@ -29,12 +64,25 @@ class PairDataset(Dataset):
     ``(3, S, S)`` in [-1, 1], ``label`` (class index), ``track`` and ``time`` (ms; -1 when the
     layout has none) and ``index`` (position in the split); when the split keeps its raw chunks
     (``waves_rate``, for waveform augmentation) also ``wave``, float32 ``(n_samples,)``.
+
+    ``samples`` (the source files) or ``fingerprint`` give :attr:`data_fingerprint`.
     """
 
-    def __init__(self, tensors: PairTensors, root: Path, split: str) -> None:
+    def __init__(self, tensors: PairTensors, root: Path, split: str, samples: Sequence[Sample] | None = None,
+                 fingerprint: str | None = None) -> None:  # fmt: skip
         self.tensors = tensors
         self.root = root
         self.split = split
+        self._samples = samples
+        self._fingerprint = fingerprint
+
+    @property
+    def data_fingerprint(self) -> str | None:
+        """What identifies the split's contents (:func:`content_fingerprint`; a pack's: its file's
+        sha256), computed at the first call; None for a split made in memory."""
+        if self._fingerprint is None and self._samples is not None:
+            self._fingerprint = content_fingerprint(self._samples, self.root)
+        return self._fingerprint
 
     @property
     def class_names(self) -> list[str]:
@@ -106,7 +154,7 @@ class SubURMP(PairDataset):
     ) -> None:
         scan = scan_suburmp(root, split)
         tensors = _load(scan, list(INSTRUMENTS), image_size, features, chunk, cache_dir, progress, waves_rate)
-        super().__init__(tensors, scan.root, split)
+        super().__init__(tensors, scan.root, split, samples=scan.samples)
 
 
 class PairedFolder(PairDataset):
@@ -131,7 +179,7 @@ class PairedFolder(PairDataset):
         scan = scan_paired(root, split, classes)
         names = list(classes) if classes else sorted({s.class_name for s in scan.samples})
         tensors = _load(scan, names, image_size, features, chunk, cache_dir, progress, waves_rate)
-        super().__init__(tensors, scan.root, split)
+        super().__init__(tensors, scan.root, split, samples=scan.samples)
 
 
 class PackedSplit(PairDataset):
@@ -148,7 +196,7 @@ class PackedSplit(PairDataset):
             # the labels are stored as indices into the pack's own order: another order or set cannot be had
             raise DataError(root, f"split {split!r} holds the classes {tensors.class_names} in that order; asked "
                                   f"for {list(classes)}")  # fmt: skip
-        super().__init__(tensors, Path(root), split)
+        super().__init__(tensors, Path(root), split, fingerprint=split_fingerprint("suburmp", root, split))
 
 
 def open_split(layout: Layout, root: str | Path, split: str, **kwargs) -> PairDataset:
