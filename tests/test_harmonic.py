@@ -268,7 +268,7 @@ def test_the_harmonic_overlay_switches_front_end_and_encoder_and_matches_the_gri
         cmav_main(["fit", "--config", str(experiments / "audio_classifier.yaml"),
                    "--config", str(experiments / "audio_harmonic.yaml"), "--print_config"])  # fmt: skip
     printed = yaml.safe_load(capsys.readouterr().out)
-    enc, features = printed["model"]["init_args"]["audio_encoder"], printed["data"]["features"]["init_args"]
+    enc, features = printed["model"]["init_args"]["audio_encoder"], printed["data"]["features"]
     assert enc["arch"] == "stats" and features["kind"] == "harmonic" and enc["feature_dim"] == 128
     assert printed["trainer"]["default_root_dir"] == "runs/audio_harmonic"
     assert all(c["init_args"].get("dirpath") is None for c in printed["trainer"]["callbacks"])  # default_root_dir's
@@ -352,7 +352,7 @@ def test_s2i_c_trains_on_a_frozen_harmonic_encoder_and_refuses_data_of_another_f
     assert any(c["init_args"]["filename"] == "last" for c in clf_yaml["trainer"]["callbacks"])
     clf_root = clf_yaml["trainer"]["default_root_dir"]
     assert printed["model"]["init_args"]["audio_encoder_ckpt"] == f"{clf_root}/checkpoints/last.ckpt"
-    assert printed["data"]["features"]["init_args"]["kind"] == "harmonic"
+    assert printed["data"]["features"]["kind"] == "harmonic"
     base_clf_yaml = yaml.safe_load((experiments / "audio_classifier.yaml").read_text())
     clf_data_root = clf_yaml.get("data", {}).get("root", base_clf_yaml["data"]["root"])
     assert printed["data"]["root"] == clf_data_root  # G trains on the data its encoder was trained on

@@ -17,16 +17,23 @@ silent fresh start, or untrained weights scored, is never what it asks for).
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import linecache
 import os
 import re
+import shutil
 import sys
 import warnings
 import zipfile
 from pathlib import Path
 
+import yaml
+from jsonargparse import Namespace
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.model_registry import _is_registry
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
@@ -34,6 +41,7 @@ import cmav.tasks  # noqa: F401  (registers the task classes for short names)
 from cmav.bench.cpu_bf16 import warn_if_slow_bf16
 from cmav.data.datamodule import AudioVisualDataModule
 from cmav.data.errors import DataError
+from cmav.features.frontend import front_end_config, merge_front_end_settings
 
 
 def _log_dir(default_root_dir: str | None) -> str:
@@ -47,14 +55,16 @@ class SettingsError(ValueError):
 
 
 def _own_refusal(exc: BaseException) -> tuple[BaseException, object | None] | None:
-    """The ValueError that cmav code raised at the bottom of ``exc``'s chain of causes (jsonargparse
-    wraps a class's refusal of its settings in "Does not validate against any of the Union subtypes"),
+    """The ValueError or OSError (a missing checkpoint or pipeline) that cmav code raised at the bottom
+    of ``exc``'s chain of causes (jsonargparse wraps a model's refusal of its settings in "Does not
+    validate against any of the Union subtypes"; the data module, built directly, raises its own),
     with the object whose ``__init__`` raised it; None when the chain ends elsewhere."""
     seen, inner = set(), exc
     while inner.__cause__ is not None and id(inner.__cause__) not in seen:
         seen.add(id(inner))
         inner = inner.__cause__
-    if inner is exc or not isinstance(inner, ValueError) or not _raised_in_cmav(inner):
+    # jsonargparse's own errors (a value of the wrong type) are raised in jsonargparse: not taken here
+    if not isinstance(inner, (ValueError, OSError)) or not _raised_in_cmav(inner):
         return None  # raised by a library, not by a cmav check: keep the whole traceback
     frames, tb = [], inner.__traceback__
     while tb is not None:
@@ -68,19 +78,80 @@ def _own_refusal(exc: BaseException) -> tuple[BaseException, object | None] | No
 class CmavCLI(LightningCLI):
     """LightningCLI with the frame size given once, by the data."""
 
+    _argv: list[str] = []  # the command line as parsed (data.features merged: _with_merged_features)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | dict | Namespace | None) -> None:
+        """Parse with ``data.features`` merged as :func:`_with_merged_features` says, then refuse a model
+        image_size that the link from data.image_size would overwrite."""
+        if isinstance(args, (dict, Namespace)):
+            super().parse_arguments(parser, args)
+            return
+        self._argv = _with_merged_features(list(sys.argv[1:] if args is None else args))
+        self.config = parser.parse_args(self._argv)
+        self._refuse_given_image_size(parser)
+
+    def _refuse_given_image_size(self, parser: LightningArgumentParser) -> None:
+        """A :class:`SettingsError` when the command line or a config file gives the model an image_size
+        other than data.image_size: the link (add_arguments_to_parser) wrote the data's over it without a word (a 64x64
+        generator for ``--model.init_args.image_size 32``). What was given is read by a second parse
+        without defaults or links (the first holds the linked value, a default indistinguishable)."""
+        try:
+            from jsonargparse._link_arguments import skip_apply_links  # no public switch for this
+        except ImportError:
+            return
+        sub = self.config.get("subcommand")
+        data = (self.config.get(sub) if sub else self.config).get("data")
+        try:
+            with skip_apply_links(), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                given = parser.parse_args(self._argv, defaults=False)
+        except (Exception, SystemExit):
+            return  # the full parse went through; nothing read here is worth a second error
+        model = (given.get(sub) if sub else given).get("model")
+        value = model.get("init_args.image_size") if isinstance(model, Namespace) else None
+        size = data.get("image_size") if data is not None else None
+        if value is not None and size is not None and value != size:
+            raise SettingsError(f"model.init_args.image_size {value} differs from data.image_size {size}: the data "
+                                "decides the frame size (the model's is linked to it), so set data.image_size "
+                                f"(--data.image_size {value}) and leave model.init_args.image_size out")  # fmt: skip
+
     def instantiate_classes(self) -> None:
-        """Build the components; a cmav class's refusal of its settings becomes one :class:`SettingsError`
-        line (a :class:`DataError` stays one), not jsonargparse's wrapped error with every option's value."""
+        """Build the components; a cmav class's refusal of its settings or a missing file it was given
+        becomes one :class:`SettingsError` line (a :class:`DataError` stays one), not jsonargparse's
+        wrapped error with every option's value."""
         try:
             super().instantiate_classes()
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:
             found = _own_refusal(exc)
             if found is None:
                 raise
             inner, owner = found
             if isinstance(inner, DataError):
                 raise inner from exc
-            raise SettingsError(f"{self._component(owner)}: {inner}") from exc
+            raise SettingsError(f"{self._component(owner)}: {inner}{self._file_option(inner, owner)}") from exc
+
+    def _file_option(self, error: BaseException, owner: object | None) -> str:
+        """For a missing file a model was given: `` (model.init_args.<key>)``, the option that named it,
+        and for an encoder checkpoint the task's word on how to make one; else ""."""
+        import lightning as L
+
+        if not isinstance(error, OSError) or not isinstance(owner, L.LightningModule):
+            return ""
+        sub = self.config.get("subcommand")
+        model = (self.config.get(sub) if sub else self.config).get("model")
+        init_args = model.get("init_args") if isinstance(model, Namespace) else None
+        if not isinstance(init_args, Namespace):
+            return ""
+        keys = [k for k, v in _flat(init_args.as_dict()).items()
+                if _is_location(k) and isinstance(v, str) and v and v in str(error)]  # fmt: skip
+        if not keys:
+            return ""
+        told = f" (model.init_args.{keys[0]})"
+        how = getattr(owner, "_missing_encoder_message", None)
+        if keys[0].endswith("encoder_ckpt") and callable(how):
+            with contextlib.suppress(Exception):  # the task is half built; its hint is a courtesy
+                return f"{told}; {how()}"
+        return told + (f"; {_MADE_BY[keys[0]]}" if keys[0] in _MADE_BY else "")
 
     def _component(self, owner: object | None) -> str:
         """``model (its class_path)``, ``data`` or the class that refused its settings."""
@@ -103,6 +174,27 @@ class CmavCLI(LightningCLI):
         # do not share a log folder.
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir", _log_dir, apply_on="parse")
 
+    def _ckpt_path_file(self) -> str | None:
+        """The config file that set ckpt_path, when the command line did not (a run's saved config.yaml
+        from before it was saved with ``ckpt_path: null``); None when the command line set it."""
+        found, i = None, 0
+        while i < len(self._argv):
+            key, eq, value = self._argv[i].partition("=")
+            if key in ("-c", "--config", "--ckpt_path"):
+                if not eq:
+                    i += 1
+                    value = self._argv[i] if i < len(self._argv) else ""
+                loaded = _loaded_yaml(value) if key != "--ckpt_path" else None
+                if key == "--ckpt_path" or (isinstance(loaded, dict) and "ckpt_path" in loaded):
+                    found = value if key != "--ckpt_path" else None
+            i += 1
+        return found
+
+    def _ckpt_path_told(self, given: str) -> str:
+        """How the error names the ckpt_path setting: ``--ckpt_path last``, or the file that set it."""
+        where = self._ckpt_path_file()
+        return f"ckpt_path: {given} in {where}" if where else f"--ckpt_path {given}"
+
     def before_fit(self) -> None:
         # cmav's tasks keep their frozen encoders, EMA generators and frozen diffusion parts in
         # eval mode on purpose (each task's train() says which), so Lightning's "Found N module(s)
@@ -115,8 +207,11 @@ class CmavCLI(LightningCLI):
                                     "overrides the configure_model")  # fmt: skip
         warn_if_slow_bf16(self.trainer)
         self._set_checkpoint_dirs(warn_outside_root=True)
-        self._check_ckpt_path()  # with the dirpaths set: where `last` is looked for
-        self._continue_log_version()
+        resumed = self._check_ckpt_path()  # with the dirpaths set: where `last` is looked for
+        self._continue_log_version(resumed)
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, _SaveConfig):
+                cb.resumed_from = resumed
 
     def _set_checkpoint_dirs(self, warn_outside_root: bool = False) -> None:
         """Point every ModelCheckpoint without a dirpath at ``<default_root_dir>/checkpoints``, in
@@ -184,12 +279,13 @@ class CmavCLI(LightningCLI):
                  if re.match(r"^last(-\d+)?$", p.stem)]  # fmt: skip
         return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
-    def _check_ckpt_path(self, resolve_last: bool = True) -> None:
+    def _check_ckpt_path(self, resolve_last: bool = True) -> Path | None:
         """Refuse a ``--ckpt_path`` that names no checkpoint file (missing, a folder), or whose file (for
         ``last``: the newest last*.ckpt of the checkpoint folders) is not a whole checkpoint, naming it:
         torch's own error ("failed finding central directory") names neither the file nor the likely
         cause, a save cut off by a kill. ``last`` with no such file is refused too: Lightning would only
-        warn, then train from scratch (fit) or score untrained weights (validate, test, predict)."""
+        warn, then train from scratch (fit) or score untrained weights (validate, test, predict).
+        Returns the checkpoint file (None: none given, ``best`` or a remote one, or not resolved yet)."""
         subcommand = self.config.get("subcommand")
         given = self.config.get(subcommand, {}).get("ckpt_path") if subcommand else None
         if not given:
@@ -198,23 +294,26 @@ class CmavCLI(LightningCLI):
                 warnings.warn(f"no --ckpt_path: `cmav {subcommand}` scores the weights the config builds (untrained, "
                               "but for any encoder it loads); give --ckpt_path last (this run's last.ckpt) or a "
                               "checkpoint file", UserWarning, stacklevel=1)  # fmt: skip
-            return
+            return None
         if given == "last":
             if not resolve_last:  # no trainer yet
-                return
+                return None
             path = self._last_checkpoint(subcommand)
         elif given in ("best", "hpc") or _is_registry(given) or "://" in str(given):  # resolved (or read) by Lightning
-            return
+            return None
         else:
             path = Path(given)
+            where = self._ckpt_path_file()
+            told = f" (ckpt_path in {where})" if where else ""
             if path.is_dir():
-                raise DataError(path, "is a folder, not a checkpoint file (e.g. runs/<name>/checkpoints/last.ckpt)")
+                raise DataError(path, f"is a folder, not a checkpoint file (e.g. runs/<name>/checkpoints/last.ckpt){told}")
             if not path.exists():
-                raise DataError(path, "no such checkpoint")
+                raise DataError(path, f"no such checkpoint{told}")
         if path.is_file() and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
             raise DataError(path, f"{_UNREADABLE}: {_REMEDY_UNREADABLE}")
         if resolve_last:  # the model is built: compare it with the checkpoint's
             self._check_checkpoint_model(path, subcommand)
+        return path
 
     def _check_checkpoint_model(self, path: Path, subcommand: str) -> None:
         """Refuse a checkpoint of another model class than the config's (every sub-command), and for
@@ -245,30 +344,40 @@ class CmavCLI(LightningCLI):
         if found:
             return max(found, key=lambda p: p.stat().st_mtime)
         folder = callbacks[0].dirpath
+        told = self._ckpt_path_told("last")
         if subcommand == "fit":
-            raise DataError(folder, "no last.ckpt to resume (--ckpt_path last): leave --ckpt_path out to start a new "
-                                    "run, or give the killed run's --trainer.default_root_dir")  # fmt: skip
-        raise DataError(folder, f"no last.ckpt to load (--ckpt_path last): `cmav {subcommand}` would score untrained "
+            fresh = "give --ckpt_path null" if self._ckpt_path_file() else "leave --ckpt_path out"
+            raise DataError(folder, f"no last.ckpt to resume ({told}): {fresh} to start a new run, or give the killed "
+                                    "run's --trainer.default_root_dir")  # fmt: skip
+        raise DataError(folder, f"no last.ckpt to load ({told}): `cmav {subcommand}` would score untrained "
                                 "weights; give the run's --trainer.default_root_dir, or a checkpoint file")  # fmt: skip
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run it; weights that do not fit the config's model are one :class:`DataError` naming the
-        checkpoint and the shapes, and a cmav task's or data module's own refusal while it runs (a
-        ValueError raised by cmav code, e.g. in ``setup`` or at the first validation) one
-        :class:`SettingsError` line. Errors of torch or Lightning keep their traceback."""
+        checkpoint and the shapes, and a refusal of cmav code while it runs (a task's, the data module's
+        or a callback's: a ValueError, a missing file, a TypeError it raises, e.g. in ``setup`` or at
+        the first validation) one :class:`SettingsError` line. Errors of torch or Lightning keep their
+        traceback. A log folder this run started and left empty of any training is removed with it."""
+        before = _log_folders(self.trainer)
         try:
-            super()._run_subcommand(subcommand)
-        except RuntimeError as exc:
-            path = getattr(self.trainer, "ckpt_path", None)
-            if path is None or "Error(s) in loading state_dict" not in str(exc) or _is_registry(path):
-                raise
-            raise DataError(path, f"its weights do not fit this run's model: {_shape_differences(path, self.model)}. "
-                                  "It was trained with other settings: give the config it was trained with (its "
-                                  "run's version_N/config.yaml)")  from exc  # fmt: skip
-        except ValueError as exc:
-            if isinstance(exc, DataError) or not _raised_in_cmav(exc):
-                raise
-            raise SettingsError(str(exc)) from exc
+            try:
+                super()._run_subcommand(subcommand)
+            except RuntimeError as exc:
+                path = getattr(self.trainer, "ckpt_path", None)
+                if path is None or "Error(s) in loading state_dict" not in str(exc) or _is_registry(path):
+                    raise
+                raise DataError(path, f"its weights do not fit this run's model: {_shape_differences(path, self.model)}. "
+                                      "It was trained with other settings: give the config it was trained with (its "
+                                      "run's version_N/config.yaml)")  from exc  # fmt: skip
+            except (ValueError, OSError, TypeError) as exc:
+                if isinstance(exc, DataError) or not _refused_by_cmav(exc):
+                    raise
+                raise SettingsError(str(exc)) from exc
+        except (DataError, SettingsError):
+            if self.trainer.global_step == 0:  # nothing trained: the folder holds only the failed start
+                for folder in _log_folders(self.trainer) - before:
+                    shutil.rmtree(folder, ignore_errors=True)
+            raise
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
         # A ModelCheckpoint's state key holds its schedule and monitor, not its file name: a second
@@ -281,24 +390,30 @@ class CmavCLI(LightningCLI):
                 cb.__class__ = _FileNamedCheckpoint
             if isinstance(cb, ModelCheckpoint):
                 seen.add(cb.state_key)
-        return super()._instantiate_trainer(config, callbacks)
+        return super()._instantiate_trainer(config, [*callbacks, _LogVersions()])
 
-    def _continue_log_version(self) -> None:
+    def _continue_log_version(self, resumed: Path | None) -> None:
         """On ``fit --ckpt_path`` of this run's own checkpoint (``last``, or a file under
-        default_root_dir), log into the newest existing version_N folder: a new one showed one run as
-        two in TensorBoard. A version the user set is kept."""
+        default_root_dir), log into the version folder of the run that wrote it (stored in it by
+        :class:`_LogVersions`): a new one showed one run as two in TensorBoard, and the newest one may
+        be a ``cmav validate``'s. A checkpoint from before that was stored continues the newest. A
+        version the user set is kept."""
         given = self.config.get("fit", {}).get("ckpt_path")
         root = Path(self.trainer.default_root_dir).resolve()
-        if not given or (given != "last" and not (Path(given).is_file() and Path(given).resolve().is_relative_to(root))):
+        if resumed is None or (given != "last" and not resumed.resolve().is_relative_to(root)):
             return
+        stored = _read_checkpoint(resumed, mmap=True).get(_LOG_VERSIONS) or {}
         for logger in self.trainer.loggers:
             # _version: None until the logger picks the next free one (Lightning's TensorBoard and CSV loggers)
             if getattr(logger, "_version", "set") is not None or not getattr(logger, "root_dir", None):
                 continue
-            found = [int(p.name[len("version_"):]) for p in Path(logger.root_dir).glob("version_*")
-                     if p.is_dir() and p.name[len("version_"):].isdigit()]  # fmt: skip
-            if found:
-                logger._version = max(found)
+            version = stored.get(_logger_key(logger))
+            if version is None:
+                found = [int(p.name[len("version_"):]) for p in Path(logger.root_dir).glob("version_*")
+                         if p.is_dir() and p.name[len("version_"):].isdigit()]  # fmt: skip
+                version = max(found) if found else None
+            if version is not None:
+                logger._version = version
 
     # an evaluation pass in emulated bf16 is slow too, if only once over the data
     def before_validate(self) -> None:
@@ -315,6 +430,63 @@ class CmavCLI(LightningCLI):
         warn_if_slow_bf16(self.trainer)
         self._set_checkpoint_dirs()
         self._check_ckpt_path()
+
+
+_LOG_VERSIONS = "cmav_log_versions"
+"""The checkpoint key of the loggers' versions (:class:`_LogVersions`)."""
+
+
+def _logger_key(logger: object) -> str:
+    """A logger's key in :data:`_LOG_VERSIONS`: its class, and its name when it has one."""
+    name = getattr(logger, "name", "") or ""
+    return type(logger).__name__ + (f":{name}" if name else "")
+
+
+class _LogVersions(Callback):
+    """Stores each logger's version in the checkpoints, for a resumed run to log on into its own run's
+    folder (:meth:`CmavCLI._continue_log_version`)."""
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: object, checkpoint: dict) -> None:
+        checkpoint[_LOG_VERSIONS] = {_logger_key(lg): lg.version for lg in trainer.loggers
+                                     if getattr(lg, "root_dir", None)}  # fmt: skip
+
+
+class _SaveConfig(SaveConfigCallback):
+    """Lightning's config.yaml, with ``ckpt_path: null`` for a resumed fit and the checkpoint it resumed
+    in a comment: ``ckpt_path: last`` made ``cmav fit --config <that file>`` resume whatever last.ckpt
+    the root held (or, in another root, refuse to start) instead of training the run again."""
+
+    resumed_from: Path | None = None  # set by CmavCLI.before_fit
+
+    def setup(self, trainer: Trainer, pl_module: object, stage: str) -> None:
+        given = self.config.get("ckpt_path") if stage == "fit" else None
+        if not given or self.already_saved:
+            super().setup(trainer, pl_module, stage)
+            return
+        self.config = self.config.clone()
+        self.config["ckpt_path"] = None
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.save_to_log_dir:
+            path = Path(trainer.log_dir) / self.config_filename
+            told = f"{self.resumed_from} (ckpt_path {given})" if self.resumed_from and given != str(self.resumed_from) \
+                else str(given)  # fmt: skip
+            path.write_text(f"# resumed from {told}; saved as ckpt_path: null, so that `cmav fit --config` this "
+                            f"file trains the run again\n{path.read_text()}")  # fmt: skip
+
+
+_MADE_BY = {
+    "audio_encoder_ckpt": "it is the sound classifier's checkpoint: `cmav fit --config experiments/audio_classifier.yaml` "
+                          "writes runs/audio_classifier/checkpoints/last.ckpt",
+    "image_encoder_ckpt": "it is the image classifier's checkpoint: `cmav fit --config experiments/image_encoder.yaml` "
+                          "writes runs/image_encoder/checkpoints/last.ckpt",
+}  # fmt: skip
+"""How to make the encoder checkpoint a task option names, for a task that does not say it itself."""
+
+
+def _log_folders(trainer: Trainer) -> set[Path]:
+    """The version folders under the loggers' root folders now."""
+    roots = {Path(lg.root_dir) for lg in trainer.loggers if getattr(lg, "root_dir", None)}
+    return {p for root in roots if root.is_dir() for p in root.glob("version_*") if p.is_dir()}
 
 
 _UNREADABLE = "not a readable checkpoint (half-written or corrupt?)"
@@ -408,6 +580,85 @@ def _shape_differences(path: str | Path, model: object) -> str:
     return "; ".join(told) or "its parameters differ"
 
 
+def _refused_by_cmav(exc: BaseException) -> bool:
+    """Whether ``exc`` is a refusal of cmav code: a ValueError or OSError it raised, or a TypeError of
+    its own ``raise`` (a call with wrong arguments in cmav code is a bug, and keeps its traceback)."""
+    if not _raised_in_cmav(exc):
+        return False
+    if not isinstance(exc, TypeError):
+        return True
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).lstrip().startswith("raise ")
+
+
+def _loaded_yaml(value: str) -> object:
+    """A ``--config`` (or ``--data``) value as YAML: the file it names, or the YAML string it is; None
+    when neither reads (jsonargparse reports that)."""
+    try:
+        return yaml.safe_load(Path(value).read_text() if Path(value).is_file() else value)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+
+
+def _yaml_value(value: str) -> object:
+    """A command-line value as jsonargparse reads it: YAML (``64`` an int, ``null`` None), else the string."""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+_FEATURES = "--data.features"
+
+
+def _with_merged_features(argv: list[str]) -> list[str]:
+    """``argv`` with every ``data.features`` it sets (in config files, ``--data``, ``--data.features``
+    and ``--data.features.<option>``, in order) merged into one ``--data.features`` at its end, as
+    :func:`~cmav.features.frontend.merge_front_end_settings` merges: options of one kind add up, and
+    another kind starts from its defaults. jsonargparse replaces a dict-typed value from a later file
+    whole and adds a later option to it, so ``--data.features.kind lms`` over a harmonic YAML that set
+    n_fft would keep that n_fft, and a later file's ``{f_max: 3000}`` would drop the harmonic kind.
+    The one ``--data.features`` holds every option of the kind (config.yaml and ``--print_config``
+    show them all). ``argv`` as it is when nothing sets data.features."""
+    features, seen, kept, i = None, False, [], 0
+    while i < len(argv):
+        word = argv[i]
+        key, eq, value = word.partition("=")
+        sets = key == _FEATURES or key.startswith(_FEATURES + ".")
+        if not (sets or key in ("-c", "--config", "--data")) or (not eq and i + 1 == len(argv)):
+            kept.append(word)
+            i += 1
+            continue
+        if not eq:
+            value = argv[i + 1]
+        i += 1 if eq else 2
+        if not sets:
+            kept += [word] if eq else [word, value]
+            loaded = _loaded_yaml(value)
+            data = loaded.get("data") if key != "--data" and isinstance(loaded, dict) else loaded
+            if not isinstance(data, dict) or "features" not in data:
+                continue
+            given = data["features"]
+        elif key == _FEATURES:
+            given = _loaded_yaml(value) if value.strip() else None
+        else:
+            option = key[len(_FEATURES) + 1 :].removeprefix("init_args.")
+            given = {"class_path": value} if option == "class_path" else {option: _yaml_value(value)}
+        try:
+            features, seen = merge_front_end_settings(features, given), True
+        except ValueError:
+            return argv  # not front-end settings: the data module names what is wrong
+    if not seen:
+        return kept
+    with contextlib.suppress(ValueError):  # else the data module names what is wrong
+        # every option, as config.yaml held them under the old typing: a run saved with them all is
+        # the same run if a default changes
+        features = None if features is None else front_end_config(features).to_dict()
+    return [*kept, _FEATURES, json.dumps(features)]
+
+
 def _raised_in_cmav(exc: BaseException) -> bool:
     """Whether ``exc``'s innermost frame is cmav code (a check of cmav's own, not a library's error)."""
     package = os.path.dirname(os.path.abspath(cmav.__file__))
@@ -437,6 +688,7 @@ def _run_cli(argv: list[str] | None) -> None:
         subclass_mode_model=True,
         args=argv,
         auto_configure_optimizers=False,  # the tasks configure their own (G and D for S2I)
+        save_config_callback=_SaveConfig,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": "cmav", "description": "cmav training and evaluation (Lightning CLI)"},
     )

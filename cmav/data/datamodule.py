@@ -20,7 +20,7 @@ from cmav.data.errors import DataError, DataWarning
 from cmav.data.image_io import check_image_size
 from cmav.data.tails import tail_holdout
 from cmav.features.augment import AudioAugment, AudioAugmentConfig, audio_augment_config
-from cmav.features.frontend import FrontEndConfig, build_front_end, front_end_config
+from cmav.features.frontend import build_front_end, front_end_config
 
 
 def recorded_root(settings: Mapping[str, Any], missing_ok: bool = False) -> Path:
@@ -51,7 +51,11 @@ class AudioVisualDataModule(L.LightningDataModule):
         batch_size: pairs per batch.
         num_workers: DataLoader workers; the data are in memory, so 0 is usually fastest.
         features: the audio front-end config (``cmav.features``): ``kind`` = lms (default), stft,
-            cqt, mfcc or waveform, plus that kind's options. Each kind has its own cache entry.
+            cqt, mfcc, waveform or harmonic, plus that kind's options. Each kind has its own cache
+            entry. A dict (or a config object), checked by
+            :func:`~cmav.features.frontend.front_end_config`: typed as a union of the config classes,
+            jsonargparse refused another kind over a YAML's, in 70 lines (``cmav fit`` merges the
+            settings it is given, :func:`~cmav.cli.train._with_merged_features`).
         chunk: what an audio chunk must be (rate, length, silence floor).
         holdout_tail: fraction of each train track's end held out of training (player metrics).
         holdout_gap_ms: a held-out chunk that starts less than this after the last trained chunk of
@@ -74,7 +78,7 @@ class AudioVisualDataModule(L.LightningDataModule):
         image_size: int = 64,
         batch_size: int = 64,
         num_workers: int = 0,
-        features: FrontEndConfig | None = None,
+        features: dict[str, Any] | None = None,
         chunk: ChunkSpec | None = None,
         holdout_tail: float = 0.0,
         holdout_gap_ms: int | None = None,
