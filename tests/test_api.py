@@ -3,6 +3,8 @@ exactly as the data pipeline does, cuts recordings into chunks, and refuses what
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import warnings
 from pathlib import Path
@@ -581,6 +583,21 @@ def test_a_long_recording_goes_through_batch_by_batch_without_a_copy_of_every_ch
     assert torch.equal(got.vectors, expected)
     all_chunks = len(starts) * 22050 * 4
     assert peak < all_chunks / 4, f"{peak / 1e6:.1f} MB at the peak, the chunks are {all_chunks / 1e6:.1f} MB"
+
+
+def test_cmav_classify_without_output_writes_the_table_to_stdout(models, tmp_path, capsys):
+    from cmav.cli.main import main
+
+    wav = write_wav(tmp_path / "tone.wav", seconds=1.2, freq=330.0)  # its unused tail is a note, on stderr
+    assert main(["classify", "--ckpt", str(models["audio_classifier"]), "--audio", str(wav), "--hop-s", "0.25"]) == 0
+    captured = capsys.readouterr()
+    with pytest.warns(DataWarning, match="do not fill a chunk"):
+        expected = cmav.classify_audio(cmav.load(models["audio_classifier"]), wav, hop_s=0.25)
+    rows = list(csv.reader(io.StringIO(captured.out)))  # stdout is the table alone: it can be piped
+    assert rows[0][:4] == ["file", "start_s", "label", "probability"] and rows[0][4:] == list(expected.class_names)
+    assert [r[2] for r in rows[1:]] == list(expected.labels) and len(rows) == 1 + len(expected.labels) > 2
+    assert [float(r[1]) for r in rows[1:]] == pytest.approx(expected.start_s.tolist(), abs=1e-3)
+    assert f"{wav}: {len(expected.labels)} chunk(s); most often" in captured.err and "note:" in captured.err
 
 
 def test_cmav_classify_and_embed_check_every_sound_file_before_any_work(data, models, tmp_path, capsys):

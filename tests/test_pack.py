@@ -190,3 +190,35 @@ def test_a_killed_packs_hidden_folder_is_cleared_once_stale(packed, tmp_path):
     write_pack(packed["root"], tmp_path / "p", image_size=SIZE, cache_dir=packed["base"] / "c", progress=False,
                splits=("validation",))  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, "p"]  # a live writer's is left alone
+
+
+def test_cmav_data_check_checks_a_pack_and_never_suggests_a_rebuild(packed, tmp_path, capsys):
+    assert main(["data", "check", str(packed["root"]), "--quick"]) == 0
+    table = capsys.readouterr().out.split("\n\n")[0]
+    assert main(["data", "check", str(packed["pack"])]) == 0
+    out = capsys.readouterr().out
+    assert table in out and out.rstrip().endswith(f"{packed['pack']}: OK")  # the same counts, from the packed labels
+    assert f"packed from {packed['root'].resolve()}" in out
+    copy = shutil.copytree(packed["pack"], tmp_path / "copy")
+    data = (copy / "train.pt.xz").read_bytes()
+    (copy / "train.pt.xz").write_bytes(data[: len(data) // 2])
+    assert main(["data", "check", str(copy)]) == 1
+    captured = capsys.readouterr()
+    assert "train.pt.xz: missing, half-written or damaged" in captured.err
+    assert "missing folder" not in captured.err and "data build" not in captured.out + captured.err
+
+
+def test_sheet_split_players_and_build_refuse_a_pack_by_name(packed, tmp_path, capsys):
+    source = packed["root"].resolve()
+    before = sorted(p.name for p in packed["pack"].rglob("*"))
+    for argv, command in ((["data", "sheet", str(packed["pack"]), "-o", str(tmp_path / "s.png")], "cmav data sheet"),
+                          (["data", "split-players", str(packed["pack"]), "-o", str(tmp_path / "dev")],
+                           "cmav data split-players")):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: {packed['pack']}: is a pack ({PACK_MANIFEST}): run `{command}` on its source {source}\n"
+    assert not (tmp_path / "s.png").exists() and not (tmp_path / "dev").exists()
+    assert main(["data", "build", "--root", str(packed["pack"]), "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{packed['pack']}: is a pack ({PACK_MANIFEST})" in err, err
+    assert sorted(p.name for p in packed["pack"].rglob("*")) == before

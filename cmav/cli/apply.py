@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,25 +34,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--audio", nargs="+", required=True, help="sound files: each is cut into the model's chunks")
     c.add_argument("--hop-s", type=float, default=None, help="seconds between chunk starts (default: one chunk)")
     c.add_argument("-o", "--output", default=None,
-                   help="CSV: file, start_s, label, probability, then every class's probability")  # fmt: skip
+                   help="CSV: file, start_s, label, probability, then every class's probability (default: the "
+                        "table on stdout, the per-file summaries on stderr)")  # fmt: skip
     c.set_defaults(func=_classify)
 
 
 @contextmanager
-def _notes() -> Iterator[None]:
-    """Print every DataWarning as a ``note:`` line on stderr, without Python's file and line."""
+def _notes(category: type[Warning] | None = None) -> Iterator[None]:
+    """Print every warning of ``category`` (default: DataWarning) as a ``note:`` line on stderr, when
+    it is raised and without Python's file and line; other warnings as Python prints them."""
     from cmav.data.errors import DataWarning
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DataWarning)
-        try:
-            yield
-        finally:
-            for w in caught:
-                if issubclass(w.category, DataWarning):
-                    print(f"note: {w.message}", file=sys.stderr)
-                else:
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    category = category or DataWarning
+    with warnings.catch_warnings():  # restores showwarning and the filters on the way out
+        warnings.simplefilter("always", category)
+        show = warnings.showwarning
+
+        def note(message: Warning | str, cat: type[Warning], filename: str, lineno: int, file: Any = None,
+                 line: str | None = None) -> None:  # fmt: skip
+            if issubclass(cat, category):
+                print(f"note: {message}", file=sys.stderr)
+            else:
+                show(message, cat, filename, lineno, file, line)
+
+        warnings.showwarning = note
+        yield
 
 
 def _output(path: str, inputs: list[str], suffix: str) -> Path:
@@ -138,18 +145,25 @@ def _classify(args: argparse.Namespace) -> int:
         labels = out.labels
         counts = Counter(labels)
         top, n = counts.most_common(1)[0]
+        # without -o stdout is the table alone, to be piped or redirected
         print(f"{path}: {len(labels)} chunk(s); most often {top} ({n}/{len(labels)}); mean probability "
-              f"{p.mean(0).max():.3f} for {names[int(p.mean(0).argmax())]}")  # fmt: skip
+              f"{p.mean(0).max():.3f} for {names[int(p.mean(0).argmax())]}",
+              file=sys.stdout if out_path is not None else sys.stderr)  # fmt: skip
         for start, label, probs in zip(out.start_s.tolist(), labels, p.tolist(), strict=True):
             rows.append([str(path), f"{start:.3f}", label, f"{max(probs):.4f}", *(f"{q:.4f}" for q in probs)])
-    if out_path is not None:
+    header = ["file", "start_s", "label", "probability", *names]
+    if out_path is None:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        return 0
 
-        def write(tmp: str) -> None:
-            with open(tmp, "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(["file", "start_s", "label", "probability", *names])
-                writer.writerows(rows)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
 
-        atomic_write(out_path, write)
-        print(f"wrote {out_path}: {len(rows)} chunk(s)")
+    atomic_write(out_path, write)
+    print(f"wrote {out_path}: {len(rows)} chunk(s)")
     return 0

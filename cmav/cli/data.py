@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from cmav.cli.apply import _notes
 from cmav.cli.paths import image_output, refuse_outputs_under_a_file
 from cmav.cli.retrieval import frame_side, positive_int
 from cmav.data.errors import DataError
@@ -39,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=_build)
 
     c = dsub.add_parser("check", help="validate a data set and print counts per class and split")
-    c.add_argument("root", help="data set folder")
+    c.add_argument("root", help="data set folder, or a pack (its manifest, sha256s and packed counts; --layout and "
+                                "--quick do not apply)")  # fmt: skip
     c.add_argument("--layout", default="suburmp", choices=["suburmp", "paired"])
     c.add_argument("--quick", action="store_true", help="check names and pairing only; do not decode files")
     c.set_defaults(func=_check)
@@ -95,10 +97,11 @@ def _build(args: argparse.Namespace) -> int:
     from cmav.standin.soundfonts import describe
 
     t0 = time.perf_counter()
-    manifest = build_standin(
-        args.root, preset=args.preset, seed=args.seed, soundfont=args.soundfont or DEFAULT_SOUNDFONT,
-        frame_size=args.frame_size, workers=args.workers, render=args.render, font_segment_s=args.font_segment_s,
-    )  # fmt: skip
+    with _notes(UserWarning):  # the build's warnings (tracks rendered again, ...) are for the user, not a traceback
+        manifest = build_standin(
+            args.root, preset=args.preset, seed=args.seed, soundfont=args.soundfont or DEFAULT_SOUNDFONT,
+            frame_size=args.frame_size, workers=args.workers, render=args.render, font_segment_s=args.font_segment_s,
+        )  # fmt: skip
     counts = manifest["counts"]
     total = {s: sum(v.values()) for s, v in counts.items()}
     print(f"{args.root}: {args.preset} stand-in ({args.render}) complete: {total['train']:,} train / "
@@ -110,7 +113,15 @@ def _build(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from cmav.data.cache import summarise
     from cmav.data.check import check_dataset
+    from cmav.data.pack import is_pack, read_manifest
 
+    if is_pack(args.root):  # its own checks (check_pack): it holds no source folders to scan
+        try:
+            m = read_manifest(args.root)
+            print(f"{args.root}: a pack ({m.get('layout')} layout, {m.get('image_size')}-px frames, "
+                  f"{(m.get('features') or {}).get('kind')} features) packed from {m.get('source')}\n")  # fmt: skip
+        except DataError:
+            pass  # the report names the unreadable manifest
     report = check_dataset(args.root, layout=args.layout, deep=not args.quick)
     print(report.table())
     if report.warnings:
@@ -165,6 +176,7 @@ def _sheet(args: argparse.Namespace) -> int:
     from cmav.viz.grid import labelled_grid
 
     image_output(args.output)
+    _refuse_pack(args.root, "cmav data sheet")
     refuse_unfinished_standin(args.root)  # a build cut off: its sheet would show part of the classes, unsaid
     scan = scan_suburmp(args.root, args.split)
     scan.raise_if_errors()
@@ -205,6 +217,7 @@ def _pack(args: argparse.Namespace) -> int:
 def _split_players(args: argparse.Namespace) -> int:
     from cmav.data.player_split import MANIFEST, split_players
 
+    _refuse_pack(args.root, "cmav data split-players")
     m = split_players(args.root, args.out, per_class=args.per_class, seed=args.seed, single_track=args.single_track,
                       tail_fraction=args.tail_fraction)  # fmt: skip
     held = ", ".join(f"{c}{t:02d}" for c, ts in m["held_out_tracks"].items() for t in ts)
@@ -216,6 +229,16 @@ def _split_players(args: argparse.Namespace) -> int:
         print(f"  seen players, held out in time (their validation figures are easier than an unseen player's): "
               f"{tails}; {sum(m['left_out_at_boundary'].values())} chunk(s) that overlap them left out")  # fmt: skip
     return 0
+
+
+def _refuse_pack(root: str, command: str) -> None:
+    """Refuse a pack where a command reads a source root's files: a pack holds none, and the layout
+    scan would report every folder missing."""
+    from cmav.data.pack import PACK_MANIFEST, is_pack, read_manifest
+
+    if is_pack(root):
+        source = read_manifest(root).get("source", "root (unrecorded)")
+        raise DataError(root, f"is a pack ({PACK_MANIFEST}): run `{command}` on its source {source}")
 
 
 def _os_error(exc: OSError) -> str:

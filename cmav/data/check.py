@@ -69,8 +69,13 @@ def check_dataset(
     spec: ChunkSpec = ChunkSpec(),
     progress: bool = True,
 ) -> CheckReport:
-    """Scan both splits; with ``deep`` also decode every wav and image to find corrupt files."""
+    """Scan both splits; with ``deep`` also decode every wav and image to find corrupt files. A pack
+    (``cmav data pack``'s folder) is checked as one: :func:`check_pack`."""
+    from cmav.data.pack import is_pack
+
     root = Path(root)
+    if is_pack(root):
+        return check_pack(root)
     report = CheckReport(root)
     scans: dict[str, LayoutScan] = {}
     classes: tuple[str, ...] | None = None  # paired layout: validation is labelled in train's class order
@@ -117,6 +122,40 @@ def check_dataset(
         outdated = outdated_standin(root, manifest)
         if outdated:  # readable, but not what a build makes today: figures on it do not reproduce
             report.warnings.append(f"{root}: {outdated}")
+    return report
+
+
+def check_pack(root: str | Path) -> CheckReport:
+    """Check a pack: its manifest, and every split's file against the manifest's sha256 and cache
+    version (read as training reads it, with the settings it was packed for); counts per class and
+    split from the packed labels and tracks. A pack holds no source files: nothing is said about them."""
+    from cmav.data.pack import PACK_MANIFEST, load_packed, read_manifest
+
+    root = Path(root)
+    report = CheckReport(root)
+    try:
+        manifest = read_manifest(root)
+    except DataError as exc:
+        report.errors.append(str(exc))
+        return report
+    for split in SPLITS:
+        report.counts[split], report.tracks[split] = Counter(), {}
+        try:
+            t = load_packed(root, split, image_size=manifest["image_size"], features=manifest["features"],
+                            chunk=ChunkSpec(**manifest["chunk"]))  # fmt: skip
+        except (DataError, KeyError, TypeError) as exc:  # a manifest lacking a key: the pack is not usable either
+            report.errors.append(str(exc) if isinstance(exc, DataError) else f"{root}: unreadable pack manifest ({exc!r})")
+            continue
+        names = list(t["class_names"])
+        report.counts[split] = Counter(names[i] for i in _ints(t["labels"]))
+        report.tracks[split] = tracks_by_class(t["labels"], t["tracks"], names)
+        recorded = manifest["splits"][split].get("pairs")
+        if recorded is not None and recorded != sum(report.counts[split].values()):
+            report.errors.append(f"{root / manifest['splits'][split]['file']}: holds {sum(report.counts[split].values())} "
+                                 f"pairs; {root / PACK_MANIFEST} records {recorded}")  # fmt: skip
+    if manifest.get("layout", "suburmp") == "suburmp":
+        shared = shared_players(root, report.tracks["train"], report.tracks["validation"])
+        report.errors += [f"{root}: {problem}" for problem in shared]
     return report
 
 

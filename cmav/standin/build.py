@@ -443,6 +443,10 @@ def build_standin(
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise DataError(root, "is a file; the stand-in is built into a folder")
+    from cmav.data.pack import PACK_MANIFEST, is_pack
+
+    if is_pack(root):  # it holds the stand-in's manifest, copied: a build would render every track into it
+        raise DataError(root, f"is a pack ({PACK_MANIFEST}), not a stand-in: build into another folder")
     params = {
         "builder_version": BUILDER_VERSION,
         "preset": preset,
