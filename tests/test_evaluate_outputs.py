@@ -166,3 +166,18 @@ def test_the_generators_unverifiable_training_frames_are_noted_in_metrics_json(s
         m = evaluate_s2i(load_s2i(setup["s2i_c"]), dm, str(setup["image_judge"]), n_diversity_draws=2,
                          ckpt=setup["s2i_c"])  # fmt: skip
     assert note in m["notes"]
+
+
+def test_cmav_evaluate_under_a_judge_at_chance_notes_that_its_fid_kid_and_diversity_are_meaningless(setup, tmp_path):
+    """A judge trained one step scores the real frames at chance: `cmav evaluate` printed its
+    FID/KID/diversity with no word, and metrics.json did not say either."""
+    from cmav.data.errors import DataWarning
+
+    out = tmp_path / "out"
+    with pytest.warns(DataWarning, match=r"the image judge judges nothing here: the image judge's accuracy on the 52 "
+                                         r"real validation items is 0\.077"):  # fmt: skip
+        assert main(["evaluate", "--ckpt", str(setup["s2i_c"]), "--image-judge", str(setup["image_judge"]),
+                     "-o", str(out)]) == 0  # fmt: skip
+    m = json.loads((out / "metrics.json").read_text())
+    assert any("FID, KID and diversity measured in its features are meaningless" in n for n in m["notes"])
+    assert "meaningless" in m["fid_kid"]["note"] and "meaningless" in m["diversity"]["note"]

@@ -703,8 +703,9 @@ def test_a_judge_that_trained_on_the_scored_held_out_tails_is_refused_by_name(da
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # nothing to note either: same root, settings known
         warnings.filterwarnings("ignore", message=".*rank-deficient.*")
+        warnings.filterwarnings("ignore", message=COLLAPSED)  # a 1-step judge is at chance, and says so
         m = evaluate_s2i(constant_generator, dm, half, player, n_diversity_draws=2)
-    assert m["judged_holdout"]["n"] == 26 and not m["notes"]
+    assert m["judged_holdout"]["n"] == 26 and not _data_notes(m)
     # ... and the other way round, the data's longer tails reach into what that judge trained on
     with pytest.raises(ValueError, match=r"image_t0\.ckpt: .*holdout_tail 0 .*so 52 of the 52 held-out chunks"):
         evaluate_s2i(constant_generator, more, image0, None, n_diversity_draws=2)
@@ -765,10 +766,11 @@ def test_a_judge_trained_on_another_root_is_warned_of_and_noted(data, dm, judges
     kw = dict(n_diversity_draws=2, diversity_per_class=1, griffin_lim_iters=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataWarning)  # the same root: nothing to say
-        assert not evaluate_i2s(silence, dm, audio, **kw)["notes"]
+        warnings.filterwarnings("ignore", message=COLLAPSED)  # but that a 1-step judge is at chance
+        assert not _data_notes(evaluate_i2s(silence, dm, audio, **kw))
     with pytest.warns(DataWarning, match=r"audio_judge\.ckpt: the audio judge was trained on .*, the data scored are"):
         m = evaluate_i2s(silence, other, audio, **kw)
-    assert len(m["notes"]) == 1 and "cannot be checked" in m["judge_on_real"]["note"]
+    assert len(_data_notes(m)) == 1 and "cannot be checked" in m["judge_on_real"]["note"]
 
 
 def _with_masks(root: Path) -> Path:
@@ -971,3 +973,74 @@ def test_the_judge_probe_gives_no_accuracy_where_the_judge_gives_no_prediction(t
     assert "None" not in text and "nan" not in text
     assert "| frame | n/a (13 of 13 frames without a prediction) | 0 of 13 |" in text
     assert "| violin #1 | n/a (no prediction) | n/a (no prediction) | n/a (no prediction) |" in text
+
+
+COLLAPSED = ".*judges nothing here.*"
+
+
+def _data_notes(m: dict) -> list[str]:
+    """The result's notes on the data, without that its judge judges nothing (a judge trained 1 step)."""
+    return [n for n in m["notes"] if "judges nothing here" not in n]
+
+
+def _collapsed(ckpt: Path, layer: str):
+    """The judge of ``ckpt`` with the ``layer`` Linear's weights and bias zeroed: a real model whose
+    features (``head_features`` / ``fc_feature``) are constant, or whose logits are (``classifier``)."""
+    from cmav.tasks import load_classifier
+
+    judge = load_classifier(ckpt)
+    with torch.no_grad():
+        for m in getattr(judge.model, layer).modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.zero_()
+                m.bias.zero_()
+    return judge
+
+
+def test_fid_kid_and_diversity_under_a_collapsed_judge_are_flagged_as_meaningless(dm, judges, tmp_path):
+    """A judge whose features do not vary gave FID 0, KID 0 and diversity 0 with no word; one at
+    chance on the real frames judges nothing. Both are warned of and noted; a trained judge is not."""
+    from cmav.data.errors import DataWarning
+
+    image, _ = judges
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)  # the trained judge, of the same root: nothing to say
+        m = evaluate_s2i(constant_generator, dm, image, None, n_diversity_draws=2)
+    assert not any("meaningless" in n for n in m["notes"])
+    flat = _collapsed(image, "head_features")
+    with pytest.warns(DataWarning, match=r"image judge .*features barely vary over the 52 real validation items "
+                                         r"\(largest std 0,.*FID, KID and diversity .* are meaningless"):  # fmt: skip
+        m = evaluate_s2i(constant_generator, dm, flat, None, n_diversity_draws=2, out_dir=tmp_path / "flat")
+    assert m["fid_kid"]["fid"] == pytest.approx(0.0, abs=1e-9)  # what it measured, and why it means nothing
+    saved = json.loads((tmp_path / "flat" / "metrics.json").read_text())
+    assert any("meaningless" in n for n in saved["notes"]) and "meaningless" in saved["fid_kid"]["note"]
+    assert "meaningless" in saved["diversity"]["note"]
+    guess = _collapsed(image, "classifier")  # features as trained, one class for every frame
+    with pytest.warns(DataWarning, match=r"image judge's accuracy on the 52 real validation items is 0\.077, not "
+                                         r"above chance \(0\.077, 13 classes\) by the 5% binomial margin \(0\.15\)"):  # fmt: skip
+        m = evaluate_s2i(constant_generator, dm, guess, None, n_diversity_draws=2)
+    assert any("meaningless" in n for n in m["notes"])
+
+
+def test_i2s_scores_under_a_collapsed_audio_judge_are_flagged_as_meaningless(dm, tmp_path):
+    from cmav.data.errors import DataWarning
+    from cmav.evaluation import evaluate_i2s
+    from cmav.tasks import ClassifierTask
+
+    fast = {"lr": 1e-2, "betas": (0.9, 0.999)}  # one pitch per class: learnt in 60 steps
+    audio = _fit(ClassifierTask(modality="audio", image_size=SIZE, optimizer=fast,
+                                audio_encoder={"n_blocks": 4, "base_channels": 8, "dropout": 0.0}),
+                 dm, 60, tmp_path, "audio_judge")  # fmt: skip
+    shape = tuple(dm.val.tensors.audio.shape[1:])
+
+    def noise(frames, z):
+        return torch.randn(frames.shape[0], *shape) * 10 - 40
+
+    kw = dict(n_diversity_draws=2, diversity_per_class=1, griffin_lim_iters=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        m = evaluate_i2s(noise, dm, audio, **kw)
+    assert m["judge_on_real"]["accuracy"] > 0.3 and not m["notes"]
+    with pytest.warns(DataWarning, match=r"audio judge.*features barely vary.*are meaningless"):
+        m = evaluate_i2s(noise, dm, _collapsed(audio, "fc_feature"), **kw)
+    assert sum("meaningless" in n for n in m["notes"]) == 1 and "meaningless" in m["fid_kid"]["note"]

@@ -307,3 +307,33 @@ def test_audio_token_refuses_a_sound_classifier_trained_on_other_classes(paired,
     task = AudioTokenTask(pipeline=str(folder), audio_encoder_ckpt=classifiers["audio"], image_size=SIZE)
     with pytest.raises(DataError, match=rf"audio\.ckpt: .*{CLASSES}"):
         trainer(max_steps=1).fit(task, dm(paired["B"]))
+
+
+def test_a_player_judge_without_held_out_frames_is_told_the_smallest_holdout_tail_that_works(tmp_path):
+    """Tracks of 11 chunks 100 ms apart with the default 500 ms gap: a tail of 0.3 (4 chunks) holds
+    none out, and "raise holdout_tail" alone sent users to 0.3 again; the refusal names 0.37 (5 of 11,
+    the first chunk 500 ms after the last trained one), which works. Tracks of 2 chunks cannot."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from fixtures import make_suburmp_tracks
+
+    root = make_suburmp_tracks(tmp_path / "tracks", tracks=(0,), chunks=11)
+
+    def data(tail: float) -> AudioVisualDataModule:
+        return AudioVisualDataModule(str(root), image_size=SIZE, batch_size=64, progress=False, holdout_tail=tail)
+
+    judge = ClassifierTask(modality="image", target="track", image_size=SIZE, image_judge=TINY_ENC)
+    watch = ModelCheckpoint(dirpath=tmp_path / "ck", monitor="val/balanced_acc", mode="max")
+    with pytest.raises(ValueError, match=r"data\.holdout_tail 0\.3 leaves no held-out chunk .*: data\.holdout_tail "
+                                         r"0\.37 or more holds one out of every train track at holdout_gap_ms 500 "
+                                         r"\(its tracks of 11 chunks need it\)"):  # fmt: skip
+        trainer(max_steps=1, enable_checkpointing=True, callbacks=[watch]).fit(judge, data(0.3))
+    from cmav.tasks.classifier import smallest_holdout_tail
+
+    enough = data(0.37)
+    enough.setup("fit")
+    assert len(enough.train_holdout) == 13 and smallest_holdout_tail(enough) == (0.37, 11)
+    short = AudioVisualDataModule(str(make_suburmp_tracks(tmp_path / "short", tracks=(0,), chunks=2)), image_size=SIZE,
+                                  progress=False, holdout_tail=0.5)  # fmt: skip
+    short.setup("fit")
+    assert smallest_holdout_tail(short) == (None, 2)

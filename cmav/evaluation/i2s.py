@@ -126,7 +126,7 @@ def evaluate_i2s(
     scores, gen_report, real_report, fake = score_generator(
         fn, z_dim, frames, real, labels, judge, names, extractor, what="spectrogram", seed=seed,
         batch_size=batch_size, n_diversity_draws=n_diversity_draws, diversity_per_class=diversity_per_class,
-        kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, judge_name="audio judge",
     )  # fmt: skip
     rt_fake = round_trip_accuracy(judge, fake, labels, names, features, griffin_lim_iters, batch_size)
     rt_real = round_trip_accuracy(judge, real, labels, names, features, griffin_lim_iters, batch_size)
@@ -140,7 +140,7 @@ def evaluate_i2s(
     result["inputs"] = scored_inputs(datamodule, ckpt, audio_judge=audio_judge_ckpt)
     for section in ("judged", "judge_on_real"):
         note_on(result[section], judge_note)
-    result["notes"] = [judge_note] if judge_note else []
+    result["notes"] = [*scores["notes"], *([judge_note] if judge_note else [])]
     result["round_trip"] = {
         "split": "validation",
         "accuracy": rt_fake.accuracy,

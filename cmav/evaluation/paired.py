@@ -21,12 +21,18 @@ from cmav.metrics import (
     ClassificationReport,
     JudgeFeatureExtractor,
     diversity_over_noise,
-    fid_kid,
+    extract_features,
+    fid_kid_from_features,
     judged_accuracy,
 )
 
 GeneratorFn = Callable[[Tensor, Tensor], Tensor]
 FID_LABEL = "judge-feature FID, not Inception FID"
+# the significance level of the binomial margin over chance a judge's accuracy must pass
+CHANCE_ALPHA = 0.05
+# a judge whose largest feature std over the real items is below this share of its feature scale
+# (at least 1) has collapsed: FID/KID and diversity come out ~0 whatever is scored
+FLAT_FEATURES = 1e-3
 
 
 def inference_of(task) -> dict[str, Any]:
@@ -253,6 +259,51 @@ def _report(r: ClassificationReport, split: str, note: str) -> dict[str, Any]:
             "per_class": r.per_class, "note": note}  # fmt: skip
 
 
+def above_chance_accuracy(n: int, chance: float, alpha: float = CHANCE_ALPHA) -> float:
+    """The smallest accuracy over ``n`` items that a one-sided binomial test at level ``alpha`` tells
+    from guessing right with probability ``chance``: ``k / n`` for the least ``k`` with
+    ``P(X >= k) <= alpha``, ``X ~ Binomial(n, chance)`` (above 1 when no ``k`` is enough)."""
+    if n <= 0:
+        return float("inf")
+    k = torch.arange(n + 1, dtype=torch.float64)
+    log_p = torch.distributions.Binomial(total_count=n, probs=torch.tensor(float(chance), dtype=torch.float64)).log_prob(k)
+    at_least = torch.logcumsumexp(log_p.flip(0), 0).flip(0).exp()  # P(X >= k)
+    enough = (at_least <= alpha).nonzero().flatten()
+    return float(enough[0]) / n if len(enough) else float("inf")
+
+
+def judge_collapse_note(report: ClassificationReport, real_features: Tensor, labels: Tensor, judge: str,
+                        split: str) -> str | None:  # fmt: skip
+    """Why the ``judge``'s features are no measure of anything, or None when they may be: its
+    accuracy on the real ``split`` items (``report``) not above chance by a binomial margin
+    (:func:`above_chance_accuracy`; chance is the best constant guess, the largest class share, at
+    least 1 / classes), or its features there (``real_features``, (N, D)) without spread (largest
+    std below :data:`FLAT_FEATURES` of their scale): FID/KID against any outputs then come out ~0
+    and diversity 0, a perfect-looking score of nothing."""
+    n_classes = len(report.class_names)
+    reasons = []
+    f = real_features.double()
+    spread = float(f.std(dim=0).max()) if f.shape[0] > 1 else float("nan")
+    scale = float(f.pow(2).mean().sqrt()) if f.numel() else 0.0
+    flat = spread == spread and spread <= FLAT_FEATURES * max(1.0, scale)
+    if flat:
+        reasons.append(f"its features barely vary over the {f.shape[0]} real {split} items (largest std {spread:.2g}, "
+                       f"feature scale {scale:.2g})")  # fmt: skip
+    counts = torch.bincount(labels.long(), minlength=n_classes) if len(labels) else torch.zeros(1)
+    chance = max(1.0 / max(n_classes, 1), float(counts.max()) / max(len(labels), 1))
+    margin = above_chance_accuracy(report.n, chance)
+    if report.accuracy == report.accuracy and report.accuracy < margin:
+        reasons.append(f"the {judge}'s accuracy on the {report.n} real {split} items is {report.accuracy:.3f}, not "
+                       f"above chance ({chance:.3f}, {n_classes} classes) by the {CHANCE_ALPHA:.0%} binomial margin "
+                       f"({min(margin, 1.0):.2g})")  # fmt: skip
+    if not reasons:
+        return None
+    at_chance = ", and so is judged accuracy under a judge at chance" if len(reasons) > 1 or not flat else ""
+    return (f"the {judge} judges nothing here: {'; '.join(reasons)}. FID, KID and diversity measured in its features are "
+            f"meaningless (they may come out near 0 whatever is scored){at_chance}; train the judge longer, or score "
+            "with another")
+
+
 @torch.no_grad()
 def score_generator(
     fn: GeneratorFn,
@@ -271,12 +322,15 @@ def score_generator(
     diversity_per_class: int = 4,
     kid_subset_size: int = 1000,
     kid_subsets: int = 100,
+    judge_name: str = "judge",
 ) -> tuple[dict[str, Any], ClassificationReport, ClassificationReport, Tensor]:
     """Judged accuracy, the judge's ceiling, judge-feature FID/KID and diversity of ``fn``.
 
-    ``what`` names the outputs in the notes ("image", "spectrogram"). Returns ``(result, report on
-    generated, report on real, generated outputs)``; ``result`` has the keys ``judged``,
-    ``judge_on_real``, ``fid_kid`` and ``diversity``, each naming its ``split``.
+    ``what`` names the outputs in the notes ("image", "spectrogram"), ``judge_name`` the judge
+    ("image judge"). Returns ``(result, report on generated, report on real, generated outputs)``;
+    ``result`` has the keys ``judged``, ``judge_on_real``, ``fid_kid`` and ``diversity``, each naming
+    its ``split``, and ``notes``: a collapsed judge's (:func:`judge_collapse_note`, also warned of as
+    a :class:`~cmav.data.errors.DataWarning` and beside FID/KID and diversity), else empty.
     """
     fake = generate_outputs(fn, conditions, z_dim, seed=seed, batch_size=batch_size)
     gen_report = judged_accuracy(judge, fake, labels, class_names, batch_size=batch_size)
@@ -289,8 +343,10 @@ def score_generator(
         # not the rank-deficient FID warning: an FID from fewer items than feature dimensions is
         # mostly bias, and says so (fid_reliable, the note) besides
         warnings.filterwarnings("ignore", message=".*KID subset_size.*")
-        fk = fid_kid(real, fake, extractor, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
-                     batch_size=batch_size, seed=seed)  # fmt: skip
+        feature = getattr(extractor, "feature_name", None) or f"custom:{type(extractor).__name__}"
+        real_f = extract_features(extractor, real, batch_size)
+        fk = fid_kid_from_features(real_f, extract_features(extractor, fake, batch_size), kid_subset_size=kid_subset_size,
+                                   kid_subsets=kid_subsets, seed=seed, feature=feature)  # fmt: skip
     result["fid_kid"] = {
         "split": split, "label": FID_LABEL, "fid": fk["fid"], "kid_mean": fk["kid_mean"], "kid_std": fk["kid_std"],
         "n_real": fk["n_real"], "n_fake": fk["n_fake"], "feature": fk["feature"], "feature_dim": fk["feature_dim"],
@@ -311,6 +367,14 @@ def score_generator(
         "split": split, "value": div, "n_conditions": int(len(sub)), "n_draws": n_diversity_draws,
         "note": "mean pairwise judge-feature L2 distance between noise draws of the same condition (0 = ignores z)",
     }  # fmt: skip
+    collapsed = judge_collapse_note(real_report, real_f, labels, judge_name, split)
+    if collapsed is not None:
+        from cmav.data.errors import DataWarning
+
+        warnings.warn(collapsed, DataWarning, stacklevel=3)
+        for section in ("fid_kid", "diversity"):
+            note_on(result[section], collapsed)
+    result["notes"] = [collapsed] if collapsed else []
     return result, gen_report, real_report, fake
 
 
@@ -337,4 +401,5 @@ def save_scores(result: dict[str, Any], out_dir: str | Path, gen_report: Classif
 
 __all__ = ["FID_LABEL", "GeneratorFn", "check_generator_unseen", "check_judge_unseen", "front_end_refusal",
            "file_record", "generate_outputs", "generator_fn", "inference_of", "judge_trained_items", "judge_training_data",
+           "above_chance_accuracy", "judge_collapse_note",
            "note_on", "save_scores", "score_generator", "scored_inputs", "subset_per_class"]  # fmt: skip

@@ -187,7 +187,7 @@ def evaluate_s2i(
     scores, gen_report, real_report, _ = score_generator(
         fn, z_dim, val.audio, real, labels, judge, names, extractor, what="image", seed=seed, batch_size=batch_size,
         n_diversity_draws=n_diversity_draws, diversity_per_class=diversity_per_class,
-        kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, judge_name="image judge",
     )  # fmt: skip
     result: dict[str, Any] = {"generator": info, "seed": seed, **scores}
     result["inputs"] = scored_inputs(datamodule, ckpt, image_judge=image_judge_ckpt, player_judge=player_judge_ckpt)
@@ -202,7 +202,7 @@ def evaluate_s2i(
     if player is not None:
         result["player"] = _player_consistency(fn, z_dim, datamodule, player_judge_ckpt, seed, batch_size, checked=player)
         note_on(result["player"], generator_note)
-    result["notes"] = [n for n in (generator_note, image_note, player[1] if player else None) if n]
+    result["notes"] = [*scores["notes"], *(n for n in (generator_note, image_note, player[1] if player else None) if n)]
 
     if out_dir is not None:
         return save_scores(result, out_dir, gen_report, real_report, names, "Image judge", "frames")

@@ -116,6 +116,57 @@ def front_end_difference(trained: Any, data_features: Any) -> str | None:
     return f"data.features {'; '.join(diffs)} (its -> the data's)"
 
 
+def smallest_holdout_tail(dm) -> tuple[float | None, int]:
+    """``(tail, n_chunks)``: the smallest ``data.holdout_tail`` in hundredths that holds a chunk out of
+    every train track of ``dm`` (set up) ``dm.holdout_gap`` ms or more after its last trained one,
+    and the chunk count of the track that needs it (the shortest, with chunks evenly spaced).
+    ``tail`` is None when no tail below 1 can, ``n_chunks`` then that of a track too short to span
+    the gap; 0 when no track is guarded (no gap, or unknown chunk times: any tail holds theirs out)."""
+    import math
+
+    t = dm.train_full.tensors
+    gap = dm.holdout_gap
+    groups: dict[tuple[int, int], list[int]] = {}
+    for label, track, time in zip(t.labels.tolist(), t.tracks.tolist(), t.times.tolist(), strict=True):
+        groups.setdefault((int(label), int(track)), []).append(int(time))
+    need, binding = 0.0, min((len(times) for times in groups.values()), default=0)
+    for times in sorted(groups.values(), key=len):
+        times.sort()
+        n = len(times)
+        if times[0] < 0 or gap <= 0:
+            continue
+        # h held chunks leave times[n-h-1] the last trained one; tail_holdout holds ceil(tail * n) out
+        h = next((h for h in range(1, n) if times[-1] - times[n - h - 1] >= gap), None)
+        if h is None:
+            return None, n
+        tail = (math.floor(100 * (h - 1) / n + 1e-9) + 1) / 100
+        if tail > need:
+            need, binding = tail, n
+    return (need if need < 1 else None), binding
+
+
+def holdout_tail_advice(dm) -> str | None:
+    """Why ``dm``'s held-out tails are empty, ending in the smallest ``data.holdout_tail`` that
+    would hold chunks out at its gap (:func:`smallest_holdout_tail`), or that none would; None when
+    they are not empty."""
+    why = dm.holdout_shortfall()
+    tail = dm.hparams.holdout_tail
+    if why is None or not tail or not hasattr(dm, "holdout_gap"):
+        return why
+    gap = dm.holdout_gap
+    need, n_chunks = smallest_holdout_tail(dm)
+    if need == 0.0:  # no track is guarded (times unknown): not the gap, so nothing to add
+        return why
+    head = (f"data.holdout_tail {tail:g} leaves no held-out chunk starting {gap} ms or more after its track's last "
+            "trained one")  # fmt: skip
+    also = "data.holdout_gap_ms 0 to score chunks that share audio with trained ones"
+    if need is None:
+        return (f"{head}, and no holdout_tail can: a train track of {n_chunks} chunks does not span {gap} ms; set "
+                f"{also}")  # fmt: skip
+    return (f"{head}: data.holdout_tail {need:g} or more holds one out of every train track at holdout_gap_ms {gap} "
+            f"(its tracks of {n_chunks} chunks need it); or set {also}")  # fmt: skip
+
+
 def player_names(players: list[list[int]], class_names: list[str]) -> list[str]:
     """``violin03``-style names of (class, track) pairs."""
     return [f"{class_names[c]}{t:02d}" for c, t in players]
@@ -455,7 +506,7 @@ class ClassifierTask(L.LightningModule):
         dm = datamodule_of(self)
         holdout = getattr(dm, "train_holdout", None)
         if holdout is None or len(holdout) == 0:
-            why = dm.holdout_shortfall() if hasattr(dm, "holdout_shortfall") and holdout is not None else None
+            why = holdout_tail_advice(dm) if hasattr(dm, "holdout_shortfall") and holdout is not None else None
             what = ("player judge: no held-out train frames to validate on (validation players are not "
                     f"train players); {why or 'set data.holdout_tail > 0 (e.g. 0.1)'}")  # fmt: skip
             watched = [c.monitor for c in self.trainer.checkpoint_callbacks
@@ -728,4 +779,4 @@ def load_image_classifier(path: str | Path, user: str = "this") -> ClassifierTas
 
 
 __all__ = ["ClassifierTask", "class_names_difference", "front_end_difference", "load_audio_encoder", "load_classifier", "load_image_classifier", "load_image_judge", "load_sound_classifier",
-           "own_hyperparameters", "player_names"]  # fmt: skip
+           "holdout_tail_advice", "own_hyperparameters", "player_names", "smallest_holdout_tail"]  # fmt: skip
