@@ -14,9 +14,7 @@ import yaml
 
 from cmav.cli.main import main
 
-from fixtures import make_suburmp
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+from cli_runs import EXPERIMENTS, TINY_CLASSIFIER, cli_args, data_with_classifier, one_error_line
 
 pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
@@ -27,31 +25,14 @@ pytestmark = [
 ]
 
 
-def _args(data: dict, run: Path, config: str = "audio_classifier.yaml") -> list[str]:
-    return ["--config", str(EXPERIMENTS / config), "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", "--trainer.limit_val_batches=1", "--trainer.limit_train_batches=1",
-            f"--trainer.default_root_dir={run}", f"--data.root={data['root']}", f"--data.cache_dir={data['cache']}",
-            "--data.image_size=32", "--data.batch_size=13", "--data.progress=false"]  # fmt: skip
 
 
-TINY_CLASSIFIER = ["--model.init_args.audio_encoder.base_channels=8", "--model.init_args.audio_encoder.n_blocks=2"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
     """13 classes, 2 pairs each per split, and a tiny sound classifier trained for one epoch by `cmav fit`."""
-    base = tmp_path_factory.mktemp("resume")
-    data = {"root": make_suburmp(base / "d", chunks=2), "cache": base / "cache"}
-    mp = pytest.MonkeyPatch()
-    mp.chdir(base)
-    mp.setattr(sys, "argv", ["cmav"])
-    try:
-        assert main(["fit", *_args(data, base / "run"), *TINY_CLASSIFIER, "--trainer.max_epochs=1"]) == 0
-    finally:
-        mp.undo()
-    data["ckpt"] = base / "clf.ckpt"
-    shutil.copy(base / "run" / "checkpoints" / "last.ckpt", data["ckpt"])
-    return data
+    return data_with_classifier(tmp_path_factory.mktemp("resume"))
 
 
 @pytest.fixture
@@ -61,12 +42,6 @@ def cli(data, tmp_path, monkeypatch):
     return tmp_path / "run"
 
 
-def _one_error(argv: list[str], capsys) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
 
 
 def _given(how: str, data: dict, run: Path) -> str:
@@ -96,7 +71,7 @@ def test_a_checkpoint_of_another_model_is_refused_naming_both_classes(data, cli,
     a sound classifier when named by its path: Lightning wrote the checkpoint's class over the config."""
     given = _given(how, data, cli)
     before = _files(cli)
-    err = _one_error(["fit", *_args(data, cli, "retrieval_global.yaml"), *RETRIEVAL, given], capsys)
+    err = one_error_line(["fit", *cli_args(data, cli, "retrieval_global.yaml"), *RETRIEVAL, given], capsys)
     assert "cmav.tasks.ClassifierTask" in err and "RetrievalTask" in err, err
     assert err.startswith("error: ") and "clf.ckpt" in err or "last.ckpt" in err
     assert _files(cli) == before  # nothing written
@@ -108,7 +83,7 @@ def test_resuming_with_other_model_settings_is_refused_naming_the_keys(data, cli
     kept for `last`; other widths trained the checkpoint's (file) or died in load_state_dict (last)."""
     given = _given(how, data, cli)
     before = _files(cli)
-    err = _one_error(["fit", *_args(data, cli), *TINY_CLASSIFIER, "--model.init_args.label_smoothing=0.1",
+    err = one_error_line(["fit", *cli_args(data, cli), *TINY_CLASSIFIER, "--model.init_args.label_smoothing=0.1",
                       "--model.init_args.audio_encoder.n_blocks=3", given], capsys)  # fmt: skip
     assert "model.init_args.label_smoothing" in err and "model.init_args.audio_encoder.n_blocks" in err, err
     assert "base_channels" not in err  # the same in both
@@ -130,7 +105,7 @@ def test_validate_scores_the_checkpoints_model_for_a_file_and_last_alike(data, c
         capsys.readouterr()
         with pytest.warns(UserWarning, match=r"scores the model this checkpoint holds.*"
                                              r"model\.init_args\.audio_encoder\.base_channels 8 \(checkpoint\), 4 here"):
-            assert main(["validate", *_args(data, cli), "--model.init_args.audio_encoder.base_channels=4",
+            assert main(["validate", *cli_args(data, cli), "--model.init_args.audio_encoder.base_channels=4",
                          "--model.init_args.audio_encoder.n_blocks=2", given]) == 0  # fmt: skip
         tables.append(_val_table(capsys.readouterr().out))
     assert tables[0] and tables[0] == tables[1]
@@ -144,7 +119,7 @@ def test_weights_that_do_not_fit_the_model_are_one_line_naming_the_shapes(data, 
     ckpt["hyper_parameters"] = {}
     bare = tmp_path / "bare.ckpt"
     torch.save(ckpt, bare)
-    err = _one_error([command, *_args(data, cli), "--model.init_args.audio_encoder.n_blocks=2",
+    err = one_error_line([command, *cli_args(data, cli), "--model.init_args.audio_encoder.n_blocks=2",
                       "--trainer.max_epochs=2", f"--ckpt_path={bare}"], capsys)  # fmt: skip
     assert err.startswith(f"error: {bare}: its weights do not fit this run's model: "), err
     assert "[8, 1, 3, 3] there, [32, 1, 3, 3] here" in err, err
@@ -153,7 +128,7 @@ def test_weights_that_do_not_fit_the_model_are_one_line_naming_the_shapes(data, 
 def test_a_resumed_run_continues_its_tensorboard_folder(data, cli):
     """`--ckpt_path last` or a file of the run's own checkpoints logged into a new version_N folder:
     one run showed as two in TensorBoard."""
-    args = [*_args(data, cli), *TINY_CLASSIFIER]
+    args = [*cli_args(data, cli), *TINY_CLASSIFIER]
     assert main(["fit", *args, "--trainer.max_epochs=1"]) == 0
     assert main(["fit", *args, "--trainer.max_epochs=2", "--ckpt_path=last"]) == 0
     last = cli / "checkpoints" / "last.ckpt"
@@ -194,7 +169,7 @@ def test_a_checkpoint_with_damaged_contents_is_refused_naming_the_member(data, c
     assert zipfile.is_zipfile(bad)
     with pytest.raises(ValueError, match=rf"zeroed\.ckpt: not a readable checkpoint \(half-written or corrupt\?\).*{member}"):
         load_classifier(bad)
-    err = _one_error(["fit", *_args(data, cli), *TINY_CLASSIFIER, "--trainer.max_epochs=2", f"--ckpt_path={bad}"], capsys)
+    err = one_error_line(["fit", *cli_args(data, cli), *TINY_CLASSIFIER, "--trainer.max_epochs=2", f"--ckpt_path={bad}"], capsys)
     assert err.startswith(f"error: {bad}: not a readable checkpoint (half-written or corrupt?)") and member in err, err
     assert not cli.exists()
 
@@ -231,7 +206,7 @@ def test_the_yamls_write_last_ckpt_every_epoch(configs, cli, capsys):
 # --- refusals while a sub-command runs ---------------------------------------------------------------
 def test_a_tasks_refusal_while_it_runs_is_one_line(data, cli, capsys):
     """The player judge's refusal of data without held-out frames came as a 21-frame traceback."""
-    err = _one_error(["fit", *_args(data, cli, "player_judge.yaml"), "--trainer.max_epochs=1",
+    err = one_error_line(["fit", *cli_args(data, cli, "player_judge.yaml"), "--trainer.max_epochs=1",
                       *[f"--model.init_args.image_judge.{k}={v}" for k, v in
                         {"n_blocks": 2, "base_channels": 4, "feature_dim": 16}.items()]], capsys)  # fmt: skip
     assert err.startswith("error: player judge: no held-out train frames"), err
@@ -242,7 +217,7 @@ def test_a_second_checkpoint_callback_of_the_same_schedule_is_accepted(data, cli
     writer, and Lightning refused the run ("Found more than one stateful callback")."""
     extra = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.filename=every-{epoch}",
              "--trainer.callbacks.every_n_epochs=1", "--trainer.callbacks.save_top_k=-1"]  # fmt: skip
-    args = [*_args(data, cli), *TINY_CLASSIFIER, *extra]
+    args = [*cli_args(data, cli), *TINY_CLASSIFIER, *extra]
     assert main(["fit", *args, "--trainer.max_epochs=1"]) == 0
     assert main(["fit", *args, "--trainer.max_epochs=2", "--ckpt_path=last"]) == 0
     names = sorted(p.name for p in (cli / "checkpoints").iterdir())

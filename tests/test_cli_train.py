@@ -5,7 +5,6 @@ run's folder, and its saved config.yaml trains the run again; data.features swit
 the command line or a YAML overlay."""
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -15,9 +14,7 @@ import yaml
 
 from cmav.cli.main import main
 
-from fixtures import make_suburmp
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+from cli_runs import TINY_CLASSIFIER, cli_args, data_with_classifier, one_error_line
 
 pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
@@ -28,35 +25,17 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*scores the weights the config builds.*"),
 ]
 
-TINY_CLASSIFIER = ["--model.init_args.audio_encoder.base_channels=8", "--model.init_args.audio_encoder.n_blocks=2"]
 TINY_S2I = ["--model.init_args.sample_every_n_steps=0", "--model.init_args.generator.base_channels=8",
             "--model.init_args.generator.max_channels=16", "--model.init_args.discriminator.base_channels=8",
             "--model.init_args.discriminator.max_channels=16"]  # fmt: skip
 
 
-def _args(data: dict, run: Path, *configs: str) -> list[str]:
-    given = [a for c in configs or ("audio_classifier.yaml",) for a in ("--config", str(EXPERIMENTS / c))]
-    return [*given, "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", "--trainer.limit_val_batches=1", "--trainer.limit_train_batches=1",
-            f"--trainer.default_root_dir={run}", f"--data.root={data['root']}", f"--data.cache_dir={data['cache']}",
-            "--data.image_size=32", "--data.batch_size=13", "--data.progress=false"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
     """13 classes, 2 pairs each per split, and a tiny sound classifier trained for one epoch by `cmav fit`."""
-    base = tmp_path_factory.mktemp("cli_train")
-    data = {"root": make_suburmp(base / "d", chunks=2), "cache": base / "cache"}
-    mp = pytest.MonkeyPatch()
-    mp.chdir(base)
-    mp.setattr(sys, "argv", ["cmav"])
-    try:
-        assert main(["fit", *_args(data, base / "run"), *TINY_CLASSIFIER, "--trainer.max_epochs=1"]) == 0
-    finally:
-        mp.undo()
-    data["ckpt"] = base / "clf.ckpt"
-    shutil.copy(base / "run" / "checkpoints" / "last.ckpt", data["ckpt"])
-    return data
+    return data_with_classifier(tmp_path_factory.mktemp("cli_train"))
 
 
 @pytest.fixture
@@ -66,46 +45,40 @@ def cli(data, tmp_path, monkeypatch):
     return tmp_path / "run"
 
 
-def _one_error(argv: list[str], capsys) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
 
 
 # --- 1: one error line --------------------------------------------------------------------------------
 def test_a_refusal_of_the_data_module_is_one_line(data, cli, capsys):
     """The data module is built directly (no class_path), so jsonargparse's error had no cause to
     unwrap: a 60-line traceback, exit status 1."""
-    err = _one_error(["fit", *_args(data, cli), "--data.holdout_gap_ms=-1"], capsys)
+    err = one_error_line(["fit", *cli_args(data, cli), "--data.holdout_gap_ms=-1"], capsys)
     assert err.startswith("error: data: holdout_gap_ms must be >= 0"), err
     assert not cli.exists()
 
 
 def test_a_missing_encoder_checkpoint_is_one_line_naming_the_option_and_how_to_make_it(data, cli, capsys):
-    err = _one_error(["fit", *_args(data, cli, "s2i_c.yaml"), *TINY_S2I,
+    err = one_error_line(["fit", *cli_args(data, cli, "s2i_c.yaml"), *TINY_S2I,
                       "--model.init_args.audio_encoder_ckpt=runs/none/last.ckpt"], capsys)  # fmt: skip
     assert err.startswith("error: model (cmav.tasks.S2ITask): checkpoint not found: runs/none/last.ckpt"), err
     assert "model.init_args.audio_encoder_ckpt" in err and "experiments/audio_classifier.yaml" in err, err
 
 
 def test_a_missing_diffusion_pipeline_is_one_line(data, cli, capsys):
-    err = _one_error(["fit", *_args(data, cli, "audio_token.yaml"), f"--model.init_args.audio_encoder_ckpt={data['ckpt']}",
+    err = one_error_line(["fit", *cli_args(data, cli, "audio_token.yaml"), f"--model.init_args.audio_encoder_ckpt={data['ckpt']}",
                       "--model.init_args.pipeline=nowhere/pipeline"], capsys)  # fmt: skip
     assert err.startswith("error: model (cmav.tasks.audio_token.AudioTokenTask): "), err
     assert "nowhere/pipeline" in err and "(model.init_args.pipeline)" in err, err
 
 
 def test_a_callbacks_refusal_is_one_line_and_leaves_no_empty_log_folder(data, cli, capsys):
-    err = _one_error(["fit", *_args(data, cli, "s2i_c.yaml"), *TINY_S2I, "--trainer.max_steps=1",
+    err = one_error_line(["fit", *cli_args(data, cli, "s2i_c.yaml"), *TINY_S2I, "--trainer.max_steps=1",
                       f"--model.init_args.audio_encoder_ckpt={data['ckpt']}",
                       "--trainer.callbacks+=cmav.evaluation.JudgedAccuracyMonitor",
                       "--trainer.callbacks.judge_ckpt=runs/missing.ckpt"], capsys)  # fmt: skip
     assert err == "error: runs/missing.ckpt: judge checkpoint not found (JudgedAccuracyMonitor.judge_ckpt)", err
     assert not list(cli.glob("version_*"))
     # a TypeError the callback raises itself is a refusal too
-    err = _one_error(["fit", *_args(data, cli), *TINY_CLASSIFIER, "--trainer.max_steps=1",
+    err = one_error_line(["fit", *cli_args(data, cli), *TINY_CLASSIFIER, "--trainer.max_steps=1",
                       "--trainer.callbacks+=cmav.evaluation.JudgedAccuracyMonitor",
                       f"--trainer.callbacks.judge_ckpt={data['ckpt']}"], capsys)  # fmt: skip
     assert err == "error: JudgedAccuracyMonitor scores S2I or I2S generators, not a ClassifierTask", err
@@ -115,21 +88,21 @@ def test_a_callbacks_refusal_is_one_line_and_leaves_no_empty_log_folder(data, cl
 # --- 2: model image_size ------------------------------------------------------------------------------
 def test_a_model_image_size_other_than_the_datas_is_refused_naming_both(data, cli, tmp_path, capsys):
     """The link from data.image_size wrote over it: a 64x64 generator for --model.init_args.image_size 32."""
-    given = ["fit", *_args(data, cli), *TINY_CLASSIFIER]
-    err = _one_error([*given, "--model.init_args.image_size=16"], capsys)
+    given = ["fit", *cli_args(data, cli), *TINY_CLASSIFIER]
+    err = one_error_line([*given, "--model.init_args.image_size=16"], capsys)
     assert "model.init_args.image_size 16" in err and "data.image_size 32" in err, err
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text("model:\n  init_args:\n    image_size: 48\n")
-    err = _one_error([*given, "--config", str(overlay)], capsys)
+    err = one_error_line([*given, "--config", str(overlay)], capsys)
     assert "model.init_args.image_size 48" in err and "data.image_size 32" in err, err
     assert not cli.exists()
 
 
 # --- 3, 4: resume after validate; the saved config ----------------------------------------------------
 def test_a_resume_after_validate_logs_into_the_training_runs_folder_and_saves_no_ckpt_path(data, cli, capsys):
-    args = ["fit", *_args(data, cli), *TINY_CLASSIFIER]
+    args = ["fit", *cli_args(data, cli), *TINY_CLASSIFIER]
     assert main([*args, "--trainer.max_epochs=1", "--model.init_args.image_size=32"]) == 0  # the data's: accepted
-    assert main(["validate", *_args(data, cli), *TINY_CLASSIFIER, "--ckpt_path=last"]) == 0
+    assert main(["validate", *cli_args(data, cli), *TINY_CLASSIFIER, "--ckpt_path=last"]) == 0
     validated = (cli / "version_1" / "config.yaml").read_text()
     assert main([*args, "--trainer.max_epochs=2", "--ckpt_path=last"]) == 0
     assert len(list((cli / "version_0").glob("events.out.tfevents.*"))) == 2
@@ -145,7 +118,7 @@ def test_a_resume_after_validate_logs_into_the_training_runs_folder_and_saves_no
     old = cli.parent / "old_config.yaml"
     old.write_text(text.replace("ckpt_path: null", "ckpt_path: last"))
     other = cli.parent / "other"
-    err = _one_error(["fit", "--config", str(old), f"--trainer.default_root_dir={other}"], capsys)
+    err = one_error_line(["fit", "--config", str(old), f"--trainer.default_root_dir={other}"], capsys)
     assert "no last.ckpt to resume" in err and f"ckpt_path: last in {old}" in err, err
 
 
@@ -161,7 +134,7 @@ HARMONIC = ("audio_classifier.yaml", "audio_harmonic.yaml")
 def _printed_features(data: dict, run: Path, capsys, *extra: str, configs=HARMONIC) -> dict | None:
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        main(["fit", *_args(data, run, *configs), *extra, "--print_config"])
+        main(["fit", *cli_args(data, run, *configs), *extra, "--print_config"])
     assert exc.value.code == 0, capsys.readouterr().err
     return yaml.safe_load(capsys.readouterr().out)["data"]["features"]
 
@@ -200,9 +173,9 @@ def test_data_features_of_a_yaml_overlay_switch_kind_or_merge(data, cli, tmp_pat
 
 
 def test_a_wrong_front_end_option_is_one_line_naming_it(data, cli, capsys):
-    err = _one_error(["fit", *_args(data, cli, *HARMONIC), "--data.features.n_mels=64"], capsys)
+    err = one_error_line(["fit", *cli_args(data, cli, *HARMONIC), "--data.features.n_mels=64"], capsys)
     assert err.startswith("error: data: front end 'harmonic' has no option(s) ['n_mels']"), err
-    err = _one_error(["fit", *_args(data, cli), "--data.features.n_mels=many"], capsys)
+    err = one_error_line(["fit", *cli_args(data, cli), "--data.features.n_mels=many"], capsys)
     assert err.startswith("error: data: lms front end: n_mels must be a whole number, got 'many'"), err
 
 
